@@ -1,0 +1,278 @@
+//! Losses, each reduced by the mean (PyTorch's default `reduction="mean"`), each a scalar.
+//!
+//! | loss | value | gradient |
+//! | --- | --- | --- |
+//! | `Mse` | mean((p - t)^2) | dp = 2 (p - t) / n, dt = -dp |
+//! | `CrossEntropy` | mean_i (logsumexp(z_i) - z_i[label_i]) | dz_i = (softmax(z_i) - onehot(label_i)) / N |
+//! | `BceWithLogits` | mean(max(x, 0) - x t + ln(1 + e^-abs(x))) | dx = (sigmoid(x) - t) / n, dt = -x / n |
+//!
+//! Cross-entropy takes logits `[N, C]` and class labels `[N]` stored as floats (exact integers
+//! up to 2^24); a label that is not an integer in `0..C` is an error. The fused form never
+//! forms `ln(softmax)`, so it is stable for any logits.
+
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::ops::unary::sigmoid;
+
+/// A loss function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LossOp {
+    /// Mean squared error.
+    Mse,
+    /// Softmax cross-entropy with integer class labels.
+    CrossEntropy,
+    /// Binary cross-entropy on logits.
+    BceWithLogits,
+}
+
+impl LossOp {
+    /// The loss's name, for errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            LossOp::Mse => "mse",
+            LossOp::CrossEntropy => "cross_entropy",
+            LossOp::BceWithLogits => "bce_with_logits",
+        }
+    }
+}
+
+/// Checks that a label is an integer class index below `classes`; returns it.
+pub fn label_index<T: Float>(label: T, classes: usize) -> Result<usize> {
+    let v = label.to_f64();
+    if v >= 0.0 && v < classes as f64 && libm::floor(v) == v {
+        Ok(v as usize)
+    } else {
+        let index = if v.is_finite() && v >= 0.0 {
+            v as usize
+        } else {
+            usize::MAX
+        };
+        Err(Error::IndexOutOfRange {
+            op: "cross_entropy label",
+            index,
+            bound: classes,
+        })
+    }
+}
+
+/// `ln sum_j e^(z_j)`, stable.
+fn logsumexp<T: Float>(z: &[T]) -> T {
+    let m = z.iter().fold(T::MIN, |m, &v| m.max(v));
+    let s = z.iter().fold(T::ZERO, |s, &v| s + (v - m).exp());
+    m + s.ln()
+}
+
+/// Reference forward kernel. For `CrossEntropy`, `p` is `[N, classes]` and `t` is `[N]`; for the
+/// others `p` and `t` have the same length. Returns the loss.
+///
+/// # Errors
+/// [`Error::IndexOutOfRange`] for a bad cross-entropy label.
+pub fn forward<T: Float>(op: LossOp, classes: usize, p: &[T], t: &[T]) -> Result<T> {
+    let mut s = T::ZERO;
+    let n = match op {
+        LossOp::Mse => {
+            for (&p, &t) in p.iter().zip(t) {
+                let d = p - t;
+                s += d * d;
+            }
+            p.len()
+        }
+        LossOp::BceWithLogits => {
+            for (&x, &t) in p.iter().zip(t) {
+                s += x.max(T::ZERO) - x * t + (-x.abs()).exp().ln_1p();
+            }
+            p.len()
+        }
+        LossOp::CrossEntropy => {
+            for (z, &label) in p.chunks_exact(classes).zip(t) {
+                let c = label_index(label, classes)?;
+                s += logsumexp(z) - z.get(c).copied().unwrap_or(T::ZERO);
+            }
+            t.len()
+        }
+    };
+    Ok(s / T::from_usize(n))
+}
+
+/// Reference backward kernel: accumulates `dy * d loss / d p` (side `Lhs`) or `d loss / d t`
+/// (`Rhs`) into `dx`. Cross-entropy has no gradient for its labels.
+///
+/// # Errors
+/// [`Error::IndexOutOfRange`] for a bad cross-entropy label.
+pub fn backward<T: Float>(
+    op: LossOp,
+    lhs: bool,
+    classes: usize,
+    p: &[T],
+    t: &[T],
+    dy: T,
+    dx: &mut [T],
+) -> Result<()> {
+    match op {
+        LossOp::Mse => {
+            let k = T::from_f64(2.0) * dy / T::from_usize(p.len());
+            let k = if lhs { k } else { -k };
+            for ((d, &p), &t) in dx.iter_mut().zip(p).zip(t) {
+                *d += k * (p - t);
+            }
+        }
+        LossOp::BceWithLogits => {
+            let k = dy / T::from_usize(p.len());
+            for ((d, &x), &t) in dx.iter_mut().zip(p).zip(t) {
+                *d += if lhs { k * (sigmoid(x) - t) } else { -k * x };
+            }
+        }
+        LossOp::CrossEntropy => {
+            if !lhs {
+                return Ok(());
+            }
+            let k = dy / T::from_usize(t.len());
+            for ((dz, z), &label) in dx
+                .chunks_exact_mut(classes)
+                .zip(p.chunks_exact(classes))
+                .zip(t)
+            {
+                let c = label_index(label, classes)?;
+                let lse = logsumexp(z);
+                for (j, (d, &zj)) in dz.iter_mut().zip(z).enumerate() {
+                    let onehot = if j == c { T::ONE } else { T::ZERO };
+                    *d += k * ((zj - lse).exp() - onehot);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // torch.nn.functional.cross_entropy(torch.tensor([[1., 2., 3.], [1., 1., 1.]]),
+    //     torch.tensor([2, 0])) = 0.7991 (mean of 0.40760596 and 1.09861229).
+    // binary_cross_entropy_with_logits(tensor([-1., 0., 3.]), tensor([0., 1., 1.])) = 0.3399...
+    //     (by hand: ln(1+e^-1) = 0.31326169, ln 2 = 0.69314718, ln(1+e^-3) = 0.04858735).
+    #[test]
+    fn values_match_pytorch() {
+        let ce = forward(
+            LossOp::CrossEntropy,
+            3,
+            &[1.0f64, 2.0, 3.0, 1.0, 1.0, 1.0],
+            &[2.0, 0.0],
+        )
+        .unwrap();
+        assert!((ce - (0.407_605_96 + 1.098_612_29) / 2.0).abs() < 1e-8);
+        let bce = forward(
+            LossOp::BceWithLogits,
+            0,
+            &[-1.0f64, 0.0, 3.0],
+            &[0.0, 1.0, 1.0],
+        )
+        .unwrap();
+        assert!((bce - (0.313_261_69 + 0.693_147_18 + 0.048_587_35) / 3.0).abs() < 1e-8);
+        let mse = forward(LossOp::Mse, 0, &[1.0f64, 2.0], &[0.0, 4.0]).unwrap();
+        assert_eq!(mse, 2.5);
+    }
+
+    #[test]
+    fn bad_labels_are_errors() {
+        for bad in [3.0f32, -1.0, 0.5, f32::NAN] {
+            assert!(
+                forward(LossOp::CrossEntropy, 3, &[0.0f32; 3], &[bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}
+
+mod tape_ops {
+    use super::LossOp;
+    use crate::backend::{Backend, View};
+    use crate::error::{Error, Result};
+    use crate::shape::Shape;
+    use crate::tape::{Op, Tape, Var};
+
+    impl<B: Backend, const N: usize> Tape<B, N> {
+        fn loss(&mut self, op: LossOp, p: Var, t: Var, classes: usize) -> Result<Var> {
+            self.record(
+                Op::Loss {
+                    op,
+                    classes: classes as u32,
+                },
+                &[p, t],
+                Shape::SCALAR,
+                |b, y| b.loss(op, classes, p.view(), t.view(), y.offset),
+            )
+        }
+
+        /// Mean squared error between same-shaped predictions and targets.
+        ///
+        /// # Errors
+        /// [`Error::ShapeMismatch`]; and as [`Tape::unary`].
+        pub fn mse(&mut self, pred: Var, target: Var) -> Result<Var> {
+            if pred.shape != target.shape {
+                return Err(Error::ShapeMismatch {
+                    op: "mse",
+                    lhs: pred.shape,
+                    rhs: target.shape,
+                });
+            }
+            self.loss(LossOp::Mse, pred, target, 0)
+        }
+
+        /// Softmax cross-entropy of logits `[N, C]` against class labels `[N]` (see
+        /// [`Tape::labels`]), fused and stable. The mean over the batch.
+        ///
+        /// # Errors
+        /// [`Error::ShapeMismatch`]; [`Error::IndexOutOfRange`] for a label outside `0..C`; and as
+        /// [`Tape::unary`].
+        pub fn cross_entropy(&mut self, logits: Var, labels: Var) -> Result<Var> {
+            let (ls, ts) = (logits.shape, labels.shape);
+            if ls.rank() != 2 || ts.rank() != 1 || ts.dim(0) != ls.dim(0) {
+                return Err(Error::ShapeMismatch {
+                    op: "cross_entropy",
+                    lhs: ls,
+                    rhs: ts,
+                });
+            }
+            self.loss(LossOp::CrossEntropy, logits, labels, ls.dim(1))
+        }
+
+        /// Binary cross-entropy of logits against same-shaped targets in `[0, 1]`, stable.
+        ///
+        /// # Errors
+        /// [`Error::ShapeMismatch`]; and as [`Tape::unary`].
+        pub fn bce_with_logits(&mut self, logits: Var, target: Var) -> Result<Var> {
+            if logits.shape != target.shape {
+                return Err(Error::ShapeMismatch {
+                    op: "bce_with_logits",
+                    lhs: logits.shape,
+                    rhs: target.shape,
+                });
+            }
+            self.loss(LossOp::BceWithLogits, logits, target, 0)
+        }
+
+        pub(crate) fn loss_backward(
+            &mut self,
+            op: LossOp,
+            classes: usize,
+            a: u32,
+            b: u32,
+            dy: View,
+        ) -> Result<()> {
+            let (pv, tv) = (self.node_view(a)?, self.node_view(b)?);
+            if let Some((_, dx)) = self.input_grad(a)? {
+                self.backend
+                    .loss_backward(op, true, classes, pv, tv, dy.offset, dx)?;
+            }
+            if op != LossOp::CrossEntropy {
+                if let Some((_, dx)) = self.input_grad(b)? {
+                    self.backend
+                        .loss_backward(op, false, classes, pv, tv, dy.offset, dx)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}

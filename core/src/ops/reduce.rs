@@ -1,0 +1,283 @@
+//! Reductions over one axis or over all elements: sum, mean, max.
+//!
+//! A reduction sees its input as `(outer, n, inner)`: `n` elements along the reduced axis, `outer`
+//! blocks before it and `inner` elements after (all elements: `(1, numel, 1)`).
+//!
+//! | op | y | dx |
+//! | --- | --- | --- |
+//! | `Sum` | sum_j x_j | dy |
+//! | `Mean` | sum_j x_j / n | dy / n |
+//! | `Max` | max_j x_j | dy at the first maximal position, 0 elsewhere (PyTorch's `amax` splits ties evenly; `max(dim)` picks one: mote picks the first) |
+
+use crate::float::Float;
+
+/// A reduction op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReduceOp {
+    /// Sum.
+    Sum,
+    /// Arithmetic mean.
+    Mean,
+    /// Maximum.
+    Max,
+}
+
+impl ReduceOp {
+    /// The op's name, for errors.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReduceOp::Sum => "sum",
+            ReduceOp::Mean => "mean",
+            ReduceOp::Max => "max",
+        }
+    }
+}
+
+/// The `(outer, n, inner)` view of a reduction or a softmax (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Axis3 {
+    /// Blocks before the axis.
+    pub outer: usize,
+    /// Length of the axis.
+    pub n: usize,
+    /// Elements after the axis.
+    pub inner: usize,
+}
+
+/// Reference forward kernel: `x` has `outer * n * inner` elements, `y` has `outer * inner`.
+pub fn forward<T: Float>(op: ReduceOp, r: Axis3, x: &[T], y: &mut [T]) {
+    let Axis3 { n, inner, .. } = r;
+    for (yb, xb) in y.chunks_exact_mut(inner).zip(x.chunks_exact(n * inner)) {
+        match op {
+            ReduceOp::Sum | ReduceOp::Mean => {
+                yb.fill(T::ZERO);
+                for row in xb.chunks_exact(inner) {
+                    for (y, &x) in yb.iter_mut().zip(row) {
+                        *y += x;
+                    }
+                }
+                if op == ReduceOp::Mean {
+                    let inv = T::ONE / T::from_usize(n);
+                    for y in yb.iter_mut() {
+                        *y *= inv;
+                    }
+                }
+            }
+            ReduceOp::Max => {
+                yb.copy_from_slice(xb.get(..inner).unwrap_or(&[]));
+                for row in xb.chunks_exact(inner).skip(1) {
+                    for (y, &x) in yb.iter_mut().zip(row) {
+                        // NOTE: NaN propagates (as in PyTorch): once y is NaN it stays NaN.
+                        if x > *y || x.is_nan() {
+                            *y = x;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reference backward kernel: accumulates into `dx` (shaped like `x`).
+pub fn backward<T: Float>(op: ReduceOp, r: Axis3, x: &[T], y: &[T], dy: &[T], dx: &mut [T]) {
+    let Axis3 { n, inner, .. } = r;
+    let scale = if op == ReduceOp::Mean {
+        T::ONE / T::from_usize(n)
+    } else {
+        T::ONE
+    };
+    let blocks = dx
+        .chunks_exact_mut(n * inner)
+        .zip(x.chunks_exact(n * inner));
+    for ((dxb, xb), (yb, dyb)) in blocks.zip(y.chunks_exact(inner).zip(dy.chunks_exact(inner))) {
+        match op {
+            ReduceOp::Sum | ReduceOp::Mean => {
+                for row in dxb.chunks_exact_mut(inner) {
+                    for (d, &g) in row.iter_mut().zip(dyb) {
+                        *d += g * scale;
+                    }
+                }
+            }
+            ReduceOp::Max => {
+                for (i, (&ym, &g)) in yb.iter().zip(dyb).enumerate() {
+                    // The first position along the axis that holds the maximum.
+                    let hit = (0..n).find(|&j| {
+                        xb.get(j * inner + i)
+                            .is_some_and(|&v| v == ym || (v.is_nan() && ym.is_nan()))
+                    });
+                    if let Some(d) = hit.and_then(|j| dxb.get_mut(j * inner + i)) {
+                        *d += g;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // By hand, x = [[1, 5, 2], [7, 3, 7]] (2x3).
+    #[test]
+    fn values_over_each_axis() {
+        let x = [1.0f64, 5.0, 2.0, 7.0, 3.0, 7.0];
+        let mut y = [0.0; 3];
+        forward(
+            ReduceOp::Sum,
+            Axis3 {
+                outer: 1,
+                n: 2,
+                inner: 3,
+            },
+            &x,
+            &mut y,
+        );
+        assert_eq!(y, [8.0, 8.0, 9.0]);
+        let mut y = [0.0; 2];
+        forward(
+            ReduceOp::Mean,
+            Axis3 {
+                outer: 2,
+                n: 3,
+                inner: 1,
+            },
+            &x,
+            &mut y,
+        );
+        assert!((y[0] - 8.0 / 3.0).abs() < 1e-12 && (y[1] - 17.0 / 3.0).abs() < 1e-12);
+        forward(
+            ReduceOp::Max,
+            Axis3 {
+                outer: 2,
+                n: 3,
+                inner: 1,
+            },
+            &x,
+            &mut y,
+        );
+        assert_eq!(y, [5.0, 7.0]);
+        // Ties: the gradient goes to the first maximum only.
+        let mut dx = [0.0; 6];
+        backward(
+            ReduceOp::Max,
+            Axis3 {
+                outer: 2,
+                n: 3,
+                inner: 1,
+            },
+            &x,
+            &y,
+            &[1.0, 1.0],
+            &mut dx,
+        );
+        assert_eq!(dx, [0.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+}
+
+mod tape_ops {
+    use super::{Axis3, ReduceOp};
+    use crate::backend::{Backend, View};
+    use crate::error::Result;
+    use crate::shape::Shape;
+    use crate::tape::{Op, Tape, Var};
+
+    /// `(outer, n, inner)` and the output shape of a reduction over `axis` (`None`: all).
+    pub(crate) fn plan(op: &'static str, x: Shape, axis: Option<usize>) -> Result<(Axis3, Shape)> {
+        match axis {
+            None => Ok((
+                Axis3 {
+                    outer: 1,
+                    n: x.numel(),
+                    inner: 1,
+                },
+                Shape::SCALAR,
+            )),
+            Some(ax) => {
+                x.check_axis(op, ax)?;
+                let (outer, n, inner) = x.split_at_axis(ax);
+                Ok((Axis3 { outer, n, inner }, x.without(ax)))
+            }
+        }
+    }
+
+    impl<B: Backend, const N: usize> Tape<B, N> {
+        /// A reduction over `axis` (removed from the shape, as PyTorch's `keepdim=False`) or,
+        /// with `None`, over all elements (a scalar).
+        ///
+        /// # Errors
+        /// [`crate::Error::AxisOutOfRange`]; and as [`Tape::unary`].
+        pub fn reduce(&mut self, op: ReduceOp, x: Var, axis: Option<usize>) -> Result<Var> {
+            let (r, shape) = plan(op.name(), x.shape, axis)?;
+            let axis = axis.map_or(u8::MAX, |a| a as u8);
+            self.record(Op::Reduce { op, axis }, &[x], shape, |b, y| {
+                b.reduce(op, r, x.offset as usize, y.offset)
+            })
+        }
+
+        /// The sum of all elements.
+        ///
+        /// # Errors
+        /// As [`Tape::reduce`].
+        pub fn sum(&mut self, x: Var) -> Result<Var> {
+            self.reduce(ReduceOp::Sum, x, None)
+        }
+
+        /// The sum over `axis`.
+        ///
+        /// # Errors
+        /// As [`Tape::reduce`].
+        pub fn sum_axis(&mut self, x: Var, axis: usize) -> Result<Var> {
+            self.reduce(ReduceOp::Sum, x, Some(axis))
+        }
+
+        /// The mean of all elements.
+        ///
+        /// # Errors
+        /// As [`Tape::reduce`].
+        pub fn mean(&mut self, x: Var) -> Result<Var> {
+            self.reduce(ReduceOp::Mean, x, None)
+        }
+
+        /// The mean over `axis`.
+        ///
+        /// # Errors
+        /// As [`Tape::reduce`].
+        pub fn mean_axis(&mut self, x: Var, axis: usize) -> Result<Var> {
+            self.reduce(ReduceOp::Mean, x, Some(axis))
+        }
+
+        /// The largest element.
+        ///
+        /// # Errors
+        /// As [`Tape::reduce`].
+        pub fn max(&mut self, x: Var) -> Result<Var> {
+            self.reduce(ReduceOp::Max, x, None)
+        }
+
+        /// The maximum over `axis`.
+        ///
+        /// # Errors
+        /// As [`Tape::reduce`].
+        pub fn max_axis(&mut self, x: Var, axis: usize) -> Result<Var> {
+            self.reduce(ReduceOp::Max, x, Some(axis))
+        }
+
+        pub(crate) fn reduce_backward(
+            &mut self,
+            op: ReduceOp,
+            axis: u8,
+            a: u32,
+            y: View,
+            dy: View,
+        ) -> Result<()> {
+            if let Some((x, dx)) = self.input_grad(a)? {
+                let axis = (axis != u8::MAX).then_some(axis as usize);
+                let (r, _) = plan(op.name(), x.shape, axis)?;
+                self.backend
+                    .reduce_backward(op, r, x.offset, y.offset, dy.offset, dx)?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,485 @@
+//! Optimizers with their state in the arena: SGD (momentum, Nesterov, weight decay), Adam,
+//! AdamW; and gradient clipping by global norm. Formulas as PyTorch documents them.
+//!
+//! An optimizer covers every trainable parameter on the tape when it is created, and allocates
+//! its state (zeroed) in the arena then: create it before [`Tape::mark`].
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::tape::{Op, Tape, NONE};
+
+/// One SGD update of one parameter, as the backend kernel sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdUpdate {
+    /// Arena offset of the parameter.
+    pub param: usize,
+    /// Arena offset of its gradient.
+    pub grad: usize,
+    /// Arena offset of the momentum buffer (`None` without momentum).
+    pub momentum_buf: Option<usize>,
+    /// Elements.
+    pub len: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum factor.
+    pub momentum: f64,
+    /// Dampening of the momentum.
+    pub dampening: f64,
+    /// L2 penalty.
+    pub weight_decay: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// First step: the momentum buffer starts as the gradient.
+    pub first: bool,
+}
+
+/// One Adam/AdamW update of one parameter, as the backend kernel sees it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamUpdate {
+    /// Arena offset of the parameter.
+    pub param: usize,
+    /// Arena offset of its gradient.
+    pub grad: usize,
+    /// Arena offset of the first moment.
+    pub m: usize,
+    /// Arena offset of the second moment.
+    pub v: usize,
+    /// Elements.
+    pub len: usize,
+    /// Learning rate.
+    pub lr: f64,
+    /// beta1.
+    pub beta1: f64,
+    /// beta2.
+    pub beta2: f64,
+    /// eps.
+    pub eps: f64,
+    /// Weight decay: L2 added to the gradient (Adam) or decoupled (AdamW).
+    pub weight_decay: f64,
+    /// AdamW's decoupled weight decay.
+    pub decoupled: bool,
+    /// 1 - beta1^t.
+    pub bias1: f64,
+    /// 1 - beta2^t.
+    pub bias2: f64,
+}
+
+/// Reference SGD kernel (PyTorch's `torch.optim.SGD`):
+/// `g = grad + wd p; buf = mu buf + (1 - dampening) g (buf = g at the first step);
+/// g = g + mu buf (Nesterov) or buf; p -= lr g`.
+pub fn sgd_kernel<T: Float>(u: &SgdUpdate, p: &mut [T], g: &[T], buf: Option<&mut [T]>) {
+    let (lr, mu, damp, wd) = (
+        T::from_f64(u.lr),
+        T::from_f64(u.momentum),
+        T::from_f64(1.0 - u.dampening),
+        T::from_f64(u.weight_decay),
+    );
+    match buf {
+        None => {
+            for (p, &g) in p.iter_mut().zip(g) {
+                let g = g + wd * *p;
+                *p -= lr * g;
+            }
+        }
+        Some(buf) => {
+            for ((p, &g), b) in p.iter_mut().zip(g).zip(buf) {
+                let g = g + wd * *p;
+                *b = if u.first { g } else { mu * *b + damp * g };
+                let step = if u.nesterov { g + mu * *b } else { *b };
+                *p -= lr * step;
+            }
+        }
+    }
+}
+
+/// Reference Adam/AdamW kernel (PyTorch's `torch.optim.Adam` / `AdamW`):
+/// `m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+/// p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`, with `g += wd p` (Adam) or
+/// `p *= 1 - lr wd` first (AdamW).
+pub fn adam_kernel<T: Float>(u: &AdamUpdate, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
+    let b1 = T::from_f64(u.beta1);
+    let b2 = T::from_f64(u.beta2);
+    let (c1, c2) = (T::ONE - b1, T::ONE - b2);
+    let step = T::from_f64(u.lr / u.bias1);
+    let inv_sqrt_b2 = T::from_f64(1.0 / libm::sqrt(u.bias2));
+    let eps = T::from_f64(u.eps);
+    let (l2, decay) = if u.decoupled {
+        (T::ZERO, T::from_f64(1.0 - u.lr * u.weight_decay))
+    } else {
+        (T::from_f64(u.weight_decay), T::ONE)
+    };
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g + l2 * *p;
+        *m = b1 * *m + c1 * g;
+        *v = b2 * *v + c2 * g * g;
+        *p = *p * decay - step * *m / (v.sqrt() * inv_sqrt_b2 + eps);
+    }
+}
+
+/// What every optimizer offers.
+pub trait Optimizer {
+    /// Applies one update to every trainable parameter from its gradient (`optimizer.step()`).
+    ///
+    /// # Errors
+    /// [`Error::MissingOptimizerState`] for a parameter unfrozen after the optimizer was made.
+    fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()>;
+
+    /// The learning rate.
+    fn lr(&self) -> f64;
+
+    /// Sets the learning rate (for schedules).
+    fn set_lr(&mut self, lr: f64);
+}
+
+/// Allocates `per_param` zeroed state regions for every trainable parameter, recording the
+/// offset of each parameter's state in its node.
+fn alloc_state<B: Backend, const N: usize>(tape: &mut Tape<B, N>, per_param: usize) -> Result<()> {
+    let mark = tape.mark();
+    let res = (|| {
+        for i in 0..tape.nodes.len() {
+            let Some(node) = tape.nodes.get(i).copied() else {
+                continue;
+            };
+            if let Op::Param {
+                trainable: true,
+                has_grad: true,
+                ..
+            } = node.op
+            {
+                let n = node.shape.numel() * per_param;
+                let off = if n == 0 {
+                    NONE as usize
+                } else {
+                    tape.alloc(n)?
+                };
+                if n > 0 {
+                    tape.backend.fill(off, n, B::Elem::ZERO)?;
+                }
+                if let Some(Op::Param { state, .. }) = tape.nodes.get_mut(i).map(|n| &mut n.op) {
+                    *state = if per_param == 0 { 0 } else { off as u32 };
+                }
+            }
+        }
+        Ok(())
+    })();
+    if res.is_err() {
+        tape.rewind_keep_grad(mark)?;
+    }
+    res
+}
+
+/// Calls `f(param offset, grad offset, state offset, len)` for every trainable parameter.
+fn for_each_trainable<B: Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    mut f: impl FnMut(&mut B, usize, usize, usize, usize) -> Result<()>,
+) -> Result<()> {
+    for i in 0..tape.nodes.len() {
+        let Some(node) = tape.nodes.get(i).copied() else {
+            continue;
+        };
+        if let Op::Param {
+            trainable: true,
+            has_grad: true,
+            state,
+        } = node.op
+        {
+            if state == NONE {
+                return Err(Error::MissingOptimizerState);
+            }
+            f(
+                &mut tape.backend,
+                node.offset as usize,
+                node.grad as usize,
+                state as usize,
+                node.shape.numel(),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn check_lr(lr: f64) -> Result<()> {
+    if lr.is_finite() && lr >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            what: "learning rate must be finite and >= 0",
+        })
+    }
+}
+
+/// SGD settings (PyTorch's defaults but for `lr`, which PyTorch requires).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum factor (0: none, and no state).
+    pub momentum: f64,
+    /// Dampening of the momentum.
+    pub dampening: f64,
+    /// L2 penalty.
+    pub weight_decay: f64,
+    /// Nesterov momentum (needs `momentum > 0` and `dampening == 0`).
+    pub nesterov: bool,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        SgdConfig {
+            lr: 0.01,
+            momentum: 0.0,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+        }
+    }
+}
+
+/// Stochastic gradient descent.
+#[derive(Clone, Copy, Debug)]
+pub struct Sgd {
+    /// Settings.
+    pub config: SgdConfig,
+    steps: u64,
+}
+
+impl Sgd {
+    /// An SGD optimizer over every trainable parameter of `tape`; allocates the momentum
+    /// buffers when `momentum > 0`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for bad settings; [`Error::ArenaFull`].
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        config: SgdConfig,
+    ) -> Result<Self> {
+        check_lr(config.lr)?;
+        if !(config.momentum >= 0.0 && config.weight_decay >= 0.0 && config.dampening.is_finite()) {
+            return Err(Error::InvalidArgument {
+                what: "momentum and weight decay must be >= 0",
+            });
+        }
+        if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
+            return Err(Error::InvalidArgument {
+                what: "Nesterov momentum needs momentum > 0 and dampening 0",
+            });
+        }
+        alloc_state(tape, if config.momentum > 0.0 { 1 } else { 0 })?;
+        Ok(Sgd { config, steps: 0 })
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
+        let c = self.config;
+        let first = self.steps == 0;
+        for_each_trainable(tape, |b, param, grad, state, len| {
+            b.sgd(&SgdUpdate {
+                param,
+                grad,
+                momentum_buf: (c.momentum > 0.0).then_some(state),
+                len,
+                lr: c.lr,
+                momentum: c.momentum,
+                dampening: c.dampening,
+                weight_decay: c.weight_decay,
+                nesterov: c.nesterov,
+                first,
+            })
+        })?;
+        self.steps += 1;
+        Ok(())
+    }
+
+    fn lr(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+}
+
+/// Adam and AdamW settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f64,
+    /// Decay of the first moment.
+    pub beta1: f64,
+    /// Decay of the second moment.
+    pub beta2: f64,
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Weight decay (L2 for Adam, decoupled for AdamW).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamConfig {
+    /// PyTorch's defaults for Adam: lr 1e-3, betas (0.9, 0.999), eps 1e-8, no weight decay.
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// Adam (Kingma and Ba), or AdamW (Loshchilov and Hutter) with decoupled weight decay.
+#[derive(Clone, Copy, Debug)]
+pub struct Adam {
+    /// Settings.
+    pub config: AdamConfig,
+    decoupled: bool,
+    t: i32,
+}
+
+impl Adam {
+    /// Adam over every trainable parameter of `tape`; allocates `m` and `v` (2 floats per
+    /// parameter).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for bad settings; [`Error::ArenaFull`].
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        config: AdamConfig,
+    ) -> Result<Self> {
+        Self::make(tape, config, false)
+    }
+
+    /// AdamW: Adam with decoupled weight decay (PyTorch's default `weight_decay` for AdamW is
+    /// 0.01; set it in `config`).
+    ///
+    /// # Errors
+    /// As [`Adam::new`].
+    pub fn adamw<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        config: AdamConfig,
+    ) -> Result<Self> {
+        Self::make(tape, config, true)
+    }
+
+    fn make<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        config: AdamConfig,
+        decoupled: bool,
+    ) -> Result<Self> {
+        check_lr(config.lr)?;
+        let betas_ok = (0.0..1.0).contains(&config.beta1) && (0.0..1.0).contains(&config.beta2);
+        if !betas_ok || !(config.eps > 0.0) || !(config.weight_decay >= 0.0) {
+            return Err(Error::InvalidArgument {
+                what: "Adam needs betas in [0, 1), eps > 0, weight decay >= 0",
+            });
+        }
+        alloc_state(tape, 2)?;
+        Ok(Adam {
+            config,
+            decoupled,
+            t: 0,
+        })
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.t as u64
+    }
+}
+
+impl Optimizer for Adam {
+    fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
+        let t = self.t.saturating_add(1);
+        let c = self.config;
+        let (bias1, bias2) = (
+            1.0 - libm::pow(c.beta1, t as f64),
+            1.0 - libm::pow(c.beta2, t as f64),
+        );
+        let decoupled = self.decoupled;
+        for_each_trainable(tape, |b, param, grad, state, len| {
+            b.adam(&AdamUpdate {
+                param,
+                grad,
+                m: state,
+                v: state + len,
+                len,
+                lr: c.lr,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+                decoupled,
+                bias1,
+                bias2,
+            })
+        })?;
+        self.t = t;
+        Ok(())
+    }
+
+    fn lr(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+}
+
+/// Scales the gradients of all trainable parameters so that their global L2 norm is at most
+/// `max_norm` (PyTorch's `clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when the norm
+/// exceeds it). Returns the norm before clipping.
+///
+/// # Errors
+/// [`Error::NonFinite`] when the norm is NaN or infinite (the gradients are left as they are);
+/// [`Error::InvalidArgument`] for a negative or non-finite `max_norm`.
+pub fn clip_grad_norm<B: Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    max_norm: f64,
+) -> Result<f64> {
+    if !(max_norm.is_finite() && max_norm >= 0.0) {
+        return Err(Error::InvalidArgument {
+            what: "max_norm must be finite and >= 0",
+        });
+    }
+    let mut total = 0.0;
+    for node in tape.nodes.iter() {
+        if let Op::Param {
+            trainable: true,
+            has_grad: true,
+            ..
+        } = node.op
+        {
+            total += tape
+                .backend
+                .sum_squares(node.grad as usize, node.shape.numel())?;
+        }
+    }
+    let norm = libm::sqrt(total);
+    if !norm.is_finite() {
+        return Err(Error::NonFinite {
+            op: "clip_grad_norm",
+        });
+    }
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        let f = B::Elem::from_f64(coef);
+        for i in 0..tape.nodes.len() {
+            let Some(node) = tape.nodes.get(i).copied() else {
+                continue;
+            };
+            if let Op::Param {
+                trainable: true,
+                has_grad: true,
+                ..
+            } = node.op
+            {
+                tape.backend
+                    .scale(node.grad as usize, node.shape.numel(), f)?;
+            }
+        }
+    }
+    Ok(norm)
+}

@@ -1,0 +1,133 @@
+//! Memory planning: the exact arena a training step needs, by a dry run or at compile time.
+//!
+//! A step allocates the same things in the same order every time, so its need is exact:
+//! [`measure`] runs a step on the [`Meter`] backend (which stores and computes nothing) and
+//! reports the high-water mark; [`mlp`] computes it for a standard MLP step as a `const fn`, so
+//! that firmware sizes a `static` arena at compile time:
+//! ```
+//! use mote::plan::{self, Loss, Opt};
+//! const FLOATS: usize = plan::mlp(&[2, 3, 1], 4, Loss::Mse, Opt::Adam);
+//! static_assertions_like(FLOATS);
+//! const fn static_assertions_like(n: usize) { assert!(n < 16 * 1024 / 4, "does not fit in 16 KB"); }
+//! ```
+
+use crate::backend::Meter;
+use crate::error::Result;
+use crate::float::Float;
+use crate::tape::Tape;
+
+/// The loss of a planned step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// MSE against targets shaped like the output.
+    Mse,
+    /// Binary cross-entropy with logits against targets shaped like the output.
+    BceWithLogits,
+    /// Softmax cross-entropy against one class label per row.
+    CrossEntropy,
+}
+
+/// The optimizer of a planned step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opt {
+    /// SGD without momentum: no state.
+    Sgd,
+    /// SGD with momentum: one buffer per parameter.
+    SgdMomentum,
+    /// Adam or AdamW: two buffers per parameter.
+    Adam,
+}
+
+/// Floats of parameters (with their gradients) and optimizer state of an MLP with layer sizes
+/// `sizes` (`[in, hidden..., out]`, biases included).
+#[allow(clippy::indexing_slicing)] // indices stay below len (loop bounds); const fns cannot use get()
+pub const fn mlp_params(sizes: &[usize], opt: Opt) -> usize {
+    let mut p = 0;
+    let mut i = 0;
+    while i + 1 < sizes.len() {
+        p += sizes[i] * sizes[i + 1] + sizes[i + 1];
+        i += 1;
+    }
+    let state = match opt {
+        Opt::Sgd => 0,
+        Opt::SgdMomentum => 1,
+        Opt::Adam => 2,
+    };
+    p * (2 + state)
+}
+
+/// Floats one training step of an MLP needs above the mark: input, targets, every layer's
+/// output and activation, the loss, and their gradients.
+#[allow(clippy::indexing_slicing)] // as above
+pub const fn mlp_step(sizes: &[usize], batch: usize, loss: Loss) -> usize {
+    let n = sizes.len();
+    if n < 2 {
+        return 0;
+    }
+    let mut acts = 1; // the loss
+    let mut i = 1;
+    while i < n {
+        acts += batch * sizes[i]; // linear output
+        if i + 1 < n {
+            acts += batch * sizes[i]; // activation output
+        }
+        i += 1;
+    }
+    let targets = match loss {
+        Loss::Mse | Loss::BceWithLogits => batch * sizes[n - 1],
+        Loss::CrossEntropy => batch,
+    };
+    batch * sizes[0] + targets + 2 * acts
+}
+
+/// The whole arena (in floats) of training an MLP: [`mlp_params`] + [`mlp_step`]. Layers are
+/// [`crate::Linear`] with bias and one activation between layers; the step is: inputs, targets,
+/// forward, loss, backward, optimizer step.
+pub const fn mlp(sizes: &[usize], batch: usize, loss: Loss, opt: Opt) -> usize {
+    mlp_params(sizes, opt) + mlp_step(sizes, batch, loss)
+}
+
+/// Floats of inference (`no_grad`) with frozen parameters: parameter values, the input, and
+/// every layer's output and activation (the arena frees nothing within a step).
+#[allow(clippy::indexing_slicing)] // as above
+pub const fn mlp_inference(sizes: &[usize], batch: usize) -> usize {
+    let n = sizes.len();
+    let mut total = 0;
+    let mut i = 0;
+    while i + 1 < n {
+        total += sizes[i] * sizes[i + 1] + sizes[i + 1];
+        i += 1;
+    }
+    if n == 0 {
+        return 0;
+    }
+    total += batch * sizes[0];
+    let mut i = 1;
+    while i < n {
+        total += batch * sizes[i];
+        if i + 1 < n {
+            total += batch * sizes[i];
+        }
+        i += 1;
+    }
+    total
+}
+
+/// Runs `f` (a model's setup and one step, say) on a tape over the [`Meter`] backend and
+/// returns the most arena elements in use at once: the exact size for the same code on a real
+/// backend.
+///
+/// # Errors
+/// Whatever `f` returns.
+pub fn measure<T: Float, const N: usize>(
+    f: impl FnOnce(&mut Tape<Meter<T>, N>) -> Result<()>,
+) -> Result<usize> {
+    let mut tape = Tape::<Meter<T>, N>::with_backend(Meter::default());
+    f(&mut tape)?;
+    Ok(tape.high_water())
+}
+
+/// Bytes of `floats` elements of `T`.
+pub const fn bytes<T>(floats: usize) -> usize {
+    floats * core::mem::size_of::<T>()
+}

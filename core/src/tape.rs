@@ -1,0 +1,890 @@
+//! The arena and the tape: tensors are handles into one arena; ops run eagerly and record a node;
+//! `backward` walks the nodes in reverse.
+
+use crate::backend::{Backend, Cpu, HostBackend, View};
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::ops::binary::BinaryOp;
+use crate::ops::loss::LossOp;
+use crate::ops::reduce::ReduceOp;
+use crate::ops::unary::UnaryOp;
+use crate::shape::Shape;
+
+/// "No node" / "no offset".
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// What a node computed. Each op family's backward lives beside its forward in `ops/`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Op {
+    /// Data from the host; no gradient.
+    Input,
+    /// A parameter: `trainable` ones have a gradient region right after their value, and
+    /// `state` is the offset of the optimizer's state for it (`NONE` until an optimizer exists).
+    Param {
+        trainable: bool,
+        has_grad: bool,
+        state: u32,
+    },
+    Unary(UnaryOp),
+    Binary(BinaryOp),
+    MatMul {
+        ta: bool,
+        tb: bool,
+    },
+    /// `y = x W^T + bias`: `a` is x, `b` is W, `bias` a node id or `NONE`.
+    Linear {
+        bias: u32,
+    },
+    /// `axis == u8::MAX`: over all elements.
+    Reduce {
+        op: ReduceOp,
+        axis: u8,
+    },
+    Softmax {
+        axis: u8,
+        log: bool,
+    },
+    Reshape,
+    Transpose {
+        d0: u8,
+        d1: u8,
+    },
+    BroadcastTo,
+    Slice {
+        axis: u8,
+        start: u32,
+    },
+    Concat {
+        axis: u8,
+    },
+    /// `classes` is used by cross-entropy only.
+    Loss {
+        op: LossOp,
+        classes: u32,
+    },
+}
+
+/// One recorded op: its inputs (node ids), where its output lives, and its gradient.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Node {
+    pub op: Op,
+    pub a: u32,
+    pub b: u32,
+    pub offset: u32,
+    pub shape: Shape,
+    /// Offset of the gradient region, `NONE` while none was allocated.
+    pub grad: u32,
+    /// Whether a trainable parameter influences this value.
+    pub rg: bool,
+}
+
+impl Node {
+    pub(crate) fn view(&self) -> View {
+        View {
+            offset: self.offset as usize,
+            shape: self.shape,
+        }
+    }
+}
+
+/// A tensor on the tape: a small `Copy` handle (node id, arena offset, shape).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Var {
+    pub(crate) id: u32,
+    pub(crate) offset: u32,
+    pub(crate) shape: Shape,
+}
+
+impl Var {
+    /// The shape.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The number of elements.
+    pub fn numel(&self) -> usize {
+        self.shape.numel()
+    }
+
+    /// Where the value lives in the arena.
+    pub fn view(&self) -> View {
+        View {
+            offset: self.offset as usize,
+            shape: self.shape,
+        }
+    }
+}
+
+/// A point to rewind the tape and the arena to (see [`Tape::mark`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark {
+    nodes: usize,
+    top: usize,
+}
+
+/// The tape: an arena (a bump allocator over a backend's storage) and a fixed-capacity list of
+/// up to `NODES` recorded ops.
+///
+/// Ops are methods of the tape (`tape.relu(x)`), run eagerly, and record a node when gradients
+/// are enabled. [`Tape::backward`] computes the gradient of a scalar with respect to every
+/// trainable parameter; an optimizer then updates them.
+pub struct Tape<B: Backend, const NODES: usize> {
+    pub(crate) backend: B,
+    pub(crate) nodes: heapless::Vec<Node, NODES>,
+    capacity: usize,
+    top: usize,
+    high: usize,
+    grad_enabled: bool,
+    grads_dirty: bool,
+}
+
+impl<'a, T: Float, const NODES: usize> Tape<Cpu<'a, T>, NODES> {
+    /// A tape on the reference CPU backend over `mem`, the arena's storage.
+    pub fn new(mem: &'a mut [T]) -> Self {
+        Tape::with_backend(Cpu::new(mem))
+    }
+}
+
+impl<B: Backend, const NODES: usize> Tape<B, NODES> {
+    /// A tape over any backend.
+    pub fn with_backend(backend: B) -> Self {
+        const { assert!(NODES > 0, "a tape needs room for at least one node") };
+        let capacity = backend.capacity().min(NONE as usize - 1);
+        Tape {
+            backend,
+            nodes: heapless::Vec::new(),
+            capacity,
+            top: 0,
+            high: 0,
+            grad_enabled: true,
+            grads_dirty: false,
+        }
+    }
+
+    /// The backend (for example to copy data in or out directly).
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// The backend, mutably.
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
+    // ----- the arena -----
+
+    /// Elements of the arena in use.
+    pub fn used(&self) -> usize {
+        self.top
+    }
+
+    /// Bytes of the arena in use.
+    pub fn used_bytes(&self) -> usize {
+        self.top * core::mem::size_of::<B::Elem>()
+    }
+
+    /// The most elements ever in use at once (since creation or [`Tape::reset_high_water`]).
+    pub fn high_water(&self) -> usize {
+        self.high
+    }
+
+    /// [`Tape::high_water`] in bytes.
+    pub fn high_water_bytes(&self) -> usize {
+        self.high * core::mem::size_of::<B::Elem>()
+    }
+
+    /// Restarts high-water tracking from the current use.
+    pub fn reset_high_water(&mut self) {
+        self.high = self.top;
+    }
+
+    /// Elements of the arena.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Nodes recorded.
+    pub fn nodes_used(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Allocates `len` elements (uninitialised: the previous contents).
+    pub(crate) fn alloc(&mut self, len: usize) -> Result<usize> {
+        let free = self.capacity - self.top;
+        if len > free {
+            return Err(Error::ArenaFull { needed: len, free });
+        }
+        let at = self.top;
+        self.top += len;
+        self.high = self.high.max(self.top);
+        Ok(at)
+    }
+
+    /// The current position: parameters and optimizer state created so far stay below it.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            nodes: self.nodes.len(),
+            top: self.top,
+        }
+    }
+
+    /// Starts a new step: drops every node and allocation made after `mark` (activations,
+    /// inputs, their gradients) and zeroes the gradients of the parameters, in O(parameters).
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`] when `mark` lies beyond the current position (it was taken before
+    /// an earlier rewind went further back).
+    pub fn rewind(&mut self, mark: Mark) -> Result<()> {
+        self.rewind_keep_grad(mark)?;
+        self.zero_grad()
+    }
+
+    /// Like [`Tape::rewind`] but keeps the parameters' gradients, so that several backward
+    /// passes accumulate (gradient accumulation over micro-batches).
+    ///
+    /// # Errors
+    /// As [`Tape::rewind`].
+    pub fn rewind_keep_grad(&mut self, mark: Mark) -> Result<()> {
+        if mark.nodes > self.nodes.len() || mark.top > self.top {
+            return Err(Error::StaleHandle);
+        }
+        self.nodes.truncate(mark.nodes);
+        self.top = mark.top;
+        for n in self.nodes.iter_mut() {
+            if !matches!(n.op, Op::Param { .. }) {
+                n.grad = NONE;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets every parameter's gradient to zero (PyTorch's `optimizer.zero_grad()`);
+    /// [`Tape::rewind`] does it for you.
+    ///
+    /// # Errors
+    /// Only a backend failure.
+    pub fn zero_grad(&mut self) -> Result<()> {
+        if !self.grads_dirty {
+            return Ok(());
+        }
+        for n in self.nodes.iter() {
+            if let Op::Param { has_grad: true, .. } = n.op {
+                self.backend
+                    .fill(n.grad as usize, n.shape.numel(), B::Elem::ZERO)?;
+            }
+        }
+        self.grads_dirty = false;
+        Ok(())
+    }
+
+    // ----- modes -----
+
+    /// Whether ops record nodes (the default). With gradients disabled, ops compute and return
+    /// handles but record nothing and use no tape capacity: inference.
+    pub fn grad_enabled(&self) -> bool {
+        self.grad_enabled
+    }
+
+    /// Turns recording on or off (PyTorch's `torch.set_grad_enabled`).
+    pub fn set_grad_enabled(&mut self, on: bool) {
+        self.grad_enabled = on;
+    }
+
+    /// Runs `f` with recording off, then restores the previous mode (`with torch.no_grad():`).
+    pub fn no_grad<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let was = self.grad_enabled;
+        self.grad_enabled = false;
+        let out = f(self);
+        self.grad_enabled = was;
+        out
+    }
+
+    // ----- handles -----
+
+    /// Checks that `v` is alive on this tape; returns its node (if recorded).
+    pub(crate) fn check(&self, v: Var) -> Result<Option<&Node>> {
+        if v.offset as usize + v.numel() > self.top {
+            return Err(Error::StaleHandle);
+        }
+        if v.id == NONE {
+            return Ok(None);
+        }
+        match self.nodes.get(v.id as usize) {
+            Some(n) if n.offset == v.offset && n.shape == v.shape => Ok(Some(n)),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    /// Whether a trainable parameter influences `v`.
+    pub fn requires_grad(&self, v: Var) -> bool {
+        matches!(self.check(v), Ok(Some(n)) if n.rg)
+    }
+
+    /// Makes sure `v` has a node while recording (a tensor made under `no_grad` gets an input
+    /// node when a recorded op uses it).
+    pub(crate) fn registered(&mut self, v: Var) -> Result<Var> {
+        if self.check(v)?.is_none() && self.grad_enabled {
+            return self.push(Op::Input, NONE, NONE, v.offset as usize, v.shape, false);
+        }
+        Ok(v)
+    }
+
+    fn push(
+        &mut self,
+        op: Op,
+        a: u32,
+        b: u32,
+        offset: usize,
+        shape: Shape,
+        rg: bool,
+    ) -> Result<Var> {
+        let id = self.nodes.len() as u32;
+        self.nodes
+            .push(Node {
+                op,
+                a,
+                b,
+                offset: offset as u32,
+                shape,
+                grad: NONE,
+                rg,
+            })
+            .map_err(|_| Error::TapeFull { capacity: NODES })?;
+        Ok(Var {
+            id,
+            offset: offset as u32,
+            shape,
+        })
+    }
+
+    /// Runs an op: checks and registers its inputs, allocates its output, runs `kernel` on it
+    /// and records a node. On any error the arena and the tape are left as they were.
+    pub(crate) fn record(
+        &mut self,
+        op: Op,
+        inputs: &[Var],
+        shape: Shape,
+        kernel: impl FnOnce(&mut B, View) -> Result<()>,
+    ) -> Result<Var> {
+        let (top, len) = (self.top, self.nodes.len());
+        let out = self.record_inner(op, inputs, shape, kernel);
+        if out.is_err() {
+            self.top = top;
+            self.nodes.truncate(len);
+        }
+        out
+    }
+
+    fn record_inner(
+        &mut self,
+        op: Op,
+        inputs: &[Var],
+        shape: Shape,
+        kernel: impl FnOnce(&mut B, View) -> Result<()>,
+    ) -> Result<Var> {
+        let mut ids = [NONE; 2];
+        let mut rg = false;
+        for (slot, &v) in ids.iter_mut().zip(inputs) {
+            let v = self.registered(v)?;
+            rg |= self.requires_grad(v);
+            *slot = v.id;
+        }
+        // Inputs beyond two (the bias of `linear`) are checked by the caller.
+        for &v in inputs.iter().skip(2) {
+            let v = self.registered(v)?;
+            rg |= self.requires_grad(v);
+        }
+        if self.grad_enabled && self.nodes.is_full() {
+            return Err(Error::TapeFull { capacity: NODES });
+        }
+        let offset = self.alloc(shape.numel())?;
+        let view = View { offset, shape };
+        kernel(&mut self.backend, view)?;
+        if self.grad_enabled {
+            self.push(op, ids[0], ids[1], offset, shape, rg && self.grad_enabled)
+        } else {
+            Ok(Var {
+                id: NONE,
+                offset: offset as u32,
+                shape,
+            })
+        }
+    }
+
+    // ----- data in and out -----
+
+    /// Copies host data onto the tape as a tensor of shape `dims` (no gradient).
+    ///
+    /// # Errors
+    /// [`Error::BadDims`], [`Error::LengthMismatch`], [`Error::ArenaFull`], [`Error::TapeFull`].
+    pub fn input(&mut self, dims: &[usize], data: &[B::Elem]) -> Result<Var> {
+        self.input_shape(Shape::new(dims)?, data)
+    }
+
+    /// [`Tape::input`] with a [`Shape`].
+    ///
+    /// # Errors
+    /// As [`Tape::input`].
+    pub fn input_shape(&mut self, shape: Shape, data: &[B::Elem]) -> Result<Var> {
+        if data.len() != shape.numel() {
+            return Err(Error::LengthMismatch {
+                op: "input",
+                expected: shape.numel(),
+                got: data.len(),
+            });
+        }
+        self.record(Op::Input, &[], shape, |b, y| b.write(y.offset, data))
+    }
+
+    /// A tensor of shape `dims` filled with `value` (no gradient).
+    ///
+    /// # Errors
+    /// As [`Tape::input`].
+    pub fn full(&mut self, dims: &[usize], value: B::Elem) -> Result<Var> {
+        let shape = Shape::new(dims)?;
+        self.record(Op::Input, &[], shape, |b, y| {
+            b.fill(y.offset, y.len(), value)
+        })
+    }
+
+    /// A tensor of shape `dims` whose values come from `f`, called once per element in order
+    /// (no gradient, no host buffer).
+    ///
+    /// # Errors
+    /// As [`Tape::input`].
+    pub fn input_with(&mut self, dims: &[usize], mut f: impl FnMut() -> B::Elem) -> Result<Var> {
+        let shape = Shape::new(dims)?;
+        self.record(Op::Input, &[], shape, |b, y| {
+            write_with(b, y.offset, y.len(), &mut f)
+        })
+    }
+
+    /// Class labels for [`Tape::cross_entropy`], stored as floats.
+    ///
+    /// # Errors
+    /// As [`Tape::input`].
+    pub fn labels(&mut self, labels: &[usize]) -> Result<Var> {
+        let shape = Shape::new(&[labels.len()])?;
+        let mut it = labels.iter();
+        self.record(Op::Input, &[], shape, |b, y| {
+            write_with(b, y.offset, y.len(), &mut || {
+                B::Elem::from_usize(it.next().copied().unwrap_or(0))
+            })
+        })
+    }
+
+    /// Copies a tensor's values out to `out` (which must have `v.numel()` elements).
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`], [`Error::LengthMismatch`].
+    pub fn read(&self, v: Var, out: &mut [B::Elem]) -> Result<()> {
+        self.check(v)?;
+        if out.len() != v.numel() {
+            return Err(Error::LengthMismatch {
+                op: "read",
+                expected: v.numel(),
+                got: out.len(),
+            });
+        }
+        self.backend.read(v.offset as usize, out)
+    }
+
+    /// The value of a one-element tensor (a loss).
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`], [`Error::NotScalar`].
+    pub fn item(&self, v: Var) -> Result<B::Elem> {
+        if v.numel() != 1 {
+            return Err(Error::NotScalar { shape: v.shape });
+        }
+        let mut out = [B::Elem::ZERO];
+        self.read(v, &mut out)?;
+        Ok(out[0])
+    }
+
+    /// Overwrites a tensor's values from the host (for example a new batch in the same place).
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`], [`Error::LengthMismatch`].
+    pub fn write(&mut self, v: Var, data: &[B::Elem]) -> Result<()> {
+        self.check(v)?;
+        if data.len() != v.numel() {
+            return Err(Error::LengthMismatch {
+                op: "write",
+                expected: v.numel(),
+                got: data.len(),
+            });
+        }
+        self.backend.write(v.offset as usize, data)
+    }
+
+    /// Where the gradient of `v` lives, once [`Tape::backward`] has reached it: `None` if no
+    /// gradient flowed to it.
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`]; [`Error::FrozenParameter`] for a parameter created frozen.
+    pub fn grad(&self, v: Var) -> Result<Option<View>> {
+        let node = self.check(v)?.ok_or(Error::NoGradient)?;
+        if let Op::Param {
+            has_grad: false, ..
+        } = node.op
+        {
+            return Err(Error::FrozenParameter);
+        }
+        if node.grad == NONE {
+            return Ok(None);
+        }
+        Ok(Some(View {
+            offset: node.grad as usize,
+            shape: node.shape,
+        }))
+    }
+
+    /// Copies the gradient of `v` out (zeros where no gradient flowed).
+    ///
+    /// # Errors
+    /// As [`Tape::grad`] and [`Tape::read`].
+    pub fn read_grad(&self, v: Var, out: &mut [B::Elem]) -> Result<()> {
+        if out.len() != v.numel() {
+            return Err(Error::LengthMismatch {
+                op: "read_grad",
+                expected: v.numel(),
+                got: out.len(),
+            });
+        }
+        match self.grad(v)? {
+            Some(g) => self.backend.read(g.offset, out),
+            None => {
+                out.fill(B::Elem::ZERO);
+                Ok(())
+            }
+        }
+    }
+
+    // ----- parameters -----
+
+    /// A trainable parameter of shape `dims` with initial values `data`. Its value and its
+    /// gradient are allocated together; create parameters before [`Tape::mark`].
+    ///
+    /// # Errors
+    /// As [`Tape::input`].
+    pub fn param(&mut self, dims: &[usize], data: &[B::Elem]) -> Result<Var> {
+        self.param_impl(dims, true, |b, off, n| {
+            if data.len() != n {
+                return Err(Error::LengthMismatch {
+                    op: "param",
+                    expected: n,
+                    got: data.len(),
+                });
+            }
+            b.write(off, data)
+        })
+    }
+
+    /// A frozen parameter: it gets no gradient storage and no optimizer state (a backbone
+    /// loaded from flash). It cannot be unfrozen.
+    ///
+    /// # Errors
+    /// As [`Tape::input`].
+    pub fn param_frozen(&mut self, dims: &[usize], data: &[B::Elem]) -> Result<Var> {
+        self.param_impl(dims, false, |b, off, n| {
+            if data.len() != n {
+                return Err(Error::LengthMismatch {
+                    op: "param",
+                    expected: n,
+                    got: data.len(),
+                });
+            }
+            b.write(off, data)
+        })
+    }
+
+    /// A trainable parameter whose values come from `init`, called once per element in order
+    /// (no host buffer needed).
+    ///
+    /// # Errors
+    /// As [`Tape::input`].
+    pub fn param_with(&mut self, dims: &[usize], mut init: impl FnMut() -> B::Elem) -> Result<Var> {
+        self.param_impl(dims, true, |b, off, n| write_with(b, off, n, &mut init))
+    }
+
+    /// A frozen parameter whose values come from `init`, called once per element in order.
+    ///
+    /// # Errors
+    /// As [`Tape::input`].
+    pub fn param_frozen_with(
+        &mut self,
+        dims: &[usize],
+        mut init: impl FnMut() -> B::Elem,
+    ) -> Result<Var> {
+        self.param_impl(dims, false, |b, off, n| write_with(b, off, n, &mut init))
+    }
+
+    fn param_impl(
+        &mut self,
+        dims: &[usize],
+        trainable: bool,
+        fill: impl FnOnce(&mut B, usize, usize) -> Result<()>,
+    ) -> Result<Var> {
+        let shape = Shape::new(dims)?;
+        let n = shape.numel();
+        if self.nodes.is_full() {
+            return Err(Error::TapeFull { capacity: NODES });
+        }
+        let top = self.top;
+        let res = (|| {
+            let offset = self.alloc(if trainable { 2 * n } else { n })?;
+            fill(&mut self.backend, offset, n)?;
+            if trainable {
+                self.backend.fill(offset + n, n, B::Elem::ZERO)?;
+            }
+            Ok(offset)
+        })();
+        let offset = res.inspect_err(|_| self.top = top)?;
+        let op = Op::Param {
+            trainable,
+            has_grad: trainable,
+            state: NONE,
+        };
+        let v = self.push(op, NONE, NONE, offset, shape, trainable)?;
+        if trainable {
+            if let Some(node) = self.nodes.get_mut(v.id as usize) {
+                node.grad = (offset + n) as u32;
+            }
+        }
+        Ok(v)
+    }
+
+    pub(crate) fn param_node_mut(&mut self, p: Var) -> Result<&mut Node> {
+        self.check(p)?.ok_or(Error::NotAParameter)?;
+        let node = self
+            .nodes
+            .get_mut(p.id as usize)
+            .ok_or(Error::StaleHandle)?;
+        match node.op {
+            Op::Param { .. } => Ok(node),
+            _ => Err(Error::NotAParameter),
+        }
+    }
+
+    /// Stops training `p`: no gradient flows to it and optimizers skip it (its storage stays).
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`], [`Error::NotAParameter`].
+    pub fn freeze(&mut self, p: Var) -> Result<()> {
+        let node = self.param_node_mut(p)?;
+        if let Op::Param {
+            ref mut trainable, ..
+        } = node.op
+        {
+            *trainable = false;
+        }
+        node.rg = false;
+        Ok(())
+    }
+
+    /// Trains `p` again after [`Tape::freeze`].
+    ///
+    /// # Errors
+    /// [`Error::FrozenParameter`] when `p` was created frozen (it has no gradient storage);
+    /// [`Error::StaleHandle`], [`Error::NotAParameter`].
+    pub fn unfreeze(&mut self, p: Var) -> Result<()> {
+        let node = self.param_node_mut(p)?;
+        match node.op {
+            Op::Param {
+                has_grad: false, ..
+            } => Err(Error::FrozenParameter),
+            Op::Param {
+                ref mut trainable, ..
+            } => {
+                *trainable = true;
+                node.rg = true;
+                Ok(())
+            }
+            _ => Err(Error::NotAParameter),
+        }
+    }
+
+    /// Whether `p` is a trainable (not frozen) parameter.
+    pub fn is_trainable(&self, p: Var) -> bool {
+        matches!(
+            self.check(p),
+            Ok(Some(Node {
+                op: Op::Param {
+                    trainable: true,
+                    ..
+                },
+                ..
+            }))
+        )
+    }
+
+    /// Every parameter on the tape, in creation order (frozen ones included).
+    pub fn params(&self) -> impl Iterator<Item = Var> + '_ {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| match n.op {
+                Op::Param { .. } => Some(Var {
+                    id: i as u32,
+                    offset: n.offset,
+                    shape: n.shape,
+                }),
+                _ => None,
+            })
+    }
+
+    /// The number of parameter elements (`trainable_only`: frozen ones left out).
+    pub fn param_count(&self, trainable_only: bool) -> usize {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::Param { trainable, .. } if trainable || !trainable_only))
+            .map(|n| n.shape.numel())
+            .sum()
+    }
+
+    // ----- backward -----
+
+    /// Computes the gradient of the scalar `loss` with respect to every tensor that a trainable
+    /// parameter influences (`loss.backward()`). Parameter gradients accumulate until
+    /// [`Tape::rewind`] or [`Tape::zero_grad`]; gradients of activations are allocated in the
+    /// arena, after the step's activations.
+    ///
+    /// # Errors
+    /// [`Error::NotScalar`], [`Error::NoGradient`] (nothing trainable reaches `loss`),
+    /// [`Error::ArenaFull`] (no room for the gradients), [`Error::StaleHandle`].
+    pub fn backward(&mut self, loss: Var) -> Result<()> {
+        let node = self.check(loss)?.ok_or(Error::NoGradient)?;
+        if loss.numel() != 1 {
+            return Err(Error::NotScalar { shape: loss.shape });
+        }
+        if !node.rg {
+            return Err(Error::NoGradient);
+        }
+        for n in self.nodes.iter_mut() {
+            if !matches!(n.op, Op::Param { .. }) {
+                n.grad = NONE;
+            }
+        }
+        let g = self.alloc(1)?;
+        self.backend.fill(g, 1, B::Elem::ONE)?;
+        if let Some(n) = self.nodes.get_mut(loss.id as usize) {
+            n.grad = g as u32;
+        }
+        self.grads_dirty = true;
+        for i in (0..=loss.id as usize).rev() {
+            let Some(&node) = self.nodes.get(i) else {
+                continue;
+            };
+            if node.rg && node.grad != NONE {
+                self.backward_node(&node)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The node of input id `id`, and its gradient region (allocated and zeroed on first use),
+    /// or `None` when no gradient is wanted for it.
+    pub(crate) fn input_grad(&mut self, id: u32) -> Result<Option<(View, usize)>> {
+        let Some(&node) = self.nodes.get(id as usize) else {
+            return Ok(None);
+        };
+        if !node.rg {
+            return Ok(None);
+        }
+        if node.grad == NONE {
+            let n = node.shape.numel();
+            let g = self.alloc(n)?;
+            self.backend.fill(g, n, B::Elem::ZERO)?;
+            if let Some(m) = self.nodes.get_mut(id as usize) {
+                m.grad = g as u32;
+            }
+            return Ok(Some((node.view(), g)));
+        }
+        Ok(Some((node.view(), node.grad as usize)))
+    }
+
+    /// The value view of node `id` (for inputs that need no gradient).
+    pub(crate) fn node_view(&self, id: u32) -> Result<View> {
+        self.nodes
+            .get(id as usize)
+            .map(Node::view)
+            .ok_or(Error::StaleHandle)
+    }
+
+    fn backward_node(&mut self, node: &Node) -> Result<()> {
+        let dy = View {
+            offset: node.grad as usize,
+            shape: node.shape,
+        };
+        let y = node.view();
+        match node.op {
+            Op::Input | Op::Param { .. } => Ok(()),
+            Op::Unary(op) => self.unary_backward(op, node.a, y, dy),
+            Op::Binary(op) => self.binary_backward(op, node.a, node.b, dy),
+            Op::MatMul { ta, tb } => self.matmul_backward(ta, tb, node.a, node.b, dy),
+            Op::Linear { bias } => self.linear_backward(node.a, node.b, bias, dy),
+            Op::Reduce { op, axis } => self.reduce_backward(op, axis, node.a, y, dy),
+            Op::Softmax { axis, log } => self.softmax_backward(log, axis, node.a, y, dy),
+            Op::Reshape
+            | Op::Transpose { .. }
+            | Op::BroadcastTo
+            | Op::Slice { .. }
+            | Op::Concat { .. } => self.movement_backward(node.op, node.a, node.b, dy),
+            Op::Loss { op, classes } => {
+                self.loss_backward(op, classes as usize, node.a, node.b, dy)
+            }
+        }
+    }
+}
+
+/// Writes `n` values from `f` at `offset`, through a small stack buffer.
+pub(crate) fn write_with<B: Backend>(
+    b: &mut B,
+    offset: usize,
+    n: usize,
+    f: &mut impl FnMut() -> B::Elem,
+) -> Result<()> {
+    let mut buf = [B::Elem::ZERO; 32];
+    let mut done = 0;
+    while done < n {
+        let k = (n - done).min(32);
+        let chunk = buf.get_mut(..k).unwrap_or(&mut []);
+        for v in chunk.iter_mut() {
+            *v = f();
+        }
+        b.write(offset + done, chunk)?;
+        done += k;
+    }
+    Ok(())
+}
+
+impl<B: HostBackend, const NODES: usize> Tape<B, NODES> {
+    /// A tensor's values, borrowed from host storage.
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`].
+    pub fn data(&self, v: Var) -> Result<&[B::Elem]> {
+        self.check(v)?;
+        self.backend
+            .storage()
+            .get(v.view().range())
+            .ok_or(Error::StaleHandle)
+    }
+
+    /// A tensor's gradient, borrowed from host storage (`None`: no gradient reached it).
+    ///
+    /// # Errors
+    /// As [`Tape::grad`].
+    pub fn grad_data(&self, v: Var) -> Result<Option<&[B::Elem]>> {
+        match self.grad(v)? {
+            Some(g) => Ok(Some(
+                self.backend
+                    .storage()
+                    .get(g.range())
+                    .ok_or(Error::StaleHandle)?,
+            )),
+            None => Ok(None),
+        }
+    }
+}
