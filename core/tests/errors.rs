@@ -1,0 +1,282 @@
+//! Bad input returns its specific error and leaves the tape and the arena as they were.
+
+use mote::{Adam, AdamConfig, Cpu, Error, Linear, Module, Optimizer, Rng, Shape, Tape};
+
+fn s(d: &[usize]) -> Shape {
+    Shape::new(d).unwrap()
+}
+
+#[test]
+fn full_arena_is_an_error_and_changes_nothing() {
+    let mut mem = [0f32; 10];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let x = tape.input(&[2, 3], &[1.0; 6]).unwrap();
+    let (used, nodes) = (tape.used(), tape.nodes_used());
+    assert_eq!(tape.exp(x), Err(Error::ArenaFull { needed: 6, free: 4 }));
+    assert_eq!((tape.used(), tape.nodes_used()), (used, nodes));
+    assert_eq!(
+        tape.param(&[5], &[0.0; 5]),
+        Err(Error::ArenaFull {
+            needed: 10,
+            free: 4
+        })
+    );
+    // Room for the forward but not for the gradients: backward says so.
+    let p = tape.param(&[2], &[1.0, 2.0]).unwrap();
+    let loss = tape.sum(p);
+    assert!(matches!(loss, Err(Error::ArenaFull { .. })) || tape.backward(loss.unwrap()).is_err());
+}
+
+#[test]
+fn full_tape_is_an_error_and_changes_nothing() {
+    let mut mem = [0f32; 100];
+    let mut tape = Tape::<Cpu<f32>, 2>::new(&mut mem);
+    let x = tape.input(&[3], &[1.0; 3]).unwrap();
+    let y = tape.exp(x).unwrap();
+    let used = tape.used();
+    assert_eq!(tape.exp(y), Err(Error::TapeFull { capacity: 2 }));
+    assert_eq!(tape.used(), used, "no arena is taken by a failed op");
+    assert_eq!(
+        tape.param(&[1], &[0.0]),
+        Err(Error::TapeFull { capacity: 2 })
+    );
+    // Inference records nothing, so it still runs on a full tape.
+    let z = tape.no_grad(|t| t.exp(y)).unwrap();
+    assert!((tape.data(z).unwrap()[0] - 1f32.exp().exp()).abs() < 1e-5);
+}
+
+#[test]
+fn shape_mismatches_name_the_op_and_shapes() {
+    let mut mem = [0f32; 200];
+    let mut tape = Tape::<Cpu<f32>, 32>::new(&mut mem);
+    let a = tape.input(&[2, 3], &[1.0; 6]).unwrap();
+    let b = tape.input(&[4], &[1.0; 4]).unwrap();
+    assert_eq!(
+        tape.add(a, b),
+        Err(Error::ShapeMismatch {
+            op: "add",
+            lhs: s(&[2, 3]),
+            rhs: s(&[4])
+        })
+    );
+    assert_eq!(
+        tape.matmul(a, a),
+        Err(Error::ShapeMismatch {
+            op: "matmul",
+            lhs: s(&[2, 3]),
+            rhs: s(&[2, 3])
+        })
+    );
+    assert!(matches!(
+        tape.matmul(b, b),
+        Err(Error::InvalidShape { op: "matmul", .. })
+    ));
+    assert_eq!(
+        tape.mse(a, b),
+        Err(Error::ShapeMismatch {
+            op: "mse",
+            lhs: s(&[2, 3]),
+            rhs: s(&[4])
+        })
+    );
+    assert!(matches!(
+        tape.reshape(a, &[5]),
+        Err(Error::ShapeMismatch { op: "reshape", .. })
+    ));
+    assert_eq!(
+        tape.sum_axis(a, 2),
+        Err(Error::AxisOutOfRange {
+            op: "sum",
+            axis: 2,
+            rank: 2
+        })
+    );
+    assert!(matches!(
+        tape.slice(a, 1, 2, 2),
+        Err(Error::IndexOutOfRange { op: "slice", .. })
+    ));
+    assert!(matches!(
+        tape.concat(a, b, 0),
+        Err(Error::ShapeMismatch { op: "concat", .. })
+    ));
+    assert!(matches!(
+        tape.broadcast_to(a, &[3, 3]),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert_eq!(
+        tape.input(&[2, 2], &[1.0; 3]),
+        Err(Error::LengthMismatch {
+            op: "input",
+            expected: 4,
+            got: 3
+        })
+    );
+    assert_eq!(
+        tape.input(&[1, 1, 1, 1, 1], &[1.0]),
+        Err(Error::BadDims { rank: 5 })
+    );
+    assert_eq!(tape.input(&[0], &[]), Err(Error::BadDims { rank: 1 }));
+    let labels = tape.labels(&[0, 5]).unwrap();
+    assert_eq!(
+        tape.cross_entropy(a, labels),
+        Err(Error::IndexOutOfRange {
+            op: "cross_entropy label",
+            index: 5,
+            bound: 3
+        })
+    );
+    let sa = tape.sum(a).unwrap();
+    assert_eq!(tape.backward(sa), Err(Error::NoGradient));
+    let w = tape.param(&[2, 3], &[0.5; 6]).unwrap();
+    let y = tape.mul(a, w).unwrap();
+    assert_eq!(
+        tape.backward(y),
+        Err(Error::NotScalar { shape: s(&[2, 3]) })
+    );
+    // Every message is one line that says what was wrong.
+    let msg = tape.add(a, b).unwrap_err().to_string();
+    assert_eq!(msg, "add: shapes [2, 3] and [4] do not fit together");
+}
+
+#[test]
+fn frozen_parameter_misuse() {
+    let mut mem = [0f32; 400];
+    let mut tape = Tape::<Cpu<f32>, 32>::new(&mut mem);
+    let frozen = tape.param_frozen(&[2], &[1.0, 2.0]).unwrap();
+    let x = tape.input(&[2], &[3.0, 4.0]).unwrap();
+    assert_eq!(tape.grad(frozen), Err(Error::FrozenParameter));
+    assert_eq!(tape.unfreeze(frozen), Err(Error::FrozenParameter));
+    assert_eq!(tape.freeze(x), Err(Error::NotAParameter));
+    // Only frozen parameters reach the loss: nothing to differentiate.
+    let y = tape.mul(frozen, x).unwrap();
+    let loss = tape.sum(y).unwrap();
+    assert_eq!(tape.backward(loss), Err(Error::NoGradient));
+    // Freezing a trainable parameter stops its gradient; optimizers skip it.
+    let w = tape.param(&[2], &[0.5, 0.5]).unwrap();
+    let mut opt = Adam::new(&mut tape, AdamConfig::default()).unwrap();
+    tape.freeze(w).unwrap();
+    assert!(!tape.is_trainable(w));
+    let y = tape.mul(w, x).unwrap();
+    let loss = tape.sum(y).unwrap();
+    assert_eq!(tape.backward(loss), Err(Error::NoGradient));
+    tape.unfreeze(w).unwrap();
+    let y = tape.mul(w, x).unwrap();
+    let loss = tape.sum(y).unwrap();
+    tape.backward(loss).unwrap();
+    assert_eq!(tape.grad_data(w).unwrap().unwrap(), &[3.0, 4.0]);
+    opt.step(&mut tape).unwrap();
+    // A parameter unfrozen... made trainable after the optimizer existed has no state.
+    let late = tape.param(&[1], &[0.0]).unwrap();
+    let y = tape.mul(late, late).unwrap();
+    let l = tape.sum(y).unwrap();
+    tape.backward(l).unwrap();
+    assert_eq!(opt.step(&mut tape), Err(Error::MissingOptimizerState));
+}
+
+#[test]
+fn stale_handles_after_rewind() {
+    let mut mem = [0f32; 100];
+    let mut tape = Tape::<Cpu<f32>, 16>::new(&mut mem);
+    let mark = tape.mark();
+    let x = tape.input(&[4], &[1.0; 4]).unwrap();
+    tape.rewind(mark).unwrap();
+    assert_eq!(tape.exp(x), Err(Error::StaleHandle));
+    let y = tape.input(&[2], &[1.0; 2]).unwrap();
+    let _z = tape.input(&[2], &[1.0; 2]).unwrap();
+    // A handle whose node id exists but whose offset or shape differ is stale too.
+    assert_eq!(tape.exp(x), Err(Error::StaleHandle));
+    assert!(tape.exp(y).is_ok());
+    let later = tape.mark();
+    tape.rewind(mark).unwrap();
+    assert_eq!(tape.rewind(later), Err(Error::StaleHandle));
+}
+
+#[test]
+fn optimizer_settings_are_checked() {
+    let mut mem = [0f32; 100];
+    let mut tape = Tape::<Cpu<f32>, 16>::new(&mut mem);
+    let _ = Linear::new(&mut tape, 2, 2, &mut Rng::new(0)).unwrap();
+    assert!(matches!(
+        Adam::new(
+            &mut tape,
+            AdamConfig {
+                lr: -1.0,
+                ..AdamConfig::default()
+            }
+        ),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        Adam::new(
+            &mut tape,
+            AdamConfig {
+                beta1: 1.0,
+                ..AdamConfig::default()
+            }
+        ),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        Adam::new(
+            &mut tape,
+            AdamConfig {
+                lr: f64::NAN,
+                ..AdamConfig::default()
+            }
+        ),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let cfg = mote::SgdConfig {
+        nesterov: true,
+        ..mote::SgdConfig::default()
+    };
+    assert!(matches!(
+        mote::Sgd::new(&mut tape, cfg),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        mote::clip_grad_norm(&mut tape, -1.0),
+        Err(Error::InvalidArgument { .. })
+    ));
+}
+
+#[test]
+fn clip_grad_norm_rejects_nan_and_clips() {
+    let mut mem = [0f32; 100];
+    let mut tape = Tape::<Cpu<f32>, 16>::new(&mut mem);
+    let w = tape.param(&[2], &[3.0, 4.0]).unwrap();
+    let sq = tape.square(w).unwrap();
+    let l = tape.sum(sq).unwrap();
+    tape.backward(l).unwrap(); // grad = (6, 8), norm 10
+    let norm = mote::clip_grad_norm(&mut tape, 5.0).unwrap();
+    assert!((norm - 10.0).abs() < 1e-6);
+    let g = tape.grad_data(w).unwrap().unwrap();
+    assert!(
+        (g[0] - 3.0).abs() < 1e-4 && (g[1] - 4.0).abs() < 1e-4,
+        "{g:?}"
+    );
+    let m = tape.mark();
+    tape.rewind(m).unwrap();
+    let bad = tape.input(&[2], &[f32::NAN, 1.0]).unwrap();
+    let y = tape.mul(w, bad).unwrap();
+    let l = tape.sum(y).unwrap();
+    tape.backward(l).unwrap();
+    assert_eq!(
+        mote::clip_grad_norm(&mut tape, 1.0),
+        Err(Error::NonFinite {
+            op: "clip_grad_norm"
+        })
+    );
+}
+
+#[test]
+fn module_forward_errors_propagate() {
+    let mut mem = [0f32; 1000];
+    let mut tape = Tape::<Cpu<f32>, 16>::new(&mut mem);
+    let l = Linear::new(&mut tape, 3, 2, &mut Rng::new(1)).unwrap();
+    let x = tape.input(&[2, 4], &[0.0; 8]).unwrap();
+    assert!(matches!(
+        l.forward(&mut tape, x),
+        Err(Error::ShapeMismatch { op: "linear", .. })
+    ));
+}

@@ -1,0 +1,108 @@
+//! The planner is exact: `plan::mlp` (a const fn), a dry run on the `Meter` backend and a real
+//! step on the reference backend agree, for any layer sizes, batch, loss and optimizer.
+
+use mote::plan::{self, Loss, Opt};
+use mote::{
+    Adam, AdamConfig, Backend, Cpu, Linear, Module, Optimizer, Relu, Result, Rng, Sgd, SgdConfig,
+    Tape,
+};
+use proptest::prelude::*;
+
+/// One standard training step of an MLP: what `plan::mlp` describes.
+fn step<B: Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    sizes: &[usize],
+    batch: usize,
+    loss: Loss,
+    opt: Opt,
+) -> Result<()> {
+    let mut rng = Rng::new(5);
+    let mut layers = Vec::new();
+    for w in sizes.windows(2) {
+        layers.push(Linear::new(tape, w[0], w[1], &mut rng)?);
+    }
+    let mut adam = None;
+    let mut sgd = None;
+    match opt {
+        Opt::Adam => adam = Some(Adam::new(tape, AdamConfig::default())?),
+        Opt::Sgd => sgd = Some(Sgd::new(tape, SgdConfig::default())?),
+        Opt::SgdMomentum => {
+            sgd = Some(Sgd::new(
+                tape,
+                SgdConfig {
+                    momentum: 0.9,
+                    ..SgdConfig::default()
+                },
+            )?)
+        }
+    }
+    let start = tape.mark();
+    for _ in 0..2 {
+        tape.rewind(start)?;
+        let (inp, out) = (sizes[0], *sizes.last().unwrap());
+        let x = tape.full(&[batch, inp], B::Elem::from_f64(0.5))?;
+        let t = match loss {
+            Loss::CrossEntropy => tape.labels(&vec![0; batch])?,
+            _ => tape.full(&[batch, out], B::Elem::from_f64(0.25))?,
+        };
+        let mut h = x;
+        for (i, l) in layers.iter().enumerate() {
+            h = l.forward(tape, h)?;
+            if i + 1 < layers.len() {
+                h = Relu.forward(tape, h)?;
+            }
+        }
+        let l = match loss {
+            Loss::Mse => tape.mse(h, t)?,
+            Loss::BceWithLogits => tape.bce_with_logits(h, t)?,
+            Loss::CrossEntropy => tape.cross_entropy(h, t)?,
+        };
+        tape.backward(l)?;
+        if let Some(a) = adam.as_mut() {
+            a.step(tape)?;
+        }
+        if let Some(s) = sgd.as_mut() {
+            s.step(tape)?;
+        }
+    }
+    Ok(())
+}
+
+use mote::Float;
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn plan_dry_run_and_real_step_agree(
+        sizes in prop::collection::vec(1usize..=12, 2..=5),
+        batch in 1usize..=9,
+        loss in prop::sample::select(vec![Loss::Mse, Loss::BceWithLogits, Loss::CrossEntropy]),
+        opt in prop::sample::select(vec![Opt::Sgd, Opt::SgdMomentum, Opt::Adam]),
+    ) {
+        let planned = plan::mlp(&sizes, batch, loss, opt);
+        let measured = plan::measure::<f32, 64>(|t| step(t, &sizes, batch, loss, opt)).unwrap();
+        prop_assert_eq!(planned, measured);
+        // The real thing fits in exactly that much, and not in one float less.
+        let mut mem = vec![0f32; planned];
+        let mut tape = Tape::<Cpu<f32>, 64>::new(&mut mem);
+        step(&mut tape, &sizes, batch, loss, opt).unwrap();
+        prop_assert_eq!(tape.high_water(), planned);
+        let mut mem = vec![0f32; planned - 1];
+        let mut tape = Tape::<Cpu<f32>, 64>::new(&mut mem);
+        prop_assert!(step(&mut tape, &sizes, batch, loss, opt).is_err());
+    }
+}
+
+/// A compile-time budget: the arena of the seed model is computed in a const and checked there.
+#[test]
+fn const_planning_sizes_a_static_arena() {
+    const FLOATS: usize = plan::mlp(&[8, 10, 1], 64, Loss::Mse, Opt::Adam);
+    const _: () = assert!(FLOATS * 4 < 64 * 1024, "the seed model must fit in 64 KB");
+    static_assertions(FLOATS);
+    fn static_assertions(n: usize) {
+        // params 8*10+10+10*1+1 = 101, x3 for value+grad... (value, grad, m, v) = 4 x 101
+        assert_eq!(plan::mlp_params(&[8, 10, 1], Opt::Adam), 404);
+        assert_eq!(n, 404 + 64 * 8 + 64 + 2 * (1 + 64 * 10 * 2 + 64));
+    }
+}
