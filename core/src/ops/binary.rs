@@ -71,6 +71,45 @@ impl BinaryOp {
     }
 }
 
+/// Calls `f(out_index, a_index, b_index, n, a_stride, b_stride)` for every innermost row of
+/// `out` (in order): `n` elements starting at those indices, the operands advancing by their
+/// strides. Strides are aligned with `out`'s dimensions (as [`Shape::broadcast_strides`] gives).
+pub(crate) fn rows(
+    out: &Shape,
+    sa: [usize; MAX_RANK],
+    sb: [usize; MAX_RANK],
+    mut f: impl FnMut(usize, usize, usize, usize, usize, usize),
+) {
+    // Right-align: the real last dimension becomes the innermost loop.
+    let r = out.rank();
+    let shift = MAX_RANK - r;
+    let mut d = [1usize; MAX_RANK];
+    let (mut a, mut b) = ([0usize; MAX_RANK], [0usize; MAX_RANK]);
+    for i in 0..r {
+        if let (Some(dd), Some(aa), Some(bb)) = (
+            d.get_mut(i + shift),
+            a.get_mut(i + shift),
+            b.get_mut(i + shift),
+        ) {
+            *dd = out.dim(i);
+            *aa = sa.get(i).copied().unwrap_or(0);
+            *bb = sb.get(i).copied().unwrap_or(0);
+        }
+    }
+    let n = d[3];
+    let mut o = 0;
+    for i0 in 0..d[0] {
+        for i1 in 0..d[1] {
+            for i2 in 0..d[2] {
+                let ia = i0 * a[0] + i1 * a[1] + i2 * a[2];
+                let ib = i0 * b[0] + i1 * b[1] + i2 * b[2];
+                f(o, ia, ib, n, a[3], b[3]);
+                o += n;
+            }
+        }
+    }
+}
+
 /// Calls `f(out_index, a_index, b_index)` for every element of `out`, in order.
 pub(crate) fn walk(
     out: &Shape,
@@ -78,20 +117,11 @@ pub(crate) fn walk(
     sb: [usize; MAX_RANK],
     mut f: impl FnMut(usize, usize, usize),
 ) {
-    let [d0, d1, d2, d3] = [out.dim(0), out.dim(1), out.dim(2), out.dim(3)];
-    let mut o = 0;
-    for i0 in 0..d0 {
-        for i1 in 0..d1 {
-            for i2 in 0..d2 {
-                let ba = i0 * sa[0] + i1 * sa[1] + i2 * sa[2];
-                let bb = i0 * sb[0] + i1 * sb[1] + i2 * sb[2];
-                for i3 in 0..d3 {
-                    f(o, ba + i3 * sa[3], bb + i3 * sb[3]);
-                    o += 1;
-                }
-            }
+    rows(out, sa, sb, |o, ia, ib, n, da, db| {
+        for k in 0..n {
+            f(o + k, ia + k * da, ib + k * db);
         }
-    }
+    });
 }
 
 /// If `small` broadcast to `out` is a plain repetition of a contiguous block (a trailing

@@ -6,7 +6,7 @@
 //! because the destination stride there is 0).
 
 use crate::float::Float;
-use crate::ops::binary::walk;
+use crate::ops::binary::rows;
 use crate::shape::{Shape, MAX_RANK};
 
 /// One side of a strided copy: an arena offset and a stride per dimension of the index space.
@@ -55,12 +55,38 @@ pub fn copy<T: Float>(
         }
         return;
     }
-    walk(space, ss, ds, |_, is, id| {
-        if let (Some(&v), Some(d)) = (src.get(is), dst.get_mut(id)) {
-            if accumulate {
-                *d += v;
-            } else {
-                *d = v;
+    rows(space, ss, ds, |_, is, id, n, s_step, d_step| {
+        match (s_step, d_step) {
+            // Contiguous rows (bias broadcasts, slices, concat parts): slice operations.
+            (1, 1) => {
+                if let (Some(s), Some(d)) = (src.get(is..is + n), dst.get_mut(id..id + n)) {
+                    if accumulate {
+                        for (d, &v) in d.iter_mut().zip(s) {
+                            *d += v;
+                        }
+                    } else {
+                        d.copy_from_slice(s);
+                    }
+                }
+            }
+            // A row summed into one element (a broadcast's backward along the last axis).
+            (1, 0) if accumulate => {
+                if let (Some(s), Some(d)) = (src.get(is..is + n), dst.get_mut(id)) {
+                    *d += s.iter().fold(T::ZERO, |acc, &v| acc + v);
+                }
+            }
+            _ => {
+                for k in 0..n {
+                    if let (Some(&v), Some(d)) =
+                        (src.get(is + k * s_step), dst.get_mut(id + k * d_step))
+                    {
+                        if accumulate {
+                            *d += v;
+                        } else {
+                            *d = v;
+                        }
+                    }
+                }
             }
         }
     });

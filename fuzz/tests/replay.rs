@@ -1,0 +1,180 @@
+//! The fuzz targets' logic driven from ordinary tests (stable Rust, no libFuzzer):
+//! - pseudo-random inputs through `run_ops` and `run_blob`;
+//! - mutations of valid blobs (with the CRC fixed up, so they get past the checksum);
+//! - every file in `corpus/<target>`, `artifacts/<target>` and `seeds/<target>` that exists,
+//!   so `cargo test --manifest-path fuzz/Cargo.toml` replays a crash the fuzzer saved.
+//!
+//! `MOTE_FUZZ_CASES` sets the number of random cases (default 2000).
+//! `MOTE_FUZZ_WRITE_SEEDS=1 cargo test --manifest-path fuzz/Cargo.toml write_seeds` rewrites
+//! the small seed files in `seeds/`.
+
+use std::path::Path;
+
+use mote::blob::{self, crc32, Dtype};
+use mote::{Cpu, Linear, Rng, Tape};
+use mote_fuzz::{run_blob, run_ops};
+
+fn cases() -> usize {
+    std::env::var("MOTE_FUZZ_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2000)
+}
+
+/// xorshift64*: deterministic bytes without a dependency.
+struct Bytes(u64);
+
+impl Bytes {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn fill(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+#[test]
+fn random_op_sequences_do_not_panic() {
+    let mut g = Bytes(0x9E37_79B9_7F4A_7C15);
+    run_ops(&[]);
+    for i in 0..cases() {
+        let len = (g.next() % 600) as usize;
+        let data = g.fill(len);
+        let res = std::panic::catch_unwind(|| run_ops(&data));
+        if res.is_err() {
+            panic!("case {i} panicked; input (hex): {}", hex(&data));
+        }
+    }
+}
+
+/// The blob of the fuzz target's fixed model (`Linear(3, 4) -> Linear(4, 2)`), and others.
+fn valid_blobs() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for (sizes, dtype) in [
+        (&[(3, 4), (4, 2)][..], Dtype::F32),
+        (&[(3, 4), (4, 2)][..], Dtype::F16),
+        (&[(3, 4), (4, 2)][..], Dtype::Bf16),
+        (&[(2, 1)][..], Dtype::F32),
+        (&[][..], Dtype::F32),
+    ] {
+        let mut mem = [0f32; 512];
+        let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+        let mut rng = Rng::new(7);
+        for &(i, o) in sizes {
+            Linear::new(&mut tape, i, o, &mut rng).unwrap();
+        }
+        let mut bytes = vec![0u8; blob::size(&tape, dtype)];
+        let n = blob::save(&tape, dtype, &mut bytes).unwrap();
+        bytes.truncate(n);
+        out.push(bytes);
+    }
+    out
+}
+
+fn fix_crc(b: &mut [u8]) {
+    if b.len() >= 4 {
+        let at = b.len() - 4;
+        let crc = crc32(&b[..at]);
+        b[at..].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+#[test]
+fn mutated_blobs_do_not_panic() {
+    let blobs = valid_blobs();
+    for b in &blobs {
+        run_blob(b);
+    }
+    let mut g = Bytes(0xD1B5_4A32_D192_ED03);
+    for i in 0..cases() {
+        let mut b = blobs[(g.next() % blobs.len() as u64) as usize].clone();
+        for _ in 0..1 + g.next() % 4 {
+            let at = (g.next() % b.len() as u64) as usize;
+            match g.next() % 4 {
+                0 => b[at] = g.next() as u8,
+                1 => b[at] ^= 1 << (g.next() % 8),
+                2 => b.truncate(at),
+                _ => {
+                    let k = (g.next() % 16) as usize;
+                    let extra = g.fill(k);
+                    b.extend_from_slice(&extra);
+                }
+            }
+            if b.is_empty() {
+                break;
+            }
+        }
+        if !g.next().is_multiple_of(4) {
+            fix_crc(&mut b);
+        }
+        let res = std::panic::catch_unwind(|| run_blob(&b));
+        if res.is_err() {
+            panic!("case {i} panicked; input (hex): {}", hex(&b));
+        }
+    }
+}
+
+/// Replays whatever the fuzzer left behind (and the committed seeds).
+#[test]
+fn replay_saved_inputs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut n = 0;
+    for (target, run) in [("ops", run_ops as fn(&[u8])), ("blob", run_blob)] {
+        for dir in ["seeds", "corpus", "artifacts"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let path = e.path();
+                if !path.is_file() {
+                    continue;
+                }
+                let data = std::fs::read(&path).unwrap();
+                if std::panic::catch_unwind(|| run(&data)).is_err() {
+                    panic!("{} panicked", path.display());
+                }
+                n += 1;
+            }
+        }
+    }
+    eprintln!("replayed {n} saved inputs");
+}
+
+/// Writes the seed files (only with `MOTE_FUZZ_WRITE_SEEDS=1`).
+#[test]
+fn write_seeds() {
+    if std::env::var("MOTE_FUZZ_WRITE_SEEDS").as_deref() != Ok("1") {
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let dir = root.join("blob");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, b) in valid_blobs().iter().enumerate() {
+        std::fs::write(dir.join(format!("valid-{i}.bin")), b).unwrap();
+    }
+    // Roughly a training step (any bytes are a valid input; this only gives the fuzzer a start):
+    // byte 0 picks the backend (Cpu), byte 1 the rng
+    // seed, byte 2 the arena fill; then actions (see `action` in src/lib.rs).
+    let dir = root.join("ops");
+    std::fs::create_dir_all(&dir).unwrap();
+    let step: &[u8] = &[
+        0, 1, 0, // Cpu, seed 1, arena filled with 0.0
+        45, 3, 2, 0,  // Linear::new(3, 2)
+        32, // mark
+        0, 2, 4, 3, 7, 1, 2, // input [4, 3] (a pattern of two values)
+        46, 0, 0, 0, 0, // module: the last linear on the last handle
+        29, 0, 1, // backward(sum(last))
+        39, 1, 1, 0, // Adam::new(default)
+        40, 1, 1, // adam step
+        33, 0, 0, // rewind to the mark
+    ];
+    std::fs::write(dir.join("step.bin"), step).unwrap();
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
