@@ -40,7 +40,7 @@ impl View {
 
     /// The arena range it covers.
     pub fn range(&self) -> Range<usize> {
-        self.offset..self.offset + self.len()
+        self.offset..self.offset.saturating_add(self.len())
     }
 }
 
@@ -244,6 +244,9 @@ pub fn split<T, const K: usize>(
     reads: [Range<usize>; K],
 ) -> Result<(&mut [T], [&[T]; K])> {
     let len = buf.len();
+    if w.end < w.start {
+        return Err(out_of_range(w.start, w.end));
+    }
     let (lo, rest) = buf
         .split_at_mut_checked(w.start)
         .ok_or(out_of_range(w.start, len))?;
@@ -315,8 +318,9 @@ impl<'a, T: Float> Cpu<'a, T> {
     }
 }
 
+// Saturating: a range past `usize::MAX` is simply out of range, never an overflow.
 fn r(o: usize, n: usize) -> Range<usize> {
-    o..o + n
+    o..o.saturating_add(n)
 }
 
 impl<T: Float> HostBackend for Cpu<'_, T> {
@@ -340,16 +344,16 @@ impl<T: Float> Backend for Cpu<'_, T> {
         let dst = self
             .buf
             .get_mut(r(offset, src.len()))
-            .ok_or(out_of_range(offset + src.len(), len))?;
+            .ok_or(out_of_range(offset.saturating_add(src.len()), len))?;
         dst.copy_from_slice(src);
         Ok(())
     }
 
     fn read(&self, offset: usize, dst: &mut [T]) -> Result<()> {
-        let src = self
-            .buf
-            .get(r(offset, dst.len()))
-            .ok_or(out_of_range(offset + dst.len(), self.buf.len()))?;
+        let src = self.buf.get(r(offset, dst.len())).ok_or(out_of_range(
+            offset.saturating_add(dst.len()),
+            self.buf.len(),
+        ))?;
         dst.copy_from_slice(src);
         Ok(())
     }
@@ -358,7 +362,7 @@ impl<T: Float> Backend for Cpu<'_, T> {
         let n = self.buf.len();
         self.buf
             .get_mut(r(offset, len))
-            .ok_or(out_of_range(offset + len, n))?
+            .ok_or(out_of_range(offset.saturating_add(len), n))?
             .fill(value);
         Ok(())
     }
@@ -431,11 +435,7 @@ impl<T: Float> Backend for Cpu<'_, T> {
     }
 
     fn reduce(&mut self, op: ReduceOp, a: Axis3, x: usize, y: usize) -> Result<()> {
-        let (yv, [xv]) = split(
-            self.buf,
-            r(y, a.outer * a.inner),
-            [r(x, a.outer * a.n * a.inner)],
-        )?;
+        let (yv, [xv]) = split(self.buf, r(y, a.output_len()), [r(x, a.input_len())])?;
         reduce::forward(op, a, xv, yv);
         Ok(())
     }
@@ -449,14 +449,14 @@ impl<T: Float> Backend for Cpu<'_, T> {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        let (nx, ny) = (a.outer * a.n * a.inner, a.outer * a.inner);
+        let (nx, ny) = (a.input_len(), a.output_len());
         let (d, [xv, yv, g]) = split(self.buf, r(dx, nx), [r(x, nx), r(y, ny), r(dy, ny)])?;
         reduce::backward(op, a, xv, yv, g, d);
         Ok(())
     }
 
     fn softmax(&mut self, log: bool, a: Axis3, x: usize, y: usize) -> Result<()> {
-        let n = a.outer * a.n * a.inner;
+        let n = a.input_len();
         let (yv, [xv]) = split(self.buf, r(y, n), [r(x, n)])?;
         softmax::forward(log, a, xv, yv);
         Ok(())
@@ -470,7 +470,7 @@ impl<T: Float> Backend for Cpu<'_, T> {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        let n = a.outer * a.n * a.inner;
+        let n = a.input_len();
         let (d, [yv, g]) = split(self.buf, r(dx, n), [r(y, n), r(dy, n)])?;
         softmax::backward(log, a, yv, g, d);
         Ok(())
@@ -531,7 +531,7 @@ impl<T: Float> Backend for Cpu<'_, T> {
         let s = self
             .buf
             .get(r(offset, len))
-            .ok_or(out_of_range(offset + len, n))?;
+            .ok_or(out_of_range(offset.saturating_add(len), n))?;
         Ok(s.iter().map(|&v| v.to_f64() * v.to_f64()).sum())
     }
 
@@ -540,7 +540,7 @@ impl<T: Float> Backend for Cpu<'_, T> {
         for v in self
             .buf
             .get_mut(r(offset, len))
-            .ok_or(out_of_range(offset + len, n))?
+            .ok_or(out_of_range(offset.saturating_add(len), n))?
         {
             *v *= factor;
         }

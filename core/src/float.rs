@@ -30,6 +30,9 @@ pub trait Float:
     const ONE: Self;
     /// The most negative finite value.
     const MIN: Self;
+    /// The smallest positive normal value (optimizers flush state below it to zero: subnormal
+    /// arithmetic is slow on most CPUs).
+    const MIN_POSITIVE: Self;
     /// A short name (`"f32"`).
     const NAME: &'static str;
     /// Conversion from `f64` (rounding).
@@ -85,6 +88,7 @@ macro_rules! impl_float {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const MIN: Self = <$t>::MIN;
+            const MIN_POSITIVE: Self = <$t>::MIN_POSITIVE;
             const NAME: &'static str = $name;
             #[inline]
             fn from_f64(v: f64) -> Self {
@@ -138,6 +142,59 @@ macro_rules! impl_float {
     };
 }
 
+// With the `std` feature the host's maths library (usually faster, and `sqrt` a single
+// instruction) replaces libm; results differ only in the last bits.
+#[cfg(feature = "std")]
+mod host {
+    macro_rules! wrap {
+        ($t:ty: $($name:ident => $f:ident),*) => {
+            $(#[inline]
+            pub fn $name(x: $t) -> $t {
+                <$t>::$f(x)
+            })*
+        };
+    }
+    pub mod f32 {
+        wrap!(f32: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs);
+        #[inline]
+        pub fn powf(x: f32, p: f32) -> f32 {
+            x.powf(p)
+        }
+    }
+    pub mod f64 {
+        wrap!(f64: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs);
+        #[inline]
+        pub fn powf(x: f64, p: f64) -> f64 {
+            x.powf(p)
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl_float!(
+    f32,
+    "f32",
+    host::f32::exp,
+    host::f32::ln,
+    host::f32::ln_1p,
+    host::f32::sqrt,
+    host::f32::tanh,
+    host::f32::powf,
+    host::f32::abs
+);
+#[cfg(feature = "std")]
+impl_float!(
+    f64,
+    "f64",
+    host::f64::exp,
+    host::f64::ln,
+    host::f64::ln_1p,
+    host::f64::sqrt,
+    host::f64::tanh,
+    host::f64::powf,
+    host::f64::abs
+);
+#[cfg(not(feature = "std"))]
 impl_float!(
     f32,
     "f32",
@@ -149,6 +206,7 @@ impl_float!(
     libm::powf,
     libm::fabsf
 );
+#[cfg(not(feature = "std"))]
 impl_float!(
     f64,
     "f64",

@@ -57,6 +57,9 @@
     )
 )]
 
+#[cfg(feature = "std")]
+extern crate std;
+
 pub mod backend;
 pub mod blob;
 mod error;

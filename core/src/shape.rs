@@ -89,12 +89,16 @@ impl Shape {
         s
     }
 
-    /// The shape with dimension `axis` set to `d`.
-    pub(crate) fn with_dim(mut self, axis: usize, d: usize) -> Shape {
-        if let Some(slot) = self.dims.get_mut(axis) {
-            *slot = d as u32;
+    /// The shape with dimension `axis` set to `d`, checked like [`Shape::new`].
+    pub(crate) fn with_dim(self, axis: usize, d: usize) -> Result<Shape> {
+        let mut dims = [0usize; MAX_RANK];
+        for (o, &v) in dims.iter_mut().zip(self.dims()) {
+            *o = v as usize;
         }
-        self
+        if let Some(slot) = dims.get_mut(axis) {
+            *slot = d;
+        }
+        Shape::new(dims.get(..self.rank()).unwrap_or(&[]))
     }
 
     /// The shape with dimension `axis` removed.

@@ -120,6 +120,30 @@ impl Var {
 pub struct Mark {
     nodes: usize,
     top: usize,
+    /// Rewinds done on the tape when the mark was taken.
+    gen: u32,
+}
+
+/// How far back the rewinds after a given moment went: for marks taken after `since` rewinds
+/// (up to the next entry's `since`), no later rewind went below `(nodes, top)`.
+#[derive(Clone, Copy, Debug)]
+struct Floor {
+    since: u32,
+    nodes: u32,
+    top: u32,
+}
+
+/// Rewind history kept exactly for this many nesting levels of marks; older levels merge
+/// (conservatively: a very old mark nested under three newer levels may be refused).
+const FLOORS: usize = 3;
+
+impl Mark {
+    /// Floats of the arena in use at the mark: everything below it (for example parameters,
+    /// their gradients and optimizer state, when marked before the first step) is
+    /// `storage()[..mark.floats()]` on a host backend.
+    pub fn floats(&self) -> usize {
+        self.top
+    }
 }
 
 /// The tape: an arena (a bump allocator over a backend's storage) and a fixed-capacity list of
@@ -136,6 +160,8 @@ pub struct Tape<B: Backend, const NODES: usize> {
     high: usize,
     grad_enabled: bool,
     grads_dirty: bool,
+    gen: u32,
+    floors: heapless::Vec<Floor, FLOORS>,
 }
 
 impl<'a, T: Float, const NODES: usize> Tape<Cpu<'a, T>, NODES> {
@@ -158,6 +184,8 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             high: 0,
             grad_enabled: true,
             grads_dirty: false,
+            gen: 0,
+            floors: heapless::Vec::new(),
         }
     }
 
@@ -225,6 +253,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         Mark {
             nodes: self.nodes.len(),
             top: self.top,
+            gen: self.gen,
         }
     }
 
@@ -232,8 +261,9 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     /// inputs, their gradients) and zeroes the gradients of the parameters, in O(parameters).
     ///
     /// # Errors
-    /// [`Error::StaleHandle`] when `mark` lies beyond the current position (it was taken before
-    /// an earlier rewind went further back).
+    /// [`Error::StaleHandle`] when `mark` is no longer a position of this tape: an earlier
+    /// rewind went below it (marks follow a stack discipline: rewinding to a mark invalidates
+    /// the marks taken above it), or it comes from another tape.
     pub fn rewind(&mut self, mark: Mark) -> Result<()> {
         self.rewind_keep_grad(mark)?;
         self.zero_grad()
@@ -245,17 +275,64 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     /// # Errors
     /// As [`Tape::rewind`].
     pub fn rewind_keep_grad(&mut self, mark: Mark) -> Result<()> {
-        if mark.nodes > self.nodes.len() || mark.top > self.top {
+        if !self.mark_is_live(&mark) {
             return Err(Error::StaleHandle);
         }
         self.nodes.truncate(mark.nodes);
         self.top = mark.top;
+        self.note_rewind(&mark);
         for n in self.nodes.iter_mut() {
             if !matches!(n.op, Op::Param { .. }) {
                 n.grad = NONE;
             }
         }
         Ok(())
+    }
+
+    fn mark_is_live(&self, mark: &Mark) -> bool {
+        if mark.nodes > self.nodes.len() || mark.top > self.top || mark.gen > self.gen {
+            return false;
+        }
+        if mark.gen == self.gen {
+            // No rewind since the mark: everything below it is untouched.
+            return true;
+        }
+        // The floor that covers the mark's moment (the first entry covers everything older).
+        let floor = self
+            .floors
+            .iter()
+            .rev()
+            .find(|f| f.since <= mark.gen)
+            .or(self.floors.first());
+        match floor {
+            Some(f) => mark.nodes <= f.nodes as usize && mark.top <= f.top as usize,
+            None => false,
+        }
+    }
+
+    fn note_rewind(&mut self, mark: &Mark) {
+        let (nodes, top) = (mark.nodes as u32, mark.top as u32);
+        for f in self.floors.iter_mut() {
+            f.nodes = f.nodes.min(nodes);
+            f.top = f.top.min(top);
+        }
+        let new = Floor {
+            since: self.gen,
+            nodes,
+            top,
+        };
+        let same = |a: &Floor| a.nodes == new.nodes && a.top == new.top;
+        if !self.floors.last().is_some_and(same) {
+            if self.floors.is_full() {
+                // Merge the two oldest levels: the older one's floor is the lower.
+                if self.floors.len() > 1 {
+                    self.floors.remove(1);
+                }
+            }
+            // Cannot fail after the merge above.
+            let _ = self.floors.push(new);
+        }
+        self.gen = self.gen.saturating_add(1);
     }
 
     /// Sets every parameter's gradient to zero (PyTorch's `optimizer.zero_grad()`);
@@ -366,8 +443,17 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         shape: Shape,
         kernel: impl FnOnce(&mut B, View) -> Result<()>,
     ) -> Result<Var> {
+        self.all_or_nothing(|t| t.record_inner(op, inputs, shape, kernel))
+    }
+
+    /// Runs `f`; if it fails, drops every node and arena float it added, so that a failed op
+    /// changes nothing.
+    pub(crate) fn all_or_nothing<R>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<R>,
+    ) -> Result<R> {
         let (top, len) = (self.top, self.nodes.len());
-        let out = self.record_inner(op, inputs, shape, kernel);
+        let out = f(self);
         if out.is_err() {
             self.top = top;
             self.nodes.truncate(len);

@@ -27,16 +27,14 @@ pub const NODES: usize = 32;
 pub const MAX_ACTIONS: usize = 400;
 /// Whether to assert the rollback/readback invariants (see the crate docs).
 pub const CHECK_INVARIANTS: bool = true;
-/// Whether to steer clear of panics already found in core (reproduced in
-/// `tests/known_issues.rs`), so that the fuzzer can look past them. Set to `false` once core
-/// is fixed:
+/// Whether to steer clear of problems once found in core, so that the fuzzer could look past
+/// them while they were open. All are fixed (reproductions in `core/tests/regressions.rs`):
 /// - `Cpu` `read`/`write`/`fill` with `offset + len` overflowing `usize`;
 /// - `Tape::concat` with the two extents along the axis summing past `u32::MAX`;
-/// - `Tape::linear` with a bias made under `no_grad`: on failure it leaves the bias's input
-///   node on the tape (not a panic: a broken all-or-nothing promise);
-/// - `Tape::rewind` to a stale mark whose counts are both within the current ones succeeds
-///   (not a panic: parameters can be left above the arena's top, their storage reused).
-pub const SKIP_KNOWN_ISSUES: bool = true;
+/// - `Tape::linear` with a bias made under `no_grad` leaving the bias's input node on the tape
+///   when it failed;
+/// - `Tape::rewind` accepting a stale mark whose counts were both within the current ones.
+pub const SKIP_KNOWN_ISSUES: bool = false;
 
 const POOL: usize = 48;
 /// Above this many elements, host-side buffers and per-element closures are not built (only

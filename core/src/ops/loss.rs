@@ -84,6 +84,11 @@ pub fn forward<T: Float>(op: LossOp, classes: usize, p: &[T], t: &[T]) -> Result
             p.len()
         }
         LossOp::CrossEntropy => {
+            if classes == 0 {
+                return Err(Error::InvalidArgument {
+                    what: "cross_entropy needs at least one class",
+                });
+            }
             for (z, &label) in p.chunks_exact(classes).zip(t) {
                 let c = label_index(label, classes)?;
                 s += logsumexp(z) - z.get(c).copied().unwrap_or(T::ZERO);
@@ -126,6 +131,11 @@ pub fn backward<T: Float>(
             if !lhs {
                 return Ok(());
             }
+            if classes == 0 {
+                return Err(Error::InvalidArgument {
+                    what: "cross_entropy needs at least one class",
+                });
+            }
             let k = dy / T::from_usize(t.len());
             for ((dz, z), &label) in dx
                 .chunks_exact_mut(classes)
@@ -133,10 +143,31 @@ pub fn backward<T: Float>(
                 .zip(t)
             {
                 let c = label_index(label, classes)?;
-                let lse = logsumexp(z);
-                for (j, (d, &zj)) in dz.iter_mut().zip(z).enumerate() {
-                    let onehot = if j == c { T::ONE } else { T::ZERO };
-                    *d += k * ((zj - lse).exp() - onehot);
+                // softmax(z) - onehot(c), with each exponential computed once when the row fits
+                // a stack buffer.
+                let mut e = [T::ZERO; 64];
+                match e.get_mut(..z.len()) {
+                    Some(e) => {
+                        let m = z.iter().fold(T::MIN, |m, &v| m.max(v));
+                        let mut s = T::ZERO;
+                        for (e, &zj) in e.iter_mut().zip(z) {
+                            *e = (zj - m).exp();
+                            s += *e;
+                        }
+                        let ks = k / s;
+                        for (d, &e) in dz.iter_mut().zip(e.iter()) {
+                            *d += ks * e;
+                        }
+                    }
+                    None => {
+                        let lse = logsumexp(z);
+                        for (d, &zj) in dz.iter_mut().zip(z) {
+                            *d += k * (zj - lse).exp();
+                        }
+                    }
+                }
+                if let Some(d) = dz.get_mut(c) {
+                    *d -= k;
                 }
             }
         }

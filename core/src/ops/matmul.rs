@@ -47,11 +47,17 @@ pub struct Gemm {
 impl Gemm {
     /// Elements spanned by A, B and C (from their first to one past their last element).
     pub fn spans(&self) -> (usize, usize, usize) {
+        // Saturating: an impossible descriptor gives a span no arena has, which the backend's
+        // range check rejects, instead of an overflow.
         let last = self.batch.saturating_sub(1);
+        let span = |batch: usize, r: usize, c: usize| {
+            last.saturating_mul(batch)
+                .saturating_add(r.saturating_mul(c))
+        };
         (
-            last * self.a_batch + self.m * self.k,
-            last * self.b_batch + self.k * self.n,
-            last * self.c_batch + self.m * self.n,
+            span(self.a_batch, self.m, self.k),
+            span(self.b_batch, self.k, self.n),
+            span(self.c_batch, self.m, self.n),
         )
     }
 
@@ -89,38 +95,196 @@ pub fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
     }
 }
 
+// Register-blocked kernels. Accumulators are small fixed-size arrays that stay in registers
+// (the compiler vectorises their lane loops), so each loaded element of `B` serves several rows
+// of `C` and `C` is read and written once per tile instead of once per step of the inner
+// dimension. Edges fall back to narrower tiles; every access is bounds-checked (`get`), and an
+// out-of-range access (impossible for slices covering `Gemm::spans`) skips its tile.
+
+/// Columns of a `gemm_nn` tile.
+const NN_W: usize = 8;
+/// Rows of a `gemm_nn` tile.
+const NN_R: usize = 4;
+
+/// `C (m x n) += A B` with `B` row-major `k x n` and `A[i, p]` at `i as.0 + p as.1`.
+fn gemm_nn<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    as_: (usize, usize),
+    b: &[T],
+    c: &mut [T],
+) {
+    let full = n - n % NN_W;
+    let mut i0 = 0;
+    while i0 < m {
+        let rows = (m - i0).min(NN_R);
+        let mut j0 = 0;
+        while j0 < full {
+            match rows {
+                4 => tile_nn::<T, 4>(i0, j0, n, k, a, as_, b, c),
+                3 => tile_nn::<T, 3>(i0, j0, n, k, a, as_, b, c),
+                2 => tile_nn::<T, 2>(i0, j0, n, k, a, as_, b, c),
+                _ => tile_nn::<T, 1>(i0, j0, n, k, a, as_, b, c),
+            }
+            j0 += NN_W;
+        }
+        if full < n {
+            for i in i0..i0 + rows {
+                let Some(crow) = c.get_mut(i * n + full..(i + 1) * n) else {
+                    return;
+                };
+                for p in 0..k {
+                    let ap = a.get(i * as_.0 + p * as_.1).copied().unwrap_or(T::ZERO);
+                    if let Some(brow) = b.get(p * n + full..(p + 1) * n) {
+                        axpy(ap, brow, crow);
+                    }
+                }
+            }
+        }
+        i0 += rows;
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_nn<T: Float, const R: usize>(
+    i0: usize,
+    j0: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    as_: (usize, usize),
+    b: &[T],
+    c: &mut [T],
+) {
+    let mut acc = [[T::ZERO; NN_W]; R];
+    for p in 0..k {
+        let Some(bp) = b.get(p * n + j0..p * n + j0 + NN_W) else {
+            return;
+        };
+        let Ok(bp) = <&[T; NN_W]>::try_from(bp) else {
+            return;
+        };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let ap = a
+                .get((i0 + r) * as_.0 + p * as_.1)
+                .copied()
+                .unwrap_or(T::ZERO);
+            for (s, &bv) in acc.iter_mut().zip(bp) {
+                *s += ap * bv;
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let o = (i0 + r) * n + j0;
+        if let Some(crow) = c.get_mut(o..o + NN_W) {
+            for (cv, &s) in crow.iter_mut().zip(acc) {
+                *cv += s;
+            }
+        }
+    }
+}
+
+/// Lanes of the inner dimension in a `gemm_nt` tile.
+const NT_L: usize = 4;
+
+/// `C (m x n) += A B^T` with `A` row-major `m x k` and `B` row-major `n x k`: dot products of
+/// rows, two rows of `A` against four rows of `B` at a time.
+fn gemm_nt<T: Float>(m: usize, n: usize, k: usize, a: &[T], b: &[T], c: &mut [T]) {
+    let mut i0 = 0;
+    while i0 < m {
+        let ri = (m - i0).min(2);
+        let mut j0 = 0;
+        while j0 < n {
+            let rj = (n - j0).min(4);
+            match (ri, rj) {
+                (2, 4) => tile_nt::<T, 2, 4>(i0, j0, n, k, a, b, c),
+                (2, 3) => tile_nt::<T, 2, 3>(i0, j0, n, k, a, b, c),
+                (2, 2) => tile_nt::<T, 2, 2>(i0, j0, n, k, a, b, c),
+                (2, _) => tile_nt::<T, 2, 1>(i0, j0, n, k, a, b, c),
+                (_, 4) => tile_nt::<T, 1, 4>(i0, j0, n, k, a, b, c),
+                (_, 3) => tile_nt::<T, 1, 3>(i0, j0, n, k, a, b, c),
+                (_, 2) => tile_nt::<T, 1, 2>(i0, j0, n, k, a, b, c),
+                _ => tile_nt::<T, 1, 1>(i0, j0, n, k, a, b, c),
+            }
+            j0 += rj;
+        }
+        i0 += ri;
+    }
+}
+
+#[inline(always)]
+fn tile_nt<T: Float, const RI: usize, const RJ: usize>(
+    i0: usize,
+    j0: usize,
+    n: usize,
+    k: usize,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+) {
+    fn rows<T>(m: &[T], r0: usize, k: usize) -> [&[T]; 4] {
+        core::array::from_fn(|r| m.get((r0 + r) * k..(r0 + r + 1) * k).unwrap_or(&[]))
+    }
+    let (ar, br) = (rows(a, i0, k), rows(b, j0, k));
+    let mut acc = [[[T::ZERO; NT_L]; RJ]; RI];
+    let full = k - k % NT_L;
+    let mut p = 0;
+    while p < full {
+        let lanes = |row: &[T]| -> [T; NT_L] {
+            match row.get(p..p + NT_L).map(<&[T; NT_L]>::try_from) {
+                Some(Ok(v)) => *v,
+                _ => [T::ZERO; NT_L],
+            }
+        };
+        let av: [[T; NT_L]; RI] =
+            core::array::from_fn(|r| lanes(ar.get(r).copied().unwrap_or(&[])));
+        let bv: [[T; NT_L]; RJ] =
+            core::array::from_fn(|r| lanes(br.get(r).copied().unwrap_or(&[])));
+        for (acc, av) in acc.iter_mut().zip(&av) {
+            for (acc, bv) in acc.iter_mut().zip(&bv) {
+                for ((s, &x), &y) in acc.iter_mut().zip(av).zip(bv) {
+                    *s += x * y;
+                }
+            }
+        }
+        p += NT_L;
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let arow = ar.get(r).copied().unwrap_or(&[]);
+        for (q, acc) in acc.iter().enumerate() {
+            let brow = br.get(q).copied().unwrap_or(&[]);
+            let mut tail = T::ZERO;
+            for (&x, &y) in arow.iter().zip(brow).skip(full) {
+                tail += x * y;
+            }
+            let [s0, s1, s2, s3] = *acc;
+            if let Some(cv) = c.get_mut((i0 + r) * n + j0 + q) {
+                *cv += ((s0 + s2) + (s1 + s3)) + tail;
+            }
+        }
+    }
+}
+
 /// One unbatched product on slices that start at the matrices.
 fn gemm_one<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T]) {
     let (m, n, k) = (g.m, g.n, g.k);
-    let c = c.get_mut(..m * n).unwrap_or(&mut []);
+    let c = c.get_mut(..m.saturating_mul(n)).unwrap_or(&mut []);
     if !g.accumulate {
         c.fill(T::ZERO);
     }
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
     match (g.a_trans, g.b_trans) {
-        (false, false) => {
-            // C[i,:] += A[i,p] * B[p,:]
-            for (crow, arow) in c.chunks_exact_mut(n).zip(a.chunks_exact(k)) {
-                for (&aip, brow) in arow.iter().zip(b.chunks_exact(n)) {
-                    axpy(aip, brow, crow);
-                }
-            }
-        }
-        (true, false) => {
-            // A stored k x m: C[i,:] += A^T[p,i] * B[p,:] (outer products, all contiguous).
-            for (acol, brow) in a.chunks_exact(m).zip(b.chunks_exact(n)).take(k) {
-                for (crow, &aip) in c.chunks_exact_mut(n).zip(acol) {
-                    axpy(aip, brow, crow);
-                }
-            }
-        }
-        (false, true) => {
-            // B stored n x k: C[i,j] += dot(A[i,:], B^T[j,:]).
-            for (crow, arow) in c.chunks_exact_mut(n).zip(a.chunks_exact(k)) {
-                for (cij, brow) in crow.iter_mut().zip(b.chunks_exact(k)) {
-                    *cij += dot(arow, brow);
-                }
-            }
-        }
+        // A row-major: A[i, p] at i k + p.
+        (false, false) => gemm_nn(m, n, k, a, (k, 1), b, c),
+        // A stored k x m: A[i, p] at p m + i.
+        (true, false) => gemm_nn(m, n, k, a, (1, m), b, c),
+        // B stored n x k: C[i,j] += dot(A[i,:], B^T[j,:]).
+        (false, true) => gemm_nt(m, n, k, a, b, c),
         (true, true) => {
             // Rare: both stored transposed. C[i,j] += sum_p A^T[p,i] B^T[j,p].
             for (i, crow) in c.chunks_exact_mut(n).enumerate() {
@@ -186,6 +350,41 @@ mod tests {
             let (aa, bb) = (if ta { &at } else { &a }, if tb { &bt } else { &b });
             gemm(&g(2, 2, 3, ta, tb), aa, bb, &mut c);
             assert_eq!(c, want, "ta={ta} tb={tb}");
+        }
+    }
+
+    // The blocked kernels against a plain triple loop, for every layout and every edge case
+    // of the tiles (sizes 1 to 13 cover full tiles plus each remainder), with accumulation.
+    #[test]
+    fn blocked_kernels_match_the_triple_loop() {
+        let val = |i: usize| ((i * 37 + 11) % 19) as f64 - 9.0;
+        for (m, n, k) in [
+            (1, 1, 1),
+            (13, 11, 9),
+            (4, 8, 4),
+            (5, 17, 3),
+            (2, 3, 13),
+            (9, 16, 8),
+        ] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let a: [f64; 256] = core::array::from_fn(val);
+                let b: [f64; 256] = core::array::from_fn(|i| val(i + 5));
+                let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+                let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+                let mut want = [1.5; 256];
+                for i in 0..m {
+                    for j in 0..n {
+                        for p in 0..k {
+                            want[i * n + j] += at(i, p) * bt(p, j);
+                        }
+                    }
+                }
+                let mut gg = g(m, n, k, ta, tb);
+                gg.accumulate = true;
+                let mut c = [1.5; 256];
+                gemm(&gg, &a[..m * k], &b[..k * n], &mut c[..m * n]);
+                assert_eq!(c, want, "m={m} n={n} k={k} ta={ta} tb={tb}");
+            }
         }
     }
 
@@ -431,46 +630,54 @@ mod tape_ops {
                 }
             }
             let rows = x.numel() / inp;
-            let shape = x.shape.with_dim(x.shape.rank() - 1, out);
-            let bias = match bias {
-                Some(b) => Some(self.registered(b)?),
-                None => None,
-            };
-            let bias_id = bias.map_or(NONE, |b| b.id);
-            let mut inputs = [x, w, x];
-            let n_in = match bias {
-                Some(b) => {
-                    inputs[2] = b;
-                    3
-                }
-                None => 2,
-            };
-            self.record(
-                Op::Linear { bias: bias_id },
-                inputs.get(..n_in).unwrap_or(&[]),
-                shape,
-                |be, y| {
-                    if let Some(b) = bias {
-                        let (space, src) = bias_rows(rows, out, b.offset as usize)?;
-                        be.copy_strided(&space, src, Strided::contiguous(y.offset, &space), false)?;
+            let shape = x.shape.with_dim(x.shape.rank() - 1, out)?;
+            // Registering the bias may add a node: a failure below must take it back too.
+            self.all_or_nothing(|t| {
+                let bias = match bias {
+                    Some(b) => Some(t.registered(b)?),
+                    None => None,
+                };
+                let bias_id = bias.map_or(NONE, |b| b.id);
+                let mut inputs = [x, w, x];
+                let n_in = match bias {
+                    Some(b) => {
+                        inputs[2] = b;
+                        3
                     }
-                    be.gemm(&Gemm {
-                        batch: 1,
-                        m: rows,
-                        n: out,
-                        k: inp,
-                        a: x.offset as usize,
-                        a_trans: false,
-                        a_batch: 0,
-                        b: w.offset as usize,
-                        b_trans: true,
-                        b_batch: 0,
-                        c: y.offset,
-                        c_batch: 0,
-                        accumulate: bias.is_some(),
-                    })
-                },
-            )
+                    None => 2,
+                };
+                t.record(
+                    Op::Linear { bias: bias_id },
+                    inputs.get(..n_in).unwrap_or(&[]),
+                    shape,
+                    |be, y| {
+                        if let Some(b) = bias {
+                            let (space, src) = bias_rows(rows, out, b.offset as usize)?;
+                            be.copy_strided(
+                                &space,
+                                src,
+                                Strided::contiguous(y.offset, &space),
+                                false,
+                            )?;
+                        }
+                        be.gemm(&Gemm {
+                            batch: 1,
+                            m: rows,
+                            n: out,
+                            k: inp,
+                            a: x.offset as usize,
+                            a_trans: false,
+                            a_batch: 0,
+                            b: w.offset as usize,
+                            b_trans: true,
+                            b_batch: 0,
+                            c: y.offset,
+                            c_batch: 0,
+                            accumulate: bias.is_some(),
+                        })
+                    },
+                )
+            })
         }
 
         pub(crate) fn linear_backward(

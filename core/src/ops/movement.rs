@@ -29,12 +29,13 @@ impl Strided {
 
     /// Elements from the first to one past the last element touched over `space`.
     pub fn span(&self, space: &Shape) -> usize {
-        1 + self
-            .strides
+        // Saturating: see `Gemm::spans`.
+        self.strides
             .iter()
             .enumerate()
-            .map(|(i, &s)| (space.dim(i) - 1) * s)
-            .sum::<usize>()
+            .fold(1usize, |acc, (i, &s)| {
+                acc.saturating_add(space.dim(i).saturating_sub(1).saturating_mul(s))
+            })
     }
 }
 
@@ -222,8 +223,8 @@ mod tape_ops {
             x.shape.check_axis("transpose", d1)?;
             let shape = x
                 .shape
-                .with_dim(d0, x.shape.dim(d1))
-                .with_dim(d1, x.shape.dim(d0));
+                .with_dim(d0, x.shape.dim(d1))?
+                .with_dim(d1, x.shape.dim(d0))?;
             self.movement(
                 Op::Transpose {
                     d0: d0 as u8,
@@ -273,7 +274,7 @@ mod tape_ops {
                 },
                 x,
                 None,
-                x.shape.with_dim(axis, len),
+                x.shape.with_dim(axis, len)?,
             )
         }
 
@@ -293,10 +294,8 @@ mod tape_ops {
                     rhs: b.shape,
                 });
             }
-            let shape = a
-                .shape
-                .with_dim(axis, a.shape.dim(axis) + b.shape.dim(axis));
-            Shape::new(&[shape.numel()])?;
+            let len = a.shape.dim(axis).saturating_add(b.shape.dim(axis));
+            let shape = a.shape.with_dim(axis, len)?;
             self.movement(Op::Concat { axis: axis as u8 }, a, Some(b), shape)
         }
 

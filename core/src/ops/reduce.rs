@@ -44,9 +44,31 @@ pub struct Axis3 {
     pub inner: usize,
 }
 
+impl Axis3 {
+    /// Whether a kernel has anything to do: every extent non-zero and `n * inner` (a block)
+    /// representable. Kernels do nothing for a degenerate view instead of panicking.
+    pub fn is_degenerate(&self) -> bool {
+        self.n == 0 || self.inner == 0 || self.n.checked_mul(self.inner).is_none()
+    }
+
+    /// Elements of the input, `outer * n * inner` (saturating: an impossible size fails the
+    /// backend's range check instead of overflowing).
+    pub fn input_len(&self) -> usize {
+        self.outer.saturating_mul(self.n).saturating_mul(self.inner)
+    }
+
+    /// Elements of a reduction's output, `outer * inner` (saturating).
+    pub fn output_len(&self) -> usize {
+        self.outer.saturating_mul(self.inner)
+    }
+}
+
 /// Reference forward kernel: `x` has `outer * n * inner` elements, `y` has `outer * inner`.
 pub fn forward<T: Float>(op: ReduceOp, r: Axis3, x: &[T], y: &mut [T]) {
     let Axis3 { n, inner, .. } = r;
+    if r.is_degenerate() {
+        return;
+    }
     for (yb, xb) in y.chunks_exact_mut(inner).zip(x.chunks_exact(n * inner)) {
         match op {
             ReduceOp::Sum | ReduceOp::Mean => {
@@ -86,6 +108,9 @@ pub fn backward<T: Float>(op: ReduceOp, r: Axis3, x: &[T], y: &[T], dy: &[T], dx
     } else {
         T::ONE
     };
+    if r.is_degenerate() {
+        return;
+    }
     let blocks = dx
         .chunks_exact_mut(n * inner)
         .zip(x.chunks_exact(n * inner));

@@ -9,6 +9,9 @@ use crate::ops::reduce::Axis3;
 /// Reference forward kernel over `(outer, n, inner)` (see [`Axis3`]).
 pub fn forward<T: Float>(log: bool, r: Axis3, x: &[T], y: &mut [T]) {
     let Axis3 { n, inner, .. } = r;
+    if r.is_degenerate() {
+        return;
+    }
     for (xb, yb) in x.chunks_exact(n * inner).zip(y.chunks_exact_mut(n * inner)) {
         for i in 0..inner {
             let at = |j: usize| j * inner + i;
@@ -37,6 +40,9 @@ pub fn forward<T: Float>(log: bool, r: Axis3, x: &[T], y: &mut [T]) {
 /// Reference backward kernel: accumulates into `dx`, from the output `y` and `dy`.
 pub fn backward<T: Float>(log: bool, r: Axis3, y: &[T], dy: &[T], dx: &mut [T]) {
     let Axis3 { n, inner, .. } = r;
+    if r.is_degenerate() {
+        return;
+    }
     let blocks = y.chunks_exact(n * inner).zip(dy.chunks_exact(n * inner));
     for ((yb, gb), db) in blocks.zip(dx.chunks_exact_mut(n * inner)) {
         for i in 0..inner {

@@ -1,7 +1,6 @@
-//! Panics the fuzzer found in mote's core, as minimal reproductions through the public API.
-//! They are `#[ignore]`d until core is fixed: run them with
-//! `cargo test --manifest-path fuzz/Cargo.toml --test known_issues -- --ignored`.
-//! (They panic only with overflow checks on: debug builds, `cargo fuzz`.)
+//! Problems the fuzzer (`fuzz/`) found in the core, as minimal reproductions through the public
+//! API, kept as regression tests. (The overflow panics showed only with overflow checks on, as
+//! in test builds.)
 
 use mote::{Backend, Cpu};
 
@@ -18,7 +17,6 @@ fn no_panic(
 /// `Cpu::read`/`write`/`fill` at an offset where `offset + len` overflows `usize`:
 /// "attempt to add with overflow" at core/src/backend.rs (`fn r`, `o..o + n`).
 #[test]
-#[ignore = "known core panic: Cpu backend offset + len overflow"]
 fn cpu_backend_offset_overflow() {
     let mut failed = Vec::new();
     no_panic(&mut failed, "Cpu::read", || {
@@ -49,7 +47,6 @@ fn cpu_backend_offset_overflow() {
 /// overflow checks it returns `Ok` with the wrong shape `[2]`. Needs a 2^31-element tensor, so
 /// the `Meter` backend (`plan::measure`) reaches it; a `Cpu` arena would need 16 GiB.
 #[test]
-#[ignore = "known core panic: concat dimension overflow"]
 fn concat_dimension_overflow() {
     use mote::{Meter, Tape};
     let res = std::panic::catch_unwind(|| {
@@ -70,7 +67,6 @@ fn concat_dimension_overflow() {
 /// (a stale `x`, a full arena or tape) that node stays: the tape grows by one node per failed
 /// call.
 #[test]
-#[ignore = "known core issue: failed linear leaks the bias's input node"]
 fn failed_linear_leaks_a_node() {
     use mote::Tape;
     let mut mem = [0f32; 64];
@@ -95,7 +91,6 @@ fn failed_linear_leaks_a_node() {
 /// whose storage now lies above the arena's top: `params()` lists it, `data()` calls it stale,
 /// and the next allocation overwrites it.
 #[test]
-#[ignore = "known core issue: rewind accepts some stale marks"]
 fn rewind_accepts_a_stale_mark() {
     use mote::Tape;
     let mut mem = [0f32; 64];
@@ -113,4 +108,41 @@ fn rewind_accepts_a_stale_mark() {
         res.is_err(),
         "rewind to a stale mark returned Ok; now params() lists p: {listed}, data(p) is Ok: {readable}"
     );
+}
+
+/// Marks follow a stack discipline: nested marks stay valid while rewinding to the inner one
+/// or to themselves; rewinding to the outer one invalidates the inner one, even after the tape
+/// has grown past it again.
+#[test]
+fn nested_marks_stay_valid_and_stale_ones_are_refused() {
+    use mote::{Error, Tape};
+    let mut mem = [0f32; 256];
+    let mut t = Tape::<Cpu<f32>, 16>::new(&mut mem);
+    let p = t.param(&[2], &[1.0, 2.0]).unwrap();
+    let outer = t.mark();
+    t.input(&[3], &[0.0; 3]).unwrap();
+    let inner = t.mark();
+    for _ in 0..5 {
+        t.input(&[4], &[0.0; 4]).unwrap();
+        t.rewind(inner).unwrap();
+        t.rewind(inner).unwrap();
+    }
+    t.input(&[4], &[0.0; 4]).unwrap();
+    t.rewind(outer).unwrap();
+    // Grow past `inner`'s position again: it is still stale.
+    t.input(&[8], &[0.0; 8]).unwrap();
+    t.input(&[8], &[0.0; 8]).unwrap();
+    assert_eq!(t.rewind(inner), Err(Error::StaleHandle));
+    assert_eq!(t.rewind_keep_grad(inner), Err(Error::StaleHandle));
+    // The outer mark and the parameter below it are still good, many times over.
+    for _ in 0..10 {
+        t.rewind(outer).unwrap();
+        t.input(&[3], &[0.0; 3]).unwrap();
+    }
+    assert_eq!(t.data(p).unwrap(), &[1.0, 2.0]);
+    // A fresh inner mark works.
+    let inner2 = t.mark();
+    t.input(&[2], &[0.0; 2]).unwrap();
+    t.rewind(inner2).unwrap();
+    t.rewind(outer).unwrap();
 }
