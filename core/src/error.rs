@@ -96,6 +96,13 @@ pub enum Error {
         /// What was wrong.
         what: &'static str,
     },
+    /// The backend's device failed (a CUDA launch, copy or library call): `what` says which
+    /// call; the backend keeps the details (for example the driver's message) for its own
+    /// error reporting.
+    Device {
+        /// The call that failed.
+        what: &'static str,
+    },
     /// A weight blob does not start with the `MOTE` magic bytes.
     BadMagic,
     /// A weight blob has a format version this build cannot read.
@@ -191,6 +198,7 @@ impl fmt::Display for Error {
             ),
             Error::NonFinite { op } => write!(f, "{op}: a value is NaN or infinite"),
             Error::InvalidArgument { what } => write!(f, "invalid argument: {what}"),
+            Error::Device { what } => write!(f, "device error in {what}"),
             Error::BadMagic => write!(f, "not a mote weight blob (bad magic bytes)"),
             Error::UnsupportedVersion { found } => {
                 write!(f, "weight blob version {found} is not supported by this build")

@@ -160,21 +160,37 @@ fn tile_nn<T: Float, const R: usize>(
     c: &mut [T],
 ) {
     let mut acc = [[T::ZERO; NN_W]; R];
-    for p in 0..k {
-        let Some(bp) = b.get(p * n + j0..p * n + j0 + NN_W) else {
+    let brows = b.get(j0..).unwrap_or(&[]).chunks(n).take(k);
+    if as_.0 == 1 {
+        // A stored transposed: the R values of step p are contiguous.
+        let m = as_.1;
+        for (p, brow) in brows.enumerate() {
+            let (Some(bp), Some(ap)) = (
+                brow.first_chunk::<NN_W>(),
+                a.get(p * m + i0..).and_then(<[T]>::first_chunk::<R>),
+            ) else {
+                return;
+            };
+            fma_rows(&mut acc, ap, bp);
+        }
+    } else {
+        // A row-major: R rows of length k, read in step.
+        let rows: [&[T]; R] =
+            core::array::from_fn(|r| a.get((i0 + r) * k..(i0 + r + 1) * k).unwrap_or(&[]));
+        if rows.iter().any(|r| r.len() != k) {
             return;
-        };
-        let Ok(bp) = <&[T; NN_W]>::try_from(bp) else {
-            return;
-        };
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let ap = a
-                .get((i0 + r) * as_.0 + p * as_.1)
-                .copied()
-                .unwrap_or(T::ZERO);
-            for (s, &bv) in acc.iter_mut().zip(bp) {
-                *s += ap * bv;
-            }
+        }
+        for (p, brow) in brows.enumerate() {
+            let Some(bp) = brow.first_chunk::<NN_W>() else {
+                return;
+            };
+            let ap: [T; R] = core::array::from_fn(|r| {
+                rows.get(r)
+                    .and_then(|row| row.get(p))
+                    .copied()
+                    .unwrap_or(T::ZERO)
+            });
+            fma_rows(&mut acc, &ap, bp);
         }
     }
     for (r, acc) in acc.iter().enumerate() {
@@ -183,6 +199,16 @@ fn tile_nn<T: Float, const R: usize>(
             for (cv, &s) in crow.iter_mut().zip(acc) {
                 *cv += s;
             }
+        }
+    }
+}
+
+/// `acc[r][j] += a[r] * b[j]`: one step of the inner dimension for a tile.
+#[inline(always)]
+fn fma_rows<T: Float, const R: usize>(acc: &mut [[T; NN_W]; R], a: &[T; R], b: &[T; NN_W]) {
+    for (acc, &ap) in acc.iter_mut().zip(a) {
+        for (s, &bv) in acc.iter_mut().zip(b) {
+            *s += ap * bv;
         }
     }
 }
