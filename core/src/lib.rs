@@ -77,7 +77,12 @@ mod tensor;
 pub use backend::{Backend, Cpu, HostBackend, Meter, View};
 pub use error::{Error, Result};
 pub use float::Float;
-pub use nn::{Flatten, Gelu, LeakyRelu, Linear, Module, Relu, Sequential, Sigmoid, Softmax, Tanh};
+pub use nn::{
+    AvgPool1d, AvgPool2d, BatchNorm, Conv1d, Conv2d, Dropout, Embedding, Flatten, Gelu,
+    GlobalAvgPool, LayerNorm, LeakyRelu, Linear, MaxPool1d, MaxPool2d, Module, Relu, Sequential,
+    Sigmoid, Softmax, Tanh,
+};
+pub use ops::conv::{ConvConfig, PoolConfig};
 pub use optim::{clip_grad_norm, Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
 pub use rng::Rng;
 pub use shape::{Shape, MAX_RANK};

@@ -34,6 +34,12 @@
 //! # Ok::<(), mote::Error>(())
 //! ```
 
+mod cnn;
+pub use cnn::{
+    AvgPool1d, AvgPool2d, BatchNorm, Conv1d, Conv2d, Dropout, Embedding, GlobalAvgPool, LayerNorm,
+    MaxPool1d, MaxPool2d,
+};
+
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -51,6 +57,13 @@ pub trait Module {
     /// Calls `f` with each parameter, in a fixed order (for freezing, saving, counting).
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
         let _ = f;
+    }
+
+    /// Switches between training and evaluation behaviour (PyTorch's `model.train()` /
+    /// `model.eval()`): dropout and batch normalisation change; other layers ignore it, and
+    /// compositions pass it on.
+    fn set_training(&mut self, training: bool) {
+        let _ = training;
     }
 }
 
@@ -254,6 +267,9 @@ impl<T: Module> Module for Sequential<T> {
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
         self.0.visit_params(f);
     }
+    fn set_training(&mut self, training: bool) {
+        self.0.set_training(training);
+    }
 }
 
 macro_rules! tuple_module {
@@ -266,6 +282,9 @@ macro_rules! tuple_module {
             }
             fn visit_params(&self, f: &mut dyn FnMut(Var)) {
                 $(self.$idx.visit_params(f);)+
+            }
+            fn set_training(&mut self, training: bool) {
+                $(self.$idx.set_training(training);)+
             }
         }
     };
@@ -294,6 +313,11 @@ impl<M: Module, const K: usize> Module for [M; K] {
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
         for m in self {
             m.visit_params(f);
+        }
+    }
+    fn set_training(&mut self, training: bool) {
+        for m in self {
+            m.set_training(training);
         }
     }
 }

@@ -57,6 +57,18 @@ pub(crate) enum Op {
     Concat {
         axis: u8,
     },
+    /// 2-D convolution: `a` is x, `b` the weight; stride, padding, dilation packed
+    /// (`ops::conv::pack`).
+    Conv {
+        geom: u32,
+    },
+    /// 2-D pooling: window, stride, padding packed.
+    Pool {
+        geom: u32,
+        max: bool,
+    },
+    /// Row lookup: `a` is the table, `b` the indices.
+    Gather,
     /// `classes` is used by cross-entropy only.
     Loss {
         op: LossOp,
@@ -234,6 +246,14 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     /// Nodes recorded.
     pub fn nodes_used(&self) -> usize {
         self.nodes.len()
+    }
+
+    /// Gives back everything allocated from `at` on (scratch memory of a kernel, taken with
+    /// [`Tape::alloc`] right before). The high-water mark keeps the peak.
+    pub(crate) fn release(&mut self, at: usize) {
+        if at <= self.top {
+            self.top = at;
+        }
     }
 
     /// Allocates `len` elements (uninitialised: the previous contents).
@@ -920,6 +940,9 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             Op::Loss { op, classes } => {
                 self.loss_backward(op, classes as usize, node.a, node.b, dy)
             }
+            Op::Gather => self.gather_backward(node.a, node.b, dy.offset),
+            Op::Conv { geom } => self.conv_backward(geom, node.a, node.b, dy.offset),
+            Op::Pool { geom, max } => self.pool_backward(geom, max, node.a, y.offset, dy.offset),
         }
     }
 }

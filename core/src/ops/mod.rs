@@ -2,6 +2,8 @@
 //! reference forward and backward kernels, the tape methods, and tests.
 
 pub mod binary;
+pub mod conv;
+pub mod gather;
 pub mod loss;
 pub mod matmul;
 pub mod movement;

@@ -1,0 +1,523 @@
+//! Layers for convolutional and sequence models: convolutions, pooling, normalisation, dropout
+//! and embeddings. Each wraps the tape op of the same name (see [`crate::ops::conv`] and
+//! [`crate::ops::gather`]); normalisation layers are compositions of elementary ops, so their
+//! gradients follow from those ops'.
+
+use core::cell::Cell;
+
+use super::Module;
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::ops::conv::{ConvConfig, PoolConfig};
+use crate::rng::Rng;
+use crate::tape::{Tape, Var};
+
+/// PyTorch's default initialisation of a layer with `fan_in` inputs per output: uniform in
+/// `[-1/sqrt(fan_in), 1/sqrt(fan_in)]`, weight then bias.
+fn init<B: Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    dims: &[usize],
+    bias: Option<usize>,
+    fan_in: usize,
+    rng: &mut Rng,
+) -> Result<(Var, Option<Var>)> {
+    if fan_in == 0 {
+        return Err(Error::BadDims { rank: dims.len() });
+    }
+    let bound = 1.0 / libm::sqrt(fan_in as f64);
+    let w = tape.param_with(dims, || B::Elem::from_f64(rng.uniform(-bound, bound)))?;
+    let b = match bias {
+        Some(o) => Some(tape.param_with(&[o], || B::Elem::from_f64(rng.uniform(-bound, bound)))?),
+        None => None,
+    };
+    Ok((w, b))
+}
+
+fn groups_fit(inputs: usize, outputs: usize, groups: usize) -> Result<()> {
+    if groups == 0 || !inputs.is_multiple_of(groups) || !outputs.is_multiple_of(groups) {
+        return Err(Error::InvalidArgument {
+            what: "groups must divide both the input and the output channels",
+        });
+    }
+    Ok(())
+}
+
+/// A 2-D convolution layer (PyTorch's `nn.Conv2d`): weight `[O, C / groups, KH, KW]`, optional
+/// bias `[O]`, over `[N, C, H, W]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    /// The kernels, `[O, C / groups, KH, KW]`.
+    pub weight: Var,
+    /// The bias, `[O]`.
+    pub bias: Option<Var>,
+    /// Stride, padding, dilation.
+    pub config: ConvConfig,
+}
+
+impl Conv2d {
+    /// A layer with PyTorch's default initialisation (`fan_in = C / groups * KH * KW`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `groups` does not divide the channels; as
+    /// [`Tape::param`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        inputs: usize,
+        outputs: usize,
+        kernel: [usize; 2],
+        config: ConvConfig,
+        groups: usize,
+        bias: bool,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        groups_fit(inputs, outputs, groups)?;
+        let cg = inputs / groups;
+        let fan_in = cg * kernel[0] * kernel[1];
+        let (weight, bias) = init(
+            tape,
+            &[outputs, cg, kernel[0], kernel[1]],
+            bias.then_some(outputs),
+            fan_in,
+            rng,
+        )?;
+        Ok(Conv2d {
+            weight,
+            bias,
+            config,
+        })
+    }
+}
+
+impl Module for Conv2d {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.conv2d(x, self.weight, self.bias, self.config)
+    }
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        f(self.weight);
+        if let Some(b) = self.bias {
+            f(b);
+        }
+    }
+}
+
+/// A 1-D convolution layer (PyTorch's `nn.Conv1d`): weight `[O, C / groups, K]`, over
+/// `[N, C, L]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv1d {
+    /// The kernels, `[O, C / groups, K]`.
+    pub weight: Var,
+    /// The bias, `[O]`.
+    pub bias: Option<Var>,
+    /// Step between windows.
+    pub stride: usize,
+    /// Zeros added on each side.
+    pub padding: usize,
+    /// Step between a window's taps.
+    pub dilation: usize,
+}
+
+impl Conv1d {
+    /// A layer with PyTorch's default initialisation; stride 1, no padding, dilation 1 (set
+    /// the fields to change them).
+    ///
+    /// # Errors
+    /// As [`Conv2d::new`].
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        inputs: usize,
+        outputs: usize,
+        kernel: usize,
+        groups: usize,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        groups_fit(inputs, outputs, groups)?;
+        let cg = inputs / groups;
+        let (weight, bias) = init(
+            tape,
+            &[outputs, cg, kernel],
+            Some(outputs),
+            cg * kernel,
+            rng,
+        )?;
+        Ok(Conv1d {
+            weight,
+            bias,
+            stride: 1,
+            padding: 0,
+            dilation: 1,
+        })
+    }
+}
+
+impl Module for Conv1d {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.conv1d(
+            x,
+            self.weight,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+        )
+    }
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        f(self.weight);
+        if let Some(b) = self.bias {
+            f(b);
+        }
+    }
+}
+
+/// 2-D max pooling as a layer (`nn.MaxPool2d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool2d(pub PoolConfig);
+
+impl Module for MaxPool2d {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.max_pool2d(x, self.0)
+    }
+}
+
+/// 2-D average pooling as a layer (`nn.AvgPool2d`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AvgPool2d(pub PoolConfig);
+
+impl Module for AvgPool2d {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.avg_pool2d(x, self.0)
+    }
+}
+
+/// 1-D max pooling as a layer (`nn.MaxPool1d(k)`: window and stride `k`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaxPool1d(pub usize);
+
+impl Module for MaxPool1d {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.max_pool1d(x, self.0, self.0, 0)
+    }
+}
+
+/// 1-D average pooling as a layer (`nn.AvgPool1d(k)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AvgPool1d(pub usize);
+
+impl Module for AvgPool1d {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.avg_pool1d(x, self.0, self.0, 0)
+    }
+}
+
+/// Global average pooling as a layer: `[N, C, ...]` to `[N, C]`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GlobalAvgPool;
+
+impl Module for GlobalAvgPool {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.global_avg_pool(x)
+    }
+}
+
+/// Batch normalisation over the channel axis 1 of `[N, C]`, `[N, C, L]` or `[N, C, H, W]`
+/// (PyTorch's `BatchNorm1d` / `BatchNorm2d`): in training mode
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias` with the batch's statistics per channel
+/// (biased variance), and the running statistics move by `momentum` towards them (unbiased
+/// variance, as PyTorch does); in evaluation mode the running statistics are used.
+///
+/// The running statistics are frozen parameters in the arena, so checkpoints and weight blobs
+/// carry them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNorm {
+    /// Scale per channel (gamma), initialised to 1.
+    pub weight: Var,
+    /// Shift per channel (beta), initialised to 0.
+    pub bias: Var,
+    /// Running mean per channel, initialised to 0.
+    pub running_mean: Var,
+    /// Running variance per channel, initialised to 1.
+    pub running_var: Var,
+    /// Weight of the new batch in the running statistics (PyTorch's default 0.1).
+    pub momentum: f32,
+    /// Added to the variance (PyTorch's default 1e-5).
+    pub eps: f32,
+    /// Training mode (the default) or evaluation mode; see [`Module::set_training`].
+    pub training: bool,
+}
+
+impl BatchNorm {
+    /// A layer over `channels` channels.
+    ///
+    /// # Errors
+    /// As [`Tape::param`].
+    pub fn new<B: Backend, const N: usize>(tape: &mut Tape<B, N>, channels: usize) -> Result<Self> {
+        Ok(BatchNorm {
+            weight: tape.param_with(&[channels], || B::Elem::ONE)?,
+            bias: tape.param_with(&[channels], || B::Elem::ZERO)?,
+            running_mean: tape.param_frozen_with(&[channels], || B::Elem::ZERO)?,
+            running_var: tape.param_frozen_with(&[channels], || B::Elem::ONE)?,
+            momentum: 0.1,
+            eps: 1e-5,
+            training: true,
+        })
+    }
+
+    /// Moves the running statistics towards the batch's (through the host, a channel chunk
+    /// at a time).
+    fn update_running<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        mean: Var,
+        var: Var,
+        count: usize,
+    ) -> Result<()> {
+        let m = B::Elem::from_f32(self.momentum);
+        let keep = B::Elem::ONE - m;
+        let unbias = B::Elem::from_f64(count as f64 / (count.max(2) - 1) as f64);
+        let c = mean.numel();
+        let mut at = 0;
+        while at < c {
+            let k = (c - at).min(16);
+            let mut bm = [B::Elem::ZERO; 16];
+            let mut bv = [B::Elem::ZERO; 16];
+            let mut rm = [B::Elem::ZERO; 16];
+            let mut rv = [B::Elem::ZERO; 16];
+            let (bm, bv, rm, rv) = (
+                bm.get_mut(..k).unwrap_or(&mut []),
+                bv.get_mut(..k).unwrap_or(&mut []),
+                rm.get_mut(..k).unwrap_or(&mut []),
+                rv.get_mut(..k).unwrap_or(&mut []),
+            );
+            let be = tape.backend_mut();
+            be.read(mean.view().offset + at, bm)?;
+            be.read(var.view().offset + at, bv)?;
+            be.read(self.running_mean.view().offset + at, rm)?;
+            be.read(self.running_var.view().offset + at, rv)?;
+            for (r, &b) in rm.iter_mut().zip(bm.iter()) {
+                *r = keep * *r + m * b;
+            }
+            for (r, &b) in rv.iter_mut().zip(bv.iter()) {
+                *r = keep * *r + m * b * unbias;
+            }
+            be.write(self.running_mean.view().offset + at, rm)?;
+            be.write(self.running_var.view().offset + at, rv)?;
+            at += k;
+        }
+        Ok(())
+    }
+}
+
+impl Module for BatchNorm {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        let s = x.shape();
+        let c = self.weight.numel();
+        if !(2..=4).contains(&s.rank()) || s.dim(1) != c {
+            return Err(Error::ShapeMismatch {
+                op: "batch_norm",
+                lhs: s,
+                rhs: self.weight.shape(),
+            });
+        }
+        let n = s.dim(0);
+        let rest = s.numel() / (n * c);
+        let mut dims = [0usize; 4];
+        for (d, &v) in dims.iter_mut().zip(s.dims()) {
+            *d = v as usize;
+        }
+        let dims = dims.get(..s.rank()).unwrap_or(&[]);
+        let xr = tape.reshape(x, &[n, c, rest])?;
+        let (mean, var) = if self.training {
+            let mean = tape.mean_axis(xr, 2)?;
+            let mean = tape.mean_axis(mean, 0)?;
+            let m1 = tape.reshape(mean, &[c, 1])?;
+            let d = tape.sub(xr, m1)?;
+            let sq = tape.square(d)?;
+            let v = tape.mean_axis(sq, 2)?;
+            let v = tape.mean_axis(v, 0)?;
+            tape.no_grad(|t| self.update_running(t, mean, v, n * rest))?;
+            (m1, tape.reshape(v, &[c, 1])?)
+        } else {
+            (
+                tape.reshape(self.running_mean, &[c, 1])?,
+                tape.reshape(self.running_var, &[c, 1])?,
+            )
+        };
+        let d = tape.sub(xr, mean)?;
+        let v = tape.add_scalar(var, self.eps)?;
+        let std = tape.sqrt(v)?;
+        let xhat = tape.div(d, std)?;
+        let g = tape.reshape(self.weight, &[c, 1])?;
+        let b = tape.reshape(self.bias, &[c, 1])?;
+        let y = tape.mul(xhat, g)?;
+        let y = tape.add(y, b)?;
+        tape.reshape(y, dims)
+    }
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        f(self.weight);
+        f(self.bias);
+        f(self.running_mean);
+        f(self.running_var);
+    }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+}
+
+/// Layer normalisation over the last axis (PyTorch's `nn.LayerNorm(D)`):
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias`, statistics per row (biased variance).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LayerNorm {
+    /// Scale, `[D]`, initialised to 1.
+    pub weight: Var,
+    /// Shift, `[D]`, initialised to 0.
+    pub bias: Var,
+    /// Added to the variance (PyTorch's default 1e-5).
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// A layer over rows of `dim` values.
+    ///
+    /// # Errors
+    /// As [`Tape::param`].
+    pub fn new<B: Backend, const N: usize>(tape: &mut Tape<B, N>, dim: usize) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: tape.param_with(&[dim], || B::Elem::ONE)?,
+            bias: tape.param_with(&[dim], || B::Elem::ZERO)?,
+            eps: 1e-5,
+        })
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        let s = x.shape();
+        let d = self.weight.numel();
+        let r = s.rank();
+        if r == 0 || s.dim(r - 1) != d {
+            return Err(Error::ShapeMismatch {
+                op: "layer_norm",
+                lhs: s,
+                rhs: self.weight.shape(),
+            });
+        }
+        let mut dims = [1usize; 4];
+        for (o, &v) in dims.iter_mut().zip(s.dims()) {
+            *o = v as usize;
+        }
+        if let Some(last) = dims.get_mut(r - 1) {
+            *last = 1;
+        }
+        let keep = dims.get(..r).unwrap_or(&[]);
+        let mean = tape.mean_axis(x, r - 1)?;
+        let mean = tape.reshape(mean, keep)?;
+        let c = tape.sub(x, mean)?;
+        let sq = tape.square(c)?;
+        let var = tape.mean_axis(sq, r - 1)?;
+        let var = tape.reshape(var, keep)?;
+        let var = tape.add_scalar(var, self.eps)?;
+        let std = tape.sqrt(var)?;
+        let xhat = tape.div(c, std)?;
+        let y = tape.mul(xhat, self.weight)?;
+        tape.add(y, self.bias)
+    }
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        f(self.weight);
+        f(self.bias);
+    }
+}
+
+/// Dropout (PyTorch's `nn.Dropout(p)`): in training mode each element is zeroed with
+/// probability `p` and the others scaled by `1 / (1 - p)`; in evaluation mode, the identity.
+/// The mask comes from the layer's own seedable generator, so runs are reproducible.
+#[derive(Clone, Debug)]
+pub struct Dropout {
+    /// Probability of zeroing an element, in `[0, 1)`.
+    pub p: f32,
+    rng: Cell<Rng>,
+    /// Training mode (the default); see [`Module::set_training`].
+    pub training: bool,
+}
+
+impl Dropout {
+    /// Dropout with probability `p` and a generator seeded with `seed`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `p` is not in `[0, 1)`.
+    pub fn new(p: f32, seed: u64) -> Result<Self> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::InvalidArgument {
+                what: "dropout probability must be in [0, 1)",
+            });
+        }
+        Ok(Dropout {
+            p,
+            rng: Cell::new(Rng::new(seed)),
+            training: true,
+        })
+    }
+}
+
+impl Module for Dropout {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        if !self.training || self.p == 0.0 {
+            return Ok(x);
+        }
+        let s = x.shape();
+        let mut dims = [0usize; 4];
+        for (d, &v) in dims.iter_mut().zip(s.dims()) {
+            *d = v as usize;
+        }
+        let mut rng = self.rng.get();
+        let keep = B::Elem::from_f64(1.0 / (1.0 - f64::from(self.p)));
+        let p = self.p;
+        let mask = tape.input_with(dims.get(..s.rank()).unwrap_or(&[]), || {
+            if rng.next_f32() < p {
+                B::Elem::ZERO
+            } else {
+                keep
+            }
+        })?;
+        self.rng.set(rng);
+        tape.mul(x, mask)
+    }
+    fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+}
+
+/// An embedding table (PyTorch's `nn.Embedding(V, D)`): `forward` takes integer indices (for
+/// example from [`Tape::labels`]) and returns their rows. Initialised from `N(0, 1)`, as
+/// PyTorch does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Embedding {
+    /// The table, `[V, D]`.
+    pub weight: Var,
+}
+
+impl Embedding {
+    /// A table of `vocab` rows of `dim` values.
+    ///
+    /// # Errors
+    /// As [`Tape::param`].
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        vocab: usize,
+        dim: usize,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        Ok(Embedding {
+            weight: tape.param_with(&[vocab, dim], || B::Elem::from_f64(rng.normal()))?,
+        })
+    }
+}
+
+impl Module for Embedding {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.embedding(self.weight, x)
+    }
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        f(self.weight);
+    }
+}

@@ -1,0 +1,713 @@
+//! Convolutions and pooling over images `[N, C, H, W]` and signals `[N, C, L]` (a signal is an
+//! image of height 1).
+//!
+//! Both are built on the backend's strided copy and GEMM, through an *im2col* buffer that the op
+//! takes from the arena for the duration of its kernel and gives back right after (so it counts
+//! in the high-water mark and in [`crate::plan::measure`], but not in the memory a step keeps):
+//!
+//! - `cols[n, c, i, j, oh, ow] = x[n, c, oh*sh + i*dh - ph, ow*sw + j*dw - pw]` (0, or the most
+//!   negative value for max pooling, where that index falls in the padding);
+//! - **conv2d** (PyTorch's `F.conv2d`, cross-correlation): per group `g`,
+//!   `y[n, g] = W[g] cols[n, g]`, with `W[g]` of shape `[O/G, C/G * KH * KW]`;
+//!   backward: `dW[g] += sum_n dy[n, g] cols[n, g]^T` and `dcols[n, g] = W[g]^T dy[n, g]`,
+//!   scattered back into `dx` (*col2im*, accumulating where windows overlap);
+//! - **max / average pooling**: the maximum (or mean) over each window's `KH * KW` values of
+//!   `cols`; backward routes `dy` to the maximum (every tied maximum, as the `max` reduction
+//!   does) or spreads `dy / (KH * KW)` over the window, then col2im. Average pooling counts
+//!   padded positions (PyTorch's default `count_include_pad=True`).
+//!
+//! Output size along each spatial axis: `(H + 2 ph - dh (KH - 1) - 1) / sh + 1` (floor).
+//! Geometry values (stride, padding, dilation and pooling windows) are limited to 1..=31
+//! (padding 0..=31) so that a node stays small on a microcontroller.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::ops::matmul::Gemm;
+use crate::ops::movement::Strided;
+use crate::ops::reduce::{Axis3, ReduceOp};
+use crate::shape::Shape;
+
+/// Stride, padding and dilation of a 2-D convolution (PyTorch's `Conv2d` arguments; `groups`
+/// follows from the shapes: `C / weight.dim(1)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvConfig {
+    /// Step between windows, (height, width).
+    pub stride: [usize; 2],
+    /// Zeros added on each side, (height, width).
+    pub padding: [usize; 2],
+    /// Step between a window's taps, (height, width).
+    pub dilation: [usize; 2],
+}
+
+impl Default for ConvConfig {
+    fn default() -> Self {
+        ConvConfig {
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+        }
+    }
+}
+
+/// Window, stride and padding of a 2-D pooling (PyTorch's `MaxPool2d` / `AvgPool2d`, whose
+/// stride defaults to the window).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Window, (height, width).
+    pub kernel: [usize; 2],
+    /// Step between windows, (height, width).
+    pub stride: [usize; 2],
+    /// Padding on each side, (height, width).
+    pub padding: [usize; 2],
+}
+
+impl PoolConfig {
+    /// A `k x k` window with stride `k` and no padding.
+    pub fn square(k: usize) -> PoolConfig {
+        PoolConfig {
+            kernel: [k, k],
+            stride: [k, k],
+            padding: [0, 0],
+        }
+    }
+}
+
+/// Six small numbers packed into a node (5 bits each).
+pub(crate) fn pack(v: [usize; 6], op: &'static str) -> Result<u32> {
+    let mut out = 0u32;
+    for (i, &x) in v.iter().enumerate() {
+        if x > 31 {
+            return Err(Error::InvalidArgument {
+                what: match op {
+                    "conv" => "conv stride, padding and dilation must be at most 31",
+                    _ => "pooling window, stride and padding must be at most 31",
+                },
+            });
+        }
+        out |= (x as u32) << (5 * i);
+    }
+    Ok(out)
+}
+
+pub(crate) fn unpack(p: u32) -> [usize; 6] {
+    core::array::from_fn(|i| ((p >> (5 * i)) & 31) as usize)
+}
+
+/// The full geometry of one windowed op over `[N, C, H, W]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+fn out_len(len: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
+    let span = d.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
+    let padded = len.checked_add(p.checked_mul(2)?)?;
+    if s == 0 || padded < span {
+        return None;
+    }
+    Some((padded - span) / s + 1)
+}
+
+impl Geom {
+    /// Checks and completes a geometry; `op` names the op in errors.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        x: Shape,
+        k: [usize; 2],
+        s: [usize; 2],
+        p: [usize; 2],
+        d: [usize; 2],
+        op: &'static str,
+    ) -> Result<Geom> {
+        if x.rank() != 4 {
+            return Err(Error::InvalidShape { op, shape: x });
+        }
+        let bad = Error::InvalidArgument {
+            what: "window larger than the padded input, or a zero stride or dilation",
+        };
+        if d.contains(&0) || s.contains(&0) || k.contains(&0) {
+            return Err(bad);
+        }
+        let (h, w) = (x.dim(2), x.dim(3));
+        let oh = out_len(h, k[0], s[0], p[0], d[0]).ok_or(bad)?;
+        let ow = out_len(w, k[1], s[1], p[1], d[1]).ok_or(bad)?;
+        Ok(Geom {
+            n: x.dim(0),
+            c: x.dim(1),
+            h,
+            w,
+            kh: k[0],
+            kw: k[1],
+            sh: s[0],
+            sw: s[1],
+            ph: p[0],
+            pw: p[1],
+            dh: d[0],
+            dw: d[1],
+            oh,
+            ow,
+        })
+    }
+
+    /// Window taps.
+    pub(crate) fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+
+    /// Output positions per channel.
+    pub(crate) fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+
+    /// Elements of the im2col buffer: `N C KH KW OH OW` (checked).
+    pub(crate) fn cols_len(&self) -> Result<usize> {
+        Shape::new(&[self.n, self.c, self.taps(), self.positions()]).map(|s| s.numel())
+    }
+}
+
+/// The output indices `o` in `0..out` for which `o * s + off - p` lies in `0..len`, as a range.
+fn valid(out: usize, s: usize, off: usize, p: usize, len: usize) -> (usize, usize) {
+    // o * s >= p - off
+    let lo = if p > off { (p - off).div_ceil(s) } else { 0 };
+    // o * s + off - p < len  <=>  o * s < len + p - off
+    let lim = len + p;
+    let hi = if lim > off {
+        (lim - off).div_ceil(s).min(out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// For each tap `(i, j)`: the index space and the two strided layouts between `x` and `cols`
+/// (skipping taps that only see padding).
+fn for_each_tap(
+    g: &Geom,
+    x: usize,
+    cols: usize,
+    mut f: impl FnMut(&Shape, Strided, Strided) -> Result<()>,
+) -> Result<()> {
+    let p = g.positions();
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            let (h0, h1) = valid(g.oh, g.sh, i * g.dh, g.ph, g.h);
+            let (w0, w1) = valid(g.ow, g.sw, j * g.dw, g.pw, g.w);
+            if h0 >= h1 || w0 >= w1 {
+                continue;
+            }
+            let ih = h0 * g.sh + i * g.dh - g.ph;
+            let iw = w0 * g.sw + j * g.dw - g.pw;
+            let space = Shape::new(&[g.n, g.c, h1 - h0, w1 - w0])?;
+            let src = Strided {
+                offset: x + ih * g.w + iw,
+                strides: [g.c * g.h * g.w, g.h * g.w, g.sh * g.w, g.sw],
+            };
+            let dst = Strided {
+                offset: cols + (i * g.kw + j) * p + h0 * g.ow + w0,
+                strides: [g.c * g.taps() * p, g.taps() * p, g.ow, 1],
+            };
+            f(&space, src, dst)?;
+        }
+    }
+    Ok(())
+}
+
+/// Fills `cols` from the image at `x` (padding positions get `pad`).
+pub(crate) fn im2col<B: Backend>(
+    be: &mut B,
+    g: &Geom,
+    x: usize,
+    cols: usize,
+    pad: B::Elem,
+) -> Result<()> {
+    be.fill(cols, g.cols_len()?, pad)?;
+    for_each_tap(g, x, cols, |space, src, dst| {
+        be.copy_strided(space, src, dst, false)
+    })
+}
+
+/// Adds `cols` back into the image gradient at `dx` (overlapping windows accumulate).
+pub(crate) fn col2im<B: Backend>(be: &mut B, g: &Geom, cols: usize, dx: usize) -> Result<()> {
+    for_each_tap(g, dx, cols, |space, img, col| {
+        be.copy_strided(space, col, img, true)
+    })
+}
+
+/// The per-group GEMMs of a convolution: `groups` products, each batched over the images.
+pub(crate) struct ConvGemms {
+    pub groups: usize,
+    /// Output channels per group.
+    pub og: usize,
+    /// Rows of a group's slice of `cols`: `C/G * KH * KW`.
+    pub kg: usize,
+    /// Output positions.
+    pub p: usize,
+    /// Images.
+    pub n: usize,
+    /// Output channels.
+    pub o: usize,
+    /// Rows of one image's `cols`: `C * KH * KW`.
+    pub k: usize,
+}
+
+impl ConvGemms {
+    /// `y[n, g] (+)= W[g] cols[n, g]`.
+    pub(crate) fn forward(&self, gi: usize, w: usize, cols: usize, y: usize) -> Gemm {
+        Gemm {
+            batch: self.n,
+            m: self.og,
+            n: self.p,
+            k: self.kg,
+            a: w + gi * self.og * self.kg,
+            a_trans: false,
+            a_batch: 0,
+            b: cols + gi * self.kg * self.p,
+            b_trans: false,
+            b_batch: self.k * self.p,
+            c: y + gi * self.og * self.p,
+            c_batch: self.o * self.p,
+            accumulate: false,
+        }
+    }
+
+    /// `dW[g] += sum_n dy[n, g] cols[n, g]^T` (a shared output summed over the batch).
+    pub(crate) fn weight_grad(&self, gi: usize, dy: usize, cols: usize, dw: usize) -> Gemm {
+        Gemm {
+            batch: self.n,
+            m: self.og,
+            n: self.kg,
+            k: self.p,
+            a: dy + gi * self.og * self.p,
+            a_trans: false,
+            a_batch: self.o * self.p,
+            b: cols + gi * self.kg * self.p,
+            b_trans: true,
+            b_batch: self.k * self.p,
+            c: dw + gi * self.og * self.kg,
+            c_batch: 0,
+            accumulate: true,
+        }
+    }
+
+    /// `dcols[n, g] = W[g]^T dy[n, g]`.
+    pub(crate) fn input_grad(&self, gi: usize, w: usize, dy: usize, dcols: usize) -> Gemm {
+        Gemm {
+            batch: self.n,
+            m: self.kg,
+            n: self.p,
+            k: self.og,
+            a: w + gi * self.og * self.kg,
+            a_trans: true,
+            a_batch: 0,
+            b: dy + gi * self.og * self.p,
+            b_trans: false,
+            b_batch: self.o * self.p,
+            c: dcols + gi * self.kg * self.p,
+            c_batch: self.k * self.p,
+            accumulate: false,
+        }
+    }
+}
+
+fn conv_gemms(g: &Geom, w: Shape) -> ConvGemms {
+    let groups = g.c / w.dim(1);
+    ConvGemms {
+        groups,
+        og: w.dim(0) / groups,
+        kg: w.dim(1) * g.taps(),
+        p: g.positions(),
+        n: g.n,
+        o: w.dim(0),
+        k: g.c * g.taps(),
+    }
+}
+
+/// The `(outer, n, inner)` view of pooling over `cols`: the window's taps are the reduced axis.
+fn pool_axis(g: &Geom) -> Axis3 {
+    Axis3 {
+        outer: g.n * g.c,
+        n: g.taps(),
+        inner: g.positions(),
+    }
+}
+
+pub(crate) mod tape_ops {
+    use super::*;
+    use crate::tape::{Op, Tape, Var};
+
+    impl<B: Backend, const N: usize> Tape<B, N> {
+        /// 2-D convolution (cross-correlation, PyTorch's `F.conv2d`): `x` of shape
+        /// `[N, C, H, W]`, `weight` of shape `[O, C / groups, KH, KW]`, optional `bias` of
+        /// shape `[O]`; the result is `[N, O, OH, OW]`. `groups = C / weight.dim(1)`
+        /// (depthwise when `groups == C`). See the module docs for the formulas.
+        ///
+        /// # Errors
+        /// [`Error::InvalidShape`] for ranks other than 4; [`Error::ShapeMismatch`] when the
+        /// channels do not divide into groups or the bias does not fit;
+        /// [`Error::InvalidArgument`] for a window larger than the padded input or geometry
+        /// values out of range; and as [`Tape::unary`].
+        pub fn conv2d(
+            &mut self,
+            x: Var,
+            weight: Var,
+            bias: Option<Var>,
+            opt: ConvConfig,
+        ) -> Result<Var> {
+            let ws = weight.shape;
+            if ws.rank() != 4 {
+                return Err(Error::InvalidShape {
+                    op: "conv2d weight",
+                    shape: ws,
+                });
+            }
+            let g = Geom::new(
+                x.shape,
+                [ws.dim(2), ws.dim(3)],
+                opt.stride,
+                opt.padding,
+                opt.dilation,
+                "conv2d",
+            )?;
+            let mismatch = Error::ShapeMismatch {
+                op: "conv2d",
+                lhs: x.shape,
+                rhs: ws,
+            };
+            if !g.c.is_multiple_of(ws.dim(1)) || !ws.dim(0).is_multiple_of(g.c / ws.dim(1)) {
+                return Err(mismatch);
+            }
+            if let Some(b) = bias {
+                if b.shape.rank() != 1 || b.shape.dim(0) != ws.dim(0) {
+                    return Err(Error::ShapeMismatch {
+                        op: "conv2d bias",
+                        lhs: ws,
+                        rhs: b.shape,
+                    });
+                }
+            }
+            let geom = pack(
+                [
+                    opt.stride[0],
+                    opt.stride[1],
+                    opt.padding[0],
+                    opt.padding[1],
+                    opt.dilation[0],
+                    opt.dilation[1],
+                ],
+                "conv",
+            )?;
+            let shape = Shape::new(&[g.n, ws.dim(0), g.oh, g.ow])?;
+            let cols_len = g.cols_len()?;
+            let gm = conv_gemms(&g, ws);
+            self.all_or_nothing(|t| {
+                // The output first (recorded), then the scratch above it.
+                let y = t.record(Op::Conv { geom }, &[x, weight], shape, |_, _| Ok(()))?;
+                let cols = t.alloc(cols_len)?;
+                im2col(&mut t.backend, &g, x.offset as usize, cols, B::Elem::ZERO)?;
+                for gi in 0..gm.groups {
+                    t.backend.gemm(&gm.forward(
+                        gi,
+                        weight.offset as usize,
+                        cols,
+                        y.offset as usize,
+                    ))?;
+                }
+                t.release(cols);
+                match bias {
+                    Some(b) => {
+                        let b = t.reshape(b, &[ws.dim(0), 1, 1])?;
+                        t.add(y, b)
+                    }
+                    None => Ok(y),
+                }
+            })
+        }
+
+        /// 1-D convolution (PyTorch's `F.conv1d`): `x` of shape `[N, C, L]`, `weight` of shape
+        /// `[O, C / groups, K]`, optional `bias` `[O]`; the result is `[N, O, OL]`. `stride`,
+        /// `padding` and `dilation` are along the signal.
+        ///
+        /// # Errors
+        /// As [`Tape::conv2d`].
+        pub fn conv1d(
+            &mut self,
+            x: Var,
+            weight: Var,
+            bias: Option<Var>,
+            stride: usize,
+            padding: usize,
+            dilation: usize,
+        ) -> Result<Var> {
+            let (xs, ws) = (x.shape, weight.shape);
+            if xs.rank() != 3 || ws.rank() != 3 {
+                return Err(Error::InvalidShape {
+                    op: "conv1d",
+                    shape: if xs.rank() != 3 { xs } else { ws },
+                });
+            }
+            self.all_or_nothing(|t| {
+                let x4 = t.reshape(x, &[xs.dim(0), xs.dim(1), 1, xs.dim(2)])?;
+                let w4 = t.reshape(weight, &[ws.dim(0), ws.dim(1), 1, ws.dim(2)])?;
+                let opt = ConvConfig {
+                    stride: [1, stride],
+                    padding: [0, padding],
+                    dilation: [1, dilation],
+                };
+                let y = t.conv2d(x4, w4, bias, opt)?;
+                let s = y.shape;
+                t.reshape(y, &[s.dim(0), s.dim(1), s.dim(3)])
+            })
+        }
+
+        fn pool2d(&mut self, x: Var, p: PoolConfig, max: bool) -> Result<Var> {
+            let op = if max { "max_pool2d" } else { "avg_pool2d" };
+            let g = Geom::new(x.shape, p.kernel, p.stride, p.padding, [1, 1], op)?;
+            if p.padding[0] * 2 > p.kernel[0] || p.padding[1] * 2 > p.kernel[1] {
+                return Err(Error::InvalidArgument {
+                    what: "pooling padding must be at most half the window",
+                });
+            }
+            let geom = pack(
+                [
+                    p.kernel[0],
+                    p.kernel[1],
+                    p.stride[0],
+                    p.stride[1],
+                    p.padding[0],
+                    p.padding[1],
+                ],
+                "pool",
+            )?;
+            let shape = Shape::new(&[g.n, g.c, g.oh, g.ow])?;
+            let cols_len = g.cols_len()?;
+            let (reduce, pad) = if max {
+                (ReduceOp::Max, B::Elem::MIN)
+            } else {
+                (ReduceOp::Mean, B::Elem::ZERO)
+            };
+            self.all_or_nothing(|t| {
+                let y = t.record(Op::Pool { geom, max }, &[x], shape, |_, _| Ok(()))?;
+                let cols = t.alloc(cols_len)?;
+                im2col(&mut t.backend, &g, x.offset as usize, cols, pad)?;
+                t.backend
+                    .reduce(reduce, pool_axis(&g), cols, y.offset as usize)?;
+                t.release(cols);
+                Ok(y)
+            })
+        }
+
+        /// 2-D max pooling (PyTorch's `F.max_pool2d`, dilation 1): `[N, C, H, W]` to
+        /// `[N, C, OH, OW]`; padding counts as the most negative value.
+        ///
+        /// # Errors
+        /// [`Error::InvalidShape`] for ranks other than 4; [`Error::InvalidArgument`] for a
+        /// window larger than the padded input, padding over half the window, or values out of
+        /// range; and as [`Tape::unary`].
+        pub fn max_pool2d(&mut self, x: Var, p: PoolConfig) -> Result<Var> {
+            self.pool2d(x, p, true)
+        }
+
+        /// 2-D average pooling (PyTorch's `F.avg_pool2d` with `count_include_pad=True`).
+        ///
+        /// # Errors
+        /// As [`Tape::max_pool2d`].
+        pub fn avg_pool2d(&mut self, x: Var, p: PoolConfig) -> Result<Var> {
+            self.pool2d(x, p, false)
+        }
+
+        fn pool1d(
+            &mut self,
+            x: Var,
+            k: usize,
+            stride: usize,
+            padding: usize,
+            max: bool,
+        ) -> Result<Var> {
+            let xs = x.shape;
+            if xs.rank() != 3 {
+                return Err(Error::InvalidShape {
+                    op: if max { "max_pool1d" } else { "avg_pool1d" },
+                    shape: xs,
+                });
+            }
+            self.all_or_nothing(|t| {
+                let x4 = t.reshape(x, &[xs.dim(0), xs.dim(1), 1, xs.dim(2)])?;
+                let p = PoolConfig {
+                    kernel: [1, k],
+                    stride: [1, stride],
+                    padding: [0, padding],
+                };
+                let y = t.pool2d(x4, p, max)?;
+                let s = y.shape;
+                t.reshape(y, &[s.dim(0), s.dim(1), s.dim(3)])
+            })
+        }
+
+        /// 1-D max pooling over `[N, C, L]` (window `k`, then `stride`, `padding`).
+        ///
+        /// # Errors
+        /// As [`Tape::max_pool2d`].
+        pub fn max_pool1d(
+            &mut self,
+            x: Var,
+            k: usize,
+            stride: usize,
+            padding: usize,
+        ) -> Result<Var> {
+            self.pool1d(x, k, stride, padding, true)
+        }
+
+        /// 1-D average pooling over `[N, C, L]`.
+        ///
+        /// # Errors
+        /// As [`Tape::max_pool2d`].
+        pub fn avg_pool1d(
+            &mut self,
+            x: Var,
+            k: usize,
+            stride: usize,
+            padding: usize,
+        ) -> Result<Var> {
+            self.pool1d(x, k, stride, padding, false)
+        }
+
+        /// Global average pooling: the mean over every spatial position, `[N, C, ...]` (rank 3
+        /// or 4) to `[N, C]` (PyTorch's `AdaptiveAvgPool2d(1)` followed by `flatten(1)`).
+        ///
+        /// # Errors
+        /// [`Error::InvalidShape`] for ranks other than 3 and 4; and as [`Tape::unary`].
+        pub fn global_avg_pool(&mut self, x: Var) -> Result<Var> {
+            let s = x.shape;
+            if s.rank() != 3 && s.rank() != 4 {
+                return Err(Error::InvalidShape {
+                    op: "global_avg_pool",
+                    shape: s,
+                });
+            }
+            let positions = s.numel() / (s.dim(0) * s.dim(1));
+            self.all_or_nothing(|t| {
+                let flat = t.reshape(x, &[s.dim(0), s.dim(1), positions])?;
+                t.mean_axis(flat, 2)
+            })
+        }
+
+        pub(crate) fn conv_backward(&mut self, geom: u32, x: u32, w: u32, dy: usize) -> Result<()> {
+            let (xv, wv) = (self.node_view(x)?, self.node_view(w)?);
+            let [sh, sw, ph, pw, dh, dw] = unpack(geom);
+            let (ws, xs) = (wv.shape, xv.shape);
+            let g = Geom::new(
+                xs,
+                [ws.dim(2), ws.dim(3)],
+                [sh, sw],
+                [ph, pw],
+                [dh, dw],
+                "conv2d",
+            )?;
+            let gm = conv_gemms(&g, ws);
+            let dwg = self.input_grad(w)?;
+            let dxg = self.input_grad(x)?;
+            let cols = self.alloc(g.cols_len()?)?;
+            if let Some((_, dwo)) = dwg {
+                im2col(&mut self.backend, &g, xv.offset, cols, B::Elem::ZERO)?;
+                for gi in 0..gm.groups {
+                    self.backend.gemm(&gm.weight_grad(gi, dy, cols, dwo))?;
+                }
+            }
+            if let Some((_, dxo)) = dxg {
+                for gi in 0..gm.groups {
+                    self.backend.gemm(&gm.input_grad(gi, wv.offset, dy, cols))?;
+                }
+                col2im(&mut self.backend, &g, cols, dxo)?;
+            }
+            self.release(cols);
+            Ok(())
+        }
+
+        pub(crate) fn pool_backward(
+            &mut self,
+            geom: u32,
+            max: bool,
+            x: u32,
+            y: usize,
+            dy: usize,
+        ) -> Result<()> {
+            let xv = self.node_view(x)?;
+            let [kh, kw, sh, sw, ph, pw] = unpack(geom);
+            let g = Geom::new(xv.shape, [kh, kw], [sh, sw], [ph, pw], [1, 1], "pool2d")?;
+            let Some((_, dxo)) = self.input_grad(x)? else {
+                return Ok(());
+            };
+            let len = g.cols_len()?;
+            let cols = self.alloc(len)?;
+            let dcols = match self.alloc(len) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.release(cols);
+                    return Err(e);
+                }
+            };
+            let (reduce, pad) = if max {
+                (ReduceOp::Max, B::Elem::MIN)
+            } else {
+                (ReduceOp::Mean, B::Elem::ZERO)
+            };
+            if max {
+                im2col(&mut self.backend, &g, xv.offset, cols, pad)?;
+            }
+            self.backend.fill(dcols, len, B::Elem::ZERO)?;
+            self.backend
+                .reduce_backward(reduce, pool_axis(&g), cols, y, dy, dcols)?;
+            col2im(&mut self.backend, &g, dcols, dxo)?;
+            self.release(cols);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_ranges() {
+        // len 5, stride 1, pad 1, tap offset 0: o - 1 in 0..5 for o in 0..5 -> o in 1..5.
+        assert_eq!(valid(5, 1, 0, 1, 5), (1, 5));
+        // tap offset 2: o + 1 in 0..5 -> o in 0..4.
+        assert_eq!(valid(5, 1, 2, 1, 5), (0, 4));
+        // stride 2, pad 0, offset 1, len 4, out 2: 2o + 1 < 4 -> o in 0..2.
+        assert_eq!(valid(2, 2, 1, 0, 4), (0, 2));
+        // A tap that only sees padding.
+        assert_eq!(valid(1, 1, 0, 3, 1).0, valid(1, 1, 0, 3, 1).1);
+    }
+
+    #[test]
+    fn packing_round_trips() {
+        let v = [1, 2, 0, 31, 7, 3];
+        assert_eq!(unpack(pack(v, "conv").unwrap()), v);
+        assert!(pack([32, 1, 1, 1, 1, 1], "conv").is_err());
+    }
+
+    #[test]
+    fn output_sizes_match_pytorch() {
+        // PyTorch: Conv2d(k=3, s=1, p=1) keeps 8x8; k=3, s=2, p=0 on 7 gives 3; dilation 2, k=3
+        // on 7 gives 3.
+        assert_eq!(out_len(8, 3, 1, 1, 1), Some(8));
+        assert_eq!(out_len(7, 3, 2, 0, 1), Some(3));
+        assert_eq!(out_len(7, 3, 1, 0, 2), Some(3));
+        assert_eq!(out_len(2, 3, 1, 0, 1), None);
+    }
+}

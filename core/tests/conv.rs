@@ -1,0 +1,325 @@
+//! Convolution and pooling: forward values against direct loops written independently of the
+//! im2col implementation, and gradient checks (proptest draws images, channels, groups, stride,
+//! padding and dilation; the tape's gradients are compared with central differences in f64).
+
+use mote::gradcheck::{check, GradCheck};
+use mote::{ConvConfig, Cpu, PoolConfig, Result, Rng, Tape, Var};
+use proptest::prelude::*;
+
+const NODES: usize = 64;
+type T<'m> = Tape<Cpu<'m, f64>, NODES>;
+
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect()
+}
+
+fn assert_grads(
+    inputs: &[(&[usize], &[f64])],
+    f: impl for<'m> FnMut(&mut T<'m>, &[Var]) -> Result<Var>,
+) -> std::result::Result<(), TestCaseError> {
+    let mut mem = vec![0.0f64; 1 << 17];
+    let report = check::<NODES>(&mut mem, inputs, GradCheck::default(), f)
+        .map_err(|e| TestCaseError::fail(format!("op failed: {e}")))?;
+    prop_assert!(report.passed(), "{report:?}");
+    prop_assert!(report.checked > 0);
+    Ok(())
+}
+
+/// The direct definition of a grouped, strided, padded, dilated cross-correlation.
+#[allow(clippy::too_many_arguments)]
+fn conv_direct(
+    x: &[f64],
+    [n, c, h, w]: [usize; 4],
+    k: &[f64],
+    [o, cg, kh, kw]: [usize; 4],
+    bias: Option<&[f64]>,
+    opt: ConvConfig,
+) -> (Vec<f64>, [usize; 4]) {
+    let out = |len: usize, k: usize, s: usize, p: usize, d: usize| {
+        (len + 2 * p - d * (k - 1) - 1) / s + 1
+    };
+    let oh = out(h, kh, opt.stride[0], opt.padding[0], opt.dilation[0]);
+    let ow = out(w, kw, opt.stride[1], opt.padding[1], opt.dilation[1]);
+    let groups = c / cg;
+    let og = o / groups;
+    let mut y = vec![0.0; n * o * oh * ow];
+    for b in 0..n {
+        for oc in 0..o {
+            let gi = oc / og;
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut s = bias.map_or(0.0, |bv| bv[oc]);
+                    for ci in 0..cg {
+                        let ic = gi * cg + ci;
+                        for u in 0..kh {
+                            for v in 0..kw {
+                                let ih = (i * opt.stride[0] + u * opt.dilation[0]) as isize
+                                    - opt.padding[0] as isize;
+                                let iw = (j * opt.stride[1] + v * opt.dilation[1]) as isize
+                                    - opt.padding[1] as isize;
+                                if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                                    continue;
+                                }
+                                let xv = x[((b * c + ic) * h + ih as usize) * w + iw as usize];
+                                s += xv * k[((oc * cg + ci) * kh + u) * kw + v];
+                            }
+                        }
+                    }
+                    y[((b * o + oc) * oh + i) * ow + j] = s;
+                }
+            }
+        }
+    }
+    (y, [n, o, oh, ow])
+}
+
+fn pool_direct(x: &[f64], [n, c, h, w]: [usize; 4], p: PoolConfig, max: bool) -> Vec<f64> {
+    let oh = (h + 2 * p.padding[0] - p.kernel[0]) / p.stride[0] + 1;
+    let ow = (w + 2 * p.padding[1] - p.kernel[1]) / p.stride[1] + 1;
+    let mut y = Vec::new();
+    for b in 0..n * c {
+        for i in 0..oh {
+            for j in 0..ow {
+                let mut acc = if max { f64::MIN } else { 0.0 };
+                for u in 0..p.kernel[0] {
+                    for v in 0..p.kernel[1] {
+                        let ih = (i * p.stride[0] + u) as isize - p.padding[0] as isize;
+                        let iw = (j * p.stride[1] + v) as isize - p.padding[1] as isize;
+                        let xv = if ih < 0 || iw < 0 || ih >= h as isize || iw >= w as isize {
+                            if max {
+                                f64::MIN
+                            } else {
+                                0.0
+                            }
+                        } else {
+                            x[(b * h + ih as usize) * w + iw as usize]
+                        };
+                        acc = if max { acc.max(xv) } else { acc + xv };
+                    }
+                }
+                y.push(if max {
+                    acc
+                } else {
+                    acc / (p.kernel[0] * p.kernel[1]) as f64
+                });
+            }
+        }
+    }
+    y
+}
+
+fn close(a: &[f64], b: &[f64]) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() < 1e-12, "element {i}: {x} vs {y}");
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    n: usize,
+    groups: usize,
+    cg: usize,
+    og: usize,
+    h: usize,
+    w: usize,
+    k: [usize; 2],
+    opt: ConvConfig,
+    bias: bool,
+}
+
+impl Case {
+    fn x_dims(&self) -> [usize; 4] {
+        [self.n, self.groups * self.cg, self.h, self.w]
+    }
+    fn w_dims(&self) -> [usize; 4] {
+        [self.groups * self.og, self.cg, self.k[0], self.k[1]]
+    }
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        (1usize..=2, 1usize..=3, 1usize..=2, 1usize..=2),
+        (1usize..=3, 1usize..=3, 1usize..=2, 1usize..=2),
+        (
+            0usize..=2,
+            0usize..=2,
+            1usize..=2,
+            1usize..=2,
+            any::<bool>(),
+        ),
+        (1usize..=3, 1usize..=3),
+    )
+        .prop_map(
+            |((n, groups, cg, og), (kh, kw, sh, sw), (ph, pw, dh, dw, bias), (eh, ew))| {
+                // The input is at least as large as the dilated window (minus padding).
+                let h = (dh * (kh - 1) + 1).saturating_sub(2 * ph).max(1) + eh - 1;
+                let w = (dw * (kw - 1) + 1).saturating_sub(2 * pw).max(1) + ew - 1;
+                Case {
+                    n,
+                    groups,
+                    cg,
+                    og,
+                    h,
+                    w,
+                    k: [kh, kw],
+                    opt: ConvConfig {
+                        stride: [sh, sw],
+                        padding: [ph, pw],
+                        dilation: [dh, dw],
+                    },
+                    bias,
+                }
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn conv2d_forward_matches_direct_loops(c in case(), seed in any::<u64>()) {
+        let (xd, wd) = (c.x_dims(), c.w_dims());
+        let x = values(xd.iter().product(), seed);
+        let k = values(wd.iter().product(), seed ^ 1);
+        let b = values(wd[0], seed ^ 2);
+        let (want, dims) = conv_direct(&x, xd, &k, wd, c.bias.then_some(&b[..]), c.opt);
+        let mut mem = vec![0.0f64; 1 << 16];
+        let mut t = T::new(&mut mem);
+        let xv = t.input(&xd, &x).unwrap();
+        let wv = t.param(&wd, &k).unwrap();
+        let bv = t.param(&[wd[0]], &b).unwrap();
+        let y = t.conv2d(xv, wv, c.bias.then_some(bv), c.opt).unwrap();
+        let shape = y.shape();
+        prop_assert_eq!(shape.dims(), &dims.map(|d| d as u32)[..]);
+        let mut got = vec![0.0; y.numel()];
+        t.read(y, &mut got).unwrap();
+        close(&got, &want);
+    }
+
+    #[test]
+    fn conv2d_gradients(c in case(), seed in any::<u64>()) {
+        let (xd, wd) = (c.x_dims(), c.w_dims());
+        let x = values(xd.iter().product(), seed);
+        let k = values(wd.iter().product(), seed ^ 1);
+        let b = values(wd[0], seed ^ 2);
+        let opt = c.opt;
+        if c.bias {
+            assert_grads(&[(&xd, &x), (&wd, &k), (&[wd[0]], &b)], |t, v| t.conv2d(v[0], v[1], Some(v[2]), opt))?;
+        } else {
+            assert_grads(&[(&xd, &x), (&wd, &k)], |t, v| t.conv2d(v[0], v[1], None, opt))?;
+        }
+    }
+
+    #[test]
+    fn conv1d_gradients(n in 1usize..=2, c in 1usize..=3, o in 1usize..=3, l in 3usize..=7, k in 1usize..=3, s in 1usize..=2, p in 0usize..=1, seed in any::<u64>()) {
+        let x = values(n * c * l, seed);
+        let w = values(o * c * k, seed ^ 1);
+        let b = values(o, seed ^ 2);
+        assert_grads(&[(&[n, c, l], &x), (&[o, c, k], &w), (&[o], &b)], |t, v| t.conv1d(v[0], v[1], Some(v[2]), s, p, 1))?;
+    }
+
+    #[test]
+    fn pooling_forward_matches_direct_loops(n in 1usize..=2, c in 1usize..=2, h in 2usize..=6, w in 2usize..=6, k in 1usize..=2, s in 1usize..=2, pad in 0usize..=1, max in any::<bool>(), seed in any::<u64>()) {
+        let p = PoolConfig { kernel: [k, k], stride: [s, s], padding: [pad.min(k / 2); 2] };
+        let x = values(n * c * h * w, seed);
+        let want = pool_direct(&x, [n, c, h, w], p, max);
+        let mut mem = vec![0.0f64; 1 << 14];
+        let mut t = T::new(&mut mem);
+        let xv = t.input(&[n, c, h, w], &x).unwrap();
+        let y = if max { t.max_pool2d(xv, p) } else { t.avg_pool2d(xv, p) }.unwrap();
+        let mut got = vec![0.0; y.numel()];
+        t.read(y, &mut got).unwrap();
+        close(&got, &want);
+    }
+
+    #[test]
+    fn pooling_gradients(n in 1usize..=2, c in 1usize..=2, h in 2usize..=5, w in 2usize..=5, kh in 1usize..=2, kw in 1usize..=2, s in 1usize..=2, pad in 0usize..=1, max in any::<bool>(), seed in any::<u64>()) {
+        let p = PoolConfig { kernel: [kh, kw], stride: [s, s], padding: [pad.min(kh / 2), pad.min(kw / 2)] };
+        let x = values(n * c * h * w, seed);
+        assert_grads(&[(&[n, c, h, w], &x)], |t, v| if max { t.max_pool2d(v[0], p) } else { t.avg_pool2d(v[0], p) })?;
+    }
+
+    #[test]
+    fn pool1d_and_global_pool_gradients(n in 1usize..=2, c in 1usize..=3, l in 2usize..=7, k in 1usize..=2, max in any::<bool>(), seed in any::<u64>()) {
+        let x = values(n * c * l, seed);
+        assert_grads(&[(&[n, c, l], &x)], |t, v| if max { t.max_pool1d(v[0], k, k, 0) } else { t.avg_pool1d(v[0], k, 1, 0) })?;
+        assert_grads(&[(&[n, c, l], &x)], |t, v| t.global_avg_pool(v[0]))?;
+    }
+}
+
+/// A small hand-checked case: a 1x1x3x3 image, a 2x2 kernel of ones: each output is the sum of
+/// a 2x2 window: [[8, 12], [20, 24]] for x = 0..9 (by hand: 0+1+3+4 = 8, ...).
+#[test]
+fn conv2d_by_hand() {
+    let mut mem = [0f32; 256];
+    let mut t = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let x = t
+        .input(&[1, 1, 3, 3], &[0., 1., 2., 3., 4., 5., 6., 7., 8.])
+        .unwrap();
+    let w = t.param(&[1, 1, 2, 2], &[1.0; 4]).unwrap();
+    let y = t.conv2d(x, w, None, ConvConfig::default()).unwrap();
+    let mut got = [0f32; 4];
+    t.read(y, &mut got).unwrap();
+    assert_eq!(got, [8., 12., 20., 24.]);
+    // Max pooling 2x2 stride 1 of the same image: [[4, 5], [7, 8]].
+    let p = t
+        .max_pool2d(
+            x,
+            PoolConfig {
+                kernel: [2, 2],
+                stride: [1, 1],
+                padding: [0, 0],
+            },
+        )
+        .unwrap();
+    t.read(p, &mut got).unwrap();
+    assert_eq!(got, [4., 5., 7., 8.]);
+}
+
+/// The im2col scratch is given back: it counts in the high-water mark, not in what the step
+/// keeps, and the planner's dry run sees the peak.
+#[test]
+fn scratch_is_given_back_and_measured() {
+    let mut mem = [0f32; 4096];
+    let mut t = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let x = t.input(&[2, 3, 6, 6], &[0.5; 216]).unwrap();
+    let w = t.param(&[4, 3, 3, 3], &[0.1; 108]).unwrap();
+    let before = t.used();
+    let y = t.conv2d(x, w, None, ConvConfig::default()).unwrap();
+    assert_eq!(t.used(), before + y.numel());
+    // cols: 2 images x 27 rows x 16 positions.
+    assert_eq!(t.high_water(), before + y.numel() + 2 * 27 * 16);
+}
+
+#[test]
+fn bad_geometry_is_an_error() {
+    let mut mem = [0f32; 1024];
+    let mut t = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let x = t.input(&[1, 2, 4, 4], &[0.0; 32]).unwrap();
+    let w = t.param(&[2, 2, 5, 5], &[0.0; 100]).unwrap();
+    let before = (t.used(), t.nodes_used());
+    assert!(t.conv2d(x, w, None, ConvConfig::default()).is_err()); // window larger than input
+    let w3 = t.param(&[3, 2, 1, 1], &[0.0; 6]).unwrap();
+    let wg = t.param(&[2, 3, 1, 1], &[0.0; 6]).unwrap(); // 2 channels do not split into groups of 3
+    assert!(t.conv2d(x, wg, None, ConvConfig::default()).is_err());
+    let _ = w3;
+    let bad = ConvConfig {
+        stride: [0, 1],
+        ..ConvConfig::default()
+    };
+    assert!(t.conv2d(x, wg, None, bad).is_err());
+    assert!(t
+        .max_pool2d(
+            x,
+            PoolConfig {
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [2, 2]
+            }
+        )
+        .is_err());
+    assert_eq!(t.nodes_used(), before.1 + 2);
+    let _ = before.0;
+}

@@ -1,0 +1,254 @@
+//! Normalisation, dropout and embedding layers: forward values against direct computations,
+//! gradient checks (f64 central differences), training/evaluation modes, and a small CNN on the
+//! bundled digits.
+
+mod common;
+
+use mote::gradcheck::{check, GradCheck};
+use mote::{
+    Adam, AdamConfig, BatchNorm, Conv2d, ConvConfig, Cpu, Dropout, Embedding, Flatten, LayerNorm,
+    Linear, MaxPool2d, Module, Optimizer, PoolConfig, Relu, Result, Rng, Tape, Var,
+};
+use proptest::prelude::*;
+
+const NODES: usize = 64;
+type T<'m> = Tape<Cpu<'m, f64>, NODES>;
+
+fn values(n: usize, seed: u64) -> Vec<f64> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| rng.uniform(-1.0, 1.0)).collect()
+}
+
+fn assert_grads(
+    inputs: &[(&[usize], &[f64])],
+    f: impl for<'m> FnMut(&mut T<'m>, &[Var]) -> Result<Var>,
+) -> std::result::Result<(), TestCaseError> {
+    let mut mem = vec![0.0f64; 1 << 16];
+    let report = check::<NODES>(&mut mem, inputs, GradCheck::default(), f)
+        .map_err(|e| TestCaseError::fail(format!("op failed: {e}")))?;
+    prop_assert!(report.passed(), "{report:?}");
+    prop_assert!(report.checked > 0);
+    Ok(())
+}
+
+/// A batch-norm layer whose weight and bias are the checker's inputs 1 and 2.
+fn bn_with(t: &mut T<'_>, v: &[Var], training: bool) -> Result<BatchNorm> {
+    let c = v[1].numel();
+    let mut bn = BatchNorm::new(t, c)?;
+    bn.weight = v[1];
+    bn.bias = v[2];
+    bn.training = training;
+    Ok(bn)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn batch_norm_gradients(n in 2usize..=3, c in 1usize..=3, rest in prop::collection::vec(1usize..=3, 0..=2), training in any::<bool>(), seed in any::<u64>()) {
+        let mut dims = vec![n, c];
+        dims.extend(rest);
+        let x = values(dims.iter().product(), seed);
+        let g = values(c, seed ^ 1);
+        let b = values(c, seed ^ 2);
+        assert_grads(&[(&dims, &x), (&[c], &g), (&[c], &b)], |t, v| {
+            let bn = bn_with(t, v, training)?;
+            bn.forward(t, v[0])
+        })?;
+    }
+
+    #[test]
+    fn layer_norm_gradients(dims in prop::collection::vec(1usize..=3, 1..=3), d in 2usize..=4, seed in any::<u64>()) {
+        let mut dims = dims;
+        dims.push(d);
+        let x = values(dims.iter().product(), seed);
+        let g = values(d, seed ^ 1);
+        let b = values(d, seed ^ 2);
+        assert_grads(&[(&dims, &x), (&[d], &g), (&[d], &b)], |t, v| {
+            let mut ln = LayerNorm::new(t, d)?;
+            ln.weight = v[1];
+            ln.bias = v[2];
+            ln.forward(t, v[0])
+        })?;
+    }
+
+    #[test]
+    fn dropout_gradients(n in 1usize..=20, p in 0.0f32..0.9, seed in any::<u64>()) {
+        let x = values(n, seed);
+        // A fresh layer with the same seed on every call: the same mask each time.
+        assert_grads(&[(&[n], &x)], |t, v| Dropout::new(p, seed)?.forward(t, v[0]))?;
+    }
+
+    #[test]
+    fn embedding_gradients(vocab in 1usize..=5, dim in 1usize..=4, idx in prop::collection::vec(0usize..5, 1..=6), seed in any::<u64>()) {
+        let idx: Vec<usize> = idx.into_iter().map(|i| i % vocab).collect();
+        let w = values(vocab * dim, seed);
+        assert_grads(&[(&[vocab, dim], &w)], |t, v| {
+            let i = t.labels(&idx)?;
+            t.embedding(v[0], i)
+        })?;
+    }
+}
+
+/// Batch statistics normalise each channel; the running statistics move by the momentum
+/// (unbiased variance); evaluation mode uses them.
+#[test]
+fn batch_norm_statistics_and_modes() {
+    let mut mem = vec![0f64; 4096];
+    let mut t = T::new(&mut mem);
+    let bn = BatchNorm::new(&mut t, 2).unwrap();
+    // [N=2, C=2, L=2]: channel 0 holds 1, 2, 3, 4; channel 1 holds 10, 10, 10, 14.
+    let x = t
+        .input(&[2, 2, 2], &[1., 2., 10., 10., 3., 4., 10., 14.])
+        .unwrap();
+    let y = bn.forward(&mut t, x).unwrap();
+    let out = t.data(y).unwrap().to_vec();
+    // Channel 0: mean 2.5, biased var 1.25.
+    let s0 = (1.25f64 + 1e-5).sqrt();
+    for (got, v) in [(out[0], 1.), (out[1], 2.), (out[4], 3.), (out[5], 4.)] {
+        assert!((got - (v - 2.5) / s0).abs() < 1e-6, "{got}");
+    }
+    // Running: mean 0.9*0 + 0.1*2.5; var 0.9*1 + 0.1*(1.25 * 4/3).
+    let rm = t.data(bn.running_mean).unwrap().to_vec();
+    let rv = t.data(bn.running_var).unwrap().to_vec();
+    assert!(
+        (rm[0] - 0.25).abs() < 1e-7 && (rm[1] - 1.1).abs() < 1e-7,
+        "{rm:?}"
+    );
+    assert!(
+        (rv[0] - (0.9 + 0.1 * 1.25 * 4.0 / 3.0)).abs() < 1e-7,
+        "{rv:?}"
+    );
+    // Evaluation: (x - running_mean) / sqrt(running_var + eps), through the tuple too.
+    let mut model = (bn, Relu);
+    model.set_training(false);
+    let y = model.0.forward(&mut t, x).unwrap();
+    let v = t.data(y).unwrap()[0];
+    assert!(
+        (v - (1.0 - 0.25) / (rv[0] + 1e-5).sqrt()).abs() < 1e-6,
+        "{v}"
+    );
+    assert_eq!(
+        t.data(model.0.running_mean).unwrap(),
+        &rm[..],
+        "eval mode keeps the statistics"
+    );
+}
+
+#[test]
+fn dropout_zeroes_and_scales_in_training_only() {
+    let mut mem = vec![0f32; 1 << 14];
+    let mut t = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let mut d = Dropout::new(0.25, 7).unwrap();
+    let x = t.input(&[4000], &[1.0; 4000]).unwrap();
+    let y = d.forward(&mut t, x).unwrap();
+    let out = t.data(y).unwrap();
+    let zeros = out.iter().filter(|&&v| v == 0.0).count();
+    assert!(out
+        .iter()
+        .all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+    assert!(
+        (800..1200).contains(&zeros),
+        "{zeros} zeros of 4000 at p = 0.25"
+    );
+    d.set_training(false);
+    assert_eq!(d.forward(&mut t, x).unwrap(), x);
+    assert!(Dropout::new(1.0, 0).is_err());
+}
+
+#[test]
+fn embedding_looks_up_rows() {
+    let mut mem = vec![0f32; 256];
+    let mut t = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let mut rng = Rng::new(1);
+    let e = Embedding::new(&mut t, 3, 2, &mut rng).unwrap();
+    t.write(e.weight, &[0., 1., 10., 11., 20., 21.]).unwrap();
+    let i = t.labels(&[2, 0, 2]).unwrap();
+    let y = e.forward(&mut t, i).unwrap();
+    assert_eq!(y.shape().dims(), &[3, 2]);
+    assert_eq!(t.data(y).unwrap(), &[20., 21., 0., 1., 20., 21.]);
+    let bad = t.labels(&[3]).unwrap();
+    let before = t.nodes_used();
+    assert!(e.forward(&mut t, bad).is_err());
+    assert_eq!(t.nodes_used(), before);
+}
+
+/// A small CNN (conv 3x3 -> ReLU -> max-pool 2 -> conv 3x3 -> ReLU -> max-pool 2 -> linear)
+/// on the 8x8 digits, on the reference backend: >= 97% held out.
+#[test]
+fn digits_cnn_reaches_97_percent() {
+    let (xs, ys) = common::digits();
+    let n = ys.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(42);
+    rng.shuffle(&mut order);
+    let (test, train) = order.split_at(n / 5);
+    const B: usize = 32;
+    let mut mem = vec![0f32; 1 << 19];
+    let mut tape = Tape::<Cpu<f32>, 64>::new(&mut mem);
+    let same = ConvConfig {
+        padding: [1, 1],
+        ..ConvConfig::default()
+    };
+    let model = (
+        Conv2d::new(&mut tape, 1, 16, [3, 3], same, 1, true, &mut rng).unwrap(),
+        Relu,
+        MaxPool2d(PoolConfig::square(2)),
+        Conv2d::new(&mut tape, 16, 32, [3, 3], same, 1, true, &mut rng).unwrap(),
+        Relu,
+        MaxPool2d(PoolConfig::square(2)),
+        Flatten,
+        Linear::new(&mut tape, 128, 10, &mut rng).unwrap(),
+    );
+    let mut opt = Adam::new(
+        &mut tape,
+        AdamConfig {
+            lr: 3e-3,
+            ..AdamConfig::default()
+        },
+    )
+    .unwrap();
+    let start = tape.mark();
+    let mut train = train.to_vec();
+    let mut bx = vec![0f32; B * 64];
+    let mut by = vec![0usize; B];
+    for _epoch in 0..20 {
+        rng.shuffle(&mut train);
+        for batch in train.chunks(B) {
+            let b = batch.len();
+            for (k, &i) in batch.iter().enumerate() {
+                bx[k * 64..(k + 1) * 64].copy_from_slice(&xs[i * 64..(i + 1) * 64]);
+                by[k] = ys[i];
+            }
+            tape.rewind(start).unwrap();
+            let x = tape.input(&[b, 1, 8, 8], &bx[..b * 64]).unwrap();
+            let y = tape.labels(&by[..b]).unwrap();
+            let logits = model.forward(&mut tape, x).unwrap();
+            let loss = tape.cross_entropy(logits, y).unwrap();
+            tape.backward(loss).unwrap();
+            opt.step(&mut tape).unwrap();
+        }
+    }
+    let mut correct = 0;
+    for chunk in test.chunks(64) {
+        tape.rewind(start).unwrap();
+        let data: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| xs[i * 64..(i + 1) * 64].iter().copied())
+            .collect();
+        let logits = tape
+            .no_grad(|t| {
+                let x = t.input(&[chunk.len(), 1, 8, 8], &data)?;
+                model.forward(t, x)
+            })
+            .unwrap();
+        let out = tape.data(logits).unwrap();
+        for (row, &i) in out.chunks(10).zip(chunk) {
+            let pred = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            correct += (pred == ys[i]) as usize;
+        }
+    }
+    let acc = correct as f64 / test.len() as f64;
+    eprintln!("digits CNN held-out accuracy: {acc:.4}");
+    assert!(acc >= 0.97, "held-out accuracy {acc}");
+}
