@@ -52,6 +52,13 @@ pub trait Backend {
     /// The element type.
     type Elem: Float;
 
+    /// Whether the backend computes values (`false` for [`Meter`], whose dry runs only
+    /// allocate). Ops whose work is driven from the host, one small step per element (the
+    /// rows of an embedding lookup), skip that work when it is `false`.
+    fn computes(&self) -> bool {
+        true
+    }
+
     /// Elements of storage.
     fn capacity(&self) -> usize;
 
@@ -564,6 +571,11 @@ impl<T: Float> Default for Meter<T> {
 
 impl<T: Float> Backend for Meter<T> {
     type Elem = T;
+
+    fn computes(&self) -> bool {
+        false
+    }
+
     fn capacity(&self) -> usize {
         u32::MAX as usize
     }

@@ -352,6 +352,11 @@ pub struct Adam {
     pub config: AdamConfig,
     decoupled: bool,
     t: i32,
+    /// `beta1^t` and `beta2^t`, kept as running products (two multiplications a step instead
+    /// of two `pow` calls, which are slow in software on a microcontroller), with the betas
+    /// they were computed for.
+    powers: (f64, f64),
+    betas: (f64, f64),
 }
 
 impl Adam {
@@ -396,6 +401,8 @@ impl Adam {
             config,
             decoupled,
             t: 0,
+            powers: (1.0, 1.0),
+            betas: (config.beta1, config.beta2),
         })
     }
 
@@ -407,17 +414,35 @@ impl Adam {
     /// Sets the steps taken (to resume from a checkpoint; bias correction depends on it).
     pub fn set_steps(&mut self, steps: u64) {
         self.t = i32::try_from(steps).unwrap_or(i32::MAX);
+        self.recompute_powers();
+    }
+
+    /// `beta^t` by the same repeated products the steps use, so that a resumed run matches a
+    /// straight one bit for bit.
+    fn recompute_powers(&mut self) {
+        let (b1, b2) = (self.config.beta1, self.config.beta2);
+        let mut p = (1.0, 1.0);
+        for _ in 0..self.t {
+            p = (p.0 * b1, p.1 * b2);
+        }
+        self.powers = p;
+        self.betas = (b1, b2);
     }
 }
 
 impl Optimizer for Adam {
     fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
-        let t = self.t.saturating_add(1);
         let c = self.config;
-        let (bias1, bias2) = (
-            1.0 - libm::pow(c.beta1, t as f64),
-            1.0 - libm::pow(c.beta2, t as f64),
-        );
+        if self.betas != (c.beta1, c.beta2) {
+            self.recompute_powers();
+        }
+        let t = self.t.saturating_add(1);
+        let powers = if t > self.t {
+            (self.powers.0 * c.beta1, self.powers.1 * c.beta2)
+        } else {
+            self.powers
+        };
+        let (bias1, bias2) = (1.0 - powers.0, 1.0 - powers.1);
         let decoupled = self.decoupled;
         for_each_trainable(tape, |b, param, grad, state, len| {
             b.adam(&AdamUpdate {
@@ -437,6 +462,7 @@ impl Optimizer for Adam {
             })
         })?;
         self.t = t;
+        self.powers = powers;
         Ok(())
     }
 

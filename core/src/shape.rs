@@ -11,10 +11,27 @@ pub const MAX_RANK: usize = 4;
 ///
 /// Dimensions are stored as `u32` so that a shape is 20 bytes and a tape node stays small on a
 /// microcontroller.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Eq)]
 pub struct Shape {
     dims: [u32; MAX_RANK],
     rank: u8,
+}
+
+// Field by field: the derived comparison of the array calls `memcmp`, which dominates the
+// tape's handle checks on a microcontroller.
+impl PartialEq for Shape {
+    #[inline]
+    fn eq(&self, other: &Shape) -> bool {
+        let ([a0, a1, a2, a3], [b0, b1, b2, b3]) = (self.dims, other.dims);
+        self.rank == other.rank && a0 == b0 && a1 == b1 && a2 == b2 && a3 == b3
+    }
+}
+
+impl core::hash::Hash for Shape {
+    fn hash<H: core::hash::Hasher>(&self, h: &mut H) {
+        self.rank.hash(h);
+        self.dims.hash(h);
+    }
 }
 
 impl Shape {
