@@ -15,7 +15,7 @@ use mote::ops::binary::BinaryOp;
 use mote::ops::reduce::ReduceOp;
 use mote::ops::unary::UnaryOp;
 use mote::{
-    Adam, AdamConfig, Backend, Cpu, Flatten, Gelu, LeakyRelu, Linear, Mark, Meter, Module,
+    Adam, AdamConfig, Backend, BatchNorm, ConvConfig, Cpu, Dropout, LayerNorm, PoolConfig, Flatten, Gelu, LeakyRelu, Linear, Mark, Meter, Module,
     Optimizer, Relu, Rng, Sequential, Sgd, SgdConfig, Sigmoid, Softmax, Tanh, Tape, Tensor, Var,
 };
 
@@ -462,7 +462,7 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
     if st.actions > MAX_ACTIONS {
         return;
     }
-    match r.below(48) {
+    match r.below(53) {
         // --- making tensors ---
         0 | 1 => {
             let dims = r.dims();
@@ -1013,6 +1013,67 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                     run_op(t, "nn::freeze", false, |t| mote::nn::freeze(t, &l));
                 }
             }
+        }
+        // --- convolution, pooling, embedding, normalisation ---
+        47 | 48 => {
+            let (Some(x), Some(w)) = (st.pick(r), st.pick(r)) else {
+                return;
+            };
+            let bias = if r.bool() { st.pick(r) } else { None };
+            let cfg = ConvConfig {
+                stride: [r.size(3), r.size(3)],
+                padding: [r.size(3), r.size(3)],
+                dilation: [r.size(3), r.size(3)],
+            };
+            let (s, p, d) = (cfg.stride[1], cfg.padding[1], cfg.dilation[1]);
+            if r.bool() {
+                make(t, st, "conv2d", |t| t.conv2d(x, w, bias, cfg));
+            } else {
+                make(t, st, "conv1d", |t| t.conv1d(x, w, bias, s, p, d));
+            }
+        }
+        49 => {
+            let Some(x) = st.pick(r) else { return };
+            let cfg = PoolConfig {
+                kernel: [r.size(3), r.size(3)],
+                stride: [r.size(3), r.size(3)],
+                padding: [r.size(2), r.size(2)],
+            };
+            let (k, s, p) = (cfg.kernel[1], cfg.stride[1], cfg.padding[1]);
+            match r.below(5) {
+                0 => make(t, st, "max_pool2d", |t| t.max_pool2d(x, cfg)),
+                1 => make(t, st, "avg_pool2d", |t| t.avg_pool2d(x, cfg)),
+                2 => make(t, st, "max_pool1d", |t| t.max_pool1d(x, k, s, p)),
+                3 => make(t, st, "avg_pool1d", |t| t.avg_pool1d(x, k, s, p)),
+                _ => make(t, st, "global_avg_pool", |t| t.global_avg_pool(x)),
+            };
+        }
+        50 => {
+            let (Some(table), Some(idx)) = (st.pick(r), st.pick(r)) else {
+                return;
+            };
+            make(t, st, "embedding", |t| t.embedding(table, idx));
+        }
+        51 => {
+            let Some(x) = st.pick(r) else { return };
+            let c = x.shape().dim(1.min(x.shape().rank().saturating_sub(1)));
+            let p = r.f32();
+            let seed = u64::from(r.u8());
+            let training = r.bool();
+            make_composite(t, st, "norm layers", |t| match r.below(3) {
+                0 => {
+                    let mut bn = BatchNorm::new(t, c)?;
+                    bn.set_training(training);
+                    bn.forward(t, x)
+                }
+                1 => LayerNorm::new(t, x.shape().dim(x.shape().rank().saturating_sub(1)))?
+                    .forward(t, x),
+                _ => {
+                    let mut d = Dropout::new(p, seed)?;
+                    d.set_training(training);
+                    d.forward(t, x)
+                }
+            });
         }
         // --- foreign handles ---
         _ => {
