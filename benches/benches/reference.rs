@@ -12,6 +12,9 @@
 //!   long criterion has been training: on W-digits, Adam moments of dead ReLU units decay into
 //!   subnormals after ~700 steps and make later steps slower (see `mote_benches::Snapshot`).
 //!
+//! - `conv2d/fwd_bwd`: the conv layer of issue 6's benchmark (batch 64, 32 -> 64 channels,
+//!   3x3, padding 1, 32x32 images), forward and backward (input and weight gradients).
+//!
 //! Run: `cargo bench -p mote-benches` (one group: `cargo bench -p mote-benches -- step`).
 
 use std::hint::black_box;
@@ -105,5 +108,40 @@ fn step_restart(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, matmul, gemm_layout, step, step_restart);
+fn conv2d(c: &mut Criterion) {
+    use mote::{ConvConfig, Rng};
+    let (n, ci, co, hw) = (64, 32, 64, 32);
+    let mut rng = Rng::new(SEED);
+    let x: Vec<f32> = (0..n * ci * hw * hw)
+        .map(|_| rng.next_f32() - 0.5)
+        .collect();
+    let w: Vec<f32> = (0..co * ci * 9).map(|_| rng.next_f32() - 0.5).collect();
+    let mut mem = vec![0f32; 40 << 20];
+    let mut tape = Tape::<Cpu<f32>, 16>::new(&mut mem);
+    let wv = tape.param(&[co, ci, 3, 3], &w).expect("fits");
+    let start = tape.mark();
+    let cfg = ConvConfig {
+        padding: [1, 1],
+        ..ConvConfig::default()
+    };
+    let mut group = c.benchmark_group("conv2d");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(
+        (3 * 2 * n * co * hw * hw * ci * 9) as u64,
+    ));
+    group.bench_function("fwd_bwd", |b| {
+        b.iter(|| {
+            tape.rewind(start).expect("rewind");
+            // The input as a parameter too, so that backward computes its gradient.
+            let xv = tape.param(&[n, ci, hw, hw], &x).expect("fits");
+            let y = tape.conv2d(xv, wv, None, cfg).expect("conv");
+            let loss = tape.mean(y).expect("mean");
+            tape.backward(loss).expect("backward");
+            black_box(loss)
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, matmul, gemm_layout, step, step_restart, conv2d);
 criterion_main!(benches);
