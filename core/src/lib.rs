@@ -40,7 +40,7 @@
 //! ```
 //!
 //! Modules: [`ops`] (every op family, with formulas), [`nn`] (layers), [`optim`],
-//! [`blob`] (weights for flash), [`plan`] (memory), [`gradcheck`] (check your own ops).
+//! [`blob`] (weights for flash), [`plan`] (memory), [`replay`] (re-run a recorded step), [`gradcheck`] (check your own ops).
 
 #![no_std]
 #![forbid(unsafe_code)]
@@ -69,6 +69,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod plan;
+pub mod replay;
 mod rng;
 mod shape;
 mod tape;
@@ -84,6 +85,7 @@ pub use nn::{
 };
 pub use ops::conv::{ConvConfig, PoolConfig};
 pub use optim::{clip_grad_norm, Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
+pub use replay::Replay;
 pub use rng::Rng;
 pub use shape::{Shape, MAX_RANK};
 pub use tape::{Mark, Tape, Var};

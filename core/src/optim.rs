@@ -286,23 +286,51 @@ impl Sgd {
     }
 }
 
+impl Sgd {
+    /// Steps taken (the first step sets the momentum buffers instead of decaying them).
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Sets the steps taken (to resume from a checkpoint: with momentum, step 0 initialises
+    /// the buffers).
+    pub fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
+    }
+
+    /// The update of the next step without touching any parameter: advances the step count as
+    /// [`Optimizer::step`] does and returns the settings every parameter's update of that step
+    /// gets (`param`, `grad`, `len` are 0 and `momentum_buf` is `Some(0)` with momentum: fill
+    /// them in). For re-running recorded update calls
+    /// ([`crate::replay::Replay::replay_sgd`]).
+    pub fn next_update(&mut self) -> SgdUpdate {
+        let u = self.update_for(0, 0, 0, 0);
+        self.steps += 1;
+        u
+    }
+
+    fn update_for(&self, param: usize, grad: usize, state: usize, len: usize) -> SgdUpdate {
+        let c = self.config;
+        SgdUpdate {
+            param,
+            grad,
+            momentum_buf: (c.momentum > 0.0).then_some(state),
+            len,
+            lr: c.lr,
+            momentum: c.momentum,
+            dampening: c.dampening,
+            weight_decay: c.weight_decay,
+            nesterov: c.nesterov,
+            first: self.steps == 0,
+        }
+    }
+}
+
 impl Optimizer for Sgd {
     fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
-        let c = self.config;
-        let first = self.steps == 0;
+        let this = *self;
         for_each_trainable(tape, |b, param, grad, state, len| {
-            b.sgd(&SgdUpdate {
-                param,
-                grad,
-                momentum_buf: (c.momentum > 0.0).then_some(state),
-                len,
-                lr: c.lr,
-                momentum: c.momentum,
-                dampening: c.dampening,
-                weight_decay: c.weight_decay,
-                nesterov: c.nesterov,
-                first,
-            })
+            b.sgd(&this.update_for(param, grad, state, len))
         })?;
         self.steps += 1;
         Ok(())
@@ -430,8 +458,9 @@ impl Adam {
     }
 }
 
-impl Optimizer for Adam {
-    fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
+impl Adam {
+    /// The next step's count and `beta^t` products (recomputed first if the betas changed).
+    fn next_powers(&mut self) -> (i32, (f64, f64)) {
         let c = self.config;
         if self.betas != (c.beta1, c.beta2) {
             self.recompute_powers();
@@ -442,8 +471,44 @@ impl Optimizer for Adam {
         } else {
             self.powers
         };
-        let (bias1, bias2) = (1.0 - powers.0, 1.0 - powers.1);
-        let decoupled = self.decoupled;
+        (t, powers)
+    }
+
+    /// The update of the next step without touching any parameter: advances the step count as
+    /// [`Optimizer::step`] does and returns the settings and bias corrections every parameter's
+    /// update of that step gets (`param`, `grad`, `m`, `v` and `len` are 0: fill them in). For
+    /// re-running recorded update calls ([`crate::replay::Replay::replay_adam`]).
+    pub fn next_update(&mut self) -> AdamUpdate {
+        let (t, powers) = self.next_powers();
+        self.t = t;
+        self.powers = powers;
+        self.update_for(powers)
+    }
+
+    fn update_for(&self, powers: (f64, f64)) -> AdamUpdate {
+        let c = self.config;
+        AdamUpdate {
+            param: 0,
+            grad: 0,
+            m: 0,
+            v: 0,
+            len: 0,
+            lr: c.lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            decoupled: self.decoupled,
+            bias1: 1.0 - powers.0,
+            bias2: 1.0 - powers.1,
+        }
+    }
+}
+
+impl Optimizer for Adam {
+    fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
+        let (t, powers) = self.next_powers();
+        let template = self.update_for(powers);
         for_each_trainable(tape, |b, param, grad, state, len| {
             b.adam(&AdamUpdate {
                 param,
@@ -451,14 +516,7 @@ impl Optimizer for Adam {
                 m: state,
                 v: state + len,
                 len,
-                lr: c.lr,
-                beta1: c.beta1,
-                beta2: c.beta2,
-                eps: c.eps,
-                weight_decay: c.weight_decay,
-                decoupled,
-                bias1,
-                bias2,
+                ..template
             })
         })?;
         self.t = t;

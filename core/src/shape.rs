@@ -41,6 +41,12 @@ impl Shape {
         rank: 0,
     };
 
+    /// A shape from dimensions that came from a valid shape (a replay list): no checks. An
+    /// invalid result is still memory-safe: every kernel checks its ranges.
+    pub(crate) fn from_parts(dims: [u32; MAX_RANK], rank: u8) -> Shape {
+        Shape { dims, rank }
+    }
+
     /// A shape from its dimensions.
     ///
     /// # Errors

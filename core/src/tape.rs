@@ -25,7 +25,11 @@ pub(crate) enum Op {
         has_grad: bool,
         state: u32,
     },
-    Unary(UnaryOp),
+    /// `UnaryOp::pack`ed: `Op` stays 8 bytes (a `UnaryOp` field would make it 12).
+    Unary {
+        code: u8,
+        arg: f32,
+    },
     Binary(BinaryOp),
     MatMul {
         ta: bool,
@@ -76,6 +80,12 @@ pub(crate) enum Op {
     },
 }
 
+/// The backward of one recorded node (`dx += ...` for its inputs). Each node's is stored beside
+/// it, chosen by the forward op that recorded it: a program links the backward kernels of the
+/// op families it runs, not all of them (what a `match` over [`Op`] would do), which matters in
+/// a microcontroller's flash.
+pub(crate) type BackwardFn<B, const N: usize> = fn(&mut Tape<B, N>, &Node) -> Result<()>;
+
 /// One recorded op: its inputs (node ids), where its output lives, and its gradient.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Node {
@@ -94,6 +104,14 @@ impl Node {
     pub(crate) fn view(&self) -> View {
         View {
             offset: self.offset as usize,
+            shape: self.shape,
+        }
+    }
+
+    /// The view of its gradient.
+    fn dy(&self) -> View {
+        View {
+            offset: self.grad as usize,
             shape: self.shape,
         }
     }
@@ -167,6 +185,8 @@ impl Mark {
 pub struct Tape<B: Backend, const NODES: usize> {
     pub(crate) backend: B,
     pub(crate) nodes: heapless::Vec<Node, NODES>,
+    /// The backward of each node (same length as `nodes`).
+    bws: heapless::Vec<BackwardFn<B, NODES>, NODES>,
     capacity: usize,
     top: usize,
     high: usize,
@@ -191,6 +211,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         Tape {
             backend,
             nodes: heapless::Vec::new(),
+            bws: heapless::Vec::new(),
             capacity,
             top: 0,
             high: 0,
@@ -299,6 +320,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             return Err(Error::StaleHandle);
         }
         self.nodes.truncate(mark.nodes);
+        self.bws.truncate(mark.nodes);
         self.top = mark.top;
         self.note_rewind(&mark);
         for n in self.nodes.iter_mut() {
@@ -421,14 +443,24 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     /// node when a recorded op uses it).
     pub(crate) fn registered(&mut self, v: Var) -> Result<Var> {
         if self.check(v)?.is_none() && self.grad_enabled {
-            return self.push(Op::Input, NONE, NONE, v.offset as usize, v.shape, false);
+            return self.push(
+                Op::Input,
+                Self::bw_none,
+                NONE,
+                NONE,
+                v.offset as usize,
+                v.shape,
+                false,
+            );
         }
         Ok(v)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn push(
         &mut self,
         op: Op,
+        bw: BackwardFn<B, NODES>,
         a: u32,
         b: u32,
         offset: usize,
@@ -447,6 +479,11 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
                 rg,
             })
             .map_err(|_| Error::TapeFull { capacity: NODES })?;
+        if self.bws.push(bw).is_err() {
+            // Cannot happen: `bws` has the capacity of `nodes` and the same length.
+            self.nodes.truncate(id as usize);
+            return Err(Error::TapeFull { capacity: NODES });
+        }
         Ok(Var {
             id,
             offset: offset as u32,
@@ -459,11 +496,12 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     pub(crate) fn record(
         &mut self,
         op: Op,
+        bw: BackwardFn<B, NODES>,
         inputs: &[Var],
         shape: Shape,
         kernel: impl FnOnce(&mut B, View) -> Result<()>,
     ) -> Result<Var> {
-        self.all_or_nothing(|t| t.record_inner(op, inputs, shape, kernel))
+        self.all_or_nothing(|t| t.record_inner(op, bw, inputs, shape, kernel))
     }
 
     /// Runs `f`; if it fails, drops every node and arena float it added, so that a failed op
@@ -477,6 +515,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         if out.is_err() {
             self.top = top;
             self.nodes.truncate(len);
+            self.bws.truncate(len);
         }
         out
     }
@@ -484,6 +523,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     fn record_inner(
         &mut self,
         op: Op,
+        bw: BackwardFn<B, NODES>,
         inputs: &[Var],
         shape: Shape,
         kernel: impl FnOnce(&mut B, View) -> Result<()>,
@@ -507,7 +547,15 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         let view = View { offset, shape };
         kernel(&mut self.backend, view)?;
         if self.grad_enabled {
-            self.push(op, ids[0], ids[1], offset, shape, rg && self.grad_enabled)
+            self.push(
+                op,
+                bw,
+                ids[0],
+                ids[1],
+                offset,
+                shape,
+                rg && self.grad_enabled,
+            )
         } else {
             Ok(Var {
                 id: NONE,
@@ -539,7 +587,9 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
                 got: data.len(),
             });
         }
-        self.record(Op::Input, &[], shape, |b, y| b.write(y.offset, data))
+        self.record(Op::Input, Self::bw_none, &[], shape, |b, y| {
+            b.write(y.offset, data)
+        })
     }
 
     /// A tensor of shape `dims` filled with `value` (no gradient).
@@ -548,7 +598,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     /// As [`Tape::input`].
     pub fn full(&mut self, dims: &[usize], value: B::Elem) -> Result<Var> {
         let shape = Shape::new(dims)?;
-        self.record(Op::Input, &[], shape, |b, y| {
+        self.record(Op::Input, Self::bw_none, &[], shape, |b, y| {
             b.fill(y.offset, y.len(), value)
         })
     }
@@ -560,7 +610,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     /// As [`Tape::input`].
     pub fn input_with(&mut self, dims: &[usize], mut f: impl FnMut() -> B::Elem) -> Result<Var> {
         let shape = Shape::new(dims)?;
-        self.record(Op::Input, &[], shape, |b, y| {
+        self.record(Op::Input, Self::bw_none, &[], shape, |b, y| {
             write_with(b, y.offset, y.len(), &mut f)
         })
     }
@@ -572,7 +622,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     pub fn labels(&mut self, labels: &[usize]) -> Result<Var> {
         let shape = Shape::new(&[labels.len()])?;
         let mut it = labels.iter();
-        self.record(Op::Input, &[], shape, |b, y| {
+        self.record(Op::Input, Self::bw_none, &[], shape, |b, y| {
             write_with(b, y.offset, y.len(), &mut || {
                 B::Elem::from_usize(it.next().copied().unwrap_or(0))
             })
@@ -752,7 +802,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             has_grad: trainable,
             state: NONE,
         };
-        let v = self.push(op, NONE, NONE, offset, shape, trainable)?;
+        let v = self.push(op, Self::bw_none, NONE, NONE, offset, shape, trainable)?;
         if trainable {
             if let Some(node) = self.nodes.get_mut(v.id as usize) {
                 node.grad = (offset + n) as u32;
@@ -879,11 +929,11 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         }
         self.grads_dirty = true;
         for i in (0..=loss.id as usize).rev() {
-            let Some(&node) = self.nodes.get(i) else {
+            let (Some(&node), Some(&bw)) = (self.nodes.get(i), self.bws.get(i)) else {
                 continue;
             };
             if node.rg && node.grad != NONE {
-                self.backward_node(&node)?;
+                bw(self, &node)?;
             }
         }
         Ok(())
@@ -918,31 +968,85 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             .ok_or(Error::StaleHandle)
     }
 
-    fn backward_node(&mut self, node: &Node) -> Result<()> {
-        let dy = View {
-            offset: node.grad as usize,
-            shape: node.shape,
-        };
-        let y = node.view();
-        match node.op {
-            Op::Input | Op::Param { .. } => Ok(()),
-            Op::Unary(op) => self.unary_backward(op, node.a, y, dy),
-            Op::Binary(op) => self.binary_backward(op, node.a, node.b, dy),
-            Op::MatMul { ta, tb } => self.matmul_backward(ta, tb, node.a, node.b, dy),
-            Op::Linear { bias } => self.linear_backward(node.a, node.b, bias, dy),
-            Op::Reduce { op, axis } => self.reduce_backward(op, axis, node.a, y, dy),
-            Op::Softmax { axis, log } => self.softmax_backward(log, axis, node.a, y, dy),
-            Op::Reshape
-            | Op::Transpose { .. }
-            | Op::BroadcastTo
-            | Op::Slice { .. }
-            | Op::Concat { .. } => self.movement_backward(node.op, node.a, node.b, dy),
-            Op::Loss { op, classes } => {
-                self.loss_backward(op, classes as usize, node.a, node.b, dy)
+    // ----- the backward of each op family (see `BackwardFn`) -----
+
+    pub(crate) fn bw_none(_: &mut Self, _: &Node) -> Result<()> {
+        Ok(())
+    }
+
+    pub(crate) fn bw_unary(t: &mut Self, n: &Node) -> Result<()> {
+        match n.op {
+            Op::Unary { code, arg } => match UnaryOp::unpack(code, arg) {
+                Some(op) => t.unary_backward(op, n.a, n.view(), n.dy()),
+                None => Err(Error::StaleHandle),
+            },
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    pub(crate) fn bw_binary(t: &mut Self, n: &Node) -> Result<()> {
+        match n.op {
+            Op::Binary(op) => t.binary_backward(op, n.a, n.b, n.dy()),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    pub(crate) fn bw_matmul(t: &mut Self, n: &Node) -> Result<()> {
+        match n.op {
+            Op::MatMul { ta, tb } => t.matmul_backward(ta, tb, n.a, n.b, n.dy()),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    pub(crate) fn bw_linear(t: &mut Self, n: &Node) -> Result<()> {
+        match n.op {
+            Op::Linear { bias } => t.linear_backward(n.a, n.b, bias, n.dy()),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    pub(crate) fn bw_reduce(t: &mut Self, n: &Node) -> Result<()> {
+        match n.op {
+            Op::Reduce { op, axis } => t.reduce_backward(op, axis, n.a, n.view(), n.dy()),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    pub(crate) fn bw_softmax(t: &mut Self, n: &Node) -> Result<()> {
+        match n.op {
+            Op::Softmax { axis, log } => t.softmax_backward(log, axis, n.a, n.view(), n.dy()),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    pub(crate) fn bw_movement(t: &mut Self, n: &Node) -> Result<()> {
+        t.movement_backward(n.op, n.a, n.b, n.dy())
+    }
+
+    pub(crate) fn bw_loss(t: &mut Self, n: &Node) -> Result<()> {
+        match n.op {
+            Op::Loss { op, classes } => t.loss_backward(op, classes as usize, n.a, n.b, n.dy()),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    pub(crate) fn bw_gather(t: &mut Self, n: &Node) -> Result<()> {
+        t.gather_backward(n.a, n.b, n.grad as usize)
+    }
+
+    pub(crate) fn bw_conv(t: &mut Self, n: &Node) -> Result<()> {
+        match n.op {
+            Op::Conv { geom } => t.conv_backward(geom, n.a, n.b, n.grad as usize),
+            _ => Err(Error::StaleHandle),
+        }
+    }
+
+    pub(crate) fn bw_pool(t: &mut Self, n: &Node) -> Result<()> {
+        match n.op {
+            Op::Pool { geom, max } => {
+                t.pool_backward(geom, max, n.a, n.offset as usize, n.grad as usize)
             }
-            Op::Gather => self.gather_backward(node.a, node.b, dy.offset),
-            Op::Conv { geom } => self.conv_backward(geom, node.a, node.b, dy.offset),
-            Op::Pool { geom, max } => self.pool_backward(geom, max, node.a, y.offset, dy.offset),
+            _ => Err(Error::StaleHandle),
         }
     }
 }

@@ -323,7 +323,7 @@ mod tape_ops {
         /// [`Tape::unary`].
         pub fn binary(&mut self, op: BinaryOp, a: Var, b: Var) -> Result<Var> {
             let shape = Shape::broadcast(op.name(), a.shape, b.shape)?;
-            self.record(Op::Binary(op), &[a, b], shape, |be, y| {
+            self.record(Op::Binary(op), Self::bw_binary, &[a, b], shape, |be, y| {
                 be.binary(op, a.view(), b.view(), y)
             })
         }

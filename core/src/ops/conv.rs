@@ -415,7 +415,13 @@ pub(crate) mod tape_ops {
             let gm = conv_gemms(&g, ws);
             self.all_or_nothing(|t| {
                 // The output first (recorded), then the scratch above it.
-                let y = t.record(Op::Conv { geom }, &[x, weight], shape, |_, _| Ok(()))?;
+                let y = t.record(
+                    Op::Conv { geom },
+                    Self::bw_conv,
+                    &[x, weight],
+                    shape,
+                    |_, _| Ok(()),
+                )?;
                 let cols = t.alloc(cols_len)?;
                 im2col(&mut t.backend, &g, x.offset as usize, cols, B::Elem::ZERO)?;
                 for gi in 0..gm.groups {
@@ -500,7 +506,13 @@ pub(crate) mod tape_ops {
                 (ReduceOp::Mean, B::Elem::ZERO)
             };
             self.all_or_nothing(|t| {
-                let y = t.record(Op::Pool { geom, max }, &[x], shape, |_, _| Ok(()))?;
+                let y = t.record(
+                    Op::Pool { geom, max },
+                    Self::bw_pool,
+                    &[x],
+                    shape,
+                    |_, _| Ok(()),
+                )?;
                 let cols = t.alloc(cols_len)?;
                 im2col(&mut t.backend, &g, x.offset as usize, cols, pad)?;
                 t.backend

@@ -84,17 +84,23 @@ pub(crate) mod tape_ops {
             }
             let shape = Shape::new(dims.get(..is.rank() + 1).unwrap_or(&[]))?;
             let count = is.numel();
-            self.record(Op::Gather, &[table, indices], shape, |be, y| {
-                rows(
-                    be,
-                    table.offset as usize,
-                    (vocab, dim),
-                    indices.offset as usize,
-                    count,
-                    y.offset,
-                    false,
-                )
-            })
+            self.record(
+                Op::Gather,
+                Self::bw_gather,
+                &[table, indices],
+                shape,
+                |be, y| {
+                    rows(
+                        be,
+                        table.offset as usize,
+                        (vocab, dim),
+                        indices.offset as usize,
+                        count,
+                        y.offset,
+                        false,
+                    )
+                },
+            )
         }
 
         pub(crate) fn gather_backward(

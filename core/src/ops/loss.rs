@@ -224,12 +224,16 @@ mod tape_ops {
     use crate::tape::{Op, Tape, Var};
 
     impl<B: Backend, const N: usize> Tape<B, N> {
+        // Out of line: its recording frame is then not part of the caller's (a model's loss
+        // function), which keeps a microcontroller's peak stack down.
+        #[inline(never)]
         fn loss(&mut self, op: LossOp, p: Var, t: Var, classes: usize) -> Result<Var> {
             self.record(
                 Op::Loss {
                     op,
                     classes: classes as u32,
                 },
+                Self::bw_loss,
                 &[p, t],
                 Shape::SCALAR,
                 |b, y| b.loss(op, classes, p.view(), t.view(), y.offset),

@@ -513,23 +513,29 @@ mod tape_ops {
         /// As [`Tape::matmul`].
         pub fn matmul_t(&mut self, a: Var, ta: bool, b: Var, tb: bool) -> Result<Var> {
             let (batch, m, n, k, a_batch, b_batch, shape) = plan(a.shape, ta, b.shape, tb)?;
-            self.record(Op::MatMul { ta, tb }, &[a, b], shape, |be, y| {
-                be.gemm(&Gemm {
-                    batch,
-                    m,
-                    n,
-                    k,
-                    a: a.offset as usize,
-                    a_trans: ta,
-                    a_batch,
-                    b: b.offset as usize,
-                    b_trans: tb,
-                    b_batch,
-                    c: y.offset,
-                    c_batch: m * n,
-                    accumulate: false,
-                })
-            })
+            self.record(
+                Op::MatMul { ta, tb },
+                Self::bw_matmul,
+                &[a, b],
+                shape,
+                |be, y| {
+                    be.gemm(&Gemm {
+                        batch,
+                        m,
+                        n,
+                        k,
+                        a: a.offset as usize,
+                        a_trans: ta,
+                        a_batch,
+                        b: b.offset as usize,
+                        b_trans: tb,
+                        b_batch,
+                        c: y.offset,
+                        c_batch: m * n,
+                        accumulate: false,
+                    })
+                },
+            )
         }
 
         pub(crate) fn matmul_backward(
@@ -674,6 +680,7 @@ mod tape_ops {
                 };
                 t.record(
                     Op::Linear { bias: bias_id },
+                    Self::bw_linear,
                     inputs.get(..n_in).unwrap_or(&[]),
                     shape,
                     |be, y| {

@@ -185,17 +185,23 @@ mod tape_ops {
         fn movement(&mut self, op: Op, x: Var, second: Option<Var>, shape: Shape) -> Result<Var> {
             let inputs = [x, second.unwrap_or(x)];
             let n = if second.is_some() { 2 } else { 1 };
-            self.record(op, inputs.get(..n).unwrap_or(&[]), shape, |b, y| {
-                for (i, part) in inputs.iter().take(n).enumerate() {
-                    let (space, ss, dst) = layout(op, part.view(), y, i == 1)?;
-                    let src = Strided {
-                        offset: src_offset(op, part.view()),
-                        strides: ss,
-                    };
-                    b.copy_strided(&space, src, dst, false)?;
-                }
-                Ok(())
-            })
+            self.record(
+                op,
+                Self::bw_movement,
+                inputs.get(..n).unwrap_or(&[]),
+                shape,
+                |b, y| {
+                    for (i, part) in inputs.iter().take(n).enumerate() {
+                        let (space, ss, dst) = layout(op, part.view(), y, i == 1)?;
+                        let src = Strided {
+                            offset: src_offset(op, part.view()),
+                            strides: ss,
+                        };
+                        b.copy_strided(&space, src, dst, false)?;
+                    }
+                    Ok(())
+                },
+            )
         }
 
         /// The same elements in a new shape (PyTorch's `reshape`; always a copy here).

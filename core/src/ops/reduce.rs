@@ -235,9 +235,13 @@ mod tape_ops {
         pub fn reduce(&mut self, op: ReduceOp, x: Var, axis: Option<usize>) -> Result<Var> {
             let (r, shape) = plan(op.name(), x.shape, axis)?;
             let axis = axis.map_or(u8::MAX, |a| a as u8);
-            self.record(Op::Reduce { op, axis }, &[x], shape, |b, y| {
-                b.reduce(op, r, x.offset as usize, y.offset)
-            })
+            self.record(
+                Op::Reduce { op, axis },
+                Self::bw_reduce,
+                &[x],
+                shape,
+                |b, y| b.reduce(op, r, x.offset as usize, y.offset),
+            )
         }
 
         /// The sum of all elements.

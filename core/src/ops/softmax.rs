@@ -107,6 +107,7 @@ mod tape_ops {
                     axis: axis as u8,
                     log,
                 },
+                Self::bw_softmax,
                 &[x],
                 x.shape,
                 |b, y| b.softmax(log, r, x.offset as usize, y.offset),

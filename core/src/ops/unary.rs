@@ -49,6 +49,48 @@ pub enum UnaryOp {
     Gelu,
 }
 
+impl UnaryOp {
+    /// The op as a small code and its scalar argument (0 for ops without one): how a tape node
+    /// and a replay list store it (an `Op` of 8 bytes instead of 12).
+    pub(crate) fn pack(self) -> (u8, f32) {
+        match self {
+            UnaryOp::Neg => (0, 0.0),
+            UnaryOp::AddScalar(c) => (1, c),
+            UnaryOp::MulScalar(c) => (2, c),
+            UnaryOp::Exp => (3, 0.0),
+            UnaryOp::Log => (4, 0.0),
+            UnaryOp::Sqrt => (5, 0.0),
+            UnaryOp::Square => (6, 0.0),
+            UnaryOp::Pow(p) => (7, p),
+            UnaryOp::Relu => (8, 0.0),
+            UnaryOp::LeakyRelu(s) => (9, s),
+            UnaryOp::Sigmoid => (10, 0.0),
+            UnaryOp::Tanh => (11, 0.0),
+            UnaryOp::Gelu => (12, 0.0),
+        }
+    }
+
+    /// The op back from [`UnaryOp::pack`]; `None` for an unknown code.
+    pub(crate) fn unpack(code: u8, c: f32) -> Option<UnaryOp> {
+        Some(match code {
+            0 => UnaryOp::Neg,
+            1 => UnaryOp::AddScalar(c),
+            2 => UnaryOp::MulScalar(c),
+            3 => UnaryOp::Exp,
+            4 => UnaryOp::Log,
+            5 => UnaryOp::Sqrt,
+            6 => UnaryOp::Square,
+            7 => UnaryOp::Pow(c),
+            8 => UnaryOp::Relu,
+            9 => UnaryOp::LeakyRelu(c),
+            10 => UnaryOp::Sigmoid,
+            11 => UnaryOp::Tanh,
+            12 => UnaryOp::Gelu,
+            _ => return None,
+        })
+    }
+}
+
 const GELU_C: f64 = 0.797_884_560_802_865_4; // sqrt(2 / pi)
 const GELU_K: f64 = 0.044_715;
 
@@ -282,9 +324,14 @@ mod tape_ops {
         /// # Errors
         /// [`crate::Error::StaleHandle`], [`crate::Error::ArenaFull`], [`crate::Error::TapeFull`].
         pub fn unary(&mut self, op: UnaryOp, x: Var) -> Result<Var> {
-            self.record(Op::Unary(op), &[x], x.shape, |b, y| {
-                b.unary(op, x.offset as usize, y.offset, y.len())
-            })
+            let (code, arg) = op.pack();
+            self.record(
+                Op::Unary { code, arg },
+                Self::bw_unary,
+                &[x],
+                x.shape,
+                |b, y| b.unary(op, x.offset as usize, y.offset, y.len()),
+            )
         }
 
         /// `-x`.

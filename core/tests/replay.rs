@@ -1,0 +1,306 @@
+//! Whole-step replay (`mote::replay::Replay`): N steps with the recorded step replayed equal N
+//! eager steps bit for bit, on the reference backend; and every refusal.
+
+use mote::replay::Replay;
+use mote::{
+    clip_grad_norm, Adam, AdamConfig, Cpu, Error, Linear, Module, Optimizer, Relu, Rng, Sgd,
+    SgdConfig, Sigmoid, Tape, Var,
+};
+
+type Be<'a> = Replay<Cpu<'a, f32>, 512>;
+
+/// The seed article's loop (8-10-1, ReLU, MSE) with a new batch written each step. `replay_from`:
+/// steps before it run eagerly, that step is recorded, later ones are replayed (`None`: all
+/// eager). Returns every step's loss and the final parameters.
+fn seed(steps: usize, replay_from: Option<usize>, sgd: bool) -> (Vec<f32>, Vec<f32>) {
+    let mut mem = vec![0f32; 2048];
+    let mut tape = Tape::<Be, 16>::with_backend(Replay::new(Cpu::new(&mut mem)));
+    let mut rng = Rng::new(7);
+    let model = (
+        Linear::new(&mut tape, 8, 10, &mut rng).unwrap(),
+        Relu,
+        Linear::new(&mut tape, 10, 1, &mut rng).unwrap(),
+    );
+    // One optimizer per tape: each keeps its state offsets in the parameters' nodes.
+    let (mut adam, mut sgd_opt) = if sgd {
+        let c = SgdConfig {
+            lr: 1e-2,
+            momentum: 0.9,
+            nesterov: true,
+            ..SgdConfig::default()
+        };
+        (None, Some(Sgd::new(&mut tape, c).unwrap()))
+    } else {
+        let c = AdamConfig {
+            lr: 1e-2,
+            weight_decay: 1e-3,
+            ..AdamConfig::default()
+        };
+        (Some(Adam::new(&mut tape, c).unwrap()), None)
+    };
+    let start = tape.mark();
+    // A different batch every step, drawn from a fixed function of the inputs.
+    let batch = |rng: &mut Rng| {
+        let xs: Vec<f32> = (0..16 * 8).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
+        let ys: Vec<f32> = xs.chunks(8).map(|r| 0.5 * r[0] - r[1] * r[2]).collect();
+        (xs, ys)
+    };
+    let mut losses = Vec::new();
+    let mut handles: Option<(Var, Var, Var)> = None;
+    for i in 0..steps {
+        let (xs, ys) = batch(&mut rng);
+        if replay_from.is_some_and(|r| i > r) {
+            let (x, y, loss) = handles.unwrap();
+            tape.write(x, &xs).unwrap();
+            tape.write(y, &ys).unwrap();
+            match (&mut adam, &mut sgd_opt) {
+                (Some(a), _) => tape.backend_mut().replay_adam(a).unwrap(),
+                (_, Some(s)) => tape.backend_mut().replay_sgd(s).unwrap(),
+                _ => unreachable!(),
+            }
+            losses.push(tape.item(loss).unwrap());
+            continue;
+        }
+        let recording = replay_from == Some(i);
+        if recording {
+            tape.backend_mut().record();
+        }
+        tape.rewind(start).unwrap();
+        let x = tape.input(&[16, 8], &xs).unwrap();
+        let y = tape.input(&[16, 1], &ys).unwrap();
+        let pred = model.forward(&mut tape, x).unwrap();
+        let loss = tape.mse(pred, y).unwrap();
+        tape.backward(loss).unwrap();
+        match (&mut adam, &mut sgd_opt) {
+            (Some(a), _) => a.step(&mut tape).unwrap(),
+            (_, Some(s)) => s.step(&mut tape).unwrap(),
+            _ => unreachable!(),
+        }
+        if recording {
+            let calls = tape.backend_mut().stop().unwrap();
+            assert!(calls > 10, "{calls} calls");
+            handles = Some((x, y, loss));
+        }
+        losses.push(tape.item(loss).unwrap());
+    }
+    if let Some(a) = adam {
+        assert_eq!(a.steps(), steps as u64);
+    }
+    let params: Vec<f32> = tape
+        .params()
+        .flat_map(|p| tape.data(p).unwrap().to_vec())
+        .collect();
+    (losses, params)
+}
+
+#[test]
+fn seed_loop_replayed_equals_eager_bit_for_bit() {
+    for sgd in [false, true] {
+        let (eager_l, eager_p) = seed(60, None, sgd);
+        for from in [1, 5] {
+            let (l, p) = seed(60, Some(from), sgd);
+            assert_eq!(
+                l.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                eager_l.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "losses, sgd {sgd}, recorded step {from}"
+            );
+            assert_eq!(
+                p.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                eager_p.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "parameters, sgd {sgd}"
+            );
+        }
+        assert!(eager_l[59] < eager_l[0]);
+    }
+}
+
+/// XOR-MCU: 100 epochs, the inputs made once below the mark; step 2 recorded, 3..=100 replayed.
+fn xor(replay: bool) -> f32 {
+    let mut mem = [0f32; 256];
+    let mut tape = Tape::<Replay<Cpu<f32>, 256>, 16>::with_backend(Replay::new(Cpu::new(&mut mem)));
+    let w1 = [0.999, -0.909, 0.981, 0.735, -0.972, 0.517];
+    let l1 = Linear::from_weights(&mut tape, 2, 3, &w1, Some(&[0.0; 3])).unwrap();
+    let l2 = Linear::from_weights(&mut tape, 3, 1, &[0.416, -0.47, 0.26], Some(&[0.0])).unwrap();
+    let model = (l1, Sigmoid, l2, Sigmoid);
+    let mut opt = Adam::new(
+        &mut tape,
+        AdamConfig {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-7,
+            weight_decay: 0.0,
+        },
+    )
+    .unwrap();
+    let x = tape
+        .input(&[4, 2], &[0., 0., 0., 1., 1., 0., 1., 1.])
+        .unwrap();
+    let t = tape.input(&[4, 1], &[0., 1., 1., 0.]).unwrap();
+    let start = tape.mark();
+    let step = |tape: &mut Tape<Replay<Cpu<f32>, 256>, 16>, opt: &mut Adam| {
+        tape.rewind(start)?;
+        let y = model.forward(tape, x)?;
+        let mse = tape.mse(y, t)?;
+        let loss = tape.mul_scalar(mse, 4.0)?;
+        tape.backward(loss)?;
+        opt.step(tape)?;
+        Ok::<_, Error>(loss)
+    };
+    let mut loss = step(&mut tape, &mut opt).unwrap();
+    if replay {
+        tape.backend_mut().record();
+        loss = step(&mut tape, &mut opt).unwrap();
+        tape.backend_mut().stop().unwrap();
+        for _ in 2..100 {
+            tape.backend_mut().replay_adam(&mut opt).unwrap();
+        }
+    } else {
+        for _ in 1..100 {
+            loss = step(&mut tape, &mut opt).unwrap();
+        }
+    }
+    // The loss of the trained weights.
+    let _ = loss;
+    tape.rewind(start).unwrap();
+    let mse = tape.no_grad(|tape| {
+        let y = model.forward(tape, x)?;
+        tape.mse(y, t)
+    });
+    tape.item(mse.unwrap()).unwrap() * 4.0
+}
+
+#[test]
+fn xor_replayed_equals_eager_and_the_reference() {
+    let (eager, replayed) = (xor(false), xor(true));
+    assert_eq!(eager.to_bits(), replayed.to_bits());
+    assert!((replayed - 0.009_306_9).abs() < 1e-5, "{replayed}");
+}
+
+#[test]
+fn replay_refusals() {
+    let mut mem = vec![0f32; 512];
+    let mut tape = Tape::<Replay<Cpu<f32>, 8>, 16>::with_backend(Replay::new(Cpu::new(&mut mem)));
+    let mut rng = Rng::new(1);
+    let l = Linear::new(&mut tape, 4, 2, &mut rng).unwrap();
+    let mut opt = Adam::new(&mut tape, AdamConfig::default()).unwrap();
+    let start = tape.mark();
+    // Nothing recorded.
+    assert!(matches!(
+        tape.backend_mut().replay(),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        tape.backend_mut().stop(),
+        Err(Error::InvalidArgument { .. })
+    ));
+    // A step that does not fit in 8 bytes.
+    let step = |tape: &mut Tape<Replay<Cpu<f32>, 8>, 16>| {
+        tape.rewind(start)?;
+        let x = tape.input(&[3, 4], &[0.5; 12])?;
+        let y = l.forward(tape, x)?;
+        let loss = tape.sum(y)?;
+        tape.backward(loss)
+    };
+    tape.backend_mut().record();
+    step(&mut tape).unwrap();
+    assert!(tape.backend().is_recording());
+    assert!(matches!(
+        tape.backend_mut().stop(),
+        Err(Error::TapeFull { capacity: 8 })
+    ));
+    assert!(!tape.backend().is_ready());
+    // A value read back to the host.
+    tape.backend_mut().record();
+    clip_grad_norm(&mut tape, 1.0).unwrap();
+    assert!(matches!(
+        tape.backend_mut().stop(),
+        Err(Error::InvalidArgument { .. })
+    ));
+    // Updates of two parameters (12 bytes) do not fit either.
+    tape.backend_mut().record();
+    opt.step(&mut tape).unwrap();
+    assert!(matches!(
+        tape.backend_mut().stop(),
+        Err(Error::TapeFull { .. })
+    ));
+}
+
+#[test]
+fn replay_needs_its_optimizer() {
+    let mut mem = vec![0f32; 512];
+    let mut tape = Tape::<Replay<Cpu<f32>, 128>, 16>::with_backend(Replay::new(Cpu::new(&mut mem)));
+    let mut rng = Rng::new(1);
+    let l = Linear::new(&mut tape, 2, 1, &mut rng).unwrap();
+    let mut opt = Adam::new(&mut tape, AdamConfig::default()).unwrap();
+    // Never stepped (its state would replace Adam's): only passed to the wrong replay.
+    let mut sgd = Sgd::new(
+        &mut Tape::<Cpu<f32>, 4>::new(&mut [0f32; 8]),
+        SgdConfig::default(),
+    )
+    .unwrap();
+    let start = tape.mark();
+    for _ in 0..2 {
+        tape.rewind(start).unwrap();
+        let x = tape.input(&[1, 2], &[1.0, 2.0]).unwrap();
+        let y = l.forward(&mut tape, x).unwrap();
+        let loss = tape.sum(y).unwrap();
+        if opt.steps() == 1 {
+            tape.backend_mut().record();
+        }
+        tape.backward(loss).unwrap();
+        opt.step(&mut tape).unwrap();
+    }
+    assert!(tape.backend_mut().stop().unwrap() >= 2);
+    assert!(matches!(
+        tape.backend_mut().replay(),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        tape.backend_mut().replay_sgd(&mut sgd),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let steps = opt.steps();
+    tape.backend_mut().replay_adam(&mut opt).unwrap();
+    assert_eq!(opt.steps(), steps + 1);
+}
+
+/// Gradient accumulation: a recorded forward and backward pass without an optimizer, replayed
+/// with `replay()`, accumulates into the parameters' gradients as the eager passes do.
+#[test]
+fn replayed_backward_accumulates_like_eager() {
+    let grads = |replay: bool| {
+        let mut mem = vec![0f32; 512];
+        let mut tape =
+            Tape::<Replay<Cpu<f32>, 256>, 16>::with_backend(Replay::new(Cpu::new(&mut mem)));
+        let mut rng = Rng::new(3);
+        let l = Linear::new(&mut tape, 3, 2, &mut rng).unwrap();
+        let start = tape.mark();
+        let x = [0.5f32, -1.0, 2.0, 1.5, 0.25, -0.75];
+        let pass = |tape: &mut Tape<Replay<Cpu<f32>, 256>, 16>| {
+            tape.rewind_keep_grad(start)?;
+            let xv = tape.input(&[2, 3], &x)?;
+            let y = l.forward(tape, xv)?;
+            let y = tape.tanh(y)?;
+            let loss = tape.sum(y)?;
+            tape.backward(loss)
+        };
+        pass(&mut tape).unwrap();
+        if replay {
+            tape.backend_mut().record();
+            pass(&mut tape).unwrap();
+            tape.backend_mut().stop().unwrap();
+            tape.backend_mut().replay().unwrap();
+            tape.backend_mut().replay().unwrap();
+        } else {
+            for _ in 0..3 {
+                pass(&mut tape).unwrap();
+            }
+        }
+        tape.params()
+            .flat_map(|p| tape.grad_data(p).unwrap().unwrap().to_vec())
+            .map(f32::to_bits)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(grads(false), grads(true));
+}
