@@ -1,0 +1,88 @@
+// Losses (mean reduction). Op codes: 0 mse, 1 cross-entropy (fused softmax + NLL, float class
+// labels), 2 bce-with-logits. `status` (3 u32: flag, bad label, classes) reports a bad label;
+// the host checks it at the next read.
+
+__device__ __forceinline__ int bad_label(float l, u64 classes) {
+    return !(l >= 0.0f && l < (float)classes && floorf(l) == l);
+}
+
+__device__ __forceinline__ void report(unsigned int* status, float l, u64 classes) {
+    if (atomicCAS(status, 0u, 1u) == 0u) {
+        status[1] = (l >= 0.0f && l == l && l < 4.0e9f) ? (unsigned int)l : 0xffffffffu;
+        status[2] = (unsigned int)classes;
+    }
+}
+
+// One block of 1024 threads computes the whole mean into y[0].
+extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float* __restrict__ p, const float* __restrict__ t,
+                                    float* __restrict__ y, u64 n, u64 classes,
+                                    unsigned int* status) {
+    float s = 0.0f;
+    u64 count = n;
+    if (op == 1) {
+        // n = rows; one warp per row.
+        int lane = threadIdx.x & 31;
+        for (u64 row = threadIdx.x >> 5; row < n; row += blockDim.x >> 5) {
+            const float* z = p + row * classes;
+            float m = -3.40282347e38f;
+            for (u64 j = lane; j < classes; j += 32) m = fmaxf(m, z[j]);
+            m = warp_max(m);
+            float e = 0.0f;
+            for (u64 j = lane; j < classes; j += 32) e += expf(z[j] - m);
+            e = warp_sum(e);
+            if (lane == 0) {
+                float l = t[row];
+                if (bad_label(l, classes)) report(status, l, classes);
+                else s += (m + logf(e)) - z[(u64)l];
+            }
+        }
+    } else {
+        for (u64 i = threadIdx.x; i < n; i += blockDim.x) {
+            float x = p[i], tv = t[i];
+            if (op == 0) { float d = x - tv; s += d * d; }
+            else s += fmaxf(x, 0.0f) - x * tv + log1pf(expf(-fabsf(x)));
+        }
+    }
+    s = block_sum(s);
+    if (threadIdx.x == 0) y[0] = s / (float)count;
+}
+
+// dx += dloss/dp * dy (lhs) or dloss/dt * dy (rhs; not for cross-entropy). `dy` is the device
+// scalar the loss's gradient lives in.
+extern "C" __global__ void loss_bwd(int op, int lhs, const float* __restrict__ p,
+                                    const float* __restrict__ t, const float* __restrict__ dy,
+                                    float* __restrict__ dx, u64 n, u64 classes,
+                                    unsigned int* status) {
+    float g = dy[0];
+    if (op == 0) {
+        float k = 2.0f * g / (float)n;
+        if (!lhs) k = -k;
+        FOR_EACH(i, n) { dx[i] += k * (p[i] - t[i]); }
+    } else if (op == 2) {
+        float k = g / (float)n;
+        FOR_EACH(i, n) { dx[i] += lhs ? k * (sigmoid_f(p[i]) - t[i]) : -k * p[i]; }
+    } else {
+        // Cross-entropy: n = rows; one warp per row: (softmax(z) - onehot(label)) * dy / n.
+        float k = g / (float)n;
+        u64 warps = ((u64)blockDim.x * gridDim.x) >> 5;
+        int lane = threadIdx.x & 31;
+        for (u64 row = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < n; row += warps) {
+            const float* z = p + row * classes;
+            float* d = dx + row * classes;
+            float l = t[row];
+            if (bad_label(l, classes)) { if (lane == 0) report(status, l, classes); continue; }
+            float m = -3.40282347e38f;
+            for (u64 j = lane; j < classes; j += 32) m = fmaxf(m, z[j]);
+            m = warp_max(m);
+            float e = 0.0f;
+            for (u64 j = lane; j < classes; j += 32) e += expf(z[j] - m);
+            e = warp_sum(e);
+            float ks = k / e;
+            for (u64 j = lane; j < classes; j += 32) {
+                float v = d[j] + ks * expf(z[j] - m);
+                if (j == (u64)l) v -= k;
+                d[j] = v;
+            }
+        }
+    }
+}

@@ -1,0 +1,124 @@
+// Optimizer updates. `dyn`, when not null, holds the per-step scalars that change between
+// replays of a captured CUDA graph (written by the host before each replay).
+
+// SGD with optional momentum buffer (`buf` null without momentum). dyn[0]: the `first` flag.
+extern "C" __global__ void sgd(float* __restrict__ p, const float* __restrict__ g,
+                               float* __restrict__ buf, u64 n, float lr, float mu, float damp,
+                               float wd, int nesterov, int first, const float* dyn) {
+    if (dyn) first = dyn[0] != 0.0f;
+    FOR_EACH(i, n) {
+        float gi = g[i] + wd * p[i];
+        if (buf) {
+            float b = first ? gi : flush(mu * buf[i] + damp * gi);
+            buf[i] = b;
+            float step = nesterov ? gi + mu * b : b;
+            p[i] -= lr * step;
+        } else {
+            p[i] -= lr * gi;
+        }
+    }
+}
+
+__device__ __forceinline__ void adam_one(float& p, float g, float& m, float& v, float b1, float b2,
+                                         float c1, float c2, float step, float isb2, float eps,
+                                         float l2, float decay) {
+    g = g + l2 * p;
+    m = flush(b1 * m + c1 * g);
+    v = flush(b2 * v + c2 * g * g);
+    p = p * decay - step * m / (sqrtf(v) * isb2 + eps);
+}
+
+// One tensor (or any contiguous run) of Adam / AdamW. dyn[0]: lr / (1 - b1^t);
+// dyn[1]: 1 / sqrt(1 - b2^t).
+extern "C" __global__ void adam(float* __restrict__ p, const float* __restrict__ g,
+                                float* __restrict__ m, float* __restrict__ v, u64 n, float b1,
+                                float b2, float c1, float c2, float step, float isb2, float eps,
+                                float l2, float decay, const float* dyn, int vec) {
+    if (dyn) { step = dyn[0]; isb2 = dyn[1]; }
+    u64 n4 = vec ? n / 4 : 0;
+    FOR_EACH(i, n4) {
+        float4 pv = ((float4*)p)[i], gv = ((const float4*)g)[i];
+        float4 mv = ((float4*)m)[i], vv = ((float4*)v)[i];
+        adam_one(pv.x, gv.x, mv.x, vv.x, b1, b2, c1, c2, step, isb2, eps, l2, decay);
+        adam_one(pv.y, gv.y, mv.y, vv.y, b1, b2, c1, c2, step, isb2, eps, l2, decay);
+        adam_one(pv.z, gv.z, mv.z, vv.z, b1, b2, c1, c2, step, isb2, eps, l2, decay);
+        adam_one(pv.w, gv.w, mv.w, vv.w, b1, b2, c1, c2, step, isb2, eps, l2, decay);
+        ((float4*)p)[i] = pv; ((float4*)m)[i] = mv; ((float4*)v)[i] = vv;
+    }
+    FOR_EACH(j, n - n4 * 4) {
+        u64 i = n4 * 4 + j;
+        adam_one(p[i], g[i], m[i], v[i], b1, b2, c1, c2, step, isb2, eps, l2, decay);
+    }
+}
+
+// Every parameter of one optimizer step in one launch. Mirrors `AdamDesc` in src/ops/optim.rs:
+// element offsets into the arena, the length, and the first tile of the tensor.
+struct AdamDesc { u64 p, g, m, v, len, tile; };
+#define ADAM_TILE 4096
+
+extern "C" __global__ void adam_multi(float* arena, const AdamDesc* __restrict__ d, int count,
+                                      float b1, float b2, float c1, float c2, float step,
+                                      float isb2, float eps, float l2, float decay,
+                                      const float* dyn) {
+    if (dyn) { step = dyn[0]; isb2 = dyn[1]; }
+    // The tensor owning this block's tile: the last one whose first tile is <= blockIdx.x.
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (d[mid].tile <= blockIdx.x) lo = mid; else hi = mid - 1;
+    }
+    AdamDesc t = d[lo];
+    u64 start = (blockIdx.x - t.tile) * (u64)ADAM_TILE;
+    u64 end = start + ADAM_TILE < t.len ? start + ADAM_TILE : t.len;
+    float *p = arena + t.p, *m = arena + t.m, *v = arena + t.v;
+    const float* g = arena + t.g;
+    int vec = ((t.p | t.g | t.m | t.v) & 3) == 0;
+    if (vec) {
+        u64 e4 = start + ((end - start) & ~(u64)3);
+        for (u64 i = start + 4 * threadIdx.x; i < e4; i += 4 * blockDim.x) {
+            float4 pv = *(float4*)(p + i), gv = *(const float4*)(g + i);
+            float4 mv = *(float4*)(m + i), vv = *(float4*)(v + i);
+            adam_one(pv.x, gv.x, mv.x, vv.x, b1, b2, c1, c2, step, isb2, eps, l2, decay);
+            adam_one(pv.y, gv.y, mv.y, vv.y, b1, b2, c1, c2, step, isb2, eps, l2, decay);
+            adam_one(pv.z, gv.z, mv.z, vv.z, b1, b2, c1, c2, step, isb2, eps, l2, decay);
+            adam_one(pv.w, gv.w, mv.w, vv.w, b1, b2, c1, c2, step, isb2, eps, l2, decay);
+            *(float4*)(p + i) = pv; *(float4*)(m + i) = mv; *(float4*)(v + i) = vv;
+        }
+        start = e4;
+    }
+    for (u64 i = start + threadIdx.x; i < end; i += blockDim.x)
+        adam_one(p[i], g[i], m[i], v[i], b1, b2, c1, c2, step, isb2, eps, l2, decay);
+}
+
+// Zeroes many ranges in one launch (the gradients at the start of a captured step): pairs of
+// (offset, len) in `r`, one block per range, grid-strided.
+extern "C" __global__ void zero_ranges(float* arena, const u64* __restrict__ r, int count) {
+    for (int k = blockIdx.x; k < count; k += gridDim.x) {
+        float* y = arena + r[2 * k];
+        u64 n = r[2 * k + 1];
+        for (u64 i = threadIdx.x; i < n; i += blockDim.x) y[i] = 0.0f;
+    }
+}
+
+// First node of every captured graph: advances the per-step optimizer scalars of that graph.
+// rec[0] = number of records; record i (8 doubles at rec + 1 + 8 i): kind (0 SGD, 1 Adam), the
+// output index in `dyn`, then SGD: the first-step flag; Adam: lr, beta1, beta2, beta1^t, beta2^t
+// for the coming replay (the same repeated products the host optimizer uses, so the scalars are
+// bit-identical to an eager step's).
+extern "C" __global__ void graph_tick(double* rec, float* dyn) {
+    int n = (int)rec[0];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        double* r = rec + 1 + 8 * i;
+        int out = (int)r[1];
+        if (r[0] == 0.0) {
+            dyn[out] = (float)r[2];
+            r[2] = 0.0;
+        } else {
+            double lr = r[2], b1 = r[3], b2 = r[4], p1 = r[5], p2 = r[6];
+            dyn[out] = (float)(lr / (1.0 - p1));
+            dyn[out + 1] = (float)(1.0 / sqrt(1.0 - p2));
+            r[5] = p1 * b1;
+            r[6] = p2 * b2;
+        }
+    }
+}

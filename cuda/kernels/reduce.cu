@@ -1,0 +1,80 @@
+// Reductions over (outer, n, inner). Op codes: 0 sum, 1 mean, 2 max.
+
+__device__ __forceinline__ float red_init(int op) { return op == 2 ? -__int_as_float(0x7f800000) : 0.0f; }
+__device__ __forceinline__ float red_comb(int op, float a, float b) { return op == 2 ? nan_max(a, b) : a + b; }
+
+// inner == 1: one warp per row.
+extern "C" __global__ void reduce_rows(int op, const float* __restrict__ x, float* __restrict__ y,
+                                       u64 outer, u64 n) {
+    u64 warps = ((u64)blockDim.x * gridDim.x) >> 5;
+    int lane = threadIdx.x & 31;
+    for (u64 row = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < outer; row += warps) {
+        const float* xr = x + row * n;
+        float acc = red_init(op);
+        for (u64 j = lane; j < n; j += 32) acc = red_comb(op, acc, xr[j]);
+        for (int o = 16; o > 0; o >>= 1) acc = red_comb(op, acc, __shfl_xor_sync(0xffffffffu, acc, o));
+        if (lane == 0) y[row] = op == 1 ? acc * (1.0f / (float)n) : acc;
+    }
+}
+
+// inner == 1 with few long rows: one block per row.
+extern "C" __global__ void __launch_bounds__(1024) reduce_rows_block(int op, const float* __restrict__ x,
+                                             float* __restrict__ y, u64 n) {
+    __shared__ float part[32];
+    const float* xr = x + (u64)blockIdx.x * n;
+    float acc = red_init(op);
+    for (u64 j = threadIdx.x; j < n; j += blockDim.x) acc = red_comb(op, acc, xr[j]);
+    for (int o = 16; o > 0; o >>= 1) acc = red_comb(op, acc, __shfl_xor_sync(0xffffffffu, acc, o));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    if (warp == 0) {
+        acc = lane < (int)(blockDim.x >> 5) ? part[lane] : red_init(op);
+        for (int o = 16; o > 0; o >>= 1) acc = red_comb(op, acc, __shfl_xor_sync(0xffffffffu, acc, o));
+        if (lane == 0) y[blockIdx.x] = op == 1 ? acc * (1.0f / (float)n) : acc;
+    }
+}
+
+// inner > 1: one thread per output (coalesced along inner).
+extern "C" __global__ void reduce_strided(int op, const float* __restrict__ x,
+                                          float* __restrict__ y, u64 outer, u64 n, u64 inner) {
+    FOR_EACH(t, outer * inner) {
+        u64 o = t / inner, i = t % inner;
+        const float* xb = x + o * n * inner + i;
+        float acc = op == 2 ? xb[0] : 0.0f;
+        for (u64 j = (op == 2 ? 1 : 0); j < n; ++j) acc = red_comb(op, acc, xb[j * inner]);
+        y[t] = op == 1 ? acc * (1.0f / (float)n) : acc;
+    }
+}
+
+// Sum / mean backward: dx[o, j, i] += dy[o, i] * scale.
+extern "C" __global__ void reduce_bwd_sum(const float* __restrict__ dy, float* __restrict__ dx,
+                                          u64 outer, u64 n, u64 inner, float scale) {
+    FOR_EACH(t, outer * n * inner) {
+        u64 i = t % inner, o = t / (n * inner);
+        dx[t] += dy[o * inner + i] * scale;
+    }
+}
+
+// Max backward: dy goes to the first position holding the maximum.
+extern "C" __global__ void reduce_bwd_max(const float* __restrict__ x, const float* __restrict__ y,
+                                          const float* __restrict__ dy, float* __restrict__ dx,
+                                          u64 outer, u64 n, u64 inner) {
+    FOR_EACH(t, outer * inner) {
+        u64 o = t / inner, i = t % inner;
+        float ym = y[t];
+        for (u64 j = 0; j < n; ++j) {
+            u64 k = (o * n + j) * inner + i;
+            float v = x[k];
+            if (v == ym || (v != v && ym != ym)) { dx[k] += dy[t]; break; }
+        }
+    }
+}
+
+// Sum of squares in double, accumulated into *out (zeroed by the caller).
+extern "C" __global__ void sum_squares(const float* __restrict__ x, u64 n, double* out) {
+    double s = 0.0;
+    FOR_EACH(i, n) { double v = x[i]; s += v * v; }
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
+}

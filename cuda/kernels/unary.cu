@@ -1,0 +1,108 @@
+// Elementwise unary ops. Op codes: `unary_code` in src/ops/unary.rs.
+#define GELU_C 0.7978845608028654f
+#define GELU_K 0.044715f
+
+__device__ __forceinline__ float unary_f(int op, float c, float x) {
+    switch (op) {
+    case 0: return -x;                                       // neg
+    case 1: return x + c;                                    // add_scalar
+    case 2: return x * c;                                    // mul_scalar
+    case 3: return expf(x);                                  // exp
+    case 4: return logf(x);                                  // log
+    case 5: return sqrtf(x);                                 // sqrt
+    case 6: return x * x;                                    // square
+    case 7: return powf(x, c);                               // pow
+    case 8: return (x > 0.0f || x != x) ? x : 0.0f;          // relu (NaN stays NaN)
+    case 9: return x > 0.0f ? x : x * c;                     // leaky_relu
+    case 10: return sigmoid_f(x);                            // sigmoid
+    case 11: return tanhf(x);                                // tanh
+    case 12: return 0.5f * x * (1.0f + tanhf(GELU_C * (x + GELU_K * x * x * x))); // gelu
+    }
+    return x;
+}
+
+// f'(x) given x and y = f(x).
+__device__ __forceinline__ float unary_d(int op, float c, float x, float y) {
+    switch (op) {
+    case 0: return -1.0f;
+    case 1: return 1.0f;
+    case 2: return c;
+    case 3: return y;
+    case 4: return 1.0f / x;
+    case 5: return 1.0f / (y + y);
+    case 6: return x + x;
+    case 7: return c * powf(x, c - 1.0f);
+    case 8: return x > 0.0f ? 1.0f : 0.0f;
+    case 9: return x > 0.0f ? 1.0f : c;
+    case 10: return y * (1.0f - y);
+    case 11: return 1.0f - y * y;
+    case 12: {
+        float t = tanhf(GELU_C * (x + GELU_K * x * x * x));
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_K * x * x);
+    }
+    }
+    return 0.0f;
+}
+
+__device__ __forceinline__ float unary_acc(int op, float c, float x, float y, float dy, float dx) {
+    // NOTE: relu adds dy only where x > 0 (as the reference does), so a NaN dy at x <= 0 is not
+    // spread into dx.
+    if (op == 8) return x > 0.0f ? dx + dy : dx;
+    return dx + unary_d(op, c, x, y) * dy;
+}
+
+// y = f(x); `vec`: every pointer is 16-byte aligned, use float4 for the bulk.
+extern "C" __global__ void unary_fwd(int op, float c, const float* __restrict__ x,
+                                     float* __restrict__ y, u64 n, int vec) {
+    u64 n4 = vec ? n / 4 : 0;
+    const float4* x4 = (const float4*)x;
+    float4* y4 = (float4*)y;
+    FOR_EACH(i, n4) {
+        float4 v = x4[i];
+        v.x = unary_f(op, c, v.x); v.y = unary_f(op, c, v.y);
+        v.z = unary_f(op, c, v.z); v.w = unary_f(op, c, v.w);
+        y4[i] = v;
+    }
+    FOR_EACH(j, n - n4 * 4) {
+        u64 i = n4 * 4 + j;
+        y[i] = unary_f(op, c, x[i]);
+    }
+}
+
+// dx += f'(x) dy.
+extern "C" __global__ void unary_bwd(int op, float c, const float* __restrict__ x,
+                                     const float* __restrict__ y, const float* __restrict__ dy,
+                                     float* __restrict__ dx, u64 n, int vec) {
+    u64 n4 = vec ? n / 4 : 0;
+    FOR_EACH(i, n4) {
+        float4 xv = ((const float4*)x)[i], yv = ((const float4*)y)[i];
+        float4 g = ((const float4*)dy)[i], d = ((float4*)dx)[i];
+        d.x = unary_acc(op, c, xv.x, yv.x, g.x, d.x);
+        d.y = unary_acc(op, c, xv.y, yv.y, g.y, d.y);
+        d.z = unary_acc(op, c, xv.z, yv.z, g.z, d.z);
+        d.w = unary_acc(op, c, xv.w, yv.w, g.w, d.w);
+        ((float4*)dx)[i] = d;
+    }
+    FOR_EACH(j, n - n4 * 4) {
+        u64 i = n4 * 4 + j;
+        dx[i] = unary_acc(op, c, x[i], y[i], dy[i], dx[i]);
+    }
+}
+
+// Fills n floats with v (also used to zero gradients).
+extern "C" __global__ void fill(float* __restrict__ y, u64 n, float v, int vec) {
+    u64 n4 = vec ? n / 4 : 0;
+    FOR_EACH(i, n4) { ((float4*)y)[i] = make_float4(v, v, v, v); }
+    FOR_EACH(j, n - n4 * 4) { y[n4 * 4 + j] = v; }
+}
+
+// y *= f.
+extern "C" __global__ void scale(float* __restrict__ y, u64 n, float f, int vec) {
+    u64 n4 = vec ? n / 4 : 0;
+    FOR_EACH(i, n4) {
+        float4 v = ((float4*)y)[i];
+        v.x *= f; v.y *= f; v.z *= f; v.w *= f;
+        ((float4*)y)[i] = v;
+    }
+    FOR_EACH(j, n - n4 * 4) { y[n4 * 4 + j] *= f; }
+}

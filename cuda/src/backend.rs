@@ -1,0 +1,180 @@
+//! `mote::Backend` for [`Cuda`]: range and aliasing checks as the reference backend makes them,
+//! then one launch (or a queued optimizer update).
+
+use cudarc::driver::result as drv;
+use mote::backend::View;
+use mote::ops::binary::{BinaryOp, Side};
+use mote::ops::loss::LossOp;
+use mote::ops::matmul::Gemm;
+use mote::ops::movement::Strided;
+use mote::ops::reduce::{Axis3, ReduceOp};
+use mote::ops::unary::UnaryOp;
+use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::{Backend, Result, Shape};
+
+use crate::Cuda;
+
+impl Backend for Cuda {
+    type Elem = f32;
+
+    fn capacity(&self) -> usize {
+        self.shadow.len()
+    }
+
+    fn write(&mut self, offset: usize, src: &[f32]) -> Result<()> {
+        self.check_range(offset, src.len())?;
+        self.flush()?;
+        self.copy_in_untracked(self.at(offset), src)
+    }
+
+    fn read(&self, offset: usize, dst: &mut [f32]) -> Result<()> {
+        self.check_range(offset, dst.len())?;
+        if self.capturing() {
+            return Err(self.fail(
+                "read",
+                "reading the device inside a CUDA graph capture is not possible",
+            ));
+        }
+        self.flush()?;
+        if !dst.is_empty() {
+            // SAFETY: the range was checked; the copy completes before the synchronisation
+            // returns.
+            unsafe { drv::memcpy_dtoh_async(dst, self.at(offset), self.cu()) }
+                .map_err(|e| self.fail("cuMemcpyDtoHAsync", e))?;
+        }
+        self.stream
+            .synchronize()
+            .map_err(|e| self.fail("cuStreamSynchronize", e))?;
+        self.check_status()
+    }
+
+    fn fill(&mut self, offset: usize, len: usize, value: f32) -> Result<()> {
+        self.flush()?;
+        self.fill_impl(offset, len, value)
+    }
+
+    fn unary(&mut self, op: UnaryOp, x: usize, y: usize, len: usize) -> Result<()> {
+        self.flush()?;
+        self.unary_fwd(op, x, y, len)
+    }
+
+    fn unary_backward(
+        &mut self,
+        op: UnaryOp,
+        x: usize,
+        y: usize,
+        dy: usize,
+        dx: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.flush()?;
+        self.unary_bwd(op, [x, y, dy, dx], len)
+    }
+
+    fn binary(&mut self, op: BinaryOp, a: View, b: View, y: View) -> Result<()> {
+        self.flush()?;
+        self.binary_fwd(op, a, b, y)
+    }
+
+    fn binary_backward(
+        &mut self,
+        op: BinaryOp,
+        side: Side,
+        a: View,
+        b: View,
+        dy: View,
+        dx: usize,
+    ) -> Result<()> {
+        self.flush()?;
+        self.binary_bwd(op, side, a, b, dy, dx)
+    }
+
+    fn gemm(&mut self, g: &Gemm) -> Result<()> {
+        self.flush()?;
+        self.gemm_impl(g)
+    }
+
+    fn copy_strided(
+        &mut self,
+        space: &Shape,
+        src: Strided,
+        dst: Strided,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.flush()?;
+        self.copy_impl(space, src, dst, accumulate)
+    }
+
+    fn reduce(&mut self, op: ReduceOp, r: Axis3, x: usize, y: usize) -> Result<()> {
+        self.flush()?;
+        self.reduce_fwd(op, r, x, y)
+    }
+
+    fn reduce_backward(
+        &mut self,
+        op: ReduceOp,
+        r: Axis3,
+        x: usize,
+        y: usize,
+        dy: usize,
+        dx: usize,
+    ) -> Result<()> {
+        self.flush()?;
+        self.reduce_bwd(op, r, [x, y, dy, dx])
+    }
+
+    fn softmax(&mut self, log: bool, r: Axis3, x: usize, y: usize) -> Result<()> {
+        self.flush()?;
+        self.softmax_fwd(log, r, x, y)
+    }
+
+    fn softmax_backward(
+        &mut self,
+        log: bool,
+        r: Axis3,
+        y: usize,
+        dy: usize,
+        dx: usize,
+    ) -> Result<()> {
+        self.flush()?;
+        self.softmax_bwd(log, r, [y, dy, dx])
+    }
+
+    fn loss(&mut self, op: LossOp, classes: usize, p: View, t: View, y: usize) -> Result<()> {
+        self.flush()?;
+        self.loss_fwd(op, classes, p, t, y)
+    }
+
+    fn loss_backward(
+        &mut self,
+        op: LossOp,
+        lhs: bool,
+        classes: usize,
+        p: View,
+        t: View,
+        dy: usize,
+        dx: usize,
+    ) -> Result<()> {
+        self.flush()?;
+        self.loss_bwd(op, lhs, classes, p, t, dy, dx)
+    }
+
+    fn sgd(&mut self, u: &SgdUpdate) -> Result<()> {
+        self.flush()?;
+        self.sgd_impl(u)
+    }
+
+    fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
+        self.adam_impl(u)
+    }
+
+    fn sum_squares(&mut self, offset: usize, len: usize) -> Result<f64> {
+        self.flush()?;
+        self.sum_squares_impl(offset, len)
+    }
+
+    fn scale(&mut self, offset: usize, len: usize, factor: f32) -> Result<()> {
+        self.flush()?;
+        self.scale_impl(offset, len, factor)
+    }
+}

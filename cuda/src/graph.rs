@@ -1,0 +1,374 @@
+//! Whole-step CUDA graphs: capture one training step (gradients zeroed, forward, loss,
+//! backward, optimizer update) once, then replay it each step after writing the new batch into
+//! the same arena offsets.
+//!
+//! This works because a step on a tape allocates the same offsets every time: after
+//! `tape.rewind(mark)`, the same ops in the same order land in the same places.
+//!
+//! What a replay does and does not do:
+//! - every kernel and cuBLAS call of the step runs again, on the data now in the arena;
+//! - host-to-device writes made inside the step (`tape.input(...)`, `tape.labels(...)`) are
+//!   *not* part of the graph: they happened once, at capture; write each new batch with
+//!   [`Graph::write`] (or `tape.write(var, data)`) before [`Graph::replay`];
+//! - optimizer scalars that change per step (Adam's bias corrections, SGD's first-step flag)
+//!   live in device memory and are advanced by the graph's first kernel (`graph_tick`), so a
+//!   replay is one `cuGraphLaunch` and nothing else; the host-side optimizer's step
+//!   count does not move (replays bypass it), so do not mix replays and eager steps of the same
+//!   optimizer, and a learning-rate change needs a new capture;
+//! - the step must not read from the device (`tape.item`, `clip_grad_norm`): those calls return
+//!   [`mote::Error::Device`] during capture.
+
+use cudarc::driver::sys;
+use cudarc::driver::CudaGraph;
+use mote::{Mark, Result, Tape, Var};
+
+use crate::device::Capture;
+use crate::error::CudaError;
+use crate::Cuda;
+
+/// Optimizer launches (slots) one captured step may hold.
+const MAX_SLOTS: usize = 256;
+
+/// A step-dependent scalar of a captured optimizer launch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Slot {
+    /// SGD's "first step" flag (1 float).
+    Sgd { first: bool },
+    /// Adam's `lr / (1 - b1^t)` and `1 / sqrt(1 - b2^t)` (2 floats), from the values at capture.
+    Adam {
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        bias1: f64,
+        bias2: f64,
+    },
+}
+
+impl Slot {
+    pub(crate) fn width(&self) -> usize {
+        match self {
+            Slot::Sgd { .. } => 1,
+            Slot::Adam { .. } => 2,
+        }
+    }
+
+    /// The record the `graph_tick` kernel keeps for this slot (8 doubles, see optim.cu), with
+    /// its outputs at `out` in the dyn area.
+    fn record(&self, out: usize) -> [f64; 8] {
+        match *self {
+            Slot::Sgd { first } => [
+                0.0,
+                out as f64,
+                f64::from(u8::from(first)),
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+            ],
+            // NOTE: beta^t is recovered as 1 - bias: exact (Sterbenz) while beta^t >= 0.5, i.e.
+            // when capturing within the first 6 steps at beta1 = 0.9; later captures may differ
+            // from eager steps by one f64 ulp of beta^t.
+            Slot::Adam {
+                lr,
+                beta1,
+                beta2,
+                bias1,
+                bias2,
+            } => [
+                1.0,
+                out as f64,
+                lr,
+                beta1,
+                beta2,
+                1.0 - bias1,
+                1.0 - bias2,
+                0.0,
+            ],
+        }
+    }
+
+    /// The values for replay `k` (0: the step as captured): what `graph_tick` computes.
+    #[cfg(test)]
+    fn values(&self, k: u64, out: &mut Vec<f32>) {
+        match *self {
+            Slot::Sgd { first } => out.push(if first && k == 0 { 1.0 } else { 0.0 }),
+            Slot::Adam {
+                lr,
+                beta1,
+                beta2,
+                bias1,
+                bias2,
+            } => {
+                // beta^(t + k) = (1 - bias) beta^k.
+                let b1 = 1.0 - (1.0 - bias1) * beta1.powf(k as f64);
+                let b2 = 1.0 - (1.0 - bias2) * beta2.powf(k as f64);
+                out.push((lr / b1) as f32);
+                out.push((1.0 / b2.sqrt()) as f32);
+            }
+        }
+    }
+}
+
+/// A captured training step. See the [module docs](self).
+///
+/// ```no_run
+/// use mote::{Adam, AdamConfig, Linear, Module, Optimizer, Relu, Rng, Tape};
+/// use mote_cuda::{Cuda, Graph};
+///
+/// let mut tape = Tape::<Cuda, 64>::with_backend(Cuda::new(1 << 20)?);
+/// let mut rng = Rng::new(0);
+/// let model = (Linear::new(&mut tape, 8, 10, &mut rng)?, Relu, Linear::new(&mut tape, 10, 1, &mut rng)?);
+/// let mut opt = Adam::new(&mut tape, AdamConfig::default())?;
+/// let start = tape.mark();
+/// let (xs, ys) = (vec![0.5f32; 64 * 8], vec![1.0f32; 64]);
+/// let mut graph = Graph::capture(&mut tape, start, |tape| {
+///     let x = tape.input(&[64, 8], &xs)?;
+///     let y = tape.input(&[64, 1], &ys)?;
+///     let pred = model.forward(tape, x)?;
+///     let loss = tape.mse(pred, y)?;
+///     tape.backward(loss)?;
+///     opt.step(tape)?;
+///     Ok((x, y, loss))
+/// })?;
+/// for _ in 0..1000 {
+///     let (x, y, _) = *graph.output();
+///     graph.write(&mut tape, x, &xs)?; // the next batch
+///     graph.write(&mut tape, y, &ys)?;
+///     graph.replay(&mut tape)?;
+/// }
+/// let loss = tape.item(graph.output().2)?;
+/// # let _ = loss;
+/// # Ok::<(), mote_cuda::CudaError>(())
+/// ```
+pub struct Graph<R> {
+    graph: CudaGraph,
+    output: R,
+    replays: u64,
+    launches: usize,
+}
+
+impl<R> std::fmt::Debug for Graph<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("replays", &self.replays)
+            .field("launches", &self.launches)
+            .finish()
+    }
+}
+
+fn dev(be: &Cuda, what: &'static str, e: impl std::fmt::Display) -> CudaError {
+    let _ = be.fail(what, &e);
+    CudaError::Driver {
+        what,
+        message: e.to_string(),
+    }
+}
+
+impl<R> Graph<R> {
+    /// Captures one step: rewinds the tape to `mark` (keeping nothing above it), zeroes every
+    /// parameter's gradient, runs `step` (forward, loss, backward, optimizer) and records every
+    /// launch into a CUDA graph instead of running it. Nothing is computed until the first
+    /// [`Graph::replay`]; inputs written inside `step` are in place for it.
+    ///
+    /// # Errors
+    /// The step's own error, or [`CudaError::Driver`] when capture or instantiation fails.
+    pub fn capture<const N: usize>(
+        tape: &mut Tape<Cuda, N>,
+        mark: Mark,
+        step: impl FnOnce(&mut Tape<Cuda, N>) -> Result<R>,
+    ) -> std::result::Result<Graph<R>, CudaError> {
+        tape.backend_mut().sync()?;
+        let be = tape.backend_mut();
+        *be.capture.borrow_mut() = Some(Capture::default());
+        if let Err(e) = be
+            .stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        {
+            *be.capture.borrow_mut() = None;
+            return Err(dev(be, "cuStreamBeginCapture", e));
+        }
+        // The tick kernel goes first; its records (written below, once the step is known) live
+        // in a region of the table area owned by this graph.
+        let rec = be
+            .reserve_table(8 * (1 + 8 * MAX_SLOTS))
+            .ok_or(mote::Error::Device {
+                what: "descriptor area full: too many captured graphs",
+            });
+        let out = (|| -> Result<R> {
+            let rec = rec?;
+            let be = tape.backend_mut();
+            let dyn_ = be.dyn_;
+            be.launch("graph_tick", 1, 64, &[&rec, &dyn_])?;
+            tape.rewind_keep_grad(mark)?;
+            zero_grads(tape)?;
+            let r = step(tape)?;
+            let be = tape.backend_mut();
+            be.flush()?;
+            let slots = be
+                .capture
+                .borrow()
+                .as_ref()
+                .map(|c| c.slots.clone())
+                .unwrap_or_default();
+            if slots.len() > MAX_SLOTS {
+                return Err(mote::Error::Device {
+                    what: "too many optimizer launches in one captured step",
+                });
+            }
+            let mut words = vec![slots.len() as f64];
+            let mut out = 0;
+            for s in &slots {
+                words.extend(s.record(out));
+                out += s.width();
+            }
+            be.copy_in_untracked(rec, &words)?;
+            Ok(r)
+        })();
+        let be = tape.backend_mut();
+        let ended = be.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        *be.capture.borrow_mut() = None;
+        let output = out?;
+        let graph = match ended {
+            Ok(Some(g)) => g,
+            Ok(None) => {
+                return Err(CudaError::Driver {
+                    what: "cuStreamEndCapture",
+                    message: "the step launched nothing".into(),
+                })
+            }
+            Err(e) => return Err(dev(be, "cuStreamEndCapture", e)),
+        };
+        graph.upload().map_err(|e| dev(be, "cuGraphUpload", e))?;
+        let launches = count_nodes(&graph);
+        Ok(Graph {
+            graph,
+            output,
+            replays: 0,
+            launches,
+        })
+    }
+
+    /// What the step returned at capture (typically the input, target and loss handles).
+    pub fn output(&self) -> &R {
+        &self.output
+    }
+
+    /// Replays done so far.
+    pub fn replays(&self) -> u64 {
+        self.replays
+    }
+
+    /// Nodes (kernels, copies, memsets) in the graph: the launches of one step.
+    pub fn nodes(&self) -> usize {
+        self.launches
+    }
+
+    /// Writes host data into `v` (an input of the captured step) for the next replay.
+    ///
+    /// # Errors
+    /// As [`Tape::write`].
+    pub fn write<const N: usize>(
+        &self,
+        tape: &mut Tape<Cuda, N>,
+        v: Var,
+        data: &[f32],
+    ) -> Result<()> {
+        tape.write(v, data)
+    }
+
+    /// Runs the captured step once more (asynchronously: read a result, or call
+    /// [`Cuda::sync`], to wait for it).
+    ///
+    /// # Errors
+    /// [`mote::Error::Device`] when the launch fails (see [`Cuda::last_error`]).
+    pub fn replay<const N: usize>(&mut self, tape: &mut Tape<Cuda, N>) -> Result<()> {
+        let be = tape.backend_mut();
+        be.flush()?;
+        self.graph
+            .launch()
+            .map_err(|e| be.fail("cuGraphLaunch", e))?;
+        self.replays += 1;
+        Ok(())
+    }
+}
+
+/// Zeroes every parameter gradient in one launch (or one per gradient when the descriptor
+/// area is full).
+fn zero_grads<const N: usize>(tape: &mut Tape<Cuda, N>) -> Result<()> {
+    let params: Vec<Var> = tape.params().collect();
+    let mut words = Vec::new();
+    for p in params {
+        if let Ok(Some(g)) = tape.grad(p) {
+            words.extend_from_slice(&[g.offset as u64, g.len() as u64]);
+        }
+    }
+    if words.is_empty() {
+        return Ok(());
+    }
+    let be = tape.backend_mut();
+    let count = (words.len() / 2) as i32;
+    match be.upload_table(words.clone())? {
+        Some(t) => {
+            let arena = be.base;
+            let blocks = (count as u32).min(be.max_blocks);
+            be.launch(
+                "zero_ranges",
+                blocks,
+                crate::ops::THREADS,
+                &[&arena, &t, &count],
+            )
+        }
+        None => {
+            for pair in words.chunks_exact(2) {
+                be.fill_impl(pair[0] as usize, pair[1] as usize, 0.0)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn count_nodes(g: &CudaGraph) -> usize {
+    let mut n: usize = 0;
+    // SAFETY: a null node array asks only for the count.
+    let r =
+        unsafe { sys::cuGraphGetNodes(g.cu_graph(), std::ptr::null_mut(), &mut n as *mut usize) };
+    if r == sys::CUresult::CUDA_SUCCESS {
+        n
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adam_slots_advance_the_bias_corrections() {
+        let (b1, b2, lr) = (0.9f64, 0.999f64, 1e-3);
+        let s = Slot::Adam {
+            lr,
+            beta1: b1,
+            beta2: b2,
+            bias1: 1.0 - b1,
+            bias2: 1.0 - b2,
+        };
+        for k in 0..50u64 {
+            let t = (k + 1) as i32;
+            let mut v = Vec::new();
+            s.values(k, &mut v);
+            let want = [
+                (lr / (1.0 - b1.powi(t))) as f32,
+                (1.0 / (1.0 - b2.powi(t)).sqrt()) as f32,
+            ];
+            for (g, w) in v.iter().zip(want) {
+                assert!((g - w).abs() <= 1e-6 * w.abs(), "replay {k}: {g} vs {w}");
+            }
+        }
+        let mut v = Vec::new();
+        Slot::Sgd { first: true }.values(0, &mut v);
+        Slot::Sgd { first: true }.values(1, &mut v);
+        assert_eq!(v, [1.0, 0.0]);
+    }
+}

@@ -1,0 +1,106 @@
+//! Losses (MSE, fused softmax cross-entropy, BCE with logits): kernels/loss.cu.
+//!
+//! NOTE: a bad cross-entropy label cannot be seen without waiting for the GPU, so the kernel
+//! records it in the status words and the error ([`mote::Error::IndexOutOfRange`], as on the
+//! CPU) comes from the next `read` (or [`Cuda::sync`]) instead of from the loss call itself.
+
+use mote::backend::{split, View};
+use mote::ops::loss::LossOp;
+use mote::{Error, Result};
+
+use super::THREADS;
+use crate::Cuda;
+
+fn code(op: LossOp) -> i32 {
+    match op {
+        LossOp::Mse => 0,
+        LossOp::CrossEntropy => 1,
+        LossOp::BceWithLogits => 2,
+    }
+}
+
+impl Cuda {
+    pub(crate) fn loss_fwd(
+        &mut self,
+        op: LossOp,
+        classes: usize,
+        p: View,
+        t: View,
+        y: usize,
+    ) -> Result<()> {
+        split(&mut self.shadow, y..y + 1, [p.range(), t.range()])?;
+        let c = code(op);
+        let n = if op == LossOp::CrossEntropy {
+            if classes == 0 {
+                return Err(Error::InvalidArgument {
+                    what: "cross_entropy needs at least one class",
+                });
+            }
+            self.loss_pending.set(true);
+            t.len()
+        } else {
+            p.len()
+        } as u64;
+        let (pp, tp, yp, cl, st) = (
+            self.at(p.offset),
+            self.at(t.offset),
+            self.at(y),
+            classes as u64,
+            self.status,
+        );
+        self.launch("loss_fwd", 1, 1024, &[&c, &pp, &tp, &yp, &n, &cl, &st])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn loss_bwd(
+        &mut self,
+        op: LossOp,
+        lhs: bool,
+        classes: usize,
+        p: View,
+        t: View,
+        dy: usize,
+        dx: usize,
+    ) -> Result<()> {
+        let len = if lhs { p.len() } else { t.len() };
+        split(
+            &mut self.shadow,
+            dx..dx.saturating_add(len),
+            [p.range(), t.range(), dy..dy + 1],
+        )?;
+        let c = code(op);
+        let n = if op == LossOp::CrossEntropy {
+            if !lhs {
+                return Ok(());
+            }
+            if classes == 0 {
+                return Err(Error::InvalidArgument {
+                    what: "cross_entropy needs at least one class",
+                });
+            }
+            self.loss_pending.set(true);
+            t.len()
+        } else {
+            p.len()
+        } as u64;
+        let work = if op == LossOp::CrossEntropy {
+            n * 32
+        } else {
+            n
+        };
+        let l = i32::from(lhs);
+        let q = [
+            self.at(p.offset),
+            self.at(t.offset),
+            self.at(dy),
+            self.at(dx),
+        ];
+        let (cl, st) = (classes as u64, self.status);
+        self.launch(
+            "loss_bwd",
+            self.blocks(work, THREADS),
+            THREADS,
+            &[&c, &l, &q[0], &q[1], &q[2], &q[3], &n, &cl, &st],
+        )
+    }
+}

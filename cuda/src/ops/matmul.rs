@@ -1,0 +1,146 @@
+//! Matrix products through cuBLAS: `cublasGemmEx` for one product, `cublasGemmStridedBatchedEx`
+//! for a batch; f32, TF32 or bf16 compute with f32 accumulation ([`crate::Precision`]).
+//!
+//! cuBLAS is column-major; a row-major `C = A B` is the column-major `C^T = B^T A^T`, so the
+//! call swaps the operands and passes `n, m, k`.
+
+use std::ffi::c_void;
+
+use cudarc::cublas::sys as blas;
+use mote::backend::split;
+use mote::ops::matmul::Gemm;
+use mote::{Error, Result};
+
+use crate::{Cuda, Precision};
+
+fn int(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::InvalidArgument {
+        what: "gemm: a dimension exceeds cuBLAS's 32-bit range",
+    })
+}
+
+impl Cuda {
+    pub(crate) fn gemm_impl(&mut self, g: &Gemm) -> Result<()> {
+        let (sa, sb, sc) = g.spans();
+        let r = |o: usize, n: usize| o..o.saturating_add(n);
+        split(&mut self.shadow, r(g.c, sc), [r(g.a, sa), r(g.b, sb)])?;
+        if g.batch == 0 || g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let (m, n, k) = (int(g.n)?, int(g.m)?, int(g.k)?);
+        // B^T as the first operand: stored n x k (b_trans) or k x n.
+        let (op_a, lda) = if g.b_trans {
+            (blas::cublasOperation_t::CUBLAS_OP_T, int(g.k)?)
+        } else {
+            (blas::cublasOperation_t::CUBLAS_OP_N, int(g.n)?)
+        };
+        let (op_b, ldb) = if g.a_trans {
+            (blas::cublasOperation_t::CUBLAS_OP_T, int(g.m)?)
+        } else {
+            (blas::cublasOperation_t::CUBLAS_OP_N, int(g.k)?)
+        };
+        let ldc = int(g.n)?;
+        let compute = match self.precision {
+            Precision::F32 => blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            Precision::Tf32 => blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+            Precision::Bf16 => blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+        };
+        let f32t = blas::cudaDataType::CUDA_R_32F;
+        let algo = blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT;
+        let one = 1.0f32;
+        let beta0 = if g.accumulate { 1.0f32 } else { 0.0f32 };
+        let (pa, pb, pc) = (self.at(g.b), self.at(g.a), self.at(g.c));
+        // A shared output (batch stride 0) sums every batch's product: one call per batch, the
+        // later ones accumulating, as the reference does.
+        let shared_c = g.c_batch == 0 && g.batch > 1;
+        let single = |i: usize, beta: &f32| -> blas::cublasStatus_t {
+            let (ia, ib, ic) = (
+                pa + 4 * (i * g.b_batch) as u64,
+                pb + 4 * (i * g.a_batch) as u64,
+                pc + 4 * (i * g.c_batch) as u64,
+            );
+            // SAFETY: operands lie inside the arena (checked above); alpha and beta are host
+            // scalars read during the call.
+            unsafe {
+                blas::cublasGemmEx(
+                    self.blas,
+                    op_a,
+                    op_b,
+                    m,
+                    n,
+                    k,
+                    &one as *const f32 as *const c_void,
+                    ia as *const c_void,
+                    f32t,
+                    lda,
+                    ib as *const c_void,
+                    f32t,
+                    ldb,
+                    beta as *const f32 as *const c_void,
+                    ic as *mut c_void,
+                    f32t,
+                    ldc,
+                    compute,
+                    algo,
+                )
+            }
+        };
+        let name = match self.precision {
+            Precision::F32 => "cublas_sgemm",
+            Precision::Tf32 => "cublas_gemm_tf32",
+            Precision::Bf16 => "cublas_gemm_bf16",
+        };
+        let status = self.timed(name, || {
+            Ok(if g.batch == 1 {
+                single(0, &beta0)
+            } else if shared_c {
+                let mut s = blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS;
+                for i in 0..g.batch {
+                    let beta = if i == 0 { beta0 } else { 1.0 };
+                    s = single(i, &beta);
+                    if s != blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                        break;
+                    }
+                }
+                s
+            } else {
+                let stride = |v: usize| -> Result<i64> {
+                    i64::try_from(v).map_err(|_| Error::InvalidArgument {
+                        what: "gemm: batch stride too large",
+                    })
+                };
+                let (sa, sb, sc) = (stride(g.b_batch)?, stride(g.a_batch)?, stride(g.c_batch)?);
+                let batch = int(g.batch)?;
+                // SAFETY: as above, for every batch (the spans were checked).
+                unsafe {
+                    blas::cublasGemmStridedBatchedEx(
+                        self.blas,
+                        op_a,
+                        op_b,
+                        m,
+                        n,
+                        k,
+                        &one as *const f32 as *const c_void,
+                        pa as *const c_void,
+                        f32t,
+                        lda,
+                        sa,
+                        pb as *const c_void,
+                        f32t,
+                        ldb,
+                        sb,
+                        &beta0 as *const f32 as *const c_void,
+                        pc as *mut c_void,
+                        f32t,
+                        ldc,
+                        sc,
+                        batch,
+                        compute,
+                        algo,
+                    )
+                }
+            })
+        })?;
+        status.result().map_err(|e| self.fail("cublasGemmEx", e))
+    }
+}

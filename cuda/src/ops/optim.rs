@@ -1,0 +1,219 @@
+//! Optimizer updates: kernels/optim.cu.
+//!
+//! Adam updates are queued and run together: the core calls [`mote::Backend::adam`] once per
+//! parameter, and the queue turns consecutive calls with the same settings into one
+//! `adam_multi` launch over a descriptor table (uploaded once and reused while the parameters
+//! stay where they are). The queue is flushed before any other backend call, so ordering is
+//! unchanged.
+
+use mote::backend::split_mut;
+use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::{Error, Result};
+
+use super::THREADS;
+use crate::graph::Slot;
+use crate::Cuda;
+
+/// Elements of one `adam_multi` tile (one block); `ADAM_TILE` in optim.cu.
+const ADAM_TILE: usize = 4096;
+
+/// Adam updates waiting for one launch.
+#[derive(Debug, Default)]
+pub(crate) struct AdamQueue {
+    pending: Vec<AdamUpdate>,
+}
+
+impl AdamQueue {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+}
+
+/// The per-launch constants of an Adam update, as the kernel takes them.
+struct AdamScalars {
+    b1: f32,
+    b2: f32,
+    c1: f32,
+    c2: f32,
+    step: f32,
+    isb2: f32,
+    eps: f32,
+    l2: f32,
+    decay: f32,
+}
+
+/// The reference kernel's constants (`mote::optim::adam_kernel`), rounded the same way.
+fn scalars(u: &AdamUpdate) -> AdamScalars {
+    let (b1, b2) = (u.beta1 as f32, u.beta2 as f32);
+    let (l2, decay) = if u.decoupled {
+        (0.0, (1.0 - u.lr * u.weight_decay) as f32)
+    } else {
+        (u.weight_decay as f32, 1.0)
+    };
+    AdamScalars {
+        b1,
+        b2,
+        c1: 1.0 - b1,
+        c2: 1.0 - b2,
+        step: (u.lr / u.bias1) as f32,
+        isb2: (1.0 / u.bias2.sqrt()) as f32,
+        eps: u.eps as f32,
+        l2,
+        decay,
+    }
+}
+
+/// Same settings (all but the tensor): can share one launch.
+fn same_settings(a: &AdamUpdate, b: &AdamUpdate) -> bool {
+    a.lr == b.lr
+        && a.beta1 == b.beta1
+        && a.beta2 == b.beta2
+        && a.eps == b.eps
+        && a.weight_decay == b.weight_decay
+        && a.decoupled == b.decoupled
+        && a.bias1 == b.bias1
+        && a.bias2 == b.bias2
+}
+
+impl Cuda {
+    /// A dyn slot for the step-dependent scalars of a captured update (`None` when not
+    /// capturing); records what the replays need to advance it.
+    fn dyn_slot(&self, slot: Slot) -> Result<u64> {
+        let mut cap = self.capture.borrow_mut();
+        let Some(cap) = cap.as_mut() else {
+            return Ok(0);
+        };
+        let at = cap.slots.iter().map(Slot::width).sum::<usize>();
+        if at + slot.width() > crate::device::DYN_SLOTS {
+            return Err(Error::Device {
+                what: "too many optimizer launches in one captured graph",
+            });
+        }
+        cap.slots.push(slot);
+        Ok(self.dyn_ + 4 * at as u64)
+    }
+
+    pub(crate) fn sgd_impl(&mut self, u: &SgdUpdate) -> Result<()> {
+        let n = u.len;
+        let r = |o: usize| o..o.saturating_add(n);
+        match u.momentum_buf {
+            Some(m) => split_mut(&mut self.shadow, [r(u.param), r(u.grad), r(m)]).map(|_| ())?,
+            None => split_mut(&mut self.shadow, [r(u.param), r(u.grad)]).map(|_| ())?,
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let dyn_ = self.dyn_slot(Slot::Sgd { first: u.first })?;
+        let (p, g) = (self.at(u.param), self.at(u.grad));
+        let buf = u.momentum_buf.map_or(0, |m| self.at(m));
+        let (nn, lr, mu) = (n as u64, u.lr as f32, u.momentum as f32);
+        let (damp, wd) = ((1.0 - u.dampening) as f32, u.weight_decay as f32);
+        let (nest, first) = (i32::from(u.nesterov), i32::from(u.first));
+        self.launch(
+            "sgd",
+            self.blocks(nn, THREADS),
+            THREADS,
+            &[
+                &p, &g, &buf, &nn, &lr, &mu, &damp, &wd, &nest, &first, &dyn_,
+            ],
+        )
+    }
+
+    pub(crate) fn adam_impl(&mut self, u: &AdamUpdate) -> Result<()> {
+        let n = u.len;
+        let r = |o: usize| o..o.saturating_add(n);
+        split_mut(&mut self.shadow, [r(u.param), r(u.grad), r(u.m), r(u.v)])?;
+        if n == 0 {
+            return Ok(());
+        }
+        let differs = self
+            .adam_queue
+            .borrow()
+            .pending
+            .first()
+            .is_some_and(|first| !same_settings(first, u));
+        if differs {
+            flush_adam(self)?;
+        }
+        self.adam_queue.borrow_mut().pending.push(*u);
+        Ok(())
+    }
+}
+
+/// Runs the queued Adam updates: one `adam_multi` launch when the descriptor table fits, else
+/// one `adam` launch per tensor.
+pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
+    let pending = std::mem::take(&mut be.adam_queue.borrow_mut().pending);
+    let Some(first) = pending.first().copied() else {
+        return Ok(());
+    };
+    let s = scalars(&first);
+    let dyn_ = be.dyn_slot(Slot::Adam {
+        lr: first.lr,
+        beta1: first.beta1,
+        beta2: first.beta2,
+        bias1: first.bias1,
+        bias2: first.bias2,
+    })?;
+    // Descriptor table: p, g, m, v, len, first tile.
+    let mut words = Vec::with_capacity(6 * pending.len());
+    let mut tiles = 0usize;
+    for u in &pending {
+        words.extend_from_slice(&[
+            u.param as u64,
+            u.grad as u64,
+            u.m as u64,
+            u.v as u64,
+            u.len as u64,
+            tiles as u64,
+        ]);
+        tiles += u.len.div_ceil(ADAM_TILE);
+    }
+    let table = if pending.len() > 1 && tiles <= u32::MAX as usize {
+        be.upload_table(words)?
+    } else {
+        None
+    };
+    let AdamScalars {
+        b1,
+        b2,
+        c1,
+        c2,
+        step,
+        isb2,
+        eps,
+        l2,
+        decay,
+    } = s;
+    match table {
+        Some(t) => {
+            let (arena, count) = (be.base, pending.len() as i32);
+            be.launch(
+                "adam_multi",
+                tiles as u32,
+                THREADS,
+                &[
+                    &arena, &t, &count, &b1, &b2, &c1, &c2, &step, &isb2, &eps, &l2, &decay, &dyn_,
+                ],
+            )
+        }
+        None => {
+            for u in &pending {
+                let p = [be.at(u.param), be.at(u.grad), be.at(u.m), be.at(u.v)];
+                let vec = Cuda::vec4(&[u.param, u.grad, u.m, u.v]);
+                let n = u.len as u64;
+                let work = if vec == 1 { n / 4 + 3 } else { n };
+                be.launch(
+                    "adam",
+                    be.blocks(work, THREADS),
+                    THREADS,
+                    &[
+                        &p[0], &p[1], &p[2], &p[3], &n, &b1, &b2, &c1, &c2, &step, &isb2, &eps,
+                        &l2, &decay, &dyn_, &vec,
+                    ],
+                )?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,477 @@
+//! Every backend call, forward and backward, on the GPU against the reference `mote::Cpu` on
+//! random data: both backends start from the same random arena, run the same call, and the
+//! whole arenas must agree (so a kernel that writes out of place is caught too).
+//!
+//! Tolerances (f32): elementwise ops `1e-5 + 1e-5 |x|` (a few ulp: CUDA's libm differs from
+//! Rust's by up to 2 ulp, and nvcc contracts to FMA); reductions, softmax, losses
+//! `1e-5 + 1e-4 |x|` (summation order differs; a reduction over n terms `n * 5e-7` absolute, a
+//! bias gradient over 256 rows `5e-5`); products `1e-4 + 1e-4 |x|` (k up to 129);
+//! optimizer updates `1e-6 + 1e-5 |x|`.
+//! Skips with one line without a GPU.
+
+mod common;
+
+use common::{close, gpu};
+use mote::backend::View;
+use mote::ops::binary::{BinaryOp, Side};
+use mote::ops::loss::LossOp;
+use mote::ops::matmul::Gemm;
+use mote::ops::movement::Strided;
+use mote::ops::reduce::{Axis3, ReduceOp};
+use mote::ops::unary::UnaryOp;
+use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::{Backend, Cpu, Rng, Shape};
+use mote_cuda::Cuda;
+
+const FLOATS: usize = 1 << 16;
+
+/// The two backends over the same arena contents.
+struct Pair {
+    cpu: Vec<f32>,
+    gpu: Cuda,
+}
+
+impl Pair {
+    fn new(test: &str, lo: f64, hi: f64, seed: u64) -> Option<Pair> {
+        let mut gpu = gpu(test, FLOATS)?;
+        let mut rng = Rng::new(seed);
+        let cpu: Vec<f32> = (0..FLOATS).map(|_| rng.uniform(lo, hi) as f32).collect();
+        gpu.write(0, &cpu).unwrap();
+        Some(Pair { cpu, gpu })
+    }
+
+    /// Runs `f` on both and compares the whole arenas.
+    fn check(
+        &mut self,
+        what: &str,
+        rtol: f32,
+        atol: f32,
+        f: impl Fn(&mut dyn Backend<Elem = f32>) -> mote::Result<()>,
+    ) {
+        f(&mut Cpu::new(&mut self.cpu)).unwrap_or_else(|e| panic!("{what} (cpu): {e}"));
+        f(&mut self.gpu)
+            .unwrap_or_else(|e| panic!("{what} (gpu): {e} ({})", self.gpu.last_error()));
+        let mut got = vec![0f32; FLOATS];
+        self.gpu
+            .read(0, &mut got)
+            .unwrap_or_else(|e| panic!("{what} (gpu read): {e} ({})", self.gpu.last_error()));
+        close(what, &got, &self.cpu, rtol, atol);
+        // Continue from identical states.
+        self.gpu.write(0, &self.cpu).unwrap();
+    }
+}
+
+fn shape(d: &[usize]) -> Shape {
+    Shape::new(d).unwrap()
+}
+
+fn view(offset: usize, d: &[usize]) -> View {
+    View {
+        offset,
+        shape: shape(d),
+    }
+}
+
+const UNARY: [UnaryOp; 13] = [
+    UnaryOp::Neg,
+    UnaryOp::AddScalar(0.75),
+    UnaryOp::MulScalar(-1.5),
+    UnaryOp::Exp,
+    UnaryOp::Log,
+    UnaryOp::Sqrt,
+    UnaryOp::Square,
+    UnaryOp::Pow(2.5),
+    UnaryOp::Relu,
+    UnaryOp::LeakyRelu(0.1),
+    UnaryOp::Sigmoid,
+    UnaryOp::Tanh,
+    UnaryOp::Gelu,
+];
+
+#[test]
+fn unary_forward_and_backward() {
+    for (signed, lo) in [(true, -3.0), (false, 0.1)] {
+        let Some(mut p) = Pair::new("unary_forward_and_backward", lo, 3.0, 1) else {
+            return;
+        };
+        for op in UNARY {
+            if signed && matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Pow(_)) {
+                continue;
+            }
+            // Aligned (float4 path) and odd offsets and lengths (scalar path).
+            for (x, y, dy, dx, n) in [(0, 4096, 8192, 12288, 4000), (1, 4099, 8190, 12301, 1001)] {
+                p.check(&format!("{op:?} forward"), 1e-5, 1e-5, |b| {
+                    b.unary(op, x, y, n)
+                });
+                p.check(&format!("{op:?} backward"), 1e-5, 1e-5, |b| {
+                    b.unary(op, x, y, n)?;
+                    b.unary_backward(op, x, y, dy, dx, n)
+                });
+            }
+        }
+    }
+}
+
+#[test]
+fn binary_forward_and_backward_with_broadcasting() {
+    let Some(mut p) = Pair::new("binary_forward_and_backward_with_broadcasting", 0.5, 1.5, 2)
+    else {
+        return;
+    };
+    // The last two sum a broadcast operand's gradient over >= 64 elements (the split kernel).
+    let cases: [(&[usize], &[usize], &[usize]); 8] = [
+        (&[3, 5], &[3, 5], &[3, 5]),
+        (&[4, 3, 5], &[5], &[4, 3, 5]),
+        (&[4, 1, 5], &[3, 1], &[4, 3, 5]),
+        (&[1], &[2, 3], &[2, 3]),
+        (&[2, 3, 4, 5], &[3, 1, 1], &[2, 3, 4, 5]),
+        (&[1000], &[1000], &[1000]),
+        (&[100, 20], &[20], &[100, 20]),
+        (&[300], &[1], &[300]),
+    ];
+    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+        for (sa, sb, sy) in cases {
+            let (a, b, y, dx) = (view(0, sa), view(2000, sb), view(4000, sy), 6000);
+            p.check(&format!("{op:?} {sa:?} {sb:?}"), 1e-5, 1e-5, |be| {
+                be.binary(op, a, b, y)
+            });
+            for side in [Side::Lhs, Side::Rhs] {
+                p.check(
+                    &format!("{op:?} {side:?} {sa:?} {sb:?} backward"),
+                    1e-4,
+                    1e-5,
+                    |be| be.binary_backward(op, side, a, b, y, dx),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_every_layout() {
+    let Some(mut p) = Pair::new("gemm_every_layout", -1.0, 1.0, 3) else {
+        return;
+    };
+    for (m, n, k) in [(7, 5, 3), (64, 32, 10), (33, 65, 129)] {
+        for at in [false, true] {
+            for bt in [false, true] {
+                for acc in [false, true] {
+                    let g = Gemm {
+                        batch: 1,
+                        m,
+                        n,
+                        k,
+                        a: 0,
+                        a_trans: at,
+                        a_batch: 0,
+                        b: 20000,
+                        b_trans: bt,
+                        b_batch: 0,
+                        c: 40000,
+                        c_batch: 0,
+                        accumulate: acc,
+                    };
+                    p.check(&format!("gemm {g:?}"), 1e-4, 1e-4, |be| be.gemm(&g));
+                }
+            }
+        }
+    }
+    // Batched, a shared operand, and a shared (summed) output.
+    let g = Gemm {
+        batch: 3,
+        m: 6,
+        n: 5,
+        k: 4,
+        a: 0,
+        a_trans: false,
+        a_batch: 24,
+        b: 1000,
+        b_trans: true,
+        b_batch: 0,
+        c: 2000,
+        c_batch: 30,
+        accumulate: false,
+    };
+    p.check("batched gemm", 1e-4, 1e-4, |be| be.gemm(&g));
+    let g2 = Gemm {
+        c_batch: 0,
+        accumulate: true,
+        b_batch: 20,
+        ..g
+    };
+    p.check("batched gemm into a shared output", 1e-4, 1e-4, |be| {
+        be.gemm(&g2)
+    });
+}
+
+#[test]
+fn strided_copies() {
+    let Some(mut p) = Pair::new("strided_copies", -1.0, 1.0, 4) else {
+        return;
+    };
+    let s = shape(&[3, 4, 5]);
+    let contiguous = Strided::contiguous(0, &s);
+    let transposed = Strided {
+        offset: 0,
+        strides: [1, 3, 12, 0],
+    };
+    let bias = Strided {
+        offset: 5000,
+        strides: [0, 0, 1, 0],
+    };
+    let out = Strided::contiguous(1000, &s);
+    for acc in [false, true] {
+        p.check("contiguous copy", 0.0, 0.0, |b| {
+            b.copy_strided(&s, contiguous, out, acc)
+        });
+        p.check("transpose", 1e-6, 0.0, |b| {
+            b.copy_strided(&s, transposed, out, acc)
+        });
+        p.check("broadcast", 1e-6, 0.0, |b| {
+            b.copy_strided(&s, bias, out, acc)
+        });
+    }
+    // A broadcast's backward: sum into the stride-0 destination.
+    p.check("broadcast backward", 1e-5, 1e-5, |b| {
+        b.copy_strided(&s, out, bias, true)
+    });
+    let big = shape(&[256, 100]);
+    let row_bias = Strided {
+        offset: 40000,
+        strides: [0, 1, 0, 0],
+    };
+    p.check("bias gradient", 1e-4, 5e-5, |b| {
+        b.copy_strided(&big, Strided::contiguous(0, &big), row_bias, true)
+    });
+}
+
+#[test]
+fn reductions() {
+    let Some(mut p) = Pair::new("reductions", -2.0, 2.0, 5) else {
+        return;
+    };
+    for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+        for r in [
+            Axis3 {
+                outer: 1,
+                n: 10000,
+                inner: 1,
+            },
+            Axis3 {
+                outer: 70,
+                n: 33,
+                inner: 1,
+            },
+            Axis3 {
+                outer: 3,
+                n: 4,
+                inner: 5,
+            },
+            Axis3 {
+                outer: 1,
+                n: 7,
+                inner: 300,
+            },
+        ] {
+            let (x, y, dy, dx) = (0, 20000, 30000, 40000);
+            // A sum of n terms in [-2, 2] in another order: absolute error up to ~ n * 5e-7.
+            let atol = 1e-5f32.max(5e-7 * r.n as f32);
+            p.check(&format!("{op:?} {r:?}"), 1e-4, atol, |b| {
+                b.reduce(op, r, x, y)
+            });
+            p.check(&format!("{op:?} {r:?} backward"), 1e-4, 1e-5, |b| {
+                b.reduce(op, r, x, y)?;
+                b.reduce_backward(op, r, x, y, dy, dx)
+            });
+        }
+    }
+}
+
+#[test]
+fn softmax_and_log_softmax() {
+    let Some(mut p) = Pair::new("softmax_and_log_softmax", -4.0, 4.0, 6) else {
+        return;
+    };
+    for log in [false, true] {
+        for r in [
+            Axis3 {
+                outer: 128,
+                n: 10,
+                inner: 1,
+            },
+            Axis3 {
+                outer: 3,
+                n: 100,
+                inner: 1,
+            },
+            Axis3 {
+                outer: 4,
+                n: 6,
+                inner: 7,
+            },
+        ] {
+            let (x, y, dy, dx) = (0, 10000, 20000, 30000);
+            p.check(&format!("softmax log={log} {r:?}"), 1e-4, 1e-6, |b| {
+                b.softmax(log, r, x, y)
+            });
+            p.check(
+                &format!("softmax log={log} {r:?} backward"),
+                1e-4,
+                1e-5,
+                |b| {
+                    b.softmax(log, r, x, y)?;
+                    b.softmax_backward(log, r, y, dy, dx)
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn losses() {
+    let Some(mut p) = Pair::new("losses", -2.0, 2.0, 7) else {
+        return;
+    };
+    // Labels for cross-entropy at 9000..9128: integers in 0..10.
+    let labels: Vec<f32> = (0..128).map(|i| ((i * 7) % 10) as f32).collect();
+    p.cpu[9000..9128].copy_from_slice(&labels);
+    p.gpu.write(9000, &labels).unwrap();
+    // BCE targets in [0, 1].
+    for v in &mut p.cpu[12000..13000] {
+        *v = v.abs() / 2.0;
+    }
+    let t01 = p.cpu[12000..13000].to_vec();
+    p.gpu.write(12000, &t01).unwrap();
+    let (dy, y) = (15000, 15001);
+    let cases = [
+        (LossOp::Mse, 0, view(0, &[1000]), view(2000, &[1000])),
+        (
+            LossOp::BceWithLogits,
+            0,
+            view(0, &[1000]),
+            view(12000, &[1000]),
+        ),
+        (
+            LossOp::CrossEntropy,
+            10,
+            view(0, &[128, 10]),
+            view(9000, &[128]),
+        ),
+    ];
+    for (op, classes, pv, tv) in cases {
+        p.check(&format!("{op:?}"), 1e-4, 1e-6, |b| {
+            b.loss(op, classes, pv, tv, y)
+        });
+        for lhs in [true, false] {
+            p.check(&format!("{op:?} backward lhs={lhs}"), 1e-4, 1e-6, |b| {
+                b.loss_backward(op, lhs, classes, pv, tv, dy, 20000)
+            });
+        }
+    }
+    // A bad label: the error comes from the next read.
+    p.gpu.write(9005, &[10.0]).unwrap();
+    let (pv, tv) = (view(0, &[128, 10]), view(9000, &[128]));
+    p.gpu.loss(LossOp::CrossEntropy, 10, pv, tv, y).unwrap();
+    let mut out = [0f32];
+    assert_eq!(
+        p.gpu.read(y, &mut out),
+        Err(mote::Error::IndexOutOfRange {
+            op: "cross_entropy label",
+            index: 10,
+            bound: 10
+        })
+    );
+    // Cleared after being reported.
+    p.gpu.read(y, &mut out).unwrap();
+}
+
+#[test]
+fn optimizer_updates_and_helpers() {
+    let Some(mut p) = Pair::new("optimizer_updates_and_helpers", -1.0, 1.0, 8) else {
+        return;
+    };
+    for (momentum, nesterov, first, wd) in [
+        (0.0, false, false, 0.0),
+        (0.9, false, true, 0.01),
+        (0.9, true, false, 0.0),
+    ] {
+        let u = SgdUpdate {
+            param: 0,
+            grad: 5000,
+            momentum_buf: (momentum > 0.0).then_some(10000),
+            len: 4001,
+            lr: 0.05,
+            momentum,
+            dampening: 0.0,
+            weight_decay: wd,
+            nesterov,
+            first,
+        };
+        p.check(&format!("sgd {u:?}"), 1e-5, 1e-6, |b| b.sgd(&u));
+    }
+    for decoupled in [false, true] {
+        // Several parameters in one step (one fused launch on the GPU), aligned and not.
+        // Disjoint tensors: params in 0..12096, gradients +13000, m +26000, v +39000.
+        let us: Vec<AdamUpdate> = [(0usize, 5000usize), (5001, 1003), (8000, 4096)]
+            .iter()
+            .map(|&(param, len)| AdamUpdate {
+                param,
+                grad: param + 13000,
+                m: param + 26000,
+                v: param + 39000,
+                len,
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+                decoupled,
+                bias1: 1.0 - 0.9f64.powi(3),
+                bias2: 1.0 - 0.999f64.powi(3),
+            })
+            .collect();
+        // Second moments must be >= 0.
+        for u in &us {
+            for v in &mut p.cpu[u.v..u.v + u.len] {
+                *v = v.abs();
+            }
+        }
+        let snapshot = p.cpu.clone();
+        p.gpu.write(0, &snapshot).unwrap();
+        p.check(&format!("adam decoupled={decoupled}"), 1e-5, 1e-6, |b| {
+            for u in &us {
+                b.adam(u)?;
+            }
+            Ok(())
+        });
+    }
+    p.check("fill", 0.0, 0.0, |b| b.fill(3, 1001, 0.25));
+    p.check("scale", 1e-6, 0.0, |b| b.scale(7, 3001, -0.5));
+    let c = Cpu::new(&mut p.cpu).sum_squares(5, 10000).unwrap();
+    let g = p.gpu.sum_squares(5, 10000).unwrap();
+    assert!((c - g).abs() <= 1e-4 * c.abs(), "sum_squares: {g} vs {c}");
+}
+
+#[test]
+fn range_and_aliasing_errors_match_the_reference() {
+    let Some(mut p) = Pair::new("range_and_aliasing_errors_match_the_reference", 0.0, 1.0, 9)
+    else {
+        return;
+    };
+    let mut cpu = Cpu::new(&mut p.cpu);
+    for (what, c, g) in [
+        (
+            "out of range",
+            cpu.unary(UnaryOp::Neg, 0, FLOATS - 1, 10),
+            p.gpu.unary(UnaryOp::Neg, 0, FLOATS - 1, 10),
+        ),
+        (
+            "aliasing",
+            cpu.unary(UnaryOp::Neg, 0, 5, 10),
+            p.gpu.unary(UnaryOp::Neg, 0, 5, 10),
+        ),
+    ] {
+        assert!(c.is_err(), "{what}");
+        assert_eq!(c, g, "{what}");
+    }
+}

@@ -1,0 +1,208 @@
+//! Whole training on the GPU against the reference backend (W-digits: 64 -> 32 -> ReLU -> 10,
+//! softmax cross-entropy, Adam, batch 32), and CUDA-graph replay against eager execution.
+//!
+//! Tolerances: one step, the loss within `1e-5` relative and every parameter within
+//! `2e-4 + 1e-4 |x|` (Adam's first update is `lr g / (|g| + eps)`: a gradient entry at rounding
+//! level, ~1e-9, can change sign between backends, moving that parameter by up to
+//! `2 lr |g| / (|g| + eps)` ~ 2e-4); 100 steps, every
+//! step's loss within `1e-3` relative and the final parameters within `1e-3 + 1e-2 |x|` (f32
+//! summation order differs between cuBLAS and the reference GEMM, and Adam amplifies tiny
+//! gradient differences where v is near 0); graph replay against eager on the same GPU: every
+//! loss within `1e-5` relative, parameters within `1e-5 + 1e-4 |x|` (the same kernels in the
+//! same order with bit-identical optimizer scalars, so normally exact; the margin allows cuBLAS
+//! to pick another algorithm under capture).
+
+mod common;
+
+use common::{close, digits, gpu};
+use mote::{
+    Adam, AdamConfig, Backend, Cpu, Linear, Module, Optimizer, Relu, Rng, Sgd, SgdConfig, Tape, Var,
+};
+use mote_cuda::{probe, Cuda, CudaError, Graph};
+
+const FLOATS: usize = 1 << 18;
+const BATCH: usize = 32;
+
+type Model = (Linear, Relu, Linear);
+
+fn model<B: Backend<Elem = f32>, const N: usize>(tape: &mut Tape<B, N>) -> Model {
+    let mut rng = Rng::new(42);
+    (
+        Linear::new(tape, 64, 32, &mut rng).unwrap(),
+        Relu,
+        Linear::new(tape, 32, 10, &mut rng).unwrap(),
+    )
+}
+
+/// Batch `i` of the digits (fixed order).
+fn batch(xs: &[f32], ys: &[usize], i: usize) -> (Vec<f32>, Vec<usize>) {
+    let n = ys.len();
+    let idx: Vec<usize> = (0..BATCH).map(|k| (i * BATCH + k) % n).collect();
+    let bx = idx
+        .iter()
+        .flat_map(|&j| xs[j * 64..(j + 1) * 64].iter().copied())
+        .collect();
+    let by = idx.iter().map(|&j| ys[j]).collect();
+    (bx, by)
+}
+
+/// One eager step; returns the loss.
+fn step<B: Backend<Elem = f32>, const N: usize, O: Optimizer>(
+    tape: &mut Tape<B, N>,
+    m: &Model,
+    opt: &mut O,
+    start: mote::Mark,
+    bx: &[f32],
+    by: &[usize],
+) -> f32 {
+    tape.rewind(start).unwrap();
+    let x = tape.input(&[BATCH, 64], bx).unwrap();
+    let y = tape.labels(by).unwrap();
+    let logits = m.forward(tape, x).unwrap();
+    let loss = tape.cross_entropy(logits, y).unwrap();
+    tape.backward(loss).unwrap();
+    opt.step(tape).unwrap();
+    tape.item(loss).unwrap()
+}
+
+fn params<B: Backend<Elem = f32>, const N: usize>(tape: &Tape<B, N>) -> Vec<f32> {
+    let ps: Vec<Var> = tape.params().collect();
+    let mut out = Vec::new();
+    for p in ps {
+        let mut v = vec![0f32; p.numel()];
+        tape.read(p, &mut v).unwrap();
+        out.extend(v);
+    }
+    out
+}
+
+fn compare_training(test: &str, steps: usize, rtol_loss: f32, rtol: f32, atol: f32) {
+    let Some(cuda) = gpu(test, FLOATS) else {
+        return;
+    };
+    let (xs, ys) = digits();
+    let mut mem = vec![0f32; FLOATS];
+    let mut ct = Tape::<Cpu<f32>, 64>::new(&mut mem);
+    let mut gt = Tape::<Cuda, 64>::with_backend(cuda);
+    let (cm, gm) = (model(&mut ct), model(&mut gt));
+    let mut co = Adam::new(&mut ct, AdamConfig::default()).unwrap();
+    let mut go = Adam::new(&mut gt, AdamConfig::default()).unwrap();
+    let (cs, gs) = (ct.mark(), gt.mark());
+    close("initial parameters", &params(&gt), &params(&ct), 0.0, 0.0);
+    for i in 0..steps {
+        let (bx, by) = batch(&xs, &ys, i);
+        let lc = step(&mut ct, &cm, &mut co, cs, &bx, &by);
+        let lg = step(&mut gt, &gm, &mut go, gs, &bx, &by);
+        assert!(
+            (lc - lg).abs() <= rtol_loss * lc.abs().max(1.0),
+            "{test}: step {i}: loss gpu {lg} vs cpu {lc}"
+        );
+    }
+    close(test, &params(&gt), &params(&ct), rtol, atol);
+}
+
+#[test]
+fn one_training_step_matches_the_reference() {
+    compare_training(
+        "one_training_step_matches_the_reference",
+        1,
+        1e-5,
+        1e-4,
+        2e-4,
+    );
+}
+
+#[test]
+fn digits_100_steps_match_the_reference() {
+    compare_training(
+        "digits_100_steps_match_the_reference",
+        100,
+        1e-3,
+        1e-2,
+        1e-3,
+    );
+}
+
+fn graph_vs_eager<O: Optimizer>(test: &str, make: impl Fn(&mut Tape<Cuda, 64>) -> O) {
+    let (Some(a), Some(b)) = (gpu(test, FLOATS), gpu(test, FLOATS)) else {
+        return;
+    };
+    let (xs, ys) = digits();
+    let mut eager = Tape::<Cuda, 64>::with_backend(a);
+    let mut graphed = Tape::<Cuda, 64>::with_backend(b);
+    let (em, gm) = (model(&mut eager), model(&mut graphed));
+    let (mut eo, mut go) = (make(&mut eager), make(&mut graphed));
+    let (es, gs) = (eager.mark(), graphed.mark());
+    let (bx, by) = batch(&xs, &ys, 0);
+    let mut graph = Graph::capture(&mut graphed, gs, |t| {
+        let x = t.input(&[BATCH, 64], &bx)?;
+        let y = t.labels(&by)?;
+        let logits = gm.forward(t, x)?;
+        let loss = t.cross_entropy(logits, y)?;
+        t.backward(loss)?;
+        go.step(t)?;
+        Ok((x, y, loss))
+    })
+    .unwrap_or_else(|e| panic!("{test}: capture: {e}"));
+    eprintln!("{test}: {} graph nodes per step", graph.nodes());
+    let (x, y, loss) = *graph.output();
+    for i in 0..20 {
+        let (bx, by) = batch(&xs, &ys, i);
+        let le = step(&mut eager, &em, &mut eo, es, &bx, &by);
+        let by_f: Vec<f32> = by.iter().map(|&v| v as f32).collect();
+        graph.write(&mut graphed, x, &bx).unwrap();
+        graph.write(&mut graphed, y, &by_f).unwrap();
+        graph.replay(&mut graphed).unwrap();
+        let lg = graphed.item(loss).unwrap();
+        assert!(
+            (le - lg).abs() <= 1e-5 * le.abs().max(1.0),
+            "{test}: step {i}: graph {lg} vs eager {le}"
+        );
+    }
+    close(test, &params(&graphed), &params(&eager), 1e-4, 1e-5);
+}
+
+#[test]
+fn graph_replay_equals_eager_adam() {
+    graph_vs_eager("graph_replay_equals_eager_adam", |t| {
+        Adam::new(t, AdamConfig::default()).unwrap()
+    });
+}
+
+#[test]
+fn graph_replay_equals_eager_sgd_momentum() {
+    graph_vs_eager("graph_replay_equals_eager_sgd_momentum", |t| {
+        Sgd::new(
+            t,
+            SgdConfig {
+                lr: 0.05,
+                momentum: 0.9,
+                ..SgdConfig::default()
+            },
+        )
+        .unwrap()
+    });
+}
+
+/// Runs everywhere: without a GPU, creating the backend is an error with a clear message,
+/// never a panic from inside cudarc.
+#[test]
+fn without_a_gpu_creating_the_backend_is_an_error() {
+    match Cuda::new(1024) {
+        Ok(c) => eprintln!(
+            "a CUDA device is present (sm_{}): nothing to check",
+            c.arch()
+        ),
+        Err(e) => {
+            if !probe::driver() {
+                assert_eq!(e, CudaError::NoDriver);
+                assert!(e.to_string().starts_with("no CUDA driver found"), "{e}");
+            } else {
+                assert!(
+                    matches!(e, CudaError::NoDevice | CudaError::MissingLibrary { .. }),
+                    "{e}"
+                );
+            }
+        }
+    }
+}

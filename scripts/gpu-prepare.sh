@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Run HERE (the development machine, no GPU): builds the mote-cuda test binaries and the GPU
+# benchmark in release mode and copies them, with ../shared/tools/cuda-env.sh, into the
+# git-ignored .gpu/ folder that a GPU session carries to the GPU machine
+# (run tool: carry [".gpu"], command "scripts/gpu-check.sh").
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+rm -rf .gpu && mkdir -p .gpu/tests
+cargo build --release -p mote-cuda --example bench
+cp target/release/examples/bench .gpu/bench
+cargo test --release -p mote-cuda --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys, shutil, os
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
+        name = m["target"]["name"]
+        if name == "emulated":
+            continue  # a CPU-only test (already run here): no need to spend GPU time on it
+        kind = m["target"]["kind"][0]
+        dst = ".gpu/tests/%s-%s" % (kind, name)
+        shutil.copy(m["executable"], dst)
+        print("gpu-prepare:", dst)
+'
+cp "${MOTE_SHARED:-$root/../shared}/tools/cuda-env.sh" .gpu/cuda-env.sh
+du -sh .gpu
+echo "gpu-prepare: ready; on the GPU machine run scripts/gpu-check.sh with carry [\".gpu\"]"
