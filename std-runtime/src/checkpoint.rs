@@ -1,0 +1,391 @@
+//! Checkpoints in safetensors: parameters (`layers.{i}.weight` as `[out, in]`, `layers.{i}.bias`),
+//! optimizer state (`optimizer.layers.{i}.weight.exp_avg` / `exp_avg_sq` for Adam,
+//! `momentum_buffer` for SGD), normalisation statistics (`norm.mean`, `norm.std`), all f32; and in
+//! the metadata, as JSON: the model's description, the optimizer, the run's settings and state
+//! (epoch, step, RNG state, early-stopping state, history), and a CRC-32 of the tensors.
+//!
+//! Files are written atomically: to a temporary file beside the target, flushed to disk, then
+//! renamed over it, so a crash never leaves a broken checkpoint under the final name.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use mote::{HostBackend, Optimizer, Rng};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::data::Standardizer;
+use crate::error::{Error, Result};
+use crate::model::{Model, ModelSpec, Opt, OptimizerConfig};
+use crate::train::{TrainConfig, TrainState};
+
+/// The `format` metadata value of a mote checkpoint.
+pub const FORMAT: &str = "mote-checkpoint";
+/// The checkpoint version this build writes and reads.
+pub const VERSION: &str = "1";
+
+/// Everything in a checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checkpoint {
+    /// The model (with its normalisation statistics).
+    pub spec: ModelSpec,
+    /// The optimizer.
+    pub opt: OptimizerConfig,
+    /// The run's settings.
+    pub config: TrainConfig,
+    /// The run's state.
+    pub state: TrainState,
+    /// Parameters in creation order (`weight`, `bias` per layer).
+    pub params: Vec<Vec<f32>>,
+    /// Optimizer state per parameter (Adam: `m` then `v`; SGD: the momentum buffer).
+    pub opt_state: Vec<Vec<f32>>,
+}
+
+fn param_names(layers: usize) -> Vec<String> {
+    (0..layers)
+        .flat_map(|i| [format!("layers.{i}.weight"), format!("layers.{i}.bias")])
+        .collect()
+}
+
+fn state_names(opt: &OptimizerConfig) -> &'static [&'static str] {
+    match opt.state_per_param() {
+        0 => &[],
+        1 => &["momentum_buffer"],
+        _ => &["exp_avg", "exp_avg_sq"],
+    }
+}
+
+/// Arena ranges of each parameter's value and of its optimizer state.
+fn layout<B: HostBackend<Elem = f32>>(
+    model: &Model<B>,
+) -> Result<Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>> {
+    let per = model.opt_config.state_per_param();
+    let params: Vec<_> = model
+        .tape
+        .params()
+        .map(|p| (p.view().offset, p.numel()))
+        .collect();
+    let mut at = params.iter().map(|&(o, n)| o + 2 * n).max().unwrap_or(0);
+    let mut out = Vec::with_capacity(params.len());
+    for (o, n) in params {
+        out.push((o..o + n, at..at + per * n));
+        at += per * n;
+    }
+    if at != model.start.floats() {
+        return Err(Error::invalid(format!(
+            "internal: optimizer state layout ends at {at}, the mark is at {}",
+            model.start.floats()
+        )));
+    }
+    Ok(out)
+}
+
+fn to_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn from_bytes(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::invalid(format!("internal: {e}")))
+}
+
+/// Serialises a model and its run into safetensors bytes.
+///
+/// # Errors
+/// An internal layout error; a safetensors error.
+pub fn to_bytes_model<B: HostBackend<Elem = f32>>(
+    model: &Model<B>,
+    config: &TrainConfig,
+    state: &TrainState,
+) -> Result<Vec<u8>> {
+    let storage = model.tape.backend().storage();
+    let lay = layout(model)?;
+    let names = param_names(model.net.layers.len());
+    let snames = state_names(&model.opt_config);
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for ((name, p), (vr, sr)) in names.iter().zip(model.tape.params()).zip(&lay) {
+        let dims = p
+            .shape()
+            .dims()
+            .iter()
+            .map(|&d| d as usize)
+            .collect::<Vec<_>>();
+        let value = storage.get(vr.clone()).unwrap_or(&[]);
+        tensors.push((name.clone(), dims.clone(), to_bytes(value)));
+        let st = storage.get(sr.clone()).unwrap_or(&[]);
+        for (k, sn) in snames.iter().enumerate() {
+            let part = st.get(k * p.numel()..(k + 1) * p.numel()).unwrap_or(&[]);
+            tensors.push((
+                format!("optimizer.{name}.{sn}"),
+                dims.clone(),
+                to_bytes(part),
+            ));
+        }
+    }
+    let cols = model.spec.norm.mean.len();
+    tensors.push((
+        "norm.mean".into(),
+        vec![cols],
+        to_bytes(&model.spec.norm.mean),
+    ));
+    tensors.push((
+        "norm.std".into(),
+        vec![cols],
+        to_bytes(&model.spec.norm.std),
+    ));
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let crc = crc_of(tensors.iter().map(|t| t.2.as_slice()));
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("version".to_string(), VERSION.to_string());
+    meta.insert("model".to_string(), json(&model.spec)?);
+    meta.insert("optimizer".to_string(), json(&model.opt_config)?);
+    meta.insert("config".to_string(), json(config)?);
+    meta.insert("state".to_string(), json(state)?);
+    meta.insert("crc32".to_string(), format!("{crc:08x}"));
+    let views = tensors
+        .iter()
+        .map(|(n, d, b)| Ok((n.clone(), TensorView::new(Dtype::F32, d.clone(), b)?)))
+        .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
+        .map_err(|e| Error::invalid(format!("internal: {e}")))?;
+    safetensors::serialize(views, Some(meta)).map_err(|e| Error::invalid(format!("internal: {e}")))
+}
+
+fn crc_of<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u32 {
+    let mut all = Vec::new();
+    for p in parts {
+        all.extend_from_slice(p);
+    }
+    mote::blob::crc32(&all)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, `fsync`, rename,
+/// and an `fsync` of the folder.
+///
+/// # Errors
+/// An `Io` error naming the path.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let res = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(path, &e));
+    }
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Saves a checkpoint of `model` and its run to `path`, atomically.
+///
+/// # Errors
+/// As [`to_bytes_model`] and [`write_atomic`].
+pub fn save<B: HostBackend<Elem = f32>>(
+    path: &Path,
+    model: &Model<B>,
+    config: &TrainConfig,
+    state: &TrainState,
+) -> Result<()> {
+    write_atomic(path, &to_bytes_model(model, config, state)?)
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::checkpoint(path, format!("corrupt or truncated checkpoint ({what})"))
+        .with_hint("the file is damaged: use another checkpoint or train again")
+}
+
+/// Reads and checks a checkpoint.
+///
+/// # Errors
+/// `Io` when the file cannot be read; `Checkpoint` when it is not safetensors, not a mote
+/// checkpoint, truncated, corrupt (the CRC-32 of the tensors does not match), or its tensors do
+/// not match its model description.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, &e))?;
+    from_bytes_checked(path, &bytes)
+}
+
+/// [`load`] from bytes; `path` names the file in messages.
+///
+/// # Errors
+/// As [`load`].
+pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| corrupt(path, format!("not valid safetensors: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+        return Err(Error::checkpoint(
+            path,
+            "a safetensors file, but not a mote checkpoint (no mote metadata)",
+        )
+        .with_hint("give a file written by `mote train --save`"));
+    }
+    if meta.get("version").map(String::as_str) != Some(VERSION) {
+        return Err(Error::checkpoint(
+            path,
+            format!(
+                "checkpoint version {} is not supported (this build reads {VERSION})",
+                meta.get("version").map_or("?", |s| s)
+            ),
+        ));
+    }
+    fn field<T: serde::de::DeserializeOwned>(
+        path: &Path,
+        meta: &HashMap<String, String>,
+        key: &str,
+    ) -> Result<T> {
+        let s = meta
+            .get(key)
+            .ok_or_else(|| corrupt(path, format!("no '{key}' metadata")))?;
+        serde_json::from_str(s).map_err(|e| corrupt(path, format!("bad '{key}' metadata: {e}")))
+    }
+    let mut spec: ModelSpec = field(path, &meta, "model")?;
+    let opt: OptimizerConfig = field(path, &meta, "optimizer")?;
+    let config: TrainConfig = field(path, &meta, "config")?;
+    let state: TrainState = field(path, &meta, "state")?;
+    let stored = meta
+        .get("crc32")
+        .and_then(|s| u32::from_str_radix(s, 16).ok());
+    let mut names: Vec<String> = st.names().iter().map(|s| s.to_string()).collect();
+    names.sort();
+    let mut views = Vec::with_capacity(names.len());
+    for n in &names {
+        let v = st.tensor(n).map_err(|e| corrupt(path, e))?;
+        views.push(v);
+    }
+    let computed = crc_of(views.iter().map(|v| v.data()));
+    if stored != Some(computed) {
+        return Err(corrupt(
+            path,
+            "the tensors' CRC-32 does not match the one stored",
+        ));
+    }
+    spec.check()
+        .map_err(|e| Error::checkpoint(path, format!("bad model description: {e}")))?;
+    let get = |name: &str, dims: &[usize]| -> Result<Vec<f32>> {
+        let v = st.tensor(name).map_err(|_| {
+            Error::checkpoint(
+                path,
+                format!(
+                    "tensor '{name}' is missing; the file does not match its model description"
+                ),
+            )
+        })?;
+        if v.dtype() != Dtype::F32 || v.shape() != dims {
+            return Err(Error::checkpoint(
+                path,
+                format!(
+                    "tensor '{name}' is {:?} {:?}, the model needs F32 {dims:?}",
+                    v.dtype(),
+                    v.shape()
+                ),
+            ));
+        }
+        Ok(from_bytes(v.data()))
+    };
+    let cols = spec.sizes[0];
+    spec.norm = Standardizer {
+        mean: get("norm.mean", &[cols])?,
+        std: get("norm.std", &[cols])?,
+    };
+    if spec.features.len() != cols {
+        return Err(Error::checkpoint(
+            path,
+            format!("{} feature names for {cols} inputs", spec.features.len()),
+        ));
+    }
+    let (mut params, mut opt_state) = (Vec::new(), Vec::new());
+    let snames = state_names(&opt);
+    for (i, w) in spec.sizes.windows(2).enumerate() {
+        for (name, dims) in [
+            (format!("layers.{i}.weight"), vec![w[1], w[0]]),
+            (format!("layers.{i}.bias"), vec![w[1]]),
+        ] {
+            params.push(get(&name, &dims)?);
+            let mut st = Vec::new();
+            for sn in snames {
+                st.extend(get(&format!("optimizer.{name}.{sn}"), &dims)?);
+            }
+            opt_state.push(st);
+        }
+    }
+    Ok(Checkpoint {
+        spec,
+        opt,
+        config,
+        state,
+        params,
+        opt_state,
+    })
+}
+
+impl Checkpoint {
+    /// Rebuilds the model on `backend` with the saved weights and optimizer state, ready to
+    /// continue training exactly where it stopped.
+    ///
+    /// # Errors
+    /// As [`Model::new`]; an internal layout error.
+    pub fn restore<B: HostBackend<Elem = f32>>(&self, backend: B) -> Result<Model<B>> {
+        let mut model = Model::new(backend, self.spec.clone(), self.opt, &mut Rng::new(0))?;
+        let steps = self.state.step;
+        match &mut model.opt {
+            Opt::Adam(a) => a.set_steps(steps),
+            Opt::Sgd(s) => {
+                // NOTE: `Sgd` keeps its step count private; the count only decides whether the
+                // next step starts the momentum buffer afresh. One step at learning rate 0 (with
+                // zero gradients) advances it without changing a parameter; the buffers are
+                // overwritten below.
+                if steps > 0 && s.config.momentum > 0.0 {
+                    let lr = s.lr();
+                    s.set_lr(0.0);
+                    s.step(&mut model.tape)?;
+                    s.set_lr(lr);
+                }
+            }
+        }
+        let lay = layout(&model)?;
+        let storage = model.tape.backend_mut().storage_mut();
+        for ((vr, sr), (p, s)) in lay.into_iter().zip(self.params.iter().zip(&self.opt_state)) {
+            let ok = match (storage.get_mut(vr), p) {
+                (Some(dst), src) if dst.len() == src.len() => {
+                    dst.copy_from_slice(src);
+                    true
+                }
+                _ => false,
+            } && match storage.get_mut(sr) {
+                Some(dst) if dst.len() == s.len() => {
+                    dst.copy_from_slice(s);
+                    true
+                }
+                _ => false,
+            };
+            if !ok {
+                return Err(Error::invalid(
+                    "internal: checkpoint tensors do not fit the model's arena",
+                ));
+            }
+        }
+        Ok(model)
+    }
+}

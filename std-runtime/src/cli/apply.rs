@@ -1,0 +1,210 @@
+//! `mote eval`, `mote predict`, `mote export` and `mote bench`: using a saved model.
+
+use mote::HostBackend;
+
+use super::{
+    csv_cell, describe, load_for_model, out, source_for, split_of, BenchArgs, DtypeArg, EvalArgs,
+    ExportArgs, FormatArg, PredictArgs, SplitArg,
+};
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::Task;
+use crate::model::{self, BackendKind, WithBackend};
+use crate::train::Prepared;
+use crate::{export, metrics, Error, Result};
+
+/// Runs the network of a checkpoint over rows (no training).
+struct Infer<'a> {
+    ck: &'a Checkpoint,
+    x: &'a [f32],
+    rows: usize,
+}
+
+impl WithBackend for Infer<'_> {
+    type Output = Vec<f32>;
+    fn run<B: HostBackend<Elem = f32>>(self, backend: B) -> Result<Vec<f32>> {
+        let mut m = self.ck.restore(backend)?;
+        m.outputs(self.x, self.rows)
+    }
+}
+
+fn infer(ck: &Checkpoint, kind: BackendKind, data: &Prepared, rows: &[usize]) -> Result<Vec<f32>> {
+    let mut x = Vec::with_capacity(rows.len() * data.cols);
+    for &r in rows {
+        x.extend_from_slice(
+            data.x
+                .get(r * data.cols..(r + 1) * data.cols)
+                .unwrap_or(&[]),
+        );
+    }
+    let floats = model::arena_floats(&ck.spec, &ck.opt, ck.config.batch);
+    model::run_on(
+        kind,
+        floats,
+        Infer {
+            ck,
+            x: &x,
+            rows: rows.len(),
+        },
+    )
+}
+
+pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
+    let kind = BackendKind::from(a.backend);
+    let ck = checkpoint::load(&a.model)?;
+    if a.data.label.is_some() {
+        return Err(Error::invalid("--label is fixed by the model")
+            .with_hint("drop --label: the model knows its label column"));
+    }
+    let src = source_for(&ck, &a.data);
+    let ds = load_for_model(&ck.spec, &src, true)?;
+    let same = src.data == ck.config.source.data;
+    let (tr, va) = split_of(&ds, &ck.config)?;
+    let (rows, which) = match a.split {
+        SplitArg::All => ((0..ds.rows).collect(), "all rows"),
+        SplitArg::Train => (tr, "the training split"),
+        SplitArg::Val => (va, "the validation split"),
+        SplitArg::Auto if same && !va.is_empty() => (va, "the validation split"),
+        SplitArg::Auto => ((0..ds.rows).collect(), "all rows"),
+    };
+    if rows.is_empty() {
+        return Err(
+            Error::invalid("no rows to evaluate (the run had no validation split)")
+                .with_hint("use --split all"),
+        );
+    }
+    let data = Prepared::new(&ds, &ck.spec, Vec::new(), Vec::new());
+    let outputs = infer(&ck, kind, &data, &rows)?;
+    out(&format!(
+        "{}: {} on {} of {} ({} rows)",
+        a.model.display(),
+        describe(&ck.spec),
+        which,
+        src.data,
+        rows.len()
+    ))?;
+    match ck.spec.task {
+        Task::Classification => {
+            let labels: Vec<usize> = rows
+                .iter()
+                .filter_map(|&r| data.y_class.get(r).copied())
+                .collect();
+            let r = metrics::classify(&outputs, ck.spec.outputs(), &labels);
+            out(&format!(
+                "accuracy {:.2}% ({}/{}), loss {:.4}",
+                100.0 * r.accuracy(),
+                r.correct,
+                r.total,
+                r.loss
+            ))?;
+            out("confusion matrix (rows: true class, columns: predicted):")?;
+            out(metrics::confusion_table(&r.confusion, &ck.spec.classes).trim_end())?;
+        }
+        Task::Regression => {
+            let t: Vec<f32> = rows
+                .iter()
+                .filter_map(|&r| data.y_value.get(r).copied())
+                .collect();
+            let r = metrics::regress(&outputs, &t, ck.spec.target.1);
+            out(&format!(
+                "RMSE {:.6}, MAE {:.6} ({} rows)",
+                r.rmse, r.mae, r.total
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn predict_cmd(a: PredictArgs) -> Result<()> {
+    let kind = BackendKind::from(a.backend);
+    let ck = checkpoint::load(&a.model)?;
+    if a.data.data.is_none() {
+        return Err(
+            Error::invalid("predict needs --data").with_hint("give --data FILE.csv (or digits)")
+        );
+    }
+    let src = source_for(&ck, &a.data);
+    let mut spec = ck.spec.clone();
+    if let Some(l) = &a.data.label {
+        spec.label.clone_from(l);
+    }
+    let ds = load_for_model(&spec, &src, false)?;
+    let data = Prepared::new(&ds, &ck.spec, Vec::new(), Vec::new());
+    let rows: Vec<usize> = (0..ds.rows).collect();
+    let outputs = infer(&ck, kind, &data, &rows)?;
+    let mut text = String::new();
+    match ck.spec.task {
+        Task::Classification => {
+            text.push_str("prediction,probability\n");
+            for row in outputs.chunks(ck.spec.outputs()) {
+                let k = model::argmax(row);
+                let p = model::softmax(row).get(k).copied().unwrap_or(0.0);
+                let name = ck.spec.classes.get(k).map_or("?", |s| s.as_str());
+                text.push_str(&format!("{},{p:.4}\n", csv_cell(name)));
+            }
+        }
+        Task::Regression => {
+            text.push_str("prediction\n");
+            let (m, s) = ck.spec.target;
+            for &v in &outputs {
+                text.push_str(&format!("{}\n", v * s + m));
+            }
+        }
+    }
+    match &a.output {
+        Some(p) => {
+            std::fs::write(p, text).map_err(|e| Error::io(p, &e))?;
+            eprintln!("wrote {} predictions to {}", ds.rows, p.display());
+            Ok(())
+        }
+        None => out(text.trim_end()),
+    }
+}
+
+pub(crate) fn export_cmd(a: ExportArgs) -> Result<()> {
+    let ck = checkpoint::load(&a.model)?;
+    let dtype = match a.dtype {
+        DtypeArg::F32 => mote::blob::Dtype::F32,
+        DtypeArg::F16 => mote::blob::Dtype::F16,
+        DtypeArg::Bf16 => mote::blob::Dtype::Bf16,
+    };
+    let (bytes, ext) = match a.format {
+        FormatArg::Blob => (export::blob_bytes(&ck, dtype)?, "bin"),
+        FormatArg::Rust => {
+            let name = a
+                .model
+                .file_name()
+                .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+            (export::rust_source(&ck, dtype, &name).into_bytes(), "rs")
+        }
+    };
+    let path = a
+        .output
+        .clone()
+        .unwrap_or_else(|| a.model.with_extension(ext));
+    if path == a.model {
+        return Err(
+            Error::invalid("the export would overwrite the model").with_hint("give --output PATH")
+        );
+    }
+    checkpoint::write_atomic(&path, &bytes)?;
+    out(&format!(
+        "wrote {} ({} bytes, {} {}, standardisation folded in)",
+        path.display(),
+        bytes.len(),
+        format!("{:?}", a.dtype).to_lowercase(),
+        describe(&ck.spec)
+    ))
+}
+
+pub(crate) fn bench_cmd(a: BenchArgs) -> Result<()> {
+    let opts = crate::bench::BenchOptions {
+        workloads: a.workloads,
+        backends: a.backend,
+        json: a.json,
+        threads: a.threads,
+        quick: a.quick,
+    };
+    let text = crate::bench::run(&opts)
+        .map_err(|e| Error::invalid(e).with_hint("see `mote bench --help`"))?;
+    out(text.trim_end())
+}

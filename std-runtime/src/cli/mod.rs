@@ -1,0 +1,396 @@
+//! The `mote` command line: argument types (`clap`) and the commands behind them.
+//!
+//! `mote train` alone trains an MLP on the bundled digits. Every command returns a runtime
+//! [`Error`] rather than panicking; the binary prints it as one or two lines.
+
+mod apply;
+mod train;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::checkpoint::Checkpoint;
+use crate::data::{self, CsvOptions, Dataset, LabelChoice, Task};
+use crate::model::{BackendKind, ModelSpec};
+use crate::train::{DataSource, TrainConfig};
+use crate::{Error, Result};
+
+/// The `mote` command line.
+#[derive(Parser, Debug)]
+#[command(
+    name = "mote",
+    version,
+    about = "Train, evaluate and export small neural networks with mote."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train an MLP (alone: on the bundled digits).
+    Train(Box<TrainArgs>),
+    /// Evaluate a saved model: accuracy and confusion matrix, or RMSE.
+    Eval(EvalArgs),
+    /// Print a saved model's predictions for a data set, as CSV.
+    Predict(PredictArgs),
+    /// Export a saved model for firmware: the core's weight blob or a Rust source file.
+    Export(ExportArgs),
+    /// Benchmark the workloads of WORKLOADS.md on the CPU backends.
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    /// The core's serial reference backend (reproducible bit for bit).
+    Cpu,
+    /// The multithreaded backend.
+    Parallel,
+}
+
+impl From<BackendArg> for BackendKind {
+    fn from(b: BackendArg) -> BackendKind {
+        match b {
+            BackendArg::Cpu => BackendKind::Cpu,
+            BackendArg::Parallel => BackendKind::Parallel,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum OptimizerArg {
+    /// Adam.
+    Adam,
+    /// AdamW (decoupled weight decay).
+    Adamw,
+    /// SGD with momentum.
+    Sgd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum ScheduleArg {
+    /// The same rate throughout.
+    Constant,
+    /// Times --gamma every --step-every epochs.
+    Step,
+    /// Warm-up over --warmup epochs, then a half cosine down to --min-lr.
+    Cosine,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum TaskArg {
+    /// Inferred from the label column.
+    Auto,
+    /// Class labels, softmax cross-entropy.
+    Classification,
+    /// A number, MSE.
+    Regression,
+}
+
+/// Where the data comes from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// The data: `digits` (bundled), a CSV file with a header (optionally .gz), or an IDX
+    /// image file.
+    #[arg(long, value_name = "digits|FILE")]
+    data: Option<String>,
+    /// The label column, by name or 0-based index (default: the last column).
+    #[arg(long, value_name = "COL")]
+    label: Option<String>,
+    /// The labels of an IDX image file (default: the `*labels-idx1*` file beside it).
+    #[arg(long, value_name = "PATH")]
+    idx_labels: Option<PathBuf>,
+}
+
+/// The arguments of `mote train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// Classification or regression (default: inferred from the label column).
+    #[arg(long, value_enum)]
+    task: Option<TaskArg>,
+    /// Hidden layer sizes, comma-separated (`none` for a linear model) [default: 32].
+    #[arg(long, value_name = "N,N,...")]
+    hidden: Option<String>,
+    /// Epochs to train (with --resume: more epochs) [default: 50].
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Rows per step [default: 32].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Learning rate [default: 0.001 for adam/adamw, 0.01 for sgd].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// The optimizer [default: adam].
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerArg>,
+    /// SGD momentum [default: 0.9].
+    #[arg(long)]
+    momentum: Option<f64>,
+    /// Weight decay (L2 for adam and sgd, decoupled for adamw) [default: 0, adamw 0.01].
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Learning-rate schedule [default: constant].
+    #[arg(long, value_enum)]
+    schedule: Option<ScheduleArg>,
+    /// Cosine schedule: epochs of linear warm-up [default: 0].
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Cosine schedule: the rate at the end [default: 0].
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Step schedule: epochs between decays [default: 10].
+    #[arg(long)]
+    step_every: Option<usize>,
+    /// Step schedule: the decay factor [default: 0.5].
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Share of rows held out for validation (0: none) [default: 0.2].
+    #[arg(long)]
+    val: Option<f64>,
+    /// Stop after this many epochs without improvement of the validation metric.
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Seed of initialisation, split and shuffling [default: 42].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Threads of the parallel backend [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The backend (`cpu` is serial and reproducible bit for bit).
+    #[arg(long, value_enum, default_value = "parallel")]
+    backend: BackendArg,
+    /// Save a checkpoint here after every epoch (safetensors, written atomically).
+    #[arg(long, value_name = "PATH")]
+    save: Option<PathBuf>,
+    /// Continue the run saved in this checkpoint (and save back to it unless --save is given).
+    #[arg(long, value_name = "PATH")]
+    resume: Option<PathBuf>,
+    /// Save the loss and metric curves here (SVG).
+    #[arg(long, value_name = "PATH")]
+    plot: Option<PathBuf>,
+    /// Print only the summary.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum SplitArg {
+    /// The validation split when the data is the training data, else all rows.
+    Auto,
+    /// Every row.
+    All,
+    /// The run's validation rows (same data, seed and fraction).
+    Val,
+    /// The run's training rows.
+    Train,
+}
+
+/// The arguments of `mote eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// The model (a checkpoint from `mote train --save`).
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Which rows to score.
+    #[arg(long, value_enum, default_value = "auto")]
+    split: SplitArg,
+    /// The backend.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendArg,
+}
+
+/// The arguments of `mote predict`.
+#[derive(Args, Debug)]
+pub struct PredictArgs {
+    /// The model (a checkpoint from `mote train --save`).
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Write the predictions here instead of stdout.
+    #[arg(long, short, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// The backend.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: BackendArg,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum FormatArg {
+    /// The core's weight blob (`mote::blob`), for `include_bytes!` in firmware.
+    Blob,
+    /// A Rust source file of `pub const` arrays.
+    Rust,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum DtypeArg {
+    /// 4 bytes per weight.
+    F32,
+    /// IEEE half precision, 2 bytes.
+    F16,
+    /// bfloat16, 2 bytes.
+    Bf16,
+}
+
+/// The arguments of `mote export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The model (a checkpoint from `mote train --save`).
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// What to write.
+    #[arg(long, value_enum)]
+    format: FormatArg,
+    /// The element type of the weights.
+    #[arg(long, value_enum, default_value = "f32")]
+    dtype: DtypeArg,
+    /// Where to write [default: the model's path with .bin or .rs].
+    #[arg(long, short, value_name = "PATH")]
+    output: Option<PathBuf>,
+}
+
+/// The arguments of `mote bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Workloads (W-seed, W-digits, W-mnist, W-large, gemm); default: all.
+    workloads: Vec<String>,
+    /// Backends (cpu, parallel); repeat for several; default: both.
+    #[arg(long)]
+    backend: Vec<String>,
+    /// JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Threads of the parallel backend.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Fewer repetitions (a smoke test).
+    #[arg(long)]
+    quick: bool,
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Whatever the command returns: a short message and, usually, a hint.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train::train_cmd(*a),
+        Command::Eval(a) => apply::eval_cmd(a),
+        Command::Predict(a) => apply::predict_cmd(a),
+        Command::Export(a) => apply::export_cmd(a),
+        Command::Bench(a) => apply::bench_cmd(a),
+    }
+}
+
+/// Writes to stdout; a closed pipe (`mote predict ... | head`) ends quietly.
+pub(crate) fn out(text: &str) -> Result<()> {
+    let mut so = std::io::stdout().lock();
+    match writeln!(so, "{text}").and_then(|()| so.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(Error::io(Path::new("<stdout>"), &e)),
+    }
+}
+
+pub(crate) fn parse_hidden(s: &str) -> Result<Vec<usize>> {
+    let s = s.trim();
+    if s.is_empty() || s == "none" || s == "0" {
+        return Ok(Vec::new());
+    }
+    s.split(',')
+        .map(|p| match p.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(
+                Error::invalid(format!("--hidden {s}: '{p}' is not a layer size"))
+                    .with_hint("give sizes such as --hidden 64,32 (or none)"),
+            ),
+        })
+        .collect()
+}
+
+pub(crate) fn set_threads(kind: BackendKind, threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if kind == BackendKind::Cpu {
+            return Err(Error::invalid("--threads applies to the parallel backend")
+                .with_hint("drop --threads, or use --backend parallel"));
+        }
+        crate::parallel::set_threads(n)
+            .map_err(|e| Error::invalid(format!("--threads {n}: {e}")))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn backend_text(kind: BackendKind) -> String {
+    match kind {
+        BackendKind::Cpu => "cpu (serial)".into(),
+        BackendKind::Parallel => {
+            format!("parallel ({} threads)", crate::parallel::threads())
+        }
+    }
+}
+
+pub(crate) fn load_for_model(
+    spec: &ModelSpec,
+    src: &DataSource,
+    label_required: bool,
+) -> Result<Dataset> {
+    let label = if label_required {
+        LabelChoice::Column(spec.label.clone())
+    } else {
+        LabelChoice::Optional(spec.label.clone())
+    };
+    let opts = CsvOptions {
+        label,
+        features: Some(spec.features.clone()),
+    };
+    let table = data::load(&src.data, &opts, src.idx_labels.as_deref().map(Path::new))?;
+    let classes = (spec.task == Task::Classification).then_some(spec.classes.as_slice());
+    Dataset::from_table(&table, Some(spec.task), classes)
+}
+
+pub(crate) fn split_of(ds: &Dataset, config: &TrainConfig) -> Result<(Vec<usize>, Vec<usize>)> {
+    data::split(ds.rows, config.val_fraction, config.seed, ds.class_labels())
+}
+
+pub(crate) fn describe(spec: &ModelSpec) -> String {
+    let dims = spec
+        .sizes
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("-");
+    match spec.task {
+        Task::Classification => format!("MLP {dims}, {} classes", spec.classes.len()),
+        Task::Regression => format!("MLP {dims}, regression of '{}'", spec.label),
+    }
+}
+
+pub(crate) fn source_for(ck: &Checkpoint, a: &DataArgs) -> DataSource {
+    let mut src = ck.config.source.clone();
+    if let Some(d) = &a.data {
+        src.data.clone_from(d);
+        src.idx_labels = None;
+    }
+    if let Some(l) = &a.idx_labels {
+        src.idx_labels = Some(l.display().to_string());
+    }
+    src
+}
+
+pub(crate) fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}

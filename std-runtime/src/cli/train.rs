@@ -1,0 +1,303 @@
+//! `mote train`: a fresh run or a resumed one.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use mote::{HostBackend, Rng};
+
+use super::{
+    backend_text, describe, load_for_model, out, parse_hidden, set_threads, split_of, OptimizerArg,
+    ScheduleArg, TaskArg, TrainArgs,
+};
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::{self, CsvOptions, Dataset, LabelChoice, Task};
+use crate::model::{self, BackendKind, Model, ModelSpec, OptimizerConfig, WithBackend};
+use crate::progress::{PlainLog, Progress};
+use crate::schedule::Schedule;
+use crate::train::{self, Callback, DataSource, Prepared, TrainConfig, TrainState};
+use crate::{plot, Error, Result};
+
+/// The training job, run on whichever backend was asked for.
+struct TrainJob {
+    ck: Option<Checkpoint>,
+    spec: ModelSpec,
+    opt: OptimizerConfig,
+    config: TrainConfig,
+    state: TrainState,
+    data: Prepared,
+    save: Option<PathBuf>,
+    plot: Option<PathBuf>,
+    quiet: bool,
+}
+
+impl WithBackend for TrainJob {
+    type Output = ();
+    fn run<B: HostBackend<Elem = f32>>(mut self, backend: B) -> Result<()> {
+        let mut model = match &self.ck {
+            Some(ck) => ck.restore(backend)?,
+            None => Model::new(
+                backend,
+                self.spec.clone(),
+                self.opt,
+                &mut Rng::new(self.config.seed),
+            )?,
+        };
+        let (mut bar, mut plain) = (Progress::default(), PlainLog::default());
+        struct Quiet;
+        impl Callback for Quiet {
+            fn on_end(&mut self, s: &train::Summary) {
+                let _ = writeln!(std::io::stdout(), "{}", crate::progress::summary_text(s));
+            }
+        }
+        let mut quiet = Quiet;
+        let hook: &mut dyn Callback = if self.quiet {
+            &mut quiet
+        } else if std::io::stdout().is_terminal() {
+            &mut bar
+        } else {
+            &mut plain
+        };
+        train::fit(
+            &mut model,
+            &self.data,
+            &self.config,
+            &mut self.state,
+            &mut [hook],
+            self.save.as_deref(),
+        )?;
+        if let Some(p) = &self.save {
+            out(&format!("saved {}", p.display()))?;
+        } else {
+            out("not saved: add --save model.safetensors to keep the model")?;
+        }
+        if let Some(p) = &self.plot {
+            plot::save(p, &self.state.history, model.spec.task)?;
+            out(&format!("curves written to {}", p.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn reject_on_resume(a: &TrainArgs) -> Result<()> {
+    let fixed = [
+        ("--hidden", a.hidden.is_some()),
+        ("--task", a.task.is_some()),
+        ("--batch", a.batch.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--optimizer", a.optimizer.is_some()),
+        ("--momentum", a.momentum.is_some()),
+        ("--weight-decay", a.weight_decay.is_some()),
+        ("--schedule", a.schedule.is_some()),
+        ("--warmup", a.warmup.is_some()),
+        ("--min-lr", a.min_lr.is_some()),
+        ("--step-every", a.step_every.is_some()),
+        ("--gamma", a.gamma.is_some()),
+        ("--val", a.val.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--label", a.data.label.is_some()),
+    ];
+    if let Some((flag, _)) = fixed.iter().find(|f| f.1) {
+        return Err(Error::invalid(format!(
+            "{flag} cannot change when resuming: the checkpoint fixes it"
+        ))
+        .with_hint("drop the flag, or start a new run without --resume"));
+    }
+    Ok(())
+}
+
+pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
+    let kind = BackendKind::from(a.backend);
+    if a.epochs == Some(0) {
+        return Err(
+            Error::invalid("--epochs 0: nothing to train").with_hint("give --epochs 1 or more")
+        );
+    }
+    for p in [&a.save, &a.plot].into_iter().flatten() {
+        if let Some(dir) = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+        {
+            return Err(Error::invalid(format!(
+                "{}: the folder {} does not exist",
+                p.display(),
+                dir.display()
+            ))
+            .with_hint("create it first, or choose another path"));
+        }
+    }
+    set_threads(kind, a.threads)?;
+    let job = if let Some(path) = &a.resume {
+        reject_on_resume(&a)?;
+        let ck = checkpoint::load(path)?;
+        let mut config = ck.config.clone();
+        let mut state = ck.state.clone();
+        if let Some(d) = &a.data.data {
+            config.source.data.clone_from(d);
+        }
+        if let Some(l) = &a.data.idx_labels {
+            config.source.idx_labels = Some(l.display().to_string());
+        }
+        config.epochs = match a.epochs {
+            Some(n) => state.epoch + n,
+            None if config.epochs > state.epoch && !state.stopped => config.epochs,
+            None => {
+                return Err(Error::invalid(format!(
+                    "{} has already trained {} epochs",
+                    path.display(),
+                    state.epoch
+                ))
+                .with_hint("pass --epochs N to train N more"))
+            }
+        };
+        if a.patience.is_some() {
+            config.patience = a.patience;
+        }
+        state.stopped = false;
+        let ds = load_for_model(&ck.spec, &config.source, true)?;
+        let print = data::fingerprint(&ds);
+        if config
+            .source
+            .fingerprint
+            .as_ref()
+            .is_some_and(|f| *f != print)
+        {
+            eprintln!(
+                "warning: {} differs from the data this run started on; continuing on it",
+                config.source.data
+            );
+        }
+        config.source.fingerprint = Some(print);
+        let (tr, va) = split_of(&ds, &config)?;
+        let data = Prepared::new(&ds, &ck.spec, tr, va);
+        if !a.quiet {
+            out(&format!(
+                "resuming {} at epoch {} of {}: {} on {}, backend {}",
+                path.display(),
+                state.epoch,
+                config.epochs,
+                describe(&ck.spec),
+                config.source.data,
+                backend_text(kind)
+            ))?;
+        }
+        TrainJob {
+            spec: ck.spec.clone(),
+            opt: ck.opt,
+            config,
+            state,
+            data,
+            save: a.save.clone().or_else(|| a.resume.clone()),
+            plot: a.plot.clone(),
+            quiet: a.quiet,
+            ck: Some(ck),
+        }
+    } else {
+        fresh_job(&a, kind)?
+    };
+    let floats = model::arena_floats(&job.spec, &job.opt, job.config.batch);
+    model::run_on(kind, floats, job)
+}
+
+fn fresh_job(a: &TrainArgs, kind: BackendKind) -> Result<TrainJob> {
+    let source = DataSource {
+        data: a.data.data.clone().unwrap_or_else(|| "digits".into()),
+        label: a.data.label.clone(),
+        idx_labels: a.data.idx_labels.as_ref().map(|p| p.display().to_string()),
+        fingerprint: None,
+    };
+    let label = source
+        .label
+        .clone()
+        .map_or(LabelChoice::Last, LabelChoice::Column);
+    let table = data::load(
+        &source.data,
+        &CsvOptions {
+            label,
+            features: None,
+        },
+        a.data.idx_labels.as_deref(),
+    )?;
+    let task = match a.task {
+        Some(TaskArg::Classification) => Some(Task::Classification),
+        Some(TaskArg::Regression) => Some(Task::Regression),
+        _ => None,
+    };
+    let ds = Dataset::from_table(&table, task, None)?;
+    let source = DataSource {
+        fingerprint: Some(data::fingerprint(&ds)),
+        ..source
+    };
+    let hidden = parse_hidden(a.hidden.as_deref().unwrap_or("32"))?;
+    let schedule = match a.schedule.unwrap_or(ScheduleArg::Constant) {
+        ScheduleArg::Constant => Schedule::Constant,
+        ScheduleArg::Step => Schedule::Step {
+            every: a.step_every.unwrap_or(10),
+            gamma: a.gamma.unwrap_or(0.5),
+        },
+        ScheduleArg::Cosine => Schedule::Cosine {
+            warmup: a.warmup.unwrap_or(0),
+            min_lr: a.min_lr.unwrap_or(0.0),
+        },
+    };
+    let config = TrainConfig {
+        epochs: a.epochs.unwrap_or(50),
+        batch: a.batch.unwrap_or(32),
+        seed: a.seed.unwrap_or(42),
+        val_fraction: a.val.unwrap_or(0.2),
+        schedule,
+        patience: a.patience,
+        min_delta: 0.0,
+        source,
+    };
+    config.check()?;
+    let (tr, va) = split_of(&ds, &config)?;
+    let spec = ModelSpec::for_dataset(&ds, &hidden, &tr)?;
+    let opt_kind = a.optimizer.unwrap_or(OptimizerArg::Adam);
+    let opt = match opt_kind {
+        OptimizerArg::Adam => OptimizerConfig::Adam {
+            lr: a.lr.unwrap_or(1e-3),
+            weight_decay: a.weight_decay.unwrap_or(0.0),
+        },
+        OptimizerArg::Adamw => OptimizerConfig::Adamw {
+            lr: a.lr.unwrap_or(1e-3),
+            weight_decay: a.weight_decay.unwrap_or(0.01),
+        },
+        OptimizerArg::Sgd => OptimizerConfig::Sgd {
+            lr: a.lr.unwrap_or(0.01),
+            momentum: a.momentum.unwrap_or(0.9),
+            weight_decay: a.weight_decay.unwrap_or(0.0),
+        },
+    };
+    if a.momentum.is_some() && opt_kind != OptimizerArg::Sgd {
+        return Err(Error::invalid("--momentum applies to --optimizer sgd")
+            .with_hint("drop --momentum or add --optimizer sgd"));
+    }
+    let data = Prepared::new(&ds, &spec, tr, va);
+    if !a.quiet {
+        out(&format!(
+            "training {} on {} ({} training rows, {} validation); {} lr {}, batch {}, {} epoch{}, {} schedule; backend {}",
+            describe(&spec),
+            config.source.data,
+            data.train.len(),
+            data.val.len(),
+            opt.name(),
+            opt.lr(),
+            config.batch,
+            config.epochs,
+            if config.epochs == 1 { "" } else { "s" },
+            config.schedule.describe(),
+            backend_text(kind)
+        ))?;
+    }
+    Ok(TrainJob {
+        ck: None,
+        state: TrainState::new(config.seed),
+        spec,
+        opt,
+        config,
+        data,
+        save: a.save.clone(),
+        plot: a.plot.clone(),
+        quiet: a.quiet,
+    })
+}

@@ -1,0 +1,347 @@
+//! Data-parallel training on CPU threads: the same step runs on N replicas of a model, each on
+//! a shard of the batch in its own arena and tape; their gradients are averaged (weighted by
+//! shard size, so that the result is the gradient of the whole batch's mean loss) before every
+//! replica takes the same optimizer step, which keeps the parameters identical.
+//!
+//! This is PyTorch's `DataParallel` / `DistributedDataParallel` on one host, with the
+//! all-reduce in shared memory: each gradient is cut into chunks and every chunk is summed
+//! across the replicas by one thread of the pool. It pays when a model is too small for
+//! intra-op threads (the small workloads): each replica runs serially, the replicas run at
+//! once.
+//!
+//! ```
+//! use mote::{Adam, AdamConfig, Cpu, Linear, Module, Relu, Rng, Tape};
+//! use mote_runtime::data_parallel::{DataParallel, Targets};
+//!
+//! let mut arenas = DataParallel::<Cpu<f32>, (Linear, Relu, Linear), Adam, 16>::arenas(2, 4096);
+//! let mut dp = DataParallel::new(&mut arenas, Cpu::new, |tape: &mut Tape<Cpu<'_, f32>, 16>| {
+//!     let mut rng = Rng::new(0); // the same seed on every replica: the same parameters
+//!     let model = (Linear::new(tape, 4, 8, &mut rng)?, Relu, Linear::new(tape, 8, 1, &mut rng)?);
+//!     let opt = Adam::new(tape, AdamConfig::default())?;
+//!     Ok((model, opt))
+//! })?;
+//! let xs = vec![0.5f32; 10 * 4];
+//! let ys = vec![1.0f32; 10];
+//! let loss = dp.step(&xs, &[4], Targets::Values(&ys, &[1]), |t, m, x, y| {
+//!     let p = m.forward(t, x)?;
+//!     t.mse(p, y)
+//! })?;
+//! assert!(loss.is_finite());
+//! # Ok::<(), mote::Error>(())
+//! ```
+
+use mote::{Error, HostBackend, Mark, Module, Optimizer, Result, Tape, Var};
+use rayon::prelude::*;
+
+/// Targets of a batch: class labels, or values with the shape of one sample's target.
+#[derive(Clone, Copy, Debug)]
+pub enum Targets<'a> {
+    /// One class index per sample.
+    Labels(&'a [usize]),
+    /// `dims.iter().product()` values per sample.
+    Values(&'a [f32], &'a [usize]),
+}
+
+struct Replica<B: HostBackend<Elem = f32>, M, O, const N: usize> {
+    tape: Tape<B, N>,
+    model: M,
+    opt: O,
+    start: Mark,
+}
+
+/// N replicas of a model and its optimizer, each on its own arena and tape (`N` nodes).
+pub struct DataParallel<B: HostBackend<Elem = f32>, M, O, const N: usize> {
+    replicas: Vec<Replica<B, M, O, N>>,
+    /// Chunk of a gradient summed by one task of the all-reduce.
+    chunk: usize,
+}
+
+/// Elements per all-reduce task.
+const CHUNK: usize = 1 << 14;
+
+impl<'a, B, M, O, const N: usize> DataParallel<B, M, O, N>
+where
+    B: HostBackend<Elem = f32> + Send + 'a,
+    M: Module + Send,
+    O: Optimizer + Send,
+{
+    /// `replicas` zeroed arenas of `floats` elements each (size them with `mote::plan`).
+    pub fn arenas(replicas: usize, floats: usize) -> Vec<Vec<f32>> {
+        (0..replicas).map(|_| vec![0.0; floats]).collect()
+    }
+
+    /// Builds one replica per arena: `backend` makes the backend over an arena, `build`
+    /// creates the model and optimizer on a tape. `build` must create the same parameters on
+    /// every call (seed its generator the same way): the replicas are checked to start equal.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for no arenas or replicas that start different; whatever
+    /// `build` returns.
+    pub fn new(
+        arenas: &'a mut [Vec<f32>],
+        backend: impl Fn(&'a mut [f32]) -> B,
+        mut build: impl FnMut(&mut Tape<B, N>) -> Result<(M, O)>,
+    ) -> Result<Self> {
+        if arenas.is_empty() {
+            return Err(Error::InvalidArgument {
+                what: "data parallel training needs at least one replica",
+            });
+        }
+        let mut replicas = Vec::with_capacity(arenas.len());
+        for mem in arenas.iter_mut() {
+            let mut tape = Tape::with_backend(backend(&mut mem[..]));
+            let (model, opt) = build(&mut tape)?;
+            let start = tape.mark();
+            replicas.push(Replica {
+                tape,
+                model,
+                opt,
+                start,
+            });
+        }
+        let dp = DataParallel {
+            replicas,
+            chunk: CHUNK,
+        };
+        if dp.divergence()? != 0.0 {
+            return Err(Error::InvalidArgument {
+                what: "replicas must start with the same parameters (seed `build` the same way)",
+            });
+        }
+        Ok(dp)
+    }
+
+    /// Number of replicas.
+    pub fn len(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Always false: there is at least one replica.
+    pub fn is_empty(&self) -> bool {
+        self.replicas.is_empty()
+    }
+
+    /// Replica 0's tape and model (all replicas hold the same parameters): for evaluation,
+    /// checkpoints and export.
+    pub fn primary(&mut self) -> (&mut Tape<B, N>, &M) {
+        let r = &mut self.replicas[0];
+        (&mut r.tape, &r.model)
+    }
+
+    /// Replica 0's training mark (parameters and optimizer state lie below it).
+    pub fn start(&self) -> Mark {
+        self.replicas[0].start
+    }
+
+    /// The optimizers, for example to set a learning rate on all of them.
+    pub fn for_each_optimizer(&mut self, mut f: impl FnMut(&mut O)) {
+        for r in &mut self.replicas {
+            f(&mut r.opt);
+        }
+    }
+
+    /// The largest absolute difference between a parameter element of replica 0 and the same
+    /// element of any other replica (0 while they stay in step).
+    ///
+    /// # Errors
+    /// A stale parameter handle (should not happen).
+    pub fn divergence(&self) -> Result<f32> {
+        let Some((first, rest)) = self.replicas.split_first() else {
+            return Ok(0.0);
+        };
+        let params: Vec<Var> = first.tape.params().collect();
+        let mut worst = 0.0f32;
+        for r in rest {
+            let theirs: Vec<Var> = r.tape.params().collect();
+            if theirs.len() != params.len() {
+                return Ok(f32::INFINITY);
+            }
+            for (&p, &q) in params.iter().zip(&theirs) {
+                let (a, b) = (first.tape.data(p)?, r.tape.data(q)?);
+                if a.len() != b.len() {
+                    return Ok(f32::INFINITY);
+                }
+                for (x, y) in a.iter().zip(b) {
+                    let d = (x - y).abs();
+                    if d.is_nan() {
+                        worst = f32::INFINITY;
+                    } else if d > worst {
+                        worst = d;
+                    }
+                }
+            }
+        }
+        Ok(worst)
+    }
+
+    /// One training step on a batch: `xs` holds `rows` samples of `sample` shape (row-major),
+    /// split into contiguous shards, one per replica (sizes differ by at most one; replicas
+    /// left without rows sit the step out). `loss` computes a replica's mean loss from the
+    /// model, its input shard and its target shard. Returns the batch's mean loss.
+    ///
+    /// # Errors
+    /// [`Error::LengthMismatch`] when `xs` or the targets do not hold whole samples, or
+    /// disagree on the number of samples; whatever an op returns (then the replicas may be
+    /// out of step: rebuild them or restore a checkpoint).
+    pub fn step<F>(
+        &mut self,
+        xs: &[f32],
+        sample: &[usize],
+        targets: Targets<'_>,
+        loss: F,
+    ) -> Result<f32>
+    where
+        F: Fn(&mut Tape<B, N>, &M, Var, Var) -> Result<Var> + Sync,
+    {
+        let per: usize = sample.iter().product();
+        if per == 0 || !xs.len().is_multiple_of(per) {
+            return Err(Error::LengthMismatch {
+                op: "data parallel input",
+                expected: per,
+                got: xs.len(),
+            });
+        }
+        let rows = xs.len() / per;
+        let (tlen, tper) = match targets {
+            Targets::Labels(l) => (l.len(), 1),
+            Targets::Values(v, d) => (v.len(), d.iter().product()),
+        };
+        if tper == 0 || tlen != rows * tper {
+            return Err(Error::LengthMismatch {
+                op: "data parallel targets",
+                expected: rows * tper.max(1),
+                got: tlen,
+            });
+        }
+        let k = self.replicas.len();
+        // Shard r covers rows [bounds(r), bounds(r + 1)).
+        let bounds = |r: usize| r * rows / k;
+        let results: Vec<Result<f32>> = self
+            .replicas
+            .par_iter_mut()
+            .enumerate()
+            .map(|(r, rep)| {
+                let (lo, hi) = (bounds(r), bounds(r + 1));
+                rep.tape.rewind(rep.start)?;
+                if lo == hi {
+                    return Ok(0.0);
+                }
+                let mut dims = Vec::with_capacity(sample.len() + 1);
+                dims.push(hi - lo);
+                dims.extend_from_slice(sample);
+                let x = rep.tape.input(&dims, &xs[lo * per..hi * per])?;
+                let y = match targets {
+                    Targets::Labels(l) => rep.tape.labels(&l[lo..hi])?,
+                    Targets::Values(v, d) => {
+                        let mut td = Vec::with_capacity(d.len() + 1);
+                        td.push(hi - lo);
+                        td.extend_from_slice(d);
+                        rep.tape.input(&td, &v[lo * tper..hi * tper])?
+                    }
+                };
+                let l = loss(&mut rep.tape, &rep.model, x, y)?;
+                rep.tape.backward(l)?;
+                rep.tape.item(l)
+            })
+            .collect();
+        let mut total = 0.0f64;
+        for (r, res) in results.into_iter().enumerate() {
+            let w = (bounds(r + 1) - bounds(r)) as f64 / rows as f64;
+            total += w * f64::from(res?);
+        }
+        let weights: Vec<f32> = (0..k)
+            .map(|r| ((bounds(r + 1) - bounds(r)) as f64 / rows as f64) as f32)
+            .collect();
+        self.all_reduce(&weights)?;
+        self.replicas
+            .par_iter_mut()
+            .try_for_each(|rep| rep.opt.step(&mut rep.tape))?;
+        debug_assert!(
+            matches!(self.divergence(), Ok(d) if d == 0.0),
+            "data parallel replicas went out of step"
+        );
+        Ok(total as f32)
+    }
+
+    /// Replaces every replica's gradients with their weighted sum, in parallel over chunks.
+    fn all_reduce(&mut self, weights: &[f32]) -> Result<()> {
+        // Each replica's gradient regions, in parameter order (the same on every replica).
+        let mut per_replica: Vec<Vec<&mut [f32]>> = Vec::with_capacity(self.replicas.len());
+        for rep in &mut self.replicas {
+            let views: Vec<(usize, usize)> = {
+                let t = &rep.tape;
+                let mut v = Vec::new();
+                for p in t.params() {
+                    if let Some(g) = t.grad(p)? {
+                        v.push((g.offset, g.len()));
+                    }
+                }
+                v
+            };
+            per_replica.push(disjoint_mut(rep.tape.backend_mut().storage_mut(), &views)?);
+        }
+        let chunk = self.chunk;
+        // Task i: chunk c of parameter p, across every replica.
+        let mut tasks: Vec<Vec<&mut [f32]>> = Vec::new();
+        let params = per_replica.first().map_or(0, Vec::len);
+        let mut iters: Vec<std::vec::IntoIter<&mut [f32]>> =
+            per_replica.into_iter().map(Vec::into_iter).collect();
+        for _ in 0..params {
+            let slices: Vec<&mut [f32]> = iters.iter_mut().filter_map(Iterator::next).collect();
+            let mut chunked: Vec<std::slice::ChunksMut<'_, f32>> =
+                slices.into_iter().map(|s| s.chunks_mut(chunk)).collect();
+            loop {
+                let parts: Vec<&mut [f32]> =
+                    chunked.iter_mut().filter_map(Iterator::next).collect();
+                if parts.is_empty() {
+                    break;
+                }
+                tasks.push(parts);
+            }
+        }
+        tasks.into_par_iter().for_each(|mut parts| {
+            let n = parts.first().map_or(0, |p| p.len());
+            for j in 0..n {
+                let mut s = 0.0f32;
+                for (p, &w) in parts.iter().zip(weights) {
+                    s += w * p[j];
+                }
+                for p in parts.iter_mut() {
+                    p[j] = s;
+                }
+            }
+        });
+        Ok(())
+    }
+}
+
+/// Disjoint mutable slices of `buf` for `(offset, len)` regions given in increasing order.
+fn disjoint_mut<'b>(buf: &'b mut [f32], regions: &[(usize, usize)]) -> Result<Vec<&'b mut [f32]>> {
+    let mut out = Vec::with_capacity(regions.len());
+    let mut rest = buf;
+    let mut at = 0;
+    for &(off, len) in regions {
+        if off < at {
+            return Err(Error::Aliasing);
+        }
+        let tail = std::mem::take(&mut rest);
+        let (_, tail) = tail
+            .split_at_mut_checked(off - at)
+            .ok_or(Error::IndexOutOfRange {
+                op: "all-reduce",
+                index: off,
+                bound: at,
+            })?;
+        let (mid, tail) = tail
+            .split_at_mut_checked(len)
+            .ok_or(Error::IndexOutOfRange {
+                op: "all-reduce",
+                index: off + len,
+                bound: at,
+            })?;
+        out.push(mid);
+        rest = tail;
+        at = off + len;
+    }
+    Ok(out)
+}

@@ -1,0 +1,481 @@
+//! The model: an MLP with layer sizes chosen at run time, its optimizer, and a [`Model`] that
+//! owns the tape they live on, with prediction and one training step.
+
+use mote::plan;
+use mote::{
+    Adam, AdamConfig, HostBackend, Linear, Mark, Module, Optimizer, Rng, Sgd, SgdConfig, Tape, Var,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, Standardizer, Targets, Task};
+use crate::error::{Error, Result};
+
+/// Tape capacity: an MLP of `L` layers records `4 L + 2` nodes per step.
+pub const NODES: usize = 512;
+/// The most layers (hidden + output) a model may have.
+pub const MAX_LAYERS: usize = (NODES - 2) / 4;
+/// Rows per evaluation batch.
+pub const EVAL_BATCH: usize = 256;
+
+/// What a trained model is: enough to rebuild it from a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// Layer sizes, `[inputs, hidden..., outputs]`; ReLU between layers.
+    pub sizes: Vec<usize>,
+    /// Classification or regression.
+    pub task: Task,
+    /// Class names (classification), index `i` for output `i`.
+    pub classes: Vec<String>,
+    /// Feature (input column) names, in input order.
+    pub features: Vec<String>,
+    /// The label column's name.
+    pub label: String,
+    /// Feature standardisation, from the training split (stored as tensors in a checkpoint).
+    #[serde(skip, default)]
+    pub norm: Standardizer,
+    /// Target standardisation (regression): mean and std; `(0, 1)` for classification.
+    pub target: (f32, f32),
+}
+
+impl ModelSpec {
+    /// The spec of an MLP with `hidden` layer sizes for `ds`, with standardisation statistics
+    /// of the rows `train` (of the features, and of the targets for regression).
+    ///
+    /// # Errors
+    /// As [`ModelSpec::check`].
+    pub fn for_dataset(ds: &Dataset, hidden: &[usize], train: &[usize]) -> Result<ModelSpec> {
+        let mut sizes = vec![ds.cols];
+        sizes.extend_from_slice(hidden);
+        sizes.push(match ds.task {
+            Task::Classification => ds.classes.len(),
+            Task::Regression => 1,
+        });
+        let target = match &ds.targets {
+            Targets::Values(v) => {
+                let vals: Vec<f32> = train.iter().filter_map(|&i| v.get(i).copied()).collect();
+                let st = Standardizer::fit(&vals, 1, &(0..vals.len()).collect::<Vec<_>>());
+                (st.mean[0], st.std[0])
+            }
+            Targets::Classes(_) => (0.0, 1.0),
+        };
+        let spec = ModelSpec {
+            sizes,
+            task: ds.task,
+            classes: ds.classes.clone(),
+            features: ds.features.clone(),
+            label: ds.label.clone(),
+            norm: Standardizer::fit(&ds.x, ds.cols, train),
+            target,
+        };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Checks the sizes.
+    ///
+    /// # Errors
+    /// `Invalid` for fewer than two sizes, a zero size, or too many layers.
+    pub fn check(&self) -> Result<()> {
+        if self.sizes.len() < 2 || self.sizes.contains(&0) {
+            return Err(Error::invalid(format!(
+                "bad layer sizes {:?}: every layer needs at least one unit",
+                self.sizes
+            )));
+        }
+        if self.sizes.len() - 1 > MAX_LAYERS {
+            return Err(Error::invalid(format!(
+                "{} layers; at most {MAX_LAYERS} are supported",
+                self.sizes.len() - 1
+            )));
+        }
+        Ok(())
+    }
+
+    /// Outputs of the last layer.
+    pub fn outputs(&self) -> usize {
+        self.sizes.last().copied().unwrap_or(1)
+    }
+
+    /// The planner's loss for this task.
+    pub fn loss(&self) -> plan::Loss {
+        match self.task {
+            Task::Classification => plan::Loss::CrossEntropy,
+            Task::Regression => plan::Loss::Mse,
+        }
+    }
+}
+
+/// An MLP: `Linear` layers with ReLU between them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mlp {
+    /// The layers, input first.
+    pub layers: Vec<Linear>,
+}
+
+impl Module for Mlp {
+    fn forward<B: mote::Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        x: Var,
+    ) -> mote::Result<Var> {
+        let mut y = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i > 0 {
+                y = tape.relu(y)?;
+            }
+            y = layer.forward(tape, y)?;
+        }
+        Ok(y)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        for l in &self.layers {
+            l.visit_params(f);
+        }
+    }
+}
+
+/// Which optimizer, with its settings.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum OptimizerConfig {
+    /// Adam.
+    Adam {
+        /// Learning rate.
+        lr: f64,
+        /// L2 weight decay.
+        weight_decay: f64,
+    },
+    /// AdamW (decoupled weight decay).
+    Adamw {
+        /// Learning rate.
+        lr: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+    /// SGD with momentum.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum (0: none).
+        momentum: f64,
+        /// L2 weight decay.
+        weight_decay: f64,
+    },
+}
+
+impl OptimizerConfig {
+    /// The base learning rate.
+    pub fn lr(&self) -> f64 {
+        match *self {
+            OptimizerConfig::Adam { lr, .. }
+            | OptimizerConfig::Adamw { lr, .. }
+            | OptimizerConfig::Sgd { lr, .. } => lr,
+        }
+    }
+
+    /// The planner's view of the optimizer's state.
+    pub fn plan(&self) -> plan::Opt {
+        match *self {
+            OptimizerConfig::Sgd { momentum, .. } if momentum > 0.0 => plan::Opt::SgdMomentum,
+            OptimizerConfig::Sgd { .. } => plan::Opt::Sgd,
+            _ => plan::Opt::Adam,
+        }
+    }
+
+    /// Floats of optimizer state per parameter element.
+    pub fn state_per_param(&self) -> usize {
+        match self.plan() {
+            plan::Opt::Sgd => 0,
+            plan::Opt::SgdMomentum => 1,
+            plan::Opt::Adam => 2,
+        }
+    }
+
+    /// A short name (`adam`, `adamw`, `sgd`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            OptimizerConfig::Adam { .. } => "adam",
+            OptimizerConfig::Adamw { .. } => "adamw",
+            OptimizerConfig::Sgd { .. } => "sgd",
+        }
+    }
+}
+
+/// An optimizer of any kind.
+#[derive(Clone, Copy, Debug)]
+pub enum Opt {
+    /// Adam or AdamW.
+    Adam(Adam),
+    /// SGD.
+    Sgd(Sgd),
+}
+
+impl Optimizer for Opt {
+    fn step<B: mote::Backend, const N: usize>(
+        &mut self,
+        tape: &mut Tape<B, N>,
+    ) -> mote::Result<()> {
+        match self {
+            Opt::Adam(o) => o.step(tape),
+            Opt::Sgd(o) => o.step(tape),
+        }
+    }
+    fn lr(&self) -> f64 {
+        match self {
+            Opt::Adam(o) => o.lr(),
+            Opt::Sgd(o) => o.lr(),
+        }
+    }
+    fn set_lr(&mut self, lr: f64) {
+        match self {
+            Opt::Adam(o) => o.set_lr(lr),
+            Opt::Sgd(o) => o.set_lr(lr),
+        }
+    }
+}
+
+/// Floats of arena a model needs to train with `batch` rows per step and to evaluate
+/// [`EVAL_BATCH`] rows at a time.
+pub fn arena_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> usize {
+    let params = plan::mlp_params(&spec.sizes, opt.plan());
+    let step = plan::mlp_step(&spec.sizes, batch, spec.loss());
+    let infer = plan::mlp_inference(&spec.sizes, EVAL_BATCH)
+        - plan::mlp_params(&spec.sizes, plan::Opt::Sgd) / 2;
+    params + step.max(infer)
+}
+
+/// A model on a tape: the MLP, its optimizer, and the mark above which each step's
+/// activations live.
+pub struct Model<B: HostBackend<Elem = f32>> {
+    /// The tape (parameters, gradients and optimizer state below `start`).
+    pub tape: Tape<B, NODES>,
+    /// The network.
+    pub net: Mlp,
+    /// The optimizer.
+    pub opt: Opt,
+    /// The mark after parameters and optimizer state.
+    pub start: Mark,
+    /// What the model is.
+    pub spec: ModelSpec,
+    /// The optimizer's settings.
+    pub opt_config: OptimizerConfig,
+}
+
+impl<B: HostBackend<Elem = f32>> Model<B> {
+    /// Builds the model on `backend` (whose storage needs [`arena_floats`]), with PyTorch's
+    /// initialisation drawn from `init`.
+    ///
+    /// # Errors
+    /// `Invalid` for bad sizes or optimizer settings; a core error when the arena is too small.
+    pub fn new(
+        backend: B,
+        spec: ModelSpec,
+        opt_config: OptimizerConfig,
+        init: &mut Rng,
+    ) -> Result<Self> {
+        spec.check()?;
+        let mut tape = Tape::<B, NODES>::with_backend(backend);
+        let mut layers = Vec::with_capacity(spec.sizes.len() - 1);
+        for w in spec.sizes.windows(2) {
+            layers.push(Linear::new(&mut tape, w[0], w[1], init)?);
+        }
+        let opt = match opt_config {
+            OptimizerConfig::Adam { lr, weight_decay } => Opt::Adam(Adam::new(
+                &mut tape,
+                AdamConfig {
+                    lr,
+                    weight_decay,
+                    ..AdamConfig::default()
+                },
+            )?),
+            OptimizerConfig::Adamw { lr, weight_decay } => Opt::Adam(Adam::adamw(
+                &mut tape,
+                AdamConfig {
+                    lr,
+                    weight_decay,
+                    ..AdamConfig::default()
+                },
+            )?),
+            OptimizerConfig::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => Opt::Sgd(Sgd::new(
+                &mut tape,
+                SgdConfig {
+                    lr,
+                    momentum,
+                    weight_decay,
+                    ..SgdConfig::default()
+                },
+            )?),
+        };
+        let start = tape.mark();
+        Ok(Model {
+            tape,
+            net: Mlp { layers },
+            opt,
+            start,
+            spec,
+            opt_config,
+        })
+    }
+
+    /// One training step on a standardised batch (`x`: `rows x inputs`; `y_class` or `y_value`
+    /// by task). Returns the mean loss and the number of correct predictions (classification).
+    ///
+    /// # Errors
+    /// A core error (a non-finite loss means divergence).
+    pub fn train_step(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        y_class: &[usize],
+        y_value: &[f32],
+    ) -> Result<(f32, usize)> {
+        let t = &mut self.tape;
+        t.rewind(self.start)?;
+        let xv = t.input(&[rows, self.spec.sizes[0]], x)?;
+        let out = self.net.forward(t, xv)?;
+        let loss = match self.spec.task {
+            Task::Classification => {
+                let y = t.labels(y_class)?;
+                t.cross_entropy(out, y)?
+            }
+            Task::Regression => {
+                let y = t.input(&[rows, 1], y_value)?;
+                t.mse(out, y)?
+            }
+        };
+        t.backward(loss)?;
+        let l = t.item(loss)?;
+        if !l.is_finite() {
+            return Err(mote::Error::NonFinite { op: "loss" }.into());
+        }
+        let correct = match self.spec.task {
+            Task::Classification => count_correct(t.data(out)?, self.spec.outputs(), y_class),
+            Task::Regression => 0,
+        };
+        self.opt.step(t)?;
+        Ok((l, correct))
+    }
+
+    /// Network outputs (logits, or standardised regression values) for standardised rows,
+    /// `rows x outputs`, in batches of [`EVAL_BATCH`].
+    ///
+    /// # Errors
+    /// A core error.
+    pub fn outputs(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let (ins, outs) = (self.spec.sizes[0], self.spec.outputs());
+        let mut all = Vec::with_capacity(rows * outs);
+        for chunk in x.chunks(EVAL_BATCH * ins).take(rows.div_ceil(EVAL_BATCH)) {
+            let n = chunk.len() / ins;
+            self.tape.rewind(self.start)?;
+            let net = &self.net;
+            let y = self.tape.no_grad(|t| {
+                let xv = t.input(&[n, ins], chunk)?;
+                net.forward(t, xv)
+            })?;
+            all.extend_from_slice(self.tape.data(y)?);
+        }
+        self.tape.rewind(self.start)?;
+        Ok(all)
+    }
+
+    /// Copies every parameter out, in creation order (`[out, in]` weight, then bias, per layer).
+    ///
+    /// # Errors
+    /// A core error.
+    pub fn params(&self) -> Result<Vec<(Vec<usize>, Vec<f32>)>> {
+        let mut out = Vec::new();
+        for p in self.tape.params() {
+            let dims = p.shape().dims().iter().map(|&d| d as usize).collect();
+            out.push((dims, self.tape.data(p)?.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// Rows of `logits` (`classes` wide) whose largest entry is at the label.
+pub fn count_correct(logits: &[f32], classes: usize, labels: &[usize]) -> usize {
+    logits
+        .chunks(classes.max(1))
+        .zip(labels)
+        .filter(|(row, &y)| argmax(row) == y)
+        .count()
+}
+
+/// The index of the largest value (the first on ties; 0 for an empty slice).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if v.total_cmp(&row[best]).is_gt() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Softmax of one row (for probabilities).
+pub fn softmax(row: &[f32]) -> Vec<f32> {
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = row.iter().map(|v| (v - m).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
+/// Which CPU backend runs the tape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackendKind {
+    /// The core's serial reference backend: runs are reproducible bit for bit from a seed.
+    Cpu,
+    /// The multithreaded backend ([`crate::parallel::Parallel`]).
+    #[default]
+    Parallel,
+}
+
+impl BackendKind {
+    /// `cpu` or `parallel`.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Parallel => "parallel",
+        }
+    }
+}
+
+/// Work to run on a backend chosen at run time (see [`run_on`]).
+pub trait WithBackend {
+    /// What the work returns.
+    type Output;
+    /// Runs the work on `backend`.
+    ///
+    /// # Errors
+    /// Whatever the work returns.
+    fn run<B: HostBackend<Elem = f32>>(self, backend: B) -> Result<Self::Output>;
+}
+
+/// Allocates an arena of `floats` and runs `work` on a backend of `kind` over it.
+///
+/// # Errors
+/// Whatever `work` returns.
+pub fn run_on<W: WithBackend>(kind: BackendKind, floats: usize, work: W) -> Result<W::Output> {
+    let too_big = || {
+        Error::invalid(format!(
+            "the model needs an arena of {:.1} GB, more than this machine can give",
+            floats as f64 * 4e-9
+        ))
+        .with_hint("use smaller --hidden layers or a smaller --batch")
+    };
+    if floats >= u32::MAX as usize {
+        return Err(too_big());
+    }
+    let mut mem: Vec<f32> = Vec::new();
+    mem.try_reserve_exact(floats).map_err(|_| too_big())?;
+    mem.resize(floats, 0.0);
+    match kind {
+        BackendKind::Cpu => work.run(mote::Cpu::new(&mut mem)),
+        BackendKind::Parallel => work.run(crate::parallel::Parallel::new(&mut mem)),
+    }
+}

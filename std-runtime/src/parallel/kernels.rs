@@ -1,0 +1,353 @@
+//! The split-over-threads forms of the core's kernels. Each splits its output into disjoint
+//! chunks and runs the core's own kernel (or the same arithmetic in the same order) on each, so
+//! that results equal the serial ones except where a sum is split (noted per function).
+
+use mote::ops::binary::{self, BinaryOp, Side};
+use mote::ops::loss::{self, LossOp};
+use mote::ops::movement::{self, Strided};
+use mote::ops::reduce::{self, Axis3, ReduceOp};
+use mote::{Float, Result, Shape, MAX_RANK};
+use rayon::prelude::*;
+
+use super::simd;
+
+/// `shape` with dimension `axis` replaced by `d`.
+fn with_dim(shape: &Shape, axis: usize, d: usize) -> Result<Shape> {
+    let mut dims = [1usize; MAX_RANK];
+    for (o, &v) in dims.iter_mut().zip(shape.dims()) {
+        *o = v as usize;
+    }
+    if let Some(o) = dims.get_mut(axis) {
+        *o = d;
+    }
+    Shape::new(dims.get(..shape.rank()).unwrap_or(&[]))
+}
+
+/// A split of a broadcast op's output along its first dimension, in chunks of whole rows.
+pub(super) struct RowSplit {
+    y: Shape,
+    rows: usize,
+    inner: usize,
+    per: usize,
+}
+
+impl RowSplit {
+    /// `None` when the output has fewer than two rows.
+    pub(super) fn new(y: &Shape, threads: usize) -> Option<RowSplit> {
+        let rows = if y.rank() >= 1 { y.dim(0) } else { 1 };
+        if rows < 2 {
+            return None;
+        }
+        Some(RowSplit {
+            y: *y,
+            rows,
+            inner: y.numel() / rows,
+            per: rows.div_ceil(threads * 4).max(1),
+        })
+    }
+
+    /// The part of an operand that rows `start..start + cnt` of the output read: the same
+    /// rows when the operand has them, the whole operand when it is broadcast along them.
+    fn part<'s, T>(
+        &self,
+        s: &Shape,
+        data: &'s [T],
+        start: usize,
+        cnt: usize,
+    ) -> Result<(&'s [T], Shape)> {
+        if s.rank() == self.y.rank() && s.dim(0) == self.rows {
+            let inner = s.numel() / self.rows;
+            let part = data
+                .get(start * inner..(start + cnt) * inner)
+                .unwrap_or(&[]);
+            Ok((part, with_dim(s, 0, cnt)?))
+        } else {
+            Ok((data, *s))
+        }
+    }
+
+    /// [`binary::forward`] chunk by chunk; exact.
+    pub(super) fn binary<T: Float>(
+        &self,
+        op: BinaryOp,
+        a: &[T],
+        sa: &Shape,
+        b: &[T],
+        sb: &Shape,
+        y: &mut [T],
+    ) -> Result<()> {
+        y.par_chunks_mut(self.per * self.inner)
+            .enumerate()
+            .try_for_each(|(i, yc)| {
+                let (start, cnt) = (i * self.per, yc.len() / self.inner);
+                let (ac, sac) = self.part(sa, a, start, cnt)?;
+                let (bc, sbc) = self.part(sb, b, start, cnt)?;
+                let ys = with_dim(&self.y, 0, cnt)?;
+                simd(|| binary::forward(op, ac, &sac, bc, &sbc, yc, &ys));
+                Ok(())
+            })
+    }
+
+    /// [`binary::backward`] chunk by chunk, for an operand shaped like the output; exact.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn binary_backward<T: Float>(
+        &self,
+        op: BinaryOp,
+        side: Side,
+        a: &[T],
+        sa: &Shape,
+        b: &[T],
+        sb: &Shape,
+        dy: &[T],
+        dx: &mut [T],
+    ) -> Result<()> {
+        let chunk = self.per * self.inner;
+        dx.par_chunks_mut(chunk)
+            .zip(dy.par_chunks(chunk))
+            .enumerate()
+            .try_for_each(|(i, (dc, gc))| {
+                let (start, cnt) = (i * self.per, gc.len() / self.inner);
+                let (ac, sac) = self.part(sa, a, start, cnt)?;
+                let (bc, sbc) = self.part(sb, b, start, cnt)?;
+                let ys = with_dim(&self.y, 0, cnt)?;
+                simd(|| binary::backward(op, side, ac, &sac, bc, &sbc, gc, &ys, dc));
+                Ok(())
+            })
+    }
+}
+
+/// [`movement::copy`], with the common two-dimensional layouts (a bias broadcast over rows,
+/// its gradient summed over rows, plain and windowed copies: rows contiguous on both sides) as
+/// whole-row slice operations. Same values, in the same order.
+#[inline(always)]
+pub(super) fn copy<T: Float>(
+    space: &Shape,
+    s: &[T],
+    ss: [usize; MAX_RANK],
+    d: &mut [T],
+    ds: [usize; MAX_RANK],
+    accumulate: bool,
+) {
+    if !copy_rows(space, s, ss, d, ds, accumulate) {
+        movement::copy(space, s, ss, d, ds, accumulate);
+    }
+}
+
+/// The row form of [`copy`]; false (having done nothing) for other layouts.
+#[inline(always)]
+fn copy_rows<T: Float>(
+    space: &Shape,
+    s: &[T],
+    ss: [usize; MAX_RANK],
+    d: &mut [T],
+    ds: [usize; MAX_RANK],
+    accumulate: bool,
+) -> bool {
+    if space.rank() != 2 {
+        return false;
+    }
+    let (rows, cols) = (space.dim(0), space.dim(1));
+    let ([sr, 1, ..], [dr, 1, ..]) = (ss, ds) else {
+        return false;
+    };
+    let fits = |len: usize, stride: usize| {
+        (rows - 1)
+            .checked_mul(stride)
+            .and_then(|v| v.checked_add(cols))
+            .is_some_and(|end| end <= len)
+    };
+    if !fits(s.len(), sr) || !fits(d.len(), dr) {
+        return false;
+    }
+    let src_row = |i: usize| s.get(i * sr..i * sr + cols).unwrap_or(&[]);
+    if dr == 0 {
+        // Every row into one: a sum over rows (a broadcast's gradient).
+        if !accumulate {
+            return false;
+        }
+        let Some(dst) = d.get_mut(..cols) else {
+            return false;
+        };
+        for i in 0..rows {
+            for (d, &v) in dst.iter_mut().zip(src_row(i)) {
+                *d += v;
+            }
+        }
+        return true;
+    }
+    if dr < cols {
+        return false;
+    }
+    for i in 0..rows {
+        let Some(dst) = d.get_mut(i * dr..i * dr + cols) else {
+            return false;
+        };
+        let src = src_row(i);
+        if accumulate {
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d += v;
+            }
+        } else {
+            dst.copy_from_slice(src);
+        }
+    }
+    true
+}
+
+/// [`movement::copy`] split along the outermost dimension whose destination parts are
+/// disjoint (a non-zero destination stride at least the span of one part). Exact. Returns
+/// false, having done nothing, when no dimension splits.
+pub(super) fn copy_par<T: Float>(
+    space: &Shape,
+    s: &[T],
+    ss: [usize; MAX_RANK],
+    d: &mut [T],
+    ds: [usize; MAX_RANK],
+    accumulate: bool,
+    threads: usize,
+) -> bool {
+    let layout = Strided {
+        offset: 0,
+        strides: ds,
+    };
+    for dim in 0..space.rank() {
+        let (len, step) = (space.dim(dim), ds.get(dim).copied().unwrap_or(0));
+        let sstep = ss.get(dim).copied().unwrap_or(0);
+        if len < 2 || step == 0 {
+            continue;
+        }
+        let w = len.div_ceil((threads * 4).min(len));
+        let Ok(sub) = with_dim(space, dim, w) else {
+            continue;
+        };
+        if step.saturating_mul(w) < layout.span(&sub) {
+            continue;
+        }
+        let mut jobs = Vec::with_capacity(len.div_ceil(w));
+        let mut rest = d;
+        let mut consumed = 0;
+        let mut start = 0;
+        while start < len {
+            let cnt = w.min(len - start);
+            let Ok(sh) = with_dim(space, dim, cnt) else {
+                return false;
+            };
+            let at = start * step;
+            let tail = core::mem::take(&mut rest);
+            let Some((_, tail)) = at
+                .checked_sub(consumed)
+                .and_then(|skip| tail.split_at_mut_checked(skip))
+            else {
+                return false;
+            };
+            let Some((mine, tail)) = tail.split_at_mut_checked(layout.span(&sh)) else {
+                return false;
+            };
+            rest = tail;
+            consumed = at + mine.len();
+            let Some(src) = s.get(start * sstep..) else {
+                return false;
+            };
+            jobs.push((mine, src, sh));
+            start += cnt;
+        }
+        jobs.into_par_iter()
+            .for_each(|(d, s, sh)| simd(|| copy(&sh, s, ss, d, ds, accumulate)));
+        return true;
+    }
+    false
+}
+
+/// [`reduce::forward`] split over blocks (`outer`), each block reduced by the core's kernel;
+/// exact. Returns false, having done nothing, for a single block.
+pub(super) fn reduce_par<T: Float>(
+    op: ReduceOp,
+    a: Axis3,
+    x: &[T],
+    y: &mut [T],
+    threads: usize,
+) -> bool {
+    let Axis3 { outer, n, inner } = a;
+    if outer < 2 {
+        return false;
+    }
+    let per = outer.div_ceil(threads * 4);
+    y.par_chunks_mut(per * inner)
+        .zip(x.par_chunks(per * n * inner))
+        .for_each(|(y, x)| {
+            let part = Axis3 {
+                outer: y.len() / inner,
+                ..a
+            };
+            simd(|| reduce::forward(op, part, x, y));
+        });
+    true
+}
+
+/// [`reduce::backward`] split over blocks; exact. Returns false, having done nothing, for a
+/// single block.
+pub(super) fn reduce_backward_par<T: Float>(
+    op: ReduceOp,
+    a: Axis3,
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    dx: &mut [T],
+    threads: usize,
+) -> bool {
+    let Axis3 { outer, n, inner } = a;
+    if outer < 2 {
+        return false;
+    }
+    let per = outer.div_ceil(threads * 4);
+    dx.par_chunks_mut(per * n * inner)
+        .zip(x.par_chunks(per * n * inner))
+        .zip(y.par_chunks(per * inner).zip(dy.par_chunks(per * inner)))
+        .for_each(|((dx, x), (y, dy))| {
+            let part = Axis3 {
+                outer: y.len() / inner,
+                ..a
+            };
+            simd(|| reduce::backward(op, part, x, y, dy, dx));
+        });
+    true
+}
+
+/// The first error of per-chunk results, in chunk order (so the error does not depend on
+/// scheduling).
+fn first_err<V>(results: Vec<Result<V>>) -> Result<Vec<V>> {
+    results.into_iter().collect()
+}
+
+/// [`loss::forward`] over chunks, the chunk means combined in f64: rounds differently from
+/// the serial sum (usually closer to the exact value).
+pub(super) fn loss_par<T: Float>(
+    op: LossOp,
+    classes: usize,
+    p: &[T],
+    t: &[T],
+    threads: usize,
+) -> Result<T> {
+    let (rows, width) = match op {
+        LossOp::CrossEntropy if classes > 0 => (t.len(), classes),
+        LossOp::CrossEntropy => return simd(|| loss::forward(op, classes, p, t)),
+        _ => (p.len(), 1),
+    };
+    if rows == 0 {
+        return simd(|| loss::forward(op, classes, p, t));
+    }
+    let per = rows.div_ceil(threads * 4);
+    let parts: Vec<Result<f64>> = p
+        .par_chunks(per * width)
+        .zip(t.par_chunks(per))
+        .map(|(pc, tc)| {
+            let n = match op {
+                LossOp::CrossEntropy => tc.len().min(pc.len() / width),
+                _ => pc.len(),
+            };
+            simd(|| loss::forward(op, classes, pc, tc)).map(|m| m.to_f64() * n as f64)
+        })
+        .collect();
+    let total: f64 = first_err(parts)?.iter().sum();
+    Ok(T::from_f64(total / rows as f64))
+}

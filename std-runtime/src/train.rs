@@ -1,0 +1,435 @@
+//! The training loop: epochs, seeded shuffling, mini-batches (the last one partial), a
+//! validation split, metrics, learning-rate schedules, early stopping, logging hooks, and a
+//! checkpoint after every epoch.
+//!
+//! ```
+//! use mote::{Cpu, Rng};
+//! use mote_runtime::data::{self, CsvOptions, Dataset};
+//! use mote_runtime::model::{arena_floats, Model, ModelSpec, OptimizerConfig};
+//! use mote_runtime::train::{fit, Prepared, TrainConfig, TrainState};
+//!
+//! let table = data::digits(&CsvOptions::default())?;      // or data::load("my.csv", ...)
+//! let ds = Dataset::from_table(&table, None, None)?;      // classification, 10 classes
+//! let config = TrainConfig { epochs: 5, ..TrainConfig::new("digits") };
+//! let (train, val) = data::split(ds.rows, config.val_fraction, config.seed, ds.class_labels())?;
+//! let spec = ModelSpec::for_dataset(&ds, &[32], &train)?;  // 64-32-10, standardised inputs
+//! let opt = OptimizerConfig::Adam { lr: 1e-3, weight_decay: 0.0 };
+//! let data = Prepared::new(&ds, &spec, train, val);
+//!
+//! let mut mem = vec![0f32; arena_floats(&spec, &opt, config.batch)];
+//! let mut model = Model::new(Cpu::new(&mut mem), spec, opt, &mut Rng::new(config.seed))?;
+//! let mut state = TrainState::new(config.seed);
+//! let summary = fit(&mut model, &data, &config, &mut state, &mut [], None)?;
+//! assert!(summary.last.unwrap().val_metric.unwrap() > 0.85); // validation accuracy
+//! # Ok::<(), mote_runtime::Error>(())
+//! ```
+//!
+//! On the serial backend a run is a pure function of its seed: the same seed gives the same
+//! weights bit for bit, and a run resumed from a checkpoint continues exactly as if it had not
+//! stopped.
+
+use std::path::Path;
+use std::time::Instant;
+
+use mote::{HostBackend, Rng};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, Targets, Task};
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::model::{Model, ModelSpec};
+use crate::schedule::Schedule;
+
+/// Where the training data came from (so that `--resume` can load it again).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSource {
+    /// `digits` or a path.
+    pub data: String,
+    /// The label column as given (`None`: the last).
+    pub label: Option<String>,
+    /// The IDX labels file, when given.
+    pub idx_labels: Option<String>,
+    /// A CRC-32 of the data's features and targets ([`crate::data::fingerprint`]), to notice
+    /// when a resumed run reads different data.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+/// The settings of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// The epoch to stop after (counted from the start of the run, across resumes).
+    pub epochs: usize,
+    /// Rows per step (the last batch of an epoch may be smaller).
+    pub batch: usize,
+    /// The seed of initialisation, split and shuffling.
+    pub seed: u64,
+    /// Share of the rows held out for validation.
+    pub val_fraction: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Stop after this many epochs without improvement of the validation metric.
+    pub patience: Option<usize>,
+    /// The smallest change that counts as an improvement.
+    pub min_delta: f64,
+    /// The data.
+    pub source: DataSource,
+}
+
+impl TrainConfig {
+    /// The defaults on `data`: 50 epochs, batch 32, seed 42, 20% validation, constant rate, no
+    /// early stopping.
+    pub fn new(data: &str) -> TrainConfig {
+        TrainConfig {
+            epochs: 50,
+            batch: 32,
+            seed: 42,
+            val_fraction: 0.2,
+            schedule: Schedule::Constant,
+            patience: None,
+            min_delta: 0.0,
+            source: DataSource {
+                data: data.to_string(),
+                label: None,
+                idx_labels: None,
+                fingerprint: None,
+            },
+        }
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// `Invalid` for a zero batch size.
+    pub fn check(&self) -> Result<()> {
+        if self.batch == 0 {
+            return Err(Error::invalid("batch size 0").with_hint("give --batch 1 or more"));
+        }
+        Ok(())
+    }
+}
+
+/// One epoch's numbers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// The epoch (1-based).
+    pub epoch: usize,
+    /// The learning rate at the epoch's last step.
+    pub lr: f64,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (classification) or RMSE (regression), over the epoch's batches.
+    pub train_metric: f64,
+    /// Validation loss.
+    pub val_loss: Option<f64>,
+    /// Validation accuracy or RMSE.
+    pub val_metric: Option<f64>,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+}
+
+impl EpochLog {
+    /// The metric early stopping watches: validation if there is some, else training.
+    pub fn monitored(&self) -> f64 {
+        self.val_metric.unwrap_or(self.train_metric)
+    }
+}
+
+/// Where a run stands: everything besides the weights that a resumed run needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// The shuffling generator's state.
+    pub rng: (u64, u64),
+    /// The best monitored metric so far.
+    pub best: Option<f64>,
+    /// The epoch that reached it.
+    pub best_epoch: usize,
+    /// Epochs since the last improvement.
+    pub wait: usize,
+    /// Whether early stopping ended the run.
+    pub stopped: bool,
+    /// Every epoch's numbers.
+    pub history: Vec<EpochLog>,
+}
+
+impl TrainState {
+    /// The state of a run that has not started.
+    pub fn new(seed: u64) -> TrainState {
+        TrainState {
+            epoch: 0,
+            step: 0,
+            rng: Rng::with_stream(seed, 2).state(),
+            best: None,
+            best_epoch: 0,
+            wait: 0,
+            stopped: false,
+            history: Vec::new(),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// Wall time of this invocation.
+    pub seconds: f64,
+    /// Epochs run by this invocation.
+    pub epochs_run: usize,
+    /// Steps run by this invocation.
+    pub steps_run: u64,
+    /// The last epoch's numbers.
+    pub last: Option<EpochLog>,
+    /// The best epoch and its monitored metric.
+    pub best: Option<(usize, f64)>,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// The task (which says what the metric is).
+    pub task: Task,
+}
+
+/// What a run is about to do, for the hooks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunInfo {
+    /// The first epoch this invocation runs (1-based).
+    pub first_epoch: usize,
+    /// The last epoch.
+    pub last_epoch: usize,
+    /// Steps per epoch.
+    pub steps_per_epoch: usize,
+    /// Training rows.
+    pub train_rows: usize,
+    /// Validation rows.
+    pub val_rows: usize,
+    /// The task.
+    pub task: Task,
+}
+
+/// Hooks into a run, for logging and progress (all optional).
+pub trait Callback {
+    /// Before the first epoch.
+    fn on_begin(&mut self, info: &RunInfo) {
+        let _ = info;
+    }
+    /// After each step: the epoch, the step within it (1-based), and the epoch's running
+    /// mean loss.
+    fn on_step(&mut self, epoch: usize, step: usize, running_loss: f64) {
+        let _ = (epoch, step, running_loss);
+    }
+    /// After each epoch (and its checkpoint).
+    fn on_epoch(&mut self, log: &EpochLog) {
+        let _ = log;
+    }
+    /// At the end.
+    fn on_end(&mut self, summary: &Summary) {
+        let _ = summary;
+    }
+}
+
+/// Standardised features and targets with the split, ready to train on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prepared {
+    /// Standardised features, `rows x cols`.
+    pub x: Vec<f32>,
+    /// Features per row.
+    pub cols: usize,
+    /// Class labels (classification).
+    pub y_class: Vec<usize>,
+    /// Standardised targets (regression).
+    pub y_value: Vec<f32>,
+    /// Training rows.
+    pub train: Vec<usize>,
+    /// Validation rows.
+    pub val: Vec<usize>,
+}
+
+impl Prepared {
+    /// Standardises `ds` with the statistics in `spec` and keeps the split.
+    pub fn new(ds: &Dataset, spec: &ModelSpec, train: Vec<usize>, val: Vec<usize>) -> Prepared {
+        let mut x = ds.x.clone();
+        spec.norm.apply(&mut x);
+        let (mut y_class, mut y_value) = (Vec::new(), Vec::new());
+        match &ds.targets {
+            Targets::Classes(c) => y_class.clone_from(c),
+            Targets::Values(v) => {
+                let (m, s) = spec.target;
+                y_value = v.iter().map(|t| (t - m) / s).collect();
+            }
+        }
+        Prepared {
+            x,
+            cols: ds.cols,
+            y_class,
+            y_value,
+            train,
+            val,
+        }
+    }
+
+    fn gather(&self, rows: &[usize], bx: &mut Vec<f32>, bc: &mut Vec<usize>, bv: &mut Vec<f32>) {
+        bx.clear();
+        bc.clear();
+        bv.clear();
+        for &r in rows {
+            bx.extend_from_slice(
+                self.x
+                    .get(r * self.cols..(r + 1) * self.cols)
+                    .unwrap_or(&[]),
+            );
+            if let Some(&c) = self.y_class.get(r) {
+                bc.push(c);
+            }
+            if let Some(&v) = self.y_value.get(r) {
+                bv.push(v);
+            }
+        }
+    }
+}
+
+/// Loss and metric of `model` on `rows` of `data`.
+///
+/// # Errors
+/// A core error.
+pub fn evaluate<B: HostBackend<Elem = f32>>(
+    model: &mut Model<B>,
+    data: &Prepared,
+    rows: &[usize],
+) -> Result<(f64, f64)> {
+    let (mut bx, mut bc, mut bv) = (Vec::new(), Vec::new(), Vec::new());
+    data.gather(rows, &mut bx, &mut bc, &mut bv);
+    let out = model.outputs(&bx, rows.len())?;
+    Ok(match model.spec.task {
+        Task::Classification => {
+            let r = metrics::classify(&out, model.spec.outputs(), &bc);
+            (r.loss, r.accuracy())
+        }
+        Task::Regression => {
+            let r = metrics::regress(&out, &bv, model.spec.target.1);
+            (r.loss, r.rmse)
+        }
+    })
+}
+
+fn improved(task: Task, new: f64, best: Option<f64>, min_delta: f64) -> bool {
+    match (best, task) {
+        (None, _) => true,
+        (Some(b), Task::Classification) => new > b + min_delta,
+        (Some(b), Task::Regression) => new < b - min_delta,
+    }
+}
+
+/// Trains `model` on `data` from `state` up to `config.epochs`, calling `hooks`; after every
+/// epoch saves a checkpoint to `save` (atomically) when given.
+///
+/// # Errors
+/// A core error (a non-finite loss: divergence), or a failed checkpoint write.
+pub fn fit<B: HostBackend<Elem = f32>>(
+    model: &mut Model<B>,
+    data: &Prepared,
+    config: &TrainConfig,
+    state: &mut TrainState,
+    hooks: &mut [&mut dyn Callback],
+    save: Option<&Path>,
+) -> Result<Summary> {
+    config.check()?;
+    let t0 = Instant::now();
+    let steps_per_epoch = data.train.len().div_ceil(config.batch);
+    let info = RunInfo {
+        first_epoch: state.epoch + 1,
+        last_epoch: config.epochs,
+        steps_per_epoch,
+        train_rows: data.train.len(),
+        val_rows: data.val.len(),
+        task: model.spec.task,
+    };
+    for h in hooks.iter_mut() {
+        h.on_begin(&info);
+    }
+    let base = model.opt_config.lr();
+    let (start_step, start_epoch) = (state.step, state.epoch);
+    let (mut bx, mut bc, mut bv) = (Vec::new(), Vec::new(), Vec::new());
+    let mut order = Vec::with_capacity(data.train.len());
+    while state.epoch < config.epochs && !state.stopped {
+        let te = Instant::now();
+        let epoch = state.epoch + 1;
+        let mut rng = Rng::from_state(state.rng.0, state.rng.1);
+        order.clear();
+        order.extend_from_slice(&data.train);
+        rng.shuffle(&mut order);
+        let (mut loss_sum, mut correct, mut lr) = (0f64, 0usize, base);
+        for (k, rows) in order.chunks(config.batch).enumerate() {
+            lr = config
+                .schedule
+                .lr(base, state.step, steps_per_epoch, config.epochs);
+            mote::Optimizer::set_lr(&mut model.opt, lr);
+            data.gather(rows, &mut bx, &mut bc, &mut bv);
+            let (loss, ok) = model.train_step(&bx, rows.len(), &bc, &bv)?;
+            loss_sum += loss as f64 * rows.len() as f64;
+            correct += ok;
+            state.step += 1;
+            for h in hooks.iter_mut() {
+                h.on_step(
+                    epoch,
+                    k + 1,
+                    loss_sum / ((k * config.batch + rows.len()) as f64),
+                );
+            }
+        }
+        let n = order.len().max(1) as f64;
+        let train_metric = match model.spec.task {
+            Task::Classification => correct as f64 / n,
+            Task::Regression => (loss_sum / n).sqrt() * model.spec.target.1 as f64,
+        };
+        let (val_loss, val_metric) = if data.val.is_empty() {
+            (None, None)
+        } else {
+            let (l, m) = evaluate(model, data, &data.val)?;
+            (Some(l), Some(m))
+        };
+        state.rng = rng.state();
+        state.epoch = epoch;
+        let log = EpochLog {
+            epoch,
+            lr,
+            train_loss: loss_sum / n,
+            train_metric,
+            val_loss,
+            val_metric,
+            seconds: te.elapsed().as_secs_f64(),
+        };
+        let m = log.monitored();
+        if improved(model.spec.task, m, state.best, config.min_delta) {
+            state.best = Some(m);
+            state.best_epoch = epoch;
+            state.wait = 0;
+        } else {
+            state.wait += 1;
+            if config.patience.is_some_and(|p| state.wait >= p) {
+                state.stopped = true;
+            }
+        }
+        state.history.push(log.clone());
+        if let Some(path) = save {
+            crate::checkpoint::save(path, model, config, state)?;
+        }
+        for h in hooks.iter_mut() {
+            h.on_epoch(&log);
+        }
+    }
+    let summary = Summary {
+        seconds: t0.elapsed().as_secs_f64(),
+        epochs_run: state.epoch - start_epoch,
+        steps_run: state.step - start_step,
+        last: state.history.last().cloned(),
+        best: state.best.map(|b| (state.best_epoch, b)),
+        stopped_early: state.stopped,
+        task: model.spec.task,
+    };
+    for h in hooks.iter_mut() {
+        h.on_end(&summary);
+    }
+    Ok(summary)
+}

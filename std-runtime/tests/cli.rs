@@ -1,0 +1,788 @@
+//! End-to-end tests through the real `mote` binary: train -> save -> eval -> predict -> export,
+//! resume equivalence, every CSV error case, corrupt and truncated checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mote::{Cpu, Module, Tape};
+use mote_runtime::checkpoint;
+use mote_runtime::data::{digits, CsvOptions};
+use mote_runtime::model::{argmax, Mlp};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mote");
+
+/// A fresh folder under the system's temp folder, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("mote-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mote(dir: &TempDir, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(&dir.0)
+        .output()
+        .expect("the mote binary runs")
+}
+
+fn ok(dir: &TempDir, args: &[&str]) -> String {
+    let o = mote(dir, args);
+    let (so, se) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "mote {args:?} failed:\n{so}\n{se}");
+    so.into_owned()
+}
+
+/// Runs a command that must fail; returns its stderr after checking that it is a short,
+/// clean error (no panic, no backtrace, non-zero status).
+fn fails(dir: &TempDir, args: &[&str]) -> String {
+    let o = mote(dir, args);
+    let se = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "mote {args:?} should fail");
+    assert_eq!(o.status.code(), Some(1), "{se}");
+    assert!(
+        !se.contains("panicked") && !se.contains("backtrace"),
+        "{se}"
+    );
+    assert!(se.starts_with("error: "), "{se}");
+    assert!(se.lines().count() <= 2, "more than two lines:\n{se}");
+    se
+}
+
+/// The main job: `mote train` alone trains on the bundled digits and ends at >= 96% held out.
+#[test]
+fn mote_train_alone_reaches_96_percent() {
+    let d = TempDir::new("main");
+    let out = ok(&d, &["train"]);
+    assert!(
+        out.starts_with("training MLP 64-32-10, 10 classes on digits"),
+        "{out}"
+    );
+    let last = out
+        .lines()
+        .find(|l| l.starts_with("final (epoch 50)"))
+        .unwrap();
+    let acc: f64 = last
+        .split("validation accuracy ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(acc >= 96.0, "{out}");
+    assert!(out.contains("trained 50 epochs, 2250 steps"), "{out}");
+}
+
+#[test]
+fn train_save_eval_predict_export() {
+    let d = TempDir::new("flow");
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "--epochs",
+            "8",
+            "--save",
+            "m.safetensors",
+            "--plot",
+            "curves.svg",
+        ],
+    );
+    assert!(out.contains("epoch 8/8"), "{out}");
+    assert!(out.contains("saved m.safetensors"), "{out}");
+    let svg = std::fs::read_to_string(d.path("curves.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("polyline"),
+        "not an SVG plot"
+    );
+
+    // eval: the validation split of the data it was trained on, with a confusion matrix
+    let ev = ok(&d, &["eval", "--model", "m.safetensors"]);
+    assert!(ev.contains("validation split of digits (359 rows)"), "{ev}");
+    let acc: f64 = ev
+        .split("accuracy ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(acc > 90.0, "{ev}");
+    assert!(ev.contains("confusion matrix"), "{ev}");
+    let final_line = out.lines().find(|l| l.starts_with("final")).unwrap();
+    assert!(
+        final_line.contains(&format!("{acc:.2}%")),
+        "{final_line} vs {ev}"
+    );
+
+    // predict on a CSV with the features only (no label column)
+    let t = digits(&CsvOptions::default()).unwrap();
+    let mut csv = t.feature_names.join(",") + "\n";
+    for r in 0..20 {
+        let row: Vec<String> = t.features[r * 64..(r + 1) * 64]
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        csv += &(row.join(",") + "\n");
+    }
+    d.write("new.csv", &csv);
+    let pred = ok(
+        &d,
+        &["predict", "--model", "m.safetensors", "--data", "new.csv"],
+    );
+    let mut lines = pred.lines();
+    assert_eq!(lines.next(), Some("prediction,probability"));
+    let predicted: Vec<usize> = lines
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(predicted.len(), 20);
+    let labels: Vec<usize> = t.labels[..20].iter().map(|l| l.parse().unwrap()).collect();
+    let right = predicted
+        .iter()
+        .zip(&labels)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(right >= 16, "{predicted:?} vs {labels:?}");
+
+    // export a blob: the core loads it and, fed raw pixels, predicts what `predict` printed
+    ok(
+        &d,
+        &[
+            "export",
+            "--model",
+            "m.safetensors",
+            "--format",
+            "blob",
+            "-o",
+            "m.bin",
+        ],
+    );
+    let bytes = std::fs::read(d.path("m.bin")).unwrap();
+    let blob = mote::blob::Blob::parse(&bytes).unwrap();
+    assert_eq!(blob.len(), 4);
+    let mut mem = vec![0f32; 20_000];
+    let mut tape = Tape::<Cpu<f32>, 64>::new(&mut mem);
+    let mut ps = [tape.input(&[1], &[0.0]).unwrap(); 4];
+    blob.create_params(&mut tape, false, &mut ps).unwrap();
+    let net = Mlp {
+        layers: vec![
+            mote::Linear {
+                weight: ps[0],
+                bias: Some(ps[1]),
+            },
+            mote::Linear {
+                weight: ps[2],
+                bias: Some(ps[3]),
+            },
+        ],
+    };
+    let x = tape.input(&[20, 64], &t.features[..20 * 64]).unwrap();
+    let y = tape.no_grad(|t| net.forward(t, x)).unwrap();
+    let from_blob: Vec<usize> = tape.data(y).unwrap().chunks(10).map(argmax).collect();
+    assert_eq!(from_blob, predicted);
+
+    for dtype in ["f16", "bf16"] {
+        let name = format!("m-{dtype}.bin");
+        ok(
+            &d,
+            &[
+                "export",
+                "--model",
+                "m.safetensors",
+                "--format",
+                "blob",
+                "--dtype",
+                dtype,
+                "-o",
+                &name,
+            ],
+        );
+        let b = std::fs::read(d.path(&name)).unwrap();
+        assert!(mote::blob::Blob::parse(&b).is_ok());
+        assert!(b.len() < bytes.len() * 6 / 10);
+    }
+
+    // export Rust source, and check that it compiles
+    ok(
+        &d,
+        &[
+            "export",
+            "--model",
+            "m.safetensors",
+            "--format",
+            "rust",
+            "--dtype",
+            "f16",
+        ],
+    );
+    let src = std::fs::read_to_string(d.path("m.rs")).unwrap();
+    assert!(
+        src.contains("pub const LAYER0_WEIGHT: [u16; 2048]"),
+        "{}",
+        &src[..400]
+    );
+    assert!(src.contains("pub const CLASSES: [&str; 10]"));
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let c = Command::new(rustc)
+        .args([
+            "--crate-type",
+            "lib",
+            "--edition",
+            "2021",
+            "--emit",
+            "metadata",
+            "m.rs",
+        ])
+        .current_dir(&d.0)
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    fails(
+        &d,
+        &[
+            "export",
+            "--model",
+            "m.safetensors",
+            "--format",
+            "rust",
+            "-o",
+            "m.safetensors",
+        ],
+    );
+}
+
+fn tensors_of(path: &Path) -> checkpoint::Checkpoint {
+    checkpoint::load(path).unwrap()
+}
+
+fn assert_same_run(a: &Path, b: &Path) {
+    let (a, b) = (tensors_of(a), tensors_of(b));
+    let bits = |v: &Vec<Vec<f32>>| -> Vec<Vec<u32>> {
+        v.iter()
+            .map(|t| t.iter().map(|x| x.to_bits()).collect())
+            .collect()
+    };
+    assert_eq!(bits(&a.params), bits(&b.params), "parameters differ");
+    assert_eq!(
+        bits(&a.opt_state),
+        bits(&b.opt_state),
+        "optimizer state differs"
+    );
+    assert_eq!(a.state.epoch, b.state.epoch);
+    assert_eq!(a.state.step, b.state.step);
+    assert_eq!(a.state.rng, b.state.rng);
+    let hist = |c: &checkpoint::Checkpoint| -> Vec<(u64, u64)> {
+        c.state
+            .history
+            .iter()
+            .map(|h| (h.train_loss.to_bits(), h.val_loss.unwrap_or(0.0).to_bits()))
+            .collect()
+    };
+    assert_eq!(hist(&a), hist(&b));
+}
+
+#[test]
+fn resume_equals_straight_run_bit_for_bit() {
+    let d = TempDir::new("resume");
+    for (tag, extra) in [
+        ("adam", &[][..]),
+        (
+            "sgd",
+            &[
+                "--optimizer",
+                "sgd",
+                "--schedule",
+                "step",
+                "--step-every",
+                "1",
+                "--hidden",
+                "16,8",
+            ][..],
+        ),
+    ] {
+        let (half, full) = (
+            format!("{tag}-half.safetensors"),
+            format!("{tag}-full.safetensors"),
+        );
+        let mut a = vec![
+            "train",
+            "--backend",
+            "cpu",
+            "-q",
+            "--seed",
+            "7",
+            "--epochs",
+            "2",
+        ];
+        a.extend_from_slice(extra);
+        ok(&d, &[&a[..], &["--save", &half]].concat());
+        ok(
+            &d,
+            &[
+                "train",
+                "--backend",
+                "cpu",
+                "-q",
+                "--resume",
+                &half,
+                "--epochs",
+                "2",
+            ],
+        );
+        let mut b = vec![
+            "train",
+            "--backend",
+            "cpu",
+            "-q",
+            "--seed",
+            "7",
+            "--epochs",
+            "4",
+        ];
+        b.extend_from_slice(extra);
+        ok(&d, &[&b[..], &["--save", &full]].concat());
+        assert_same_run(&d.path(&half), &d.path(&full));
+    }
+    // the same seed gives the same weights; resuming refuses to change the model
+    ok(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "-q",
+            "--seed",
+            "7",
+            "--epochs",
+            "4",
+            "--save",
+            "again.safetensors",
+        ],
+    );
+    assert_same_run(
+        &d.path("again.safetensors"),
+        &d.path("adam-full.safetensors"),
+    );
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "--resume",
+            "adam-full.safetensors",
+            "--hidden",
+            "8",
+        ],
+    );
+    assert!(e.contains("--hidden cannot change when resuming"), "{e}");
+}
+
+#[test]
+fn csv_errors_name_file_line_and_column() {
+    let d = TempDir::new("csv");
+    let cases: &[(&str, &str, &[&str], &str)] = &[
+        (
+            "missing.csv",
+            "a,b,y\n1,2,0\n3,,1\n",
+            &[],
+            "missing.csv, line 3, column 2 (b): missing value",
+        ),
+        (
+            "text.csv",
+            "a,b,y\n1,2,0\n3,x4,1\n",
+            &[],
+            "text.csv, line 3, column 2 (b): 'x4' is not a number",
+        ),
+        (
+            "ragged.csv",
+            "a,b,y\n1,2,0\n3,4\n",
+            &[],
+            "ragged.csv, line 3: 2 cells, but the header has 3 columns",
+        ),
+        (
+            "long.csv",
+            "a,b,y\n1,2,0\n3,4,1,5\n",
+            &[],
+            "long.csv, line 3: 4 cells, but the header has 3 columns",
+        ),
+        (
+            "inf.csv",
+            "a,b,y\n1,inf,0\n",
+            &[],
+            "inf.csv, line 2, column 2 (b): 'inf' is not a finite number",
+        ),
+        (
+            "quote.csv",
+            "a,b,y\n1,\"2,0\n",
+            &[],
+            "quote.csv, line 2, column 2: unterminated quote",
+        ),
+        ("empty.csv", "", &[], "empty.csv: the file is empty"),
+        ("header.csv", "a,b,y\n", &[], "header.csv: no data rows"),
+        (
+            "label.csv",
+            "a,b,y\n1,2,0\n",
+            &["--label", "z"],
+            "label.csv, line 1: no label column 'z'; the columns are 0:a, 1:b, 2:y",
+        ),
+        (
+            "index.csv",
+            "a,b,y\n1,2,0\n",
+            &["--label", "7"],
+            "no label column '7'",
+        ),
+        ("one.csv", "a,y\n1,5\n2,5\n", &[], "has only one class"),
+        (
+            "reg.csv",
+            "a,y\n1,0.5\n2,x\n",
+            &["--task", "regression"],
+            "reg.csv, line 3, column 2 (y): 'x' is not a number",
+        ),
+        ("only.csv", "y\n1\n2\n", &[], "no feature columns"),
+    ];
+    for (name, text, extra, want) in cases {
+        d.write(name, text);
+        let mut args = vec!["train", "--backend", "cpu", "--epochs", "1", "--data", name];
+        args.extend_from_slice(extra);
+        let e = fails(&d, &args);
+        assert!(e.contains(want), "{name}: {e}");
+    }
+    let e = fails(&d, &["train", "--data", "nowhere.csv"]);
+    assert!(e.contains("nowhere.csv") && e.contains("hint:"), "{e}");
+    std::fs::write(d.path("binary.csv"), [0xff, 0xfe, 0x00, 0x41]).unwrap();
+    let e = fails(&d, &["train", "--data", "binary.csv"]);
+    assert!(e.contains("not UTF-8"), "{e}");
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_checkpoints_are_clear_errors() {
+    let d = TempDir::new("ckpt");
+    ok(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "-q",
+            "--epochs",
+            "1",
+            "--save",
+            "m.safetensors",
+        ],
+    );
+    let good = std::fs::read(d.path("m.safetensors")).unwrap();
+
+    let mut flipped = good.clone();
+    let at = flipped.len() - 100;
+    flipped[at] ^= 0x40;
+    std::fs::write(d.path("flipped.safetensors"), &flipped).unwrap();
+    let e = fails(&d, &["eval", "--model", "flipped.safetensors"]);
+    assert!(e.contains("corrupt") && e.contains("CRC-32"), "{e}");
+
+    std::fs::write(d.path("cut.safetensors"), &good[..good.len() / 2]).unwrap();
+    for cmd in ["eval", "predict", "export"] {
+        let mut args = vec![cmd, "--model", "cut.safetensors"];
+        if cmd == "predict" {
+            args.extend_from_slice(&["--data", "digits"]);
+        }
+        if cmd == "export" {
+            args.extend_from_slice(&["--format", "blob"]);
+        }
+        let e = fails(&d, &args);
+        assert!(
+            e.contains("cut.safetensors") && e.contains("truncated"),
+            "{e}"
+        );
+    }
+    let e = fails(
+        &d,
+        &["train", "--resume", "cut.safetensors", "--epochs", "1"],
+    );
+    assert!(e.contains("truncated"), "{e}");
+
+    std::fs::write(d.path("tiny.safetensors"), &good[..5]).unwrap();
+    let e = fails(&d, &["eval", "--model", "tiny.safetensors"]);
+    assert!(e.contains("truncated"), "{e}");
+
+    let data = [0u8; 8];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &data).unwrap();
+    let foreign = safetensors::serialize([("w", view)], None).unwrap();
+    std::fs::write(d.path("foreign.safetensors"), foreign).unwrap();
+    let e = fails(&d, &["eval", "--model", "foreign.safetensors"]);
+    assert!(e.contains("not a mote checkpoint"), "{e}");
+
+    let e = fails(&d, &["eval", "--model", "missing.safetensors"]);
+    assert!(e.contains("missing.safetensors"), "{e}");
+
+    // a checkpoint whose data lacks a column the model was trained on
+    d.write("few.csv", "p0,p1,label\n1,2,3\n");
+    let e = fails(
+        &d,
+        &["predict", "--model", "m.safetensors", "--data", "few.csv"],
+    );
+    assert!(
+        e.contains("no column 'p2', which the model was trained on"),
+        "{e}"
+    );
+    // and a class the model never saw
+    let t = digits(&CsvOptions::default()).unwrap();
+    let row: Vec<String> = t.features[..64].iter().map(|v| v.to_string()).collect();
+    d.write(
+        "odd.csv",
+        &format!(
+            "{},label\n{},11\n",
+            t.feature_names.join(","),
+            row.join(",")
+        ),
+    );
+    let e = fails(
+        &d,
+        &["eval", "--model", "m.safetensors", "--data", "odd.csv"],
+    );
+    assert!(
+        e.contains("odd.csv, line 2, column 65 (label): class '11' is not one the model knows"),
+        "{e}"
+    );
+}
+
+#[test]
+fn regression_text_labels_and_idx() {
+    let d = TempDir::new("kinds");
+    // regression: y = 3 x1 - 2 x2 + 5
+    let mut csv = String::from("x1,x2,target\n");
+    for i in 0..200 {
+        let (a, b) = ((i % 17) as f32 / 4.0, (i % 11) as f32 / 3.0);
+        csv += &format!("{a},{b},{}\n", 3.0 * a - 2.0 * b + 5.0);
+    }
+    d.write("lin.csv", &csv);
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "--data",
+            "lin.csv",
+            "--epochs",
+            "60",
+            "--lr",
+            "0.01",
+            "--save",
+            "lin.safetensors",
+        ],
+    );
+    assert!(out.contains("regression of 'target'"), "{out}");
+    let ev = ok(&d, &["eval", "--model", "lin.safetensors"]);
+    let rmse: f64 = ev
+        .split("RMSE ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rmse < 0.5, "{ev}");
+    d.write("q.csv", "x2,x1\n1,2\n");
+    let p = ok(
+        &d,
+        &["predict", "--model", "lin.safetensors", "--data", "q.csv"],
+    );
+    let v: f64 = p.lines().nth(1).unwrap().parse().unwrap();
+    assert!((v - 9.0).abs() < 1.0, "{p}");
+
+    // text class labels, label by name in the middle
+    let mut csv = String::from("len,kind,width\n");
+    for i in 0..60 {
+        let (k, l, w) = if i % 2 == 0 {
+            ("small", 1.0, 0.5)
+        } else {
+            ("large, very", 5.0, 3.0)
+        };
+        csv += &format!("{},\"{k}\",{}\n", l + (i % 5) as f32 * 0.1, w);
+    }
+    d.write("kinds.csv", &csv);
+    ok(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "-q",
+            "--data",
+            "kinds.csv",
+            "--label",
+            "kind",
+            "--epochs",
+            "20",
+            "--save",
+            "k.safetensors",
+        ],
+    );
+    let ev = ok(&d, &["eval", "--model", "k.safetensors", "--split", "all"]);
+    assert!(ev.contains("accuracy 100.00% (60/60)"), "{ev}");
+    let p = ok(
+        &d,
+        &["predict", "--model", "k.safetensors", "--data", "kinds.csv"],
+    );
+    assert!(
+        p.lines().nth(2).unwrap().starts_with("\"large, very\","),
+        "{p}"
+    );
+
+    // IDX images with their labels file beside them
+    let n = 40u32;
+    let mut img = vec![0, 0, 8, 3];
+    for dim in [n, 2, 2] {
+        img.extend_from_slice(&dim.to_be_bytes());
+    }
+    let mut lab = vec![0, 0, 8, 1];
+    lab.extend_from_slice(&n.to_be_bytes());
+    for i in 0..n {
+        let c = (i % 2) as u8;
+        img.extend_from_slice(&[c * 200, 10, 255 - c * 200, (i % 7) as u8]);
+        lab.push(c);
+    }
+    std::fs::write(d.path("t-images-idx3-ubyte"), &img).unwrap();
+    std::fs::write(d.path("t-labels-idx1-ubyte"), &lab).unwrap();
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "--data",
+            "t-images-idx3-ubyte",
+            "--epochs",
+            "2",
+        ],
+    );
+    assert!(out.contains("MLP 4-32-2, 2 classes"), "{out}");
+    std::fs::write(d.path("bad-images-idx3-ubyte"), &img[..img.len() - 3]).unwrap();
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "--data",
+            "bad-images-idx3-ubyte",
+            "--idx-labels",
+            "t-labels-idx1-ubyte",
+        ],
+    );
+    assert!(e.contains("truncated or corrupt"), "{e}");
+}
+
+#[test]
+fn bad_arguments_are_short_errors() {
+    let d = TempDir::new("args");
+    let e = fails(&d, &["train", "--hidden", "32,x", "--epochs", "1"]);
+    assert!(e.contains("'x' is not a layer size"), "{e}");
+    let e = fails(&d, &["train", "--val", "1.5"]);
+    assert!(e.contains("validation fraction"), "{e}");
+    let e = fails(&d, &["train", "--batch", "0"]);
+    assert!(e.contains("batch size 0"), "{e}");
+    let e = fails(&d, &["train", "--backend", "cpu", "--threads", "2"]);
+    assert!(
+        e.contains("--threads applies to the parallel backend"),
+        "{e}"
+    );
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "--lr",
+            "1e6",
+            "--optimizer",
+            "sgd",
+            "--epochs",
+            "3",
+            "--backend",
+            "cpu",
+        ],
+    );
+    assert!(e.contains("NaN or infinite") && e.contains("--lr"), "{e}");
+    // clap's own usage errors exit with 2 and no panic
+    let o = mote(&d, &["train", "--epochs", "many"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn resuming_on_changed_data_warns() {
+    let d = TempDir::new("changed");
+    let rows: String = (0..40).map(|i| format!("{},{}\n", i % 9, i % 2)).collect();
+    d.write("w.csv", &format!("a,y\n{rows}"));
+    ok(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "-q",
+            "--data",
+            "w.csv",
+            "--epochs",
+            "1",
+            "--save",
+            "w.safetensors",
+        ],
+    );
+    let o = mote(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "-q",
+            "--resume",
+            "w.safetensors",
+            "--epochs",
+            "1",
+        ],
+    );
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    d.write("w.csv", &format!("a,y\n{rows}3,1\n"));
+    let o = mote(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "-q",
+            "--resume",
+            "w.safetensors",
+            "--epochs",
+            "1",
+        ],
+    );
+    let se = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{se}");
+    assert!(
+        se.contains("warning: w.csv differs from the data this run started on"),
+        "{se}"
+    );
+}

@@ -1,0 +1,162 @@
+//! Data-parallel equivalence: a step over N replicas (each on a shard of the batch) equals a
+//! single-tape step on the whole batch, within f32 tolerance, and the replicas stay identical.
+
+use mote::{Adam, AdamConfig, Cpu, Linear, Module, Optimizer, Relu, Rng, Tape};
+use mote_runtime::data_parallel::{DataParallel, Targets};
+
+type Mlp = (Linear, Relu, Linear);
+
+fn build(tape: &mut Tape<Cpu<'_, f32>, 32>) -> mote::Result<(Mlp, Adam)> {
+    let mut rng = Rng::new(11);
+    let model = (
+        Linear::new(tape, 6, 16, &mut rng)?,
+        Relu,
+        Linear::new(tape, 16, 4, &mut rng)?,
+    );
+    let opt = Adam::new(
+        tape,
+        AdamConfig {
+            lr: 1e-2,
+            ..AdamConfig::default()
+        },
+    )?;
+    Ok((model, opt))
+}
+
+fn batch(step: u64, rows: usize) -> (Vec<f32>, Vec<usize>, Vec<f32>) {
+    let mut rng = Rng::new(100 + step);
+    let xs: Vec<f32> = (0..rows * 6).map(|_| rng.next_f32() * 2.0 - 1.0).collect();
+    let labels: Vec<usize> = (0..rows).map(|_| (rng.next_u32() % 4) as usize).collect();
+    let values: Vec<f32> = (0..rows * 4).map(|_| rng.next_f32()).collect();
+    (xs, labels, values)
+}
+
+/// Runs `steps` steps of classification (or regression) on a single tape, returning the losses
+/// and the final parameters.
+fn single(steps: u64, rows: usize, classify: bool) -> (Vec<f32>, Vec<f32>) {
+    let mut mem = vec![0f32; 1 << 16];
+    let mut tape = Tape::<Cpu<f32>, 32>::new(&mut mem);
+    let (model, mut opt) = build(&mut tape).unwrap();
+    let start = tape.mark();
+    let mut losses = Vec::new();
+    for s in 0..steps {
+        let (xs, labels, values) = batch(s, rows);
+        tape.rewind(start).unwrap();
+        let x = tape.input(&[rows, 6], &xs).unwrap();
+        let p = model.forward(&mut tape, x).unwrap();
+        let l = if classify {
+            let y = tape.labels(&labels).unwrap();
+            tape.cross_entropy(p, y).unwrap()
+        } else {
+            let y = tape.input(&[rows, 4], &values).unwrap();
+            tape.mse(p, y).unwrap()
+        };
+        tape.backward(l).unwrap();
+        opt.step(&mut tape).unwrap();
+        losses.push(tape.item(l).unwrap());
+    }
+    let params = tape
+        .params()
+        .flat_map(|p| tape.data(p).unwrap().to_vec())
+        .collect();
+    (losses, params)
+}
+
+fn parallel(replicas: usize, steps: u64, rows: usize, classify: bool) -> (Vec<f32>, Vec<f32>) {
+    let mut arenas = DataParallel::<Cpu<f32>, Mlp, Adam, 32>::arenas(replicas, 1 << 16);
+    let mut dp = DataParallel::new(&mut arenas, Cpu::new, build).unwrap();
+    let mut losses = Vec::new();
+    for s in 0..steps {
+        let (xs, labels, values) = batch(s, rows);
+        let targets = if classify {
+            Targets::Labels(&labels)
+        } else {
+            Targets::Values(&values, &[4])
+        };
+        let l = dp
+            .step(&xs, &[6], targets, |t, m, x, y| {
+                let p = m.forward(t, x)?;
+                if classify {
+                    t.cross_entropy(p, y)
+                } else {
+                    t.mse(p, y)
+                }
+            })
+            .unwrap();
+        losses.push(l);
+        assert_eq!(dp.divergence().unwrap(), 0.0, "replicas out of step");
+    }
+    let (tape, _) = dp.primary();
+    let params = tape
+        .params()
+        .flat_map(|p| tape.data(p).unwrap().to_vec())
+        .collect();
+    (losses, params)
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn replicas_match_one_tape_on_the_whole_batch() {
+    for classify in [true, false] {
+        // 30 rows: shards of 30, 15/15, and 7/8/7/8.
+        let (want_l, want_p) = single(10, 30, classify);
+        for n in [1, 2, 4] {
+            let (l, p) = parallel(n, 10, 30, classify);
+            close(&l, &want_l, 1e-5, &format!("loss, {n} replicas"));
+            close(&p, &want_p, 1e-5, &format!("params, {n} replicas"));
+        }
+    }
+}
+
+#[test]
+fn more_replicas_than_rows_still_train() {
+    let (want_l, want_p) = single(3, 3, true);
+    let (l, p) = parallel(4, 3, 3, true);
+    close(&l, &want_l, 1e-5, "loss");
+    close(&p, &want_p, 1e-5, "params");
+}
+
+#[test]
+fn bad_batches_are_errors() {
+    let mut arenas = DataParallel::<Cpu<f32>, Mlp, Adam, 32>::arenas(2, 1 << 16);
+    let mut dp = DataParallel::new(&mut arenas, Cpu::new, build).unwrap();
+    let f = |t: &mut Tape<Cpu<'_, f32>, 32>, m: &Mlp, x, y| {
+        let p = m.forward(t, x)?;
+        t.cross_entropy(p, y)
+    };
+    assert!(dp.step(&[0.0; 7], &[6], Targets::Labels(&[0]), f).is_err());
+    assert!(dp.step(&[0.0; 12], &[6], Targets::Labels(&[0]), f).is_err());
+    assert!(dp
+        .step(&[0.0; 12], &[6], Targets::Labels(&[0, 9]), f)
+        .is_err());
+}
+
+#[test]
+fn replicas_that_start_different_are_refused() {
+    let mut arenas = DataParallel::<Cpu<f32>, Mlp, Adam, 32>::arenas(2, 1 << 16);
+    let mut seed = 0;
+    let res = DataParallel::new(
+        &mut arenas,
+        Cpu::new,
+        |tape: &mut Tape<Cpu<'_, f32>, 32>| {
+            seed += 1;
+            let mut rng = Rng::new(seed);
+            let model = (
+                Linear::new(tape, 6, 16, &mut rng)?,
+                Relu,
+                Linear::new(tape, 16, 4, &mut rng)?,
+            );
+            Ok((model, Adam::new(tape, AdamConfig::default())?))
+        },
+    );
+    assert!(res.is_err());
+}

@@ -1,0 +1,213 @@
+//! The training loop through the library: batches, hooks, early stopping, schedules,
+//! checkpoint round trips, and the default run's accuracy on both backends.
+
+use std::path::Path;
+
+use mote::{Cpu, Rng};
+use mote_runtime::checkpoint;
+use mote_runtime::data::{self, CsvOptions, Dataset, Standardizer, Targets};
+use mote_runtime::model::{arena_floats, Model, ModelSpec, OptimizerConfig};
+use mote_runtime::parallel::Parallel;
+use mote_runtime::schedule::Schedule;
+use mote_runtime::train::{
+    self, Callback, DataSource, EpochLog, Prepared, RunInfo, Summary, TrainConfig, TrainState,
+};
+
+fn setup(
+    epochs: usize,
+    schedule: Schedule,
+    patience: Option<usize>,
+) -> (ModelSpec, TrainConfig, Prepared) {
+    let t = data::digits(&CsvOptions::default()).unwrap();
+    let ds = Dataset::from_table(&t, None, None).unwrap();
+    let config = TrainConfig {
+        epochs,
+        batch: 32,
+        seed: 42,
+        val_fraction: 0.2,
+        schedule,
+        patience,
+        min_delta: 0.0,
+        source: DataSource {
+            data: "digits".into(),
+            label: None,
+            idx_labels: None,
+            fingerprint: None,
+        },
+    };
+    let Targets::Classes(y) = &ds.targets else {
+        panic!("digits are classes")
+    };
+    let (tr, va) = data::split(ds.rows, 0.2, 42, Some(y)).unwrap();
+    let spec = ModelSpec {
+        sizes: vec![64, 32, 10],
+        task: ds.task,
+        classes: ds.classes.clone(),
+        features: t.feature_names.clone(),
+        label: "label".into(),
+        norm: Standardizer::fit(&ds.x, 64, &tr),
+        target: (0.0, 1.0),
+    };
+    let prepared = Prepared::new(&ds, &spec, tr, va);
+    (spec, config, prepared)
+}
+
+const ADAM: OptimizerConfig = OptimizerConfig::Adam {
+    lr: 1e-3,
+    weight_decay: 0.0,
+};
+
+#[derive(Default)]
+struct Counter {
+    begun: usize,
+    steps: usize,
+    epochs: Vec<EpochLog>,
+    ended: Option<Summary>,
+    info: Option<RunInfo>,
+}
+
+impl Callback for Counter {
+    fn on_begin(&mut self, info: &RunInfo) {
+        self.begun += 1;
+        self.info = Some(info.clone());
+    }
+    fn on_step(&mut self, _: usize, _: usize, loss: f64) {
+        assert!(loss.is_finite());
+        self.steps += 1;
+    }
+    fn on_epoch(&mut self, log: &EpochLog) {
+        self.epochs.push(log.clone());
+    }
+    fn on_end(&mut self, s: &Summary) {
+        self.ended = Some(s.clone());
+    }
+}
+
+#[test]
+fn batches_hooks_and_the_partial_last_batch() {
+    let (spec, config, data) = setup(3, Schedule::Constant, None);
+    assert_eq!(data.train.len(), 1438); // 44 full batches of 32 and one of 30
+    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+    let mut model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    let mut c = Counter::default();
+    let s = train::fit(&mut model, &data, &config, &mut state, &mut [&mut c], None).unwrap();
+    assert_eq!(c.begun, 1);
+    assert_eq!(c.info.unwrap().steps_per_epoch, 45);
+    assert_eq!(c.steps, 3 * 45);
+    assert_eq!(s.steps_run, 135);
+    assert_eq!(c.epochs.len(), 3);
+    assert!(c.epochs[2].train_loss < c.epochs[0].train_loss);
+    assert_eq!(c.ended.unwrap().epochs_run, 3);
+    assert_eq!(state.epoch, 3);
+    // the tape's arena never grew past the plan
+    assert!(model.tape.high_water() <= model.tape.capacity());
+}
+
+#[test]
+fn early_stopping_and_schedules() {
+    // learning rate 0: nothing improves after the first epoch, patience 2 stops at epoch 3
+    let (spec, config, data) = setup(20, Schedule::Constant, Some(2));
+    let still = OptimizerConfig::Sgd {
+        lr: 0.0,
+        momentum: 0.0,
+        weight_decay: 0.0,
+    };
+    let mut mem = vec![0f32; arena_floats(&spec, &still, 32)];
+    let mut model = Model::new(Cpu::new(&mut mem), spec, still, &mut Rng::new(1)).unwrap();
+    let mut state = TrainState::new(1);
+    let s = train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
+    assert!(s.stopped_early);
+    assert_eq!((s.epochs_run, s.best.unwrap().0), (3, 1));
+
+    // cosine with one epoch of warm-up: the rate peaks after epoch 1 and falls to the floor
+    let (spec, config, data) = setup(
+        4,
+        Schedule::Cosine {
+            warmup: 1,
+            min_lr: 1e-5,
+        },
+        None,
+    );
+    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, 32)];
+    let mut model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(1)).unwrap();
+    let mut state = TrainState::new(1);
+    train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
+    let lrs: Vec<f64> = state.history.iter().map(|h| h.lr).collect();
+    assert!((lrs[0] - 1e-3).abs() < 1e-12, "{lrs:?}");
+    assert!(lrs[1] < lrs[0] && lrs[2] < lrs[1]);
+    assert!(lrs[3] > 1e-5 && lrs[3] < 1.1e-5, "{lrs:?}");
+}
+
+#[test]
+fn checkpoint_round_trip_restores_the_same_model() {
+    let (spec, config, data) = setup(2, Schedule::Constant, None);
+    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, 32)];
+    let mut model = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(3)).unwrap();
+    let mut state = TrainState::new(3);
+    train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
+    let bytes = checkpoint::to_bytes_model(&model, &config, &state).unwrap();
+    let ck = checkpoint::from_bytes_checked(Path::new("mem"), &bytes).unwrap();
+    assert_eq!(ck.spec, spec);
+    assert_eq!(ck.state, state);
+    let mut mem2 = vec![0f32; arena_floats(&spec, &ADAM, 32)];
+    let mut back = ck.restore(Cpu::new(&mut mem2)).unwrap();
+    let rows = &data.x[..64 * 50];
+    assert_eq!(
+        model.outputs(rows, 50).unwrap(),
+        back.outputs(rows, 50).unwrap()
+    );
+    let n = model.start.floats();
+    let (a, b) = (
+        mote::HostBackend::storage(model.tape.backend()),
+        mote::HostBackend::storage(back.tape.backend()),
+    );
+    assert_eq!(a[..n], b[..n], "parameters, gradients and optimizer state");
+    // every truncation is an error, never a panic
+    for cut in [0, 7, 8, 100, bytes.len() / 2, bytes.len() - 1] {
+        assert!(checkpoint::from_bytes_checked(Path::new("mem"), &bytes[..cut]).is_err());
+    }
+}
+
+/// The main job: the default run (64-32-10, Adam, 50 epochs, seed 42) on both backends.
+#[test]
+fn default_run_reaches_96_percent_on_both_backends() {
+    let (spec, config, data) = setup(50, Schedule::Constant, None);
+    let floats = arena_floats(&spec, &ADAM, 32);
+    let mut mem = vec![0f32; floats];
+    let mut model = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    let s = train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
+    let acc = s.last.unwrap().val_metric.unwrap();
+    assert!(acc >= 0.96, "cpu: {acc}");
+
+    let mut mem = vec![0f32; floats];
+    let mut model = Model::new(Parallel::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    let s = train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
+    let pacc = s.last.unwrap().val_metric.unwrap();
+    assert!(pacc >= 0.96, "parallel: {pacc}");
+}
+
+#[test]
+fn atomic_writes_leave_no_temporary_files() {
+    let dir = std::env::temp_dir().join(format!("mote-atomic-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("m.safetensors");
+    checkpoint::write_atomic(&target, b"first").unwrap();
+    checkpoint::write_atomic(&target, b"second").unwrap();
+    assert_eq!(std::fs::read(&target).unwrap(), b"second");
+    // a rename that cannot happen (the target is a non-empty folder) fails cleanly and leaves
+    // neither a temporary file nor a changed target
+    let blocked = dir.join("blocked");
+    std::fs::create_dir_all(blocked.join("inside")).unwrap();
+    assert!(checkpoint::write_atomic(&blocked, b"x").is_err());
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["blocked", "m.safetensors"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
