@@ -1,12 +1,12 @@
 //! Data-parallel replicas against intra-op threads on the same workloads (`WORKLOADS.md`):
-//! one tape on the multithreaded backend, against N replicas of the reference backend on
-//! threads, each on a shard of the batch (`mote_runtime::data_parallel`).
+//! one tape on the multithreaded backend, against N replicas (each a tape on the same backend)
+//! on threads, each on a shard of the batch (`mote_runtime::data_parallel`).
 //!
 //! Run: `cargo run --release -p mote-runtime --example replicas [steps]`
 
 use std::time::Instant;
 
-use mote::{Adam, AdamConfig, Cpu, Linear, Module, Optimizer, Relu, Rng, Tape};
+use mote::{Adam, AdamConfig, Linear, Module, Optimizer, Relu, Rng, Tape};
 use mote_runtime::data_parallel::{DataParallel, Targets};
 use mote_runtime::parallel::Parallel;
 
@@ -80,10 +80,10 @@ fn workload(name: &str, sizes: &[usize], batch: usize, steps: usize) {
     for n in [1usize, 2] {
         let mut arenas = vec![vec![0f32; floats]; n];
         let us = if three {
-            let mut dp = DataParallel::<Cpu<f32>, Mlp3, Adam, 32>::new(
+            let mut dp = DataParallel::<Parallel<f32>, Mlp3, Adam, 32>::new(
                 &mut arenas,
-                Cpu::new,
-                |t: &mut Tape<Cpu<'_, f32>, 32>| {
+                Parallel::new,
+                |t: &mut Tape<Parallel<'_, f32>, 32>| {
                     let mut r = Rng::new(7);
                     let m = (
                         Linear::new(t, sizes[0], sizes[1], &mut r)?,
@@ -104,10 +104,10 @@ fn workload(name: &str, sizes: &[usize], batch: usize, steps: usize) {
                 .unwrap();
             })
         } else {
-            let mut dp = DataParallel::<Cpu<f32>, Mlp2, Adam, 32>::new(
+            let mut dp = DataParallel::<Parallel<f32>, Mlp2, Adam, 32>::new(
                 &mut arenas,
-                Cpu::new,
-                |t: &mut Tape<Cpu<'_, f32>, 32>| {
+                Parallel::new,
+                |t: &mut Tape<Parallel<'_, f32>, 32>| {
                     let mut r = Rng::new(7);
                     let m = (
                         Linear::new(t, sizes[0], sizes[1], &mut r)?,

@@ -216,34 +216,39 @@ where
         let k = self.replicas.len();
         // Shard r covers rows [bounds(r), bounds(r + 1)).
         let bounds = |r: usize| r * rows / k;
-        let results: Vec<Result<f32>> = self
-            .replicas
-            .par_iter_mut()
-            .enumerate()
-            .map(|(r, rep)| {
-                let (lo, hi) = (bounds(r), bounds(r + 1));
-                rep.tape.rewind(rep.start)?;
-                if lo == hi {
-                    return Ok(0.0);
+        let shard = |(r, rep): (usize, &mut Replica<B, M, O, N>)| -> Result<f32> {
+            let (lo, hi) = (bounds(r), bounds(r + 1));
+            rep.tape.rewind(rep.start)?;
+            if lo == hi {
+                return Ok(0.0);
+            }
+            let mut dims = Vec::with_capacity(sample.len() + 1);
+            dims.push(hi - lo);
+            dims.extend_from_slice(sample);
+            let x = rep.tape.input(&dims, &xs[lo * per..hi * per])?;
+            let y = match targets {
+                Targets::Labels(l) => rep.tape.labels(&l[lo..hi])?,
+                Targets::Values(v, d) => {
+                    let mut td = Vec::with_capacity(d.len() + 1);
+                    td.push(hi - lo);
+                    td.extend_from_slice(d);
+                    rep.tape.input(&td, &v[lo * tper..hi * tper])?
                 }
-                let mut dims = Vec::with_capacity(sample.len() + 1);
-                dims.push(hi - lo);
-                dims.extend_from_slice(sample);
-                let x = rep.tape.input(&dims, &xs[lo * per..hi * per])?;
-                let y = match targets {
-                    Targets::Labels(l) => rep.tape.labels(&l[lo..hi])?,
-                    Targets::Values(v, d) => {
-                        let mut td = Vec::with_capacity(d.len() + 1);
-                        td.push(hi - lo);
-                        td.extend_from_slice(d);
-                        rep.tape.input(&td, &v[lo * tper..hi * tper])?
-                    }
-                };
-                let l = loss(&mut rep.tape, &rep.model, x, y)?;
-                rep.tape.backward(l)?;
-                rep.tape.item(l)
-            })
-            .collect();
+            };
+            let l = loss(&mut rep.tape, &rep.model, x, y)?;
+            rep.tape.backward(l)?;
+            rep.tape.item(l)
+        };
+        // One replica runs on the calling thread: no hand-off to the pool.
+        let results: Vec<Result<f32>> = if k > 1 {
+            self.replicas
+                .par_iter_mut()
+                .enumerate()
+                .map(shard)
+                .collect()
+        } else {
+            self.replicas.iter_mut().enumerate().map(shard).collect()
+        };
         let mut total = 0.0f64;
         for (r, res) in results.into_iter().enumerate() {
             let w = (bounds(r + 1) - bounds(r)) as f64 / rows as f64;
@@ -252,10 +257,16 @@ where
         let weights: Vec<f32> = (0..k)
             .map(|r| ((bounds(r + 1) - bounds(r)) as f64 / rows as f64) as f32)
             .collect();
-        self.all_reduce(&weights)?;
-        self.replicas
-            .par_iter_mut()
-            .try_for_each(|rep| rep.opt.step(&mut rep.tape))?;
+        if k > 1 {
+            self.all_reduce(&weights)?;
+            self.replicas
+                .par_iter_mut()
+                .try_for_each(|rep| rep.opt.step(&mut rep.tape))?;
+        } else {
+            for rep in &mut self.replicas {
+                rep.opt.step(&mut rep.tape)?;
+            }
+        }
         debug_assert!(
             matches!(self.divergence(), Ok(d) if d == 0.0),
             "data parallel replicas went out of step"
