@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use mote::{HostBackend, Optimizer, Rng};
+use mote::{HostBackend, Rng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -351,18 +351,7 @@ impl Checkpoint {
         let steps = self.state.step;
         match &mut model.opt {
             Opt::Adam(a) => a.set_steps(steps),
-            Opt::Sgd(s) => {
-                // NOTE: `Sgd` keeps its step count private; the count only decides whether the
-                // next step starts the momentum buffer afresh. One step at learning rate 0 (with
-                // zero gradients) advances it without changing a parameter; the buffers are
-                // overwritten below.
-                if steps > 0 && s.config.momentum > 0.0 {
-                    let lr = s.lr();
-                    s.set_lr(0.0);
-                    s.step(&mut model.tape)?;
-                    s.set_lr(lr);
-                }
-            }
+            Opt::Sgd(s) => s.set_steps(steps),
         }
         let lay = layout(&model)?;
         let storage = model.tape.backend_mut().storage_mut();
