@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the three firmware programs for the Cortex-M4F (thumbv7em-none-eabihf) and runs each
+# Builds the four firmware programs for the Cortex-M4F (thumbv7em-none-eabihf) and runs each
 # on QEMU's mps2-an386 (see .cargo/config.toml); installs QEMU and the Rust target if missing.
 # Prints each program's one-line summary; exits non-zero if any program fails its checks.
 set -euo pipefail
@@ -20,7 +20,7 @@ cargo build --release --locked --bins --quiet
 
 failed=0
 passed=0
-for bin in xor digits finetune; do
+for bin in xor digits finetune cnn; do
     elf="target/thumbv7em-none-eabihf/release/$bin"
     # The same command as the cargo runner (.cargo/config.toml).
     if out=$(timeout 120 qemu-system-arm -cpu cortex-m4 -machine mps2-an386 -nographic \
