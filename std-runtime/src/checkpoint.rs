@@ -42,12 +42,6 @@ pub struct Checkpoint {
     pub opt_state: Vec<Vec<f32>>,
 }
 
-fn param_names(layers: usize) -> Vec<String> {
-    (0..layers)
-        .flat_map(|i| [format!("layers.{i}.weight"), format!("layers.{i}.bias")])
-        .collect()
-}
-
 fn state_names(opt: &OptimizerConfig) -> &'static [&'static str] {
     match opt.state_per_param() {
         0 => &[],
@@ -106,7 +100,12 @@ pub fn to_bytes_model<B: HostBackend<Elem = f32>>(
 ) -> Result<Vec<u8>> {
     let storage = model.tape.backend().storage();
     let lay = layout(model)?;
-    let names = param_names(model.net.layers.len());
+    let names: Vec<String> = model
+        .spec
+        .param_dims()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let snames = state_names(&model.opt_config);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for ((name, p), (vr, sr)) in names.iter().zip(model.tape.params()).zip(&lay) {
@@ -304,7 +303,7 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         }
         Ok(from_bytes(v.data()))
     };
-    let cols = spec.sizes[0];
+    let cols = spec.inputs();
     spec.norm = Standardizer {
         mean: get("norm.mean", &[cols])?,
         std: get("norm.std", &[cols])?,
@@ -317,18 +316,13 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     }
     let (mut params, mut opt_state) = (Vec::new(), Vec::new());
     let snames = state_names(&opt);
-    for (i, w) in spec.sizes.windows(2).enumerate() {
-        for (name, dims) in [
-            (format!("layers.{i}.weight"), vec![w[1], w[0]]),
-            (format!("layers.{i}.bias"), vec![w[1]]),
-        ] {
-            params.push(get(&name, &dims)?);
-            let mut st = Vec::new();
-            for sn in snames {
-                st.extend(get(&format!("optimizer.{name}.{sn}"), &dims)?);
-            }
-            opt_state.push(st);
+    for (name, dims) in spec.param_dims() {
+        params.push(get(&name, &dims)?);
+        let mut st = Vec::new();
+        for sn in snames {
+            st.extend(get(&format!("optimizer.{name}.{sn}"), &dims)?);
         }
+        opt_state.push(st);
     }
     Ok(Checkpoint {
         spec,

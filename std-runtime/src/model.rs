@@ -3,7 +3,8 @@
 
 use mote::plan;
 use mote::{
-    Adam, AdamConfig, HostBackend, Linear, Mark, Module, Optimizer, Rng, Sgd, SgdConfig, Tape, Var,
+    Adam, AdamConfig, Conv2d, ConvConfig, HostBackend, Linear, Mark, Module, Optimizer, PoolConfig,
+    Rng, Sgd, SgdConfig, Tape, Var,
 };
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,15 @@ pub struct ModelSpec {
     pub norm: Standardizer,
     /// Target standardisation (regression): mean and std; `(0, 1)` for classification.
     pub target: (f32, f32),
+    /// Convolution blocks before the linear layers (3x3 convolution with padding 1, ReLU,
+    /// 2x2 max-pooling), output channels of each; empty for an MLP. With blocks, `sizes[0]`
+    /// is the flattened size of the last block's output.
+    #[serde(default)]
+    pub conv: Vec<usize>,
+    /// The input image `[channels, height, width]` the features are reshaped to (convolution
+    /// blocks only).
+    #[serde(default)]
+    pub image: Vec<usize>,
 }
 
 impl ModelSpec {
@@ -66,9 +76,74 @@ impl ModelSpec {
             label: ds.label.clone(),
             norm: Standardizer::fit(&ds.x, ds.cols, train),
             target,
+            conv: Vec::new(),
+            image: Vec::new(),
         };
         spec.check()?;
         Ok(spec)
+    }
+
+    /// The spec of a CNN for `ds`: convolution blocks with `conv` output channels over the
+    /// features read as a square single-channel image (64 features: 1x8x8), then linear
+    /// layers of `hidden` sizes.
+    ///
+    /// # Errors
+    /// `Invalid` when the features are not a square image, or the blocks pool it away.
+    pub fn cnn_for_dataset(
+        ds: &Dataset,
+        conv: &[usize],
+        hidden: &[usize],
+        train: &[usize],
+    ) -> Result<ModelSpec> {
+        let side = (ds.cols as f64).sqrt().round() as usize;
+        if side * side != ds.cols {
+            return Err(Error::invalid(format!(
+                "--model cnn reads the features as a square single-channel image, but there are {} features",
+                ds.cols
+            ))
+            .with_hint("use --model mlp, or data whose feature count is a square (64 = 8x8)"));
+        }
+        let mut spec = ModelSpec::for_dataset(ds, hidden, train)?;
+        spec.conv = conv.to_vec();
+        spec.image = vec![1, side, side];
+        let (mut h, mut w) = (side, side);
+        for _ in conv {
+            h /= 2;
+            w /= 2;
+        }
+        let c = conv.last().copied().unwrap_or(1);
+        if let Some(first) = spec.sizes.first_mut() {
+            *first = c * h * w;
+        }
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// Features per row (the network's input width).
+    pub fn inputs(&self) -> usize {
+        if self.conv.is_empty() {
+            self.sizes.first().copied().unwrap_or(0)
+        } else {
+            self.image.iter().product()
+        }
+    }
+
+    /// Every parameter's name and shape, in creation order: `convs.{i}.weight`
+    /// (`[out, in, 3, 3]`) and `convs.{i}.bias`, then `layers.{i}.weight` (`[out, in]`) and
+    /// `layers.{i}.bias`.
+    pub fn param_dims(&self) -> Vec<(String, Vec<usize>)> {
+        let mut out = Vec::new();
+        let mut cin = self.image.first().copied().unwrap_or(1);
+        for (i, &c) in self.conv.iter().enumerate() {
+            out.push((format!("convs.{i}.weight"), vec![c, cin, 3, 3]));
+            out.push((format!("convs.{i}.bias"), vec![c]));
+            cin = c;
+        }
+        for (i, w) in self.sizes.windows(2).enumerate() {
+            out.push((format!("layers.{i}.weight"), vec![w[1], w[0]]));
+            out.push((format!("layers.{i}.bias"), vec![w[1]]));
+        }
+        out
     }
 
     /// Checks the sizes.
@@ -82,7 +157,22 @@ impl ModelSpec {
                 self.sizes
             )));
         }
-        if self.sizes.len() - 1 > MAX_LAYERS {
+        if !self.conv.is_empty() {
+            let ok = self.image.len() == 3
+                && !self.conv.contains(&0)
+                && self.image.iter().all(|&d| d > 0)
+                && self.image.get(1).is_some_and(|&h| h >> self.conv.len() > 0)
+                && self.image.get(2).is_some_and(|&w| w >> self.conv.len() > 0);
+            if !ok {
+                return Err(Error::invalid(format!(
+                    "{} convolution blocks of {:?} channels do not fit an image of {:?}: each block halves the height and width",
+                    self.conv.len(),
+                    self.conv,
+                    self.image
+                )));
+            }
+        }
+        if self.sizes.len() - 1 + self.conv.len() * 3 > MAX_LAYERS {
             return Err(Error::invalid(format!(
                 "{} layers; at most {MAX_LAYERS} are supported",
                 self.sizes.len() - 1
@@ -105,9 +195,15 @@ impl ModelSpec {
     }
 }
 
-/// An MLP: `Linear` layers with ReLU between them.
+/// The network: optional convolution blocks (3x3 convolution with padding 1, ReLU, 2x2
+/// max-pooling) over the features read as an image, then `Linear` layers with ReLU between
+/// them (an MLP when there are no blocks).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mlp {
+    /// Convolution blocks, input first (empty for an MLP).
+    pub convs: Vec<Conv2d>,
+    /// The image `[channels, height, width]` the convolutions read.
+    pub image: Vec<usize>,
     /// The layers, input first.
     pub layers: Vec<Linear>,
 }
@@ -119,6 +215,19 @@ impl Module for Mlp {
         x: Var,
     ) -> mote::Result<Var> {
         let mut y = x;
+        if !self.convs.is_empty() {
+            let n = x.shape().dim(0);
+            let mut dims = vec![n];
+            dims.extend_from_slice(&self.image);
+            y = tape.reshape(y, &dims)?;
+            for conv in &self.convs {
+                y = conv.forward(tape, y)?;
+                y = tape.relu(y)?;
+                y = tape.max_pool2d(y, PoolConfig::square(2))?;
+            }
+            let flat = y.numel() / n;
+            y = tape.reshape(y, &[n, flat])?;
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             if i > 0 {
                 y = tape.relu(y)?;
@@ -129,6 +238,9 @@ impl Module for Mlp {
     }
 
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        for c in &self.convs {
+            c.visit_params(f);
+        }
         for l in &self.layers {
             l.visit_params(f);
         }
@@ -238,11 +350,48 @@ impl Optimizer for Opt {
 /// Floats of arena a model needs to train with `batch` rows per step and to evaluate
 /// [`EVAL_BATCH`] rows at a time.
 pub fn arena_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> usize {
+    if !spec.conv.is_empty() {
+        return measured_floats(spec, opt, batch).unwrap_or(usize::MAX);
+    }
     let params = plan::mlp_params(&spec.sizes, opt.plan());
     let step = plan::mlp_step(&spec.sizes, batch, spec.loss());
     let infer = plan::mlp_inference(&spec.sizes, EVAL_BATCH)
         - plan::mlp_params(&spec.sizes, plan::Opt::Sgd) / 2;
     params + step.max(infer)
+}
+
+/// The exact arena of a CNN, by a dry run (`mote::plan::measure`): parameters, optimizer
+/// state, then the larger of a training step of `batch` rows and an evaluation batch.
+fn measured_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> Result<usize> {
+    let ins = spec.inputs();
+    Ok(plan::measure::<f32, NODES>(|t| {
+        let net =
+            build_net(t, spec, &mut Rng::new(0)).map_err(|_| mote::Error::InvalidArgument {
+                what: "the model does not build",
+            })?;
+        build_opt(t, *opt).map_err(|_| mote::Error::InvalidArgument {
+            what: "the optimizer does not build",
+        })?;
+        let start = t.mark();
+        let x = t.input_with(&[batch, ins], || 0.0)?;
+        let out = net.forward(t, x)?;
+        let loss = match spec.task {
+            Task::Classification => {
+                let y = t.labels(&vec![0; batch])?;
+                t.cross_entropy(out, y)?
+            }
+            Task::Regression => {
+                let y = t.input_with(&[batch, 1], || 0.0)?;
+                t.mse(out, y)?
+            }
+        };
+        t.backward(loss)?;
+        t.rewind(start)?;
+        t.no_grad(|t| {
+            let x = t.input_with(&[EVAL_BATCH, ins], || 0.0)?;
+            net.forward(t, x).map(|_| ())
+        })
+    })?)
 }
 
 /// A model on a tape: the MLP, its optimizer, and the mark above which each step's
@@ -276,45 +425,12 @@ impl<B: HostBackend<Elem = f32>> Model<B> {
     ) -> Result<Self> {
         spec.check()?;
         let mut tape = Tape::<B, NODES>::with_backend(backend);
-        let mut layers = Vec::with_capacity(spec.sizes.len() - 1);
-        for w in spec.sizes.windows(2) {
-            layers.push(Linear::new(&mut tape, w[0], w[1], init)?);
-        }
-        let opt = match opt_config {
-            OptimizerConfig::Adam { lr, weight_decay } => Opt::Adam(Adam::new(
-                &mut tape,
-                AdamConfig {
-                    lr,
-                    weight_decay,
-                    ..AdamConfig::default()
-                },
-            )?),
-            OptimizerConfig::Adamw { lr, weight_decay } => Opt::Adam(Adam::adamw(
-                &mut tape,
-                AdamConfig {
-                    lr,
-                    weight_decay,
-                    ..AdamConfig::default()
-                },
-            )?),
-            OptimizerConfig::Sgd {
-                lr,
-                momentum,
-                weight_decay,
-            } => Opt::Sgd(Sgd::new(
-                &mut tape,
-                SgdConfig {
-                    lr,
-                    momentum,
-                    weight_decay,
-                    ..SgdConfig::default()
-                },
-            )?),
-        };
+        let net = build_net(&mut tape, &spec, init)?;
+        let opt = build_opt(&mut tape, opt_config)?;
         let start = tape.mark();
         Ok(Model {
             tape,
-            net: Mlp { layers },
+            net,
             opt,
             start,
             spec,
@@ -336,7 +452,7 @@ impl<B: HostBackend<Elem = f32>> Model<B> {
     ) -> Result<(f32, usize)> {
         let t = &mut self.tape;
         t.rewind(self.start)?;
-        let xv = t.input(&[rows, self.spec.sizes[0]], x)?;
+        let xv = t.input(&[rows, self.spec.inputs()], x)?;
         let out = self.net.forward(t, xv)?;
         let loss = match self.spec.task {
             Task::Classification => {
@@ -367,7 +483,7 @@ impl<B: HostBackend<Elem = f32>> Model<B> {
     /// # Errors
     /// A core error.
     pub fn outputs(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        let (ins, outs) = (self.spec.sizes[0], self.spec.outputs());
+        let (ins, outs) = (self.spec.inputs(), self.spec.outputs());
         let mut all = Vec::with_capacity(rows * outs);
         for chunk in x.chunks(EVAL_BATCH * ins).take(rows.div_ceil(EVAL_BATCH)) {
             let n = chunk.len() / ins;
@@ -395,6 +511,78 @@ impl<B: HostBackend<Elem = f32>> Model<B> {
         }
         Ok(out)
     }
+}
+
+/// The network of `spec` on `tape`, with PyTorch's initialisation drawn from `init`.
+///
+/// # Errors
+/// A core error when the arena or the tape is too small.
+pub fn build_net<B: mote::Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    spec: &ModelSpec,
+    init: &mut Rng,
+) -> Result<Mlp> {
+    let same = ConvConfig {
+        padding: [1, 1],
+        ..ConvConfig::default()
+    };
+    let mut convs = Vec::with_capacity(spec.conv.len());
+    let mut cin = spec.image.first().copied().unwrap_or(1);
+    for &c in &spec.conv {
+        convs.push(Conv2d::new(tape, cin, c, [3, 3], same, 1, true, init)?);
+        cin = c;
+    }
+    let mut layers = Vec::with_capacity(spec.sizes.len().saturating_sub(1));
+    for w in spec.sizes.windows(2) {
+        layers.push(Linear::new(tape, w[0], w[1], init)?);
+    }
+    Ok(Mlp {
+        convs,
+        image: spec.image.clone(),
+        layers,
+    })
+}
+
+/// The optimizer of `opt_config` over the parameters on `tape`.
+///
+/// # Errors
+/// `Invalid` settings; a core error when the arena is too small.
+pub fn build_opt<B: mote::Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    opt_config: OptimizerConfig,
+) -> Result<Opt> {
+    let opt = match opt_config {
+        OptimizerConfig::Adam { lr, weight_decay } => Opt::Adam(Adam::new(
+            tape,
+            AdamConfig {
+                lr,
+                weight_decay,
+                ..AdamConfig::default()
+            },
+        )?),
+        OptimizerConfig::Adamw { lr, weight_decay } => Opt::Adam(Adam::adamw(
+            tape,
+            AdamConfig {
+                lr,
+                weight_decay,
+                ..AdamConfig::default()
+            },
+        )?),
+        OptimizerConfig::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        } => Opt::Sgd(Sgd::new(
+            tape,
+            SgdConfig {
+                lr,
+                momentum,
+                weight_decay,
+                ..SgdConfig::default()
+            },
+        )?),
+    };
+    Ok(opt)
 }
 
 /// Rows of `logits` (`classes` wide) whose largest entry is at the label.

@@ -94,6 +94,45 @@ fn mote_train_alone_reaches_96_percent() {
     assert!(out.contains("trained 50 epochs, 2250 steps"), "{out}");
 }
 
+/// `mote train --model cnn`: convolution blocks over the digits as 1x8x8 images reach >= 97%;
+/// the checkpoint evaluates and resumes; export says it handles MLPs only.
+#[test]
+fn cnn_trains_saves_evaluates_and_resumes() {
+    let d = TempDir::new("cnn");
+    let out = ok(&d, &["train", "--model", "cnn", "--save", "c.safetensors"]);
+    assert!(
+        out.starts_with("training CNN on 1x8x8 images: conv blocks 16,32, then MLP 128-10"),
+        "{out}"
+    );
+    let last = out
+        .lines()
+        .find(|l| l.starts_with("final (epoch 50)"))
+        .unwrap();
+    let acc: f64 = last
+        .split("validation accuracy ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(acc >= 97.0, "{out}");
+    let eval = ok(&d, &["eval", "--model", "c.safetensors"]);
+    assert!(
+        eval.contains(&format!("accuracy {acc:.2}%")),
+        "{eval}\n{out}"
+    );
+    ok(
+        &d,
+        &["train", "--resume", "c.safetensors", "--epochs", "1", "-q"],
+    );
+    let e = fails(
+        &d,
+        &["export", "--model", "c.safetensors", "--format", "blob"],
+    );
+    assert!(e.contains("export handles MLPs"), "{e}");
+    let e = fails(&d, &["train", "--conv", "8"]);
+    assert!(e.contains("--conv needs --model cnn"), "{e}");
+}
+
 #[test]
 fn train_save_eval_predict_export() {
     let d = TempDir::new("flow");
@@ -186,6 +225,8 @@ fn train_save_eval_predict_export() {
     let mut ps = [tape.input(&[1], &[0.0]).unwrap(); 4];
     blob.create_params(&mut tape, false, &mut ps).unwrap();
     let net = Mlp {
+        convs: vec![],
+        image: vec![],
         layers: vec![
             mote::Linear {
                 weight: ps[0],

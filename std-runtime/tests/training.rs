@@ -47,6 +47,8 @@ fn setup(
         label: "label".into(),
         norm: Standardizer::fit(&ds.x, 64, &tr),
         target: (0.0, 1.0),
+        conv: vec![],
+        image: vec![],
     };
     let prepared = Prepared::new(&ds, &spec, tr, va);
     (spec, config, prepared)

@@ -162,6 +162,13 @@ pub(crate) fn predict_cmd(a: PredictArgs) -> Result<()> {
 
 pub(crate) fn export_cmd(a: ExportArgs) -> Result<()> {
     let ck = checkpoint::load(&a.model)?;
+    if !ck.spec.conv.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: export handles MLPs; this checkpoint holds a CNN",
+            a.model.display()
+        ))
+        .with_hint("load the checkpoint's tensors with the safetensors crate, or train an MLP (--model mlp) to export"));
+    }
     let dtype = match a.dtype {
         DtypeArg::F32 => mote::blob::Dtype::F32,
         DtypeArg::F16 => mote::blob::Dtype::F16,

@@ -107,6 +107,15 @@ pub struct DataArgs {
     idx_labels: Option<PathBuf>,
 }
 
+/// Which network `mote train` builds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModelArg {
+    /// Linear layers with ReLU between them.
+    Mlp,
+    /// Convolution blocks, then linear layers.
+    Cnn,
+}
+
 /// The arguments of `mote train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -115,9 +124,18 @@ pub struct TrainArgs {
     /// Classification or regression (default: inferred from the label column).
     #[arg(long, value_enum)]
     task: Option<TaskArg>,
-    /// Hidden layer sizes, comma-separated (`none` for a linear model) [default: 32].
+    /// Hidden layer sizes, comma-separated (`none` for a linear model) [default: 32; with
+    /// --model cnn: none].
     #[arg(long, value_name = "N,N,...")]
     hidden: Option<String>,
+    /// The network: `mlp`, or `cnn` (convolution blocks over the features read as a square
+    /// image, then the hidden layers) [default: mlp].
+    #[arg(long, value_enum)]
+    model: Option<ModelArg>,
+    /// CNN: output channels of each convolution block (3x3 conv, ReLU, 2x2 max-pool)
+    /// [default: 16,32].
+    #[arg(long, value_name = "C,C,...")]
+    conv: Option<String>,
     /// Epochs to train (with --resume: more epochs) [default: 50].
     #[arg(long)]
     epochs: Option<usize>,
@@ -369,9 +387,26 @@ pub(crate) fn describe(spec: &ModelSpec) -> String {
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
         .join("-");
+    let kind = if spec.conv.is_empty() {
+        format!("MLP {dims}")
+    } else {
+        let conv = spec
+            .conv
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let image = spec
+            .image
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        format!("CNN on {image} images: conv blocks {conv}, then MLP {dims}")
+    };
     match spec.task {
-        Task::Classification => format!("MLP {dims}, {} classes", spec.classes.len()),
-        Task::Regression => format!("MLP {dims}, regression of '{}'", spec.label),
+        Task::Classification => format!("{kind}, {} classes", spec.classes.len()),
+        Task::Regression => format!("{kind}, regression of '{}'", spec.label),
     }
 }
 

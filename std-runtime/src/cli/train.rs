@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use mote::{HostBackend, Rng};
 
 use super::{
-    backend_text, describe, load_for_model, out, parse_hidden, set_threads, split_of, OptimizerArg,
-    ScheduleArg, TaskArg, TrainArgs,
+    backend_text, describe, load_for_model, out, parse_hidden, set_threads, split_of, ModelArg,
+    OptimizerArg, ScheduleArg, TaskArg, TrainArgs,
 };
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{self, CsvOptions, Dataset, LabelChoice, Task};
@@ -81,6 +81,8 @@ impl WithBackend for TrainJob {
 fn reject_on_resume(a: &TrainArgs) -> Result<()> {
     let fixed = [
         ("--hidden", a.hidden.is_some()),
+        ("--model", a.model.is_some()),
+        ("--conv", a.conv.is_some()),
         ("--task", a.task.is_some()),
         ("--batch", a.batch.is_some()),
         ("--lr", a.lr.is_some()),
@@ -227,7 +229,13 @@ fn fresh_job(a: &TrainArgs, kind: BackendKind) -> Result<TrainJob> {
         fingerprint: Some(data::fingerprint(&ds)),
         ..source
     };
-    let hidden = parse_hidden(a.hidden.as_deref().unwrap_or("32"))?;
+    // A CNN's blocks do the feature work: its default is a linear layer after them.
+    let cnn = a.model == Some(ModelArg::Cnn);
+    let hidden = parse_hidden(
+        a.hidden
+            .as_deref()
+            .unwrap_or(if cnn { "none" } else { "32" }),
+    )?;
     let schedule = match a.schedule.unwrap_or(ScheduleArg::Constant) {
         ScheduleArg::Constant => Schedule::Constant,
         ScheduleArg::Step => Schedule::Step {
@@ -251,7 +259,25 @@ fn fresh_job(a: &TrainArgs, kind: BackendKind) -> Result<TrainJob> {
     };
     config.check()?;
     let (tr, va) = split_of(&ds, &config)?;
-    let spec = ModelSpec::for_dataset(&ds, &hidden, &tr)?;
+    let spec = match a.model.unwrap_or(ModelArg::Mlp) {
+        ModelArg::Mlp => {
+            if a.conv.is_some() {
+                return Err(Error::invalid("--conv needs --model cnn")
+                    .with_hint("add --model cnn, or drop --conv"));
+            }
+            ModelSpec::for_dataset(&ds, &hidden, &tr)?
+        }
+        ModelArg::Cnn => {
+            let conv = parse_hidden(a.conv.as_deref().unwrap_or("16,32"))?;
+            if conv.is_empty() {
+                return Err(
+                    Error::invalid("--conv none: a CNN needs at least one block")
+                        .with_hint("give channels such as --conv 16,32"),
+                );
+            }
+            ModelSpec::cnn_for_dataset(&ds, &conv, &hidden, &tr)?
+        }
+    };
     let opt_kind = a.optimizer.unwrap_or(OptimizerArg::Adam);
     let opt = match opt_kind {
         OptimizerArg::Adam => OptimizerConfig::Adam {
