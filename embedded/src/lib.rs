@@ -402,13 +402,26 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Correct predictions of `model` on the held-out digits (`TRAIN..TOTAL`), in batches of
-/// `batch`, without recording; the arena is rewound to `start` before each batch.
+/// The dims of a batch of `b` records, each of shape `sample` (`[64]`, or `[1, 8, 8]` for an
+/// image; at most three dimensions), as an array and its used length. No slice indexing: a
+/// bounds-check panic would link `core::fmt` (several KB of flash).
+fn batch_dims(b: usize, sample: &[usize]) -> ([usize; 4], usize) {
+    let mut dims = [b, 1, 1, 1];
+    for (d, &s) in dims.iter_mut().skip(1).zip(sample) {
+        *d = s;
+    }
+    (dims, 1 + sample.len().min(3))
+}
+
+/// Correct predictions of `model` on the held-out digits (`TRAIN..TOTAL`), each record shaped
+/// `sample`, in batches of `batch`, without recording; the arena is rewound to `start` before
+/// each batch.
 pub fn held_out_correct<M: mote::Module, const N: usize>(
     tape: &mut mote::Tape<Fast<'_>, N>,
     start: mote::Mark,
     model: &M,
     batch: usize,
+    sample: &[usize],
 ) -> mote::Result<usize> {
     use digits::{PIXELS, TOTAL, TRAIN};
     let mut correct = 0;
@@ -417,8 +430,9 @@ pub fn held_out_correct<M: mote::Module, const N: usize>(
         let b = batch.min(TOTAL - first);
         tape.rewind(start)?;
         let mut i = 0;
+        let (dims, rank) = batch_dims(b, sample);
         let logits = tape.no_grad(|tape| {
-            let x = tape.input_with(&[b, PIXELS], || {
+            let x = tape.input_with(dims.get(..rank).unwrap_or(&dims), || {
                 let v = digits::pixel(first + i / PIXELS, i % PIXELS);
                 i += 1;
                 v
@@ -437,18 +451,21 @@ pub fn held_out_correct<M: mote::Module, const N: usize>(
     Ok(correct)
 }
 
-/// Records `x` (`[batch, 64]`) and the labels of the training records `first..first + batch`
-/// of epoch `epoch`'s order (see [`digits::shuffled`]); `relabel` maps a digit to its class.
+/// Records `x` (`[batch, sample...]`) and the labels of the training records
+/// `first..first + batch` of epoch `epoch`'s order (see [`digits::shuffled`]); `relabel` maps a
+/// digit to its class.
 pub fn train_batch<const N: usize, const BATCH: usize>(
     tape: &mut mote::Tape<Fast<'_>, N>,
     epoch: usize,
     first: usize,
+    sample: &[usize],
     relabel: impl Fn(usize) -> usize,
 ) -> mote::Result<(mote::Var, mote::Var)> {
     use digits::PIXELS;
     let mut k = first;
     let (mut rec, mut px) = (digits::shuffled(epoch, k), 0);
-    let x = tape.input_with(&[BATCH, PIXELS], || {
+    let (dims, rank) = batch_dims(BATCH, sample);
+    let x = tape.input_with(dims.get(..rank).unwrap_or(&dims), || {
         let v = digits::pixel(rec, px);
         px += 1;
         if px == PIXELS {

@@ -19,13 +19,13 @@ use core::mem::size_of;
 
 use cortex_m_rt::entry;
 use mote::{
-    Adam, AdamConfig, Conv2d, ConvConfig, Flatten, Linear, Mark, MaxPool2d, Module, Optimizer,
+    Adam, AdamConfig, Conv2d, ConvConfig, Flatten, Linear, MaxPool2d, Module, Optimizer,
     PoolConfig, Relu, Rng, Tape, Var,
 };
-use mote_embedded::digits::{self, PIXELS, TOTAL, TRAIN};
+use mote_embedded::digits::{self, TOTAL, TRAIN};
 use mote_embedded::{
-    argmax, paint_stack, peak_stack, static_bytes, Counter, Fast, Line, OrFail, StaticCell,
-    INSNS_PER_TICK,
+    held_out_correct, paint_stack, peak_stack, static_bytes, train_batch, Counter, Fast, Line,
+    OrFail, StaticCell, INSNS_PER_TICK,
 };
 
 const BATCH: usize = 4;
@@ -110,58 +110,6 @@ fn split_conv(
     (Conv2d { bias: None, ..c }, ChannelBias(bias))
 }
 
-/// Records the images (`[BATCH, 1, 8, 8]`) and labels of the training records
-/// `first..first + BATCH` of epoch `epoch`'s order.
-fn train_batch(tape: &mut Tape<Be, NODES>, epoch: usize, first: usize) -> mote::Result<(Var, Var)> {
-    let mut k = first;
-    let (mut rec, mut px) = (digits::shuffled(epoch, k), 0);
-    let x = tape.input_with(&[BATCH, 1, SIDE, SIDE], || {
-        let v = digits::pixel(rec, px);
-        px += 1;
-        if px == PIXELS {
-            px = 0;
-            k += 1;
-            rec = digits::shuffled(epoch, k);
-        }
-        v
-    })?;
-    let labels: [usize; BATCH] =
-        core::array::from_fn(|i| digits::label(digits::shuffled(epoch, first + i)));
-    let y = tape.labels(&labels)?;
-    Ok((x, y))
-}
-
-/// Correct predictions on the held-out records, `BATCH` images at a time, without recording.
-fn held_out_correct<M: Module>(
-    tape: &mut Tape<Be, NODES>,
-    start: Mark,
-    model: &M,
-) -> mote::Result<usize> {
-    let mut correct = 0;
-    let mut first = TRAIN;
-    while first < TOTAL {
-        let b = BATCH.min(TOTAL - first);
-        tape.rewind(start)?;
-        let mut i = 0;
-        let logits = tape.no_grad(|tape| {
-            let x = tape.input_with(&[b, 1, SIDE, SIDE], || {
-                let v = digits::pixel(first + i / PIXELS, i % PIXELS);
-                i += 1;
-                v
-            })?;
-            model.forward(tape, x)
-        })?;
-        let out = tape.data(logits)?;
-        for (r, row) in out.chunks_exact(CLASSES).enumerate() {
-            if argmax(row) == digits::label(first + r) {
-                correct += 1;
-            }
-        }
-        first += b;
-    }
-    Ok(correct)
-}
-
 #[entry]
 fn main() -> ! {
     paint_stack(PAINT_BYTES);
@@ -195,7 +143,14 @@ fn main() -> ! {
         for step in 0..STEPS {
             let t0 = counter.now();
             tape.rewind(start).or_fail("rewind");
-            let (x, y) = train_batch(&mut tape, epoch, step * BATCH).or_fail("batch");
+            let (x, y) = train_batch::<NODES, BATCH>(
+                &mut tape,
+                epoch,
+                step * BATCH,
+                &[1, SIDE, SIDE],
+                |d| d,
+            )
+            .or_fail("batch");
             let logits = model.forward(&mut tape, x).or_fail("forward");
             let loss = tape.cross_entropy(logits, y).or_fail("loss");
             tape.backward(loss).or_fail("backward");
@@ -210,7 +165,8 @@ fn main() -> ! {
     let per_step = ticks * INSNS_PER_TICK / (EPOCHS * STEPS) as u64;
     let arena = tape.high_water_bytes();
 
-    let correct = held_out_correct(&mut tape, start, &model).or_fail("eval");
+    let correct =
+        held_out_correct(&mut tape, start, &model, BATCH, &[1, SIDE, SIDE]).or_fail("eval");
     let held_out = TOTAL - TRAIN;
 
     let stack = peak_stack(PAINT_BYTES);

@@ -63,7 +63,8 @@ fn main() -> ! {
             let t0 = counter.now();
             tape.rewind(start).or_fail("rewind");
             let (x, y) =
-                train_batch::<NODES, BATCH>(&mut tape, epoch, step * BATCH, |d| d).or_fail("batch");
+                train_batch::<NODES, BATCH>(&mut tape, epoch, step * BATCH, &[PIXELS], |d| d)
+                    .or_fail("batch");
             let logits = model.forward(&mut tape, x).or_fail("forward");
             let loss = tape.cross_entropy(logits, y).or_fail("loss");
             tape.backward(loss).or_fail("backward");
@@ -78,7 +79,7 @@ fn main() -> ! {
     let per_step = ticks * INSNS_PER_TICK / (EPOCHS * STEPS) as u64;
     let arena = tape.high_water_bytes();
 
-    let correct = held_out_correct(&mut tape, start, &model, BATCH).or_fail("eval");
+    let correct = held_out_correct(&mut tape, start, &model, BATCH, &[PIXELS]).or_fail("eval");
     let held_out = TOTAL - TRAIN;
 
     let stack = peak_stack(PAINT_BYTES);

@@ -77,7 +77,7 @@ fn main() -> ! {
     let start = tape.mark();
     let held_out = TOTAL - TRAIN;
 
-    let before = held_out_correct(&mut tape, start, &model, BATCH).or_fail("eval");
+    let before = held_out_correct(&mut tape, start, &model, BATCH, &[PIXELS]).or_fail("eval");
 
     let mut ticks = 0u64;
     for epoch in 0..EPOCHS {
@@ -85,7 +85,8 @@ fn main() -> ! {
             let t0 = counter.now();
             tape.rewind(start).or_fail("rewind");
             let (x, y) =
-                train_batch::<NODES, BATCH>(&mut tape, epoch, step * BATCH, |d| d).or_fail("batch");
+                train_batch::<NODES, BATCH>(&mut tape, epoch, step * BATCH, &[PIXELS], |d| d)
+                    .or_fail("batch");
             let logits = model.forward(&mut tape, x).or_fail("forward");
             let loss = tape.cross_entropy(logits, y).or_fail("loss");
             tape.backward(loss).or_fail("backward");
@@ -94,7 +95,7 @@ fn main() -> ! {
         }
     }
     let per_step = ticks * INSNS_PER_TICK / (EPOCHS * STEPS) as u64;
-    let after = held_out_correct(&mut tape, start, &model, BATCH).or_fail("eval");
+    let after = held_out_correct(&mut tape, start, &model, BATCH, &[PIXELS]).or_fail("eval");
 
     let stack = peak_stack(PAINT_BYTES);
     let statics = static_bytes();
