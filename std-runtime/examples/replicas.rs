@@ -6,12 +6,10 @@
 
 use std::time::Instant;
 
-use mote::{Adam, AdamConfig, Linear, Module, Optimizer, Relu, Rng, Tape};
+use mote::{Adam, AdamConfig, Linear, Module, Optimizer, Rng, Tape};
 use mote_runtime::data_parallel::{DataParallel, Targets};
+use mote_runtime::model::Mlp;
 use mote_runtime::parallel::Parallel;
-
-type Mlp3 = (Linear, Relu, Linear, Relu, Linear);
-type Mlp2 = (Linear, Relu, Linear);
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -35,6 +33,20 @@ fn time(steps: usize, mut step: impl FnMut()) -> f64 {
     median(samples)
 }
 
+/// An MLP of `sizes` (ReLU between layers), the same on every call (fixed seed).
+fn mlp<B: mote::Backend, const N: usize>(t: &mut Tape<B, N>, sizes: &[usize]) -> mote::Result<Mlp> {
+    let mut r = Rng::new(7);
+    let layers = sizes
+        .windows(2)
+        .map(|w| Linear::new(t, w[0], w[1], &mut r))
+        .collect::<mote::Result<_>>()?;
+    Ok(Mlp {
+        convs: vec![],
+        image: vec![],
+        layers,
+    })
+}
+
 fn workload(name: &str, sizes: &[usize], batch: usize, steps: usize) {
     let mut rng = Rng::new(1);
     let (i, o) = (sizes[0], *sizes.last().unwrap());
@@ -47,85 +59,41 @@ fn workload(name: &str, sizes: &[usize], batch: usize, steps: usize) {
         mote::plan::Opt::Adam,
     );
     let cfg = AdamConfig::default();
-    let three = sizes.len() == 4;
     let mut row = format!("{name:<10}");
 
     // Intra-op threads: one tape on the parallel backend.
     let mut mem = vec![0f32; floats];
     let mut tape = Tape::<Parallel<f32>, 32>::with_backend(Parallel::new(&mut mem));
-    let mut r = Rng::new(7);
-    let l: Vec<Linear> = sizes
-        .windows(2)
-        .map(|w| Linear::new(&mut tape, w[0], w[1], &mut r).unwrap())
-        .collect();
+    let net = mlp(&mut tape, sizes).unwrap();
     let mut opt = Adam::new(&mut tape, cfg).unwrap();
     let start = tape.mark();
     let us = time(steps, || {
         tape.rewind(start).unwrap();
         let x = tape.input(&[batch, i], &xs).unwrap();
         let y = tape.labels(&ys).unwrap();
-        let mut h = x;
-        for (k, lin) in l.iter().enumerate() {
-            h = lin.forward(&mut tape, h).unwrap();
-            if k + 1 < l.len() {
-                h = tape.relu(h).unwrap();
-            }
-        }
+        let h = net.forward(&mut tape, x).unwrap();
         let loss = tape.cross_entropy(h, y).unwrap();
         tape.backward(loss).unwrap();
         opt.step(&mut tape).unwrap();
     });
     row += &format!(" {us:>12.1}");
 
+    // Replicas, each a tape on the parallel backend.
     for n in [1usize, 2] {
         let mut arenas = vec![vec![0f32; floats]; n];
-        let us = if three {
-            let mut dp = DataParallel::<Parallel<f32>, Mlp3, Adam, 32>::new(
-                &mut arenas,
-                Parallel::new,
-                |t: &mut Tape<Parallel<'_, f32>, 32>| {
-                    let mut r = Rng::new(7);
-                    let m = (
-                        Linear::new(t, sizes[0], sizes[1], &mut r)?,
-                        Relu,
-                        Linear::new(t, sizes[1], sizes[2], &mut r)?,
-                        Relu,
-                        Linear::new(t, sizes[2], sizes[3], &mut r)?,
-                    );
-                    Ok((m, Adam::new(t, cfg)?))
-                },
-            )
-            .unwrap();
-            time(steps, || {
-                dp.step(&xs, &[i], Targets::Labels(&ys), |t, m, x, y| {
-                    let p = m.forward(t, x)?;
-                    t.cross_entropy(p, y)
-                })
-                .unwrap();
+        let mut dp = DataParallel::<Parallel<f32>, Mlp, Adam, 32>::new(
+            &mut arenas,
+            Parallel::new,
+            |t: &mut Tape<Parallel<'_, f32>, 32>| Ok((mlp(t, sizes)?, Adam::new(t, cfg)?)),
+        )
+        .unwrap();
+        let us = time(steps, || {
+            dp.step(&xs, &[i], Targets::Labels(&ys), |t, m, x, y| {
+                let p = m.forward(t, x)?;
+                t.cross_entropy(p, y)
             })
-        } else {
-            let mut dp = DataParallel::<Parallel<f32>, Mlp2, Adam, 32>::new(
-                &mut arenas,
-                Parallel::new,
-                |t: &mut Tape<Parallel<'_, f32>, 32>| {
-                    let mut r = Rng::new(7);
-                    let m = (
-                        Linear::new(t, sizes[0], sizes[1], &mut r)?,
-                        Relu,
-                        Linear::new(t, sizes[1], sizes[2], &mut r)?,
-                    );
-                    Ok((m, Adam::new(t, cfg)?))
-                },
-            )
             .unwrap();
-            time(steps, || {
-                dp.step(&xs, &[i], Targets::Labels(&ys), |t, m, x, y| {
-                    let p = m.forward(t, x)?;
-                    t.cross_entropy(p, y)
-                })
-                .unwrap();
-            })
-        };
+        });
         row += &format!(" {us:>12.1}");
     }
     println!("{row}");

@@ -249,14 +249,15 @@ where
         } else {
             self.replicas.iter_mut().enumerate().map(shard).collect()
         };
+        // Each shard's share of the batch weighs its loss and its gradients.
+        let shares: Vec<f64> = (0..k)
+            .map(|r| (bounds(r + 1) - bounds(r)) as f64 / rows as f64)
+            .collect();
         let mut total = 0.0f64;
-        for (r, res) in results.into_iter().enumerate() {
-            let w = (bounds(r + 1) - bounds(r)) as f64 / rows as f64;
+        for (res, w) in results.into_iter().zip(&shares) {
             total += w * f64::from(res?);
         }
-        let weights: Vec<f32> = (0..k)
-            .map(|r| ((bounds(r + 1) - bounds(r)) as f64 / rows as f64) as f32)
-            .collect();
+        let weights: Vec<f32> = shares.iter().map(|&w| w as f32).collect();
         if k > 1 {
             self.all_reduce(&weights)?;
             self.replicas

@@ -71,6 +71,19 @@ fn fails(dir: &TempDir, args: &[&str]) -> String {
     se
 }
 
+/// The validation accuracy (%) on the `final (epoch N)` line of a training run's output.
+fn final_accuracy(out: &str, epochs: usize) -> f64 {
+    let last = out
+        .lines()
+        .find(|l| l.starts_with(&format!("final (epoch {epochs})")))
+        .unwrap_or_else(|| panic!("no final line for epoch {epochs}:\n{out}"));
+    last.split("validation accuracy ")
+        .nth(1)
+        .and_then(|s| s.split('%').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy on: {last}"))
+}
+
 /// The main job: `mote train` alone trains on the bundled digits and ends at >= 96% held out.
 #[test]
 fn mote_train_alone_reaches_96_percent() {
@@ -80,16 +93,7 @@ fn mote_train_alone_reaches_96_percent() {
         out.starts_with("training MLP 64-32-10, 10 classes on digits"),
         "{out}"
     );
-    let last = out
-        .lines()
-        .find(|l| l.starts_with("final (epoch 50)"))
-        .unwrap();
-    let acc: f64 = last
-        .split("validation accuracy ")
-        .nth(1)
-        .and_then(|s| s.split('%').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap();
+    let acc = final_accuracy(&out, 50);
     assert!(acc >= 96.0, "{out}");
     assert!(out.contains("trained 50 epochs, 2250 steps"), "{out}");
 }
@@ -104,16 +108,7 @@ fn cnn_trains_saves_evaluates_and_resumes() {
         out.starts_with("training CNN on 1x8x8 images: conv blocks 16,32, then MLP 128-10"),
         "{out}"
     );
-    let last = out
-        .lines()
-        .find(|l| l.starts_with("final (epoch 50)"))
-        .unwrap();
-    let acc: f64 = last
-        .split("validation accuracy ")
-        .nth(1)
-        .and_then(|s| s.split('%').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap();
+    let acc = final_accuracy(&out, 50);
     assert!(acc >= 97.0, "{out}");
     let eval = ok(&d, &["eval", "--model", "c.safetensors"]);
     assert!(
