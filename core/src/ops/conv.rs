@@ -73,17 +73,13 @@ impl PoolConfig {
     }
 }
 
-/// Six small numbers packed into a node (5 bits each).
-pub(crate) fn pack(v: [usize; 6], op: &'static str) -> Result<u32> {
+/// Six small numbers packed into a node (5 bits each); `too_large` is the error's text when
+/// one exceeds 31.
+pub(crate) fn pack(v: [usize; 6], too_large: &'static str) -> Result<u32> {
     let mut out = 0u32;
     for (i, &x) in v.iter().enumerate() {
         if x > 31 {
-            return Err(Error::InvalidArgument {
-                what: match op {
-                    "conv" => "conv stride, padding and dilation must be at most 31",
-                    _ => "pooling window, stride and padding must be at most 31",
-                },
-            });
+            return Err(Error::InvalidArgument { what: too_large });
         }
         out |= (x as u32) << (5 * i);
     }
@@ -408,7 +404,7 @@ pub(crate) mod tape_ops {
                     opt.dilation[0],
                     opt.dilation[1],
                 ],
-                "conv",
+                "conv stride, padding and dilation must be at most 31",
             )?;
             let shape = Shape::new(&[g.n, ws.dim(0), g.oh, g.ow])?;
             let cols_len = g.cols_len()?;
@@ -496,7 +492,7 @@ pub(crate) mod tape_ops {
                     p.padding[0],
                     p.padding[1],
                 ],
-                "pool",
+                "pooling window, stride and padding must be at most 31",
             )?;
             let shape = Shape::new(&[g.n, g.c, g.oh, g.ow])?;
             let cols_len = g.cols_len()?;
