@@ -1,5 +1,6 @@
 //! Puts `memory.x` where cortex-m-rt's `link.x` finds it, and turns the core's bundled digits
-//! (`../core/data/digits.csv.gz`) into the bytes the firmware keeps in flash.
+//! (`../core/data/digits.csv.gz`) into the bytes the firmware keeps in flash, and writes
+//! XOR-MCU's training step as Rust (`xor_step.rs`, from `xor_step.rs` beside this file).
 //!
 //! `digits.bin`: 1,797 records of 65 bytes (64 pixels 0..=16, then the label), shuffled with a
 //! fixed seed (`digits_data.rs`); the first `TRAIN` records are the training subset, the rest
@@ -9,6 +10,8 @@ use std::{env, fs, path::PathBuf};
 
 include!("digits_data.rs");
 
+mod xor_step;
+
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     fs::copy("memory.x", out.join("memory.x")).unwrap();
@@ -16,6 +19,11 @@ fn main() {
     println!("cargo:rerun-if-changed=memory.x");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=digits_data.rs");
+
+    println!("cargo:rerun-if-changed=xor_step.rs");
+    println!("cargo:rerun-if-changed=../core/src");
+    let xor = xor_step::generate().expect("XOR-MCU's step runs and records on the host");
+    fs::write(out.join("xor_step.rs"), xor).unwrap();
 
     let gz_path = "../core/data/digits.csv.gz";
     println!("cargo:rerun-if-changed={gz_path}");

@@ -245,6 +245,7 @@ fn out_of_range(end: usize, len: usize) -> Error {
 ///
 /// # Errors
 /// [`Error::Aliasing`] when a read overlaps the write; [`Error::IndexOutOfRange`] past the end.
+#[inline]
 pub fn split<T, const K: usize>(
     buf: &mut [T],
     w: Range<usize>,

@@ -270,6 +270,17 @@ impl Sgd {
         tape: &mut Tape<B, N>,
         config: SgdConfig,
     ) -> Result<Self> {
+        let sgd = Self::detached(config)?;
+        alloc_state(tape, if config.momentum > 0.0 { 1 } else { 0 })?;
+        Ok(sgd)
+    }
+
+    /// An SGD that keeps its settings and step count only, with no tape (see
+    /// [`Adam::detached`]).
+    ///
+    /// # Errors
+    /// As [`Sgd::new`].
+    pub fn detached(config: SgdConfig) -> Result<Self> {
         check_lr(config.lr)?;
         if !(config.momentum >= 0.0 && config.weight_decay >= 0.0 && config.dampening.is_finite()) {
             return Err(Error::InvalidArgument {
@@ -281,7 +292,6 @@ impl Sgd {
                 what: "Nesterov momentum needs momentum > 0 and dampening 0",
             });
         }
-        alloc_state(tape, if config.momentum > 0.0 { 1 } else { 0 })?;
         Ok(Sgd { config, steps: 0 })
     }
 }
@@ -417,6 +427,19 @@ impl Adam {
         config: AdamConfig,
         decoupled: bool,
     ) -> Result<Self> {
+        let adam = Self::detached(config, decoupled)?;
+        alloc_state(tape, 2)?;
+        Ok(adam)
+    }
+
+    /// An Adam (AdamW when `decoupled`) that keeps its settings and step count only, with no
+    /// tape: for running a step that was recorded elsewhere, with its state at the recorded
+    /// offsets ([`crate::replay::Replay::write_rust`]: call [`Adam::next_update`] once per
+    /// step and pass the update to the generated function).
+    ///
+    /// # Errors
+    /// As [`Adam::new`].
+    pub fn detached(config: AdamConfig, decoupled: bool) -> Result<Self> {
         check_lr(config.lr)?;
         let betas_ok = (0.0..1.0).contains(&config.beta1) && (0.0..1.0).contains(&config.beta2);
         if !betas_ok || !(config.eps > 0.0) || !(config.weight_decay >= 0.0) {
@@ -424,7 +447,6 @@ impl Adam {
                 what: "Adam needs betas in [0, 1), eps > 0, weight decay >= 0",
             });
         }
-        alloc_state(tape, 2)?;
         Ok(Adam {
             config,
             decoupled,
@@ -462,7 +484,9 @@ impl Adam {
     /// The next step's count and `beta^t` products (recomputed first if the betas changed).
     fn next_powers(&mut self) -> (i32, (f64, f64)) {
         let c = self.config;
-        if self.betas != (c.beta1, c.beta2) {
+        // Compared as bits: integer compares (f64 ones are library calls on a microcontroller).
+        let same = |a: f64, b: f64| a.to_bits() == b.to_bits();
+        if !same(self.betas.0, c.beta1) || !same(self.betas.1, c.beta2) {
             self.recompute_powers();
         }
         let t = self.t.saturating_add(1);

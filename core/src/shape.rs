@@ -52,6 +52,7 @@ impl Shape {
     /// # Errors
     /// [`Error::BadDims`] when there are more than four dimensions, a dimension is zero, or the
     /// element count overflows `u32`.
+    #[inline]
     pub fn new(dims: &[usize]) -> Result<Shape> {
         let rank = dims.len();
         if rank > MAX_RANK {

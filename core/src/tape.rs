@@ -131,6 +131,12 @@ impl Var {
         self.shape
     }
 
+    /// Where its value starts in the arena (in elements): what a backend's `read` or a
+    /// replayed or generated step ([`crate::replay::Replay::write_rust`]) addresses.
+    pub fn offset(&self) -> usize {
+        self.offset as usize
+    }
+
     /// The number of elements.
     pub fn numel(&self) -> usize {
         self.shape.numel()

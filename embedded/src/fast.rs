@@ -6,7 +6,8 @@
 
 use core::arch::asm;
 
-use mote::backend::split;
+use core::ops::Range;
+
 use mote::ops::binary::{BinaryOp, Side};
 use mote::ops::loss::LossOp;
 use mote::ops::matmul::Gemm;
@@ -101,14 +102,11 @@ pub fn expf(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4; // 355 / 512, exact
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 88.0);
-    let kf = x * LOG2E;
-    // Round to nearest (`as` truncates toward zero).
-    let k = if kf >= 0.0 {
-        (kf + 0.5) as i32
-    } else {
-        (kf - 0.5) as i32
-    };
-    let kf = k as f32;
+    // Round to nearest: adding and subtracting 1.5 * 2^23 leaves no fraction bits (|kf| is
+    // below 128 here), in two additions instead of a branch and two conversions.
+    const ROUND: f32 = 12_582_912.0;
+    let kf = (x * LOG2E + ROUND) - ROUND;
+    let k = kf as i32;
     let r = x - kf * LN2_HI - kf * LN2_LO;
     let mut p = 1.987_569_2e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -131,15 +129,10 @@ pub fn sigmoid(x: f32) -> f32 {
     }
 }
 
-/// A small GEMM (`batch == 1`, at most one operand transposed) over raw indices, after one range
-/// and overlap check: for the tiny matrices of XOR-MCU, where the per-row set-up of the
-/// `vldmia` loops costs more than the products. Out of line (a small frame). Same summation
-/// order as the larger paths (`C[i, j] + dot` for `B` transposed, `C[i, j] += a b` term by term
-/// otherwise), so results do not depend on which path ran.
-#[inline(never)]
-fn gemm_small(buf: &mut [f32], g: &Gemm) -> Result<()> {
-    let (sa, sb, sc) = g.spans();
-    let len = buf.len();
+/// The one range and overlap check of the GEMMs over raw indices: A, B and C (`spans`
+/// elements from their offsets) inside the arena's `len`, and C overlapping neither A nor B.
+#[inline(always)]
+fn check_gemm(len: usize, g: &Gemm, (sa, sb, sc): (usize, usize, usize)) -> Result<()> {
     for (at, span) in [(g.a, sa), (g.b, sb), (g.c, sc)] {
         if at.checked_add(span).is_none_or(|e| e > len) {
             return Err(Error::IndexOutOfRange {
@@ -154,6 +147,17 @@ fn gemm_small(buf: &mut [f32], g: &Gemm) -> Result<()> {
             return Err(Error::Aliasing);
         }
     }
+    Ok(())
+}
+
+/// A small GEMM (`batch == 1`, at most one operand transposed) over raw indices, after one range
+/// and overlap check: for the tiny matrices of XOR-MCU, where the per-row set-up of the
+/// `vldmia` loops costs more than the products. Out of line (a small frame). Same summation
+/// order as the larger paths (`C[i, j] + dot` for `B` transposed, `C[i, j] += a b` term by term
+/// otherwise), so results do not depend on which path ran.
+#[inline(never)]
+fn gemm_small(buf: &mut [f32], g: &Gemm) -> Result<()> {
+    check_gemm(buf.len(), g, g.spans())?;
     let (m, n, k) = (g.m, g.n, g.k);
     // Element (i, p) of A is at i * ai + p * ap; (p, j) of B at p * bp + j * bj.
     let (ai, ap) = if g.a_trans { (1, m) } else { (k, 1) };
@@ -198,6 +202,80 @@ fn gemm_small(buf: &mut [f32], g: &Gemm) -> Result<()> {
                 *cij = if g.b_trans { init + s } else { s };
                 cij = cij.add(1);
                 bcol = bcol.add(bj);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `mote::backend::split` (one writable range, `K` readable ones that must not overlap it),
+/// always inlined: in a step written by `Replay::write_rust` every range is a constant, and
+/// only the comparisons with the arena's length are left.
+#[inline(always)]
+fn split<const K: usize>(
+    buf: &mut [f32],
+    w: Range<usize>,
+    reads: [Range<usize>; K],
+) -> Result<(&mut [f32], [&[f32]; K])> {
+    let len = buf.len();
+    let bad = |r: &Range<usize>| r.end < r.start || r.end > len;
+    if bad(&w) {
+        return Err(Error::IndexOutOfRange {
+            op: "arena",
+            index: w.end,
+            bound: len,
+        });
+    }
+    for r in &reads {
+        if bad(r) {
+            return Err(Error::IndexOutOfRange {
+                op: "arena",
+                index: r.end,
+                bound: len,
+            });
+        }
+        if !r.is_empty() && !w.is_empty() && r.start < w.end && w.start < r.end {
+            return Err(Error::Aliasing);
+        }
+    }
+    let base = buf.as_mut_ptr();
+    // Every range is inside `buf` and none of the reads overlaps the write (checked above).
+    unsafe {
+        let out = core::slice::from_raw_parts_mut(base.add(w.start), w.len());
+        let ins =
+            reads.map(|r| core::slice::from_raw_parts(base.add(r.start) as *const f32, r.len()));
+        Ok((out, ins))
+    }
+}
+
+/// A GEMM (`batch == 1`, at most one operand transposed) in plain loops, inlined into its
+/// caller: when the sizes and offsets are constants (a step written by `Replay::write_rust`),
+/// the compiler unrolls it into loads and `vmla.f32` with immediate offsets. The same summation
+/// order as [`gemm_small`].
+#[inline(always)]
+fn gemm_tiny(buf: &mut [f32], g: &Gemm) -> Result<()> {
+    // `batch == 1`: `Gemm::spans` without its batch terms (inlined, so constants fold).
+    let spans = (
+        g.m.saturating_mul(g.k),
+        g.k.saturating_mul(g.n),
+        g.m.saturating_mul(g.n),
+    );
+    check_gemm(buf.len(), g, spans)?;
+    let (m, n, k) = (g.m, g.n, g.k);
+    let (ai, ap) = if g.a_trans { (1, m) } else { (k, 1) };
+    let (bp, bj) = if g.b_trans { (1, k) } else { (n, 1) };
+    let base = buf.as_mut_ptr();
+    for i in 0..m {
+        for j in 0..n {
+            // Every index is inside the spans checked above; C overlaps neither A nor B.
+            unsafe {
+                let cij = base.add(g.c + i * n + j);
+                let init = if g.accumulate { *cij } else { 0.0 };
+                let mut s = if g.b_trans { 0.0 } else { init };
+                for p in 0..k {
+                    s += *base.add(g.a + i * ai + p * ap) * *base.add(g.b + p * bp + j * bj);
+                }
+                *cij = if g.b_trans { init + s } else { s };
             }
         }
     }
@@ -320,9 +398,15 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
     fn read(&self, offset: usize, dst: &mut [f32]) -> Result<()> {
         self.cpu.read(offset, dst)
     }
+    #[inline(always)]
     fn fill(&mut self, offset: usize, len: usize, value: f32) -> Result<()> {
-        self.cpu.fill(offset, len, value)
+        let (d, []) = split(self.cpu.storage_mut(), offset..offset + len, [])?;
+        for d in d {
+            *d = value;
+        }
+        Ok(())
     }
+    #[inline(always)]
     fn unary(&mut self, op: UnaryOp, x: usize, y: usize, len: usize) -> Result<()> {
         match op {
             UnaryOp::Sigmoid => {
@@ -342,6 +426,7 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
             _ => self.reference(|cpu| cpu.unary(op, x, y, len)),
         }
     }
+    #[inline(always)]
     fn unary_backward(
         &mut self,
         op: UnaryOp,
@@ -387,17 +472,22 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
     ) -> Result<()> {
         self.reference(|cpu| cpu.binary_backward(op, side, a, b, dy, dx))
     }
+    #[inline(always)]
     fn gemm(&mut self, g: &Gemm) -> Result<()> {
         if g.batch != 1 || (g.a_trans && g.b_trans) {
             return self.reference(|cpu| cpu.gemm(g));
         }
-        // `Fast<_, false>` (the smallest code) has only the small-matrix loop, which is right
-        // for every size, just slower on large ones.
-        if !ALL || (g.k < 8 && g.n < 8) {
+        // `Fast<_, false>` has only the plain loops (inlined: unrolled for constant sizes),
+        // right for every size, just slower on large ones.
+        if !ALL {
+            return gemm_tiny(self.cpu.storage_mut(), g);
+        }
+        if g.k < 8 && g.n < 8 {
             return gemm_small(self.cpu.storage_mut(), g);
         }
         gemm_large(self.cpu.storage_mut(), g)
     }
+    #[inline(always)]
     fn copy_strided(
         &mut self,
         space: &Shape,
@@ -472,6 +562,7 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
     ) -> Result<()> {
         self.reference(|cpu| cpu.softmax_backward(log, r, y, dy, dx))
     }
+    #[inline(always)]
     fn loss(&mut self, op: LossOp, classes: usize, p: View, t: View, y: usize) -> Result<()> {
         if op == LossOp::Mse {
             let (yv, [pv, tv]) = split(self.cpu.storage_mut(), y..y + 1, [p.range(), t.range()])?;
@@ -485,6 +576,7 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
         }
         self.reference(|cpu| cpu.loss(op, classes, p, t, y))
     }
+    #[inline(always)]
     fn loss_backward(
         &mut self,
         op: LossOp,
@@ -514,6 +606,7 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
     fn sgd(&mut self, u: &SgdUpdate) -> Result<()> {
         self.reference(|cpu| cpu.sgd(u))
     }
+    #[inline(always)]
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
         // The reference kernel's formula in f32 with the FPU's square root; its constants are
         // made once per step (the reference makes them per parameter, in f64).
@@ -604,6 +697,7 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
     fn sum_squares(&mut self, offset: usize, len: usize) -> Result<f64> {
         self.reference(|cpu| cpu.sum_squares(offset, len))
     }
+    #[inline(always)]
     fn scale(&mut self, offset: usize, len: usize, factor: f32) -> Result<()> {
         self.reference(|cpu| cpu.scale(offset, len, factor))
     }

@@ -46,6 +46,7 @@ pub struct Gemm {
 
 impl Gemm {
     /// Elements spanned by A, B and C (from their first to one past their last element).
+    #[inline]
     pub fn spans(&self) -> (usize, usize, usize) {
         // Saturating: an impossible descriptor gives a span no arena has, which the backend's
         // range check rejects, instead of an overflow.
