@@ -25,7 +25,19 @@ for t in .gpu/tests/*; do
         say "   FAILED (exit $?)"; status=1
     fi
 done
-grep -E "^test |test result|panicked|skipped" "$log" | tail -60
+# The runtime on the GPU: `mote train --device cuda` (MLP and CNN on the digits, checkpoints
+# evaluated on the CPU) and `mote bench --backend cuda`, through the real binary.
+export MOTE_BIN="$PWD/.gpu/mote"
+for t in cli:device_cuda bench:cuda_backend; do
+    bin=".gpu/runtime/${t%%:*}"
+    say "== $bin ${t#*:}"
+    if [ -x "$bin" ] && timeout 300 "$bin" "${t#*:}" --test-threads=1 --nocapture >>"$log" 2>&1; then
+        say "   ok"
+    else
+        say "   FAILED"; status=1
+    fi
+done
+grep -E "^test |test result|panicked|skipped|on cuda:" "$log" | tail -60
 say "== bench"
 timeout 300 .gpu/bench 2>&1 | tee -a "$log" || { say "   bench FAILED"; status=1; }
 say "== done: status $status"

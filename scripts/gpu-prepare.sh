@@ -24,6 +24,22 @@ for line in sys.stdin:
         shutil.copy(m["executable"], dst)
         print("gpu-prepare:", dst)
 '
+# The `mote` binary and the runtime's end-to-end tests that use the GPU (`mote train --device
+# cuda` for the MLP and the CNN, `mote bench --backend cuda`).
+cargo build --release -p mote-runtime --bin mote
+cp target/release/mote .gpu/mote
+mkdir -p .gpu/runtime
+cargo test --release -p mote-runtime --test cli --test bench --no-run --message-format=json 2>/dev/null |
+    python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m.get("profile", {}).get("test"):
+        dst = ".gpu/runtime/%s" % m["target"]["name"]
+        shutil.copy(m["executable"], dst)
+        print("gpu-prepare:", dst)
+'
 cp "${MOTE_SHARED:-$root/../shared}/tools/cuda-env.sh" .gpu/cuda-env.sh
 du -sh .gpu
 echo "gpu-prepare: ready; on the GPU machine run scripts/gpu-check.sh with carry [\".gpu\"]"

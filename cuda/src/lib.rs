@@ -40,6 +40,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+pub mod bench;
 mod device;
 pub mod error;
 mod graph;

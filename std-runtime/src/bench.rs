@@ -47,7 +47,9 @@ pub struct BenchOptions {
     /// Workload names (`W-seed`, `W-digits`, `W-mnist`, `W-large`, `gemm`; any case); empty
     /// means all.
     pub workloads: Vec<String>,
-    /// Backend names (`cpu`, the reference; `parallel`); empty means both.
+    /// Backend names (`cpu`, the reference; `parallel`; `cuda`, GPU 0: its own benchmark,
+    /// `mote_cuda::bench`, eager and CUDA-graph steps, with the GPU batch sizes); empty means
+    /// `cpu` and `parallel`.
     pub backends: Vec<String>,
     /// JSON instead of a table.
     pub json: bool,
@@ -168,7 +170,7 @@ const GEMM_TARGET: f64 = 210.0;
 const FMA_PEAK: f64 = 234.0;
 
 const WORKLOAD_NAMES: [&str; 5] = ["W-seed", "W-digits", "W-mnist", "W-large", "gemm"];
-const BACKEND_NAMES: [&str; 2] = ["cpu", "parallel"];
+const BACKEND_NAMES: [&str; 3] = ["cpu", "parallel", "cuda"];
 
 /// Tape capacity: the deepest workload (W-large) records 14 nodes.
 const NODES: usize = 32;
@@ -465,7 +467,17 @@ fn select(
 /// [`parallel::set_threads`]), or a failing step (out of memory for the arena included).
 pub fn run(opts: &BenchOptions) -> Result<String, String> {
     let workloads = select(&opts.workloads, &WORKLOAD_NAMES, "workload")?;
-    let backends = select(&opts.backends, &BACKEND_NAMES, "backend")?;
+    let mut backends = select(&opts.backends, &BACKEND_NAMES, "backend")?;
+    if opts.backends.is_empty() {
+        backends.retain(|b| *b != "cuda");
+    }
+    let gpu = backends.contains(&"cuda");
+    backends.retain(|b| *b != "cuda");
+    let gpu_report = if gpu {
+        Some(cuda_report(&workloads)?)
+    } else {
+        None
+    };
     if let Some(n) = opts.threads {
         parallel::set_threads(n)?;
     }
@@ -525,11 +537,42 @@ pub fn run(opts: &BenchOptions) -> Result<String, String> {
             });
         }
     }
-    Ok(if opts.json {
+    let cpu_report = if rows.is_empty() {
+        String::new()
+    } else if opts.json {
         json(&rows, threads, opts.quick)
     } else {
         table(&rows, threads, opts.quick)
+    };
+    Ok(match gpu_report {
+        Some(g) if cpu_report.is_empty() => g,
+        Some(g) => format!("{cpu_report}\n{g}"),
+        None => cpu_report,
     })
+}
+
+/// The GPU benchmark (`mote_cuda::bench`) of the asked workloads (`gemm` has no GPU version).
+#[cfg(feature = "cuda")]
+fn cuda_report(workloads: &[&str]) -> Result<String, String> {
+    let filter: Vec<String> = workloads
+        .iter()
+        .filter(|w| **w != "gemm")
+        .map(|w| w.to_string())
+        .collect();
+    if filter.is_empty() {
+        return Err("--backend cuda: the GPU benchmark has no gemm workload".into());
+    }
+    mote_cuda::bench::run(&filter).map_err(|e| format!("--backend cuda: {e}"))
+}
+
+/// Without the `cuda` feature: a clear error.
+#[cfg(not(feature = "cuda"))]
+fn cuda_report(_workloads: &[&str]) -> Result<String, String> {
+    Err(
+        "--backend cuda: this mote was built without the cuda feature (rebuild with default \
+         features)"
+            .into(),
+    )
 }
 
 /// A zeroed arena, or an error instead of an abort when memory runs out.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use mote::{HostBackend, Rng};
+use mote::{Backend, Rng};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
@@ -51,7 +51,7 @@ fn state_names(opt: &OptimizerConfig) -> &'static [&'static str] {
 }
 
 /// Arena ranges of each parameter's value and of its optimizer state.
-fn layout<B: HostBackend<Elem = f32>>(
+fn layout<B: Backend<Elem = f32>>(
     model: &Model<B>,
 ) -> Result<Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>> {
     let per = model.opt_config.state_per_param();
@@ -93,12 +93,17 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String> {
 ///
 /// # Errors
 /// An internal layout error; a safetensors error.
-pub fn to_bytes_model<B: HostBackend<Elem = f32>>(
+pub fn to_bytes_model<B: Backend<Elem = f32>>(
     model: &Model<B>,
     config: &TrainConfig,
     state: &TrainState,
 ) -> Result<Vec<u8>> {
-    let storage = model.tape.backend().storage();
+    let backend = model.tape.backend();
+    let read = |r: &std::ops::Range<usize>| -> Result<Vec<f32>> {
+        let mut v = vec![0.0; r.len()];
+        backend.read(r.start, &mut v)?;
+        Ok(v)
+    };
     let lay = layout(model)?;
     let names: Vec<String> = model
         .spec
@@ -115,9 +120,8 @@ pub fn to_bytes_model<B: HostBackend<Elem = f32>>(
             .iter()
             .map(|&d| d as usize)
             .collect::<Vec<_>>();
-        let value = storage.get(vr.clone()).unwrap_or(&[]);
-        tensors.push((name.clone(), dims.clone(), to_bytes(value)));
-        let st = storage.get(sr.clone()).unwrap_or(&[]);
+        tensors.push((name.clone(), dims.clone(), to_bytes(&read(vr)?)));
+        let st = read(sr)?;
         for (k, sn) in snames.iter().enumerate() {
             let part = st.get(k * p.numel()..(k + 1) * p.numel()).unwrap_or(&[]);
             tensors.push((
@@ -199,7 +203,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 ///
 /// # Errors
 /// As [`to_bytes_model`] and [`write_atomic`].
-pub fn save<B: HostBackend<Elem = f32>>(
+pub fn save<B: Backend<Elem = f32>>(
     path: &Path,
     model: &Model<B>,
     config: &TrainConfig,
@@ -340,7 +344,7 @@ impl Checkpoint {
     ///
     /// # Errors
     /// As [`Model::new`]; an internal layout error.
-    pub fn restore<B: HostBackend<Elem = f32>>(&self, backend: B) -> Result<Model<B>> {
+    pub fn restore<B: Backend<Elem = f32>>(&self, backend: B) -> Result<Model<B>> {
         let mut model = Model::new(backend, self.spec.clone(), self.opt, &mut Rng::new(0))?;
         let steps = self.state.step;
         match &mut model.opt {
@@ -348,26 +352,15 @@ impl Checkpoint {
             Opt::Sgd(s) => s.set_steps(steps),
         }
         let lay = layout(&model)?;
-        let storage = model.tape.backend_mut().storage_mut();
         for ((vr, sr), (p, s)) in lay.into_iter().zip(self.params.iter().zip(&self.opt_state)) {
-            let ok = match (storage.get_mut(vr), p) {
-                (Some(dst), src) if dst.len() == src.len() => {
-                    dst.copy_from_slice(src);
-                    true
-                }
-                _ => false,
-            } && match storage.get_mut(sr) {
-                Some(dst) if dst.len() == s.len() => {
-                    dst.copy_from_slice(s);
-                    true
-                }
-                _ => false,
-            };
-            if !ok {
+            if vr.len() != p.len() || sr.len() != s.len() {
                 return Err(Error::invalid(
                     "internal: checkpoint tensors do not fit the model's arena",
                 ));
             }
+            let b = model.tape.backend_mut();
+            b.write(vr.start, p)?;
+            b.write(sr.start, s)?;
         }
         Ok(model)
     }

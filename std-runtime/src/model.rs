@@ -3,7 +3,7 @@
 
 use mote::plan;
 use mote::{
-    Adam, AdamConfig, Conv2d, ConvConfig, HostBackend, Linear, Mark, Module, Optimizer, PoolConfig,
+    Adam, AdamConfig, Backend, Conv2d, ConvConfig, Linear, Mark, Module, Optimizer, PoolConfig,
     Rng, Sgd, SgdConfig, Tape, Var,
 };
 use serde::{Deserialize, Serialize};
@@ -396,7 +396,7 @@ fn measured_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> Res
 
 /// A model on a tape: the MLP, its optimizer, and the mark above which each step's
 /// activations live.
-pub struct Model<B: HostBackend<Elem = f32>> {
+pub struct Model<B: Backend<Elem = f32>> {
     /// The tape (parameters, gradients and optimizer state below `start`).
     pub tape: Tape<B, NODES>,
     /// The network.
@@ -411,7 +411,7 @@ pub struct Model<B: HostBackend<Elem = f32>> {
     pub opt_config: OptimizerConfig,
 }
 
-impl<B: HostBackend<Elem = f32>> Model<B> {
+impl<B: Backend<Elem = f32>> Model<B> {
     /// Builds the model on `backend` (whose storage needs [`arena_floats`]), with PyTorch's
     /// initialisation drawn from `init`.
     ///
@@ -470,7 +470,11 @@ impl<B: HostBackend<Elem = f32>> Model<B> {
             return Err(mote::Error::NonFinite { op: "loss" }.into());
         }
         let correct = match self.spec.task {
-            Task::Classification => count_correct(t.data(out)?, self.spec.outputs(), y_class),
+            Task::Classification => {
+                let mut logits = vec![0.0; out.numel()];
+                t.read(out, &mut logits)?;
+                count_correct(&logits, self.spec.outputs(), y_class)
+            }
             Task::Regression => 0,
         };
         self.opt.step(t)?;
@@ -493,7 +497,9 @@ impl<B: HostBackend<Elem = f32>> Model<B> {
                 let xv = t.input(&[n, ins], chunk)?;
                 net.forward(t, xv)
             })?;
-            all.extend_from_slice(self.tape.data(y)?);
+            let at = all.len();
+            all.resize(at + y.numel(), 0.0);
+            self.tape.read(y, &mut all[at..])?;
         }
         self.tape.rewind(self.start)?;
         Ok(all)
@@ -507,7 +513,9 @@ impl<B: HostBackend<Elem = f32>> Model<B> {
         let mut out = Vec::new();
         for p in self.tape.params() {
             let dims = p.shape().dims().iter().map(|&d| d as usize).collect();
-            out.push((dims, self.tape.data(p)?.to_vec()));
+            let mut v = vec![0.0; p.numel()];
+            self.tape.read(p, &mut v)?;
+            out.push((dims, v));
         }
         Ok(out)
     }
@@ -613,7 +621,7 @@ pub fn softmax(row: &[f32]) -> Vec<f32> {
     e.iter().map(|v| v / s).collect()
 }
 
-/// Which CPU backend runs the tape.
+/// Which backend runs the tape.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BackendKind {
     /// The core's serial reference backend: runs are reproducible bit for bit from a seed.
@@ -621,6 +629,8 @@ pub enum BackendKind {
     /// The multithreaded backend ([`crate::parallel::Parallel`]).
     #[default]
     Parallel,
+    /// The CUDA backend (`mote_cuda::Cuda`, the `cuda` feature): the arena on GPU 0.
+    Cuda,
 }
 
 impl BackendKind {
@@ -629,6 +639,7 @@ impl BackendKind {
         match self {
             BackendKind::Cpu => "cpu",
             BackendKind::Parallel => "parallel",
+            BackendKind::Cuda => "cuda",
         }
     }
 }
@@ -641,7 +652,7 @@ pub trait WithBackend {
     ///
     /// # Errors
     /// Whatever the work returns.
-    fn run<B: HostBackend<Elem = f32>>(self, backend: B) -> Result<Self::Output>;
+    fn run<B: Backend<Elem = f32>>(self, backend: B) -> Result<Self::Output>;
 }
 
 /// Allocates an arena of `floats` and runs `work` on a backend of `kind` over it.
@@ -659,11 +670,63 @@ pub fn run_on<W: WithBackend>(kind: BackendKind, floats: usize, work: W) -> Resu
     if floats >= u32::MAX as usize {
         return Err(too_big());
     }
+    if kind == BackendKind::Cuda {
+        return run_on_cuda(floats, work);
+    }
     let mut mem: Vec<f32> = Vec::new();
     mem.try_reserve_exact(floats).map_err(|_| too_big())?;
     mem.resize(floats, 0.0);
     match kind {
         BackendKind::Cpu => work.run(mote::Cpu::new(&mut mem)),
-        BackendKind::Parallel => work.run(crate::parallel::Parallel::new(&mut mem)),
+        // (Cuda returned above.)
+        BackendKind::Parallel | BackendKind::Cuda => {
+            work.run(crate::parallel::Parallel::new(&mut mem))
+        }
     }
+}
+
+/// Checks, before any work, that the backend `kind` can run here: for `Cuda`, that a CUDA
+/// driver and a device are there (a clear error, not a failure halfway through a job).
+///
+/// # Errors
+/// `Invalid` naming what is missing.
+pub fn check_device(kind: BackendKind) -> Result<()> {
+    if kind == BackendKind::Cuda {
+        cuda_device().map(|_| ())
+    } else {
+        Ok(())
+    }
+}
+
+fn cuda_error(e: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("--device cuda: {e}"))
+        .with_hint("run on a machine with an NVIDIA GPU and its driver, or use the CPU")
+}
+
+/// The number of CUDA devices.
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Result<usize> {
+    mote_cuda::Cuda::available().map_err(cuda_error)
+}
+
+/// Runs `work` on GPU 0 with an arena of `floats`.
+#[cfg(feature = "cuda")]
+fn run_on_cuda<W: WithBackend>(floats: usize, work: W) -> Result<W::Output> {
+    work.run(mote_cuda::Cuda::new(floats).map_err(cuda_error)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn no_cuda_feature() -> Error {
+    cuda_error("this mote was built without the cuda feature")
+        .with_hint("rebuild with default features: cargo build --release -p mote-runtime")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> Result<usize> {
+    Err(no_cuda_feature())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_on_cuda<W: WithBackend>(_floats: usize, _work: W) -> Result<W::Output> {
+    Err(no_cuda_feature())
 }

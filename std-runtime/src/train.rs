@@ -31,7 +31,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use mote::{HostBackend, Rng};
+use mote::{Backend, Rng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Targets, Task};
@@ -293,7 +293,7 @@ impl Prepared {
 ///
 /// # Errors
 /// A core error.
-pub fn evaluate<B: HostBackend<Elem = f32>>(
+pub fn evaluate<B: Backend<Elem = f32>>(
     model: &mut Model<B>,
     data: &Prepared,
     rows: &[usize],
@@ -326,7 +326,7 @@ fn improved(task: Task, new: f64, best: Option<f64>, min_delta: f64) -> bool {
 ///
 /// # Errors
 /// A core error (a non-finite loss: divergence), or a failed checkpoint write.
-pub fn fit<B: HostBackend<Elem = f32>>(
+pub fn fit<B: Backend<Elem = f32>>(
     model: &mut Model<B>,
     data: &Prepared,
     config: &TrainConfig,

@@ -51,3 +51,22 @@ fn bad_names_are_errors() {
     o.backends = vec!["gpu".into()];
     assert!(run(&o).unwrap_err().contains("parallel"));
 }
+
+/// `--backend cuda` runs the GPU benchmark where there is a GPU (a report with its table) and
+/// is a clear error where there is none; `gemm` alone has no GPU version.
+#[test]
+fn cuda_backend_reports_or_says_why() {
+    let mut o = opts(false);
+    o.backends = vec!["cuda".into()];
+    o.workloads = vec!["gemm".into()];
+    let e = run(&o).unwrap_err();
+    assert!(e.contains("--backend cuda"), "{e}");
+    o.workloads = vec!["W-seed".into()];
+    match run(&o) {
+        Ok(report) => assert!(report.contains("| W-seed | graph |"), "{report}"),
+        Err(e) => {
+            assert!(e.starts_with("--backend cuda: no CUDA"), "{e}");
+            assert!(std::env::var_os("MOTE_REQUIRE_GPU").is_none(), "{e}");
+        }
+    }
+}

@@ -9,7 +9,11 @@ use mote_runtime::checkpoint;
 use mote_runtime::data::{digits, CsvOptions};
 use mote_runtime::model::{argmax, Mlp};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mote");
+/// The `mote` binary cargo built beside this test, or `MOTE_BIN` (the GPU machine runs this
+/// test binary away from the build folder: `scripts/gpu-check.sh`).
+fn bin() -> PathBuf {
+    std::env::var_os("MOTE_BIN").map_or_else(|| env!("CARGO_BIN_EXE_mote").into(), PathBuf::from)
+}
 
 /// A fresh folder under the system's temp folder, removed when dropped.
 struct TempDir(PathBuf);
@@ -38,7 +42,7 @@ impl Drop for TempDir {
 }
 
 fn mote(dir: &TempDir, args: &[&str]) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .current_dir(&dir.0)
         .output()
@@ -758,6 +762,29 @@ fn bad_arguments_are_short_errors() {
         ],
     );
     assert!(e.contains("NaN or infinite") && e.contains("--lr"), "{e}");
+    let e = fails(&d, &["train", "--device", "cuda", "--backend", "parallel"]);
+    assert!(
+        e.contains("--device cuda and --backend parallel disagree"),
+        "{e}"
+    );
+    let e = fails(
+        &d,
+        &[
+            "eval",
+            "--device",
+            "cpu",
+            "--backend",
+            "cuda",
+            "--model",
+            "m",
+        ],
+    );
+    assert!(e.contains("disagree"), "{e}");
+    let e = fails(&d, &["train", "--device", "cuda", "--threads", "2"]);
+    assert!(
+        e.contains("--threads applies to the parallel backend"),
+        "{e}"
+    );
     // clap's own usage errors exit with 2 and no panic
     let o = mote(&d, &["train", "--epochs", "many"]);
     assert_eq!(o.status.code(), Some(2));
@@ -821,4 +848,48 @@ fn resuming_on_changed_data_warns() {
         se.contains("warning: w.csv differs from the data this run started on"),
         "{se}"
     );
+}
+
+/// `--device cuda`: where there is a GPU, `mote train` trains the digits MLP and the CNN to the
+/// CPU's accuracy (>= 96% and >= 97% held out) and the checkpoints evaluate on the CPU; where
+/// there is none, one clear error before any work (`MOTE_REQUIRE_GPU=1`, set on the GPU
+/// machine, makes that a failure).
+#[test]
+fn device_cuda_trains_or_says_why() {
+    let d = TempDir::new("cuda");
+    for (model, floor) in [("mlp", 96.0), ("cnn", 97.0)] {
+        let save = format!("{model}.safetensors");
+        let args = [
+            "train", "--device", "cuda", "--model", model, "--save", &save,
+        ];
+        let o = mote(&d, &args);
+        if !o.status.success() {
+            let se = fails(&d, &args);
+            assert!(se.starts_with("error: --device cuda: no CUDA"), "{se}");
+            assert!(
+                std::env::var_os("MOTE_REQUIRE_GPU").is_none(),
+                "MOTE_REQUIRE_GPU is set but: {se}"
+            );
+            let why = se.lines().next().unwrap_or("");
+            eprintln!("device_cuda_trains_or_says_why: skipped: {why}");
+            return;
+        }
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(out.contains("backend cuda (GPU 0)"), "{out}");
+        let acc = final_accuracy(&out, 50);
+        assert!(acc >= floor, "{model}: {acc}%\n{out}");
+        // On the CPU: the same validation rows, within a sample or two of the GPU's logits.
+        let ev = ok(&d, &["eval", "--model", &save]);
+        let cpu: f64 = ev
+            .split("accuracy ")
+            .nth(1)
+            .and_then(|s| s.split('%').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no accuracy in: {ev}"));
+        assert!(
+            (cpu - acc).abs() <= 0.6,
+            "{model}: GPU {acc}%, CPU {cpu}%: {ev}"
+        );
+        println!("{model} on cuda: {acc}% held out (CPU eval of its checkpoint: {cpu}%)");
+    }
 }

@@ -1,6 +1,6 @@
 //! `mote eval`, `mote predict`, `mote export` and `mote bench`: using a saved model.
 
-use mote::HostBackend;
+use mote::Backend;
 
 use super::{
     csv_cell, describe, load_for_model, out, source_for, split_of, BenchArgs, DtypeArg, EvalArgs,
@@ -21,7 +21,7 @@ struct Infer<'a> {
 
 impl WithBackend for Infer<'_> {
     type Output = Vec<f32>;
-    fn run<B: HostBackend<Elem = f32>>(self, backend: B) -> Result<Vec<f32>> {
+    fn run<B: Backend<Elem = f32>>(self, backend: B) -> Result<Vec<f32>> {
         let mut m = self.ck.restore(backend)?;
         m.outputs(self.x, self.rows)
     }
@@ -49,7 +49,8 @@ fn infer(ck: &Checkpoint, kind: BackendKind, data: &Prepared, rows: &[usize]) ->
 }
 
 pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
-    let kind = BackendKind::from(a.backend);
+    let kind = super::backend_kind(a.device, a.backend, BackendKind::Cpu)?;
+    model::check_device(kind)?;
     let ck = checkpoint::load(&a.model)?;
     if a.data.label.is_some() {
         return Err(Error::invalid("--label is fixed by the model")
@@ -115,7 +116,8 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
 }
 
 pub(crate) fn predict_cmd(a: PredictArgs) -> Result<()> {
-    let kind = BackendKind::from(a.backend);
+    let kind = super::backend_kind(a.device, a.backend, BackendKind::Cpu)?;
+    model::check_device(kind)?;
     let ck = checkpoint::load(&a.model)?;
     if a.data.data.is_none() {
         return Err(

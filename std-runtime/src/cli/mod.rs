@@ -41,16 +41,18 @@ pub enum Command {
     Predict(PredictArgs),
     /// Export a saved model for firmware: the core's weight blob or a Rust source file.
     Export(ExportArgs),
-    /// Benchmark the workloads of WORKLOADS.md on the CPU backends.
+    /// Benchmark the workloads of WORKLOADS.md on the CPU backends (or on the GPU).
     Bench(BenchArgs),
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum BackendArg {
     /// The core's serial reference backend (reproducible bit for bit).
     Cpu,
     /// The multithreaded backend.
     Parallel,
+    /// The CUDA backend on GPU 0 (the same as --device cuda).
+    Cuda,
 }
 
 impl From<BackendArg> for BackendKind {
@@ -58,7 +60,42 @@ impl From<BackendArg> for BackendKind {
         match b {
             BackendArg::Cpu => BackendKind::Cpu,
             BackendArg::Parallel => BackendKind::Parallel,
+            BackendArg::Cuda => BackendKind::Cuda,
         }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+enum DeviceArg {
+    /// The CPU, with the backend --backend names.
+    Cpu,
+    /// GPU 0, through the CUDA backend.
+    Cuda,
+}
+
+/// The backend that `--device` and `--backend` ask for together (`default` when neither does).
+fn backend_kind(
+    device: Option<DeviceArg>,
+    backend: Option<BackendArg>,
+    default: BackendKind,
+) -> Result<BackendKind> {
+    match (device, backend) {
+        (Some(DeviceArg::Cuda), None | Some(BackendArg::Cuda)) => Ok(BackendKind::Cuda),
+        (Some(DeviceArg::Cpu), Some(BackendArg::Cuda)) | (Some(DeviceArg::Cuda), Some(_)) => {
+            Err(Error::invalid(format!(
+                "--device {} and --backend {} disagree",
+                if device == Some(DeviceArg::Cuda) {
+                    "cuda"
+                } else {
+                    "cpu"
+                },
+                backend.map_or(BackendKind::Cpu, BackendKind::from).name()
+            ))
+            .with_hint("--device cuda needs no --backend; on the CPU, --backend cpu or parallel"))
+        }
+        (_, Some(b)) => Ok(b.into()),
+        (Some(DeviceArg::Cpu), None) if default == BackendKind::Cuda => Ok(BackendKind::Parallel),
+        (_, None) => Ok(default),
     }
 }
 
@@ -181,9 +218,12 @@ pub struct TrainArgs {
     /// Threads of the parallel backend [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
-    /// The backend (`cpu` is serial and reproducible bit for bit).
-    #[arg(long, value_enum, default_value = "parallel")]
-    backend: BackendArg,
+    /// Where to train: the CPU, or GPU 0 through CUDA [default: cpu].
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// The backend (`cpu` is serial and reproducible bit for bit) [default: parallel].
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
     /// Save a checkpoint here after every epoch (safetensors, written atomically).
     #[arg(long, value_name = "PATH")]
     save: Option<PathBuf>,
@@ -221,9 +261,12 @@ pub struct EvalArgs {
     /// Which rows to score.
     #[arg(long, value_enum, default_value = "auto")]
     split: SplitArg,
-    /// The backend.
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendArg,
+    /// Where to run: the CPU, or GPU 0 through CUDA [default: cpu].
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// The backend [default: cpu].
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
 }
 
 /// The arguments of `mote predict`.
@@ -237,9 +280,12 @@ pub struct PredictArgs {
     /// Write the predictions here instead of stdout.
     #[arg(long, short, value_name = "PATH")]
     output: Option<PathBuf>,
-    /// The backend.
-    #[arg(long, value_enum, default_value = "cpu")]
-    backend: BackendArg,
+    /// Where to run: the CPU, or GPU 0 through CUDA [default: cpu].
+    #[arg(long, value_enum)]
+    device: Option<DeviceArg>,
+    /// The backend [default: cpu].
+    #[arg(long, value_enum)]
+    backend: Option<BackendArg>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -282,7 +328,7 @@ pub struct ExportArgs {
 pub struct BenchArgs {
     /// Workloads (W-seed, W-digits, W-mnist, W-large, gemm); default: all.
     workloads: Vec<String>,
-    /// Backends (cpu, parallel); repeat for several; default: both.
+    /// Backends (cpu, parallel, cuda); repeat for several; default: cpu and parallel.
     #[arg(long)]
     backend: Vec<String>,
     /// JSON instead of a table.
@@ -338,7 +384,7 @@ pub(crate) fn parse_hidden(s: &str) -> Result<Vec<usize>> {
 
 pub(crate) fn set_threads(kind: BackendKind, threads: Option<usize>) -> Result<()> {
     if let Some(n) = threads {
-        if kind == BackendKind::Cpu {
+        if kind != BackendKind::Parallel {
             return Err(Error::invalid("--threads applies to the parallel backend")
                 .with_hint("drop --threads, or use --backend parallel"));
         }
@@ -351,6 +397,7 @@ pub(crate) fn set_threads(kind: BackendKind, threads: Option<usize>) -> Result<(
 pub(crate) fn backend_text(kind: BackendKind) -> String {
     match kind {
         BackendKind::Cpu => "cpu (serial)".into(),
+        BackendKind::Cuda => "cuda (GPU 0)".into(),
         BackendKind::Parallel => {
             format!("parallel ({} threads)", crate::parallel::threads())
         }

@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use mote::{HostBackend, Rng};
+use mote::{Backend, Rng};
 
 use super::{
     backend_text, describe, load_for_model, out, parse_hidden, set_threads, split_of, ModelArg,
@@ -32,7 +32,7 @@ struct TrainJob {
 
 impl WithBackend for TrainJob {
     type Output = ();
-    fn run<B: HostBackend<Elem = f32>>(mut self, backend: B) -> Result<()> {
+    fn run<B: Backend<Elem = f32>>(mut self, backend: B) -> Result<()> {
         let mut model = match &self.ck {
             Some(ck) => ck.restore(backend)?,
             None => Model::new(
@@ -108,7 +108,7 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
 }
 
 pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
-    let kind = BackendKind::from(a.backend);
+    let kind = super::backend_kind(a.device, a.backend, BackendKind::Parallel)?;
     if a.epochs == Some(0) {
         return Err(
             Error::invalid("--epochs 0: nothing to train").with_hint("give --epochs 1 or more")
@@ -128,6 +128,7 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
         }
     }
     set_threads(kind, a.threads)?;
+    model::check_device(kind)?;
     let job = if let Some(path) = &a.resume {
         reject_on_resume(&a)?;
         let ck = checkpoint::load(path)?;

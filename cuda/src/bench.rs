@@ -1,0 +1,350 @@
+//! GPU benchmark of whole training steps (`../shared/WORKLOADS.md`): W-seed, W-digits,
+//! W-mnist, W-large (fp32, TF32, bf16), each eager and replayed from a captured CUDA graph.
+//!
+//! `cargo run --release -p mote-cuda --example bench [-- WORKLOAD...]`, or
+//! `mote bench --backend cuda [WORKLOAD...]`: both call [`run`].
+//!
+//! Per-step time: the median over 7 timed chunks of N back-to-back steps (chunk wall time / N,
+//! after a synchronisation), after a warm-up; the spread is the min and max chunk. Then, for
+//! each workload, one profiled eager step: launches per step and GPU time per kernel family
+//! (CUDA events around every launch). Prints a table and one JSON line per row.
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use crate::{Cuda, CudaError, Graph, Options, Precision};
+use mote::{Adam, AdamConfig, Linear, Module, Optimizer, Rng, Tape, Var};
+
+const NODES: usize = 64;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Loss {
+    Mse,
+    CrossEntropy,
+}
+
+struct Workload {
+    name: &'static str,
+    dims: &'static [usize],
+    loss: Loss,
+    batch: usize,
+    precision: Precision,
+    /// Steps per timed chunk.
+    steps: usize,
+    /// PyTorch on the H200 (CUDA graph, or the best mode for W-large), and the target.
+    torch_us: f64,
+    target_us: f64,
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        name: "W-seed",
+        dims: &[8, 10, 1],
+        loss: Loss::Mse,
+        batch: 64,
+        precision: Precision::F32,
+        steps: 200,
+        torch_us: 66.6,
+        target_us: 33.0,
+    },
+    Workload {
+        name: "W-digits",
+        dims: &[64, 32, 10],
+        loss: Loss::CrossEntropy,
+        batch: 32,
+        precision: Precision::F32,
+        steps: 200,
+        torch_us: 84.4,
+        target_us: 42.0,
+    },
+    Workload {
+        name: "W-mnist",
+        dims: &[784, 256, 128, 10],
+        loss: Loss::CrossEntropy,
+        batch: 128,
+        precision: Precision::F32,
+        steps: 200,
+        torch_us: 234.8,
+        target_us: 117.0,
+    },
+    Workload {
+        name: "W-large-fp32",
+        dims: &[1024, 4096, 4096, 1024],
+        loss: Loss::Mse,
+        batch: 1024,
+        precision: Precision::F32,
+        steps: 10,
+        torch_us: 3633.0,
+        target_us: 3633.0 * 1.05,
+    },
+    Workload {
+        name: "W-large-tf32",
+        dims: &[1024, 4096, 4096, 1024],
+        loss: Loss::Mse,
+        batch: 1024,
+        precision: Precision::Tf32,
+        steps: 20,
+        torch_us: 1209.0,
+        target_us: 800.0,
+    },
+    Workload {
+        name: "W-large-bf16",
+        dims: &[1024, 4096, 4096, 1024],
+        loss: Loss::Mse,
+        batch: 1024,
+        precision: Precision::Bf16,
+        steps: 20,
+        torch_us: 1096.0,
+        target_us: f64::NAN,
+    },
+];
+
+struct Mlp(Vec<Linear>);
+
+impl Mlp {
+    fn forward<const N: usize>(&self, t: &mut Tape<Cuda, N>, mut x: Var) -> mote::Result<Var> {
+        let last = self.0.len() - 1;
+        for (i, l) in self.0.iter().enumerate() {
+            x = l.forward(t, x)?;
+            if i < last {
+                x = t.relu(x)?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// Arena floats: parameters with gradients and Adam state (4x), activations and their
+/// gradients (generously 4x per layer output), inputs.
+fn floats(w: &Workload) -> usize {
+    let params: usize = w.dims.windows(2).map(|d| d[0] * d[1] + d[1]).sum();
+    let acts: usize = w.dims.iter().map(|&d| d * w.batch).sum();
+    4 * params + 6 * acts + (1 << 10)
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+struct Row {
+    name: &'static str,
+    mode: &'static str,
+    median_us: f64,
+    min_us: f64,
+    max_us: f64,
+    launches: usize,
+}
+
+fn run_one(w: &Workload, log: &mut String) -> Result<Vec<Row>, CudaError> {
+    let cuda = Cuda::with_options(
+        floats(w),
+        Options {
+            precision: w.precision,
+            ..Options::default()
+        },
+    )?;
+    let mut tape = Tape::<Cuda, NODES>::with_backend(cuda);
+    let mut rng = Rng::new(0);
+    let layers = w
+        .dims
+        .windows(2)
+        .map(|d| Linear::new(&mut tape, d[0], d[1], &mut rng))
+        .collect::<mote::Result<Vec<_>>>()?;
+    let model = Mlp(layers);
+    let mut opt = Adam::new(
+        &mut tape,
+        AdamConfig {
+            lr: 1e-3,
+            ..AdamConfig::default()
+        },
+    )?;
+    let start = tape.mark();
+    let (din, dout) = (w.dims[0], *w.dims.last().unwrap_or(&1));
+    let xs: Vec<f32> = (0..w.batch * din)
+        .map(|_| rng.uniform(-1.0, 1.0) as f32)
+        .collect();
+    let labels: Vec<usize> = (0..w.batch)
+        .map(|_| rng.below(dout as u32) as usize)
+        .collect();
+    let ys: Vec<f32> = match w.loss {
+        Loss::Mse => (0..w.batch * dout)
+            .map(|_| rng.uniform(-1.0, 1.0) as f32)
+            .collect(),
+        Loss::CrossEntropy => labels.iter().map(|&l| l as f32).collect(),
+    };
+    let step = |t: &mut Tape<Cuda, NODES>, opt: &mut Adam| -> mote::Result<(Var, Var, Var)> {
+        let x = t.input(&[w.batch, din], &xs)?;
+        let (y, loss) = match w.loss {
+            Loss::Mse => {
+                let y = t.input(&[w.batch, dout], &ys)?;
+                let p = model.forward(t, x)?;
+                (y, t.mse(p, y)?)
+            }
+            Loss::CrossEntropy => {
+                let y = t.labels(&labels)?;
+                let p = model.forward(t, x)?;
+                (y, t.cross_entropy(p, y)?)
+            }
+        };
+        t.backward(loss)?;
+        opt.step(t)?;
+        Ok((x, y, loss))
+    };
+    let mut rows = Vec::new();
+
+    // Eager: the host records and launches every op each step.
+    let eager = |tape: &mut Tape<Cuda, NODES>, opt: &mut Adam| -> mote::Result<()> {
+        tape.rewind(start)?;
+        step(tape, opt).map(|_| ())
+    };
+    for _ in 0..w.steps.min(20) {
+        eager(&mut tape, &mut opt)?;
+    }
+    tape.backend().sync()?;
+    let mut chunks = Vec::new();
+    for _ in 0..7 {
+        let t0 = Instant::now();
+        for _ in 0..w.steps {
+            // The new batch is written each step, as in training.
+            eager(&mut tape, &mut opt)?;
+        }
+        tape.backend().sync()?;
+        chunks.push(t0.elapsed().as_secs_f64() * 1e6 / w.steps as f64);
+    }
+    let (m, lo, hi) = median(chunks);
+    // One profiled step: launches and time per kernel family.
+    tape.backend_mut().profile(true);
+    eager(&mut tape, &mut opt)?;
+    let prof = tape.backend_mut().profile_take()?;
+    tape.backend_mut().profile(false);
+    let launches: usize = prof.iter().map(|p| p.1).sum();
+    rows.push(Row {
+        name: w.name,
+        mode: "eager",
+        median_us: m,
+        min_us: lo,
+        max_us: hi,
+        launches,
+    });
+    let total: f64 = prof.iter().map(|p| p.2).sum();
+    let fams: Vec<String> = prof
+        .iter()
+        .map(|(k, n, ms)| {
+            format!(
+                "{k} x{n} {:.1} us ({:.0}%)",
+                ms * 1e3,
+                100.0 * ms / total.max(1e-12)
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        log,
+        "  {} eager step, GPU time by kernel: {:.1} us in {launches} launches: {}",
+        w.name,
+        total * 1e3,
+        fams.join(", ")
+    );
+
+    // Graph: captured once, replayed with the batch rewritten each step.
+    let mut graph = Graph::capture(&mut tape, start, |t| step(t, &mut opt))?;
+    let (x, y, loss) = *graph.output();
+    let write = |tape: &mut Tape<Cuda, NODES>| -> mote::Result<()> {
+        tape.write(x, &xs)?;
+        tape.write(y, &ys)
+    };
+    for _ in 0..w.steps.min(20) {
+        write(&mut tape)?;
+        graph.replay(&mut tape)?;
+    }
+    tape.backend().sync()?;
+    // "graph": inputs drawn once and left in place (PyTorch's graph protocol in WORKLOADS.md);
+    // "graph+write": the batch copied in before every replay, as in training.
+    for (mode, with_write) in [("graph", false), ("graph+write", true)] {
+        let mut chunks = Vec::new();
+        for _ in 0..7 {
+            let t0 = Instant::now();
+            for _ in 0..w.steps {
+                if with_write {
+                    write(&mut tape)?;
+                }
+                graph.replay(&mut tape)?;
+            }
+            tape.backend().sync()?;
+            chunks.push(t0.elapsed().as_secs_f64() * 1e6 / w.steps as f64);
+        }
+        let (m, lo, hi) = median(chunks);
+        rows.push(Row {
+            name: w.name,
+            mode,
+            median_us: m,
+            min_us: lo,
+            max_us: hi,
+            launches: graph.nodes(),
+        });
+    }
+    let l = tape.item(loss)?;
+    let _ = writeln!(
+        log,
+        "  {} final loss {l:.5} (finite: {})",
+        w.name,
+        l.is_finite()
+    );
+    Ok(rows)
+}
+
+/// Runs the workloads whose names start with one of `filter` (all when empty) and returns the
+/// report: per workload, the profiled eager step and the final loss, one JSON line per row,
+/// then a Markdown table against PyTorch on the H200 and the targets.
+///
+/// # Errors
+/// [`CudaError`] when there is no usable GPU (no driver, no device); a failing workload is
+/// reported in the text and the others still run.
+pub fn run(filter: &[String]) -> Result<String, CudaError> {
+    Cuda::available()?;
+    let mut out = String::from(
+        "mote-cuda bench: median per-step time over 7 chunks (min..max), batch written each step\n",
+    );
+    let mut table = Vec::new();
+    for w in WORKLOADS {
+        if !filter.is_empty() && !filter.iter().any(|a| w.name.starts_with(a.as_str())) {
+            continue;
+        }
+        match run_one(w, &mut out) {
+            Ok(rows) => {
+                for r in rows {
+                    let _ = writeln!(
+                        out,
+                        "{{\"workload\":\"{}\",\"mode\":\"{}\",\"median_us\":{:.2},\"min_us\":{:.2},\"max_us\":{:.2},\"launches\":{}}}",
+                        r.name, r.mode, r.median_us, r.min_us, r.max_us, r.launches
+                    );
+                    table.push((r, w.torch_us, w.target_us));
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "{}: failed: {e}", w.name);
+            }
+        }
+    }
+    out.push_str("\n| workload | mode | median us/step | min..max | launches/step | PyTorch best (H200) | target |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+    for (r, torch, target) in table {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {:.1}..{:.1} | {} | {:.1} | {} |",
+            r.name,
+            r.mode,
+            r.median_us,
+            r.min_us,
+            r.max_us,
+            r.launches,
+            torch,
+            if target.is_nan() {
+                "-".to_string()
+            } else {
+                format!("<= {target:.0}")
+            }
+        );
+    }
+    Ok(out)
+}
