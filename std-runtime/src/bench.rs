@@ -8,6 +8,11 @@
 //! | `W-mnist` | 784 -> 256 -> ReLU -> 128 -> ReLU -> 10 | softmax cross-entropy | 128 |
 //! | `W-large` | 1024 -> 4096 -> ReLU -> 4096 -> ReLU -> 1024 | MSE | 256 |
 //! | `gemm` | `C = A B`, square f32, n = 512, 1024, 2048 | | |
+//! | `conv2d` | one 3x3 convolution, 32 -> 64 channels, padding 1, 32x32 images, no bias | mean | 64 |
+//!
+//! `conv2d` is issue 6's layer benchmark: forward, mean, backward (the gradients of the input
+//! and of the weight), no optimizer; its peer is PyTorch on the same machine
+//! (`benches/peers/conv2d_torch.py`).
 //!
 //! A step is the whole training step, in f32: rewind (which zeroes the gradients), inputs and
 //! targets copied in, forward, loss, backward, Adam (lr 1e-3, betas 0.9/0.999, eps 1e-8).
@@ -169,7 +174,13 @@ const GEMM_TARGET: f64 = 210.0;
 /// The measured FMA peak of the reference machine (2 threads).
 const FMA_PEAK: f64 = 234.0;
 
-const WORKLOAD_NAMES: [&str; 5] = ["W-seed", "W-digits", "W-mnist", "W-large", "gemm"];
+const WORKLOAD_NAMES: [&str; 6] = ["W-seed", "W-digits", "W-mnist", "W-large", "gemm", "conv2d"];
+
+/// The conv2d workload: batch, input channels, output channels, image side (3x3, padding 1).
+const CONV: (usize, usize, usize, usize) = (64, 32, 64, 32);
+/// PyTorch 2.15 with 2 threads on this kind of machine (`benches/peers/conv2d_torch.py`,
+/// 2026-11-27): the time to beat.
+const CONV_PEERS: [Peer; 1] = [("PyTorch 2.15", 48.1e-3)];
 const BACKEND_NAMES: [&str; 3] = ["cpu", "parallel", "cuda"];
 
 /// Tape capacity: the deepest workload (W-large) records 14 nodes.
@@ -392,6 +403,42 @@ fn time_mlp<B: HostBackend<Elem = f32>>(
     )
 }
 
+/// Times the conv2d layer ([`CONV`]): forward, mean, backward, through `backend`.
+fn time_conv<B: HostBackend<Elem = f32>>(backend: B, budget: Budget) -> Result<Stats, String> {
+    let (n, ci, co, hw) = CONV;
+    let mut rng = Rng::new(0x5EED);
+    let x: Vec<f32> = (0..n * ci * hw * hw)
+        .map(|_| rng.uniform(-0.5, 0.5) as f32)
+        .collect();
+    let w: Vec<f32> = (0..co * ci * 9)
+        .map(|_| rng.uniform(-0.5, 0.5) as f32)
+        .collect();
+    let mut tape = Tape::<B, NODES>::with_backend(backend);
+    let wv = tape.param(&[co, ci, 3, 3], &w).map_err(err)?;
+    let start = tape.mark();
+    let cfg = mote::ConvConfig {
+        padding: [1, 1],
+        ..mote::ConvConfig::default()
+    };
+    let tape = std::cell::RefCell::new(tape);
+    measure(
+        budget,
+        || {
+            let t = &mut *tape.borrow_mut();
+            let step = |t: &mut Tape<B, NODES>| -> mote::Result<()> {
+                t.rewind(start)?;
+                // The input as a parameter too, so that backward computes its gradient.
+                let xv = t.param(&[n, ci, hw, hw], &x)?;
+                let y = t.conv2d(xv, wv, None, cfg)?;
+                let loss = t.mean(y)?;
+                t.backward(loss)
+            };
+            step(t).map_err(err)
+        },
+        || Ok(()),
+    )
+}
+
 /// Times `C = A B` for square `n x n` f32 matrices through `backend`'s GEMM.
 fn time_gemm<B: HostBackend<Elem = f32>>(
     n: usize,
@@ -485,6 +532,32 @@ pub fn run(opts: &BenchOptions) -> Result<String, String> {
     let threads = parallel::threads();
     let mut rows = Vec::new();
     for name in &workloads {
+        if *name == "conv2d" {
+            let (n, ci, co, hw) = CONV;
+            for &backend in &backends {
+                // Input, weight, output and their gradients, and im2col's scratch (9 ci
+                // values per output position) for the forward and the backward pass.
+                let floats = 2 * (n * ci * hw * hw + co * ci * 9 + n * co * hw * hw)
+                    + 2 * 9 * ci * n * hw * hw
+                    + (1 << 16);
+                let mut mem = alloc(floats)?;
+                let stats = match backend {
+                    "cpu" => time_conv(Cpu::new(&mut mem), budget)?,
+                    _ => time_conv(Parallel::new(&mut mem), budget)?,
+                };
+                rows.push(Row {
+                    workload: "conv2d".to_string(),
+                    backend,
+                    threads: if backend == "cpu" { 1 } else { threads },
+                    stats,
+                    flops: 3.0 * 2.0 * (n * co * hw * hw * ci * 9) as f64,
+                    gemm: false,
+                    target: CONV_PEERS[0].1,
+                    peers: &CONV_PEERS,
+                });
+            }
+            continue;
+        }
         if *name == "gemm" {
             for &(n, peers) in &GEMMS {
                 for &backend in &backends {
