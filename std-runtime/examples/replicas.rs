@@ -1,12 +1,13 @@
 //! Data-parallel replicas against intra-op threads on the same workloads (`WORKLOADS.md`):
-//! one tape on the multithreaded backend, against N replicas (each a tape on the same backend)
-//! on threads, each on a shard of the batch (`mote_runtime::data_parallel`).
+//! one tape on the multithreaded backend, against N replicas on threads, each on a shard of
+//! the batch (`mote_runtime::data_parallel`), each replica's tape on the multithreaded backend
+//! or on the serial one (what `mote train --replicas N` runs).
 //!
 //! Run: `cargo run --release -p mote-runtime --example replicas [steps]`
 
 use std::time::Instant;
 
-use mote::{Adam, AdamConfig, Linear, Module, Optimizer, Rng, Tape};
+use mote::{Adam, AdamConfig, Cpu, HostBackend, Linear, Module, Optimizer, Rng, Tape};
 use mote_runtime::data_parallel::{DataParallel, Targets};
 use mote_runtime::model::Mlp;
 use mote_runtime::parallel::Parallel;
@@ -47,17 +48,51 @@ fn mlp<B: mote::Backend, const N: usize>(t: &mut Tape<B, N>, sizes: &[usize]) ->
     })
 }
 
-fn workload(name: &str, sizes: &[usize], batch: usize, steps: usize) {
+/// Median us per step of `n` replicas, each a tape on the backend `make` builds over an arena.
+fn replicas<'a, B: HostBackend<Elem = f32> + Send + 'a>(
+    arenas: &'a mut [Vec<f32>],
+    make: impl Fn(&'a mut [f32]) -> B,
+    sizes: &[usize],
+    (xs, ys, vs): (&[f32], &[usize], &[f32]),
+    mse: bool,
+    steps: usize,
+) -> f64 {
+    let cfg = AdamConfig::default();
+    let mut dp = DataParallel::<B, Mlp, Adam, 32>::new(arenas, make, |t: &mut Tape<B, 32>| {
+        Ok((mlp(t, sizes)?, Adam::new(t, cfg)?))
+    })
+    .unwrap();
+    let (i, o) = (sizes[0], *sizes.last().unwrap());
+    let targets = if mse {
+        Targets::Values(vs, &[o])
+    } else {
+        Targets::Labels(ys)
+    };
+    time(steps, || {
+        dp.step(xs, &[i], targets, |t, m, x, y| {
+            let p = m.forward(t, x)?;
+            if mse {
+                t.mse(p, y)
+            } else {
+                t.cross_entropy(p, y)
+            }
+        })
+        .unwrap();
+    })
+}
+
+fn workload(name: &str, sizes: &[usize], batch: usize, mse: bool, steps: usize) {
     let mut rng = Rng::new(1);
     let (i, o) = (sizes[0], *sizes.last().unwrap());
     let xs: Vec<f32> = (0..batch * i).map(|_| rng.next_f32()).collect();
     let ys: Vec<usize> = (0..batch).map(|k| k % o).collect();
-    let floats = 4 * mote::plan::mlp(
-        sizes,
-        batch,
-        mote::plan::Loss::CrossEntropy,
-        mote::plan::Opt::Adam,
-    );
+    let vs: Vec<f32> = (0..batch * o).map(|_| rng.next_f32()).collect();
+    let loss = if mse {
+        mote::plan::Loss::Mse
+    } else {
+        mote::plan::Loss::CrossEntropy
+    };
+    let floats = 2 * mote::plan::mlp(sizes, batch, loss, mote::plan::Opt::Adam);
     let cfg = AdamConfig::default();
     let mut row = format!("{name:<10}");
 
@@ -70,32 +105,41 @@ fn workload(name: &str, sizes: &[usize], batch: usize, steps: usize) {
     let us = time(steps, || {
         tape.rewind(start).unwrap();
         let x = tape.input(&[batch, i], &xs).unwrap();
-        let y = tape.labels(&ys).unwrap();
         let h = net.forward(&mut tape, x).unwrap();
-        let loss = tape.cross_entropy(h, y).unwrap();
+        let loss = if mse {
+            let y = tape.input(&[batch, o], &vs).unwrap();
+            tape.mse(h, y).unwrap()
+        } else {
+            let y = tape.labels(&ys).unwrap();
+            tape.cross_entropy(h, y).unwrap()
+        };
         tape.backward(loss).unwrap();
         opt.step(&mut tape).unwrap();
     });
+    drop(tape);
+    drop(mem);
     row += &format!(" {us:>12.1}");
-
-    // Replicas, each a tape on the parallel backend.
+    let data = (&xs[..], &ys[..], &vs[..]);
     for n in [1usize, 2] {
         let mut arenas = vec![vec![0f32; floats]; n];
-        let mut dp = DataParallel::<Parallel<f32>, Mlp, Adam, 32>::new(
-            &mut arenas,
-            Parallel::new,
-            |t: &mut Tape<Parallel<'_, f32>, 32>| Ok((mlp(t, sizes)?, Adam::new(t, cfg)?)),
-        )
-        .unwrap();
-        let us = time(steps, || {
-            dp.step(&xs, &[i], Targets::Labels(&ys), |t, m, x, y| {
-                let p = m.forward(t, x)?;
-                t.cross_entropy(p, y)
-            })
-            .unwrap();
-        });
+        let us = replicas(&mut arenas, Parallel::new, sizes, data, mse, steps);
         row += &format!(" {us:>12.1}");
     }
+    // The serial reference backend in each replica, then `mote train --replicas 2`: the
+    // multithreaded backend's kernels on one thread in each replica.
+    let mut arenas = vec![vec![0f32; floats]; 2];
+    let us = replicas(&mut arenas, Cpu::new, sizes, data, mse, steps);
+    row += &format!(" {us:>12.1}");
+    let mut arenas = vec![vec![0f32; floats]; 2];
+    let us = replicas(
+        &mut arenas,
+        |m| Parallel::with_threads(m, 1),
+        sizes,
+        data,
+        mse,
+        steps,
+    );
+    row += &format!(" {us:>12.1}");
     println!("{row}");
 }
 
@@ -105,13 +149,29 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
     println!(
-        "{:<10} {:>12} {:>12} {:>12}   (us per step, median; {} threads)",
+        "{:<10} {:>12} {:>12} {:>12} {:>12} {:>12}   (us per step, median; {} threads; \
+         replicas: each replica's backend)",
         "workload",
         "intra-op",
-        "1 replica",
-        "2 replicas",
+        "1 x parallel",
+        "2 x parallel",
+        "2 x cpu",
+        "2 x 1-thread",
         mote_runtime::parallel::threads()
     );
-    workload("W-digits", &[64, 32, 10], 32, steps);
-    workload("W-mnist", &[784, 256, 128, 10], 128, (steps / 20).max(20));
+    workload("W-digits", &[64, 32, 10], 32, false, steps);
+    workload(
+        "W-mnist",
+        &[784, 256, 128, 10],
+        128,
+        false,
+        (steps / 20).max(20),
+    );
+    workload(
+        "W-large",
+        &[1024, 4096, 4096, 1024],
+        256,
+        true,
+        (steps / 400).max(5),
+    );
 }

@@ -31,6 +31,8 @@
 //! ```
 
 use mote::{Error, HostBackend, Mark, Module, Optimizer, Result, Tape, Var};
+
+use crate::model::{Model, NODES};
 use rayon::prelude::*;
 
 /// Targets of a batch: class labels, or values with the shape of one sample's target.
@@ -146,32 +148,8 @@ where
     /// # Errors
     /// A stale parameter handle (should not happen).
     pub fn divergence(&self) -> Result<f32> {
-        let Some((first, rest)) = self.replicas.split_first() else {
-            return Ok(0.0);
-        };
-        let params: Vec<Var> = first.tape.params().collect();
-        let mut worst = 0.0f32;
-        for r in rest {
-            let theirs: Vec<Var> = r.tape.params().collect();
-            if theirs.len() != params.len() {
-                return Ok(f32::INFINITY);
-            }
-            for (&p, &q) in params.iter().zip(&theirs) {
-                let (a, b) = (first.tape.data(p)?, r.tape.data(q)?);
-                if a.len() != b.len() {
-                    return Ok(f32::INFINITY);
-                }
-                for (x, y) in a.iter().zip(b) {
-                    let d = (x - y).abs();
-                    if d.is_nan() {
-                        worst = f32::INFINITY;
-                    } else if d > worst {
-                        worst = d;
-                    }
-                }
-            }
-        }
-        Ok(worst)
+        let tapes: Vec<&Tape<B, N>> = self.replicas.iter().map(|r| &r.tape).collect();
+        divergence(&tapes)
     }
 
     /// One training step on a batch: `xs` holds `rows` samples of `sample` shape (row-major),
@@ -275,56 +253,107 @@ where
         Ok(total as f32)
     }
 
-    /// Replaces every replica's gradients with their weighted sum, in parallel over chunks.
+    /// Replaces every replica's gradients with their weighted sum.
     fn all_reduce(&mut self, weights: &[f32]) -> Result<()> {
-        // Each replica's gradient regions, in parameter order (the same on every replica).
-        let mut per_replica: Vec<Vec<&mut [f32]>> = Vec::with_capacity(self.replicas.len());
-        for rep in &mut self.replicas {
-            let views: Vec<(usize, usize)> = {
-                let t = &rep.tape;
-                let mut v = Vec::new();
-                for p in t.params() {
-                    if let Some(g) = t.grad(p)? {
-                        v.push((g.offset, g.len()));
-                    }
-                }
-                v
-            };
-            per_replica.push(disjoint_mut(rep.tape.backend_mut().storage_mut(), &views)?);
-        }
-        let chunk = self.chunk;
-        // Task i: chunk c of parameter p, across every replica.
-        let mut tasks: Vec<Vec<&mut [f32]>> = Vec::new();
-        let params = per_replica.first().map_or(0, Vec::len);
-        let mut iters: Vec<std::vec::IntoIter<&mut [f32]>> =
-            per_replica.into_iter().map(Vec::into_iter).collect();
-        for _ in 0..params {
-            let slices: Vec<&mut [f32]> = iters.iter_mut().filter_map(Iterator::next).collect();
-            let mut chunked: Vec<std::slice::ChunksMut<'_, f32>> =
-                slices.into_iter().map(|s| s.chunks_mut(chunk)).collect();
-            loop {
-                let parts: Vec<&mut [f32]> =
-                    chunked.iter_mut().filter_map(Iterator::next).collect();
-                if parts.is_empty() {
-                    break;
-                }
-                tasks.push(parts);
-            }
-        }
-        tasks.into_par_iter().for_each(|mut parts| {
-            let n = parts.first().map_or(0, |p| p.len());
-            for j in 0..n {
-                let mut s = 0.0f32;
-                for (p, &w) in parts.iter().zip(weights) {
-                    s += w * p[j];
-                }
-                for p in parts.iter_mut() {
-                    p[j] = s;
-                }
-            }
-        });
-        Ok(())
+        let mut tapes: Vec<&mut Tape<B, N>> =
+            self.replicas.iter_mut().map(|r| &mut r.tape).collect();
+        all_reduce_gradients(&mut tapes, weights, self.chunk)
     }
+}
+
+/// The largest absolute difference between a parameter element of the first tape and the same
+/// element of any other (0 while replicas stay in step; infinite when their parameters do not
+/// even match in number or size).
+///
+/// # Errors
+/// A stale parameter handle (should not happen).
+pub fn divergence<B: HostBackend<Elem = f32>, const N: usize>(
+    tapes: &[&Tape<B, N>],
+) -> Result<f32> {
+    let Some((first, rest)) = tapes.split_first() else {
+        return Ok(0.0);
+    };
+    let params: Vec<Var> = first.params().collect();
+    let mut worst = 0.0f32;
+    for t in rest {
+        let theirs: Vec<Var> = t.params().collect();
+        if theirs.len() != params.len() {
+            return Ok(f32::INFINITY);
+        }
+        for (&p, &q) in params.iter().zip(&theirs) {
+            let (a, b) = (first.data(p)?, t.data(q)?);
+            if a.len() != b.len() {
+                return Ok(f32::INFINITY);
+            }
+            for (x, y) in a.iter().zip(b) {
+                let d = (x - y).abs();
+                if d.is_nan() {
+                    worst = f32::INFINITY;
+                } else if d > worst {
+                    worst = d;
+                }
+            }
+        }
+    }
+    Ok(worst)
+}
+
+/// Replaces every tape's gradients (the same parameters on each) with their weighted sum
+/// `sum_r weights[r] grad_r`, in parallel over chunks of `chunk` elements: the all-reduce of
+/// data-parallel training, in shared memory.
+///
+/// # Errors
+/// A stale parameter handle, or gradient regions out of order (should not happen).
+pub fn all_reduce_gradients<B: HostBackend<Elem = f32>, const N: usize>(
+    tapes: &mut [&mut Tape<B, N>],
+    weights: &[f32],
+    chunk: usize,
+) -> Result<()> {
+    // Each replica's gradient regions, in parameter order (the same on every replica).
+    let mut per_replica: Vec<Vec<&mut [f32]>> = Vec::with_capacity(tapes.len());
+    for t in tapes.iter_mut() {
+        let views: Vec<(usize, usize)> = {
+            let mut v = Vec::new();
+            for p in t.params() {
+                if let Some(g) = t.grad(p)? {
+                    v.push((g.offset, g.len()));
+                }
+            }
+            v
+        };
+        per_replica.push(disjoint_mut(t.backend_mut().storage_mut(), &views)?);
+    }
+    let chunk = chunk.max(1);
+    // Task i: chunk c of parameter p, across every replica.
+    let mut tasks: Vec<Vec<&mut [f32]>> = Vec::new();
+    let params = per_replica.first().map_or(0, Vec::len);
+    let mut iters: Vec<std::vec::IntoIter<&mut [f32]>> =
+        per_replica.into_iter().map(Vec::into_iter).collect();
+    for _ in 0..params {
+        let slices: Vec<&mut [f32]> = iters.iter_mut().filter_map(Iterator::next).collect();
+        let mut chunked: Vec<std::slice::ChunksMut<'_, f32>> =
+            slices.into_iter().map(|s| s.chunks_mut(chunk)).collect();
+        loop {
+            let parts: Vec<&mut [f32]> = chunked.iter_mut().filter_map(Iterator::next).collect();
+            if parts.is_empty() {
+                break;
+            }
+            tasks.push(parts);
+        }
+    }
+    tasks.into_par_iter().for_each(|mut parts| {
+        let n = parts.first().map_or(0, |p| p.len());
+        for j in 0..n {
+            let mut s = 0.0f32;
+            for (p, &w) in parts.iter().zip(weights) {
+                s += w * p[j];
+            }
+            for p in parts.iter_mut() {
+                p[j] = s;
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Disjoint mutable slices of `buf` for `(offset, len)` regions given in increasing order.
@@ -356,4 +385,125 @@ fn disjoint_mut<'b>(buf: &'b mut [f32], regions: &[(usize, usize)]) -> Result<Ve
         at = off + len;
     }
     Ok(out)
+}
+
+/// Data-parallel replicas of a runtime [`Model`], on threads: what `mote train --replicas N`
+/// trains through [`crate::train::fit`]. Each batch is cut into contiguous shards, one per
+/// replica (sizes differ by at most one); every replica runs forward and backward on its shard
+/// on its own tape, the gradients are all-reduced (weighted by shard size: the gradient of the
+/// whole batch's mean loss), and every replica takes the same optimizer step. Replica 0 is the
+/// model that is evaluated and saved: a checkpoint of replicas is an ordinary checkpoint, and
+/// any checkpoint restores into any number of replicas.
+pub struct Replicas<B: HostBackend<Elem = f32>> {
+    models: Vec<Model<B>>,
+}
+
+impl<B: HostBackend<Elem = f32> + Send> Replicas<B> {
+    /// Replicas from models built alike (the same spec, seed or checkpoint).
+    ///
+    /// # Errors
+    /// `Invalid` for no models, or models that do not start with the same parameters.
+    pub fn new(models: Vec<Model<B>>) -> crate::Result<Self> {
+        if models.is_empty() {
+            return Err(crate::Error::invalid(
+                "data parallel training needs at least one replica",
+            ));
+        }
+        let r = Replicas { models };
+        if r.divergence()? != 0.0 {
+            return Err(crate::Error::invalid(
+                "replicas must start with the same parameters (build them from one seed)",
+            ));
+        }
+        Ok(r)
+    }
+
+    /// Number of replicas.
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// Always false: there is at least one replica.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// The largest parameter difference between replica 0 and any other (0 while in step).
+    ///
+    /// # Errors
+    /// A stale handle (should not happen).
+    pub fn divergence(&self) -> Result<f32> {
+        let tapes: Vec<&Tape<B, NODES>> = self.models.iter().map(|m| &m.tape).collect();
+        divergence(&tapes)
+    }
+}
+
+impl<B: HostBackend<Elem = f32> + Send> crate::train::Learner for Replicas<B> {
+    type Backend = B;
+
+    fn model(&self) -> &Model<B> {
+        // `new` refuses an empty list.
+        &self.models[0]
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        for m in &mut self.models {
+            mote::Optimizer::set_lr(&mut m.opt, lr);
+        }
+    }
+
+    fn train_step(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        y_class: &[usize],
+        y_value: &[f32],
+    ) -> crate::Result<(f32, usize)> {
+        let k = self.models.len();
+        let ins = self.models[0].spec.inputs();
+        let bounds = |r: usize| r * rows / k;
+        let shard = |(r, m): (usize, &mut Model<B>)| -> crate::Result<(f32, usize)> {
+            let (lo, hi) = (bounds(r), bounds(r + 1));
+            if lo == hi {
+                // No rows: zeroed gradients (weight 0 in the sum).
+                m.tape.rewind(m.start)?;
+                return Ok((0.0, 0));
+            }
+            let xs = x.get(lo * ins..hi * ins).unwrap_or(&[]);
+            let yc = y_class.get(lo..hi).unwrap_or(&[]);
+            let yv = y_value.get(lo..hi).unwrap_or(&[]);
+            m.forward_backward(xs, hi - lo, yc, yv)
+        };
+        let results: Vec<crate::Result<(f32, usize)>> = if k > 1 {
+            self.models.par_iter_mut().enumerate().map(shard).collect()
+        } else {
+            self.models.iter_mut().enumerate().map(shard).collect()
+        };
+        let weights: Vec<f32> = (0..k)
+            .map(|r| (bounds(r + 1) - bounds(r)) as f32 / rows.max(1) as f32)
+            .collect();
+        let (mut loss, mut correct) = (0.0f64, 0);
+        for (res, &w) in results.into_iter().zip(&weights) {
+            let (l, c) = res?;
+            loss += f64::from(w) * f64::from(l);
+            correct += c;
+        }
+        if k > 1 {
+            let mut tapes: Vec<&mut Tape<B, NODES>> =
+                self.models.iter_mut().map(|m| &mut m.tape).collect();
+            all_reduce_gradients(&mut tapes, &weights, CHUNK)?;
+        }
+        self.models
+            .par_iter_mut()
+            .try_for_each(|m| mote::Optimizer::step(&mut m.opt, &mut m.tape))?;
+        debug_assert!(
+            matches!(self.divergence(), Ok(d) if d == 0.0),
+            "data parallel replicas went out of step"
+        );
+        Ok((loss as f32, correct))
+    }
+
+    fn outputs(&mut self, x: &[f32], rows: usize) -> crate::Result<Vec<f32>> {
+        self.models[0].outputs(x, rows)
+    }
 }

@@ -450,6 +450,23 @@ impl<B: Backend<Elem = f32>> Model<B> {
         y_class: &[usize],
         y_value: &[f32],
     ) -> Result<(f32, usize)> {
+        let r = self.forward_backward(x, rows, y_class, y_value)?;
+        self.opt.step(&mut self.tape)?;
+        Ok(r)
+    }
+
+    /// [`Model::train_step`] without the optimizer step: leaves the batch's mean-loss
+    /// gradients in the tape (what data-parallel replicas all-reduce before stepping).
+    ///
+    /// # Errors
+    /// As [`Model::train_step`].
+    pub fn forward_backward(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        y_class: &[usize],
+        y_value: &[f32],
+    ) -> Result<(f32, usize)> {
         let t = &mut self.tape;
         t.rewind(self.start)?;
         let xv = t.input(&[rows, self.spec.inputs()], x)?;
@@ -477,7 +494,6 @@ impl<B: Backend<Elem = f32>> Model<B> {
             }
             Task::Regression => 0,
         };
-        self.opt.step(t)?;
         Ok((l, correct))
     }
 

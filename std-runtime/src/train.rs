@@ -289,25 +289,80 @@ impl Prepared {
     }
 }
 
+/// What [`fit`] trains: one [`Model`], or data-parallel replicas of one
+/// ([`crate::data_parallel::Replicas`]).
+pub trait Learner {
+    /// The backend of the model that is evaluated and saved.
+    type Backend: Backend<Elem = f32>;
+
+    /// The model that is evaluated and saved (replica 0 of replicas: all hold the same
+    /// parameters); its spec and optimizer settings describe the run.
+    fn model(&self) -> &Model<Self::Backend>;
+
+    /// Sets the learning rate of every optimizer.
+    fn set_lr(&mut self, lr: f64);
+
+    /// One training step on a standardised batch; the mean loss and the correct predictions.
+    ///
+    /// # Errors
+    /// A core error (a non-finite loss means divergence).
+    fn train_step(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        y_class: &[usize],
+        y_value: &[f32],
+    ) -> Result<(f32, usize)>;
+
+    /// Network outputs for standardised rows, `rows x outputs`.
+    ///
+    /// # Errors
+    /// A core error.
+    fn outputs(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>>;
+}
+
+impl<B: Backend<Elem = f32>> Learner for Model<B> {
+    type Backend = B;
+
+    fn model(&self) -> &Model<B> {
+        self
+    }
+
+    fn set_lr(&mut self, lr: f64) {
+        mote::Optimizer::set_lr(&mut self.opt, lr);
+    }
+
+    fn train_step(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        y_class: &[usize],
+        y_value: &[f32],
+    ) -> Result<(f32, usize)> {
+        Model::train_step(self, x, rows, y_class, y_value)
+    }
+
+    fn outputs(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        Model::outputs(self, x, rows)
+    }
+}
+
 /// Loss and metric of `model` on `rows` of `data`.
 ///
 /// # Errors
 /// A core error.
-pub fn evaluate<B: Backend<Elem = f32>>(
-    model: &mut Model<B>,
-    data: &Prepared,
-    rows: &[usize],
-) -> Result<(f64, f64)> {
+pub fn evaluate<L: Learner>(model: &mut L, data: &Prepared, rows: &[usize]) -> Result<(f64, f64)> {
     let (mut bx, mut bc, mut bv) = (Vec::new(), Vec::new(), Vec::new());
     data.gather(rows, &mut bx, &mut bc, &mut bv);
     let out = model.outputs(&bx, rows.len())?;
-    Ok(match model.spec.task {
+    let spec = &model.model().spec;
+    Ok(match spec.task {
         Task::Classification => {
-            let r = metrics::classify(&out, model.spec.outputs(), &bc);
+            let r = metrics::classify(&out, spec.outputs(), &bc);
             (r.loss, r.accuracy())
         }
         Task::Regression => {
-            let r = metrics::regress(&out, &bv, model.spec.target.1);
+            let r = metrics::regress(&out, &bv, spec.target.1);
             (r.loss, r.rmse)
         }
     })
@@ -326,8 +381,8 @@ fn improved(task: Task, new: f64, best: Option<f64>, min_delta: f64) -> bool {
 ///
 /// # Errors
 /// A core error (a non-finite loss: divergence), or a failed checkpoint write.
-pub fn fit<B: Backend<Elem = f32>>(
-    model: &mut Model<B>,
+pub fn fit<L: Learner>(
+    model: &mut L,
     data: &Prepared,
     config: &TrainConfig,
     state: &mut TrainState,
@@ -343,12 +398,12 @@ pub fn fit<B: Backend<Elem = f32>>(
         steps_per_epoch,
         train_rows: data.train.len(),
         val_rows: data.val.len(),
-        task: model.spec.task,
+        task: model.model().spec.task,
     };
     for h in hooks.iter_mut() {
         h.on_begin(&info);
     }
-    let base = model.opt_config.lr();
+    let base = model.model().opt_config.lr();
     let (start_step, start_epoch) = (state.step, state.epoch);
     let (mut bx, mut bc, mut bv) = (Vec::new(), Vec::new(), Vec::new());
     let mut order = Vec::with_capacity(data.train.len());
@@ -364,7 +419,7 @@ pub fn fit<B: Backend<Elem = f32>>(
             lr = config
                 .schedule
                 .lr(base, state.step, steps_per_epoch, config.epochs);
-            mote::Optimizer::set_lr(&mut model.opt, lr);
+            model.set_lr(lr);
             data.gather(rows, &mut bx, &mut bc, &mut bv);
             let (loss, ok) = model.train_step(&bx, rows.len(), &bc, &bv)?;
             loss_sum += loss as f64 * rows.len() as f64;
@@ -379,9 +434,10 @@ pub fn fit<B: Backend<Elem = f32>>(
             }
         }
         let n = order.len().max(1) as f64;
-        let train_metric = match model.spec.task {
+        let spec = &model.model().spec;
+        let train_metric = match spec.task {
             Task::Classification => correct as f64 / n,
-            Task::Regression => (loss_sum / n).sqrt() * model.spec.target.1 as f64,
+            Task::Regression => (loss_sum / n).sqrt() * spec.target.1 as f64,
         };
         let (val_loss, val_metric) = if data.val.is_empty() {
             (None, None)
@@ -401,7 +457,7 @@ pub fn fit<B: Backend<Elem = f32>>(
             seconds: te.elapsed().as_secs_f64(),
         };
         let m = log.monitored();
-        if improved(model.spec.task, m, state.best, config.min_delta) {
+        if improved(model.model().spec.task, m, state.best, config.min_delta) {
             state.best = Some(m);
             state.best_epoch = epoch;
             state.wait = 0;
@@ -413,7 +469,7 @@ pub fn fit<B: Backend<Elem = f32>>(
         }
         state.history.push(log.clone());
         if let Some(path) = save {
-            crate::checkpoint::save(path, model, config, state)?;
+            crate::checkpoint::save(path, model.model(), config, state)?;
         }
         for h in hooks.iter_mut() {
             h.on_epoch(&log);
@@ -426,7 +482,7 @@ pub fn fit<B: Backend<Elem = f32>>(
         last: state.history.last().cloned(),
         best: state.best.map(|b| (state.best_epoch, b)),
         stopped_early: state.stopped,
-        task: model.spec.task,
+        task: model.model().spec.task,
     };
     for h in hooks.iter_mut() {
         h.on_end(&summary);

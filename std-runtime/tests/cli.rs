@@ -103,7 +103,8 @@ fn mote_train_alone_reaches_96_percent() {
 }
 
 /// `mote train --model cnn`: convolution blocks over the digits as 1x8x8 images reach >= 97%;
-/// the checkpoint evaluates and resumes; export says it handles MLPs only.
+/// the checkpoint evaluates, resumes and exports (blob and Rust, see [`check_cnn_export`]),
+/// as does a small CNN with a hidden layer.
 #[test]
 fn cnn_trains_saves_evaluates_and_resumes() {
     let d = TempDir::new("cnn");
@@ -123,13 +124,244 @@ fn cnn_trains_saves_evaluates_and_resumes() {
         &d,
         &["train", "--resume", "c.safetensors", "--epochs", "1", "-q"],
     );
-    let e = fails(
+    check_cnn_export(&d, "c", 0.98);
+    let small = ok(
         &d,
-        &["export", "--model", "c.safetensors", "--format", "blob"],
+        &[
+            "train",
+            "--model",
+            "cnn",
+            "--conv",
+            "4",
+            "--hidden",
+            "16",
+            "--epochs",
+            "2",
+            "-q",
+            "--save",
+            "s.safetensors",
+        ],
     );
-    assert!(e.contains("export handles MLPs"), "{e}");
+    assert!(small.contains("saved s.safetensors"), "{small}");
+    check_cnn_export(&d, "s", 0.95);
     let e = fails(&d, &["train", "--conv", "8"]);
     assert!(e.contains("--conv needs --model cnn"), "{e}");
+}
+
+/// The `pub const NAME: [f32; N] = [...];` arrays of an f32 Rust export, in file order.
+fn rust_arrays(src: &str) -> Vec<(String, Vec<f32>)> {
+    let mut out = Vec::new();
+    let mut lines = src.lines();
+    while let Some(l) = lines.next() {
+        let Some(rest) = l.strip_prefix("pub const ") else {
+            continue;
+        };
+        let Some((name, ty)) = rest.split_once(": [f32; ") else {
+            continue;
+        };
+        let n: usize = ty.split(']').next().unwrap().parse().unwrap();
+        let mut v = Vec::with_capacity(n);
+        for l in lines.by_ref() {
+            if l == "];" {
+                break;
+            }
+            v.extend(
+                l.split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(|c| c.parse::<f32>().unwrap()),
+            );
+        }
+        assert_eq!(v.len(), n, "{name}");
+        out.push((name.to_string(), v));
+    }
+    out
+}
+
+/// Exports the CNN checkpoint `{name}.safetensors` as blobs (f32, f16, bf16) and as Rust, and
+/// checks them against `mote predict` and the checkpoint's own outputs on raw digit rows: the
+/// blob loads (`mote::blob::load`) into the runtime's own network (`build_net`) built on a
+/// `Cpu` tape after two `[64]` tensors (the exported standardisation, applied to the raw rows
+/// on the tape); f32 gives the checkpoint's logits to 1e-4 and the same predictions, f16 and
+/// bf16 the same predictions on at least `agree` of the rows. The f32 Rust file holds the same
+/// tensors, in the same order, with the documented names, and compiles.
+fn check_cnn_export(d: &TempDir, name: &str, agree: f64) {
+    use mote_runtime::model::{build_net, NODES};
+    let model = format!("{name}.safetensors");
+    let ck = checkpoint::load(&d.path(&model)).unwrap();
+    let spec = &ck.spec;
+    assert!(!spec.conv.is_empty());
+    let (f, classes) = (spec.inputs(), spec.outputs());
+    assert_eq!((f, classes), (64, 10));
+
+    // raw rows, what `mote predict` makes of them, and the checkpoint's own logits
+    let n = 300;
+    let t = digits(&CsvOptions::default()).unwrap();
+    let raw = &t.features[..n * f];
+    let mut csv = t.feature_names.join(",") + "\n";
+    for row in raw.chunks(f) {
+        let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        csv += &(cells.join(",") + "\n");
+    }
+    let rows_csv = format!("{name}-rows.csv");
+    d.write(&rows_csv, &csv);
+    let pred = ok(d, &["predict", "--model", &model, "--data", &rows_csv]);
+    let predicted: Vec<usize> = pred
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(predicted.len(), n);
+    let mut mem = vec![0f32; mote_runtime::model::arena_floats(spec, &ck.opt, ck.config.batch)];
+    let mut m = ck.restore(Cpu::new(&mut mem)).unwrap();
+    let mut x = raw.to_vec();
+    spec.norm.apply(&mut x);
+    let own = m.outputs(&x, n).unwrap();
+    let own_pred: Vec<usize> = own.chunks(classes).map(argmax).collect();
+    assert_eq!(own_pred, predicted);
+
+    let tensors = 2 + 2 * (spec.conv.len() + spec.sizes.len() - 1);
+    let mut f32_len = 0;
+    for dtype in ["f32", "f16", "bf16"] {
+        let bin = format!("{name}-{dtype}.bin");
+        let said = ok(
+            d,
+            &[
+                "export", "--model", &model, "--format", "blob", "--dtype", dtype, "-o", &bin,
+            ],
+        );
+        assert!(said.contains("INPUT_MEAN and INPUT_INV_STD"), "{said}");
+        let bytes = std::fs::read(d.path(&bin)).unwrap();
+        let blob = mote::blob::Blob::parse(&bytes).unwrap();
+        assert_eq!(blob.len(), tensors);
+        if dtype == "f32" {
+            f32_len = bytes.len();
+        } else {
+            assert!(bytes.len() < f32_len * 6 / 10);
+        }
+        // the runtime's network, after the two standardisation tensors; the blob fills them all
+        let mut arena = vec![0f32; 4_000_000];
+        let mut tape = Tape::<Cpu<f32>, NODES>::new(&mut arena);
+        let mean = tape.param_frozen(&[f], &vec![0.0; f]).unwrap();
+        let inv_std = tape.param_frozen(&[f], &vec![0.0; f]).unwrap();
+        let net = build_net(&mut tape, spec, &mut mote::Rng::new(7)).unwrap();
+        mote::blob::load(&mut tape, &bytes).unwrap();
+        let xv = tape.input(&[n, f], raw).unwrap();
+        let y = tape
+            .no_grad(|t| {
+                let centred = t.sub(xv, mean)?;
+                let scaled = t.mul(centred, inv_std)?;
+                net.forward(t, scaled)
+            })
+            .unwrap();
+        let logits = tape.data(y).unwrap().to_vec();
+        let from_blob: Vec<usize> = logits.chunks(classes).map(argmax).collect();
+        if dtype == "f32" {
+            for (a, b) in logits.iter().zip(&own) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+            }
+            assert_eq!(from_blob, predicted);
+        } else {
+            let same = from_blob
+                .iter()
+                .zip(&predicted)
+                .filter(|(a, b)| a == b)
+                .count();
+            assert!(same as f64 >= agree * n as f64, "{dtype}: {same}/{n} agree");
+        }
+
+        // Rust source: the same tensors, in the same order, with the documented names
+        if dtype == "f32" {
+            let rs = format!("{name}.rs");
+            ok(
+                d,
+                &["export", "--model", &model, "--format", "rust", "-o", &rs],
+            );
+            let src = std::fs::read_to_string(d.path(&rs)).unwrap();
+            let mut names = vec!["INPUT_MEAN".to_string(), "INPUT_INV_STD".to_string()];
+            for j in 0..spec.conv.len() {
+                names.push(format!("CONV{j}_WEIGHT"));
+                names.push(format!("CONV{j}_BIAS"));
+            }
+            for l in 0..spec.sizes.len() - 1 {
+                names.push(format!("LAYER{l}_WEIGHT"));
+                names.push(format!("LAYER{l}_BIAS"));
+            }
+            let arrays = rust_arrays(&src);
+            let got: Vec<&str> = arrays.iter().map(|a| a.0.as_str()).collect();
+            assert_eq!(got, names);
+            let mut cin = 1;
+            let mut dims: Vec<Vec<usize>> = vec![vec![f], vec![f]];
+            for &c in &spec.conv {
+                dims.push(vec![c, cin, 3, 3]);
+                dims.push(vec![c]);
+                cin = c;
+            }
+            for w in spec.sizes.windows(2) {
+                dims.push(vec![w[1], w[0]]);
+                dims.push(vec![w[1]]);
+            }
+            for (i, ((name, values), dims)) in arrays.iter().zip(&dims).enumerate() {
+                let shape = blob.shape(i).unwrap();
+                assert_eq!(shape.rank(), dims.len(), "{name}");
+                for (k, &dk) in dims.iter().enumerate() {
+                    assert_eq!(shape.dim(k), dk, "{name}");
+                }
+                assert!(
+                    src.contains(&format!("pub const {name}: [f32; {}] = [", values.len())),
+                    "{name}"
+                );
+                let mut from_blob = vec![0f32; values.len()];
+                blob.read(i, &mut from_blob).unwrap();
+                assert_eq!(&from_blob, values, "{name}");
+            }
+            let conv = spec
+                .conv
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            for line in [
+                "pub const IMAGE: [usize; 3] = [1, 8, 8];".to_string(),
+                format!("pub const CONV: [usize; {}] = [{conv}];", spec.conv.len()),
+                format!("pub const SIZES: [usize; {}] = [", spec.sizes.len()),
+                "pub const CLASSES: [&str; 10]".to_string(),
+                "pub const FEATURES: [&str; 64]".to_string(),
+            ] {
+                assert!(src.contains(&line), "{line}\n{}", &src[..800]);
+            }
+            let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+            let c = Command::new(rustc)
+                .args([
+                    "--crate-type",
+                    "lib",
+                    "--edition",
+                    "2021",
+                    "--emit",
+                    "metadata",
+                ])
+                .arg(&rs)
+                .current_dir(&d.0)
+                .output()
+                .unwrap();
+            assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+            // f16 source: u16 bit patterns, same names and lengths
+            let rs16 = format!("{name}-f16.rs");
+            ok(
+                d,
+                &[
+                    "export", "--model", &model, "--format", "rust", "--dtype", "f16", "-o", &rs16,
+                ],
+            );
+            let src16 = std::fs::read_to_string(d.path(&rs16)).unwrap();
+            for (name, values) in &arrays {
+                assert!(
+                    src16.contains(&format!("pub const {name}: [u16; {}] = [", values.len())),
+                    "{name}"
+                );
+            }
+        }
+    }
 }
 
 #[test]
@@ -785,6 +1017,12 @@ fn bad_arguments_are_short_errors() {
         e.contains("--threads applies to the parallel backend"),
         "{e}"
     );
+    let e = fails(&d, &["train", "--replicas", "2", "--backend", "cpu"]);
+    assert!(e.contains("--replicas 2 picks its own backend"), "{e}");
+    let e = fails(&d, &["train", "--replicas", "2", "--device", "cuda"]);
+    assert!(e.contains("not on GPUs"), "{e}");
+    let e = fails(&d, &["train", "--replicas", "0"]);
+    assert!(e.contains("--replicas 0"), "{e}");
     // clap's own usage errors exit with 2 and no panic
     let o = mote(&d, &["train", "--epochs", "many"]);
     assert_eq!(o.status.code(), Some(2));
@@ -892,4 +1130,60 @@ fn device_cuda_trains_or_says_why() {
         );
         println!("{model} on cuda: {acc}% held out (CPU eval of its checkpoint: {cpu}%)");
     }
+}
+
+/// `mote train --replicas N`: trains like one model; its checkpoint evaluates on one model and
+/// resumes on another number of replicas, or on one model.
+#[test]
+fn replicas_train_and_their_checkpoints_go_anywhere() {
+    let d = TempDir::new("replicas");
+    let two = ok(
+        &d,
+        &[
+            "train",
+            "--replicas",
+            "2",
+            "--epochs",
+            "3",
+            "--save",
+            "r.st",
+        ],
+    );
+    assert!(two.contains("2 data-parallel replicas"), "{two}");
+    let one = ok(&d, &["train", "--epochs", "3", "--save", "o.st"]);
+    let (a, b) = (final_accuracy(&two, 3), final_accuracy(&one, 3));
+    assert!((a - b).abs() <= 0.6, "replicas {a}% against one model {b}%");
+    let ev = ok(&d, &["eval", "--model", "r.st"]);
+    assert!(ev.contains(&format!("accuracy {a:.2}%")), "{ev}\n{two}");
+    let more = ok(
+        &d,
+        &[
+            "train",
+            "--resume",
+            "r.st",
+            "--replicas",
+            "3",
+            "--epochs",
+            "1",
+        ],
+    );
+    assert!(final_accuracy(&more, 4) > 0.0, "{more}");
+    ok(
+        &d,
+        &[
+            "train", "--resume", "r.st", "--epochs", "1", "--save", "r1.st",
+        ],
+    );
+    ok(
+        &d,
+        &[
+            "train",
+            "--resume",
+            "o.st",
+            "--replicas",
+            "2",
+            "--epochs",
+            "1",
+        ],
+    );
 }

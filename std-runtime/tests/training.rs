@@ -1,11 +1,13 @@
 //! The training loop through the library: batches, hooks, early stopping, schedules,
-//! checkpoint round trips, and the default run's accuracy on both backends.
+//! checkpoint round trips, the default run's accuracy on both backends, and data-parallel
+//! replicas (equal to one model; checkpoints interchangeable with single-model runs).
 
 use std::path::Path;
 
 use mote::{Cpu, Rng};
 use mote_runtime::checkpoint;
 use mote_runtime::data::{self, CsvOptions, Dataset, Standardizer, Targets};
+use mote_runtime::data_parallel::Replicas;
 use mote_runtime::model::{arena_floats, Model, ModelSpec, OptimizerConfig};
 use mote_runtime::parallel::Parallel;
 use mote_runtime::schedule::Schedule;
@@ -212,4 +214,109 @@ fn atomic_writes_leave_no_temporary_files() {
     names.sort();
     assert_eq!(names, ["blocked", "m.safetensors"]);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The parameters of `model` (values only), in order.
+fn params_of<B: mote::Backend<Elem = f32>>(model: &Model<B>) -> Vec<f32> {
+    model
+        .params()
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, v)| v)
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// `n` replicas of the digits MLP, each on the serial backend over its own arena.
+fn replicas<'a>(arenas: &'a mut [Vec<f32>], spec: &ModelSpec) -> Replicas<Cpu<'a, f32>> {
+    let models = arenas
+        .iter_mut()
+        .map(|m| Model::new(Cpu::new(m), spec.clone(), ADAM, &mut Rng::new(42)).unwrap())
+        .collect();
+    Replicas::new(models).unwrap()
+}
+
+/// `fit` over N = 1, 2, 4 replicas equals `fit` over one model on the whole batches (within
+/// f32 summation-order tolerance), and the replicas stay identical.
+#[test]
+fn replicas_train_like_one_model() {
+    let (spec, config, data) = setup(2, Schedule::Constant, None);
+    let floats = arena_floats(&spec, &ADAM, config.batch);
+    let mut mem = vec![0f32; floats];
+    let mut one = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    let s1 = train::fit(&mut one, &data, &config, &mut state, &mut [], None).unwrap();
+    let reference = params_of(&one);
+    for n in [1, 2, 4] {
+        let mut arenas = vec![vec![0f32; floats]; n];
+        let mut dp = replicas(&mut arenas, &spec);
+        let mut state = TrainState::new(42);
+        let s = train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
+        assert_eq!(dp.divergence().unwrap(), 0.0, "{n} replicas stay identical");
+        let d = max_diff(&params_of(train::Learner::model(&dp)), &reference);
+        assert!(d < 1e-4, "{n} replicas: parameters differ by {d}");
+        let (a, b) = (s.last.unwrap(), s1.last.clone().unwrap());
+        assert!(
+            (a.train_loss - b.train_loss).abs() < 1e-4,
+            "{n}: {a:?} vs {b:?}"
+        );
+        assert!((a.val_metric.unwrap() - b.val_metric.unwrap()).abs() <= 1.0 / 359.0);
+    }
+}
+
+/// A checkpoint of replicas resumes as one model and one model's resumes as replicas: 2 epochs
+/// on one side then 1 on the other equal 3 straight epochs (within f32 tolerance).
+#[test]
+fn replica_checkpoints_resume_on_one_model_and_back() {
+    let (spec, config3, data) = setup(3, Schedule::Constant, None);
+    let config2 = TrainConfig {
+        epochs: 2,
+        ..config3.clone()
+    };
+    let floats = arena_floats(&spec, &ADAM, config3.batch);
+    let mut mem = vec![0f32; floats];
+    let mut straight =
+        Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    train::fit(&mut straight, &data, &config3, &mut state, &mut [], None).unwrap();
+    let reference = params_of(&straight);
+
+    // 2 epochs on 3 replicas, then 1 on one model.
+    let mut arenas = vec![vec![0f32; floats]; 3];
+    let mut dp = replicas(&mut arenas, &spec);
+    let mut state = TrainState::new(42);
+    train::fit(&mut dp, &data, &config2, &mut state, &mut [], None).unwrap();
+    let bytes = checkpoint::to_bytes_model(train::Learner::model(&dp), &config2, &state).unwrap();
+    let ck = checkpoint::from_bytes_checked(Path::new("replicas"), &bytes).unwrap();
+    let mut mem = vec![0f32; floats];
+    let mut one = ck.restore(Cpu::new(&mut mem)).unwrap();
+    let mut state = ck.state.clone();
+    train::fit(&mut one, &data, &config3, &mut state, &mut [], None).unwrap();
+    let d = max_diff(&params_of(&one), &reference);
+    assert!(d < 1e-4, "replicas -> one model: parameters differ by {d}");
+
+    // 2 epochs on one model, then 1 on 2 replicas.
+    let mut mem = vec![0f32; floats];
+    let mut one = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    train::fit(&mut one, &data, &config2, &mut state, &mut [], None).unwrap();
+    let bytes = checkpoint::to_bytes_model(&one, &config2, &state).unwrap();
+    let ck = checkpoint::from_bytes_checked(Path::new("one"), &bytes).unwrap();
+    let mut arenas = vec![vec![0f32; floats]; 2];
+    let models = arenas
+        .iter_mut()
+        .map(|m| ck.restore(Cpu::new(m)).unwrap())
+        .collect();
+    let mut dp = Replicas::new(models).unwrap();
+    let mut state = ck.state.clone();
+    train::fit(&mut dp, &data, &config3, &mut state, &mut [], None).unwrap();
+    let d = max_diff(&params_of(train::Learner::model(&dp)), &reference);
+    assert!(d < 1e-4, "one model -> replicas: parameters differ by {d}");
 }

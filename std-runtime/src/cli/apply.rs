@@ -164,13 +164,6 @@ pub(crate) fn predict_cmd(a: PredictArgs) -> Result<()> {
 
 pub(crate) fn export_cmd(a: ExportArgs) -> Result<()> {
     let ck = checkpoint::load(&a.model)?;
-    if !ck.spec.conv.is_empty() {
-        return Err(Error::invalid(format!(
-            "{}: export handles MLPs; this checkpoint holds a CNN",
-            a.model.display()
-        ))
-        .with_hint("load the checkpoint's tensors with the safetensors crate, or train an MLP (--model mlp) to export"));
-    }
     let dtype = match a.dtype {
         DtypeArg::F32 => mote::blob::Dtype::F32,
         DtypeArg::F16 => mote::blob::Dtype::F16,
@@ -183,7 +176,7 @@ pub(crate) fn export_cmd(a: ExportArgs) -> Result<()> {
                 .model
                 .file_name()
                 .map_or("model".into(), |n| n.to_string_lossy().into_owned());
-            (export::rust_source(&ck, dtype, &name).into_bytes(), "rs")
+            (export::rust_source(&ck, dtype, &name)?.into_bytes(), "rs")
         }
     };
     let path = a
@@ -196,8 +189,13 @@ pub(crate) fn export_cmd(a: ExportArgs) -> Result<()> {
         );
     }
     checkpoint::write_atomic(&path, &bytes)?;
+    let norm = if ck.spec.conv.is_empty() {
+        "standardisation folded in"
+    } else {
+        "standardisation first, as INPUT_MEAN and INPUT_INV_STD"
+    };
     out(&format!(
-        "wrote {} ({} bytes, {} {}, standardisation folded in)",
+        "wrote {} ({} bytes, {} {}, {norm})",
         path.display(),
         bytes.len(),
         format!("{:?}", a.dtype).to_lowercase(),

@@ -215,9 +215,14 @@ pub struct TrainArgs {
     /// Seed of initialisation, split and shuffling [default: 42].
     #[arg(long)]
     seed: Option<u64>,
-    /// Threads of the parallel backend [default: all cores].
+    /// Threads of the parallel backend, or of the replicas' pool [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Data-parallel replicas on CPU threads: each runs on a shard of every batch (the
+    /// parallel backend's kernels, one thread each), their gradients are all-reduced before
+    /// one optimizer step [default: 1].
+    #[arg(long, value_name = "N")]
+    replicas: Option<usize>,
     /// Where to train: the CPU, or GPU 0 through CUDA [default: cpu].
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,

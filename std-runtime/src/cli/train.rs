@@ -11,10 +11,11 @@ use super::{
 };
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{self, CsvOptions, Dataset, LabelChoice, Task};
+use crate::data_parallel::Replicas;
 use crate::model::{self, BackendKind, Model, ModelSpec, OptimizerConfig, WithBackend};
 use crate::progress::{PlainLog, Progress};
 use crate::schedule::Schedule;
-use crate::train::{self, Callback, DataSource, Prepared, TrainConfig, TrainState};
+use crate::train::{self, Callback, DataSource, Learner, Prepared, TrainConfig, TrainState};
 use crate::{plot, Error, Result};
 
 /// The training job, run on whichever backend was asked for.
@@ -32,16 +33,52 @@ struct TrainJob {
 
 impl WithBackend for TrainJob {
     type Output = ();
-    fn run<B: Backend<Elem = f32>>(mut self, backend: B) -> Result<()> {
-        let mut model = match &self.ck {
-            Some(ck) => ck.restore(backend)?,
+    fn run<B: Backend<Elem = f32>>(self, backend: B) -> Result<()> {
+        let model = self.model_on(backend)?;
+        self.train(model)
+    }
+}
+
+impl TrainJob {
+    /// The model on `backend`: restored from the checkpoint, or new from the run's seed (the
+    /// same parameters every time: what replicas rely on).
+    fn model_on<B: Backend<Elem = f32>>(&self, backend: B) -> Result<Model<B>> {
+        match &self.ck {
+            Some(ck) => ck.restore(backend),
             None => Model::new(
                 backend,
                 self.spec.clone(),
                 self.opt,
                 &mut Rng::new(self.config.seed),
-            )?,
-        };
+            ),
+        }
+    }
+
+    /// Trains `replicas` data-parallel replicas, each over its own arena of `floats` with the
+    /// multithreaded backend's kernels on one thread (the replicas are the threads).
+    fn run_replicas(self, replicas: usize, floats: usize) -> Result<()> {
+        let mut arenas = Vec::with_capacity(replicas);
+        for _ in 0..replicas {
+            let mut mem: Vec<f32> = Vec::new();
+            mem.try_reserve_exact(floats).map_err(|_| {
+                Error::invalid(format!(
+                    "{replicas} replicas need {:.1} GB of arenas, more than this machine can give",
+                    (replicas * floats) as f64 * 4e-9
+                ))
+                .with_hint("use fewer --replicas, smaller --hidden layers or a smaller --batch")
+            })?;
+            mem.resize(floats, 0.0);
+            arenas.push(mem);
+        }
+        let models = arenas
+            .iter_mut()
+            .map(|mem| self.model_on(crate::parallel::Parallel::with_threads(mem, 1)))
+            .collect::<Result<Vec<_>>>()?;
+        let learner = Replicas::new(models)?;
+        self.train(learner)
+    }
+
+    fn train<L: Learner>(mut self, mut model: L) -> Result<()> {
         let (mut bar, mut plain) = (Progress::default(), PlainLog::default());
         struct Quiet;
         impl Callback for Quiet {
@@ -71,7 +108,7 @@ impl WithBackend for TrainJob {
             out("not saved: add --save model.safetensors to keep the model")?;
         }
         if let Some(p) = &self.plot {
-            plot::save(p, &self.state.history, model.spec.task)?;
+            plot::save(p, &self.state.history, model.model().spec.task)?;
             out(&format!("curves written to {}", p.display()))?;
         }
         Ok(())
@@ -108,7 +145,24 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
 }
 
 pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
-    let kind = super::backend_kind(a.device, a.backend, BackendKind::Parallel)?;
+    let replicas = a.replicas.unwrap_or(1);
+    let kind = if replicas > 1 {
+        replicas_backend(&a, replicas)?
+    } else {
+        super::backend_kind(a.device, a.backend, BackendKind::Parallel)?
+    };
+    if replicas == 0 {
+        return Err(Error::invalid("--replicas 0: at least one replica trains")
+            .with_hint("give --replicas 1 or more"));
+    }
+    let backend = if replicas > 1 {
+        format!(
+            "{replicas} data-parallel replicas on threads (parallel kernels, 1 thread each; \
+             gradients all-reduced)"
+        )
+    } else {
+        backend_text(kind)
+    };
     if a.epochs == Some(0) {
         return Err(
             Error::invalid("--epochs 0: nothing to train").with_hint("give --epochs 1 or more")
@@ -127,7 +181,15 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
             .with_hint("create it first, or choose another path"));
         }
     }
-    set_threads(kind, a.threads)?;
+    // The replicas run on rayon's pool: --threads sizes it as for the parallel backend.
+    set_threads(
+        if replicas > 1 {
+            BackendKind::Parallel
+        } else {
+            kind
+        },
+        a.threads,
+    )?;
     model::check_device(kind)?;
     let job = if let Some(path) = &a.resume {
         reject_on_resume(&a)?;
@@ -180,7 +242,7 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
                 config.epochs,
                 describe(&ck.spec),
                 config.source.data,
-                backend_text(kind)
+                backend
             ))?;
         }
         TrainJob {
@@ -195,13 +257,35 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
             ck: Some(ck),
         }
     } else {
-        fresh_job(&a, kind)?
+        fresh_job(&a, &backend)?
     };
     let floats = model::arena_floats(&job.spec, &job.opt, job.config.batch);
-    model::run_on(kind, floats, job)
+    if replicas > 1 {
+        job.run_replicas(replicas, floats)
+    } else {
+        model::run_on(kind, floats, job)
+    }
 }
 
-fn fresh_job(a: &TrainArgs, kind: BackendKind) -> Result<TrainJob> {
+/// The backend of `--replicas N` (N > 1): each replica runs the multithreaded backend's kernels
+/// on one thread; GPUs and an explicit `--backend` are refused with what to do instead.
+fn replicas_backend(a: &TrainArgs, replicas: usize) -> Result<BackendKind> {
+    let kind = super::backend_kind(a.device, a.backend, BackendKind::Parallel)?;
+    match kind {
+        BackendKind::Parallel if a.backend.is_none() => Ok(kind),
+        BackendKind::Cuda => Err(Error::invalid(format!(
+            "--replicas {replicas} runs replicas on CPU threads, not on GPUs"
+        ))
+        .with_hint("drop --device cuda, or drop --replicas")),
+        BackendKind::Parallel | BackendKind::Cpu => Err(Error::invalid(format!(
+            "--replicas {replicas} picks its own backend: the parallel kernels, one thread \
+             per replica"
+        ))
+        .with_hint("drop --backend, or drop --replicas")),
+    }
+}
+
+fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     let source = DataSource {
         data: a.data.data.clone().unwrap_or_else(|| "digits".into()),
         label: a.data.label.clone(),
@@ -313,7 +397,7 @@ fn fresh_job(a: &TrainArgs, kind: BackendKind) -> Result<TrainJob> {
             config.epochs,
             if config.epochs == 1 { "" } else { "s" },
             config.schedule.describe(),
-            backend_text(kind)
+            backend
         ))?;
     }
     Ok(TrainJob {

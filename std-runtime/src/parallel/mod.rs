@@ -133,6 +133,16 @@ impl<'a, T: Float> Parallel<'a, T> {
         }
     }
 
+    /// A backend over `buf` that splits no work over threads (`threads` 1) or at most over
+    /// `threads`: its SIMD kernels on the calling thread, for example one per data-parallel
+    /// replica, where the replicas are the threads.
+    pub fn with_threads(buf: &'a mut [T], threads: usize) -> Self {
+        Parallel {
+            threads: threads.clamp(1, self::threads().max(1)),
+            ..Parallel::new(buf)
+        }
+    }
+
     /// The number of threads this backend splits work over.
     pub fn threads(&self) -> usize {
         self.threads
