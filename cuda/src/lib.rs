@@ -10,6 +10,8 @@
 //!   process for the device's architecture, cached on disk ([`kernels::cache_dir`]); `float4`
 //!   loads where data is contiguous and aligned; all Adam updates of a step in one launch.
 //! - [`Graph`] captures a whole training step into a CUDA graph and replays it.
+//! - [`Nccl`] all-reduces gradients across GPUs (data-parallel training), in one process or
+//!   one process per GPU.
 //!
 //! Nothing CUDA is linked at build time (cudarc's dynamic loading): the crate builds anywhere,
 //! and [`Cuda::new`] returns [`CudaError::NoDriver`] / [`CudaError::NoDevice`] where there is
@@ -45,6 +47,7 @@ mod device;
 pub mod error;
 mod graph;
 pub mod kernels;
+pub mod nccl;
 mod ops;
 
 pub use device::{Cuda, Options, Precision};
@@ -56,3 +59,4 @@ pub mod __emu {
 }
 pub use error::{probe, CudaError};
 pub use graph::Graph;
+pub use nccl::Nccl;

@@ -30,7 +30,7 @@
 //! # Ok::<(), mote::Error>(())
 //! ```
 
-use mote::{Error, HostBackend, Mark, Module, Optimizer, Result, Tape, Var};
+use mote::{Backend, Error, HostBackend, Mark, Module, Optimizer, Result, Tape, Var};
 
 use crate::model::{Model, NODES};
 use rayon::prelude::*;
@@ -312,15 +312,7 @@ pub fn all_reduce_gradients<B: HostBackend<Elem = f32>, const N: usize>(
     // Each replica's gradient regions, in parameter order (the same on every replica).
     let mut per_replica: Vec<Vec<&mut [f32]>> = Vec::with_capacity(tapes.len());
     for t in tapes.iter_mut() {
-        let views: Vec<(usize, usize)> = {
-            let mut v = Vec::new();
-            for p in t.params() {
-                if let Some(g) = t.grad(p)? {
-                    v.push((g.offset, g.len()));
-                }
-            }
-            v
-        };
+        let views = gradient_regions(&**t)?;
         per_replica.push(disjoint_mut(t.backend_mut().storage_mut(), &views)?);
     }
     let chunk = chunk.max(1);
@@ -387,45 +379,109 @@ fn disjoint_mut<'b>(buf: &'b mut [f32], regions: &[(usize, usize)]) -> Result<Ve
     Ok(out)
 }
 
-/// Data-parallel replicas of a runtime [`Model`], on threads: what `mote train --replicas N`
-/// trains through [`crate::train::fit`]. Each batch is cut into contiguous shards, one per
-/// replica (sizes differ by at most one); every replica runs forward and backward on its shard
-/// on its own tape, the gradients are all-reduced (weighted by shard size: the gradient of the
-/// whole batch's mean loss), and every replica takes the same optimizer step. Replica 0 is the
-/// model that is evaluated and saved: a checkpoint of replicas is an ordinary checkpoint, and
-/// any checkpoint restores into any number of replicas.
-pub struct Replicas<B: HostBackend<Elem = f32>> {
-    models: Vec<Model<B>>,
+/// How data-parallel replicas run their shards and all-reduce their gradients: in shared
+/// memory on CPU threads ([`SharedMemory`]), or through NCCL on GPUs
+/// (`NcclReduce`, with the `cuda` feature). [`Replicas`] does the rest the same way for both:
+/// shard bounds, weights, the loss, the optimizer step.
+pub trait Reduce<B: Backend<Elem = f32>> {
+    /// Runs `f` on every replica (index, model), in parallel where the backend allows.
+    fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<crate::Result<(f32, usize)>>
+    where
+        F: Fn(usize, &mut Model<B>) -> crate::Result<(f32, usize)> + Sync + Send;
+
+    /// Replaces every replica's gradients with `sum_r weights[r] grad_r` (over every replica
+    /// of the run, in other processes too).
+    ///
+    /// # Errors
+    /// A core or device error.
+    fn all_reduce(&mut self, models: &mut [Model<B>], weights: &[f32]) -> crate::Result<()>;
+
+    /// Where this process's `local` replicas sit among all replicas of the run: the global
+    /// index of the first, and how many there are in all. One process: `(0, local)`.
+    fn place(&self, local: usize) -> (usize, usize) {
+        (0, local)
+    }
 }
 
-impl<B: HostBackend<Elem = f32> + Send> Replicas<B> {
-    /// Replicas from models built alike (the same spec, seed or checkpoint).
+/// Replicas on rayon's threads, gradients summed in shared memory
+/// ([`all_reduce_gradients`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SharedMemory;
+
+impl<B: HostBackend<Elem = f32> + Send> Reduce<B> for SharedMemory {
+    fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<crate::Result<(f32, usize)>>
+    where
+        F: Fn(usize, &mut Model<B>) -> crate::Result<(f32, usize)> + Sync + Send,
+    {
+        if models.len() > 1 {
+            models
+                .par_iter_mut()
+                .enumerate()
+                .map(|(r, m)| f(r, m))
+                .collect()
+        } else {
+            models
+                .iter_mut()
+                .enumerate()
+                .map(|(r, m)| f(r, m))
+                .collect()
+        }
+    }
+
+    fn all_reduce(&mut self, models: &mut [Model<B>], weights: &[f32]) -> crate::Result<()> {
+        if models.len() > 1 {
+            let mut tapes: Vec<&mut Tape<B, NODES>> =
+                models.iter_mut().map(|m| &mut m.tape).collect();
+            all_reduce_gradients(&mut tapes, weights, CHUNK)?;
+        }
+        Ok(())
+    }
+}
+
+/// The arena regions (offset, length) of the trainable parameters' gradients, in parameter
+/// order: the same on every replica of a model.
+///
+/// # Errors
+/// A stale handle (should not happen).
+pub fn gradient_regions<B: Backend, const N: usize>(
+    tape: &Tape<B, N>,
+) -> Result<Vec<(usize, usize)>> {
+    let mut v = Vec::new();
+    for p in tape.params() {
+        if let Some(g) = tape.grad(p)? {
+            v.push((g.offset, g.len()));
+        }
+    }
+    Ok(v)
+}
+
+/// Data-parallel replicas of a runtime [`Model`]: what `mote train --replicas N` (CPU threads,
+/// [`SharedMemory`]) and `mote train --device cuda --gpus N` (NCCL) train through
+/// [`crate::train::fit`]. Each batch is cut into contiguous shards, one per replica (sizes
+/// differ by at most one); every replica runs forward and backward on its shard on its own
+/// tape, the gradients are all-reduced (weighted by shard size: the gradient of the whole
+/// batch's mean loss), and every replica takes the same optimizer step. Replica 0 is the model
+/// that is evaluated and saved: a checkpoint of replicas is an ordinary checkpoint, and any
+/// checkpoint restores into any number of replicas.
+pub struct Replicas<B: Backend<Elem = f32>, R = SharedMemory> {
+    models: Vec<Model<B>>,
+    reduce: R,
+}
+
+impl<B: HostBackend<Elem = f32> + Send> Replicas<B, SharedMemory> {
+    /// Replicas on CPU threads, from models built alike (the same spec, seed or checkpoint).
     ///
     /// # Errors
     /// `Invalid` for no models, or models that do not start with the same parameters.
     pub fn new(models: Vec<Model<B>>) -> crate::Result<Self> {
-        if models.is_empty() {
-            return Err(crate::Error::invalid(
-                "data parallel training needs at least one replica",
-            ));
-        }
-        let r = Replicas { models };
-        if r.divergence()? != 0.0 {
+        let r = Replicas::with_reduce(models, SharedMemory)?;
+        let tapes: Vec<&Tape<B, NODES>> = r.models.iter().map(|m| &m.tape).collect();
+        if divergence(&tapes)? != 0.0 {
             return Err(crate::Error::invalid(
                 "replicas must start with the same parameters (build them from one seed)",
             ));
         }
         Ok(r)
-    }
-
-    /// Number of replicas.
-    pub fn len(&self) -> usize {
-        self.models.len()
-    }
-
-    /// Always false: there is at least one replica.
-    pub fn is_empty(&self) -> bool {
-        self.models.is_empty()
     }
 
     /// The largest parameter difference between replica 0 and any other (0 while in step).
@@ -438,11 +494,36 @@ impl<B: HostBackend<Elem = f32> + Send> Replicas<B> {
     }
 }
 
-impl<B: HostBackend<Elem = f32> + Send> crate::train::Learner for Replicas<B> {
+impl<B: Backend<Elem = f32>, R: Reduce<B>> Replicas<B, R> {
+    /// Replicas that run and reduce through `reduce`, from models built alike.
+    ///
+    /// # Errors
+    /// `Invalid` for no models.
+    pub fn with_reduce(models: Vec<Model<B>>, reduce: R) -> crate::Result<Self> {
+        if models.is_empty() {
+            return Err(crate::Error::invalid(
+                "data parallel training needs at least one replica",
+            ));
+        }
+        Ok(Replicas { models, reduce })
+    }
+
+    /// Number of replicas.
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    /// Always false: there is at least one replica.
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+}
+
+impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B, R> {
     type Backend = B;
 
     fn model(&self) -> &Model<B> {
-        // `new` refuses an empty list.
+        // `with_reduce` refuses an empty list.
         &self.models[0]
     }
 
@@ -460,9 +541,11 @@ impl<B: HostBackend<Elem = f32> + Send> crate::train::Learner for Replicas<B> {
         y_value: &[f32],
     ) -> crate::Result<(f32, usize)> {
         let k = self.models.len();
+        // Global shards: replica r of this process takes shard `first + r` of `world`.
+        let (first, world) = self.reduce.place(k);
         let ins = self.models[0].spec.inputs();
-        let bounds = |r: usize| r * rows / k;
-        let shard = |(r, m): (usize, &mut Model<B>)| -> crate::Result<(f32, usize)> {
+        let bounds = move |r: usize| (first + r) * rows / world.max(1);
+        let results = self.reduce.each(&mut self.models, |r, m| {
             let (lo, hi) = (bounds(r), bounds(r + 1));
             if lo == hi {
                 // No rows: zeroed gradients (weight 0 in the sum).
@@ -473,12 +556,7 @@ impl<B: HostBackend<Elem = f32> + Send> crate::train::Learner for Replicas<B> {
             let yc = y_class.get(lo..hi).unwrap_or(&[]);
             let yv = y_value.get(lo..hi).unwrap_or(&[]);
             m.forward_backward(xs, hi - lo, yc, yv)
-        };
-        let results: Vec<crate::Result<(f32, usize)>> = if k > 1 {
-            self.models.par_iter_mut().enumerate().map(shard).collect()
-        } else {
-            self.models.iter_mut().enumerate().map(shard).collect()
-        };
+        });
         let weights: Vec<f32> = (0..k)
             .map(|r| (bounds(r + 1) - bounds(r)) as f32 / rows.max(1) as f32)
             .collect();
@@ -488,22 +566,95 @@ impl<B: HostBackend<Elem = f32> + Send> crate::train::Learner for Replicas<B> {
             loss += f64::from(w) * f64::from(l);
             correct += c;
         }
-        if k > 1 {
-            let mut tapes: Vec<&mut Tape<B, NODES>> =
-                self.models.iter_mut().map(|m| &mut m.tape).collect();
-            all_reduce_gradients(&mut tapes, &weights, CHUNK)?;
+        // With replicas in other processes, this process reports its own shards' mean loss
+        // and their correct predictions scaled to the batch (the others' are not read back).
+        let share: f32 = weights.iter().sum();
+        if world > k && share > 0.0 {
+            loss /= f64::from(share);
+            correct = (correct as f64 / f64::from(share)).round() as usize;
         }
-        self.models
-            .par_iter_mut()
-            .try_for_each(|m| mote::Optimizer::step(&mut m.opt, &mut m.tape))?;
-        debug_assert!(
-            matches!(self.divergence(), Ok(d) if d == 0.0),
-            "data parallel replicas went out of step"
-        );
+        self.reduce.all_reduce(&mut self.models, &weights)?;
+        // The same step on every replica (in parallel where the backend allows).
+        for r in self.reduce.each(&mut self.models, |_, m| {
+            mote::Optimizer::step(&mut m.opt, &mut m.tape)?;
+            Ok((0.0, 0))
+        }) {
+            r?;
+        }
         Ok((loss as f32, correct))
     }
 
     fn outputs(&mut self, x: &[f32], rows: usize) -> crate::Result<Vec<f32>> {
         self.models[0].outputs(x, rows)
+    }
+}
+
+/// Replicas on GPUs, one per device of this process, their gradients summed by NCCL
+/// (`mote_cuda::Nccl`): `mote train --device cuda --gpus N`. Each replica's gradients are
+/// first scaled by its shard's weight on its own GPU, then summed across the GPUs in place.
+/// The shards are launched one after another from this thread (each GPU's work is
+/// asynchronous, but a shard's loss is read before the next shard starts).
+///
+/// In a multi-process run ([`crate::rendezvous`]) each process holds one replica, rank `r` of
+/// the run: it trains on shard `r` of every batch and NCCL sums across the processes.
+#[cfg(feature = "cuda")]
+pub struct NcclReduce {
+    nccl: mote_cuda::Nccl,
+}
+
+#[cfg(feature = "cuda")]
+impl NcclReduce {
+    /// Reduces through `nccl`, whose communicators are in the order of the replicas (of this
+    /// process; their global ranks are `nccl.ranks()`, consecutive).
+    pub fn new(nccl: mote_cuda::Nccl) -> Self {
+        NcclReduce { nccl }
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl Reduce<mote_cuda::Cuda> for NcclReduce {
+    fn each<F>(
+        &self,
+        models: &mut [Model<mote_cuda::Cuda>],
+        f: F,
+    ) -> Vec<crate::Result<(f32, usize)>>
+    where
+        F: Fn(usize, &mut Model<mote_cuda::Cuda>) -> crate::Result<(f32, usize)> + Sync + Send,
+    {
+        models
+            .iter_mut()
+            .enumerate()
+            .map(|(r, m)| f(r, m))
+            .collect()
+    }
+
+    fn all_reduce(
+        &mut self,
+        models: &mut [Model<mote_cuda::Cuda>],
+        weights: &[f32],
+    ) -> crate::Result<()> {
+        let Some(first) = models.first() else {
+            return Ok(());
+        };
+        let regions = gradient_regions(&first.tape)?;
+        for (m, &w) in models.iter_mut().zip(weights) {
+            if w != 1.0 {
+                for &(offset, len) in &regions {
+                    m.tape.backend_mut().scale(offset, len, w)?;
+                }
+            }
+        }
+        let mut backends: Vec<&mut mote_cuda::Cuda> =
+            models.iter_mut().map(|m| m.tape.backend_mut()).collect();
+        self.nccl
+            .all_reduce_sum(&mut backends, &regions)
+            .map_err(|e| crate::Error::invalid(format!("NCCL all-reduce: {e}")))
+    }
+
+    fn place(&self, _local: usize) -> (usize, usize) {
+        (
+            self.nccl.ranks().first().copied().unwrap_or(0),
+            self.nccl.world(),
+        )
     }
 }

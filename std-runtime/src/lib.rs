@@ -13,6 +13,7 @@ pub mod model;
 pub mod parallel;
 pub mod plot;
 pub mod progress;
+pub mod rendezvous;
 pub mod schedule;
 pub mod train;
 

@@ -1021,6 +1021,23 @@ fn bad_arguments_are_short_errors() {
     assert!(e.contains("--replicas 2 picks its own backend"), "{e}");
     let e = fails(&d, &["train", "--replicas", "2", "--device", "cuda"]);
     assert!(e.contains("not on GPUs"), "{e}");
+    let e = fails(&d, &["train", "--gpus", "2"]);
+    assert!(e.contains("--gpus needs --device cuda"), "{e}");
+    let e = fails(&d, &["train", "--device", "cuda", "--gpus", "0"]);
+    assert!(e.contains("--gpus 0"), "{e}");
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "--device",
+            "cuda",
+            "--gpus",
+            "1",
+            "--replicas",
+            "2",
+        ],
+    );
+    assert!(e.contains("do not go together"), "{e}");
     let e = fails(&d, &["train", "--replicas", "0"]);
     assert!(e.contains("--replicas 0"), "{e}");
     // clap's own usage errors exit with 2 and no panic
@@ -1089,17 +1106,26 @@ fn resuming_on_changed_data_warns() {
 }
 
 /// `--device cuda`: where there is a GPU, `mote train` trains the digits MLP and the CNN to the
-/// CPU's accuracy (>= 96% and >= 97% held out) and the checkpoints evaluate on the CPU; where
-/// there is none, one clear error before any work (`MOTE_REQUIRE_GPU=1`, set on the GPU
+/// CPU's accuracy (>= 96% and >= 97% held out), the MLP also through NCCL (`--gpus 1`), and
+/// the checkpoints evaluate on the CPU; where there is none, one clear error before any work (`MOTE_REQUIRE_GPU=1`, set on the GPU
 /// machine, makes that a failure).
 #[test]
 fn device_cuda_trains_or_says_why() {
     let d = TempDir::new("cuda");
-    for (model, floor) in [("mlp", 96.0), ("cnn", 97.0)] {
-        let save = format!("{model}.safetensors");
-        let args = [
+    // The MLP and the CNN on one GPU, then the MLP through NCCL (`--gpus 1`: world size 1,
+    // the data-parallel path end to end).
+    for (model, floor, gpus) in [
+        ("mlp", 96.0, false),
+        ("cnn", 97.0, false),
+        ("mlp", 96.0, true),
+    ] {
+        let save = format!("{model}{}.safetensors", if gpus { "-nccl" } else { "" });
+        let mut args = vec![
             "train", "--device", "cuda", "--model", model, "--save", &save,
         ];
+        if gpus {
+            args.extend(["--gpus", "1"]);
+        }
         let o = mote(&d, &args);
         if !o.status.success() {
             let se = fails(&d, &args);
@@ -1113,7 +1139,12 @@ fn device_cuda_trains_or_says_why() {
             return;
         }
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
-        assert!(out.contains("backend cuda (GPU 0)"), "{out}");
+        let backend = if gpus {
+            "cuda x 1 GPU (data parallel, NCCL"
+        } else {
+            "backend cuda (GPU 0)"
+        };
+        assert!(out.contains(backend), "{out}");
         let acc = final_accuracy(&out, 50);
         assert!(acc >= floor, "{model}: {acc}%\n{out}");
         // On the CPU: the same validation rows, within a sample or two of the GPU's logits.
@@ -1128,7 +1159,10 @@ fn device_cuda_trains_or_says_why() {
             (cpu - acc).abs() <= 0.6,
             "{model}: GPU {acc}%, CPU {cpu}%: {ev}"
         );
-        println!("{model} on cuda: {acc}% held out (CPU eval of its checkpoint: {cpu}%)");
+        println!(
+            "{model} on cuda{}: {acc}% held out (CPU eval of its checkpoint: {cpu}%)",
+            if gpus { " through NCCL" } else { "" }
+        );
     }
 }
 

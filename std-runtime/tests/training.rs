@@ -7,7 +7,7 @@ use std::path::Path;
 use mote::{Cpu, Rng};
 use mote_runtime::checkpoint;
 use mote_runtime::data::{self, CsvOptions, Dataset, Standardizer, Targets};
-use mote_runtime::data_parallel::Replicas;
+use mote_runtime::data_parallel::{gradient_regions, Reduce, Replicas};
 use mote_runtime::model::{arena_floats, Model, ModelSpec, OptimizerConfig};
 use mote_runtime::parallel::Parallel;
 use mote_runtime::schedule::Schedule;
@@ -319,4 +319,109 @@ fn replica_checkpoints_resume_on_one_model_and_back() {
     train::fit(&mut dp, &data, &config3, &mut state, &mut [], None).unwrap();
     let d = max_diff(&params_of(train::Learner::model(&dp)), &reference);
     assert!(d < 1e-4, "one model -> replicas: parameters differ by {d}");
+}
+
+/// Stands in for NCCL across processes: each "process" (a thread) holds one replica, rank
+/// `rank` of `world`; the all-reduce sums the weighted gradients through shared memory.
+struct Ranked {
+    rank: usize,
+    world: usize,
+    shared: std::sync::Arc<(std::sync::Mutex<Vec<f32>>, std::sync::Barrier)>,
+}
+
+impl<B: mote::HostBackend<Elem = f32> + Send> Reduce<B> for Ranked {
+    fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<mote_runtime::Result<(f32, usize)>>
+    where
+        F: Fn(usize, &mut Model<B>) -> mote_runtime::Result<(f32, usize)> + Sync + Send,
+    {
+        models
+            .iter_mut()
+            .enumerate()
+            .map(|(r, m)| f(r, m))
+            .collect()
+    }
+
+    fn all_reduce(&mut self, models: &mut [Model<B>], weights: &[f32]) -> mote_runtime::Result<()> {
+        let m = &mut models[0];
+        let regions = gradient_regions(&m.tape)?;
+        let st = m.tape.backend_mut().storage_mut();
+        let (sum, barrier) = &*self.shared;
+        {
+            let mut s = sum.lock().unwrap();
+            let local = regions
+                .iter()
+                .flat_map(|&(o, n)| st[o..o + n].iter().map(|g| g * weights[0]));
+            if s.is_empty() {
+                s.extend(local);
+            } else {
+                s.iter_mut().zip(local).for_each(|(a, b)| *a += b);
+            }
+        }
+        barrier.wait();
+        {
+            let s = sum.lock().unwrap();
+            let mut at = 0;
+            for &(o, n) in &regions {
+                st[o..o + n].copy_from_slice(&s[at..at + n]);
+                at += n;
+            }
+        }
+        barrier.wait();
+        if self.rank == 0 {
+            sum.lock().unwrap().clear();
+        }
+        barrier.wait();
+        Ok(())
+    }
+
+    fn place(&self, _local: usize) -> (usize, usize) {
+        (self.rank, self.world)
+    }
+}
+
+/// The multi-process path (each process one replica, rank r of the run, shard r of every
+/// batch, gradients summed across processes) on the CPU: 2 ranks on 2 threads train like one
+/// model on the whole batches, and end with the same parameters.
+#[test]
+fn ranks_in_separate_processes_train_like_one_model() {
+    let (spec, config, data) = setup(2, Schedule::Constant, None);
+    let floats = arena_floats(&spec, &ADAM, config.batch);
+    let mut mem = vec![0f32; floats];
+    let mut one = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    train::fit(&mut one, &data, &config, &mut state, &mut [], None).unwrap();
+    let reference = params_of(&one);
+    let shared = std::sync::Arc::new((
+        std::sync::Mutex::new(Vec::new()),
+        std::sync::Barrier::new(2),
+    ));
+    let data = std::sync::Arc::new(data);
+    let ranks: Vec<Vec<f32>> = (0..2)
+        .map(|rank| {
+            let (spec, config, data, shared) =
+                (spec.clone(), config.clone(), data.clone(), shared.clone());
+            std::thread::spawn(move || {
+                let mut mem = vec![0f32; floats];
+                let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
+                let reduce = Ranked {
+                    rank,
+                    world: 2,
+                    shared,
+                };
+                let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
+                let mut state = TrainState::new(42);
+                train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
+                params_of(train::Learner::model(&dp))
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(ranks[0], ranks[1], "both ranks hold the same parameters");
+    let d = max_diff(&ranks[0], &reference);
+    assert!(
+        d < 1e-4,
+        "2 ranks against one model: parameters differ by {d}"
+    );
 }

@@ -223,6 +223,10 @@ pub struct TrainArgs {
     /// one optimizer step [default: 1].
     #[arg(long, value_name = "N")]
     replicas: Option<usize>,
+    /// With --device cuda: data-parallel replicas on GPUs 0..N of this host, gradients summed
+    /// by NCCL (1: one GPU through NCCL) [default: one GPU, no NCCL].
+    #[arg(long, value_name = "N")]
+    gpus: Option<usize>,
     /// Where to train: the CPU, or GPU 0 through CUDA [default: cpu].
     #[arg(long, value_enum)]
     device: Option<DeviceArg>,

@@ -14,6 +14,7 @@ use crate::data::{self, CsvOptions, Dataset, LabelChoice, Task};
 use crate::data_parallel::Replicas;
 use crate::model::{self, BackendKind, Model, ModelSpec, OptimizerConfig, WithBackend};
 use crate::progress::{PlainLog, Progress};
+use crate::rendezvous::Launch;
 use crate::schedule::Schedule;
 use crate::train::{self, Callback, DataSource, Learner, Prepared, TrainConfig, TrainState};
 use crate::{plot, Error, Result};
@@ -78,6 +79,91 @@ impl TrainJob {
         self.train(learner)
     }
 
+    /// Trains one replica per GPU of `0..gpus`, each over an arena of `floats`, gradients
+    /// summed by NCCL.
+    #[cfg(feature = "cuda")]
+    fn run_gpus(self, gpus: usize, floats: usize) -> Result<()> {
+        use crate::data_parallel::NcclReduce;
+        use mote_cuda::{Cuda, Nccl, Options};
+        let cuda = |e: mote_cuda::CudaError| {
+            Error::invalid(format!("--gpus {gpus}: {e}")).with_hint(
+                "check the GPUs with nvidia-smi and that libnccl.so is on the loader path",
+            )
+        };
+        let count = Cuda::available().map_err(cuda)?;
+        if gpus > count {
+            return Err(Error::invalid(format!(
+                "--gpus {gpus}: this machine has {count} CUDA device{}",
+                if count == 1 { "" } else { "s" }
+            ))
+            .with_hint("give --gpus at most the number of devices"));
+        }
+        let mut models = Vec::with_capacity(gpus);
+        for device in 0..gpus {
+            let backend = Cuda::with_options(
+                floats,
+                Options {
+                    device,
+                    ..Options::default()
+                },
+            )
+            .map_err(cuda)?;
+            models.push(self.model_on(backend)?);
+        }
+        let nccl = {
+            let backends: Vec<&Cuda> = models.iter().map(|m| m.tape.backend()).collect();
+            Nccl::local(&backends).map_err(cuda)?
+        };
+        let learner = Replicas::with_reduce(models, NcclReduce::new(nccl))?;
+        self.train(learner)
+    }
+
+    /// One rank of a multi-process run ([`crate::rendezvous`]): one replica on this host's
+    /// GPU `local_rank`, NCCL across the processes; only rank 0 prints, saves and plots.
+    #[cfg(feature = "cuda")]
+    fn run_rank(mut self, launch: Launch, floats: usize) -> Result<()> {
+        use crate::data_parallel::NcclReduce;
+        use mote_cuda::{Cuda, Nccl, Options};
+        let cuda = |e: mote_cuda::CudaError| {
+            Error::invalid(format!("rank {} of {}: {e}", launch.rank, launch.world)).with_hint(
+                "check the GPUs with nvidia-smi and that libnccl.so is on the loader path",
+            )
+        };
+        let backend = Cuda::with_options(
+            floats,
+            Options {
+                device: launch.local_rank,
+                ..Options::default()
+            },
+        )
+        .map_err(cuda)?;
+        // How long a rank waits for the others at the rendezvous.
+        let timeout = std::time::Duration::from_secs(300);
+        let id = crate::rendezvous::exchange(&launch, timeout, || Nccl::unique_id().map_err(cuda))?;
+        let nccl = Nccl::rank(&backend, launch.rank, launch.world, &id).map_err(cuda)?;
+        let model = self.model_on(backend)?;
+        if launch.rank != 0 {
+            (self.save, self.plot, self.quiet) = (None, None, true);
+        }
+        self.train(Replicas::with_reduce(vec![model], NcclReduce::new(nccl))?)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn run_rank(self, _launch: Launch, _floats: usize) -> Result<()> {
+        Err(
+            Error::invalid("MOTE_WORLD_SIZE: this mote was built without the cuda feature")
+                .with_hint("rebuild with default features: cargo build --release -p mote-runtime"),
+        )
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn run_gpus(self, _gpus: usize, _floats: usize) -> Result<()> {
+        Err(
+            Error::invalid("--gpus: this mote was built without the cuda feature")
+                .with_hint("rebuild with default features: cargo build --release -p mote-runtime"),
+        )
+    }
+
     fn train<L: Learner>(mut self, mut model: L) -> Result<()> {
         let (mut bar, mut plain) = (Progress::default(), PlainLog::default());
         struct Quiet;
@@ -104,7 +190,7 @@ impl TrainJob {
         )?;
         if let Some(p) = &self.save {
             out(&format!("saved {}", p.display()))?;
-        } else {
+        } else if !self.quiet {
             out("not saved: add --save model.safetensors to keep the model")?;
         }
         if let Some(p) = &self.plot {
@@ -146,6 +232,20 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
 
 pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
     let replicas = a.replicas.unwrap_or(1);
+    let launch = Launch::from_vars(|k| std::env::var(k).ok())?;
+    if let Some(g) = a.gpus {
+        if a.replicas.is_some() {
+            return Err(
+                Error::invalid("--gpus and --replicas do not go together").with_hint(
+                    "--gpus N for GPUs (with --device cuda), --replicas N for CPU threads",
+                ),
+            );
+        }
+        if g == 0 {
+            return Err(Error::invalid("--gpus 0: at least one GPU trains")
+                .with_hint("give --gpus 1 or more, or drop --gpus to train on one GPU"));
+        }
+    }
     let kind = if replicas > 1 {
         replicas_backend(&a, replicas)?
     } else {
@@ -155,7 +255,36 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
         return Err(Error::invalid("--replicas 0: at least one replica trains")
             .with_hint("give --replicas 1 or more"));
     }
-    let backend = if replicas > 1 {
+    if let Some(l) = &launch {
+        if kind != BackendKind::Cuda {
+            return Err(Error::invalid(format!(
+                "MOTE_WORLD_SIZE={}: a multi-process run trains on GPUs, one per process",
+                l.world
+            ))
+            .with_hint("add --device cuda, or unset MOTE_WORLD_SIZE for a single-process run"));
+        }
+        if a.gpus.is_some() {
+            return Err(
+                Error::invalid("--gpus with MOTE_WORLD_SIZE: one GPU per process")
+                    .with_hint("drop --gpus; MOTE_LOCAL_RANK picks each process's GPU"),
+            );
+        }
+    }
+    if a.gpus.is_some() && kind != BackendKind::Cuda {
+        return Err(Error::invalid("--gpus needs --device cuda")
+            .with_hint("add --device cuda, or use --replicas N for CPU threads"));
+    }
+    let backend = if let Some(l) = &launch {
+        format!(
+            "cuda, rank {} of {} (GPU {} of this host; data parallel, NCCL all-reduce)",
+            l.rank, l.world, l.local_rank
+        )
+    } else if let Some(g) = a.gpus {
+        format!(
+            "cuda x {g} GPU{} (data parallel, NCCL all-reduce)",
+            if g == 1 { "" } else { "s" }
+        )
+    } else if replicas > 1 {
         format!(
             "{replicas} data-parallel replicas on threads (parallel kernels, 1 thread each; \
              gradients all-reduced)"
@@ -260,7 +389,11 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
         fresh_job(&a, &backend)?
     };
     let floats = model::arena_floats(&job.spec, &job.opt, job.config.batch);
-    if replicas > 1 {
+    if let Some(l) = launch {
+        job.run_rank(l, floats)
+    } else if let Some(g) = a.gpus {
+        job.run_gpus(g, floats)
+    } else if replicas > 1 {
         job.run_replicas(replicas, floats)
     } else {
         model::run_on(kind, floats, job)

@@ -1,0 +1,218 @@
+//! Gradient all-reduce across GPUs with NCCL, the engine every multi-GPU framework uses.
+//!
+//! [`Nccl`] holds this process's communicators: one per local [`Cuda`] backend. Two ways to
+//! make them:
+//!
+//! - [`Nccl::local`]: one process drives several GPUs (`ncclCommInitAll`): `mote train
+//!   --device cuda --gpus N` on one host.
+//! - [`Nccl::rank`]: one process per GPU, on one host or several (`ncclCommInitRank`): rank 0
+//!   makes a [`Nccl::unique_id`] and the others receive it through a rendezvous (the runtime's
+//!   `MOTE_RENDEZVOUS`: a shared file or rank 0's TCP address), as `torchrun` does.
+//!
+//! [`Nccl::all_reduce_sum`] then sums arena regions (the parameters' gradients: the same
+//! offsets on every replica, since every replica builds the same model) across all ranks, in
+//! place, on each backend's stream: one `ncclAllReduce` per region inside one NCCL group, so
+//! NCCL fuses them into as few launches as it can.
+//!
+//! NCCL is opened on first use, and checked with `libloading` first (cudarc panics on a missing
+//! library): without it, [`CudaError::MissingLibrary`] (`nccl`).
+
+use std::ffi::c_void;
+
+use cudarc::nccl::{result, sys};
+
+use crate::error::probe;
+use crate::{Cuda, CudaError};
+
+/// The bytes of an NCCL unique id: what rank 0 hands to the other ranks.
+pub const ID_BYTES: usize = 128;
+
+fn nccl_err(what: &'static str, e: impl std::fmt::Debug) -> CudaError {
+    CudaError::Driver {
+        what,
+        message: format!("{e:?}"),
+    }
+}
+
+fn check_library() -> Result<(), CudaError> {
+    if probe::can_load("nccl") {
+        Ok(())
+    } else {
+        Err(CudaError::MissingLibrary { name: "nccl" })
+    }
+}
+
+/// This process's NCCL communicators, one per local backend (see the [module docs](self)).
+pub struct Nccl {
+    comms: Vec<sys::ncclComm_t>,
+    /// The group's size (ranks in every process).
+    world: usize,
+    /// The global rank of each local communicator.
+    ranks: Vec<usize>,
+}
+
+impl std::fmt::Debug for Nccl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nccl")
+            .field("world", &self.world)
+            .field("ranks", &self.ranks)
+            .finish()
+    }
+}
+
+impl Nccl {
+    /// A new unique id (rank 0 makes it; every rank of the group must use the same one).
+    ///
+    /// # Errors
+    /// [`CudaError::MissingLibrary`] without NCCL; [`CudaError::Driver`] when NCCL fails.
+    pub fn unique_id() -> Result<[u8; ID_BYTES], CudaError> {
+        check_library()?;
+        let id = result::get_uniqueid().map_err(|e| nccl_err("ncclGetUniqueId", e))?;
+        // `c_char` is `i8` here: a byte-for-byte copy.
+        Ok(id.internal.map(|c| c as u8))
+    }
+
+    /// One communicator per backend, all in this process (ranks `0..backends.len()`, in
+    /// order): each backend's device must differ.
+    ///
+    /// # Errors
+    /// [`CudaError::MissingLibrary`] without NCCL; [`CudaError::Driver`] when NCCL fails (two
+    /// backends on one device included).
+    pub fn local(backends: &[&Cuda]) -> Result<Nccl, CudaError> {
+        check_library()?;
+        if backends.is_empty() {
+            return Err(CudaError::Mote(mote::Error::InvalidArgument {
+                what: "NCCL needs at least one backend",
+            }));
+        }
+        let devices: Vec<i32> = backends.iter().map(|b| b.ctx.ordinal() as i32).collect();
+        let mut comms = vec![std::ptr::null_mut(); backends.len()];
+        // SAFETY: `comms` has one slot per device, as ncclCommInitAll writes.
+        unsafe {
+            result::comm_init_all(comms.as_mut_ptr(), devices.len() as i32, devices.as_ptr())
+        }
+        .map_err(|e| nccl_err("ncclCommInitAll", e))?;
+        Ok(Nccl {
+            world: comms.len(),
+            ranks: (0..comms.len()).collect(),
+            comms,
+        })
+    }
+
+    /// This process's communicator as `rank` of `world` ranks, on `backend`'s device, with the
+    /// group's unique id (from rank 0's [`Nccl::unique_id`]). Blocks until every rank joined.
+    ///
+    /// # Errors
+    /// [`CudaError::MissingLibrary`] without NCCL; [`mote::Error::InvalidArgument`] for a rank
+    /// outside the world; [`CudaError::Driver`] when NCCL fails.
+    pub fn rank(
+        backend: &Cuda,
+        rank: usize,
+        world: usize,
+        id: &[u8; ID_BYTES],
+    ) -> Result<Nccl, CudaError> {
+        check_library()?;
+        if rank >= world || i32::try_from(world).is_err() {
+            return Err(CudaError::Mote(mote::Error::InvalidArgument {
+                what: "NCCL rank must be below the world size",
+            }));
+        }
+        backend
+            .ctx
+            .bind_to_thread()
+            .map_err(|e| nccl_err("cuCtxSetCurrent", e))?;
+        let id = sys::ncclUniqueId {
+            internal: id.map(|b| b as std::ffi::c_char),
+        };
+        let mut comm = std::ptr::null_mut();
+        // SAFETY: `comm` is written by ncclCommInitRank.
+        unsafe { result::comm_init_rank(&mut comm, world as i32, id, rank as i32) }
+            .map_err(|e| nccl_err("ncclCommInitRank", e))?;
+        Ok(Nccl {
+            comms: vec![comm],
+            world,
+            ranks: vec![rank],
+        })
+    }
+
+    /// Ranks in the whole group.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// The global ranks of this process's communicators.
+    pub fn ranks(&self) -> &[usize] {
+        &self.ranks
+    }
+
+    /// Sums each region (arena offset, length in floats) across every rank, in place: after
+    /// it, every rank's region holds the sum. `backends` are this process's backends, in the
+    /// order the communicators were made; the regions are the same on each. Queued work is
+    /// flushed first; the reduction is queued on each backend's stream (no host wait).
+    ///
+    /// # Errors
+    /// [`mote::Error::InvalidArgument`] for a backend count that does not match, a region
+    /// outside an arena, or a backend capturing a graph; [`CudaError::Driver`] when NCCL fails.
+    pub fn all_reduce_sum(
+        &self,
+        backends: &mut [&mut Cuda],
+        regions: &[(usize, usize)],
+    ) -> Result<(), CudaError> {
+        let bad = |what| CudaError::Mote(mote::Error::InvalidArgument { what });
+        if backends.len() != self.comms.len() {
+            return Err(bad("NCCL all-reduce: one backend per communicator"));
+        }
+        for b in backends.iter() {
+            if b.capturing() {
+                return Err(bad("NCCL all-reduce cannot run inside a graph capture"));
+            }
+            let fits = regions.iter().all(|&(o, n)| {
+                o.checked_add(n)
+                    .is_some_and(|e| e <= mote::Backend::capacity(&**b))
+            });
+            if !fits {
+                return Err(bad("NCCL all-reduce: a region lies outside the arena"));
+            }
+            b.flush()?;
+        }
+        result::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
+        let mut status = Ok(());
+        'outer: for (b, &comm) in backends.iter().zip(&self.comms) {
+            for &(offset, len) in regions {
+                if len == 0 {
+                    continue;
+                }
+                let at = b.at(offset) as *mut c_void;
+                // SAFETY: the region lies inside the backend's device arena (checked above);
+                // send and receive buffers are the same (in place); the stream is the
+                // backend's, on the communicator's device.
+                let r = unsafe {
+                    result::all_reduce(
+                        at as *const c_void,
+                        at,
+                        len,
+                        sys::ncclDataType_t::ncclFloat32,
+                        sys::ncclRedOp_t::ncclSum,
+                        comm,
+                        b.cu() as sys::cudaStream_t,
+                    )
+                };
+                if let Err(e) = r {
+                    status = Err(nccl_err("ncclAllReduce", e));
+                    break 'outer;
+                }
+            }
+        }
+        let end = result::group_end().map_err(|e| nccl_err("ncclGroupEnd", e));
+        status.and(end.map(|_| ()))
+    }
+}
+
+impl Drop for Nccl {
+    fn drop(&mut self) {
+        for &c in &self.comms {
+            // SAFETY: each communicator was made by NCCL and is destroyed once.
+            let _ = unsafe { result::comm_destroy(c) };
+        }
+    }
+}

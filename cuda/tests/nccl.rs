@@ -1,0 +1,42 @@
+//! NCCL on the GPU machine (one GPU: world size 1): a local communicator and a rank of a
+//! one-rank group, each summing arena regions in place (a sum over one rank leaves them as
+//! they were) on the backend's stream; refusals of bad arguments. Without a GPU: one skip line.
+
+mod common;
+
+use mote::Backend;
+use mote_cuda::nccl::{Nccl, ID_BYTES};
+use mote_cuda::CudaError;
+
+#[test]
+fn one_rank_all_reduce_keeps_the_values() {
+    let Some(mut cuda) = common::gpu("one_rank_all_reduce_keeps_the_values", 1 << 12) else {
+        return;
+    };
+    let data: Vec<f32> = (0..1000).map(|i| i as f32 * 0.25 - 7.0).collect();
+    cuda.write(100, &data).unwrap();
+    let local = Nccl::local(&[&cuda]).expect("ncclCommInitAll on one GPU (is libnccl.so found?)");
+    assert_eq!((local.world(), local.ranks()), (1, &[0usize][..]));
+    local
+        .all_reduce_sum(&mut [&mut cuda], &[(100, 600), (700, 400)])
+        .unwrap();
+    let mut back = vec![0f32; 1000];
+    cuda.read(100, &mut back).unwrap();
+    assert_eq!(back, data, "a one-rank sum changes nothing");
+
+    let id: [u8; ID_BYTES] = Nccl::unique_id().unwrap();
+    let ranked = Nccl::rank(&cuda, 0, 1, &id).expect("ncclCommInitRank, world size 1");
+    ranked
+        .all_reduce_sum(&mut [&mut cuda], &[(100, 1000)])
+        .unwrap();
+    cuda.read(100, &mut back).unwrap();
+    assert_eq!(back, data);
+
+    // Refusals: a region past the arena, a backend count that does not match, a bad rank.
+    let past = ranked.all_reduce_sum(&mut [&mut cuda], &[(4000, 200)]);
+    assert!(matches!(past, Err(CudaError::Mote(_))), "{past:?}");
+    let none = ranked.all_reduce_sum(&mut [], &[(0, 1)]);
+    assert!(matches!(none, Err(CudaError::Mote(_))), "{none:?}");
+    let bad = Nccl::rank(&cuda, 1, 1, &id);
+    assert!(matches!(bad, Err(CudaError::Mote(_))), "{bad:?}");
+}

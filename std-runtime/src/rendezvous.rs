@@ -1,0 +1,212 @@
+//! Multi-process launch: how the processes of one training run find each other, as `torchrun`
+//! does. Each process is one rank of the run and reads its place from the environment:
+//!
+//! | variable | meaning |
+//! | --- | --- |
+//! | `MOTE_WORLD_SIZE` | processes (ranks) in the run, on every host together |
+//! | `MOTE_RANK` | this process's rank, `0 .. MOTE_WORLD_SIZE` |
+//! | `MOTE_LOCAL_RANK` | which GPU of its host this process uses (default: `MOTE_RANK`) |
+//! | `MOTE_RENDEZVOUS` | where rank 0 hands its NCCL id to the others: `file:PATH` (a file every host sees, e.g. on a shared disk; use a fresh path per run) or `tcp:HOST:PORT` (rank 0 listens there, the others connect) |
+//!
+//! Rank 0 makes the group's id ([`mote_cuda::Nccl::unique_id`] with the `cuda` feature) and
+//! [`exchange`] hands it over; every rank then joins NCCL with it. Nothing else crosses hosts
+//! outside NCCL: every rank reads the same data, shuffles it with the same seed and trains on its
+//! shard of each batch.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::{Error, Result};
+
+/// Bytes handed from rank 0 to every other rank (an NCCL unique id).
+pub const ID_BYTES: usize = 128;
+
+/// Where the ranks meet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rendezvous {
+    /// A file every rank can read: rank 0 writes it (atomically), the others wait for it.
+    File(PathBuf),
+    /// Rank 0 listens on this address; the others connect.
+    Tcp(String),
+}
+
+impl Rendezvous {
+    /// Parses `file:PATH` or `tcp:HOST:PORT`.
+    ///
+    /// # Errors
+    /// `Invalid` for anything else.
+    pub fn parse(s: &str) -> Result<Rendezvous> {
+        if let Some(p) = s.strip_prefix("file:").filter(|p| !p.is_empty()) {
+            Ok(Rendezvous::File(PathBuf::from(p)))
+        } else if let Some(a) = s.strip_prefix("tcp:").filter(|a| a.contains(':')) {
+            Ok(Rendezvous::Tcp(a.to_string()))
+        } else {
+            Err(Error::invalid(format!(
+                "MOTE_RENDEZVOUS={s}: not file:PATH or tcp:HOST:PORT"
+            ))
+            .with_hint("for example MOTE_RENDEZVOUS=tcp:10.0.0.1:29500 (rank 0's host)"))
+        }
+    }
+}
+
+/// This process's place in a multi-process run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    /// Ranks in the run.
+    pub world: usize,
+    /// This process's rank.
+    pub rank: usize,
+    /// Its GPU on its host.
+    pub local_rank: usize,
+    /// Where the ranks meet.
+    pub rendezvous: Rendezvous,
+}
+
+impl Launch {
+    /// Reads the launch from `var` (the environment: `std::env::var`); `None` when
+    /// `MOTE_WORLD_SIZE` is unset (a single-process run).
+    ///
+    /// # Errors
+    /// `Invalid` naming the variable that is missing or malformed.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>> {
+        let Some(world) = var("MOTE_WORLD_SIZE") else {
+            return Ok(None);
+        };
+        let number = |name: &str, v: &str| -> Result<usize> {
+            v.trim().parse().map_err(|_| {
+                Error::invalid(format!("{name}={v}: not a number"))
+                    .with_hint("see the multi-process launch in README.md")
+            })
+        };
+        let world = number("MOTE_WORLD_SIZE", &world)?;
+        let rank = var("MOTE_RANK").ok_or_else(|| {
+            Error::invalid("MOTE_WORLD_SIZE is set but MOTE_RANK is not")
+                .with_hint("give every process its rank, 0 to MOTE_WORLD_SIZE - 1")
+        })?;
+        let rank = number("MOTE_RANK", &rank)?;
+        if world == 0 || rank >= world {
+            return Err(Error::invalid(format!(
+                "MOTE_RANK={rank} with MOTE_WORLD_SIZE={world}: the rank must be below the size"
+            )));
+        }
+        let local_rank = match var("MOTE_LOCAL_RANK") {
+            Some(v) => number("MOTE_LOCAL_RANK", &v)?,
+            None => rank,
+        };
+        let rendezvous = var("MOTE_RENDEZVOUS").ok_or_else(|| {
+            Error::invalid("MOTE_WORLD_SIZE is set but MOTE_RENDEZVOUS is not")
+                .with_hint("MOTE_RENDEZVOUS=file:/shared/run1.id or tcp:HOST:PORT of rank 0")
+        })?;
+        Ok(Some(Launch {
+            world,
+            rank,
+            local_rank,
+            rendezvous: Rendezvous::parse(&rendezvous)?,
+        }))
+    }
+}
+
+/// Hands rank 0's `id` (made by `make_id`, on rank 0 only) to every rank of `launch`; returns
+/// the id every rank then uses. Waits at most `timeout` for the others.
+///
+/// # Errors
+/// `Invalid` when the rendezvous cannot be reached in time, or on an I/O error.
+pub fn exchange(
+    launch: &Launch,
+    timeout: Duration,
+    make_id: impl FnOnce() -> Result<[u8; ID_BYTES]>,
+) -> Result<[u8; ID_BYTES]> {
+    match (&launch.rendezvous, launch.rank) {
+        (Rendezvous::File(path), 0) => {
+            let id = make_id()?;
+            crate::checkpoint::write_atomic(path, &id)?;
+            Ok(id)
+        }
+        (Rendezvous::File(path), _) => wait_for_file(path, timeout),
+        (Rendezvous::Tcp(addr), 0) => {
+            let id = make_id()?;
+            serve(addr, launch.world - 1, &id, timeout)?;
+            Ok(id)
+        }
+        (Rendezvous::Tcp(addr), _) => fetch(addr, timeout),
+    }
+}
+
+fn late(what: String) -> Error {
+    Error::invalid(what).with_hint(
+        "start every rank with the same MOTE_WORLD_SIZE and MOTE_RENDEZVOUS, rank 0 included",
+    )
+}
+
+fn wait_for_file(path: &Path, timeout: Duration) -> Result<[u8; ID_BYTES]> {
+    let start = Instant::now();
+    loop {
+        if let Ok(bytes) = std::fs::read(path) {
+            if let Ok(id) = <[u8; ID_BYTES]>::try_from(bytes.as_slice()) {
+                return Ok(id);
+            }
+        }
+        if start.elapsed() > timeout {
+            return Err(late(format!(
+                "rendezvous: {} did not appear within {} s",
+                path.display(),
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Rank 0: accepts `peers` connections and writes the id to each.
+fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], timeout: Duration) -> Result<()> {
+    let io = |e: std::io::Error| late(format!("rendezvous on {addr}: {e}"));
+    let listener = TcpListener::bind(addr).map_err(io)?;
+    listener.set_nonblocking(true).map_err(io)?;
+    let start = Instant::now();
+    let mut served = 0;
+    while served < peers {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false).map_err(io)?;
+                s.write_all(id).map_err(io)?;
+                served += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() > timeout {
+                    return Err(late(format!(
+                        "rendezvous on {addr}: {served} of {peers} ranks connected within {} s",
+                        timeout.as_secs()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(io(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Ranks 1..: connects to rank 0 (retrying until it listens) and reads the id.
+fn fetch(addr: &str, timeout: Duration) -> Result<[u8; ID_BYTES]> {
+    let start = Instant::now();
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(mut s) => {
+                let mut id = [0u8; ID_BYTES];
+                s.set_read_timeout(Some(timeout)).ok();
+                s.read_exact(&mut id)
+                    .map_err(|e| late(format!("rendezvous with {addr}: {e}")))?;
+                return Ok(id);
+            }
+            Err(e) if start.elapsed() > timeout => {
+                return Err(late(format!(
+                    "rendezvous: rank 0 at {addr} not reachable within {} s ({e})",
+                    timeout.as_secs()
+                )))
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}

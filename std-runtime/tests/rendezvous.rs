@@ -1,0 +1,148 @@
+//! The multi-process launch on the CPU: the environment read into a `Launch`, every refusal, and
+//! rank 0's id handed to the other ranks through a file and through TCP (threads stand in for
+//! processes), with the timeouts when rank 0 never comes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mote_runtime::rendezvous::{exchange, Launch, Rendezvous, ID_BYTES};
+
+fn launch(vars: &[(&str, &str)]) -> mote_runtime::Result<Option<Launch>> {
+    let map: HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Launch::from_vars(|k| map.get(k).cloned())
+}
+
+#[test]
+fn the_environment_makes_a_launch_or_says_what_is_wrong() {
+    assert_eq!(
+        launch(&[]).unwrap(),
+        None,
+        "no MOTE_WORLD_SIZE: one process"
+    );
+    let l = launch(&[
+        ("MOTE_WORLD_SIZE", "4"),
+        ("MOTE_RANK", "3"),
+        ("MOTE_RENDEZVOUS", "tcp:10.0.0.1:29500"),
+    ])
+    .unwrap()
+    .unwrap();
+    assert_eq!((l.world, l.rank, l.local_rank), (4, 3, 3));
+    assert_eq!(l.rendezvous, Rendezvous::Tcp("10.0.0.1:29500".into()));
+    let l = launch(&[
+        ("MOTE_WORLD_SIZE", "4"),
+        ("MOTE_RANK", "3"),
+        ("MOTE_LOCAL_RANK", "1"),
+        ("MOTE_RENDEZVOUS", "file:/shared/run.id"),
+    ])
+    .unwrap()
+    .unwrap();
+    assert_eq!(l.local_rank, 1);
+    assert_eq!(l.rendezvous, Rendezvous::File("/shared/run.id".into()));
+    for (vars, needle) in [
+        (vec![("MOTE_WORLD_SIZE", "2")], "MOTE_RANK is not"),
+        (
+            vec![("MOTE_WORLD_SIZE", "two"), ("MOTE_RANK", "0")],
+            "not a number",
+        ),
+        (
+            vec![
+                ("MOTE_WORLD_SIZE", "2"),
+                ("MOTE_RANK", "2"),
+                ("MOTE_RENDEZVOUS", "tcp:h:1"),
+            ],
+            "below the size",
+        ),
+        (
+            vec![("MOTE_WORLD_SIZE", "2"), ("MOTE_RANK", "0")],
+            "MOTE_RENDEZVOUS is not",
+        ),
+        (
+            vec![
+                ("MOTE_WORLD_SIZE", "2"),
+                ("MOTE_RANK", "0"),
+                ("MOTE_RENDEZVOUS", "udp:h:1"),
+            ],
+            "not file:PATH or tcp:HOST:PORT",
+        ),
+    ] {
+        let e = launch(&vars).unwrap_err().to_string();
+        assert!(e.contains(needle), "{vars:?}: {e}");
+    }
+}
+
+/// Runs `world` ranks on threads against `rendezvous`; returns the id each one ended with.
+fn run(world: usize, rendezvous: Rendezvous) -> Vec<[u8; ID_BYTES]> {
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let l = Launch {
+                world,
+                rank,
+                local_rank: rank,
+                rendezvous: rendezvous.clone(),
+            };
+            std::thread::spawn(move || {
+                // The others start first: they must wait for rank 0.
+                if rank == 0 {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                exchange(&l, Duration::from_secs(20), || {
+                    Ok(std::array::from_fn(|i| (i * 7 + 3) as u8))
+                })
+                .unwrap()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn rank_zero_hands_its_id_to_every_rank() {
+    let want: [u8; ID_BYTES] = std::array::from_fn(|i| (i * 7 + 3) as u8);
+    let dir = std::env::temp_dir().join(format!("mote-rdv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.id");
+    let _ = std::fs::remove_file(&file);
+    for id in run(3, Rendezvous::File(file.clone())) {
+        assert_eq!(id, want, "through a file");
+    }
+    // A free port: bind to port 0, note it, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    for id in run(4, Rendezvous::Tcp(format!("127.0.0.1:{port}"))) {
+        assert_eq!(id, want, "through TCP");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_rank_without_rank_zero_times_out_with_a_clear_error() {
+    let never = |r: Rendezvous| Launch {
+        world: 2,
+        rank: 1,
+        local_rank: 1,
+        rendezvous: r,
+    };
+    let gone = std::env::temp_dir().join(format!("mote-rdv-none-{}.id", std::process::id()));
+    let e = exchange(
+        &never(Rendezvous::File(gone)),
+        Duration::from_millis(200),
+        || unreachable!("only rank 0 makes the id"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("did not appear"), "{e}");
+    let e = exchange(
+        &never(Rendezvous::Tcp("127.0.0.1:9".into())),
+        Duration::from_millis(200),
+        || unreachable!("only rank 0 makes the id"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("not reachable"), "{e}");
+}
