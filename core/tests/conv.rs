@@ -331,3 +331,50 @@ fn bad_geometry_is_an_error() {
     assert_eq!(t.nodes_used(), before.1 + 2);
     let _ = before.0;
 }
+
+/// A batch whose im2col buffer is larger than one pass may fill (`ops::conv`'s scratch limit:
+/// 2^20 elements; here 9 x 256 x 256 per image, so one image a pass) gives the same output and
+/// gradients as each image on its own, and only one image's buffer of scratch.
+#[test]
+fn large_batches_are_done_a_few_images_at_a_time() {
+    let (n, hw) = (3, 256);
+    let x = values(n * hw * hw, 5);
+    let k = values(9, 6);
+    let opt = ConvConfig {
+        padding: [1, 1],
+        ..ConvConfig::default()
+    };
+    // The loss weights every output element differently: sum(y * w2).
+    let w2 = values(n * hw * hw, 9);
+    let run = |imgs: &[f64], w2: &[f64], count: usize| -> (Vec<f64>, Vec<f64>, Vec<f64>, usize) {
+        let mut mem = vec![0.0f64; 1 << 21];
+        let mut t = T::new(&mut mem);
+        let xv = t.param(&[count, 1, hw, hw], imgs).unwrap();
+        let wv = t.param(&[1, 1, 3, 3], &k).unwrap();
+        let before = t.used();
+        let y = t.conv2d(xv, wv, None, opt).unwrap();
+        let scratch = t.high_water() - before - y.numel();
+        let w2 = t.input(&[count, 1, hw, hw], w2).unwrap();
+        let l = t.mul(y, w2).and_then(|p| t.sum(p)).unwrap();
+        t.backward(l).unwrap();
+        let mut out = vec![0.0; y.numel()];
+        t.read(y, &mut out).unwrap();
+        let (mut dx, mut dw) = (vec![0.0; xv.numel()], vec![0.0; 9]);
+        t.read_grad(xv, &mut dx).unwrap();
+        t.read_grad(wv, &mut dw).unwrap();
+        (out, dx, dw, scratch)
+    };
+    let (y, dx, dw, scratch) = run(&x, &w2, n);
+    assert_eq!(scratch, 9 * hw * hw, "one image's columns at a time");
+    let (mut y1, mut dx1, mut dw1) = (Vec::new(), Vec::new(), vec![0.0; 9]);
+    for i in 0..n {
+        let img = i * hw * hw..(i + 1) * hw * hw;
+        let (yi, dxi, dwi, _) = run(&x[img.clone()], &w2[img], 1);
+        y1.extend(yi);
+        dx1.extend(dxi);
+        dw1.iter_mut().zip(dwi).for_each(|(a, b)| *a += b);
+    }
+    close(&y, &y1);
+    close(&dx, &dx1);
+    close(&dw, &dw1);
+}

@@ -175,6 +175,24 @@ impl Geom {
     }
 }
 
+/// Elements of `cols` one im2col pass may fill: a batch whose `cols` are larger is done a few
+/// images at a time, so that `cols` stays in cache between the copies and the products, and
+/// the arena holds less scratch (a microcontroller's batches always fit in one pass).
+pub(crate) const SCRATCH: usize = 1 << 20;
+
+impl Geom {
+    /// Images per im2col pass (see [`SCRATCH`]).
+    pub(crate) fn images_per_pass(&self) -> usize {
+        let per = self.c * self.taps() * self.positions();
+        (SCRATCH / per.max(1)).clamp(1, self.n.max(1))
+    }
+
+    /// Images `first .. first + n` of this geometry.
+    pub(crate) fn part(&self, n: usize) -> Geom {
+        Geom { n, ..*self }
+    }
+}
+
 /// The output indices `o` in `0..out` for which `o * s + off - p` lies in `0..len`, as a range.
 fn valid(out: usize, s: usize, off: usize, p: usize, len: usize) -> (usize, usize) {
     // o * s >= p - off
@@ -407,8 +425,9 @@ pub(crate) mod tape_ops {
                 "conv stride, padding and dilation must be at most 31",
             )?;
             let shape = Shape::new(&[g.n, ws.dim(0), g.oh, g.ow])?;
-            let cols_len = g.cols_len()?;
-            let gm = conv_gemms(&g, ws);
+            let per_pass = g.images_per_pass();
+            let cols_len = g.part(per_pass).cols_len()?;
+            let (x_img, y_img) = (g.c * g.h * g.w, ws.dim(0) * g.positions());
             self.all_or_nothing(|t| {
                 // The output first (recorded), then the scratch above it.
                 let y = t.record(
@@ -419,14 +438,18 @@ pub(crate) mod tape_ops {
                     |_, _| Ok(()),
                 )?;
                 let cols = t.alloc(cols_len)?;
-                im2col(&mut t.backend, &g, x.offset as usize, cols, B::Elem::ZERO)?;
-                for gi in 0..gm.groups {
-                    t.backend.gemm(&gm.forward(
-                        gi,
-                        weight.offset as usize,
-                        cols,
-                        y.offset as usize,
-                    ))?;
+                let mut first = 0;
+                while first < g.n {
+                    let pg = g.part(per_pass.min(g.n - first));
+                    let gm = conv_gemms(&pg, ws);
+                    let xo = x.offset as usize + first * x_img;
+                    im2col(&mut t.backend, &pg, xo, cols, B::Elem::ZERO)?;
+                    for gi in 0..gm.groups {
+                        let yo = y.offset as usize + first * y_img;
+                        t.backend
+                            .gemm(&gm.forward(gi, weight.offset as usize, cols, yo))?;
+                    }
+                    first += pg.n;
                 }
                 t.release(cols);
                 match bias {
@@ -625,21 +648,31 @@ pub(crate) mod tape_ops {
                 [dh, dw],
                 "conv2d",
             )?;
-            let gm = conv_gemms(&g, ws);
             let dwg = self.input_grad(w)?;
             let dxg = self.input_grad(x)?;
-            let cols = self.alloc(g.cols_len()?)?;
-            if let Some((_, dwo)) = dwg {
-                im2col(&mut self.backend, &g, xv.offset, cols, B::Elem::ZERO)?;
-                for gi in 0..gm.groups {
-                    self.backend.gemm(&gm.weight_grad(gi, dy, cols, dwo))?;
+            let per_pass = g.images_per_pass();
+            let cols = self.alloc(g.part(per_pass).cols_len()?)?;
+            let (x_img, y_img) = (g.c * g.h * g.w, ws.dim(0) * g.positions());
+            let mut first = 0;
+            while first < g.n {
+                let pg = g.part(per_pass.min(g.n - first));
+                let gm = conv_gemms(&pg, ws);
+                let dyo = dy + first * y_img;
+                if let Some((_, dwo)) = dwg {
+                    let xo = xv.offset + first * x_img;
+                    im2col(&mut self.backend, &pg, xo, cols, B::Elem::ZERO)?;
+                    for gi in 0..gm.groups {
+                        self.backend.gemm(&gm.weight_grad(gi, dyo, cols, dwo))?;
+                    }
                 }
-            }
-            if let Some((_, dxo)) = dxg {
-                for gi in 0..gm.groups {
-                    self.backend.gemm(&gm.input_grad(gi, wv.offset, dy, cols))?;
+                if let Some((_, dxo)) = dxg {
+                    for gi in 0..gm.groups {
+                        self.backend
+                            .gemm(&gm.input_grad(gi, wv.offset, dyo, cols))?;
+                    }
+                    col2im(&mut self.backend, &pg, cols, dxo + first * x_img)?;
                 }
-                col2im(&mut self.backend, &g, cols, dxo)?;
+                first += pg.n;
             }
             self.release(cols);
             Ok(())

@@ -284,6 +284,86 @@ pub(super) fn reduce_par<T: Float>(
     true
 }
 
+/// Sum or mean of everything (one output: `outer` and `inner` 1, a loss's `mean`): chunks of
+/// `x` summed in parallel, each with 16 lanes, and the chunk sums added in order, so the result
+/// depends only on the thread count (not on scheduling). Returns false, having done nothing,
+/// for other reductions.
+pub(super) fn reduce_all_par<T: Float>(
+    op: ReduceOp,
+    a: Axis3,
+    x: &[T],
+    y: &mut [T],
+    threads: usize,
+) -> bool {
+    let Axis3 { outer, n, inner } = a;
+    if outer != 1 || inner != 1 || op == ReduceOp::Max || n == 0 {
+        return false;
+    }
+    let Some(out) = y.first_mut() else {
+        return false;
+    };
+    let chunk = n.div_ceil(threads * 4).max(1 << 12);
+    let parts: Vec<T> = x
+        .par_chunks(chunk)
+        .map(|c| {
+            simd(|| {
+                let mut lanes = [T::ZERO; 16];
+                let mut it = c.chunks_exact(16);
+                for block in &mut it {
+                    for (l, &v) in lanes.iter_mut().zip(block) {
+                        *l += v;
+                    }
+                }
+                let mut s = T::ZERO;
+                for &v in it.remainder() {
+                    s += v;
+                }
+                lanes.iter().fold(s, |acc, &l| acc + l)
+            })
+        })
+        .collect();
+    let total = parts.iter().fold(T::ZERO, |acc, &p| acc + p);
+    *out = if op == ReduceOp::Mean {
+        total * (T::ONE / T::from_usize(n))
+    } else {
+        total
+    };
+    true
+}
+
+/// The backward of [`reduce_all_par`]'s sum or mean (`dx += dy scale` for every element),
+/// over chunks in parallel: exact. Returns false, having done nothing, for other reductions.
+pub(super) fn reduce_all_backward_par<T: Float>(
+    op: ReduceOp,
+    a: Axis3,
+    dy: &[T],
+    dx: &mut [T],
+    threads: usize,
+) -> bool {
+    let Axis3 { outer, n, inner } = a;
+    if outer != 1 || inner != 1 || op == ReduceOp::Max || n == 0 {
+        return false;
+    }
+    let Some(&g) = dy.first() else {
+        return false;
+    };
+    let scale = if op == ReduceOp::Mean {
+        T::ONE / T::from_usize(n)
+    } else {
+        T::ONE
+    };
+    let step = g * scale;
+    let chunk = n.div_ceil(threads * 4).max(1 << 12);
+    dx.par_chunks_mut(chunk).for_each(|d| {
+        simd(|| {
+            for v in d {
+                *v += step;
+            }
+        });
+    });
+    true
+}
+
 /// [`reduce::backward`] split over blocks; exact. Returns false, having done nothing, for a
 /// single block.
 pub(super) fn reduce_backward_par<T: Float>(

@@ -380,7 +380,10 @@ impl<T: Float> Backend for Parallel<'_, T> {
         let par = self.grain(a.input_len(), PAR_MIN).is_some() && !a.is_degenerate();
         let threads = self.threads;
         let (yv, [xv]) = split(self.buf, r(y, a.output_len()), [r(x, a.input_len())])?;
-        if !(par && kernels::reduce_par(op, a, xv, yv, threads)) {
+        let done = par
+            && (kernels::reduce_par(op, a, xv, yv, threads)
+                || kernels::reduce_all_par(op, a, xv, yv, threads));
+        if !done {
             simd(|| reduce::forward(op, a, xv, yv));
         }
         Ok(())
@@ -399,7 +402,10 @@ impl<T: Float> Backend for Parallel<'_, T> {
         let threads = self.threads;
         let (nx, ny) = (a.input_len(), a.output_len());
         let (d, [xv, yv, g]) = split(self.buf, r(dx, nx), [r(x, nx), r(y, ny), r(dy, ny)])?;
-        if !(par && kernels::reduce_backward_par(op, a, xv, yv, g, d, threads)) {
+        let done = par
+            && (kernels::reduce_backward_par(op, a, xv, yv, g, d, threads)
+                || kernels::reduce_all_backward_par(op, a, g, d, threads));
+        if !done {
             simd(|| reduce::backward(op, a, xv, yv, g, d));
         }
         Ok(())
