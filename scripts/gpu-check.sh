@@ -38,6 +38,13 @@ for t in cli:device_cuda bench:cuda_backend; do
     fi
 done
 grep -E "^test |test result|panicked|skipped|on cuda:" "$log" | tail -60
+say "== PyTorch's conv2d layer on this GPU (the peer of mote's conv2d row)"
+for py in $(find /opt /usr/local /usr/bin -maxdepth 6 -name 'python3' -type f -o -name 'python3' -type l 2>/dev/null); do
+    if "$py" -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then
+        timeout 120 "$py" benches/peers/conv2d_torch.py --device cuda 2>&1 | tee -a "$log"
+        break
+    fi
+done
 say "== bench"
 timeout 300 .gpu/bench 2>&1 | tee -a "$log" || { say "   bench FAILED"; status=1; }
 say "== done: status $status"

@@ -1,5 +1,6 @@
 //! GPU benchmark of whole training steps (`../shared/WORKLOADS.md`): W-seed, W-digits,
-//! W-mnist, W-large (fp32, TF32, bf16), each eager and replayed from a captured CUDA graph.
+//! W-mnist, W-large (fp32, TF32, bf16), each eager and replayed from a captured CUDA graph;
+//! and issue 6's conv2d layer, eager.
 //!
 //! `cargo run --release -p mote-cuda --example bench [-- WORKLOAD...]`, or
 //! `mote bench --backend cuda [WORKLOAD...]`: both call [`run`].
@@ -293,6 +294,69 @@ fn run_one(w: &Workload, log: &mut String) -> Result<Vec<Row>, CudaError> {
     Ok(rows)
 }
 
+/// Issue 6's conv2d layer (batch 64, 32 -> 64 channels, 3x3, padding 1, 32x32, no bias):
+/// forward, mean, backward (input and weight gradients), eager, 7 chunks of 20 steps.
+fn conv_one(log: &mut String) -> Result<Row, CudaError> {
+    let (n, ci, co, hw) = (64, 32, 64, 32);
+    let mut rng = Rng::new(0);
+    let x: Vec<f32> = (0..n * ci * hw * hw)
+        .map(|_| rng.uniform(-0.5, 0.5) as f32)
+        .collect();
+    let w: Vec<f32> = (0..co * ci * 9)
+        .map(|_| rng.uniform(-0.5, 0.5) as f32)
+        .collect();
+    // Input, weight and output with their gradients, the columns of a pass, and room.
+    let floats = 2 * (x.len() + w.len() + n * co * hw * hw) + (2 << 20) + (1 << 20);
+    let mut tape = Tape::<Cuda, NODES>::with_backend(Cuda::new(floats)?);
+    let wv = tape.param(&[co, ci, 3, 3], &w)?;
+    let start = tape.mark();
+    let cfg = mote::ConvConfig {
+        padding: [1, 1],
+        ..mote::ConvConfig::default()
+    };
+    let step = |t: &mut Tape<Cuda, NODES>| -> mote::Result<Var> {
+        t.rewind(start)?;
+        let xv = t.param(&[n, ci, hw, hw], &x)?;
+        let y = t.conv2d(xv, wv, None, cfg)?;
+        let loss = t.mean(y)?;
+        t.backward(loss)?;
+        Ok(loss)
+    };
+    for _ in 0..5 {
+        step(&mut tape)?;
+    }
+    tape.backend().sync()?;
+    let mut chunks = Vec::new();
+    for _ in 0..7 {
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            step(&mut tape)?;
+        }
+        tape.backend().sync()?;
+        chunks.push(t0.elapsed().as_secs_f64() * 1e6 / 20.0);
+    }
+    let (m, lo, hi) = median(chunks);
+    tape.backend_mut().profile(true);
+    let loss = step(&mut tape)?;
+    let prof = tape.backend_mut().profile_take()?;
+    tape.backend_mut().profile(false);
+    let launches: usize = prof.iter().map(|p| p.1).sum();
+    let l = tape.item(loss)?;
+    let _ = writeln!(
+        log,
+        "  conv2d: {launches} launches per step, loss {l:.5} (finite: {})",
+        l.is_finite()
+    );
+    Ok(Row {
+        name: "conv2d",
+        mode: "eager",
+        median_us: m,
+        min_us: lo,
+        max_us: hi,
+        launches,
+    })
+}
+
 /// Runs the workloads whose names start with one of `filter` (all when empty) and returns the
 /// report: per workload, the profiled eager step and the final loss, one JSON line per row,
 /// then a Markdown table against PyTorch on the H200 and the targets.
@@ -326,19 +390,39 @@ pub fn run(filter: &[String]) -> Result<String, CudaError> {
             }
         }
     }
+    if filter.is_empty() || filter.iter().any(|a| "conv2d".starts_with(a.as_str())) {
+        match conv_one(&mut out) {
+            Ok(r) => {
+                let _ = writeln!(
+                    out,
+                    "{{\"workload\":\"conv2d\",\"mode\":\"eager\",\"median_us\":{:.2},\"min_us\":{:.2},\"max_us\":{:.2},\"launches\":{}}}",
+                    r.median_us, r.min_us, r.max_us, r.launches
+                );
+                // PyTorch on the H200: run benches/peers/conv2d_torch.py --device cuda there.
+                table.push((r, f64::NAN, f64::NAN));
+            }
+            Err(e) => {
+                let _ = writeln!(out, "conv2d: failed: {e}");
+            }
+        }
+    }
     out.push_str("\n| workload | mode | median us/step | min..max | launches/step | PyTorch best (H200) | target |\n");
     out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
     for (r, torch, target) in table {
         let _ = writeln!(
             out,
-            "| {} | {} | {:.1} | {:.1}..{:.1} | {} | {:.1} | {} |",
+            "| {} | {} | {:.1} | {:.1}..{:.1} | {} | {} | {} |",
             r.name,
             r.mode,
             r.median_us,
             r.min_us,
             r.max_us,
             r.launches,
-            torch,
+            if torch.is_nan() {
+                "(conv2d_torch.py)".to_string()
+            } else {
+                format!("{torch:.1}")
+            },
             if target.is_nan() {
                 "-".to_string()
             } else {
