@@ -249,6 +249,13 @@ pub(crate) fn im2col<B: Backend>(
     pad: B::Elem,
 ) -> Result<()> {
     be.fill(cols, g.cols_len()?, pad)?;
+    copy_taps(be, g, x, cols)
+}
+
+/// [`im2col`] without the fill: the image's values into their positions of `cols`, whose
+/// padding positions already hold the padding (a later pass of the same geometry over a
+/// buffer nothing else wrote).
+pub(crate) fn copy_taps<B: Backend>(be: &mut B, g: &Geom, x: usize, cols: usize) -> Result<()> {
     for_each_tap(g, x, cols, |space, src, dst| {
         be.copy_strided(space, src, dst, false)
     })
@@ -443,7 +450,13 @@ pub(crate) mod tape_ops {
                     let pg = g.part(per_pass.min(g.n - first));
                     let gm = conv_gemms(&pg, ws);
                     let xo = x.offset as usize + first * x_img;
-                    im2col(&mut t.backend, &pg, xo, cols, B::Elem::ZERO)?;
+                    // The padding's zeros, written once: later passes only overwrite the
+                    // image's positions.
+                    if first == 0 {
+                        im2col(&mut t.backend, &pg, xo, cols, B::Elem::ZERO)?;
+                    } else {
+                        copy_taps(&mut t.backend, &pg, xo, cols)?;
+                    }
                     for gi in 0..gm.groups {
                         let yo = y.offset as usize + first * y_img;
                         t.backend
@@ -653,26 +666,39 @@ pub(crate) mod tape_ops {
             let per_pass = g.images_per_pass();
             let cols = self.alloc(g.part(per_pass).cols_len()?)?;
             let (x_img, y_img) = (g.c * g.h * g.w, ws.dim(0) * g.positions());
-            let mut first = 0;
-            while first < g.n {
-                let pg = g.part(per_pass.min(g.n - first));
-                let gm = conv_gemms(&pg, ws);
-                let dyo = dy + first * y_img;
-                if let Some((_, dwo)) = dwg {
+            // The weight's gradient over every pass first (the padding's zeros written once),
+            // then the input's (its products overwrite the whole buffer).
+            if let Some((_, dwo)) = dwg {
+                let mut first = 0;
+                while first < g.n {
+                    let pg = g.part(per_pass.min(g.n - first));
+                    let gm = conv_gemms(&pg, ws);
                     let xo = xv.offset + first * x_img;
-                    im2col(&mut self.backend, &pg, xo, cols, B::Elem::ZERO)?;
+                    if first == 0 {
+                        im2col(&mut self.backend, &pg, xo, cols, B::Elem::ZERO)?;
+                    } else {
+                        copy_taps(&mut self.backend, &pg, xo, cols)?;
+                    }
                     for gi in 0..gm.groups {
+                        let dyo = dy + first * y_img;
                         self.backend.gemm(&gm.weight_grad(gi, dyo, cols, dwo))?;
                     }
+                    first += pg.n;
                 }
-                if let Some((_, dxo)) = dxg {
+            }
+            if let Some((_, dxo)) = dxg {
+                let mut first = 0;
+                while first < g.n {
+                    let pg = g.part(per_pass.min(g.n - first));
+                    let gm = conv_gemms(&pg, ws);
                     for gi in 0..gm.groups {
+                        let dyo = dy + first * y_img;
                         self.backend
                             .gemm(&gm.input_grad(gi, wv.offset, dyo, cols))?;
                     }
                     col2im(&mut self.backend, &pg, cols, dxo + first * x_img)?;
+                    first += pg.n;
                 }
-                first += pg.n;
             }
             self.release(cols);
             Ok(())
