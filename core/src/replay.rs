@@ -469,7 +469,16 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
             .chars()
             .enumerate()
             .all(|(i, ch)| ch == '_' || ch.is_ascii_alphabetic() || (i > 0 && ch.is_ascii_digit()));
-        if name.is_empty() || !ident {
+        // Keywords (strict and reserved) and a lone `_` are not names of functions.
+        const KEYWORDS: [&str; 51] = [
+            "as", "break", "const", "continue", "crate", "else", "enum", "extern", "false", "fn",
+            "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref",
+            "return", "self", "Self", "static", "struct", "super", "trait", "true", "type",
+            "unsafe", "use", "where", "while", "async", "await", "dyn", "abstract", "become",
+            "box", "do", "final", "macro", "override", "priv", "typeof", "unsized", "virtual",
+            "yield", "try",
+        ];
+        if name.is_empty() || !ident || name == "_" || KEYWORDS.contains(&name) {
             return Err(Error::InvalidArgument {
                 what: "Replay::write_rust: the name is not a Rust identifier",
             });

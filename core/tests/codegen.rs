@@ -229,7 +229,7 @@ fn write_rust_refuses_what_it_cannot_write() {
     tape.backend_mut().record();
     tape.mul_scalar(x, f32::NAN).unwrap();
     tape.backend_mut().stop().unwrap();
-    for name in ["", "1step", "a-b"] {
+    for name in ["", "1step", "a-b", "_", "fn", "loop", "self"] {
         let err = tape.backend().write_rust(&mut out, name).unwrap_err();
         assert!(err.to_string().contains("identifier"), "{err}");
     }

@@ -23,12 +23,14 @@ impl Backend for Cuda {
 
     fn write(&mut self, offset: usize, src: &[f32]) -> Result<()> {
         self.check_range(offset, src.len())?;
+        self.bind()?;
         self.flush()?;
         self.copy_in_untracked(self.at(offset), src)
     }
 
     fn read(&self, offset: usize, dst: &mut [f32]) -> Result<()> {
         self.check_range(offset, dst.len())?;
+        self.bind()?;
         if self.capturing() {
             return Err(self.fail(
                 "read",
@@ -90,6 +92,7 @@ impl Backend for Cuda {
     }
 
     fn gemm(&mut self, g: &Gemm) -> Result<()> {
+        self.bind()?;
         self.flush()?;
         self.gemm_impl(g)
     }

@@ -336,6 +336,27 @@ impl Cuda {
         &self.stream
     }
 
+    /// Binds this backend's context to the calling thread when another is current (one thread
+    /// driving backends on several GPUs); a compare when it already is.
+    pub(crate) fn bind(&self) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| self.fail("cuCtxSetCurrent", e))
+    }
+
+    /// Makes this backend's device context current on the calling thread. A backend binds
+    /// it when it is made; a thread that drives backends on several GPUs (data-parallel
+    /// replicas) calls this before switching to another backend's work, since launches and
+    /// cuBLAS calls run in the current context.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`] when the driver refuses.
+    pub fn make_current(&self) -> std::result::Result<(), CudaError> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| driver_err("cuCtxSetCurrent", e))
+    }
+
     /// Waits until all queued work is done.
     ///
     /// # Errors
@@ -469,6 +490,7 @@ impl Cuda {
                 format!("{name}: the kernel takes {sig:?}, the launch passed {got:?}"),
             ));
         }
+        self.bind()?;
         let mut params: Vec<*mut c_void> = args.iter().map(|a| a.ptr()).collect();
         // SAFETY: `name` is one of our kernels; every call site passes the arguments its
         // signature in kernels/*.cu declares, with pointers inside the allocation (checked by

@@ -400,7 +400,11 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
     }
     #[inline(always)]
     fn fill(&mut self, offset: usize, len: usize, value: f32) -> Result<()> {
-        let (d, []) = split(self.cpu.storage_mut(), offset..offset + len, [])?;
+        let (d, []) = split(
+            self.cpu.storage_mut(),
+            offset..offset.saturating_add(len),
+            [],
+        )?;
         for d in d {
             *d = value;
         }

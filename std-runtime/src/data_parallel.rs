@@ -396,6 +396,15 @@ pub trait Reduce<B: Backend<Elem = f32>> {
     /// A core or device error.
     fn all_reduce(&mut self, models: &mut [Model<B>], weights: &[f32]) -> crate::Result<()>;
 
+    /// Prepares `model`'s backend for work from this thread (a GPU backend makes its device
+    /// current); called before evaluating replica 0.
+    ///
+    /// # Errors
+    /// A device error.
+    fn prepare(&self, _model: &Model<B>) -> crate::Result<()> {
+        Ok(())
+    }
+
     /// Where this process's `local` replicas sit among all replicas of the run: the global
     /// index of the first, and how many there are in all. One process: `(0, local)`.
     fn place(&self, local: usize) -> (usize, usize) {
@@ -585,6 +594,7 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
     }
 
     fn outputs(&mut self, x: &[f32], rows: usize) -> crate::Result<Vec<f32>> {
+        self.reduce.prepare(&self.models[0])?;
         self.models[0].outputs(x, rows)
     }
 }
@@ -621,11 +631,23 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
     where
         F: Fn(usize, &mut Model<mote_cuda::Cuda>) -> crate::Result<(f32, usize)> + Sync + Send,
     {
+        // One thread drives every GPU: each replica's work in its own device's context.
         models
             .iter_mut()
             .enumerate()
-            .map(|(r, m)| f(r, m))
+            .map(|(r, m)| {
+                self.prepare(m)?;
+                f(r, m)
+            })
             .collect()
+    }
+
+    fn prepare(&self, model: &Model<mote_cuda::Cuda>) -> crate::Result<()> {
+        model
+            .tape
+            .backend()
+            .make_current()
+            .map_err(|e| crate::Error::invalid(format!("{e}")))
     }
 
     fn all_reduce(
@@ -638,6 +660,7 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
         };
         let regions = gradient_regions(&first.tape)?;
         for (m, &w) in models.iter_mut().zip(weights) {
+            self.prepare(m)?;
             if w != 1.0 {
                 for &(offset, len) in &regions {
                     m.tape.backend_mut().scale(offset, len, w)?;

@@ -14,7 +14,7 @@
 //! shard of each batch.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -130,7 +130,7 @@ pub fn exchange(
             serve(addr, launch.world - 1, &id, timeout)?;
             Ok(id)
         }
-        (Rendezvous::Tcp(addr), _) => fetch(addr, timeout),
+        (Rendezvous::Tcp(addr), rank) => fetch(addr, rank, timeout),
     }
 }
 
@@ -159,19 +159,32 @@ fn wait_for_file(path: &Path, timeout: Duration) -> Result<[u8; ID_BYTES]> {
     }
 }
 
-/// Rank 0: accepts `peers` connections and writes the id to each.
+/// Rank 0: accepts connections until every rank `1..=peers` has sent its rank (8 bytes,
+/// little-endian) and received the id; connections that send nothing valid (a port probe, a
+/// rank of another run) are dropped and not counted.
 fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], timeout: Duration) -> Result<()> {
     let io = |e: std::io::Error| late(format!("rendezvous on {addr}: {e}"));
     let listener = TcpListener::bind(addr).map_err(io)?;
     listener.set_nonblocking(true).map_err(io)?;
     let start = Instant::now();
+    let mut joined = vec![false; peers + 1];
     let mut served = 0;
     while served < peers {
         match listener.accept() {
             Ok((mut s, _)) => {
-                s.set_nonblocking(false).map_err(io)?;
-                s.write_all(id).map_err(io)?;
-                served += 1;
+                let mut rank = [0u8; 8];
+                let valid = s.set_nonblocking(false).is_ok()
+                    && s.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
+                    && s.read_exact(&mut rank).is_ok();
+                let r = usize::try_from(u64::from_le_bytes(rank)).unwrap_or(0);
+                if valid && (1..=peers).contains(&r) && s.write_all(id).is_ok() {
+                    if let Some(seen) = joined.get_mut(r) {
+                        if !*seen {
+                            *seen = true;
+                            served += 1;
+                        }
+                    }
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if start.elapsed() > timeout {
@@ -188,15 +201,28 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], timeout: Duration) -> Re
     Ok(())
 }
 
-/// Ranks 1..: connects to rank 0 (retrying until it listens) and reads the id.
-fn fetch(addr: &str, timeout: Duration) -> Result<[u8; ID_BYTES]> {
+/// Ranks 1..: connects to rank 0 (retrying until it listens, each try bounded by the time
+/// left), sends its rank and reads the id.
+fn fetch(addr: &str, rank: usize, timeout: Duration) -> Result<[u8; ID_BYTES]> {
     let start = Instant::now();
     loop {
-        match TcpStream::connect(addr) {
+        let left = timeout
+            .saturating_sub(start.elapsed())
+            .max(Duration::from_millis(10));
+        let conn = addr
+            .to_socket_addrs()
+            .and_then(|mut a| {
+                a.next().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host")
+                })
+            })
+            .and_then(|a| TcpStream::connect_timeout(&a, left));
+        match conn {
             Ok(mut s) => {
                 let mut id = [0u8; ID_BYTES];
-                s.set_read_timeout(Some(timeout)).ok();
-                s.read_exact(&mut id)
+                s.set_read_timeout(Some(left)).ok();
+                s.write_all(&(rank as u64).to_le_bytes())
+                    .and_then(|()| s.read_exact(&mut id))
                     .map_err(|e| late(format!("rendezvous with {addr}: {e}")))?;
                 return Ok(id);
             }

@@ -183,7 +183,11 @@ pub(crate) const SCRATCH: usize = 1 << 20;
 impl Geom {
     /// Images per im2col pass (see [`SCRATCH`]).
     pub(crate) fn images_per_pass(&self) -> usize {
-        let per = self.c * self.taps() * self.positions();
+        let per = self
+            .c
+            .checked_mul(self.taps())
+            .and_then(|v| v.checked_mul(self.positions()))
+            .unwrap_or(usize::MAX);
         (SCRATCH / per.max(1)).clamp(1, self.n.max(1))
     }
 

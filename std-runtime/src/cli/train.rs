@@ -141,6 +141,11 @@ impl TrainJob {
         let timeout = std::time::Duration::from_secs(300);
         let id = crate::rendezvous::exchange(&launch, timeout, || Nccl::unique_id().map_err(cuda))?;
         let nccl = Nccl::rank(&backend, launch.rank, launch.world, &id).map_err(cuda)?;
+        // Every rank has joined: the id file is spent (a rerun on the same path must not
+        // find it).
+        if let (0, crate::rendezvous::Rendezvous::File(p)) = (launch.rank, &launch.rendezvous) {
+            let _ = std::fs::remove_file(p);
+        }
         let model = self.model_on(backend)?;
         if launch.rank != 0 {
             (self.save, self.plot, self.quiet) = (None, None, true);
@@ -262,6 +267,13 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
                 l.world
             ))
             .with_hint("add --device cuda, or unset MOTE_WORLD_SIZE for a single-process run"));
+        }
+        if a.patience.is_some() && a.val == Some(0.0) {
+            return Err(Error::invalid(
+                "--patience with --val 0 in a multi-process run: each rank would stop on its own \
+                 shards' metric, and the others would wait for it for ever",
+            )
+            .with_hint("keep a validation split (the same on every rank), or drop --patience"));
         }
         if a.gpus.is_some() {
             return Err(
