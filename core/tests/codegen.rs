@@ -18,12 +18,15 @@ type Be<'a> = Replay<Cpu<'a, f32>, 1024>;
 const ARENA: usize = 1024;
 const STEPS: usize = 20;
 
-/// Which step: a classifier (tanh, cross-entropy, Adam with weight decay, one batch) or a
-/// regressor (sigmoid, MSE, SGD with Nesterov momentum, one batch).
+/// Which step: a classifier (tanh, cross-entropy, Adam with weight decay, one batch), a
+/// regressor (sigmoid, MSE, SGD with Nesterov momentum, one batch), or a mixed one that records
+/// the other call families (softmax, broadcast binary ops, an axis reduction, transpose copies;
+/// Adam).
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Adam,
     Sgd,
+    Mixed,
 }
 
 struct Setup<'a> {
@@ -38,14 +41,17 @@ struct Setup<'a> {
 fn setup(mem: &mut [f32], kind: Kind) -> Setup<'_> {
     let mut tape = Tape::with_backend(Replay::new(Cpu::new(mem)));
     let mut rng = Rng::new(3);
-    let out = if kind == Kind::Adam { 3 } else { 1 };
+    let out = match kind {
+        Kind::Adam | Kind::Mixed => 3,
+        Kind::Sgd => 1,
+    };
     let model = (
         Linear::new(&mut tape, 4, 6, &mut rng).unwrap(),
         Tanh,
         Linear::new(&mut tape, 6, out, &mut rng).unwrap(),
     );
     let (adam, sgd) = match kind {
-        Kind::Adam => {
+        Kind::Adam | Kind::Mixed => {
             let c = AdamConfig {
                 lr: 0.05,
                 weight_decay: 1e-3,
@@ -65,7 +71,10 @@ fn setup(mem: &mut [f32], kind: Kind) -> Setup<'_> {
     };
     let xs: Vec<f32> = (0..8 * 4).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
     let x = tape.input(&[8, 4], &xs).unwrap();
-    let t = if kind == Kind::Adam {
+    let t = if kind == Kind::Mixed {
+        let ys: Vec<f32> = xs.chunks(4).map(|r| 0.3 + 0.1 * r[2]).collect();
+        tape.input(&[8, 1], &ys).unwrap()
+    } else if kind == Kind::Adam {
         let labels: Vec<usize> = xs
             .chunks(4)
             .map(|r| usize::from(r[0] > 0.0) + usize::from(r[1] > 0.0))
@@ -88,7 +97,18 @@ fn setup(mem: &mut [f32], kind: Kind) -> Setup<'_> {
 impl Setup<'_> {
     fn loss(&mut self, kind: Kind) -> mote::Result<Var> {
         let y = self.model.forward(&mut self.tape, self.x)?;
-        if kind == Kind::Adam {
+        if kind == Kind::Mixed {
+            let t = &mut self.tape;
+            let p = t.softmax(y, 1)?;
+            let z = t.mul(p, y)?;
+            let zt = t.transpose(z, 0, 1)?;
+            let back = t.transpose(zt, 0, 1)?;
+            let m = t.mean_axis(back, 1)?;
+            let m = t.reshape(m, &[8, 1])?;
+            let d = t.sub(m, self.t)?;
+            let sq = t.mul(d, d)?;
+            t.mean(sq)
+        } else if kind == Kind::Adam {
             self.tape.cross_entropy(y, self.t)
         } else {
             let p = Sigmoid.forward(&mut self.tape, y)?;
@@ -101,7 +121,7 @@ impl Setup<'_> {
         let loss = self.loss(kind).unwrap();
         self.tape.backward(loss).unwrap();
         match kind {
-            Kind::Adam => self.adam.as_mut().unwrap().step(&mut self.tape).unwrap(),
+            Kind::Adam | Kind::Mixed => self.adam.as_mut().unwrap().step(&mut self.tape).unwrap(),
             Kind::Sgd => self.sgd.as_mut().unwrap().step(&mut self.tape).unwrap(),
         }
         loss
@@ -139,6 +159,7 @@ fn source() -> String {
     for (kind, name, init) in [
         (Kind::Adam, "adam_step", "ADAM_INIT"),
         (Kind::Sgd, "sgd_step", "SGD_INIT"),
+        (Kind::Mixed, "mixed_step", "MIXED_INIT"),
     ] {
         let (start, src, _, _) = trace(kind, name);
         write_rust_array(&mut out, init, &start).unwrap();
@@ -168,7 +189,7 @@ fn run_generated(kind: Kind, init: &[f32]) -> Vec<f32> {
     mem[..init.len()].copy_from_slice(init);
     let mut cpu = Cpu::new(&mut mem);
     match kind {
-        Kind::Adam => {
+        Kind::Adam | Kind::Mixed => {
             let c = AdamConfig {
                 lr: 0.05,
                 weight_decay: 1e-3,
@@ -176,7 +197,12 @@ fn run_generated(kind: Kind, init: &[f32]) -> Vec<f32> {
             };
             let mut adam = Adam::detached(c, false).unwrap();
             for _ in 0..STEPS {
-                generated::adam_step(&mut cpu, &adam.next_update()).unwrap();
+                let u = adam.next_update();
+                if kind == Kind::Mixed {
+                    generated::mixed_step(&mut cpu, &u).unwrap();
+                } else {
+                    generated::adam_step(&mut cpu, &u).unwrap();
+                }
             }
         }
         Kind::Sgd => {
@@ -200,6 +226,7 @@ fn generated_steps_equal_eager_steps_bit_for_bit() {
     for (kind, init) in [
         (Kind::Adam, &generated::ADAM_INIT[..]),
         (Kind::Sgd, &generated::SGD_INIT[..]),
+        (Kind::Mixed, &generated::MIXED_INIT[..]),
     ] {
         let (_, _, eager, loss_at) = trace(kind, "x");
         let gen = run_generated(kind, init);
@@ -209,7 +236,11 @@ fn generated_steps_equal_eager_steps_bit_for_bit() {
             .zip(&gen)
             .all(|(a, b)| a.to_bits() == b.to_bits());
         assert!(same, "generated steps differ from eager ones");
-        let first = if kind == Kind::Adam { 1.0986 } else { 0.02 };
+        let first = match kind {
+            Kind::Adam => 1.0986,
+            Kind::Sgd => 0.02,
+            Kind::Mixed => 1.0,
+        };
         assert!(
             eager[loss_at] < first,
             "the steps did not train: {}",
