@@ -75,6 +75,25 @@ fn fails(dir: &TempDir, args: &[&str]) -> String {
     se
 }
 
+/// Asserts that the Rust file `name` in `dir` (an export) compiles as a library.
+fn assert_compiles(dir: &TempDir, name: &str) {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let c = Command::new(rustc)
+        .args([
+            "--crate-type",
+            "lib",
+            "--edition",
+            "2021",
+            "--emit",
+            "metadata",
+            name,
+        ])
+        .current_dir(&dir.0)
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+}
+
 /// The validation accuracy (%) on the `final (epoch N)` line of a training run's output.
 fn final_accuracy(out: &str, epochs: usize) -> f64 {
     let last = out
@@ -330,21 +349,7 @@ fn check_cnn_export(d: &TempDir, name: &str, agree: f64) {
             ] {
                 assert!(src.contains(&line), "{line}\n{}", &src[..800]);
             }
-            let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-            let c = Command::new(rustc)
-                .args([
-                    "--crate-type",
-                    "lib",
-                    "--edition",
-                    "2021",
-                    "--emit",
-                    "metadata",
-                ])
-                .arg(&rs)
-                .current_dir(&d.0)
-                .output()
-                .unwrap();
-            assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+            assert_compiles(d, &rs);
             // f16 source: u16 bit patterns, same names and lengths
             let rs16 = format!("{name}-f16.rs");
             ok(
@@ -515,21 +520,7 @@ fn train_save_eval_predict_export() {
         &src[..400]
     );
     assert!(src.contains("pub const CLASSES: [&str; 10]"));
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let c = Command::new(rustc)
-        .args([
-            "--crate-type",
-            "lib",
-            "--edition",
-            "2021",
-            "--emit",
-            "metadata",
-            "m.rs",
-        ])
-        .current_dir(&d.0)
-        .output()
-        .unwrap();
-    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stderr));
+    assert_compiles(&d, "m.rs");
     fails(
         &d,
         &[

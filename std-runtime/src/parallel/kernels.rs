@@ -284,6 +284,13 @@ pub(super) fn reduce_par<T: Float>(
     true
 }
 
+/// The chunk length of [`reduce_all_par`] and its backward, or `None` when `op` over `a` is
+/// not a sum or mean of everything (one output, no inner axis).
+fn whole_chunk(op: ReduceOp, a: Axis3, threads: usize) -> Option<usize> {
+    let whole = a.outer == 1 && a.inner == 1 && op != ReduceOp::Max && a.n > 0;
+    whole.then(|| a.n.div_ceil(threads * 4).max(1 << 12))
+}
+
 /// Sum or mean of everything (one output: `outer` and `inner` 1, a loss's `mean`): chunks of
 /// `x` summed in parallel, each with 16 lanes, and the chunk sums added in order, so the result
 /// depends only on the thread count (not on scheduling). Returns false, having done nothing,
@@ -295,14 +302,10 @@ pub(super) fn reduce_all_par<T: Float>(
     y: &mut [T],
     threads: usize,
 ) -> bool {
-    let Axis3 { outer, n, inner } = a;
-    if outer != 1 || inner != 1 || op == ReduceOp::Max || n == 0 {
-        return false;
-    }
-    let Some(out) = y.first_mut() else {
+    let (Some(chunk), Some(out)) = (whole_chunk(op, a, threads), y.first_mut()) else {
         return false;
     };
-    let chunk = n.div_ceil(threads * 4).max(1 << 12);
+    let n = a.n;
     let parts: Vec<T> = x
         .par_chunks(chunk)
         .map(|c| {
@@ -340,20 +343,16 @@ pub(super) fn reduce_all_backward_par<T: Float>(
     dx: &mut [T],
     threads: usize,
 ) -> bool {
-    let Axis3 { outer, n, inner } = a;
-    if outer != 1 || inner != 1 || op == ReduceOp::Max || n == 0 {
-        return false;
-    }
-    let Some(&g) = dy.first() else {
+    let (Some(chunk), Some(&g)) = (whole_chunk(op, a, threads), dy.first()) else {
         return false;
     };
+    let n = a.n;
     let scale = if op == ReduceOp::Mean {
         T::ONE / T::from_usize(n)
     } else {
         T::ONE
     };
     let step = g * scale;
-    let chunk = n.div_ceil(threads * 4).max(1 << 12);
     dx.par_chunks_mut(chunk).for_each(|d| {
         simd(|| {
             for v in d {
