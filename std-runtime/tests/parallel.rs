@@ -249,6 +249,37 @@ proptest! {
     }
 
     #[test]
+    fn window_copies(
+        n in 1usize..4,
+        c in prop_oneof![1usize..4, 20usize..40],
+        h in 2usize..20,
+        w in 2usize..40,
+        tap in 0usize..9,
+        to_image in any::<bool>(),
+        accumulate in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        // One tap of a 3x3, padding-1 convolution's im2col (image -> columns) or col2im
+        // (columns summed into the image): `[N, C, rows, cols]` windows, rows contiguous.
+        let (i, j) = (tap / 3, tap % 3);
+        let (rows, cols) = (h - usize::from(i != 1), w - usize::from(j != 1));
+        let space = shape(&[n, c, rows, cols]);
+        let (ih, iw) = (i.saturating_sub(1), j.saturating_sub(1));
+        let (oh, ow) = (usize::from(i == 0), usize::from(j == 0));
+        let (img, colsz) = (n * c * h * w, n * c * 9 * h * w);
+        let image = Strided { offset: ih * w + iw, strides: [c * h * w, h * w, w, 1] };
+        let column = Strided {
+            offset: img + tap * h * w + oh * w + ow,
+            strides: [c * 9 * h * w, 9 * h * w, w, 1],
+        };
+        let (src, dst) = if to_image { (column, image) } else { (image, column) };
+        let mem: Vec<f32> = random(img + colsz, seed, -1.0, 1.0);
+        let (r1, m1, r2, m2) = both!(mem, |b| b.copy_strided(&space, src, dst, accumulate));
+        prop_assert_eq!(r1, r2);
+        assert_same(&m1, &m2, "window copy");
+    }
+
+    #[test]
     fn reductions(
         outer in prop_oneof![Just(1usize), 2usize..5, 200usize..400],
         n in prop_oneof![1usize..5, 100usize..300],
@@ -405,6 +436,64 @@ fn large_products_on_the_gemm_threads() {
             let (r1, m1, r2, m2) = both!(mem, |b| b.gemm(&g0));
             assert_eq!(r1, r2);
             assert_close(&m1, &m2, 1e-4, "large gemm");
+        }
+    }
+}
+
+/// Products large enough for the parallel backend's batched paths: blocks of rows, blocks of
+/// columns (too few rows to split), a shared C split by rows, and products computed transposed
+/// into scratch (few rows, deep, a transposed operand), in every layout, against the core.
+#[test]
+fn batched_blocks_and_transposed_products() {
+    // (batch, m, n, k, shared C)
+    let cases = [
+        (3, 200, 140, 100, false),
+        (3, 64, 301, 80, false),
+        (3, 200, 140, 100, true),
+        (1, 32, 160, 300, false),
+        (3, 32, 160, 300, false),
+        (3, 32, 160, 300, true),
+    ];
+    for (case, &(batch, m, n, k, shared)) in cases.iter().enumerate() {
+        for layout in 0..4 {
+            for accumulate in [false, true] {
+                let g0 = Gemm {
+                    batch,
+                    m,
+                    n,
+                    k,
+                    a: 0,
+                    a_trans: layout & 1 == 1,
+                    a_batch: m * k,
+                    b: 0,
+                    b_trans: layout & 2 == 2,
+                    b_batch: k * n,
+                    c: 0,
+                    c_batch: if shared { 0 } else { m * n + 7 },
+                    accumulate,
+                };
+                let (sa, sb, sc) = g0.spans();
+                let g = Gemm {
+                    b: sa,
+                    c: sa + sb,
+                    ..g0
+                };
+                let seed = (case * 8 + layout * 2 + accumulate as usize) as u64;
+                let mut mem: Vec<f64> = random(sa + sb + sc, seed, -1.0, 1.0);
+                if !accumulate {
+                    for v in &mut mem[sa + sb..] {
+                        *v = f64::NAN;
+                    }
+                }
+                let what = format!("case {case}, layout {layout}, accumulate {accumulate}");
+                let (r1, m1, r2, m2) = both!(mem, |b| b.gemm(&g));
+                assert_eq!(r1, r2);
+                assert_close(&m1, &m2, 1e-12 * (batch * k) as f64, &what);
+                let mem32: Vec<f32> = mem.iter().map(|&v| v as f32).collect();
+                let (r1, m1, r2, m2) = both!(mem32, |b| b.gemm(&g));
+                assert_eq!(r1, r2);
+                assert_close(&m1, &m2, 1e-5 * ((batch * k) as f64).sqrt(), &what);
+            }
         }
     }
 }

@@ -24,8 +24,8 @@ const SMALL: usize = 8 * 8 * 8;
 /// (W-mnist's largest) is faster on one thread there.
 const PAR: usize = 1 << 25;
 
-/// Multiply-adds of all products of a batch from which small products are spread over the
-/// threads, one product per task.
+/// Multiply-adds of all products of a batch from which they are spread over the threads as
+/// tasks of blocks of C (see [`tiles`]).
 const MID: usize = 1 << 22;
 
 /// Whether the `gemm` crate computes in `T` (it panics on other types).
@@ -137,8 +137,10 @@ fn one<T: Float>(
     true
 }
 
-/// One unbatched product: large ones on the crate's threads, the rest on the calling thread.
-/// Returns false (having done nothing) when a slice is too short or `T` is not supported.
+/// One unbatched product, on the crate's threads from `par_from` multiply-adds, else on the
+/// calling thread. Returns false (having done nothing) when a slice is too short or `T` is not
+/// supported.
+#[allow(clippy::too_many_arguments)]
 fn product<T: Float>(
     g: &Gemm,
     a: &[T],
@@ -146,14 +148,204 @@ fn product<T: Float>(
     c: &mut [T],
     accumulate: bool,
     threads: usize,
+    par_from: usize,
 ) -> bool {
     let work = g.m.saturating_mul(g.n).saturating_mul(g.k);
-    let par = if work >= PAR && threads > 1 {
+    let par = if work >= par_from && threads > 1 {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
     };
     one(g, 0..g.m, 0, a, b, c, accumulate, par)
+}
+
+/// Rows of C per task below which a product is not split by rows (the crate's AVX-512 f32
+/// kernels work on blocks of 48 or 64 rows).
+const ROWS: usize = 64;
+
+/// Columns of C per task below which a product is not split by columns.
+const COLS: usize = 128;
+
+/// Whether every product of the batch lies inside the slices (then every block of it does
+/// too).
+fn batch_fits<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &[T]) -> bool {
+    (0..g.batch).all(|i| {
+        let (ai, bi, ci) = (i * g.a_batch, i * g.b_batch, i * g.c_batch);
+        match (a.get(ai..), b.get(bi..), c.get(ci..)) {
+            (Some(a), Some(b), Some(c)) => fits(g, &(0..g.m), 0, a, b, c),
+            _ => false,
+        }
+    })
+}
+
+/// C's address, shared by tasks that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+struct Dst<T>(*mut T);
+
+// SAFETY: only `tiles` makes one, from a unique borrow it holds until every task is done, and
+// its tasks write disjoint elements.
+unsafe impl<T: Send> Send for Dst<T> {}
+// SAFETY: as for `Send`: the tasks share the address, never an element.
+unsafe impl<T: Send> Sync for Dst<T> {}
+
+/// A batched product over the threads as tasks of blocks of C, each on the crate's
+/// single-thread kernels: `(image, block)` tasks for separate outputs, block tasks looping over
+/// the batch for a shared (summed) C. Blocks split rows first (each task packs its columns of B
+/// again), columns where rows run short, so that a convolution's pass of three images on two
+/// threads still makes six even tasks. Returns false (having done nothing) where tasks would
+/// not even out over the threads, outputs overlap without being shared, or a slice is short.
+fn tiles<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize) -> bool {
+    let mn = g.m * g.n;
+    let shared = g.c_batch == 0;
+    if !shared && g.c_batch < mn {
+        return false;
+    }
+    // Two tasks per thread (uneven tasks even out), in blocks of at least ROWS x COLS; one per
+    // thread for a shared C (whose tasks are already a whole batch long).
+    let per_product = if shared {
+        threads
+    } else {
+        (2 * threads).div_ceil(g.batch)
+    };
+    let row_chunks = per_product.min(g.m / ROWS).max(1);
+    let col_chunks = per_product.div_ceil(row_chunks).min(g.n / COLS).max(1);
+    let blocks = row_chunks * col_chunks;
+    let tasks = if shared { blocks } else { g.batch * blocks };
+    if !(tasks >= 2 * threads || tasks.is_multiple_of(threads)) || !batch_fits(g, a, b, c) {
+        return false;
+    }
+    let (rows, cols) = (g.m.div_ceil(row_chunks), g.n.div_ceil(col_chunks));
+    let (m, n, k) = (g.m, g.n, g.k);
+    let (a_rs, a_cs) = if g.a_trans { (1, m) } else { (k, 1) };
+    let (b_rs, b_cs) = if g.b_trans { (1, k) } else { (n, 1) };
+    let dst = Dst(c.as_mut_ptr());
+    // Block `blk` of product `i` (into C at `i * c_batch`).
+    let run = |i: usize, blk: usize, accumulate: bool| {
+        let (r0, j0) = ((blk / col_chunks) * rows, (blk % col_chunks) * cols);
+        let (r1, j1) = ((r0 + rows).min(m), (j0 + cols).min(n));
+        if r0 >= r1 || j0 >= j1 {
+            return;
+        }
+        let d = dst;
+        let (ao, bo) = (i * g.a_batch + r0 * a_rs, i * g.b_batch + j0 * b_cs);
+        let co = i * g.c_batch + r0 * n + j0;
+        // SAFETY: `T` is f32 or f64 (`batch_fits` checks it), and product `i` lies inside the
+        // slices (`batch_fits`), so its block rows r0..r1, columns j0..j1 does: A's rows from
+        // `ao`, B's columns from `bo`, C's block from `co` with row stride n. The unique borrow
+        // of `c` is held until every task returns; tasks write disjoint blocks (distinct
+        // blocks of one product; products whose outputs are `c_batch >= m n` apart, or one
+        // task per block looping over the batch for a shared C), and `a`, `b` do not overlap
+        // `c`.
+        unsafe {
+            gemm::gemm(
+                r1 - r0,
+                j1 - j0,
+                k,
+                d.0.add(co),
+                1,
+                n as isize,
+                accumulate,
+                a.as_ptr().add(ao),
+                a_cs as isize,
+                a_rs as isize,
+                b.as_ptr().add(bo),
+                b_cs as isize,
+                b_rs as isize,
+                T::ONE,
+                T::ONE,
+                false,
+                false,
+                false,
+                Parallelism::None,
+            );
+        }
+    };
+    if shared {
+        (0..blocks).into_par_iter().for_each(|blk| {
+            for i in 0..g.batch {
+                run(i, blk, g.accumulate || i > 0);
+            }
+        });
+    } else {
+        (0..tasks)
+            .into_par_iter()
+            .for_each(|t| run(t / blocks, t % blocks, g.accumulate));
+    }
+    true
+}
+
+/// Depth (`k`) from which [`transposed`] computes `C^T` into a scratch buffer where the crate is
+/// faster that way: the transposing copy back costs about as much as `k` is small.
+const DEEP: usize = 256;
+
+/// Whether the crate computes this product faster as `C^T = B^T A^T` into a separate row-major
+/// buffer (then copied back transposed) than into C directly. Measured on the crate's AVX-512
+/// kernels, one thread, GFLOP/s direct / transposed: a convolution's weight gradient
+/// (64 x 288 x 1024, `A B^T`) 77 / 134, 64 x 576 x 1024 `A B^T` 70 / 148, 128 x 1152 x 256
+/// `A B^T` 125 / 164, `A^T B^T` 120 / 171, 128 x 128 x 256 `A^T B^T` 131 / 162; no gain for
+/// C only twice as wide as tall (W-mnist's 128 x 256 x 784 `A B^T`: 147 / 154, less than the
+/// copy back costs) nor for many rows (1024 x 1024 x 256). The copy back costs about `1 / k` of
+/// the product.
+fn transposed_pays(g: &Gemm) -> bool {
+    let wide = g.n >= 4 * g.m && (g.a_trans || g.b_trans);
+    g.k >= DEEP && g.m <= FEW && g.m * g.n <= SCRATCH && (wide || (g.a_trans && g.b_trans))
+}
+
+/// Rows of C up to which [`transposed`] may pay.
+const FEW: usize = 128;
+
+/// Elements of C up to which [`transposed`] may pay (its scratch stays in cache).
+const SCRATCH: usize = 1 << 18;
+
+/// The product as `C^T = B^T A^T` into scratch (one `n x m` matrix per output: one in all for
+/// a shared C), then added or copied into C transposed. Returns false (having done nothing)
+/// when a slice is too short or outputs overlap without being shared.
+fn transposed<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize) -> bool {
+    let mn = g.m * g.n;
+    let shared = g.c_batch == 0;
+    if (!shared && g.c_batch < mn) || !batch_fits(g, a, b, c) {
+        return false;
+    }
+    let outputs = if shared { 1 } else { g.batch };
+    let t = Gemm {
+        m: g.n,
+        n: g.m,
+        a: 0,
+        a_trans: !g.b_trans,
+        a_batch: g.b_batch,
+        b: 0,
+        b_trans: !g.a_trans,
+        b_batch: g.a_batch,
+        c: 0,
+        c_batch: if shared { 0 } else { mn },
+        accumulate: false,
+        ..*g
+    };
+    let mut scratch = vec![T::ZERO; outputs * mn];
+    direct(&t, b, a, &mut scratch, threads);
+    for (i, s) in scratch.chunks(mn).enumerate() {
+        if let Some(ci) = c.get_mut(i * g.c_batch..i * g.c_batch + mn) {
+            add_transposed(s, g.n, g.m, ci, g.accumulate);
+        }
+    }
+    true
+}
+
+/// `dst (+)= src^T`: `src` is `rows x cols` row-major, `dst` `cols x rows`, in tiles that stay
+/// in cache.
+fn add_transposed<T: Float>(src: &[T], rows: usize, cols: usize, dst: &mut [T], accumulate: bool) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for c in c0..(c0 + TILE).min(cols) {
+                for r in r0..(r0 + TILE).min(rows) {
+                    let v = src[r * cols + c];
+                    let d = &mut dst[c * rows + r];
+                    *d = if accumulate { *d + v } else { v };
+                }
+            }
+        }
+    }
 }
 
 /// The product `g` over slices starting at `A`, `B` and `C` (covering [`Gemm::spans`]).
@@ -163,30 +355,28 @@ pub(super) fn gemm<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: u
         simd(|| matmul::gemm(g, a, b, c));
         return;
     }
-    let total = work.saturating_mul(g.batch);
-    let mn = g.m * g.n;
-    // Many small products with separate outputs: one product per task.
-    if g.batch > 1 && g.c_batch >= mn && work < MID && total >= MID && threads > 1 {
-        let stride = g.c_batch;
-        c.par_chunks_mut(stride)
-            .take(g.batch)
-            .enumerate()
-            .for_each(|(i, ci)| {
-                let (ai, bi) = (i * g.a_batch, i * g.b_batch);
-                if let (Some(a), Some(b)) = (a.get(ai..), b.get(bi..)) {
-                    if !one(g, 0..g.m, 0, a, b, ci, g.accumulate, Parallelism::None) {
-                        let single = Gemm { batch: 1, ..*g };
-                        simd(|| matmul::gemm(&single, a, b, ci));
-                    }
-                }
-            });
+    if transposed_pays(g) && transposed(g, a, b, c, threads) {
         return;
     }
+    direct(g, a, b, c, threads);
+}
+
+/// [`gemm`] writing C directly (products the crate cannot take on the core's kernel).
+fn direct<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize) {
+    let work = g.m.saturating_mul(g.n).saturating_mul(g.k);
+    let total = work.saturating_mul(g.batch);
+    // A batch with enough work in all: tasks of blocks over the threads where they even out,
+    // else one product after another, each on the crate's threads when large enough.
+    let batched = g.batch > 1 && total >= MID && threads > 1;
+    if batched && tiles(g, a, b, c, threads) {
+        return;
+    }
+    let par_from = if batched { MID } else { PAR };
     for i in 0..g.batch {
         let (ai, bi, ci) = (i * g.a_batch, i * g.b_batch, i * g.c_batch);
         if let (Some(a), Some(b), Some(c)) = (a.get(ai..), b.get(bi..), c.get_mut(ci..)) {
             let accumulate = g.accumulate || (g.c_batch == 0 && i > 0);
-            if !product(g, a, b, c, accumulate, threads) {
+            if !product(g, a, b, c, accumulate, threads, par_from) {
                 let single = Gemm {
                     batch: 1,
                     accumulate,
