@@ -499,6 +499,26 @@ fn batched_blocks_and_transposed_products() {
 }
 
 #[test]
+fn a_length_one_dimension_ignores_its_stride() {
+    // The reference never adds the stride of a dimension of length 1; neither may the backend.
+    let space = shape(&[2, 1, 3, 4]);
+    let src = Strided {
+        offset: 0,
+        strides: [12, usize::MAX, 4, 1],
+    };
+    let dst = Strided {
+        offset: 24,
+        strides: [12, usize::MAX / 2, 4, 1],
+    };
+    let mem: Vec<f32> = random(48, 5, -1.0, 1.0);
+    for accumulate in [false, true] {
+        let (r1, m1, r2, m2) = both!(mem, |b| b.copy_strided(&space, src, dst, accumulate));
+        assert_eq!(r1, r2);
+        assert_same(&m1, &m2, "length-1 stride");
+    }
+}
+
+#[test]
 fn errors_are_the_same() {
     let mem = vec![0f32; 100];
     let (r1, _, r2, _) = both!(mem, |b| b.unary(UnaryOp::Relu, 0, 10, 20));

@@ -154,6 +154,14 @@ fn copy_planes<T: Float>(
     if (0..outer).any(|i| ds[i] == 0 && space.dim(i) > 1) {
         return false;
     }
+    // A dimension of length 1 never moves: its stride (which may be anything) is never added.
+    let (mut ss, mut ds) = (ss, ds);
+    for i in 0..outer {
+        if space.dim(i) == 1 {
+            ss[i] = 0;
+            ds[i] = 0;
+        }
+    }
     // One past the last element each side reaches.
     let end = |st: &[usize; MAX_RANK]| {
         (0..outer).try_fold(cols, |acc, i| {
