@@ -44,86 +44,61 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> Option<usize> {
         .checked_add(1)
 }
 
-/// Whether the slices cover rows `rows` of the product `g` (C's slice starting at row
-/// `c_row0`), and the crate computes in `T`.
-fn fits<T: Float>(
-    g: &Gemm,
-    rows: &std::ops::Range<usize>,
-    c_row0: usize,
-    a: &[T],
-    b: &[T],
-    c: &[T],
-) -> bool {
-    let (m, n, k) = (g.m, g.n, g.k);
-    let (a_rs, a_cs) = if g.a_trans { (1, m) } else { (k, 1) };
-    let (b_rs, b_cs) = if g.b_trans { (1, k) } else { (n, 1) };
-    let within = |len: usize, start: Option<usize>, e: Option<usize>| {
-        start
-            .zip(e)
-            .and_then(|(s, e)| s.checked_add(e))
-            .is_some_and(|end| end <= len)
-    };
-    supported::<T>()
-        && rows.start >= c_row0
-        && rows.end <= m
-        && within(
-            c.len(),
-            (rows.start - c_row0).checked_mul(n),
-            extent(rows.len(), n, n, 1),
-        )
-        && within(
-            a.len(),
-            rows.start.checked_mul(a_rs),
-            extent(rows.len(), k, a_rs, a_cs),
-        )
-        && within(b.len(), Some(0), extent(k, n, b_rs, b_cs))
+/// Strides `(rs, cs)` of A and of B in the product `g`: element (i, p) of A at
+/// `i * rs + p * cs`, element (p, j) of B likewise.
+fn strides(g: &Gemm) -> ((usize, usize), (usize, usize)) {
+    let a = if g.a_trans { (1, g.m) } else { (g.k, 1) };
+    let b = if g.b_trans { (1, g.k) } else { (g.n, 1) };
+    (a, b)
 }
 
-/// Rows `rows` of the unbatched product `g` with the `gemm` crate; `a` and `b` start at the
-/// matrices, `c` at row `c_row0` of C. Returns false (having done nothing) when a slice is too
-/// short or `T` is not supported.
+/// Whether the slices hold the whole unbatched product `g` (each starting at its matrix), and
+/// the crate computes in `T`.
+fn fits<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &[T]) -> bool {
+    let ((a_rs, a_cs), (b_rs, b_cs)) = strides(g);
+    let within = |len: usize, e: Option<usize>| e.is_some_and(|end| end <= len);
+    supported::<T>()
+        && within(c.len(), extent(g.m, g.n, g.n, 1))
+        && within(a.len(), extent(g.m, g.k, a_rs, a_cs))
+        && within(b.len(), extent(g.k, g.n, b_rs, b_cs))
+}
+
+/// Block rows `r`, columns `j` of C of the unbatched product `g` with the `gemm` crate: `a`,
+/// `b` and `c` point at the matrices (C row-major, row stride `n`).
+///
+/// # Safety
+/// `T` is f32 or f64 (the crate's types); A, B and C of `g` lie inside live allocations at
+/// `a`, `b` and `c`, `r` and `j` inside C; nothing else reads or writes that block of C while
+/// the call runs, and it overlaps neither A nor B.
 #[allow(clippy::too_many_arguments)]
-fn one<T: Float>(
+unsafe fn block<T: Float>(
     g: &Gemm,
-    rows: std::ops::Range<usize>,
-    c_row0: usize,
-    a: &[T],
-    b: &[T],
-    c: &mut [T],
+    r: std::ops::Range<usize>,
+    j: std::ops::Range<usize>,
+    a: *const T,
+    b: *const T,
+    c: *mut T,
     accumulate: bool,
     par: Parallelism,
-) -> bool {
-    if !fits(g, &rows, c_row0, a, b, c) {
-        return false;
-    }
-    let (m, n, k) = (g.m, g.n, g.k);
-    // Element (i, p) of A at i * rs + p * cs; of B, (p, j) at p * rs + j * cs.
-    let (a_rs, a_cs) = if g.a_trans { (1, m) } else { (k, 1) };
-    let (b_rs, b_cs) = if g.b_trans { (1, k) } else { (n, 1) };
-    let (Some(a), Some(c)) = (
-        a.get(rows.start * a_rs..),
-        c.get_mut((rows.start - c_row0) * n..),
-    ) else {
-        return false;
-    };
-    // SAFETY: `T` is f32 or f64, the types the crate supports, and every element the crate
-    // touches lies inside the slices (both checked by `fits`): C's rows are `rows.len() x n`
-    // row-major, A's rows `rows.len() x k` with strides (a_rs, a_cs), B is `k x n` with
-    // (b_rs, b_cs). Lengths of slices fit in isize. `c` is a unique borrow, so it overlaps
-    // neither `a` nor `b`. The call returns only when all its threads are done.
+) {
+    let ((a_rs, a_cs), (b_rs, b_cs)) = strides(g);
+    // SAFETY: by the contract; the offsets (row r.start of A and of C, column j.start of B
+    // and of C) stay inside the matrices, and the crate touches only the block's elements
+    // of C and the rows and columns of A and B it needs. It returns when all its threads are
+    // done.
     unsafe {
         gemm::gemm(
-            rows.len(),
-            n,
-            k,
-            c.as_mut_ptr(),
+            r.len(),
+            j.len(),
+            g.k,
+            c.add(r.start * g.n + j.start),
             1,
-            n as isize,
+            g.n as isize,
             accumulate,
-            a.as_ptr(),
+            a.add(r.start * a_rs),
             a_cs as isize,
             a_rs as isize,
-            b.as_ptr(),
+            b.add(j.start * b_cs),
             b_cs as isize,
             b_rs as isize,
             T::ONE,
@@ -131,6 +106,35 @@ fn one<T: Float>(
             false,
             false,
             false,
+            par,
+        );
+    }
+}
+
+/// The unbatched product `g` with the `gemm` crate; the slices start at the matrices. Returns
+/// false (having done nothing) when a slice is too short or `T` is not supported.
+fn one<T: Float>(
+    g: &Gemm,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    accumulate: bool,
+    par: Parallelism,
+) -> bool {
+    if !fits(g, a, b, c) {
+        return false;
+    }
+    // SAFETY: `fits` checked the type and that the slices hold A, B and C; `c` is a unique
+    // borrow, so nothing else touches it and it overlaps neither `a` nor `b`.
+    unsafe {
+        block(
+            g,
+            0..g.m,
+            0..g.n,
+            a.as_ptr(),
+            b.as_ptr(),
+            c.as_mut_ptr(),
+            accumulate,
             par,
         );
     }
@@ -156,7 +160,7 @@ fn product<T: Float>(
     } else {
         Parallelism::None
     };
-    one(g, 0..g.m, 0, a, b, c, accumulate, par)
+    one(g, a, b, c, accumulate, par)
 }
 
 /// Rows of C per task below which a product is not split by rows (the crate's AVX-512 f32
@@ -172,7 +176,7 @@ fn batch_fits<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &[T]) -> bool {
     (0..g.batch).all(|i| {
         let (ai, bi, ci) = (i * g.a_batch, i * g.b_batch, i * g.c_batch);
         match (a.get(ai..), b.get(bi..), c.get(ci..)) {
-            (Some(a), Some(b), Some(c)) => fits(g, &(0..g.m), 0, a, b, c),
+            (Some(a), Some(b), Some(c)) => fits(g, a, b, c),
             _ => false,
         }
     })
@@ -215,47 +219,29 @@ fn tiles<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize) -> b
         return false;
     }
     let (rows, cols) = (g.m.div_ceil(row_chunks), g.n.div_ceil(col_chunks));
-    let (m, n, k) = (g.m, g.n, g.k);
-    let (a_rs, a_cs) = if g.a_trans { (1, m) } else { (k, 1) };
-    let (b_rs, b_cs) = if g.b_trans { (1, k) } else { (n, 1) };
     let dst = Dst(c.as_mut_ptr());
     // Block `blk` of product `i` (into C at `i * c_batch`).
     let run = |i: usize, blk: usize, accumulate: bool| {
         let (r0, j0) = ((blk / col_chunks) * rows, (blk % col_chunks) * cols);
-        let (r1, j1) = ((r0 + rows).min(m), (j0 + cols).min(n));
+        let (r1, j1) = ((r0 + rows).min(g.m), (j0 + cols).min(g.n));
         if r0 >= r1 || j0 >= j1 {
             return;
         }
         let d = dst;
-        let (ao, bo) = (i * g.a_batch + r0 * a_rs, i * g.b_batch + j0 * b_cs);
-        let co = i * g.c_batch + r0 * n + j0;
-        // SAFETY: `T` is f32 or f64 (`batch_fits` checks it), and product `i` lies inside the
-        // slices (`batch_fits`), so its block rows r0..r1, columns j0..j1 does: A's rows from
-        // `ao`, B's columns from `bo`, C's block from `co` with row stride n. The unique borrow
-        // of `c` is held until every task returns; tasks write disjoint blocks (distinct
-        // blocks of one product; products whose outputs are `c_batch >= m n` apart, or one
-        // task per block looping over the batch for a shared C), and `a`, `b` do not overlap
-        // `c`.
+        // SAFETY: `batch_fits` checked the type and that product `i` lies inside the slices
+        // (so its offsets are in bounds), and the block inside C. The unique borrow of `c` is
+        // held until every task returns; tasks write disjoint blocks (distinct blocks of one
+        // product; products whose outputs are `c_batch >= m n` apart; or, for a shared C, one
+        // task per block looping over the batch), and `a`, `b` do not overlap `c`.
         unsafe {
-            gemm::gemm(
-                r1 - r0,
-                j1 - j0,
-                k,
-                d.0.add(co),
-                1,
-                n as isize,
+            block(
+                g,
+                r0..r1,
+                j0..j1,
+                a.as_ptr().add(i * g.a_batch),
+                b.as_ptr().add(i * g.b_batch),
+                d.0.add(i * g.c_batch),
                 accumulate,
-                a.as_ptr().add(ao),
-                a_cs as isize,
-                a_rs as isize,
-                b.as_ptr().add(bo),
-                b_cs as isize,
-                b_rs as isize,
-                T::ONE,
-                T::ONE,
-                false,
-                false,
-                false,
                 Parallelism::None,
             );
         }

@@ -134,6 +134,18 @@ pub(super) fn copy<T: Float>(
     }
 }
 
+/// One row: `dst (+)= src` (equal lengths).
+#[inline(always)]
+fn copy_row<T: Float>(src: &[T], dst: &mut [T], accumulate: bool) {
+    if accumulate {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d += v;
+        }
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
 /// [`copy`] for rank 3 and up with contiguous rows on both sides and no destination dimension
 /// broadcast (a convolution's im2col and col2im: `[N, C, rows, cols]` per window tap): rows in
 /// the reference's order, so the same writes and sums happen in the same order. False (having
@@ -181,13 +193,7 @@ fn copy_planes<T: Float>(
         for r in 0..rows {
             let (a, b) = (so + r * sr, dof + r * dr);
             if let (Some(src), Some(dst)) = (s.get(a..a + cols), d.get_mut(b..b + cols)) {
-                if accumulate {
-                    for (d, &v) in dst.iter_mut().zip(src) {
-                        *d += v;
-                    }
-                } else {
-                    dst.copy_from_slice(src);
-                }
+                copy_row(src, dst, accumulate);
             }
         }
         // Next plane: the last outer-but-one dimension fastest.
@@ -244,9 +250,7 @@ fn copy_rows<T: Float>(
             return false;
         };
         for i in 0..rows {
-            for (d, &v) in dst.iter_mut().zip(src_row(i)) {
-                *d += v;
-            }
+            copy_row(src_row(i), dst, true);
         }
         return true;
     }
@@ -257,14 +261,7 @@ fn copy_rows<T: Float>(
         let Some(dst) = d.get_mut(i * dr..i * dr + cols) else {
             return false;
         };
-        let src = src_row(i);
-        if accumulate {
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d += v;
-            }
-        } else {
-            dst.copy_from_slice(src);
-        }
+        copy_row(src_row(i), dst, accumulate);
     }
     true
 }
