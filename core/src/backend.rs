@@ -9,6 +9,7 @@ use core::ops::Range;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::ops::binary::{self, BinaryOp, Side};
+use crate::ops::conv::ConvCall;
 use crate::ops::loss::{self, LossOp};
 use crate::ops::matmul::{self, Gemm};
 use crate::ops::movement::{self, Strided};
@@ -125,6 +126,19 @@ pub trait Backend {
     /// # Errors
     /// As [`Backend::unary`].
     fn gemm(&mut self, g: &Gemm) -> Result<()>;
+
+    /// One pass of a convolution over a whole batch with the backend's own kernel, where it
+    /// has one for this geometry. Returns `Ok(false)`, having done nothing, when it has none:
+    /// the tape then runs the pass as im2col copies and matrix products (see
+    /// [`crate::ops::conv`]), which is what the default does for every call (and what a
+    /// [`Replay`](crate::Replay) records).
+    ///
+    /// # Errors
+    /// As [`Backend::unary`].
+    fn conv(&mut self, call: &ConvCall) -> Result<bool> {
+        let _ = call;
+        Ok(false)
+    }
 
     /// A strided copy over index space `space` (see [`crate::ops::movement`]).
     ///

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use mote::backend::View;
 use mote::ops::binary::{BinaryOp, Side};
+use mote::ops::conv::{ConvCall, ConvPass};
 use mote::ops::loss::LossOp;
 use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
@@ -105,6 +106,14 @@ impl<B: Backend> Backend for Timed<B> {
             ),
             |b| b.gemm(g),
         )
+    }
+    fn conv(&mut self, c: &ConvCall) -> Result<bool> {
+        let name = match c.pass {
+            ConvPass::Forward { .. } => "conv",
+            ConvPass::WeightGrad { .. } => "conv dw",
+            ConvPass::InputGrad { .. } => "conv dx",
+        };
+        self.t((name, c.images, c.channels, c.out_channels), |b| b.conv(c))
     }
     fn copy_strided(&mut self, sp: &Shape, s: Strided, d: Strided, acc: bool) -> Result<()> {
         self.t(

@@ -9,6 +9,7 @@ use mote::{
     Linear, MaxPool2d, Module, PoolConfig, Relu, Rng, Tape, Var,
 };
 use mote_runtime::parallel::Parallel;
+use proptest::prelude::*;
 
 /// Builds the model on `tape` from a fixed seed, runs one forward/backward on fixed data, and
 /// returns the loss and every parameter gradient, flattened.
@@ -78,5 +79,163 @@ fn cnn_gradients_match_the_reference() {
             (a - b).abs() <= 1e-4 * scale,
             "gradient {i}: {a} vs {b} (scale {scale})"
         );
+    }
+}
+
+/// One convolution's geometry for [`conv_twice`].
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    o: usize,
+    groups: usize,
+    hw: [usize; 2],
+    k: [usize; 2],
+    cfg: ConvConfig,
+}
+
+/// `loss = sum(conv(x, w) r1) + sum(conv(x, w) r2)` on `tape`: the input and the weight each
+/// get two gradient contributions (the second accumulates onto the first). Returns the output
+/// and both gradients; `None` when the geometry is invalid (the tape's check).
+fn conv_twice<B: HostBackend<Elem = f32>>(
+    tape: &mut Tape<B, 16>,
+    g: Geometry,
+    seed: u64,
+) -> Option<[Vec<f32>; 3]> {
+    let mut rng = Rng::new(seed);
+    let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f32() - 0.5).collect() };
+    let xs = [g.n, g.c, g.hw[0], g.hw[1]];
+    let ws = [g.o, g.c / g.groups, g.k[0], g.k[1]];
+    let (xd, wd) = (draw(xs.iter().product()), draw(ws.iter().product()));
+    let x = tape.param(&xs, &xd).unwrap();
+    let w = tape.param(&ws, &wd).unwrap();
+    let y1 = tape.conv2d(x, w, None, g.cfg).ok()?;
+    let y2 = tape.conv2d(x, w, None, g.cfg).unwrap();
+    let dims = y1.shape();
+    let (r1, r2) = (draw(dims.numel()), draw(dims.numel()));
+    let r1 = tape.input_shape(dims, &r1).unwrap();
+    let r2 = tape.input_shape(dims, &r2).unwrap();
+    let a = tape.mul(y1, r1).unwrap();
+    let b = tape.mul(y2, r2).unwrap();
+    let (a, b) = (tape.sum(a).unwrap(), tape.sum(b).unwrap());
+    let loss = tape.add(a, b).unwrap();
+    tape.backward(loss).unwrap();
+    let grad = |v| tape.grad_data(v).unwrap().unwrap().to_vec();
+    Some([tape.data(y1).unwrap().to_vec(), grad(x), grad(w)])
+}
+
+fn geometries() -> impl Strategy<Value = Geometry> {
+    (
+        (1usize..4, 1usize..4, 1usize..4, 1usize..30),
+        (1usize..4, 1usize..4, 0usize..4, 0usize..3),
+        (1usize..3, 1usize..3, 1usize..3, 1usize..14, 1usize..14),
+    )
+        .prop_map(|((n, gr, cg, og), (kh, kw, ph, pw), (dh, dw, sh, h, w))| {
+            // Stride 1 mostly (the direct kernels), sometimes 2 (the im2col path).
+            let s = if sh == 2 { [2, 1] } else { [1, 1] };
+            Geometry {
+                n,
+                c: gr * cg,
+                o: gr * og,
+                groups: gr,
+                hw: [h, w],
+                k: [kh, kw],
+                cfg: ConvConfig {
+                    stride: s,
+                    padding: [ph, pw],
+                    dilation: [dh, dw],
+                },
+            }
+        })
+}
+
+/// Checks one geometry on both backends: the output, the input's and the weight's gradients
+/// within f32 rounding of the reference.
+fn check_conv(g: Geometry, seed: u64) {
+    let mut m1 = vec![0f32; 1 << 22];
+    let mut m2 = vec![0f32; 1 << 22];
+    let cpu = conv_twice(&mut Tape::<Cpu<f32>, 16>::new(&mut m1), g, seed);
+    let par = conv_twice(&mut Tape::with_backend(Parallel::new(&mut m2)), g, seed);
+    let (cpu, par) = match (cpu, par) {
+        (Some(c), Some(p)) => (c, p),
+        (None, None) => return,
+        _ => panic!("{g:?}: only one backend failed"),
+    };
+    for (what, (a, b)) in ["output", "input grad", "weight grad"]
+        .iter()
+        .zip(cpu.iter().zip(&par))
+    {
+        let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!(
+                (x - y).abs() <= 2e-5 * scale,
+                "{g:?}: {what} {i}: cpu {x} parallel {y}"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// Convolutions of every geometry the direct kernels take (stride 1: any window, padding,
+    /// dilation, groups, channel counts around their tile sizes of 8 rows and 16 lanes) and a
+    /// few they leave to im2col, on small images, against the reference.
+    #[test]
+    fn direct_convolutions_match_the_reference(g in geometries(), seed in any::<u64>()) {
+        check_conv(g, seed);
+    }
+}
+
+/// Sizes the property test does not reach: over 64 output channels per group (more than one
+/// block of lanes in the weight gradient), rows that leave 3 and 5-7 in the last block, wide
+/// rows (several tiles per row), and a batch large enough to run on the pool's threads.
+#[test]
+fn direct_convolutions_at_larger_sizes() {
+    let same = ConvConfig {
+        padding: [1, 1],
+        ..ConvConfig::default()
+    };
+    let cases = [
+        (2, 5, 83, 1, [9, 40], [3, 3], same),
+        (3, 6, 67, 1, [7, 7], [3, 3], same),
+        (16, 16, 24, 2, [20, 20], [3, 3], same),
+        (
+            8,
+            12,
+            21,
+            3,
+            [17, 33],
+            [5, 3],
+            ConvConfig {
+                padding: [2, 0],
+                dilation: [1, 2],
+                ..ConvConfig::default()
+            },
+        ),
+        (
+            4,
+            8,
+            16,
+            1,
+            [30, 30],
+            [1, 1],
+            ConvConfig {
+                padding: [3, 1],
+                ..ConvConfig::default()
+            },
+        ),
+    ];
+    for (i, &(n, c, o, groups, hw, k, cfg)) in cases.iter().enumerate() {
+        let g = Geometry {
+            n,
+            c,
+            o,
+            groups,
+            hw,
+            k,
+            cfg,
+        };
+        check_conv(g, i as u64);
     }
 }

@@ -16,6 +16,11 @@
 //!   does) or spreads `dy / (KH * KW)` over the window, then col2im. Average pooling counts
 //!   padded positions (PyTorch's default `count_include_pad=True`).
 //!
+//! A backend may run a whole convolution pass with its own kernel instead ([`Backend::conv`],
+//! offered a [`ConvCall`] first; the multithreaded CPU backend convolves directly where it
+//! can). The im2col buffer is taken from the arena all the same, so that a step's memory does
+//! not depend on the backend.
+//!
 //! Output size along each spatial axis: `(H + 2 ph - dh (KH - 1) - 1) / sh + 1` (floor).
 //! Geometry values (stride, padding, dilation and pooling windows) are limited to 1..=31
 //! (padding 0..=31) so that a node stays small on a microcontroller.
@@ -272,6 +277,87 @@ pub(crate) fn col2im<B: Backend>(be: &mut B, g: &Geom, cols: usize, dx: usize) -
     })
 }
 
+/// Which pass of a convolution a [`ConvCall`] asks for, and where its tensors lie (arena
+/// offsets, contiguous, row-major).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPass {
+    /// `y = conv(x, w)`, overwriting `y` (`[N, O, OH, OW]`).
+    Forward {
+        /// The input, `[N, C, H, W]`.
+        x: usize,
+        /// The weight, `[O, C / G, KH, KW]`.
+        w: usize,
+        /// The output.
+        y: usize,
+    },
+    /// `dw += sum over images and positions of dy x` (the weight's gradient, accumulated).
+    WeightGrad {
+        /// The input.
+        x: usize,
+        /// The output's gradient.
+        dy: usize,
+        /// The weight's gradient.
+        dw: usize,
+    },
+    /// `dx += conv_transpose(dy, w)` (the input's gradient, accumulated).
+    InputGrad {
+        /// The weight.
+        w: usize,
+        /// The output's gradient.
+        dy: usize,
+        /// The input's gradient.
+        dx: usize,
+    },
+}
+
+/// One pass of a 2-D convolution over a whole batch, offered to [`Backend::conv`] before the
+/// tape runs it as im2col copies and matrix products. The geometry is checked (the output size
+/// follows from the others as the module docs give it) and every tensor lies inside the
+/// arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvCall {
+    /// The pass and its tensors.
+    pub pass: ConvPass,
+    /// Images `N`.
+    pub images: usize,
+    /// Input channels `C`.
+    pub channels: usize,
+    /// Input height and width `[H, W]`.
+    pub size: [usize; 2],
+    /// Output channels `O`.
+    pub out_channels: usize,
+    /// Groups `G` (`C` and `O` are multiples of it).
+    pub groups: usize,
+    /// Window `[KH, KW]`.
+    pub kernel: [usize; 2],
+    /// Stride `[SH, SW]`.
+    pub stride: [usize; 2],
+    /// Zero padding `[PH, PW]` on each side.
+    pub padding: [usize; 2],
+    /// Dilation `[DH, DW]`.
+    pub dilation: [usize; 2],
+    /// Output height and width `[OH, OW]`.
+    pub out: [usize; 2],
+}
+
+impl Geom {
+    fn call(&self, out_channels: usize, groups: usize, pass: ConvPass) -> ConvCall {
+        ConvCall {
+            pass,
+            images: self.n,
+            channels: self.c,
+            size: [self.h, self.w],
+            out_channels,
+            groups,
+            kernel: [self.kh, self.kw],
+            stride: [self.sh, self.sw],
+            padding: [self.ph, self.pw],
+            dilation: [self.dh, self.dw],
+            out: [self.oh, self.ow],
+        }
+    }
+}
+
 /// The per-group GEMMs of a convolution: `groups` products, each batched over the images.
 pub(crate) struct ConvGemms {
     pub groups: usize,
@@ -449,7 +535,17 @@ pub(crate) mod tape_ops {
                     |_, _| Ok(()),
                 )?;
                 let cols = t.alloc(cols_len)?;
-                let mut first = 0;
+                let groups = g.c / ws.dim(1);
+                let pass = ConvPass::Forward {
+                    x: x.offset as usize,
+                    w: weight.offset as usize,
+                    y: y.offset as usize,
+                };
+                let mut first = if t.backend.conv(&g.call(ws.dim(0), groups, pass))? {
+                    g.n
+                } else {
+                    0
+                };
                 while first < g.n {
                     let pg = g.part(per_pass.min(g.n - first));
                     let gm = conv_gemms(&pg, ws);
@@ -672,8 +768,22 @@ pub(crate) mod tape_ops {
             let (x_img, y_img) = (g.c * g.h * g.w, ws.dim(0) * g.positions());
             // The weight's gradient over every pass first (the padding's zeros written once),
             // then the input's (its products overwrite the whole buffer).
+            let groups = g.c / ws.dim(1);
+            // The first image left to im2col: none when the backend ran the pass itself.
+            let left = |be: &mut B, pass| -> Result<usize> {
+                Ok(if be.conv(&g.call(ws.dim(0), groups, pass))? {
+                    g.n
+                } else {
+                    0
+                })
+            };
             if let Some((_, dwo)) = dwg {
-                let mut first = 0;
+                let pass = ConvPass::WeightGrad {
+                    x: xv.offset,
+                    dy,
+                    dw: dwo,
+                };
+                let mut first = left(&mut self.backend, pass)?;
                 while first < g.n {
                     let pg = g.part(per_pass.min(g.n - first));
                     let gm = conv_gemms(&pg, ws);
@@ -691,7 +801,12 @@ pub(crate) mod tape_ops {
                 }
             }
             if let Some((_, dxo)) = dxg {
-                let mut first = 0;
+                let pass = ConvPass::InputGrad {
+                    w: wv.offset,
+                    dy,
+                    dx: dxo,
+                };
+                let mut first = left(&mut self.backend, pass)?;
                 while first < g.n {
                     let pg = g.part(per_pass.min(g.n - first));
                     let gm = conv_gemms(&pg, ws);

@@ -26,7 +26,7 @@ const PAR: usize = 1 << 25;
 
 /// Multiply-adds of all products of a batch from which they are spread over the threads as
 /// tasks of blocks of C (see [`tiles`]).
-const MID: usize = 1 << 22;
+pub(super) const MID: usize = 1 << 22;
 
 /// Whether the `gemm` crate computes in `T` (it panics on other types).
 fn supported<T: 'static>() -> bool {

@@ -6,6 +6,9 @@
 //! - matrix products go through the `gemm` crate (packed, AVX2 or AVX-512 micro-kernels,
 //!   multithreaded on rayon's pool for large products); tiny products stay on the core's
 //!   reference kernel, whose call costs nothing;
+//! - convolutions with stride 1 in f32, on CPUs with AVX-512, run direct kernels over
+//!   zero-padded image planes, with no im2col buffer (see `conv.rs`); other convolutions are
+//!   im2col copies and products, as on `Cpu`;
 //! - elementwise ops, reductions, softmax, losses, optimizer updates, fills and strided copies
 //!   are split over the pool's threads above a size threshold ([`PAR_MIN`] elements), in chunks
 //!   that each run the core's own kernel, so that most results are bit for bit those of `Cpu`;
@@ -13,9 +16,9 @@
 //!   small workloads are pure per-op overhead).
 //!
 //! Results equal `Cpu`'s exactly except for sums that are split over threads (a loss's value,
-//! [`Backend::sum_squares`]) and matrix products (another summation order), which agree to
-//! rounding. Reductions and softmax split over their independent blocks only; loss gradients
-//! stay serial (one cheap pass).
+//! [`Backend::sum_squares`]), matrix products and direct convolutions (another summation
+//! order), which agree to rounding. Reductions and softmax split over their independent blocks
+//! only; loss gradients stay serial (one cheap pass).
 //!
 //! ```
 //! use mote::{Adam, AdamConfig, Linear, Module, Optimizer, Relu, Rng, Tape};
@@ -39,6 +42,8 @@
 //! # Ok::<(), mote::Error>(())
 //! ```
 
+#[cfg(target_arch = "x86_64")]
+mod conv;
 mod gemm;
 mod kernels;
 mod xent;
@@ -47,6 +52,8 @@ use std::ops::Range;
 
 use mote::backend::{split, split_mut, View};
 use mote::ops::binary::{self, BinaryOp, Side};
+#[cfg(target_arch = "x86_64")]
+use mote::ops::conv::ConvCall;
 use mote::ops::loss::{self, LossOp};
 use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
@@ -353,6 +360,11 @@ impl<T: Float> Backend for Parallel<'_, T> {
         let (c, [a, b]) = split(self.buf, r(g.c, sc), [r(g.a, sa), r(g.b, sb)])?;
         gemm::gemm(g, a, b, c, threads);
         Ok(())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn conv(&mut self, call: &ConvCall) -> Result<bool> {
+        conv::run(self.buf, call, self.threads)
     }
 
     fn copy_strided(
