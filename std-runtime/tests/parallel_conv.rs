@@ -8,7 +8,7 @@ use mote::{
     AvgPool2d, BatchNorm, Conv2d, ConvConfig, Cpu, Dropout, Embedding, Flatten, HostBackend,
     Linear, MaxPool2d, Module, PoolConfig, Relu, Rng, Tape, Var,
 };
-use mote_runtime::parallel::Parallel;
+use mote_runtime::parallel::{ConvKernels, Parallel};
 use proptest::prelude::*;
 
 /// Builds the model on `tape` from a fixed seed, runs one forward/backward on fixed data, and
@@ -127,8 +127,8 @@ fn conv_twice<B: HostBackend<Elem = f32>>(
 fn geometries() -> impl Strategy<Value = Geometry> {
     (
         (1usize..4, 1usize..4, 1usize..4, 1usize..30),
-        (1usize..4, 1usize..4, 0usize..4, 0usize..3),
-        (1usize..3, 1usize..3, 1usize..3, 1usize..14, 1usize..14),
+        (1usize..4, 1usize..4, 0usize..7, 0usize..3),
+        (1usize..5, 1usize..3, 1usize..3, 1usize..14, 1usize..14),
     )
         .prop_map(|((n, gr, cg, og), (kh, kw, ph, pw), (dh, dw, sh, h, w))| {
             // Stride 1 mostly (the direct kernels), sometimes 2 (the im2col path).
@@ -149,13 +149,14 @@ fn geometries() -> impl Strategy<Value = Geometry> {
         })
 }
 
-/// Checks one geometry on both backends: the output, the input's and the weight's gradients
-/// within f32 rounding of the reference.
-fn check_conv(g: Geometry, seed: u64) {
+/// Checks one geometry on the reference and on the parallel backend with `kernels`: the
+/// output, the input's and the weight's gradients within f32 rounding of the reference.
+fn check_conv(g: Geometry, seed: u64, kernels: ConvKernels) {
     let mut m1 = vec![0f32; 1 << 22];
     let mut m2 = vec![0f32; 1 << 22];
     let cpu = conv_twice(&mut Tape::<Cpu<f32>, 16>::new(&mut m1), g, seed);
-    let par = conv_twice(&mut Tape::with_backend(Parallel::new(&mut m2)), g, seed);
+    let backend = Parallel::new(&mut m2).with_conv_kernels(kernels);
+    let par = conv_twice(&mut Tape::with_backend(backend), g, seed);
     let (cpu, par) = match (cpu, par) {
         (Some(c), Some(p)) => (c, p),
         (None, None) => return,
@@ -183,7 +184,8 @@ proptest! {
     /// few they leave to im2col, on small images, against the reference.
     #[test]
     fn direct_convolutions_match_the_reference(g in geometries(), seed in any::<u64>()) {
-        check_conv(g, seed);
+        check_conv(g, seed, ConvKernels::Best);
+        check_conv(g, seed, ConvKernels::Avx2);
     }
 }
 
@@ -236,6 +238,80 @@ fn direct_convolutions_at_larger_sizes() {
             k,
             cfg,
         };
-        check_conv(g, i as u64);
+        for kernels in [ConvKernels::Best, ConvKernels::Avx2, ConvKernels::Im2col] {
+            check_conv(g, i as u64, kernels);
+        }
     }
+}
+
+/// The direct kernels run where the CPU has them (the tests above would pass on im2col alone),
+/// and a call whose geometry does not add up is an error, not a read out of bounds.
+#[test]
+fn direct_kernels_run_and_check_their_calls() {
+    use mote::ops::conv::{ConvCall, ConvPass};
+    use mote::Backend;
+    let mut mem = vec![0f32; 4096];
+    let call = ConvCall {
+        pass: ConvPass::Forward {
+            x: 0,
+            w: 1024,
+            y: 2048,
+        },
+        images: 2,
+        channels: 3,
+        size: [8, 8],
+        out_channels: 4,
+        groups: 1,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+        dilation: [1, 1],
+        out: [8, 8],
+    };
+    #[cfg(target_arch = "x86_64")]
+    let simd = [
+        (ConvKernels::Best, std::is_x86_feature_detected!("avx512f")),
+        (
+            ConvKernels::Avx2,
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+        ),
+    ];
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = [(ConvKernels::Best, false), (ConvKernels::Avx2, false)];
+    for (kernels, has) in simd {
+        let mut be = Parallel::new(&mut mem).with_conv_kernels(kernels);
+        if has {
+            assert_eq!(be.conv(&call), Ok(true), "{kernels:?}");
+        }
+        // Stride 2 is left to im2col; so is everything with `Im2col`.
+        let strided = ConvCall {
+            stride: [2, 2],
+            out: [4, 4],
+            ..call
+        };
+        assert_eq!(be.conv(&strided), Ok(false));
+        if has {
+            // A dilation whose span wraps around, an output size that does not follow, no
+            // groups: errors.
+            for bad in [
+                ConvCall {
+                    kernel: [1, 9],
+                    dilation: [1, 1 << 61],
+                    ..call
+                },
+                ConvCall {
+                    out: [8, 9],
+                    ..call
+                },
+                ConvCall { groups: 0, ..call },
+            ] {
+                assert!(
+                    matches!(be.conv(&bad), Err(mote::Error::InvalidArgument { .. })),
+                    "{bad:?}"
+                );
+            }
+        }
+    }
+    let mut be = Parallel::new(&mut mem).with_conv_kernels(ConvKernels::Im2col);
+    assert_eq!(be.conv(&call), Ok(false));
 }

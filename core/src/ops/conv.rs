@@ -18,8 +18,8 @@
 //!
 //! A backend may run a whole convolution pass with its own kernel instead ([`Backend::conv`],
 //! offered a [`ConvCall`] first; the multithreaded CPU backend convolves directly where it
-//! can). The im2col buffer is taken from the arena all the same, so that a step's memory does
-//! not depend on the backend.
+//! can). The im2col buffer is taken from the arena all the same, so that a step's arena use
+//! does not depend on the backend (a backend's own kernel may use scratch memory of its own).
 //!
 //! Output size along each spatial axis: `(H + 2 ph - dh (KH - 1) - 1) / sh + 1` (floor).
 //! Geometry values (stride, padding, dilation and pooling windows) are limited to 1..=31

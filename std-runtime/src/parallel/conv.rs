@@ -22,6 +22,15 @@
 //!   accumulators), and adds its block into a per-thread `dw^T`; the threads' blocks are summed
 //!   at the end.
 //!
+//! Kernels for AVX-512 (16 lanes, 32 registers: tiles of 8 x 48 and 6 x 64) and for AVX2 with
+//! FMA (8 lanes, 16 registers: 4 x 24 and 6 x 16), the same code over [`Isa`].
+//!
+//! Results agree with the reference to rounding, with one difference once values are not
+//! finite: the input gradient multiplies the zero padding around `dy` by every weight, so an
+//! infinite weight makes NaN at the image's border where im2col (which never computes those
+//! taps) leaves the infinity or a finite value. The scratch (padded planes, flat results,
+//! flipped weights, per-thread `dw^T`) is the backend's own, on the heap, not the arena's.
+//!
 //! Measured on the conv2d workload's layer (batch 64, 32 -> 64 channels, 3x3, 32x32) on one
 //! core of the 2-core development machine (Xeon, AVX-512): 158 GFLOP/s for the forward's
 //! tiles, 168 for the weight gradient's (vectors along the positions instead, summed across
@@ -30,22 +39,17 @@
 
 use std::any::TypeId;
 use std::arch::x86_64::{
-    __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
-    _mm512_storeu_ps,
+    __m256, __m512, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps,
+    _mm256_setzero_ps, _mm256_storeu_ps, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
+    _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
 };
 
 use mote::backend::split;
 use mote::ops::conv::{ConvCall, ConvPass};
-use mote::Result;
+use mote::{Error, Result};
 use rayon::prelude::*;
 
 use super::gemm::MID;
-
-/// Positions of one [`rows_tile`]: 3 vectors of 16.
-const TILE: usize = 48;
-
-/// Output rows of a full [`rows_tile`].
-const ROWS: usize = 8;
 
 /// Weight-gradient rows (channel-taps) of a [`weights_tile`].
 const TAPS: usize = 6;
@@ -54,29 +58,224 @@ const TAPS: usize = 6;
 /// while every channel-tap block passes over them (128 measured best of 64..1024).
 const CHUNK: usize = 128;
 
-/// Output channels of one [`weights_tile`] call: 4 vectors.
-const LANES: usize = 64;
+/// The vectors of one instruction set, as the kernels use them. A value is proof that the CPU
+/// supports the set (made by [`run`] after checking), which makes [`Isa::enable`] safe.
+trait Isa: Copy + Send + Sync {
+    /// A vector of `LANES` f32.
+    type V: Copy;
+    /// Lanes per vector.
+    const LANES: usize;
+    /// Rows of a full [`rows_tile`] (3 vectors each): the accumulators, three loads and a
+    /// broadcast fill the registers.
+    const ROWS: usize;
+    /// Vectors of output channels in a full [`weights_tile`] (6 rows each).
+    const NV: usize;
+    /// Positions of one [`rows_tile`].
+    const TILE: usize = 3 * Self::LANES;
 
-/// Whether `call` runs here: f32, stride 1, on a CPU with AVX-512 F; a weight gradient also
-/// needs at least 8 output channels per group (its vectors run along them: fewer would waste
-/// most lanes, and the im2col path is as good).
-fn applies<T: 'static>(call: &ConvCall) -> bool {
-    let per_group = call.out_channels / call.groups.max(1);
-    TypeId::of::<T>() == TypeId::of::<f32>()
-        && call.stride == [1, 1]
-        && !(matches!(call.pass, ConvPass::WeightGrad { .. }) && per_group < 8)
-        && std::is_x86_feature_detected!("avx512f")
+    /// Runs `f` compiled for the instruction set (the kernels inline into it).
+    fn enable<R>(self, f: impl FnOnce() -> R) -> R;
+    /// All zeros.
+    ///
+    /// # Safety
+    /// Only inside [`Isa::enable`] (the CPU supports the set).
+    unsafe fn zero() -> Self::V;
+    /// `x` in every lane. Safety as [`Isa::zero`].
+    unsafe fn splat(x: f32) -> Self::V;
+    /// `LANES` values from `p`, unaligned. Safety as [`Isa::zero`], and `p` valid for them.
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// `v` to `p`, unaligned. Safety as [`Isa::load`].
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a b + c`, fused. Safety as [`Isa::zero`].
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a + b`. Safety as [`Isa::zero`].
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
 }
 
-/// Runs `call` on `buf` (the arena) if it [`applies`]; `Ok(false)` otherwise.
-pub(super) fn run<T: 'static>(buf: &mut [T], call: &ConvCall, threads: usize) -> Result<bool> {
-    if !applies::<T>(call) {
+/// AVX-512 F: 32 registers of 16 lanes.
+#[derive(Clone, Copy)]
+struct Avx512(());
+
+impl Isa for Avx512 {
+    type V = __m512;
+    const LANES: usize = 16;
+    const ROWS: usize = 8;
+    const NV: usize = 4;
+
+    #[inline(always)]
+    fn enable<R>(self, f: impl FnOnce() -> R) -> R {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn on<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: an `Avx512` exists only where the CPU has AVX-512 F.
+        unsafe { on(f) }
+    }
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        _mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m512 {
+        _mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        // SAFETY: the caller's.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m512) {
+        // SAFETY: the caller's.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        _mm512_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(a, b)
+    }
+}
+
+/// AVX2 and FMA: 16 registers of 8 lanes.
+#[derive(Clone, Copy)]
+struct Avx2(());
+
+impl Isa for Avx2 {
+    type V = __m256;
+    const LANES: usize = 8;
+    const ROWS: usize = 4;
+    const NV: usize = 2;
+
+    #[inline(always)]
+    fn enable<R>(self, f: impl FnOnce() -> R) -> R {
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn on<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: an `Avx2` exists only where the CPU has AVX2 and FMA.
+        unsafe { on(f) }
+    }
+    #[inline(always)]
+    unsafe fn zero() -> __m256 {
+        _mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        _mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m256 {
+        // SAFETY: the caller's.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: __m256) {
+        // SAFETY: the caller's.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        _mm256_fmadd_ps(a, b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m256, b: __m256) -> __m256 {
+        _mm256_add_ps(a, b)
+    }
+}
+
+/// Runs `call` on `buf` (the arena) where the direct kernels take it: f32, stride 1, a CPU
+/// with AVX-512 F (unless `avx512` is false) or AVX2 and FMA; a weight gradient also needs at
+/// least 8 output channels per group (its vectors run along them: fewer would waste most
+/// lanes). `Ok(false)`, having done nothing, otherwise.
+pub(super) fn run<T: 'static>(
+    buf: &mut [T],
+    call: &ConvCall,
+    threads: usize,
+    avx512: bool,
+) -> Result<bool> {
+    let per_group = call.out_channels / call.groups.max(1);
+    if TypeId::of::<T>() != TypeId::of::<f32>()
+        || call.stride != [1, 1]
+        || (matches!(call.pass, ConvPass::WeightGrad { .. }) && per_group < 8)
+    {
         return Ok(false);
     }
-    // SAFETY: `T` is f32 (checked by `applies`): same size, alignment and validity.
+    if consistent(call).is_none() {
+        return Err(Error::InvalidArgument {
+            what: "a convolution call whose geometry is inconsistent or overflows",
+        });
+    }
+    // SAFETY: `T` is f32 (checked above): same size, alignment and validity.
     let buf: &mut [f32] =
         unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), buf.len()) };
-    let c = call;
+    if avx512 && std::is_x86_feature_detected!("avx512f") {
+        pass(Avx512(()), buf, call, threads)?;
+    } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        pass(Avx2(()), buf, call, threads)?;
+    } else {
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Whether `c` is consistent, with every size the kernels derive from it computed without
+/// overflow (the tape's calls always are; but `ConvCall` is public, and the kernels' reads are
+/// only as safe as the offsets computed from it).
+fn consistent(c: &ConvCall) -> Option<()> {
+    let g = c.groups;
+    if [g, c.images, c.channels, c.out_channels].contains(&0)
+        || !c.channels.is_multiple_of(g)
+        || !c.out_channels.is_multiple_of(g)
+    {
+        return None;
+    }
+    // Each axis: the padded input, the window's span, and a bound on both padded planes'
+    // sides (the forward's `size + 2 padding`, the input gradient's `size + span`).
+    let mut side = [0; 2];
+    for (d, side) in side.iter_mut().enumerate() {
+        let (n, k, p, dl) = (c.size[d], c.kernel[d], c.padding[d], c.dilation[d]);
+        if n == 0 || k == 0 || dl == 0 {
+            return None;
+        }
+        let span = dl.checked_mul(k - 1)?;
+        let padded = n.checked_add(p.checked_mul(2)?)?;
+        // Stride 1: `padded - span - 1 + 1` outputs.
+        if padded.checked_sub(span)? != c.out[d] || c.out[d] == 0 {
+            return None;
+        }
+        *side = padded.checked_add(span)?;
+    }
+    let [h, w] = c.size;
+    let [oh, ow] = c.out;
+    let taps = c.kernel[0].checked_mul(c.kernel[1])?;
+    c.images
+        .checked_mul(c.channels)?
+        .checked_mul(h)?
+        .checked_mul(w)?;
+    let y = c
+        .images
+        .checked_mul(c.out_channels)?
+        .checked_mul(oh)?
+        .checked_mul(ow)?;
+    // The weight, and the weight gradient's dw^T rows padded by a tile, channels by vectors.
+    let k = (c.channels / g).checked_mul(taps)?.checked_add(TAPS)?;
+    k.checked_mul(c.out_channels.checked_add(16 * g)?)?;
+    // Every group's padded planes (with a tile's reads past the last) and flat results,
+    // several times over.
+    let planes = side[0].checked_mul(side[1])?.checked_add(1 << 10)?;
+    planes
+        .checked_mul(c.channels.max(c.out_channels))?
+        .checked_mul(4)?;
+    y.checked_mul(taps)?.checked_mul(c.channels / g)?;
+    (oh * ow).checked_mul(c.out_channels.checked_add(16)?)?;
+    Some(())
+}
+
+/// [`run`]'s pass with the instruction set `isa`.
+fn pass<I: Isa>(isa: I, buf: &mut [f32], c: &ConvCall, threads: usize) -> Result<()> {
     let [h, w] = c.size;
     let [oh, ow] = c.out;
     let (cg, og) = (c.channels / c.groups, c.out_channels / c.groups);
@@ -93,20 +292,20 @@ pub(super) fn run<T: 'static>(buf: &mut [T], call: &ConvCall, threads: usize) ->
         ConvPass::Forward { x, w: wo, y } => {
             let (y, [x, w]) = split(buf, r(y, y_len), [r(x, x_len), r(wo, w_len)])?;
             let s = Spatial::new(c, false);
-            s.run(x, w, y, false, par, threads);
+            s.run(isa, x, w, y, false, par, threads);
         }
         ConvPass::InputGrad { w: wo, dy, dx } => {
             let (dx, [dy, w]) = split(buf, r(dx, x_len), [r(dy, y_len), r(wo, w_len)])?;
             let s = Spatial::new(c, true);
             let w = flip(w, c.groups, og, cg, taps);
-            s.run(dy, &w, dx, true, par, threads);
+            s.run(isa, dy, &w, dx, true, par, threads);
         }
         ConvPass::WeightGrad { x, dy, dw } => {
             let (dw, [x, dy]) = split(buf, r(dw, w_len), [r(x, x_len), r(dy, y_len)])?;
-            weight_grad(c, x, dy, dw, par);
+            weight_grad(isa, c, x, dy, dw, par.then_some(threads));
         }
     }
-    Ok(true)
+    Ok(())
 }
 
 /// `w` (`[G * og, cg, taps]`) flipped along its taps and transposed per group:
@@ -216,23 +415,25 @@ impl Spatial {
         }
     }
 
-    /// Flat positions computed per row, rounded up to whole tiles.
-    fn stride(&self) -> usize {
-        (self.out[0] * self.plane[1]).next_multiple_of(TILE)
+    /// Flat positions computed per row, rounded up to whole tiles of `tile`.
+    fn stride(&self, tile: usize) -> usize {
+        (self.out[0] * self.plane[1]).next_multiple_of(tile)
     }
 
     /// Elements of a group's padded planes, with room for the last tile's reads past the last
     /// plane.
-    fn planes_len(&self) -> usize {
+    fn planes_len(&self, tile: usize) -> usize {
         let plane = self.plane[0] * self.plane[1];
-        let last = self.offsets.last().copied().unwrap_or(0) + self.stride();
+        let last = self.offsets.last().copied().unwrap_or(0) + self.stride(tile);
         (self.inner - 1) * plane + last.max(plane)
     }
 
     /// `dst (+)= conv(src, w)` for every image: `src` `[N, G * inner, src]`, `w`
     /// `[G * rows, inner * taps]`, `dst` `[N, G * rows, out]`.
-    fn run(
+    #[allow(clippy::too_many_arguments)]
+    fn run<I: Isa>(
         &self,
+        isa: I,
         src: &[f32],
         w: &[f32],
         dst: &mut [f32],
@@ -247,14 +448,17 @@ impl Spatial {
         let blocks = if par {
             (4 * threads)
                 .div_ceil(self.images * self.groups)
-                .clamp(1, self.rows.div_ceil(ROWS))
+                .clamp(1, self.rows.div_ceil(I::ROWS))
         } else {
             1
         };
+        // At most about 4 MB of flat results per task.
+        let cap = ((1 << 20) / self.stride(I::TILE)).max(I::ROWS) / I::ROWS * I::ROWS;
         let per = self
             .rows
             .div_ceil(blocks)
-            .next_multiple_of(ROWS)
+            .next_multiple_of(I::ROWS)
+            .min(cap)
             .min(self.rows);
         let mut tasks = Vec::new();
         for (i, img) in dst
@@ -267,7 +471,7 @@ impl Spatial {
                 }
             }
         }
-        let scratch = || (vec![0f32; self.planes_len()], Vec::new());
+        let scratch = || (vec![0f32; self.planes_len(I::TILE)], Vec::new());
         let one = |(planes, acc): &mut (Vec<f32>, Vec<f32>), (i, g, r0, part): Task| {
             let plane = self.src[0] * self.src[1];
             let first = i * src_img + g * self.inner * plane;
@@ -280,7 +484,7 @@ impl Spatial {
             let k = self.inner * self.offsets.len();
             let rows = part.len() / out;
             let wr = &w[(g * self.rows + r0) * k..(g * self.rows + r0 + rows) * k];
-            self.block(planes, wr, rows, acc, part, accumulate);
+            self.block(isa, planes, wr, rows, acc, part, accumulate);
         };
         if par {
             let min = tasks.len().div_ceil(4 * threads);
@@ -298,8 +502,10 @@ impl Spatial {
 
     /// One task: `rows` result rows from the padded planes and the rows' weights `w`, through
     /// the flat scratch `acc`, into `part` (`rows x out`).
-    fn block(
+    #[allow(clippy::too_many_arguments)]
+    fn block<I: Isa>(
         &self,
+        isa: I,
         planes: &[f32],
         w: &[f32],
         rows: usize,
@@ -307,42 +513,44 @@ impl Spatial {
         part: &mut [f32],
         accumulate: bool,
     ) {
-        let stride = self.stride();
-        acc.resize(rows.next_multiple_of(ROWS) * stride, 0.0);
+        let stride = self.stride(I::TILE);
+        let full = rows.next_multiple_of(I::ROWS);
+        acc.resize(full * stride, 0.0);
         let k = self.inner * self.offsets.len();
-        // The last block of 3 or 5-7 rows is computed as 4 or 8 (the extra rows' weights 0,
-        // their sums never read).
+        // A last block of 3, or of 5-7 rows on AVX-512, is computed as 4 or 8 (the extra rows'
+        // weights 0, their sums never read).
         let padded;
-        let w = if w.len() >= rows.next_multiple_of(ROWS) * k {
+        let w = if w.len() >= full * k {
             w
         } else {
-            let mut p = vec![0f32; rows.next_multiple_of(ROWS) * k];
+            let mut p = vec![0f32; full * k];
             p[..w.len()].copy_from_slice(w);
             padded = p;
             &padded[..]
         };
         let plane = self.plane[0] * self.plane[1];
         let offs = &self.offsets;
-        for p0 in (0..stride).step_by(TILE) {
-            let mut r = 0;
-            while r < rows {
-                let n = (rows - r).min(ROWS);
-                let (wr, a) = (&w[r * k..], &mut acc[r * stride..]);
-                // SAFETY: the CPU has AVX-512 F (`applies`); `planes` holds every plane with
-                // room for the tile's reads (`planes_len`); `wr` holds at least `n` rounded up
-                // to 4 or 8 rows (padded above), `a` as many rows of the flat scratch (whole
-                // blocks of ROWS).
-                unsafe {
-                    match n {
-                        1 => rows_tile::<1>(planes, plane, offs, wr, k, p0, a, stride),
-                        2 => rows_tile::<2>(planes, plane, offs, wr, k, p0, a, stride),
-                        3 | 4 => rows_tile::<4>(planes, plane, offs, wr, k, p0, a, stride),
-                        _ => rows_tile::<8>(planes, plane, offs, wr, k, p0, a, stride),
+        isa.enable(|| {
+            for p0 in (0..stride).step_by(I::TILE) {
+                let mut r = 0;
+                while r < rows {
+                    let n = (rows - r).min(I::ROWS);
+                    let (wr, a) = (&w[r * k..], &mut acc[r * stride..]);
+                    // SAFETY: inside `enable`; `planes` holds every plane with room for the
+                    // tile's reads (`planes_len`); `wr` holds `n` rounded up to 4 or 8 rows
+                    // (`full`, padded above), `a` as many rows of the flat scratch.
+                    unsafe {
+                        match n {
+                            1 => rows_tile::<I, 1>(planes, plane, offs, wr, k, p0, a, stride),
+                            2 => rows_tile::<I, 2>(planes, plane, offs, wr, k, p0, a, stride),
+                            3 | 4 => rows_tile::<I, 4>(planes, plane, offs, wr, k, p0, a, stride),
+                            _ => rows_tile::<I, 8>(planes, plane, offs, wr, k, p0, a, stride),
+                        }
                     }
+                    r += n;
                 }
-                r += n;
             }
-        }
+        });
         let [oh, ow] = self.out;
         let s = self.plane[1];
         for (row, flat) in part.chunks_exact_mut(oh * ow).zip(acc.chunks(stride)) {
@@ -363,16 +571,17 @@ impl Spatial {
 
 type Task<'a> = (usize, usize, usize, &'a mut [f32]);
 
-/// `acc[r][p0 .. p0 + 48] = sum over planes c and taps t of w[r][c * taps + t] *
+/// `acc[r][p0 .. p0 + TILE] = sum over planes c and taps t of w[r][c * taps + t] *
 /// planes[c * plane + offsets[t] + p0 ..]` for `r < MR`.
 ///
 /// # Safety
-/// The CPU supports AVX-512 F; `planes` holds `(c + 1) * plane` reads past every tap's offset
-/// plus `p0 + 48` for each of the `k / offsets.len()` planes (see [`Spatial::planes_len`]);
-/// `w` holds `MR` rows of `k`; `acc` holds `(MR - 1) * stride + p0 + 48` elements.
-#[target_feature(enable = "avx512f")]
+/// Only inside [`Isa::enable`]; `planes` holds `(c + 1) * plane` reads past every tap's
+/// offset plus `p0 + TILE` for each of the `k / offsets.len()` planes (see
+/// [`Spatial::planes_len`]); `w` holds `MR` rows of `k`; `acc` holds
+/// `(MR - 1) * stride + p0 + TILE` elements.
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_tile<const MR: usize>(
+unsafe fn rows_tile<I: Isa, const MR: usize>(
     planes: &[f32],
     plane: usize,
     offsets: &[usize],
@@ -384,43 +593,47 @@ unsafe fn rows_tile<const MR: usize>(
 ) {
     let taps = offsets.len();
     let inner = k / taps;
+    let l = I::LANES;
     debug_assert!(w.len() >= MR * k);
-    debug_assert!(acc.len() >= (MR - 1) * stride + p0 + TILE);
+    debug_assert!(acc.len() >= (MR - 1) * stride + p0 + I::TILE);
     debug_assert!(
-        planes.len() >= (inner - 1) * plane + offsets.last().copied().unwrap_or(0) + p0 + TILE
+        planes.len() >= (inner - 1) * plane + offsets.last().copied().unwrap_or(0) + p0 + I::TILE
     );
-    let mut sum = [[_mm512_setzero_ps(); 3]; MR];
-    let (xp, wp) = (planes.as_ptr(), w.as_ptr());
-    for c in 0..inner {
-        for (t, &off) in offsets.iter().enumerate() {
-            // SAFETY: inside `planes` and `w` (the contract).
-            unsafe {
+    // SAFETY: inside `enable`, reads and writes inside the slices (the contract).
+    unsafe {
+        let mut sum = [[I::zero(); 3]; MR];
+        let (xp, wp) = (planes.as_ptr(), w.as_ptr());
+        for c in 0..inner {
+            for (t, &off) in offsets.iter().enumerate() {
                 let x = xp.add(c * plane + off + p0);
-                let v: [__m512; 3] = [
-                    _mm512_loadu_ps(x),
-                    _mm512_loadu_ps(x.add(16)),
-                    _mm512_loadu_ps(x.add(32)),
-                ];
+                let v = [I::load(x), I::load(x.add(l)), I::load(x.add(2 * l))];
                 for (r, s) in sum.iter_mut().enumerate() {
-                    let b = _mm512_set1_ps(*wp.add(r * k + c * taps + t));
+                    let b = I::splat(*wp.add(r * k + c * taps + t));
                     for (s, v) in s.iter_mut().zip(v) {
-                        *s = _mm512_fmadd_ps(b, v, *s);
+                        *s = I::fma(b, v, *s);
                     }
                 }
             }
         }
-    }
-    let ap = acc.as_mut_ptr();
-    for (r, s) in sum.iter().enumerate() {
-        for (q, s) in s.iter().enumerate() {
-            // SAFETY: inside `acc` (the contract).
-            unsafe { _mm512_storeu_ps(ap.add(r * stride + p0 + 16 * q), *s) };
+        let ap = acc.as_mut_ptr();
+        for (r, s) in sum.iter().enumerate() {
+            for (q, s) in s.iter().enumerate() {
+                I::store(ap.add(r * stride + p0 + l * q), *s);
+            }
         }
     }
 }
 
 /// The weight gradient `dw += sum over images and positions of dy x` (see the module docs).
-fn weight_grad(c: &ConvCall, x: &[f32], dy: &[f32], dw: &mut [f32], par: bool) {
+/// `threads`: `None` to run on the calling thread.
+fn weight_grad<I: Isa>(
+    isa: I,
+    c: &ConvCall,
+    x: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    threads: Option<usize>,
+) {
     let (cg, og) = (c.channels / c.groups, c.out_channels / c.groups);
     let [kh, kw] = c.kernel;
     let [dh, dwd] = c.dilation;
@@ -429,7 +642,7 @@ fn weight_grad(c: &ConvCall, x: &[f32], dy: &[f32], dw: &mut [f32], par: bool) {
     let taps = kh * kw;
     let k = cg * taps;
     // Output channels padded to whole vectors; channel-taps to whole tiles.
-    let lanes = og.next_multiple_of(16);
+    let lanes = og.next_multiple_of(I::LANES);
     let kt = k.next_multiple_of(TAPS);
     let offsets: Vec<usize> = (0..kh)
         .flat_map(|i| (0..kw).map(move |j| i * dh * plane[1] + j * dwd))
@@ -465,43 +678,46 @@ fn weight_grad(c: &ConvCall, x: &[f32], dy: &[f32], dw: &mut [f32], par: bool) {
             let ys = &dy[i * y_img + g * og * oh * ow..];
             transpose(&ys[..og * oh * ow], oh * ow, dyt, lanes);
             let acc = &mut acc[g * kt * lanes..(g + 1) * kt * lanes];
-            for (chunk, pos) in positions.chunks(CHUNK).enumerate() {
-                let dyt = &dyt[chunk * CHUNK * lanes..];
-                for r0 in (0..kt).step_by(TAPS) {
-                    // The planes' offsets of the tile's channel-taps (padding rows repeat the
-                    // last real one; their sums land in rows past `k`, never read).
-                    let xo: [usize; TAPS] = std::array::from_fn(|j| {
-                        let kk = (r0 + j).min(k - 1);
-                        (kk / taps) * padded + offsets[kk % taps]
-                    });
-                    for l0 in (0..lanes).step_by(LANES) {
-                        let nv = (lanes - l0).min(LANES) / 16;
-                        let a = &mut acc[r0 * lanes + l0..];
-                        let d = &dyt[l0..];
-                        // SAFETY: the CPU has AVX-512 F (`applies`); every position's reads
-                        // lie inside the padded planes (a position plus a tap offset is
-                        // inside its plane), `d` holds `pos.len()` rows of `lanes` from
-                        // column `l0` on, `a` TAPS rows of `lanes` from column `l0` on.
-                        unsafe {
-                            match nv {
-                                1 => weights_tile::<1>(planes, &xo, pos, d, lanes, a),
-                                2 => weights_tile::<2>(planes, &xo, pos, d, lanes, a),
-                                3 => weights_tile::<3>(planes, &xo, pos, d, lanes, a),
-                                _ => weights_tile::<4>(planes, &xo, pos, d, lanes, a),
+            let block = I::NV * I::LANES;
+            isa.enable(|| {
+                for (chunk, pos) in positions.chunks(CHUNK).enumerate() {
+                    let dyt = &dyt[chunk * CHUNK * lanes..];
+                    for r0 in (0..kt).step_by(TAPS) {
+                        // The planes' offsets of the tile's channel-taps (padding rows repeat the
+                        // last real one; their sums land in rows past `k`, never read).
+                        let xo: [usize; TAPS] = std::array::from_fn(|j| {
+                            let kk = (r0 + j).min(k - 1);
+                            (kk / taps) * padded + offsets[kk % taps]
+                        });
+                        for l0 in (0..lanes).step_by(block) {
+                            let nv = (lanes - l0).min(block) / I::LANES;
+                            let a = &mut acc[r0 * lanes + l0..];
+                            let d = &dyt[l0..];
+                            // SAFETY: inside `enable`; every position's reads lie inside the
+                            // padded planes (a position plus a tap offset is inside its plane),
+                            // `d` holds `pos.len()` rows of `lanes` from column `l0` on, `a` TAPS
+                            // rows of `lanes` from column `l0` on (`nv` vectors of each fit).
+                            unsafe {
+                                match nv {
+                                    1 => weights_tile::<I, 1>(planes, &xo, pos, d, lanes, a),
+                                    2 => weights_tile::<I, 2>(planes, &xo, pos, d, lanes, a),
+                                    3 => weights_tile::<I, 3>(planes, &xo, pos, d, lanes, a),
+                                    _ => weights_tile::<I, 4>(planes, &xo, pos, d, lanes, a),
+                                }
                             }
                         }
                     }
                 }
-            }
+            });
         }
         st
     };
-    let total = if par {
+    let total = if let Some(threads) = threads {
         // Few splits (each a fresh dw^T and scratch), but more than threads, so that a thread
         // slowed down by another process is helped out.
         (0..c.images)
             .into_par_iter()
-            .with_min_len(c.images.div_ceil(4 * rayon::current_num_threads()))
+            .with_min_len(c.images.div_ceil(4 * threads))
             .fold(fresh, one)
             .map(|st| st.0)
             .reduce_with(|mut a, b| {
@@ -526,13 +742,13 @@ fn weight_grad(c: &ConvCall, x: &[f32], dy: &[f32], dw: &mut [f32], par: bool) {
 }
 
 /// `acc[r][v] += sum over positions q of planes[xo[r] + pos[q]] * dyt[q][v]` for `r < 6`,
-/// vectors `v < NV` of 16 lanes.
+/// vectors `v < NV`.
 ///
 /// # Safety
-/// The CPU supports AVX-512 F; `planes` holds every `xo[r] + pos[q]`; `dyt` holds
-/// `(pos.len() - 1) * lanes + 16 NV` elements, `acc` `5 * lanes + 16 NV`.
-#[target_feature(enable = "avx512f")]
-unsafe fn weights_tile<const NV: usize>(
+/// Only inside [`Isa::enable`]; `planes` holds every `xo[r] + pos[q]`; `dyt` holds
+/// `(pos.len() - 1) * lanes + NV * LANES` elements, `acc` `5 * lanes + NV * LANES`.
+#[inline(always)]
+unsafe fn weights_tile<I: Isa, const NV: usize>(
     planes: &[f32],
     xo: &[usize; TAPS],
     pos: &[usize],
@@ -540,30 +756,28 @@ unsafe fn weights_tile<const NV: usize>(
     lanes: usize,
     acc: &mut [f32],
 ) {
-    debug_assert!(pos.is_empty() || dyt.len() >= (pos.len() - 1) * lanes + 16 * NV);
-    debug_assert!(acc.len() >= (TAPS - 1) * lanes + 16 * NV);
-    let mut sum = [[_mm512_setzero_ps(); NV]; TAPS];
-    let (xp, dp) = (planes.as_ptr(), dyt.as_ptr());
-    for (q, &p) in pos.iter().enumerate() {
-        // SAFETY: inside `planes` and `dyt` (the contract).
-        unsafe {
-            let d: [__m512; NV] =
-                std::array::from_fn(|v| _mm512_loadu_ps(dp.add(q * lanes + 16 * v)));
+    let l = I::LANES;
+    debug_assert!(pos.is_empty() || dyt.len() >= (pos.len() - 1) * lanes + l * NV);
+    debug_assert!(acc.len() >= (TAPS - 1) * lanes + l * NV);
+    // SAFETY: inside `enable`, reads and writes inside the slices (the contract).
+    unsafe {
+        let mut sum = [[I::zero(); NV]; TAPS];
+        let (xp, dp) = (planes.as_ptr(), dyt.as_ptr());
+        for (q, &p) in pos.iter().enumerate() {
+            let row = dp.add(q * lanes);
+            let d: [I::V; NV] = std::array::from_fn(|v| I::load(row.add(l * v)));
             for (s, &o) in sum.iter_mut().zip(xo) {
-                let b = _mm512_set1_ps(*xp.add(o + p));
+                let b = I::splat(*xp.add(o + p));
                 for (s, d) in s.iter_mut().zip(d) {
-                    *s = _mm512_fmadd_ps(b, d, *s);
+                    *s = I::fma(b, d, *s);
                 }
             }
         }
-    }
-    let ap = acc.as_mut_ptr();
-    for (r, s) in sum.iter().enumerate() {
-        for (v, s) in s.iter().enumerate() {
-            // SAFETY: inside `acc` (the contract).
-            unsafe {
-                let a = ap.add(r * lanes + 16 * v);
-                _mm512_storeu_ps(a, _mm512_add_ps(_mm512_loadu_ps(a), *s));
+        let ap = acc.as_mut_ptr();
+        for (r, s) in sum.iter().enumerate() {
+            for (v, s) in s.iter().enumerate() {
+                let a = ap.add(r * lanes + l * v);
+                I::store(a, I::add(I::load(a), *s));
             }
         }
     }

@@ -123,11 +123,26 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
+/// Which kernels [`Parallel`]'s convolutions run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ConvKernels {
+    /// Direct kernels with the widest vectors the CPU has (AVX-512, else AVX2 and FMA) where
+    /// they apply (f32, stride 1), im2col copies and matrix products elsewhere.
+    #[default]
+    Best,
+    /// Direct kernels with at most AVX2 and FMA, as on a CPU without AVX-512.
+    Avx2,
+    /// im2col copies and matrix products everywhere, as on the reference backend.
+    Im2col,
+}
+
 /// The multithreaded CPU backend over a caller's slice (see the [module docs](self)).
 pub struct Parallel<'a, T: Float> {
     buf: &'a mut [T],
     threads: usize,
     scratch: xent::Scratch,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    conv: ConvKernels,
 }
 
 impl<'a, T: Float> Parallel<'a, T> {
@@ -137,6 +152,16 @@ impl<'a, T: Float> Parallel<'a, T> {
             buf,
             threads: threads(),
             scratch: xent::Scratch::default(),
+            conv: ConvKernels::Best,
+        }
+    }
+
+    /// The backend with its convolutions computed by `kernels` (to compare them, or to test
+    /// the AVX2 kernels on a CPU with AVX-512).
+    pub fn with_conv_kernels(self, kernels: ConvKernels) -> Self {
+        Parallel {
+            conv: kernels,
+            ..self
         }
     }
 
@@ -364,7 +389,11 @@ impl<T: Float> Backend for Parallel<'_, T> {
 
     #[cfg(target_arch = "x86_64")]
     fn conv(&mut self, call: &ConvCall) -> Result<bool> {
-        conv::run(self.buf, call, self.threads)
+        match self.conv {
+            ConvKernels::Best => conv::run(self.buf, call, self.threads, true),
+            ConvKernels::Avx2 => conv::run(self.buf, call, self.threads, false),
+            ConvKernels::Im2col => Ok(false),
+        }
     }
 
     fn copy_strided(
