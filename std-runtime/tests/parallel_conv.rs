@@ -128,25 +128,33 @@ fn geometries() -> impl Strategy<Value = Geometry> {
     (
         (1usize..4, 1usize..4, 1usize..4, 1usize..30),
         (1usize..4, 1usize..4, 0usize..7, 0usize..3),
-        (1usize..5, 1usize..3, 1usize..3, 1usize..14, 1usize..14),
+        (
+            1usize..5,
+            1usize..3,
+            1usize..4,
+            1usize..4,
+            1usize..14,
+            1usize..14,
+        ),
     )
-        .prop_map(|((n, gr, cg, og), (kh, kw, ph, pw), (dh, dw, sh, h, w))| {
-            // Stride 1 mostly (the direct kernels), sometimes 2 (the im2col path).
-            let s = if sh == 2 { [2, 1] } else { [1, 1] };
-            Geometry {
-                n,
-                c: gr * cg,
-                o: gr * og,
-                groups: gr,
-                hw: [h, w],
-                k: [kh, kw],
-                cfg: ConvConfig {
-                    stride: s,
-                    padding: [ph, pw],
-                    dilation: [dh, dw],
-                },
-            }
-        })
+        .prop_map(
+            |((n, gr, cg, og), (kh, kw, ph, pw), (dh, dw, sh, sw, h, w))| {
+                let s = [sh, sw];
+                Geometry {
+                    n,
+                    c: gr * cg,
+                    o: gr * og,
+                    groups: gr,
+                    hw: [h, w],
+                    k: [kh, kw],
+                    cfg: ConvConfig {
+                        stride: s,
+                        padding: [ph, pw],
+                        dilation: [dh, dw],
+                    },
+                }
+            },
+        )
 }
 
 /// Checks one geometry on the reference and on the parallel backend with `kernels`: the
@@ -179,9 +187,9 @@ fn check_conv(g: Geometry, seed: u64, kernels: ConvKernels) {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
-    /// Convolutions of every geometry the direct kernels take (stride 1: any window, padding,
-    /// dilation, groups, channel counts around their tile sizes of 8 rows and 16 lanes) and a
-    /// few they leave to im2col, on small images, against the reference.
+    /// Convolutions of every geometry (any window, stride, padding, dilation, groups, channel
+    /// counts around the kernels' tile sizes of 4-8 rows and 8-16 lanes), on small images,
+    /// against the reference.
     #[test]
     fn direct_convolutions_match_the_reference(g in geometries(), seed in any::<u64>()) {
         check_conv(g, seed, ConvKernels::Best);
@@ -198,8 +206,54 @@ fn direct_convolutions_at_larger_sizes() {
         padding: [1, 1],
         ..ConvConfig::default()
     };
+    let down = ConvConfig {
+        stride: [2, 2],
+        padding: [1, 1],
+        ..ConvConfig::default()
+    };
     let cases = [
+        // Every output of the last column sees only padding (no phase of the input gradient
+        // reaches the image there).
+        (
+            1,
+            1,
+            1,
+            1,
+            [1, 1],
+            [1, 1],
+            ConvConfig {
+                stride: [1, 3],
+                padding: [0, 1],
+                ..ConvConfig::default()
+            },
+        ),
         (2, 5, 83, 1, [9, 40], [3, 3], same),
+        (4, 16, 32, 1, [31, 32], [3, 3], down),
+        (
+            3,
+            12,
+            20,
+            2,
+            [23, 17],
+            [1, 1],
+            ConvConfig {
+                stride: [2, 2],
+                ..ConvConfig::default()
+            },
+        ),
+        (
+            2,
+            6,
+            9,
+            3,
+            [26, 29],
+            [5, 3],
+            ConvConfig {
+                stride: [3, 2],
+                padding: [2, 1],
+                dilation: [2, 1],
+            },
+        ),
         (3, 6, 67, 1, [7, 7], [3, 3], same),
         (16, 16, 24, 2, [20, 20], [3, 3], same),
         (
@@ -283,13 +337,15 @@ fn direct_kernels_run_and_check_their_calls() {
         if has {
             assert_eq!(be.conv(&call), Ok(true), "{kernels:?}");
         }
-        // Stride 2 is left to im2col; so is everything with `Im2col`.
+        // Strides too.
         let strided = ConvCall {
-            stride: [2, 2],
-            out: [4, 4],
+            stride: [2, 3],
+            out: [4, 3],
             ..call
         };
-        assert_eq!(be.conv(&strided), Ok(false));
+        if has {
+            assert_eq!(be.conv(&strided), Ok(true));
+        }
         if has {
             // A dilation whose span wraps around, an output size that does not follow, no
             // groups: errors.
@@ -312,6 +368,9 @@ fn direct_kernels_run_and_check_their_calls() {
             }
         }
     }
+    // Left to im2col: everything with `Im2col`, and f64.
     let mut be = Parallel::new(&mut mem).with_conv_kernels(ConvKernels::Im2col);
     assert_eq!(be.conv(&call), Ok(false));
+    let mut wide = vec![0f64; 4096];
+    assert_eq!(Parallel::new(&mut wide).conv(&call), Ok(false));
 }

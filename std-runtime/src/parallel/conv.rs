@@ -1,6 +1,6 @@
-//! Direct convolutions for [`super::Parallel`]: 2-D convolutions with stride 1 (any window,
-//! padding, dilation and groups) in f32 on CPUs with AVX-512, computed from zero-padded copies
-//! of the images, with no im2col buffer and no packed operands.
+//! Direct convolutions for [`super::Parallel`]: 2-D convolutions (any window, stride,
+//! padding, dilation and groups) in f32 on CPUs with AVX-512 or AVX2, computed from
+//! zero-padded copies of the images, with no im2col buffer and no packed operands.
 //!
 //! With stride 1 and each channel plane of the input copied, zero-padded, into an `R x S`
 //! plane (`R = OH + DH (KH - 1)`, `S = OW + DW (KW - 1)`), the input under tap `(i, j)` of output
@@ -11,11 +11,19 @@
 //! contiguous vectors: [`rows_tile`] holds 8 output rows x 48 positions in 24 AVX-512
 //! accumulators and adds one channel-tap at a time.
 //!
+//! A stride `(s0, s1)` splits each padded channel into `s0 s1` *phase* planes ([`Planes`]),
+//! plane `(a, b)` holding the padded positions `(u s0 + a, v s1 + b)`: the input under tap
+//! `(i, j)` of output `(oy, ox)` is then at `(oy + i DH / s0, ox + j DW / s1)` of phase
+//! `(i DH % s0, j DW % s1)`, again one constant offset per tap, with contiguous outputs.
+//!
 //! - **forward**: the planes are the image's, the rows the output channels, the weights `w`
 //!   as they are (`[O, C/G * KH * KW]`).
-//! - **input gradient**: a convolution of `dy`, its planes placed so that output `(iy, ix)`
-//!   reads `dy[iy + PH - i DH, ix + PW - j DW]` under the flipped tap, with rows the input
-//!   channels and the weights flipped and transposed; the result is added into `dx`.
+//! - **input gradient**: for each phase `(a, b)` of the padded input, the positions it holds
+//!   receive `w[o, c, i, j] dy[o, u - i DH / s0, v - j DW / s1]` from the taps of that phase
+//!   only: a stride-1 convolution of `dy` (zero-padded) with those taps, rows the input
+//!   channels, the phase's weights gathered and transposed; the results inside the image are
+//!   added into `dx`. With stride 1, one phase and every tap (a full correlation with the
+//!   window flipped).
 //! - **weight gradient**: `dw[o, (c, i, j)] += sum_p x[c, p + off(i, j)] dy[o, p]` over every
 //!   image and output position: with `dy` transposed to positions x channels, [`weights_tile`]
 //!   broadcasts 6 input values per position into 4 vectors of 16 output channels (24
@@ -29,13 +37,15 @@
 //! finite: the input gradient multiplies the zero padding around `dy` by every weight, so an
 //! infinite weight makes NaN at the image's border where im2col (which never computes those
 //! taps) leaves the infinity or a finite value. The scratch (padded planes, flat results,
-//! flipped weights, per-thread `dw^T`) is the backend's own, on the heap, not the arena's.
+//! gathered weights, per-thread `dw^T`) is the backend's own, on the heap, not the arena's.
 //!
 //! Measured on the conv2d workload's layer (batch 64, 32 -> 64 channels, 3x3, 32x32) on one
 //! core of the 2-core development machine (Xeon, AVX-512): 158 GFLOP/s for the forward's
 //! tiles, 168 for the weight gradient's (vectors along the positions instead, summed across
-//! lanes at the end, reached 60-77: `dy` streamed from L2); `mote bench conv2d` on 2 threads: 31.5-32 ms per step, against 61-82 ms through
-//! im2col and the `gemm` crate's products.
+//! lanes at the end, reached 60-77: `dy` streamed from L2); `mote bench conv2d` on 2 threads:
+//! 30-32 ms per step, against 61-82 ms through im2col and the `gemm` crate's products; a
+//! stride-2 layer (64 -> 128 channels, 32x32 -> 16x16; `examples/conv_kernels.rs`) 39-44 ms
+//! against 80-102.
 
 use std::any::TypeId;
 use std::arch::x86_64::{
@@ -186,7 +196,7 @@ impl Isa for Avx2 {
     }
 }
 
-/// Runs `call` on `buf` (the arena) where the direct kernels take it: f32, stride 1, a CPU
+/// Runs `call` on `buf` (the arena) where the direct kernels take it: f32, a CPU
 /// with AVX-512 F (unless `avx512` is false) or AVX2 and FMA; a weight gradient also needs at
 /// least 8 output channels per group (its vectors run along them: fewer would waste most
 /// lanes). `Ok(false)`, having done nothing, otherwise.
@@ -198,7 +208,6 @@ pub(super) fn run<T: 'static>(
 ) -> Result<bool> {
     let per_group = call.out_channels / call.groups.max(1);
     if TypeId::of::<T>() != TypeId::of::<f32>()
-        || call.stride != [1, 1]
         || (matches!(call.pass, ConvPass::WeightGrad { .. }) && per_group < 8)
     {
         return Ok(false);
@@ -232,21 +241,27 @@ fn consistent(c: &ConvCall) -> Option<()> {
     {
         return None;
     }
-    // Each axis: the padded input, the window's span, and a bound on both padded planes'
-    // sides (the forward's `size + 2 padding`, the input gradient's `size + span`).
+    // Each axis: the padded input, the window's span, and a bound on the planes' sides (the
+    // forward's `out + span / stride` per phase, the input gradient's at most
+    // `size / stride + span + 1`).
     let mut side = [0; 2];
     for (d, side) in side.iter_mut().enumerate() {
-        let (n, k, p, dl) = (c.size[d], c.kernel[d], c.padding[d], c.dilation[d]);
-        if n == 0 || k == 0 || dl == 0 {
+        let (n, k, p, dl, st) = (
+            c.size[d],
+            c.kernel[d],
+            c.padding[d],
+            c.dilation[d],
+            c.stride[d],
+        );
+        if n == 0 || k == 0 || dl == 0 || st == 0 {
             return None;
         }
         let span = dl.checked_mul(k - 1)?;
         let padded = n.checked_add(p.checked_mul(2)?)?;
-        // Stride 1: `padded - span - 1 + 1` outputs.
-        if padded.checked_sub(span)? != c.out[d] || c.out[d] == 0 {
+        if padded.checked_sub(span)? == 0 || (padded - span - 1) / st + 1 != c.out[d] {
             return None;
         }
-        *side = padded.checked_add(span)?;
+        *side = padded.checked_add(span)?.checked_add(st)?;
     }
     let [h, w] = c.size;
     let [oh, ow] = c.out;
@@ -278,7 +293,7 @@ fn consistent(c: &ConvCall) -> Option<()> {
 fn pass<I: Isa>(isa: I, buf: &mut [f32], c: &ConvCall, threads: usize) -> Result<()> {
     let [h, w] = c.size;
     let [oh, ow] = c.out;
-    let (cg, og) = (c.channels / c.groups, c.out_channels / c.groups);
+    let cg = c.channels / c.groups;
     let taps = c.kernel[0] * c.kernel[1];
     let (x_len, y_len) = (
         c.images * c.channels * h * w,
@@ -291,14 +306,11 @@ fn pass<I: Isa>(isa: I, buf: &mut [f32], c: &ConvCall, threads: usize) -> Result
     match c.pass {
         ConvPass::Forward { x, w: wo, y } => {
             let (y, [x, w]) = split(buf, r(y, y_len), [r(x, x_len), r(wo, w_len)])?;
-            let s = Spatial::new(c, false);
-            s.run(isa, x, w, y, false, par, threads);
+            Spatial::forward(c).run(isa, x, w, y, false, par, threads);
         }
         ConvPass::InputGrad { w: wo, dy, dx } => {
             let (dx, [dy, w]) = split(buf, r(dx, x_len), [r(dy, y_len), r(wo, w_len)])?;
-            let s = Spatial::new(c, true);
-            let w = flip(w, c.groups, og, cg, taps);
-            s.run(isa, dy, &w, dx, true, par, threads);
+            Spatial::input_grad(c, w).run(isa, dy, w, dx, true, par, threads);
         }
         ConvPass::WeightGrad { x, dy, dw } => {
             let (dw, [x, dy]) = split(buf, r(dw, w_len), [r(x, x_len), r(dy, y_len)])?;
@@ -308,44 +320,92 @@ fn pass<I: Isa>(isa: I, buf: &mut [f32], c: &ConvCall, threads: usize) -> Result
     Ok(())
 }
 
-/// `w` (`[G * og, cg, taps]`) flipped along its taps and transposed per group:
-/// `[G * cg, og, taps]`, the weights of the input gradient's convolution.
-fn flip(w: &[f32], groups: usize, og: usize, cg: usize, taps: usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
-    for g in 0..groups {
-        for o in 0..og {
-            for c in 0..cg {
-                let src = ((g * og + o) * cg + c) * taps;
-                let dst = ((g * cg + c) * og + o) * taps;
-                for t in 0..taps {
-                    out[dst + t] = w[src + taps - 1 - t];
+/// Zero-padded phase planes of one channel (see the module docs): `phases[0] x phases[1]`
+/// planes of `dims` each, plane `(a, b)` holding
+/// `src[u phases[0] + a - shift[0], v phases[1] + b - shift[1]]` at `(u, v)`, 0 outside `src`.
+/// With phases `[1, 1]`, one plane: `src` shifted by `shift` into zeros.
+#[derive(Clone, Copy, Debug)]
+struct Planes {
+    phases: [usize; 2],
+    dims: [usize; 2],
+    shift: [usize; 2],
+}
+
+impl Planes {
+    /// The forward's (and the weight gradient's) planes of the input: one phase per stride
+    /// offset, each as tall and wide as the output plus the window's span in its phase.
+    fn of_input(c: &ConvCall) -> Planes {
+        let q = |d: usize| c.dilation[d] * (c.kernel[d] - 1) / c.stride[d];
+        Planes {
+            phases: c.stride,
+            dims: [c.out[0] + q(0), c.out[1] + q(1)],
+            shift: c.padding,
+        }
+    }
+
+    fn plane(&self) -> usize {
+        self.dims[0] * self.dims[1]
+    }
+
+    /// Elements of one channel's planes.
+    fn channel(&self) -> usize {
+        self.phases[0] * self.phases[1] * self.plane()
+    }
+
+    /// Where padded position `(r, t)` lies in a channel's planes, relative to position
+    /// `(u, v)` of the output the planes are read for: phase `(r % s0, t % s1)`, at
+    /// `(r / s0, t / s1)` from it.
+    fn offset(&self, r: usize, t: usize) -> usize {
+        let [s0, s1] = self.phases;
+        ((r % s0) * s1 + t % s1) * self.plane() + (r / s0) * self.dims[1] + t / s1
+    }
+
+    /// Fills one channel's planes `dst` from the channel `src` (`h x w`).
+    fn fill(&self, src: &[f32], [h, w]: [usize; 2], dst: &mut [f32]) {
+        let [s0, s1] = self.phases;
+        let [rows, cols] = self.dims;
+        for (ab, plane) in dst.chunks_exact_mut(rows * cols).enumerate() {
+            let (a, b) = (ab / s1, ab % s1);
+            let (lo, hi) = valid(cols, s1, b, self.shift[1], w);
+            for (u, row) in plane.chunks_exact_mut(cols).enumerate() {
+                let r = u * s0 + a;
+                if r < self.shift[0] || r - self.shift[0] >= h || lo == hi {
+                    row.fill(0.0);
+                    continue;
+                }
+                let src_row = &src[(r - self.shift[0]) * w..][..w];
+                let (left, rest) = row.split_at_mut(lo);
+                let (mid, right) = rest.split_at_mut(hi - lo);
+                left.fill(0.0);
+                right.fill(0.0);
+                let first = &src_row[lo * s1 + b - self.shift[1]..];
+                if s1 == 1 {
+                    for (d, v) in mid.iter_mut().zip(first) {
+                        *d = *v;
+                    }
+                } else {
+                    for (d, v) in mid.iter_mut().zip(first.iter().step_by(s1)) {
+                        *d = *v;
+                    }
                 }
             }
         }
     }
-    out
 }
 
-/// `dst[r][s] = src[r - a][s - b]` over an `R x S` plane, 0 outside the `h x w` source.
-fn place(src: &[f32], [h, w]: [usize; 2], dst: &mut [f32], s: usize, [a, b]: [isize; 2]) {
-    // Destination columns b .. b + w, clipped to 0 .. s.
-    let lo = b.clamp(0, s as isize) as usize;
-    let hi = (b + w as isize).clamp(lo as isize, s as isize) as usize;
-    for (r, row) in dst.chunks_exact_mut(s).enumerate() {
-        let sr = r as isize - a;
-        if sr < 0 || sr >= h as isize || lo == hi {
-            row.fill(0.0);
-            continue;
-        }
-        let from = sr as usize * w + (lo as isize - b) as usize;
-        let (left, rest) = row.split_at_mut(lo);
-        let (mid, right) = rest.split_at_mut(hi - lo);
-        left.fill(0.0);
-        for (d, v) in mid.iter_mut().zip(&src[from..from + hi - lo]) {
-            *d = *v;
-        }
-        right.fill(0.0);
-    }
+/// The indices `v` in `0..n` for which `v step + off - shift` lies in `0..len`: `lo..hi`.
+fn valid(n: usize, step: usize, off: usize, shift: usize, len: usize) -> (usize, usize) {
+    let lo = shift.saturating_sub(off).div_ceil(step).min(n);
+    let hi = (len + shift).saturating_sub(off).div_ceil(step).min(n);
+    (lo, hi.max(lo))
+}
+
+/// Per axis, for the input gradient's phase `a` of stride `s`: the first index `u` whose padded
+/// position `u s + a` lies in the image (`p .. p + n`), and how many do.
+fn phase_rows(a: usize, s: usize, p: usize, n: usize) -> (usize, usize) {
+    let first = p.saturating_sub(a).div_ceil(s);
+    let end = (p + n).saturating_sub(a).div_ceil(s);
+    (first, end.saturating_sub(first))
 }
 
 /// `dst[q][o] = src[o][q]` for the `src.len() / n` rows of `n` of `src`, `dst` rows `lanes`
@@ -361,75 +421,178 @@ fn transpose(src: &[f32], n: usize, dst: &mut [f32], lanes: usize) {
     }
 }
 
-/// A convolution computed as rows x flat positions (the forward or the input gradient; see
-/// the module docs).
+/// One phase of a [`Spatial`] pass's results: the taps that reach it, their weights, and
+/// where its results go.
+struct Phase {
+    /// Each tap's flat offset in a channel's planes, in the weights' order.
+    offsets: Vec<usize>,
+    /// Its own weights `[G * rows, inner * taps]` (the input gradient's), or `None` for the
+    /// pass's (the forward's).
+    w: Option<Vec<f32>>,
+    /// Results computed, rows x columns.
+    out: [usize; 2],
+    /// Where result `(0, 0)` goes in the destination plane, and the step between results.
+    to: [usize; 2],
+    step: [usize; 2],
+}
+
+/// A convolution computed as rows x flat positions over padded planes (the forward or the
+/// input gradient; see the module docs).
 struct Spatial {
     images: usize,
     groups: usize,
-    /// Planes summed per group (the source's channels in a group).
+    /// Channels of the source summed per group.
     inner: usize,
-    /// Result rows per group.
+    /// Result rows (channels) per group.
     rows: usize,
     /// Source plane size.
     src: [usize; 2],
-    /// Where the source lies in the padded plane.
-    shift: [isize; 2],
-    /// Padded plane `[R, S]`.
-    plane: [usize; 2],
-    /// Result plane `[OH, OW]`.
-    out: [usize; 2],
-    /// Flat offset of each tap, in the weights' tap order.
-    offsets: Vec<usize>,
+    planes: Planes,
+    /// Destination plane size.
+    dst: [usize; 2],
+    phases: Vec<Phase>,
 }
 
 impl Spatial {
-    fn new(c: &ConvCall, input_grad: bool) -> Spatial {
-        let [kh, kw] = c.kernel;
+    /// `y = conv(x, w)`: the input's phase planes, one phase of results (every output).
+    fn forward(c: &ConvCall) -> Spatial {
+        let planes = Planes::of_input(c);
         let [dh, dw] = c.dilation;
-        let (cg, og) = (c.channels / c.groups, c.out_channels / c.groups);
-        let span = [dh * (kh - 1), dw * (kw - 1)];
-        let (inner, rows, src, shift, out) = if input_grad {
-            let shift = [
-                span[0] as isize - c.padding[0] as isize,
-                span[1] as isize - c.padding[1] as isize,
-            ];
-            (og, cg, c.out, shift, c.size)
-        } else {
-            let shift = [c.padding[0] as isize, c.padding[1] as isize];
-            (cg, og, c.size, shift, c.out)
-        };
-        let plane = [out[0] + span[0], out[1] + span[1]];
-        let offsets = (0..kh)
-            .flat_map(|i| (0..kw).map(move |j| i * dh * plane[1] + j * dw))
+        let offsets = (0..c.kernel[0])
+            .flat_map(|i| (0..c.kernel[1]).map(move |j| planes.offset(i * dh, j * dw)))
             .collect();
         Spatial {
             images: c.images,
             groups: c.groups,
-            inner,
-            rows,
-            src,
-            shift,
-            plane,
-            out,
-            offsets,
+            inner: c.channels / c.groups,
+            rows: c.out_channels / c.groups,
+            src: c.size,
+            planes,
+            dst: c.out,
+            phases: vec![Phase {
+                offsets,
+                w: None,
+                out: c.out,
+                to: [0, 0],
+                step: [1, 1],
+            }],
         }
     }
 
-    /// Flat positions computed per row, rounded up to whole tiles of `tile`.
-    fn stride(&self, tile: usize) -> usize {
-        (self.out[0] * self.plane[1]).next_multiple_of(tile)
+    /// `dx += conv_transpose(dy, w)`, one phase of results per stride offset `(a, b)` of the
+    /// padded input: position `(u s0 + a, v s1 + b)` sums `w[o, c, i, j] dy[o, u - qi, v - qj]`
+    /// over the taps with `i DH = qi s0 + a` and `j DW = qj s1 + b`, a stride-1 convolution of
+    /// `dy` (zero-padded) with those taps; results outside the padding only.
+    fn input_grad(c: &ConvCall, w: &[f32]) -> Spatial {
+        let [s0, s1] = c.stride;
+        let [kh, kw] = c.kernel;
+        let [dh, dw] = c.dilation;
+        let (cg, og) = (c.channels / c.groups, c.out_channels / c.groups);
+        let taps = kh * kw;
+        // Per phase: (a, b), first rows and columns, counts, taps.
+        let mut phases = Vec::new();
+        for a in 0..s0 {
+            for b in 0..s1 {
+                let (u0, un) = phase_rows(a, s0, c.padding[0], c.size[0]);
+                let (v0, vn) = phase_rows(b, s1, c.padding[1], c.size[1]);
+                let reach: Vec<(usize, usize)> = (0..kh)
+                    .flat_map(|i| (0..kw).map(move |j| (i, j)))
+                    .filter(|&(i, j)| (i * dh) % s0 == a && (j * dw) % s1 == b)
+                    .collect();
+                if un > 0 && vn > 0 && !reach.is_empty() {
+                    phases.push(([a, b], [u0, v0], [un, vn], reach));
+                }
+            }
+        }
+        // dy sits `z` down and right in its plane, so that every tap's offset is >= 0.
+        let q = |i: usize, j: usize| [i * dh / s0, j * dw / s1];
+        let mut z = [0usize; 2];
+        let mut dims = [0usize; 2];
+        for (_, first, _, reach) in &phases {
+            for &(i, j) in reach {
+                for d in 0..2 {
+                    z[d] = z[d].max(q(i, j)[d].saturating_sub(first[d]));
+                }
+            }
+        }
+        for (_, first, n, reach) in &phases {
+            for &(i, j) in reach {
+                for d in 0..2 {
+                    dims[d] = dims[d].max(n[d] + first[d] + z[d] - q(i, j)[d]);
+                }
+            }
+        }
+        let planes = Planes {
+            phases: [1, 1],
+            dims,
+            shift: z,
+        };
+        let phases = phases
+            .into_iter()
+            .map(|([a, b], first, n, reach)| {
+                let offsets = reach
+                    .iter()
+                    .map(|&(i, j)| {
+                        let [qi, qj] = q(i, j);
+                        (first[0] + z[0] - qi) * dims[1] + first[1] + z[1] - qj
+                    })
+                    .collect();
+                // w'[g cg + ch][o * taps' + t] = w[g og + o][ch][reach[t]].
+                let t = reach.len();
+                let mut wp = vec![0f32; c.channels * og * t];
+                for g in 0..c.groups {
+                    for ch in 0..cg {
+                        for o in 0..og {
+                            for (tt, &(i, j)) in reach.iter().enumerate() {
+                                wp[((g * cg + ch) * og + o) * t + tt] =
+                                    w[((g * og + o) * cg + ch) * taps + i * kw + j];
+                            }
+                        }
+                    }
+                }
+                Phase {
+                    offsets,
+                    w: Some(wp),
+                    out: n,
+                    to: [
+                        first[0] * s0 + a - c.padding[0],
+                        first[1] * s1 + b - c.padding[1],
+                    ],
+                    step: [s0, s1],
+                }
+            })
+            .collect();
+        Spatial {
+            images: c.images,
+            groups: c.groups,
+            inner: og,
+            rows: cg,
+            src: c.out,
+            planes,
+            dst: c.size,
+            phases,
+        }
     }
 
-    /// Elements of a group's padded planes, with room for the last tile's reads past the last
-    /// plane.
+    /// Flat positions computed per row of `phase`, rounded up to whole tiles of `tile`.
+    fn stride(&self, phase: &Phase, tile: usize) -> usize {
+        (phase.out[0] * self.planes.dims[1]).next_multiple_of(tile)
+    }
+
+    /// Elements of a group's padded planes, with room for every phase's last tile's reads
+    /// past the last channel.
     fn planes_len(&self, tile: usize) -> usize {
-        let plane = self.plane[0] * self.plane[1];
-        let last = self.offsets.last().copied().unwrap_or(0) + self.stride(tile);
-        (self.inner - 1) * plane + last.max(plane)
+        let channel = self.planes.channel();
+        let reach = self.phases.iter().fold(channel, |m, p| {
+            let last = p.offsets.iter().copied().max().unwrap_or(0);
+            m.max(last + self.stride(p, tile))
+        });
+        (self.inner - 1) * channel + reach
     }
 
     /// `dst (+)= conv(src, w)` for every image: `src` `[N, G * inner, src]`, `w`
-    /// `[G * rows, inner * taps]`, `dst` `[N, G * rows, out]`.
+    /// `[G * rows, inner * taps]` (unless the phases have their own), `dst`
+    /// `[N, G * rows, dst]`.
     #[allow(clippy::too_many_arguments)]
     fn run<I: Isa>(
         &self,
@@ -441,7 +604,11 @@ impl Spatial {
         par: bool,
         threads: usize,
     ) {
-        let out = self.out[0] * self.out[1];
+        if self.phases.is_empty() {
+            // An input gradient where every output saw only padding: nothing to add.
+            return;
+        }
+        let out = self.dst[0] * self.dst[1];
         let src_img = self.groups * self.inner * self.src[0] * self.src[1];
         // Tasks: (image, group, block of rows); enough of them to keep the threads busy when
         // images x groups are few.
@@ -453,7 +620,8 @@ impl Spatial {
             1
         };
         // At most about 4 MB of flat results per task.
-        let cap = ((1 << 20) / self.stride(I::TILE)).max(I::ROWS) / I::ROWS * I::ROWS;
+        let widest = self.phases.iter().map(|p| self.stride(p, I::TILE)).max();
+        let cap = ((1 << 20) / widest.unwrap_or(1).max(1)).max(I::ROWS) / I::ROWS * I::ROWS;
         let per = self
             .rows
             .div_ceil(blocks)
@@ -475,16 +643,19 @@ impl Spatial {
         let one = |(planes, acc): &mut (Vec<f32>, Vec<f32>), (i, g, r0, part): Task| {
             let plane = self.src[0] * self.src[1];
             let first = i * src_img + g * self.inner * plane;
-            let padded = self.plane[0] * self.plane[1];
+            let channel = self.planes.channel();
             for c in 0..self.inner {
                 let s = &src[first + c * plane..first + (c + 1) * plane];
-                let d = &mut planes[c * padded..(c + 1) * padded];
-                place(s, self.src, d, self.plane[1], self.shift);
+                let d = &mut planes[c * channel..(c + 1) * channel];
+                self.planes.fill(s, self.src, d);
             }
-            let k = self.inner * self.offsets.len();
             let rows = part.len() / out;
-            let wr = &w[(g * self.rows + r0) * k..(g * self.rows + r0 + rows) * k];
-            self.block(isa, planes, wr, rows, acc, part, accumulate);
+            for phase in &self.phases {
+                let k = self.inner * phase.offsets.len();
+                let w = phase.w.as_deref().unwrap_or(w);
+                let wr = &w[(g * self.rows + r0) * k..(g * self.rows + r0 + rows) * k];
+                self.block(isa, phase, planes, wr, rows, acc, part, accumulate);
+            }
         };
         if par {
             let min = tasks.len().div_ceil(4 * threads);
@@ -500,12 +671,13 @@ impl Spatial {
         }
     }
 
-    /// One task: `rows` result rows from the padded planes and the rows' weights `w`, through
-    /// the flat scratch `acc`, into `part` (`rows x out`).
+    /// One task's phase: `rows` result rows from the padded planes and the rows' weights `w`,
+    /// through the flat scratch `acc`, into `part` (`rows` destination planes).
     #[allow(clippy::too_many_arguments)]
     fn block<I: Isa>(
         &self,
         isa: I,
+        phase: &Phase,
         planes: &[f32],
         w: &[f32],
         rows: usize,
@@ -513,10 +685,12 @@ impl Spatial {
         part: &mut [f32],
         accumulate: bool,
     ) {
-        let stride = self.stride(I::TILE);
+        let stride = self.stride(phase, I::TILE);
         let full = rows.next_multiple_of(I::ROWS);
-        acc.resize(full * stride, 0.0);
-        let k = self.inner * self.offsets.len();
+        if acc.len() < full * stride {
+            acc.resize(full * stride, 0.0);
+        }
+        let k = self.inner * phase.offsets.len();
         // A last block of 3, or of 5-7 rows on AVX-512, is computed as 4 or 8 (the extra rows'
         // weights 0, their sums never read).
         let padded;
@@ -528,40 +702,61 @@ impl Spatial {
             padded = p;
             &padded[..]
         };
-        let plane = self.plane[0] * self.plane[1];
-        let offs = &self.offsets;
+        let channel = self.planes.channel();
+        let offs = &phase.offsets;
         isa.enable(|| {
             for p0 in (0..stride).step_by(I::TILE) {
                 let mut r = 0;
                 while r < rows {
                     let n = (rows - r).min(I::ROWS);
                     let (wr, a) = (&w[r * k..], &mut acc[r * stride..]);
-                    // SAFETY: inside `enable`; `planes` holds every plane with room for the
+                    // SAFETY: inside `enable`; `planes` holds every channel with room for the
                     // tile's reads (`planes_len`); `wr` holds `n` rounded up to 4 or 8 rows
                     // (`full`, padded above), `a` as many rows of the flat scratch.
                     unsafe {
                         match n {
-                            1 => rows_tile::<I, 1>(planes, plane, offs, wr, k, p0, a, stride),
-                            2 => rows_tile::<I, 2>(planes, plane, offs, wr, k, p0, a, stride),
-                            3 | 4 => rows_tile::<I, 4>(planes, plane, offs, wr, k, p0, a, stride),
-                            _ => rows_tile::<I, 8>(planes, plane, offs, wr, k, p0, a, stride),
+                            1 => rows_tile::<I, 1>(planes, channel, offs, wr, k, p0, a, stride),
+                            2 => rows_tile::<I, 2>(planes, channel, offs, wr, k, p0, a, stride),
+                            3 | 4 => rows_tile::<I, 4>(planes, channel, offs, wr, k, p0, a, stride),
+                            _ => rows_tile::<I, 8>(planes, channel, offs, wr, k, p0, a, stride),
                         }
                     }
                     r += n;
                 }
             }
         });
-        let [oh, ow] = self.out;
-        let s = self.plane[1];
-        for (row, flat) in part.chunks_exact_mut(oh * ow).zip(acc.chunks(stride)) {
-            for (d, f) in row.chunks_exact_mut(ow).zip(flat.chunks(s)) {
-                if accumulate {
-                    for (d, f) in d.iter_mut().zip(f) {
-                        *d += f;
+        // Results (u, v) at flat u * width + v go to (to + u step) of the destination plane.
+        let width = self.planes.dims[1];
+        let [rows_out, cols] = phase.out;
+        let [s0, s1] = phase.step;
+        let dst_w = self.dst[1];
+        for (dst, flat) in part
+            .chunks_exact_mut(self.dst[0] * dst_w)
+            .zip(acc.chunks(stride))
+        {
+            for u in 0..rows_out {
+                let f = &flat[u * width..u * width + cols];
+                let start = (phase.to[0] + u * s0) * dst_w + phase.to[1];
+                match (accumulate, s1) {
+                    (false, 1) => {
+                        for (d, f) in dst[start..start + cols].iter_mut().zip(f) {
+                            *d = *f;
+                        }
                     }
-                } else {
-                    for (d, f) in d.iter_mut().zip(f) {
-                        *d = *f;
+                    (true, 1) => {
+                        for (d, f) in dst[start..start + cols].iter_mut().zip(f) {
+                            *d += f;
+                        }
+                    }
+                    (false, _) => {
+                        for (d, f) in dst[start..].iter_mut().step_by(s1).zip(f) {
+                            *d = *f;
+                        }
+                    }
+                    (true, _) => {
+                        for (d, f) in dst[start..].iter_mut().step_by(s1).zip(f) {
+                            *d += f;
+                        }
                     }
                 }
             }
@@ -636,28 +831,29 @@ fn weight_grad<I: Isa>(
 ) {
     let (cg, og) = (c.channels / c.groups, c.out_channels / c.groups);
     let [kh, kw] = c.kernel;
-    let [dh, dwd] = c.dilation;
+    let [dh, dl] = c.dilation;
     let [oh, ow] = c.out;
-    let plane = [oh + dh * (kh - 1), ow + dwd * (kw - 1)];
+    let planes_of = Planes::of_input(c);
     let taps = kh * kw;
     let k = cg * taps;
     // Output channels padded to whole vectors; channel-taps to whole tiles.
     let lanes = og.next_multiple_of(I::LANES);
     let kt = k.next_multiple_of(TAPS);
     let offsets: Vec<usize> = (0..kh)
-        .flat_map(|i| (0..kw).map(move |j| i * dh * plane[1] + j * dwd))
+        .flat_map(|i| (0..kw).map(move |j| planes_of.offset(i * dh, j * dl)))
         .collect();
+    let width = planes_of.dims[1];
     let positions: Vec<usize> = (0..oh)
-        .flat_map(|y| (0..ow).map(move |x| y * plane[1] + x))
+        .flat_map(|y| (0..ow).map(move |x| y * width + x))
         .collect();
-    let padded = plane[0] * plane[1];
+    let channel = planes_of.channel();
     let [h, w] = c.size;
     let (x_img, y_img) = (c.channels * h * w, c.out_channels * oh * ow);
     // Per split of the images: dw^T `[G, kt, lanes]`, the padded planes of one group and dy^T.
     let fresh = || {
         (
             vec![0f32; c.groups * kt * lanes],
-            vec![0f32; cg * padded],
+            vec![0f32; cg * channel],
             vec![0f32; oh * ow * lanes],
         )
     };
@@ -666,14 +862,8 @@ fn weight_grad<I: Isa>(
         for g in 0..c.groups {
             let xs = &x[i * x_img + g * cg * h * w..];
             for ch in 0..cg {
-                let d = &mut planes[ch * padded..(ch + 1) * padded];
-                place(
-                    &xs[ch * h * w..(ch + 1) * h * w],
-                    c.size,
-                    d,
-                    plane[1],
-                    [c.padding[0] as isize, c.padding[1] as isize],
-                );
+                let d = &mut planes[ch * channel..(ch + 1) * channel];
+                planes_of.fill(&xs[ch * h * w..(ch + 1) * h * w], c.size, d);
             }
             let ys = &dy[i * y_img + g * og * oh * ow..];
             transpose(&ys[..og * oh * ow], oh * ow, dyt, lanes);
@@ -687,7 +877,7 @@ fn weight_grad<I: Isa>(
                         // last real one; their sums land in rows past `k`, never read).
                         let xo: [usize; TAPS] = std::array::from_fn(|j| {
                             let kk = (r0 + j).min(k - 1);
-                            (kk / taps) * padded + offsets[kk % taps]
+                            (kk / taps) * channel + offsets[kk % taps]
                         });
                         for l0 in (0..lanes).step_by(block) {
                             let nv = (lanes - l0).min(block) / I::LANES;

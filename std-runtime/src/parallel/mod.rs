@@ -6,9 +6,9 @@
 //! - matrix products go through the `gemm` crate (packed, AVX2 or AVX-512 micro-kernels,
 //!   multithreaded on rayon's pool for large products); tiny products stay on the core's
 //!   reference kernel, whose call costs nothing;
-//! - convolutions with stride 1 in f32, on CPUs with AVX-512, run direct kernels over
-//!   zero-padded image planes, with no im2col buffer (see `conv.rs`); other convolutions are
-//!   im2col copies and products, as on `Cpu`;
+//! - convolutions in f32, on CPUs with AVX-512 or AVX2, run direct kernels over zero-padded
+//!   image planes, with no im2col buffer (see `conv.rs`); in f64 they are im2col copies and
+//!   products, as on `Cpu`;
 //! - elementwise ops, reductions, softmax, losses, optimizer updates, fills and strided copies
 //!   are split over the pool's threads above a size threshold ([`PAR_MIN`] elements), in chunks
 //!   that each run the core's own kernel, so that most results are bit for bit those of `Cpu`;
@@ -127,7 +127,8 @@ pub fn threads() -> usize {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ConvKernels {
     /// Direct kernels with the widest vectors the CPU has (AVX-512, else AVX2 and FMA) where
-    /// they apply (f32, stride 1), im2col copies and matrix products elsewhere.
+    /// they apply (f32; a weight gradient with at least 8 output channels per group), im2col
+    /// copies and matrix products elsewhere.
     #[default]
     Best,
     /// Direct kernels with at most AVX2 and FMA, as on a CPU without AVX-512.
