@@ -713,3 +713,32 @@ fn training_matches_the_reference() {
         assert_close(&p1, &p2, 1e-4, "parameters after 20 steps");
     }
 }
+
+/// A whole-tensor sum or mean on one thread (16 lanes from 4096 values on, one chain below)
+/// agrees with the reference to rounding, and exactly below 4096 values.
+#[test]
+fn whole_sums_on_one_thread() {
+    init();
+    for (n, op) in [
+        (4095, ReduceOp::Sum),
+        (4096, ReduceOp::Sum),
+        (70_001, ReduceOp::Mean),
+    ] {
+        let a = Axis3 {
+            outer: 1,
+            n,
+            inner: 1,
+        };
+        let mut m1: Vec<f32> = random(n + 1, n as u64, -1.0, 1.0);
+        let mut m2 = m1.clone();
+        Cpu::new(&mut m1).reduce(op, a, 0, n).unwrap();
+        Parallel::with_threads(&mut m2, 1)
+            .reduce(op, a, 0, n)
+            .unwrap();
+        if n < 4096 {
+            assert_same(&m1[n..], &m2[n..], "short sum");
+        } else {
+            assert_close(&m1[n..], &m2[n..], 1e-5, "long sum");
+        }
+    }
+}

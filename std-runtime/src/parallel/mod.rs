@@ -422,9 +422,12 @@ impl<T: Float> Backend for Parallel<'_, T> {
         let par = self.grain(a.input_len(), PAR_MIN).is_some() && !a.is_degenerate();
         let threads = self.threads;
         let (yv, [xv]) = split(self.buf, r(y, a.output_len()), [r(x, a.input_len())])?;
-        let done = par
-            && (kernels::reduce_par(op, a, xv, yv, threads)
-                || kernels::reduce_all_par(op, a, xv, yv, threads));
+        let done = if par {
+            kernels::reduce_par(op, a, xv, yv, threads)
+                || kernels::reduce_all_par(op, a, xv, yv, threads)
+        } else {
+            kernels::reduce_all_serial(op, a, xv, yv)
+        };
         if !done {
             simd(|| reduce::forward(op, a, xv, yv));
         }
