@@ -368,6 +368,27 @@ fn direct_kernels_run_and_check_their_calls() {
             }
         }
     }
+    // A stride far beyond the image (one output per axis): one phase, not 2^40.
+    let far = ConvCall {
+        pass: ConvPass::Forward { x: 0, w: 1, y: 2 },
+        images: 1,
+        channels: 1,
+        size: [1, 1],
+        out_channels: 1,
+        groups: 1,
+        kernel: [1, 1],
+        stride: [1 << 20, 1 << 20],
+        padding: [0, 0],
+        dilation: [1, 1],
+        out: [1, 1],
+    };
+    mem[..3].copy_from_slice(&[2.0, 3.0, 0.0]);
+    let ran = Parallel::new(&mut mem).conv(&far);
+    assert!(
+        ran == Ok(false) || (ran == Ok(true) && mem[2] == 6.0),
+        "{ran:?} {}",
+        mem[2]
+    );
     // Left to im2col: everything with `Im2col`, and f64.
     let mut be = Parallel::new(&mut mem).with_conv_kernels(ConvKernels::Im2col);
     assert_eq!(be.conv(&call), Ok(false));

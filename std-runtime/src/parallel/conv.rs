@@ -243,7 +243,7 @@ fn consistent(c: &ConvCall) -> Option<()> {
     }
     // Each axis: the padded input, the window's span, and a bound on the planes' sides (the
     // forward's `out + span / stride` per phase, the input gradient's at most
-    // `size / stride + span + 1`).
+    // `(padding + size + span) / stride + 1`).
     let mut side = [0; 2];
     for (d, side) in side.iter_mut().enumerate() {
         let (n, k, p, dl, st) = (
@@ -291,6 +291,15 @@ fn consistent(c: &ConvCall) -> Option<()> {
 
 /// [`run`]'s pass with the instruction set `isa`.
 fn pass<I: Isa>(isa: I, buf: &mut [f32], c: &ConvCall, threads: usize) -> Result<()> {
+    // Along an axis with one output the stride plays no part: 1 there, so that the phases
+    // (`stride[0] x stride[1]`) never outnumber the padded input's positions.
+    let mut call = *c;
+    for (s, &o) in call.stride.iter_mut().zip(&c.out) {
+        if o == 1 {
+            *s = 1;
+        }
+    }
+    let c = &call;
     let [h, w] = c.size;
     let [oh, ow] = c.out;
     let cg = c.channels / c.groups;
@@ -324,22 +333,33 @@ fn pass<I: Isa>(isa: I, buf: &mut [f32], c: &ConvCall, threads: usize) -> Result
 /// planes of `dims` each, plane `(a, b)` holding
 /// `src[u phases[0] + a - shift[0], v phases[1] + b - shift[1]]` at `(u, v)`, 0 outside `src`.
 /// With phases `[1, 1]`, one plane: `src` shifted by `shift` into zeros.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Planes {
     phases: [usize; 2],
     dims: [usize; 2],
     shift: [usize; 2],
+    /// The phases some tap reads (the others are left as they are: only results thrown away
+    /// read them).
+    used: Vec<bool>,
 }
 
 impl Planes {
     /// The forward's (and the weight gradient's) planes of the input: one phase per stride
     /// offset, each as tall and wide as the output plus the window's span in its phase.
     fn of_input(c: &ConvCall) -> Planes {
+        let [s0, s1] = c.stride;
         let q = |d: usize| c.dilation[d] * (c.kernel[d] - 1) / c.stride[d];
+        let mut used = vec![false; s0 * s1];
+        for i in 0..c.kernel[0] {
+            for j in 0..c.kernel[1] {
+                used[(i * c.dilation[0] % s0) * s1 + j * c.dilation[1] % s1] = true;
+            }
+        }
         Planes {
             phases: c.stride,
             dims: [c.out[0] + q(0), c.out[1] + q(1)],
             shift: c.padding,
+            used,
         }
     }
 
@@ -365,6 +385,9 @@ impl Planes {
         let [s0, s1] = self.phases;
         let [rows, cols] = self.dims;
         for (ab, plane) in dst.chunks_exact_mut(rows * cols).enumerate() {
+            if !self.used[ab] {
+                continue;
+            }
             let (a, b) = (ab / s1, ab % s1);
             let (lo, hi) = valid(cols, s1, b, self.shift[1], w);
             for (u, row) in plane.chunks_exact_mut(cols).enumerate() {
@@ -458,8 +481,9 @@ impl Spatial {
     fn forward(c: &ConvCall) -> Spatial {
         let planes = Planes::of_input(c);
         let [dh, dw] = c.dilation;
+        let p = &planes;
         let offsets = (0..c.kernel[0])
-            .flat_map(|i| (0..c.kernel[1]).map(move |j| planes.offset(i * dh, j * dw)))
+            .flat_map(|i| (0..c.kernel[1]).map(move |j| p.offset(i * dh, j * dw)))
             .collect();
         Spatial {
             images: c.images,
@@ -526,6 +550,7 @@ impl Spatial {
             phases: [1, 1],
             dims,
             shift: z,
+            used: vec![true],
         };
         let phases = phases
             .into_iter()
@@ -792,7 +817,8 @@ unsafe fn rows_tile<I: Isa, const MR: usize>(
     debug_assert!(w.len() >= MR * k);
     debug_assert!(acc.len() >= (MR - 1) * stride + p0 + I::TILE);
     debug_assert!(
-        planes.len() >= (inner - 1) * plane + offsets.last().copied().unwrap_or(0) + p0 + I::TILE
+        planes.len()
+            >= (inner - 1) * plane + offsets.iter().max().copied().unwrap_or(0) + p0 + I::TILE
     );
     // SAFETY: inside `enable`, reads and writes inside the slices (the contract).
     unsafe {
@@ -840,7 +866,10 @@ fn weight_grad<I: Isa>(
     let lanes = og.next_multiple_of(I::LANES);
     let kt = k.next_multiple_of(TAPS);
     let offsets: Vec<usize> = (0..kh)
-        .flat_map(|i| (0..kw).map(move |j| planes_of.offset(i * dh, j * dl)))
+        .flat_map(|i| {
+            let p = &planes_of;
+            (0..kw).map(move |j| p.offset(i * dh, j * dl))
+        })
         .collect();
     let width = planes_of.dims[1];
     let positions: Vec<usize> = (0..oh)

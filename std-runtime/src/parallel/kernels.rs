@@ -383,7 +383,7 @@ pub(super) fn reduce_all_par<T: Float>(
     true
 }
 
-/// Sum or mean of everything on the calling thread, with 16 lanes (a loss's `mean` of 1 M
+/// Sum or mean of everything on the calling thread, with 16 lanes (a loss's `mean` of 4 M
 /// values took 12 ms in one scalar chain, each add waiting for the last), from 4096 values on;
 /// false, having done nothing, for smaller or other reductions (the reference kernel's order).
 pub(super) fn reduce_all_serial<T: Float>(op: ReduceOp, a: Axis3, x: &[T], y: &mut [T]) -> bool {
