@@ -3,6 +3,7 @@
 //! padding and dilation; the tape's gradients are compared with central differences in f64).
 
 use mote::gradcheck::{check, GradCheck};
+use mote::ops::conv::{ConvCall, ConvPass};
 use mote::{ConvConfig, Cpu, PoolConfig, Result, Rng, Tape, Var};
 use proptest::prelude::*;
 
@@ -377,4 +378,56 @@ fn large_batches_are_done_a_few_images_at_a_time() {
     close(&y, &y1);
     close(&dx, &dx1);
     close(&dw, &dw1);
+}
+
+/// `ConvCall::lens` (what a backend's own convolution checks a call with first): the
+/// tensors' sizes, or an error for a call that does not add up.
+#[test]
+fn conv_calls_are_checked() {
+    let good = ConvCall {
+        pass: ConvPass::Forward { x: 0, w: 16, y: 32 },
+        images: 2,
+        channels: 4,
+        size: [4, 5],
+        out_channels: 6,
+        groups: 2,
+        kernel: [3, 3],
+        stride: [1, 2],
+        padding: [1, 1],
+        dilation: [1, 1],
+        out: [4, 3],
+    };
+    assert_eq!(
+        good.lens(),
+        Ok([2 * 4 * 4 * 5, 6 * 2 * 3 * 3, 2 * 6 * 4 * 3])
+    );
+    for bad in [
+        ConvCall { groups: 0, ..good },
+        ConvCall { groups: 3, ..good },
+        ConvCall {
+            out: [4, 4],
+            ..good
+        },
+        ConvCall {
+            stride: [0, 1],
+            ..good
+        },
+        ConvCall {
+            kernel: [0, 3],
+            ..good
+        },
+        ConvCall {
+            dilation: [1, usize::MAX],
+            ..good
+        },
+        ConvCall {
+            images: usize::MAX,
+            ..good
+        },
+    ] {
+        assert!(
+            matches!(bad.lens(), Err(mote::Error::InvalidArgument { .. })),
+            "{bad:?}"
+        );
+    }
 }

@@ -321,6 +321,39 @@ fn gemm_large(buf: &mut [f32], g: &Gemm) -> Result<()> {
     Ok(())
 }
 
+/// A batched product as one product per batch entry on this backend's kernels (a
+/// convolution's, per image of an im2col pass; the reference kernel's are plain loops); a
+/// shared C (`c_batch` 0) sums over the batch. Out of line: only the convolutions use it.
+#[inline(never)]
+fn gemm_batched(buf: &mut [f32], g: &Gemm) -> Result<()> {
+    let far = Error::IndexOutOfRange {
+        op: "gemm",
+        index: usize::MAX,
+        bound: buf.len(),
+    };
+    for i in 0..g.batch {
+        let at = |base: usize, step: usize| {
+            i.checked_mul(step)
+                .and_then(|o| base.checked_add(o))
+                .ok_or(far)
+        };
+        let one = Gemm {
+            batch: 1,
+            a: at(g.a, g.a_batch)?,
+            b: at(g.b, g.b_batch)?,
+            c: at(g.c, g.c_batch)?,
+            accumulate: g.accumulate || (g.c_batch == 0 && i > 0),
+            ..*g
+        };
+        if one.k < 8 && one.n < 8 {
+            gemm_small(buf, &one)?;
+        } else {
+            gemm_large(buf, &one)?;
+        }
+    }
+    Ok(())
+}
+
 impl<'a, const ALL: bool> Fast<'a, ALL> {
     /// A kernel this backend has no path of its own for: the reference one when `ALL`, else an
     /// error (and then the reference kernels are not linked: less flash).
@@ -478,6 +511,9 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
     }
     #[inline(always)]
     fn gemm(&mut self, g: &Gemm) -> Result<()> {
+        if g.batch != 1 && ALL && !(g.a_trans && g.b_trans) {
+            return gemm_batched(self.cpu.storage_mut(), g);
+        }
         if g.batch != 1 || (g.a_trans && g.b_trans) {
             return self.reference(|cpu| cpu.gemm(g));
         }

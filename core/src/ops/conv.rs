@@ -340,6 +340,50 @@ pub struct ConvCall {
     pub out: [usize; 2],
 }
 
+impl ConvCall {
+    /// The elements of the input, the weight and the output, `[x, w, y]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the call is inconsistent (no groups, channels that do
+    /// not divide into them, a zero size, window, stride or dilation, an output size that does
+    /// not follow from the others) or a size overflows.
+    pub fn lens(&self) -> Result<[usize; 3]> {
+        let bad = Error::InvalidArgument {
+            what: "a convolution call whose geometry is inconsistent or overflows",
+        };
+        let g = self.groups;
+        if [g, self.images, self.channels, self.out_channels].contains(&0)
+            || !self.channels.is_multiple_of(g)
+            || !self.out_channels.is_multiple_of(g)
+        {
+            return Err(bad);
+        }
+        for d in 0..2 {
+            let at = |v: [usize; 2]| v.get(d).copied().unwrap_or(0);
+            let (n, k) = (at(self.size), at(self.kernel));
+            let out = out_len(n, k, at(self.stride), at(self.padding), at(self.dilation));
+            if n == 0 || k == 0 || out != Some(at(self.out)) {
+                return Err(bad);
+            }
+        }
+        let [h, w] = self.size;
+        let [oh, ow] = self.out;
+        let prod = |v: [usize; 4]| v.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+        let x = prod([self.images, self.channels, h, w]);
+        let y = prod([self.images, self.out_channels, oh, ow]);
+        let wl = prod([
+            self.out_channels,
+            self.channels / g,
+            self.kernel[0],
+            self.kernel[1],
+        ]);
+        match (x, wl, y) {
+            (Some(x), Some(wl), Some(y)) => Ok([x, wl, y]),
+            _ => Err(bad),
+        }
+    }
+}
+
 impl Geom {
     fn call(&self, out_channels: usize, groups: usize, pass: ConvPass) -> ConvCall {
         ConvCall {

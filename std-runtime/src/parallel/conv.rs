@@ -234,48 +234,21 @@ pub(super) fn run<T: 'static>(
 /// overflow (the tape's calls always are; but `ConvCall` is public, and the kernels' reads are
 /// only as safe as the offsets computed from it).
 fn consistent(c: &ConvCall) -> Option<()> {
+    // The geometry adds up and the tensors' sizes fit (the core's check) ...
+    let [_, _, y] = c.lens().ok()?;
     let g = c.groups;
-    if [g, c.images, c.channels, c.out_channels].contains(&0)
-        || !c.channels.is_multiple_of(g)
-        || !c.out_channels.is_multiple_of(g)
-    {
-        return None;
-    }
-    // Each axis: the padded input, the window's span, and a bound on the planes' sides (the
-    // forward's `out + span / stride` per phase, the input gradient's at most
+    // ... and so do the planes: per axis, a bound on their sides (the forward's
+    // `out + span / stride` per phase, the input gradient's at most
     // `(padding + size + span) / stride + 1`).
     let mut side = [0; 2];
     for (d, side) in side.iter_mut().enumerate() {
-        let (n, k, p, dl, st) = (
-            c.size[d],
-            c.kernel[d],
-            c.padding[d],
-            c.dilation[d],
-            c.stride[d],
-        );
-        if n == 0 || k == 0 || dl == 0 || st == 0 {
-            return None;
-        }
-        let span = dl.checked_mul(k - 1)?;
-        let padded = n.checked_add(p.checked_mul(2)?)?;
-        if padded.checked_sub(span)? == 0 || (padded - span - 1) / st + 1 != c.out[d] {
-            return None;
-        }
-        *side = padded.checked_add(span)?.checked_add(st)?;
+        let span = c.dilation[d].checked_mul(c.kernel[d] - 1)?;
+        let padded = c.size[d].checked_add(c.padding[d].checked_mul(2)?)?;
+        *side = padded.checked_add(span)?.checked_add(c.stride[d])?;
     }
-    let [h, w] = c.size;
     let [oh, ow] = c.out;
     let taps = c.kernel[0].checked_mul(c.kernel[1])?;
-    c.images
-        .checked_mul(c.channels)?
-        .checked_mul(h)?
-        .checked_mul(w)?;
-    let y = c
-        .images
-        .checked_mul(c.out_channels)?
-        .checked_mul(oh)?
-        .checked_mul(ow)?;
-    // The weight, and the weight gradient's dw^T rows padded by a tile, channels by vectors.
+    // The weight gradient's dw^T rows padded by a tile, channels by vectors.
     let k = (c.channels / g).checked_mul(taps)?.checked_add(TAPS)?;
     k.checked_mul(c.out_channels.checked_add(16 * g)?)?;
     // Every group's padded planes (with a tile's reads past the last) and flat results,
