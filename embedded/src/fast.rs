@@ -321,6 +321,70 @@ fn gemm_large(buf: &mut [f32], g: &Gemm) -> Result<()> {
     Ok(())
 }
 
+/// Any strided copy (see [`mote::ops::movement::copy`]) in four plain nested loops, with the
+/// reference's results bit for bit (the same element order; a row summed into one element is
+/// summed first, as there). The reference walks rows through a generic row iterator whose
+/// bookkeeping spills to the stack on this core and costs more than the copies themselves:
+/// about half of the cnn step (pooling's im2col and col2im, reshapes).
+#[inline(never)]
+fn copy_any(
+    buf: &mut [f32],
+    space: &Shape,
+    src: Strided,
+    dst: Strided,
+    accumulate: bool,
+) -> Result<()> {
+    let far = Error::IndexOutOfRange {
+        op: "copy",
+        index: usize::MAX,
+        bound: buf.len(),
+    };
+    let (d, [s]) = split(
+        buf,
+        dst.offset..dst.offset.saturating_add(dst.span(space)),
+        [src.offset..src.offset.saturating_add(src.span(space))],
+    )?;
+    // Right-aligned to four dimensions: the last is the innermost loop.
+    let r = space.rank();
+    let (mut n, mut ss, mut ds) = ([1usize; 4], [0usize; 4], [0usize; 4]);
+    for i in 0..r.min(4) {
+        let k = 4 - r + i;
+        n[k] = space.dim(i);
+        ss[k] = src.strides[i];
+        ds[k] = dst.strides[i];
+    }
+    let row_sum = accumulate && ds[3] == 0 && ss[3] == 1;
+    for i0 in 0..n[0] {
+        for i1 in 0..n[1] {
+            let mut so = i0 * ss[0] + i1 * ss[1];
+            let mut dof = i0 * ds[0] + i1 * ds[1];
+            for _ in 0..n[2] {
+                if row_sum {
+                    let row = s.get(so..so + n[3]).ok_or(far)?;
+                    let t = row.iter().fold(0.0f32, |a, &v| a + v);
+                    *d.get_mut(dof).ok_or(far)? += t;
+                } else {
+                    let (mut a, mut b) = (so, dof);
+                    for _ in 0..n[3] {
+                        let v = *s.get(a).ok_or(far)?;
+                        let t = d.get_mut(b).ok_or(far)?;
+                        if accumulate {
+                            *t += v;
+                        } else {
+                            *t = v;
+                        }
+                        a += ss[3];
+                        b += ds[3];
+                    }
+                }
+                so += ss[2];
+                dof += ds[2];
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A batched product as one product per batch entry on this backend's kernels (a
 /// convolution's, per image of an im2col pass; the reference kernel's are plain loops); a
 /// shared C (`c_batch` 0) sums over the batch. Out of line: only the convolutions use it.
@@ -572,6 +636,9 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
                 }
                 return Ok(());
             }
+        }
+        if ALL {
+            return copy_any(self.cpu.storage_mut(), space, src, dst, accumulate);
         }
         self.reference(|cpu| cpu.copy_strided(space, src, dst, accumulate))
     }
