@@ -6,7 +6,6 @@
 //! because the destination stride there is 0).
 
 use crate::float::Float;
-use crate::ops::binary::rows;
 use crate::shape::{Shape, MAX_RANK};
 
 /// One side of a strided copy: an arena offset and a stride per dimension of the index space.
@@ -56,41 +55,82 @@ pub fn copy<T: Float>(
         }
         return;
     }
-    rows(space, ss, ds, |_, is, id, n, s_step, d_step| {
-        match (s_step, d_step) {
-            // Contiguous rows (bias broadcasts, slices, concat parts): slice operations.
-            (1, 1) => {
-                if let (Some(s), Some(d)) = (src.get(is..is + n), dst.get_mut(id..id + n)) {
-                    if accumulate {
-                        for (d, &v) in d.iter_mut().zip(s) {
-                            *d += v;
-                        }
-                    } else {
-                        d.copy_from_slice(s);
-                    }
-                }
+    // Four plain nested loops over the right-aligned dimensions (the last innermost): a
+    // generic row iterator's bookkeeping cost more than short rows' copies (on a Cortex-M4 it
+    // spilled to the stack: half of a small CNN's step).
+    let r = space.rank();
+    let (mut n, mut sv, mut dv) = ([1usize; MAX_RANK], [0usize; MAX_RANK], [0usize; MAX_RANK]);
+    for i in 0..r.min(MAX_RANK) {
+        let k = MAX_RANK - r + i;
+        if let (Some(n), Some(s), Some(d)) = (n.get_mut(k), sv.get_mut(k), dv.get_mut(k)) {
+            *n = space.dim(i);
+            *s = ss.get(i).copied().unwrap_or(0);
+            *d = ds.get(i).copied().unwrap_or(0);
+        }
+    }
+    let [n0, n1, n2, len] = n;
+    let [s0, s1, s2, s_step] = sv;
+    let [d0, d1, d2, d_step] = dv;
+    for i0 in 0..n0 {
+        for i1 in 0..n1 {
+            let (mut is, mut id) = (i0 * s0 + i1 * s1, i0 * d0 + i1 * d1);
+            for _ in 0..n2 {
+                copy_row(src, is, s_step, dst, id, d_step, len, accumulate);
+                is += s2;
+                id += d2;
             }
-            // A row summed into one element (a broadcast's backward along the last axis).
-            (1, 0) if accumulate => {
-                if let (Some(s), Some(d)) = (src.get(is..is + n), dst.get_mut(id)) {
-                    *d += s.iter().fold(T::ZERO, |acc, &v| acc + v);
-                }
-            }
-            _ => {
-                for k in 0..n {
-                    if let (Some(&v), Some(d)) =
-                        (src.get(is + k * s_step), dst.get_mut(id + k * d_step))
-                    {
-                        if accumulate {
-                            *d += v;
-                        } else {
-                            *d = v;
-                        }
+        }
+    }
+}
+
+/// One row of [`copy`]: `len` elements from `src[is]` every `s_step` to `dst[id]` every
+/// `d_step`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn copy_row<T: Float>(
+    src: &[T],
+    is: usize,
+    s_step: usize,
+    dst: &mut [T],
+    id: usize,
+    d_step: usize,
+    len: usize,
+    accumulate: bool,
+) {
+    match (s_step, d_step) {
+        // Contiguous rows (bias broadcasts, slices, concat parts): slice operations.
+        (1, 1) => {
+            if let (Some(s), Some(d)) = (src.get(is..is + len), dst.get_mut(id..id + len)) {
+                if accumulate {
+                    for (d, &v) in d.iter_mut().zip(s) {
+                        *d += v;
                     }
+                } else {
+                    d.copy_from_slice(s);
                 }
             }
         }
-    });
+        // A row summed into one element (a broadcast's backward along the last axis).
+        (1, 0) if accumulate => {
+            if let (Some(s), Some(d)) = (src.get(is..is + len), dst.get_mut(id)) {
+                *d += s.iter().fold(T::ZERO, |acc, &v| acc + v);
+            }
+        }
+        _ => {
+            let (mut a, mut b) = (is, id);
+            for _ in 0..len {
+                if let (Some(&v), Some(d)) = (src.get(a), dst.get_mut(b)) {
+                    if accumulate {
+                        *d += v;
+                    } else {
+                        *d = v;
+                    }
+                }
+                a += s_step;
+                b += d_step;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
