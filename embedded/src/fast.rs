@@ -327,7 +327,8 @@ fn gemm_large(buf: &mut [f32], g: &Gemm) -> Result<()> {
 /// bookkeeping spills to the stack on this core and costs more than the copies themselves:
 /// about half of the cnn step (pooling's im2col and col2im, reshapes). The core's kernel now
 /// loops the same way, but with slice copies (`memcpy` calls) for contiguous rows, which cost
-/// more on these short rows: 443,593 instructions per cnn step with it, 402,859 with this.
+/// more on these short rows: 443,593 instructions per cnn step with it, 402,859 with this (and
+/// 381,129 with each row's bounds checked once, not each element's).
 #[inline(never)]
 fn copy_any(
     buf: &mut [f32],
@@ -365,18 +366,33 @@ fn copy_any(
                     let row = s.get(so..so + n[3]).ok_or(far)?;
                     let t = row.iter().fold(0.0f32, |a, &v| a + v);
                     *d.get_mut(dof).ok_or(far)? += t;
-                } else {
-                    let (mut a, mut b) = (so, dof);
+                } else if n[3] > 0 {
+                    // The row's last elements inside the slices: then every one is (indices
+                    // grow from the first), and the loop needs no check per element.
+                    let last = |first: usize, step: usize| {
+                        step.checked_mul(n[3] - 1)
+                            .and_then(|o| first.checked_add(o))
+                    };
+                    match (last(so, ss[3]), last(dof, ds[3])) {
+                        (Some(la), Some(lb)) if la < s.len() && lb < d.len() => {}
+                        _ => return Err(far),
+                    }
+                    let (mut a, mut b) = (
+                        s.as_ptr().wrapping_add(so),
+                        d.as_mut_ptr().wrapping_add(dof),
+                    );
                     for _ in 0..n[3] {
-                        let v = *s.get(a).ok_or(far)?;
-                        let t = d.get_mut(b).ok_or(far)?;
-                        if accumulate {
-                            *t += v;
-                        } else {
-                            *t = v;
+                        // SAFETY: `a` and `b` stay within the row, inside the slices (checked
+                        // above: the last element of each is).
+                        unsafe {
+                            if accumulate {
+                                *b += *a;
+                            } else {
+                                *b = *a;
+                            }
                         }
-                        a += ss[3];
-                        b += ds[3];
+                        a = a.wrapping_add(ss[3]);
+                        b = b.wrapping_add(ds[3]);
                     }
                 }
                 so += ss[2];
