@@ -416,6 +416,12 @@ fn conv_calls_are_checked() {
             kernel: [0, 3],
             ..good
         },
+        // A zero dilation (its output size would follow as if the window were one tap).
+        ConvCall {
+            dilation: [0, 1],
+            out: [6, 3],
+            ..good
+        },
         ConvCall {
             dilation: [1, usize::MAX],
             ..good

@@ -395,8 +395,10 @@ fn copy_any(
                         b = b.wrapping_add(ds[3]);
                     }
                 }
-                so += ss[2];
-                dof += ds[2];
+                // Wrapping: past the last row the sum is never used, and a length-1
+                // dimension's stride may be anything.
+                so = so.wrapping_add(ss[2]);
+                dof = dof.wrapping_add(ds[2]);
             }
         }
     }
@@ -404,10 +406,15 @@ fn copy_any(
 }
 
 /// A batched product as one product per batch entry on this backend's kernels (a
-/// convolution's, per image of an im2col pass; the reference kernel's are plain loops); a
-/// shared C (`c_batch` 0) sums over the batch. Out of line: only the convolutions use it.
+/// convolution's, per image of an im2col pass), instead of the reference's batched kernel; a
+/// shared C (`c_batch` 0) sums over the batch. The whole batch's ranges are checked first, as
+/// the reference does (nothing written on an error, no aliasing across entries). Out of line:
+/// only the convolutions use it.
 #[inline(never)]
 fn gemm_batched(buf: &mut [f32], g: &Gemm) -> Result<()> {
+    let (sa, sb, sc) = g.spans();
+    let r = |o: usize, n: usize| o..o.saturating_add(n);
+    split(buf, r(g.c, sc), [r(g.a, sa), r(g.b, sb)])?;
     let far = Error::IndexOutOfRange {
         op: "gemm",
         index: usize::MAX,

@@ -518,6 +518,37 @@ fn a_length_one_dimension_ignores_its_stride() {
     }
 }
 
+/// Length-1 dimensions in the innermost positions, with strides that overflow if ever added
+/// (the row loop steps past its last row and element).
+#[test]
+fn inner_length_one_dimensions_ignore_their_strides() {
+    for (dims, s, d) in [
+        (vec![2, 1], [1, usize::MAX, 0, 0], [1, usize::MAX / 3, 0, 0]),
+        (
+            vec![2, 1, 2],
+            [2, usize::MAX, 1, 0],
+            [2, usize::MAX / 2, 1, 0],
+        ),
+    ] {
+        let space = shape(&dims);
+        let src = Strided {
+            offset: 0,
+            strides: s,
+        };
+        let dst = Strided {
+            offset: 16,
+            strides: d,
+        };
+        let mem: Vec<f32> = random(32, 6, -1.0, 1.0);
+        for accumulate in [false, true] {
+            let (r1, m1, r2, m2) = both!(mem, |b| b.copy_strided(&space, src, dst, accumulate));
+            assert_eq!(r1, Ok(()));
+            assert_eq!(r1, r2);
+            assert_same(&m1, &m2, "inner length-1 stride");
+        }
+    }
+}
+
 #[test]
 fn errors_are_the_same() {
     let mem = vec![0f32; 100];

@@ -360,9 +360,9 @@ impl ConvCall {
         }
         for d in 0..2 {
             let at = |v: [usize; 2]| v.get(d).copied().unwrap_or(0);
-            let (n, k) = (at(self.size), at(self.kernel));
-            let out = out_len(n, k, at(self.stride), at(self.padding), at(self.dilation));
-            if n == 0 || k == 0 || out != Some(at(self.out)) {
+            let (n, k, dl) = (at(self.size), at(self.kernel), at(self.dilation));
+            let out = out_len(n, k, at(self.stride), at(self.padding), dl);
+            if n == 0 || k == 0 || dl == 0 || out != Some(at(self.out)) {
                 return Err(bad);
             }
         }

@@ -76,8 +76,10 @@ pub fn copy<T: Float>(
             let (mut is, mut id) = (i0 * s0 + i1 * s1, i0 * d0 + i1 * d1);
             for _ in 0..n2 {
                 copy_row(src, is, s_step, dst, id, d_step, len, accumulate);
-                is += s2;
-                id += d2;
+                // Wrapping: past the last row the sum is never used, and a length-1
+                // dimension's stride may be anything.
+                is = is.wrapping_add(s2);
+                id = id.wrapping_add(d2);
             }
         }
     }
@@ -126,8 +128,8 @@ fn copy_row<T: Float>(
                         *d = v;
                     }
                 }
-                a += s_step;
-                b += d_step;
+                a = a.wrapping_add(s_step);
+                b = b.wrapping_add(d_step);
             }
         }
     }
