@@ -5,6 +5,7 @@
 
 #![no_std]
 
+pub mod copy;
 pub mod fast;
 
 use core::arch::asm;
