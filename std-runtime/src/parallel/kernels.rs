@@ -128,8 +128,7 @@ pub(super) fn copy<T: Float>(
     ds: [usize; MAX_RANK],
     accumulate: bool,
 ) {
-    if !copy_rows(space, s, ss, d, ds, accumulate) && !copy_planes(space, s, ss, d, ds, accumulate)
-    {
+    if !copy_rows(space, s, ss, d, ds, accumulate) {
         movement::copy(space, s, ss, d, ds, accumulate);
     }
 }
@@ -144,74 +143,6 @@ fn copy_row<T: Float>(src: &[T], dst: &mut [T], accumulate: bool) {
     } else {
         dst.copy_from_slice(src);
     }
-}
-
-/// [`copy`] for rank 3 and up with contiguous rows on both sides and no destination dimension
-/// broadcast (a convolution's im2col and col2im: `[N, C, rows, cols]` per window tap): rows in
-/// the reference's order, so the same writes and sums happen in the same order. False (having
-/// done nothing) for other layouts.
-fn copy_planes<T: Float>(
-    space: &Shape,
-    s: &[T],
-    ss: [usize; MAX_RANK],
-    d: &mut [T],
-    ds: [usize; MAX_RANK],
-    accumulate: bool,
-) -> bool {
-    let rank = space.rank();
-    if rank < 3 || ss[rank - 1] != 1 || ds[rank - 1] != 1 || space.numel() == 0 {
-        return false;
-    }
-    let (cols, outer) = (space.dim(rank - 1), rank - 1);
-    if (0..outer).any(|i| ds[i] == 0 && space.dim(i) > 1) {
-        return false;
-    }
-    // A dimension of length 1 never moves: its stride (which may be anything) is never added.
-    let (mut ss, mut ds) = (ss, ds);
-    for i in 0..outer {
-        if space.dim(i) == 1 {
-            ss[i] = 0;
-            ds[i] = 0;
-        }
-    }
-    // One past the last element each side reaches.
-    let end = |st: &[usize; MAX_RANK]| {
-        (0..outer).try_fold(cols, |acc, i| {
-            (space.dim(i) - 1).checked_mul(st[i])?.checked_add(acc)
-        })
-    };
-    let within = |e: Option<usize>, len: usize| e.is_some_and(|e| e <= len);
-    if !within(end(&ss), s.len()) || !within(end(&ds), d.len()) {
-        return false;
-    }
-    // Rows of the innermost outer dimension in a loop; the dimensions above by an odometer.
-    let (rows, sr, dr) = (space.dim(outer - 1), ss[outer - 1], ds[outer - 1]);
-    let planes: usize = (0..outer - 1).map(|i| space.dim(i)).product();
-    let mut idx = [0usize; MAX_RANK];
-    let (mut so, mut dof) = (0usize, 0usize);
-    for _ in 0..planes {
-        for r in 0..rows {
-            let (a, b) = (so + r * sr, dof + r * dr);
-            if let (Some(src), Some(dst)) = (s.get(a..a + cols), d.get_mut(b..b + cols)) {
-                copy_row(src, dst, accumulate);
-            }
-        }
-        // Next plane: the last outer-but-one dimension fastest.
-        let mut k = outer - 1;
-        while k > 0 {
-            k -= 1;
-            idx[k] += 1;
-            so += ss[k];
-            dof += ds[k];
-            if idx[k] < space.dim(k) {
-                break;
-            }
-            so -= ss[k] * idx[k];
-            dof -= ds[k] * idx[k];
-            idx[k] = 0;
-        }
-    }
-    true
 }
 
 /// The row form of [`copy`]; false (having done nothing) for other layouts.
