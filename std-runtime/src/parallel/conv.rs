@@ -264,6 +264,7 @@ fn consistent(c: &ConvCall) -> Option<()> {
 
 /// [`run`]'s pass with the instruction set `isa`.
 fn pass<I: Isa>(isa: I, buf: &mut [f32], c: &ConvCall, threads: usize) -> Result<()> {
+    let [x_len, w_len, y_len] = c.lens()?;
     // Along an axis with one output the stride plays no part: 1 there, so that the phases
     // (`stride[0] x stride[1]`) never outnumber the padded input's positions.
     let mut call = *c;
@@ -273,15 +274,8 @@ fn pass<I: Isa>(isa: I, buf: &mut [f32], c: &ConvCall, threads: usize) -> Result
         }
     }
     let c = &call;
-    let [h, w] = c.size;
-    let [oh, ow] = c.out;
     let cg = c.channels / c.groups;
     let taps = c.kernel[0] * c.kernel[1];
-    let (x_len, y_len) = (
-        c.images * c.channels * h * w,
-        c.images * c.out_channels * oh * ow,
-    );
-    let w_len = c.out_channels * cg * taps;
     let macs = y_len.saturating_mul(cg * taps);
     let par = threads >= 2 && macs >= MID;
     let r = |o: usize, n: usize| o..o.saturating_add(n);
@@ -334,6 +328,15 @@ impl Planes {
             shift: c.padding,
             used,
         }
+    }
+
+    /// Each window tap's offset in a channel's input planes ([`Planes::of_input`]), in the
+    /// weights' tap order.
+    fn taps(&self, c: &ConvCall) -> Vec<usize> {
+        let [dh, dw] = c.dilation;
+        (0..c.kernel[0])
+            .flat_map(|i| (0..c.kernel[1]).map(move |j| self.offset(i * dh, j * dw)))
+            .collect()
     }
 
     fn plane(&self) -> usize {
@@ -453,11 +456,7 @@ impl Spatial {
     /// `y = conv(x, w)`: the input's phase planes, one phase of results (every output).
     fn forward(c: &ConvCall) -> Spatial {
         let planes = Planes::of_input(c);
-        let [dh, dw] = c.dilation;
-        let p = &planes;
-        let offsets = (0..c.kernel[0])
-            .flat_map(|i| (0..c.kernel[1]).map(move |j| p.offset(i * dh, j * dw)))
-            .collect();
+        let offsets = planes.taps(c);
         Spatial {
             images: c.images,
             groups: c.groups,
@@ -830,7 +829,6 @@ fn weight_grad<I: Isa>(
 ) {
     let (cg, og) = (c.channels / c.groups, c.out_channels / c.groups);
     let [kh, kw] = c.kernel;
-    let [dh, dl] = c.dilation;
     let [oh, ow] = c.out;
     let planes_of = Planes::of_input(c);
     let taps = kh * kw;
@@ -838,12 +836,7 @@ fn weight_grad<I: Isa>(
     // Output channels padded to whole vectors; channel-taps to whole tiles.
     let lanes = og.next_multiple_of(I::LANES);
     let kt = k.next_multiple_of(TAPS);
-    let offsets: Vec<usize> = (0..kh)
-        .flat_map(|i| {
-            let p = &planes_of;
-            (0..kw).map(move |j| p.offset(i * dh, j * dl))
-        })
-        .collect();
+    let offsets = planes_of.taps(c);
     let width = planes_of.dims[1];
     let positions: Vec<usize> = (0..oh)
         .flat_map(|y| (0..ow).map(move |x| y * width + x))
