@@ -916,6 +916,94 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     /// [`Error::NotScalar`], [`Error::NoGradient`] (nothing trainable reaches `loss`),
     /// [`Error::ArenaFull`] (no room for the gradients), [`Error::StaleHandle`].
     pub fn backward(&mut self, loss: Var) -> Result<()> {
+        self.sweep(loss, |_, _| Ok(()))
+    }
+
+    /// [`Tape::backward`] that reports each parameter as soon as its gradient is final: `ready`
+    /// runs once for every parameter with a gradient region (frozen-after-training ones
+    /// included), right after the backward of the last op (in reverse order) that adds to its
+    /// gradient, while the ops below it are still to run. Parameters that nothing before
+    /// `loss` reads are reported at the end, in creation order.
+    ///
+    /// This is what data-parallel training overlaps its gradient all-reduce with (PyTorch's
+    /// `DistributedDataParallel` hooks): a bucket of gradients can be sent while the backward
+    /// goes on. `ready` must not change the tape's nodes (it gets the tape to read gradients
+    /// and to reach the backend).
+    ///
+    /// # Errors
+    /// As [`Tape::backward`]; whatever `ready` returns (the backward stops there).
+    pub fn backward_with(
+        &mut self,
+        loss: Var,
+        mut ready: impl FnMut(&mut Self, Var) -> Result<()>,
+    ) -> Result<()> {
+        let last = loss.id as usize;
+        self.sweep(loss, |t, i| {
+            let Some(&node) = t.nodes.get(i) else {
+                return Ok(());
+            };
+            let bias = match node.op {
+                Op::Linear { bias } => bias,
+                _ => NONE,
+            };
+            let inputs = [node.a, node.b, bias];
+            for (k, &j) in inputs.iter().enumerate() {
+                // An input read twice by one node counts once.
+                if j == NONE || inputs.get(..k).is_some_and(|s| s.contains(&j)) {
+                    continue;
+                }
+                if let Some(p) = t.graded_param(j) {
+                    if t.first_reader(j, last) == Some(i) {
+                        ready(t, p)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        for j in 0..self.nodes.len() as u32 {
+            if let Some(p) = self.graded_param(j) {
+                if self.first_reader(j, last).is_none() {
+                    ready(self, p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `id` as a parameter handle, when it is a parameter with a gradient region.
+    fn graded_param(&self, id: u32) -> Option<Var> {
+        let n = self.nodes.get(id as usize)?;
+        match n.op {
+            Op::Param { has_grad: true, .. } if n.grad != NONE => Some(Var {
+                id,
+                offset: n.offset,
+                shape: n.shape,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The lowest node in `id + 1 ..= last` that reads node `id`.
+    fn first_reader(&self, id: u32, last: usize) -> Option<usize> {
+        let from = id as usize + 1;
+        let nodes = self
+            .nodes
+            .get(from..=last.min(self.nodes.len().saturating_sub(1)))?;
+        nodes
+            .iter()
+            .position(|n| {
+                n.a == id || n.b == id || matches!(n.op, Op::Linear { bias } if bias == id)
+            })
+            .map(|k| k + from)
+    }
+
+    /// The reverse sweep of the backward: runs each node's backward from `loss` down, calling
+    /// `after(tape, i)` once node `i` is done (whether or not it had a gradient to pass on).
+    fn sweep(
+        &mut self,
+        loss: Var,
+        mut after: impl FnMut(&mut Self, usize) -> Result<()>,
+    ) -> Result<()> {
         let node = self.check(loss)?.ok_or(Error::NoGradient)?;
         if loss.numel() != 1 {
             return Err(Error::NotScalar { shape: loss.shape });
@@ -941,6 +1029,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             if node.rg && node.grad != NONE {
                 bw(self, &node)?;
             }
+            after(self, i)?;
         }
         Ok(())
     }

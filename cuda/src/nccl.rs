@@ -18,7 +18,9 @@
 //! library): without it, [`CudaError::MissingLibrary`] (`nccl`).
 
 use std::ffi::c_void;
+use std::sync::Arc;
 
+use cudarc::driver::CudaStream;
 use cudarc::nccl::{result, sys};
 
 use crate::error::probe;
@@ -49,6 +51,8 @@ pub struct Nccl {
     world: usize,
     /// The global rank of each local communicator.
     ranks: Vec<usize>,
+    /// The stream of each local communicator's overlapped all-reduces.
+    streams: Vec<Arc<CudaStream>>,
 }
 
 impl std::fmt::Debug for Nccl {
@@ -92,11 +96,18 @@ impl Nccl {
             result::comm_init_all(comms.as_mut_ptr(), devices.len() as i32, devices.as_ptr())
         }
         .map_err(|e| nccl_err("ncclCommInitAll", e))?;
-        Ok(Nccl {
+        let mut nccl = Nccl {
             world: comms.len(),
             ranks: (0..comms.len()).collect(),
             comms,
-        })
+            streams: Vec::new(),
+        };
+        // Dropped (communicators destroyed) if a stream cannot be made.
+        for b in backends {
+            let s = b.stream.fork().map_err(|e| nccl_err("cuStreamCreate", e))?;
+            nccl.streams.push(s);
+        }
+        Ok(nccl)
     }
 
     /// This process's communicator as `rank` of `world` ranks, on `backend`'s device, with the
@@ -124,6 +135,10 @@ impl Nccl {
         let id = sys::ncclUniqueId {
             internal: id.map(|b| b as std::ffi::c_char),
         };
+        let stream = backend
+            .stream
+            .fork()
+            .map_err(|e| nccl_err("cuStreamCreate", e))?;
         let mut comm = std::ptr::null_mut();
         // SAFETY: `comm` is written by ncclCommInitRank.
         unsafe { result::comm_init_rank(&mut comm, world as i32, id, rank as i32) }
@@ -132,6 +147,7 @@ impl Nccl {
             comms: vec![comm],
             world,
             ranks: vec![rank],
+            streams: vec![stream],
         })
     }
 
@@ -163,17 +179,7 @@ impl Nccl {
             return Err(bad("NCCL all-reduce: one backend per communicator"));
         }
         for b in backends.iter() {
-            if b.capturing() {
-                return Err(bad("NCCL all-reduce cannot run inside a graph capture"));
-            }
-            let fits = regions.iter().all(|&(o, n)| {
-                o.checked_add(n)
-                    .is_some_and(|e| e <= mote::Backend::capacity(&**b))
-            });
-            if !fits {
-                return Err(bad("NCCL all-reduce: a region lies outside the arena"));
-            }
-            b.flush()?;
+            Nccl::check(b, regions)?;
         }
         result::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
         let mut status = Ok(());
@@ -205,6 +211,98 @@ impl Nccl {
         }
         let end = result::group_end().map_err(|e| nccl_err("ncclGroupEnd", e));
         status.and(end.map(|_| ()))
+    }
+}
+
+impl Nccl {
+    /// Checks a backend and its regions before an all-reduce, and flushes its queued work.
+    fn check(b: &Cuda, regions: &[(usize, usize)]) -> Result<(), CudaError> {
+        let bad = |what| CudaError::Mote(mote::Error::InvalidArgument { what });
+        if b.capturing() {
+            return Err(bad("NCCL all-reduce cannot run inside a graph capture"));
+        }
+        let fits = regions.iter().all(|&(o, n)| {
+            o.checked_add(n)
+                .is_some_and(|e| e <= mote::Backend::capacity(b))
+        });
+        if !fits {
+            return Err(bad("NCCL all-reduce: a region lies outside the arena"));
+        }
+        b.flush()?;
+        Ok(())
+    }
+
+    /// Sums `regions` of `backend` across every rank, in place, on this communicator's own
+    /// stream, once the work queued so far on the backend's stream is done; returns without
+    /// waiting. The backend's stream goes on with later work meanwhile (the rest of a
+    /// backward), which must leave these regions alone until [`Nccl::wait`]. Every rank must
+    /// issue the same buckets in the same order.
+    ///
+    /// # Errors
+    /// [`mote::Error::InvalidArgument`] when this process holds more than one communicator
+    /// (one thread driving several GPUs must reduce them together: [`Nccl::all_reduce_sum`]),
+    /// for a region outside the arena, or a backend capturing a graph; [`CudaError::Driver`]
+    /// when CUDA or NCCL fails.
+    pub fn all_reduce_sum_async(
+        &self,
+        backend: &mut Cuda,
+        regions: &[(usize, usize)],
+    ) -> Result<(), CudaError> {
+        let (&[comm], [stream]) = (self.comms.as_slice(), self.streams.as_slice()) else {
+            return Err(CudaError::Mote(mote::Error::InvalidArgument {
+                what: "NCCL: overlapped all-reduces need one communicator per process",
+            }));
+        };
+        Nccl::check(backend, regions)?;
+        stream
+            .join(&backend.stream)
+            .map_err(|e| nccl_err("cuStreamWaitEvent", e))?;
+        result::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
+        let mut status = Ok(());
+        for &(offset, len) in regions {
+            if len == 0 {
+                continue;
+            }
+            let at = backend.at(offset) as *mut c_void;
+            // SAFETY: the region lies inside the backend's device arena (checked above); send
+            // and receive buffers are the same (in place); the stream is on the communicator's
+            // device and waits for the work that wrote the region.
+            let r = unsafe {
+                result::all_reduce(
+                    at as *const c_void,
+                    at,
+                    len,
+                    sys::ncclDataType_t::ncclFloat32,
+                    sys::ncclRedOp_t::ncclSum,
+                    comm,
+                    stream.cu_stream() as sys::cudaStream_t,
+                )
+            };
+            if let Err(e) = r {
+                status = Err(nccl_err("ncclAllReduce", e));
+                break;
+            }
+        }
+        let end = result::group_end().map_err(|e| nccl_err("ncclGroupEnd", e));
+        status.and(end.map(|_| ()))
+    }
+
+    /// Makes `backend`'s stream wait for the all-reduces queued by
+    /// [`Nccl::all_reduce_sum_async`] (no host wait): work queued after it sees the sums.
+    ///
+    /// # Errors
+    /// [`mote::Error::InvalidArgument`] without exactly one communicator;
+    /// [`CudaError::Driver`] when CUDA fails.
+    pub fn wait(&self, backend: &Cuda) -> Result<(), CudaError> {
+        let [stream] = self.streams.as_slice() else {
+            return Err(CudaError::Mote(mote::Error::InvalidArgument {
+                what: "NCCL: overlapped all-reduces need one communicator per process",
+            }));
+        };
+        backend
+            .stream
+            .join(stream)
+            .map_err(|e| nccl_err("cuStreamWaitEvent", e))
     }
 }
 

@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use mote::{Adam, AdamConfig, Cpu, HostBackend, Linear, Module, Optimizer, Rng, Tape};
-use mote_runtime::data_parallel::{DataParallel, Targets};
+use mote_runtime::data_parallel::{default_buckets, DataParallel, Targets, BUCKET_FLOATS};
 use mote_runtime::model::Mlp;
 use mote_runtime::parallel::Parallel;
 
@@ -34,6 +34,11 @@ fn time(steps: usize, mut step: impl FnMut()) -> f64 {
     median(samples)
 }
 
+/// The default all-reduce of replicas of an MLP of `sizes`.
+fn buckets_for(sizes: &[usize]) -> Option<usize> {
+    default_buckets(sizes.windows(2).map(|w| w[0] * w[1] + w[1]).sum())
+}
+
 /// An MLP of `sizes` (ReLU between layers), the same on every call (fixed seed).
 fn mlp<B: mote::Backend, const N: usize>(t: &mut Tape<B, N>, sizes: &[usize]) -> mote::Result<Mlp> {
     let mut r = Rng::new(7);
@@ -56,12 +61,14 @@ fn replicas<'a, B: HostBackend<Elem = f32> + Send + 'a>(
     (xs, ys, vs): (&[f32], &[usize], &[f32]),
     mse: bool,
     steps: usize,
+    buckets: Option<usize>,
 ) -> f64 {
     let cfg = AdamConfig::default();
     let mut dp = DataParallel::<B, Mlp, Adam, 32>::new(arenas, make, |t: &mut Tape<B, 32>| {
         Ok((mlp(t, sizes)?, Adam::new(t, cfg)?))
     })
     .unwrap();
+    dp.set_buckets(buckets).unwrap();
     let (i, o) = (sizes[0], *sizes.last().unwrap());
     let targets = if mse {
         Targets::Values(vs, &[o])
@@ -122,24 +129,49 @@ fn workload(name: &str, sizes: &[usize], batch: usize, mse: bool, steps: usize) 
     let data = (&xs[..], &ys[..], &vs[..]);
     for n in [1usize, 2] {
         let mut arenas = vec![vec![0f32; floats]; n];
-        let us = replicas(&mut arenas, Parallel::new, sizes, data, mse, steps);
+        let us = replicas(
+            &mut arenas,
+            Parallel::new,
+            sizes,
+            data,
+            mse,
+            steps,
+            buckets_for(sizes),
+        );
         row += &format!(" {us:>12.1}");
     }
     // The serial reference backend in each replica, then `mote train --replicas 2`: the
     // multithreaded backend's kernels on one thread in each replica.
     let mut arenas = vec![vec![0f32; floats]; 2];
-    let us = replicas(&mut arenas, Cpu::new, sizes, data, mse, steps);
-    row += &format!(" {us:>12.1}");
-    let mut arenas = vec![vec![0f32; floats]; 2];
     let us = replicas(
         &mut arenas,
-        |m| Parallel::with_threads(m, 1),
+        Cpu::new,
         sizes,
         data,
         mse,
         steps,
+        buckets_for(sizes),
     );
     row += &format!(" {us:>12.1}");
+    // ... with the all-reduce after the backward, then overlapped with it (the default),
+    // alternated.
+    let mut after = Vec::new();
+    let mut during = Vec::new();
+    for _ in 0..3 {
+        for (buckets, out) in [(None, &mut after), (Some(BUCKET_FLOATS), &mut during)] {
+            let mut arenas = vec![vec![0f32; floats]; 2];
+            out.push(replicas(
+                &mut arenas,
+                |m| Parallel::with_threads(m, 1),
+                sizes,
+                data,
+                mse,
+                steps,
+                buckets,
+            ));
+        }
+    }
+    row += &format!(" {:>12.1} {:>12.1}", median(after), median(during));
     println!("{row}");
 }
 
@@ -149,14 +181,16 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(2000);
     println!(
-        "{:<10} {:>12} {:>12} {:>12} {:>12} {:>12}   (us per step, median; {} threads; \
-         replicas: each replica's backend)",
+        "{:<10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}   (us per step, median; {} threads; \
+         replicas: each replica's backend; 1-thread: all-reduce after the backward, then \
+         overlapped in buckets)",
         "workload",
         "intra-op",
         "1 x parallel",
         "2 x parallel",
         "2 x cpu",
-        "2 x 1-thread",
+        "1-thr after",
+        "1-thr overlap",
         mote_runtime::parallel::threads()
     );
     workload("W-digits", &[64, 32, 10], 32, false, steps);

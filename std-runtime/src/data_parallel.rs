@@ -35,6 +35,9 @@ use mote::{Backend, Error, HostBackend, Mark, Module, Optimizer, Result, Tape, V
 use crate::model::{Model, NODES};
 use rayon::prelude::*;
 
+mod buckets;
+pub use buckets::{Buckets, Staged, Tracker, BUCKET_FLOATS};
+
 /// Targets of a batch: class labels, or values with the shape of one sample's target.
 #[derive(Clone, Copy, Debug)]
 pub enum Targets<'a> {
@@ -56,10 +59,31 @@ pub struct DataParallel<B: HostBackend<Elem = f32>, M, O, const N: usize> {
     replicas: Vec<Replica<B, M, O, N>>,
     /// Chunk of a gradient summed by one task of the all-reduce.
     chunk: usize,
+    /// The all-reduce overlapped with the backward, bucket by bucket (`None`: after it).
+    staged: Option<Staged>,
 }
 
 /// Elements per all-reduce task.
 const CHUNK: usize = 1 << 14;
+
+/// Gradients (floats) up to which CPU replicas overlap their all-reduce with the backward by
+/// default: 16 MiB, about what stays in this machine's caches.
+pub const OVERLAP_MAX_FLOATS: usize = 1 << 22;
+
+/// The default all-reduce of CPU replicas whose parameters have `gradient_floats` gradient
+/// elements in all: bucket by bucket during the backward ([`BUCKET_FLOATS`]) up to
+/// [`OVERLAP_MAX_FLOATS`], after the backward above. Measured with `examples/replicas.rs` on 2
+/// cores: overlapping cut W-mnist's step (235 k gradients) by a fifth, and slowed W-large's
+/// (25 M) by about 6%, since staging every bucket costs more memory passes than the in-place
+/// sum once the gradients no longer fit in the caches.
+pub fn default_buckets(gradient_floats: usize) -> Option<usize> {
+    (gradient_floats <= OVERLAP_MAX_FLOATS).then_some(BUCKET_FLOATS)
+}
+
+/// The total length of `regions`.
+fn total(regions: &[(usize, usize)]) -> usize {
+    regions.iter().map(|r| r.1).sum()
+}
 
 impl<'a, B, M, O, const N: usize> DataParallel<B, M, O, N>
 where
@@ -101,16 +125,36 @@ where
                 start,
             });
         }
-        let dp = DataParallel {
+        let mut dp = DataParallel {
             replicas,
             chunk: CHUNK,
+            staged: None,
         };
         if dp.divergence()? != 0.0 {
             return Err(Error::InvalidArgument {
                 what: "replicas must start with the same parameters (seed `build` the same way)",
             });
         }
+        let floats = total(&gradient_regions(&dp.replicas[0].tape)?);
+        dp.set_buckets(default_buckets(floats))?;
         Ok(dp)
+    }
+
+    /// How the gradients are all-reduced: `Some(floats)` bucket by bucket during the backward,
+    /// in buckets of about `floats` elements ([`Buckets`], [`Staged`]); `None` in one pass
+    /// after every replica's backward. Both give the same sums, bit for bit. The default is
+    /// [`default_buckets`].
+    ///
+    /// # Errors
+    /// A stale handle (should not happen).
+    pub fn set_buckets(&mut self, floats: Option<usize>) -> Result<()> {
+        self.staged = match (floats, self.replicas.first()) {
+            (Some(f), Some(r)) if self.replicas.len() > 1 => {
+                Some(Staged::new(Buckets::of(&r.tape, f)?, self.replicas.len()))
+            }
+            _ => None,
+        };
+        Ok(())
     }
 
     /// Number of replicas.
@@ -194,10 +238,22 @@ where
         let k = self.replicas.len();
         // Shard r covers rows [bounds(r), bounds(r + 1)).
         let bounds = |r: usize| r * rows / k;
+        // Each shard's share of the batch weighs its loss and its gradients.
+        let shares: Vec<f64> = (0..k)
+            .map(|r| (bounds(r + 1) - bounds(r)) as f64 / rows as f64)
+            .collect();
+        let weights: Vec<f32> = shares.iter().map(|&w| w as f32).collect();
+        if let Some(st) = &mut self.staged {
+            st.begin(&weights)?;
+        }
+        let staged = self.staged.as_ref();
         let shard = |(r, rep): (usize, &mut Replica<B, M, O, N>)| -> Result<f32> {
             let (lo, hi) = (bounds(r), bounds(r + 1));
             rep.tape.rewind(rep.start)?;
             if lo == hi {
+                if let Some(st) = staged {
+                    st.finish(r, &mut st.plan().tracker(), &rep.tape)?;
+                }
                 return Ok(0.0);
             }
             let mut dims = Vec::with_capacity(sample.len() + 1);
@@ -214,7 +270,19 @@ where
                 }
             };
             let l = loss(&mut rep.tape, &rep.model, x, y)?;
-            rep.tape.backward(l)?;
+            match staged {
+                Some(st) => {
+                    let mut tracker = st.plan().tracker();
+                    rep.tape.backward_with(l, |t, p| {
+                        for b in tracker.ready(st.plan(), t, p)? {
+                            st.arrive(r, b, t)?;
+                        }
+                        Ok(())
+                    })?;
+                    st.finish(r, &mut tracker, &rep.tape)?;
+                }
+                None => rep.tape.backward(l)?,
+            }
             rep.tape.item(l)
         };
         // One replica runs on the calling thread: no hand-off to the pool.
@@ -227,16 +295,16 @@ where
         } else {
             self.replicas.iter_mut().enumerate().map(shard).collect()
         };
-        // Each shard's share of the batch weighs its loss and its gradients.
-        let shares: Vec<f64> = (0..k)
-            .map(|r| (bounds(r + 1) - bounds(r)) as f64 / rows as f64)
-            .collect();
         let mut total = 0.0f64;
         for (res, w) in results.into_iter().zip(&shares) {
             total += w * f64::from(res?);
         }
-        let weights: Vec<f32> = shares.iter().map(|&w| w as f32).collect();
-        if k > 1 {
+        if let Some(st) = &self.staged {
+            self.replicas.par_iter_mut().try_for_each(|rep| {
+                st.scatter(&mut rep.tape)?;
+                rep.opt.step(&mut rep.tape)
+            })?;
+        } else if k > 1 {
             self.all_reduce(&weights)?;
             self.replicas
                 .par_iter_mut()
@@ -384,13 +452,39 @@ fn disjoint_mut<'b>(buf: &'b mut [f32], regions: &[(usize, usize)]) -> Result<Ve
 /// (`NcclReduce`, with the `cuda` feature). [`Replicas`] does the rest the same way for both:
 /// shard bounds, weights, the loss, the optimizer step.
 pub trait Reduce<B: Backend<Elem = f32>> {
-    /// Runs `f` on every replica (index, model), in parallel where the backend allows.
+    /// Runs `f` on every replica (index, model, this reducer), in parallel where the backend
+    /// allows.
     fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<crate::Result<(f32, usize)>>
     where
-        F: Fn(usize, &mut Model<B>) -> crate::Result<(f32, usize)> + Sync + Send;
+        F: Fn(usize, &mut Model<B>, &Self) -> crate::Result<(f32, usize)> + Sync + Send;
 
-    /// Replaces every replica's gradients with `sum_r weights[r] grad_r` (over every replica
-    /// of the run, in other processes too).
+    /// The bucket plan when the all-reduce overlaps the backward ([`Reduce::bucket_ready`]
+    /// runs for each bucket as a replica's backward finishes it); `None` when the gradients
+    /// are reduced after the backward.
+    fn buckets(&self) -> Option<&Buckets> {
+        None
+    }
+
+    /// Starts a step, before the replicas run: replica `r`'s gradients will count
+    /// `weights[r]`.
+    ///
+    /// # Errors
+    /// A core or device error.
+    fn begin(&mut self, _models: &mut [Model<B>], _weights: &[f32]) -> crate::Result<()> {
+        Ok(())
+    }
+
+    /// Replica `r`'s gradients of bucket `b` are final (called in bucket order, during its
+    /// backward, when [`Reduce::buckets`] gives a plan; for every bucket, once per step).
+    ///
+    /// # Errors
+    /// A core or device error.
+    fn bucket_ready(&self, _r: usize, _tape: &mut Tape<B, NODES>, _b: usize) -> crate::Result<()> {
+        Ok(())
+    }
+
+    /// Ends the reduction after every replica's backward: afterwards every replica's gradients
+    /// hold `sum_r weights[r] grad_r` (over every replica of the run, in other processes too).
     ///
     /// # Errors
     /// A core or device error.
@@ -412,33 +506,82 @@ pub trait Reduce<B: Backend<Elem = f32>> {
     }
 }
 
-/// Replicas on rayon's threads, gradients summed in shared memory
-/// ([`all_reduce_gradients`]).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct SharedMemory;
+/// Replicas on rayon's threads, gradients summed in shared memory: bucket by bucket during
+/// the backward ([`Staged`]) or in one pass after it ([`all_reduce_gradients`]);
+/// [`Replicas::new`] picks with [`default_buckets`].
+#[derive(Debug, Default)]
+pub struct SharedMemory {
+    /// The overlapped all-reduce, once the replicas are known (`None`: after the backward).
+    staged: Option<Staged>,
+    /// Bucket size in floats, `None` for the all-reduce after the backward.
+    buckets: Option<usize>,
+}
+
+impl SharedMemory {
+    /// The all-reduce in buckets of about `floats` elements during the backward, or (`None`)
+    /// in one pass after it.
+    pub fn with_buckets(floats: Option<usize>) -> SharedMemory {
+        SharedMemory {
+            staged: None,
+            buckets: floats,
+        }
+    }
+}
 
 impl<B: HostBackend<Elem = f32> + Send> Reduce<B> for SharedMemory {
     fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<crate::Result<(f32, usize)>>
     where
-        F: Fn(usize, &mut Model<B>) -> crate::Result<(f32, usize)> + Sync + Send,
+        F: Fn(usize, &mut Model<B>, &Self) -> crate::Result<(f32, usize)> + Sync + Send,
     {
         if models.len() > 1 {
             models
                 .par_iter_mut()
                 .enumerate()
-                .map(|(r, m)| f(r, m))
+                .map(|(r, m)| f(r, m, self))
                 .collect()
         } else {
             models
                 .iter_mut()
                 .enumerate()
-                .map(|(r, m)| f(r, m))
+                .map(|(r, m)| f(r, m, self))
                 .collect()
         }
     }
 
+    fn buckets(&self) -> Option<&Buckets> {
+        self.staged.as_ref().map(Staged::plan)
+    }
+
+    fn begin(&mut self, models: &mut [Model<B>], weights: &[f32]) -> crate::Result<()> {
+        let (Some(floats), Some(first)) = (self.buckets, models.first()) else {
+            return Ok(());
+        };
+        if models.len() < 2 {
+            self.staged = None;
+            return Ok(());
+        }
+        if self.staged.is_none() {
+            self.staged = Some(Staged::new(Buckets::of(&first.tape, floats)?, models.len()));
+        }
+        if let Some(st) = &mut self.staged {
+            st.begin(weights)?;
+        }
+        Ok(())
+    }
+
+    fn bucket_ready(&self, r: usize, tape: &mut Tape<B, NODES>, b: usize) -> crate::Result<()> {
+        if let Some(st) = &self.staged {
+            st.arrive(r, b, tape)?;
+        }
+        Ok(())
+    }
+
     fn all_reduce(&mut self, models: &mut [Model<B>], weights: &[f32]) -> crate::Result<()> {
-        if models.len() > 1 {
+        if let Some(st) = &self.staged {
+            models
+                .par_iter_mut()
+                .try_for_each(|m| st.scatter(&mut m.tape))?;
+        } else if models.len() > 1 {
             let mut tapes: Vec<&mut Tape<B, NODES>> =
                 models.iter_mut().map(|m| &mut m.tape).collect();
             all_reduce_gradients(&mut tapes, weights, CHUNK)?;
@@ -483,7 +626,11 @@ impl<B: HostBackend<Elem = f32> + Send> Replicas<B, SharedMemory> {
     /// # Errors
     /// `Invalid` for no models, or models that do not start with the same parameters.
     pub fn new(models: Vec<Model<B>>) -> crate::Result<Self> {
-        let r = Replicas::with_reduce(models, SharedMemory)?;
+        let floats = match models.first() {
+            Some(m) => total(&gradient_regions(&m.tape)?),
+            None => 0,
+        };
+        let r = Replicas::with_reduce(models, SharedMemory::with_buckets(default_buckets(floats)))?;
         let tapes: Vec<&Tape<B, NODES>> = r.models.iter().map(|m| &m.tape).collect();
         if divergence(&tapes)? != 0.0 {
             return Err(crate::Error::invalid(
@@ -526,6 +673,11 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> Replicas<B, R> {
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
     }
+
+    /// The reducer.
+    pub fn reducer(&self) -> &R {
+        &self.reduce
+    }
 }
 
 impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B, R> {
@@ -554,21 +706,56 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         let (first, world) = self.reduce.place(k);
         let ins = self.models[0].spec.inputs();
         let bounds = move |r: usize| (first + r) * rows / world.max(1);
-        let results = self.reduce.each(&mut self.models, |r, m| {
-            let (lo, hi) = (bounds(r), bounds(r + 1));
-            if lo == hi {
-                // No rows: zeroed gradients (weight 0 in the sum).
-                m.tape.rewind(m.start)?;
-                return Ok((0.0, 0));
-            }
-            let xs = x.get(lo * ins..hi * ins).unwrap_or(&[]);
-            let yc = y_class.get(lo..hi).unwrap_or(&[]);
-            let yv = y_value.get(lo..hi).unwrap_or(&[]);
-            m.forward_backward(xs, hi - lo, yc, yv)
-        });
         let weights: Vec<f32> = (0..k)
             .map(|r| (bounds(r + 1) - bounds(r)) as f32 / rows.max(1) as f32)
             .collect();
+        self.reduce.begin(&mut self.models, &weights)?;
+        let results = self.reduce.each(&mut self.models, |r, m, red| {
+            let (lo, hi) = (bounds(r), bounds(r + 1));
+            let Some(plan) = red.buckets() else {
+                if lo == hi {
+                    // No rows: zeroed gradients (weight 0 in the sum).
+                    m.tape.rewind(m.start)?;
+                    return Ok((0.0, 0));
+                }
+                let xs = x.get(lo * ins..hi * ins).unwrap_or(&[]);
+                let yc = y_class.get(lo..hi).unwrap_or(&[]);
+                let yv = y_value.get(lo..hi).unwrap_or(&[]);
+                return m.forward_backward(xs, hi - lo, yc, yv);
+            };
+            // Each bucket goes to the all-reduce as soon as this replica's backward finishes
+            // it; the reducer's own error is kept (the tape only carries core errors).
+            let mut tracker = plan.tracker();
+            let mut failed = None;
+            let out = if lo == hi {
+                m.tape.rewind(m.start)?;
+                Ok((0.0, 0))
+            } else {
+                let xs = x.get(lo * ins..hi * ins).unwrap_or(&[]);
+                let yc = y_class.get(lo..hi).unwrap_or(&[]);
+                let yv = y_value.get(lo..hi).unwrap_or(&[]);
+                let hook = |t: &mut Tape<B, NODES>, p: Var| -> Result<()> {
+                    for b in tracker.ready(plan, t, p)? {
+                        if let Err(e) = red.bucket_ready(r, t, b) {
+                            failed = Some(e);
+                            return Err(Error::InvalidArgument {
+                                what: "data parallel: a bucket's all-reduce failed",
+                            });
+                        }
+                    }
+                    Ok(())
+                };
+                m.forward_backward_with(xs, hi - lo, yc, yv, Some(hook))
+            };
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let out = out?;
+            for b in tracker.rest() {
+                red.bucket_ready(r, &mut m.tape, b)?;
+            }
+            Ok(out)
+        });
         let (mut loss, mut correct) = (0.0f64, 0);
         for (res, &w) in results.into_iter().zip(&weights) {
             let (l, c) = res?;
@@ -584,7 +771,7 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         }
         self.reduce.all_reduce(&mut self.models, &weights)?;
         // The same step on every replica (in parallel where the backend allows).
-        for r in self.reduce.each(&mut self.models, |_, m| {
+        for r in self.reduce.each(&mut self.models, |_, m, _| {
             mote::Optimizer::step(&mut m.opt, &mut m.tape)?;
             Ok((0.0, 0))
         }) {
@@ -602,23 +789,45 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
 /// Replicas on GPUs, one per device of this process, their gradients summed by NCCL
 /// (`mote_cuda::Nccl`): `mote train --device cuda --gpus N`. Each replica's gradients are
 /// first scaled by its shard's weight on its own GPU, then summed across the GPUs in place.
-/// The shards are launched one after another from this thread (each GPU's work is
-/// asynchronous, but a shard's loss is read before the next shard starts).
 ///
-/// In a multi-process run ([`crate::rendezvous`]) each process holds one replica, rank `r` of
-/// the run: it trains on shard `r` of every batch and NCCL sums across the processes.
+/// With one replica in the process (a multi-process run, [`crate::rendezvous`], where rank
+/// `r` trains on shard `r` of every batch; or a single GPU), the sum overlaps the backward:
+/// each bucket of gradients ([`Buckets`], [`NCCL_BUCKET_FLOATS`]) goes to NCCL on a stream of
+/// its own as soon as the backward has queued its last kernel, and the optimizer's stream
+/// waits for all of them. With several GPUs in one process, one thread launches every
+/// replica's shard in turn (each GPU's work is asynchronous, but a shard's loss is read before
+/// the next shard starts) and the gradients are summed after the backward, all GPUs in one
+/// NCCL group.
 #[cfg(feature = "cuda")]
 pub struct NcclReduce {
     nccl: mote_cuda::Nccl,
+    /// The bucket plan, once known, when the sum overlaps the backward.
+    plan: Option<Buckets>,
+    /// This step's weights of the local replicas.
+    weights: Vec<f32>,
 }
+
+/// Bucket size in floats of the overlapped NCCL all-reduce (16 MiB of gradients, near
+/// PyTorch's 25 MB; the first bucket a quarter of it).
+#[cfg(feature = "cuda")]
+pub const NCCL_BUCKET_FLOATS: usize = 1 << 22;
 
 #[cfg(feature = "cuda")]
 impl NcclReduce {
     /// Reduces through `nccl`, whose communicators are in the order of the replicas (of this
     /// process; their global ranks are `nccl.ranks()`, consecutive).
     pub fn new(nccl: mote_cuda::Nccl) -> Self {
-        NcclReduce { nccl }
+        NcclReduce {
+            nccl,
+            plan: None,
+            weights: Vec::new(),
+        }
     }
+}
+
+#[cfg(feature = "cuda")]
+fn nccl_error(e: mote_cuda::CudaError) -> crate::Error {
+    crate::Error::invalid(format!("NCCL all-reduce: {e}"))
 }
 
 #[cfg(feature = "cuda")]
@@ -629,7 +838,9 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
         f: F,
     ) -> Vec<crate::Result<(f32, usize)>>
     where
-        F: Fn(usize, &mut Model<mote_cuda::Cuda>) -> crate::Result<(f32, usize)> + Sync + Send,
+        F: Fn(usize, &mut Model<mote_cuda::Cuda>, &Self) -> crate::Result<(f32, usize)>
+            + Sync
+            + Send,
     {
         // One thread drives every GPU: each replica's work in its own device's context.
         models
@@ -637,7 +848,7 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
             .enumerate()
             .map(|(r, m)| {
                 self.prepare(m)?;
-                f(r, m)
+                f(r, m, self)
             })
             .collect()
     }
@@ -650,6 +861,46 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
             .map_err(|e| crate::Error::invalid(format!("{e}")))
     }
 
+    fn buckets(&self) -> Option<&Buckets> {
+        self.plan.as_ref()
+    }
+
+    fn begin(
+        &mut self,
+        models: &mut [Model<mote_cuda::Cuda>],
+        weights: &[f32],
+    ) -> crate::Result<()> {
+        self.weights = weights.to_vec();
+        if let ([m], [_]) = (&*models, self.nccl.ranks()) {
+            if self.plan.is_none() {
+                self.plan = Some(Buckets::of(&m.tape, NCCL_BUCKET_FLOATS)?);
+            }
+        } else {
+            self.plan = None;
+        }
+        Ok(())
+    }
+
+    fn bucket_ready(
+        &self,
+        r: usize,
+        tape: &mut Tape<mote_cuda::Cuda, NODES>,
+        b: usize,
+    ) -> crate::Result<()> {
+        let (Some(plan), Some(&w)) = (&self.plan, self.weights.get(r)) else {
+            return Ok(());
+        };
+        let regions = plan.regions(b);
+        if w != 1.0 {
+            for &(offset, len) in regions {
+                tape.backend_mut().scale(offset, len, w)?;
+            }
+        }
+        self.nccl
+            .all_reduce_sum_async(tape.backend_mut(), regions)
+            .map_err(nccl_error)
+    }
+
     fn all_reduce(
         &mut self,
         models: &mut [Model<mote_cuda::Cuda>],
@@ -658,6 +909,11 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
         let Some(first) = models.first() else {
             return Ok(());
         };
+        if self.plan.is_some() {
+            // Every bucket was queued during the backward: the optimizer waits for them.
+            self.prepare(first)?;
+            return self.nccl.wait(first.tape.backend()).map_err(nccl_error);
+        }
         let regions = gradient_regions(&first.tape)?;
         for (m, &w) in models.iter_mut().zip(weights) {
             self.prepare(m)?;
@@ -671,7 +927,7 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
             models.iter_mut().map(|m| m.tape.backend_mut()).collect();
         self.nccl
             .all_reduce_sum(&mut backends, &regions)
-            .map_err(|e| crate::Error::invalid(format!("NCCL all-reduce: {e}")))
+            .map_err(nccl_error)
     }
 
     fn place(&self, _local: usize) -> (usize, usize) {

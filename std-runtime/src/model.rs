@@ -467,6 +467,24 @@ impl<B: Backend<Elem = f32>> Model<B> {
         y_class: &[usize],
         y_value: &[f32],
     ) -> Result<(f32, usize)> {
+        type Hook<B> = fn(&mut Tape<B, NODES>, Var) -> mote::Result<()>;
+        self.forward_backward_with(x, rows, y_class, y_value, None::<Hook<B>>)
+    }
+
+    /// [`Model::forward_backward`] whose backward reports each parameter as soon as its
+    /// gradient is final ([`Tape::backward_with`]), when `ready` is given: what data-parallel
+    /// training overlaps its all-reduce with.
+    ///
+    /// # Errors
+    /// As [`Model::forward_backward`]; whatever `ready` returns.
+    pub fn forward_backward_with(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        y_class: &[usize],
+        y_value: &[f32],
+        ready: Option<impl FnMut(&mut Tape<B, NODES>, Var) -> mote::Result<()>>,
+    ) -> Result<(f32, usize)> {
         let t = &mut self.tape;
         t.rewind(self.start)?;
         let xv = t.input(&[rows, self.spec.inputs()], x)?;
@@ -481,7 +499,10 @@ impl<B: Backend<Elem = f32>> Model<B> {
                 t.mse(out, y)?
             }
         };
-        t.backward(loss)?;
+        match ready {
+            Some(f) => t.backward_with(loss, f)?,
+            None => t.backward(loss)?,
+        }
         let l = t.item(loss)?;
         if !l.is_finite() {
             return Err(mote::Error::NonFinite { op: "loss" }.into());

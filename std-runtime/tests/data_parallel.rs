@@ -63,8 +63,23 @@ fn single(steps: u64, rows: usize, classify: bool) -> (Vec<f32>, Vec<f32>) {
 }
 
 fn parallel(replicas: usize, steps: u64, rows: usize, classify: bool) -> (Vec<f32>, Vec<f32>) {
+    parallel_with(replicas, steps, rows, classify, None)
+}
+
+/// As [`parallel`], with the all-reduce in buckets of `floats` during the backward
+/// (`Some(Some(floats))`), or after it (`Some(None)`), or the default (`None`).
+fn parallel_with(
+    replicas: usize,
+    steps: u64,
+    rows: usize,
+    classify: bool,
+    buckets: Option<Option<usize>>,
+) -> (Vec<f32>, Vec<f32>) {
     let mut arenas = DataParallel::<Cpu<f32>, Mlp, Adam, 32>::arenas(replicas, 1 << 16);
     let mut dp = DataParallel::new(&mut arenas, Cpu::new, build).unwrap();
+    if let Some(b) = buckets {
+        dp.set_buckets(b).unwrap();
+    }
     let mut losses = Vec::new();
     for s in 0..steps {
         let (xs, labels, values) = batch(s, rows);
@@ -113,6 +128,24 @@ fn replicas_match_one_tape_on_the_whole_batch() {
             let (l, p) = parallel(n, 10, 30, classify);
             close(&l, &want_l, 1e-5, &format!("loss, {n} replicas"));
             close(&p, &want_p, 1e-5, &format!("params, {n} replicas"));
+        }
+    }
+}
+
+/// The all-reduce overlapped with the backward, in buckets of any size (one per parameter up
+/// to one for all), gives the same sums as the one after the backward, bit for bit.
+#[test]
+fn bucketed_all_reduce_equals_the_one_after_the_backward() {
+    for classify in [true, false] {
+        for n in [2, 3, 4] {
+            // 30 rows, and 3 (some replicas without rows when n = 4).
+            for rows in [30, 3] {
+                let want = parallel_with(n, 6, rows, classify, Some(None));
+                for floats in [1, 20, 64, 1 << 20] {
+                    let got = parallel_with(n, 6, rows, classify, Some(Some(floats)));
+                    assert_eq!(got, want, "{n} replicas, {rows} rows, buckets of {floats}");
+                }
+            }
         }
     }
 }

@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use mote::{Cpu, Rng};
+use mote::{Cpu, Rng, Tape};
 use mote_runtime::checkpoint;
 use mote_runtime::data::{self, CsvOptions, Dataset, Standardizer, Targets};
-use mote_runtime::data_parallel::{gradient_regions, Reduce, Replicas};
-use mote_runtime::model::{arena_floats, Model, ModelSpec, OptimizerConfig};
+use mote_runtime::data_parallel::{gradient_regions, Buckets, Reduce, Replicas, SharedMemory};
+use mote_runtime::model::{arena_floats, Model, ModelSpec, OptimizerConfig, NODES};
 use mote_runtime::parallel::Parallel;
 use mote_runtime::schedule::Schedule;
 use mote_runtime::train::{
@@ -322,55 +322,83 @@ fn replica_checkpoints_resume_on_one_model_and_back() {
 }
 
 /// Stands in for NCCL across processes: each "process" (a thread) holds one replica, rank
-/// `rank` of `world`; the all-reduce sums the weighted gradients through shared memory.
+/// `rank` of `world`; the all-reduce sums the weighted gradients through shared memory, after
+/// the backward, or (`buckets`) bucket by bucket during it, each bucket a blocking collective
+/// as NCCL's are (every rank must issue the same buckets in the same order, or it hangs).
 struct Ranked {
     rank: usize,
     world: usize,
-    shared: std::sync::Arc<(std::sync::Mutex<Vec<f32>>, std::sync::Barrier)>,
+    shared: std::sync::Arc<(std::sync::Mutex<Vec<Vec<f32>>>, std::sync::Barrier)>,
+    buckets: Option<usize>,
+    plan: Option<Buckets>,
+    weight: f32,
+}
+
+impl Ranked {
+    /// Sums `regions` of `st` (weighted) across the ranks, in rank order.
+    fn collective(&self, st: &mut [f32], regions: &[(usize, usize)]) {
+        let (slots, barrier) = &*self.shared;
+        let local: Vec<f32> = regions
+            .iter()
+            .flat_map(|&(o, n)| st[o..o + n].iter().map(|g| g * self.weight))
+            .collect();
+        slots.lock().unwrap()[self.rank] = local;
+        barrier.wait();
+        {
+            let slots = slots.lock().unwrap();
+            let mut at = 0;
+            for &(o, n) in regions {
+                for (j, g) in st[o..o + n].iter_mut().enumerate() {
+                    *g = slots.iter().fold(0.0, |s, r| s + r[at + j]);
+                }
+                at += n;
+            }
+        }
+        barrier.wait();
+    }
 }
 
 impl<B: mote::HostBackend<Elem = f32> + Send> Reduce<B> for Ranked {
     fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<mote_runtime::Result<(f32, usize)>>
     where
-        F: Fn(usize, &mut Model<B>) -> mote_runtime::Result<(f32, usize)> + Sync + Send,
+        F: Fn(usize, &mut Model<B>, &Self) -> mote_runtime::Result<(f32, usize)> + Sync + Send,
     {
         models
             .iter_mut()
             .enumerate()
-            .map(|(r, m)| f(r, m))
+            .map(|(r, m)| f(r, m, self))
             .collect()
     }
 
-    fn all_reduce(&mut self, models: &mut [Model<B>], weights: &[f32]) -> mote_runtime::Result<()> {
-        let m = &mut models[0];
-        let regions = gradient_regions(&m.tape)?;
-        let st = m.tape.backend_mut().storage_mut();
-        let (sum, barrier) = &*self.shared;
-        {
-            let mut s = sum.lock().unwrap();
-            let local = regions
-                .iter()
-                .flat_map(|&(o, n)| st[o..o + n].iter().map(|g| g * weights[0]));
-            if s.is_empty() {
-                s.extend(local);
-            } else {
-                s.iter_mut().zip(local).for_each(|(a, b)| *a += b);
-            }
+    fn buckets(&self) -> Option<&Buckets> {
+        self.plan.as_ref()
+    }
+
+    fn begin(&mut self, models: &mut [Model<B>], weights: &[f32]) -> mote_runtime::Result<()> {
+        self.weight = weights[0];
+        if let (Some(floats), None) = (self.buckets, &self.plan) {
+            self.plan = Some(Buckets::of(&models[0].tape, floats)?);
         }
-        barrier.wait();
-        {
-            let s = sum.lock().unwrap();
-            let mut at = 0;
-            for &(o, n) in &regions {
-                st[o..o + n].copy_from_slice(&s[at..at + n]);
-                at += n;
-            }
+        Ok(())
+    }
+
+    fn bucket_ready(
+        &self,
+        _r: usize,
+        tape: &mut Tape<B, NODES>,
+        b: usize,
+    ) -> mote_runtime::Result<()> {
+        let regions = self.plan.as_ref().unwrap().regions(b).to_vec();
+        self.collective(tape.backend_mut().storage_mut(), &regions);
+        Ok(())
+    }
+
+    fn all_reduce(&mut self, models: &mut [Model<B>], _: &[f32]) -> mote_runtime::Result<()> {
+        if self.plan.is_none() {
+            let m = &mut models[0];
+            let regions = gradient_regions(&m.tape)?;
+            self.collective(m.tape.backend_mut().storage_mut(), &regions);
         }
-        barrier.wait();
-        if self.rank == 0 {
-            sum.lock().unwrap().clear();
-        }
-        barrier.wait();
         Ok(())
     }
 
@@ -391,37 +419,78 @@ fn ranks_in_separate_processes_train_like_one_model() {
     let mut state = TrainState::new(42);
     train::fit(&mut one, &data, &config, &mut state, &mut [], None).unwrap();
     let reference = params_of(&one);
-    let shared = std::sync::Arc::new((
-        std::sync::Mutex::new(Vec::new()),
-        std::sync::Barrier::new(2),
-    ));
     let data = std::sync::Arc::new(data);
-    let ranks: Vec<Vec<f32>> = (0..2)
-        .map(|rank| {
-            let (spec, config, data, shared) =
-                (spec.clone(), config.clone(), data.clone(), shared.clone());
-            std::thread::spawn(move || {
-                let mut mem = vec![0f32; floats];
-                let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
-                let reduce = Ranked {
-                    rank,
-                    world: 2,
-                    shared,
-                };
-                let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
-                let mut state = TrainState::new(42);
-                train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
-                params_of(train::Learner::model(&dp))
+    let mut after = Vec::new();
+    // After the backward, then bucket by bucket during it (small buckets: several per step).
+    for buckets in [None, Some(1000)] {
+        let shared = std::sync::Arc::new((
+            std::sync::Mutex::new(vec![Vec::new(); 2]),
+            std::sync::Barrier::new(2),
+        ));
+        let ranks: Vec<Vec<f32>> = (0..2)
+            .map(|rank| {
+                let (spec, config, data, shared) =
+                    (spec.clone(), config.clone(), data.clone(), shared.clone());
+                std::thread::spawn(move || {
+                    let mut mem = vec![0f32; floats];
+                    let model =
+                        Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
+                    let reduce = Ranked {
+                        rank,
+                        world: 2,
+                        shared,
+                        buckets,
+                        plan: None,
+                        weight: 0.0,
+                    };
+                    let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
+                    let mut state = TrainState::new(42);
+                    train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
+                    if buckets.is_some() {
+                        assert!(dp.reducer().plan.as_ref().unwrap().len() > 2);
+                    }
+                    params_of(train::Learner::model(&dp))
+                })
             })
-        })
-        .collect::<Vec<_>>()
-        .into_iter()
-        .map(|h| h.join().unwrap())
-        .collect();
-    assert_eq!(ranks[0], ranks[1], "both ranks hold the same parameters");
-    let d = max_diff(&ranks[0], &reference);
-    assert!(
-        d < 1e-4,
-        "2 ranks against one model: parameters differ by {d}"
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        assert_eq!(ranks[0], ranks[1], "both ranks hold the same parameters");
+        let d = max_diff(&ranks[0], &reference);
+        assert!(
+            d < 1e-4,
+            "2 ranks against one model ({buckets:?}): parameters differ by {d}"
+        );
+        after.push(ranks[0].clone());
+    }
+    assert_eq!(
+        after[0], after[1],
+        "bucketed sums equal the sums after the backward"
     );
+}
+
+/// CPU replicas in shared memory: the all-reduce in buckets during the backward equals the one
+/// after it, bit for bit, with 2 and 3 replicas.
+#[test]
+fn shared_memory_buckets_equal_the_all_reduce_after_the_backward() {
+    let (spec, config, data) = setup(1, Schedule::Constant, None);
+    let floats = arena_floats(&spec, &ADAM, config.batch);
+    for n in [2, 3] {
+        let mut runs = Vec::new();
+        for buckets in [None, Some(500), Some(1 << 20)] {
+            let mut arenas = vec![vec![0f32; floats]; n];
+            let models = arenas
+                .iter_mut()
+                .map(|m| Model::new(Cpu::new(m), spec.clone(), ADAM, &mut Rng::new(42)).unwrap())
+                .collect();
+            let mut dp =
+                Replicas::with_reduce(models, SharedMemory::with_buckets(buckets)).unwrap();
+            let mut state = TrainState::new(42);
+            train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
+            runs.push(params_of(train::Learner::model(&dp)));
+        }
+        assert_eq!(runs[0], runs[1], "{n} replicas, small buckets");
+        assert_eq!(runs[0], runs[2], "{n} replicas, one bucket");
+    }
 }
