@@ -611,6 +611,15 @@ impl Cuda {
     }
 }
 
+// SAFETY: every field but the cuBLAS handle (a raw pointer) is `Send` already (cudarc's
+// contexts, streams, functions and events are; `RefCell` and `Cell` are). A cuBLAS handle is not
+// tied to a host thread: one thread after another may use it, as long as their calls do not
+// overlap and the handle's device context is current; the backend binds its context before
+// each launch and cuBLAS call (`Cuda::bind`). `Cuda` is not `Sync`, so moving one to another
+// thread hands over its exclusive use: what data-parallel training does with one thread per
+// GPU.
+unsafe impl Send for Cuda {}
+
 impl Drop for Cuda {
     fn drop(&mut self) {
         let _ = self.ctx.bind_to_thread();

@@ -59,4 +59,4 @@ pub mod __emu {
 }
 pub use error::{probe, CudaError};
 pub use graph::Graph;
-pub use nccl::Nccl;
+pub use nccl::{Nccl, NcclRank};

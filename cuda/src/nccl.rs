@@ -232,29 +232,73 @@ impl Nccl {
         Ok(())
     }
 
-    /// Sums `regions` of `backend` across every rank, in place, on this communicator's own
-    /// stream, once the work queued so far on the backend's stream is done; returns without
-    /// waiting. The backend's stream goes on with later work meanwhile (the rest of a
-    /// backward), which must leave these regions alone until [`Nccl::wait`]. Every rank must
-    /// issue the same buckets in the same order.
+    /// One [`NcclRank`] per local communicator, in order, for one thread per GPU.
+    pub fn into_ranks(mut self) -> Vec<NcclRank> {
+        let comms = std::mem::take(&mut self.comms);
+        let streams = std::mem::take(&mut self.streams);
+        comms
+            .into_iter()
+            .zip(streams)
+            .zip(self.ranks.iter())
+            .map(|((comm, stream), &rank)| NcclRank {
+                comm,
+                stream,
+                rank,
+                world: self.world,
+            })
+            .collect()
+    }
+}
+
+/// One communicator of a group, with its own stream, used from one host thread at a time
+/// (see the [module docs](self)).
+pub struct NcclRank {
+    comm: sys::ncclComm_t,
+    stream: Arc<CudaStream>,
+    rank: usize,
+    world: usize,
+}
+
+// SAFETY: an NCCL communicator may be used from any host thread, one call at a time (NCCL's
+// "one thread per GPU" mode); `NcclRank` is not `Sync` and its collectives take `&mut self`.
+unsafe impl Send for NcclRank {}
+
+impl std::fmt::Debug for NcclRank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NcclRank")
+            .field("rank", &self.rank)
+            .field("world", &self.world)
+            .finish()
+    }
+}
+
+impl NcclRank {
+    /// This communicator's global rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Ranks in the whole group.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// Sums `regions` of `backend` (on this communicator's device) across every rank, in
+    /// place, on this communicator's own stream, once the work queued so far on the backend's
+    /// stream is done; returns without waiting. The backend's stream goes on with later work
+    /// meanwhile (the rest of a backward), which must leave these regions alone until
+    /// [`NcclRank::wait`]. Every rank must issue the same sums in the same order.
     ///
     /// # Errors
-    /// [`mote::Error::InvalidArgument`] when this process holds more than one communicator
-    /// (one thread driving several GPUs must reduce them together: [`Nccl::all_reduce_sum`]),
-    /// for a region outside the arena, or a backend capturing a graph; [`CudaError::Driver`]
-    /// when CUDA or NCCL fails.
+    /// [`mote::Error::InvalidArgument`] for a region outside the arena, or a backend capturing
+    /// a graph; [`CudaError::Driver`] when CUDA or NCCL fails.
     pub fn all_reduce_sum_async(
-        &self,
+        &mut self,
         backend: &mut Cuda,
         regions: &[(usize, usize)],
     ) -> Result<(), CudaError> {
-        let (&[comm], [stream]) = (self.comms.as_slice(), self.streams.as_slice()) else {
-            return Err(CudaError::Mote(mote::Error::InvalidArgument {
-                what: "NCCL: overlapped all-reduces need one communicator per process",
-            }));
-        };
         Nccl::check(backend, regions)?;
-        stream
+        self.stream
             .join(&backend.stream)
             .map_err(|e| nccl_err("cuStreamWaitEvent", e))?;
         result::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
@@ -274,8 +318,8 @@ impl Nccl {
                     len,
                     sys::ncclDataType_t::ncclFloat32,
                     sys::ncclRedOp_t::ncclSum,
-                    comm,
-                    stream.cu_stream() as sys::cudaStream_t,
+                    self.comm,
+                    self.stream.cu_stream() as sys::cudaStream_t,
                 )
             };
             if let Err(e) = r {
@@ -287,22 +331,24 @@ impl Nccl {
         status.and(end.map(|_| ()))
     }
 
-    /// Makes `backend`'s stream wait for the all-reduces queued by
-    /// [`Nccl::all_reduce_sum_async`] (no host wait): work queued after it sees the sums.
+    /// Makes `backend`'s stream wait for the sums queued by
+    /// [`NcclRank::all_reduce_sum_async`] (no host wait): work queued after it sees them.
     ///
     /// # Errors
-    /// [`mote::Error::InvalidArgument`] without exactly one communicator;
     /// [`CudaError::Driver`] when CUDA fails.
     pub fn wait(&self, backend: &Cuda) -> Result<(), CudaError> {
-        let [stream] = self.streams.as_slice() else {
-            return Err(CudaError::Mote(mote::Error::InvalidArgument {
-                what: "NCCL: overlapped all-reduces need one communicator per process",
-            }));
-        };
         backend
             .stream
-            .join(stream)
+            .join(&self.stream)
             .map_err(|e| nccl_err("cuStreamWaitEvent", e))
+    }
+}
+
+impl Drop for NcclRank {
+    fn drop(&mut self) {
+        // SAFETY: the communicator was made by NCCL and is destroyed once (its `Nccl` gave it
+        // up in `into_ranks`).
+        let _ = unsafe { result::comm_destroy(self.comm) };
     }
 }
 

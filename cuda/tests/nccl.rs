@@ -41,11 +41,10 @@ fn one_rank_all_reduce_keeps_the_values() {
     assert!(matches!(bad, Err(CudaError::Mote(_))), "{bad:?}");
 }
 
-/// The overlapped all-reduce (one communicator in the process): queued on the communicator's
+/// The overlapped all-reduce of one rank (`Nccl::into_ranks`): queued on the communicator's
 /// own stream after the work queued so far, then joined back before later reads. A one-rank
 /// sum keeps the values; work queued meanwhile on the backend's stream (elsewhere in the arena)
-/// runs too. With one communicator per GPU of a process holding several, it is refused (not
-/// testable on one GPU).
+/// runs too; on a thread of its own, as data-parallel training runs one per GPU.
 #[test]
 fn one_rank_overlapped_all_reduce_keeps_the_values() {
     let Some(mut cuda) = common::gpu("one_rank_overlapped_all_reduce_keeps_the_values", 1 << 12)
@@ -55,23 +54,49 @@ fn one_rank_overlapped_all_reduce_keeps_the_values() {
     let data: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 3.0).collect();
     cuda.write(100, &data).unwrap();
     cuda.write(2000, &data).unwrap();
+    let local = Nccl::local(&[&cuda]).expect("ncclCommInitAll on one GPU");
+    let mut ranks = local.into_ranks();
+    assert_eq!(ranks.len(), 1);
+    let mut rank = ranks.pop().unwrap();
+    assert_eq!((rank.rank(), rank.world()), (0, 1));
+    let (back, rank) = std::thread::spawn(move || {
+        cuda.make_current().unwrap();
+        // Scale on the backend's stream first: the all-reduce must see it.
+        cuda.scale(100, 1000, 2.0).unwrap();
+        rank.all_reduce_sum_async(&mut cuda, &[(100, 600), (700, 400)])
+            .unwrap();
+        // Work elsewhere while the bucket is summed.
+        cuda.scale(2000, 1000, 3.0).unwrap();
+        rank.wait(&cuda).unwrap();
+        let mut a = vec![0f32; 1000];
+        let mut b = vec![0f32; 1000];
+        cuda.read(100, &mut a).unwrap();
+        cuda.read(2000, &mut b).unwrap();
+        let past = rank.all_reduce_sum_async(&mut cuda, &[(4000, 200)]);
+        assert!(matches!(past, Err(CudaError::Mote(_))), "{past:?}");
+        ((a, b), rank)
+    })
+    .join()
+    .unwrap();
+    let twice: Vec<f32> = data.iter().map(|x| x * 2.0).collect();
+    assert_eq!(back.0, twice, "a one-rank sum changes nothing");
+    let thrice: Vec<f32> = data.iter().map(|x| x * 3.0).collect();
+    assert_eq!(back.1, thrice);
+    drop(rank);
+
+    // A rank of a one-rank group made with ncclCommInitRank works the same way.
+    let Some(mut cuda) = common::gpu("one_rank_overlapped_all_reduce_keeps_the_values", 1 << 12)
+    else {
+        return;
+    };
+    cuda.write(100, &data).unwrap();
     let id: [u8; ID_BYTES] = Nccl::unique_id().unwrap();
     let ranked = Nccl::rank(&cuda, 0, 1, &id).expect("ncclCommInitRank, world size 1");
-    // Scale on the backend's stream first: the all-reduce must see it.
-    cuda.scale(100, 1000, 2.0).unwrap();
-    ranked
-        .all_reduce_sum_async(&mut cuda, &[(100, 600), (700, 400)])
+    let mut rank = ranked.into_ranks().pop().unwrap();
+    rank.all_reduce_sum_async(&mut cuda, &[(100, 1000)])
         .unwrap();
-    // Work elsewhere while the bucket is summed.
-    cuda.scale(2000, 1000, 3.0).unwrap();
-    ranked.wait(&cuda).unwrap();
-    let mut back = vec![0f32; 1000];
-    cuda.read(100, &mut back).unwrap();
-    let twice: Vec<f32> = data.iter().map(|x| x * 2.0).collect();
-    assert_eq!(back, twice, "a one-rank sum changes nothing");
-    cuda.read(2000, &mut back).unwrap();
-    let thrice: Vec<f32> = data.iter().map(|x| x * 3.0).collect();
-    assert_eq!(back, thrice);
-    let past = ranked.all_reduce_sum_async(&mut cuda, &[(4000, 200)]);
-    assert!(matches!(past, Err(CudaError::Mote(_))), "{past:?}");
+    rank.wait(&cuda).unwrap();
+    let mut a = vec![0f32; 1000];
+    cuda.read(100, &mut a).unwrap();
+    assert_eq!(a, data);
 }

@@ -4,10 +4,14 @@
 //! replica takes the same optimizer step, which keeps the parameters identical.
 //!
 //! This is PyTorch's `DataParallel` / `DistributedDataParallel` on one host, with the
-//! all-reduce in shared memory: each gradient is cut into chunks and every chunk is summed
-//! across the replicas by one thread of the pool. It pays when a model is too small for
-//! intra-op threads (the small workloads): each replica runs serially, the replicas run at
-//! once.
+//! all-reduce in shared memory. As in `DistributedDataParallel`, it overlaps the backward by
+//! default: the gradients are grouped into buckets, and each bucket is summed as soon as every
+//! replica's backward has finished it ([`Buckets`], [`Staged`]); for large models (see
+//! [`default_buckets`]) each gradient is instead cut into chunks after the backward and every
+//! chunk summed across the replicas by one thread of the pool. It pays when a model is too
+//! small for intra-op threads (the small workloads): each replica runs serially, the replicas
+//! run at once. [`Replicas`] does the same for the runtime's models, on CPU threads or (with
+//! the `cuda` feature) on GPUs through NCCL.
 //!
 //! ```
 //! use mote::{Adam, AdamConfig, Cpu, Linear, Module, Relu, Rng, Tape};
@@ -787,28 +791,28 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
 }
 
 /// Replicas on GPUs, one per device of this process, their gradients summed by NCCL
-/// (`mote_cuda::Nccl`): `mote train --device cuda --gpus N`. Each replica's gradients are
-/// first scaled by its shard's weight on its own GPU, then summed across the GPUs in place.
+/// (`mote_cuda::Nccl`): `mote train --device cuda --gpus N`. Each GPU's replica runs on a host
+/// thread of its own (its forward, backward and optimizer step), and its gradients are summed
+/// bucket by bucket during its backward: each bucket ([`Buckets`], [`NCCL_BUCKET_FLOATS`]) is
+/// scaled by the shard's weight and handed to NCCL on a stream of its own as soon as the
+/// backward has queued its last kernel; the optimizer's stream waits for them all.
 ///
-/// With one replica in the process (a multi-process run, [`crate::rendezvous`], where rank
-/// `r` trains on shard `r` of every batch; or a single GPU), the sum overlaps the backward:
-/// each bucket of gradients ([`Buckets`], [`NCCL_BUCKET_FLOATS`]) goes to NCCL on a stream of
-/// its own as soon as the backward has queued its last kernel, and the optimizer's stream
-/// waits for all of them. With several GPUs in one process, one thread launches every
-/// replica's shard in turn (each GPU's work is asynchronous, but a shard's loss is read before
-/// the next shard starts) and the gradients are summed after the backward, all GPUs in one
-/// NCCL group.
+/// In a multi-process run ([`crate::rendezvous`]) each process holds one replica, rank `r` of
+/// the run: it trains on shard `r` of every batch and NCCL sums across the processes.
 #[cfg(feature = "cuda")]
 pub struct NcclReduce {
-    nccl: mote_cuda::Nccl,
-    /// The bucket plan, once known, when the sum overlaps the backward.
+    /// One communicator per local replica, each used by that replica's thread only.
+    ranks: Vec<std::sync::Mutex<mote_cuda::NcclRank>>,
+    /// The first local replica's global rank, and the group's size.
+    place: (usize, usize),
+    /// The bucket plan, once known.
     plan: Option<Buckets>,
     /// This step's weights of the local replicas.
     weights: Vec<f32>,
 }
 
-/// Bucket size in floats of the overlapped NCCL all-reduce (16 MiB of gradients, near
-/// PyTorch's 25 MB; the first bucket a quarter of it).
+/// Bucket size in floats of the NCCL all-reduce (16 MiB of gradients, near PyTorch's 25 MB;
+/// the first bucket a quarter of it).
 #[cfg(feature = "cuda")]
 pub const NCCL_BUCKET_FLOATS: usize = 1 << 22;
 
@@ -817,11 +821,26 @@ impl NcclReduce {
     /// Reduces through `nccl`, whose communicators are in the order of the replicas (of this
     /// process; their global ranks are `nccl.ranks()`, consecutive).
     pub fn new(nccl: mote_cuda::Nccl) -> Self {
+        let place = (nccl.ranks().first().copied().unwrap_or(0), nccl.world());
         NcclReduce {
-            nccl,
+            ranks: nccl
+                .into_ranks()
+                .into_iter()
+                .map(std::sync::Mutex::new)
+                .collect(),
+            place,
             plan: None,
             weights: Vec::new(),
         }
+    }
+
+    /// Replica `r`'s communicator.
+    fn rank(&self, r: usize) -> crate::Result<std::sync::MutexGuard<'_, mote_cuda::NcclRank>> {
+        self.ranks
+            .get(r)
+            .ok_or_else(|| crate::Error::invalid("NCCL: more replicas than communicators"))?
+            .lock()
+            .map_err(|_| crate::Error::invalid("NCCL: a replica's thread panicked"))
     }
 }
 
@@ -842,15 +861,31 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
             + Sync
             + Send,
     {
-        // One thread drives every GPU: each replica's work in its own device's context.
-        models
-            .iter_mut()
-            .enumerate()
-            .map(|(r, m)| {
-                self.prepare(m)?;
-                f(r, m, self)
-            })
-            .collect()
+        let run = |r: usize, m: &mut Model<mote_cuda::Cuda>| {
+            // Launches and cuBLAS calls run in the calling thread's current context.
+            self.prepare(m)?;
+            f(r, m, self)
+        };
+        if let [m] = models {
+            return vec![run(0, m)];
+        }
+        // One host thread per GPU, so that the GPUs work at once (a replica's host thread
+        // waits for its loss).
+        std::thread::scope(|s| {
+            let handles: Vec<_> = models
+                .iter_mut()
+                .enumerate()
+                .map(|(r, m)| s.spawn(move || run(r, m)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(crate::Error::invalid("a GPU replica's thread panicked"))
+                    })
+                })
+                .collect()
+        })
     }
 
     fn prepare(&self, model: &Model<mote_cuda::Cuda>) -> crate::Result<()> {
@@ -870,13 +905,16 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
         models: &mut [Model<mote_cuda::Cuda>],
         weights: &[f32],
     ) -> crate::Result<()> {
+        if models.len() != self.ranks.len() {
+            return Err(crate::Error::invalid(format!(
+                "NCCL: {} replicas for {} communicators",
+                models.len(),
+                self.ranks.len()
+            )));
+        }
         self.weights = weights.to_vec();
-        if let ([m], [_]) = (&*models, self.nccl.ranks()) {
-            if self.plan.is_none() {
-                self.plan = Some(Buckets::of(&m.tape, NCCL_BUCKET_FLOATS)?);
-            }
-        } else {
-            self.plan = None;
+        if let (None, Some(m)) = (&self.plan, models.first()) {
+            self.plan = Some(Buckets::of(&m.tape, NCCL_BUCKET_FLOATS)?);
         }
         Ok(())
     }
@@ -888,7 +926,7 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
         b: usize,
     ) -> crate::Result<()> {
         let (Some(plan), Some(&w)) = (&self.plan, self.weights.get(r)) else {
-            return Ok(());
+            return Err(crate::Error::invalid("NCCL: a bucket outside a step"));
         };
         let regions = plan.regions(b);
         if w != 1.0 {
@@ -896,7 +934,7 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
                 tape.backend_mut().scale(offset, len, w)?;
             }
         }
-        self.nccl
+        self.rank(r)?
             .all_reduce_sum_async(tape.backend_mut(), regions)
             .map_err(nccl_error)
     }
@@ -904,36 +942,17 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
     fn all_reduce(
         &mut self,
         models: &mut [Model<mote_cuda::Cuda>],
-        weights: &[f32],
+        _weights: &[f32],
     ) -> crate::Result<()> {
-        let Some(first) = models.first() else {
-            return Ok(());
-        };
-        if self.plan.is_some() {
-            // Every bucket was queued during the backward: the optimizer waits for them.
-            self.prepare(first)?;
-            return self.nccl.wait(first.tape.backend()).map_err(nccl_error);
-        }
-        let regions = gradient_regions(&first.tape)?;
-        for (m, &w) in models.iter_mut().zip(weights) {
+        // Every bucket was queued during the backward: each optimizer's stream waits for them.
+        for (r, m) in models.iter().enumerate() {
             self.prepare(m)?;
-            if w != 1.0 {
-                for &(offset, len) in &regions {
-                    m.tape.backend_mut().scale(offset, len, w)?;
-                }
-            }
+            self.rank(r)?.wait(m.tape.backend()).map_err(nccl_error)?;
         }
-        let mut backends: Vec<&mut mote_cuda::Cuda> =
-            models.iter_mut().map(|m| m.tape.backend_mut()).collect();
-        self.nccl
-            .all_reduce_sum(&mut backends, &regions)
-            .map_err(nccl_error)
+        Ok(())
     }
 
     fn place(&self, _local: usize) -> (usize, usize) {
-        (
-            self.nccl.ranks().first().copied().unwrap_or(0),
-            self.nccl.world(),
-        )
+        self.place
     }
 }
