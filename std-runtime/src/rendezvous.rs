@@ -7,6 +7,7 @@
 //! | `MOTE_RANK` | this process's rank, `0 .. MOTE_WORLD_SIZE` |
 //! | `MOTE_LOCAL_RANK` | which GPU of its host this process uses (default: `MOTE_RANK`) |
 //! | `MOTE_RENDEZVOUS` | where rank 0 hands its NCCL id to the others: `file:PATH` (a file every host sees, e.g. on a shared disk; use a fresh path per run) or `tcp:HOST:PORT` (rank 0 listens there, the others connect) |
+//! | `MOTE_TIMEOUT` | seconds a rank may go without finishing a training step before its [`Watchdog`] aborts it (default 600) |
 //!
 //! Rank 0 makes the group's id ([`mote_cuda::Nccl::unique_id`] with the `cuda` feature) and
 //! [`exchange`] hands it over; every rank then joins NCCL with it. Nothing else crosses hosts
@@ -234,5 +235,111 @@ fn fetch(addr: &str, rank: usize, timeout: Duration) -> Result<[u8; ID_BYTES]> {
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
+    }
+}
+
+/// How long a rank of a multi-process run may go without finishing a training step before its
+/// [`Watchdog`] ends it: `MOTE_TIMEOUT` seconds (default 600, PyTorch's NCCL timeout).
+///
+/// # Errors
+/// `Invalid` for a value that is not a positive number of seconds.
+pub fn step_timeout(var: impl Fn(&str) -> Option<String>) -> Result<Duration> {
+    let Some(v) = var("MOTE_TIMEOUT") else {
+        return Ok(Duration::from_secs(600));
+    };
+    match v.trim().parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+        _ => Err(Error::invalid(format!(
+            "MOTE_TIMEOUT={v}: not a positive number of seconds"
+        ))
+        .with_hint("for example MOTE_TIMEOUT=600")),
+    }
+}
+
+/// Ends a rank that stops making progress. NCCL waits for every rank of a collective with no
+/// limit, so when one rank of a run fails (a non-finite loss on its shard, a full disk, a
+/// killed process), the others would wait forever inside the next all-reduce; PyTorch's NCCL
+/// watchdog ends them after a timeout, and so does this one. [`Watchdog::beat`] (called after
+/// every step and epoch: it is a [`crate::train::Callback`]) restarts the clock; when `timeout`
+/// passes without a beat, a thread of its own calls `on_timeout` once with the time waited
+/// (the command-line program prints what happened and aborts the process, since the training
+/// thread may be stuck inside the GPU driver). Dropping the watchdog stops it.
+pub struct Watchdog {
+    state: std::sync::Arc<Dog>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Dog {
+    start: Instant,
+    /// Milliseconds from `start` to the last beat.
+    last: std::sync::atomic::AtomicU64,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl Dog {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Watchdog {
+    /// Starts the clock.
+    pub fn new(timeout: Duration, on_timeout: impl FnOnce(Duration) + Send + 'static) -> Watchdog {
+        use std::sync::atomic::Ordering;
+        let state = std::sync::Arc::new(Dog {
+            start: Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        let dog = state.clone();
+        let limit = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        // Checks a few times per timeout, at least once a second.
+        let tick = (timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(1));
+        let thread = std::thread::spawn(move || loop {
+            std::thread::park_timeout(tick);
+            if dog.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let waited = dog
+                .now_ms()
+                .saturating_sub(dog.last.load(Ordering::Acquire));
+            if waited >= limit {
+                on_timeout(Duration::from_millis(waited));
+                return;
+            }
+        });
+        Watchdog {
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    /// Progress: restarts the clock.
+    pub fn beat(&self) {
+        self.state
+            .last
+            .store(self.state.now_ms(), std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state
+            .stop
+            .store(true, std::sync::atomic::Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl crate::train::Callback for Watchdog {
+    fn on_step(&mut self, _epoch: usize, _step: usize, _running_loss: f64) {
+        self.beat();
+    }
+
+    fn on_epoch(&mut self, _log: &crate::train::EpochLog) {
+        self.beat();
     }
 }

@@ -1,11 +1,12 @@
 //! The multi-process launch on the CPU: the environment read into a `Launch`, every refusal, and
 //! rank 0's id handed to the other ranks through a file and through TCP (threads stand in for
-//! processes), with the timeouts when rank 0 never comes.
+//! processes), with the timeouts when rank 0 never comes; the watchdog that ends a rank whose
+//! steps stop.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use mote_runtime::rendezvous::{exchange, Launch, Rendezvous, ID_BYTES};
+use mote_runtime::rendezvous::{exchange, step_timeout, Launch, Rendezvous, Watchdog, ID_BYTES};
 
 fn launch(vars: &[(&str, &str)]) -> mote_runtime::Result<Option<Launch>> {
     let map: HashMap<String, String> = vars
@@ -145,4 +146,53 @@ fn a_rank_without_rank_zero_times_out_with_a_clear_error() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("not reachable"), "{e}");
+}
+
+#[test]
+fn the_step_timeout_comes_from_mote_timeout() {
+    assert_eq!(step_timeout(|_| None).unwrap(), Duration::from_secs(600));
+    let set = |v: &'static str| step_timeout(move |k| (k == "MOTE_TIMEOUT").then(|| v.into()));
+    assert_eq!(set("90").unwrap(), Duration::from_secs(90));
+    assert_eq!(set(" 0.5 ").unwrap(), Duration::from_millis(500));
+    for bad in ["0", "-3", "ten", "inf", ""] {
+        let e = set(bad).unwrap_err().to_string();
+        assert!(e.contains("MOTE_TIMEOUT"), "{bad}: {e}");
+    }
+}
+
+/// Beats closer than the timeout keep it quiet; once they stop, it fires once, after at least
+/// the timeout; a watchdog dropped in time never fires, and its drop does not wait out the
+/// timeout.
+#[test]
+fn a_watchdog_fires_once_only_when_the_steps_stop() {
+    use std::sync::mpsc;
+    let timeout = Duration::from_millis(800);
+    let (tx, rx) = mpsc::channel();
+    let dog = Watchdog::new(timeout, move |waited| tx.send(waited).unwrap());
+    // 1.6 s of beats, 20 ms apart: twice the timeout in all.
+    for _ in 0..80 {
+        std::thread::sleep(Duration::from_millis(20));
+        dog.beat();
+    }
+    assert!(rx.try_recv().is_err(), "fired while beating");
+    let waited = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("fires once the beats stop");
+    assert!(waited >= timeout, "fired after {waited:?}");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "fired twice"
+    );
+    drop(dog);
+
+    let (tx, rx) = mpsc::channel::<Duration>();
+    let dog = Watchdog::new(Duration::from_secs(30), move |w| tx.send(w).unwrap());
+    let t = std::time::Instant::now();
+    drop(dog);
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "drop took {:?}",
+        t.elapsed()
+    );
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
 }

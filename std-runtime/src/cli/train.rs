@@ -90,6 +90,7 @@ impl TrainJob {
                 "check the GPUs with nvidia-smi and that libnccl.so is on the loader path",
             )
         };
+        let step_timeout = crate::rendezvous::step_timeout(|k| std::env::var(k).ok())?;
         let count = Cuda::available().map_err(cuda)?;
         if gpus > count {
             return Err(Error::invalid(format!(
@@ -115,7 +116,9 @@ impl TrainJob {
             Nccl::local(&backends).map_err(cuda)?
         };
         let learner = Replicas::with_reduce(models, NcclReduce::new(nccl))?;
-        self.train(learner)
+        // Outlives the learner: its drop (NCCL's teardown) is watched too.
+        let mut dog = watchdog(format!("--gpus {gpus}"), step_timeout);
+        self.train_watched(learner, Some(&mut dog))
     }
 
     /// One rank of a multi-process run ([`crate::rendezvous`]): one replica on this host's
@@ -137,8 +140,9 @@ impl TrainJob {
             },
         )
         .map_err(cuda)?;
-        // How long a rank waits for the others at the rendezvous.
+        // How long a rank waits for the others at the rendezvous, and for a step.
         let timeout = std::time::Duration::from_secs(300);
+        let step_timeout = crate::rendezvous::step_timeout(|k| std::env::var(k).ok())?;
         let id = crate::rendezvous::exchange(&launch, timeout, || Nccl::unique_id().map_err(cuda))?;
         let nccl = Nccl::rank(&backend, launch.rank, launch.world, &id).map_err(cuda)?;
         // Every rank has joined: the id file is spent (a rerun on the same path must not
@@ -150,7 +154,11 @@ impl TrainJob {
         if launch.rank != 0 {
             (self.save, self.plot, self.quiet) = (None, None, true);
         }
-        self.train(Replicas::with_reduce(vec![model], NcclReduce::new(nccl))?)
+        let learner = Replicas::with_reduce(vec![model], NcclReduce::new(nccl))?;
+        // Outlives the learner: its drop (NCCL's teardown) is watched too.
+        let what = format!("rank {} of {}", launch.rank, launch.world);
+        let mut dog = watchdog(what, step_timeout);
+        self.train_watched(learner, Some(&mut dog))
     }
 
     #[cfg(not(feature = "cuda"))]
@@ -169,7 +177,16 @@ impl TrainJob {
         )
     }
 
-    fn train<L: Learner>(mut self, mut model: L) -> Result<()> {
+    fn train<L: Learner>(self, model: L) -> Result<()> {
+        self.train_watched(model, None)
+    }
+
+    /// Trains, with `extra` called back beside the progress display (a rank's watchdog).
+    fn train_watched<L: Learner>(
+        mut self,
+        mut model: L,
+        extra: Option<&mut dyn Callback>,
+    ) -> Result<()> {
         let (mut bar, mut plain) = (Progress::default(), PlainLog::default());
         struct Quiet;
         impl Callback for Quiet {
@@ -185,12 +202,16 @@ impl TrainJob {
         } else {
             &mut plain
         };
+        let mut hooks: Vec<&mut dyn Callback> = vec![hook];
+        if let Some(e) = extra {
+            hooks.push(&mut *e);
+        }
         train::fit(
             &mut model,
             &self.data,
             &self.config,
             &mut self.state,
-            &mut [hook],
+            &mut hooks,
             self.save.as_deref(),
         )?;
         if let Some(p) = &self.save {
@@ -204,6 +225,21 @@ impl TrainJob {
         }
         Ok(())
     }
+}
+
+/// The watchdog of an NCCL run (`what`: which rank or GPUs): when no training step finishes
+/// within `timeout` (`MOTE_TIMEOUT`), it says so and aborts the process, which may be stuck
+/// inside the GPU driver waiting for a rank that failed.
+#[cfg(feature = "cuda")]
+fn watchdog(what: String, timeout: std::time::Duration) -> crate::rendezvous::Watchdog {
+    crate::rendezvous::Watchdog::new(timeout, move |waited| {
+        eprintln!(
+            "mote: {what}: no training step finished in {:.0} s (MOTE_TIMEOUT): a rank or GPU \
+             has probably failed, and NCCL would wait for it forever; aborting",
+            waited.as_secs_f64()
+        );
+        std::process::abort();
+    })
 }
 
 fn reject_on_resume(a: &TrainArgs) -> Result<()> {
