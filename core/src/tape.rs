@@ -921,9 +921,10 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
 
     /// [`Tape::backward`] that reports each parameter as soon as its gradient is final: `ready`
     /// runs once for every parameter with a gradient region (frozen-after-training ones
-    /// included), right after the backward of the last op (in reverse order) that adds to its
-    /// gradient, while the ops below it are still to run. Parameters that nothing before
-    /// `loss` reads are reported at the end, in creation order.
+    /// included), right after the sweep passes the lowest op (up to `loss`) that reads it,
+    /// while the ops below are still to run. That op may not lead to `loss` (a metric computed
+    /// from the parameter before the forward): the report then waits for it all the same.
+    /// Parameters that nothing up to `loss` reads are reported at the end, in creation order.
     ///
     /// This is what data-parallel training overlaps its gradient all-reduce with (PyTorch's
     /// `DistributedDataParallel` hooks): a bucket of gradients can be sent while the backward

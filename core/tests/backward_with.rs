@@ -104,10 +104,65 @@ fn tricky_graph_reports_each_parameter_once_with_its_final_gradient() {
         .collect();
     assert_eq!(order.len(), 6);
     assert_eq!(&order[3..], &[0, 1, 5], "order {order:?}");
-    // `w`'s first use comes before `s`'s, so `s` (and `b`, read by the same node as `w`) come
-    // no later than `w`.
+    // `w`'s first use comes before `s`'s, so `s` comes before `w`; `b`, read by the same node
+    // as `w`, comes right after it.
     let at = |k: usize| order.iter().position(|&o| o == k).unwrap();
     assert!(at(4) < at(2), "order {order:?}");
+    assert_eq!(at(3), at(2) + 1, "order {order:?}");
+}
+
+/// A lookup table, a concatenated parameter, a loss whose target is a parameter, and a
+/// second backward that accumulates into the first's gradients: each report still carries the
+/// final (accumulated) gradient.
+#[test]
+fn gather_concat_loss_target_and_accumulation() {
+    let build = |t: &mut T<'_>, rng: &mut Rng| {
+        let table = param(t, rng, &[5, 3]);
+        let c = param(t, rng, &[2, 2]);
+        let w = param(t, rng, &[1, 5]);
+        let target = param(t, rng, &[2, 1]);
+        let idx = t.labels(&[4, 1]).unwrap();
+        let e = t.embedding(table, idx).unwrap();
+        let h = t.concat(e, c, 1).unwrap();
+        let h = t.tanh(h).unwrap();
+        let y = t.linear(h, w, None).unwrap();
+        (vec![table, c, w, target], t.mse(y, target).unwrap())
+    };
+    let mut mem = vec![0.0f64; 1 << 14];
+    let mut t = T::new(&mut mem);
+    let (ps, loss) = build(&mut t, &mut Rng::new(9));
+    t.backward(loss).unwrap();
+    let mut reports = Vec::new();
+    t.backward_with(loss, |t, p| {
+        let mut g = vec![0.0; p.numel()];
+        t.read_grad(p, &mut g)?;
+        reports.push((p, g));
+        Ok(())
+    })
+    .unwrap();
+    let finals: Vec<Vec<f64>> = ps
+        .iter()
+        .map(|&p| {
+            let mut g = vec![0.0; p.numel()];
+            t.read_grad(p, &mut g).unwrap();
+            g
+        })
+        .collect();
+    check(&reports, &finals, &finals, &ps);
+    // The same graph, one backward: the accumulated gradients are twice its.
+    let (_, once, _) = both(build_once(build));
+    for (a, b) in finals.iter().flatten().zip(once.iter().flatten()) {
+        assert!((a - 2.0 * b).abs() < 1e-12, "{a} vs 2 x {b}");
+    }
+    // The loss's target is read by the loss node, the last: it is reported first.
+    assert_eq!(reports[0].0, ps[3]);
+}
+
+/// `build` with the seed `both` uses replaced by the one above.
+fn build_once(
+    build: impl Fn(&mut T<'_>, &mut Rng) -> (Vec<Var>, Var),
+) -> impl Fn(&mut T<'_>, &mut Rng) -> (Vec<Var>, Var) {
+    move |t, _| build(t, &mut Rng::new(9))
 }
 
 #[test]

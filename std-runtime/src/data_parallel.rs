@@ -318,6 +318,11 @@ where
                 rep.opt.step(&mut rep.tape)?;
             }
         }
+        if k > 1 {
+            let mut tapes: Vec<&mut Tape<B, N>> =
+                self.replicas.iter_mut().map(|r| &mut r.tape).collect();
+            broadcast_buffers(&mut tapes)?;
+        }
         debug_assert!(
             matches!(self.divergence(), Ok(d) if d == 0.0),
             "data parallel replicas went out of step"
@@ -604,11 +609,38 @@ pub fn gradient_regions<B: Backend, const N: usize>(
 ) -> Result<Vec<(usize, usize)>> {
     let mut v = Vec::new();
     for p in tape.params() {
-        if let Some(g) = tape.grad(p)? {
-            v.push((g.offset, g.len()));
+        match tape.grad(p) {
+            Ok(Some(g)) => v.push((g.offset, g.len())),
+            // Created frozen (running statistics): no gradient to sum.
+            Ok(None) | Err(Error::FrozenParameter) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(v)
+}
+
+/// Copies the values of `tapes[0]`'s buffers (parameters created frozen: batch
+/// normalisation's running statistics, which each replica updates from its own shard) to every
+/// other tape, as PyTorch's `DistributedDataParallel` broadcasts rank 0's buffers: the replicas
+/// stay identical.
+///
+/// # Errors
+/// A stale handle (should not happen).
+pub fn broadcast_buffers<B: HostBackend<Elem = f32>, const N: usize>(
+    tapes: &mut [&mut Tape<B, N>],
+) -> Result<()> {
+    let Some((first, rest)) = tapes.split_first_mut() else {
+        return Ok(());
+    };
+    for p in first.params() {
+        if matches!(first.grad(p), Err(Error::FrozenParameter)) {
+            let values = first.data(p)?;
+            for t in rest.iter_mut() {
+                t.write(p, values)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Data-parallel replicas of a runtime [`Model`]: what `mote train --replicas N` (CPU threads,
@@ -915,6 +947,13 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
         self.weights = weights.to_vec();
         if let (None, Some(m)) = (&self.plan, models.first()) {
             self.plan = Some(Buckets::of(&m.tape, NCCL_BUCKET_FLOATS)?);
+        } else {
+            // A step that failed after queuing sums never waited for them: the gradients are
+            // cleared (on the backend's stream) only once they are done.
+            for (r, m) in models.iter().enumerate() {
+                self.prepare(m)?;
+                self.rank(r)?.wait(m.tape.backend()).map_err(nccl_error)?;
+            }
         }
         Ok(())
     }

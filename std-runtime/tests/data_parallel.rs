@@ -193,3 +193,43 @@ fn replicas_that_start_different_are_refused() {
     );
     assert!(res.is_err());
 }
+
+type BnNet = (Linear, mote::BatchNorm, Relu, Linear);
+
+fn build_bn(tape: &mut Tape<Cpu<'_, f32>, 64>) -> mote::Result<(BnNet, Adam)> {
+    let mut rng = Rng::new(5);
+    let model = (
+        Linear::new(tape, 6, 8, &mut rng)?,
+        mote::BatchNorm::new(tape, 8)?,
+        Relu,
+        Linear::new(tape, 8, 4, &mut rng)?,
+    );
+    Ok((model, Adam::new(tape, AdamConfig::default())?))
+}
+
+/// Batch normalisation's running statistics are parameters created frozen (no gradient): each
+/// replica updates them from its own shard, and replica 0's are copied to the others after
+/// every step (PyTorch's buffer broadcast), so the replicas stay identical; one replica works
+/// too.
+#[test]
+fn replicas_with_batch_norm_stay_identical() {
+    for n in [1, 2, 3] {
+        let mut arenas = DataParallel::<Cpu<f32>, BnNet, Adam, 64>::arenas(n, 1 << 16);
+        let mut dp = DataParallel::new(&mut arenas, Cpu::new, build_bn).unwrap();
+        for s in 0..5 {
+            let (xs, labels, _) = batch(s, 12);
+            let l = dp
+                .step(&xs, &[6], Targets::Labels(&labels), |t, m, x, y| {
+                    let p = m.forward(t, x)?;
+                    t.cross_entropy(p, y)
+                })
+                .unwrap();
+            assert!(l.is_finite());
+            assert_eq!(dp.divergence().unwrap(), 0.0, "{n} replicas, step {s}");
+        }
+        let (tape, model) = dp.primary();
+        let mut rm = vec![0.0; 8];
+        tape.read(model.1.running_mean, &mut rm).unwrap();
+        assert!(rm.iter().any(|&v| v != 0.0), "running mean moved: {rm:?}");
+    }
+}

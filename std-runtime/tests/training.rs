@@ -332,6 +332,10 @@ struct Ranked {
     buckets: Option<usize>,
     plan: Option<Buckets>,
     weight: f32,
+    /// Per step: at its first bucket, whether the last bucket's gradients (the first layer's)
+    /// were still all zero, i.e. the bucket came during the backward, not after it.
+    early: std::sync::Mutex<Vec<bool>>,
+    fresh: std::sync::atomic::AtomicBool,
 }
 
 impl Ranked {
@@ -376,6 +380,7 @@ impl<B: mote::HostBackend<Elem = f32> + Send> Reduce<B> for Ranked {
 
     fn begin(&mut self, models: &mut [Model<B>], weights: &[f32]) -> mote_runtime::Result<()> {
         self.weight = weights[0];
+        self.fresh.store(true, std::sync::atomic::Ordering::Relaxed);
         if let (Some(floats), None) = (self.buckets, &self.plan) {
             self.plan = Some(Buckets::of(&models[0].tape, floats)?);
         }
@@ -388,7 +393,16 @@ impl<B: mote::HostBackend<Elem = f32> + Send> Reduce<B> for Ranked {
         tape: &mut Tape<B, NODES>,
         b: usize,
     ) -> mote_runtime::Result<()> {
-        let regions = self.plan.as_ref().unwrap().regions(b).to_vec();
+        let plan = self.plan.as_ref().unwrap();
+        if self.fresh.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            let st = tape.backend().storage();
+            let zero = plan
+                .regions(plan.len() - 1)
+                .iter()
+                .all(|&(o, n)| st[o..o + n].iter().all(|&g| g == 0.0));
+            self.early.lock().unwrap().push(zero);
+        }
+        let regions = plan.regions(b).to_vec();
         self.collective(tape.backend_mut().storage_mut(), &regions);
         Ok(())
     }
@@ -442,12 +456,20 @@ fn ranks_in_separate_processes_train_like_one_model() {
                         buckets,
                         plan: None,
                         weight: 0.0,
+                        early: Default::default(),
+                        fresh: Default::default(),
                     };
                     let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
                     let mut state = TrainState::new(42);
                     train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
                     if buckets.is_some() {
-                        assert!(dp.reducer().plan.as_ref().unwrap().len() > 2);
+                        let red = dp.reducer();
+                        assert!(red.plan.as_ref().unwrap().len() > 2);
+                        // Every step's first bucket went out while the first layer's
+                        // gradients were still to come.
+                        let early = red.early.lock().unwrap();
+                        assert!(early.len() > 10);
+                        assert!(early.iter().all(|&e| e), "{early:?}");
                     }
                     params_of(train::Learner::model(&dp))
                 })

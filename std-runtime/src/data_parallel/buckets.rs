@@ -10,7 +10,7 @@
 //! [`Staged`] is the all-reduce of CPU replicas in shared memory. On GPUs the NCCL reducer
 //! sends each bucket as it comes (`NcclReduce`).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use mote::{Backend, Error, HostBackend, Result, Tape, Var};
@@ -185,7 +185,10 @@ pub struct Staged {
     /// Slot of bucket `b`, replica `r`: `slots[b * replicas + r]`.
     slots: Vec<Mutex<Vec<f32>>>,
     sums: Vec<Mutex<Vec<f32>>>,
+    /// Replicas that staged each bucket this step.
     arrived: Vec<AtomicUsize>,
+    /// Whether replica `r` staged bucket `b` this step: `staged[b * replicas + r]`.
+    staged: Vec<AtomicBool>,
     weights: Vec<f32>,
 }
 
@@ -204,6 +207,7 @@ impl Staged {
             slots: (0..n * replicas).map(|i| slot(i / replicas)).collect(),
             sums: (0..n).map(slot).collect(),
             arrived: (0..n).map(|_| AtomicUsize::new(0)).collect(),
+            staged: (0..n * replicas).map(|_| AtomicBool::new(false)).collect(),
             weights: vec![0.0; replicas],
             replicas,
             plan,
@@ -231,6 +235,9 @@ impl Staged {
         for a in &mut self.arrived {
             *a.get_mut() = 0;
         }
+        for s in &mut self.staged {
+            *s.get_mut() = false;
+        }
         Ok(())
     }
 
@@ -238,8 +245,8 @@ impl Staged {
     /// the last replica to finish it.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for a replica or bucket out of range, or a bucket staged
-    /// twice; a stale handle.
+    /// [`Error::InvalidArgument`] for a replica or bucket out of range, or a bucket that this
+    /// replica already staged this step; a stale handle.
     pub fn arrive<B: HostBackend<Elem = f32>, const N: usize>(
         &self,
         r: usize,
@@ -253,6 +260,12 @@ impl Staged {
             return Err(bad);
         }
         let w = *self.weights.get(r).ok_or(bad)?;
+        let once = self.staged.get(b * self.replicas + r).ok_or(bad)?;
+        if once.swap(true, Ordering::AcqRel) {
+            return Err(Error::InvalidArgument {
+                what: "data parallel: a replica staged a bucket twice in one step",
+            });
+        }
         {
             let mut slot = self
                 .slots
