@@ -140,15 +140,23 @@ fn gather_concat_loss_target_and_accumulation() {
         Ok(())
     })
     .unwrap();
-    let finals: Vec<Vec<f64>> = ps
-        .iter()
-        .map(|&p| {
-            let mut g = vec![0.0; p.numel()];
-            t.read_grad(p, &mut g).unwrap();
-            g
-        })
-        .collect();
-    check(&reports, &finals, &finals, &ps);
+    let read = |t: &T<'_>| -> Vec<Vec<f64>> {
+        ps.iter()
+            .map(|&p| {
+                let mut g = vec![0.0; p.numel()];
+                t.read_grad(p, &mut g).unwrap();
+                g
+            })
+            .collect()
+    };
+    let finals = read(&t);
+    // Two plain backwards accumulate the same gradients.
+    let mut mem2 = vec![0.0f64; 1 << 14];
+    let mut t2 = T::new(&mut mem2);
+    let (_, loss2) = build(&mut t2, &mut Rng::new(9));
+    t2.backward(loss2).unwrap();
+    t2.backward(loss2).unwrap();
+    check(&reports, &read(&t2), &finals, &ps);
     // The same graph, one backward: the accumulated gradients are twice its.
     let (_, once, _) = both(build_once(build));
     for (a, b) in finals.iter().flatten().zip(once.iter().flatten()) {

@@ -558,6 +558,7 @@ impl Cuda {
         if src.is_empty() {
             return Ok(());
         }
+        self.bind()?;
         let s = if self.capturing() {
             &self.side_stream
         } else {
@@ -576,6 +577,9 @@ impl Cuda {
 
     /// Runs queued work that the backend batches (the optimizer's updates).
     pub(crate) fn flush(&self) -> Result<()> {
+        // Most entry points flush first: this binds the context for them on a thread where
+        // another (or none) is current.
+        self.bind()?;
         if self.adam_queue.borrow().is_empty() {
             return Ok(());
         }
@@ -587,6 +591,7 @@ impl Cuda {
         if !self.loss_pending.get() {
             return Ok(());
         }
+        self.bind()?;
         let mut st = [0u32; 3];
         // SAFETY: the status words lie inside our allocation; the stream is synchronised by the
         // caller.
@@ -615,7 +620,8 @@ impl Cuda {
 // contexts, streams, functions and events are; `RefCell` and `Cell` are). A cuBLAS handle is not
 // tied to a host thread: one thread after another may use it, as long as their calls do not
 // overlap and the handle's device context is current; the backend binds its context before
-// each launch and cuBLAS call (`Cuda::bind`). `Cuda` is not `Sync`, so moving one to another
+// its launches, cuBLAS calls and driver copies (`Cuda::bind`, also through `Cuda::flush`,
+// which most entry points call first). `Cuda` is not `Sync`, so moving one to another
 // thread hands over its exclusive use: what data-parallel training does with one thread per
 // GPU.
 unsafe impl Send for Cuda {}

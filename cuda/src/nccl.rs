@@ -12,7 +12,15 @@
 //! [`Nccl::all_reduce_sum`] then sums arena regions (the parameters' gradients: the same
 //! offsets on every replica, since every replica builds the same model) across all ranks, in
 //! place, on each backend's stream: one `ncclAllReduce` per region inside one NCCL group, so
-//! NCCL fuses them into as few launches as it can.
+//! NCCL fuses them into as few launches as it can. One thread drives every local GPU there.
+//!
+//! [`Nccl::into_ranks`] instead splits the communicators into one [`NcclRank`] per GPU, for one
+//! host thread per GPU (NCCL's "one thread per device" mode: each thread issues its own
+//! collectives, every rank the same ones in the same order). [`NcclRank::all_reduce_sum_async`]
+//! sums a bucket of regions on the rank's own stream, once the work queued so far on the
+//! backend's stream is done, so that the backward goes on meanwhile (as PyTorch's
+//! `DistributedDataParallel` overlaps them); [`NcclRank::wait`] makes the backend's stream wait
+//! for the sums before the optimizer reads them.
 //!
 //! NCCL is opened on first use, and checked with `libloading` first (cudarc panics on a missing
 //! library): without it, [`CudaError::MissingLibrary`] (`nccl`).

@@ -764,8 +764,10 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
             let mut tracker = plan.tracker();
             let mut failed = None;
             let out = if lo == hi {
-                m.tape.rewind(m.start)?;
-                Ok((0.0, 0))
+                m.tape
+                    .rewind(m.start)
+                    .map(|()| (0.0, 0))
+                    .map_err(Into::into)
             } else {
                 let xs = x.get(lo * ins..hi * ins).unwrap_or(&[]);
                 let yc = y_class.get(lo..hi).unwrap_or(&[]);
@@ -783,13 +785,19 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
                 };
                 m.forward_backward_with(xs, hi - lo, yc, yv, Some(hook))
             };
+            // On an error too, the buckets not handed on yet go out (best effort): other ranks
+            // wait in their collectives for this one's, and would hang without them.
+            let mut rest = Ok(());
+            for b in tracker.rest() {
+                if let Err(e) = red.bucket_ready(r, &mut m.tape, b) {
+                    rest = rest.and(Err(e));
+                }
+            }
             if let Some(e) = failed {
                 return Err(e);
             }
             let out = out?;
-            for b in tracker.rest() {
-                red.bucket_ready(r, &mut m.tape, b)?;
-            }
+            rest?;
             Ok(out)
         });
         let (mut loss, mut correct) = (0.0f64, 0);

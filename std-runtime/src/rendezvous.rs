@@ -7,7 +7,7 @@
 //! | `MOTE_RANK` | this process's rank, `0 .. MOTE_WORLD_SIZE` |
 //! | `MOTE_LOCAL_RANK` | which GPU of its host this process uses (default: `MOTE_RANK`) |
 //! | `MOTE_RENDEZVOUS` | where rank 0 hands its NCCL id to the others: `file:PATH` (a file every host sees, e.g. on a shared disk; use a fresh path per run) or `tcp:HOST:PORT` (rank 0 listens there, the others connect) |
-//! | `MOTE_TIMEOUT` | seconds a rank may go without finishing a training step before its [`Watchdog`] aborts it (default 600) |
+//! | `MOTE_TIMEOUT` | seconds a rank may go without finishing a training step before its [`Watchdog`] aborts it (default 600; `0` or `off`: never) |
 //!
 //! Rank 0 makes the group's id ([`mote_cuda::Nccl::unique_id`] with the `cuda` feature) and
 //! [`exchange`] hands it over; every rank then joins NCCL with it. Nothing else crosses hosts
@@ -239,20 +239,27 @@ fn fetch(addr: &str, rank: usize, timeout: Duration) -> Result<[u8; ID_BYTES]> {
 }
 
 /// How long a rank of a multi-process run may go without finishing a training step before its
-/// [`Watchdog`] ends it: `MOTE_TIMEOUT` seconds (default 600, PyTorch's NCCL timeout).
+/// [`Watchdog`] ends it: `MOTE_TIMEOUT` seconds (default 600, PyTorch's NCCL timeout); `None`
+/// (no watchdog) for `MOTE_TIMEOUT=0` or `off`.
 ///
 /// # Errors
-/// `Invalid` for a value that is not a positive number of seconds.
-pub fn step_timeout(var: impl Fn(&str) -> Option<String>) -> Result<Duration> {
+/// `Invalid` for a value that is not a number of seconds (or one too large to count).
+pub fn step_timeout(var: impl Fn(&str) -> Option<String>) -> Result<Option<Duration>> {
     let Some(v) = var("MOTE_TIMEOUT") else {
-        return Ok(Duration::from_secs(600));
+        return Ok(Some(Duration::from_secs(600)));
     };
-    match v.trim().parse::<f64>() {
-        Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
-        _ => Err(Error::invalid(format!(
-            "MOTE_TIMEOUT={v}: not a positive number of seconds"
-        ))
-        .with_hint("for example MOTE_TIMEOUT=600")),
+    let t = v.trim();
+    if t == "off" {
+        return Ok(None);
+    }
+    match t.parse::<f64>().map(Duration::try_from_secs_f64) {
+        Ok(Ok(d)) if d.is_zero() => Ok(None),
+        Ok(Ok(d)) => Ok(Some(d)),
+        _ => Err(
+            Error::invalid(format!("MOTE_TIMEOUT={v}: not a number of seconds")).with_hint(
+                "for example MOTE_TIMEOUT=600; MOTE_TIMEOUT=off switches the watchdog off",
+            ),
+        ),
     }
 }
 

@@ -150,11 +150,16 @@ fn a_rank_without_rank_zero_times_out_with_a_clear_error() {
 
 #[test]
 fn the_step_timeout_comes_from_mote_timeout() {
-    assert_eq!(step_timeout(|_| None).unwrap(), Duration::from_secs(600));
+    assert_eq!(
+        step_timeout(|_| None).unwrap(),
+        Some(Duration::from_secs(600))
+    );
     let set = |v: &'static str| step_timeout(move |k| (k == "MOTE_TIMEOUT").then(|| v.into()));
-    assert_eq!(set("90").unwrap(), Duration::from_secs(90));
-    assert_eq!(set(" 0.5 ").unwrap(), Duration::from_millis(500));
-    for bad in ["0", "-3", "ten", "inf", ""] {
+    assert_eq!(set("90").unwrap(), Some(Duration::from_secs(90)));
+    assert_eq!(set(" 0.5 ").unwrap(), Some(Duration::from_millis(500)));
+    assert_eq!(set("0").unwrap(), None);
+    assert_eq!(set("off").unwrap(), None);
+    for bad in ["-3", "ten", "inf", "NaN", "1e20", ""] {
         let e = set(bad).unwrap_err().to_string();
         assert!(e.contains("MOTE_TIMEOUT"), "{bad}: {e}");
     }

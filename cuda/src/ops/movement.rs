@@ -16,6 +16,7 @@ impl Cuda {
         dst: Strided,
         accumulate: bool,
     ) -> Result<()> {
+        self.bind()?;
         let (ns, nd) = (src.span(space), dst.span(space));
         split(
             &mut self.shadow,

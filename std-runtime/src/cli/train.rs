@@ -116,9 +116,12 @@ impl TrainJob {
             Nccl::local(&backends).map_err(cuda)?
         };
         let learner = Replicas::with_reduce(models, NcclReduce::new(nccl))?;
-        // Outlives the learner: its drop (NCCL's teardown) is watched too.
-        let mut dog = watchdog(format!("--gpus {gpus}"), step_timeout);
-        self.train_watched(learner, Some(&mut dog))
+        // Outlives the learner: its drop (NCCL's teardown) is watched too. One GPU has no peer
+        // to wait for.
+        let mut dog = step_timeout
+            .filter(|_| gpus > 1)
+            .map(|t| watchdog(format!("--gpus {gpus}"), t));
+        self.train_watched(learner, dog.as_mut().map(|d| d as &mut dyn Callback))
     }
 
     /// One rank of a multi-process run ([`crate::rendezvous`]): one replica on this host's
@@ -144,6 +147,10 @@ impl TrainJob {
         let timeout = std::time::Duration::from_secs(300);
         let step_timeout = crate::rendezvous::step_timeout(|k| std::env::var(k).ok())?;
         let id = crate::rendezvous::exchange(&launch, timeout, || Nccl::unique_id().map_err(cuda))?;
+        // Watches NCCL's set-up too (it waits for every rank with no limit), and outlives the
+        // learner: its drop (NCCL's teardown) is watched as well.
+        let what = format!("rank {} of {}", launch.rank, launch.world);
+        let mut dog = step_timeout.map(|t| watchdog(what, t));
         let nccl = Nccl::rank(&backend, launch.rank, launch.world, &id).map_err(cuda)?;
         // Every rank has joined: the id file is spent (a rerun on the same path must not
         // find it).
@@ -155,10 +162,7 @@ impl TrainJob {
             (self.save, self.plot, self.quiet) = (None, None, true);
         }
         let learner = Replicas::with_reduce(vec![model], NcclReduce::new(nccl))?;
-        // Outlives the learner: its drop (NCCL's teardown) is watched too.
-        let what = format!("rank {} of {}", launch.rank, launch.world);
-        let mut dog = watchdog(what, step_timeout);
-        self.train_watched(learner, Some(&mut dog))
+        self.train_watched(learner, dog.as_mut().map(|d| d as &mut dyn Callback))
     }
 
     #[cfg(not(feature = "cuda"))]
@@ -202,18 +206,28 @@ impl TrainJob {
         } else {
             &mut plain
         };
+        let watched = extra.is_some();
         let mut hooks: Vec<&mut dyn Callback> = vec![hook];
         if let Some(e) = extra {
             hooks.push(&mut *e);
         }
-        train::fit(
+        let fitted = train::fit(
             &mut model,
             &self.data,
             &self.config,
             &mut self.state,
             &mut hooks,
             self.save.as_deref(),
-        )?;
+        );
+        if let Err(e) = fitted {
+            if watched {
+                // A watched (NCCL) run's learner may hold GPU work that waits for a failed
+                // peer, and dropping it would wait with it: it is left to the process's end,
+                // which comes next, with this error.
+                std::mem::forget(model);
+            }
+            return Err(e);
+        }
         if let Some(p) = &self.save {
             out(&format!("saved {}", p.display()))?;
         } else if !self.quiet {

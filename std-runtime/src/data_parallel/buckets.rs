@@ -403,6 +403,38 @@ mod tests {
     }
 
     #[test]
+    fn staging_sums_in_replica_order_and_refuses_a_bucket_staged_twice() {
+        let mut mems = [vec![0.0f32; 64], vec![0.0f32; 64]];
+        let mut tapes: Vec<Tape<mote::Cpu<f32>, 8>> =
+            mems.iter_mut().map(|m| Tape::new(m)).collect();
+        for (k, t) in tapes.iter_mut().enumerate() {
+            let p = t.param(&[4], &[0.0; 4]).unwrap();
+            let g = t.grad(p).unwrap().unwrap();
+            let v = [1.0, 2.0, 3.0, 4.0].map(|x: f32| x * (k + 1) as f32);
+            t.backend_mut().storage_mut()[g.offset..g.offset + 4].copy_from_slice(&v);
+        }
+        let plan = Buckets::of(&tapes[0], 16).unwrap();
+        let mut st = Staged::new(plan, 2);
+        st.begin(&[0.5, 0.25]).unwrap();
+        st.arrive(0, 0, &tapes[0]).unwrap();
+        assert!(st.arrive(0, 0, &tapes[0]).is_err(), "twice");
+        // Not every replica staged: no scatter.
+        assert!(st.scatter(&mut tapes[1]).is_err());
+        st.arrive(1, 0, &tapes[1]).unwrap();
+        for t in &mut tapes {
+            st.scatter(t).unwrap();
+            let p = t.params().next().unwrap();
+            // 0.5 x g + 0.25 x 2g = g.
+            assert_eq!(t.grad_data(p).unwrap().unwrap(), &[1.0, 2.0, 3.0, 4.0]);
+        }
+        // A new step starts clean.
+        st.begin(&[1.0, 0.0]).unwrap();
+        st.arrive(1, 0, &tapes[1]).unwrap();
+        assert!(st.arrive(2, 0, &tapes[1]).is_err(), "no replica 2");
+        assert!(st.begin(&[1.0]).is_err(), "one weight per replica");
+    }
+
+    #[test]
     fn overlapping_regions_are_refused() {
         assert_eq!(Buckets::new(vec![(0, 5), (4, 2)], 8), Err(Error::Aliasing));
         assert!(Buckets::new(vec![], 8).unwrap().is_empty());
