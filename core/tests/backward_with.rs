@@ -30,6 +30,13 @@ fn both(
     let mut mem = vec![0.0f64; 1 << 14];
     let mut t = T::new(&mut mem);
     let (ps, loss) = build(&mut t, &mut Rng::new(3));
+    let reports = record(&mut t, loss);
+    let hooked = grads(&t, &ps);
+    (reports, plain, hooked)
+}
+
+/// `backward_with` on `loss`: each reported parameter with its gradient at that moment.
+fn record(t: &mut T<'_>, loss: Var) -> Vec<(Var, Vec<f64>)> {
     let mut reports = Vec::new();
     t.backward_with(loss, |t, p| {
         let mut g = vec![0.0; p.numel()];
@@ -38,8 +45,7 @@ fn both(
         Ok(())
     })
     .unwrap();
-    let hooked = grads(&t, &ps);
-    (reports, plain, hooked)
+    reports
 }
 
 fn param(t: &mut T<'_>, rng: &mut Rng, dims: &[usize]) -> Var {
@@ -132,14 +138,7 @@ fn gather_concat_loss_target_and_accumulation() {
     let mut t = T::new(&mut mem);
     let (ps, loss) = build(&mut t, &mut Rng::new(9));
     t.backward(loss).unwrap();
-    let mut reports = Vec::new();
-    t.backward_with(loss, |t, p| {
-        let mut g = vec![0.0; p.numel()];
-        t.read_grad(p, &mut g)?;
-        reports.push((p, g));
-        Ok(())
-    })
-    .unwrap();
+    let reports = record(&mut t, loss);
     let read = |t: &T<'_>| -> Vec<Vec<f64>> {
         ps.iter()
             .map(|&p| {

@@ -189,37 +189,57 @@ impl Nccl {
         for b in backends.iter() {
             Nccl::check(b, regions)?;
         }
-        result::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
-        let mut status = Ok(());
-        'outer: for (b, &comm) in backends.iter().zip(&self.comms) {
-            for &(offset, len) in regions {
-                if len == 0 {
-                    continue;
-                }
-                let at = b.at(offset) as *mut c_void;
-                // SAFETY: the region lies inside the backend's device arena (checked above);
-                // send and receive buffers are the same (in place); the stream is the
-                // backend's, on the communicator's device.
-                let r = unsafe {
-                    result::all_reduce(
-                        at as *const c_void,
-                        at,
-                        len,
-                        sys::ncclDataType_t::ncclFloat32,
-                        sys::ncclRedOp_t::ncclSum,
-                        comm,
-                        b.cu() as sys::cudaStream_t,
-                    )
-                };
-                if let Err(e) = r {
-                    status = Err(nccl_err("ncclAllReduce", e));
-                    break 'outer;
-                }
+        let streams: Vec<sys::cudaStream_t> = backends
+            .iter()
+            .map(|b| b.cu() as sys::cudaStream_t)
+            .collect();
+        let jobs = backends
+            .iter()
+            .zip(&self.comms)
+            .zip(streams)
+            .map(|((b, &comm), stream)| (&**b, comm, stream));
+        grouped_sums(jobs, regions)
+    }
+}
+
+/// Queues in one NCCL group, for each (backend, communicator, stream), an in-place sum of each
+/// region of the backend's arena on that stream. The regions must have been checked
+/// ([`Nccl::check`]) and the stream must be on the communicator's device, after the work that
+/// wrote the regions.
+fn grouped_sums<'b>(
+    jobs: impl Iterator<Item = (&'b Cuda, sys::ncclComm_t, sys::cudaStream_t)>,
+    regions: &[(usize, usize)],
+) -> Result<(), CudaError> {
+    result::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
+    let mut status = Ok(());
+    'outer: for (b, comm, stream) in jobs {
+        for &(offset, len) in regions {
+            if len == 0 {
+                continue;
+            }
+            let at = b.at(offset) as *mut c_void;
+            // SAFETY: the region lies inside the backend's device arena (checked by the
+            // caller); send and receive buffers are the same (in place); the stream is on the
+            // communicator's device, ordered after the work that wrote the region.
+            let r = unsafe {
+                result::all_reduce(
+                    at as *const c_void,
+                    at,
+                    len,
+                    sys::ncclDataType_t::ncclFloat32,
+                    sys::ncclRedOp_t::ncclSum,
+                    comm,
+                    stream,
+                )
+            };
+            if let Err(e) = r {
+                status = Err(nccl_err("ncclAllReduce", e));
+                break 'outer;
             }
         }
-        let end = result::group_end().map_err(|e| nccl_err("ncclGroupEnd", e));
-        status.and(end.map(|_| ()))
     }
+    let end = result::group_end().map_err(|e| nccl_err("ncclGroupEnd", e));
+    status.and(end.map(|_| ()))
 }
 
 impl Nccl {
@@ -309,34 +329,8 @@ impl NcclRank {
         self.stream
             .join(&backend.stream)
             .map_err(|e| nccl_err("cuStreamWaitEvent", e))?;
-        result::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
-        let mut status = Ok(());
-        for &(offset, len) in regions {
-            if len == 0 {
-                continue;
-            }
-            let at = backend.at(offset) as *mut c_void;
-            // SAFETY: the region lies inside the backend's device arena (checked above); send
-            // and receive buffers are the same (in place); the stream is on the communicator's
-            // device and waits for the work that wrote the region.
-            let r = unsafe {
-                result::all_reduce(
-                    at as *const c_void,
-                    at,
-                    len,
-                    sys::ncclDataType_t::ncclFloat32,
-                    sys::ncclRedOp_t::ncclSum,
-                    self.comm,
-                    self.stream.cu_stream() as sys::cudaStream_t,
-                )
-            };
-            if let Err(e) = r {
-                status = Err(nccl_err("ncclAllReduce", e));
-                break;
-            }
-        }
-        let end = result::group_end().map_err(|e| nccl_err("ncclGroupEnd", e));
-        status.and(end.map(|_| ()))
+        let stream = self.stream.cu_stream() as sys::cudaStream_t;
+        grouped_sums(std::iter::once((&*backend, self.comm, stream)), regions)
     }
 
     /// Makes `backend`'s stream wait for the sums queued by
