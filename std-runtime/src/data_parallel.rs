@@ -154,7 +154,7 @@ where
     pub fn set_buckets(&mut self, floats: Option<usize>) -> Result<()> {
         self.staged = match (floats, self.replicas.first()) {
             (Some(f), Some(r)) if self.replicas.len() > 1 => {
-                Some(Staged::new(Buckets::of(&r.tape, f)?, self.replicas.len()))
+                Some(Staged::new(Buckets::of(&r.tape, f)?, self.replicas.len())?)
             }
             _ => None,
         };
@@ -570,7 +570,10 @@ impl<B: HostBackend<Elem = f32> + Send> Reduce<B> for SharedMemory {
             return Ok(());
         }
         if self.staged.is_none() {
-            self.staged = Some(Staged::new(Buckets::of(&first.tape, floats)?, models.len()));
+            self.staged = Some(Staged::new(
+                Buckets::of(&first.tape, floats)?,
+                models.len(),
+            )?);
         }
         if let Some(st) = &mut self.staged {
             st.begin(weights)?;

@@ -200,10 +200,18 @@ fn poisoned<T>(_: T) -> Error {
 
 impl Staged {
     /// The all-reduce of `replicas` replicas over the buckets of `plan`.
-    pub fn new(plan: Buckets, replicas: usize) -> Staged {
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for no replicas.
+    pub fn new(plan: Buckets, replicas: usize) -> Result<Staged> {
+        if replicas == 0 {
+            return Err(Error::InvalidArgument {
+                what: "data parallel: an all-reduce needs at least one replica",
+            });
+        }
         let n = plan.len();
         let slot = |b: usize| Mutex::new(vec![0.0; plan.floats(b)]);
-        Staged {
+        Ok(Staged {
             slots: (0..n * replicas).map(|i| slot(i / replicas)).collect(),
             sums: (0..n).map(slot).collect(),
             arrived: (0..n).map(|_| AtomicUsize::new(0)).collect(),
@@ -211,7 +219,7 @@ impl Staged {
             weights: vec![0.0; replicas],
             replicas,
             plan,
-        }
+        })
     }
 
     /// The bucket plan.
@@ -414,7 +422,8 @@ mod tests {
             t.backend_mut().storage_mut()[g.offset..g.offset + 4].copy_from_slice(&v);
         }
         let plan = Buckets::of(&tapes[0], 16).unwrap();
-        let mut st = Staged::new(plan, 2);
+        assert!(Staged::new(plan.clone(), 0).is_err());
+        let mut st = Staged::new(plan, 2).unwrap();
         st.begin(&[0.5, 0.25]).unwrap();
         st.arrive(0, 0, &tapes[0]).unwrap();
         assert!(st.arrive(0, 0, &tapes[0]).is_err(), "twice");
