@@ -9,7 +9,7 @@ use core::ops::Range;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::ops::binary::{self, BinaryOp, Side};
-use crate::ops::conv::ConvCall;
+use crate::ops::conv::{ConvCall, PoolCall};
 use crate::ops::loss::{self, LossOp};
 use crate::ops::matmul::{self, Gemm};
 use crate::ops::movement::{self, Strided};
@@ -136,6 +136,18 @@ pub trait Backend {
     /// # Errors
     /// As [`Backend::unary`].
     fn conv(&mut self, call: &ConvCall) -> Result<bool> {
+        let _ = call;
+        Ok(false)
+    }
+
+    /// One pass of a 2-D pooling over a whole batch with the backend's own kernel, where it
+    /// has one. Returns `Ok(false)`, having done nothing, when it has none: the tape then runs
+    /// the pass as im2col copies and a reduction (see [`crate::ops::conv`]), which is what the
+    /// default does for every call.
+    ///
+    /// # Errors
+    /// As [`Backend::unary`].
+    fn pool(&mut self, call: &PoolCall) -> Result<bool> {
         let _ = call;
         Ok(false)
     }

@@ -437,3 +437,46 @@ fn conv_calls_are_checked() {
         );
     }
 }
+
+/// A pooling call states its sizes; `lens` checks that they agree (the output size follows
+/// from the others) and that nothing overflows, before a backend's own kernel trusts them.
+#[test]
+fn pool_calls_are_checked() {
+    use mote::ops::conv::{PoolCall, PoolPass};
+    let good = PoolCall {
+        pass: PoolPass::Forward { x: 0, y: 100 },
+        max: true,
+        planes: 6,
+        size: [7, 6],
+        kernel: [3, 2],
+        stride: [2, 2],
+        padding: [1, 0],
+        out: [4, 3],
+    };
+    assert_eq!(good.lens(), Ok([6 * 7 * 6, 6 * 4 * 3]));
+    for bad in [
+        PoolCall { planes: 0, ..good },
+        PoolCall {
+            out: [4, 4],
+            ..good
+        },
+        PoolCall {
+            stride: [0, 2],
+            ..good
+        },
+        PoolCall {
+            kernel: [3, 0],
+            ..good
+        },
+        PoolCall {
+            size: [0, 6],
+            ..good
+        },
+        PoolCall {
+            planes: usize::MAX,
+            ..good
+        },
+    ] {
+        assert!(bad.lens().is_err(), "{bad:?}");
+    }
+}

@@ -9,6 +9,7 @@ use core::arch::asm;
 use core::ops::Range;
 
 use mote::ops::binary::{BinaryOp, Side};
+use mote::ops::conv::PoolCall;
 use mote::ops::loss::LossOp;
 use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
@@ -18,6 +19,7 @@ use mote::optim::{AdamUpdate, SgdUpdate};
 use mote::{Backend, Cpu, Error, HostBackend, Result, Shape, View};
 
 use crate::copy::copy_any;
+use crate::pool::max_pool;
 
 /// `sum a[i] b[i]`, one accumulator in index order. Four elements per loop trip with `vldmia`
 /// (4 floats per instruction) and `vmla.f32` (multiply, round, add, round: the same result as
@@ -584,6 +586,13 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
             return copy_any(self.cpu.storage_mut(), space, src, dst, accumulate);
         }
         self.reference(|cpu| cpu.copy_strided(space, src, dst, accumulate))
+    }
+    #[inline(always)]
+    fn pool(&mut self, call: &PoolCall) -> Result<bool> {
+        if ALL {
+            return max_pool(self.cpu.storage_mut(), call);
+        }
+        Ok(false)
     }
     fn reduce(&mut self, op: ReduceOp, r: Axis3, x: usize, y: usize) -> Result<()> {
         self.reference(|cpu| cpu.reduce(op, r, x, y))

@@ -7,6 +7,7 @@
 
 pub mod copy;
 pub mod fast;
+pub mod pool;
 
 use core::arch::asm;
 use cortex_m::peripheral::syst::SystClkSource;

@@ -384,7 +384,102 @@ impl ConvCall {
     }
 }
 
+/// Which pass of a 2-D pooling a [`PoolCall`] asks for, and where its tensors lie (arena
+/// offsets, contiguous, row-major).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolPass {
+    /// `y` = each window's maximum (or mean), overwriting `y` (`[N, C, OH, OW]`).
+    Forward {
+        /// The input, `[N, C, H, W]`.
+        x: usize,
+        /// The output.
+        y: usize,
+    },
+    /// `dx +=` each window's share of `dy` (the input's gradient, accumulated). Max pooling
+    /// routes a window's gradient to its first tap (row-major) that holds the window's maximum
+    /// `y`, and drops it when that tap lies in the padding; average pooling adds `dy / (KH *
+    /// KW)` to every tap inside the input.
+    Backward {
+        /// The input.
+        x: usize,
+        /// The forward's output.
+        y: usize,
+        /// The output's gradient.
+        dy: usize,
+        /// The input's gradient.
+        dx: usize,
+    },
+}
+
+/// One pass of a 2-D pooling over a whole batch, offered to [`Backend::pool`] before the tape
+/// runs it as im2col copies and a reduction. Padding counts as the smallest finite value for
+/// max pooling and as zeros for average pooling (PyTorch's `count_include_pad=True`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolCall {
+    /// The pass and its tensors.
+    pub pass: PoolPass,
+    /// Max pooling, or average pooling.
+    pub max: bool,
+    /// Planes `N * C`.
+    pub planes: usize,
+    /// Input height and width `[H, W]`.
+    pub size: [usize; 2],
+    /// Window `[KH, KW]`.
+    pub kernel: [usize; 2],
+    /// Stride `[SH, SW]`.
+    pub stride: [usize; 2],
+    /// Padding `[PH, PW]` on each side.
+    pub padding: [usize; 2],
+    /// Output height and width `[OH, OW]`.
+    pub out: [usize; 2],
+}
+
+impl PoolCall {
+    /// The elements of the input and of the output, `[x, y]`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the call is inconsistent (no planes, a zero size, window
+    /// or stride, an output size that does not follow from the others) or a size overflows.
+    pub fn lens(&self) -> Result<[usize; 2]> {
+        let bad = Error::InvalidArgument {
+            what: "a pooling call whose geometry is inconsistent or overflows",
+        };
+        if self.planes == 0 {
+            return Err(bad);
+        }
+        for d in 0..2 {
+            let at = |v: [usize; 2]| v.get(d).copied().unwrap_or(0);
+            let (n, k) = (at(self.size), at(self.kernel));
+            let out = out_len(n, k, at(self.stride), at(self.padding), 1);
+            if n == 0 || k == 0 || out != Some(at(self.out)) {
+                return Err(bad);
+            }
+        }
+        let [h, w] = self.size;
+        let [oh, ow] = self.out;
+        let x = self.planes.checked_mul(h).and_then(|v| v.checked_mul(w));
+        let y = self.planes.checked_mul(oh).and_then(|v| v.checked_mul(ow));
+        match (x, y) {
+            (Some(x), Some(y)) => Ok([x, y]),
+            _ => Err(bad),
+        }
+    }
+}
+
 impl Geom {
+    fn pool_call(&self, max: bool, pass: PoolPass) -> PoolCall {
+        PoolCall {
+            pass,
+            max,
+            planes: self.n * self.c,
+            size: [self.h, self.w],
+            kernel: [self.kh, self.kw],
+            stride: [self.sh, self.sw],
+            padding: [self.ph, self.pw],
+            out: [self.oh, self.ow],
+        }
+    }
+
     fn call(&self, out_channels: usize, groups: usize, pass: ConvPass) -> ConvCall {
         ConvCall {
             pass,
@@ -689,10 +784,18 @@ pub(crate) mod tape_ops {
                     shape,
                     |_, _| Ok(()),
                 )?;
+                // The columns are reserved even when the backend pools by itself: the arena's
+                // plan does not depend on the backend.
                 let cols = t.alloc(cols_len)?;
-                im2col(&mut t.backend, &g, x.offset as usize, cols, pad)?;
-                t.backend
-                    .reduce(reduce, pool_axis(&g), cols, y.offset as usize)?;
+                let pass = PoolPass::Forward {
+                    x: x.offset as usize,
+                    y: y.offset as usize,
+                };
+                if !t.backend.pool(&g.pool_call(max, pass))? {
+                    im2col(&mut t.backend, &g, x.offset as usize, cols, pad)?;
+                    t.backend
+                        .reduce(reduce, pool_axis(&g), cols, y.offset as usize)?;
+                }
                 t.release(cols);
                 Ok(y)
             })
@@ -895,13 +998,21 @@ pub(crate) mod tape_ops {
             } else {
                 (ReduceOp::Mean, B::Elem::ZERO)
             };
-            if max {
-                im2col(&mut self.backend, &g, xv.offset, cols, pad)?;
+            let pass = PoolPass::Backward {
+                x: xv.offset,
+                y,
+                dy,
+                dx: dxo,
+            };
+            if !self.backend.pool(&g.pool_call(max, pass))? {
+                if max {
+                    im2col(&mut self.backend, &g, xv.offset, cols, pad)?;
+                }
+                self.backend.fill(dcols, len, B::Elem::ZERO)?;
+                self.backend
+                    .reduce_backward(reduce, pool_axis(&g), cols, y, dy, dcols)?;
+                col2im(&mut self.backend, &g, dcols, dxo)?;
             }
-            self.backend.fill(dcols, len, B::Elem::ZERO)?;
-            self.backend
-                .reduce_backward(reduce, pool_axis(&g), cols, y, dy, dcols)?;
-            col2im(&mut self.backend, &g, dcols, dxo)?;
             self.release(cols);
             Ok(())
         }

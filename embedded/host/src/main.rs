@@ -95,6 +95,11 @@ fn main() {
 #[path = "../../src/copy.rs"]
 mod copy;
 
+/// The firmware's max pooling (`embedded/src/pool.rs`), checked against the core's pooling.
+#[cfg(test)]
+#[path = "../../src/pool.rs"]
+mod pool;
+
 #[cfg(test)]
 mod tests {
     use mote::ops::movement::{copy, Strided};
@@ -160,6 +165,157 @@ mod tests {
                     "case {case}: {dims:?} {src:?} {dst:?} accumulate {accumulate}: element {i}"
                 );
             }
+        }
+    }
+
+    /// Random poolings (1-5 planes, images 1-9 a side, windows 1-3, strides from the window up
+    /// to 4), values with ties, -inf, `f32::MIN` and NaN: the firmware's max pooling gives the
+    /// core's output bit for bit and its input gradient (the same values: a zero may differ in
+    /// sign, where the core adds +0.0 for every tap); with padding, overlapping windows, and
+    /// for average pooling, it declines.
+    #[test]
+    fn firmware_max_pool_matches_the_core() {
+        use mote::ops::conv::{PoolCall, PoolPass};
+        use mote::{Cpu, PoolConfig, Tape};
+        let mut rng = Rng::new(5);
+        let mut draw = |n: usize| (rng.next_f32() * n as f32) as usize % n;
+        let mut ran = 0;
+        for case in 0..4000 {
+            let planes = 1 + draw(5);
+            let (n, c) = if planes % 2 == 0 {
+                (2, planes / 2)
+            } else {
+                (1, planes)
+            };
+            let size = [1 + draw(9), 1 + draw(9)];
+            let kernel = [1 + draw(3), 1 + draw(3)];
+            let overlap = draw(8) == 0;
+            let stride = [0, 1].map(|d| {
+                if overlap && kernel[d] > 1 {
+                    1 + draw(kernel[d] - 1)
+                } else {
+                    kernel[d] + draw(2)
+                }
+            });
+            let padding = if draw(4) == 0 {
+                [0, 1].map(|d| draw(kernel[d] / 2 + 1))
+            } else {
+                [0, 0]
+            };
+            if (0..2).any(|d| size[d] + 2 * padding[d] < kernel[d]) {
+                continue;
+            }
+            let out = [0, 1].map(|d| (size[d] + 2 * padding[d] - kernel[d]) / stride[d] + 1);
+            let xl = planes * size[0] * size[1];
+            let yl = planes * out[0] * out[1];
+            let special = [f32::NEG_INFINITY, f32::MIN, f32::NAN, -0.0];
+            let xs: Vec<f32> = (0..xl)
+                .map(|_| match draw(12) {
+                    0 => special[draw(4)],
+                    _ => draw(5) as f32 - 2.0,
+                })
+                .collect();
+            let dys: Vec<f32> = (0..yl).map(|_| draw(7) as f32 * 0.25 - 0.5).collect();
+
+            // The core: x a parameter, loss = sum(y * dy).
+            let mut mem = vec![0f32; 1 << 14];
+            let mut t = Tape::<Cpu<f32>, 16>::new(&mut mem);
+            let x = t.param(&[n, c, size[0], size[1]], &xs).unwrap();
+            let cfg = PoolConfig {
+                kernel,
+                stride,
+                padding,
+            };
+            let y = t.max_pool2d(x, cfg).unwrap();
+            let g = t.input(&[n, c, out[0], out[1]], &dys).unwrap();
+            let p = t.mul(y, g).unwrap();
+            let loss = t.sum(p).unwrap();
+            t.backward(loss).unwrap();
+            let want_y = t.data(y).unwrap().to_vec();
+            let want_dx = t.grad_data(x).unwrap().unwrap().to_vec();
+
+            // The firmware's, on an arena [x | y | dy | dx].
+            let mut buf = vec![0f32; 2 * xl + 2 * yl];
+            buf[..xl].copy_from_slice(&xs);
+            buf[xl + yl..xl + 2 * yl].copy_from_slice(&dys);
+            let call = |pass| PoolCall {
+                pass,
+                max: true,
+                planes,
+                size,
+                kernel,
+                stride,
+                padding,
+                out,
+            };
+            let fwd = call(PoolPass::Forward { x: 0, y: xl });
+            let done = super::pool::max_pool(&mut buf, &fwd).unwrap();
+            let overlapping = (0..2).any(|d| stride[d] < kernel[d]);
+            assert_eq!(
+                done,
+                !overlapping && padding == [0, 0],
+                "case {case}: {fwd:?}"
+            );
+            assert!(!super::pool::max_pool(&mut buf, &PoolCall { max: false, ..fwd }).unwrap());
+            if !done {
+                continue;
+            }
+            ran += 1;
+            let bwd = call(PoolPass::Backward {
+                x: 0,
+                y: xl,
+                dy: xl + yl,
+                dx: xl + 2 * yl,
+            });
+            assert!(super::pool::max_pool(&mut buf, &bwd).unwrap());
+            for (i, (a, b)) in buf[xl..xl + yl].iter().zip(&want_y).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "case {case}: {fwd:?}: y[{i}]");
+            }
+            for (i, (a, b)) in buf[xl + 2 * yl..].iter().zip(&want_dx).enumerate() {
+                assert!(
+                    a == b || (a.is_nan() && b.is_nan()),
+                    "case {case}: {bwd:?}: dx[{i}] {a} vs {b}"
+                );
+            }
+        }
+        assert!(ran > 1500, "{ran} cases ran");
+    }
+
+    /// Bad calls are errors, not panics: an output size that does not follow, a tensor past
+    /// the arena, a window past the input.
+    #[test]
+    fn firmware_max_pool_refuses_bad_calls() {
+        use mote::ops::conv::{PoolCall, PoolPass};
+        let mut buf = vec![0f32; 64];
+        let ok = PoolCall {
+            pass: PoolPass::Forward { x: 0, y: 36 },
+            max: true,
+            planes: 1,
+            size: [6, 6],
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+            out: [3, 3],
+        };
+        assert!(super::pool::max_pool(&mut buf, &ok).unwrap());
+        let bad = [
+            PoolCall { out: [4, 3], ..ok },
+            PoolCall {
+                pass: PoolPass::Forward { x: 0, y: 60 },
+                ..ok
+            },
+            PoolCall {
+                pass: PoolPass::Forward { x: 30, y: 36 },
+                ..ok
+            },
+            PoolCall {
+                planes: usize::MAX,
+                ..ok
+            },
+            PoolCall { planes: 0, ..ok },
+        ];
+        for b in bad {
+            assert!(super::pool::max_pool(&mut buf, &b).is_err(), "{b:?}");
         }
     }
 }

@@ -1,0 +1,120 @@
+//! [`max_pool`]: `Fast`'s max pooling, in plain Rust (no assembly), so that the host checks it
+//! against the core's pooling (`embedded/host`, `cargo test`). The core pools through im2col:
+//! it copies every window's taps into columns, reduces them, and in the backward copies the
+//! columns back (col2im). On the M4 those short strided copies and the generic reduction were
+//! the larger part of the cnn step; here each window is read in place.
+
+use mote::backend::split;
+use mote::ops::conv::{PoolCall, PoolPass};
+use mote::{Error, Result};
+
+/// Max pooling's forward or backward pass ([`PoolPass`]) over the arena `buf`, with the core's
+/// results: the same maximum (the first tap's value, then any greater or NaN tap's,
+/// row-major), and the same gradient routing (to the first tap that holds the maximum; a zero
+/// gradient may keep a `-0.0` that the core's additions of `+0.0` would turn into `+0.0`).
+/// Returns `Ok(false)`, having done nothing, for average pooling, padding (kept out of the
+/// firmware's code) and windows that overlap (stride below the window: there the core's col2im
+/// sums a position's gradients in an order this loop does not follow).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an inconsistent call; [`Error::IndexOutOfRange`] or
+/// [`Error::Aliasing`] for tensors outside the arena or overlapping.
+/// Checks that, without padding, every tap of every window lies inside its plane: the last
+/// window's last tap, `(OH - 1) * SH + KH - 1` and `(OW - 1) * SW + KW - 1`, is below `H` and
+/// `W` (what `PoolCall::lens` implies; checked again, since the loops read unchecked).
+fn check_windows(call: &PoolCall) -> Result<()> {
+    for d in 0..2 {
+        let last = call.out[d]
+            .checked_sub(1)
+            .and_then(|o| o.checked_mul(call.stride[d]))
+            .and_then(|o| o.checked_add(call.kernel[d] - 1));
+        if call.padding[d] != 0 || last.is_none_or(|l| l >= call.size[d]) {
+            return Err(Error::InvalidArgument {
+                what: "max_pool: a window outside the input",
+            });
+        }
+    }
+    Ok(())
+}
+
+#[inline(never)]
+pub fn max_pool(buf: &mut [f32], call: &PoolCall) -> Result<bool> {
+    let [kh, kw] = call.kernel;
+    let [sh, sw] = call.stride;
+    if !call.max || sh < kh || sw < kw || call.padding != [0, 0] {
+        return Ok(false);
+    }
+    let [xl, yl] = call.lens()?;
+    let [h, w] = call.size;
+    let [oh, ow] = call.out;
+    // Not zero (`lens` checked the sizes and that `planes` is not).
+    let (plane, oplane) = (h * w, oh * ow);
+    let at = |o: usize, n: usize| -> Result<core::ops::Range<usize>> {
+        let end = o.checked_add(n).ok_or(Error::IndexOutOfRange {
+            op: "max_pool",
+            index: o,
+            bound: usize::MAX,
+        })?;
+        Ok(o..end)
+    };
+    match call.pass {
+        PoolPass::Forward { x, y } => {
+            let (yb, [xb]) = split(buf, at(y, yl)?, [at(x, xl)?])?;
+            check_windows(call)?;
+            for (xp, yp) in xb.chunks_exact(plane).zip(yb.chunks_exact_mut(oplane)) {
+                let mut o = 0;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let base = oy * sh * w + ox * sw;
+                        let mut m = f32::MIN;
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                // SAFETY: `check_windows`: every tap of every window lies in
+                                // the plane (`base + ki * w + kj < h * w`).
+                                let v = unsafe { *xp.get_unchecked(base + ki * w + kj) };
+                                if (ki | kj) == 0 || v > m || v.is_nan() {
+                                    m = v;
+                                }
+                            }
+                        }
+                        // SAFETY: `o < oh * ow`, the length of `yp`.
+                        unsafe { *yp.get_unchecked_mut(o) = m };
+                        o += 1;
+                    }
+                }
+            }
+        }
+        PoolPass::Backward { x, y, dy, dx } => {
+            let (dxb, [xb, yb, dyb]) =
+                split(buf, at(dx, xl)?, [at(x, xl)?, at(y, yl)?, at(dy, yl)?])?;
+            check_windows(call)?;
+            let planes = dxb
+                .chunks_exact_mut(plane)
+                .zip(xb.chunks_exact(plane))
+                .zip(yb.chunks_exact(oplane).zip(dyb.chunks_exact(oplane)));
+            for ((dxp, xp), (yp, dyp)) in planes {
+                let mut o = 0;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let base = oy * sh * w + ox * sw;
+                        // SAFETY: `o < oh * ow`, the length of `yp` and `dyp`.
+                        let (m, g) = unsafe { (*yp.get_unchecked(o), *dyp.get_unchecked(o)) };
+                        o += 1;
+                        'window: for ki in 0..kh {
+                            for kj in 0..kw {
+                                let i = base + ki * w + kj;
+                                // SAFETY: as in the forward; `dxp` has the plane's length too.
+                                let v = unsafe { *xp.get_unchecked(i) };
+                                if v == m || (v.is_nan() && m.is_nan()) {
+                                    unsafe { *dxp.get_unchecked_mut(i) += g };
+                                    break 'window;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(true)
+}
