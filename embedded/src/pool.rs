@@ -8,17 +8,6 @@ use mote::backend::split;
 use mote::ops::conv::{PoolCall, PoolPass};
 use mote::{Error, Result};
 
-/// Max pooling's forward or backward pass ([`PoolPass`]) over the arena `buf`, with the core's
-/// results: the same maximum (the first tap's value, then any greater or NaN tap's,
-/// row-major), and the same gradient routing (to the first tap that holds the maximum; a zero
-/// gradient may keep a `-0.0` that the core's additions of `+0.0` would turn into `+0.0`).
-/// Returns `Ok(false)`, having done nothing, for average pooling, padding (kept out of the
-/// firmware's code) and windows that overlap (stride below the window: there the core's col2im
-/// sums a position's gradients in an order this loop does not follow).
-///
-/// # Errors
-/// [`Error::InvalidArgument`] for an inconsistent call; [`Error::IndexOutOfRange`] or
-/// [`Error::Aliasing`] for tensors outside the arena or overlapping.
 /// Checks that, without padding, every tap of every window lies inside its plane: the last
 /// window's last tap, `(OH - 1) * SH + KH - 1` and `(OW - 1) * SW + KW - 1`, is below `H` and
 /// `W` (what `PoolCall::lens` implies; checked again, since the loops read unchecked).
@@ -37,6 +26,17 @@ fn check_windows(call: &PoolCall) -> Result<()> {
     Ok(())
 }
 
+/// Max pooling's forward or backward pass ([`PoolPass`]) over the arena `buf`, with the core's
+/// results: the same maximum (the first tap's value, then any greater or NaN tap's,
+/// row-major), and the same gradient routing (to the first tap that holds the maximum; a zero
+/// gradient may keep a `-0.0` that the core's additions of `+0.0` would turn into `+0.0`).
+/// Returns `Ok(false)`, having done nothing, for average pooling, padding (kept out of the
+/// firmware's code) and windows that overlap (stride below the window: there the core's col2im
+/// sums a position's gradients in an order this loop does not follow).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an inconsistent call; [`Error::IndexOutOfRange`] or
+/// [`Error::Aliasing`] for tensors outside the arena or overlapping.
 #[inline(never)]
 pub fn max_pool(buf: &mut [f32], call: &PoolCall) -> Result<bool> {
     let [kh, kw] = call.kernel;

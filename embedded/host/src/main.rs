@@ -101,6 +101,9 @@ mod copy;
 mod pool;
 
 #[cfg(test)]
+mod hooked;
+
+#[cfg(test)]
 mod tests {
     use mote::ops::movement::{copy, Strided};
     use mote::{Rng, Shape};
@@ -208,10 +211,18 @@ mod tests {
             let out = [0, 1].map(|d| (size[d] + 2 * padding[d] - kernel[d]) / stride[d] + 1);
             let xl = planes * size[0] * size[1];
             let yl = planes * out[0] * out[1];
-            let special = [f32::NEG_INFINITY, f32::MIN, f32::NAN, -0.0];
+            // NaNs with distinct payloads: which one a window keeps is seen in its bits.
+            let special = [
+                f32::NEG_INFINITY,
+                f32::MIN,
+                f32::from_bits(0x7fc0_0001),
+                f32::from_bits(0xffc0_0002),
+                f32::from_bits(0x7fc0_0004),
+                -0.0,
+            ];
             let xs: Vec<f32> = (0..xl)
-                .map(|_| match draw(12) {
-                    0 => special[draw(4)],
+                .map(|_| match draw(10) {
+                    0 => special[draw(6)],
                     _ => draw(5) as f32 - 2.0,
                 })
                 .collect();
@@ -235,9 +246,12 @@ mod tests {
             let want_dx = t.grad_data(x).unwrap().unwrap().to_vec();
 
             // The firmware's, on an arena [x | y | dy | dx].
+            // `dx` starts non-zero: the backward must add to it.
+            let pre: Vec<f32> = (0..xl).map(|_| draw(5) as f32 * 0.25 - 0.5).collect();
             let mut buf = vec![0f32; 2 * xl + 2 * yl];
             buf[..xl].copy_from_slice(&xs);
             buf[xl + yl..xl + 2 * yl].copy_from_slice(&dys);
+            buf[xl + 2 * yl..].copy_from_slice(&pre);
             let call = |pass| PoolCall {
                 pass,
                 max: true,
@@ -271,6 +285,7 @@ mod tests {
             for (i, (a, b)) in buf[xl..xl + yl].iter().zip(&want_y).enumerate() {
                 assert_eq!(a.to_bits(), b.to_bits(), "case {case}: {fwd:?}: y[{i}]");
             }
+            let want_dx: Vec<f32> = want_dx.iter().zip(&pre).map(|(g, p)| p + g).collect();
             for (i, (a, b)) in buf[xl + 2 * yl..].iter().zip(&want_dx).enumerate() {
                 assert!(
                     a == b || (a.is_nan() && b.is_nan()),
