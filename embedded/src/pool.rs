@@ -8,6 +8,9 @@ use mote::backend::split;
 use mote::ops::conv::{PoolCall, PoolPass};
 use mote::{Error, Result};
 
+/// The most taps a window may have here (3 x 3, 2 x 4...): each one's offset is kept in a table.
+const MAX_TAPS: usize = 16;
+
 /// Checks that, without padding, every tap of every window lies inside its plane: the last
 /// window's last tap, `(OH - 1) * SH + KH - 1` and `(OW - 1) * SW + KW - 1`, is below `H` and
 /// `W` (what `PoolCall::lens` implies; checked again, since the loops read unchecked).
@@ -31,7 +34,7 @@ fn check_windows(call: &PoolCall) -> Result<()> {
 /// row-major), and the same gradient routing (to the first tap that holds the maximum; a zero
 /// gradient may keep a `-0.0` that the core's additions of `+0.0` would turn into `+0.0`).
 /// Returns `Ok(false)`, having done nothing, for average pooling, padding (kept out of the
-/// firmware's code) and windows that overlap (stride below the window: there the core's col2im
+/// firmware's code), windows of more than 16 taps and windows that overlap (stride below the window: there the core's col2im
 /// sums a position's gradients in an order this loop does not follow).
 ///
 /// # Errors
@@ -57,6 +60,17 @@ pub fn max_pool(buf: &mut [f32], call: &PoolCall) -> Result<bool> {
         })?;
         Ok(o..end)
     };
+    // Each tap's offset from its window's first element, row-major (windows of more taps than
+    // this table holds are left to the core).
+    let mut offs = [0usize; MAX_TAPS];
+    let taps = kh * kw;
+    if taps > MAX_TAPS {
+        return Ok(false);
+    }
+    for (t, o) in offs.iter_mut().take(taps).enumerate() {
+        *o = (t / kw) * w + t % kw;
+    }
+    let offs = offs.get(1..taps).unwrap_or(&[]);
     match call.pass {
         PoolPass::Forward { x, y } => {
             let (yb, [xb]) = split(buf, at(y, yl)?, [at(x, xl)?])?;
@@ -66,19 +80,18 @@ pub fn max_pool(buf: &mut [f32], call: &PoolCall) -> Result<bool> {
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let base = oy * sh * w + ox * sw;
-                        let mut m = f32::MIN;
-                        for ki in 0..kh {
-                            for kj in 0..kw {
-                                // SAFETY: `check_windows`: every tap of every window lies in
-                                // the plane (`base + ki * w + kj < h * w`).
-                                let v = unsafe { *xp.get_unchecked(base + ki * w + kj) };
-                                if (ki | kj) == 0 || v > m || v.is_nan() {
+                        // SAFETY: `check_windows`: every tap of every window lies in the plane
+                        // (`base + offset < h * w`); `o < oh * ow`, the length of `yp`.
+                        unsafe {
+                            let mut m = *xp.get_unchecked(base);
+                            for &t in offs {
+                                let v = *xp.get_unchecked(base + t);
+                                if v > m || v.is_nan() {
                                     m = v;
                                 }
                             }
+                            *yp.get_unchecked_mut(o) = m;
                         }
-                        // SAFETY: `o < oh * ow`, the length of `yp`.
-                        unsafe { *yp.get_unchecked_mut(o) = m };
                         o += 1;
                     }
                 }
@@ -97,20 +110,23 @@ pub fn max_pool(buf: &mut [f32], call: &PoolCall) -> Result<bool> {
                 for oy in 0..oh {
                     for ox in 0..ow {
                         let base = oy * sh * w + ox * sw;
-                        // SAFETY: `o < oh * ow`, the length of `yp` and `dyp`.
-                        let (m, g) = unsafe { (*yp.get_unchecked(o), *dyp.get_unchecked(o)) };
-                        o += 1;
-                        'window: for ki in 0..kh {
-                            for kj in 0..kw {
-                                let i = base + ki * w + kj;
-                                // SAFETY: as in the forward; `dxp` has the plane's length too.
-                                let v = unsafe { *xp.get_unchecked(i) };
-                                if v == m || (v.is_nan() && m.is_nan()) {
-                                    unsafe { *dxp.get_unchecked_mut(i) += g };
-                                    break 'window;
-                                }
+                        // SAFETY: as in the forward; `dxp` has the plane's length too, and
+                        // `yp`, `dyp` the output plane's.
+                        unsafe {
+                            let (m, g) = (*yp.get_unchecked(o), *dyp.get_unchecked(o));
+                            let hit = |v: f32| v == m || (v.is_nan() && m.is_nan());
+                            let at = if hit(*xp.get_unchecked(base)) {
+                                Some(base)
+                            } else {
+                                offs.iter()
+                                    .map(|&t| base + t)
+                                    .find(|&i| hit(*xp.get_unchecked(i)))
+                            };
+                            if let Some(i) = at {
+                                *dxp.get_unchecked_mut(i) += g;
                             }
                         }
+                        o += 1;
                     }
                 }
             }
