@@ -313,6 +313,15 @@ mod tests {
             out: [3, 3],
         };
         assert!(super::pool::max_pool(&mut buf, &ok).unwrap());
+        // More taps than its offset table holds: left to the core.
+        let wide = PoolCall {
+            kernel: [5, 4],
+            stride: [5, 4],
+            size: [5, 4],
+            out: [1, 1],
+            ..ok
+        };
+        assert!(!super::pool::max_pool(&mut buf, &wide).unwrap());
         let bad = [
             PoolCall { out: [4, 3], ..ok },
             PoolCall {
