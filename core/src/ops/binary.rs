@@ -218,6 +218,26 @@ pub fn backward<T: Float>(
         return;
     }
     let (ta, tb) = (sa.broadcast_strides(ys), sb.broadcast_strides(ys));
+    // The operand of the output's shape in a sum or difference takes the gradient element by
+    // element: its partial is the constant +1 or -1 (the same products as below, in the same
+    // order, without the walk over broadcast indices).
+    let constant = match (op, side) {
+        (BinaryOp::Add, _) | (BinaryOp::Sub, Side::Lhs) => Some(T::ONE),
+        (BinaryOp::Sub, Side::Rhs) => Some(-T::ONE),
+        _ => None,
+    };
+    if let Some(p) = constant {
+        let full = match side {
+            Side::Lhs => sa.numel() == n,
+            Side::Rhs => sb.numel() == n,
+        };
+        if full {
+            for (d, &g) in dx.iter_mut().zip(dy) {
+                *d += g * p;
+            }
+            return;
+        }
+    }
     walk(ys, ta, tb, |o, ia, ib| {
         if let (Some(&g), Some(&av), Some(&bv)) = (dy.get(o), a.get(ia), b.get(ib)) {
             let slot = match side {
@@ -305,6 +325,40 @@ mod tests {
             &mut db,
         );
         assert_eq!(db, [5.0, 7.0, 9.0]);
+    }
+
+    /// The full-size operand of a broadcast sum or difference takes `dx += +-g` element by
+    /// element (its own path); the broadcast one still sums over the stretched dimension.
+    #[test]
+    fn broadcast_sum_and_difference_backward() {
+        let a = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let b = [10.0, 20.0, 30.0];
+        let dy = [0.5, -1.0, 2.0, 0.25, -0.0, 3.0];
+        let (sa, sb, ys) = (s(&[2, 3]), s(&[3]), s(&[2, 3]));
+        let start = [1.0, -0.0, 0.0, 2.0, -0.0, 1.0];
+        // `d + g * 1.0`, as the general path computes it: bits, -0.0 included.
+        let mut want = start;
+        for (w, g) in want.iter_mut().zip(&dy) {
+            *w += g * 1.0;
+        }
+        for op in [BinaryOp::Add, BinaryOp::Sub] {
+            let mut d = start;
+            backward(op, Side::Lhs, &a, &sa, &b, &sb, &dy, &ys, &mut d);
+            assert_eq!(d.map(f32::to_bits), want.map(f32::to_bits));
+        }
+        let mut db = [0.0; 3];
+        backward(
+            BinaryOp::Sub,
+            Side::Rhs,
+            &a,
+            &sa,
+            &b,
+            &sb,
+            &dy,
+            &ys,
+            &mut db,
+        );
+        assert_eq!(db, [-(0.5 + 0.25), -(-1.0 + -0.0), -(2.0 + 3.0)]);
     }
 }
 
