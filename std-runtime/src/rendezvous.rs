@@ -252,9 +252,13 @@ pub fn step_timeout(var: impl Fn(&str) -> Option<String>) -> Result<Option<Durat
     if t == "off" {
         return Ok(None);
     }
-    match t.parse::<f64>().map(Duration::try_from_secs_f64) {
-        Ok(Ok(d)) if d.is_zero() => Ok(None),
-        Ok(Ok(d)) => Ok(Some(d)),
+    match t
+        .parse::<f64>()
+        .map(|s| (s, Duration::try_from_secs_f64(s)))
+    {
+        Ok((0.0, Ok(_))) => Ok(None),
+        // A positive value too small to count still watches (at least a millisecond).
+        Ok((_, Ok(d))) => Ok(Some(d.max(Duration::from_millis(1)))),
         _ => Err(
             Error::invalid(format!("MOTE_TIMEOUT={v}: not a number of seconds")).with_hint(
                 "for example MOTE_TIMEOUT=600; MOTE_TIMEOUT=off switches the watchdog off",

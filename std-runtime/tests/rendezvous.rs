@@ -159,6 +159,7 @@ fn the_step_timeout_comes_from_mote_timeout() {
     assert_eq!(set(" 0.5 ").unwrap(), Some(Duration::from_millis(500)));
     assert_eq!(set("0").unwrap(), None);
     assert_eq!(set("off").unwrap(), None);
+    assert_eq!(set("1e-12").unwrap(), Some(Duration::from_millis(1)));
     for bad in ["-3", "ten", "inf", "NaN", "1e20", ""] {
         let e = set(bad).unwrap_err().to_string();
         assert!(e.contains("MOTE_TIMEOUT"), "{bad}: {e}");

@@ -516,3 +516,57 @@ fn shared_memory_buckets_equal_the_all_reduce_after_the_backward() {
         assert_eq!(runs[0], runs[2], "{n} replicas, one bucket");
     }
 }
+
+/// A rank whose forward fails (a label out of range in its shard) still sends its gradient
+/// buckets during the step, so that the other rank's step ends instead of waiting in a
+/// collective; the failing rank reports its error.
+#[test]
+fn a_failing_rank_still_sends_its_buckets() {
+    let (spec, config, _) = setup(1, Schedule::Constant, None);
+    let floats = arena_floats(&spec, &ADAM, config.batch);
+    let rows = 8;
+    let inputs = spec.inputs();
+    let x: Vec<f32> = (0..rows * inputs).map(|i| (i % 7) as f32 * 0.1).collect();
+    // Rank 0 takes rows 0..4: one label out of range there.
+    let labels: Vec<usize> = vec![1, 2, 99, 3, 4, 5, 6, 7];
+    let shared = std::sync::Arc::new((
+        std::sync::Mutex::new(vec![Vec::new(); 2]),
+        std::sync::Barrier::new(2),
+    ));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for rank in 0..2 {
+        let (spec, shared, x, labels, tx) = (
+            spec.clone(),
+            shared.clone(),
+            x.clone(),
+            labels.clone(),
+            tx.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut mem = vec![0f32; floats];
+            let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
+            let reduce = Ranked {
+                rank,
+                world: 2,
+                shared,
+                buckets: Some(1000),
+                plan: None,
+                weight: 0.0,
+                early: Default::default(),
+                fresh: Default::default(),
+            };
+            let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
+            let r = train::Learner::train_step(&mut dp, &x, rows, &labels, &[]);
+            tx.send((rank, r.is_ok())).unwrap();
+        });
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a rank is stuck waiting in a collective");
+        got.push(r);
+    }
+    got.sort();
+    assert_eq!(got, [(0, false), (1, true)]);
+}

@@ -220,7 +220,8 @@ pub fn backward<T: Float>(
     let (ta, tb) = (sa.broadcast_strides(ys), sb.broadcast_strides(ys));
     // The operand of the output's shape in a sum or difference takes the gradient element by
     // element: its partial is the constant +1 or -1 (the same products as below, in the same
-    // order, without the walk over broadcast indices).
+    // order, without the walk over broadcast indices; the same values, though where both the
+    // gradient and `g` are NaN, which NaN payload survives may differ).
     let constant = match (op, side) {
         (BinaryOp::Add, _) | (BinaryOp::Sub, Side::Lhs) => Some(T::ONE),
         (BinaryOp::Sub, Side::Rhs) => Some(-T::ONE),
@@ -359,6 +360,16 @@ mod tests {
             &mut db,
         );
         assert_eq!(db, [-(0.5 + 0.25), -(-1.0 + -0.0), -(2.0 + 3.0)]);
+        // The right operand full-size (the left one broadcast): `dx += g * +-1`.
+        let mut minus = start;
+        for (w, g) in minus.iter_mut().zip(&dy) {
+            *w += g * -1.0;
+        }
+        for (op, want) in [(BinaryOp::Add, want), (BinaryOp::Sub, minus)] {
+            let mut d = start;
+            backward(op, Side::Rhs, &b, &sb, &a, &sa, &dy, &ys, &mut d);
+            assert_eq!(d.map(f32::to_bits), want.map(f32::to_bits), "{op:?}");
+        }
     }
 }
 

@@ -111,16 +111,16 @@ impl TrainJob {
             .map_err(cuda)?;
             models.push(self.model_on(backend)?);
         }
+        // Watches NCCL's set-up too, and outlives the learner: its drop (NCCL's teardown) is
+        // watched as well. One GPU has no peer to wait for.
+        let mut dog = step_timeout
+            .filter(|_| gpus > 1)
+            .map(|t| watchdog(format!("--gpus {gpus}"), t));
         let nccl = {
             let backends: Vec<&Cuda> = models.iter().map(|m| m.tape.backend()).collect();
             Nccl::local(&backends).map_err(cuda)?
         };
         let learner = Replicas::with_reduce(models, NcclReduce::new(nccl))?;
-        // Outlives the learner: its drop (NCCL's teardown) is watched too. One GPU has no peer
-        // to wait for.
-        let mut dog = step_timeout
-            .filter(|_| gpus > 1)
-            .map(|t| watchdog(format!("--gpus {gpus}"), t));
         self.train_watched(learner, dog.as_mut().map(|d| d as &mut dyn Callback))
     }
 

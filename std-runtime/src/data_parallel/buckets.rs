@@ -36,11 +36,20 @@ impl Buckets {
     /// its own; there is at least one bucket when there is a region.
     ///
     /// # Errors
-    /// [`Error::Aliasing`] for regions not in increasing, disjoint order.
+    /// [`Error::Aliasing`] for regions not in increasing, disjoint order;
+    /// [`Error::InvalidArgument`] for regions whose ends or total length overflow.
     pub fn new(regions: Vec<(usize, usize)>, floats: usize) -> Result<Buckets> {
-        if regions
-            .windows(2)
-            .any(|w| w[0].0.checked_add(w[0].1).is_none_or(|end| end > w[1].0))
+        let ends: Option<Vec<usize>> = regions.iter().map(|r| r.0.checked_add(r.1)).collect();
+        let total = regions.iter().try_fold(0usize, |a, r| a.checked_add(r.1));
+        let (Some(ends), Some(_)) = (ends, total) else {
+            return Err(Error::InvalidArgument {
+                what: "data parallel: gradient regions that overflow",
+            });
+        };
+        if ends
+            .iter()
+            .zip(regions.iter().skip(1))
+            .any(|(&end, next)| end > next.0)
         {
             return Err(Error::Aliasing);
         }
@@ -202,7 +211,8 @@ impl Staged {
     /// The all-reduce of `replicas` replicas over the buckets of `plan`.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for no replicas.
+    /// [`Error::InvalidArgument`] for no replicas, or staging memory (`replicas + 1` copies of
+    /// the gradients) that cannot be had.
     pub fn new(plan: Buckets, replicas: usize) -> Result<Staged> {
         if replicas == 0 {
             return Err(Error::InvalidArgument {
@@ -210,10 +220,28 @@ impl Staged {
             });
         }
         let n = plan.len();
-        let slot = |b: usize| Mutex::new(vec![0.0; plan.floats(b)]);
+        let too_big = Error::InvalidArgument {
+            what: "data parallel: the all-reduce's staging memory is too large",
+        };
+        // One slot per bucket and replica, and the sums: `replicas + 1` copies of the gradients.
+        let total = plan.regions.iter().map(|r| r.1).sum::<usize>();
+        let copies = replicas.checked_add(1).and_then(|c| total.checked_mul(c));
+        if n.checked_mul(replicas).is_none() || copies.is_none_or(|t| t > isize::MAX as usize / 4) {
+            return Err(too_big);
+        }
+        let zeros = |len: usize| -> Result<Mutex<Vec<f32>>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(len).map_err(|_| too_big)?;
+            v.resize(len, 0.0);
+            Ok(Mutex::new(v))
+        };
         Ok(Staged {
-            slots: (0..n * replicas).map(|i| slot(i / replicas)).collect(),
-            sums: (0..n).map(slot).collect(),
+            slots: (0..n * replicas)
+                .map(|i| zeros(plan.floats(i / replicas)))
+                .collect::<Result<_>>()?,
+            sums: (0..n)
+                .map(|b| zeros(plan.floats(b)))
+                .collect::<Result<_>>()?,
             arrived: (0..n).map(|_| AtomicUsize::new(0)).collect(),
             staged: (0..n * replicas).map(|_| AtomicBool::new(false)).collect(),
             weights: vec![0.0; replicas],
@@ -264,7 +292,7 @@ impl Staged {
         let bad = Error::InvalidArgument {
             what: "data parallel: replica or bucket out of range",
         };
-        if r >= self.replicas {
+        if r >= self.replicas || b >= self.plan.len() {
             return Err(bad);
         }
         let w = *self.weights.get(r).ok_or(bad)?;
@@ -447,5 +475,23 @@ mod tests {
     fn overlapping_regions_are_refused() {
         assert_eq!(Buckets::new(vec![(0, 5), (4, 2)], 8), Err(Error::Aliasing));
         assert!(Buckets::new(vec![], 8).unwrap().is_empty());
+        // Ends or totals past usize: errors, not panics.
+        assert!(Buckets::new(vec![(usize::MAX - 1, 4)], 16).is_err());
+        assert!(Buckets::new(vec![(0, 1), (1, usize::MAX)], 8).is_err());
+        let half = usize::MAX / 2 + 1;
+        assert!(Buckets::new(vec![(0, half), (half, half - 1)], 8).is_ok());
+        assert!(Buckets::new(vec![(0, half), (half, half)], 8).is_err());
+        // Staging memory that cannot be had: errors, not aborts.
+        let huge = Buckets::new(vec![(0, usize::MAX / 8)], 8).unwrap();
+        assert!(Staged::new(huge.clone(), 2).is_err());
+        assert!(Staged::new(huge, usize::MAX).is_err());
+        // A bucket out of range.
+        let mut mem = vec![0.0f32; 16];
+        let mut t = Tape::<mote::Cpu<f32>, 4>::new(&mut mem);
+        t.param(&[2], &[1.0, 2.0]).unwrap();
+        let mut st = Staged::new(Buckets::of(&t, 8).unwrap(), 2).unwrap();
+        st.begin(&[0.5, 0.5]).unwrap();
+        assert!(st.arrive(0, usize::MAX, &t).is_err());
+        assert!(st.arrive(1, 1, &t).is_err());
     }
 }
