@@ -45,7 +45,7 @@ mod backend;
 pub mod bench;
 mod device;
 pub mod error;
-mod graph;
+pub mod graph;
 pub mod kernels;
 pub mod nccl;
 mod ops;

@@ -3,7 +3,7 @@
 //! | loss | value | gradient |
 //! | --- | --- | --- |
 //! | `Mse` | mean((p - t)^2) | dp = 2 (p - t) / n, dt = -dp |
-//! | `CrossEntropy` | mean_i (logsumexp(z_i) - z_i[label_i]) | dz_i = (softmax(z_i) - onehot(label_i)) / N |
+//! | `CrossEntropy` | `mean_i (logsumexp(z_i) - z_i[label_i])` | dz_i = (softmax(z_i) - onehot(label_i)) / N |
 //! | `BceWithLogits` | mean(max(x, 0) - x t + ln(1 + e^-abs(x))) | dx = (sigmoid(x) - t) / n, dt = -x / n |
 //!
 //! Cross-entropy takes logits `[N, C]` and class labels `[N]` stored as floats (exact integers
