@@ -295,7 +295,13 @@ impl Dog {
 
 impl Watchdog {
     /// Starts the clock.
-    pub fn new(timeout: Duration, on_timeout: impl FnOnce(Duration) + Send + 'static) -> Watchdog {
+    ///
+    /// # Errors
+    /// `Invalid` when the system cannot start the watchdog's thread.
+    pub fn new(
+        timeout: Duration,
+        on_timeout: impl FnOnce(Duration) + Send + 'static,
+    ) -> Result<Watchdog> {
         use std::sync::atomic::Ordering;
         let state = std::sync::Arc::new(Dog {
             start: Instant::now(),
@@ -306,23 +312,26 @@ impl Watchdog {
         let limit = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
         // Checks a few times per timeout, at least once a second.
         let tick = (timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(1));
-        let thread = std::thread::spawn(move || loop {
-            std::thread::park_timeout(tick);
-            if dog.stop.load(Ordering::Acquire) {
-                return;
-            }
-            let waited = dog
-                .now_ms()
-                .saturating_sub(dog.last.load(Ordering::Acquire));
-            if waited >= limit {
-                on_timeout(Duration::from_millis(waited));
-                return;
-            }
-        });
-        Watchdog {
+        let spawned = std::thread::Builder::new()
+            .name("mote-watchdog".into())
+            .spawn(move || loop {
+                std::thread::park_timeout(tick);
+                if dog.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                let waited = dog
+                    .now_ms()
+                    .saturating_sub(dog.last.load(Ordering::Acquire));
+                if waited >= limit {
+                    on_timeout(Duration::from_millis(waited));
+                    return;
+                }
+            });
+        let thread = spawned.map_err(|e| Error::invalid(format!("the watchdog's thread: {e}")))?;
+        Ok(Watchdog {
             state,
             thread: Some(thread),
-        }
+        })
     }
 
     /// Progress: restarts the clock.

@@ -174,7 +174,7 @@ fn a_watchdog_fires_once_only_when_the_steps_stop() {
     use std::sync::mpsc;
     let timeout = Duration::from_millis(800);
     let (tx, rx) = mpsc::channel();
-    let dog = Watchdog::new(timeout, move |waited| tx.send(waited).unwrap());
+    let dog = Watchdog::new(timeout, move |waited| tx.send(waited).unwrap()).unwrap();
     // 1.6 s of beats, 20 ms apart: twice the timeout in all.
     for _ in 0..80 {
         std::thread::sleep(Duration::from_millis(20));
@@ -192,7 +192,7 @@ fn a_watchdog_fires_once_only_when_the_steps_stop() {
     drop(dog);
 
     let (tx, rx) = mpsc::channel::<Duration>();
-    let dog = Watchdog::new(Duration::from_secs(30), move |w| tx.send(w).unwrap());
+    let dog = Watchdog::new(Duration::from_secs(30), move |w| tx.send(w).unwrap()).unwrap();
     let t = std::time::Instant::now();
     drop(dog);
     assert!(

@@ -115,7 +115,8 @@ impl TrainJob {
         // watched as well. One GPU has no peer to wait for.
         let mut dog = step_timeout
             .filter(|_| gpus > 1)
-            .map(|t| watchdog(format!("--gpus {gpus}"), t));
+            .map(|t| watchdog(format!("--gpus {gpus}"), t))
+            .transpose()?;
         let nccl = {
             let backends: Vec<&Cuda> = models.iter().map(|m| m.tape.backend()).collect();
             Nccl::local(&backends).map_err(cuda)?
@@ -150,7 +151,7 @@ impl TrainJob {
         // Watches NCCL's set-up too (it waits for every rank with no limit), and outlives the
         // learner: its drop (NCCL's teardown) is watched as well.
         let what = format!("rank {} of {}", launch.rank, launch.world);
-        let mut dog = step_timeout.map(|t| watchdog(what, t));
+        let mut dog = step_timeout.map(|t| watchdog(what, t)).transpose()?;
         let nccl = Nccl::rank(&backend, launch.rank, launch.world, &id).map_err(cuda)?;
         // Every rank has joined: the id file is spent (a rerun on the same path must not
         // find it).
@@ -245,7 +246,7 @@ impl TrainJob {
 /// within `timeout` (`MOTE_TIMEOUT`), it says so and aborts the process, which may be stuck
 /// inside the GPU driver waiting for a rank that failed.
 #[cfg(feature = "cuda")]
-fn watchdog(what: String, timeout: std::time::Duration) -> crate::rendezvous::Watchdog {
+fn watchdog(what: String, timeout: std::time::Duration) -> Result<crate::rendezvous::Watchdog> {
     crate::rendezvous::Watchdog::new(timeout, move |waited| {
         eprintln!(
             "mote: {what}: no training step finished in {:.0} s (MOTE_TIMEOUT): a rank or GPU \
