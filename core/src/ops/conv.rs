@@ -358,13 +358,15 @@ impl ConvCall {
         {
             return Err(bad);
         }
-        for d in 0..2 {
-            let at = |v: [usize; 2]| v.get(d).copied().unwrap_or(0);
-            let (n, k, dl) = (at(self.size), at(self.kernel), at(self.dilation));
-            let out = out_len(n, k, at(self.stride), at(self.padding), dl);
-            if n == 0 || k == 0 || dl == 0 || out != Some(at(self.out)) {
-                return Err(bad);
-            }
+        if !axes_follow(
+            self.size,
+            self.kernel,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.out,
+        ) {
+            return Err(bad);
         }
         let [h, w] = self.size;
         let [oh, ow] = self.out;
@@ -382,6 +384,24 @@ impl ConvCall {
             _ => Err(bad),
         }
     }
+}
+
+/// Whether, on both axes, the size, window and dilation are not zero and the output size
+/// follows from them, the stride and the padding (what a convolution's or a pooling's call
+/// states).
+fn axes_follow(
+    size: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    out: [usize; 2],
+) -> bool {
+    (0..2).all(|d| {
+        let at = |v: [usize; 2]| v.get(d).copied().unwrap_or(0);
+        let (n, k, dl) = (at(size), at(kernel), at(dilation));
+        n != 0 && k != 0 && dl != 0 && out_len(n, k, at(stride), at(padding), dl) == Some(at(out))
+    })
 }
 
 /// Which pass of a 2-D pooling a [`PoolCall`] asks for, and where its tensors lie (arena
@@ -447,13 +467,15 @@ impl PoolCall {
         if self.planes == 0 {
             return Err(bad);
         }
-        for d in 0..2 {
-            let at = |v: [usize; 2]| v.get(d).copied().unwrap_or(0);
-            let (n, k) = (at(self.size), at(self.kernel));
-            let out = out_len(n, k, at(self.stride), at(self.padding), 1);
-            if n == 0 || k == 0 || out != Some(at(self.out)) {
-                return Err(bad);
-            }
+        if !axes_follow(
+            self.size,
+            self.kernel,
+            self.stride,
+            self.padding,
+            [1, 1],
+            self.out,
+        ) {
+            return Err(bad);
         }
         let [h, w] = self.size;
         let [oh, ow] = self.out;
