@@ -752,22 +752,14 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         self.reduce.begin(&mut self.models, &weights)?;
         let results = self.reduce.each(&mut self.models, |r, m, red| {
             let (lo, hi) = (bounds(r), bounds(r + 1));
-            let Some(plan) = red.buckets() else {
-                if lo == hi {
-                    // No rows: zeroed gradients (weight 0 in the sum).
-                    m.tape.rewind(m.start)?;
-                    return Ok((0.0, 0));
-                }
-                let xs = x.get(lo * ins..hi * ins).unwrap_or(&[]);
-                let yc = y_class.get(lo..hi).unwrap_or(&[]);
-                let yv = y_value.get(lo..hi).unwrap_or(&[]);
-                return m.forward_backward(xs, hi - lo, yc, yv);
-            };
-            // Each bucket goes to the all-reduce as soon as this replica's backward finishes
-            // it; the reducer's own error is kept (the tape only carries core errors).
-            let mut tracker = plan.tracker();
+            // When the reducer overlaps the backward, each bucket goes to it as soon as this
+            // replica's backward finishes the bucket; the reducer's own error is kept (the tape
+            // only carries core errors).
+            let plan = red.buckets();
+            let mut tracker = plan.map(Buckets::tracker);
             let mut failed = None;
             let out = if lo == hi {
+                // No rows: zeroed gradients (weight 0 in the sum).
                 m.tape
                     .rewind(m.start)
                     .map(|()| (0.0, 0))
@@ -776,27 +768,30 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
                 let xs = x.get(lo * ins..hi * ins).unwrap_or(&[]);
                 let yc = y_class.get(lo..hi).unwrap_or(&[]);
                 let yv = y_value.get(lo..hi).unwrap_or(&[]);
-                let hook = |t: &mut Tape<B, NODES>, p: Var| -> Result<()> {
-                    // Every bucket handed on goes out, even after one failed: the tracker
-                    // counts them sent.
-                    for b in tracker.ready(plan, t, p)? {
-                        if let Err(e) = red.bucket_ready(r, t, b) {
-                            failed.get_or_insert(e);
+                let failed = &mut failed;
+                let hook = plan.zip(tracker.as_mut()).map(|(plan, tracker)| {
+                    move |t: &mut Tape<B, NODES>, p: Var| -> Result<()> {
+                        // Every bucket handed on goes out, even after one failed: the tracker
+                        // counts them sent.
+                        for b in tracker.ready(plan, t, p)? {
+                            if let Err(e) = red.bucket_ready(r, t, b) {
+                                failed.get_or_insert(e);
+                            }
+                        }
+                        match failed {
+                            Some(_) => Err(Error::InvalidArgument {
+                                what: "data parallel: a bucket's all-reduce failed",
+                            }),
+                            None => Ok(()),
                         }
                     }
-                    match failed {
-                        Some(_) => Err(Error::InvalidArgument {
-                            what: "data parallel: a bucket's all-reduce failed",
-                        }),
-                        None => Ok(()),
-                    }
-                };
-                m.forward_backward_with(xs, hi - lo, yc, yv, Some(hook))
+                });
+                m.forward_backward_with(xs, hi - lo, yc, yv, hook)
             };
             // On an error too, the buckets not handed on yet go out (best effort): other ranks
             // wait in their collectives for this one's, and would hang without them.
             let mut rest = Ok(());
-            for b in tracker.rest() {
+            for b in tracker.as_mut().map_or(0..0, Tracker::rest) {
                 if let Err(e) = red.bucket_ready(r, &mut m.tape, b) {
                     rest = rest.and(Err(e));
                 }
