@@ -577,9 +577,6 @@ impl Cuda {
 
     /// Runs queued work that the backend batches (the optimizer's updates).
     pub(crate) fn flush(&self) -> Result<()> {
-        // Most entry points flush first: this binds the context for them on a thread where
-        // another (or none) is current.
-        self.bind()?;
         if self.adam_queue.borrow().is_empty() {
             return Ok(());
         }
@@ -620,10 +617,9 @@ impl Cuda {
 // contexts, streams, functions and events are; `RefCell` and `Cell` are). A cuBLAS handle is not
 // tied to a host thread: one thread after another may use it, as long as their calls do not
 // overlap and the handle's device context is current; the backend binds its context before
-// its launches, cuBLAS calls and driver copies (`Cuda::bind`, also through `Cuda::flush`,
-// which most entry points call first). `Cuda` is not `Sync`, so moving one to another
-// thread hands over its exclusive use: what data-parallel training does with one thread per
-// GPU.
+// its launches, cuBLAS calls, driver copies and memsets (`Cuda::bind`). `Cuda` is not `Sync`,
+// so moving one to another thread hands over its exclusive use: what data-parallel training
+// does with one thread per GPU.
 unsafe impl Send for Cuda {}
 
 impl Drop for Cuda {

@@ -107,6 +107,7 @@ impl Cuda {
             ));
         }
         self.flush()?;
+        self.bind()?;
         let out = self.status + 64;
         // SAFETY: the double lies in the status area of our allocation.
         unsafe { drv::memset_d8_async(out, 0, 8, self.cu()) }
