@@ -1,7 +1,9 @@
 //! Data-parallel replicas against intra-op threads on the same workloads (`WORKLOADS.md`):
 //! one tape on the multithreaded backend, against N replicas on threads, each on a shard of
 //! the batch (`mote_runtime::data_parallel`), each replica's tape on the multithreaded backend
-//! or on the serial one (what `mote train --replicas N` runs).
+//! or on the serial one (what `mote train --replicas N` runs). Replicas run on rayon's threads,
+//! where the multithreaded backend keeps its work on the calling thread (the replicas already
+//! occupy the cores), so its column measures its kernels on one thread per replica.
 //!
 //! Run: `cargo run --release -p mote-runtime --example replicas [steps]`
 

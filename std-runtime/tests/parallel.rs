@@ -412,30 +412,39 @@ proptest! {
 }
 
 #[test]
-fn large_products_on_the_gemm_threads() {
-    // Over the threshold from which one product runs on the `gemm` crate's threads.
-    let (m, n, k) = (300, 400, 300);
-    for layout in 0..4 {
-        for accumulate in [false, true] {
-            let g0 = Gemm {
-                batch: 1,
-                m,
-                n,
-                k,
-                a: 0,
-                a_trans: layout & 1 == 1,
-                a_batch: 0,
-                b: m * k,
-                b_trans: layout & 2 == 2,
-                b_batch: 0,
-                c: m * k + k * n,
-                c_batch: 0,
-                accumulate,
-            };
-            let mem: Vec<f32> = random(m * k + k * n + m * n, layout, -1.0, 1.0);
-            let (r1, m1, r2, m2) = both!(mem, |b| b.gemm(&g0));
-            assert_eq!(r1, r2);
-            assert_close(&m1, &m2, 1e-4, "large gemm");
+fn products_split_into_blocks_over_the_threads() {
+    // Over the threshold (2^20 multiply-adds) from which one product is split into blocks of
+    // C: with two threads, two column blocks (odd width), two row blocks (too few columns),
+    // too small to split either way, and a large product.
+    for (m, n, k) in [
+        (17, 201, 400),
+        (201, 17, 400),
+        (20, 20, 3000),
+        (300, 400, 300),
+    ] {
+        for layout in 0..4 {
+            for accumulate in [false, true] {
+                let g0 = Gemm {
+                    batch: 1,
+                    m,
+                    n,
+                    k,
+                    a: 0,
+                    a_trans: layout & 1 == 1,
+                    a_batch: 0,
+                    b: m * k,
+                    b_trans: layout & 2 == 2,
+                    b_batch: 0,
+                    c: m * k + k * n,
+                    c_batch: 0,
+                    accumulate,
+                };
+                let mem: Vec<f32> = random(m * k + k * n + m * n, layout, -1.0, 1.0);
+                let (r1, m1, r2, m2) = both!(mem, |b| b.gemm(&g0));
+                assert_eq!(r1, r2);
+                let what = format!("{m} x {n} x {k}, layout {layout}, accumulate {accumulate}");
+                assert_close(&m1, &m2, 1e-5 * (k as f64).sqrt(), &what);
+            }
         }
     }
 }

@@ -27,8 +27,8 @@
 //! - **weight gradient**: `dw[o, (c, i, j)] += sum_p x[c, p + off(i, j)] dy[o, p]` over every
 //!   image and output position: with `dy` transposed to positions x channels, [`weights_tile`]
 //!   broadcasts 6 input values per position into 4 vectors of 16 output channels (24
-//!   accumulators), and adds its block into a per-thread `dw^T`; the threads' blocks are summed
-//!   at the end.
+//!   accumulators), and adds its block into the `dw^T` of its split of the images (about four
+//!   splits per thread); the splits' sums are added in order at the end.
 //!
 //! Kernels for AVX-512 (16 lanes, 32 registers: tiles of 8 x 48 and 6 x 64) and for AVX2 with
 //! FMA (8 lanes, 16 registers: 4 x 24 and 6 x 16), the same code over [`Isa`].
@@ -37,7 +37,7 @@
 //! finite: the input gradient multiplies the zero padding around `dy` by every weight, so an
 //! infinite weight makes NaN at the image's border where im2col (which never computes those
 //! taps) leaves the infinity or a finite value. The scratch (padded planes, flat results,
-//! gathered weights, per-thread `dw^T`) is the backend's own, on the heap, not the arena's.
+//! gathered weights, per-split `dw^T`) is the backend's own, on the heap, not the arena's.
 //!
 //! Measured on the conv2d workload's layer (batch 64, 32 -> 64 channels, 3x3, 32x32) on one
 //! core of the 2-core development machine (Xeon, AVX-512): 158 GFLOP/s for the forward's
@@ -57,9 +57,9 @@ use std::arch::x86_64::{
 use mote::backend::split;
 use mote::ops::conv::{ConvCall, ConvPass};
 use mote::{Error, Result};
-use rayon::prelude::*;
 
 use super::gemm::MID;
+use super::team;
 
 /// Weight-gradient rows (channel-taps) of a [`weights_tile`].
 const TAPS: usize = 6;
@@ -655,11 +655,23 @@ impl Spatial {
             }
         };
         if par {
-            let min = tasks.len().div_ceil(4 * threads);
-            tasks
-                .into_par_iter()
-                .with_min_len(min)
-                .for_each_init(scratch, one);
+            // About four groups of tasks per thread, each with its own scratch.
+            let min = tasks.len().div_ceil(4 * threads).max(1);
+            let mut groups = Vec::new();
+            let mut rest = tasks.into_iter();
+            loop {
+                let group: Vec<Task> = rest.by_ref().take(min).collect();
+                if group.is_empty() {
+                    break;
+                }
+                groups.push(group);
+            }
+            team::for_each(groups, |group| {
+                let mut s = scratch();
+                for t in group {
+                    one(&mut s, t);
+                }
+            });
         } else {
             let mut s = scratch();
             for t in tasks {
@@ -899,13 +911,14 @@ fn weight_grad<I: Isa>(
     };
     let total = if let Some(threads) = threads {
         // Few splits (each a fresh dw^T and scratch), but more than threads, so that a thread
-        // slowed down by another process is helped out.
-        (0..c.images)
-            .into_par_iter()
-            .with_min_len(c.images.div_ceil(4 * threads))
-            .fold(fresh, one)
-            .map(|st| st.0)
-            .reduce_with(|mut a, b| {
+        // slowed down by another process is helped out; their sums added in order.
+        let per = c.images.div_ceil(4 * threads).max(1);
+        let splits = (0..c.images)
+            .step_by(per)
+            .map(|s| s..(s + per).min(c.images));
+        team::map(splits, |images| images.fold(fresh(), one).0)
+            .into_iter()
+            .reduce(|mut a, b| {
                 for (a, b) in a.iter_mut().zip(&b) {
                     *a += b;
                 }

@@ -10,19 +10,20 @@ use std::any::TypeId;
 use gemm::Parallelism;
 use mote::ops::matmul::{self, Gemm};
 use mote::Float;
-use rayon::prelude::*;
 
-use super::simd;
+use super::{simd, team};
 
 /// Multiply-adds (`m n k`) below which the core's kernel beats the `gemm` crate's fixed cost per
 /// call (measured on W-seed: the crate wins from 64 x 10 x 8 on).
 const SMALL: usize = 8 * 8 * 8;
 
-/// Multiply-adds from which one product runs on the `gemm` crate's threads. High, because
-/// waking the pool's sleeping threads costs 30-100 us on the 2-core virtual machines measured
-/// (a `rayon::join` after a pause: see `examples/bench_join.rs`); a 128 x 256 x 784 product
-/// (W-mnist's largest) is faster on one thread there.
-const PAR: usize = 1 << 25;
+/// Multiply-adds from which one product is split into blocks of C over the team's threads (see
+/// [`grid`]), each block on the crate's single-thread kernels: about 15 us of work on one
+/// thread of the development machine, against a microsecond to hand a task to a spinning
+/// worker. W-mnist's 128 x 256 x 784 product takes 187 us so against 352 us on one thread
+/// (`examples/bench_team.rs`); the crate's own threads (on rayon's pool, asleep between
+/// products) took 390 us, and as long as one thread up to 2^25 multiply-adds.
+const PAR: usize = 1 << 20;
 
 /// Multiply-adds of all products of a batch from which they are spread over the threads as
 /// tasks of blocks of C (see [`tiles`]).
@@ -141,26 +142,27 @@ fn one<T: Float>(
     true
 }
 
-/// One unbatched product, on the crate's threads from `par_from` multiply-adds, else on the
-/// calling thread. Returns false (having done nothing) when a slice is too short or `T` is not
-/// supported.
-#[allow(clippy::too_many_arguments)]
-fn product<T: Float>(
-    g: &Gemm,
-    a: &[T],
-    b: &[T],
-    c: &mut [T],
-    accumulate: bool,
-    threads: usize,
-    par_from: usize,
-) -> bool {
+/// One unbatched product (`g.batch` is 1), in blocks over the threads from [`PAR`]
+/// multiply-adds, else on the calling thread. Returns false (having done nothing) when a slice
+/// is too short or `T` is not supported.
+fn product<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize) -> bool {
     let work = g.m.saturating_mul(g.n).saturating_mul(g.k);
-    let par = if work >= par_from && threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    one(g, a, b, c, accumulate, par)
+    (work >= PAR && threads > 1 && tiles(g, a, b, c, threads))
+        || one(g, a, b, c, g.accumulate, Parallelism::None)
+}
+
+/// Blocks of C `(row_chunks, col_chunks)` for one product over `threads`: one block per
+/// thread, as near square as the factorisations of `threads` allow (the larger smallest side;
+/// columns first on a tie: measured on the development machine, 128 x 256 x 784 took 187 us in
+/// two column blocks, 208 us in two row blocks, 216 us in four), each at least 16 x 16; `None`
+/// when C is too small for that (a thread count with no fitting factorisation, such as 3 for a
+/// C 20 wide and 40 tall, stays on one thread).
+fn grid(m: usize, n: usize, threads: usize) -> Option<(usize, usize)> {
+    (1..=threads)
+        .filter(|rc| threads.is_multiple_of(*rc))
+        .map(|rc| (rc, threads / rc))
+        .filter(|&(rc, cc)| m / rc >= 16 && n / cc >= 16)
+        .max_by_key(|&(rc, cc)| ((m / rc).min(n / cc), cc))
 }
 
 /// Rows of C per task below which a product is not split by rows (the crate's AVX-512 f32
@@ -192,38 +194,50 @@ unsafe impl<T: Send> Send for Dst<T> {}
 // SAFETY: as for `Send`: the tasks share the address, never an element.
 unsafe impl<T: Send> Sync for Dst<T> {}
 
-/// A batched product over the threads as tasks of blocks of C, each on the crate's
-/// single-thread kernels: `(image, block)` tasks for separate outputs, block tasks looping over
-/// the batch for a shared (summed) C. Blocks split rows first (each task packs its columns of B
-/// again), columns where rows run short, so that a convolution's pass of three images on two
-/// threads still makes six even tasks. Returns false (having done nothing) where tasks would
-/// not even out over the threads, outputs overlap without being shared, or a slice is short.
+/// A product over the threads as tasks of blocks of C, each on the crate's single-thread
+/// kernels: `(image, block)` tasks for separate outputs, block tasks looping over the batch for
+/// a shared (summed) C. One product splits by [`grid`]; a batch's blocks split rows first (each
+/// task packs its columns of B again), columns where rows run short, so that a convolution's
+/// pass of three images on two threads still makes six even tasks. Returns false (having done
+/// nothing) where one product's C is too small for [`grid`], a batch's tasks would not even
+/// out over the threads, outputs overlap without being shared, or a slice is short.
 fn tiles<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize) -> bool {
     let mn = g.m * g.n;
     let shared = g.c_batch == 0;
-    if !shared && g.c_batch < mn {
+    if g.batch > 1 && !shared && g.c_batch < mn {
         return false;
     }
-    // Two tasks per thread (uneven tasks even out), in blocks of at least ROWS x COLS; one per
-    // thread for a shared C (whose tasks are already a whole batch long).
-    let per_product = if shared {
-        threads
+    let (row_chunks, col_chunks) = if g.batch == 1 {
+        match grid(g.m, g.n, threads) {
+            Some(rc) => rc,
+            None => return false,
+        }
     } else {
-        (2 * threads).div_ceil(g.batch)
+        // Two tasks per thread (uneven tasks even out), in blocks of at least ROWS x COLS;
+        // one per thread for a shared C (whose tasks are already a whole batch long).
+        let per_product = if shared {
+            threads
+        } else {
+            (2 * threads).div_ceil(g.batch)
+        };
+        let row_chunks = per_product.min(g.m / ROWS).max(1);
+        (
+            row_chunks,
+            per_product.div_ceil(row_chunks).min(g.n / COLS).max(1),
+        )
     };
-    let row_chunks = per_product.min(g.m / ROWS).max(1);
-    let col_chunks = per_product.div_ceil(row_chunks).min(g.n / COLS).max(1);
     let blocks = row_chunks * col_chunks;
     let tasks = if shared { blocks } else { g.batch * blocks };
     if !(tasks >= 2 * threads || tasks.is_multiple_of(threads)) || !batch_fits(g, a, b, c) {
         return false;
     }
-    let (rows, cols) = (g.m.div_ceil(row_chunks), g.n.div_ceil(col_chunks));
     let dst = Dst(c.as_mut_ptr());
-    // Block `blk` of product `i` (into C at `i * c_batch`).
+    // Block `blk` of product `i` (into C at `i * c_batch`); blocks of a row or column of
+    // blocks differ by at most one row or column.
     let run = |i: usize, blk: usize, accumulate: bool| {
-        let (r0, j0) = ((blk / col_chunks) * rows, (blk % col_chunks) * cols);
-        let (r1, j1) = ((r0 + rows).min(g.m), (j0 + cols).min(g.n));
+        let (br, bc) = (blk / col_chunks, blk % col_chunks);
+        let (r0, r1) = (br * g.m / row_chunks, (br + 1) * g.m / row_chunks);
+        let (j0, j1) = (bc * g.n / col_chunks, (bc + 1) * g.n / col_chunks);
         if r0 >= r1 || j0 >= j1 {
             return;
         }
@@ -247,15 +261,13 @@ fn tiles<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize) -> b
         }
     };
     if shared {
-        (0..blocks).into_par_iter().for_each(|blk| {
+        team::run(blocks, &|blk| {
             for i in 0..g.batch {
                 run(i, blk, g.accumulate || i > 0);
             }
         });
     } else {
-        (0..tasks)
-            .into_par_iter()
-            .for_each(|t| run(t / blocks, t % blocks, g.accumulate));
+        team::run(tasks, &|t| run(t / blocks, t % blocks, g.accumulate));
     }
     true
 }
@@ -352,22 +364,20 @@ fn direct<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize) {
     let work = g.m.saturating_mul(g.n).saturating_mul(g.k);
     let total = work.saturating_mul(g.batch);
     // A batch with enough work in all: tasks of blocks over the threads where they even out,
-    // else one product after another, each on the crate's threads when large enough.
+    // else one product after another, each in blocks over the threads when large enough.
     let batched = g.batch > 1 && total >= MID && threads > 1;
     if batched && tiles(g, a, b, c, threads) {
         return;
     }
-    let par_from = if batched { MID } else { PAR };
     for i in 0..g.batch {
         let (ai, bi, ci) = (i * g.a_batch, i * g.b_batch, i * g.c_batch);
         if let (Some(a), Some(b), Some(c)) = (a.get(ai..), b.get(bi..), c.get_mut(ci..)) {
-            let accumulate = g.accumulate || (g.c_batch == 0 && i > 0);
-            if !product(g, a, b, c, accumulate, threads, par_from) {
-                let single = Gemm {
-                    batch: 1,
-                    accumulate,
-                    ..*g
-                };
+            let single = Gemm {
+                batch: 1,
+                accumulate: g.accumulate || (g.c_batch == 0 && i > 0),
+                ..*g
+            };
+            if !product(&single, a, b, c, threads) {
                 simd(|| matmul::gemm(&single, a, b, c));
             }
         }

@@ -2,14 +2,12 @@
 //! chunks and runs the core's own kernel (or the same arithmetic in the same order) on each, so
 //! that results equal the serial ones except where a sum is split (noted per function).
 
+use super::{simd, team};
 use mote::ops::binary::{self, BinaryOp, Side};
 use mote::ops::loss::{self, LossOp};
 use mote::ops::movement::{self, Strided};
 use mote::ops::reduce::{self, Axis3, ReduceOp};
 use mote::{Float, Result, Shape, MAX_RANK};
-use rayon::prelude::*;
-
-use super::simd;
 
 /// `shape` with dimension `axis` replaced by `d`.
 fn with_dim(shape: &Shape, axis: usize, d: usize) -> Result<Shape> {
@@ -76,16 +74,19 @@ impl RowSplit {
         sb: &Shape,
         y: &mut [T],
     ) -> Result<()> {
-        y.par_chunks_mut(self.per * self.inner)
-            .enumerate()
-            .try_for_each(|(i, yc)| {
+        team::map(
+            y.chunks_mut(self.per * self.inner).enumerate(),
+            |(i, yc)| -> Result<()> {
                 let (start, cnt) = (i * self.per, yc.len() / self.inner);
                 let (ac, sac) = self.part(sa, a, start, cnt)?;
                 let (bc, sbc) = self.part(sb, b, start, cnt)?;
                 let ys = with_dim(&self.y, 0, cnt)?;
                 simd(|| binary::forward(op, ac, &sac, bc, &sbc, yc, &ys));
                 Ok(())
-            })
+            },
+        )
+        .into_iter()
+        .collect()
     }
 
     /// [`binary::backward`] chunk by chunk, for an operand shaped like the output; exact.
@@ -102,17 +103,19 @@ impl RowSplit {
         dx: &mut [T],
     ) -> Result<()> {
         let chunk = self.per * self.inner;
-        dx.par_chunks_mut(chunk)
-            .zip(dy.par_chunks(chunk))
-            .enumerate()
-            .try_for_each(|(i, (dc, gc))| {
+        team::map(
+            dx.chunks_mut(chunk).zip(dy.chunks(chunk)).enumerate(),
+            |(i, (dc, gc))| -> Result<()> {
                 let (start, cnt) = (i * self.per, gc.len() / self.inner);
                 let (ac, sac) = self.part(sa, a, start, cnt)?;
                 let (bc, sbc) = self.part(sb, b, start, cnt)?;
                 let ys = with_dim(&self.y, 0, cnt)?;
                 simd(|| binary::backward(op, side, ac, &sac, bc, &sbc, gc, &ys, dc));
                 Ok(())
-            })
+            },
+        )
+        .into_iter()
+        .collect()
     }
 }
 
@@ -254,8 +257,9 @@ pub(super) fn copy_par<T: Float>(
             jobs.push((mine, src, sh));
             start += cnt;
         }
-        jobs.into_par_iter()
-            .for_each(|(d, s, sh)| simd(|| copy(&sh, s, ss, d, ds, accumulate)));
+        team::for_each(jobs, |(d, s, sh)| {
+            simd(|| copy(&sh, s, ss, d, ds, accumulate))
+        });
         return true;
     }
     false
@@ -275,15 +279,16 @@ pub(super) fn reduce_par<T: Float>(
         return false;
     }
     let per = outer.div_ceil(threads * 4);
-    y.par_chunks_mut(per * inner)
-        .zip(x.par_chunks(per * n * inner))
-        .for_each(|(y, x)| {
+    team::for_each(
+        y.chunks_mut(per * inner).zip(x.chunks(per * n * inner)),
+        |(y, x)| {
             let part = Axis3 {
                 outer: y.len() / inner,
                 ..a
             };
             simd(|| reduce::forward(op, part, x, y));
-        });
+        },
+    );
     true
 }
 
@@ -308,7 +313,7 @@ pub(super) fn reduce_all_par<T: Float>(
     let (Some(chunk), Some(out)) = (whole_chunk(op, a, threads), y.first_mut()) else {
         return false;
     };
-    let parts: Vec<T> = x.par_chunks(chunk).map(lane_sum).collect();
+    let parts = team::map(x.chunks(chunk), lane_sum);
     let total = parts.iter().fold(T::ZERO, |acc, &p| acc + p);
     *out = whole_result(op, a.n, total);
     true
@@ -372,7 +377,7 @@ pub(super) fn reduce_all_backward_par<T: Float>(
         T::ONE
     };
     let step = g * scale;
-    dx.par_chunks_mut(chunk).for_each(|d| {
+    team::for_each(dx.chunks_mut(chunk), |d| {
         simd(|| {
             for v in d {
                 *v += step;
@@ -398,16 +403,18 @@ pub(super) fn reduce_backward_par<T: Float>(
         return false;
     }
     let per = outer.div_ceil(threads * 4);
-    dx.par_chunks_mut(per * n * inner)
-        .zip(x.par_chunks(per * n * inner))
-        .zip(y.par_chunks(per * inner).zip(dy.par_chunks(per * inner)))
-        .for_each(|((dx, x), (y, dy))| {
+    team::for_each(
+        dx.chunks_mut(per * n * inner)
+            .zip(x.chunks(per * n * inner))
+            .zip(y.chunks(per * inner).zip(dy.chunks(per * inner))),
+        |((dx, x), (y, dy))| {
             let part = Axis3 {
                 outer: y.len() / inner,
                 ..a
             };
             simd(|| reduce::backward(op, part, x, y, dy, dx));
-        });
+        },
+    );
     true
 }
 
@@ -435,17 +442,13 @@ pub(super) fn loss_par<T: Float>(
         return simd(|| loss::forward(op, classes, p, t));
     }
     let per = rows.div_ceil(threads * 4);
-    let parts: Vec<Result<f64>> = p
-        .par_chunks(per * width)
-        .zip(t.par_chunks(per))
-        .map(|(pc, tc)| {
-            let n = match op {
-                LossOp::CrossEntropy => tc.len().min(pc.len() / width),
-                _ => pc.len(),
-            };
-            simd(|| loss::forward(op, classes, pc, tc)).map(|m| m.to_f64() * n as f64)
-        })
-        .collect();
+    let parts = team::map(p.chunks(per * width).zip(t.chunks(per)), |(pc, tc)| {
+        let n = match op {
+            LossOp::CrossEntropy => tc.len().min(pc.len() / width),
+            _ => pc.len(),
+        };
+        simd(|| loss::forward(op, classes, pc, tc)).map(|m| m.to_f64() * n as f64)
+    });
     let total: f64 = first_err(parts)?.iter().sum();
     Ok(T::from_f64(total / rows as f64))
 }

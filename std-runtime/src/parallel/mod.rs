@@ -3,14 +3,14 @@
 //! Same storage as the core's reference backend [`mote::Cpu`] (a caller's `&mut [T]`), same
 //! checks, same errors; different kernels where they pay:
 //!
-//! - matrix products go through the `gemm` crate (packed, AVX2 or AVX-512 micro-kernels,
-//!   multithreaded on rayon's pool for large products); tiny products stay on the core's
-//!   reference kernel, whose call costs nothing;
+//! - matrix products go through the `gemm` crate (packed, AVX2 or AVX-512 micro-kernels),
+//!   split into blocks of C over the threads from about a million multiply-adds; tiny
+//!   products stay on the core's reference kernel, whose call costs nothing;
 //! - convolutions in f32, on CPUs with AVX-512 or AVX2, run direct kernels over zero-padded
 //!   image planes, with no im2col buffer (see `conv.rs`); in f64 they are im2col copies and
 //!   products, as on `Cpu`;
 //! - elementwise ops, reductions, softmax, losses, optimizer updates, fills and strided copies
-//!   are split over the pool's threads above a size threshold ([`PAR_MIN`] elements), in chunks
+//!   are split over the threads above a size threshold ([`PAR_MIN`] elements), in chunks
 //!   that each run the core's own kernel, so that most results are bit for bit those of `Cpu`;
 //!   below the threshold they call the core's kernels directly, with no thread hand-off (the
 //!   small workloads are pure per-op overhead).
@@ -19,6 +19,12 @@
 //! [`Backend::sum_squares`]), matrix products and direct convolutions (another summation
 //! order), which agree to rounding. Reductions and softmax split over their independent blocks
 //! only; loss gradients stay serial (one cheap pass).
+//!
+//! The threads are a team whose idle workers spin for a couple of milliseconds before they
+//! sleep (`team.rs`), as OpenMP's do: a training step is a chain of short operations, and
+//! waking a sleeping thread for each cost as much as splitting it saved. The team has one
+//! worker fewer than rayon's global pool has threads ([`set_threads`]), the caller being the
+//! last.
 //!
 //! ```
 //! use mote::{Adam, AdamConfig, Linear, Module, Optimizer, Relu, Rng, Tape};
@@ -46,6 +52,7 @@
 mod conv;
 mod gemm;
 mod kernels;
+mod team;
 mod xent;
 
 use std::ops::Range;
@@ -62,7 +69,6 @@ use mote::ops::softmax;
 use mote::ops::unary::{self, UnaryOp};
 use mote::optim::{self, AdamUpdate, SgdUpdate};
 use mote::{Backend, Error, Float, HostBackend, Result, Shape};
-use rayon::prelude::*;
 
 /// Runs `f` with AVX2 and FMA enabled where the CPU has them: the core's kernels are generic,
 /// so they are compiled in this crate and inlined here, where the compiler may then use 256-bit
@@ -86,12 +92,14 @@ unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Elements below which an op runs serially on the calling thread. Handing work to a pool
-/// thread that went to sleep costs 30-100 us on the 2-core virtual machines measured (10 us
-/// back to back), about what a memory-bound pass over this many floats takes.
-pub const PAR_MIN: usize = 1 << 18;
+/// Elements below which an op runs serially on the calling thread. Handing work to the team's
+/// spinning workers costs about a microsecond, about what a memory-bound pass over a few
+/// thousand floats takes; waking a sleeping thread costs 30-100 us on the 2-core virtual
+/// machines measured.
+pub const PAR_MIN: usize = 1 << 15;
 
-/// Sets the number of threads of rayon's global pool, which [`Parallel`] and the GEMM use.
+/// Sets the number of threads of rayon's global pool, which data-parallel replicas run on and
+/// which sizes [`Parallel`]'s team (one worker fewer: the caller is the last).
 ///
 /// The pool can be configured once per process, before its first use (a [`Parallel::new`] or
 /// a [`threads`] call starts it with one thread per core); asking again for the count it
@@ -117,8 +125,8 @@ pub fn set_threads(n: usize) -> std::result::Result<(), String> {
     }
 }
 
-/// The number of threads parallel work uses (rayon's current pool; starts the global pool
-/// with its default size if nothing has yet).
+/// The number of threads parallel work uses (rayon's current pool, the global one outside any
+/// pool; starts the global pool with its default size if nothing has yet).
 pub fn threads() -> usize {
     rayon::current_num_threads()
 }
@@ -147,7 +155,10 @@ pub struct Parallel<'a, T: Float> {
 }
 
 impl<'a, T: Float> Parallel<'a, T> {
-    /// A backend over `buf`, running on rayon's global pool (or the pool this is called in).
+    /// A backend over `buf`, splitting work into chunks for as many threads as rayon's current
+    /// pool has (the global one outside any pool), run over the team of the global pool's size.
+    /// Called on one of rayon's own threads (where data-parallel replicas run), the chunks run
+    /// on that thread alone: the pool's threads already occupy the cores.
     pub fn new(buf: &'a mut [T]) -> Self {
         Parallel {
             buf,
@@ -253,16 +264,15 @@ impl<T: Float> Backend for Parallel<'_, T> {
 
     fn write(&mut self, offset: usize, src: &[T]) -> Result<()> {
         let len = self.buf.len();
-        let grain = self.grain(src.len(), PAR_MIN * 4);
+        let grain = self.grain(src.len(), PAR_MIN);
         let dst = self
             .buf
             .get_mut(r(offset, src.len()))
             .ok_or(out_of_range(offset.saturating_add(src.len()), len))?;
         match grain {
-            Some(c) => dst
-                .par_chunks_mut(c)
-                .zip(src.par_chunks(c))
-                .for_each(|(d, s)| d.copy_from_slice(s)),
+            Some(c) => team::for_each(dst.chunks_mut(c).zip(src.chunks(c)), |(d, s)| {
+                d.copy_from_slice(s)
+            }),
             None => dst.copy_from_slice(src),
         }
         Ok(())
@@ -273,11 +283,10 @@ impl<T: Float> Backend for Parallel<'_, T> {
             offset.saturating_add(dst.len()),
             self.buf.len(),
         ))?;
-        match self.grain(dst.len(), PAR_MIN * 4) {
-            Some(c) => dst
-                .par_chunks_mut(c)
-                .zip(src.par_chunks(c))
-                .for_each(|(d, s)| d.copy_from_slice(s)),
+        match self.grain(dst.len(), PAR_MIN) {
+            Some(c) => team::for_each(dst.chunks_mut(c).zip(src.chunks(c)), |(d, s)| {
+                d.copy_from_slice(s)
+            }),
             None => dst.copy_from_slice(src),
         }
         Ok(())
@@ -300,7 +309,7 @@ impl<T: Float> Backend for Parallel<'_, T> {
             }
         };
         match grain {
-            Some(c) => dst.par_chunks_mut(c).for_each(fill),
+            Some(c) => team::for_each(dst.chunks_mut(c), fill),
             None => fill(dst),
         }
         Ok(())
@@ -310,10 +319,9 @@ impl<T: Float> Backend for Parallel<'_, T> {
         let grain = self.grain(len, unary_min(op));
         let (y, [x]) = split(self.buf, r(y, len), [r(x, len)])?;
         match grain {
-            Some(c) => y
-                .par_chunks_mut(c)
-                .zip(x.par_chunks(c))
-                .for_each(|(y, x)| simd(|| unary::forward(op, x, y))),
+            Some(c) => team::for_each(y.chunks_mut(c).zip(x.chunks(c)), |(y, x)| {
+                simd(|| unary::forward(op, x, y))
+            }),
             None => simd(|| unary::forward(op, x, y)),
         }
         Ok(())
@@ -331,11 +339,12 @@ impl<T: Float> Backend for Parallel<'_, T> {
         let grain = self.grain(len, unary_min(op));
         let (dx, [x, y, dy]) = split(self.buf, r(dx, len), [r(x, len), r(y, len), r(dy, len)])?;
         match grain {
-            Some(c) => dx
-                .par_chunks_mut(c)
-                .zip(x.par_chunks(c))
-                .zip(y.par_chunks(c).zip(dy.par_chunks(c)))
-                .for_each(|((dx, x), (y, dy))| simd(|| unary_backward(op, x, y, dy, dx))),
+            Some(c) => team::for_each(
+                dx.chunks_mut(c)
+                    .zip(x.chunks(c))
+                    .zip(y.chunks(c).zip(dy.chunks(c))),
+                |((dx, x), (y, dy))| simd(|| unary_backward(op, x, y, dy, dx)),
+            ),
             None => simd(|| unary_backward(op, x, y, dy, dx)),
         }
         Ok(())
@@ -404,7 +413,7 @@ impl<T: Float> Backend for Parallel<'_, T> {
         dst: Strided,
         accumulate: bool,
     ) -> Result<()> {
-        let par = self.grain(space.numel(), PAR_MIN).is_some();
+        let par = self.grain(space.numel(), PAR_MIN * 8).is_some();
         let threads = self.threads;
         let (d, [s]) = split(
             self.buf,
@@ -464,15 +473,13 @@ impl<T: Float> Backend for Parallel<'_, T> {
         if par {
             let block = a.n * a.inner;
             let per = a.outer.div_ceil(threads * 4) * block;
-            yv.par_chunks_mut(per)
-                .zip(xv.par_chunks(per))
-                .for_each(|(y, x)| {
-                    let part = Axis3 {
-                        outer: y.len() / block,
-                        ..a
-                    };
-                    simd(|| softmax::forward(log, part, x, y));
-                });
+            team::for_each(yv.chunks_mut(per).zip(xv.chunks(per)), |(y, x)| {
+                let part = Axis3 {
+                    outer: y.len() / block,
+                    ..a
+                };
+                simd(|| softmax::forward(log, part, x, y));
+            });
         } else {
             simd(|| softmax::forward(log, a, xv, yv));
         }
@@ -494,15 +501,16 @@ impl<T: Float> Backend for Parallel<'_, T> {
         if par {
             let block = a.n * a.inner;
             let per = a.outer.div_ceil(threads * 4) * block;
-            d.par_chunks_mut(per)
-                .zip(yv.par_chunks(per).zip(g.par_chunks(per)))
-                .for_each(|(d, (y, g))| {
+            team::for_each(
+                d.chunks_mut(per).zip(yv.chunks(per).zip(g.chunks(per))),
+                |(d, (y, g))| {
                     let part = Axis3 {
                         outer: d.len() / block,
                         ..a
                     };
                     simd(|| softmax::backward(log, part, y, g, d));
-                });
+                },
+            );
         } else {
             simd(|| softmax::backward(log, a, yv, g, d));
         }
@@ -562,21 +570,19 @@ impl<T: Float> Backend for Parallel<'_, T> {
             Some(m) => {
                 let [p, g, buf] = split_mut(self.buf, [r(u.param, n), r(u.grad, n), r(m, n)])?;
                 match grain {
-                    Some(c) => p
-                        .par_chunks_mut(c)
-                        .zip(g.par_chunks(c))
-                        .zip(buf.par_chunks_mut(c))
-                        .for_each(|((p, g), b)| simd(|| optim::sgd_kernel(u, p, g, Some(b)))),
+                    Some(c) => team::for_each(
+                        p.chunks_mut(c).zip(g.chunks(c)).zip(buf.chunks_mut(c)),
+                        |((p, g), b)| simd(|| optim::sgd_kernel(u, p, g, Some(b))),
+                    ),
                     None => simd(|| optim::sgd_kernel(u, p, g, Some(buf))),
                 }
             }
             None => {
                 let [p, g] = split_mut(self.buf, [r(u.param, n), r(u.grad, n)])?;
                 match grain {
-                    Some(c) => p
-                        .par_chunks_mut(c)
-                        .zip(g.par_chunks(c))
-                        .for_each(|(p, g)| simd(|| optim::sgd_kernel(u, p, g, None))),
+                    Some(c) => team::for_each(p.chunks_mut(c).zip(g.chunks(c)), |(p, g)| {
+                        simd(|| optim::sgd_kernel(u, p, g, None))
+                    }),
                     None => simd(|| optim::sgd_kernel(u, p, g, None)),
                 }
             }
@@ -592,11 +598,12 @@ impl<T: Float> Backend for Parallel<'_, T> {
             [r(u.param, n), r(u.grad, n), r(u.m, n), r(u.v, n)],
         )?;
         match grain {
-            Some(c) => p
-                .par_chunks_mut(c)
-                .zip(g.par_chunks(c))
-                .zip(m.par_chunks_mut(c).zip(v.par_chunks_mut(c)))
-                .for_each(|((p, g), (m, v))| simd(|| optim::adam_kernel(u, p, g, m, v))),
+            Some(c) => team::for_each(
+                p.chunks_mut(c)
+                    .zip(g.chunks(c))
+                    .zip(m.chunks_mut(c).zip(v.chunks_mut(c))),
+                |((p, g), (m, v))| simd(|| optim::adam_kernel(u, p, g, m, v)),
+            ),
             None => simd(|| optim::adam_kernel(u, p, g, m, v)),
         }
         Ok(())
@@ -611,7 +618,7 @@ impl<T: Float> Backend for Parallel<'_, T> {
             .ok_or(out_of_range(offset.saturating_add(len), n))?;
         let sq = |s: &[T]| -> f64 { s.iter().map(|&v| v.to_f64() * v.to_f64()).sum() };
         Ok(match grain {
-            Some(c) => s.par_chunks(c).map(sq).sum(),
+            Some(c) => team::map(s.chunks(c), sq).iter().sum(),
             None => sq(s),
         })
     }
@@ -629,7 +636,7 @@ impl<T: Float> Backend for Parallel<'_, T> {
             }
         };
         match grain {
-            Some(c) => s.par_chunks_mut(c).for_each(f),
+            Some(c) => team::for_each(s.chunks_mut(c), f),
             None => f(s),
         }
         Ok(())
