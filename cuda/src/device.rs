@@ -596,9 +596,11 @@ impl Cuda {
             .map_err(|e| self.fail("cuMemcpyDtoH", e))?;
         self.loss_pending.set(false);
         if st[0] != 0 {
-            // SAFETY: as above.
-            unsafe { drv::memset_d8_sync(self.status, 0, 12) }
-                .map_err(|e| self.fail("cuMemsetD8", e))?;
+            // SAFETY: as above. On the compute stream, so that the next loss kernel's status
+            // write comes after it (a synchronous memset runs on the legacy stream, which a
+            // non-blocking stream does not wait for).
+            unsafe { drv::memset_d8_async(self.status, 0, 12, self.cu()) }
+                .map_err(|e| self.fail("cuMemsetD8Async", e))?;
             return Err(Error::IndexOutOfRange {
                 op: "cross_entropy label",
                 index: if st[1] == u32::MAX {

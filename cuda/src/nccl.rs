@@ -348,6 +348,11 @@ impl NcclRank {
 
 impl Drop for NcclRank {
     fn drop(&mut self) {
+        // The sums queued on the rank's stream finish first: they write the backend's arena,
+        // which may be freed right after (a step that failed mid-backward never waited for
+        // them). A peer that never joins makes this wait forever, as any collective would;
+        // the runtime's watchdog ends such a process.
+        let _ = self.stream.synchronize();
         // SAFETY: the communicator was made by NCCL and is destroyed once (its `Nccl` gave it
         // up in `into_ranks`).
         let _ = unsafe { result::comm_destroy(self.comm) };

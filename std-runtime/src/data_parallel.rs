@@ -656,8 +656,11 @@ pub fn broadcast_buffers<B: HostBackend<Elem = f32>, const N: usize>(
 /// that is evaluated and saved: a checkpoint of replicas is an ordinary checkpoint, and any
 /// checkpoint restores into any number of replicas.
 pub struct Replicas<B: Backend<Elem = f32>, R = SharedMemory> {
-    models: Vec<Model<B>>,
+    // Dropped first (fields drop in order): NCCL's communicators finish the sums they were
+    // given (a step that failed mid-backward leaves some queued) before the replicas' device
+    // arenas that those sums write are freed.
     reduce: R,
+    models: Vec<Model<B>>,
 }
 
 impl<B: HostBackend<Elem = f32> + Send> Replicas<B, SharedMemory> {

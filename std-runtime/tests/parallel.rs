@@ -415,12 +415,14 @@ proptest! {
 fn products_split_into_blocks_over_the_threads() {
     // Over the threshold (2^20 multiply-adds) from which one product is split into blocks of
     // C: with two threads, two column blocks (odd width), two row blocks (too few columns),
-    // too small to split either way, and a large product.
+    // too small to split either way, and a large product; with `B` transposed, the first and
+    // the last are computed as `C^T = B^T A^T` (the last with a copy back split over threads).
     for (m, n, k) in [
         (17, 201, 400),
         (201, 17, 400),
         (20, 20, 3000),
         (300, 400, 300),
+        (45, 1030, 260),
     ] {
         for layout in 0..4 {
             for accumulate in [false, true] {

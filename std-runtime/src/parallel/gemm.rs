@@ -283,10 +283,14 @@ const DEEP: usize = 256;
 /// `A B^T` 125 / 164, `A^T B^T` 120 / 171, 128 x 128 x 256 `A^T B^T` 131 / 162; no gain for
 /// C only twice as wide as tall (W-mnist's 128 x 256 x 784 `A B^T`: 147 / 154, less than the
 /// copy back costs) nor for many rows (1024 x 1024 x 256). The copy back costs about `1 / k` of
-/// the product.
+/// the product. A linear layer's forward (`x W^T`, `A B^T`) with C at least four times as wide
+/// as tall pays at any size: W-large's 256 x 4096 x 4096 took 36.4 ms directly and 30.4 ms
+/// transposed on two threads (one thread's block, 256 x 2048 x 4096: 122 / 160 GFLOP/s).
 fn transposed_pays(g: &Gemm) -> bool {
-    let wide = g.n >= 4 * g.m && (g.a_trans || g.b_trans);
-    g.k >= DEEP && g.m <= FEW && g.m * g.n <= SCRATCH && (wide || (g.a_trans && g.b_trans))
+    let wide = g.n >= 4 * g.m;
+    let forward = wide && g.b_trans && !g.a_trans;
+    let small = g.m <= FEW && g.m * g.n <= SCRATCH;
+    g.k >= DEEP && (forward || (small && g.a_trans && (wide || g.b_trans)))
 }
 
 /// Rows of C up to which [`transposed`] may pay.
@@ -295,10 +299,18 @@ const FEW: usize = 128;
 /// Elements of C up to which [`transposed`] may pay (its scratch stays in cache).
 const SCRATCH: usize = 1 << 18;
 
-/// The product as `C^T = B^T A^T` into scratch (one `n x m` matrix per output: one in all for
-/// a shared C), then added or copied into C transposed. Returns false (having done nothing)
-/// when a slice is too short or outputs overlap without being shared.
-fn transposed<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize) -> bool {
+/// The product as `C^T = B^T A^T` into `scratch` (one `n x m` matrix per output: one in all
+/// for a shared C; kept between calls, grown as needed), then added or copied into C
+/// transposed. Returns false (having done nothing) when a slice is too short or outputs
+/// overlap without being shared.
+fn transposed<T: Float>(
+    g: &Gemm,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    threads: usize,
+    scratch: &mut Vec<T>,
+) -> bool {
     let mn = g.m * g.n;
     let shared = g.c_batch == 0;
     if (!shared && g.c_batch < mn) || !batch_fits(g, a, b, c) {
@@ -319,26 +331,62 @@ fn transposed<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize)
         accumulate: false,
         ..*g
     };
-    let mut scratch = vec![T::ZERO; outputs * mn];
-    direct(&t, b, a, &mut scratch, threads);
+    // Every element of the scratch is written (`accumulate` false) before it is read: what
+    // an earlier call left there is never seen.
+    let need = outputs * mn;
+    if scratch.len() < need {
+        scratch.resize(need, T::ZERO);
+    }
+    let scratch = &mut scratch[..need];
+    direct(&t, b, a, scratch, threads);
     for (i, s) in scratch.chunks(mn).enumerate() {
         if let Some(ci) = c.get_mut(i * g.c_batch..i * g.c_batch + mn) {
-            add_transposed(s, g.n, g.m, ci, g.accumulate);
+            add_transposed(s, g.n, g.m, ci, g.accumulate, threads);
         }
     }
     true
 }
 
-/// `dst (+)= src^T`: `src` is `rows x cols` row-major, `dst` `cols x rows`, in tiles that stay
-/// in cache.
-fn add_transposed<T: Float>(src: &[T], rows: usize, cols: usize, dst: &mut [T], accumulate: bool) {
-    const TILE: usize = 32;
+/// `dst (+)= src^T`: `src` is `rows x cols` row-major, `dst` `cols x rows`; split into blocks
+/// of `dst`'s rows over the threads when large.
+fn add_transposed<T: Float>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    dst: &mut [T],
+    accumulate: bool,
+    threads: usize,
+) {
+    if threads > 1 && dst.len() >= super::PAR_MIN && rows > 0 {
+        let per = cols.div_ceil(threads * 4).next_multiple_of(TILE);
+        team::for_each(dst.chunks_mut(per * rows).enumerate(), |(i, d)| {
+            add_transposed_rows(src, rows, cols, i * per, d, accumulate)
+        });
+    } else {
+        add_transposed_rows(src, rows, cols, 0, dst, accumulate);
+    }
+}
+
+/// Side of the tiles of [`add_transposed_rows`].
+const TILE: usize = 32;
+
+/// Rows `c0..` of `dst (+)= src^T` (as many as `part` holds: `part` starts at row `c0`), in
+/// tiles that stay in cache.
+fn add_transposed_rows<T: Float>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    c0: usize,
+    part: &mut [T],
+    accumulate: bool,
+) {
+    let c1 = (c0 + part.len() / rows.max(1)).min(cols);
     for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for c in c0..(c0 + TILE).min(cols) {
+        for t0 in (c0..c1).step_by(TILE) {
+            for c in t0..(t0 + TILE).min(c1) {
                 for r in r0..(r0 + TILE).min(rows) {
                     let v = src[r * cols + c];
-                    let d = &mut dst[c * rows + r];
+                    let d = &mut part[(c - c0) * rows + r];
                     *d = if accumulate { *d + v } else { v };
                 }
             }
@@ -347,13 +395,20 @@ fn add_transposed<T: Float>(src: &[T], rows: usize, cols: usize, dst: &mut [T], 
 }
 
 /// The product `g` over slices starting at `A`, `B` and `C` (covering [`Gemm::spans`]).
-pub(super) fn gemm<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T], threads: usize) {
+pub(super) fn gemm<T: Float>(
+    g: &Gemm,
+    a: &[T],
+    b: &[T],
+    c: &mut [T],
+    threads: usize,
+    scratch: &mut Vec<T>,
+) {
     let work = g.m.saturating_mul(g.n).saturating_mul(g.k);
     if g.batch == 0 || g.m == 0 || g.n == 0 || g.k == 0 || work < SMALL || !supported::<T>() {
         simd(|| matmul::gemm(g, a, b, c));
         return;
     }
-    if transposed_pays(g) && transposed(g, a, b, c, threads) {
+    if transposed_pays(g) && transposed(g, a, b, c, threads, scratch) {
         return;
     }
     direct(g, a, b, c, threads);

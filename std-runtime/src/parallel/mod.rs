@@ -150,6 +150,9 @@ pub struct Parallel<'a, T: Float> {
     buf: &'a mut [T],
     threads: usize,
     scratch: xent::Scratch,
+    /// Products computed transposed (`gemm.rs`) write `C^T` here: kept between calls, so that
+    /// a training step's products do not allocate (and fault in) fresh pages every time.
+    gemm_scratch: Vec<T>,
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     conv: ConvKernels,
 }
@@ -164,6 +167,7 @@ impl<'a, T: Float> Parallel<'a, T> {
             buf,
             threads: threads(),
             scratch: xent::Scratch::default(),
+            gemm_scratch: Vec::new(),
             conv: ConvKernels::Best,
         }
     }
@@ -393,7 +397,7 @@ impl<T: Float> Backend for Parallel<'_, T> {
         let (sa, sb, sc) = g.spans();
         let threads = self.threads;
         let (c, [a, b]) = split(self.buf, r(g.c, sc), [r(g.a, sa), r(g.b, sb)])?;
-        gemm::gemm(g, a, b, c, threads);
+        gemm::gemm(g, a, b, c, threads, &mut self.gemm_scratch);
         Ok(())
     }
 
