@@ -451,6 +451,71 @@ fn products_split_into_blocks_over_the_threads() {
     }
 }
 
+/// Products computed as `C^T = B^T A^T` through the scratch the backend keeps between calls:
+/// a large one, then on the same backend a smaller one whose C holds NaN (overwritten, so never
+/// read), then a batch summed into a shared C (read, added to): stale scratch must never show.
+#[test]
+fn the_transposed_products_scratch_is_reused_cleanly() {
+    // (batch, m, n, k, shared C, accumulate): wide `A B^T` forwards, then `A^T B^T` summed.
+    let cases = [
+        (1, 45, 1030, 260, false, false),
+        (1, 20, 300, 300, false, false),
+        (2, 16, 200, 256, true, true),
+    ];
+    let mut products = Vec::new();
+    let mut at = 0;
+    for &(batch, m, n, k, shared, accumulate) in &cases {
+        let a_trans = shared;
+        let g0 = Gemm {
+            batch,
+            m,
+            n,
+            k,
+            a: 0,
+            a_trans,
+            a_batch: m * k,
+            b: 0,
+            b_trans: true,
+            b_batch: k * n,
+            c: 0,
+            c_batch: if shared { 0 } else { m * n },
+            accumulate,
+        };
+        let (sa, sb, sc) = g0.spans();
+        products.push((
+            Gemm {
+                a: at,
+                b: at + sa,
+                c: at + sa + sb,
+                ..g0
+            },
+            at + sa + sb..at + sa + sb + sc,
+        ));
+        at += sa + sb + sc;
+    }
+    let mut mem: Vec<f32> = random(at, 11, -1.0, 1.0);
+    for (g, c) in &products {
+        if !g.accumulate {
+            mem[c.clone()].fill(f32::NAN);
+        }
+    }
+    let (r1, m1, r2, m2) = both!(mem, |b| {
+        for (g, _) in &products {
+            b.gemm(g)?;
+        }
+        Ok::<(), mote::Error>(())
+    });
+    assert_eq!(r1, r2);
+    for (i, (g, c)) in products.iter().enumerate() {
+        let tol = 1e-5 * ((g.batch * g.k) as f64).sqrt();
+        assert!(
+            m2[c.clone()].iter().all(|v| v.is_finite()),
+            "product {i}: NaN left"
+        );
+        assert_close(&m1[c.clone()], &m2[c.clone()], tol, &format!("product {i}"));
+    }
+}
+
 /// Products large enough for the parallel backend's batched paths: blocks of rows, blocks of
 /// columns (too few rows to split), a shared C split by rows, and products computed transposed
 /// into scratch (few rows, deep, a transposed operand), in every layout, against the core.

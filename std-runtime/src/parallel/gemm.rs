@@ -21,8 +21,10 @@ const SMALL: usize = 8 * 8 * 8;
 /// [`grid`]), each block on the crate's single-thread kernels: about 15 us of work on one
 /// thread of the development machine, against a microsecond to hand a task to a spinning
 /// worker. W-mnist's 128 x 256 x 784 product takes 187 us so against 352 us on one thread
-/// (`examples/bench_team.rs`); the crate's own threads (on rayon's pool, asleep between
-/// products) took 390 us, and as long as one thread up to 2^25 multiply-adds.
+/// (`examples/bench_team.rs`; 263 us with the second block handed to rayon's pool, whose
+/// threads sleep between products). The crate's own threads, on rayon's pool, took 390 us when
+/// they were measured (before they were dropped), and as long as one thread up to 2^25
+/// multiply-adds.
 const PAR: usize = 1 << 20;
 
 /// Multiply-adds of all products of a batch from which they are spread over the threads as
@@ -293,6 +295,14 @@ fn transposed_pays(g: &Gemm) -> bool {
     g.k >= DEEP && (forward || (small && g.a_trans && (wide || g.b_trans)))
 }
 
+/// Elements of `C^T` above which [`transposed`] does not run (C is written directly): its
+/// scratch is heap memory outside the arena.
+const SCRATCH_MAX: usize = 1 << 24;
+
+/// Elements of `C^T` up to which [`transposed`]'s scratch is kept between calls (16 MiB of
+/// f32; W-large's forward needs 1 M elements); larger ones are allocated for the call.
+const SCRATCH_KEEP: usize = 1 << 22;
+
 /// Rows of C up to which [`transposed`] may pay.
 const FEW: usize = 128;
 
@@ -300,9 +310,9 @@ const FEW: usize = 128;
 const SCRATCH: usize = 1 << 18;
 
 /// The product as `C^T = B^T A^T` into `scratch` (one `n x m` matrix per output: one in all
-/// for a shared C; kept between calls, grown as needed), then added or copied into C
-/// transposed. Returns false (having done nothing) when a slice is too short or outputs
-/// overlap without being shared.
+/// for a shared C; kept between calls, grown as needed, up to [`SCRATCH_KEEP`]), then added or
+/// copied into C transposed. Returns false (having done nothing) when a slice is too short,
+/// outputs overlap without being shared, or `C^T` is above [`SCRATCH_MAX`].
 fn transposed<T: Float>(
     g: &Gemm,
     a: &[T],
@@ -331,13 +341,23 @@ fn transposed<T: Float>(
         accumulate: false,
         ..*g
     };
-    // Every element of the scratch is written (`accumulate` false) before it is read: what
-    // an earlier call left there is never seen.
     let need = outputs * mn;
-    if scratch.len() < need {
-        scratch.resize(need, T::ZERO);
+    if need > SCRATCH_MAX {
+        return false;
     }
-    let scratch = &mut scratch[..need];
+    // Every element of the scratch is written (`accumulate` false) before it is read: what
+    // an earlier call left there is never seen. Kept between calls up to SCRATCH_KEEP.
+    let mut once = Vec::new();
+    let scratch = if need <= SCRATCH_KEEP {
+        if scratch.len() < need {
+            scratch.reserve_exact(need - scratch.len());
+            scratch.resize(need, T::ZERO);
+        }
+        &mut scratch[..need]
+    } else {
+        once.resize(need, T::ZERO);
+        &mut once[..]
+    };
     direct(&t, b, a, scratch, threads);
     for (i, s) in scratch.chunks(mn).enumerate() {
         if let Some(ci) = c.get_mut(i * g.c_batch..i * g.c_batch + mn) {

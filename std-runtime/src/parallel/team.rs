@@ -7,8 +7,8 @@
 //! kernels use, solve this by letting idle workers spin for a while before they sleep; this team
 //! does the same: after each job its workers poll for the next one for [`SPIN`], then sleep
 //! until woken. Measured on the 2-core development machine, a 128 x 256 x 784 product (W-mnist's
-//! largest) split in two over the team takes 187 us against 352 us on one thread and 390 us
-//! through rayon's pool (`examples/bench_team.rs`).
+//! largest) split in two over the team takes 187 us against 352 us on one thread and 263 us
+//! with one half handed to rayon's pool (`examples/bench_team.rs`).
 //!
 //! One caller at a time owns the team; a job started while another runs (another thread's, or a
 //! task's own nested job) runs serially on its caller, so nothing waits on a busy team. So does
