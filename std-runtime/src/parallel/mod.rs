@@ -24,7 +24,8 @@
 //! sleep (`team.rs`), as OpenMP's do: a training step is a chain of short operations, and
 //! waking a sleeping thread for each cost as much as splitting it saved. The team has one
 //! worker fewer than rayon's global pool has threads ([`set_threads`]), the caller being the
-//! last.
+//! last, and no more threads than the machine has cores (a spinning thread without a core of
+//! its own would hold up the one it waits for).
 //!
 //! ```
 //! use mote::{Adam, AdamConfig, Linear, Module, Optimizer, Relu, Rng, Tape};

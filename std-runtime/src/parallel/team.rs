@@ -155,7 +155,8 @@ impl Team {
 }
 
 /// The process's team (`None` where no worker thread could start), started on first use with
-/// one worker fewer than rayon's global pool has threads (the caller is the last).
+/// one worker fewer than rayon's global pool has threads (the caller is the last), at most one
+/// fewer than the machine's cores.
 fn team() -> Option<&'static Team> {
     static TEAM: OnceLock<Option<&'static Team>> = OnceLock::new();
     *TEAM.get_or_init(|| {
@@ -168,13 +169,16 @@ fn team() -> Option<&'static Team> {
             wake: Condvar::new(),
         }));
         let mut started = 0;
-        // The global pool's size: asked from a thread outside any pool.
+        // The global pool's size (asked from a thread outside any pool), but no more threads
+        // than the machine runs at once: a spinning worker without a core of its own would
+        // hold up the thread it waits for. Work is still cut for the pool's size.
         let size = std::thread::scope(|s| {
             let asker = std::thread::Builder::new().spawn_scoped(s, super::threads);
             asker.ok().and_then(|h| h.join().ok())
         })
         .unwrap_or(1);
-        for i in 1..size {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for i in 1..size.min(cores) {
             let spawned = std::thread::Builder::new()
                 .name(format!("mote-team-{i}"))
                 .spawn(move || team.worker());
