@@ -58,7 +58,8 @@ pub struct BenchOptions {
     pub backends: Vec<String>,
     /// JSON instead of a table.
     pub json: bool,
-    /// Threads of the parallel backend (rayon's global pool; settable once per process).
+    /// Threads of the parallel backend (the size of rayon's global pool, which sizes its team;
+    /// settable once per process).
     pub threads: Option<usize>,
     /// Short runs (for tests and a first look): few samples, numbers noisier.
     pub quick: bool,
