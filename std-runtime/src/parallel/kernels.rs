@@ -74,7 +74,7 @@ impl RowSplit {
         sb: &Shape,
         y: &mut [T],
     ) -> Result<()> {
-        team::map(
+        first_err(team::map(
             y.chunks_mut(self.per * self.inner).enumerate(),
             |(i, yc)| -> Result<()> {
                 let (start, cnt) = (i * self.per, yc.len() / self.inner);
@@ -84,9 +84,8 @@ impl RowSplit {
                 simd(|| binary::forward(op, ac, &sac, bc, &sbc, yc, &ys));
                 Ok(())
             },
-        )
-        .into_iter()
-        .collect()
+        ))
+        .map(drop)
     }
 
     /// [`binary::backward`] chunk by chunk, for an operand shaped like the output; exact.
@@ -103,7 +102,7 @@ impl RowSplit {
         dx: &mut [T],
     ) -> Result<()> {
         let chunk = self.per * self.inner;
-        team::map(
+        first_err(team::map(
             dx.chunks_mut(chunk).zip(dy.chunks(chunk)).enumerate(),
             |(i, (dc, gc))| -> Result<()> {
                 let (start, cnt) = (i * self.per, gc.len() / self.inner);
@@ -113,9 +112,8 @@ impl RowSplit {
                 simd(|| binary::backward(op, side, ac, &sac, bc, &sbc, gc, &ys, dc));
                 Ok(())
             },
-        )
-        .into_iter()
-        .collect()
+        ))
+        .map(drop)
     }
 }
 

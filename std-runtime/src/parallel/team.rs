@@ -267,12 +267,7 @@ pub(crate) fn each<W: Send>(items: &mut [W], f: impl Fn(&mut W) + Sync) {
 /// Runs `f` on every item of `items`, one task per item, as [`run`] does: the team's form of
 /// rayon's `par_iter().for_each`.
 pub(crate) fn for_each<W: Send>(items: impl IntoIterator<Item = W>, f: impl Fn(W) + Sync) {
-    let mut slots: Vec<Option<W>> = items.into_iter().map(Some).collect();
-    each(&mut slots, |s| {
-        if let Some(w) = s.take() {
-            f(w);
-        }
-    });
+    map(items, f);
 }
 
 /// `f` of every item of `items`, in the items' order, one task per item, as [`run`] does.

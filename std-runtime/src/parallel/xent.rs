@@ -193,14 +193,15 @@ pub(super) fn forward<T: Float>(
     }
     // Each row's log-sum, in one pass that vectorises (a library `ln` per row cost half the
     // loss on W-digits).
-    let mut logs = std::mem::take(&mut s.logs);
-    logs.clear();
-    logs.extend(s.e.chunks_exact(classes).map(|er| er.iter().sum::<f32>()));
-    for v in logs.iter_mut() {
+    s.logs.clear();
+    s.logs
+        .extend(s.e.chunks_exact(classes).map(|er| er.iter().sum::<f32>()));
+    for v in s.logs.iter_mut() {
         *v = ln_ge1(*v);
     }
     let mut total = 0f32;
-    for (((&l, z), &m), &c) in logs
+    for (((&l, z), &m), &c) in s
+        .logs
         .iter()
         .zip(p.chunks_exact(classes))
         .zip(&s.maxes)
@@ -208,7 +209,6 @@ pub(super) fn forward<T: Float>(
     {
         total += (m + l) - z.get(c).copied().unwrap_or(0.0);
     }
-    s.logs = logs;
     Some(Ok(T::from_f32(total / t.len() as f32)))
 }
 
