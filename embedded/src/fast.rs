@@ -9,7 +9,7 @@ use core::arch::asm;
 use core::ops::Range;
 
 use mote::ops::binary::{BinaryOp, Side};
-use mote::ops::conv::PoolCall;
+use mote::ops::conv::{ConvCall, PoolCall};
 use mote::ops::loss::LossOp;
 use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
@@ -18,6 +18,7 @@ use mote::ops::unary::UnaryOp;
 use mote::optim::{AdamUpdate, SgdUpdate};
 use mote::{Backend, Cpu, Error, HostBackend, Result, Shape, View};
 
+use crate::conv::conv;
 use crate::copy::copy_any;
 use crate::pool::max_pool;
 
@@ -586,6 +587,13 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
             return copy_any(self.cpu.storage_mut(), space, src, dst, accumulate);
         }
         self.reference(|cpu| cpu.copy_strided(space, src, dst, accumulate))
+    }
+    #[inline(always)]
+    fn conv(&mut self, call: &ConvCall) -> Result<bool> {
+        if ALL {
+            return conv(self.cpu.storage_mut(), call);
+        }
+        Ok(false)
     }
     #[inline(always)]
     fn pool(&mut self, call: &PoolCall) -> Result<bool> {

@@ -5,6 +5,7 @@
 
 #![no_std]
 
+pub mod conv;
 pub mod copy;
 pub mod fast;
 pub mod pool;

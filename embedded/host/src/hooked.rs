@@ -5,7 +5,7 @@
 //! same arena high-water mark as the planner's count.
 use mote::backend::View;
 use mote::ops::binary::{BinaryOp, Side};
-use mote::ops::conv::{PoolCall, PoolPass};
+use mote::ops::conv::{ConvCall, PoolCall, PoolPass};
 use mote::ops::loss::LossOp;
 use mote::ops::matmul::Gemm;
 use mote::ops::movement::{copy, Strided};
@@ -281,6 +281,9 @@ struct Hooked<'a> {
     bwd: bool,
     fast_copy: bool,
     calls: [usize; 2],
+    /// Whether the firmware's convolution runs the passes it can, and how many it ran.
+    conv: bool,
+    conv_calls: usize,
 }
 
 impl HostBackend for Hooked<'_> {
@@ -336,6 +339,14 @@ impl Backend for Hooked<'_> {
     }
     fn gemm(&mut self, g: &Gemm) -> Result<()> {
         self.cpu.gemm(g)
+    }
+    fn conv(&mut self, call: &ConvCall) -> Result<bool> {
+        if !self.conv {
+            return Ok(false);
+        }
+        let r = super::conv::conv(self.cpu.storage_mut(), call)?;
+        self.conv_calls += usize::from(r);
+        Ok(r)
     }
     fn pool(&mut self, call: &PoolCall) -> Result<bool> {
         let on = match call.pass {
@@ -483,6 +494,8 @@ fn tape_mixed_hooks_same_results_and_arena() {
                 bwd,
                 fast_copy,
                 calls: [0; 2],
+                conv: false,
+                conv_calls: 0,
             };
             let mut t = Tape::<Hooked, 32>::with_backend(be);
             let (x, wv, y, loss) = build(&mut t, shape, cfg, &data, &w, &dys, out).unwrap();
@@ -512,5 +525,82 @@ fn tape_mixed_hooks_same_results_and_arena() {
                 );
             }
         }
+    }
+}
+
+/// A step through two convolutions, the first without padding (the firmware's kernel runs its
+/// three passes), the second with (the core's im2col path), then a loss that also reads `x`.
+#[allow(clippy::type_complexity)]
+fn conv_step<B: Backend<Elem = f32>, const N: usize>(
+    t: &mut Tape<B, N>,
+    shape: [usize; 4],
+    cfg: mote::ConvConfig,
+    data: &[f32],
+    w1: &[f32],
+    w2: &[f32],
+) -> Result<(mote::Var, mote::Var, mote::Var, mote::Var)> {
+    let x = t.param(&shape, data)?;
+    let k1 = t.param(&[4, shape[1], 3, 3], w1)?;
+    let k2 = t.param(&[2, 4, 3, 3], w2)?;
+    let h = t.conv2d(x, k1, None, cfg)?;
+    let pad = mote::ConvConfig {
+        padding: [1, 1],
+        ..mote::ConvConfig::default()
+    };
+    let y = t.conv2d(h, k2, None, pad)?;
+    let l1 = t.sum(y)?;
+    let l2 = t.sum(x)?;
+    let loss = t.add(l1, l2)?;
+    t.backward(loss)?;
+    Ok((x, k1, k2, loss))
+}
+
+/// The tape offering its convolutions to the firmware's kernel: the passes without padding
+/// run there (forward, weight and input gradients of the first convolution: 3 calls), the
+/// rest on the core's path; the same values (quarters: exact in any order) and the same arena
+/// high-water mark as the planner's count.
+#[test]
+fn tape_conv_hook_same_results_and_arena() {
+    let mut rng = Rng::new(9);
+    let mut draw = |n: usize| (rng.next_f32() * n as f32) as usize % n;
+    for case in 0..200 {
+        let shape = [1 + draw(3), 1 + draw(3), 5 + draw(5), 5 + draw(5)];
+        let cfg = mote::ConvConfig {
+            stride: [1 + draw(2), 1],
+            dilation: [1, 1 + draw(2)],
+            ..mote::ConvConfig::default()
+        };
+        let mut q =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| draw(9) as f32 * 0.25 - 1.0).collect() };
+        let data = q(shape.iter().product());
+        let w1 = q(4 * shape[1] * 9);
+        let w2 = q(2 * 4 * 9);
+        let planned = mote::plan::measure::<f32, 32>(|t| {
+            conv_step(t, shape, cfg, &data, &w1, &w2).map(|_| ())
+        })
+        .unwrap();
+        let mut results = vec![];
+        for conv in [false, true] {
+            let mut mem = vec![0f32; 1 << 15];
+            let be = Hooked {
+                cpu: Cpu::new(&mut mem),
+                fwd: false,
+                bwd: false,
+                fast_copy: false,
+                calls: [0; 2],
+                conv,
+                conv_calls: 0,
+            };
+            let mut t = Tape::<Hooked, 32>::with_backend(be);
+            let (x, k1, k2, loss) = conv_step(&mut t, shape, cfg, &data, &w1, &w2).unwrap();
+            assert_eq!(t.backend().conv_calls, 3 * usize::from(conv), "case {case}");
+            assert_eq!(t.high_water(), planned, "case {case} conv {conv}");
+            let grads: Vec<Vec<f32>> = [x, k1, k2]
+                .iter()
+                .map(|&v| t.grad_data(v).unwrap().unwrap().to_vec())
+                .collect();
+            results.push((t.data(loss).unwrap()[0], grads));
+        }
+        assert_eq!(results[0], results[1], "case {case}");
     }
 }

@@ -100,6 +100,11 @@ mod copy;
 #[path = "../../src/pool.rs"]
 mod pool;
 
+/// The firmware's direct convolution (`embedded/src/conv.rs`), checked against the core's.
+#[cfg(test)]
+#[path = "../../src/conv.rs"]
+mod conv;
+
 #[cfg(test)]
 mod hooked;
 
@@ -340,6 +345,219 @@ mod tests {
         ];
         for b in bad {
             assert!(super::pool::max_pool(&mut buf, &b).is_err(), "{b:?}");
+        }
+    }
+
+    /// Random convolutions (1-2 images, 1-3 groups of 1-3 input and 1-3 output channels,
+    /// images 1-9 a side, windows 1-4, strides 1-3, dilations 1-2; a third of them with the
+    /// 3-tap, stride-1 window row the firmware compiles apart): the firmware's three passes
+    /// give the core's output and gradients, added to what the gradients held. Values are
+    /// quarters, so every sum is exact in any order; some cases hold NaN and infinities, where
+    /// the same positions must be NaN. With padding the firmware declines.
+    #[test]
+    fn firmware_conv_matches_the_core() {
+        use mote::ops::conv::{ConvCall, ConvPass};
+        use mote::{ConvConfig, Cpu, Tape};
+        let mut rng = Rng::new(17);
+        let mut draw = |n: usize| (rng.next_f32() * n as f32) as usize % n;
+        let (mut ran, mut fixed) = (0, 0);
+        for case in 0..12_000 {
+            let (n, groups, cg, og) = (1 + draw(2), 1 + draw(3), 1 + draw(3), 1 + draw(3));
+            let (c, o) = (groups * cg, groups * og);
+            let size = [1 + draw(9), 1 + draw(9)];
+            let row3 = draw(3) == 0;
+            let kernel = [1 + draw(4), if row3 { 3 } else { 1 + draw(4) }];
+            let stride = [1 + draw(3), if row3 { 1 } else { 1 + draw(3) }];
+            let dilation = [1 + draw(2), if row3 { 1 } else { 1 + draw(2) }];
+            let padding = if draw(5) == 0 {
+                [draw(2), 1 + draw(2)]
+            } else {
+                [0, 0]
+            };
+            let span = |d: usize| dilation[d] * (kernel[d] - 1) + 1;
+            if (0..2).any(|d| size[d] + 2 * padding[d] < span(d)) {
+                continue;
+            }
+            let out = [0, 1].map(|d| (size[d] + 2 * padding[d] - span(d)) / stride[d] + 1);
+            let (xl, wl) = (n * c * size[0] * size[1], o * cg * kernel[0] * kernel[1]);
+            let yl = n * o * out[0] * out[1];
+            let special = draw(4) == 0;
+            let value = |draw: &mut dyn FnMut(usize) -> usize| {
+                if special && draw(12) == 0 {
+                    [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][draw(3)]
+                } else {
+                    draw(17) as f32 * 0.25 - 2.0
+                }
+            };
+            let xs: Vec<f32> = (0..xl).map(|_| value(&mut draw)).collect();
+            let ws: Vec<f32> = (0..wl).map(|_| value(&mut draw)).collect();
+            let dys: Vec<f32> = (0..yl).map(|_| draw(9) as f32 * 0.25 - 1.0).collect();
+            let pre_w: Vec<f32> = (0..wl).map(|_| draw(5) as f32 * 0.5 - 1.0).collect();
+            let pre_x: Vec<f32> = (0..xl).map(|_| draw(5) as f32 * 0.5 - 1.0).collect();
+
+            // The core: x and w parameters, loss = sum(y * dy).
+            let mut mem = vec![0f32; 1 << 16];
+            let mut t = Tape::<Cpu<f32>, 16>::new(&mut mem);
+            let x = t.param(&[n, c, size[0], size[1]], &xs).unwrap();
+            let w = t.param(&[o, cg, kernel[0], kernel[1]], &ws).unwrap();
+            let cfg = ConvConfig {
+                stride,
+                padding,
+                dilation,
+            };
+            let y = t.conv2d(x, w, None, cfg).unwrap();
+            let g = t.input(&[n, o, out[0], out[1]], &dys).unwrap();
+            let p = t.mul(y, g).unwrap();
+            let loss = t.sum(p).unwrap();
+            t.backward(loss).unwrap();
+            let want_y = t.data(y).unwrap().to_vec();
+            let add = |pre: &[f32], g: &[f32]| -> Vec<f32> {
+                pre.iter().zip(g).map(|(p, g)| p + g).collect()
+            };
+            let want_dw = add(&pre_w, t.grad_data(w).unwrap().unwrap());
+            let want_dx = add(&pre_x, t.grad_data(x).unwrap().unwrap());
+
+            // The firmware's, on an arena [x | w | y | dy | dw | dx].
+            let (xo, wo, yo) = (0, xl, xl + wl);
+            let (dyo, dwo, dxo) = (yo + yl, yo + 2 * yl, yo + 2 * yl + wl);
+            let mut buf = vec![0f32; dxo + xl];
+            buf[..xl].copy_from_slice(&xs);
+            buf[wo..yo].copy_from_slice(&ws);
+            buf[dyo..dwo].copy_from_slice(&dys);
+            buf[dwo..dxo].copy_from_slice(&pre_w);
+            buf[dxo..].copy_from_slice(&pre_x);
+            let call = |pass| ConvCall {
+                pass,
+                images: n,
+                channels: c,
+                size,
+                out_channels: o,
+                groups,
+                kernel,
+                stride,
+                padding,
+                dilation,
+                out,
+            };
+            let passes = [
+                ConvPass::Forward {
+                    x: xo,
+                    w: wo,
+                    y: yo,
+                },
+                ConvPass::WeightGrad {
+                    x: xo,
+                    dy: dyo,
+                    dw: dwo,
+                },
+                ConvPass::InputGrad {
+                    w: wo,
+                    dy: dyo,
+                    dx: dxo,
+                },
+            ];
+            for pass in passes {
+                let done = super::conv::conv(&mut buf, &call(pass)).unwrap();
+                assert_eq!(done, padding == [0, 0], "case {case}: {:?}", call(pass));
+            }
+            if padding != [0, 0] {
+                continue;
+            }
+            ran += 1;
+            fixed += usize::from(row3);
+            let same = |what: &str, got: &[f32], want: &[f32]| {
+                for (i, (a, b)) in got.iter().zip(want).enumerate() {
+                    assert!(
+                        a == b || (a.is_nan() && b.is_nan()),
+                        "case {case}: {:?}: {what}[{i}] {a} vs {b}",
+                        call(passes[0])
+                    );
+                }
+            };
+            same("y", &buf[yo..dyo], &want_y);
+            same("dw", &buf[dwo..dxo], &want_dw);
+            same("dx", &buf[dxo..], &want_dx);
+        }
+        assert!(
+            ran > 4500 && fixed > 1500,
+            "{ran} cases ran, {fixed} with the fixed row"
+        );
+    }
+
+    /// Bad calls are errors, not panics, and write nothing: an output size that does not
+    /// follow, channels that do not divide into the groups, no images, a tensor past the
+    /// arena, an output over an input.
+    #[test]
+    fn firmware_conv_refuses_bad_calls() {
+        use mote::ops::conv::{ConvCall, ConvPass};
+        let mut buf = vec![0.5f32; 256];
+        let ok = ConvCall {
+            pass: ConvPass::Forward {
+                x: 0,
+                w: 64,
+                y: 100,
+            },
+            images: 1,
+            channels: 1,
+            size: [8, 8],
+            out_channels: 2,
+            groups: 1,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            out: [6, 6],
+        };
+        assert!(super::conv::conv(&mut buf, &ok).unwrap());
+        let before = buf.clone();
+        let bad = [
+            ConvCall { out: [6, 5], ..ok },
+            ConvCall {
+                dilation: [3, 1],
+                ..ok
+            },
+            ConvCall {
+                groups: 2,
+                out_channels: 3,
+                ..ok
+            },
+            ConvCall { images: 0, ..ok },
+            ConvCall {
+                images: usize::MAX,
+                ..ok
+            },
+            ConvCall {
+                pass: ConvPass::Forward {
+                    x: 0,
+                    w: 64,
+                    y: 200,
+                },
+                ..ok
+            },
+            ConvCall {
+                pass: ConvPass::Forward { x: 0, w: 64, y: 40 },
+                ..ok
+            },
+            ConvCall {
+                pass: ConvPass::WeightGrad {
+                    x: 0,
+                    dy: 100,
+                    dw: 60,
+                },
+                ..ok
+            },
+            ConvCall {
+                pass: ConvPass::InputGrad {
+                    w: 64,
+                    dy: 100,
+                    dx: usize::MAX - 8,
+                },
+                ..ok
+            },
+        ];
+        for b in bad {
+            assert!(super::conv::conv(&mut buf, &b).is_err(), "{b:?}");
+            assert_eq!(buf, before, "{b:?} wrote");
         }
     }
 }
