@@ -234,8 +234,10 @@ fn block<const RO: usize, const RC: usize, const KW: usize, const SW: usize, con
     unsafe {
         let (xp, mut wr) = (x.as_ptr().add(b.x), w.as_ptr().add(b.w));
         for c in 0..d.cg {
-            let mut xr = xp.add(c * plane);
-            for _ in 0..d.kh {
+            for ki in 0..d.kh {
+                // Computed per row (not stepped past the last one): `ki * DH * W` is inside
+                // the plane for every window row.
+                let xr = xp.add(c * plane + ki * d.dh * d.w);
                 for kj in 0..kw {
                     let xs: [f32; RC] = core::array::from_fn(|q| *xr.add(q * sw + kj * dw));
                     for (r, acc) in acc.iter_mut().enumerate() {
@@ -246,7 +248,6 @@ fn block<const RO: usize, const RC: usize, const KW: usize, const SW: usize, con
                     }
                 }
                 wr = wr.add(kw);
-                xr = xr.add(d.dh * d.w);
             }
         }
     }

@@ -124,23 +124,38 @@ pub(crate) fn walk(
     });
 }
 
-/// If `small` broadcast to `out` is a plain repetition of a contiguous block (a trailing
-/// suffix of `out`'s dimensions, like a bias row or a scalar), returns the block length.
-fn repeats(small: &Shape, out: &Shape) -> Option<usize> {
-    let n = small.numel();
-    if n == 1 {
-        return Some(1);
-    }
-    // Trailing dims of `small` (after dropping leading 1s) must equal out's trailing dims.
-    let dims = small.dims();
-    let first = dims.iter().position(|&d| d != 1)?;
-    let tail = dims.get(first..)?;
-    let od = out.dims();
-    if tail.len() > od.len() {
+/// If `small` broadcast to `out` varies along one contiguous run of `out`'s dimensions only (a
+/// per-channel `[C, 1, 1]` against `[N, C, H, W]`, a bias row, a scalar), returns `(run,
+/// inner)`: the run's length (`small`'s element count) and the number of elements of `out`
+/// after it, along which each of `small`'s elements repeats.
+fn middle(small: &Shape, out: &Shape) -> Option<(usize, usize)> {
+    let (sd, od) = (small.dims(), out.dims());
+    let pad = od.len().checked_sub(sd.len())?;
+    // `small`'s dimension aligned with `out`'s `d` (1 where it has none).
+    let at = |d: usize| {
+        d.checked_sub(pad)
+            .and_then(|i| sd.get(i))
+            .copied()
+            .unwrap_or(1)
+    };
+    let (first, end) = match (0..od.len()).position(|d| at(d) != 1) {
+        Some(first) => {
+            let last = (0..od.len()).rev().find(|&d| at(d) != 1).unwrap_or(first);
+            (first, last + 1)
+        }
+        None => (od.len(), od.len()),
+    };
+    if (first..end).any(|d| od.get(d) != Some(&at(d))) {
         return None;
     }
-    let otail = od.get(od.len() - tail.len()..)?;
-    (tail == otail).then_some(n)
+    let inner: usize = od
+        .get(end..)
+        .unwrap_or(&[])
+        .iter()
+        .map(|&d| d as usize)
+        .product();
+    let run = small.numel();
+    (run != 0 && inner != 0).then_some((run, inner))
 }
 
 /// Reference forward kernel. Shapes have been checked by the caller: `ys` is the broadcast of
@@ -160,16 +175,42 @@ pub fn forward<T: Float>(
         for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
             *y = op.apply(a, b);
         }
-    } else if an == yn && repeats(sb, ys).is_some() {
-        for (yc, ac) in y.chunks_exact_mut(bn).zip(a.chunks_exact(bn)) {
-            for ((y, &a), &b) in yc.iter_mut().zip(ac).zip(b) {
-                *y = op.apply(a, b);
+    } else if let (true, Some((run, inner))) = (an == yn, middle(sb, ys)) {
+        // `b` a scalar, a bias row, or per channel (any run of dimensions): each of its values
+        // over a row of `a` (rows of one element for a bias row).
+        for (yc, ac) in y
+            .chunks_exact_mut(run * inner)
+            .zip(a.chunks_exact(run * inner))
+        {
+            if inner == 1 {
+                for ((y, &a), &b) in yc.iter_mut().zip(ac).zip(b) {
+                    *y = op.apply(a, b);
+                }
+                continue;
+            }
+            let rows = yc.chunks_exact_mut(inner).zip(ac.chunks_exact(inner));
+            for ((yr, ar), &b) in rows.zip(b) {
+                for (y, &a) in yr.iter_mut().zip(ar) {
+                    *y = op.apply(a, b);
+                }
             }
         }
-    } else if bn == yn && repeats(sa, ys).is_some() {
-        for (yc, bc) in y.chunks_exact_mut(an).zip(b.chunks_exact(an)) {
-            for ((y, &b), &a) in yc.iter_mut().zip(bc).zip(a) {
-                *y = op.apply(a, b);
+    } else if let (true, Some((run, inner))) = (bn == yn, middle(sa, ys)) {
+        for (yc, bc) in y
+            .chunks_exact_mut(run * inner)
+            .zip(b.chunks_exact(run * inner))
+        {
+            if inner == 1 {
+                for ((y, &b), &a) in yc.iter_mut().zip(bc).zip(a) {
+                    *y = op.apply(a, b);
+                }
+                continue;
+            }
+            let rows = yc.chunks_exact_mut(inner).zip(bc.chunks_exact(inner));
+            for ((yr, br), &a) in rows.zip(a) {
+                for (y, &b) in yr.iter_mut().zip(br) {
+                    *y = op.apply(a, b);
+                }
             }
         }
     } else {
@@ -235,6 +276,30 @@ pub fn backward<T: Float>(
         if full {
             for (d, &g) in dx.iter_mut().zip(dy) {
                 *d += g * p;
+            }
+            return;
+        }
+    }
+    // The broadcast operand's gradient where the other one has the output's shape and this one
+    // varies along a run of middle dimensions (a per-channel value), in a sum, a difference or
+    // a product (its partial a constant or the other operand): the walk's sums, in the walk's
+    // order (the output's), without its per-element index arithmetic. Two loops in all, so
+    // that a firmware links little code for them.
+    let (other_full, small_shape, full_v) = match side {
+        Side::Lhs => (sb.numel() == n, sa, b),
+        Side::Rhs => (sa.numel() == n, sb, a),
+    };
+    if other_full && (constant.is_some() || op == BinaryOp::Mul) {
+        if let Some((run, inner)) = middle(small_shape, ys) {
+            let block = run * inner;
+            for (gc, fc) in dy.chunks_exact(block).zip(full_v.chunks_exact(block)) {
+                let rows = gc.chunks_exact(inner).zip(fc.chunks_exact(inner));
+                for ((gr, fr), d) in rows.zip(dx.iter_mut()) {
+                    match constant {
+                        Some(p) => gr.iter().for_each(|&g| *d += g * p),
+                        None => gr.iter().zip(fr).for_each(|(&g, &f)| *d += g * f),
+                    }
+                }
             }
             return;
         }
@@ -306,6 +371,81 @@ mod tests {
             &s(&[2, 3]),
         );
         assert_eq!(y, [2.0, 20.0, 200.0, 3.0, 30.0, 300.0]);
+    }
+
+    /// A per-channel operand (or any run of middle dimensions, a bias row, a scalar) against
+    /// a full one, on either side: the run paths give the walk's results bit for bit, forward
+    /// and every gradient; other broadcasts are not taken for runs.
+    #[test]
+    fn middle_runs_match_the_walk() {
+        let mut seed = 7u64;
+        let mut draw = |n: usize| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let ops = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div];
+        let bits = |v: &[f64], w: &[f64]| v.iter().zip(w).all(|(x, y)| x.to_bits() == y.to_bits());
+        let (mut runs, mut others) = (0, 0);
+        for _ in 0..6000 {
+            let rank = 1 + draw(4);
+            let mut od = [1usize; 4];
+            for d in od.iter_mut().take(rank) {
+                *d = 2 + draw(3);
+            }
+            let od = &od[..rank];
+            // The small operand: some of `out`'s dimensions set to 1, maybe leading ones dropped.
+            let mut sd = [1usize; 4];
+            for (s, &d) in sd.iter_mut().zip(od) {
+                *s = if draw(2) == 0 { 1 } else { d };
+            }
+            let drop = if draw(3) == 0 { draw(rank) } else { 0 };
+            let sd = &sd[drop..rank];
+            let (ys, small) = (s(od), s(sd));
+            // A run: the dimensions where `small` is not 1 are consecutive and equal `out`'s.
+            let at = |d: usize| if d < drop { 1 } else { sd[d - drop] };
+            let live = |d: usize| at(d) != 1;
+            let first = (0..rank).find(|&d| live(d)).unwrap_or(rank);
+            let end = (0..rank).rev().find(|&d| live(d)).map_or(rank, |d| d + 1);
+            let want_run = (first..end).all(|d| at(d) == od[d]);
+            assert_eq!(middle(&small, &ys).is_some(), want_run, "{od:?} {sd:?}");
+            if want_run {
+                runs += 1;
+            } else {
+                others += 1;
+            }
+            let n = ys.numel();
+            let full: [f64; 256] = core::array::from_fn(|i| (i as f64 * 0.37).sin() * 3.0);
+            let part: [f64; 256] = core::array::from_fn(|i| 1.5 + (i as f64).cos());
+            let dy: [f64; 256] = core::array::from_fn(|i| (i as f64 * 0.91).cos());
+            let (full, part, dy) = (&full[..n], &part[..small.numel()], &dy[..n]);
+            for op in ops {
+                for small_left in [false, true] {
+                    let (a, sa, b, sb) = if small_left {
+                        (part, &small, full, &ys)
+                    } else {
+                        (full, &ys, part, &small)
+                    };
+                    let (ta, tb) = (sa.broadcast_strides(&ys), sb.broadcast_strides(&ys));
+                    let (mut y, mut want) = ([0.0; 256], [0.0; 256]);
+                    forward(op, a, sa, b, sb, &mut y[..n], &ys);
+                    walk(&ys, ta, tb, |o, ia, ib| want[o] = op.apply(a[ia], b[ib]));
+                    assert!(bits(&y, &want), "{op:?} {od:?} {sd:?} {small_left}");
+                    for side in [Side::Lhs, Side::Rhs] {
+                        let len = if side == Side::Lhs { a.len() } else { b.len() };
+                        let (mut dx, mut want) = ([0.25; 256], [0.25; 256]);
+                        backward(op, side, a, sa, b, sb, dy, &ys, &mut dx[..len]);
+                        walk(&ys, ta, tb, |o, ia, ib| {
+                            let i = if side == Side::Lhs { ia } else { ib };
+                            want[i] += dy[o] * op.partial(side, a[ia], b[ib]);
+                        });
+                        assert!(bits(&dx, &want), "{op:?} {side:?} {od:?} {sd:?}");
+                    }
+                }
+            }
+        }
+        assert!(runs > 1000 && others > 300, "{runs} runs, {others} others");
     }
 
     #[test]
