@@ -71,66 +71,127 @@ pub fn max_pool(buf: &mut [f32], call: &PoolCall) -> Result<bool> {
         *o = (t / kw) * w + t % kw;
     }
     let offs = offs.get(1..taps).unwrap_or(&[]);
+    // The common 2 x 2 window with its three offsets as constants of the loop (unrolled; used
+    // only for that window, where `w + 1` is inside the plane, hence the wrapping add).
+    let square = [1, w, w.wrapping_add(1)];
+    let g = Grid {
+        plane,
+        oplane,
+        out: [oh, ow],
+        // Saturating: a stride that overflows here has one row of windows (`check_windows`),
+        // and row 0 never uses it.
+        step: [sh.saturating_mul(w), sw],
+    };
     match call.pass {
         PoolPass::Forward { x, y } => {
             let (yb, [xb]) = split(buf, at(y, yl)?, [at(x, xl)?])?;
             check_windows(call)?;
-            for (xp, yp) in xb.chunks_exact(plane).zip(yb.chunks_exact_mut(oplane)) {
-                let mut o = 0;
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let base = oy * sh * w + ox * sw;
-                        // SAFETY: `check_windows`: every tap of every window lies in the plane
-                        // (`base + offset < h * w`); `o < oh * ow`, the length of `yp`.
-                        unsafe {
-                            let mut m = *xp.get_unchecked(base);
-                            for &t in offs {
-                                let v = *xp.get_unchecked(base + t);
-                                if v > m || v.is_nan() {
-                                    m = v;
-                                }
-                            }
-                            *yp.get_unchecked_mut(o) = m;
-                        }
-                        o += 1;
-                    }
-                }
+            if (kh, kw) == (2, 2) {
+                forward(&g, xb, yb, &square);
+            } else {
+                forward(&g, xb, yb, offs);
             }
         }
         PoolPass::Backward { x, y, dy, dx } => {
             let (dxb, [xb, yb, dyb]) =
                 split(buf, at(dx, xl)?, [at(x, xl)?, at(y, yl)?, at(dy, yl)?])?;
             check_windows(call)?;
-            let planes = dxb
-                .chunks_exact_mut(plane)
-                .zip(xb.chunks_exact(plane))
-                .zip(yb.chunks_exact(oplane).zip(dyb.chunks_exact(oplane)));
-            for ((dxp, xp), (yp, dyp)) in planes {
-                let mut o = 0;
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let base = oy * sh * w + ox * sw;
-                        // SAFETY: as in the forward; `dxp` has the plane's length too, and
-                        // `yp`, `dyp` the output plane's.
-                        unsafe {
-                            let (m, g) = (*yp.get_unchecked(o), *dyp.get_unchecked(o));
-                            let hit = |v: f32| v == m || (v.is_nan() && m.is_nan());
-                            let at = if hit(*xp.get_unchecked(base)) {
-                                Some(base)
-                            } else {
-                                offs.iter()
-                                    .map(|&t| base + t)
-                                    .find(|&i| hit(*xp.get_unchecked(i)))
-                            };
-                            if let Some(i) = at {
-                                *dxp.get_unchecked_mut(i) += g;
-                            }
-                        }
-                        o += 1;
-                    }
-                }
+            if (kh, kw) == (2, 2) {
+                backward(&g, xb, yb, dyb, dxb, &square);
+            } else {
+                backward(&g, xb, yb, dyb, dxb, offs);
             }
         }
     }
     Ok(true)
+}
+
+/// A pooling's planes: elements of an input and of an output plane, the output's sides, and
+/// the input offsets between vertically and horizontally adjacent windows.
+struct Grid {
+    plane: usize,
+    oplane: usize,
+    out: [usize; 2],
+    step: [usize; 2],
+}
+
+/// Each window's maximum into `y`; `offs` are the taps after the first (inlined: a fixed
+/// window's offsets unroll).
+#[inline(always)]
+fn forward(g: &Grid, xb: &[f32], yb: &mut [f32], offs: &[usize]) {
+    for (xp, yp) in xb.chunks_exact(g.plane).zip(yb.chunks_exact_mut(g.oplane)) {
+        let mut o = 0;
+        for oy in 0..g.out[0] {
+            let mut base = oy * g.step[0];
+            for _ in 0..g.out[1] {
+                // SAFETY: `check_windows`: every tap of every window lies in the plane
+                // (`base + offset < h * w`); `o < oh * ow`, the length of `yp`.
+                unsafe {
+                    let p = xp.as_ptr().add(base);
+                    let mut m = *p;
+                    for &t in offs {
+                        let v = *p.add(t);
+                        if v > m || v.is_nan() {
+                            m = v;
+                        }
+                    }
+                    *yp.get_unchecked_mut(o) = m;
+                }
+                o += 1;
+                // Wrapping: past the row's last window the value is not used.
+                base = base.wrapping_add(g.step[1]);
+            }
+        }
+    }
+}
+
+/// Each window's gradient added to its first tap that holds the maximum `y`.
+#[inline(always)]
+fn backward(g: &Grid, xb: &[f32], yb: &[f32], dyb: &[f32], dxb: &mut [f32], offs: &[usize]) {
+    let planes = dxb
+        .chunks_exact_mut(g.plane)
+        .zip(xb.chunks_exact(g.plane))
+        .zip(yb.chunks_exact(g.oplane).zip(dyb.chunks_exact(g.oplane)));
+    for ((dxp, xp), (yp, dyp)) in planes {
+        let mut o = 0;
+        for oy in 0..g.out[0] {
+            let mut base = oy * g.step[0];
+            for _ in 0..g.out[1] {
+                // SAFETY: as in the forward; `dxp` has the plane's length too, and `yp`, `dyp`
+                // the output plane's.
+                unsafe {
+                    let (m, gv) = (*yp.get_unchecked(o), *dyp.get_unchecked(o));
+                    let p = xp.as_ptr().add(base);
+                    // The first tap equal to the maximum (the first NaN for a NaN maximum): one
+                    // comparison a tap.
+                    let at = if m.is_nan() {
+                        first(p, offs, |v| v.is_nan())
+                    } else {
+                        first(p, offs, |v| v == m)
+                    };
+                    if let Some(t) = at {
+                        *dxp.get_unchecked_mut(base + t) += gv;
+                    }
+                }
+                o += 1;
+                // Wrapping: past the row's last window the value is not used.
+                base = base.wrapping_add(g.step[1]);
+            }
+        }
+    }
+}
+
+/// The offset (0 or one of `offs`) of the first tap from `p` for which `hit` holds.
+///
+/// # Safety
+/// `p` and `p + t` for every `t` of `offs` are readable.
+#[inline(always)]
+unsafe fn first(p: *const f32, offs: &[usize], hit: impl Fn(f32) -> bool) -> Option<usize> {
+    // SAFETY: the caller's.
+    unsafe {
+        if hit(*p) {
+            return Some(0);
+        }
+        offs.iter().copied().find(|&t| hit(*p.add(t)))
+    }
 }
