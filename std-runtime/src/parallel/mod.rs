@@ -9,6 +9,8 @@
 //! - convolutions in f32, on CPUs with AVX-512 or AVX2, run direct kernels over zero-padded
 //!   image planes, with no im2col buffer (see `conv.rs`); in f64 they are im2col copies and
 //!   products, as on `Cpu`;
+//! - max and average pooling read each window in place (no im2col buffer; `pool.rs`), planes
+//!   split over the threads, with `Cpu`'s results bit for bit;
 //! - elementwise ops, reductions, softmax, losses, optimizer updates, fills and strided copies
 //!   are split over the threads above a size threshold ([`PAR_MIN`] elements), in chunks
 //!   that each run the core's own kernel, so that most results are bit for bit those of `Cpu`;
@@ -53,6 +55,7 @@
 mod conv;
 mod gemm;
 mod kernels;
+mod pool;
 mod team;
 mod xent;
 
@@ -62,6 +65,7 @@ use mote::backend::{split, split_mut, View};
 use mote::ops::binary::{self, BinaryOp, Side};
 #[cfg(target_arch = "x86_64")]
 use mote::ops::conv::ConvCall;
+use mote::ops::conv::PoolCall;
 use mote::ops::loss::{self, LossOp};
 use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
@@ -409,6 +413,15 @@ impl<T: Float> Backend for Parallel<'_, T> {
             ConvKernels::Avx2 => conv::run(self.buf, call, self.threads, false),
             ConvKernels::Im2col => Ok(false),
         }
+    }
+
+    fn pool(&mut self, call: &PoolCall) -> Result<bool> {
+        let [xl, _] = call.lens()?;
+        let tasks = match self.grain(xl, PAR_MIN) {
+            Some(_) => self.threads * 4,
+            None => 1,
+        };
+        pool::run(self.buf, call, tasks)
     }
 
     fn copy_strided(
