@@ -181,8 +181,39 @@ fn copy_rows<T: Float>(
         let Some(dst) = d.get_mut(..cols) else {
             return false;
         };
+        if let [one] = dst {
+            // One column: the same additions, in the same order, in a register.
+            let mut acc = *one;
+            for i in 0..rows {
+                acc += s.get(i * sr).copied().unwrap_or(T::ZERO);
+            }
+            *one = acc;
+            return true;
+        }
         for i in 0..rows {
             copy_row(src_row(i), dst, true);
+        }
+        return true;
+    }
+    if sr == 0 && dr == cols && !accumulate {
+        // One row repeated over contiguous rows (a bias broadcast): a fill for one column,
+        // else the row copied once and the copied part doubled (a few `memcpy` calls in place
+        // of one per row).
+        let Some(dst) = d.get_mut(..rows * cols) else {
+            return false;
+        };
+        if let [v] = src_row(0) {
+            dst.fill(*v);
+            return true;
+        }
+        if let Some(first) = dst.get_mut(..cols) {
+            first.copy_from_slice(src_row(0));
+        }
+        let mut done = cols;
+        while done < dst.len() {
+            let n = done.min(dst.len() - done);
+            dst.copy_within(..n, done);
+            done += n;
         }
         return true;
     }
