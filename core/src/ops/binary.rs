@@ -143,7 +143,8 @@ fn middle(small: &Shape, out: &Shape) -> Option<(usize, usize)> {
             let last = (0..od.len()).rev().find(|&d| at(d) != 1).unwrap_or(first);
             (first, last + 1)
         }
-        None => (od.len(), od.len()),
+        // A scalar: one row of the whole output.
+        None => (0, 0),
     };
     if (first..end).any(|d| od.get(d) != Some(&at(d))) {
         return None;
@@ -392,7 +393,7 @@ mod tests {
             let rank = 1 + draw(4);
             let mut od = [1usize; 4];
             for d in od.iter_mut().take(rank) {
-                *d = 2 + draw(3);
+                *d = if draw(5) == 0 { 1 } else { 2 + draw(3) };
             }
             let od = &od[..rank];
             // The small operand: some of `out`'s dimensions set to 1, maybe leading ones dropped.
@@ -445,7 +446,7 @@ mod tests {
                 }
             }
         }
-        assert!(runs > 1000 && others > 300, "{runs} runs, {others} others");
+        assert!(runs > 1000 && others > 200, "{runs} runs, {others} others");
     }
 
     #[test]

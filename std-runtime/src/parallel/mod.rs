@@ -417,6 +417,15 @@ impl<T: Float> Backend for Parallel<'_, T> {
 
     fn pool(&mut self, call: &PoolCall) -> Result<bool> {
         let [xl, _] = call.lens()?;
+        // Only what the tape asks for (windows, strides and padding up to 31, padding up to
+        // half the window): the work grows with the window, not with the tensors, and a call
+        // beyond those bounds is left to the core's path, whose buffer the arena bounds.
+        let tape_sized = (0..2).all(|d| {
+            call.kernel[d] <= 31 && call.stride[d] <= 31 && call.padding[d] * 2 <= call.kernel[d]
+        });
+        if !tape_sized {
+            return Ok(false);
+        }
         let tasks = match self.grain(xl, PAR_MIN) {
             Some(_) => self.threads * 4,
             None => 1,
