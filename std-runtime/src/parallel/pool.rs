@@ -107,9 +107,8 @@ pub(crate) fn run<T: Float>(buf: &mut [T], call: &PoolCall, tasks: usize) -> Res
     let r = |o: usize, n: usize| o..o.saturating_add(n);
     let (plane, oplane) = (g.h * g.w, g.oh * g.ow);
     // Without padding, planes go output row by output row, tap by tap along the row (loops the
-    // compiler vectorises); the backward so where windows do not overlap.
+    // compiler vectorises).
     let unpadded = g.ph == 0 && g.pw == 0;
-    let disjoint = g.sh >= g.kh && g.sw >= g.kw;
     // Planes per task (at least one): `lens` checked that there are planes.
     let per = call.planes.div_ceil(tasks.max(1));
     match call.pass {
@@ -139,7 +138,7 @@ pub(crate) fn run<T: Float>(buf: &mut [T], call: &PoolCall, tasks: usize) -> Res
                     .zip(xs.chunks_exact(plane))
                     .zip(ys.chunks_exact(oplane).zip(dys.chunks_exact(oplane)));
                 for ((dxp, xp), (yp, dyp)) in planes {
-                    if unpadded && disjoint {
+                    if unpadded {
                         simd(|| rows_backward(&g, xp, yp, dyp, dxp, &mut hits));
                     } else {
                         backward(&g, xp, yp, dyp, dxp, &mut hits);
@@ -418,9 +417,9 @@ fn rows_forward<T: Float>(g: &Geom, xp: &[T], yp: &mut [T]) {
     }
 }
 
-/// One unpadded plane's backward where windows do not overlap, output row by output row: each
-/// window's maximum's tap found tap by tap, then every tap's addition (`0 + dy` to the
-/// maximum's, `0` to the others'; `0 + dy * inv` to every tap for average pooling).
+/// One unpadded plane's backward, along output rows: each window's maximum's tap found tap by
+/// tap, then every tap's additions over the plane, tap by tap (`0 + dy` to the maximum's, `0`
+/// to the others'; `0 + dy * inv` to every tap for average pooling).
 fn rows_backward<T: Float>(
     g: &Geom,
     xp: &[T],
@@ -434,30 +433,38 @@ fn rows_backward<T: Float>(
     }
     let inv = g.inv::<T>();
     let taps = g.kh * g.kw;
-    let rows = yp.chunks_exact(g.ow).zip(dyp.chunks_exact(g.ow));
-    for (oy, (yr, gr)) in rows.enumerate() {
-        let base = oy * g.sh * g.w;
-        hits.clear();
-        hits.resize(g.ow, if g.max { usize::MAX } else { 0 });
-        if g.max {
+    // Each window's maximum's tap, for the whole plane first: the additions below then go tap
+    // by tap over the plane (the core's order where windows overlap).
+    hits.clear();
+    hits.resize(g.oh * g.ow, usize::MAX);
+    if g.max {
+        for (oy, (hr, yr)) in hits
+            .chunks_exact_mut(g.ow)
+            .zip(yp.chunks_exact(g.ow))
+            .enumerate()
+        {
+            let base = oy * g.sh * g.w;
             for t in 0..taps {
                 let off = base + (t / g.kw) * g.w + t % g.kw;
                 along(xp.get(off..).unwrap_or(&[]), g.sw, g.ow, |ox, v| {
-                    if let (Some(h), Some(&m)) = (hits.get_mut(ox), yr.get(ox)) {
+                    if let (Some(h), Some(&m)) = (hr.get_mut(ox), yr.get(ox)) {
                         let hit = v == m || (v.is_nan() && m.is_nan());
                         *h = if *h == usize::MAX && hit { t } else { *h };
                     }
                 });
             }
         }
-        for t in 0..taps {
-            let off = base + (t / g.kw) * g.w + t % g.kw;
+    }
+    for t in 0..taps {
+        let rows = hits.chunks_exact(g.ow).zip(dyp.chunks_exact(g.ow));
+        for (oy, (hr, gr)) in rows.enumerate() {
+            let off = oy * g.sh * g.w + (t / g.kw) * g.w + t % g.kw;
             let Some(ds) = dxp.get_mut(off..) else {
                 continue;
             };
-            // The positions this tap reads along the row: every `sw`-th from `off`.
+            // What window `ox` adds to this tap, which it reads at `off + ox * sw`.
             let add = |ox: usize, d: &mut T| {
-                if let (Some(&h), Some(&gv)) = (hits.get(ox), gr.get(ox)) {
+                if let (Some(&h), Some(&gv)) = (hr.get(ox), gr.get(ox)) {
                     *d += if !g.max {
                         T::ZERO + gv * inv
                     } else if h == t {
