@@ -112,7 +112,7 @@ fn cases<T: Float>(seed: u64, count: usize) -> usize {
         let data: Vec<T> = (0..n).map(|_| value(&mut draw)).collect();
         // Half the cases with gradients whose sums round: there the order of additions shows.
         let rough = draw(2) == 0;
-        let mut grad = |draw: &mut dyn FnMut(usize) -> usize| {
+        let grad = |draw: &mut dyn FnMut(usize) -> usize| {
             if rough {
                 T::from_f64(draw(1 << 20) as f64 / (1 << 19) as f64 - 1.0)
             } else {
