@@ -369,14 +369,14 @@ impl Planes {
             for (u, row) in plane.chunks_exact_mut(cols).enumerate() {
                 let r = u * s0 + a;
                 if r < self.shift[0] || r - self.shift[0] >= h || lo == hi {
-                    row.fill(0.0);
+                    zero(row);
                     continue;
                 }
                 let src_row = &src[(r - self.shift[0]) * w..][..w];
                 let (left, rest) = row.split_at_mut(lo);
                 let (mid, right) = rest.split_at_mut(hi - lo);
-                left.fill(0.0);
-                right.fill(0.0);
+                zero(left);
+                zero(right);
                 let first = &src_row[lo * s1 + b - self.shift[1]..];
                 if s1 == 1 {
                     for (d, v) in mid.iter_mut().zip(first) {
@@ -388,6 +388,21 @@ impl Planes {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Zeroes `v`: a padding border is a value or two, where `fill` (a `memset` call) costs more
+/// than the stores; a fixed count of guarded stores stays inline.
+#[inline(always)]
+fn zero(v: &mut [f32]) {
+    if v.len() > 4 {
+        v.fill(0.0);
+        return;
+    }
+    for i in 0..4 {
+        if let Some(x) = v.get_mut(i) {
+            *x = 0.0;
         }
     }
 }
