@@ -10,11 +10,11 @@ and 1.
     /tmp/torchenv/bin/python benches/peers/cnn_torch.py
 """
 
-import statistics
-import time
 
 import torch
 from torch import nn
+
+from steps import time_steps
 
 
 def run(threads: int) -> None:
@@ -41,21 +41,7 @@ def run(threads: int) -> None:
         loss.backward()
         opt.step()
 
-    reps = 200
-    for _ in range(reps):
-        step()
-    chunks = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            step()
-        chunks.append((time.perf_counter() - t0) / reps)
-    med = statistics.median(chunks)
-    print(
-        f"torch {torch.__version__} digits CNN step, {threads} thread(s): {med * 1e6:.0f} us "
-        f"(min {min(chunks) * 1e6:.0f}, max {max(chunks) * 1e6:.0f})"
-    )
-
+    time_steps(step, f"torch {torch.__version__} digits CNN step, {threads} thread(s)")
 
 if __name__ == "__main__":
     run(2)

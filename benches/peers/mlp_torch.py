@@ -9,11 +9,11 @@ Prints the median and the spread of the per-step time over 7 timed chunks after 
     /tmp/torchenv/bin/python benches/peers/mlp_torch.py [W-seed W-digits W-mnist W-large]
 """
 
-import statistics
 import sys
-import time
 
 import torch
+
+from steps import time_steps
 
 # name: (layer sizes, loss, batch)
 WORKLOADS = {
@@ -50,25 +50,7 @@ def run(name: str, threads: int) -> None:
         opt.step()
 
     # About 2 s of timed steps in all.
-    t0 = time.perf_counter()
-    for _ in range(3):
-        step()
-    per = (time.perf_counter() - t0) / 3
-    reps = max(3, int(0.3 / max(per, 1e-7)))
-    for _ in range(reps):
-        step()
-    chunks = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            step()
-        chunks.append((time.perf_counter() - t0) / reps)
-    med = statistics.median(chunks)
-    print(
-        f"torch {torch.__version__} {name}, {threads} thread(s): {med * 1e6:.1f} us per step "
-        f"(min {min(chunks) * 1e6:.1f}, max {max(chunks) * 1e6:.1f})"
-    )
-
+    time_steps(step, f"torch {torch.__version__} {name}, {threads} thread(s)")
 
 if __name__ == "__main__":
     names = [a for a in sys.argv[1:] if a in WORKLOADS] or list(WORKLOADS)
