@@ -159,6 +159,36 @@ fn middle(small: &Shape, out: &Shape) -> Option<(usize, usize)> {
     (run != 0 && inner != 0).then_some((run, inner))
 }
 
+/// `y = f(full, small)` where `small` varies along a run of `y`'s dimensions ([`middle`]'s
+/// `(run, inner)`): each of its values over a row of `full` (rows of one element for a bias
+/// row, zipped whole so that they vectorise).
+#[inline(always)]
+fn along_runs<T: Float>(
+    full: &[T],
+    small: &[T],
+    y: &mut [T],
+    (run, inner): (usize, usize),
+    f: impl Fn(T, T) -> T,
+) {
+    for (yc, fc) in y
+        .chunks_exact_mut(run * inner)
+        .zip(full.chunks_exact(run * inner))
+    {
+        if inner == 1 {
+            for ((y, &v), &s) in yc.iter_mut().zip(fc).zip(small) {
+                *y = f(v, s);
+            }
+            continue;
+        }
+        let rows = yc.chunks_exact_mut(inner).zip(fc.chunks_exact(inner));
+        for ((yr, fr), &s) in rows.zip(small) {
+            for (y, &v) in yr.iter_mut().zip(fr) {
+                *y = f(v, s);
+            }
+        }
+    }
+}
+
 /// Reference forward kernel. Shapes have been checked by the caller: `ys` is the broadcast of
 /// `as_` and `bs`, and slices have those lengths.
 pub fn forward<T: Float>(
@@ -176,44 +206,10 @@ pub fn forward<T: Float>(
         for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
             *y = op.apply(a, b);
         }
-    } else if let (true, Some((run, inner))) = (an == yn, middle(sb, ys)) {
-        // `b` a scalar, a bias row, or per channel (any run of dimensions): each of its values
-        // over a row of `a` (rows of one element for a bias row).
-        for (yc, ac) in y
-            .chunks_exact_mut(run * inner)
-            .zip(a.chunks_exact(run * inner))
-        {
-            if inner == 1 {
-                for ((y, &a), &b) in yc.iter_mut().zip(ac).zip(b) {
-                    *y = op.apply(a, b);
-                }
-                continue;
-            }
-            let rows = yc.chunks_exact_mut(inner).zip(ac.chunks_exact(inner));
-            for ((yr, ar), &b) in rows.zip(b) {
-                for (y, &a) in yr.iter_mut().zip(ar) {
-                    *y = op.apply(a, b);
-                }
-            }
-        }
-    } else if let (true, Some((run, inner))) = (bn == yn, middle(sa, ys)) {
-        for (yc, bc) in y
-            .chunks_exact_mut(run * inner)
-            .zip(b.chunks_exact(run * inner))
-        {
-            if inner == 1 {
-                for ((y, &b), &a) in yc.iter_mut().zip(bc).zip(a) {
-                    *y = op.apply(a, b);
-                }
-                continue;
-            }
-            let rows = yc.chunks_exact_mut(inner).zip(bc.chunks_exact(inner));
-            for ((yr, br), &a) in rows.zip(a) {
-                for (y, &b) in yr.iter_mut().zip(br) {
-                    *y = op.apply(a, b);
-                }
-            }
-        }
+    } else if let (true, Some(run)) = (an == yn, middle(sb, ys)) {
+        along_runs(a, b, y, run, |a, b| op.apply(a, b));
+    } else if let (true, Some(run)) = (bn == yn, middle(sa, ys)) {
+        along_runs(b, a, y, run, |b, a| op.apply(a, b));
     } else {
         let (ta, tb) = (sa.broadcast_strides(ys), sb.broadcast_strides(ys));
         walk(ys, ta, tb, |o, ia, ib| {
