@@ -235,8 +235,8 @@ fn first_hit<T: Float>(g: &Geom, xp: &[T], oy: usize, ox: usize, m: T) -> Option
     })
 }
 
-/// One plane's backward: window by window where windows do not overlap (each position then
-/// takes at most one addition), tap by tap otherwise (the core's order).
+/// One padded plane's backward, tap by tap over the plane (the core's order where windows
+/// overlap; where they do not, each position takes at most one addition).
 fn backward<T: Float>(
     g: &Geom,
     xp: &[T],
@@ -257,42 +257,14 @@ fn backward<T: Float>(
             T::ZERO
         }
     };
-    let hit_at = |o: usize, oy: usize, ox: usize| -> Option<usize> {
-        if g.max {
-            first_hit(g, xp, oy, ox, yp.get(o).copied().unwrap_or(T::ZERO))
-        } else {
-            None
-        }
-    };
     let taps = g.kh * g.kw;
-    if g.sh >= g.kh && g.sw >= g.kw {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let o = oy * g.ow + ox;
-                if g.inside(oy, ox) {
-                    inside_backward(g, xp, yp, dyp, dxp, (oy, ox), inv);
-                    continue;
-                }
-                let hit = hit_at(o, oy, ox);
-                for t in 0..taps {
-                    if let Some(d) = g
-                        .tap(oy, ox, t / g.kw, t % g.kw)
-                        .and_then(|i| dxp.get_mut(i))
-                    {
-                        *d += share(o, t, hit);
-                    }
-                }
-            }
-        }
-        return;
-    }
-    // Overlapping windows: each window's maximum's tap first, then tap by tap.
+    // Each window's maximum's tap first, then tap by tap over the plane.
     if g.max {
         hits.clear();
         for oy in 0..g.oh {
             for ox in 0..g.ow {
-                let hit = hit_at(oy * g.ow + ox, oy, ox);
-                hits.push(hit.unwrap_or(usize::MAX));
+                let m = yp.get(oy * g.ow + ox).copied().unwrap_or(T::ZERO);
+                hits.push(first_hit(g, xp, oy, ox, m).unwrap_or(usize::MAX));
             }
         }
     }
@@ -308,44 +280,6 @@ fn backward<T: Float>(
                     *d += share(o, t, hit);
                 }
             }
-        }
-    }
-}
-
-/// The backward of one window that lies inside the input, row slice by row slice: for max
-/// pooling `0 + dy` to its first tap that holds the maximum and `0` to the others, for average
-/// pooling `0 + dy * inv` to every tap.
-#[inline(always)]
-fn inside_backward<T: Float>(
-    g: &Geom,
-    xp: &[T],
-    yp: &[T],
-    dyp: &[T],
-    dxp: &mut [T],
-    (oy, ox): (usize, usize),
-    inv: T,
-) {
-    let o = oy * g.ow + ox;
-    let (m, gv) = match (yp.get(o), dyp.get(o)) {
-        (Some(&m), Some(&gv)) => (m, gv),
-        _ => return,
-    };
-    let top = (oy * g.sh - g.ph) * g.w + ox * g.sw - g.pw;
-    let (nan, mut found) = (m.is_nan(), false);
-    let add = if g.max {
-        T::ZERO + gv
-    } else {
-        T::ZERO + gv * inv
-    };
-    for i in 0..g.kh {
-        let at = top + i * g.w..top + i * g.w + g.kw;
-        let (Some(xr), Some(dr)) = (xp.get(at.clone()), dxp.get_mut(at)) else {
-            return;
-        };
-        for (d, &v) in dr.iter_mut().zip(xr) {
-            let hit = !g.max || (!found && (if nan { v.is_nan() } else { v == m }));
-            found |= hit;
-            *d += if hit { add } else { T::ZERO };
         }
     }
 }
