@@ -163,13 +163,8 @@ fn value<T: Float>(g: &Geom, xp: &[T], oy: usize, ox: usize, i: usize, j: usize)
 /// The window's maximum: the first tap's value, then any greater or NaN tap's.
 #[inline(always)]
 fn window_max<T: Float>(mut taps: impl Iterator<Item = T>) -> T {
-    let mut m = taps.next().unwrap_or(T::MIN);
-    for v in taps {
-        if v > m || v.is_nan() {
-            m = v;
-        }
-    }
-    m
+    let first = taps.next().unwrap_or(T::MIN);
+    taps.fold(first, step)
 }
 
 /// One plane's forward.
@@ -189,9 +184,7 @@ fn forward<T: Float>(g: &Geom, xp: &[T], yp: &mut [T]) {
                     let mut m = xp.get(top).copied().unwrap_or(T::MIN);
                     for row in rows.flatten() {
                         for &v in row {
-                            if v > m || v.is_nan() {
-                                m = v;
-                            }
+                            m = step(m, v);
                         }
                     }
                     m
@@ -338,7 +331,7 @@ fn rows_forward<T: Float>(g: &Geom, xp: &[T], yp: &mut [T]) {
             } else {
                 along(xs, g.sw, g.ow, |ox, v| {
                     if let Some(y) = yr.get_mut(ox) {
-                        *y = if v > *y || v.is_nan() { v } else { *y };
+                        *y = step(*y, v);
                     }
                 });
             }
