@@ -17,7 +17,7 @@ use mote::{
     Adam, AdamConfig, Backend, Cpu, Float, HostBackend, Linear, Module, Optimizer, Rng, Sgd,
     SgdConfig, Shape, Tape,
 };
-use mote_runtime::parallel::{self, Parallel, PAR_MIN};
+use mote_runtime::parallel::{self, ConvKernels, Parallel, PAR_MIN};
 use proptest::prelude::*;
 
 /// Three threads (an odd count, so that chunk arithmetic is exercised), set before any test
@@ -217,6 +217,42 @@ proptest! {
         let (r1, m1, r2, m2) = both!(mem32, |b| b.gemm(&g));
         prop_assert_eq!(r1, r2);
         assert_close(&m1, &m2, 1e-5 * (k as f64).sqrt(), "gemm f32");
+    }
+
+    // Single products of up to 2^14 multiply-adds, which the backend computes with its own
+    // register-blocked kernel in f32 (`parallel/small.rs`): every layout, partial blocks on
+    // every side, and memory after C that must stay untouched.
+    #[test]
+    fn small_products_every_layout(
+        m in 1usize..48,
+        n in 1usize..48,
+        depth in 1usize..4096,
+        layout in 0usize..4,
+        accumulate in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let k = 1 + (depth - 1) % ((1 << 14) / (m * n)).max(1);
+        let (a_trans, b_trans) = (layout & 1 == 1, layout & 2 == 2);
+        let g0 = Gemm {
+            batch: 1, m, n, k, a: 0, a_trans, a_batch: 0, b: 0, b_trans, b_batch: 0, c: 0,
+            c_batch: 0, accumulate,
+        };
+        let (sa, sb, sc) = g0.spans();
+        let g = Gemm { b: sa, c: sa + sb, ..g0 };
+        let mut mem: Vec<f32> = random(sa + sb + sc + 40, seed, -1.0, 1.0);
+        if !accumulate {
+            for v in &mut mem[sa + sb..sa + sb + sc] {
+                *v = f32::NAN;
+            }
+        }
+        let (r1, m1, r2, m2) = both!(mem, |b| b.gemm(&g));
+        prop_assert_eq!(r1, r2);
+        assert_close(&m1, &m2, 1e-5 * (k as f64).sqrt(), "small gemm f32");
+        // The AVX2 blocks (8 or 16 columns), as on a CPU without AVX-512.
+        let mut m3 = mem.clone();
+        let r3 = Parallel::new(&mut m3).with_conv_kernels(ConvKernels::Avx2).gemm(&g);
+        prop_assert_eq!(r3.is_ok(), r1.is_ok());
+        assert_close(&m1, &m3, 1e-5 * (k as f64).sqrt(), "small gemm f32 (AVX2)");
     }
 
     #[test]

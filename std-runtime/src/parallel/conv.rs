@@ -48,17 +48,13 @@
 //! against 80-102.
 
 use std::any::TypeId;
-use std::arch::x86_64::{
-    __m256, __m512, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps,
-    _mm256_setzero_ps, _mm256_storeu_ps, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
-    _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
-};
 
 use mote::backend::split;
 use mote::ops::conv::{ConvCall, ConvPass};
 use mote::{Error, Result};
 
 use super::gemm::MID;
+use super::isa::{Avx2, Avx512, Isa};
 use super::team;
 
 /// Weight-gradient rows (channel-taps) of a [`weights_tile`].
@@ -68,13 +64,8 @@ const TAPS: usize = 6;
 /// while every channel-tap block passes over them (128 measured best of 64..1024).
 const CHUNK: usize = 128;
 
-/// The vectors of one instruction set, as the kernels use them. A value is proof that the CPU
-/// supports the set (made by [`run`] after checking), which makes [`Isa::enable`] safe.
-trait Isa: Copy + Send + Sync {
-    /// A vector of `LANES` f32.
-    type V: Copy;
-    /// Lanes per vector.
-    const LANES: usize;
+/// The kernels' tile sizes for an instruction set.
+trait Tiles: Isa {
     /// Rows of a full [`rows_tile`] (3 vectors each): the accumulators, three loads and a
     /// broadcast fill the registers.
     const ROWS: usize;
@@ -82,118 +73,18 @@ trait Isa: Copy + Send + Sync {
     const NV: usize;
     /// Positions of one [`rows_tile`].
     const TILE: usize = 3 * Self::LANES;
-
-    /// Runs `f` compiled for the instruction set (the kernels inline into it).
-    fn enable<R>(self, f: impl FnOnce() -> R) -> R;
-    /// All zeros.
-    ///
-    /// # Safety
-    /// Only inside [`Isa::enable`] (the CPU supports the set).
-    unsafe fn zero() -> Self::V;
-    /// `x` in every lane. Safety as [`Isa::zero`].
-    unsafe fn splat(x: f32) -> Self::V;
-    /// `LANES` values from `p`, unaligned. Safety as [`Isa::zero`], and `p` valid for them.
-    unsafe fn load(p: *const f32) -> Self::V;
-    /// `v` to `p`, unaligned. Safety as [`Isa::load`].
-    unsafe fn store(p: *mut f32, v: Self::V);
-    /// `a b + c`, fused. Safety as [`Isa::zero`].
-    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
-    /// `a + b`. Safety as [`Isa::zero`].
-    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
 }
 
 /// AVX-512 F: 32 registers of 16 lanes.
-#[derive(Clone, Copy)]
-struct Avx512(());
-
-impl Isa for Avx512 {
-    type V = __m512;
-    const LANES: usize = 16;
+impl Tiles for Avx512 {
     const ROWS: usize = 8;
     const NV: usize = 4;
-
-    #[inline(always)]
-    fn enable<R>(self, f: impl FnOnce() -> R) -> R {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn on<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: an `Avx512` exists only where the CPU has AVX-512 F.
-        unsafe { on(f) }
-    }
-    #[inline(always)]
-    unsafe fn zero() -> __m512 {
-        _mm512_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> __m512 {
-        _mm512_set1_ps(x)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m512 {
-        // SAFETY: the caller's.
-        unsafe { _mm512_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m512) {
-        // SAFETY: the caller's.
-        unsafe { _mm512_storeu_ps(p, v) }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-        _mm512_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn add(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(a, b)
-    }
 }
 
 /// AVX2 and FMA: 16 registers of 8 lanes.
-#[derive(Clone, Copy)]
-struct Avx2(());
-
-impl Isa for Avx2 {
-    type V = __m256;
-    const LANES: usize = 8;
+impl Tiles for Avx2 {
     const ROWS: usize = 4;
     const NV: usize = 2;
-
-    #[inline(always)]
-    fn enable<R>(self, f: impl FnOnce() -> R) -> R {
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn on<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        // SAFETY: an `Avx2` exists only where the CPU has AVX2 and FMA.
-        unsafe { on(f) }
-    }
-    #[inline(always)]
-    unsafe fn zero() -> __m256 {
-        _mm256_setzero_ps()
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> __m256 {
-        _mm256_set1_ps(x)
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> __m256 {
-        // SAFETY: the caller's.
-        unsafe { _mm256_loadu_ps(p) }
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: __m256) {
-        // SAFETY: the caller's.
-        unsafe { _mm256_storeu_ps(p, v) }
-    }
-    #[inline(always)]
-    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-        _mm256_fmadd_ps(a, b, c)
-    }
-    #[inline(always)]
-    unsafe fn add(a: __m256, b: __m256) -> __m256 {
-        _mm256_add_ps(a, b)
-    }
 }
 
 /// Runs `call` on `buf` (the arena) where the direct kernels take it: f32, a CPU
@@ -217,13 +108,13 @@ pub(super) fn run<T: 'static>(
             what: "a convolution call whose geometry is inconsistent or overflows",
         });
     }
-    // SAFETY: `T` is f32 (checked above): same size, alignment and validity.
-    let buf: &mut [f32] =
-        unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<f32>(), buf.len()) };
-    if avx512 && std::is_x86_feature_detected!("avx512f") {
-        pass(Avx512(()), buf, call, threads)?;
-    } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        pass(Avx2(()), buf, call, threads)?;
+    let Some(buf) = super::as_f32_mut(buf) else {
+        return Ok(false);
+    };
+    if let Some(isa) = Avx512::detect().filter(|_| avx512) {
+        pass(isa, buf, call, threads)?;
+    } else if let Some(isa) = Avx2::detect() {
+        pass(isa, buf, call, threads)?;
     } else {
         return Ok(false);
     }
@@ -263,7 +154,7 @@ fn consistent(c: &ConvCall) -> Option<()> {
 }
 
 /// [`run`]'s pass with the instruction set `isa`.
-fn pass<I: Isa>(isa: I, buf: &mut [f32], c: &ConvCall, threads: usize) -> Result<()> {
+fn pass<I: Tiles>(isa: I, buf: &mut [f32], c: &ConvCall, threads: usize) -> Result<()> {
     let [x_len, w_len, y_len] = c.lens()?;
     // Along an axis with one output the stride plays no part: 1 there, so that the phases
     // (`stride[0] x stride[1]`) never outnumber the padded input's positions.
@@ -606,7 +497,7 @@ impl Spatial {
     /// `[G * rows, inner * taps]` (unless the phases have their own), `dst`
     /// `[N, G * rows, dst]`.
     #[allow(clippy::too_many_arguments)]
-    fn run<I: Isa>(
+    fn run<I: Tiles>(
         &self,
         isa: I,
         src: &[f32],
@@ -698,7 +589,7 @@ impl Spatial {
     /// One task's phase: `rows` result rows from the padded planes and the rows' weights `w`,
     /// through the flat scratch `acc`, into `part` (`rows` destination planes).
     #[allow(clippy::too_many_arguments)]
-    fn block<I: Isa>(
+    fn block<I: Tiles>(
         &self,
         isa: I,
         phase: &Phase,
@@ -800,7 +691,7 @@ type Task<'a> = (usize, usize, usize, &'a mut [f32]);
 /// `(MR - 1) * stride + p0 + TILE` elements.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn rows_tile<I: Isa, const MR: usize>(
+unsafe fn rows_tile<I: Tiles, const MR: usize>(
     planes: &[f32],
     plane: usize,
     offsets: &[usize],
@@ -846,7 +737,7 @@ unsafe fn rows_tile<I: Isa, const MR: usize>(
 
 /// The weight gradient `dw += sum over images and positions of dy x` (see the module docs).
 /// `threads`: `None` to run on the calling thread.
-fn weight_grad<I: Isa>(
+fn weight_grad<I: Tiles>(
     isa: I,
     c: &ConvCall,
     x: &[f32],
@@ -961,7 +852,7 @@ fn weight_grad<I: Isa>(
 /// Only inside [`Isa::enable`]; `planes` holds every `xo[r] + pos[q]`; `dyt` holds
 /// `(pos.len() - 1) * lanes + NV * LANES` elements, `acc` `5 * lanes + NV * LANES`.
 #[inline(always)]
-unsafe fn weights_tile<I: Isa, const NV: usize>(
+unsafe fn weights_tile<I: Tiles, const NV: usize>(
     planes: &[f32],
     xo: &[usize; TAPS],
     pos: &[usize],

@@ -1,4 +1,6 @@
-//! Matrix products for [`super::Parallel`]: the `gemm` crate for everything but tiny products.
+//! Matrix products for [`super::Parallel`]: the `gemm` crate for everything but small products
+//! (tiny ones, below [`SMALL`] multiply-adds, run on the core's kernel; f32 ones up to
+//! `small::LIMIT` on `small.rs`'s).
 //!
 //! [`Gemm`] semantics, as the core's reference kernel defines them: `C (+)= A B` per batch,
 //! matrices of batch `i` at `i * x_batch`, and a shared `C` (`c_batch == 0`) summing over the
@@ -11,6 +13,8 @@ use gemm::Parallelism;
 use mote::ops::matmul::{self, Gemm};
 use mote::Float;
 
+#[cfg(target_arch = "x86_64")]
+use super::small;
 use super::{simd, team};
 
 /// Multiply-adds (`m n k`) below which the core's kernel beats the `gemm` crate's fixed cost per
@@ -414,7 +418,8 @@ fn add_transposed_rows<T: Float>(
     }
 }
 
-/// The product `g` over slices starting at `A`, `B` and `C` (covering [`Gemm::spans`]).
+/// The product `g` over slices starting at `A`, `B` and `C` (covering [`Gemm::spans`]); small
+/// f32 products on AVX-512 unless `avx512` is false.
 pub(super) fn gemm<T: Float>(
     g: &Gemm,
     a: &[T],
@@ -422,10 +427,15 @@ pub(super) fn gemm<T: Float>(
     c: &mut [T],
     threads: usize,
     scratch: &mut Vec<T>,
+    avx512: bool,
 ) {
     let work = g.m.saturating_mul(g.n).saturating_mul(g.k);
     if g.batch == 0 || g.m == 0 || g.n == 0 || g.k == 0 || work < SMALL || !supported::<T>() {
         simd(|| matmul::gemm(g, a, b, c));
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if work <= small::LIMIT && small::product(g, a, b, c, scratch, avx512) {
         return;
     }
     if transposed_pays(g) && transposed(g, a, b, c, threads, scratch) {

@@ -4,8 +4,10 @@
 //! checks, same errors; different kernels where they pay:
 //!
 //! - matrix products go through the `gemm` crate (packed, AVX2 or AVX-512 micro-kernels),
-//!   split into blocks of C over the threads from about a million multiply-adds; tiny
-//!   products stay on the core's reference kernel, whose call costs nothing;
+//!   split into blocks of C over the threads from about a million multiply-adds; small f32
+//!   products (up to 2^14 multiply-adds: W-seed's, most of W-digits') run a register-blocked
+//!   kernel of this crate with no per-call allocation (`small.rs`), tiny ones (below 2^9) the
+//!   core's reference kernel, whose call costs nothing;
 //! - convolutions in f32, on CPUs with AVX-512 or AVX2, run direct kernels over zero-padded
 //!   image planes, with no im2col buffer (see `conv.rs`); in f64 they are im2col copies and
 //!   products, as on `Cpu`;
@@ -54,8 +56,12 @@
 #[cfg(target_arch = "x86_64")]
 mod conv;
 mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod isa;
 mod kernels;
 mod pool;
+#[cfg(target_arch = "x86_64")]
+mod small;
 mod team;
 mod xent;
 
@@ -95,6 +101,26 @@ pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
+}
+
+/// `s` as f32s, when `T` is f32.
+fn as_f32<T: 'static>(s: &[T]) -> Option<&[f32]> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T is f32 (same type, so same size, alignment and validity).
+        Some(unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) })
+    } else {
+        None
+    }
+}
+
+/// `s` as f32s, when `T` is f32.
+fn as_f32_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: as in `as_f32`; the borrow is unique and lasts as long as `s`'s.
+        Some(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) })
+    } else {
+        None
+    }
 }
 
 /// Elements below which an op runs serially on the calling thread. Handing work to the team's
@@ -144,7 +170,8 @@ pub enum ConvKernels {
     /// copies and matrix products elsewhere.
     #[default]
     Best,
-    /// Direct kernels with at most AVX2 and FMA, as on a CPU without AVX-512.
+    /// Direct kernels with at most AVX2 and FMA, as on a CPU without AVX-512; the small f32
+    /// matrix products (`small.rs`) too.
     Avx2,
     /// im2col copies and matrix products everywhere, as on the reference backend.
     Im2col,
@@ -178,7 +205,8 @@ impl<'a, T: Float> Parallel<'a, T> {
     }
 
     /// The backend with its convolutions computed by `kernels` (to compare them, or to test
-    /// the AVX2 kernels on a CPU with AVX-512).
+    /// the AVX2 kernels on a CPU with AVX-512; [`ConvKernels::Avx2`] holds the small matrix
+    /// products to AVX2 as well).
     pub fn with_conv_kernels(self, kernels: ConvKernels) -> Self {
         Parallel {
             conv: kernels,
@@ -402,7 +430,8 @@ impl<T: Float> Backend for Parallel<'_, T> {
         let (sa, sb, sc) = g.spans();
         let threads = self.threads;
         let (c, [a, b]) = split(self.buf, r(g.c, sc), [r(g.a, sa), r(g.b, sb)])?;
-        gemm::gemm(g, a, b, c, threads, &mut self.gemm_scratch);
+        let avx512 = self.conv != ConvKernels::Avx2;
+        gemm::gemm(g, a, b, c, threads, &mut self.gemm_scratch, avx512);
         Ok(())
     }
 

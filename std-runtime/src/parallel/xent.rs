@@ -6,10 +6,10 @@
 //! about 1 ulp); labels are checked the same way, in the same order, with the same errors (but
 //! all labels are checked before any gradient is written).
 
-use std::any::TypeId;
-
 use mote::ops::loss::label_index;
 use mote::{Error, Float, Result};
+
+use super::{as_f32, as_f32_mut};
 
 /// `e^x` for `x <= 0` (the shifted logits), about 1 ulp: Cody-Waite reduction to
 /// `|r| <= ln 2 / 2`, a degree-7 Taylor polynomial, and `2^n` built from its bits. NaN stays
@@ -61,24 +61,6 @@ fn ln_ge1(x: f32) -> f32 {
         y
     } else {
         x
-    }
-}
-
-fn as_f32<T: 'static>(s: &[T]) -> Option<&[f32]> {
-    if TypeId::of::<T>() == TypeId::of::<f32>() {
-        // SAFETY: T is f32 (same type, so same size, alignment and validity).
-        Some(unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f32>(), s.len()) })
-    } else {
-        None
-    }
-}
-
-fn as_f32_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
-    if TypeId::of::<T>() == TypeId::of::<f32>() {
-        // SAFETY: as in `as_f32`; the borrow is unique and lasts as long as `s`'s.
-        Some(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f32>(), s.len()) })
-    } else {
-        None
     }
 }
 
