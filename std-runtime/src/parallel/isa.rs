@@ -12,7 +12,11 @@ use std::arch::x86_64::{
 /// The vectors of one instruction set, as the kernels use them. A value is proof that the CPU
 /// supports the set (made only by [`Avx512::detect`] and [`Avx2::detect`]), which makes
 /// [`Isa::enable`] safe.
-pub(super) trait Isa: Copy + Send + Sync {
+///
+/// # Safety
+/// An implementation's [`Isa::enable`] runs its closure with every instruction its other
+/// methods use enabled, and a value of the type exists only where the CPU has them.
+pub(super) unsafe trait Isa: Copy + Send + Sync {
     /// A vector of `LANES` f32.
     type V: Copy;
     /// Lanes per vector.
@@ -54,7 +58,8 @@ impl Avx512 {
     }
 }
 
-impl Isa for Avx512 {
+// SAFETY: `enable` turns on AVX-512 F, all the methods use; `detect` checks for it.
+unsafe impl Isa for Avx512 {
     type V = __m512;
     const LANES: usize = 16;
 
@@ -123,7 +128,8 @@ impl Avx2 {
     }
 }
 
-impl Isa for Avx2 {
+// SAFETY: `enable` turns on AVX2 and FMA, all the methods use; `detect` checks for them.
+unsafe impl Isa for Avx2 {
     type V = __m256;
     const LANES: usize = 8;
 
@@ -174,10 +180,13 @@ impl Isa for Avx2 {
     }
 }
 
-/// The first `n` of 8 lanes (their sign bits set). Only inside [`Isa::enable`] of [`Avx2`].
+/// The first `n` of 8 lanes (their sign bits set).
+///
+/// # Safety
+/// Only inside [`Isa::enable`] of [`Avx2`].
 #[inline(always)]
-fn mask8(n: usize) -> __m256i {
-    // SAFETY: AVX2 is enabled where this inlines (the callers' contract).
+unsafe fn mask8(n: usize) -> __m256i {
+    // SAFETY: AVX2 is enabled where this inlines (the caller's contract).
     unsafe {
         _mm256_cmpgt_epi32(
             _mm256_set1_epi32(n.min(8) as i32),
