@@ -310,7 +310,8 @@ mod tests {
 
     // Every layout on operands in allocations of exactly their size, on both instruction
     // sets, against the core's kernel; column counts 9 to 16 with AVX2's 16-column blocks
-    // leave the second vector of the last block empty. Each product must take this path.
+    // leave the second vector of the last block empty. Each product with at least 4 rows and
+    // columns must take this path.
     #[test]
     fn exact_operands_every_layout_both_sets() {
         let val = |i: usize, s: usize| ((i * 37 + s * 11) % 23) as f32 / 8.0 - 1.4;
@@ -351,7 +352,12 @@ mod tests {
                         let mut scratch = Vec::new();
                         let took = product(&g, &a, &b, &mut c, &mut scratch, avx512);
                         let what = format!("{m}x{n}x{k} layout {layout} acc {accumulate}");
-                        assert!(took || Avx2::detect().is_none(), "{what}: declined");
+                        // Only products with fewer than 4 rows or columns may be declined.
+                        let thin = m < 4 || n < 4;
+                        assert!(took || thin || Avx2::detect().is_none(), "{what}: declined");
+                        if !took {
+                            continue;
+                        }
                         for (i, (x, y)) in c.iter().zip(&want).enumerate() {
                             assert!((x - y).abs() <= 1e-4 * y.abs().max(1.0), "{what} [{i}]");
                         }
