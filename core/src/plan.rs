@@ -42,10 +42,13 @@ pub enum Opt {
 /// `sizes` (`[in, hidden..., out]`, biases included).
 #[allow(clippy::indexing_slicing)] // indices stay below len (loop bounds); const fns cannot use get()
 pub const fn mlp_params(sizes: &[usize], opt: Opt) -> usize {
-    let mut p = 0;
+    let mut p: usize = 0;
     let mut i = 0;
     while i + 1 < sizes.len() {
-        p += sizes[i] * sizes[i + 1] + sizes[i + 1];
+        let layer = sizes[i]
+            .saturating_mul(sizes[i + 1])
+            .saturating_add(sizes[i + 1]);
+        p = p.saturating_add(layer);
         i += 1;
     }
     let state = match opt {
@@ -53,7 +56,7 @@ pub const fn mlp_params(sizes: &[usize], opt: Opt) -> usize {
         Opt::SgdMomentum => 1,
         Opt::Adam => 2,
     };
-    p * (2 + state)
+    p.saturating_mul(2 + state)
 }
 
 /// Floats one training step of an MLP needs above the mark: input, targets, every layer's
@@ -64,20 +67,25 @@ pub const fn mlp_step(sizes: &[usize], batch: usize, loss: Loss) -> usize {
     if n < 2 {
         return 0;
     }
-    let mut acts = 1; // the loss
+    // Saturating: a size too large to count is usize::MAX, which no arena reaches.
+    let mut acts: usize = 1; // the loss
     let mut i = 1;
     while i < n {
-        acts += batch * sizes[i]; // linear output
+        let out = batch.saturating_mul(sizes[i]);
+        acts = acts.saturating_add(out); // linear output
         if i + 1 < n {
-            acts += batch * sizes[i]; // activation output
+            acts = acts.saturating_add(out); // activation output
         }
         i += 1;
     }
     let targets = match loss {
-        Loss::Mse | Loss::BceWithLogits => batch * sizes[n - 1],
+        Loss::Mse | Loss::BceWithLogits => batch.saturating_mul(sizes[n - 1]),
         Loss::CrossEntropy => batch,
     };
-    batch * sizes[0] + targets + 2 * acts
+    batch
+        .saturating_mul(sizes[0])
+        .saturating_add(targets)
+        .saturating_add(acts.saturating_mul(2))
 }
 
 /// The whole arena (in floats) of training an MLP: [`mlp_params`] + [`mlp_step`]. Layers are
@@ -92,21 +100,18 @@ pub const fn mlp(sizes: &[usize], batch: usize, loss: Loss, opt: Opt) -> usize {
 #[allow(clippy::indexing_slicing)] // as above
 pub const fn mlp_inference(sizes: &[usize], batch: usize) -> usize {
     let n = sizes.len();
-    let mut total = 0;
-    let mut i = 0;
-    while i + 1 < n {
-        total += sizes[i] * sizes[i + 1] + sizes[i + 1];
-        i += 1;
-    }
     if n == 0 {
         return 0;
     }
-    total += batch * sizes[0];
+    // Saturating, as `mlp_step`.
+    let mut total = mlp_params(sizes, Opt::Sgd) / 2;
+    total = total.saturating_add(batch.saturating_mul(sizes[0]));
     let mut i = 1;
     while i < n {
-        total += batch * sizes[i];
+        let out = batch.saturating_mul(sizes[i]);
+        total = total.saturating_add(out);
         if i + 1 < n {
-            total += batch * sizes[i];
+            total = total.saturating_add(out);
         }
         i += 1;
     }

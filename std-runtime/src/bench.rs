@@ -519,6 +519,13 @@ pub fn run(opts: &BenchOptions) -> Result<String, String> {
     if opts.backends.is_empty() {
         backends.retain(|b| *b != "cuda");
     }
+    if opts.threads.is_some() && !backends.contains(&"parallel") {
+        return Err(
+            "--threads applies to the parallel backend, which is not among those \
+                    chosen (add --backend parallel, or drop --threads)"
+                .into(),
+        );
+    }
     let gpu = backends.contains(&"cuda");
     backends.retain(|b| *b != "cuda");
     let gpu_report = if gpu {

@@ -174,6 +174,15 @@ fn crc_of<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u32 {
 /// # Errors
 /// An `Io` error naming the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    // The rename would replace a device, a pipe or a folder's entry with a plain file.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(Error::invalid(format!(
+            "{}: exists and is not a regular file (a folder, device or pipe), which writing \
+             this file would replace",
+            path.display()
+        ))
+        .with_hint("choose the path of a file"));
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -197,6 +206,87 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Whether `a` and `b` name the same file: the same device and inode where both exist, else the
+/// same path once each one's folder is resolved (links, `.` and `..`).
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        use std::os::unix::fs::MetadataExt;
+        return x.dev() == y.dev() && x.ino() == y.ino();
+    }
+    let resolved = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(dir.canonicalize().ok()?.join(p.file_name()?))
+    };
+    match (resolved(a), resolved(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Checks an output path before any work is done: `what` (the option, for messages) must not
+/// be the same file as any of `inputs` (each with its option), must be a regular file where it
+/// exists, and its folder must exist and take a new file (one is created and removed), so that
+/// a run does not fail at its end for want of a place to write.
+///
+/// # Errors
+/// `Invalid` saying which, with the paths.
+pub(crate) fn check_output(what: &str, path: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    for (other, input) in inputs {
+        if same_file(path, input) {
+            return Err(Error::invalid(format!(
+                "{what} {} is the file of {other} ({}): writing it would destroy it",
+                path.display(),
+                input.display()
+            ))
+            .with_hint(format!("give {what} another path")));
+        }
+    }
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(Error::invalid(format!(
+            "{what} {}: exists and is not a regular file (a folder, device or pipe)",
+            path.display()
+        ))
+        .with_hint("choose the path of a file"));
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        let is = if dir.exists() {
+            "is not a folder"
+        } else {
+            "does not exist"
+        };
+        return Err(Error::invalid(format!(
+            "{what} {}: the folder {} {is}",
+            path.display(),
+            dir.display()
+        ))
+        .with_hint("create it first, or choose another path"));
+    }
+    let probe = dir.join(format!(".mote-probe{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(Error::invalid(format!(
+            "{what} {}: cannot create a file in {}: {e}",
+            path.display(),
+            dir.display()
+        ))
+        .with_hint("check the folder's permissions, or choose another path")),
+    }
 }
 
 /// Saves a checkpoint of `model` and its run to `path`, atomically.
@@ -312,6 +402,14 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         mean: get("norm.mean", &[cols])?,
         std: get("norm.std", &[cols])?,
     };
+    let bad_norm = spec.norm.mean.iter().any(|m| !m.is_finite())
+        || spec.norm.std.iter().any(|s| !(s.is_finite() && *s > 0.0));
+    if bad_norm {
+        return Err(Error::checkpoint(
+            path,
+            "the feature standardisation holds a non-finite mean or a std that is not positive",
+        ));
+    }
     if spec.features.len() != cols {
         return Err(Error::checkpoint(
             path,

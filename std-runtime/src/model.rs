@@ -151,12 +151,6 @@ impl ModelSpec {
     /// # Errors
     /// `Invalid` for fewer than two sizes, a zero size, or too many layers.
     pub fn check(&self) -> Result<()> {
-        if self.sizes.len() < 2 || self.sizes.contains(&0) {
-            return Err(Error::invalid(format!(
-                "bad layer sizes {:?}: every layer needs at least one unit",
-                self.sizes
-            )));
-        }
         if !self.conv.is_empty() {
             let ok = self.image.len() == 3
                 && !self.conv.contains(&0)
@@ -171,6 +165,35 @@ impl ModelSpec {
                     self.image
                 )));
             }
+        }
+        if self.sizes.len() < 2 || self.sizes.contains(&0) {
+            return Err(Error::invalid(format!(
+                "bad layer sizes {:?}: every layer needs at least one unit",
+                self.sizes
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        if let Some(f) = self.features.iter().find(|f| !names.insert(f.as_str())) {
+            return Err(Error::invalid(format!("feature '{f}' is named twice")));
+        }
+        if self.task == Task::Classification {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(c) = self.classes.iter().find(|c| !seen.insert(c.as_str())) {
+                return Err(Error::invalid(format!("class '{c}' is named twice")));
+            }
+            if self.classes.len() != self.outputs() {
+                return Err(Error::invalid(format!(
+                    "{} class names for {} outputs",
+                    self.classes.len(),
+                    self.outputs()
+                )));
+            }
+        }
+        let (mean, std) = self.target;
+        if !(mean.is_finite() && std.is_finite() && std > 0.0) {
+            return Err(Error::invalid(format!(
+                "target standardisation ({mean}, {std}): needs a finite mean and a positive std"
+            )));
         }
         if self.sizes.len() - 1 + self.conv.len() * 3 > MAX_LAYERS {
             return Err(Error::invalid(format!(
@@ -357,7 +380,7 @@ pub fn arena_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> us
     let step = plan::mlp_step(&spec.sizes, batch, spec.loss());
     let infer = plan::mlp_inference(&spec.sizes, EVAL_BATCH)
         - plan::mlp_params(&spec.sizes, plan::Opt::Sgd) / 2;
-    params + step.max(infer)
+    params.saturating_add(step.max(infer))
 }
 
 /// The exact arena of a CNN, by a dry run (`mote::plan::measure`): parameters, optimizer

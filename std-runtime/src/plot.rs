@@ -110,5 +110,5 @@ pub fn render(history: &[EpochLog], task: Task) -> Result<String> {
 /// As [`render`]; an `Io` error.
 pub fn save(path: &Path, history: &[EpochLog], task: Task) -> Result<()> {
     let svg = render(history, task)?;
-    std::fs::write(path, svg).map_err(|e| Error::io(path, &e))
+    crate::checkpoint::write_atomic(path, svg.as_bytes())
 }

@@ -1212,3 +1212,141 @@ fn replicas_train_and_their_checkpoints_go_anywhere() {
         ],
     );
 }
+
+// Outputs never overwrite the run's inputs (checked by file, not by spelling), a device or
+// pipe is never replaced, predict reads no label column, options that would be ignored or
+// that are not numbers are refused by name, and `--threads` works for `train` (it must size
+// the pool before anything starts it).
+#[test]
+fn outputs_spare_inputs_and_options_are_checked_by_name() {
+    let d = TempDir::new("outputs");
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--threads",
+            "1",
+            "--epochs",
+            "1",
+            "-q",
+            "--save",
+            "m.safetensors",
+        ],
+    );
+    assert!(out.contains("saved m.safetensors"), "{out}");
+    let model = std::fs::read(d.0.join("m.safetensors")).unwrap();
+    let e = fails(
+        &d,
+        &[
+            "export",
+            "--model",
+            "m.safetensors",
+            "--format",
+            "blob",
+            "-o",
+            "./m.safetensors",
+        ],
+    );
+    assert!(e.contains("is the file of --model"), "{e}");
+    let e = fails(
+        &d,
+        &[
+            "predict",
+            "--model",
+            "m.safetensors",
+            "--data",
+            "digits",
+            "-o",
+            "m.safetensors",
+        ],
+    );
+    assert!(e.contains("is the file of --model"), "{e}");
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "--epochs",
+            "1",
+            "--save",
+            "x.safetensors",
+            "--plot",
+            "./x.safetensors",
+        ],
+    );
+    assert!(
+        e.contains("--plot ./x.safetensors is the file of --save"),
+        "{e}"
+    );
+    std::fs::write(d.0.join("rows.csv"), "a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n").unwrap();
+    let e = fails(&d, &["train", "--data", "rows.csv", "--save", "rows.csv"]);
+    assert!(e.contains("--save rows.csv is the file of --data"), "{e}");
+    std::fs::create_dir(d.0.join("folder")).unwrap();
+    let e = fails(
+        &d,
+        &[
+            "export",
+            "--model",
+            "m.safetensors",
+            "--format",
+            "blob",
+            "-o",
+            "folder",
+        ],
+    );
+    assert!(e.contains("not a regular file"), "{e}");
+    assert_eq!(std::fs::read(d.0.join("m.safetensors")).unwrap(), model);
+    assert!(d.0.join("folder").is_dir());
+
+    // A label column predict does not know (a class the model never saw) is not read.
+    let digits = ok(
+        &d,
+        &["predict", "--model", "m.safetensors", "--data", "digits"],
+    );
+    let rows = digits.lines().count();
+    assert!(rows > 1000, "{rows}");
+
+    std::fs::write(d.0.join("dup.csv"), "a,a,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n").unwrap();
+    let e = fails(&d, &["train", "--data", "dup.csv", "--epochs", "1"]);
+    assert!(e.contains("columns 1 and 2 are both named 'a'"), "{e}");
+    for (args, want) in [
+        (&["--lr", "nan"][..], "--lr NaN: needs a finite rate"),
+        (&["--weight-decay", "inf"][..], "--weight-decay inf"),
+        (
+            &["--gamma", "0.3"][..],
+            "--gamma applies to --schedule step only",
+        ),
+        (
+            &["--schedule", "cosine", "--min-lr", "nan"][..],
+            "--min-lr NaN",
+        ),
+        (
+            &["--batch", "18446744073709551615"][..],
+            "more than this machine can give",
+        ),
+    ] {
+        let mut a = vec!["train", "--epochs", "1"];
+        a.extend_from_slice(args);
+        let e = fails(&d, &a);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "-q",
+            "--resume",
+            "m.safetensors",
+            "--epochs",
+            "18446744073709551615",
+        ],
+    );
+    assert!(e.contains("more than can be counted"), "{e}");
+    let e = fails(
+        &d,
+        &["bench", "W-seed", "--backend", "cpu", "--threads", "2"],
+    );
+    assert!(
+        e.contains("--threads applies to the parallel backend"),
+        "{e}"
+    );
+}

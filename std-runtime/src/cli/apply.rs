@@ -58,7 +58,12 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
     }
     let src = source_for(&ck, &a.data);
     let ds = load_for_model(&ck.spec, &src, true)?;
-    let same = src.data == ck.config.source.data;
+    // The run's own data (where the split means something): the same rows as when it
+    // trained, by the fingerprint the checkpoint keeps (by path in older checkpoints).
+    let same = match &ck.config.source.fingerprint {
+        Some(f) => *f == crate::data::fingerprint(&ds),
+        None => src.data == ck.config.source.data,
+    };
     let (tr, va) = split_of(&ds, &ck.config)?;
     let (rows, which) = match a.split {
         SplitArg::All => ((0..ds.rows).collect(), "all rows"),
@@ -124,12 +129,17 @@ pub(crate) fn predict_cmd(a: PredictArgs) -> Result<()> {
             Error::invalid("predict needs --data").with_hint("give --data FILE.csv (or digits)")
         );
     }
-    let src = source_for(&ck, &a.data);
-    let mut spec = ck.spec.clone();
-    if let Some(l) = &a.data.label {
-        spec.label.clone_from(l);
+    if a.data.label.is_some() {
+        return Err(Error::invalid("--label is fixed by the model").with_hint(
+            "drop --label: predict reads the model's feature columns by name and ignores the others",
+        ));
     }
-    let ds = load_for_model(&spec, &src, false)?;
+    let src = source_for(&ck, &a.data);
+    if let Some(p) = &a.output {
+        let data = std::path::Path::new(&src.data);
+        checkpoint::check_output("--output", p, &[("--model", &a.model), ("--data", data)])?;
+    }
+    let ds = load_for_model(&ck.spec, &src, false)?;
     let data = Prepared::new(&ds, &ck.spec, Vec::new(), Vec::new());
     let rows: Vec<usize> = (0..ds.rows).collect();
     let outputs = infer(&ck, kind, &data, &rows)?;
@@ -154,7 +164,7 @@ pub(crate) fn predict_cmd(a: PredictArgs) -> Result<()> {
     }
     match &a.output {
         Some(p) => {
-            std::fs::write(p, text).map_err(|e| Error::io(p, &e))?;
+            checkpoint::write_atomic(p, text.as_bytes())?;
             eprintln!("wrote {} predictions to {}", ds.rows, p.display());
             Ok(())
         }
@@ -183,11 +193,7 @@ pub(crate) fn export_cmd(a: ExportArgs) -> Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| a.model.with_extension(ext));
-    if path == a.model {
-        return Err(
-            Error::invalid("the export would overwrite the model").with_hint("give --output PATH")
-        );
-    }
+    checkpoint::check_output("--output", &path, &[("--model", &a.model)])?;
     checkpoint::write_atomic(&path, &bytes)?;
     let norm = if ck.spec.conv.is_empty() {
         "standardisation folded in"

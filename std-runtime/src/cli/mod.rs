@@ -335,7 +335,7 @@ pub struct ExportArgs {
 /// The arguments of `mote bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Workloads (W-seed, W-digits, W-mnist, W-large, gemm); default: all.
+    /// Workloads (W-seed, W-digits, W-mnist, W-large, gemm, conv2d); default: all.
     workloads: Vec<String>,
     /// Backends (cpu, parallel, cuda); repeat for several; default: cpu and parallel.
     #[arg(long)]
@@ -418,10 +418,11 @@ pub(crate) fn load_for_model(
     src: &DataSource,
     label_required: bool,
 ) -> Result<Dataset> {
+    // Without labels (prediction), the label column is not read, even where it is present.
     let label = if label_required {
         LabelChoice::Column(spec.label.clone())
     } else {
-        LabelChoice::Optional(spec.label.clone())
+        LabelChoice::None
     };
     let opts = CsvOptions {
         label,

@@ -337,6 +337,16 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
         return Err(Error::invalid("--gpus needs --device cuda")
             .with_hint("add --device cuda, or use --replicas N for CPU threads"));
     }
+    // The replicas run on rayon's pool: --threads sizes it as for the parallel backend. Before
+    // anything starts the pool (the backend's description counts its threads).
+    set_threads(
+        if replicas > 1 {
+            BackendKind::Parallel
+        } else {
+            kind
+        },
+        a.threads,
+    )?;
     let backend = if let Some(l) = &launch {
         format!(
             "cuda, rank {} of {} (GPU {} of this host; data parallel, NCCL all-reduce)",
@@ -360,28 +370,23 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
             Error::invalid("--epochs 0: nothing to train").with_hint("give --epochs 1 or more")
         );
     }
-    for p in [&a.save, &a.plot].into_iter().flatten() {
-        if let Some(dir) = p
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
-        {
-            return Err(Error::invalid(format!(
-                "{}: the folder {} does not exist",
-                p.display(),
-                dir.display()
-            ))
-            .with_hint("create it first, or choose another path"));
+    // Outputs are checked before training (a run must not fail at its end for want of a place
+    // to write, nor overwrite its own data).
+    let data_path = a.data.data.as_deref().map(std::path::Path::new);
+    let mut inputs: Vec<(&str, &std::path::Path)> =
+        data_path.map(|d| ("--data", d)).into_iter().collect();
+    if let Some(r) = &a.resume {
+        if let Some(p) = &a.plot {
+            checkpoint::check_output("--plot", p, &[("--resume", r)])?;
         }
     }
-    // The replicas run on rayon's pool: --threads sizes it as for the parallel backend.
-    set_threads(
-        if replicas > 1 {
-            BackendKind::Parallel
-        } else {
-            kind
-        },
-        a.threads,
-    )?;
+    if let Some(sv) = &a.save {
+        checkpoint::check_output("--save", sv, &inputs)?;
+        inputs.push(("--save", sv));
+    }
+    if let Some(p) = &a.plot {
+        checkpoint::check_output("--plot", p, &inputs)?;
+    }
     model::check_device(kind)?;
     let job = if let Some(path) = &a.resume {
         reject_on_resume(&a)?;
@@ -395,7 +400,14 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
             config.source.idx_labels = Some(l.display().to_string());
         }
         config.epochs = match a.epochs {
-            Some(n) => state.epoch + n,
+            Some(n) => state.epoch.checked_add(n).ok_or_else(|| {
+                Error::invalid(format!(
+                    "--epochs {n}: with the {} epochs {} has trained, more than can be counted",
+                    state.epoch,
+                    path.display()
+                ))
+                .with_hint("give a smaller --epochs")
+            })?,
             None if config.epochs > state.epoch && !state.stopped => config.epochs,
             None => {
                 return Err(Error::invalid(format!(
@@ -517,7 +529,47 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
             .as_deref()
             .unwrap_or(if cnn { "none" } else { "32" }),
     )?;
-    let schedule = match a.schedule.unwrap_or(ScheduleArg::Constant) {
+    let kind = a.schedule.unwrap_or(ScheduleArg::Constant);
+    let options = [
+        (
+            "--step-every",
+            a.step_every.is_some(),
+            ScheduleArg::Step,
+            "step",
+        ),
+        ("--gamma", a.gamma.is_some(), ScheduleArg::Step, "step"),
+        (
+            "--warmup",
+            a.warmup.is_some(),
+            ScheduleArg::Cosine,
+            "cosine",
+        ),
+        (
+            "--min-lr",
+            a.min_lr.is_some(),
+            ScheduleArg::Cosine,
+            "cosine",
+        ),
+    ];
+    if let Some((flag, _, _, name)) = options.iter().find(|o| o.1 && o.2 != kind) {
+        return Err(
+            Error::invalid(format!("{flag} applies to --schedule {name} only"))
+                .with_hint(format!("add --schedule {name}, or drop {flag}")),
+        );
+    }
+    if let Some(g) = a.gamma.filter(|g| !(g.is_finite() && *g > 0.0)) {
+        return Err(
+            Error::invalid(format!("--gamma {g}: needs a finite factor above 0"))
+                .with_hint("for example --gamma 0.5 halves the learning rate at each step"),
+        );
+    }
+    if let Some(m) = a.min_lr.filter(|m| !(m.is_finite() && *m >= 0.0)) {
+        return Err(
+            Error::invalid(format!("--min-lr {m}: needs a finite rate, 0 or more"))
+                .with_hint("for example --min-lr 0.0001"),
+        );
+    }
+    let schedule = match kind {
         ScheduleArg::Constant => Schedule::Constant,
         ScheduleArg::Step => Schedule::Step {
             every: a.step_every.unwrap_or(10),
@@ -578,6 +630,32 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     if a.momentum.is_some() && opt_kind != OptimizerArg::Sgd {
         return Err(Error::invalid("--momentum applies to --optimizer sgd")
             .with_hint("drop --momentum or add --optimizer sgd"));
+    }
+    // Named here, by option (the optimizers' own checks name no option).
+    let settings = [
+        (
+            "--lr",
+            a.lr,
+            "a finite rate above 0, such as --lr 0.001",
+            false,
+        ),
+        (
+            "--weight-decay",
+            a.weight_decay,
+            "a finite decay, 0 or more",
+            true,
+        ),
+        (
+            "--momentum",
+            a.momentum,
+            "a finite momentum, 0 or more (0.9 is usual)",
+            true,
+        ),
+    ];
+    for (flag, v, what, zero) in settings {
+        if let Some(v) = v.filter(|&v| !(v.is_finite() && (v > 0.0 || (zero && v == 0.0)))) {
+            return Err(Error::invalid(format!("{flag} {v}: needs {what}")));
+        }
     }
     let data = Prepared::new(&ds, &spec, tr, va);
     if !a.quiet {

@@ -100,6 +100,19 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
         .into_iter()
         .map(|h| h.trim().to_string())
         .collect();
+    // Columns are found by name (the label, and a trained model's features): two of one name
+    // would make one of them unreachable.
+    let mut seen = std::collections::HashMap::with_capacity(header.len());
+    for (col, name) in header.iter().enumerate() {
+        if let Some(first) = seen.insert(name.as_str(), col) {
+            return Err(Error::data(format!(
+                "{source}, line {hline}: columns {} and {} are both named '{name}'",
+                first + 1,
+                col + 1
+            ))
+            .with_hint("give every column a name of its own"));
+        }
+    }
     let label = find_label(&header, &opts.label, source)?;
     let feature_cols: Vec<usize> = match &opts.features {
         Some(names) => names

@@ -126,7 +126,16 @@ pub fn digits(opts: &CsvOptions) -> Result<Table> {
 /// # Errors
 /// A missing or unreadable file, and everything [`parse_csv`] and [`idx::table`] return.
 pub fn load(data: &str, opts: &CsvOptions, idx_labels: Option<&Path>) -> Result<Table> {
+    let no_labels_file = |what: &str| {
+        Error::invalid(format!(
+            "--idx-labels applies to IDX image files, and {data} is {what}"
+        ))
+        .with_hint("drop --idx-labels: the labels are a column of the file")
+    };
     if data == "digits" {
+        if idx_labels.is_some() {
+            return Err(no_labels_file("the bundled CSV data set"));
+        }
         return digits(opts);
     }
     let path = Path::new(data);
@@ -153,12 +162,22 @@ pub fn load(data: &str, opts: &CsvOptions, idx_labels: Option<&Path>) -> Result<
         };
         return idx::table(&bytes, data, &labels_path);
     }
+    if idx_labels.is_some() {
+        return Err(no_labels_file("not one"));
+    }
     let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..at];
+        let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+        let col = 1 + at
+            - before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |p| p + 1);
         Error::data(format!(
-            "{data}: not UTF-8 text at byte {}",
-            e.utf8_error().valid_up_to()
+            "{data}, line {line}, column {col} (byte {at}): not UTF-8 text"
         ))
-        .with_hint("give a CSV file with a header line, or an IDX file")
+        .with_hint("give a CSV file with a header line (UTF-8), or an IDX file")
     })?;
     parse_csv(&text, data, opts)
 }
