@@ -41,5 +41,9 @@ for line in sys.stdin:
         print("gpu-prepare:", dst)
 '
 cp "${MOTE_SHARED:-$root/../shared}/tools/cuda-env.sh" .gpu/cuda-env.sh
+# What the binaries were built from, which gpu-check.sh verifies on the GPU machine (no git
+# there): the tracked sources, and their checksums as they are now.
+git ls-files -- Cargo.toml Cargo.lock core cuda std-runtime benches | grep -v '^$' >.gpu/FILES
+xargs -d '\n' sha1sum <.gpu/FILES | sha1sum >.gpu/SOURCES
 du -sh .gpu
 echo "gpu-prepare: ready; on the GPU machine run scripts/gpu-check.sh with carry [\".gpu\"]"

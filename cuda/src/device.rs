@@ -357,15 +357,18 @@ impl Cuda {
             .map_err(|e| driver_err("cuCtxSetCurrent", e))
     }
 
-    /// Waits until all queued work is done.
+    /// Waits until all queued work is done, and reports a bad label a loss kernel found since
+    /// the last read.
     ///
     /// # Errors
-    /// [`mote::Error::Device`] when a kernel failed (see [`Cuda::last_error`]).
+    /// [`mote::Error::Device`] when a kernel failed (see [`Cuda::last_error`]);
+    /// [`mote::Error::IndexOutOfRange`] for a bad cross-entropy label.
     pub fn sync(&self) -> Result<()> {
         self.flush()?;
         self.stream
             .synchronize()
-            .map_err(|e| self.fail("cuStreamSynchronize", e))
+            .map_err(|e| self.fail("cuStreamSynchronize", e))?;
+        self.check_status()
     }
 
     pub(crate) fn cu(&self) -> sys::CUstream {

@@ -146,6 +146,9 @@ pub struct Graph<R> {
     output: R,
     replays: u64,
     launches: usize,
+    /// Whether the step holds a loss kernel that checks its labels: each replay then leaves
+    /// the status words to be read by the next read (a bad label is an error there).
+    labels: bool,
 }
 
 impl<R> std::fmt::Debug for Graph<R> {
@@ -180,6 +183,9 @@ impl<R> Graph<R> {
     ) -> std::result::Result<Graph<R>, CudaError> {
         tape.backend_mut().sync()?;
         let be = tape.backend_mut();
+        // Whether the step launches a label-checking loss is seen by the flag it sets; a check
+        // an earlier eager loss left pending stays pending.
+        let pending = be.loss_pending.replace(false);
         *be.capture.borrow_mut() = Some(Capture::default());
         if let Err(e) = be
             .stream
@@ -228,6 +234,7 @@ impl<R> Graph<R> {
         let be = tape.backend_mut();
         let ended = be.stream.end_capture(sys::CUgraphInstantiate_flags(0));
         *be.capture.borrow_mut() = None;
+        let labels = be.loss_pending.replace(pending);
         let output = out?;
         let graph = match ended {
             Ok(Some(g)) => g,
@@ -246,6 +253,7 @@ impl<R> Graph<R> {
             output,
             replays: 0,
             launches,
+            labels,
         })
     }
 
@@ -288,6 +296,9 @@ impl<R> Graph<R> {
         self.graph
             .launch()
             .map_err(|e| be.fail("cuGraphLaunch", e))?;
+        if self.labels {
+            be.loss_pending.set(true);
+        }
         self.replays += 1;
         Ok(())
     }

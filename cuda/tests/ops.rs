@@ -357,6 +357,13 @@ fn losses() {
             view(0, &[128, 10]),
             view(9000, &[128]),
         ),
+        // More classes than a warp has lanes: each lane loops over several.
+        (
+            LossOp::CrossEntropy,
+            70,
+            view(0, &[128, 70]),
+            view(9000, &[128]),
+        ),
     ];
     for (op, classes, pv, tv) in cases {
         p.check(&format!("{op:?}"), 1e-4, 1e-6, |b| {
@@ -444,6 +451,13 @@ fn optimizer_updates_and_helpers() {
             }
             Ok(())
         });
+        // One update alone in a step: the single-tensor kernel, not the fused one.
+        p.check(
+            &format!("adam alone decoupled={decoupled}"),
+            1e-5,
+            1e-6,
+            |b| b.adam(&us[1]),
+        );
     }
     p.check("fill", 0.0, 0.0, |b| b.fill(3, 1001, 0.25));
     p.check("scale", 1e-6, 0.0, |b| b.scale(7, 3001, -0.5));
