@@ -1214,139 +1214,83 @@ fn replicas_train_and_their_checkpoints_go_anywhere() {
 }
 
 // Outputs never overwrite the run's inputs (checked by file, not by spelling), a device or
-// pipe is never replaced, predict reads no label column, options that would be ignored or
-// that are not numbers are refused by name, and `--threads` works for `train` (it must size
-// the pool before anything starts it).
+// pipe or folder is never replaced, predict reads no label column, options that would be
+// ignored or that are not numbers are refused by name, and `--threads` works for `train` (it
+// must size the pool before anything starts it).
 #[test]
 fn outputs_spare_inputs_and_options_are_checked_by_name() {
     let d = TempDir::new("outputs");
+    let args = |cmd: &'static str| cmd.split_whitespace().collect::<Vec<_>>();
+    let rows = "a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n1,3,0\n3,5,1\n5,7,0\n7,9,1\n";
+    std::fs::write(d.0.join("rows.csv"), rows).unwrap();
+    std::fs::write(d.0.join("dup.csv"), "a,a,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n").unwrap();
+    std::fs::create_dir(d.0.join("folder")).unwrap();
     let out = ok(
         &d,
-        &[
-            "train",
-            "--threads",
-            "1",
-            "--epochs",
-            "1",
-            "-q",
-            "--save",
-            "m.safetensors",
-        ],
+        &args("train --threads 1 --epochs 1 -q --data rows.csv --save m.st"),
     );
-    assert!(out.contains("saved m.safetensors"), "{out}");
-    let model = std::fs::read(d.0.join("m.safetensors")).unwrap();
-    let e = fails(
-        &d,
-        &[
-            "export",
-            "--model",
-            "m.safetensors",
-            "--format",
-            "blob",
-            "-o",
-            "./m.safetensors",
-        ],
-    );
-    assert!(e.contains("is the file of --model"), "{e}");
-    let e = fails(
-        &d,
-        &[
-            "predict",
-            "--model",
-            "m.safetensors",
-            "--data",
-            "digits",
-            "-o",
-            "m.safetensors",
-        ],
-    );
-    assert!(e.contains("is the file of --model"), "{e}");
-    let e = fails(
-        &d,
-        &[
-            "train",
-            "--epochs",
-            "1",
-            "--save",
-            "x.safetensors",
-            "--plot",
-            "./x.safetensors",
-        ],
-    );
-    assert!(
-        e.contains("--plot ./x.safetensors is the file of --save"),
-        "{e}"
-    );
-    std::fs::write(d.0.join("rows.csv"), "a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n").unwrap();
-    let e = fails(&d, &["train", "--data", "rows.csv", "--save", "rows.csv"]);
-    assert!(e.contains("--save rows.csv is the file of --data"), "{e}");
-    std::fs::create_dir(d.0.join("folder")).unwrap();
-    let e = fails(
-        &d,
-        &[
-            "export",
-            "--model",
-            "m.safetensors",
-            "--format",
-            "blob",
-            "-o",
-            "folder",
-        ],
-    );
-    assert!(e.contains("not a regular file"), "{e}");
-    assert_eq!(std::fs::read(d.0.join("m.safetensors")).unwrap(), model);
-    assert!(d.0.join("folder").is_dir());
-
-    // A label column predict does not know (a class the model never saw) is not read.
-    let digits = ok(
-        &d,
-        &["predict", "--model", "m.safetensors", "--data", "digits"],
-    );
-    let rows = digits.lines().count();
-    assert!(rows > 1000, "{rows}");
-
-    std::fs::write(d.0.join("dup.csv"), "a,a,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n").unwrap();
-    let e = fails(&d, &["train", "--data", "dup.csv", "--epochs", "1"]);
-    assert!(e.contains("columns 1 and 2 are both named 'a'"), "{e}");
-    for (args, want) in [
-        (&["--lr", "nan"][..], "--lr NaN: needs a finite rate"),
-        (&["--weight-decay", "inf"][..], "--weight-decay inf"),
+    assert!(out.contains("saved m.st"), "{out}");
+    let model = std::fs::read(d.0.join("m.st")).unwrap();
+    for (cmd, want) in [
         (
-            &["--gamma", "0.3"][..],
+            "export --model m.st --format blob -o ./m.st",
+            "is the file of --model",
+        ),
+        (
+            "predict --model m.st --data rows.csv -o m.st",
+            "is the file of --model",
+        ),
+        (
+            "predict --model m.st --data rows.csv -o rows.csv",
+            "is the file of --data",
+        ),
+        (
+            "train --epochs 1 --save x.st --plot ./x.st",
+            "--plot ./x.st is the file of --save",
+        ),
+        (
+            "train --data rows.csv --save rows.csv",
+            "--save rows.csv is the file of --data",
+        ),
+        (
+            "export --model m.st --format blob -o folder",
+            "not a regular file",
+        ),
+        (
+            "train --data dup.csv --epochs 1",
+            "columns 1 and 2 are both named 'a'",
+        ),
+        ("train --epochs 1 --lr nan", "--lr NaN: needs a finite rate"),
+        ("train --epochs 1 --weight-decay inf", "--weight-decay inf"),
+        (
+            "train --epochs 1 --gamma 0.3",
             "--gamma applies to --schedule step only",
         ),
         (
-            &["--schedule", "cosine", "--min-lr", "nan"][..],
+            "train --epochs 1 --schedule cosine --min-lr nan",
             "--min-lr NaN",
         ),
         (
-            &["--batch", "18446744073709551615"][..],
+            "train --epochs 1 --batch 18446744073709551615",
             "more than this machine can give",
         ),
+        (
+            "train -q --resume m.st --epochs 18446744073709551615",
+            "more than can be counted",
+        ),
+        (
+            "bench W-seed --backend cpu --threads 2",
+            "--threads applies to the parallel backend",
+        ),
     ] {
-        let mut a = vec!["train", "--epochs", "1"];
-        a.extend_from_slice(args);
-        let e = fails(&d, &a);
-        assert!(e.contains(want), "{args:?}: {e}");
+        let e = fails(&d, &args(cmd));
+        assert!(e.contains(want), "{cmd}: {e}");
     }
-    let e = fails(
-        &d,
-        &[
-            "train",
-            "-q",
-            "--resume",
-            "m.safetensors",
-            "--epochs",
-            "18446744073709551615",
-        ],
-    );
-    assert!(e.contains("more than can be counted"), "{e}");
-    let e = fails(
-        &d,
-        &["bench", "W-seed", "--backend", "cpu", "--threads", "2"],
-    );
-    assert!(
-        e.contains("--threads applies to the parallel backend"),
-        "{e}"
-    );
+    assert_eq!(std::fs::read(d.0.join("m.st")).unwrap(), model);
+    assert_eq!(std::fs::read_to_string(d.0.join("rows.csv")).unwrap(), rows);
+    assert!(d.0.join("folder").is_dir());
+    // The label column is not read: a class the model never saw, a blank, a question mark.
+    std::fs::write(d.0.join("new.csv"), "a,b,y\n1,2,7\n3,4,\n5,6,?\n").unwrap();
+    let predicted = ok(&d, &args("predict --model m.st --data new.csv"));
+    assert_eq!(predicted.lines().count(), 4, "{predicted}");
 }
