@@ -92,7 +92,7 @@ pub const fn mlp_step(sizes: &[usize], batch: usize, loss: Loss) -> usize {
 /// [`crate::Linear`] with bias and one activation between layers; the step is: inputs, targets,
 /// forward, loss, backward, optimizer step.
 pub const fn mlp(sizes: &[usize], batch: usize, loss: Loss, opt: Opt) -> usize {
-    mlp_params(sizes, opt) + mlp_step(sizes, batch, loss)
+    mlp_params(sizes, opt).saturating_add(mlp_step(sizes, batch, loss))
 }
 
 /// Floats of inference (`no_grad`) with frozen parameters: parameter values, the input, and
@@ -134,5 +134,5 @@ pub fn measure<T: Float, const N: usize>(
 
 /// Bytes of `floats` elements of `T`.
 pub const fn bytes<T>(floats: usize) -> usize {
-    floats * core::mem::size_of::<T>()
+    floats.saturating_mul(core::mem::size_of::<T>())
 }

@@ -190,9 +190,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let (mut f, tmp) = fresh_file(&dir, &format!(".{name}.tmp{}", std::process::id()))
+        .map_err(|e| Error::io(path, &e))?;
     let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -206,6 +206,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// A new file in `dir` named `stem` (or `stem.1`, `stem.2`, ... where that exists), created
+/// only if nothing is there: an existing file or a link planted under the name is never
+/// opened, so never truncated.
+fn fresh_file(dir: &Path, stem: &str) -> std::io::Result<(std::fs::File, PathBuf)> {
+    let mut last = None;
+    for i in 0..64 {
+        let name = if i == 0 {
+            stem.to_string()
+        } else {
+            format!("{stem}.{i}")
+        };
+        let p = dir.join(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(f) => return Ok((f, p)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
 }
 
 /// Whether `a` and `b` name the same file: the same device and inode where both exist, else the
@@ -274,9 +299,8 @@ pub(crate) fn check_output(what: &str, path: &Path, inputs: &[(&str, &Path)]) ->
         ))
         .with_hint("create it first, or choose another path"));
     }
-    let probe = dir.join(format!(".mote-probe{}", std::process::id()));
-    match std::fs::File::create(&probe) {
-        Ok(_) => {
+    match fresh_file(dir, &format!(".mote-probe{}", std::process::id())) {
+        Ok((_, probe)) => {
             let _ = std::fs::remove_file(&probe);
             Ok(())
         }
@@ -461,5 +485,34 @@ impl Checkpoint {
             b.write(sr.start, s)?;
         }
         Ok(model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A file or a link planted under a temporary name is never opened (so never truncated):
+    // the next free name is used.
+    #[cfg(unix)]
+    #[test]
+    fn fresh_files_never_open_what_is_there() {
+        let dir = std::env::temp_dir().join(format!("mote-fresh-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim.txt");
+        std::fs::write(&victim, "important").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(".probe")).unwrap();
+        std::fs::write(dir.join(".probe.1"), "also important").unwrap();
+        let (_, p) = fresh_file(&dir, ".probe").unwrap();
+        assert_eq!(p, dir.join(".probe.2"));
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "important");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(".probe.1")).unwrap(),
+            "also important"
+        );
+        // And an atomic write next to them replaces only its own target.
+        write_atomic(&dir.join("out.bin"), b"new").unwrap();
+        assert_eq!(std::fs::read(dir.join("out.bin")).unwrap(), b"new");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

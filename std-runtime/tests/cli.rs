@@ -1261,6 +1261,18 @@ fn outputs_spare_inputs_and_options_are_checked_by_name() {
             "columns 1 and 2 are both named 'a'",
         ),
         ("train --epochs 1 --lr nan", "--lr NaN: needs a finite rate"),
+        (
+            "train -q --resume m.st --epochs 1 --save rows.csv",
+            "is the file of --data",
+        ),
+        (
+            "train -q --resume m.st --epochs 1 --plot rows.csv",
+            "is the file of --data",
+        ),
+        (
+            "train -q --resume m.st --epochs 1 --plot m.st",
+            "is the file of --resume",
+        ),
         ("train --epochs 1 --weight-decay inf", "--weight-decay inf"),
         (
             "train --epochs 1 --gamma 0.3",
@@ -1289,8 +1301,10 @@ fn outputs_spare_inputs_and_options_are_checked_by_name() {
     assert_eq!(std::fs::read(d.0.join("m.st")).unwrap(), model);
     assert_eq!(std::fs::read_to_string(d.0.join("rows.csv")).unwrap(), rows);
     assert!(d.0.join("folder").is_dir());
-    // The label column is not read: a class the model never saw, a blank, a question mark.
-    std::fs::write(d.0.join("new.csv"), "a,b,y\n1,2,7\n3,4,\n5,6,?\n").unwrap();
+    // The label column is not read: a class the model never saw, a blank, a question mark;
+    // columns not read may share a name.
+    let new = "a,n,b,y,n\n1,0,2,7,0\n3,0,4,,0\n5,0,6,?,0\n";
+    std::fs::write(d.0.join("new.csv"), new).unwrap();
     let predicted = ok(&d, &args("predict --model m.st --data new.csv"));
     assert_eq!(predicted.lines().count(), 4, "{predicted}");
 }

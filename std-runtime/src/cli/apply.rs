@@ -136,8 +136,10 @@ pub(crate) fn predict_cmd(a: PredictArgs) -> Result<()> {
     }
     let src = source_for(&ck, &a.data);
     if let Some(p) = &a.output {
-        let data = std::path::Path::new(&src.data);
-        checkpoint::check_output("--output", p, &[("--model", &a.model), ("--data", data)])?;
+        let files = super::input_files(&src.data, src.idx_labels.as_deref());
+        let mut inputs: Vec<(&str, &std::path::Path)> = vec![("--model", &a.model)];
+        inputs.extend(files.iter().map(|(w, f)| (*w, f.as_path())));
+        checkpoint::check_output("--output", p, &inputs)?;
     }
     let ds = load_for_model(&ck.spec, &src, false)?;
     let data = Prepared::new(&ds, &ck.spec, Vec::new(), Vec::new());

@@ -413,6 +413,21 @@ pub(crate) fn backend_text(kind: BackendKind) -> String {
     }
 }
 
+/// The files a run reads for `data` (none for the bundled `digits`), each with what names it:
+/// the data file, and an IDX image file's labels (given, or found beside it).
+pub(crate) fn input_files(data: &str, idx_labels: Option<&str>) -> Vec<(&'static str, PathBuf)> {
+    if data == "digits" {
+        return Vec::new();
+    }
+    let path = PathBuf::from(data);
+    let labels = idx_labels
+        .map(PathBuf::from)
+        .or_else(|| crate::idx::sibling_labels(&path));
+    std::iter::once(("--data", path))
+        .chain(labels.map(|l| ("the data's labels", l)))
+        .collect()
+}
+
 pub(crate) fn load_for_model(
     spec: &ModelSpec,
     src: &DataSource,

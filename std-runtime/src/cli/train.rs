@@ -372,25 +372,35 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
     }
     // Outputs are checked before training (a run must not fail at its end for want of a place
     // to write, nor overwrite its own data).
-    let data_path = a.data.data.as_deref().map(std::path::Path::new);
-    let mut inputs: Vec<(&str, &std::path::Path)> =
-        data_path.map(|d| ("--data", d)).into_iter().collect();
-    if let Some(r) = &a.resume {
-        if let Some(p) = &a.plot {
-            checkpoint::check_output("--plot", p, &[("--resume", r)])?;
-        }
+    // On resume, the run's data is the checkpoint's unless --data gives another.
+    if a.resume.is_some() {
+        reject_on_resume(&a)?;
     }
+    let resumed = a.resume.as_deref().map(checkpoint::load).transpose()?;
+    let source = resumed.as_ref().map(|ck| &ck.config.source);
+    let data = a
+        .data
+        .data
+        .as_deref()
+        .or(source.map(|s| s.data.as_str()))
+        .unwrap_or("digits");
+    let labels = a.data.idx_labels.as_ref().map(|l| l.display().to_string());
+    let labels = labels.or_else(|| source.and_then(|s| s.idx_labels.clone()));
+    let files = super::input_files(data, labels.as_deref());
+    let mut inputs: Vec<(&str, &std::path::Path)> =
+        files.iter().map(|(w, p)| (*w, p.as_path())).collect();
     if let Some(sv) = &a.save {
         checkpoint::check_output("--save", sv, &inputs)?;
         inputs.push(("--save", sv));
+    }
+    if let Some(r) = &a.resume {
+        inputs.push(("--resume", r));
     }
     if let Some(p) = &a.plot {
         checkpoint::check_output("--plot", p, &inputs)?;
     }
     model::check_device(kind)?;
-    let job = if let Some(path) = &a.resume {
-        reject_on_resume(&a)?;
-        let ck = checkpoint::load(path)?;
+    let job = if let (Some(path), Some(ck)) = (&a.resume, resumed) {
         let mut config = ck.config.clone();
         let mut state = ck.state.clone();
         if let Some(d) = &a.data.data {

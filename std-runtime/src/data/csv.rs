@@ -100,19 +100,6 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
         .into_iter()
         .map(|h| h.trim().to_string())
         .collect();
-    // Columns are found by name (the label, and a trained model's features): two of one name
-    // would make one of them unreachable.
-    let mut seen = std::collections::HashMap::with_capacity(header.len());
-    for (col, name) in header.iter().enumerate() {
-        if let Some(first) = seen.insert(name.as_str(), col) {
-            return Err(Error::data(format!(
-                "{source}, line {hline}: columns {} and {} are both named '{name}'",
-                first + 1,
-                col + 1
-            ))
-            .with_hint("give every column a name of its own"));
-        }
-    }
     let label = find_label(&header, &opts.label, source)?;
     let feature_cols: Vec<usize> = match &opts.features {
         Some(names) => names
@@ -128,6 +115,28 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
             .collect::<Result<_>>()?,
         None => (0..header.len()).filter(|&c| Some(c) != label).collect(),
     };
+    // Columns are found by name (the label, and a trained model's features): a column read
+    // under a name another column also has would be the first of them, not necessarily the one
+    // meant. Columns that are not read may share names.
+    let mut read = vec![false; header.len()];
+    for &c in feature_cols.iter().chain(&label) {
+        if let Some(r) = read.get_mut(c) {
+            *r = true;
+        }
+    }
+    let mut seen = std::collections::HashMap::with_capacity(header.len());
+    for (col, name) in header.iter().enumerate() {
+        if let Some(first) = seen.insert(name.as_str(), col) {
+            if read[col] || read[first] {
+                return Err(Error::data(format!(
+                    "{source}, line {hline}: columns {} and {} are both named '{name}'",
+                    first + 1,
+                    col + 1
+                ))
+                .with_hint("give every column a name of its own"));
+            }
+        }
+    }
     if feature_cols.is_empty() {
         return Err(Error::data(format!(
             "{source}, line {hline}: no feature columns (only the label column '{}')",

@@ -175,7 +175,7 @@ pub fn load(data: &str, opts: &CsvOptions, idx_labels: Option<&Path>) -> Result<
                 .rposition(|&b| b == b'\n')
                 .map_or(0, |p| p + 1);
         Error::data(format!(
-            "{data}, line {line}, column {col} (byte {at}): not UTF-8 text"
+            "{data}, line {line}, byte {col} of the line (byte {at} of the file): not UTF-8 text"
         ))
         .with_hint("give a CSV file with a header line (UTF-8), or an IDX file")
     })?;
@@ -249,7 +249,7 @@ pub fn class_names(labels: &[String]) -> Vec<String> {
             );
             x.total_cmp(&y)
         });
-        c.dedup_by(|a, b| a.parse::<f64>().ok() == b.parse::<f64>().ok());
+        c.dedup_by(|a, b| same_class(a, b));
     } else {
         c.sort();
         c.dedup();
@@ -257,8 +257,12 @@ pub fn class_names(labels: &[String]) -> Vec<String> {
     c
 }
 
+/// Whether two labels name one class: the same text, or the same number (`1` and `1.0`; every
+/// spelling of NaN is one class, as it is one label).
 fn same_class(a: &str, b: &str) -> bool {
-    a == b || matches!((a.parse::<f64>(), b.parse::<f64>()), (Ok(x), Ok(y)) if x == y)
+    a == b
+        || matches!((a.parse::<f64>(), b.parse::<f64>()),
+            (Ok(x), Ok(y)) if x == y || (x.is_nan() && y.is_nan()))
 }
 
 impl Dataset {
