@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 FUZZ_TIME="${FUZZ_TIME:-30}"
 FUZZ_RUNS="${FUZZ_RUNS:-1000000}"
-FUZZ_TARGETS="${FUZZ_TARGETS:-ops blob}"
+FUZZ_TARGETS="${FUZZ_TARGETS:-ops blob inputs}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 t_start=$SECONDS

@@ -1,5 +1,5 @@
-//! The logic of mote's fuzz targets, as plain functions: [`run_ops`] and [`run_blob`] take the
-//! fuzzer's bytes and must never panic. The libFuzzer targets in `fuzz_targets/` only call them,
+//! The logic of mote's fuzz targets, as plain functions: [`run_ops`], [`run_blob`] and
+//! [`run_inputs`] take the fuzzer's bytes and must never panic. The libFuzzer targets in `fuzz_targets/` only call them,
 //! so `cargo test` in this crate (and any other test) can drive them on stable Rust too.
 //!
 //! Besides "no panic", the harness checks a few documented invariants and panics itself (so the
@@ -15,8 +15,9 @@ use mote::ops::binary::BinaryOp;
 use mote::ops::reduce::ReduceOp;
 use mote::ops::unary::UnaryOp;
 use mote::{
-    Adam, AdamConfig, Backend, BatchNorm, ConvConfig, Cpu, Dropout, LayerNorm, PoolConfig, Flatten, Gelu, LeakyRelu, Linear, Mark, Meter, Module,
-    Optimizer, Relu, Rng, Sequential, Sgd, SgdConfig, Sigmoid, Softmax, Tanh, Tape, Tensor, Var,
+    Adam, AdamConfig, Backend, BatchNorm, ConvConfig, Cpu, Dropout, Flatten, Gelu, LayerNorm,
+    LeakyRelu, Linear, Mark, Meter, Module, Optimizer, PoolConfig, Relu, Rng, Sequential, Sgd,
+    SgdConfig, Sigmoid, Softmax, Tanh, Tape, Tensor, Var,
 };
 
 /// Elements of the arena of the `ops` target's tape (small, so that `ArenaFull` is common).
@@ -1261,5 +1262,66 @@ impl Snapshot for Cpu<'_, f32> {
     fn storage_snapshot(&self) -> Vec<u32> {
         use mote::HostBackend;
         self.storage().iter().map(|v| v.to_bits()).collect()
+    }
+}
+
+/// Arbitrary bytes through the runtime's readers of files a user hands over, which must answer
+/// bad input with an error, never a panic. The first byte picks the reader (and, for CSV, how
+/// the label column is chosen and whether the task is forced); the rest is the file:
+/// - CSV text (`mote_runtime::data::parse_csv`), then a dataset of it, a stratified split and
+///   standardisation statistics, as `mote train` does;
+/// - a checkpoint (`mote_runtime::checkpoint::from_bytes_checked`), restored onto the reference
+///   backend when its arena is small;
+/// - an IDX file (`mote_runtime::idx::parse`);
+/// - gzip (`mote_runtime::data::gunzip`).
+pub fn run_inputs(data: &[u8]) {
+    use mote_runtime::data::{self, CsvOptions, Dataset, LabelChoice, Task};
+    let Some((&pick, file)) = data.split_first() else {
+        return;
+    };
+    match pick % 4 {
+        0 => {
+            let text = String::from_utf8_lossy(file);
+            let label = match (pick / 4) % 4 {
+                0 => LabelChoice::Last,
+                1 => LabelChoice::Column("y".into()),
+                2 => LabelChoice::Optional("y".into()),
+                _ => LabelChoice::None,
+            };
+            let features = ((pick / 16) % 2 == 1).then(|| vec!["a".to_string(), "b".to_string()]);
+            let opts = CsvOptions { label, features };
+            let Ok(table) = data::parse_csv(&text, "fuzz.csv", &opts) else {
+                return;
+            };
+            let task = match (pick / 32) % 3 {
+                0 => None,
+                1 => Some(Task::Classification),
+                _ => Some(Task::Regression),
+            };
+            let Ok(ds) = Dataset::from_table(&table, task, None) else {
+                return;
+            };
+            let _ = data::fingerprint(&ds);
+            if let Ok((train, _)) = data::split(ds.rows, 0.25, 7, ds.class_labels()) {
+                let _ = data::Standardizer::fit(&ds.x, ds.cols, &train);
+            }
+        }
+        1 => {
+            let path = std::path::Path::new("fuzz.safetensors");
+            let Ok(ck) = mote_runtime::checkpoint::from_bytes_checked(path, file) else {
+                return;
+            };
+            let floats = mote_runtime::model::arena_floats(&ck.spec, &ck.opt, ck.config.batch);
+            if floats <= 1 << 16 {
+                let mut mem = vec![0f32; floats];
+                let _ = ck.restore(Cpu::new(&mut mem));
+            }
+        }
+        2 => {
+            let _ = mote_runtime::idx::parse(file, "fuzz-idx3-ubyte");
+        }
+        _ => {
+            let _ = data::gunzip(file, "fuzz.gz");
+        }
     }
 }

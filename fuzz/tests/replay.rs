@@ -1,5 +1,6 @@
 //! The fuzz targets' logic driven from ordinary tests (stable Rust, no libFuzzer):
-//! - pseudo-random inputs through `run_ops` and `run_blob`;
+//! - pseudo-random inputs through `run_ops`, `run_blob` and `run_inputs`;
+//! - mutations of valid files (CSV, a checkpoint, IDX) through `run_inputs`;
 //! - mutations of valid blobs (with the CRC fixed up, so they get past the checksum);
 //! - every file in `corpus/<target>`, `artifacts/<target>` and `seeds/<target>` that exists,
 //!   so `cargo test --manifest-path fuzz/Cargo.toml` replays a crash the fuzzer saved.
@@ -12,7 +13,7 @@ use std::path::Path;
 
 use mote::blob::{self, crc32, Dtype};
 use mote::{Cpu, Linear, Rng, Tape};
-use mote_fuzz::{run_blob, run_ops};
+use mote_fuzz::{run_blob, run_inputs, run_ops};
 
 fn cases() -> usize {
     std::env::var("MOTE_FUZZ_CASES")
@@ -123,7 +124,11 @@ fn mutated_blobs_do_not_panic() {
 fn replay_saved_inputs() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut n = 0;
-    for (target, run) in [("ops", run_ops as fn(&[u8])), ("blob", run_blob)] {
+    for (target, run) in [
+        ("ops", run_ops as fn(&[u8])),
+        ("blob", run_blob),
+        ("inputs", run_inputs),
+    ] {
         for dir in ["seeds", "corpus", "artifacts"] {
             let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
                 continue;
@@ -144,6 +149,75 @@ fn replay_saved_inputs() {
     eprintln!("replayed {n} saved inputs");
 }
 
+/// Valid files for `run_inputs`, each with its selector byte first: a CSV file (for each label
+/// choice), a checkpoint of a small MLP trained on it for no steps, an IDX file, gzip.
+fn valid_inputs() -> Vec<Vec<u8>> {
+    use mote_runtime::checkpoint;
+    use mote_runtime::data::{self, CsvOptions, Dataset};
+    use mote_runtime::model::{arena_floats, Model, ModelSpec, OptimizerConfig};
+    use mote_runtime::train::{TrainConfig, TrainState};
+    let csv = "a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n2,2,0\n4,4,1\n\"q\",9,0\n";
+    let mut out: Vec<Vec<u8>> = (0..4u8)
+        .map(|choice| [&[choice * 4][..], csv.as_bytes()].concat())
+        .collect();
+    let ok_csv = "a,b,y\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n2,2,0\n4,4,1\n";
+    let table = data::parse_csv(ok_csv, "seed.csv", &CsvOptions::default()).unwrap();
+    let ds = Dataset::from_table(&table, None, None).unwrap();
+    let spec = ModelSpec::for_dataset(&ds, &[4], &[0, 1, 2, 3]).unwrap();
+    let opt = OptimizerConfig::Adam {
+        lr: 1e-3,
+        weight_decay: 0.0,
+    };
+    let config = TrainConfig::new("seed.csv");
+    let mut mem = vec![0f32; arena_floats(&spec, &opt, config.batch)];
+    let model = Model::new(Cpu::new(&mut mem), spec, opt, &mut Rng::new(1)).unwrap();
+    let ck = checkpoint::to_bytes_model(&model, &config, &TrainState::new(1)).unwrap();
+    out.push([&[1u8][..], &ck].concat());
+    // IDX: unsigned bytes, 2 images of 2 x 2.
+    out.push(vec![
+        2, 0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4, 5, 6, 7, 8,
+    ]);
+    // gzip of "a,b\n".
+    out.push(vec![
+        3, 31, 139, 8, 0, 0, 0, 0, 0, 2, 3, 75, 212, 73, 226, 2, 0, 197, 16, 151, 36, 4, 0, 0, 0,
+    ]);
+    // Each is valid for its reader.
+    let ck = checkpoint::from_bytes_checked(Path::new("seed"), &out[4][1..]);
+    assert!(ck.is_ok(), "{ck:?}");
+    assert!(mote_runtime::idx::parse(&out[5][1..], "seed").is_ok());
+    assert_eq!(data::gunzip(&out[6][1..], "seed").unwrap(), b"a,b\n");
+    out
+}
+
+// Valid files read back (the checkpoint restores), then byte-level mutations of them: errors
+// are fine, panics are not.
+#[test]
+fn mutated_files_do_not_panic() {
+    let valid = valid_inputs();
+    for v in &valid {
+        run_inputs(v);
+    }
+    let mut g = Bytes(0xA076_1D64_78BD_642F);
+    for i in 0..cases() {
+        let mut data = valid[(g.next() % valid.len() as u64) as usize].clone();
+        for _ in 0..1 + g.next() % 4 {
+            let at = 1 + (g.next() as usize) % (data.len() - 1);
+            match g.next() % 3 {
+                0 => data[at] = g.next() as u8,
+                1 => data.truncate(at),
+                _ => data.insert(at, g.next() as u8),
+            }
+            if data.len() < 2 {
+                break;
+            }
+        }
+        let res = std::panic::catch_unwind(|| run_inputs(&data));
+        if res.is_err() {
+            panic!("case {i} panicked; input (hex): {}", hex(&data));
+        }
+    }
+}
+
 /// Writes the seed files (only with `MOTE_FUZZ_WRITE_SEEDS=1`).
 #[test]
 fn write_seeds() {
@@ -151,6 +225,11 @@ fn write_seeds() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let dir = root.join("inputs");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, b) in valid_inputs().iter().enumerate() {
+        std::fs::write(dir.join(format!("valid-{i}.bin")), b).unwrap();
+    }
     let dir = root.join("blob");
     std::fs::create_dir_all(&dir).unwrap();
     for (i, b) in valid_blobs().iter().enumerate() {
