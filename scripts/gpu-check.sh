@@ -2,8 +2,10 @@
 # Run on the GPU machine (from the repository root), after scripts/gpu-prepare.sh filled .gpu/
 # here and the call carried it: runs every mote-cuda test binary with MOTE_REQUIRE_GPU=1 (a
 # skip is a failure there), then the benchmark, logging everything to $OUT/gpu-check.log.
-# Every step's time limit is cut to what is left of GPU_BUDGET seconds (default 380, for a run
-# call with timeout_s 420), so that the log always comes back with a verdict per step.
+# Every step's time limit is cut to what is left of GPU_BUDGET seconds (default 300, for a run
+# call with timeout_s 340: with the machine's start, a rerun still fits the session's 15
+# minutes), so that the log always comes back with a verdict per step. Only the log and the
+# environment report are written under $OUT (a run returns at most 8 files).
 set -u -o pipefail
 out="${OUT:-$PWD/.gpu/out}"
 mkdir -p "$out"
@@ -12,11 +14,15 @@ log="$out/gpu-check.log"
 say() { echo "$@" | tee -a "$log"; }
 [ -d .gpu/tests ] || { say "gpu-check: .gpu/tests missing: run scripts/gpu-prepare.sh first and carry .gpu"; exit 2; }
 # The binaries must be those of these sources (a prepare before the last edit tests old code).
-if [ -f .gpu/FILES ] && [ "$(xargs -d '\n' sha1sum <.gpu/FILES | sha1sum)" != "$(cat .gpu/SOURCES)" ]; then
-    say "gpu-check: the sources changed since scripts/gpu-prepare.sh built .gpu: run it again"
+if [ ! -f .gpu/SUMS ]; then
+    say "gpu-check: .gpu/SUMS missing: .gpu is from an older gpu-prepare.sh; run it again"
     exit 2
 fi
-deadline=$(($(date +%s) + ${GPU_BUDGET:-380}))
+if ! sha1sum --quiet -c .gpu/SUMS >>"$log" 2>&1; then
+    say "gpu-check: the sources changed since scripts/gpu-prepare.sh built .gpu (above): run it again"
+    exit 2
+fi
+deadline=$(($(date +%s) + ${GPU_BUDGET:-300}))
 # Seconds a step may take: `max`, or what is left of the budget.
 limit() {
     local left=$((deadline - $(date +%s)))
@@ -27,7 +33,7 @@ limit() {
 cat "$out/cuda-env.txt" >>"$log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$log"
 export MOTE_REQUIRE_GPU=1 MOTE_REQUIRE_NVRTC=1 NCCL_DEBUG=WARN
-export MOTE_CUDA_CACHE="$out/ptx-cache"
+export MOTE_CUDA_CACHE=/tmp/mote-ptx-cache
 status=0
 # NCCL last: a hang in its set-up must not cost the other tests.
 for t in $(ls .gpu/tests/* | grep -v nccl) $(ls .gpu/tests/* | grep nccl); do
@@ -55,13 +61,17 @@ grep -E "^test |test result|panicked|skipped|on cuda:" "$log" | tail -60
 say "== bench"
 timeout "$(limit 150)" .gpu/bench 2>&1 | tee -a "$log" || { say "   bench FAILED"; status=1; }
 say "== PyTorch's conv2d layer on this GPU (the peer of mote's conv2d row)"
+found=""
 for py in $(find /opt /usr/local /usr/bin -maxdepth 6 -name 'python3' -type f -o -name 'python3' -type l 2>/dev/null); do
-    if "$py" -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then
+    [ "$(limit 30)" -ge 30 ] || { say "   skipped: no time left"; found=skip; break; }
+    if timeout 30 env -u LD_LIBRARY_PATH "$py" -c 'import torch; assert torch.cuda.is_available()' >/dev/null 2>&1; then
+        found=$py
         # Without the toolkit's paths, which could shadow the wheel's own CUDA libraries.
         timeout "$(limit 90)" env -u LD_LIBRARY_PATH "$py" benches/peers/conv2d_torch.py \
             --device cuda 2>&1 | tee -a "$log"
         break
     fi
 done
+[ -n "$found" ] || say "   no python3 with PyTorch and CUDA found"
 say "== done: status $status"
 exit $status

@@ -2,10 +2,20 @@
 # Run HERE (the development machine, no GPU): builds the mote-cuda test binaries and the GPU
 # benchmark in release mode and copies them, with ../shared/tools/cuda-env.sh, into the
 # git-ignored .gpu/ folder that a GPU session carries to the GPU machine
-# (run tool: carry [".gpu"], command "scripts/gpu-check.sh").
+# (run tool: carry [".gpu"], command "scripts/gpu-check.sh", timeout_s 340).
+# `scripts/gpu-prepare.sh --check` says whether .gpu matches the sources as they are now.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+if [ "${1:-}" = "--check" ]; then
+    # Whether .gpu was built from the sources as they are now (and the same file list).
+    [ -f .gpu/SUMS ] || { echo "gpu-prepare: no .gpu/SUMS: run scripts/gpu-prepare.sh"; exit 1; }
+    now=$(git ls-files -co --exclude-standard -- Cargo.toml Cargo.lock core cuda std-runtime benches)
+    if [ "$now" != "$(cut -c43- .gpu/SUMS)" ] || ! sha1sum --quiet -c .gpu/SUMS; then
+        echo "gpu-prepare: .gpu is stale: run scripts/gpu-prepare.sh"; exit 1
+    fi
+    echo "gpu-prepare: .gpu matches the sources"; exit 0
+fi
 rm -rf .gpu && mkdir -p .gpu/tests
 cargo build --release -p mote-cuda --example bench
 cp target/release/examples/bench .gpu/bench
@@ -42,8 +52,9 @@ for line in sys.stdin:
 '
 cp "${MOTE_SHARED:-$root/../shared}/tools/cuda-env.sh" .gpu/cuda-env.sh
 # What the binaries were built from, which gpu-check.sh verifies on the GPU machine (no git
-# there): the tracked sources, and their checksums as they are now.
-git ls-files -- Cargo.toml Cargo.lock core cuda std-runtime benches | grep -v '^$' >.gpu/FILES
-xargs -d '\n' sha1sum <.gpu/FILES | sha1sum >.gpu/SOURCES
+# there): every source file that travels (tracked, or untracked and not ignored), with its
+# checksum as it is now. `scripts/gpu-prepare.sh --check` verifies here, before a device call.
+git ls-files -co --exclude-standard -- Cargo.toml Cargo.lock core cuda std-runtime benches \
+    | xargs -d '\n' sha1sum >.gpu/SUMS
 du -sh .gpu
-echo "gpu-prepare: ready; on the GPU machine run scripts/gpu-check.sh with carry [\".gpu\"]"
+echo "gpu-prepare: ready; on the GPU machine run scripts/gpu-check.sh with carry [\".gpu\"], timeout_s 340"

@@ -175,7 +175,9 @@ impl<R> Graph<R> {
     /// [`Graph::replay`]; inputs written inside `step` are in place for it.
     ///
     /// # Errors
-    /// The step's own error, or [`CudaError::Driver`] when capture or instantiation fails.
+    /// The step's own error, or [`CudaError::Driver`] when capture or instantiation fails; a
+    /// bad label from an earlier eager loss, reported by the synchronisation capture starts
+    /// with (the status is cleared: capturing again works).
     pub fn capture<const N: usize>(
         tape: &mut Tape<Cuda, N>,
         mark: Mark,

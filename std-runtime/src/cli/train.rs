@@ -370,45 +370,41 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
             Error::invalid("--epochs 0: nothing to train").with_hint("give --epochs 1 or more")
         );
     }
+    model::check_device(kind)?;
     // Outputs are checked before training (a run must not fail at its end for want of a place
-    // to write, nor overwrite its own data).
-    // On resume, the run's data is the checkpoint's unless --data gives another.
+    // to write, nor overwrite its own data). On resume, the run's data is the checkpoint's
+    // unless --data gives another (with its own labels file), as for eval and predict.
     if a.resume.is_some() {
         reject_on_resume(&a)?;
     }
     let resumed = a.resume.as_deref().map(checkpoint::load).transpose()?;
-    let source = resumed.as_ref().map(|ck| &ck.config.source);
-    let data = a
-        .data
-        .data
-        .as_deref()
-        .or(source.map(|s| s.data.as_str()))
-        .unwrap_or("digits");
-    let labels = a.data.idx_labels.as_ref().map(|l| l.display().to_string());
-    let labels = labels.or_else(|| source.and_then(|s| s.idx_labels.clone()));
-    let files = super::input_files(data, labels.as_deref());
+    let resumed_source = resumed.as_ref().map(|ck| super::source_for(ck, &a.data));
+    let data = match &resumed_source {
+        Some(s) => s.data.clone(),
+        None => a.data.data.clone().unwrap_or_else(|| "digits".into()),
+    };
+    let labels = match &resumed_source {
+        Some(s) => s.idx_labels.clone(),
+        None => a.data.idx_labels.as_ref().map(|l| l.display().to_string()),
+    };
+    let files = super::input_files(&data, labels.as_deref());
     let mut inputs: Vec<(&str, &std::path::Path)> =
         files.iter().map(|(w, p)| (*w, p.as_path())).collect();
-    if let Some(sv) = &a.save {
-        checkpoint::check_output("--save", sv, &inputs)?;
-        inputs.push(("--save", sv));
+    match (&a.save, &a.resume) {
+        (Some(sv), _) => checkpoint::check_output("--save", sv, &inputs)?,
+        // Saved back where it came from.
+        (None, Some(r)) => checkpoint::check_output("--resume", r, &inputs)?,
+        (None, None) => {}
     }
-    if let Some(r) = &a.resume {
-        inputs.push(("--resume", r));
-    }
+    inputs.extend(a.save.as_deref().map(|sv| ("--save", sv)));
+    inputs.extend(a.resume.as_deref().map(|r| ("--resume", r)));
     if let Some(p) = &a.plot {
         checkpoint::check_output("--plot", p, &inputs)?;
     }
-    model::check_device(kind)?;
     let job = if let (Some(path), Some(ck)) = (&a.resume, resumed) {
         let mut config = ck.config.clone();
         let mut state = ck.state.clone();
-        if let Some(d) = &a.data.data {
-            config.source.data.clone_from(d);
-        }
-        if let Some(l) = &a.data.idx_labels {
-            config.source.idx_labels = Some(l.display().to_string());
-        }
+        config.source = super::source_for(&ck, &a.data);
         config.epochs = match a.epochs {
             Some(n) => state.epoch.checked_add(n).ok_or_else(|| {
                 Error::invalid(format!(

@@ -249,12 +249,30 @@ pub fn class_names(labels: &[String]) -> Vec<String> {
             );
             x.total_cmp(&y)
         });
-        c.dedup_by(|a, b| same_class(a, b));
     } else {
         c.sort();
-        c.dedup();
     }
+    // One name per class, the first in order: spellings of one class need not be neighbours
+    // ("-nan" sorts first, "nan" last; "1" and "1.0" among text labels).
+    let mut seen = std::collections::HashSet::new();
+    c.retain(|l| seen.insert(class_key(l)));
     c
+}
+
+/// What [`same_class`] compares: the number (one NaN; 0 and -0 one) or the text.
+#[derive(Hash, PartialEq, Eq)]
+enum ClassKey {
+    Nan,
+    Number(u64),
+    Text(String),
+}
+
+fn class_key(l: &str) -> ClassKey {
+    match l.parse::<f64>() {
+        Ok(x) if x.is_nan() => ClassKey::Nan,
+        Ok(x) => ClassKey::Number((x + 0.0).to_bits()),
+        Err(_) => ClassKey::Text(l.to_string()),
+    }
 }
 
 /// Whether two labels name one class: the same text, or the same number (`1` and `1.0`; every
@@ -376,6 +394,17 @@ pub fn fingerprint(ds: &Dataset) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // One class per number or text, whatever the spellings and wherever they sort.
+    #[test]
+    fn class_names_merge_spellings_of_one_class() {
+        let names = |l: &[&str]| class_names(&l.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            names(&["nan", "1", "-nan", "1.0", "-0", "0"]),
+            ["-nan", "-0", "1"]
+        );
+        assert_eq!(names(&["b", "1.0", "a", "1", "b"]), ["1", "a", "b"]);
+    }
 
     #[test]
     fn digits_load_and_infer() {
