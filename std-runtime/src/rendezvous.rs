@@ -6,7 +6,7 @@
 //! | `MOTE_WORLD_SIZE` | processes (ranks) in the run, on every host together |
 //! | `MOTE_RANK` | this process's rank, `0 .. MOTE_WORLD_SIZE` |
 //! | `MOTE_LOCAL_RANK` | which GPU of its host this process uses (default: `MOTE_RANK`) |
-//! | `MOTE_RENDEZVOUS` | where rank 0 hands its NCCL id to the others: `file:PATH` (a file every host sees, e.g. on a shared disk; use a fresh path per run) or `tcp:HOST:PORT` (rank 0 listens there, the others connect) |
+//! | `MOTE_RENDEZVOUS` | where rank 0 hands its NCCL id to the others: `file:PATH` (a file every host sees, e.g. on a shared disk; one older than a minute before a rank started is not read: see [`STALE_AFTER`]) or `tcp:HOST:PORT` (rank 0 listens there, the others connect) |
 //! | `MOTE_TIMEOUT` | seconds a rank may go without finishing a training step before its [`Watchdog`] aborts it (default 600; `0` or `off`: never) |
 //!
 //! Rank 0 makes the group's id ([`mote_cuda::Nccl::unique_id`] with the `cuda` feature) and
@@ -141,17 +141,44 @@ fn late(what: String) -> Error {
     )
 }
 
+/// How much older than a waiting rank's start a rendezvous file may be and still be this run's:
+/// rank 0 writes it at its own start, which may come before the others' (and hosts' clocks
+/// differ a little). A file older than that is left by a run that died before every rank
+/// joined (rank 0 deletes it once they have), and is not read.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
 fn wait_for_file(path: &Path, timeout: Duration) -> Result<[u8; ID_BYTES]> {
     let start = Instant::now();
+    let since = std::time::SystemTime::now()
+        .checked_sub(STALE_AFTER)
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let mut stale = false;
     loop {
-        if let Ok(bytes) = std::fs::read(path) {
-            if let Ok(id) = <[u8; ID_BYTES]>::try_from(bytes.as_slice()) {
-                return Ok(id);
+        let fresh = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t >= since);
+        if fresh {
+            if let Ok(bytes) = std::fs::read(path) {
+                if let Ok(id) = <[u8; ID_BYTES]>::try_from(bytes.as_slice()) {
+                    return Ok(id);
+                }
             }
+        } else if !stale && path.exists() {
+            stale = true;
+            eprintln!(
+                "mote: rendezvous: {} is older than this run (left by an earlier one?); \
+                 waiting for rank 0 to write it anew",
+                path.display()
+            );
         }
         if start.elapsed() > timeout {
+            let what = if stale {
+                "was not written anew (the file there is older than this run)"
+            } else {
+                "did not appear"
+            };
             return Err(late(format!(
-                "rendezvous: {} did not appear within {} s",
+                "rendezvous: {} {what} within {} s",
                 path.display(),
                 timeout.as_secs()
             )));

@@ -121,6 +121,44 @@ fn rank_zero_hands_its_id_to_every_rank() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// A file left by an earlier run (older than STALE_AFTER) is not read: the rank waits for rank
+// 0 to write it anew, and takes that id.
+#[test]
+fn a_stale_rendezvous_file_is_not_read() {
+    let dir = std::env::temp_dir().join(format!("mote-rdv-stale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.id");
+    std::fs::write(&file, [7u8; ID_BYTES]).unwrap();
+    let old = std::time::SystemTime::now() - 2 * mote_runtime::rendezvous::STALE_AFTER;
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let rank1 = Launch {
+        world: 2,
+        rank: 1,
+        local_rank: 1,
+        rendezvous: Rendezvous::File(file.clone()),
+    };
+    let e = exchange(&rank1, Duration::from_millis(200), || unreachable!())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("was not written anew"), "{e}");
+    let writer = {
+        let file = file.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            mote_runtime::checkpoint::write_atomic(&file, &[9u8; ID_BYTES]).unwrap();
+        })
+    };
+    let id = exchange(&rank1, Duration::from_secs(10), || unreachable!()).unwrap();
+    writer.join().unwrap();
+    assert_eq!(id, [9u8; ID_BYTES]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_rank_without_rank_zero_times_out_with_a_clear_error() {
     let never = |r: Rendezvous| Launch {
