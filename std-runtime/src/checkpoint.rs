@@ -174,23 +174,12 @@ fn crc_of<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u32 {
 /// # Errors
 /// An `Io` error naming the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    // The rename would replace a device, a pipe or a folder's entry with a plain file.
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        return Err(Error::invalid(format!(
-            "{}: exists and is not a regular file (a folder, device or pipe), which writing \
-             this file would replace",
-            path.display()
-        ))
-        .with_hint("choose the path of a file"));
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    regular_or_absent(path, &path.display().to_string())?;
+    let dir = folder_of(path);
     let name = path
         .file_name()
         .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
-    let (mut f, tmp) = fresh_file(&dir, &format!(".{name}.tmp{}", std::process::id()))
+    let (mut f, tmp) = fresh_file(dir, &format!(".{name}.tmp{}", std::process::id()))
         .map_err(|e| Error::io(path, &e))?;
     let res = (|| {
         f.write_all(bytes)?;
@@ -202,8 +191,29 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(path, &e));
     }
-    if let Ok(d) = std::fs::File::open(&dir) {
+    if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The folder `path` is in (`.` for a bare file name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
+/// `Invalid` (its message starting with `what`) when `path` exists and is not a regular file:
+/// writing it by rename would replace a device, a pipe or a folder's entry with a plain file.
+fn regular_or_absent(path: &Path, what: &str) -> Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(Error::invalid(format!(
+            "{what}: exists and is not a regular file (a folder, device or pipe), which writing \
+             this file would replace"
+        ))
+        .with_hint("choose the path of a file"));
     }
     Ok(())
 }
@@ -245,11 +255,7 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
         if let Ok(c) = p.canonicalize() {
             return Some(c);
         }
-        let dir = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        Some(dir.canonicalize().ok()?.join(p.file_name()?))
+        Some(folder_of(p).canonicalize().ok()?.join(p.file_name()?))
     };
     match (resolved(a), resolved(b)) {
         (Some(x), Some(y)) => x == y,
@@ -275,17 +281,8 @@ pub(crate) fn check_output(what: &str, path: &Path, inputs: &[(&str, &Path)]) ->
             .with_hint(format!("give {what} another path")));
         }
     }
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        return Err(Error::invalid(format!(
-            "{what} {}: exists and is not a regular file (a folder, device or pipe)",
-            path.display()
-        ))
-        .with_hint("choose the path of a file"));
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    regular_or_absent(path, &format!("{what} {}", path.display()))?;
+    let dir = folder_of(path);
     if !dir.is_dir() {
         let is = if dir.exists() {
             "is not a folder"
