@@ -255,32 +255,32 @@ pub fn class_names(labels: &[String]) -> Vec<String> {
     // One name per class, the first in order: spellings of one class need not be neighbours
     // ("-nan" sorts first, "nan" last; "1" and "1.0" among text labels).
     let mut seen = std::collections::HashSet::new();
-    c.retain(|l| seen.insert(class_key(l)));
+    let first: Vec<bool> = c.iter().map(|l| seen.insert(class_key(l))).collect();
+    let mut first = first.into_iter();
+    c.retain(|_| first.next().unwrap_or(false));
     c
 }
 
-/// What [`same_class`] compares: the number (one NaN; 0 and -0 one) or the text.
+/// What names a class: the number (one NaN; 0 and -0 one) or the text.
 #[derive(Hash, PartialEq, Eq)]
-enum ClassKey {
+enum ClassKey<'a> {
     Nan,
     Number(u64),
-    Text(String),
+    Text(&'a str),
 }
 
-fn class_key(l: &str) -> ClassKey {
+fn class_key(l: &str) -> ClassKey<'_> {
     match l.parse::<f64>() {
         Ok(x) if x.is_nan() => ClassKey::Nan,
         Ok(x) => ClassKey::Number((x + 0.0).to_bits()),
-        Err(_) => ClassKey::Text(l.to_string()),
+        Err(_) => ClassKey::Text(l),
     }
 }
 
 /// Whether two labels name one class: the same text, or the same number (`1` and `1.0`; every
 /// spelling of NaN is one class, as it is one label).
 fn same_class(a: &str, b: &str) -> bool {
-    a == b
-        || matches!((a.parse::<f64>(), b.parse::<f64>()),
-            (Ok(x), Ok(y)) if x == y || (x.is_nan() && y.is_nan()))
+    a == b || class_key(a) == class_key(b)
 }
 
 impl Dataset {

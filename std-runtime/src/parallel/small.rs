@@ -24,14 +24,13 @@ pub(super) const LIMIT: usize = 1 << 14;
 struct Shape {
     rows: usize,
     lanes: usize,
-    wide: bool,
 }
 
 impl Shape {
     /// Columns of C a block sums when Y has `rows` rows: 16 (one AVX-512 vector, two AVX2
     /// ones), or 8 for at most 8 rows on AVX2.
     fn width(self, rows: usize) -> usize {
-        if self.wide || rows > 8 {
+        if self.lanes == 16 || rows > 8 {
             16
         } else {
             8
@@ -78,16 +77,8 @@ pub(super) fn product<T: Float>(
     let wide = Avx512::detect().filter(|_| avx512);
     let narrow = Avx2::detect();
     let shape = match (wide, narrow) {
-        (Some(_), _) => Shape {
-            rows: 8,
-            lanes: 16,
-            wide: true,
-        },
-        (None, Some(_)) => Shape {
-            rows: 4,
-            lanes: 8,
-            wide: false,
-        },
+        (Some(_), _) => Shape { rows: 8, lanes: 16 },
+        (None, Some(_)) => Shape { rows: 4, lanes: 8 },
         (None, None) => return false,
     };
     // C = X Y^T: X's rows are A's (C's rows), Y's rows are B's columns (C's columns); or
