@@ -7,10 +7,12 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+# The source files the binaries are built from (tracked, or untracked and not ignored).
+sources() { git ls-files -co --exclude-standard -- Cargo.toml Cargo.lock core cuda std-runtime benches; }
 if [ "${1:-}" = "--check" ]; then
     # Whether .gpu was built from the sources as they are now (and the same file list).
     [ -f .gpu/SUMS ] || { echo "gpu-prepare: no .gpu/SUMS: run scripts/gpu-prepare.sh"; exit 1; }
-    now=$(git ls-files -co --exclude-standard -- Cargo.toml Cargo.lock core cuda std-runtime benches)
+    now=$(sources)
     if [ "$now" != "$(cut -c43- .gpu/SUMS)" ] || ! sha1sum --quiet -c .gpu/SUMS; then
         echo "gpu-prepare: .gpu is stale: run scripts/gpu-prepare.sh"; exit 1
     fi
@@ -54,7 +56,6 @@ cp "${MOTE_SHARED:-$root/../shared}/tools/cuda-env.sh" .gpu/cuda-env.sh
 # What the binaries were built from, which gpu-check.sh verifies on the GPU machine (no git
 # there): every source file that travels (tracked, or untracked and not ignored), with its
 # checksum as it is now. `scripts/gpu-prepare.sh --check` verifies here, before a device call.
-git ls-files -co --exclude-standard -- Cargo.toml Cargo.lock core cuda std-runtime benches \
-    | xargs -d '\n' sha1sum >.gpu/SUMS
+sources | xargs -d '\n' sha1sum >.gpu/SUMS
 du -sh .gpu
 echo "gpu-prepare: ready; on the GPU machine run scripts/gpu-check.sh with carry [\".gpu\"], timeout_s 340"

@@ -47,8 +47,6 @@
 //! stride-2 layer (64 -> 128 channels, 32x32 -> 16x16; `examples/conv_kernels.rs`) 39-44 ms
 //! against 80-102.
 
-use std::any::TypeId;
-
 use mote::backend::split;
 use mote::ops::conv::{ConvCall, ConvPass};
 use mote::{Error, Result};
@@ -98,9 +96,10 @@ pub(super) fn run<T: 'static>(
     avx512: bool,
 ) -> Result<bool> {
     let per_group = call.out_channels / call.groups.max(1);
-    if TypeId::of::<T>() != TypeId::of::<f32>()
-        || (matches!(call.pass, ConvPass::WeightGrad { .. }) && per_group < 8)
-    {
+    let Some(buf) = super::as_f32_mut(buf) else {
+        return Ok(false);
+    };
+    if matches!(call.pass, ConvPass::WeightGrad { .. }) && per_group < 8 {
         return Ok(false);
     }
     if consistent(call).is_none() {
@@ -108,9 +107,6 @@ pub(super) fn run<T: 'static>(
             what: "a convolution call whose geometry is inconsistent or overflows",
         });
     }
-    let Some(buf) = super::as_f32_mut(buf) else {
-        return Ok(false);
-    };
     if let Some(isa) = Avx512::detect().filter(|_| avx512) {
         pass(isa, buf, call, threads)?;
     } else if let Some(isa) = Avx2::detect() {
