@@ -19,8 +19,8 @@ if [ "${1:-}" = "--check" ]; then
     echo "gpu-prepare: .gpu matches the sources"; exit 0
 fi
 rm -rf .gpu && mkdir -p .gpu/tests
-cargo build --release -p mote-cuda --example bench
-cp target/release/examples/bench .gpu/bench
+cargo build --release -p mote-cuda --example gpu_bench
+cp target/release/examples/gpu_bench .gpu/bench
 cargo test --release -p mote-cuda --no-run --message-format=json 2>/dev/null |
     python3 -c '
 import json, sys, shutil, os

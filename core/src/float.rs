@@ -57,6 +57,12 @@ pub trait Float:
     fn powf(self, p: Self) -> Self;
     /// |x|.
     fn abs(self) -> Self;
+    /// The error function, `2/sqrt(pi) * integral from 0 to x of e^(-t^2) dt`.
+    fn erf(self) -> Self;
+    /// Sine (radians).
+    fn sin(self) -> Self;
+    /// Cosine (radians).
+    fn cos(self) -> Self;
     /// Whether the value is NaN.
     #[inline]
     #[allow(clippy::eq_op)]
@@ -83,7 +89,8 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal, $exp:path, $ln:path, $ln1p:path, $sqrt:path, $tanh:path, $pow:path, $abs:path) => {
+    ($t:ty, $name:literal, $exp:path, $ln:path, $ln1p:path, $sqrt:path, $tanh:path, $pow:path, $abs:path,
+     $erf:path, $sin:path, $cos:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -135,6 +142,18 @@ macro_rules! impl_float {
                 $abs(self)
             }
             #[inline]
+            fn erf(self) -> Self {
+                $erf(self)
+            }
+            #[inline]
+            fn sin(self) -> Self {
+                $sin(self)
+            }
+            #[inline]
+            fn cos(self) -> Self {
+                $cos(self)
+            }
+            #[inline]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
             }
@@ -155,14 +174,14 @@ mod host {
         };
     }
     pub mod f32 {
-        wrap!(f32: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs);
+        wrap!(f32: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, sin => sin, cos => cos);
         #[inline]
         pub fn powf(x: f32, p: f32) -> f32 {
             x.powf(p)
         }
     }
     pub mod f64 {
-        wrap!(f64: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs);
+        wrap!(f64: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, sin => sin, cos => cos);
         #[inline]
         pub fn powf(x: f64, p: f64) -> f64 {
             x.powf(p)
@@ -180,7 +199,10 @@ impl_float!(
     host::f32::sqrt,
     host::f32::tanh,
     host::f32::powf,
-    host::f32::abs
+    host::f32::abs,
+    libm::erff,
+    host::f32::sin,
+    host::f32::cos
 );
 #[cfg(feature = "std")]
 impl_float!(
@@ -192,7 +214,10 @@ impl_float!(
     host::f64::sqrt,
     host::f64::tanh,
     host::f64::powf,
-    host::f64::abs
+    host::f64::abs,
+    libm::erf,
+    host::f64::sin,
+    host::f64::cos
 );
 #[cfg(not(feature = "std"))]
 impl_float!(
@@ -204,7 +229,10 @@ impl_float!(
     libm::sqrtf,
     libm::tanhf,
     libm::powf,
-    libm::fabsf
+    libm::fabsf,
+    libm::erff,
+    libm::sinf,
+    libm::cosf
 );
 #[cfg(not(feature = "std"))]
 impl_float!(
@@ -216,5 +244,8 @@ impl_float!(
     libm::sqrt,
     libm::tanh,
     libm::pow,
-    libm::fabs
+    libm::fabs,
+    libm::erf,
+    libm::sin,
+    libm::cos
 );

@@ -220,6 +220,47 @@ activation!(
     /// GELU (tanh form) as a layer.
     Gelu, gelu
 );
+activation!(
+    /// GELU, exact (through erf), as a layer: PyTorch's default `nn.GELU()`.
+    GeluErf, gelu_erf
+);
+activation!(
+    /// SiLU (swish) as a layer.
+    Silu, silu
+);
+activation!(
+    /// Softplus (beta 1, threshold 20) as a layer.
+    Softplus, softplus
+);
+activation!(
+    /// Hard sigmoid as a layer.
+    Hardsigmoid, hardsigmoid
+);
+activation!(
+    /// Hard swish as a layer (MobileNetV3's activation).
+    Hardswish, hardswish
+);
+
+/// ReLU6, `min(max(x, 0), 6)`, as a layer (MobileNet's activation; two nodes, see
+/// [`Tape::clamp`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Relu6;
+
+impl Module for Relu6 {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.clamp(x, 0.0, 6.0)
+    }
+}
+
+/// ELU as a layer, with its alpha (PyTorch's default: 1).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Elu(pub f32);
+
+impl Module for Elu {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.elu(x, self.0)
+    }
+}
 
 /// Leaky ReLU as a layer, with its negative slope.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -79,6 +79,25 @@ fn shape_mismatches_name_the_op_and_shapes() {
             rhs: s(&[4])
         })
     );
+    for r in [
+        tape.l1_loss(a, b),
+        tape.huber_loss(a, b, 1.0),
+        tape.smooth_l1_loss(a, b, 1.0),
+    ] {
+        assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+    }
+    let used = tape.used();
+    for r in [
+        tape.huber_loss(a, a, 0.0),
+        tape.huber_loss(a, a, f32::NAN),
+        tape.huber_loss(a, a, f32::INFINITY),
+        tape.smooth_l1_loss(a, a, -1.0),
+        tape.clamp(a, 1.0, 0.0),
+        tape.clamp(a, f32::NAN, 0.0),
+    ] {
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+    }
+    assert_eq!(tape.used(), used, "a refused call takes no arena");
     assert!(matches!(
         tape.reshape(a, &[5]),
         Err(Error::ShapeMismatch { op: "reshape", .. })

@@ -82,31 +82,13 @@ fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
         })
 }
 
-const UNARY: [UnaryOp; 13] = [
-    UnaryOp::Neg,
-    UnaryOp::AddScalar(0.7),
-    UnaryOp::MulScalar(-1.3),
-    UnaryOp::Exp,
-    UnaryOp::Log,
-    UnaryOp::Sqrt,
-    UnaryOp::Square,
-    UnaryOp::Pow(2.5),
-    UnaryOp::Relu,
-    UnaryOp::LeakyRelu(0.1),
-    UnaryOp::Sigmoid,
-    UnaryOp::Tanh,
-    UnaryOp::Gelu,
-];
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
     fn unary_ops(dims in shape(), seed in any::<u64>()) {
-        for op in UNARY {
-            // log, sqrt and a fractional pow need positive inputs.
-            let positive = matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Pow(_));
-            let x = if positive { values(numel(&dims), seed, 0.3, 3.0) } else { values(numel(&dims), seed, -3.0, 3.0) };
+        for op in UnaryOp::EVERY {
+            let x = if op.needs_positive() { values(numel(&dims), seed, 0.3, 3.0) } else { values(numel(&dims), seed, -3.0, 3.0) };
             assert_grads(&[(&dims, &x)], |t, v| t.unary(op, v[0]))?;
         }
     }
@@ -118,6 +100,12 @@ proptest! {
         for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
             assert_grads(&[(&da, &a), (&db, &b)], |t, v| t.binary(op, v[0], v[1]))?;
         }
+    }
+
+    #[test]
+    fn clamp_both_sides(dims in shape(), seed in any::<u64>()) {
+        let x = values(numel(&dims), seed, -3.0, 3.0);
+        assert_grads(&[(&dims, &x)], |t, v| t.clamp(v[0], -1.0, 1.5))?;
     }
 
     #[test]
@@ -222,6 +210,9 @@ proptest! {
         let dims = [rows, classes];
         assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.mse(v[0], v[1]))?;
         assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.bce_with_logits(v[0], v[1]))?;
+        assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.l1_loss(v[0], v[1]))?;
+        assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.huber_loss(v[0], v[1], 1.0))?;
+        assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.smooth_l1_loss(v[0], v[1], 0.5))?;
         let mut rng = Rng::new(seed);
         let labels: Vec<usize> = (0..rows).map(|_| rng.below(classes as u32) as usize).collect();
         assert_grads(&[(&dims, &p)], |tp, v| {

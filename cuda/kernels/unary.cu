@@ -1,6 +1,13 @@
-// Elementwise unary ops. Op codes: `unary_code` in src/ops/unary.rs.
+// Elementwise unary ops. Op codes: `UnaryOp::pack` in the core (core/src/ops/unary.rs).
 #define GELU_C 0.7978845608028654f
 #define GELU_K 0.044715f
+#define FRAC_1_SQRT_2 0.7071067811865476f
+#define FRAC_1_SQRT_2PI 0.3989422804014327f
+
+__device__ __forceinline__ float hardsigmoid_f(float x) {
+    float t = x + 3.0f;
+    return t < 0.0f ? 0.0f : (t > 6.0f ? 1.0f : t / 6.0f);
+}
 
 __device__ __forceinline__ float unary_f(int op, float c, float x) {
     switch (op) {
@@ -17,6 +24,17 @@ __device__ __forceinline__ float unary_f(int op, float c, float x) {
     case 10: return sigmoid_f(x);                            // sigmoid
     case 11: return tanhf(x);                                // tanh
     case 12: return 0.5f * x * (1.0f + tanhf(GELU_C * (x + GELU_K * x * x * x))); // gelu
+    case 13: return fabsf(x);                                // abs
+    case 14: return x < c ? c : x;                           // clamp_min (NaN stays NaN)
+    case 15: return x > c ? c : x;                           // clamp_max (NaN stays NaN)
+    case 16: return x * sigmoid_f(x);                        // silu
+    case 17: return x > 0.0f ? x : c * (expf(x) - 1.0f);     // elu
+    case 18: return x > 20.0f ? x : log1pf(expf(x));         // softplus
+    case 19: return 0.5f * x * (1.0f + erff(x * FRAC_1_SQRT_2)); // gelu_erf
+    case 20: return hardsigmoid_f(x);                        // hardsigmoid
+    case 21: return x * hardsigmoid_f(x);                    // hardswish
+    case 22: return sinf(x);                                 // sin
+    case 23: return cosf(x);                                 // cos
     }
     return x;
 }
@@ -40,6 +58,21 @@ __device__ __forceinline__ float unary_d(int op, float c, float x, float y) {
         float t = tanhf(GELU_C * (x + GELU_K * x * x * x));
         return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * GELU_K * x * x);
     }
+    case 13: return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f);
+    case 14: return x >= c ? 1.0f : 0.0f;
+    case 15: return x <= c ? 1.0f : 0.0f;
+    case 16: {
+        float s = sigmoid_f(x);
+        return s * (1.0f + x * (1.0f - s));
+    }
+    case 17: return x > 0.0f ? 1.0f : c * expf(x);
+    case 18: return x > 20.0f ? 1.0f : sigmoid_f(x);
+    case 19:
+        return 0.5f * (1.0f + erff(x * FRAC_1_SQRT_2)) + x * FRAC_1_SQRT_2PI * expf(-0.5f * x * x);
+    case 20: return (x > -3.0f && x < 3.0f) ? 1.0f / 6.0f : 0.0f;
+    case 21: return x < -3.0f ? 0.0f : (x <= 3.0f ? x / 3.0f + 0.5f : 1.0f);
+    case 22: return cosf(x);
+    case 23: return -sinf(x);
     }
     return 0.0f;
 }

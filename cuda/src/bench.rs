@@ -2,7 +2,7 @@
 //! W-mnist, W-large (fp32, TF32, bf16), each eager and replayed from a captured CUDA graph;
 //! and issue 6's conv2d layer, eager.
 //!
-//! `cargo run --release -p mote-cuda --example bench [-- WORKLOAD...]`, or
+//! `cargo run --release -p mote-cuda --example gpu_bench [-- WORKLOAD...]`, or
 //! `mote bench --backend cuda [WORKLOAD...]`: both call [`run`].
 //!
 //! Per-step time: the median over 7 timed chunks of N back-to-back steps (chunk wall time / N,

@@ -201,21 +201,8 @@ fn view(offset: usize, d: &[usize]) -> View {
 }
 
 fn unary_code(op: UnaryOp) -> (i32, f32) {
-    match op {
-        UnaryOp::Neg => (0, 0.0),
-        UnaryOp::AddScalar(c) => (1, c),
-        UnaryOp::MulScalar(c) => (2, c),
-        UnaryOp::Exp => (3, 0.0),
-        UnaryOp::Log => (4, 0.0),
-        UnaryOp::Sqrt => (5, 0.0),
-        UnaryOp::Square => (6, 0.0),
-        UnaryOp::Pow(p) => (7, p),
-        UnaryOp::Relu => (8, 0.0),
-        UnaryOp::LeakyRelu(a) => (9, a),
-        UnaryOp::Sigmoid => (10, 0.0),
-        UnaryOp::Tanh => (11, 0.0),
-        UnaryOp::Gelu => (12, 0.0),
-    }
+    let (c, s) = op.pack();
+    (i32::from(c), s)
 }
 
 #[test]
@@ -228,25 +215,11 @@ fn elementwise_kernels_match_the_reference() {
         unsafe extern "C" fn(i32, f32, *const f32, *const f32, *const f32, *mut f32, u64, i32);
     let fwd = sym!(lib, b"unary_fwd", UFwd);
     let bwd = sym!(lib, b"unary_bwd", UBwd);
-    let ops = [
-        UnaryOp::Neg,
-        UnaryOp::AddScalar(0.75),
-        UnaryOp::MulScalar(-1.5),
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sqrt,
-        UnaryOp::Square,
-        UnaryOp::Pow(2.5),
-        UnaryOp::Relu,
-        UnaryOp::LeakyRelu(0.1),
-        UnaryOp::Sigmoid,
-        UnaryOp::Tanh,
-        UnaryOp::Gelu,
-    ];
+    let ops = UnaryOp::EVERY;
     for (lo, positive) in [(-3.0, false), (0.1, true)] {
         let mut p = Pair::new(lo, 3.0, 1);
         for op in ops {
-            if !positive && matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Pow(_)) {
+            if !positive && op.needs_positive() {
                 continue;
             }
             let (c, s) = unary_code(op);

@@ -207,20 +207,16 @@ impl<'a> Reader<'a> {
     }
 
     fn unary_op(&mut self) -> UnaryOp {
-        match self.below(13) {
-            0 => UnaryOp::Neg,
-            1 => UnaryOp::AddScalar(self.f32()),
-            2 => UnaryOp::MulScalar(self.f32()),
-            3 => UnaryOp::Exp,
-            4 => UnaryOp::Log,
-            5 => UnaryOp::Sqrt,
-            6 => UnaryOp::Square,
-            7 => UnaryOp::Pow(self.f32()),
-            8 => UnaryOp::Relu,
-            9 => UnaryOp::LeakyRelu(self.f32()),
-            10 => UnaryOp::Sigmoid,
-            11 => UnaryOp::Tanh,
-            _ => UnaryOp::Gelu,
+        // Every op; those with an argument take a fuzzed one.
+        match UnaryOp::EVERY[self.below(UnaryOp::EVERY.len())] {
+            UnaryOp::AddScalar(_) => UnaryOp::AddScalar(self.f32()),
+            UnaryOp::MulScalar(_) => UnaryOp::MulScalar(self.f32()),
+            UnaryOp::Pow(_) => UnaryOp::Pow(self.f32()),
+            UnaryOp::LeakyRelu(_) => UnaryOp::LeakyRelu(self.f32()),
+            UnaryOp::ClampMin(_) => UnaryOp::ClampMin(self.f32()),
+            UnaryOp::ClampMax(_) => UnaryOp::ClampMax(self.f32()),
+            UnaryOp::Elu(_) => UnaryOp::Elu(self.f32()),
+            op => op,
         }
     }
 
@@ -559,6 +555,17 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                         UnaryOp::Sigmoid => t.sigmoid(x),
                         UnaryOp::Tanh => t.tanh(x),
                         UnaryOp::Gelu => t.gelu(x),
+                        UnaryOp::Abs => t.abs(x),
+                        UnaryOp::ClampMin(c) => t.clamp_min(x, c),
+                        UnaryOp::ClampMax(c) => t.clamp_max(x, c),
+                        UnaryOp::Silu => t.silu(x),
+                        UnaryOp::Elu(a) => t.elu(x, a),
+                        UnaryOp::Softplus => t.softplus(x),
+                        UnaryOp::GeluErf => t.gelu_erf(x),
+                        UnaryOp::Hardsigmoid => t.hardsigmoid(x),
+                        UnaryOp::Hardswish => t.hardswish(x),
+                        UnaryOp::Sin => t.sin(x),
+                        UnaryOp::Cos => t.cos(x),
                     }
                 } else {
                     t.unary(op, x)

@@ -205,6 +205,25 @@ mod tests {
         assert_eq!(mse, 2.5);
     }
 
+    // d = pred - target = [0.5, -2, 3, 0]: L1 (0.5 + 2 + 3) / 4; Huber (delta 1)
+    // (0.125 + 1.5 + 2.5) / 4; smooth L1 (beta 0.5) (0.25 + 1.75 + 2.75) / 4.
+    #[test]
+    fn composite_losses_by_hand() {
+        use crate::{Cpu, Tape};
+        let mut mem = [0f64; 256];
+        let mut tape = Tape::<Cpu<f64>, 32>::new(&mut mem);
+        let p = tape.input(&[2, 2], &[0.5, -2.0, 3.0, 1.0]).unwrap();
+        let t = tape.input(&[2, 2], &[0.0, 0.0, 0.0, 1.0]).unwrap();
+        for (loss, want) in [
+            (tape.l1_loss(p, t), 1.375),
+            (tape.huber_loss(p, t, 1.0), 1.031_25),
+            (tape.smooth_l1_loss(p, t, 0.5), 1.1875),
+            (tape.smooth_l1_loss(p, t, 0.0), 1.375),
+        ] {
+            assert_eq!(tape.item(loss.unwrap()).unwrap(), want);
+        }
+    }
+
     #[test]
     fn bad_labels_are_errors() {
         for bad in [3.0f32, -1.0, 0.5, f32::NAN] {
@@ -286,6 +305,72 @@ mod tape_ops {
                 });
             }
             self.loss(LossOp::BceWithLogits, logits, target, 0)
+        }
+
+        /// Mean absolute error between same-shaped predictions and targets (PyTorch's
+        /// `l1_loss`), composed of three nodes: `mean(|pred - target|)`; the gradient at a zero
+        /// difference is 0.
+        ///
+        /// # Errors
+        /// [`Error::ShapeMismatch`]; and as [`Tape::unary`].
+        pub fn l1_loss(&mut self, pred: Var, target: Var) -> Result<Var> {
+            let a = self.abs_diff("l1_loss", pred, target)?;
+            self.mean(a)
+        }
+
+        /// Huber loss with threshold `delta` (PyTorch's `huber_loss`): per element `d^2 / 2`
+        /// where `|d| < delta`, else `delta (|d| - delta / 2)`, `d = pred - target`; the mean.
+        /// Composed of nine nodes (`m = min(|d|, delta)`, then `m^2 / 2 + delta (|d| - m)`).
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] unless `delta` is positive and finite;
+        /// [`Error::ShapeMismatch`]; and as [`Tape::unary`].
+        pub fn huber_loss(&mut self, pred: Var, target: Var, delta: f32) -> Result<Var> {
+            if !(delta > 0.0 && delta.is_finite()) {
+                return Err(Error::InvalidArgument {
+                    what: "huber_loss: delta must be positive and finite",
+                });
+            }
+            let a = self.abs_diff("huber_loss", pred, target)?;
+            let m = self.clamp_max(a, delta)?;
+            let q = self.square(m)?;
+            let q = self.mul_scalar(q, 0.5)?;
+            let l = self.sub(a, m)?;
+            let l = self.mul_scalar(l, delta)?;
+            let s = self.add(q, l)?;
+            self.mean(s)
+        }
+
+        /// Smooth L1 loss with threshold `beta` (PyTorch's `smooth_l1_loss`): the Huber loss
+        /// divided by `beta`, and the L1 loss when `beta` is 0.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] unless `beta` is finite and not negative;
+        /// [`Error::ShapeMismatch`]; and as [`Tape::unary`].
+        pub fn smooth_l1_loss(&mut self, pred: Var, target: Var, beta: f32) -> Result<Var> {
+            if beta == 0.0 {
+                return self.l1_loss(pred, target);
+            }
+            if !(beta > 0.0 && beta.is_finite()) {
+                return Err(Error::InvalidArgument {
+                    what: "smooth_l1_loss: beta must be finite and not negative",
+                });
+            }
+            let h = self.huber_loss(pred, target, beta)?;
+            self.mul_scalar(h, 1.0 / beta)
+        }
+
+        /// `|pred - target|`, after checking that the shapes agree.
+        fn abs_diff(&mut self, op: &'static str, pred: Var, target: Var) -> Result<Var> {
+            if pred.shape != target.shape {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: pred.shape,
+                    rhs: target.shape,
+                });
+            }
+            let d = self.sub(pred, target)?;
+            self.abs(d)
         }
 
         pub(crate) fn loss_backward(

@@ -15,6 +15,17 @@
 //! | `Sigmoid` | 1 / (1 + e^-x) | y (1 - y) | |
 //! | `Tanh` | tanh x | 1 - y^2 | |
 //! | `Gelu` | x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi) | see [`gelu_grad`] | |
+//! | `GeluErf` | x Phi(x) = x/2 (1 + erf(x / sqrt 2)) | Phi(x) + x phi(x) | |
+//! | `Abs` | \|x\| | sign(x) | 0 at x = 0 (PyTorch) |
+//! | `ClampMin(c)` | max(x, c) | 1 if x >= c else 0 | 1 at x = c (PyTorch) |
+//! | `ClampMax(c)` | min(x, c) | 1 if x <= c else 0 | 1 at x = c (PyTorch) |
+//! | `Silu` | x s(x), s the sigmoid | s (1 + x (1 - s)) | |
+//! | `Elu(a)` | x if x > 0 else a (e^x - 1) | 1 if x > 0 else a e^x | a at x = 0 (PyTorch) |
+//! | `Softplus` | ln(1 + e^x); x above 20 | s(x); 1 above 20 | |
+//! | `Hardsigmoid` | min(max(x + 3, 0), 6) / 6 | 1/6 if -3 < x < 3 else 0 | 0 at x = +-3 (PyTorch) |
+//! | `Hardswish` | x hardsigmoid(x) | 0 below -3, x/3 + 1/2 up to 3, 1 above | x/3 + 1/2 at +-3 (PyTorch) |
+//! | `Sin` | sin x | cos x | |
+//! | `Cos` | cos x | -sin x | |
 
 use crate::float::Float;
 
@@ -47,12 +58,70 @@ pub enum UnaryOp {
     Tanh,
     /// GELU, tanh approximation (PyTorch's `approximate="tanh"`)
     Gelu,
+    /// |x|
+    Abs,
+    /// max(x, c): PyTorch's `clamp_min` (NaN stays NaN)
+    ClampMin(f32),
+    /// min(x, c): PyTorch's `clamp_max` (NaN stays NaN)
+    ClampMax(f32),
+    /// x sigmoid(x): SiLU, or swish
+    Silu,
+    /// x if x > 0, else alpha (e^x - 1): ELU with its alpha
+    Elu(f32),
+    /// ln(1 + e^x), and x itself above 20 (PyTorch's `softplus` with beta 1, threshold 20)
+    Softplus,
+    /// GELU, exact: x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's default `F.gelu`)
+    GeluErf,
+    /// min(max(x / 6 + 1/2, 0), 1): PyTorch's `hardsigmoid`
+    Hardsigmoid,
+    /// x hardsigmoid(x): PyTorch's `hardswish` (MobileNetV3)
+    Hardswish,
+    /// sin x
+    Sin,
+    /// cos x
+    Cos,
 }
 
 impl UnaryOp {
+    /// Every op, with a sample argument where it takes one: for tests and tools that go over
+    /// all of them (a new op added here is checked by every backend's test of this list).
+    pub const EVERY: [UnaryOp; 24] = [
+        UnaryOp::Neg,
+        UnaryOp::AddScalar(0.7),
+        UnaryOp::MulScalar(-1.3),
+        UnaryOp::Exp,
+        UnaryOp::Log,
+        UnaryOp::Sqrt,
+        UnaryOp::Square,
+        UnaryOp::Pow(2.5),
+        UnaryOp::Relu,
+        UnaryOp::LeakyRelu(0.1),
+        UnaryOp::Sigmoid,
+        UnaryOp::Tanh,
+        UnaryOp::Gelu,
+        UnaryOp::Abs,
+        UnaryOp::ClampMin(-0.5),
+        UnaryOp::ClampMax(0.8),
+        UnaryOp::Silu,
+        UnaryOp::Elu(1.2),
+        UnaryOp::Softplus,
+        UnaryOp::GeluErf,
+        UnaryOp::Hardsigmoid,
+        UnaryOp::Hardswish,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
+    ];
+
+    /// Whether the op needs positive inputs to be finite and differentiable: `Log`, `Sqrt`,
+    /// and `Pow` (whose exponent may be fractional).
+    pub fn needs_positive(self) -> bool {
+        matches!(self, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Pow(_))
+    }
+
     /// The op as a small code and its scalar argument (0 for ops without one): how a tape node
-    /// and a replay list store it (an `Op` of 8 bytes instead of 12).
-    pub(crate) fn pack(self) -> (u8, f32) {
+    /// and a replay list store it (an `Op` of 8 bytes instead of 12), and the op code of the
+    /// CUDA kernels (`cuda/kernels/unary.cu`).
+    pub fn pack(self) -> (u8, f32) {
         match self {
             UnaryOp::Neg => (0, 0.0),
             UnaryOp::AddScalar(c) => (1, c),
@@ -67,6 +136,17 @@ impl UnaryOp {
             UnaryOp::Sigmoid => (10, 0.0),
             UnaryOp::Tanh => (11, 0.0),
             UnaryOp::Gelu => (12, 0.0),
+            UnaryOp::Abs => (13, 0.0),
+            UnaryOp::ClampMin(c) => (14, c),
+            UnaryOp::ClampMax(c) => (15, c),
+            UnaryOp::Silu => (16, 0.0),
+            UnaryOp::Elu(a) => (17, a),
+            UnaryOp::Softplus => (18, 0.0),
+            UnaryOp::GeluErf => (19, 0.0),
+            UnaryOp::Hardsigmoid => (20, 0.0),
+            UnaryOp::Hardswish => (21, 0.0),
+            UnaryOp::Sin => (22, 0.0),
+            UnaryOp::Cos => (23, 0.0),
         }
     }
 
@@ -86,6 +166,17 @@ impl UnaryOp {
             10 => UnaryOp::Sigmoid,
             11 => UnaryOp::Tanh,
             12 => UnaryOp::Gelu,
+            13 => UnaryOp::Abs,
+            14 => UnaryOp::ClampMin(c),
+            15 => UnaryOp::ClampMax(c),
+            16 => UnaryOp::Silu,
+            17 => UnaryOp::Elu(c),
+            18 => UnaryOp::Softplus,
+            19 => UnaryOp::GeluErf,
+            20 => UnaryOp::Hardsigmoid,
+            21 => UnaryOp::Hardswish,
+            22 => UnaryOp::Sin,
+            23 => UnaryOp::Cos,
             _ => return None,
         })
     }
@@ -124,6 +215,52 @@ pub fn gelu_grad<T: Float>(x: T) -> T {
     half * (T::ONE + t) + half * x * (T::ONE - t * t) * c * (T::ONE + T::from_f64(3.0) * k * x * x)
 }
 
+const FRAC_1_SQRT_2: f64 = core::f64::consts::FRAC_1_SQRT_2;
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7; // 1 / sqrt(2 pi)
+/// Above this, softplus is x itself (PyTorch's default threshold).
+const SOFTPLUS_THRESHOLD: f64 = 20.0;
+
+/// GELU, exact: `x Phi(x)`, `Phi` the standard normal distribution function.
+#[inline]
+pub fn gelu_erf<T: Float>(x: T) -> T {
+    let half = T::from_f64(0.5);
+    half * x * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf())
+}
+
+/// Derivative of [`gelu_erf`]: `Phi(x) + x phi(x)`, `phi(x) = e^(-x^2 / 2) / sqrt(2 pi)`.
+#[inline]
+pub fn gelu_erf_grad<T: Float>(x: T) -> T {
+    let half = T::from_f64(0.5);
+    let cdf = half * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf());
+    let pdf = T::from_f64(FRAC_1_SQRT_2PI) * (-half * x * x).exp();
+    cdf + x * pdf
+}
+
+/// Hard sigmoid, `min(max(x + 3, 0), 6) / 6`, as PyTorch computes it (NaN stays NaN).
+#[inline]
+pub fn hardsigmoid<T: Float>(x: T) -> T {
+    let six = T::from_f64(6.0);
+    let t = x + T::from_f64(3.0);
+    if t < T::ZERO {
+        T::ZERO
+    } else if t > six {
+        T::ONE
+    } else {
+        t / six
+    }
+}
+
+/// Softplus, `ln(1 + e^x)`, computed as `x` above 20 (where they agree in f32 and f64 to
+/// within `e^-20`), as PyTorch does.
+#[inline]
+pub fn softplus<T: Float>(x: T) -> T {
+    if x > T::from_f64(SOFTPLUS_THRESHOLD) {
+        x
+    } else {
+        x.exp().ln_1p()
+    }
+}
+
 impl UnaryOp {
     /// The op's name, for errors and debugging.
     pub fn name(self) -> &'static str {
@@ -141,6 +278,17 @@ impl UnaryOp {
             UnaryOp::Sigmoid => "sigmoid",
             UnaryOp::Tanh => "tanh",
             UnaryOp::Gelu => "gelu",
+            UnaryOp::Abs => "abs",
+            UnaryOp::ClampMin(_) => "clamp_min",
+            UnaryOp::ClampMax(_) => "clamp_max",
+            UnaryOp::Silu => "silu",
+            UnaryOp::Elu(_) => "elu",
+            UnaryOp::Softplus => "softplus",
+            UnaryOp::GeluErf => "gelu_erf",
+            UnaryOp::Hardsigmoid => "hardsigmoid",
+            UnaryOp::Hardswish => "hardswish",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
         }
     }
 
@@ -174,6 +322,37 @@ impl UnaryOp {
             UnaryOp::Sigmoid => sigmoid(x),
             UnaryOp::Tanh => x.tanh(),
             UnaryOp::Gelu => gelu(x),
+            UnaryOp::Abs => x.abs(),
+            UnaryOp::ClampMin(c) => {
+                let c = T::from_f32(c);
+                if x < c {
+                    c
+                } else {
+                    x
+                }
+            }
+            UnaryOp::ClampMax(c) => {
+                let c = T::from_f32(c);
+                if x > c {
+                    c
+                } else {
+                    x
+                }
+            }
+            UnaryOp::Silu => x * sigmoid(x),
+            UnaryOp::Elu(a) => {
+                if x > T::ZERO {
+                    x
+                } else {
+                    T::from_f32(a) * (x.exp() - T::ONE)
+                }
+            }
+            UnaryOp::Softplus => softplus(x),
+            UnaryOp::GeluErf => gelu_erf(x),
+            UnaryOp::Hardsigmoid => hardsigmoid(x),
+            UnaryOp::Hardswish => x * hardsigmoid(x),
+            UnaryOp::Sin => x.sin(),
+            UnaryOp::Cos => x.cos(),
         }
     }
 
@@ -211,6 +390,73 @@ impl UnaryOp {
             UnaryOp::Sigmoid => y * (T::ONE - y),
             UnaryOp::Tanh => T::ONE - y * y,
             UnaryOp::Gelu => gelu_grad(x),
+            // NOTE: abs'(0) = 0, as PyTorch's sign(0).
+            UnaryOp::Abs => {
+                if x > T::ZERO {
+                    T::ONE
+                } else if x < T::ZERO {
+                    -T::ONE
+                } else {
+                    T::ZERO
+                }
+            }
+            // NOTE: at x = c the gradient passes (PyTorch's clamp masks are inclusive).
+            UnaryOp::ClampMin(c) => {
+                if x >= T::from_f32(c) {
+                    T::ONE
+                } else {
+                    T::ZERO
+                }
+            }
+            UnaryOp::ClampMax(c) => {
+                if x <= T::from_f32(c) {
+                    T::ONE
+                } else {
+                    T::ZERO
+                }
+            }
+            UnaryOp::Silu => {
+                let s = sigmoid(x);
+                s * (T::ONE + x * (T::ONE - s))
+            }
+            // NOTE: elu'(0) = alpha, as in PyTorch.
+            UnaryOp::Elu(a) => {
+                if x > T::ZERO {
+                    T::ONE
+                } else {
+                    T::from_f32(a) * x.exp()
+                }
+            }
+            UnaryOp::Softplus => {
+                if x > T::from_f64(SOFTPLUS_THRESHOLD) {
+                    T::ONE
+                } else {
+                    sigmoid(x)
+                }
+            }
+            UnaryOp::GeluErf => gelu_erf_grad(x),
+            // NOTE: zero at x = -3 and x = 3, as in PyTorch.
+            UnaryOp::Hardsigmoid => {
+                let three = T::from_f64(3.0);
+                if x > -three && x < three {
+                    T::ONE / T::from_f64(6.0)
+                } else {
+                    T::ZERO
+                }
+            }
+            // NOTE: as PyTorch: 0 below -3, x / 3 + 1/2 up to 3 (both included), 1 above.
+            UnaryOp::Hardswish => {
+                let three = T::from_f64(3.0);
+                if x < -three {
+                    T::ZERO
+                } else if x <= three {
+                    x / three + T::from_f64(0.5)
+                } else {
+                    T::ONE
+                }
+            }
+            UnaryOp::Sin => x.cos(),
+            UnaryOp::Cos => -x.sin(),
         }
     }
 }
@@ -293,8 +539,132 @@ mod tests {
         assert_eq!(UnaryOp::Sigmoid.apply(1000.0f32), 1.0);
     }
 
+    // f64 values of the definitions (PyTorch's formulas, evaluated in Python's `math`), at
+    // x = -4, -3, -0.5, 0, 0.5, 3, 25.
+    #[test]
+    fn more_activations_match_their_definitions() {
+        let xs = [-4.0f64, -3.0, -0.5, 0.0, 0.5, 3.0, 25.0];
+        let table: [(UnaryOp, [f64; 7]); 6] = [
+            (
+                UnaryOp::Silu,
+                [
+                    -0.071_944_839_848_366_23,
+                    -0.142_277_619_532_700_35,
+                    -0.188_770_334_399_072_7,
+                    0.0,
+                    0.311_229_665_600_927_3,
+                    2.857_722_380_467_3,
+                    24.999_999_999_652_8,
+                ],
+            ),
+            (
+                UnaryOp::Elu(1.0),
+                [
+                    -0.981_684_361_111_265_8,
+                    -0.950_212_931_632_136,
+                    -0.393_469_340_287_366_6,
+                    0.0,
+                    0.5,
+                    3.0,
+                    25.0,
+                ],
+            ),
+            (
+                UnaryOp::Softplus,
+                [
+                    0.018_149_927_917_809_738,
+                    0.048_587_351_573_742_06,
+                    0.474_076_984_180_106_7,
+                    core::f64::consts::LN_2,
+                    0.974_076_984_180_106_7,
+                    3.048_587_351_573_742,
+                    25.0,
+                ],
+            ),
+            (
+                UnaryOp::GeluErf,
+                [
+                    -0.000_126_684_967_332_479_91,
+                    -0.004_049_694_094_890_31,
+                    -0.154_268_769_362_993_44,
+                    0.0,
+                    0.345_731_230_637_006_56,
+                    2.995_950_305_905_11,
+                    25.0,
+                ],
+            ),
+            (
+                UnaryOp::Hardsigmoid,
+                [
+                    0.0,
+                    0.0,
+                    0.416_666_666_666_666_7,
+                    0.5,
+                    0.583_333_333_333_333_4,
+                    1.0,
+                    1.0,
+                ],
+            ),
+            (
+                UnaryOp::Hardswish,
+                [
+                    0.0,
+                    0.0,
+                    -0.208_333_333_333_333_34,
+                    0.0,
+                    0.291_666_666_666_666_7,
+                    3.0,
+                    25.0,
+                ],
+            ),
+        ];
+        for (op, want) in table {
+            for (&x, &w) in xs.iter().zip(&want) {
+                let got = op.apply(x);
+                assert!(
+                    (got - w).abs() <= 1e-12 * w.abs().max(1.0),
+                    "{}({x}) = {got}, not {w}",
+                    op.name()
+                );
+                let got32 = op.apply(x as f32) as f64;
+                assert!(
+                    (got32 - w).abs() <= 1e-6 * w.abs().max(1.0),
+                    "{}({x}) in f32 = {got32}, not {w}",
+                    op.name()
+                );
+            }
+        }
+        assert_eq!(UnaryOp::Abs.apply(-2.5f32), 2.5);
+        assert_eq!(UnaryOp::ClampMin(-0.5).apply(-2.0f32), -0.5);
+        assert_eq!(UnaryOp::ClampMax(0.5).apply(2.0f32), 0.5);
+        for op in [
+            UnaryOp::ClampMin(0.0),
+            UnaryOp::ClampMax(0.0),
+            UnaryOp::Hardsigmoid,
+        ] {
+            assert!(op.apply(f32::NAN).is_nan(), "{} keeps NaN", op.name());
+        }
+    }
+
     #[test]
     fn kinks_follow_the_documented_conventions() {
+        assert_eq!(UnaryOp::Abs.derivative(0.0f64, 0.0), 0.0);
+        assert_eq!(UnaryOp::ClampMin(1.0).derivative(1.0f64, 1.0), 1.0);
+        assert_eq!(UnaryOp::ClampMax(1.0).derivative(1.0f64, 1.0), 1.0);
+        assert_eq!(UnaryOp::Elu(0.5).derivative(0.0f64, 0.0), 0.5);
+        assert_eq!(UnaryOp::Hardsigmoid.derivative(3.0f64, 1.0), 0.0);
+        assert_eq!(UnaryOp::Hardsigmoid.derivative(-3.0f64, 0.0), 0.0);
+        assert_eq!(UnaryOp::Hardswish.derivative(3.0f64, 3.0), 1.5);
+        assert_eq!(UnaryOp::Hardswish.derivative(-3.0f64, 0.0), -0.5);
+        for op in UnaryOp::EVERY {
+            let (code, arg) = op.pack();
+            assert_eq!(
+                UnaryOp::unpack(code, arg),
+                Some(op),
+                "{} packs and unpacks",
+                op.name()
+            );
+        }
         assert_eq!(UnaryOp::Relu.derivative(0.0f64, 0.0), 0.0);
         assert_eq!(
             UnaryOp::LeakyRelu(0.1).derivative(0.0f64, 0.0),
@@ -436,6 +806,112 @@ mod tape_ops {
         /// As [`Tape::unary`].
         pub fn gelu(&mut self, x: Var) -> Result<Var> {
             self.unary(UnaryOp::Gelu, x)
+        }
+
+        /// GELU, exact (`x Phi(x)`, through erf): PyTorch's default `F.gelu(x)`.
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn gelu_erf(&mut self, x: Var) -> Result<Var> {
+            self.unary(UnaryOp::GeluErf, x)
+        }
+
+        /// `|x|` (gradient 0 at 0, as PyTorch's).
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn abs(&mut self, x: Var) -> Result<Var> {
+            self.unary(UnaryOp::Abs, x)
+        }
+
+        /// `max(x, min)`: PyTorch's `clamp_min` (the gradient passes where `x >= min`).
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn clamp_min(&mut self, x: Var, min: f32) -> Result<Var> {
+            self.unary(UnaryOp::ClampMin(min), x)
+        }
+
+        /// `min(x, max)`: PyTorch's `clamp_max` (the gradient passes where `x <= max`).
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn clamp_max(&mut self, x: Var, max: f32) -> Result<Var> {
+            self.unary(UnaryOp::ClampMax(max), x)
+        }
+
+        /// `min(max(x, min), max)`: PyTorch's `clamp` (two nodes: [`Tape::clamp_min`], then
+        /// [`Tape::clamp_max`]). `relu6` is `clamp(x, 0.0, 6.0)`.
+        ///
+        /// # Errors
+        /// [`crate::Error::InvalidArgument`] when `min > max` or either is NaN; else as
+        /// [`Tape::unary`].
+        pub fn clamp(&mut self, x: Var, min: f32, max: f32) -> Result<Var> {
+            // NOTE: `!(min <= max)` is also true when either bound is NaN.
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
+            if !(min <= max) {
+                return Err(crate::Error::InvalidArgument {
+                    what: "clamp: bounds out of order (min > max) or NaN",
+                });
+            }
+            let lo = self.clamp_min(x, min)?;
+            self.clamp_max(lo, max)
+        }
+
+        /// SiLU (swish), `x sigmoid(x)`.
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn silu(&mut self, x: Var) -> Result<Var> {
+            self.unary(UnaryOp::Silu, x)
+        }
+
+        /// ELU: `x` where positive, `alpha (e^x - 1)` elsewhere (PyTorch's default alpha is 1).
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn elu(&mut self, x: Var, alpha: f32) -> Result<Var> {
+            self.unary(UnaryOp::Elu(alpha), x)
+        }
+
+        /// Softplus, `ln(1 + e^x)` (`x` above 20, as PyTorch's default threshold).
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn softplus(&mut self, x: Var) -> Result<Var> {
+            self.unary(UnaryOp::Softplus, x)
+        }
+
+        /// Hard sigmoid, `min(max(x + 3, 0), 6) / 6`.
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn hardsigmoid(&mut self, x: Var) -> Result<Var> {
+            self.unary(UnaryOp::Hardsigmoid, x)
+        }
+
+        /// Hard swish, `x hardsigmoid(x)` (MobileNetV3's activation).
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn hardswish(&mut self, x: Var) -> Result<Var> {
+            self.unary(UnaryOp::Hardswish, x)
+        }
+
+        /// Sine.
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn sin(&mut self, x: Var) -> Result<Var> {
+            self.unary(UnaryOp::Sin, x)
+        }
+
+        /// Cosine.
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn cos(&mut self, x: Var) -> Result<Var> {
+            self.unary(UnaryOp::Cos, x)
         }
 
         pub(crate) fn unary_backward(

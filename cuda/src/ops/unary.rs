@@ -7,23 +7,10 @@ use mote::Result;
 use super::THREADS;
 use crate::Cuda;
 
-/// The kernel's op code and scalar argument.
+/// The kernel's op code and scalar argument: the core's packed form.
 fn code(op: UnaryOp) -> (i32, f32) {
-    match op {
-        UnaryOp::Neg => (0, 0.0),
-        UnaryOp::AddScalar(c) => (1, c),
-        UnaryOp::MulScalar(c) => (2, c),
-        UnaryOp::Exp => (3, 0.0),
-        UnaryOp::Log => (4, 0.0),
-        UnaryOp::Sqrt => (5, 0.0),
-        UnaryOp::Square => (6, 0.0),
-        UnaryOp::Pow(p) => (7, p),
-        UnaryOp::Relu => (8, 0.0),
-        UnaryOp::LeakyRelu(a) => (9, a),
-        UnaryOp::Sigmoid => (10, 0.0),
-        UnaryOp::Tanh => (11, 0.0),
-        UnaryOp::Gelu => (12, 0.0),
-    }
+    let (c, s) = op.pack();
+    (i32::from(c), s)
 }
 
 impl Cuda {

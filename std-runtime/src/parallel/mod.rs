@@ -278,7 +278,13 @@ fn unary_min(op: UnaryOp) -> usize {
         | UnaryOp::Pow(_)
         | UnaryOp::Sigmoid
         | UnaryOp::Tanh
-        | UnaryOp::Gelu => PAR_MIN / 8,
+        | UnaryOp::Gelu
+        | UnaryOp::Silu
+        | UnaryOp::Elu(_)
+        | UnaryOp::Softplus
+        | UnaryOp::GeluErf
+        | UnaryOp::Sin
+        | UnaryOp::Cos => PAR_MIN / 8,
         _ => PAR_MIN,
     }
 }

@@ -1,4 +1,4 @@
-//! GPU benchmark of whole training steps: `cargo run --release -p mote-cuda --example bench
+//! GPU benchmark of whole training steps: `cargo run --release -p mote-cuda --example gpu_bench
 //! [-- WORKLOAD...]` (the same as `mote bench --backend cuda`; see `mote_cuda::bench`).
 
 fn main() {
