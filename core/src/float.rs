@@ -59,6 +59,10 @@ pub trait Float:
     fn abs(self) -> Self;
     /// The error function, `2/sqrt(pi) * integral from 0 to x of e^(-t^2) dt`.
     fn erf(self) -> Self;
+    /// The complementary error function, `1 - erf(x)`, accurate where it is small.
+    fn erfc(self) -> Self;
+    /// `e^x - 1`, accurate near 0.
+    fn exp_m1(self) -> Self;
     /// Sine (radians).
     fn sin(self) -> Self;
     /// Cosine (radians).
@@ -90,7 +94,7 @@ pub trait Float:
 
 macro_rules! impl_float {
     ($t:ty, $name:literal, $exp:path, $ln:path, $ln1p:path, $sqrt:path, $tanh:path, $pow:path, $abs:path,
-     $erf:path, $sin:path, $cos:path) => {
+     $erf:path, $erfc:path, $expm1:path, $sin:path, $cos:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -146,6 +150,14 @@ macro_rules! impl_float {
                 $erf(self)
             }
             #[inline]
+            fn erfc(self) -> Self {
+                $erfc(self)
+            }
+            #[inline]
+            fn exp_m1(self) -> Self {
+                $expm1(self)
+            }
+            #[inline]
             fn sin(self) -> Self {
                 $sin(self)
             }
@@ -174,14 +186,14 @@ mod host {
         };
     }
     pub mod f32 {
-        wrap!(f32: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, sin => sin, cos => cos);
+        wrap!(f32: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, sin => sin, cos => cos, exp_m1 => exp_m1);
         #[inline]
         pub fn powf(x: f32, p: f32) -> f32 {
             x.powf(p)
         }
     }
     pub mod f64 {
-        wrap!(f64: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, sin => sin, cos => cos);
+        wrap!(f64: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, sin => sin, cos => cos, exp_m1 => exp_m1);
         #[inline]
         pub fn powf(x: f64, p: f64) -> f64 {
             x.powf(p)
@@ -201,6 +213,8 @@ impl_float!(
     host::f32::powf,
     host::f32::abs,
     libm::erff,
+    libm::erfcf,
+    host::f32::exp_m1,
     host::f32::sin,
     host::f32::cos
 );
@@ -216,6 +230,8 @@ impl_float!(
     host::f64::powf,
     host::f64::abs,
     libm::erf,
+    libm::erfc,
+    host::f64::exp_m1,
     host::f64::sin,
     host::f64::cos
 );
@@ -231,6 +247,8 @@ impl_float!(
     libm::powf,
     libm::fabsf,
     libm::erff,
+    libm::erfcf,
+    libm::expm1f,
     libm::sinf,
     libm::cosf
 );
@@ -246,6 +264,8 @@ impl_float!(
     libm::pow,
     libm::fabs,
     libm::erf,
+    libm::erfc,
+    libm::expm1,
     libm::sin,
     libm::cos
 );

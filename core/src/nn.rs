@@ -240,17 +240,10 @@ activation!(
     /// Hard swish as a layer (MobileNetV3's activation).
     Hardswish, hardswish
 );
-
-/// ReLU6, `min(max(x, 0), 6)`, as a layer (MobileNet's activation; two nodes, see
-/// [`Tape::clamp`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Relu6;
-
-impl Module for Relu6 {
-    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
-        tape.clamp(x, 0.0, 6.0)
-    }
-}
+activation!(
+    /// ReLU6 as a layer (MobileNet's activation).
+    Relu6, relu6
+);
 
 /// ELU as a layer, with its alpha (PyTorch's default: 1).
 #[derive(Clone, Copy, Debug, PartialEq)]

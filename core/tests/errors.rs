@@ -1,5 +1,6 @@
 //! Bad input returns its specific error and leaves the tape and the arena as they were.
 
+use mote::ops::unary::UnaryOp;
 use mote::{Adam, AdamConfig, Cpu, Error, Linear, Module, Optimizer, Rng, Shape, Tape};
 
 fn s(d: &[usize]) -> Shape {
@@ -25,6 +26,24 @@ fn full_arena_is_an_error_and_changes_nothing() {
     let p = tape.param(&[2], &[1.0, 2.0]).unwrap();
     let loss = tape.sum(p);
     assert!(matches!(loss, Err(Error::ArenaFull { .. })) || tape.backward(loss.unwrap()).is_err());
+}
+
+/// Composite ops (several nodes: the clamp, the L1 and Huber losses) are all or nothing too.
+#[test]
+fn a_composite_op_that_runs_out_of_arena_changes_nothing() {
+    let mut mem = [0f32; 4];
+    let mut tape = Tape::<Cpu<f32>, 16>::new(&mut mem);
+    let x = tape.input(&[2], &[1.0, -1.0]).unwrap();
+    let (used, nodes) = (tape.used(), tape.nodes_used());
+    for r in [
+        tape.huber_loss(x, x, 1.0),
+        tape.l1_loss(x, x),
+        tape.smooth_l1_loss(x, x, 0.5),
+        tape.clamp(x, 0.0, 1.0),
+    ] {
+        assert!(matches!(r, Err(Error::ArenaFull { .. })), "{r:?}");
+        assert_eq!((tape.used(), tape.nodes_used()), (used, nodes));
+    }
 }
 
 #[test]
@@ -79,12 +98,16 @@ fn shape_mismatches_name_the_op_and_shapes() {
             rhs: s(&[4])
         })
     );
-    for r in [
-        tape.l1_loss(a, b),
-        tape.huber_loss(a, b, 1.0),
-        tape.smooth_l1_loss(a, b, 1.0),
+    for (r, name) in [
+        (tape.l1_loss(a, b), "l1_loss"),
+        (tape.huber_loss(a, b, 1.0), "huber_loss"),
+        (tape.smooth_l1_loss(a, b, 1.0), "smooth_l1_loss"),
+        (tape.smooth_l1_loss(a, b, 0.0), "smooth_l1_loss"),
     ] {
-        assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(Error::ShapeMismatch { op, .. }) if op == name),
+            "{r:?}"
+        );
     }
     let used = tape.used();
     for r in [
@@ -92,8 +115,12 @@ fn shape_mismatches_name_the_op_and_shapes() {
         tape.huber_loss(a, a, f32::NAN),
         tape.huber_loss(a, a, f32::INFINITY),
         tape.smooth_l1_loss(a, a, -1.0),
+        tape.smooth_l1_loss(a, a, 1e-40),
         tape.clamp(a, 1.0, 0.0),
         tape.clamp(a, f32::NAN, 0.0),
+        tape.clamp_min(a, f32::NAN),
+        tape.clamp_max(a, f32::NAN),
+        tape.unary(UnaryOp::ClampMin(f32::NAN), a),
     ] {
         assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
     }

@@ -173,6 +173,40 @@ fn embedding_looks_up_rows() {
     assert_eq!(t.nodes_used(), before);
 }
 
+/// Each activation layer applies its op: the same values as the tape's op, for inputs on
+/// both sides of every kink.
+#[test]
+fn activation_layers_apply_their_ops() {
+    use mote::ops::unary::UnaryOp;
+    use mote::{
+        Elu, Gelu, GeluErf, Hardsigmoid, Hardswish, LeakyRelu, Relu6, Sigmoid, Silu, Softplus, Tanh,
+    };
+    fn same<M: Module>(layer: M, op: UnaryOp) {
+        let mut mem = vec![0f32; 256];
+        let mut t = Tape::<Cpu<f32>, 8>::new(&mut mem);
+        let xs = [-7.0, -3.0, -0.5, 0.0, 0.5, 3.0, 6.5];
+        let x = t.input(&[7], &xs).unwrap();
+        let a = layer.forward(&mut t, x).unwrap();
+        let b = t.unary(op, x).unwrap();
+        let (a, b) = (t.data(a).unwrap().to_vec(), t.data(b).unwrap().to_vec());
+        assert_eq!(a, b, "{}", op.name());
+        let want: Vec<f32> = xs.iter().map(|&x| op.apply(x)).collect();
+        assert_eq!(a, want, "{}", op.name());
+    }
+    same(Relu, UnaryOp::Relu);
+    same(Relu6, UnaryOp::Relu6);
+    same(LeakyRelu(0.2), UnaryOp::LeakyRelu(0.2));
+    same(Elu(0.7), UnaryOp::Elu(0.7));
+    same(Sigmoid, UnaryOp::Sigmoid);
+    same(Tanh, UnaryOp::Tanh);
+    same(Gelu, UnaryOp::Gelu);
+    same(GeluErf, UnaryOp::GeluErf);
+    same(Silu, UnaryOp::Silu);
+    same(Softplus, UnaryOp::Softplus);
+    same(Hardsigmoid, UnaryOp::Hardsigmoid);
+    same(Hardswish, UnaryOp::Hardswish);
+}
+
 /// A small CNN (conv 3x3 -> ReLU -> max-pool 2 -> conv 3x3 -> ReLU -> max-pool 2 -> linear)
 /// on the 8x8 digits, on the reference backend: >= 97% held out.
 #[test]

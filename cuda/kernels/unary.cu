@@ -4,6 +4,9 @@
 #define FRAC_1_SQRT_2 0.7071067811865476f
 #define FRAC_1_SQRT_2PI 0.3989422804014327f
 
+// Phi(x) = erfc(-x / sqrt 2) / 2: accurate in the lower tail, where 1 + erf cancels.
+__device__ __forceinline__ float normal_cdf_f(float x) { return 0.5f * erfcf(-x * FRAC_1_SQRT_2); }
+
 __device__ __forceinline__ float hardsigmoid_f(float x) {
     float t = x + 3.0f;
     return t < 0.0f ? 0.0f : (t > 6.0f ? 1.0f : t / 6.0f);
@@ -28,13 +31,14 @@ __device__ __forceinline__ float unary_f(int op, float c, float x) {
     case 14: return x < c ? c : x;                           // clamp_min (NaN stays NaN)
     case 15: return x > c ? c : x;                           // clamp_max (NaN stays NaN)
     case 16: return x * sigmoid_f(x);                        // silu
-    case 17: return x > 0.0f ? x : c * (expf(x) - 1.0f);     // elu
+    case 17: return x > 0.0f ? x : c * expm1f(x);            // elu
     case 18: return x > 20.0f ? x : log1pf(expf(x));         // softplus
-    case 19: return 0.5f * x * (1.0f + erff(x * FRAC_1_SQRT_2)); // gelu_erf
+    case 19: return x * normal_cdf_f(x);                     // gelu_erf
     case 20: return hardsigmoid_f(x);                        // hardsigmoid
     case 21: return x * hardsigmoid_f(x);                    // hardswish
     case 22: return sinf(x);                                 // sin
     case 23: return cosf(x);                                 // cos
+    case 24: return x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x); // relu6 (NaN stays NaN)
     }
     return x;
 }
@@ -67,21 +71,24 @@ __device__ __forceinline__ float unary_d(int op, float c, float x, float y) {
     }
     case 17: return x > 0.0f ? 1.0f : c * expf(x);
     case 18: return x > 20.0f ? 1.0f : sigmoid_f(x);
-    case 19:
-        return 0.5f * (1.0f + erff(x * FRAC_1_SQRT_2)) + x * FRAC_1_SQRT_2PI * expf(-0.5f * x * x);
+    case 19: return normal_cdf_f(x) + x * FRAC_1_SQRT_2PI * expf(-0.5f * x * x);
     case 20: return (x > -3.0f && x < 3.0f) ? 1.0f / 6.0f : 0.0f;
     case 21: return x < -3.0f ? 0.0f : (x <= 3.0f ? x / 3.0f + 0.5f : 1.0f);
     case 22: return cosf(x);
     case 23: return -sinf(x);
+    case 24: return (x > 0.0f && x < 6.0f) ? 1.0f : 0.0f;
     }
     return 0.0f;
 }
 
 __device__ __forceinline__ float unary_acc(int op, float c, float x, float y, float dy, float dx) {
     // NOTE: relu adds dy only where x > 0 (as the reference does), so a NaN dy at x <= 0 is not
-    // spread into dx.
+    // spread into dx; so do the other ops whose derivative is a mask (`UnaryOp::masks`: the
+    // clamps, hardsigmoid, hardswish, relu6) where it is 0.
     if (op == 8) return x > 0.0f ? dx + dy : dx;
-    return dx + unary_d(op, c, x, y) * dy;
+    float d = unary_d(op, c, x, y);
+    bool mask = op == 14 || op == 15 || op == 20 || op == 21 || op == 24;
+    return (mask && d == 0.0f) ? dx : dx + d * dy;
 }
 
 // y = f(x); `vec`: every pointer is 16-byte aligned, use float4 for the bulk.

@@ -10,6 +10,8 @@
 //!
 //! Needs a C++ compiler (`c++`, or `$CXX`); skips with one line without one.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -171,12 +173,7 @@ impl Pair {
     ) {
         reference(&mut Cpu::new(&mut self.cpu)).unwrap_or_else(|e| panic!("{what}: {e}"));
         kernel(self);
-        for (i, (&g, &w)) in self.emu.iter().zip(&self.cpu).enumerate() {
-            let err = (g - w).abs();
-            if !(g.is_nan() && w.is_nan()) && (err.is_nan() || err > atol + rtol * w.abs()) {
-                panic!("{what}: element {i}: kernel {g} vs reference {w}");
-            }
-        }
+        common::close(what, &self.emu, &self.cpu, rtol, atol);
         self.emu.copy_from_slice(&self.cpu);
     }
 }
@@ -251,6 +248,34 @@ fn elementwise_kernels_match_the_reference() {
                 );
             }
         }
+    }
+    // Fixed points: the flat parts, kinks, thresholds, NaN and infinite inputs and gradients.
+    let mut p = Pair::new(-1.0, 1.0, 3);
+    let n = common::PROBE_X.len();
+    for op in UnaryOp::EVERY {
+        let (c, s) = unary_code(op);
+        p.check(
+            &format!("{op:?} at fixed points"),
+            1e-6,
+            1e-6,
+            |b| {
+                b.write(0, &common::PROBE_X)?;
+                b.write(32, &common::PROBE_DY)?;
+                b.fill(96, n, 0.5)?;
+                b.unary(op, 0, 64, n)?;
+                b.unary_backward(op, 0, 64, 32, 96, n)
+            },
+            |p| {
+                p.emu[..n].copy_from_slice(&common::PROBE_X);
+                p.emu[32..32 + n].copy_from_slice(&common::PROBE_DY);
+                p.emu[96..96 + n].fill(0.5);
+                let q = [p.p(0), p.p(64), p.p(32), p.p(96)];
+                run(lib, 1, 1, 1, || unsafe {
+                    fwd(c, s, q[0], q[1], n as u64, 1);
+                    bwd(c, s, q[0], q[1], q[2], q[3], n as u64, 1)
+                });
+            },
+        );
     }
     // fill and scale
     type Fill = unsafe extern "C" fn(*mut f32, u64, f32, i32);

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{close, gpu};
+use common::{close, gpu, PROBE_DY, PROBE_X};
 use mote::backend::View;
 use mote::ops::binary::{BinaryOp, Side};
 use mote::ops::loss::LossOp;
@@ -93,6 +93,19 @@ fn unary_forward_and_backward() {
                 });
             }
         }
+    }
+    // Fixed points: the flat parts, kinks, thresholds, NaN and infinite inputs and gradients.
+    let Some(mut p) = Pair::new("unary_forward_and_backward", -1.0, 1.0, 3) else {
+        return;
+    };
+    for op in UnaryOp::EVERY {
+        p.check(&format!("{op:?} at fixed points"), 1e-5, 1e-5, |b| {
+            b.write(0, &PROBE_X)?;
+            b.write(32, &PROBE_DY)?;
+            b.fill(96, PROBE_X.len(), 0.5)?;
+            b.unary(op, 0, 64, PROBE_X.len())?;
+            b.unary_backward(op, 0, 64, 32, 96, PROBE_X.len())
+        });
     }
 }
 

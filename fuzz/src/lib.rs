@@ -566,6 +566,7 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                         UnaryOp::Hardswish => t.hardswish(x),
                         UnaryOp::Sin => t.sin(x),
                         UnaryOp::Cos => t.cos(x),
+                        UnaryOp::Relu6 => t.relu6(x),
                     }
                 } else {
                     t.unary(op, x)
@@ -707,13 +708,15 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let (Some(a), Some(b)) = (st.pick(r), st.pick(r)) else {
                 return;
             };
-            let bce = r.bool();
-            make(t, st, "mse/bce", |t| {
-                if bce {
-                    t.bce_with_logits(a, b)
-                } else {
-                    t.mse(a, b)
-                }
+            let (kind, c, d) = (r.below(6), r.f32(), r.f32());
+            make(t, st, "losses", |t| match kind {
+                0 => t.bce_with_logits(a, b),
+                1 => t.mse(a, b),
+                2 => t.l1_loss(a, b),
+                3 => t.huber_loss(a, b, c),
+                4 => t.smooth_l1_loss(a, b, c),
+                // clamp's two nodes, with fuzzed bounds (out of order and NaN included)
+                _ => t.clamp(a, c, d),
             });
         }
         28 => {

@@ -309,13 +309,15 @@ mod tape_ops {
 
         /// Mean absolute error between same-shaped predictions and targets (PyTorch's
         /// `l1_loss`), composed of three nodes: `mean(|pred - target|)`; the gradient at a zero
-        /// difference is 0.
+        /// difference is 0. Like every op, all or nothing: a failure adds no node.
         ///
         /// # Errors
         /// [`Error::ShapeMismatch`]; and as [`Tape::unary`].
         pub fn l1_loss(&mut self, pred: Var, target: Var) -> Result<Var> {
-            let a = self.abs_diff("l1_loss", pred, target)?;
-            self.mean(a)
+            self.all_or_nothing(|t| {
+                let a = t.abs_diff("l1_loss", pred, target)?;
+                t.mean(a)
+            })
         }
 
         /// Huber loss with threshold `delta` (PyTorch's `huber_loss`): per element `d^2 / 2`
@@ -331,33 +333,47 @@ mod tape_ops {
                     what: "huber_loss: delta must be positive and finite",
                 });
             }
-            let a = self.abs_diff("huber_loss", pred, target)?;
-            let m = self.clamp_max(a, delta)?;
-            let q = self.square(m)?;
-            let q = self.mul_scalar(q, 0.5)?;
-            let l = self.sub(a, m)?;
-            let l = self.mul_scalar(l, delta)?;
-            let s = self.add(q, l)?;
-            self.mean(s)
+            self.huber("huber_loss", pred, target, delta)
+        }
+
+        /// [`Tape::huber_loss`], its shape error naming `op`, all or nothing.
+        fn huber(&mut self, op: &'static str, pred: Var, target: Var, delta: f32) -> Result<Var> {
+            self.all_or_nothing(|t| {
+                let a = t.abs_diff(op, pred, target)?;
+                let m = t.clamp_max(a, delta)?;
+                let q = t.square(m)?;
+                let q = t.mul_scalar(q, 0.5)?;
+                let l = t.sub(a, m)?;
+                let l = t.mul_scalar(l, delta)?;
+                let s = t.add(q, l)?;
+                t.mean(s)
+            })
         }
 
         /// Smooth L1 loss with threshold `beta` (PyTorch's `smooth_l1_loss`): the Huber loss
-        /// divided by `beta`, and the L1 loss when `beta` is 0.
+        /// divided by `beta` (multiplied by `1 / beta` in f32), and the L1 loss when `beta` is
+        /// 0.
         ///
         /// # Errors
-        /// [`Error::InvalidArgument`] unless `beta` is finite and not negative;
-        /// [`Error::ShapeMismatch`]; and as [`Tape::unary`].
+        /// [`Error::InvalidArgument`] unless `beta` is 0, or positive, finite and not so small
+        /// that `1 / beta` overflows f32; [`Error::ShapeMismatch`]; and as [`Tape::unary`].
         pub fn smooth_l1_loss(&mut self, pred: Var, target: Var, beta: f32) -> Result<Var> {
             if beta == 0.0 {
-                return self.l1_loss(pred, target);
-            }
-            if !(beta > 0.0 && beta.is_finite()) {
-                return Err(Error::InvalidArgument {
-                    what: "smooth_l1_loss: beta must be finite and not negative",
+                return self.all_or_nothing(|t| {
+                    let a = t.abs_diff("smooth_l1_loss", pred, target)?;
+                    t.mean(a)
                 });
             }
-            let h = self.huber_loss(pred, target, beta)?;
-            self.mul_scalar(h, 1.0 / beta)
+            if !(beta > 0.0 && beta.is_finite() && (1.0 / beta).is_finite()) {
+                return Err(Error::InvalidArgument {
+                    what:
+                        "smooth_l1_loss: beta must be 0, or positive and finite (and 1 / beta too)",
+                });
+            }
+            self.all_or_nothing(|t| {
+                let h = t.huber("smooth_l1_loss", pred, target, beta)?;
+                t.mul_scalar(h, 1.0 / beta)
+            })
         }
 
         /// `|pred - target|`, after checking that the shapes agree.

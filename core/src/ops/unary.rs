@@ -26,6 +26,10 @@
 //! | `Hardswish` | x hardsigmoid(x) | 0 below -3, x/3 + 1/2 up to 3, 1 above | x/3 + 1/2 at +-3 (PyTorch) |
 //! | `Sin` | sin x | cos x | |
 //! | `Cos` | cos x | -sin x | |
+//! | `Relu6` | min(max(x, 0), 6) | 1 if 0 < x < 6 else 0 | 0 at x = 0 and 6 (PyTorch) |
+//!
+//! Where an op's derivative is a mask ([`UnaryOp::masks`]), the backward adds nothing where it
+//! is 0, so a NaN `dy` there does not reach `dx`.
 
 use crate::float::Float;
 
@@ -80,12 +84,15 @@ pub enum UnaryOp {
     Sin,
     /// cos x
     Cos,
+    /// min(max(x, 0), 6): PyTorch's `relu6` (its gradient is 0 at 0 and at 6, as
+    /// `hardtanh`'s, where `clamp`'s passes)
+    Relu6,
 }
 
 impl UnaryOp {
     /// Every op, with a sample argument where it takes one: for tests and tools that go over
     /// all of them (a new op added here is checked by every backend's test of this list).
-    pub const EVERY: [UnaryOp; 24] = [
+    pub const EVERY: [UnaryOp; 25] = [
         UnaryOp::Neg,
         UnaryOp::AddScalar(0.7),
         UnaryOp::MulScalar(-1.3),
@@ -110,7 +117,37 @@ impl UnaryOp {
         UnaryOp::Hardswish,
         UnaryOp::Sin,
         UnaryOp::Cos,
+        UnaryOp::Relu6,
     ];
+
+    /// Whether the op's derivative is a mask, 0 over whole ranges of inputs (`Relu`, the
+    /// clamps, `Relu6`, `Hardsigmoid`, `Hardswish` below -3): there the backward adds nothing,
+    /// so that a NaN or infinite `dy` is not spread into `dx` (PyTorch selects there too).
+    pub fn masks(self) -> bool {
+        matches!(
+            self,
+            UnaryOp::Relu
+                | UnaryOp::ClampMin(_)
+                | UnaryOp::ClampMax(_)
+                | UnaryOp::Relu6
+                | UnaryOp::Hardsigmoid
+                | UnaryOp::Hardswish
+        )
+    }
+
+    /// Where the op is not differentiable (at most two points, `None` where there are fewer):
+    /// the kinks of the table above. Gradient checks by finite differences keep away from them.
+    pub fn kinks(self) -> [Option<f32>; 2] {
+        match self {
+            UnaryOp::Relu | UnaryOp::LeakyRelu(_) | UnaryOp::Abs | UnaryOp::Elu(_) => {
+                [Some(0.0), None]
+            }
+            UnaryOp::ClampMin(c) | UnaryOp::ClampMax(c) => [Some(c), None],
+            UnaryOp::Hardsigmoid | UnaryOp::Hardswish => [Some(-3.0), Some(3.0)],
+            UnaryOp::Relu6 => [Some(0.0), Some(6.0)],
+            _ => [None, None],
+        }
+    }
 
     /// Whether the op needs positive inputs to be finite and differentiable: `Log`, `Sqrt`,
     /// and `Pow` (whose exponent may be fractional).
@@ -147,6 +184,7 @@ impl UnaryOp {
             UnaryOp::Hardswish => (21, 0.0),
             UnaryOp::Sin => (22, 0.0),
             UnaryOp::Cos => (23, 0.0),
+            UnaryOp::Relu6 => (24, 0.0),
         }
     }
 
@@ -177,6 +215,7 @@ impl UnaryOp {
             21 => UnaryOp::Hardswish,
             22 => UnaryOp::Sin,
             23 => UnaryOp::Cos,
+            24 => UnaryOp::Relu6,
             _ => return None,
         })
     }
@@ -220,20 +259,25 @@ const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7; // 1 / sqrt(2 pi)
 /// Above this, softplus is x itself (PyTorch's default threshold).
 const SOFTPLUS_THRESHOLD: f64 = 20.0;
 
+/// The standard normal distribution function, `Phi(x) = erfc(-x / sqrt 2) / 2` (through
+/// `erfc`, which keeps its relative accuracy far into the lower tail, where `1 + erf` would
+/// cancel to 0).
+#[inline]
+fn normal_cdf<T: Float>(x: T) -> T {
+    T::from_f64(0.5) * (-x * T::from_f64(FRAC_1_SQRT_2)).erfc()
+}
+
 /// GELU, exact: `x Phi(x)`, `Phi` the standard normal distribution function.
 #[inline]
 pub fn gelu_erf<T: Float>(x: T) -> T {
-    let half = T::from_f64(0.5);
-    half * x * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf())
+    x * normal_cdf(x)
 }
 
 /// Derivative of [`gelu_erf`]: `Phi(x) + x phi(x)`, `phi(x) = e^(-x^2 / 2) / sqrt(2 pi)`.
 #[inline]
 pub fn gelu_erf_grad<T: Float>(x: T) -> T {
-    let half = T::from_f64(0.5);
-    let cdf = half * (T::ONE + (x * T::from_f64(FRAC_1_SQRT_2)).erf());
-    let pdf = T::from_f64(FRAC_1_SQRT_2PI) * (-half * x * x).exp();
-    cdf + x * pdf
+    let pdf = T::from_f64(FRAC_1_SQRT_2PI) * (T::from_f64(-0.5) * x * x).exp();
+    normal_cdf(x) + x * pdf
 }
 
 /// Hard sigmoid, `min(max(x + 3, 0), 6) / 6`, as PyTorch computes it (NaN stays NaN).
@@ -289,6 +333,7 @@ impl UnaryOp {
             UnaryOp::Hardswish => "hardswish",
             UnaryOp::Sin => "sin",
             UnaryOp::Cos => "cos",
+            UnaryOp::Relu6 => "relu6",
         }
     }
 
@@ -344,7 +389,7 @@ impl UnaryOp {
                 if x > T::ZERO {
                     x
                 } else {
-                    T::from_f32(a) * (x.exp() - T::ONE)
+                    T::from_f32(a) * x.exp_m1()
                 }
             }
             UnaryOp::Softplus => softplus(x),
@@ -353,6 +398,16 @@ impl UnaryOp {
             UnaryOp::Hardswish => x * hardsigmoid(x),
             UnaryOp::Sin => x.sin(),
             UnaryOp::Cos => x.cos(),
+            UnaryOp::Relu6 => {
+                let six = T::from_f64(6.0);
+                if x < T::ZERO {
+                    T::ZERO
+                } else if x > six {
+                    six
+                } else {
+                    x
+                }
+            }
         }
     }
 
@@ -457,6 +512,14 @@ impl UnaryOp {
             }
             UnaryOp::Sin => x.cos(),
             UnaryOp::Cos => -x.sin(),
+            // NOTE: 0 at x = 0 and x = 6, as PyTorch's hardtanh.
+            UnaryOp::Relu6 => {
+                if x > T::ZERO && x < T::from_f64(6.0) {
+                    T::ONE
+                } else {
+                    T::ZERO
+                }
+            }
         }
     }
 }
@@ -496,6 +559,14 @@ pub fn backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], dy: &[T], dx: &mut [T])
         UnaryOp::Sigmoid => {
             for (dx, (&y, &dy)) in dx.iter_mut().zip(y.iter().zip(dy)) {
                 *dx += y * (T::ONE - y) * dy;
+            }
+        }
+        _ if op.masks() => {
+            for (dx, ((&x, &y), &dy)) in dx.iter_mut().zip(x.iter().zip(y).zip(dy)) {
+                let d = op.derivative(x, y);
+                if d != T::ZERO {
+                    *dx += d * dy;
+                }
             }
         }
         _ => {
@@ -656,6 +727,10 @@ mod tests {
         assert_eq!(UnaryOp::Hardsigmoid.derivative(-3.0f64, 0.0), 0.0);
         assert_eq!(UnaryOp::Hardswish.derivative(3.0f64, 3.0), 1.5);
         assert_eq!(UnaryOp::Hardswish.derivative(-3.0f64, 0.0), -0.5);
+        assert_eq!(UnaryOp::Relu6.derivative(0.0f64, 0.0), 0.0);
+        assert_eq!(UnaryOp::Relu6.derivative(6.0f64, 6.0), 0.0);
+        assert_eq!(UnaryOp::Relu6.apply(7.5f32), 6.0);
+        assert_eq!(UnaryOp::Relu6.apply(-7.5f32), 0.0);
         for op in UnaryOp::EVERY {
             let (code, arg) = op.pack();
             assert_eq!(
@@ -664,6 +739,53 @@ mod tests {
                 "{} packs and unpacks",
                 op.name()
             );
+        }
+        // EVERY holds every op: as many as there are codes
+        let codes = (0..=u8::MAX)
+            .filter(|&c| UnaryOp::unpack(c, 0.5).is_some())
+            .count();
+        assert_eq!(codes, UnaryOp::EVERY.len());
+        // where a derivative is a mask and 0, a NaN dy stays out of dx
+        for op in UnaryOp::EVERY.into_iter().filter(|op| op.masks()) {
+            let x = [-10.0f64, 10.0];
+            let mut y = [0.0; 2];
+            forward(op, &x, &mut y);
+            let mut dx = [1.0; 2];
+            backward(op, &x, &y, &[f64::NAN; 2], &mut dx);
+            for i in 0..2 {
+                let zero = op.derivative(x[i], y[i]) == 0.0;
+                assert_eq!(dx[i] == 1.0, zero, "{} at {}", op.name(), x[i]);
+            }
+        }
+    }
+
+    /// Every op's derivative against a central difference in f64 at fixed points, saturated
+    /// branches included (|x| > 3 for the hard ones, softplus above 20), away from kinks.
+    #[test]
+    fn derivatives_at_fixed_points() {
+        let points = [
+            -25.0f64, -7.5, -4.0, -2.9, -1.3, -0.4, 0.3, 0.9, 2.9, 4.0, 5.9, 6.5, 19.5, 20.5, 25.0,
+        ];
+        for op in UnaryOp::EVERY {
+            for &x in &points {
+                let near = op
+                    .kinks()
+                    .iter()
+                    .flatten()
+                    .any(|&k| (x - k as f64).abs() < 1e-3);
+                if near || (op.needs_positive() && x <= 0.0) || (op == UnaryOp::Exp && x > 20.0) {
+                    continue;
+                }
+                let h = 1e-6 * x.abs().max(1.0);
+                let numeric = (op.apply(x + h) - op.apply(x - h)) / (2.0 * h);
+                let analytic = op.derivative(x, op.apply(x));
+                let tol = 1e-6 * numeric.abs().max(1.0);
+                assert!(
+                    (numeric - analytic).abs() <= tol,
+                    "{} at {x}: {analytic} vs numeric {numeric}",
+                    op.name()
+                );
+            }
         }
         assert_eq!(UnaryOp::Relu.derivative(0.0f64, 0.0), 0.0);
         assert_eq!(
@@ -692,8 +814,16 @@ mod tape_ops {
         /// Applies an elementwise unary op (see [`UnaryOp`]).
         ///
         /// # Errors
-        /// [`crate::Error::StaleHandle`], [`crate::Error::ArenaFull`], [`crate::Error::TapeFull`].
+        /// [`crate::Error::StaleHandle`], [`crate::Error::ArenaFull`], [`crate::Error::TapeFull`];
+        /// [`crate::Error::InvalidArgument`] for a clamp with a NaN bound.
         pub fn unary(&mut self, op: UnaryOp, x: Var) -> Result<Var> {
+            if let UnaryOp::ClampMin(c) | UnaryOp::ClampMax(c) = op {
+                if c.is_nan() {
+                    return Err(crate::Error::InvalidArgument {
+                        what: "clamp: a NaN bound",
+                    });
+                }
+            }
             let (code, arg) = op.pack();
             self.record(
                 Op::Unary { code, arg },
@@ -841,7 +971,8 @@ mod tape_ops {
         }
 
         /// `min(max(x, min), max)`: PyTorch's `clamp` (two nodes: [`Tape::clamp_min`], then
-        /// [`Tape::clamp_max`]). `relu6` is `clamp(x, 0.0, 6.0)`.
+        /// [`Tape::clamp_max`]). The gradient passes at the bounds, as `clamp`'s does in
+        /// PyTorch (`relu6` and `hardtanh` drop it there: see [`Tape::relu6`]).
         ///
         /// # Errors
         /// [`crate::Error::InvalidArgument`] when `min > max` or either is NaN; else as
@@ -854,8 +985,19 @@ mod tape_ops {
                     what: "clamp: bounds out of order (min > max) or NaN",
                 });
             }
-            let lo = self.clamp_min(x, min)?;
-            self.clamp_max(lo, max)
+            self.all_or_nothing(|t| {
+                let lo = t.clamp_min(x, min)?;
+                t.clamp_max(lo, max)
+            })
+        }
+
+        /// ReLU6, `min(max(x, 0), 6)` (MobileNet's activation; gradient 0 at 0 and 6, as
+        /// PyTorch's).
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn relu6(&mut self, x: Var) -> Result<Var> {
+            self.unary(UnaryOp::Relu6, x)
         }
 
         /// SiLU (swish), `x sigmoid(x)`.
