@@ -49,6 +49,7 @@ fn mlp<B: mote::Backend, const N: usize>(t: &mut Tape<B, N>, sizes: &[usize]) ->
         .map(|w| Linear::new(t, w[0], w[1], &mut r))
         .collect::<mote::Result<_>>()?;
     Ok(Mlp {
+        activation: Default::default(),
         convs: vec![],
         image: vec![],
         layers,

@@ -22,8 +22,22 @@ use crate::train::{TrainConfig, TrainState};
 
 /// The `format` metadata value of a mote checkpoint.
 pub const FORMAT: &str = "mote-checkpoint";
-/// The checkpoint version this build writes and reads.
-pub const VERSION: &str = "1";
+/// The newest checkpoint version, which this build reads along with the earlier ones. A
+/// checkpoint is written with the lowest version that describes it ([`version_of`]): `1` for a
+/// ReLU network (as every earlier build wrote and reads), `2` for another activation (which a
+/// version-1 reader would otherwise have evaluated as ReLU).
+pub const VERSION: &str = "2";
+/// The versions this build reads.
+const READS: [&str; 2] = ["1", "2"];
+
+/// The version a checkpoint of `spec` is written with.
+pub fn version_of(spec: &ModelSpec) -> &'static str {
+    if spec.activation.is_relu() {
+        "1"
+    } else {
+        VERSION
+    }
+}
 
 /// Everything in a checkpoint.
 #[derive(Clone, Debug, PartialEq)]
@@ -146,7 +160,7 @@ pub fn to_bytes_model<B: Backend<Elem = f32>>(
     let crc = crc_of(tensors.iter().map(|t| t.2.as_slice()));
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
-    meta.insert("version".to_string(), VERSION.to_string());
+    meta.insert("version".to_string(), version_of(&model.spec).to_string());
     meta.insert("model".to_string(), json(&model.spec)?);
     meta.insert("optimizer".to_string(), json(&model.opt_config)?);
     meta.insert("config".to_string(), json(config)?);
@@ -355,12 +369,13 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         )
         .with_hint("give a file written by `mote train --save`"));
     }
-    if meta.get("version").map(String::as_str) != Some(VERSION) {
+    let version = meta.get("version").map_or("?", String::as_str);
+    if !READS.contains(&version) {
         return Err(Error::checkpoint(
             path,
             format!(
-                "checkpoint version {} is not supported (this build reads {VERSION})",
-                meta.get("version").map_or("?", |s| s)
+                "checkpoint version {version} is not supported (this build reads {})",
+                READS.join(" and ")
             ),
         ));
     }
@@ -397,6 +412,16 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     }
     spec.check()
         .map_err(|e| Error::checkpoint(path, format!("bad model description: {e}")))?;
+    if version_of(&spec) > version {
+        return Err(corrupt(
+            path,
+            format!(
+                "a version-{version} checkpoint of a {} network (version {} describes it)",
+                spec.activation.name(),
+                version_of(&spec)
+            ),
+        ));
+    }
     let get = |name: &str, dims: &[usize]| -> Result<Vec<f32>> {
         let v = st.tensor(name).map_err(|_| {
             Error::checkpoint(

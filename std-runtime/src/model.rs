@@ -1,6 +1,7 @@
 //! The model: an MLP with layer sizes chosen at run time, its optimizer, and a [`Model`] that
 //! owns the tape they live on, with prediction and one training step.
 
+use mote::ops::unary::UnaryOp;
 use mote::plan;
 use mote::{
     Adam, AdamConfig, Backend, Conv2d, ConvConfig, Linear, Mark, Module, Optimizer, PoolConfig,
@@ -18,11 +19,115 @@ pub const MAX_LAYERS: usize = (NODES - 2) / 4;
 /// Rows per evaluation batch.
 pub const EVAL_BATCH: usize = 256;
 
+/// The activation between layers (and after each convolution), by the name `mote train
+/// --activation` and a checkpoint give it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Activation {
+    /// max(x, 0).
+    #[default]
+    Relu,
+    /// x where positive, 0.01 x elsewhere (PyTorch's default slope).
+    LeakyRelu,
+    /// ELU with alpha 1.
+    Elu,
+    /// GELU, exact (through erf): PyTorch's default `nn.GELU()`.
+    Gelu,
+    /// GELU, tanh approximation (`nn.GELU(approximate="tanh")`).
+    GeluTanh,
+    /// SiLU (swish), x sigmoid(x).
+    Silu,
+    /// Hard swish (MobileNetV3's).
+    Hardswish,
+    /// tanh.
+    Tanh,
+    /// The logistic sigmoid.
+    Sigmoid,
+    /// Softplus, ln(1 + e^x).
+    Softplus,
+}
+
+impl Activation {
+    /// The core's op.
+    pub fn op(self) -> UnaryOp {
+        match self {
+            Activation::Relu => UnaryOp::Relu,
+            Activation::LeakyRelu => UnaryOp::LeakyRelu(0.01),
+            Activation::Elu => UnaryOp::Elu(1.0),
+            Activation::Gelu => UnaryOp::GeluErf,
+            Activation::GeluTanh => UnaryOp::Gelu,
+            Activation::Silu => UnaryOp::Silu,
+            Activation::Hardswish => UnaryOp::Hardswish,
+            Activation::Tanh => UnaryOp::Tanh,
+            Activation::Sigmoid => UnaryOp::Sigmoid,
+            Activation::Softplus => UnaryOp::Softplus,
+        }
+    }
+
+    /// The name (`relu`, `gelu`, ...), as the command line and a checkpoint spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::LeakyRelu => "leaky_relu",
+            Activation::Elu => "elu",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
+            Activation::Silu => "silu",
+            Activation::Hardswish => "hardswish",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Softplus => "softplus",
+        }
+    }
+
+    /// How it reads in a sentence (`ReLU`, `GELU (tanh form)`, ...).
+    pub fn title(self) -> &'static str {
+        match self {
+            Activation::Relu => "ReLU",
+            Activation::LeakyRelu => "leaky ReLU",
+            Activation::Elu => "ELU",
+            Activation::Gelu => "GELU",
+            Activation::GeluTanh => "GELU (tanh form)",
+            Activation::Silu => "SiLU",
+            Activation::Hardswish => "hard swish",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+            Activation::Softplus => "softplus",
+        }
+    }
+
+    /// Its definition, for firmware that computes it by hand.
+    pub fn formula(self) -> &'static str {
+        match self {
+            Activation::Relu => "max(x, 0)",
+            Activation::LeakyRelu => "x if x > 0, else 0.01 x",
+            Activation::Elu => "x if x > 0, else e^x - 1",
+            Activation::Gelu => "0.5 x (1 + erf(x / sqrt 2))",
+            Activation::GeluTanh => "0.5 x (1 + tanh(0.7978845608 (x + 0.044715 x^3)))",
+            Activation::Silu => "x / (1 + e^-x)",
+            Activation::Hardswish => "x min(max(x + 3, 0), 6) / 6",
+            Activation::Tanh => "tanh x",
+            Activation::Sigmoid => "1 / (1 + e^-x)",
+            Activation::Softplus => "ln(1 + e^x), and x itself above 20",
+        }
+    }
+
+    /// Whether it is ReLU (what a model without the field means, and what a version-1
+    /// checkpoint holds).
+    pub fn is_relu(&self) -> bool {
+        *self == Activation::Relu
+    }
+}
+
 /// What a trained model is: enough to rebuild it from a checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
-    /// Layer sizes, `[inputs, hidden..., outputs]`; ReLU between layers.
+    /// Layer sizes, `[inputs, hidden..., outputs]`; the activation between layers.
     pub sizes: Vec<usize>,
+    /// The activation between layers and after each convolution (ReLU when absent).
+    #[serde(default, skip_serializing_if = "Activation::is_relu")]
+    pub activation: Activation,
     /// Classification or regression.
     pub task: Task,
     /// Class names (classification), index `i` for output `i`.
@@ -36,8 +141,8 @@ pub struct ModelSpec {
     pub norm: Standardizer,
     /// Target standardisation (regression): mean and std; `(0, 1)` for classification.
     pub target: (f32, f32),
-    /// Convolution blocks before the linear layers (3x3 convolution with padding 1, ReLU,
-    /// 2x2 max-pooling), output channels of each; empty for an MLP. With blocks, `sizes[0]`
+    /// Convolution blocks before the linear layers (3x3 convolution with padding 1, the
+    /// activation, 2x2 max-pooling), output channels of each; empty for an MLP. With blocks, `sizes[0]`
     /// is the flattened size of the last block's output.
     #[serde(default)]
     pub conv: Vec<usize>,
@@ -70,6 +175,7 @@ impl ModelSpec {
         };
         let spec = ModelSpec {
             sizes,
+            activation: Activation::Relu,
             task: ds.task,
             classes: ds.classes.clone(),
             features: ds.features.clone(),
@@ -218,11 +324,13 @@ impl ModelSpec {
     }
 }
 
-/// The network: optional convolution blocks (3x3 convolution with padding 1, ReLU, 2x2
-/// max-pooling) over the features read as an image, then `Linear` layers with ReLU between
-/// them (an MLP when there are no blocks).
+/// The network: optional convolution blocks (3x3 convolution with padding 1, the activation,
+/// 2x2 max-pooling) over the features read as an image, then `Linear` layers with the
+/// activation between them (an MLP when there are no blocks).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Mlp {
+    /// The activation between layers and after each convolution.
+    pub activation: Activation,
     /// Convolution blocks, input first (empty for an MLP).
     pub convs: Vec<Conv2d>,
     /// The image `[channels, height, width]` the convolutions read.
@@ -245,7 +353,7 @@ impl Module for Mlp {
             y = tape.reshape(y, &dims)?;
             for conv in &self.convs {
                 y = conv.forward(tape, y)?;
-                y = tape.relu(y)?;
+                y = tape.unary(self.activation.op(), y)?;
                 y = tape.max_pool2d(y, PoolConfig::square(2))?;
             }
             let flat = y.numel() / n;
@@ -253,7 +361,7 @@ impl Module for Mlp {
         }
         for (i, layer) in self.layers.iter().enumerate() {
             if i > 0 {
-                y = tape.relu(y)?;
+                y = tape.unary(self.activation.op(), y)?;
             }
             y = layer.forward(tape, y)?;
         }
@@ -605,6 +713,7 @@ pub fn build_net<B: mote::Backend, const N: usize>(
         layers.push(Linear::new(tape, w[0], w[1], init)?);
     }
     Ok(Mlp {
+        activation: spec.activation,
         convs,
         image: spec.image.clone(),
         layers,

@@ -197,6 +197,29 @@ fn rust_arrays(src: &str) -> Vec<(String, Vec<f32>)> {
     out
 }
 
+/// The first `n` raw rows of the bundled digits (features only), and the classes `mote
+/// predict --model {model}` gives them.
+fn predict_raw_digits(d: &TempDir, model: &str, n: usize) -> (Vec<f32>, Vec<usize>) {
+    let t = digits(&CsvOptions::default()).unwrap();
+    let f = t.feature_names.len();
+    let raw = t.features[..n * f].to_vec();
+    let mut csv = t.feature_names.join(",") + "\n";
+    for row in raw.chunks(f) {
+        let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+        csv += &(cells.join(",") + "\n");
+    }
+    let rows_csv = format!("{model}-rows.csv");
+    d.write(&rows_csv, &csv);
+    let pred = ok(d, &["predict", "--model", model, "--data", &rows_csv]);
+    let predicted: Vec<usize> = pred
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(predicted.len(), n);
+    (raw, predicted)
+}
+
 /// Exports the CNN checkpoint `{name}.safetensors` as blobs (f32, f16, bf16) and as Rust, and
 /// checks them against `mote predict` and the checkpoint's own outputs on raw digit rows: the
 /// blob loads (`mote::blob::load`) into the runtime's own network (`build_net`) built on a
@@ -215,22 +238,8 @@ fn check_cnn_export(d: &TempDir, name: &str, agree: f64) {
 
     // raw rows, what `mote predict` makes of them, and the checkpoint's own logits
     let n = 300;
-    let t = digits(&CsvOptions::default()).unwrap();
-    let raw = &t.features[..n * f];
-    let mut csv = t.feature_names.join(",") + "\n";
-    for row in raw.chunks(f) {
-        let cells: Vec<String> = row.iter().map(|v| v.to_string()).collect();
-        csv += &(cells.join(",") + "\n");
-    }
-    let rows_csv = format!("{name}-rows.csv");
-    d.write(&rows_csv, &csv);
-    let pred = ok(d, &["predict", "--model", &model, "--data", &rows_csv]);
-    let predicted: Vec<usize> = pred
-        .lines()
-        .skip(1)
-        .map(|l| l.split(',').next().unwrap().parse().unwrap())
-        .collect();
-    assert_eq!(predicted.len(), n);
+    let (raw, predicted) = predict_raw_digits(d, &model, n);
+    let raw = &raw[..];
     let mut mem = vec![0f32; mote_runtime::model::arena_floats(spec, &ck.opt, ck.config.batch)];
     let mut m = ck.restore(Cpu::new(&mut mem)).unwrap();
     let mut x = raw.to_vec();
@@ -369,6 +378,135 @@ fn check_cnn_export(d: &TempDir, name: &str, agree: f64) {
     }
 }
 
+/// Where `needle` first occurs in `hay`.
+fn find(hay: &[u8], needle: &str) -> Option<usize> {
+    hay.windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+}
+
+/// `--activation`: trained, evaluated and kept on resume; the checkpoint says version 2 (ReLU
+/// ones stay version 1, which earlier builds read); the Rust export names it, and its arrays
+/// run through SiLU written here give `mote predict`'s classes.
+#[test]
+fn activations_train_evaluate_export_and_are_kept() {
+    let d = TempDir::new("activation");
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--activation",
+            "silu",
+            "--epochs",
+            "20",
+            "--save",
+            "s.safetensors",
+        ],
+    );
+    assert!(
+        out.starts_with("training MLP 64-32-10 (silu), 10 classes"),
+        "{out}"
+    );
+    let acc = final_accuracy(&out, 20);
+    assert!(acc >= 93.0, "{out}");
+    let eval = ok(&d, &["eval", "--model", "s.safetensors"]);
+    assert!(eval.contains(&format!("accuracy {acc:.2}%")), "{eval}");
+    let mut bytes = std::fs::read(d.path("s.safetensors")).unwrap();
+    let at = find(&bytes, r#""version":"2""#).expect("version 2");
+    bytes[at + 11] = b'1';
+    std::fs::write(d.path("v1.safetensors"), bytes).unwrap();
+    let e = fails(&d, &["eval", "--model", "v1.safetensors"]);
+    assert!(e.contains("version-1 checkpoint of a silu network"), "{e}");
+
+    ok(
+        &d,
+        &[
+            "export",
+            "--model",
+            "s.safetensors",
+            "--format",
+            "rust",
+            "-o",
+            "s.rs",
+        ],
+    );
+    let src = std::fs::read_to_string(d.path("s.rs")).unwrap();
+    assert!(
+        src.contains(r#"pub const ACTIVATION: &str = "silu";"#),
+        "{src:.900}"
+    );
+    assert!(src.contains("(SiLU between layers)"), "{src:.900}");
+    assert_compiles(&d, "s.rs");
+    let arrays = rust_arrays(&src);
+    let n = 200;
+    let (raw, predicted) = predict_raw_digits(&d, "s.safetensors", n);
+    let silu = |x: f32| x / (1.0 + (-x).exp());
+    let layers: Vec<_> = arrays.chunks(2).map(|p| (&p[0].1, &p[1].1)).collect();
+    let mut agree = 0;
+    for (row, &want) in raw.chunks(64).zip(&predicted) {
+        let mut x = row.to_vec();
+        for (i, (w, b)) in layers.iter().enumerate() {
+            if i > 0 {
+                x.iter_mut().for_each(|v| *v = silu(*v));
+            }
+            x = b
+                .iter()
+                .enumerate()
+                .map(|(o, &bo)| {
+                    bo + w[o * x.len()..][..x.len()]
+                        .iter()
+                        .zip(&x)
+                        .map(|(a, b)| a * b)
+                        .sum::<f32>()
+                })
+                .collect();
+        }
+        agree += usize::from(argmax(&x) == want);
+    }
+    assert_eq!(agree, n, "the export with SiLU by hand agrees with predict");
+
+    let e = fails(
+        &d,
+        &["train", "--resume", "s.safetensors", "--activation", "relu"],
+    );
+    assert!(
+        e.contains("--activation cannot change when resuming"),
+        "{e}"
+    );
+    let more = ok(
+        &d,
+        &["train", "--resume", "s.safetensors", "--epochs", "21"],
+    );
+    assert!(more.contains("MLP 64-32-10 (silu)"), "{more}");
+
+    ok(
+        &d,
+        &["train", "--epochs", "1", "-q", "--save", "r.safetensors"],
+    );
+    let relu = std::fs::read(d.path("r.safetensors")).unwrap();
+    assert!(find(&relu, r#""version":"1""#).is_some());
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--model",
+            "cnn",
+            "--conv",
+            "4",
+            "--hidden",
+            "16",
+            "--activation",
+            "hardswish",
+            "--epochs",
+            "3",
+            "-q",
+            "--save",
+            "h.safetensors",
+        ],
+    );
+    assert!(out.contains("saved h.safetensors"), "{out}");
+    check_cnn_export(&d, "h", 0.95);
+}
+
 #[test]
 fn train_save_eval_predict_export() {
     let d = TempDir::new("flow");
@@ -461,6 +599,7 @@ fn train_save_eval_predict_export() {
     let mut ps = [tape.input(&[1], &[0.0]).unwrap(); 4];
     blob.create_params(&mut tape, false, &mut ps).unwrap();
     let net = Mlp {
+        activation: Default::default(),
         convs: vec![],
         image: vec![],
         layers: vec![

@@ -43,6 +43,7 @@ fn setup(
     let (tr, va) = data::split(ds.rows, 0.2, 42, Some(y)).unwrap();
     let spec = ModelSpec {
         sizes: vec![64, 32, 10],
+        activation: Default::default(),
         task: ds.task,
         classes: ds.classes.clone(),
         features: t.feature_names.clone(),

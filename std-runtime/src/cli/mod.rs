@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::checkpoint::Checkpoint;
 use crate::data::{self, CsvOptions, Dataset, LabelChoice, Task};
-use crate::model::{BackendKind, ModelSpec};
+use crate::model::{Activation, BackendKind, ModelSpec};
 use crate::train::{DataSource, TrainConfig};
 use crate::{Error, Result};
 
@@ -147,7 +147,7 @@ pub struct DataArgs {
 /// Which network `mote train` builds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ModelArg {
-    /// Linear layers with ReLU between them.
+    /// Linear layers with an activation between them.
     Mlp,
     /// Convolution blocks, then linear layers.
     Cnn,
@@ -169,10 +169,13 @@ pub struct TrainArgs {
     /// image, then the hidden layers) [default: mlp].
     #[arg(long, value_enum)]
     model: Option<ModelArg>,
-    /// CNN: output channels of each convolution block (3x3 conv, ReLU, 2x2 max-pool)
-    /// [default: 16,32].
+    /// CNN: output channels of each convolution block (3x3 conv, the activation, 2x2
+    /// max-pool) [default: 16,32].
     #[arg(long, value_name = "C,C,...")]
     conv: Option<String>,
+    /// The activation between layers and after each convolution [default: relu].
+    #[arg(long, value_enum)]
+    activation: Option<Activation>,
     /// Epochs to train (with --resume: more epochs) [default: 50].
     #[arg(long)]
     epochs: Option<usize>,
@@ -475,6 +478,11 @@ pub(crate) fn describe(spec: &ModelSpec) -> String {
             .collect::<Vec<_>>()
             .join("x");
         format!("CNN on {image} images: conv blocks {conv}, then MLP {dims}")
+    };
+    let kind = if spec.activation.is_relu() {
+        kind
+    } else {
+        format!("{kind} ({})", spec.activation.name())
     };
     match spec.task {
         Task::Classification => format!("{kind}, {} classes", spec.classes.len()),

@@ -262,6 +262,7 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
         ("--hidden", a.hidden.is_some()),
         ("--model", a.model.is_some()),
         ("--conv", a.conv.is_some()),
+        ("--activation", a.activation.is_some()),
         ("--task", a.task.is_some()),
         ("--batch", a.batch.is_some()),
         ("--lr", a.lr.is_some()),
@@ -616,6 +617,10 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
             }
             ModelSpec::cnn_for_dataset(&ds, &conv, &hidden, &tr)?
         }
+    };
+    let spec = ModelSpec {
+        activation: a.activation.unwrap_or_default(),
+        ..spec
     };
     let opt_kind = a.optimizer.unwrap_or(OptimizerArg::Adam);
     let opt = match opt_kind {
