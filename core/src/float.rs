@@ -57,16 +57,10 @@ pub trait Float:
     fn powf(self, p: Self) -> Self;
     /// |x|.
     fn abs(self) -> Self;
-    /// The error function, `2/sqrt(pi) * integral from 0 to x of e^(-t^2) dt`.
-    fn erf(self) -> Self;
     /// The complementary error function, `1 - erf(x)`, accurate where it is small.
     fn erfc(self) -> Self;
     /// `e^x - 1`, accurate near 0.
     fn exp_m1(self) -> Self;
-    /// Sine (radians).
-    fn sin(self) -> Self;
-    /// Cosine (radians).
-    fn cos(self) -> Self;
     /// Whether the value is NaN.
     #[inline]
     #[allow(clippy::eq_op)]
@@ -94,7 +88,7 @@ pub trait Float:
 
 macro_rules! impl_float {
     ($t:ty, $name:literal, $exp:path, $ln:path, $ln1p:path, $sqrt:path, $tanh:path, $pow:path, $abs:path,
-     $erf:path, $erfc:path, $expm1:path, $sin:path, $cos:path) => {
+     $erfc:path, $expm1:path) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -146,24 +140,12 @@ macro_rules! impl_float {
                 $abs(self)
             }
             #[inline]
-            fn erf(self) -> Self {
-                $erf(self)
-            }
-            #[inline]
             fn erfc(self) -> Self {
                 $erfc(self)
             }
             #[inline]
             fn exp_m1(self) -> Self {
                 $expm1(self)
-            }
-            #[inline]
-            fn sin(self) -> Self {
-                $sin(self)
-            }
-            #[inline]
-            fn cos(self) -> Self {
-                $cos(self)
             }
             #[inline]
             fn is_finite(self) -> bool {
@@ -186,14 +168,14 @@ mod host {
         };
     }
     pub mod f32 {
-        wrap!(f32: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, sin => sin, cos => cos, exp_m1 => exp_m1);
+        wrap!(f32: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, exp_m1 => exp_m1);
         #[inline]
         pub fn powf(x: f32, p: f32) -> f32 {
             x.powf(p)
         }
     }
     pub mod f64 {
-        wrap!(f64: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, sin => sin, cos => cos, exp_m1 => exp_m1);
+        wrap!(f64: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, exp_m1 => exp_m1);
         #[inline]
         pub fn powf(x: f64, p: f64) -> f64 {
             x.powf(p)
@@ -212,11 +194,8 @@ impl_float!(
     host::f32::tanh,
     host::f32::powf,
     host::f32::abs,
-    libm::erff,
     libm::erfcf,
-    host::f32::exp_m1,
-    host::f32::sin,
-    host::f32::cos
+    host::f32::exp_m1
 );
 #[cfg(feature = "std")]
 impl_float!(
@@ -229,11 +208,8 @@ impl_float!(
     host::f64::tanh,
     host::f64::powf,
     host::f64::abs,
-    libm::erf,
     libm::erfc,
-    host::f64::exp_m1,
-    host::f64::sin,
-    host::f64::cos
+    host::f64::exp_m1
 );
 #[cfg(not(feature = "std"))]
 impl_float!(
@@ -246,11 +222,8 @@ impl_float!(
     libm::tanhf,
     libm::powf,
     libm::fabsf,
-    libm::erff,
     libm::erfcf,
-    libm::expm1f,
-    libm::sinf,
-    libm::cosf
+    libm::expm1f
 );
 #[cfg(not(feature = "std"))]
 impl_float!(
@@ -263,9 +236,6 @@ impl_float!(
     libm::tanh,
     libm::pow,
     libm::fabs,
-    libm::erf,
     libm::erfc,
-    libm::expm1,
-    libm::sin,
-    libm::cos
+    libm::expm1
 );

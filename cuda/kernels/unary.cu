@@ -36,9 +36,7 @@ __device__ __forceinline__ float unary_f(int op, float c, float x) {
     case 19: return x * normal_cdf_f(x);                     // gelu_erf
     case 20: return hardsigmoid_f(x);                        // hardsigmoid
     case 21: return x * hardsigmoid_f(x);                    // hardswish
-    case 22: return sinf(x);                                 // sin
-    case 23: return cosf(x);                                 // cos
-    case 24: return x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x); // relu6 (NaN stays NaN)
+    case 22: return x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x); // relu6 (NaN stays NaN)
     }
     return x;
 }
@@ -74,9 +72,7 @@ __device__ __forceinline__ float unary_d(int op, float c, float x, float y) {
     case 19: return normal_cdf_f(x) + x * FRAC_1_SQRT_2PI * expf(-0.5f * x * x);
     case 20: return (x > -3.0f && x < 3.0f) ? 1.0f / 6.0f : 0.0f;
     case 21: return x < -3.0f ? 0.0f : (x <= 3.0f ? x / 3.0f + 0.5f : 1.0f);
-    case 22: return cosf(x);
-    case 23: return -sinf(x);
-    case 24: return (x > 0.0f && x < 6.0f) ? 1.0f : 0.0f;
+    case 22: return (x > 0.0f && x < 6.0f) ? 1.0f : 0.0f;
     }
     return 0.0f;
 }
@@ -87,7 +83,7 @@ __device__ __forceinline__ float unary_acc(int op, float c, float x, float y, fl
     // clamps, hardsigmoid, hardswish, relu6) where it is 0.
     if (op == 8) return x > 0.0f ? dx + dy : dx;
     float d = unary_d(op, c, x, y);
-    bool mask = op == 14 || op == 15 || op == 20 || op == 21 || op == 24;
+    bool mask = op == 14 || op == 15 || op == 20 || op == 21 || op == 22;
     return (mask && d == 0.0f) ? dx : dx + d * dy;
 }
 

@@ -564,8 +564,6 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                         UnaryOp::GeluErf => t.gelu_erf(x),
                         UnaryOp::Hardsigmoid => t.hardsigmoid(x),
                         UnaryOp::Hardswish => t.hardswish(x),
-                        UnaryOp::Sin => t.sin(x),
-                        UnaryOp::Cos => t.cos(x),
                         UnaryOp::Relu6 => t.relu6(x),
                     }
                 } else {

@@ -24,8 +24,6 @@
 //! | `Softplus` | ln(1 + e^x); x above 20 | s(x); 1 above 20 | |
 //! | `Hardsigmoid` | min(max(x + 3, 0), 6) / 6 | 1/6 if -3 < x < 3 else 0 | 0 at x = +-3 (PyTorch) |
 //! | `Hardswish` | x hardsigmoid(x) | 0 below -3, x/3 + 1/2 up to 3, 1 above | x/3 + 1/2 at +-3 (PyTorch) |
-//! | `Sin` | sin x | cos x | |
-//! | `Cos` | cos x | -sin x | |
 //! | `Relu6` | min(max(x, 0), 6) | 1 if 0 < x < 6 else 0 | 0 at x = 0 and 6 (PyTorch) |
 //!
 //! Where an op's derivative is a mask ([`UnaryOp::masks`]), the backward adds nothing where it
@@ -80,10 +78,6 @@ pub enum UnaryOp {
     Hardsigmoid,
     /// x hardsigmoid(x): PyTorch's `hardswish` (MobileNetV3)
     Hardswish,
-    /// sin x
-    Sin,
-    /// cos x
-    Cos,
     /// min(max(x, 0), 6): PyTorch's `relu6` (its gradient is 0 at 0 and at 6, as
     /// `hardtanh`'s, where `clamp`'s passes)
     Relu6,
@@ -92,7 +86,7 @@ pub enum UnaryOp {
 impl UnaryOp {
     /// Every op, with a sample argument where it takes one: for tests and tools that go over
     /// all of them (a new op added here is checked by every backend's test of this list).
-    pub const EVERY: [UnaryOp; 25] = [
+    pub const EVERY: [UnaryOp; 23] = [
         UnaryOp::Neg,
         UnaryOp::AddScalar(0.7),
         UnaryOp::MulScalar(-1.3),
@@ -115,8 +109,6 @@ impl UnaryOp {
         UnaryOp::GeluErf,
         UnaryOp::Hardsigmoid,
         UnaryOp::Hardswish,
-        UnaryOp::Sin,
-        UnaryOp::Cos,
         UnaryOp::Relu6,
     ];
 
@@ -182,9 +174,7 @@ impl UnaryOp {
             UnaryOp::GeluErf => (19, 0.0),
             UnaryOp::Hardsigmoid => (20, 0.0),
             UnaryOp::Hardswish => (21, 0.0),
-            UnaryOp::Sin => (22, 0.0),
-            UnaryOp::Cos => (23, 0.0),
-            UnaryOp::Relu6 => (24, 0.0),
+            UnaryOp::Relu6 => (22, 0.0),
         }
     }
 
@@ -213,9 +203,7 @@ impl UnaryOp {
             19 => UnaryOp::GeluErf,
             20 => UnaryOp::Hardsigmoid,
             21 => UnaryOp::Hardswish,
-            22 => UnaryOp::Sin,
-            23 => UnaryOp::Cos,
-            24 => UnaryOp::Relu6,
+            22 => UnaryOp::Relu6,
             _ => return None,
         })
     }
@@ -331,8 +319,6 @@ impl UnaryOp {
             UnaryOp::GeluErf => "gelu_erf",
             UnaryOp::Hardsigmoid => "hardsigmoid",
             UnaryOp::Hardswish => "hardswish",
-            UnaryOp::Sin => "sin",
-            UnaryOp::Cos => "cos",
             UnaryOp::Relu6 => "relu6",
         }
     }
@@ -396,8 +382,6 @@ impl UnaryOp {
             UnaryOp::GeluErf => gelu_erf(x),
             UnaryOp::Hardsigmoid => hardsigmoid(x),
             UnaryOp::Hardswish => x * hardsigmoid(x),
-            UnaryOp::Sin => x.sin(),
-            UnaryOp::Cos => x.cos(),
             UnaryOp::Relu6 => {
                 let six = T::from_f64(6.0);
                 if x < T::ZERO {
@@ -510,8 +494,6 @@ impl UnaryOp {
                     T::ONE
                 }
             }
-            UnaryOp::Sin => x.cos(),
-            UnaryOp::Cos => -x.sin(),
             // NOTE: 0 at x = 0 and x = 6, as PyTorch's hardtanh.
             UnaryOp::Relu6 => {
                 if x > T::ZERO && x < T::from_f64(6.0) {
@@ -1038,22 +1020,6 @@ mod tape_ops {
         /// As [`Tape::unary`].
         pub fn hardswish(&mut self, x: Var) -> Result<Var> {
             self.unary(UnaryOp::Hardswish, x)
-        }
-
-        /// Sine.
-        ///
-        /// # Errors
-        /// As [`Tape::unary`].
-        pub fn sin(&mut self, x: Var) -> Result<Var> {
-            self.unary(UnaryOp::Sin, x)
-        }
-
-        /// Cosine.
-        ///
-        /// # Errors
-        /// As [`Tape::unary`].
-        pub fn cos(&mut self, x: Var) -> Result<Var> {
-            self.unary(UnaryOp::Cos, x)
         }
 
         pub(crate) fn unary_backward(

@@ -282,9 +282,7 @@ fn unary_min(op: UnaryOp) -> usize {
         | UnaryOp::Silu
         | UnaryOp::Elu(_)
         | UnaryOp::Softplus
-        | UnaryOp::GeluErf
-        | UnaryOp::Sin
-        | UnaryOp::Cos => PAR_MIN / 8,
+        | UnaryOp::GeluErf => PAR_MIN / 8,
         _ => PAR_MIN,
     }
 }
