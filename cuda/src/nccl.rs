@@ -28,7 +28,7 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaStream, DevicePtrMut};
 use cudarc::nccl::{result, sys};
 
 use crate::error::probe;
@@ -331,6 +331,55 @@ impl NcclRank {
             .map_err(|e| nccl_err("cuStreamWaitEvent", e))?;
         let stream = self.stream.cu_stream() as sys::cudaStream_t;
         grouped_sums(std::iter::once((&*backend, self.comm, stream)), regions)
+    }
+
+    /// Copies `values` from global rank 0 to every rank (an NCCL broadcast of f64 through a
+    /// small device buffer on this communicator's stream; waits for it). A multi-process run
+    /// uses it so that every rank decides with rank 0's numbers (early stopping). Every rank
+    /// must call it, with as many values.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`] when CUDA or NCCL fails.
+    pub fn broadcast_from_first(&mut self, values: &mut [f64]) -> Result<(), CudaError> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| nccl_err("cuCtxSetCurrent", e))?;
+        let mut buf = self
+            .stream
+            .clone_htod(&*values)
+            .map_err(|e| nccl_err("cuMemcpyHtoD", e))?;
+        {
+            let (ptr, _sync) = buf.device_ptr_mut(&self.stream);
+            let at = ptr as *mut c_void;
+            // SAFETY: `buf` holds `values.len()` f64 on this communicator's device; send and
+            // receive buffers are the same (in place); the stream is the communicator's, after
+            // the copy that filled the buffer.
+            unsafe {
+                result::broadcast(
+                    at as *const c_void,
+                    at,
+                    values.len(),
+                    sys::ncclDataType_t::ncclFloat64,
+                    0,
+                    self.comm,
+                    self.stream.cu_stream() as sys::cudaStream_t,
+                )
+            }
+            .map_err(|e| nccl_err("ncclBroadcast", e))?;
+        }
+        let got = self
+            .stream
+            .clone_dtoh(&buf)
+            .map_err(|e| nccl_err("cuMemcpyDtoH", e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| nccl_err("cuStreamSynchronize", e))?;
+        values.copy_from_slice(&got);
+        Ok(())
     }
 
     /// Makes `backend`'s stream wait for the sums queued by

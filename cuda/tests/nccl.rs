@@ -1,6 +1,7 @@
 //! NCCL on the GPU machine (one GPU: world size 1): a local communicator and a rank of a
 //! one-rank group, each summing arena regions in place (a sum over one rank leaves them as
-//! they were) on the backend's stream; refusals of bad arguments. Without a GPU: one skip line.
+//! they were) on the backend's stream, and a broadcast of host numbers; refusals of bad
+//! arguments. Without a GPU: one skip line.
 
 mod common;
 
@@ -99,4 +100,12 @@ fn one_rank_overlapped_all_reduce_keeps_the_values() {
     let mut a = vec![0f32; 1000];
     cuda.read(100, &mut a).unwrap();
     assert_eq!(a, data);
+
+    // Rank 0's numbers to every rank (one here: they stay), as the epochs' metrics go.
+    let mut numbers = [0.25, -3.5, f64::NAN, 1e300];
+    rank.broadcast_from_first(&mut numbers).unwrap();
+    assert_eq!(numbers[..2], [0.25, -3.5]);
+    assert!(numbers[2].is_nan());
+    assert_eq!(numbers[3], 1e300);
+    rank.broadcast_from_first(&mut []).unwrap();
 }

@@ -514,6 +514,17 @@ pub trait Reduce<B: Backend<Elem = f32>> {
     fn place(&self, local: usize) -> (usize, usize) {
         (0, local)
     }
+
+    /// Makes every process of the run hold rank 0's `values` (each process evaluates on its
+    /// own device, whose sums may differ in the last bits from another's, so that decisions
+    /// taken from them, early stopping's, could differ). Every process calls it, with as many
+    /// values. One process: nothing to do.
+    ///
+    /// # Errors
+    /// A device error.
+    fn agree(&self, _values: &mut [f64]) -> crate::Result<()> {
+        Ok(())
+    }
 }
 
 /// Replicas on rayon's threads, gradients summed in shared memory: bucket by bucket during
@@ -725,6 +736,10 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> Replicas<B, R> {
 
 impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B, R> {
     type Backend = B;
+
+    fn agree(&mut self, values: &mut [f64]) -> crate::Result<()> {
+        self.reduce.agree(values)
+    }
 
     fn model(&self) -> &Model<B> {
         // `with_reduce` refuses an empty list.
@@ -944,6 +959,21 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
 
     fn buckets(&self) -> Option<&Buckets> {
         self.plan.as_ref()
+    }
+
+    fn agree(&self, values: &mut [f64]) -> crate::Result<()> {
+        if self.place.1 == self.ranks.len() {
+            // Every rank in this process: one evaluation, one set of numbers.
+            return Ok(());
+        }
+        if self.ranks.len() != 1 {
+            return Err(crate::Error::invalid(
+                "NCCL: a multi-process run holds one GPU per process",
+            ));
+        }
+        self.rank(0)?.broadcast_from_first(values).map_err(|e| {
+            crate::Error::invalid(format!("NCCL broadcast of the epoch's metrics: {e}"))
+        })
     }
 
     fn begin(

@@ -319,6 +319,17 @@ pub trait Learner {
     /// # Errors
     /// A core error.
     fn outputs(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>>;
+
+    /// Makes the epoch's numbers (losses and metrics) those of the run's first process, so
+    /// that every process of a multi-process run logs, stops early and saves alike (see
+    /// [`crate::data_parallel::Reduce::agree`]). One process: nothing to do.
+    ///
+    /// # Errors
+    /// A device error.
+    fn agree(&mut self, values: &mut [f64]) -> Result<()> {
+        let _ = values;
+        Ok(())
+    }
 }
 
 impl<B: Backend<Elem = f32>> Learner for Model<B> {
@@ -445,12 +456,26 @@ pub fn fit<L: Learner>(
             let (l, m) = evaluate(model, data, &data.val)?;
             (Some(l), Some(m))
         };
+        // Every process of a multi-process run goes on with the first one's numbers (the
+        // validation split, and so whether there are validation numbers, is the same on each).
+        let mut numbers = [
+            loss_sum / n,
+            train_metric,
+            val_loss.unwrap_or(f64::NAN),
+            val_metric.unwrap_or(f64::NAN),
+        ];
+        model.agree(&mut numbers)?;
+        let [train_loss, train_metric, val_loss_agreed, val_metric_agreed] = numbers;
+        let (val_loss, val_metric) = (
+            val_loss.map(|_| val_loss_agreed),
+            val_metric.map(|_| val_metric_agreed),
+        );
         state.rng = rng.state();
         state.epoch = epoch;
         let log = EpochLog {
             epoch,
             lr,
-            train_loss: loss_sum / n,
+            train_loss,
             train_metric,
             val_loss,
             val_metric,

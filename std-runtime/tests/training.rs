@@ -144,6 +144,69 @@ fn early_stopping_and_schedules() {
     assert!(lrs[3] > 1e-5 && lrs[3] < 1.1e-5, "{lrs:?}");
 }
 
+/// A learner whose `agree` hands over scripted validation accuracies, as a multi-process
+/// run's first process would its own (`Learner::agree`).
+struct FirstSays<L> {
+    inner: L,
+    said: Vec<f64>,
+    seen: Vec<f64>,
+}
+
+impl<L: train::Learner> train::Learner for FirstSays<L> {
+    type Backend = L::Backend;
+    fn model(&self) -> &Model<L::Backend> {
+        self.inner.model()
+    }
+    fn set_lr(&mut self, lr: f64) {
+        self.inner.set_lr(lr);
+    }
+    fn train_step(
+        &mut self,
+        x: &[f32],
+        rows: usize,
+        y_class: &[usize],
+        y_value: &[f32],
+    ) -> mote_runtime::Result<(f32, usize)> {
+        self.inner.train_step(x, rows, y_class, y_value)
+    }
+    fn outputs(&mut self, x: &[f32], rows: usize) -> mote_runtime::Result<Vec<f32>> {
+        self.inner.outputs(x, rows)
+    }
+    fn agree(&mut self, values: &mut [f64]) -> mote_runtime::Result<()> {
+        self.seen.push(values[3]);
+        values[3] = self.said[self.seen.len() - 1];
+        Ok(())
+    }
+}
+
+/// Early stopping, the logs and the best epoch follow the agreed numbers (a multi-process
+/// run's first process's), not the process's own evaluation.
+#[test]
+fn epochs_go_on_with_the_agreed_numbers() {
+    let (spec, config, data) = setup(20, Schedule::Constant, Some(2));
+    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+    let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(3)).unwrap();
+    let mut first = FirstSays {
+        inner: model,
+        said: vec![0.5, 0.6, 0.55, 0.59, 0.7, 0.7],
+        seen: Vec::new(),
+    };
+    let mut c = Counter::default();
+    let mut state = TrainState::new(3);
+    let s = train::fit(&mut first, &data, &config, &mut state, &mut [&mut c], None).unwrap();
+    // Its own accuracy rises every epoch here; the agreed one stalls after epoch 2.
+    assert!(
+        first.seen.windows(2).all(|w| w[1] > w[0]),
+        "{:?}",
+        first.seen
+    );
+    assert!(s.stopped_early);
+    assert_eq!((s.epochs_run, s.best), (4, Some((2, 0.6))));
+    let logged: Vec<f64> = c.epochs.iter().map(|e| e.val_metric.unwrap()).collect();
+    assert_eq!(logged, [0.5, 0.6, 0.55, 0.59]);
+    assert_eq!(state.history.len(), 4);
+}
+
 #[test]
 fn checkpoint_round_trip_restores_the_same_model() {
     let (spec, config, data) = setup(2, Schedule::Constant, None);

@@ -320,13 +320,6 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
             ))
             .with_hint("add --device cuda, or unset MOTE_WORLD_SIZE for a single-process run"));
         }
-        if a.patience.is_some() && a.val == Some(0.0) {
-            return Err(Error::invalid(
-                "--patience with --val 0 in a multi-process run: each rank would stop on its own \
-                 shards' metric, and the others would wait for it for ever",
-            )
-            .with_hint("keep a validation split (the same on every rank), or drop --patience"));
-        }
         if a.gpus.is_some() {
             return Err(
                 Error::invalid("--gpus with MOTE_WORLD_SIZE: one GPU per process")
