@@ -83,7 +83,8 @@ __device__ __forceinline__ float unary_acc(int op, float c, float x, float y, fl
     // clamps, hardsigmoid, hardswish, relu6) where it is 0.
     if (op == 8) return x > 0.0f ? dx + dy : dx;
     float d = unary_d(op, c, x, y);
-    bool mask = op == 14 || op == 15 || op == 20 || op == 21 || op == 22;
+    // (hard swish's slope is also 0 at -1.5, where its mask is on: `UnaryOp::drops`)
+    bool mask = op == 14 || op == 15 || op == 20 || op == 22 || (op == 21 && x < -3.0f);
     return (mask && d == 0.0f) ? dx : dx + d * dy;
 }
 

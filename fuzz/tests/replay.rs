@@ -181,9 +181,21 @@ fn valid_inputs() -> Vec<Vec<u8>> {
     out.push(vec![
         3, 31, 139, 8, 0, 0, 0, 0, 0, 2, 3, 75, 212, 73, 226, 2, 0, 197, 16, 151, 36, 4, 0, 0, 0,
     ]);
+    // A version-2 checkpoint (another activation, gradient clipping; its description under
+    // a CRC of its own).
+    let mut model = model;
+    model.spec.activation = mote_runtime::model::Activation::Silu;
+    let clipped = TrainConfig {
+        clip_grad_norm: Some(1.0),
+        ..config
+    };
+    let ck2 = checkpoint::to_bytes_model(&model, &clipped, &TrainState::new(1)).unwrap();
+    out.push([&[1u8][..], &ck2].concat());
     // Each is valid for its reader.
-    let ck = checkpoint::from_bytes_checked(Path::new("seed"), &out[4][1..]);
-    assert!(ck.is_ok(), "{ck:?}");
+    for at in [4, 7] {
+        let ck = checkpoint::from_bytes_checked(Path::new("seed"), &out[at][1..]);
+        assert!(ck.is_ok(), "{ck:?}");
+    }
     assert!(mote_runtime::idx::parse(&out[5][1..], "seed").is_ok());
     assert_eq!(data::gunzip(&out[6][1..], "seed").unwrap(), b"a,b\n");
     out

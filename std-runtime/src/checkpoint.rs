@@ -24,15 +24,32 @@ use crate::train::{TrainConfig, TrainState};
 pub const FORMAT: &str = "mote-checkpoint";
 /// The newest checkpoint version, which this build reads along with the earlier ones. A
 /// checkpoint is written with the lowest version that describes it ([`version_of`]): `1` for a
-/// ReLU network (as every earlier build wrote and reads), `2` for another activation (which a
-/// version-1 reader would otherwise have evaluated as ReLU).
+/// ReLU network trained without gradient clipping (as every earlier build wrote and reads),
+/// `2` for another activation or a clipped run (which a version-1 reader would otherwise have
+/// evaluated as ReLU, or resumed without clipping).
 pub const VERSION: &str = "2";
-/// The versions this build reads.
+/// The versions this build reads, oldest first.
 const READS: [&str; 2] = ["1", "2"];
+/// The metadata entries (JSON) that the `meta_crc32` entry covers.
+const META: [&str; 4] = ["model", "optimizer", "config", "state"];
 
-/// The version a checkpoint of `spec` is written with.
-pub fn version_of(spec: &ModelSpec) -> &'static str {
-    if spec.activation.is_relu() {
+/// The CRC-32 of the metadata's JSON entries ([`META`], each with its name), which the tensors'
+/// CRC does not cover: a version-2 checkpoint carries it, so that an edited or damaged
+/// description (an activation dropped, say) is refused rather than read as another model.
+fn meta_crc(meta: &HashMap<String, String>) -> u32 {
+    let mut all = Vec::new();
+    for key in META {
+        all.extend_from_slice(key.as_bytes());
+        all.push(0);
+        all.extend_from_slice(meta.get(key).map_or(&[][..], |v| v.as_bytes()));
+        all.push(0);
+    }
+    mote::blob::crc32(&all)
+}
+
+/// The version a checkpoint of `spec` and `config` is written with.
+pub fn version_of(spec: &ModelSpec, config: &TrainConfig) -> &'static str {
+    if spec.activation.is_relu() && config.clip_grad_norm.is_none() {
         "1"
     } else {
         VERSION
@@ -160,12 +177,16 @@ pub fn to_bytes_model<B: Backend<Elem = f32>>(
     let crc = crc_of(tensors.iter().map(|t| t.2.as_slice()));
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
-    meta.insert("version".to_string(), version_of(&model.spec).to_string());
+    meta.insert(
+        "version".to_string(),
+        version_of(&model.spec, config).to_string(),
+    );
     meta.insert("model".to_string(), json(&model.spec)?);
     meta.insert("optimizer".to_string(), json(&model.opt_config)?);
     meta.insert("config".to_string(), json(config)?);
     meta.insert("state".to_string(), json(state)?);
     meta.insert("crc32".to_string(), format!("{crc:08x}"));
+    meta.insert("meta_crc32".to_string(), format!("{:08x}", meta_crc(&meta)));
     let views = tensors
         .iter()
         .map(|(n, d, b)| Ok((n.clone(), TensorView::new(Dtype::F32, d.clone(), b)?)))
@@ -370,14 +391,26 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         .with_hint("give a file written by `mote train --save`"));
     }
     let version = meta.get("version").map_or("?", String::as_str);
-    if !READS.contains(&version) {
+    let Some(read_as) = READS.iter().position(|&r| r == version) else {
         return Err(Error::checkpoint(
             path,
             format!(
-                "checkpoint version {version} is not supported (this build reads {})",
+                "checkpoint version {version:?} is not supported (this build reads {})",
                 READS.join(" and ")
             ),
         ));
+    };
+    match meta.get("meta_crc32") {
+        Some(stored) if u32::from_str_radix(stored, 16).ok() != Some(meta_crc(&meta)) => {
+            return Err(corrupt(
+                path,
+                "the model description's CRC-32 does not match the one stored",
+            ));
+        }
+        None if read_as > 0 => {
+            return Err(corrupt(path, "no 'meta_crc32' metadata"));
+        }
+        _ => {}
     }
     fn field<T: serde::de::DeserializeOwned>(
         path: &Path,
@@ -387,7 +420,16 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         let s = meta
             .get(key)
             .ok_or_else(|| corrupt(path, format!("no '{key}' metadata")))?;
-        serde_json::from_str(s).map_err(|e| corrupt(path, format!("bad '{key}' metadata: {e}")))
+        serde_json::from_str(s).map_err(|e| {
+            let what = format!("bad '{key}' metadata: {e}");
+            if e.to_string().contains("unknown variant") {
+                // Intact (its CRC matched) but naming something this build does not know.
+                Error::checkpoint(path, what)
+                    .with_hint("written by a newer mote? this build cannot read it")
+            } else {
+                corrupt(path, what)
+            }
+        })
     }
     let mut spec: ModelSpec = field(path, &meta, "model")?;
     let opt: OptimizerConfig = field(path, &meta, "optimizer")?;
@@ -412,13 +454,21 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     }
     spec.check()
         .map_err(|e| Error::checkpoint(path, format!("bad model description: {e}")))?;
-    if version_of(&spec) > version {
+    config
+        .check()
+        .map_err(|e| Error::checkpoint(path, format!("bad run settings: {e}")))?;
+    let needs = version_of(&spec, &config);
+    if READS.iter().position(|&r| r == needs) > Some(read_as) {
         return Err(corrupt(
             path,
             format!(
-                "a version-{version} checkpoint of a {} network (version {} describes it)",
+                "a version-{version} checkpoint of a {} network{}: version {needs} describes it",
                 spec.activation.name(),
-                version_of(&spec)
+                if config.clip_grad_norm.is_some() {
+                    " trained with gradient clipping"
+                } else {
+                    ""
+                },
             ),
         ));
     }

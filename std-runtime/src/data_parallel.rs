@@ -752,6 +752,12 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         }
     }
 
+    fn set_clip_grad_norm(&mut self, max_norm: Option<f64>) {
+        for m in &mut self.models {
+            m.clip_grad_norm = max_norm;
+        }
+    }
+
     fn train_step(
         &mut self,
         x: &[f32],
@@ -837,7 +843,7 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         self.reduce.all_reduce(&mut self.models, &weights)?;
         // The same step on every replica (in parallel where the backend allows).
         for r in self.reduce.each(&mut self.models, |_, m, _| {
-            mote::Optimizer::step(&mut m.opt, &mut m.tape)?;
+            m.step()?;
             Ok((0.0, 0))
         }) {
             r?;

@@ -250,7 +250,7 @@ fn list<T: ToString>(v: &[T], sep: &str) -> String {
 
 /// A Rust source file of `pub const` arrays for `ck` in `dtype`: `SIZES` (the linear layers'
 /// sizes, input first), for a CNN `IMAGE` (`[C, H, W]`) and `CONV` (each block's channels),
-/// `DTYPE`, `FEATURES`, `CLASSES` (classification), then the tensors of [`tensors`] in blob
+/// `ACTIVATION`, `DTYPE`, `FEATURES`, `CLASSES` (classification), then the tensors of [`tensors`] in blob
 /// order (`LAYER{i}_WEIGHT` and `LAYER{i}_BIAS`; for a CNN first `INPUT_MEAN`,
 /// `INPUT_INV_STD` and `CONV{j}_WEIGHT`, `CONV{j}_BIAS`), as `f32`, or as `u16` bit patterns
 /// for f16/bf16 (`half::f16::from_bits`).

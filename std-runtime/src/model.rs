@@ -142,8 +142,8 @@ pub struct ModelSpec {
     /// Target standardisation (regression): mean and std; `(0, 1)` for classification.
     pub target: (f32, f32),
     /// Convolution blocks before the linear layers (3x3 convolution with padding 1, the
-    /// activation, 2x2 max-pooling), output channels of each; empty for an MLP. With blocks, `sizes[0]`
-    /// is the flattened size of the last block's output.
+    /// activation, 2x2 max-pooling), output channels of each; empty for an MLP. With blocks,
+    /// `sizes[0]` is the flattened size of the last block's output.
     #[serde(default)]
     pub conv: Vec<usize>,
     /// The input image `[channels, height, width]` the features are reshaped to (convolution
@@ -540,6 +540,9 @@ pub struct Model<B: Backend<Elem = f32>> {
     pub spec: ModelSpec,
     /// The optimizer's settings.
     pub opt_config: OptimizerConfig,
+    /// Clips the gradients' global L2 norm to this before each optimizer step
+    /// ([`mote::clip_grad_norm`], PyTorch's `clip_grad_norm_`); `None`: no clipping.
+    pub clip_grad_norm: Option<f64>,
 }
 
 impl<B: Backend<Elem = f32>> Model<B> {
@@ -566,7 +569,21 @@ impl<B: Backend<Elem = f32>> Model<B> {
             start,
             spec,
             opt_config,
+            clip_grad_norm: None,
         })
+    }
+
+    /// The optimizer step on the gradients in the tape, after clipping them when
+    /// [`Model::clip_grad_norm`] says so.
+    ///
+    /// # Errors
+    /// A core error: a non-finite gradient norm when clipping.
+    pub fn step(&mut self) -> Result<()> {
+        if let Some(max) = self.clip_grad_norm {
+            mote::clip_grad_norm(&mut self.tape, max)?;
+        }
+        self.opt.step(&mut self.tape)?;
+        Ok(())
     }
 
     /// One training step on a standardised batch (`x`: `rows x inputs`; `y_class` or `y_value`
@@ -582,7 +599,7 @@ impl<B: Backend<Elem = f32>> Model<B> {
         y_value: &[f32],
     ) -> Result<(f32, usize)> {
         let r = self.forward_backward(x, rows, y_class, y_value)?;
-        self.opt.step(&mut self.tape)?;
+        self.step()?;
         Ok(r)
     }
 

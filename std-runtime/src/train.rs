@@ -72,6 +72,10 @@ pub struct TrainConfig {
     pub patience: Option<usize>,
     /// The smallest change that counts as an improvement.
     pub min_delta: f64,
+    /// Clip the gradients' global L2 norm to this before each optimizer step (`None`: no
+    /// clipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
     /// The data.
     pub source: DataSource,
 }
@@ -88,6 +92,7 @@ impl TrainConfig {
             schedule: Schedule::Constant,
             patience: None,
             min_delta: 0.0,
+            clip_grad_norm: None,
             source: DataSource {
                 data: data.to_string(),
                 label: None,
@@ -100,10 +105,18 @@ impl TrainConfig {
     /// Checks the settings.
     ///
     /// # Errors
-    /// `Invalid` for a zero batch size.
+    /// `Invalid` for a zero batch size, or a clip norm that is not positive and finite.
     pub fn check(&self) -> Result<()> {
         if self.batch == 0 {
             return Err(Error::invalid("batch size 0").with_hint("give --batch 1 or more"));
+        }
+        if let Some(c) = self.clip_grad_norm {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::invalid(format!(
+                    "--clip-grad-norm {c}: the norm to clip to must be positive and finite"
+                ))
+                .with_hint("give a value such as --clip-grad-norm 1.0"));
+            }
         }
         Ok(())
     }
@@ -302,6 +315,10 @@ pub trait Learner {
     /// Sets the learning rate of every optimizer.
     fn set_lr(&mut self, lr: f64);
 
+    /// Clips the gradients' global L2 norm to `max_norm` before every optimizer step (`None`:
+    /// no clipping).
+    fn set_clip_grad_norm(&mut self, max_norm: Option<f64>);
+
     /// One training step on a standardised batch; the mean loss and the correct predictions.
     ///
     /// # Errors
@@ -341,6 +358,10 @@ impl<B: Backend<Elem = f32>> Learner for Model<B> {
 
     fn set_lr(&mut self, lr: f64) {
         mote::Optimizer::set_lr(&mut self.opt, lr);
+    }
+
+    fn set_clip_grad_norm(&mut self, max_norm: Option<f64>) {
+        self.clip_grad_norm = max_norm;
     }
 
     fn train_step(
@@ -414,6 +435,7 @@ pub fn fit<L: Learner>(
     for h in hooks.iter_mut() {
         h.on_begin(&info);
     }
+    model.set_clip_grad_norm(config.clip_grad_norm);
     let base = model.model().opt_config.lr();
     let (start_step, start_epoch) = (state.step, state.epoch);
     let (mut bx, mut bc, mut bv) = (Vec::new(), Vec::new(), Vec::new());

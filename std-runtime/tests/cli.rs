@@ -403,19 +403,29 @@ fn activations_train_evaluate_export_and_are_kept() {
         ],
     );
     assert!(
-        out.starts_with("training MLP 64-32-10 (silu), 10 classes"),
+        out.starts_with("training silu MLP 64-32-10, 10 classes"),
         "{out}"
     );
     let acc = final_accuracy(&out, 20);
     assert!(acc >= 93.0, "{out}");
     let eval = ok(&d, &["eval", "--model", "s.safetensors"]);
     assert!(eval.contains(&format!("accuracy {acc:.2}%")), "{eval}");
-    let mut bytes = std::fs::read(d.path("s.safetensors")).unwrap();
-    let at = find(&bytes, r#""version":"2""#).expect("version 2");
-    bytes[at + 11] = b'1';
-    std::fs::write(d.path("v1.safetensors"), bytes).unwrap();
+    let bytes = std::fs::read(d.path("s.safetensors")).unwrap();
+    let mut forged = bytes.clone();
+    let at = find(&forged, r#""version":"2""#).expect("version 2");
+    forged[at + 11] = b'1';
+    std::fs::write(d.path("v1.safetensors"), forged).unwrap();
     let e = fails(&d, &["eval", "--model", "v1.safetensors"]);
     assert!(e.contains("version-1 checkpoint of a silu network"), "{e}");
+    // The description is covered by a CRC: an edited activation is refused, not read as ReLU.
+    let mut edited = bytes.clone();
+    let at = find(&edited, r#"activation\":\"silu"#).expect("the activation");
+    edited[at + 14..at + 18].copy_from_slice(b"relu");
+    std::fs::write(d.path("edited.safetensors"), edited).unwrap();
+    let e = fails(&d, &["eval", "--model", "edited.safetensors"]);
+    assert!(e.contains("description's CRC-32 does not match"), "{e}");
+    let e = fails(&d, &["train", "--hidden", "none", "--activation", "silu"]);
+    assert!(e.contains("a linear model has no layer"), "{e}");
 
     ok(
         &d,
@@ -476,7 +486,7 @@ fn activations_train_evaluate_export_and_are_kept() {
         &d,
         &["train", "--resume", "s.safetensors", "--epochs", "21"],
     );
-    assert!(more.contains("MLP 64-32-10 (silu)"), "{more}");
+    assert!(more.contains("silu MLP 64-32-10"), "{more}");
 
     ok(
         &d,
@@ -505,6 +515,15 @@ fn activations_train_evaluate_export_and_are_kept() {
     );
     assert!(out.contains("saved h.safetensors"), "{out}");
     check_cnn_export(&d, "h", 0.95);
+    let src = std::fs::read_to_string(d.path("h.rs")).unwrap();
+    assert!(
+        src.contains(r#"pub const ACTIVATION: &str = "hardswish";"#),
+        "{src:.900}"
+    );
+    assert!(
+        src.contains("(3x3 convolution with padding 1, hard swish, 2x2 max-pooling)"),
+        "{src:.900}"
+    );
 }
 
 #[test]
@@ -721,6 +740,10 @@ fn resume_equals_straight_run_bit_for_bit() {
                 "--hidden",
                 "16,8",
             ][..],
+        ),
+        (
+            "clip",
+            &["--clip-grad-norm", "0.5", "--activation", "gelu"][..],
         ),
     ] {
         let (half, full) = (
@@ -1104,6 +1127,13 @@ fn bad_arguments_are_short_errors() {
     assert!(e.contains("validation fraction"), "{e}");
     let e = fails(&d, &["train", "--batch", "0"]);
     assert!(e.contains("batch size 0"), "{e}");
+    for bad in ["0", "-1", "NaN", "inf"] {
+        let e = fails(&d, &["train", &format!("--clip-grad-norm={bad}")]);
+        assert!(
+            e.contains("--clip-grad-norm") && e.contains("positive and finite"),
+            "{e}"
+        );
+    }
     let e = fails(&d, &["train", "--backend", "cpu", "--threads", "2"]);
     assert!(
         e.contains("--threads applies to the parallel backend"),

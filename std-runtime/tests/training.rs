@@ -30,6 +30,7 @@ fn setup(
         schedule,
         patience,
         min_delta: 0.0,
+        clip_grad_norm: None,
         source: DataSource {
             data: "digits".into(),
             label: None,
@@ -160,6 +161,9 @@ impl<L: train::Learner> train::Learner for FirstSays<L> {
     fn set_lr(&mut self, lr: f64) {
         self.inner.set_lr(lr);
     }
+    fn set_clip_grad_norm(&mut self, max_norm: Option<f64>) {
+        self.inner.set_clip_grad_norm(max_norm);
+    }
     fn train_step(
         &mut self,
         x: &[f32],
@@ -205,6 +209,41 @@ fn epochs_go_on_with_the_agreed_numbers() {
     let logged: Vec<f64> = c.epochs.iter().map(|e| e.val_metric.unwrap()).collect();
     assert_eq!(logged, [0.5, 0.6, 0.55, 0.59]);
     assert_eq!(state.history.len(), 4);
+}
+
+/// Gradient clipping: a bound never reached changes nothing, bit for bit; a small one changes
+/// the run, and replicas clip like one model (the all-reduced gradients are the whole batch's).
+#[test]
+fn gradient_clipping_bounds_each_step() {
+    let run = |clip: Option<f64>| {
+        let (spec, mut config, data) = setup(2, Schedule::Constant, None);
+        config.clip_grad_norm = clip;
+        let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+        let mut model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(5)).unwrap();
+        let mut state = TrainState::new(5);
+        train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
+        params_of(&model)
+    };
+    let free = run(None);
+    assert_eq!(run(Some(1e9)), free);
+    let clipped = run(Some(0.05));
+    assert!(max_diff(&clipped, &free) > 1e-3);
+
+    let (spec, mut config, data) = setup(2, Schedule::Constant, None);
+    config.clip_grad_norm = Some(0.05);
+    let mut arenas = vec![vec![0f32; arena_floats(&spec, &ADAM, config.batch)]; 2];
+    let models = arenas
+        .iter_mut()
+        .map(|m| Model::new(Cpu::new(m), spec.clone(), ADAM, &mut Rng::new(5)).unwrap())
+        .collect();
+    let mut dp = Replicas::new(models).unwrap();
+    let mut state = TrainState::new(5);
+    train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
+    let d = max_diff(&params_of(train::Learner::model(&dp)), &clipped);
+    assert!(d < 1e-4, "replicas against one model, both clipped: {d}");
+
+    config.clip_grad_norm = Some(-1.0);
+    assert!(config.check().is_err());
 }
 
 #[test]

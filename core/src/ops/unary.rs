@@ -127,6 +127,14 @@ impl UnaryOp {
         )
     }
 
+    /// Whether the backward adds nothing at `x`, whose derivative is `d`: a masking op
+    /// ([`UnaryOp::masks`]) where its mask is off. That is where `d` is 0, except for
+    /// `Hardswish` at -1.5, where its slope `x / 3 + 1/2` is 0 but its mask is on.
+    #[inline]
+    pub fn drops<T: Float>(self, x: T, d: T) -> bool {
+        self.masks() && d == T::ZERO && !(self == UnaryOp::Hardswish && x >= T::from_f64(-3.0))
+    }
+
     /// Where the op is not differentiable (at most two points, `None` where there are fewer):
     /// the kinks of the table above. Gradient checks by finite differences keep away from them.
     pub fn kinks(self) -> [Option<f32>; 2] {
@@ -546,7 +554,7 @@ pub fn backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], dy: &[T], dx: &mut [T])
         _ if op.masks() => {
             for (dx, ((&x, &y), &dy)) in dx.iter_mut().zip(x.iter().zip(y).zip(dy)) {
                 let d = op.derivative(x, y);
-                if d != T::ZERO {
+                if !op.drops(x, d) {
                     *dx += d * dy;
                 }
             }
@@ -727,6 +735,10 @@ mod tests {
             .filter(|&c| UnaryOp::unpack(c, 0.5).is_some())
             .count();
         assert_eq!(codes, UnaryOp::EVERY.len());
+        // hard swish's slope is 0 at -1.5, inside its mask: a NaN dy goes through there
+        let mut dx = [1.0f64];
+        backward(UnaryOp::Hardswish, &[-1.5], &[0.0], &[f64::NAN], &mut dx);
+        assert!(dx[0].is_nan());
         // where a derivative is a mask and 0, a NaN dy stays out of dx
         for op in UnaryOp::EVERY.into_iter().filter(|op| op.masks()) {
             let x = [-10.0f64, 10.0];

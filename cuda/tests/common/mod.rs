@@ -21,8 +21,9 @@ pub fn gpu(test: &str, floats: usize) -> Option<Cuda> {
 }
 
 /// Unary ops' inputs at fixed points: kinks, the flat parts of the masking ops, softplus's
-/// threshold, signed zero, NaN and the infinities.
-pub const PROBE_X: [f32; 24] = [
+/// threshold, hard swish's zero slope (-1.5), the tails (ELU near 0, exact GELU far below),
+/// signed zero, NaN and the infinities.
+pub const PROBE_X: [f32; 28] = [
     -25.0,
     -7.5,
     -4.0,
@@ -47,10 +48,14 @@ pub const PROBE_X: [f32; 24] = [
     f32::NEG_INFINITY,
     -0.0,
     1e-7,
+    -1.5,
+    -1e-5,
+    -6.0,
+    -10.0,
 ];
 /// Upstream gradients for [`PROBE_X`], NaN and infinite ones among them (where a mask drops
 /// them and where it does not).
-pub const PROBE_DY: [f32; 24] = [
+pub const PROBE_DY: [f32; 28] = [
     0.5,
     f32::INFINITY,
     -1.25,
@@ -75,6 +80,10 @@ pub const PROBE_DY: [f32; 24] = [
     -1.5,
     0.125,
     1.0,
+    f32::NAN,
+    1.0,
+    -1.0,
+    0.5,
 ];
 
 /// Asserts `|got - want| <= atol + rtol |want|` elementwise (NaN equal to NaN, equal values

@@ -208,7 +208,16 @@ pub(crate) fn export_cmd(a: ExportArgs) -> Result<()> {
         bytes.len(),
         format!("{:?}", a.dtype).to_lowercase(),
         describe(&ck.spec)
-    ))
+    ))?;
+    if ext != "rs" && !ck.spec.activation.is_relu() {
+        // The blob holds tensors only: the activation is the firmware's to apply.
+        out(&format!(
+            "note: a blob does not record the activation: apply {} ({}) between the layers",
+            ck.spec.activation.title(),
+            ck.spec.activation.formula()
+        ))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn bench_cmd(a: BenchArgs) -> Result<()> {

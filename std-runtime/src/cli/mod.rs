@@ -215,6 +215,10 @@ pub struct TrainArgs {
     /// Stop after this many epochs without improvement of the validation metric.
     #[arg(long)]
     patience: Option<usize>,
+    /// Clip the gradients' global L2 norm to this before each optimizer step (PyTorch's
+    /// `clip_grad_norm_`) [default: no clipping].
+    #[arg(long, value_name = "MAX")]
+    clip_grad_norm: Option<f64>,
     /// Seed of initialisation, split and shuffling [default: 42].
     #[arg(long)]
     seed: Option<u64>,
@@ -482,7 +486,7 @@ pub(crate) fn describe(spec: &ModelSpec) -> String {
     let kind = if spec.activation.is_relu() {
         kind
     } else {
-        format!("{kind} ({})", spec.activation.name())
+        format!("{} {kind}", spec.activation.name())
     };
     match spec.task {
         Task::Classification => format!("{kind}, {} classes", spec.classes.len()),

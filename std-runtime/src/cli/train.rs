@@ -266,6 +266,7 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
         ("--task", a.task.is_some()),
         ("--batch", a.batch.is_some()),
         ("--lr", a.lr.is_some()),
+        ("--clip-grad-norm", a.clip_grad_norm.is_some()),
         ("--optimizer", a.optimizer.is_some()),
         ("--momentum", a.momentum.is_some()),
         ("--weight-decay", a.weight_decay.is_some()),
@@ -588,6 +589,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         schedule,
         patience: a.patience,
         min_delta: 0.0,
+        clip_grad_norm: a.clip_grad_norm,
         source,
     };
     config.check()?;
@@ -611,6 +613,12 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
             ModelSpec::cnn_for_dataset(&ds, &conv, &hidden, &tr)?
         }
     };
+    if a.activation.is_some() && spec.conv.is_empty() && spec.sizes.len() == 2 {
+        return Err(Error::invalid(
+            "--activation with --hidden none: a linear model has no layer an activation would follow",
+        )
+        .with_hint("give hidden layers (such as --hidden 32), or drop --activation"));
+    }
     let spec = ModelSpec {
         activation: a.activation.unwrap_or_default(),
         ..spec
@@ -664,7 +672,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     let data = Prepared::new(&ds, &spec, tr, va);
     if !a.quiet {
         out(&format!(
-            "training {} on {} ({} training rows, {} validation); {} lr {}, batch {}, {} epoch{}, {} schedule; backend {}",
+            "training {} on {} ({} training rows, {} validation); {} lr {}, batch {}, {} epoch{}, {} schedule{}; backend {}",
             describe(&spec),
             config.source.data,
             data.train.len(),
@@ -675,6 +683,9 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
             config.epochs,
             if config.epochs == 1 { "" } else { "s" },
             config.schedule.describe(),
+            config
+                .clip_grad_norm
+                .map_or(String::new(), |c| format!(", gradient norm clipped to {c}")),
             backend
         ))?;
     }
