@@ -1178,6 +1178,8 @@ fn binary_code(op: BinaryOp) -> u32 {
         BinaryOp::Sub => 1,
         BinaryOp::Mul => 2,
         BinaryOp::Div => 3,
+        BinaryOp::Maximum => 4,
+        BinaryOp::Minimum => 5,
     }
 }
 
@@ -1187,6 +1189,8 @@ fn binary_op(code: u32) -> Result<BinaryOp> {
         1 => BinaryOp::Sub,
         2 => BinaryOp::Mul,
         3 => BinaryOp::Div,
+        4 => BinaryOp::Maximum,
+        5 => BinaryOp::Minimum,
         _ => return Err(corrupt()),
     })
 }

@@ -1,13 +1,20 @@
 // Elementwise binary ops with broadcasting. Op codes: `binary_code` in src/ops/binary.rs
-// (0 add, 1 sub, 2 mul, 3 div); side 0 = lhs, 1 = rhs.
+// (0 add, 1 sub, 2 mul, 3 div, 4 maximum, 5 minimum); side 0 = lhs, 1 = rhs.
 
 __device__ __forceinline__ float bin_f(int op, float a, float b) {
     switch (op) {
     case 0: return a + b;
     case 1: return a - b;
     case 2: return a * b;
+    case 4: return (a > b || a != a) ? a : b;  // maximum (NaN in either gives NaN)
+    case 5: return (a < b || a != a) ? a : b;  // minimum
     default: return a / b;
     }
+}
+
+// The partial of operand `t` of a maximum against `o`: 0 where t < o, 1/2 on a tie, else 1.
+__device__ __forceinline__ float bin_select(float o, float t) {
+    return t < o ? 0.0f : (t == o ? 0.5f : 1.0f);
 }
 
 // d y / d (side) at (a, b).
@@ -16,8 +23,16 @@ __device__ __forceinline__ float bin_d(int op, int side, float a, float b) {
     case 0: return 1.0f;
     case 1: return side ? -1.0f : 1.0f;
     case 2: return side ? a : b;
+    case 4: return side ? bin_select(a, b) : bin_select(b, a);
+    case 5: return side ? bin_select(b, a) : bin_select(a, b);
     default: return side ? -a / (b * b) : 1.0f / b;
     }
+}
+
+// What dy adds through partial d: dy d, but nothing where a maximum or minimum did not select
+// the operand (a NaN dy there stays out, as the reference's `BinaryOp::term`).
+__device__ __forceinline__ float bin_term(int op, float dy, float d) {
+    return (d == 0.0f && (op == 4 || op == 5)) ? 0.0f : dy * d;
 }
 
 // Same shapes: y = a (op) b elementwise.
@@ -52,7 +67,7 @@ extern "C" __global__ void binary_bwd_same(int op, int side, const float* __rest
                                            const float* __restrict__ b,
                                            const float* __restrict__ dy,
                                            float* __restrict__ dx, u64 n) {
-    FOR_EACH(i, n) { dx[i] += dy[i] * bin_d(op, side, a[i], b[i]); }
+    FOR_EACH(i, n) { dx[i] += bin_term(op, dy[i], bin_d(op, side, a[i], b[i])); }
 }
 
 // Broadcasting backward: one thread per element of the operand's gradient (the parallel dims),
@@ -68,7 +83,7 @@ extern "C" __global__ void binary_bwd_walk(int op, int side, Walk w, const float
         float s = 0.0f;
         for (u64 r = 0; r < w.ltotal; ++r) {
             walk_loop(w, r, base, o);
-            s += dy[o[2]] * bin_d(op, side, a[o[0]], b[o[1]]);
+            s += bin_term(op, dy[o[2]], bin_d(op, side, a[o[0]], b[o[1]]));
         }
         dx[base[3]] += s;
     }
@@ -86,7 +101,7 @@ extern "C" __global__ void __launch_bounds__(1024) binary_bwd_walk_split(
         walk_at(w, t, base);
         for (u64 r = threadIdx.y; r < w.ltotal; r += blockDim.y) {
             walk_loop(w, r, base, o);
-            s += dy[o[2]] * bin_d(op, side, a[o[0]], b[o[1]]);
+            s += bin_term(op, dy[o[2]], bin_d(op, side, a[o[0]], b[o[1]]));
         }
     }
     part[threadIdx.y][threadIdx.x] = s;

@@ -126,7 +126,7 @@ fn binary_forward_and_backward_with_broadcasting() {
         (&[100, 20], &[20], &[100, 20]),
         (&[300], &[1], &[300]),
     ];
-    for op in [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div] {
+    for op in BinaryOp::EVERY {
         for (sa, sb, sy) in cases {
             let (a, b, y, dx) = (view(0, sa), view(2000, sb), view(4000, sy), 6000);
             p.check(&format!("{op:?} {sa:?} {sb:?}"), 1e-5, 1e-5, |be| {

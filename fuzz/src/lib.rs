@@ -221,12 +221,7 @@ impl<'a> Reader<'a> {
     }
 
     fn binary_op(&mut self) -> BinaryOp {
-        match self.below(4) {
-            0 => BinaryOp::Add,
-            1 => BinaryOp::Sub,
-            2 => BinaryOp::Mul,
-            _ => BinaryOp::Div,
-        }
+        BinaryOp::EVERY[self.below(BinaryOp::EVERY.len())]
     }
 
     fn reduce_op(&mut self) -> ReduceOp {
@@ -584,6 +579,8 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                         BinaryOp::Sub => t.sub(a, b),
                         BinaryOp::Mul => t.mul(a, b),
                         BinaryOp::Div => t.div(a, b),
+                        BinaryOp::Maximum => t.maximum(a, b),
+                        BinaryOp::Minimum => t.minimum(a, b),
                     }
                 } else {
                     t.binary(op, a, b)

@@ -132,10 +132,10 @@ proptest! {
         cols in prop_oneof![1usize..9, 200usize..300],
         batch in 1usize..3,
         form in 0usize..6,
-        op in 0usize..4,
+        op in 0usize..BinaryOp::EVERY.len(),
         seed in any::<u64>(),
     ) {
-        let op = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div][op];
+        let op = BinaryOp::EVERY[op];
         let ys = shape(&[batch, rows, cols]);
         let sa = ys;
         let sb = match form {

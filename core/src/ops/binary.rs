@@ -6,6 +6,13 @@
 //! | `Sub` | a - b | 1 | -1 |
 //! | `Mul` | a b | b | a |
 //! | `Div` | a / b | 1 / b | -a / b^2 |
+//! | `Maximum` | max(a, b) | 1 if a > b, 1/2 if a = b, else 0 | 1 if b > a, 1/2 if a = b, else 0 |
+//! | `Minimum` | min(a, b) | 1 if a < b, 1/2 if a = b, else 0 | 1 if b < a, 1/2 if a = b, else 0 |
+//!
+//! `Maximum` and `Minimum` are PyTorch's `torch.maximum` and `torch.minimum`: a NaN in either
+//! operand gives NaN, a tie splits the gradient in halves, and where an operand's partial is 0
+//! its gradient gets nothing (not `0 * dy`: a NaN `dy` there stays out, as PyTorch's
+//! `masked_fill`).
 //!
 //! Broadcasting aligns trailing dimensions; a dimension of 1 stretches. In backward, the gradient
 //! of a broadcast operand is summed over the stretched dimensions.
@@ -24,6 +31,10 @@ pub enum BinaryOp {
     Mul,
     /// a / b
     Div,
+    /// max(a, b) (NaN-propagating)
+    Maximum,
+    /// min(a, b) (NaN-propagating)
+    Minimum,
 }
 
 /// Which operand a backward call computes the gradient of.
@@ -36,6 +47,16 @@ pub enum Side {
 }
 
 impl BinaryOp {
+    /// Every op: for tests and tools that go over all of them.
+    pub const EVERY: [BinaryOp; 6] = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+    ];
+
     /// The op's name, for errors.
     pub fn name(self) -> &'static str {
         match self {
@@ -43,6 +64,8 @@ impl BinaryOp {
             BinaryOp::Sub => "sub",
             BinaryOp::Mul => "mul",
             BinaryOp::Div => "div",
+            BinaryOp::Maximum => "maximum",
+            BinaryOp::Minimum => "minimum",
         }
     }
 
@@ -53,6 +76,20 @@ impl BinaryOp {
             BinaryOp::Sub => a - b,
             BinaryOp::Mul => a * b,
             BinaryOp::Div => a / b,
+            BinaryOp::Maximum => {
+                if a > b || a.is_nan() {
+                    a
+                } else {
+                    b
+                }
+            }
+            BinaryOp::Minimum => {
+                if a < b || a.is_nan() {
+                    a
+                } else {
+                    b
+                }
+            }
         }
     }
 
@@ -67,7 +104,34 @@ impl BinaryOp {
             (BinaryOp::Mul, Side::Rhs) => a,
             (BinaryOp::Div, Side::Lhs) => T::ONE / b,
             (BinaryOp::Div, Side::Rhs) => -a / (b * b),
+            (BinaryOp::Maximum, Side::Lhs) | (BinaryOp::Minimum, Side::Rhs) => select(b, a),
+            (BinaryOp::Maximum, Side::Rhs) | (BinaryOp::Minimum, Side::Lhs) => select(a, b),
         }
+    }
+
+    /// What `dy` adds to an operand's gradient through partial `p`: `dy p`, but nothing where
+    /// a selecting op (`Maximum`, `Minimum`) did not select the operand.
+    #[inline]
+    fn term<T: Float>(self, g: T, p: T) -> T {
+        if p == T::ZERO && matches!(self, BinaryOp::Maximum | BinaryOp::Minimum) {
+            T::ZERO
+        } else {
+            g * p
+        }
+    }
+}
+
+/// The partial of operand `this` of a maximum against `other` (and of a minimum, with the
+/// operands passed the other way round): 0 where `this < other`, 1/2 on a tie, else 1 (NaN
+/// included, as PyTorch's).
+#[inline]
+fn select<T: Float>(other: T, this: T) -> T {
+    if this < other {
+        T::ZERO
+    } else if this == other {
+        T::from_f64(0.5)
+    } else {
+        T::ONE
     }
 }
 
@@ -249,7 +313,7 @@ pub fn backward<T: Float>(
             }
             _ => {
                 for (((dx, &g), &a), &b) in dx.iter_mut().zip(dy).zip(a).zip(b) {
-                    *dx += g * op.partial(side, a, b);
+                    *dx += op.term(g, op.partial(side, a, b));
                 }
             }
         }
@@ -308,7 +372,7 @@ pub fn backward<T: Float>(
                 Side::Rhs => dx.get_mut(ib),
             };
             if let Some(d) = slot {
-                *d += g * op.partial(side, av, bv);
+                *d += op.term(g, op.partial(side, av, bv));
             }
         }
     });
@@ -320,6 +384,38 @@ mod tests {
 
     fn s(d: &[usize]) -> Shape {
         Shape::new(d).unwrap()
+    }
+
+    // PyTorch's torch.maximum / torch.minimum: values, NaN, ties (the gradient in halves), and
+    // a NaN upstream gradient kept out of the operand that was not selected.
+    #[test]
+    fn maximum_and_minimum_as_pytorch() {
+        let sh = s(&[4]);
+        let a = [1.0f64, 3.0, 2.0, f64::NAN];
+        let b = [2.0f64, 1.0, 2.0, 0.0];
+        let mut y = [0.0; 4];
+        forward(BinaryOp::Maximum, &a, &sh, &b, &sh, &mut y, &sh);
+        assert_eq!(y[..3], [2.0, 3.0, 2.0]);
+        assert!(y[3].is_nan());
+        forward(BinaryOp::Minimum, &b, &sh, &a, &sh, &mut y, &sh);
+        assert_eq!(y[..3], [1.0, 1.0, 2.0]);
+        assert!(y[3].is_nan());
+        let dy = [f64::NAN, 1.0, 1.0, 1.0];
+        for (op, side, want) in [
+            (BinaryOp::Maximum, Side::Lhs, [0.0, 1.0, 0.5, 1.0]),
+            (BinaryOp::Maximum, Side::Rhs, [f64::NAN, 0.0, 0.5, 1.0]),
+            (BinaryOp::Minimum, Side::Lhs, [f64::NAN, 0.0, 0.5, 1.0]),
+            (BinaryOp::Minimum, Side::Rhs, [0.0, 1.0, 0.5, 1.0]),
+        ] {
+            let mut dx = [0.0; 4];
+            backward(op, side, &a, &sh, &b, &sh, &dy, &sh, &mut dx);
+            for (g, w) in dx.iter().zip(want) {
+                assert!(
+                    g == &w || (g.is_nan() && w.is_nan()),
+                    "{op:?} {side:?}: {dx:?}"
+                );
+            }
+        }
     }
 
     // Hand-computed: [[1,2,3],[4,5,6]] (op) [10,20,30] and (op) [[100],[200]].
@@ -560,6 +656,23 @@ mod tape_ops {
         /// As [`Tape::binary`].
         pub fn div(&mut self, a: Var, b: Var) -> Result<Var> {
             self.binary(BinaryOp::Div, a, b)
+        }
+
+        /// `max(a, b)` elementwise with broadcasting: PyTorch's `torch.maximum` (NaN in either
+        /// gives NaN; a tie splits the gradient in halves).
+        ///
+        /// # Errors
+        /// As [`Tape::binary`].
+        pub fn maximum(&mut self, a: Var, b: Var) -> Result<Var> {
+            self.binary(BinaryOp::Maximum, a, b)
+        }
+
+        /// `min(a, b)` elementwise with broadcasting: PyTorch's `torch.minimum`.
+        ///
+        /// # Errors
+        /// As [`Tape::binary`].
+        pub fn minimum(&mut self, a: Var, b: Var) -> Result<Var> {
+            self.binary(BinaryOp::Minimum, a, b)
         }
 
         pub(crate) fn binary_backward(

@@ -13,6 +13,8 @@ fn code(op: BinaryOp) -> i32 {
         BinaryOp::Sub => 1,
         BinaryOp::Mul => 2,
         BinaryOp::Div => 3,
+        BinaryOp::Maximum => 4,
+        BinaryOp::Minimum => 5,
     }
 }
 
