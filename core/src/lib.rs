@@ -84,7 +84,9 @@ pub use nn::{
     MaxPool2d, Module, Relu, Relu6, Sequential, Sigmoid, Silu, Softmax, Softplus, Tanh,
 };
 pub use ops::conv::{ConvConfig, PoolConfig};
-pub use optim::{clip_grad_norm, Adam, AdamConfig, Optimizer, Sgd, SgdConfig};
+pub use optim::{
+    clip_grad_norm, clip_grad_norm_to, grad_norm, Adam, AdamConfig, Optimizer, Sgd, SgdConfig,
+};
 pub use replay::Replay;
 pub use rng::Rng;
 pub use shape::{Shape, MAX_RANK};

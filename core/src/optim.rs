@@ -566,22 +566,13 @@ impl Optimizer for Adam {
     }
 }
 
-/// Scales the gradients of all trainable parameters so that their global L2 norm is at most
-/// `max_norm` (PyTorch's `clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when the norm
-/// exceeds it). Returns the norm before clipping.
+/// The global L2 norm of the gradients of all trainable parameters (what
+/// [`clip_grad_norm`] clips). Data-parallel replicas compute it once and share it, so that
+/// every replica scales by the same factor ([`clip_grad_norm_to`]).
 ///
 /// # Errors
-/// [`Error::NonFinite`] when the norm is NaN or infinite (the gradients are left as they are);
-/// [`Error::InvalidArgument`] for a negative or non-finite `max_norm`.
-pub fn clip_grad_norm<B: Backend, const N: usize>(
-    tape: &mut Tape<B, N>,
-    max_norm: f64,
-) -> Result<f64> {
-    if !(max_norm.is_finite() && max_norm >= 0.0) {
-        return Err(Error::InvalidArgument {
-            what: "max_norm must be finite and >= 0",
-        });
-    }
+/// A backend error.
+pub fn grad_norm<B: Backend, const N: usize>(tape: &mut Tape<B, N>) -> Result<f64> {
     let mut total = 0.0;
     for node in tape.nodes.iter() {
         if let Op::Param {
@@ -595,7 +586,38 @@ pub fn clip_grad_norm<B: Backend, const N: usize>(
                 .sum_squares(node.grad as usize, node.shape.numel())?;
         }
     }
-    let norm = libm::sqrt(total);
+    Ok(libm::sqrt(total))
+}
+
+/// Scales the gradients of all trainable parameters so that their global L2 norm is at most
+/// `max_norm` (PyTorch's `clip_grad_norm_`: factor `max_norm / (norm + 1e-6)` when the norm
+/// exceeds it). Returns the norm before clipping.
+///
+/// # Errors
+/// [`Error::NonFinite`] when the norm is NaN or infinite (the gradients are left as they are;
+/// PyTorch's `error_if_nonfinite=True`); [`Error::InvalidArgument`] for a negative or
+/// non-finite `max_norm`.
+pub fn clip_grad_norm<B: Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    max_norm: f64,
+) -> Result<f64> {
+    check_max_norm(max_norm)?;
+    let norm = grad_norm(tape)?;
+    clip_grad_norm_to(tape, max_norm, norm)?;
+    Ok(norm)
+}
+
+/// [`clip_grad_norm`] with the norm given (computed once by [`grad_norm`], on one replica or
+/// agreed among several): every tape given the same `norm` scales by the same factor.
+///
+/// # Errors
+/// As [`clip_grad_norm`].
+pub fn clip_grad_norm_to<B: Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    max_norm: f64,
+    norm: f64,
+) -> Result<()> {
+    check_max_norm(max_norm)?;
     if !norm.is_finite() {
         return Err(Error::NonFinite {
             op: "clip_grad_norm",
@@ -619,7 +641,17 @@ pub fn clip_grad_norm<B: Backend, const N: usize>(
             }
         }
     }
-    Ok(norm)
+    Ok(())
+}
+
+fn check_max_norm(max_norm: f64) -> Result<()> {
+    if max_norm.is_finite() && max_norm >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            what: "max_norm must be finite and >= 0",
+        })
+    }
 }
 
 #[cfg(test)]

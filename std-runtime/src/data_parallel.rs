@@ -517,8 +517,9 @@ pub trait Reduce<B: Backend<Elem = f32>> {
 
     /// Makes every process of the run hold rank 0's `values` (each process evaluates on its
     /// own device, whose sums may differ in the last bits from another's, so that decisions
-    /// taken from them, early stopping's, could differ). Every process calls it, with as many
-    /// values. One process: nothing to do.
+    /// taken from them could differ: early stopping's after each epoch, and the gradient norm
+    /// that clipping scales by, each step). Every process calls it, with as many values. One
+    /// process: nothing to do.
     ///
     /// # Errors
     /// A device error.
@@ -841,9 +842,24 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
             correct = (correct as f64 / f64::from(share)).round() as usize;
         }
         self.reduce.all_reduce(&mut self.models, &weights)?;
+        // Gradient clipping by one norm for all: replica 0's (and in a multi-process run rank
+        // 0's), so that every replica scales by the same factor (a GPU's sum of squares is not
+        // repeatable to the last bit, and replicas that scaled differently would drift apart).
+        let norm = match self.models[0].clip_grad_norm {
+            Some(_) => {
+                self.reduce.prepare(&self.models[0])?;
+                let mut norm = [mote::grad_norm(&mut self.models[0].tape)?];
+                self.reduce.agree(&mut norm)?;
+                Some(norm[0])
+            }
+            None => None,
+        };
         // The same step on every replica (in parallel where the backend allows).
         for r in self.reduce.each(&mut self.models, |_, m, _| {
-            m.step()?;
+            if let (Some(max), Some(norm)) = (m.clip_grad_norm, norm) {
+                mote::clip_grad_norm_to(&mut m.tape, max, norm)?;
+            }
+            mote::Optimizer::step(&mut m.opt, &mut m.tape)?;
             Ok((0.0, 0))
         }) {
             r?;

@@ -177,8 +177,11 @@ impl<L: train::Learner> train::Learner for FirstSays<L> {
         self.inner.outputs(x, rows)
     }
     fn agree(&mut self, values: &mut [f64]) -> mote_runtime::Result<()> {
+        // train loss, train metric, validation loss, validation metric
+        let k = self.seen.len();
         self.seen.push(values[3]);
-        values[3] = self.said[self.seen.len() - 1];
+        let said = self.said[k];
+        values.copy_from_slice(&[said + 1.0, said + 2.0, said + 3.0, said]);
         Ok(())
     }
 }
@@ -208,37 +211,60 @@ fn epochs_go_on_with_the_agreed_numbers() {
     assert_eq!((s.epochs_run, s.best), (4, Some((2, 0.6))));
     let logged: Vec<f64> = c.epochs.iter().map(|e| e.val_metric.unwrap()).collect();
     assert_eq!(logged, [0.5, 0.6, 0.55, 0.59]);
+    // Every number of the logs and the history is the agreed one, in its place.
+    for (e, &v) in state.history.iter().zip(&first.said) {
+        let got = [
+            e.train_loss,
+            e.train_metric,
+            e.val_loss.unwrap(),
+            e.val_metric.unwrap(),
+        ];
+        assert_eq!(got, [v + 1.0, v + 2.0, v + 3.0, v]);
+    }
+    assert_eq!(c.epochs, state.history);
     assert_eq!(state.history.len(), 4);
 }
 
-/// Gradient clipping: a bound never reached changes nothing, bit for bit; a small one changes
-/// the run, and replicas clip like one model (the all-reduced gradients are the whole batch's).
+/// Gradient clipping (under SGD, whose steps scale with the gradient): a bound never reached
+/// changes nothing, bit for bit; smaller bounds change the run more; replicas clip like one
+/// model (the all-reduced gradients are the whole batch's) and stay identical.
 #[test]
 fn gradient_clipping_bounds_each_step() {
+    const SGD: OptimizerConfig = OptimizerConfig::Sgd {
+        lr: 0.1,
+        momentum: 0.0,
+        weight_decay: 0.0,
+    };
     let run = |clip: Option<f64>| {
         let (spec, mut config, data) = setup(2, Schedule::Constant, None);
         config.clip_grad_norm = clip;
-        let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
-        let mut model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(5)).unwrap();
+        let mut mem = vec![0f32; arena_floats(&spec, &SGD, config.batch)];
+        let mut model = Model::new(Cpu::new(&mut mem), spec, SGD, &mut Rng::new(5)).unwrap();
+        let start = params_of(&model);
         let mut state = TrainState::new(5);
         train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
-        params_of(&model)
+        (params_of(&model), start)
     };
-    let free = run(None);
-    assert_eq!(run(Some(1e9)), free);
-    let clipped = run(Some(0.05));
+    let (free, start) = run(None);
+    assert_eq!(run(Some(1e9)).0, free);
+    let (clipped, _) = run(Some(0.05));
+    let (looser, _) = run(Some(0.5));
+    // 90 steps of at most 0.1 x 0.05 each: no parameter moved further than that.
+    assert!(max_diff(&clipped, &start) <= 90.0 * 0.1 * 0.05 + 1e-4);
     assert!(max_diff(&clipped, &free) > 1e-3);
+    assert!(max_diff(&clipped, &looser) > 1e-3);
 
     let (spec, mut config, data) = setup(2, Schedule::Constant, None);
     config.clip_grad_norm = Some(0.05);
-    let mut arenas = vec![vec![0f32; arena_floats(&spec, &ADAM, config.batch)]; 2];
+    let mut arenas = vec![vec![0f32; arena_floats(&spec, &SGD, config.batch)]; 2];
     let models = arenas
         .iter_mut()
-        .map(|m| Model::new(Cpu::new(m), spec.clone(), ADAM, &mut Rng::new(5)).unwrap())
+        .map(|m| Model::new(Cpu::new(m), spec.clone(), SGD, &mut Rng::new(5)).unwrap())
         .collect();
     let mut dp = Replicas::new(models).unwrap();
     let mut state = TrainState::new(5);
     train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
+    assert_eq!(dp.divergence().unwrap(), 0.0, "the replicas stay identical");
     let d = max_diff(&params_of(train::Learner::model(&dp)), &clipped);
     assert!(d < 1e-4, "replicas against one model, both clipped: {d}");
 
