@@ -1200,6 +1200,7 @@ fn reduce_code(op: ReduceOp) -> u32 {
         ReduceOp::Sum => 0,
         ReduceOp::Mean => 1,
         ReduceOp::Max => 2,
+        ReduceOp::Min => 3,
     }
 }
 
@@ -1208,6 +1209,7 @@ fn reduce_op(code: u32) -> Result<ReduceOp> {
         0 => ReduceOp::Sum,
         1 => ReduceOp::Mean,
         2 => ReduceOp::Max,
+        3 => ReduceOp::Min,
         _ => return Err(corrupt()),
     })
 }

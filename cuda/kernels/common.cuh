@@ -63,6 +63,12 @@ __device__ __forceinline__ float nan_max(float a, float b) {
     return b > a ? b : a;
 }
 
+__device__ __forceinline__ float nan_min(float a, float b) {
+    if (a != a) return a;
+    if (b != b) return b;
+    return b < a ? b : a;
+}
+
 // Zero for a subnormal (the reference optimizers' `flush`).
 __device__ __forceinline__ float flush(float x) {
     return fabsf(x) < 1.17549435e-38f ? 0.0f : x;

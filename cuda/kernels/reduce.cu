@@ -1,7 +1,11 @@
-// Reductions over (outer, n, inner). Op codes: 0 sum, 1 mean, 2 max.
+// Reductions over (outer, n, inner). Op codes: 0 sum, 1 mean, 2 max, 3 min.
 
-__device__ __forceinline__ float red_init(int op) { return op == 2 ? -__int_as_float(0x7f800000) : 0.0f; }
-__device__ __forceinline__ float red_comb(int op, float a, float b) { return op == 2 ? nan_max(a, b) : a + b; }
+__device__ __forceinline__ float red_init(int op) {
+    return op == 2 ? -__int_as_float(0x7f800000) : (op == 3 ? __int_as_float(0x7f800000) : 0.0f);
+}
+__device__ __forceinline__ float red_comb(int op, float a, float b) {
+    return op == 2 ? nan_max(a, b) : (op == 3 ? nan_min(a, b) : a + b);
+}
 
 // inner == 1: one warp per row.
 extern "C" __global__ void reduce_rows(int op, const float* __restrict__ x, float* __restrict__ y,
@@ -41,8 +45,8 @@ extern "C" __global__ void reduce_strided(int op, const float* __restrict__ x,
     FOR_EACH(t, outer * inner) {
         u64 o = t / inner, i = t % inner;
         const float* xb = x + o * n * inner + i;
-        float acc = op == 2 ? xb[0] : 0.0f;
-        for (u64 j = (op == 2 ? 1 : 0); j < n; ++j) acc = red_comb(op, acc, xb[j * inner]);
+        float acc = op >= 2 ? xb[0] : 0.0f;
+        for (u64 j = (op >= 2 ? 1 : 0); j < n; ++j) acc = red_comb(op, acc, xb[j * inner]);
         y[t] = op == 1 ? acc * (1.0f / (float)n) : acc;
     }
 }
@@ -56,7 +60,7 @@ extern "C" __global__ void reduce_bwd_sum(const float* __restrict__ dy, float* _
     }
 }
 
-// Max backward: dy goes to the first position holding the maximum.
+// Max and min backward: dy goes to the first position holding the result.
 extern "C" __global__ void reduce_bwd_max(const float* __restrict__ x, const float* __restrict__ y,
                                           const float* __restrict__ dy, float* __restrict__ dx,
                                           u64 outer, u64 n, u64 inner) {

@@ -489,10 +489,8 @@ fn strided_reductions_and_softmax_match_the_reference() {
     let sm = sym!(lib, b"softmax_strided", Sm);
     let smb = sym!(lib, b"softmax_bwd_strided", SmB);
     let mut p = Pair::new(-2.0, 2.0, 5);
-    for (code, op) in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max]
-        .into_iter()
-        .enumerate()
-    {
+    // EVERY lists the ops in the order of their kernel codes (0 sum ... 3 min).
+    for (code, op) in ReduceOp::EVERY.into_iter().enumerate() {
         for r in [
             Axis3 {
                 outer: 3,
@@ -531,7 +529,7 @@ fn strided_reductions_and_softmax_match_the_reference() {
                 |b| b.reduce_backward(op, r, x, y, dy, dx),
                 |p| {
                     let q = [p.p(x), p.p(y), p.p(dy), p.p(dx)];
-                    if op == ReduceOp::Max {
+                    if op.picks() {
                         run(lib, 1, 1, 1, || unsafe {
                             bmax(q[0], q[1], q[2], q[3], o, n, i)
                         });
@@ -913,10 +911,8 @@ fn warp_kernels_match_the_reference() {
     let loss_bwd = sym!(lib, b"loss_bwd", LossB);
     let sum_sq = sym!(lib, b"sum_squares", SumSq);
     let mut p = Pair::new(-2.0, 2.0, 7);
-    for (code, op) in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max]
-        .into_iter()
-        .enumerate()
-    {
+    // EVERY lists the ops in the order of their kernel codes (0 sum ... 3 min).
+    for (code, op) in ReduceOp::EVERY.into_iter().enumerate() {
         let c = code as i32;
         for r in [
             Axis3 {

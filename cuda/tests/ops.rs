@@ -247,7 +247,7 @@ fn reductions() {
     let Some(mut p) = Pair::new("reductions", -2.0, 2.0, 5) else {
         return;
     };
-    for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max] {
+    for op in ReduceOp::EVERY {
         for r in [
             Axis3 {
                 outer: 1,

@@ -225,11 +225,7 @@ impl<'a> Reader<'a> {
     }
 
     fn reduce_op(&mut self) -> ReduceOp {
-        match self.below(3) {
-            0 => ReduceOp::Sum,
-            1 => ReduceOp::Mean,
-            _ => ReduceOp::Max,
-        }
+        ReduceOp::EVERY[self.below(ReduceOp::EVERY.len())]
     }
 }
 
@@ -624,6 +620,8 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 (true, ReduceOp::Mean, Some(a)) => t.mean_axis(x, a),
                 (true, ReduceOp::Max, None) => t.max(x),
                 (true, ReduceOp::Max, Some(a)) => t.max_axis(x, a),
+                (true, ReduceOp::Min, None) => t.min(x),
+                (true, ReduceOp::Min, Some(a)) => t.min_axis(x, a),
                 _ => t.reduce(op, x, axis),
             });
         }

@@ -305,16 +305,16 @@ proptest! {
         outer in prop_oneof![Just(1usize), 2usize..5, 200usize..400],
         n in prop_oneof![1usize..5, 100usize..300],
         inner in prop_oneof![Just(1usize), 2usize..5, 64usize..300],
-        op in 0usize..3,
+        op in 0usize..ReduceOp::EVERY.len(),
         seed in any::<u64>(),
     ) {
-        let op = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max][op];
+        let op = ReduceOp::EVERY[op];
         let a = Axis3 { outer, n, inner };
         let (nx, ny) = (outer * n * inner, outer * inner);
         // x, y, dy, dx
         let mut mem: Vec<f32> = random(2 * nx + 2 * ny, seed, -1.0, 1.0);
-        if op == ReduceOp::Max && nx > 3 {
-            // Ties: the gradient goes to the first maximum on both.
+        if op.picks() && nx > 3 {
+            // Ties: the gradient goes to the first maximum (minimum) on both.
             mem[1] = mem[0];
             mem[2] = mem[0];
         }

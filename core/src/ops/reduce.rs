@@ -1,4 +1,4 @@
-//! Reductions over one axis or over all elements: sum, mean, max.
+//! Reductions over one axis or over all elements: sum, mean, max, min.
 //!
 //! A reduction sees its input as `(outer, n, inner)`: `n` elements along the reduced axis, `outer`
 //! blocks before it and `inner` elements after (all elements: `(1, numel, 1)`).
@@ -8,6 +8,9 @@
 //! | `Sum` | sum_j x_j | dy |
 //! | `Mean` | sum_j x_j / n | dy / n |
 //! | `Max` | max_j x_j | dy at the first maximal position, 0 elsewhere (PyTorch's `amax` splits ties evenly; `max(dim)` picks one: mote picks the first) |
+//! | `Min` | min_j x_j | dy at the first minimal position, 0 elsewhere (as `Max`) |
+//!
+//! `Max` and `Min` propagate NaN, as PyTorch's.
 
 use crate::float::Float;
 
@@ -20,15 +23,26 @@ pub enum ReduceOp {
     Mean,
     /// Maximum.
     Max,
+    /// Minimum.
+    Min,
 }
 
 impl ReduceOp {
+    /// Every op: for tests and tools that go over all of them.
+    pub const EVERY: [ReduceOp; 4] = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min];
+
+    /// Whether the op picks one element (`Max`, `Min`) rather than summing.
+    pub fn picks(self) -> bool {
+        matches!(self, ReduceOp::Max | ReduceOp::Min)
+    }
+
     /// The op's name, for errors.
     pub fn name(self) -> &'static str {
         match self {
             ReduceOp::Sum => "sum",
             ReduceOp::Mean => "mean",
             ReduceOp::Max => "max",
+            ReduceOp::Min => "min",
         }
     }
 }
@@ -85,12 +99,14 @@ pub fn forward<T: Float>(op: ReduceOp, r: Axis3, x: &[T], y: &mut [T]) {
                     }
                 }
             }
-            ReduceOp::Max => {
+            ReduceOp::Max | ReduceOp::Min => {
+                let max = op == ReduceOp::Max;
                 yb.copy_from_slice(xb.get(..inner).unwrap_or(&[]));
                 for row in xb.chunks_exact(inner).skip(1) {
                     for (y, &x) in yb.iter_mut().zip(row) {
                         // NOTE: NaN propagates (as in PyTorch): once y is NaN it stays NaN.
-                        if x > *y || x.is_nan() {
+                        let better = if max { x > *y } else { x < *y };
+                        if better || x.is_nan() {
                             *y = x;
                         }
                     }
@@ -123,9 +139,9 @@ pub fn backward<T: Float>(op: ReduceOp, r: Axis3, x: &[T], y: &[T], dy: &[T], dx
                     }
                 }
             }
-            ReduceOp::Max => {
+            ReduceOp::Max | ReduceOp::Min => {
                 for (i, (&ym, &g)) in yb.iter().zip(dyb).enumerate() {
-                    // The first position along the axis that holds the maximum.
+                    // The first position along the axis that holds the maximum (minimum).
                     let hit = (0..n).find(|&j| {
                         xb.get(j * inner + i)
                             .is_some_and(|&v| v == ym || (v.is_nan() && ym.is_nan()))
@@ -182,6 +198,32 @@ mod tests {
             &mut y,
         );
         assert_eq!(y, [5.0, 7.0]);
+        let rows = Axis3 {
+            outer: 2,
+            n: 3,
+            inner: 1,
+        };
+        forward(ReduceOp::Min, rows, &x, &mut y);
+        assert_eq!(y, [1.0, 3.0]);
+        // the gradient goes to the first minimum; NaN propagates
+        let mut dx = [0.0; 6];
+        backward(
+            ReduceOp::Min,
+            rows,
+            &[2.0, 1.0, 1.0, 4.0, 3.0, 9.0],
+            &[1.0, 3.0],
+            &[10.0, 20.0],
+            &mut dx,
+        );
+        assert_eq!(dx, [0.0, 10.0, 0.0, 0.0, 20.0, 0.0]);
+        forward(
+            ReduceOp::Min,
+            rows,
+            &[1.0, f64::NAN, 0.0, 2.0, 3.0, 4.0],
+            &mut y,
+        );
+        assert!(y[0].is_nan() && y[1] == 2.0);
+        forward(ReduceOp::Max, rows, &x, &mut y);
         // Ties: the gradient goes to the first maximum only.
         let mut dx = [0.0; 6];
         backward(
@@ -290,6 +332,22 @@ mod tape_ops {
         /// As [`Tape::reduce`].
         pub fn max_axis(&mut self, x: Var, axis: usize) -> Result<Var> {
             self.reduce(ReduceOp::Max, x, Some(axis))
+        }
+
+        /// The smallest element.
+        ///
+        /// # Errors
+        /// As [`Tape::reduce`].
+        pub fn min(&mut self, x: Var) -> Result<Var> {
+            self.reduce(ReduceOp::Min, x, None)
+        }
+
+        /// The minimum over `axis`.
+        ///
+        /// # Errors
+        /// As [`Tape::reduce`].
+        pub fn min_axis(&mut self, x: Var, axis: usize) -> Result<Var> {
+            self.reduce(ReduceOp::Min, x, Some(axis))
         }
 
         pub(crate) fn reduce_backward(

@@ -13,6 +13,7 @@ fn code(op: ReduceOp) -> i32 {
         ReduceOp::Sum => 0,
         ReduceOp::Mean => 1,
         ReduceOp::Max => 2,
+        ReduceOp::Min => 3,
     }
 }
 
@@ -89,7 +90,8 @@ impl Cuda {
                     &[&p[2], &p[3], &outer, &n, &inner, &scale],
                 )
             }
-            ReduceOp::Max => self.launch(
+            // The first position holding the result, for a minimum as for a maximum.
+            ReduceOp::Max | ReduceOp::Min => self.launch(
                 "reduce_bwd_max",
                 self.blocks(outer * inner, THREADS),
                 THREADS,

@@ -324,7 +324,7 @@ pub(super) fn reduce_par<T: Float>(
 /// The chunk length of [`reduce_all_par`] and its backward, or `None` when `op` over `a` is
 /// not a sum or mean of everything (one output, no inner axis).
 fn whole_chunk(op: ReduceOp, a: Axis3, threads: usize) -> Option<usize> {
-    let whole = a.outer == 1 && a.inner == 1 && op != ReduceOp::Max && a.n > 0;
+    let whole = a.outer == 1 && a.inner == 1 && !op.picks() && a.n > 0;
     whole.then(|| a.n.div_ceil(threads * 4).max(1 << 12))
 }
 
@@ -352,7 +352,7 @@ pub(super) fn reduce_all_par<T: Float>(
 /// values took 12 ms in one scalar chain, each add waiting for the last), from 4096 values on;
 /// false, having done nothing, for smaller or other reductions (the reference kernel's order).
 pub(super) fn reduce_all_serial<T: Float>(op: ReduceOp, a: Axis3, x: &[T], y: &mut [T]) -> bool {
-    let whole = a.outer == 1 && a.inner == 1 && op != ReduceOp::Max && a.n >= 1 << 12;
+    let whole = a.outer == 1 && a.inner == 1 && !op.picks() && a.n >= 1 << 12;
     let Some(out) = y.first_mut().filter(|_| whole) else {
         return false;
     };
