@@ -87,8 +87,10 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $name:literal, $exp:path, $ln:path, $ln1p:path, $sqrt:path, $tanh:path, $pow:path, $abs:path,
-     $erfc:path, $expm1:path) => {
+    (
+        $t:ty, $name:literal, $exp:path, $ln:path, $ln1p:path, $sqrt:path, $tanh:path,
+        $pow:path, $abs:path, $erfc:path, $expm1:path
+    ) => {
         impl Float for $t {
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
@@ -168,14 +170,16 @@ mod host {
         };
     }
     pub mod f32 {
-        wrap!(f32: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, exp_m1 => exp_m1);
+        wrap!(f32: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs,
+              exp_m1 => exp_m1);
         #[inline]
         pub fn powf(x: f32, p: f32) -> f32 {
             x.powf(p)
         }
     }
     pub mod f64 {
-        wrap!(f64: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs, exp_m1 => exp_m1);
+        wrap!(f64: exp => exp, ln => ln, ln_1p => ln_1p, sqrt => sqrt, tanh => tanh, abs => abs,
+              exp_m1 => exp_m1);
         #[inline]
         pub fn powf(x: f64, p: f64) -> f64 {
             x.powf(p)

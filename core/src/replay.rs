@@ -1173,45 +1173,25 @@ fn unary_op(code: u32, arg: f32) -> Result<UnaryOp> {
 }
 
 fn binary_code(op: BinaryOp) -> u32 {
-    match op {
-        BinaryOp::Add => 0,
-        BinaryOp::Sub => 1,
-        BinaryOp::Mul => 2,
-        BinaryOp::Div => 3,
-        BinaryOp::Maximum => 4,
-        BinaryOp::Minimum => 5,
-    }
+    u32::from(op.code())
 }
 
 fn binary_op(code: u32) -> Result<BinaryOp> {
-    Ok(match code {
-        0 => BinaryOp::Add,
-        1 => BinaryOp::Sub,
-        2 => BinaryOp::Mul,
-        3 => BinaryOp::Div,
-        4 => BinaryOp::Maximum,
-        5 => BinaryOp::Minimum,
-        _ => return Err(corrupt()),
-    })
+    u8::try_from(code)
+        .ok()
+        .and_then(BinaryOp::from_code)
+        .ok_or_else(corrupt)
 }
 
 fn reduce_code(op: ReduceOp) -> u32 {
-    match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Mean => 1,
-        ReduceOp::Max => 2,
-        ReduceOp::Min => 3,
-    }
+    u32::from(op.code())
 }
 
 fn reduce_op(code: u32) -> Result<ReduceOp> {
-    Ok(match code {
-        0 => ReduceOp::Sum,
-        1 => ReduceOp::Mean,
-        2 => ReduceOp::Max,
-        3 => ReduceOp::Min,
-        _ => return Err(corrupt()),
-    })
+    u8::try_from(code)
+        .ok()
+        .and_then(ReduceOp::from_code)
+        .ok_or_else(corrupt)
 }
 
 fn loss_code(op: LossOp) -> u32 {

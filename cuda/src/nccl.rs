@@ -335,8 +335,9 @@ impl NcclRank {
 
     /// Copies `values` from global rank 0 to every rank (an NCCL broadcast of f64 through a
     /// small device buffer on this communicator's stream; waits for it). A multi-process run
-    /// uses it so that every rank decides with rank 0's numbers (early stopping). Every rank
-    /// must call it, with as many values.
+    /// uses it so that every rank decides with rank 0's numbers (early stopping after each
+    /// epoch, the gradient norm that clipping scales by at each step). Every rank must call
+    /// it, with as many values.
     ///
     /// # Errors
     /// [`CudaError::Driver`] when CUDA or NCCL fails.

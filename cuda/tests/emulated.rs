@@ -331,9 +331,8 @@ fn broadcasting_and_copies_match_the_reference() {
         (&[100, 20], &[20], &[100, 20]),
         (&[300], &[1], &[300]),
     ];
-    // EVERY lists the ops in the order of their kernel codes (0 add ... 5 minimum).
-    for (code, op) in BinaryOp::EVERY.into_iter().enumerate() {
-        let c = code as i32;
+    for op in BinaryOp::EVERY {
+        let c = i32::from(op.code());
         for (sa, sb, sy) in cases {
             let (a, b, y, dx) = (view(0, sa), view(2000, sb), view(4000, sy), 6000);
             let is_same = a.len() == y.len() && b.len() == y.len();
@@ -398,6 +397,38 @@ fn broadcasting_and_copies_match_the_reference() {
                     },
                 );
             }
+        }
+    }
+    // Fixed points (same shapes): ties, NaN, infinities; NaN gradients where not selected.
+    let n = common::PROBE_A.len();
+    for op in BinaryOp::EVERY {
+        let c = i32::from(op.code());
+        for (sd, side) in [(0, Side::Lhs), (1, Side::Rhs)] {
+            let v = |o: usize| view(o, &[n]);
+            p.check(
+                &format!("{op:?} {side:?} at fixed points"),
+                1e-6,
+                1e-7,
+                |be| {
+                    be.write(0, &common::PROBE_A)?;
+                    be.write(16, &common::PROBE_B)?;
+                    be.write(32, &common::PROBE_G)?;
+                    be.fill(48, n, 0.5)?;
+                    be.binary(op, v(0), v(16), v(64))?;
+                    be.binary_backward(op, side, v(0), v(16), v(32), 48)
+                },
+                |p| {
+                    p.emu[..n].copy_from_slice(&common::PROBE_A);
+                    p.emu[16..16 + n].copy_from_slice(&common::PROBE_B);
+                    p.emu[32..32 + n].copy_from_slice(&common::PROBE_G);
+                    p.emu[48..48 + n].fill(0.5);
+                    let q = [p.p(0), p.p(16), p.p(32), p.p(48), p.p(64)];
+                    run(lib, 1, 1, 1, || unsafe {
+                        same(c, q[0], q[1], q[4], n as u64, 1);
+                        bsame(c, sd, q[0], q[1], q[2], q[3], n as u64)
+                    });
+                },
+            );
         }
     }
     // Strided copies: transpose, broadcast, a broadcast's backward (split and not).
@@ -489,8 +520,8 @@ fn strided_reductions_and_softmax_match_the_reference() {
     let sm = sym!(lib, b"softmax_strided", Sm);
     let smb = sym!(lib, b"softmax_bwd_strided", SmB);
     let mut p = Pair::new(-2.0, 2.0, 5);
-    // EVERY lists the ops in the order of their kernel codes (0 sum ... 3 min).
-    for (code, op) in ReduceOp::EVERY.into_iter().enumerate() {
+    for op in ReduceOp::EVERY {
+        let code = op.code();
         for r in [
             Axis3 {
                 outer: 3,
@@ -518,7 +549,7 @@ fn strided_reductions_and_softmax_match_the_reference() {
                 |p| {
                     let (xp, yp) = (p.p(x), p.p(y));
                     run(lib, 1, 1, 1, || unsafe {
-                        red(code as i32, xp, yp, o, n, i)
+                        red(i32::from(code), xp, yp, o, n, i)
                     });
                 },
             );
@@ -911,9 +942,8 @@ fn warp_kernels_match_the_reference() {
     let loss_bwd = sym!(lib, b"loss_bwd", LossB);
     let sum_sq = sym!(lib, b"sum_squares", SumSq);
     let mut p = Pair::new(-2.0, 2.0, 7);
-    // EVERY lists the ops in the order of their kernel codes (0 sum ... 3 min).
-    for (code, op) in ReduceOp::EVERY.into_iter().enumerate() {
-        let c = code as i32;
+    for op in ReduceOp::EVERY {
+        let c = i32::from(op.code());
         for r in [
             Axis3 {
                 outer: 7,

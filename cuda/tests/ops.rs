@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{close, gpu, PROBE_DY, PROBE_X};
+use common::{close, gpu, PROBE_A, PROBE_B, PROBE_DY, PROBE_G, PROBE_X};
 use mote::backend::View;
 use mote::ops::binary::{BinaryOp, Side};
 use mote::ops::loss::LossOp;
@@ -140,6 +140,24 @@ fn binary_forward_and_backward_with_broadcasting() {
                     |be| be.binary_backward(op, side, a, b, y, dx),
                 );
             }
+        }
+        // Fixed points (same shapes): ties, NaN, infinities; NaN gradients where not selected.
+        let n = PROBE_A.len();
+        let v = |o: usize| view(o, &[n]);
+        for side in [Side::Lhs, Side::Rhs] {
+            p.check(
+                &format!("{op:?} {side:?} at fixed points"),
+                1e-6,
+                1e-7,
+                |be| {
+                    be.write(0, &PROBE_A)?;
+                    be.write(16, &PROBE_B)?;
+                    be.write(32, &PROBE_G)?;
+                    be.fill(48, n, 0.5)?;
+                    be.binary(op, v(0), v(16), v(64))?;
+                    be.binary_backward(op, side, v(0), v(16), v(32), 48)
+                },
+            );
         }
     }
 }

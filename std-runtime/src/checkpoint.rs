@@ -2,7 +2,9 @@
 //! optimizer state (`optimizer.layers.{i}.weight.exp_avg` / `exp_avg_sq` for Adam,
 //! `momentum_buffer` for SGD), normalisation statistics (`norm.mean`, `norm.std`), all f32; and in
 //! the metadata, as JSON: the model's description, the optimizer, the run's settings and state
-//! (epoch, step, RNG state, early-stopping state, history), and a CRC-32 of the tensors.
+//! (epoch, step, RNG state, early-stopping state, history), a CRC-32 of the tensors and one of
+//! the description (`meta_crc32`), and the version ([`VERSION`], [`version_of`]: 1 for a ReLU
+//! model trained without gradient clipping, 2 otherwise).
 //!
 //! Files are written atomically: to a temporary file beside the target, flushed to disk, then
 //! renamed over it, so a crash never leaves a broken checkpoint under the final name.
@@ -30,6 +32,11 @@ pub const FORMAT: &str = "mote-checkpoint";
 pub const VERSION: &str = "2";
 /// The versions this build reads, oldest first.
 const READS: [&str; 2] = ["1", "2"];
+
+/// A version's place in [`READS`] (`None`: not read by this build).
+fn rank(version: &str) -> Option<usize> {
+    READS.iter().position(|&r| r == version)
+}
 /// The metadata entries (JSON) that the `meta_crc32` entry covers.
 const META: [&str; 4] = ["model", "optimizer", "config", "state"];
 
@@ -367,8 +374,10 @@ fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
 ///
 /// # Errors
 /// `Io` when the file cannot be read; `Checkpoint` when it is not safetensors, not a mote
-/// checkpoint, truncated, corrupt (the CRC-32 of the tensors does not match), or its tensors do
-/// not match its model description.
+/// checkpoint, of a version this build does not read, truncated, corrupt (a CRC-32 of the
+/// tensors or of the description does not match, or a version-2 file has none of the
+/// description), of a lower version than its description needs, or its tensors do not match
+/// its model description.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, &e))?;
     from_bytes_checked(path, &bytes)
@@ -391,7 +400,7 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         .with_hint("give a file written by `mote train --save`"));
     }
     let version = meta.get("version").map_or("?", String::as_str);
-    let Some(read_as) = READS.iter().position(|&r| r == version) else {
+    let Some(read_as) = rank(version) else {
         return Err(Error::checkpoint(
             path,
             format!(
@@ -458,7 +467,7 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         .check()
         .map_err(|e| Error::checkpoint(path, format!("bad run settings: {e}")))?;
     let needs = version_of(&spec, &config);
-    if READS.iter().position(|&r| r == needs) > Some(read_as) {
+    if rank(needs) > Some(read_as) {
         return Err(corrupt(
             path,
             format!(

@@ -993,9 +993,9 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
                 "NCCL: a multi-process run holds one GPU per process",
             ));
         }
-        self.rank(0)?.broadcast_from_first(values).map_err(|e| {
-            crate::Error::invalid(format!("NCCL broadcast of the epoch's metrics: {e}"))
-        })
+        self.rank(0)?
+            .broadcast_from_first(values)
+            .map_err(|e| crate::Error::invalid(format!("NCCL broadcast from rank 0: {e}")))
     }
 
     fn begin(

@@ -6,16 +6,17 @@
 //! description constants `SIZES` (the linear layers' sizes, input first), for a CNN `IMAGE`
 //! (`[C, H, W]`) and `CONV` (each block's output channels), `ACTIVATION` (the model's
 //! activation by name, `relu` unless trained with `--activation`; its definition in the
-//! constant's comment), `DTYPE`, `FEATURES` and (for classification) `CLASSES`. Every tensor is row-major and in the export's dtype, the
-//! standardisation tensors of a CNN included (the Rust file writes f16 and bf16 as `u16` bit
-//! patterns). For regression, the target scaling is folded into the last linear layer
-//! (`W' = W s`, `b' = b s + m`), so firmware reads outputs in the data's own units.
+//! constant's comment), `DTYPE`, `FEATURES` and (for classification) `CLASSES`. Every tensor is
+//! row-major and in the export's dtype, the standardisation tensors of a CNN included (the Rust
+//! file writes f16 and bf16 as `u16` bit patterns). For regression, the target scaling is
+//! folded into the last linear layer (`W' = W s`, `b' = b s + m`), so firmware reads outputs
+//! in the data's own units.
 //!
 //! # An MLP
 //!
 //! `LAYER{i}_WEIGHT` (`[out, in]`) then `LAYER{i}_BIAS` (`[out]`) for each layer `i`, input
-//! first, with the activation between layers. The input standardisation is folded into the first layer
-//! (`W' = W / std`, `b' = b - W' mean`), so firmware feeds raw features.
+//! first, with the activation between layers. The input standardisation is folded into the
+//! first layer (`W' = W / std`, `b' = b - W' mean`), so firmware feeds raw features.
 //!
 //! # A CNN
 //!
@@ -248,12 +249,12 @@ fn list<T: ToString>(v: &[T], sep: &str) -> String {
         .join(sep)
 }
 
-/// A Rust source file of `pub const` arrays for `ck` in `dtype`: `SIZES` (the linear layers'
-/// sizes, input first), for a CNN `IMAGE` (`[C, H, W]`) and `CONV` (each block's channels),
-/// `ACTIVATION`, `DTYPE`, `FEATURES`, `CLASSES` (classification), then the tensors of [`tensors`] in blob
-/// order (`LAYER{i}_WEIGHT` and `LAYER{i}_BIAS`; for a CNN first `INPUT_MEAN`,
-/// `INPUT_INV_STD` and `CONV{j}_WEIGHT`, `CONV{j}_BIAS`), as `f32`, or as `u16` bit patterns
-/// for f16/bf16 (`half::f16::from_bits`).
+/// A Rust source file of `pub const` arrays for `ck` in `dtype`: `SIZES` (the linear layers' sizes,
+/// input first), for a CNN `IMAGE` (`[C, H, W]`) and `CONV` (each block's channels), `ACTIVATION`,
+/// `DTYPE`, `FEATURES`, `CLASSES` (classification), then the tensors of [`tensors`] in blob order
+/// (`LAYER{i}_WEIGHT` and `LAYER{i}_BIAS`; for a CNN first `INPUT_MEAN`, `INPUT_INV_STD` and
+/// `CONV{j}_WEIGHT`, `CONV{j}_BIAS`), as `f32`, or as `u16` bit patterns for f16/bf16
+/// (`half::f16::from_bits`).
 ///
 /// # Errors
 /// As [`tensors`]; `Invalid` when a value does not fit `dtype`.

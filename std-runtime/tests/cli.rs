@@ -378,6 +378,37 @@ fn check_cnn_export(d: &TempDir, name: &str, agree: f64) {
     }
 }
 
+/// The checkpoint `bytes` with its model description's activation renamed to `name` and the
+/// description's CRC-32 written anew (the checkpoint module's `meta_crc`, done here by hand:
+/// each of the four JSON entries with its name, NUL-separated).
+fn with_activation(bytes: &[u8], name: &str) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta = header["__metadata__"].as_object_mut().unwrap();
+    let model = meta["model"]
+        .as_str()
+        .unwrap()
+        .replace(r#""silu""#, &format!("{name:?}"));
+    meta.insert("model".into(), model.into());
+    let mut all = Vec::new();
+    for key in ["model", "optimizer", "config", "state"] {
+        all.extend_from_slice(key.as_bytes());
+        all.push(0);
+        all.extend_from_slice(meta[key].as_str().unwrap().as_bytes());
+        all.push(0);
+    }
+    let crc = format!("{:08x}", mote::blob::crc32(&all));
+    meta.insert("meta_crc32".into(), crc.into());
+    let mut text = serde_json::to_vec(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
 /// Where `needle` first occurs in `hay`.
 fn find(hay: &[u8], needle: &str) -> Option<usize> {
     hay.windows(needle.len())
@@ -420,10 +451,36 @@ fn activations_train_evaluate_export_and_are_kept() {
     // The description is covered by a CRC: an edited activation is refused, not read as ReLU.
     let mut edited = bytes.clone();
     let at = find(&edited, r#"activation\":\"silu"#).expect("the activation");
-    edited[at + 14..at + 18].copy_from_slice(b"relu");
+    // `activation\":\"` is 15 bytes: the name starts after them.
+    edited[at + 15..at + 19].copy_from_slice(b"relu");
     std::fs::write(d.path("edited.safetensors"), edited).unwrap();
     let e = fails(&d, &["eval", "--model", "edited.safetensors"]);
     assert!(e.contains("description's CRC-32 does not match"), "{e}");
+    // A version this build does not read; a version-2 file without the description's CRC.
+    let mut v9 = bytes.clone();
+    let at = find(&v9, r#""version":"2""#).unwrap();
+    v9[at + 11] = b'9';
+    std::fs::write(d.path("v9.safetensors"), v9).unwrap();
+    let e = fails(&d, &["eval", "--model", "v9.safetensors"]);
+    assert!(e.contains(r#"version "9" is not supported"#), "{e}");
+    let mut bare = bytes.clone();
+    let at = find(&bare, r#""meta_crc32":""#).unwrap();
+    let entry = r#""meta_crc32":"01234567","#.len();
+    bare[at..at + entry].fill(b' '); // whitespace between JSON tokens: the header keeps its length
+    std::fs::write(d.path("bare.safetensors"), bare).unwrap();
+    let e = fails(&d, &["eval", "--model", "bare.safetensors"]);
+    assert!(e.contains("no 'meta_crc32' metadata"), "{e}");
+    // An activation this build does not know, under a matching CRC: written by a newer mote?
+    std::fs::write(
+        d.path("newer.safetensors"),
+        with_activation(&bytes, "swish"),
+    )
+    .unwrap();
+    let e = fails(&d, &["eval", "--model", "newer.safetensors"]);
+    assert!(
+        e.contains("unknown variant") && e.contains("newer mote"),
+        "{e}"
+    );
     let e = fails(&d, &["train", "--hidden", "none", "--activation", "silu"]);
     assert!(e.contains("a linear model has no layer"), "{e}");
 

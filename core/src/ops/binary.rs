@@ -57,6 +57,24 @@ impl BinaryOp {
         BinaryOp::Minimum,
     ];
 
+    /// The op's code: its place in [`BinaryOp::EVERY`], as replay lists and the CUDA kernels
+    /// (`cuda/kernels/binary.cu`) store it.
+    pub fn code(self) -> u8 {
+        match self {
+            BinaryOp::Add => 0,
+            BinaryOp::Sub => 1,
+            BinaryOp::Mul => 2,
+            BinaryOp::Div => 3,
+            BinaryOp::Maximum => 4,
+            BinaryOp::Minimum => 5,
+        }
+    }
+
+    /// The op of a [`BinaryOp::code`]; `None` for an unknown code.
+    pub fn from_code(code: u8) -> Option<BinaryOp> {
+        BinaryOp::EVERY.get(usize::from(code)).copied()
+    }
+
     /// The op's name, for errors.
     pub fn name(self) -> &'static str {
         match self {
@@ -384,6 +402,15 @@ mod tests {
 
     fn s(d: &[usize]) -> Shape {
         Shape::new(d).unwrap()
+    }
+
+    #[test]
+    fn codes_are_places_in_every() {
+        for (i, op) in BinaryOp::EVERY.into_iter().enumerate() {
+            assert_eq!(usize::from(op.code()), i);
+            assert_eq!(BinaryOp::from_code(op.code()), Some(op));
+        }
+        assert_eq!(BinaryOp::from_code(6), None);
     }
 
     // PyTorch's torch.maximum / torch.minimum: values, NaN, ties (the gradient in halves), and

@@ -6,6 +6,11 @@
 //! | `CrossEntropy` | `mean_i (logsumexp(z_i) - z_i[label_i])` | dz_i = (softmax(z_i) - onehot(label_i)) / N |
 //! | `BceWithLogits` | mean(max(x, 0) - x t + ln(1 + e^-abs(x))) | dx = (sigmoid(x) - t) / n, dt = -x / n |
 //!
+//! Composed of other ops (so every backend runs them as those ops, and the gradient follows):
+//! `l1_loss` = mean(|p - t|); `huber_loss(delta)` = mean of `d^2 / 2` where `|d| < delta`,
+//! else `delta (|d| - delta / 2)`; `smooth_l1_loss(beta)` = the Huber loss / beta (L1 for
+//! beta 0), as PyTorch's.
+//!
 //! Cross-entropy takes logits `[N, C]` and class labels `[N]` stored as floats (exact integers
 //! up to 2^24); a label that is not an integer in `0..C` is an error. The fused form never
 //! forms `ln(softmax)`, so it is stable for any logits.
@@ -314,8 +319,13 @@ mod tape_ops {
         /// # Errors
         /// [`Error::ShapeMismatch`]; and as [`Tape::unary`].
         pub fn l1_loss(&mut self, pred: Var, target: Var) -> Result<Var> {
+            self.l1("l1_loss", pred, target)
+        }
+
+        /// [`Tape::l1_loss`], its shape error naming `op`, all or nothing.
+        fn l1(&mut self, op: &'static str, pred: Var, target: Var) -> Result<Var> {
             self.all_or_nothing(|t| {
-                let a = t.abs_diff("l1_loss", pred, target)?;
+                let a = t.abs_diff(op, pred, target)?;
                 t.mean(a)
             })
         }
@@ -359,10 +369,7 @@ mod tape_ops {
         /// that `1 / beta` overflows f32; [`Error::ShapeMismatch`]; and as [`Tape::unary`].
         pub fn smooth_l1_loss(&mut self, pred: Var, target: Var, beta: f32) -> Result<Var> {
             if beta == 0.0 {
-                return self.all_or_nothing(|t| {
-                    let a = t.abs_diff("smooth_l1_loss", pred, target)?;
-                    t.mean(a)
-                });
+                return self.l1("smooth_l1_loss", pred, target);
             }
             if !(beta > 0.0 && beta.is_finite() && (1.0 / beta).is_finite()) {
                 return Err(Error::InvalidArgument {

@@ -31,6 +31,22 @@ impl ReduceOp {
     /// Every op: for tests and tools that go over all of them.
     pub const EVERY: [ReduceOp; 4] = [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min];
 
+    /// The op's code: its place in [`ReduceOp::EVERY`], as replay lists and the CUDA kernels
+    /// (`cuda/kernels/reduce.cu`) store it.
+    pub fn code(self) -> u8 {
+        match self {
+            ReduceOp::Sum => 0,
+            ReduceOp::Mean => 1,
+            ReduceOp::Max => 2,
+            ReduceOp::Min => 3,
+        }
+    }
+
+    /// The op of a [`ReduceOp::code`]; `None` for an unknown code.
+    pub fn from_code(code: u8) -> Option<ReduceOp> {
+        ReduceOp::EVERY.get(usize::from(code)).copied()
+    }
+
     /// Whether the op picks one element (`Max`, `Min`) rather than summing.
     pub fn picks(self) -> bool {
         matches!(self, ReduceOp::Max | ReduceOp::Min)
@@ -158,6 +174,15 @@ pub fn backward<T: Float>(op: ReduceOp, r: Axis3, x: &[T], y: &[T], dy: &[T], dx
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes_are_places_in_every() {
+        for (i, op) in ReduceOp::EVERY.into_iter().enumerate() {
+            assert_eq!(usize::from(op.code()), i);
+            assert_eq!(ReduceOp::from_code(op.code()), Some(op));
+        }
+        assert_eq!(ReduceOp::from_code(4), None);
+    }
 
     // By hand, x = [[1, 5, 2], [7, 3, 7]] (2x3).
     #[test]

@@ -8,14 +8,7 @@ use super::{broadcast_strides, dims, Walk, SPLIT_LOOP, THREADS};
 use crate::Cuda;
 
 fn code(op: BinaryOp) -> i32 {
-    match op {
-        BinaryOp::Add => 0,
-        BinaryOp::Sub => 1,
-        BinaryOp::Mul => 2,
-        BinaryOp::Div => 3,
-        BinaryOp::Maximum => 4,
-        BinaryOp::Minimum => 5,
-    }
+    i32::from(op.code())
 }
 
 impl Cuda {

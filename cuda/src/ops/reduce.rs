@@ -9,12 +9,7 @@ use super::THREADS;
 use crate::Cuda;
 
 fn code(op: ReduceOp) -> i32 {
-    match op {
-        ReduceOp::Sum => 0,
-        ReduceOp::Mean => 1,
-        ReduceOp::Max => 2,
-        ReduceOp::Min => 3,
-    }
+    i32::from(op.code())
 }
 
 impl Cuda {

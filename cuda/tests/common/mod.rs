@@ -86,6 +86,15 @@ pub const PROBE_DY: [f32; 28] = [
     0.5,
 ];
 
+/// Binary ops' operands at fixed points: ties, NaN on either side, infinities, signed zeros
+/// (where maximum and minimum select, split and propagate), and upstream gradients with NaN
+/// where an operand is not selected.
+pub const PROBE_A: [f32; 8] = [1.0, 3.0, 2.0, f32::NAN, 0.0, f32::NEG_INFINITY, 5.0, -0.0];
+/// See [`PROBE_A`].
+pub const PROBE_B: [f32; 8] = [2.0, 1.0, 2.0, 0.0, f32::NAN, 1.0, f32::INFINITY, 0.0];
+/// See [`PROBE_A`].
+pub const PROBE_G: [f32; 8] = [f32::NAN, f32::NAN, 1.0, 1.0, 1.0, 0.5, f32::NAN, 2.0];
+
 /// Asserts `|got - want| <= atol + rtol |want|` elementwise (NaN equal to NaN, equal values
 /// equal, infinities included).
 pub fn close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {

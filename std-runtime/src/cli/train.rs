@@ -615,7 +615,8 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     };
     if a.activation.is_some() && spec.conv.is_empty() && spec.sizes.len() == 2 {
         return Err(Error::invalid(
-            "--activation with --hidden none: a linear model has no layer an activation would follow",
+            "--activation with --hidden none: a linear model has no layer an activation would \
+             follow",
         )
         .with_hint("give hidden layers (such as --hidden 32), or drop --activation"));
     }
