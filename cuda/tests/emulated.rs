@@ -575,6 +575,38 @@ fn strided_reductions_and_softmax_match_the_reference() {
                 },
             );
         }
+        // Fixed points along the axis (outer 2, n 4, inner 2): NaN, ties, infinities, signed
+        // zeros; the result and the first position that holds it.
+        let xs = common::PROBE_R;
+        let r = Axis3 {
+            outer: 2,
+            n: 4,
+            inner: 2,
+        };
+        let (o, n, i) = (2u64, 4u64, 2u64);
+        p.check(
+            &format!("{op:?} at fixed points"),
+            1e-6,
+            1e-7,
+            |b| {
+                b.write(0, &xs)?;
+                b.reduce(op, r, 0, 32)?;
+                b.reduce_backward(op, r, 0, 32, 48, 64)
+            },
+            |p| {
+                p.emu[..16].copy_from_slice(&xs);
+                let q = [p.p(0), p.p(32), p.p(48), p.p(64)];
+                run(lib, 1, 1, 1, || unsafe {
+                    red(i32::from(code), q[0], q[1], o, n, i);
+                    if op.picks() {
+                        bmax(q[0], q[1], q[2], q[3], o, n, i);
+                    } else {
+                        let scale = if op == ReduceOp::Mean { 0.25 } else { 1.0 };
+                        bsum(q[2], q[3], o, n, i, scale);
+                    }
+                });
+            },
+        );
     }
     for log in [false, true] {
         let r = Axis3 {

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{close, gpu, PROBE_A, PROBE_B, PROBE_DY, PROBE_G, PROBE_X};
+use common::{close, gpu, PROBE_A, PROBE_B, PROBE_DY, PROBE_G, PROBE_R, PROBE_X};
 use mote::backend::View;
 use mote::ops::binary::{BinaryOp, Side};
 use mote::ops::loss::LossOp;
@@ -297,6 +297,16 @@ fn reductions() {
             p.check(&format!("{op:?} {r:?} backward"), 1e-4, 1e-5, |b| {
                 b.reduce(op, r, x, y)?;
                 b.reduce_backward(op, r, x, y, dy, dx)
+            });
+        }
+        // Fixed points: NaN, ties, infinities, signed zeros, along a strided and an innermost
+        // axis.
+        for (outer, inner) in [(2, 2), (4, 1)] {
+            let r = Axis3 { outer, n: 4, inner };
+            p.check(&format!("{op:?} {r:?} at fixed points"), 1e-6, 1e-7, |b| {
+                b.write(0, &PROBE_R)?;
+                b.reduce(op, r, 0, 32)?;
+                b.reduce_backward(op, r, 0, 32, 48, 64)
             });
         }
     }

@@ -95,6 +95,27 @@ pub const PROBE_B: [f32; 8] = [2.0, 1.0, 2.0, 0.0, f32::NAN, 1.0, f32::INFINITY,
 /// See [`PROBE_A`].
 pub const PROBE_G: [f32; 8] = [f32::NAN, f32::NAN, 1.0, 1.0, 1.0, 0.5, f32::NAN, 2.0];
 
+/// Reductions' inputs at fixed points (16 values, read as `[2, 4, 2]` or `[4, 4]`): NaN, ties,
+/// infinities, signed zeros (what max and min propagate, and which position gets the gradient).
+pub const PROBE_R: [f32; 16] = [
+    1.0,
+    f32::NAN,
+    3.0,
+    3.0,
+    -1.0,
+    2.0,
+    3.0,
+    0.0,
+    5.0,
+    f32::INFINITY,
+    5.0,
+    -0.0,
+    f32::NEG_INFINITY,
+    0.0,
+    5.0,
+    f32::NEG_INFINITY,
+];
+
 /// Asserts `|got - want| <= atol + rtol |want|` elementwise (NaN equal to NaN, equal values
 /// equal, infinities included).
 pub fn close(what: &str, got: &[f32], want: &[f32], rtol: f32, atol: f32) {
