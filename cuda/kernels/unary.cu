@@ -7,10 +7,10 @@
 // Phi(x) = erfc(-x / sqrt 2) / 2: accurate in the lower tail, where 1 + erf cancels.
 __device__ __forceinline__ float normal_cdf_f(float x) { return 0.5f * erfcf(-x * FRAC_1_SQRT_2); }
 
-__device__ __forceinline__ float hardsigmoid_f(float x) {
-    float t = x + 3.0f;
-    return t < 0.0f ? 0.0f : (t > 6.0f ? 1.0f : t / 6.0f);
-}
+// min(max(x, 0), 6), NaN kept.
+__device__ __forceinline__ float relu6_f(float x) { return x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x); }
+
+__device__ __forceinline__ float hardsigmoid_f(float x) { return relu6_f(x + 3.0f) / 6.0f; }
 
 __device__ __forceinline__ float unary_f(int op, float c, float x) {
     switch (op) {
@@ -36,7 +36,7 @@ __device__ __forceinline__ float unary_f(int op, float c, float x) {
     case 19: return x * normal_cdf_f(x);                     // gelu_erf
     case 20: return hardsigmoid_f(x);                        // hardsigmoid
     case 21: return x * hardsigmoid_f(x);                    // hardswish
-    case 22: return x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x); // relu6 (NaN stays NaN)
+    case 22: return relu6_f(x);                              // relu6 (NaN stays NaN)
     }
     return x;
 }

@@ -856,10 +856,7 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         };
         // The same step on every replica (in parallel where the backend allows).
         for r in self.reduce.each(&mut self.models, |_, m, _| {
-            if let (Some(max), Some(norm)) = (m.clip_grad_norm, norm) {
-                mote::clip_grad_norm_to(&mut m.tape, max, norm)?;
-            }
-            mote::Optimizer::step(&mut m.opt, &mut m.tape)?;
+            m.step(norm)?;
             Ok((0.0, 0))
         }) {
             r?;

@@ -45,9 +45,9 @@
 //!    (`z[o][r][c] = max of y[o][2r + a][2c + b]`, a, b in 0..2; an odd last row or column is
 //!    dropped), halving the height and width.
 //! 3. Flatten the last block's `[c_K, H >> K, W >> K]` output row-major (channel, row,
-//!    column), then the linear layers `y = W x + b` with the activation between them (not after the
-//!    last): the outputs are logits (classification) or values in the target's units
-//!    (regression).
+//!    column), then the linear layers `y = W x + b` with the activation between them (not
+//!    after the last): the outputs are logits (classification) or values in the target's
+//!    units (regression).
 //!
 //! On the core, that is: `tape.sub(x, mean)` and `tape.mul(_, inv_std)` (both broadcast over
 //! the rows of `[n, F]`), then the network of [`crate::model::build_net`] built on the same

@@ -49,68 +49,66 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The core's op, the name (as the command line and a checkpoint spell it), how it reads
+    /// in a sentence, and its definition: one row per activation.
+    fn row(self) -> (UnaryOp, &'static str, &'static str, &'static str) {
+        match self {
+            Activation::Relu => (UnaryOp::Relu, "relu", "ReLU", "max(x, 0)"),
+            Activation::LeakyRelu => (
+                UnaryOp::LeakyRelu(0.01),
+                "leaky_relu",
+                "leaky ReLU",
+                "x if x > 0, else 0.01 x",
+            ),
+            Activation::Elu => (UnaryOp::Elu(1.0), "elu", "ELU", "x if x > 0, else e^x - 1"),
+            Activation::Gelu => (
+                UnaryOp::GeluErf,
+                "gelu",
+                "GELU",
+                "0.5 x (1 + erf(x / sqrt 2))",
+            ),
+            Activation::GeluTanh => (
+                UnaryOp::Gelu,
+                "gelu_tanh",
+                "GELU (tanh form)",
+                "0.5 x (1 + tanh(0.7978845608 (x + 0.044715 x^3)))",
+            ),
+            Activation::Silu => (UnaryOp::Silu, "silu", "SiLU", "x / (1 + e^-x)"),
+            Activation::Hardswish => (
+                UnaryOp::Hardswish,
+                "hardswish",
+                "hard swish",
+                "x min(max(x + 3, 0), 6) / 6",
+            ),
+            Activation::Tanh => (UnaryOp::Tanh, "tanh", "tanh", "tanh x"),
+            Activation::Sigmoid => (UnaryOp::Sigmoid, "sigmoid", "sigmoid", "1 / (1 + e^-x)"),
+            Activation::Softplus => (
+                UnaryOp::Softplus,
+                "softplus",
+                "softplus",
+                "ln(1 + e^x), and x itself above 20",
+            ),
+        }
+    }
+
     /// The core's op.
     pub fn op(self) -> UnaryOp {
-        match self {
-            Activation::Relu => UnaryOp::Relu,
-            Activation::LeakyRelu => UnaryOp::LeakyRelu(0.01),
-            Activation::Elu => UnaryOp::Elu(1.0),
-            Activation::Gelu => UnaryOp::GeluErf,
-            Activation::GeluTanh => UnaryOp::Gelu,
-            Activation::Silu => UnaryOp::Silu,
-            Activation::Hardswish => UnaryOp::Hardswish,
-            Activation::Tanh => UnaryOp::Tanh,
-            Activation::Sigmoid => UnaryOp::Sigmoid,
-            Activation::Softplus => UnaryOp::Softplus,
-        }
+        self.row().0
     }
 
     /// The name (`relu`, `gelu`, ...), as the command line and a checkpoint spell it.
     pub fn name(self) -> &'static str {
-        match self {
-            Activation::Relu => "relu",
-            Activation::LeakyRelu => "leaky_relu",
-            Activation::Elu => "elu",
-            Activation::Gelu => "gelu",
-            Activation::GeluTanh => "gelu_tanh",
-            Activation::Silu => "silu",
-            Activation::Hardswish => "hardswish",
-            Activation::Tanh => "tanh",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Softplus => "softplus",
-        }
+        self.row().1
     }
 
     /// How it reads in a sentence (`ReLU`, `GELU (tanh form)`, ...).
     pub fn title(self) -> &'static str {
-        match self {
-            Activation::Relu => "ReLU",
-            Activation::LeakyRelu => "leaky ReLU",
-            Activation::Elu => "ELU",
-            Activation::Gelu => "GELU",
-            Activation::GeluTanh => "GELU (tanh form)",
-            Activation::Silu => "SiLU",
-            Activation::Hardswish => "hard swish",
-            Activation::Tanh => "tanh",
-            Activation::Sigmoid => "sigmoid",
-            Activation::Softplus => "softplus",
-        }
+        self.row().2
     }
 
     /// Its definition, for firmware that computes it by hand.
     pub fn formula(self) -> &'static str {
-        match self {
-            Activation::Relu => "max(x, 0)",
-            Activation::LeakyRelu => "x if x > 0, else 0.01 x",
-            Activation::Elu => "x if x > 0, else e^x - 1",
-            Activation::Gelu => "0.5 x (1 + erf(x / sqrt 2))",
-            Activation::GeluTanh => "0.5 x (1 + tanh(0.7978845608 (x + 0.044715 x^3)))",
-            Activation::Silu => "x / (1 + e^-x)",
-            Activation::Hardswish => "x min(max(x + 3, 0), 6) / 6",
-            Activation::Tanh => "tanh x",
-            Activation::Sigmoid => "1 / (1 + e^-x)",
-            Activation::Softplus => "ln(1 + e^x), and x itself above 20",
-        }
+        self.row().3
     }
 
     /// Whether it is ReLU (what a model without the field means, and what a version-1
@@ -573,14 +571,15 @@ impl<B: Backend<Elem = f32>> Model<B> {
         })
     }
 
-    /// The optimizer step on the gradients in the tape, after clipping them when
-    /// [`Model::clip_grad_norm`] says so.
+    /// The optimizer step on the gradients in the tape, after clipping them by `norm` when
+    /// [`Model::clip_grad_norm`] says so: the gradients' norm ([`mote::grad_norm`]), this
+    /// model's or the one that data-parallel replicas share.
     ///
     /// # Errors
     /// A core error: a non-finite gradient norm when clipping.
-    pub fn step(&mut self) -> Result<()> {
-        if let Some(max) = self.clip_grad_norm {
-            mote::clip_grad_norm(&mut self.tape, max)?;
+    pub fn step(&mut self, norm: Option<f64>) -> Result<()> {
+        if let (Some(max), Some(norm)) = (self.clip_grad_norm, norm) {
+            mote::clip_grad_norm_to(&mut self.tape, max, norm)?;
         }
         self.opt.step(&mut self.tape)?;
         Ok(())
@@ -599,7 +598,11 @@ impl<B: Backend<Elem = f32>> Model<B> {
         y_value: &[f32],
     ) -> Result<(f32, usize)> {
         let r = self.forward_backward(x, rows, y_class, y_value)?;
-        self.step()?;
+        let norm = match self.clip_grad_norm {
+            Some(_) => Some(mote::grad_norm(&mut self.tape)?),
+            None => None,
+        };
+        self.step(norm)?;
         Ok(r)
     }
 
@@ -915,4 +918,23 @@ fn cuda_device() -> Result<usize> {
 #[cfg(not(feature = "cuda"))]
 fn run_on_cuda<W: WithBackend>(_floats: usize, _work: W) -> Result<W::Output> {
     Err(no_cuda_feature())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Activation;
+    use clap::ValueEnum;
+
+    /// The names of the table are the ones the command line and a checkpoint's JSON use.
+    #[test]
+    fn activation_names_are_the_cli_and_checkpoint_spellings() {
+        for &a in Activation::value_variants() {
+            let cli = a.to_possible_value().unwrap();
+            assert_eq!(cli.get_name(), a.name());
+            assert_eq!(
+                serde_json::to_string(&a).unwrap(),
+                format!("\"{}\"", a.name())
+            );
+        }
+    }
 }

@@ -343,8 +343,7 @@ pub trait Learner {
     ///
     /// # Errors
     /// A device error.
-    fn agree(&mut self, values: &mut [f64]) -> Result<()> {
-        let _ = values;
+    fn agree(&mut self, _values: &mut [f64]) -> Result<()> {
         Ok(())
     }
 }

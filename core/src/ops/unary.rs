@@ -276,18 +276,23 @@ pub fn gelu_erf_grad<T: Float>(x: T) -> T {
     normal_cdf(x) + x * pdf
 }
 
-/// Hard sigmoid, `min(max(x + 3, 0), 6) / 6`, as PyTorch computes it (NaN stays NaN).
+/// ReLU6, `min(max(x, 0), 6)` (NaN stays NaN).
+#[inline]
+pub fn relu6<T: Float>(x: T) -> T {
+    let six = T::from_f64(6.0);
+    if x < T::ZERO {
+        T::ZERO
+    } else if x > six {
+        six
+    } else {
+        x
+    }
+}
+
+/// Hard sigmoid, `relu6(x + 3) / 6`, as PyTorch computes it (NaN stays NaN).
 #[inline]
 pub fn hardsigmoid<T: Float>(x: T) -> T {
-    let six = T::from_f64(6.0);
-    let t = x + T::from_f64(3.0);
-    if t < T::ZERO {
-        T::ZERO
-    } else if t > six {
-        T::ONE
-    } else {
-        t / six
-    }
+    relu6(x + T::from_f64(3.0)) / T::from_f64(6.0)
 }
 
 /// Softplus, `ln(1 + e^x)`, computed as `x` above 20 (where they agree in f32 and f64 to
@@ -390,16 +395,7 @@ impl UnaryOp {
             UnaryOp::GeluErf => gelu_erf(x),
             UnaryOp::Hardsigmoid => hardsigmoid(x),
             UnaryOp::Hardswish => x * hardsigmoid(x),
-            UnaryOp::Relu6 => {
-                let six = T::from_f64(6.0);
-                if x < T::ZERO {
-                    T::ZERO
-                } else if x > six {
-                    six
-                } else {
-                    x
-                }
-            }
+            UnaryOp::Relu6 => relu6(x),
         }
     }
 
@@ -932,7 +928,8 @@ mod tape_ops {
             self.unary(UnaryOp::Gelu, x)
         }
 
-        /// GELU, exact (`x Phi(x)`, through erf): PyTorch's default `F.gelu(x)`.
+        /// GELU, exact (`x Phi(x)`, `Phi` the normal distribution function): PyTorch's default
+        /// `F.gelu(x)`.
         ///
         /// # Errors
         /// As [`Tape::unary`].
