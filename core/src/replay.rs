@@ -773,6 +773,16 @@ impl Cursor<'_> {
     fn f32(&mut self) -> f32 {
         f32::from_bits(self.w().swap_bytes())
     }
+    /// A loss from its code and what [`put_loss_arg`] wrote after it.
+    fn loss_op(&mut self, code: u32) -> Result<LossOp> {
+        Ok(match code {
+            0 => LossOp::Mse,
+            1 => LossOp::CrossEntropy,
+            2 => LossOp::BceWithLogits,
+            3 => LossOp::CrossEntropySmoothed(self.f32()),
+            _ => return Err(corrupt()),
+        })
+    }
     fn shape(&mut self) -> Shape {
         let rank = self.w();
         if rank as usize > MAX_RANK {
@@ -1053,10 +1063,11 @@ impl Cursor<'_> {
                 }
             }
             tag::LOSS => {
+                let op = self.loss_op(f)?;
                 let classes = self.u();
                 let (p, t, y) = (self.view(), self.view(), self.u());
                 Call::Loss {
-                    op: loss_op(f)?,
+                    op,
                     classes,
                     p,
                     t,
@@ -1064,11 +1075,12 @@ impl Cursor<'_> {
                 }
             }
             tag::LOSS_BACKWARD => {
+                let op = self.loss_op(f & 0xf)?;
                 let classes = self.u();
                 let (p, t) = (self.view(), self.view());
                 let (dy, dx) = (self.u(), self.u());
                 Call::LossBackward {
-                    op: loss_op(f & 0xf)?,
+                    op,
                     lhs: f >> 4 != 0,
                     classes,
                     p,
@@ -1194,21 +1206,21 @@ fn reduce_op(code: u32) -> Result<ReduceOp> {
         .ok_or_else(corrupt)
 }
 
+/// A loss's code; code 3 (smoothed cross-entropy) is followed by its smoothing as an f32.
 fn loss_code(op: LossOp) -> u32 {
     match op {
         LossOp::Mse => 0,
         LossOp::CrossEntropy => 1,
         LossOp::BceWithLogits => 2,
+        LossOp::CrossEntropySmoothed(_) => 3,
     }
 }
 
-fn loss_op(code: u32) -> Result<LossOp> {
-    Ok(match code {
-        0 => LossOp::Mse,
-        1 => LossOp::CrossEntropy,
-        2 => LossOp::BceWithLogits,
-        _ => return Err(corrupt()),
-    })
+/// Writes what follows a loss's code: its smoothing, where it has one.
+fn put_loss_arg<const N: usize>(e: &mut Enc<'_, N>, op: LossOp) {
+    if let LossOp::CrossEntropySmoothed(s) = op {
+        e.f32(s);
+    }
 }
 
 impl<B: HostBackend, const BYTES: usize> HostBackend for Replay<B, BYTES> {
@@ -1414,6 +1426,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     fn loss(&mut self, op: LossOp, classes: usize, p: View, t: View, y: usize) -> Result<()> {
         self.inner.loss(op, classes, p, t, y)?;
         self.rec(head(tag::LOSS, loss_code(op)), |e| {
+            put_loss_arg(e, op);
             e.u(classes);
             e.view(&p);
             e.view(&t);
@@ -1435,6 +1448,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
         self.inner.loss_backward(op, lhs, classes, p, t, dy, dx)?;
         let f = loss_code(op) | u32::from(lhs) << 4;
         self.rec(head(tag::LOSS_BACKWARD, f), |e| {
+            put_loss_arg(e, op);
             e.u(classes);
             e.view(&p);
             e.view(&t);

@@ -109,6 +109,14 @@ fn shape_mismatches_name_the_op_and_shapes() {
             "{r:?}"
         );
     }
+    let labels = tape.labels(&[0, 2]).unwrap();
+    assert!(matches!(
+        tape.cross_entropy_smoothed(a, b, 0.1),
+        Err(Error::ShapeMismatch {
+            op: "cross_entropy",
+            ..
+        })
+    ));
     let used = tape.used();
     for r in [
         tape.huber_loss(a, a, 0.0),
@@ -121,6 +129,9 @@ fn shape_mismatches_name_the_op_and_shapes() {
         tape.clamp_min(a, f32::NAN),
         tape.clamp_max(a, f32::NAN),
         tape.unary(UnaryOp::ClampMin(f32::NAN), a),
+        tape.cross_entropy_smoothed(a, labels, -0.1),
+        tape.cross_entropy_smoothed(a, labels, 1.5),
+        tape.cross_entropy_smoothed(a, labels, f32::NAN),
     ] {
         assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
     }

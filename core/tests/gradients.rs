@@ -242,6 +242,11 @@ proptest! {
             let l = tp.labels(&labels)?;
             tp.cross_entropy(v[0], l)
         })?;
+        let smoothing = [0.05f32, 0.1, 0.5, 1.0][(seed % 4) as usize];
+        assert_grads(&[(&dims, &p)], |tp, v| {
+            let l = tp.labels(&labels)?;
+            tp.cross_entropy_smoothed(v[0], l, smoothing)
+        })?;
     }
 }
 

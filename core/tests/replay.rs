@@ -265,11 +265,27 @@ fn replay_needs_its_optimizer() {
     assert_eq!(opt.steps(), steps + 1);
 }
 
+type Small<'a> = Tape<Replay<Cpu<'a, f32>, 256>, 16>;
+
 /// Gradient accumulation: a recorded forward and backward pass without an optimizer, replayed
-/// with `replay()`, accumulates into the parameters' gradients as the eager passes do.
+/// with `replay()`, accumulates into the parameters' gradients as the eager passes do; with
+/// each kind of loss head (a smoothed cross-entropy records its smoothing).
 #[test]
 fn replayed_backward_accumulates_like_eager() {
-    let grads = |replay: bool| {
+    type Head = fn(&mut Small, Var) -> Result<Var, Error>;
+    let sum: Head = |t, y| {
+        let y = t.tanh(y)?;
+        t.sum(y)
+    };
+    let ce: Head = |t, y| {
+        let l = t.labels(&[1, 0])?;
+        t.cross_entropy(y, l)
+    };
+    let smoothed: Head = |t, y| {
+        let l = t.labels(&[1, 0])?;
+        t.cross_entropy_smoothed(y, l, 0.2)
+    };
+    let grads = |replay: bool, head: Head| {
         let mut mem = vec![0f32; 512];
         let mut tape =
             Tape::<Replay<Cpu<f32>, 256>, 16>::with_backend(Replay::new(Cpu::new(&mut mem)));
@@ -277,12 +293,11 @@ fn replayed_backward_accumulates_like_eager() {
         let l = Linear::new(&mut tape, 3, 2, &mut rng).unwrap();
         let start = tape.mark();
         let x = [0.5f32, -1.0, 2.0, 1.5, 0.25, -0.75];
-        let pass = |tape: &mut Tape<Replay<Cpu<f32>, 256>, 16>| {
+        let pass = |tape: &mut Small| {
             tape.rewind_keep_grad(start)?;
             let xv = tape.input(&[2, 3], &x)?;
             let y = l.forward(tape, xv)?;
-            let y = tape.tanh(y)?;
-            let loss = tape.sum(y)?;
+            let loss = head(tape, y)?;
             tape.backward(loss)
         };
         pass(&mut tape).unwrap();
@@ -302,5 +317,8 @@ fn replayed_backward_accumulates_like_eager() {
             .map(f32::to_bits)
             .collect::<Vec<_>>()
     };
-    assert_eq!(grads(false), grads(true));
+    for head in [sum, ce, smoothed] {
+        assert_eq!(grads(false, head), grads(true, head));
+    }
+    assert_ne!(grads(false, ce), grads(false, smoothed));
 }

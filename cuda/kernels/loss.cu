@@ -1,6 +1,6 @@
 // Losses (mean reduction). Op codes: 0 mse, 1 cross-entropy (fused softmax + NLL, float class
-// labels), 2 bce-with-logits. `status` (3 u32: flag, bad label, classes) reports a bad label;
-// the host checks it at the next read.
+// labels, label smoothing `smoothing`: 0 for none), 2 bce-with-logits. `status` (3 u32: flag,
+// bad label, classes) reports a bad label; the host checks it at the next read.
 
 __device__ __forceinline__ int bad_label(float l, u64 classes) {
     return !(l >= 0.0f && l < (float)classes && floorf(l) == l);
@@ -16,7 +16,7 @@ __device__ __forceinline__ void report(unsigned int* status, float l, u64 classe
 // One block of 1024 threads computes the whole mean into y[0].
 extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float* __restrict__ p, const float* __restrict__ t,
                                     float* __restrict__ y, u64 n, u64 classes,
-                                    unsigned int* status) {
+                                    unsigned int* status, float smoothing) {
     float s = 0.0f;
     u64 count = n;
     if (op == 1) {
@@ -30,10 +30,22 @@ extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float*
             float e = 0.0f;
             for (u64 j = lane; j < classes; j += 32) e += expf(z[j] - m);
             e = warp_sum(e);
+            // Smoothing: (1 - e) ce + e (lse - mean z), each term >= 0 (the core's form).
+            float sz = 0.0f;
+            if (smoothing != 0.0f) {
+                for (u64 j = lane; j < classes; j += 32) sz += z[j];
+                sz = warp_sum(sz);
+            }
             if (lane == 0) {
                 float l = t[row];
                 if (bad_label(l, classes)) report(status, l, classes);
-                else s += (m + logf(e)) - z[(u64)l];
+                else {
+                    float lse = m + logf(e);
+                    float nll = lse - z[(u64)l];
+                    s += smoothing == 0.0f
+                             ? nll
+                             : (1.0f - smoothing) * nll + smoothing * (lse - sz / (float)classes);
+                }
             }
         }
     } else {
@@ -52,7 +64,7 @@ extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float*
 extern "C" __global__ void loss_bwd(int op, int lhs, const float* __restrict__ p,
                                     const float* __restrict__ t, const float* __restrict__ dy,
                                     float* __restrict__ dx, u64 n, u64 classes,
-                                    unsigned int* status) {
+                                    unsigned int* status, float smoothing) {
     float g = dy[0];
     if (op == 0) {
         float k = 2.0f * g / (float)n;
@@ -62,8 +74,10 @@ extern "C" __global__ void loss_bwd(int op, int lhs, const float* __restrict__ p
         float k = g / (float)n;
         FOR_EACH(i, n) { dx[i] += lhs ? k * (sigmoid_f(p[i]) - t[i]) : -k * p[i]; }
     } else {
-        // Cross-entropy: n = rows; one warp per row: (softmax(z) - onehot(label)) * dy / n.
+        // Cross-entropy: n = rows; one warp per row:
+        // (softmax(z) - (1 - smoothing) onehot(label) - smoothing / classes) * dy / n.
         float k = g / (float)n;
+        float hit = k * (1.0f - smoothing), even = k * smoothing / (float)classes;
         u64 warps = ((u64)blockDim.x * gridDim.x) >> 5;
         int lane = threadIdx.x & 31;
         for (u64 row = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < n; row += warps) {
@@ -80,7 +94,8 @@ extern "C" __global__ void loss_bwd(int op, int lhs, const float* __restrict__ p
             float ks = k / e;
             for (u64 j = lane; j < classes; j += 32) {
                 float v = d[j] + ks * expf(z[j] - m);
-                if (j == (u64)l) v -= k;
+                if (smoothing != 0.0f) v -= even;
+                if (j == (u64)l) v -= hit;
                 d[j] = v;
             }
         }

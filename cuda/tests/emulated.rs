@@ -706,6 +706,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
         u64,
         u64,
         *mut u32,
+        f32,
     );
     let sgd = sym!(lib, b"sgd", SgdK);
     let adam = sym!(lib, b"adam", AdamK);
@@ -906,6 +907,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
                             1000,
                             0,
                             status.as_mut_ptr(),
+                            0.0,
                         )
                     });
                 },
@@ -953,7 +955,8 @@ fn warp_kernels_match_the_reference() {
     type RowsBlock = unsafe extern "C" fn(i32, *const f32, *mut f32, u64);
     type SmRows = unsafe extern "C" fn(i32, *const f32, *mut f32, u64, u64);
     type SmBRows = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64);
-    type LossF = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64, *mut u32);
+    type LossF =
+        unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64, *mut u32, f32);
     type LossB = unsafe extern "C" fn(
         i32,
         i32,
@@ -964,6 +967,7 @@ fn warp_kernels_match_the_reference() {
         u64,
         u64,
         *mut u32,
+        f32,
     );
     type SumSq = unsafe extern "C" fn(*const f32, u64, *mut f64);
     let rows = sym!(lib, b"reduce_rows", Rows);
@@ -1086,9 +1090,23 @@ fn warp_kernels_match_the_reference() {
             view(0, &[40, 10]),
             view(9000, &[40]),
         ),
+        (
+            1,
+            LossOp::CrossEntropySmoothed(0.1),
+            10,
+            view(0, &[40, 10]),
+            view(9000, &[40]),
+        ),
+        (
+            1,
+            LossOp::CrossEntropySmoothed(1.0),
+            10,
+            view(0, &[40, 10]),
+            view(9000, &[40]),
+        ),
     ];
     for (code, op, classes, pv, tv) in cases {
-        let n = if op == LossOp::CrossEntropy {
+        let n = if op.takes_labels() {
             tv.len()
         } else {
             pv.len()
@@ -1111,6 +1129,7 @@ fn warp_kernels_match_the_reference() {
                         n,
                         classes as u64,
                         st as *mut u32,
+                        op.smoothing(),
                     )
                 });
                 assert_eq!(status.lock().unwrap()[0], 0, "{op:?}: no bad label");
@@ -1118,30 +1137,33 @@ fn warp_kernels_match_the_reference() {
         );
     }
     let (pv, tv) = (view(0, &[40, 10]), view(9000, &[40]));
-    p.check(
-        "cross-entropy backward",
-        1e-5,
-        1e-7,
-        |b| b.loss_backward(LossOp::CrossEntropy, true, 10, pv, tv, 15000, 20000),
-        |p| {
-            let (pp, tp, dy, dx) = (p.a(0), p.a(9000), p.a(15000), p.a(20000));
-            let mut status = [0u32; 3];
-            let st = status.as_mut_ptr() as usize;
-            run_par(lib, 2, 64, || unsafe {
-                loss_bwd(
-                    1,
-                    1,
-                    pp as *const f32,
-                    tp as *const f32,
-                    dy as *const f32,
-                    dx as *mut f32,
-                    40,
-                    10,
-                    st as *mut u32,
-                )
-            });
-        },
-    );
+    for op in [LossOp::CrossEntropy, LossOp::CrossEntropySmoothed(0.1)] {
+        p.check(
+            &format!("{op:?} backward"),
+            1e-5,
+            1e-7,
+            |b| b.loss_backward(op, true, 10, pv, tv, 15000, 20000),
+            |p| {
+                let (pp, tp, dy, dx) = (p.a(0), p.a(9000), p.a(15000), p.a(20000));
+                let mut status = [0u32; 3];
+                let st = status.as_mut_ptr() as usize;
+                run_par(lib, 2, 64, || unsafe {
+                    loss_bwd(
+                        1,
+                        1,
+                        pp as *const f32,
+                        tp as *const f32,
+                        dy as *const f32,
+                        dx as *mut f32,
+                        40,
+                        10,
+                        st as *mut u32,
+                        op.smoothing(),
+                    )
+                });
+            },
+        );
+    }
     // A bad label is reported (flag, label, classes) instead of read out of range.
     p.emu[9003] = 12.0;
     let (pp, tp, y) = (p.a(0), p.a(9000), p.a(15001));
@@ -1156,6 +1178,7 @@ fn warp_kernels_match_the_reference() {
             40,
             10,
             st as *mut u32,
+            0.0,
         )
     });
     assert_eq!(status, [1, 12, 10]);

@@ -389,6 +389,18 @@ fn losses() {
             view(0, &[128, 70]),
             view(9000, &[128]),
         ),
+        (
+            LossOp::CrossEntropySmoothed(0.1),
+            10,
+            view(0, &[128, 10]),
+            view(9000, &[128]),
+        ),
+        (
+            LossOp::CrossEntropySmoothed(0.25),
+            70,
+            view(0, &[128, 70]),
+            view(9000, &[128]),
+        ),
     ];
     for (op, classes, pv, tv) in cases {
         p.check(&format!("{op:?}"), 1e-4, 1e-6, |b| {

@@ -733,7 +733,11 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 st.pick(r)
             };
             let Some(labels) = labels else { return };
-            make(t, st, "cross_entropy", |t| t.cross_entropy(logits, labels));
+            // Plain, or smoothed by a fuzzed amount (outside [0, 1] and NaN included).
+            let smoothing = if r.bool() { r.f32() } else { 0.0 };
+            make(t, st, "cross_entropy", |t| {
+                t.cross_entropy_smoothed(logits, labels, smoothing)
+            });
         }
         // --- backward ---
         29..=31 => {

@@ -191,8 +191,15 @@ fn valid_inputs() -> Vec<Vec<u8>> {
     };
     let ck2 = checkpoint::to_bytes_model(&model, &clipped, &TrainState::new(1)).unwrap();
     out.push([&[1u8][..], &ck2].concat());
+    // A version-3 checkpoint (label smoothing).
+    let smoothed = TrainConfig {
+        label_smoothing: 0.1,
+        ..clipped
+    };
+    let ck3 = checkpoint::to_bytes_model(&model, &smoothed, &TrainState::new(1)).unwrap();
+    out.push([&[1u8][..], &ck3].concat());
     // Each is valid for its reader.
-    for at in [4, 7] {
+    for at in [4, 7, 8] {
         let ck = checkpoint::from_bytes_checked(Path::new("seed"), &out[at][1..]);
         assert!(ck.is_ok(), "{ck:?}");
     }

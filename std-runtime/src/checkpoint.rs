@@ -4,7 +4,7 @@
 //! the metadata, as JSON: the model's description, the optimizer, the run's settings and state
 //! (epoch, step, RNG state, early-stopping state, history), a CRC-32 of the tensors and one of
 //! the description (`meta_crc32`), and the version ([`VERSION`], [`version_of`]: 1 for a ReLU
-//! model trained without gradient clipping, 2 otherwise).
+//! model trained without gradient clipping, 3 for a run with label smoothing, 2 otherwise).
 //!
 //! Files are written atomically: to a temporary file beside the target, flushed to disk, then
 //! renamed over it, so a crash never leaves a broken checkpoint under the final name.
@@ -28,10 +28,11 @@ pub const FORMAT: &str = "mote-checkpoint";
 /// checkpoint is written with the lowest version that describes it ([`version_of`]): `1` for a
 /// ReLU network trained without gradient clipping (as every earlier build wrote and reads),
 /// `2` for another activation or a clipped run (which a version-1 reader would otherwise have
-/// evaluated as ReLU, or resumed without clipping).
-pub const VERSION: &str = "2";
+/// evaluated as ReLU, or resumed without clipping), `3` for a run with label smoothing (which
+/// a version-2 reader would resume without it).
+pub const VERSION: &str = "3";
 /// The versions this build reads, oldest first.
-const READS: [&str; 2] = ["1", "2"];
+const READS: [&str; 3] = ["1", "2", "3"];
 
 /// A version's place in [`READS`] (`None`: not read by this build).
 fn rank(version: &str) -> Option<usize> {
@@ -56,10 +57,12 @@ fn meta_crc(meta: &HashMap<String, String>) -> u32 {
 
 /// The version a checkpoint of `spec` and `config` is written with.
 pub fn version_of(spec: &ModelSpec, config: &TrainConfig) -> &'static str {
-    if spec.activation.is_relu() && config.clip_grad_norm.is_none() {
+    if config.label_smoothing != 0.0 {
+        "3"
+    } else if spec.activation.is_relu() && config.clip_grad_norm.is_none() {
         "1"
     } else {
-        VERSION
+        "2"
     }
 }
 
@@ -405,7 +408,7 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
             path,
             format!(
                 "checkpoint version {version:?} is not supported (this build reads {})",
-                READS.join(" and ")
+                READS.join(", ")
             ),
         ));
     };
@@ -471,10 +474,15 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         return Err(corrupt(
             path,
             format!(
-                "a version-{version} checkpoint of a {} network{}: version {needs} describes it",
+                "a version-{version} checkpoint of a {} network{}{}: version {needs} describes it",
                 spec.activation.name(),
                 if config.clip_grad_norm.is_some() {
                     " trained with gradient clipping"
+                } else {
+                    ""
+                },
+                if config.label_smoothing != 0.0 {
+                    " trained with label smoothing"
                 } else {
                     ""
                 },

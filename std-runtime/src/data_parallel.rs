@@ -36,7 +36,7 @@
 
 use mote::{Backend, Error, HostBackend, Mark, Module, Optimizer, Result, Tape, Var};
 
-use crate::model::{Model, NODES};
+use crate::model::{Model, StepOptions, NODES};
 use rayon::prelude::*;
 
 mod buckets;
@@ -753,9 +753,9 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         }
     }
 
-    fn set_clip_grad_norm(&mut self, max_norm: Option<f64>) {
+    fn configure(&mut self, options: StepOptions) {
         for m in &mut self.models {
-            m.clip_grad_norm = max_norm;
+            m.options = options;
         }
     }
 
@@ -845,7 +845,7 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         // Gradient clipping by one norm for all: replica 0's (and in a multi-process run rank
         // 0's), so that every replica scales by the same factor (a GPU's sum of squares is not
         // repeatable to the last bit, and replicas that scaled differently would drift apart).
-        let norm = match self.models[0].clip_grad_norm {
+        let norm = match self.models[0].options.clip_grad_norm {
             Some(_) => {
                 self.reduce.prepare(&self.models[0])?;
                 let mut norm = [mote::grad_norm(&mut self.models[0].tape)?];

@@ -538,9 +538,20 @@ pub struct Model<B: Backend<Elem = f32>> {
     pub spec: ModelSpec,
     /// The optimizer's settings.
     pub opt_config: OptimizerConfig,
-    /// Clips the gradients' global L2 norm to this before each optimizer step
+    /// Gradient clipping and label smoothing (none by default).
+    pub options: StepOptions,
+}
+
+/// How each training step runs, beyond the optimizer (what
+/// [`TrainConfig::step_options`](crate::train::TrainConfig::step_options) gives).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepOptions {
+    /// Clip the gradients' global L2 norm to this before each optimizer step
     /// ([`mote::clip_grad_norm`], PyTorch's `clip_grad_norm_`); `None`: no clipping.
     pub clip_grad_norm: Option<f64>,
+    /// Label smoothing of a classifier's cross-entropy
+    /// ([`mote::Tape::cross_entropy_smoothed`]); 0: none.
+    pub label_smoothing: f32,
 }
 
 impl<B: Backend<Elem = f32>> Model<B> {
@@ -567,18 +578,18 @@ impl<B: Backend<Elem = f32>> Model<B> {
             start,
             spec,
             opt_config,
-            clip_grad_norm: None,
+            options: StepOptions::default(),
         })
     }
 
     /// The optimizer step on the gradients in the tape, after clipping them by `norm` when
-    /// [`Model::clip_grad_norm`] says so: the gradients' norm ([`mote::grad_norm`]), this
+    /// [`StepOptions::clip_grad_norm`] says so: the gradients' norm ([`mote::grad_norm`]), this
     /// model's or the one that data-parallel replicas share.
     ///
     /// # Errors
     /// A core error: a non-finite gradient norm when clipping.
     pub fn step(&mut self, norm: Option<f64>) -> Result<()> {
-        if let (Some(max), Some(norm)) = (self.clip_grad_norm, norm) {
+        if let (Some(max), Some(norm)) = (self.options.clip_grad_norm, norm) {
             mote::clip_grad_norm_to(&mut self.tape, max, norm)?;
         }
         self.opt.step(&mut self.tape)?;
@@ -598,7 +609,7 @@ impl<B: Backend<Elem = f32>> Model<B> {
         y_value: &[f32],
     ) -> Result<(f32, usize)> {
         let r = self.forward_backward(x, rows, y_class, y_value)?;
-        let norm = match self.clip_grad_norm {
+        let norm = match self.options.clip_grad_norm {
             Some(_) => Some(mote::grad_norm(&mut self.tape)?),
             None => None,
         };
@@ -643,7 +654,7 @@ impl<B: Backend<Elem = f32>> Model<B> {
         let loss = match self.spec.task {
             Task::Classification => {
                 let y = t.labels(y_class)?;
-                t.cross_entropy(out, y)?
+                t.cross_entropy_smoothed(out, y, self.options.label_smoothing)?
             }
             Task::Regression => {
                 let y = t.input(&[rows, 1], y_value)?;

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Dataset, Targets, Task};
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::model::{Model, ModelSpec};
+use crate::model::{Model, ModelSpec, StepOptions};
 use crate::schedule::Schedule;
 
 /// Where the training data came from (so that `--resume` can load it again).
@@ -76,6 +76,11 @@ pub struct TrainConfig {
     /// clipping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_grad_norm: Option<f64>,
+    /// Label smoothing of the classification loss, in `[0, 1]` (PyTorch's `CrossEntropyLoss`
+    /// `label_smoothing`; 0: none). Training minimises the cross-entropy against
+    /// `(1 - s) onehot + s / classes`; evaluation reports the plain cross-entropy.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub label_smoothing: f64,
     /// The data.
     pub source: DataSource,
 }
@@ -93,6 +98,7 @@ impl TrainConfig {
             patience: None,
             min_delta: 0.0,
             clip_grad_norm: None,
+            label_smoothing: 0.0,
             source: DataSource {
                 data: data.to_string(),
                 label: None,
@@ -105,7 +111,8 @@ impl TrainConfig {
     /// Checks the settings.
     ///
     /// # Errors
-    /// `Invalid` for a zero batch size, or a clip norm that is not positive and finite.
+    /// `Invalid` for a zero batch size, a clip norm that is not positive and finite, or a
+    /// label smoothing outside `[0, 1]`.
     pub fn check(&self) -> Result<()> {
         if self.batch == 0 {
             return Err(Error::invalid("batch size 0").with_hint("give --batch 1 or more"));
@@ -118,8 +125,27 @@ impl TrainConfig {
                 .with_hint("give a value such as --clip-grad-norm 1.0"));
             }
         }
+        let s = self.label_smoothing;
+        if !(0.0..=1.0).contains(&s) {
+            return Err(Error::invalid(format!(
+                "--label-smoothing {s}: the smoothing must lie in [0, 1]"
+            ))
+            .with_hint("give a value such as --label-smoothing 0.1"));
+        }
         Ok(())
     }
+
+    /// The step's settings that the learner applies ([`Learner::configure`]).
+    pub fn step_options(&self) -> StepOptions {
+        StepOptions {
+            clip_grad_norm: self.clip_grad_norm,
+            label_smoothing: self.label_smoothing as f32,
+        }
+    }
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// One epoch's numbers.
@@ -315,9 +341,8 @@ pub trait Learner {
     /// Sets the learning rate of every optimizer.
     fn set_lr(&mut self, lr: f64);
 
-    /// Clips the gradients' global L2 norm to `max_norm` before every optimizer step (`None`:
-    /// no clipping).
-    fn set_clip_grad_norm(&mut self, max_norm: Option<f64>);
+    /// Sets how every training step runs (gradient clipping, label smoothing).
+    fn configure(&mut self, options: StepOptions);
 
     /// One training step on a standardised batch; the mean loss and the correct predictions.
     ///
@@ -359,8 +384,8 @@ impl<B: Backend<Elem = f32>> Learner for Model<B> {
         mote::Optimizer::set_lr(&mut self.opt, lr);
     }
 
-    fn set_clip_grad_norm(&mut self, max_norm: Option<f64>) {
-        self.clip_grad_norm = max_norm;
+    fn configure(&mut self, options: StepOptions) {
+        self.options = options;
     }
 
     fn train_step(
@@ -434,7 +459,7 @@ pub fn fit<L: Learner>(
     for h in hooks.iter_mut() {
         h.on_begin(&info);
     }
-    model.set_clip_grad_norm(config.clip_grad_norm);
+    model.configure(config.step_options());
     let base = model.model().opt_config.lr();
     let (start_step, start_epoch) = (state.step, state.epoch);
     let (mut bx, mut bc, mut bv) = (Vec::new(), Vec::new(), Vec::new());

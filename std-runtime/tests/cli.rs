@@ -415,6 +415,52 @@ fn find(hay: &[u8], needle: &str) -> Option<usize> {
         .position(|w| w == needle.as_bytes())
 }
 
+/// `--label-smoothing`: trains (the header says so), writes a version-3 checkpoint (a
+/// version-2 reader would resume without smoothing), which evaluates; a file claiming version 2
+/// is refused; resuming cannot change it. (That a resume keeps it: the resume test's `smooth`.)
+#[test]
+fn label_smoothing_trains_and_is_kept() {
+    let d = TempDir::new("smoothing");
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--label-smoothing",
+            "0.1",
+            "--epochs",
+            "15",
+            "--save",
+            "ls.safetensors",
+        ],
+    );
+    assert!(out.contains(", label smoothing 0.1;"), "{out}");
+    let acc = final_accuracy(&out, 15);
+    assert!(acc >= 93.0, "{out}");
+    let eval = ok(&d, &["eval", "--model", "ls.safetensors"]);
+    assert!(eval.contains(&format!("accuracy {acc:.2}%")), "{eval}");
+    let bytes = std::fs::read(d.path("ls.safetensors")).unwrap();
+    let at = find(&bytes, r#""version":"3""#).expect("version 3");
+    let mut forged = bytes.clone();
+    forged[at + 11] = b'2';
+    std::fs::write(d.path("v2.safetensors"), forged).unwrap();
+    let e = fails(&d, &["eval", "--model", "v2.safetensors"]);
+    assert!(
+        e.contains("version-2 checkpoint of a relu network trained with label smoothing"),
+        "{e}"
+    );
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "--resume",
+            "ls.safetensors",
+            "--label-smoothing",
+            "0.2",
+        ],
+    );
+    assert!(e.contains("--label-smoothing cannot change"), "{e}");
+}
+
 /// `--activation`: trained, evaluated and kept on resume; the checkpoint says version 2 (ReLU
 /// ones stay version 1, which earlier builds read); the Rust export names it, and its arrays
 /// run through SiLU written here give `mote predict`'s classes.
@@ -802,6 +848,7 @@ fn resume_equals_straight_run_bit_for_bit() {
             "clip",
             &["--clip-grad-norm", "0.5", "--activation", "gelu"][..],
         ),
+        ("smooth", &["--label-smoothing", "0.2"][..]),
     ] {
         let (half, full) = (
             format!("{tag}-half.safetensors"),
@@ -941,6 +988,12 @@ fn csv_errors_name_file_line_and_column() {
             "reg.csv, line 3, column 2 (y): 'x' is not a number",
         ),
         ("only.csv", "y\n1\n2\n", &[], "no feature columns"),
+        (
+            "smooth.csv",
+            "a,y\n1,0.5\n2,1.5\n3,2.5\n4,3.5\n",
+            &["--task", "regression", "--label-smoothing", "0.1"],
+            "--label-smoothing with a regression task",
+        ),
     ];
     for (name, text, extra, want) in cases {
         d.write(name, text);
@@ -1188,6 +1241,13 @@ fn bad_arguments_are_short_errors() {
         let e = fails(&d, &["train", &format!("--clip-grad-norm={bad}")]);
         assert!(
             e.contains("--clip-grad-norm") && e.contains("positive and finite"),
+            "{e}"
+        );
+    }
+    for bad in ["-0.1", "1.5", "NaN", "inf"] {
+        let e = fails(&d, &["train", &format!("--label-smoothing={bad}")]);
+        assert!(
+            e.contains("--label-smoothing") && e.contains("must lie in [0, 1]"),
             "{e}"
         );
     }

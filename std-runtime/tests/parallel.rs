@@ -349,17 +349,22 @@ proptest! {
     fn losses(
         rows in prop_oneof![1usize..10, 30_000usize..50_000],
         classes in 1usize..12,
-        op in 0usize..3,
+        op in 0usize..4,
         lhs in any::<bool>(),
         bad_label in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let op = [LossOp::Mse, LossOp::BceWithLogits, LossOp::CrossEntropy][op];
+        let op = [
+            LossOp::Mse,
+            LossOp::BceWithLogits,
+            LossOp::CrossEntropy,
+            LossOp::CrossEntropySmoothed(0.1),
+        ][op];
         let np = rows * classes;
-        let nt = if op == LossOp::CrossEntropy { rows } else { np };
+        let nt = if op.takes_labels() { rows } else { np };
         // p, t, loss, dy, dx
         let mut mem: Vec<f32> = random(np + nt + 2 + np, seed, -3.0, 3.0);
-        if op == LossOp::CrossEntropy {
+        if op.takes_labels() {
             let mut rng = Rng::new(seed);
             for t in &mut mem[np..np + nt] {
                 *t = rng.below(classes as u32) as f32;
@@ -375,7 +380,7 @@ proptest! {
         let p = View { offset: 0, shape: shape(&[rows, classes]) };
         let t = View {
             offset: np,
-            shape: if op == LossOp::CrossEntropy { shape(&[rows]) } else { p.shape },
+            shape: if op.takes_labels() { shape(&[rows]) } else { p.shape },
         };
         let (r1, m1, r2, m2) = both!(mem, |b| {
             b.loss(op, classes, p, t, np + nt)?;
@@ -385,7 +390,7 @@ proptest! {
         if r1.is_ok() {
             // The serial f32 sum of ~10^5 terms is itself off by ~10^-5 relative.
             assert_close(&m1[np + nt..np + nt + 1], &m2[np + nt..np + nt + 1], 2e-4, "loss");
-            if op == LossOp::CrossEntropy {
+            if op.takes_labels() {
                 // f32 cross-entropy uses a polynomial exp: a few ulp from the library's. Each
                 // gradient is k (softmax - onehot) with k = dy / rows: at the label, where the
                 // softmax is near 1, the subtraction cancels, so the error is a few ulp of k

@@ -31,6 +31,7 @@ fn setup(
         patience,
         min_delta: 0.0,
         clip_grad_norm: None,
+        label_smoothing: 0.0,
         source: DataSource {
             data: "digits".into(),
             label: None,
@@ -161,8 +162,8 @@ impl<L: train::Learner> train::Learner for FirstSays<L> {
     fn set_lr(&mut self, lr: f64) {
         self.inner.set_lr(lr);
     }
-    fn set_clip_grad_norm(&mut self, max_norm: Option<f64>) {
-        self.inner.set_clip_grad_norm(max_norm);
+    fn configure(&mut self, options: mote_runtime::model::StepOptions) {
+        self.inner.configure(options);
     }
     fn train_step(
         &mut self,
@@ -270,6 +271,43 @@ fn gradient_clipping_bounds_each_step() {
 
     config.clip_grad_norm = Some(-1.0);
     assert!(config.check().is_err());
+}
+
+/// Label smoothing changes the run; replicas smooth like one model (each row's loss is smoothed,
+/// so the shards' mean is the batch's) and stay identical.
+#[test]
+fn label_smoothing_replicas_train_like_one_model() {
+    const ADAM: OptimizerConfig = OptimizerConfig::Adam {
+        lr: 1e-3,
+        weight_decay: 0.0,
+    };
+    let run = |smoothing: f64| {
+        let (spec, mut config, data) = setup(2, Schedule::Constant, None);
+        config.label_smoothing = smoothing;
+        let opt = ADAM;
+        let mut mem = vec![0f32; arena_floats(&spec, &opt, config.batch)];
+        let mut model = Model::new(Cpu::new(&mut mem), spec, opt, &mut Rng::new(5)).unwrap();
+        let mut state = TrainState::new(5);
+        train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
+        params_of(&model)
+    };
+    let (plain, smoothed) = (run(0.0), run(0.2));
+    assert!(max_diff(&plain, &smoothed) > 1e-3);
+
+    let (spec, mut config, data) = setup(2, Schedule::Constant, None);
+    config.label_smoothing = 0.2;
+    let opt = ADAM;
+    let mut arenas = vec![vec![0f32; arena_floats(&spec, &opt, config.batch)]; 2];
+    let models = arenas
+        .iter_mut()
+        .map(|m| Model::new(Cpu::new(m), spec.clone(), opt, &mut Rng::new(5)).unwrap())
+        .collect();
+    let mut dp = Replicas::new(models).unwrap();
+    let mut state = TrainState::new(5);
+    train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
+    assert_eq!(dp.divergence().unwrap(), 0.0, "the replicas stay identical");
+    let d = max_diff(&params_of(train::Learner::model(&dp)), &smoothed);
+    assert!(d < 1e-4, "replicas against one model, both smoothed: {d}");
 }
 
 #[test]

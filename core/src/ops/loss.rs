@@ -4,6 +4,7 @@
 //! | --- | --- | --- |
 //! | `Mse` | mean((p - t)^2) | dp = 2 (p - t) / n, dt = -dp |
 //! | `CrossEntropy` | `mean_i (logsumexp(z_i) - z_i[label_i])` | dz_i = (softmax(z_i) - onehot(label_i)) / N |
+//! | `CrossEntropySmoothed(e)` | `mean_i ((1 - e) (lse_i - z_i[label_i]) + e (lse_i - mean_j z_ij))` | dz_i = (softmax(z_i) - (1 - e) onehot(label_i) - e / C) / N |
 //! | `BceWithLogits` | mean(max(x, 0) - x t + ln(1 + e^-abs(x))) | dx = (sigmoid(x) - t) / n, dt = -x / n |
 //!
 //! Composed of other ops (so every backend runs them as those ops, and the gradient follows):
@@ -13,14 +14,16 @@
 //!
 //! Cross-entropy takes logits `[N, C]` and class labels `[N]` stored as floats (exact integers
 //! up to 2^24); a label that is not an integer in `0..C` is an error. The fused form never
-//! forms `ln(softmax)`, so it is stable for any logits.
+//! forms `ln(softmax)`, so it is stable for any logits. With label smoothing `e` (PyTorch's
+//! `label_smoothing`) the target of row `i` is `(1 - e) onehot(label_i) + e / C`: the loss is
+//! the cross-entropy against that distribution, as PyTorch's.
 
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::ops::unary::sigmoid;
 
 /// A loss function.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum LossOp {
     /// Mean squared error.
     Mse,
@@ -28,6 +31,9 @@ pub enum LossOp {
     CrossEntropy,
     /// Binary cross-entropy on logits.
     BceWithLogits,
+    /// Softmax cross-entropy with integer class labels and label smoothing `e` in `(0, 1]`:
+    /// the target is `(1 - e) onehot(label) + e / C` (PyTorch's `label_smoothing`).
+    CrossEntropySmoothed(f32),
 }
 
 impl LossOp {
@@ -35,8 +41,22 @@ impl LossOp {
     pub fn name(self) -> &'static str {
         match self {
             LossOp::Mse => "mse",
-            LossOp::CrossEntropy => "cross_entropy",
+            LossOp::CrossEntropy | LossOp::CrossEntropySmoothed(_) => "cross_entropy",
             LossOp::BceWithLogits => "bce_with_logits",
+        }
+    }
+
+    /// Whether the targets are class labels (`[N]` against logits `[N, classes]`), without a
+    /// gradient: the cross-entropies.
+    pub fn takes_labels(self) -> bool {
+        matches!(self, LossOp::CrossEntropy | LossOp::CrossEntropySmoothed(_))
+    }
+
+    /// The label smoothing: 0 but for [`LossOp::CrossEntropySmoothed`].
+    pub fn smoothing(self) -> f32 {
+        match self {
+            LossOp::CrossEntropySmoothed(e) => e,
+            _ => 0.0,
         }
     }
 }
@@ -88,15 +108,25 @@ pub fn forward<T: Float>(op: LossOp, classes: usize, p: &[T], t: &[T]) -> Result
             }
             p.len()
         }
-        LossOp::CrossEntropy => {
+        LossOp::CrossEntropy | LossOp::CrossEntropySmoothed(_) => {
             if classes == 0 {
                 return Err(Error::InvalidArgument {
                     what: "cross_entropy needs at least one class",
                 });
             }
+            let e = op.smoothing();
+            let (keep, spread) = (T::from_f64(1.0 - f64::from(e)), T::from_f32(e));
             for (z, &label) in p.chunks_exact(classes).zip(t) {
                 let c = label_index(label, classes)?;
-                s += logsumexp(z) - z.get(c).copied().unwrap_or(T::ZERO);
+                let lse = logsumexp(z);
+                let nll = lse - z.get(c).copied().unwrap_or(T::ZERO);
+                s += if e == 0.0 {
+                    nll
+                } else {
+                    // Both terms are cross-entropies, each >= 0: no cancellation between them.
+                    let mean = z.iter().fold(T::ZERO, |a, &v| a + v) / T::from_usize(classes);
+                    keep * nll + spread * (lse - mean)
+                };
             }
             t.len()
         }
@@ -132,7 +162,7 @@ pub fn backward<T: Float>(
                 *d += if lhs { k * (sigmoid(x) - t) } else { -k * x };
             }
         }
-        LossOp::CrossEntropy => {
+        LossOp::CrossEntropy | LossOp::CrossEntropySmoothed(_) => {
             if !lhs {
                 return Ok(());
             }
@@ -142,6 +172,12 @@ pub fn backward<T: Float>(
                 });
             }
             let k = dy / T::from_usize(t.len());
+            let smoothing = op.smoothing();
+            // Smoothing moves `smoothing` of the label's weight to every class evenly.
+            let (hit, even) = (
+                k * T::from_f64(1.0 - f64::from(smoothing)),
+                k * T::from_f32(smoothing) / T::from_usize(classes),
+            );
             for ((dz, z), &label) in dx
                 .chunks_exact_mut(classes)
                 .zip(p.chunks_exact(classes))
@@ -171,8 +207,13 @@ pub fn backward<T: Float>(
                         }
                     }
                 }
+                if smoothing != 0.0 {
+                    for d in dz.iter_mut() {
+                        *d -= even;
+                    }
+                }
                 if let Some(d) = dz.get_mut(c) {
-                    *d -= k;
+                    *d -= hit;
                 }
             }
         }
@@ -208,6 +249,52 @@ mod tests {
         assert!((bce - (0.313_261_69 + core::f64::consts::LN_2 + 0.048_587_35) / 3.0).abs() < 1e-8);
         let mse = forward(LossOp::Mse, 0, &[1.0f64, 2.0], &[0.0, 4.0]).unwrap();
         assert_eq!(mse, 2.5);
+        // cross_entropy(..., label_smoothing=0.1): row 0: 0.9 * 0.40760596 + 0.1 * (lse - 2)
+        // with lse = 3.40760596; row 1: ln 3 whatever the smoothing.
+        let smoothed = forward(
+            LossOp::CrossEntropySmoothed(0.1),
+            3,
+            &[1.0f64, 2.0, 3.0, 1.0, 1.0, 1.0],
+            &[2.0, 0.0],
+        )
+        .unwrap();
+        let row0 = 0.9 * 0.407_605_96 + 0.1 * 1.407_605_96;
+        assert!((smoothed - (row0 + 1.098_612_29) / 2.0).abs() < 1e-6);
+    }
+
+    // The smoothed gradient is softmax - target distribution; at smoothing 1 the target is
+    // uniform, so equal logits get no gradient.
+    #[test]
+    fn smoothed_gradient_is_softmax_minus_the_smoothed_target() {
+        let z = [1.0f64, 2.0, 3.0];
+        let mut dx = [0.0f64; 3];
+        backward(
+            LossOp::CrossEntropySmoothed(0.3),
+            true,
+            3,
+            &z,
+            &[0.0],
+            1.0,
+            &mut dx,
+        )
+        .unwrap();
+        let s: f64 = z.iter().map(|v| v.exp()).sum();
+        for (j, d) in dx.iter().enumerate() {
+            let target = if j == 0 { 0.7 + 0.1 } else { 0.1 };
+            assert!((d - (z[j].exp() / s - target)).abs() < 1e-7, "{j}: {d}");
+        }
+        let mut dx = [0.0f64; 4];
+        backward(
+            LossOp::CrossEntropySmoothed(1.0),
+            true,
+            4,
+            &[0.5; 4],
+            &[3.0],
+            1.0,
+            &mut dx,
+        )
+        .unwrap();
+        assert!(dx.iter().all(|d| d.abs() < 1e-15), "{dx:?}");
     }
 
     // d = pred - target = [0.5, -2, 3, 0]: L1 (0.5 + 2 + 3) / 4; Huber (delta 1)
@@ -286,6 +373,27 @@ mod tape_ops {
         /// [`Error::ShapeMismatch`]; [`Error::IndexOutOfRange`] for a label outside `0..C`; and as
         /// [`Tape::unary`].
         pub fn cross_entropy(&mut self, logits: Var, labels: Var) -> Result<Var> {
+            self.cross_entropy_smoothed(logits, labels, 0.0)
+        }
+
+        /// [`Tape::cross_entropy`] with label smoothing (PyTorch's `cross_entropy(...,
+        /// label_smoothing=e)`): each row's target is `(1 - e) onehot(label) + e / C`, so the
+        /// loss is `(1 - e) ce + e mean_j (logsumexp(z) - z_j)` per row, fused and stable.
+        /// `e = 0` is [`Tape::cross_entropy`], bit for bit.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] unless `0 <= e <= 1`; as [`Tape::cross_entropy`].
+        pub fn cross_entropy_smoothed(
+            &mut self,
+            logits: Var,
+            labels: Var,
+            label_smoothing: f32,
+        ) -> Result<Var> {
+            if !(0.0..=1.0).contains(&label_smoothing) {
+                return Err(Error::InvalidArgument {
+                    what: "cross_entropy: label_smoothing must lie in [0, 1]",
+                });
+            }
             let (ls, ts) = (logits.shape, labels.shape);
             if ls.rank() != 2 || ts.rank() != 1 || ts.dim(0) != ls.dim(0) {
                 return Err(Error::ShapeMismatch {
@@ -294,7 +402,12 @@ mod tape_ops {
                     rhs: ts,
                 });
             }
-            self.loss(LossOp::CrossEntropy, logits, labels, ls.dim(1))
+            let op = if label_smoothing == 0.0 {
+                LossOp::CrossEntropy
+            } else {
+                LossOp::CrossEntropySmoothed(label_smoothing)
+            };
+            self.loss(op, logits, labels, ls.dim(1))
         }
 
         /// Binary cross-entropy of logits against same-shaped targets in `[0, 1]`, stable.
@@ -409,7 +522,7 @@ mod tape_ops {
                 self.backend
                     .loss_backward(op, true, classes, pv, tv, dy.offset, dx)?;
             }
-            if op != LossOp::CrossEntropy {
+            if !op.takes_labels() {
                 if let Some((_, dx)) = self.input_grad(b)? {
                     self.backend
                         .loss_backward(op, false, classes, pv, tv, dy.offset, dx)?;

@@ -11,10 +11,11 @@ use mote::{Error, Result};
 use super::THREADS;
 use crate::Cuda;
 
+/// The kernels' op code; both cross-entropies are code 1, told apart by their smoothing.
 fn code(op: LossOp) -> i32 {
     match op {
         LossOp::Mse => 0,
-        LossOp::CrossEntropy => 1,
+        LossOp::CrossEntropy | LossOp::CrossEntropySmoothed(_) => 1,
         LossOp::BceWithLogits => 2,
     }
 }
@@ -29,8 +30,8 @@ impl Cuda {
         y: usize,
     ) -> Result<()> {
         split(&mut self.shadow, y..y + 1, [p.range(), t.range()])?;
-        let c = code(op);
-        let n = if op == LossOp::CrossEntropy {
+        let (c, sm) = (code(op), op.smoothing());
+        let n = if op.takes_labels() {
             if classes == 0 {
                 return Err(Error::InvalidArgument {
                     what: "cross_entropy needs at least one class",
@@ -48,7 +49,7 @@ impl Cuda {
             classes as u64,
             self.status,
         );
-        self.launch("loss_fwd", 1, 1024, &[&c, &pp, &tp, &yp, &n, &cl, &st])
+        self.launch("loss_fwd", 1, 1024, &[&c, &pp, &tp, &yp, &n, &cl, &st, &sm])
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -68,8 +69,8 @@ impl Cuda {
             dx..dx.saturating_add(len),
             [p.range(), t.range(), dy..dy + 1],
         )?;
-        let c = code(op);
-        let n = if op == LossOp::CrossEntropy {
+        let (c, sm) = (code(op), op.smoothing());
+        let n = if op.takes_labels() {
             if !lhs {
                 return Ok(());
             }
@@ -83,11 +84,7 @@ impl Cuda {
         } else {
             p.len()
         } as u64;
-        let work = if op == LossOp::CrossEntropy {
-            n * 32
-        } else {
-            n
-        };
+        let work = if op.takes_labels() { n * 32 } else { n };
         let l = i32::from(lhs);
         let q = [
             self.at(p.offset),
@@ -100,7 +97,7 @@ impl Cuda {
             "loss_bwd",
             self.blocks(work, THREADS),
             THREADS,
-            &[&c, &l, &q[0], &q[1], &q[2], &q[3], &n, &cl, &st],
+            &[&c, &l, &q[0], &q[1], &q[2], &q[3], &n, &cl, &st, &sm],
         )
     }
 }

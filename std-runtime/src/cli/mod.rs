@@ -219,6 +219,10 @@ pub struct TrainArgs {
     /// `clip_grad_norm_`) [default: no clipping].
     #[arg(long, value_name = "MAX")]
     clip_grad_norm: Option<f64>,
+    /// Classification: label smoothing in [0, 1] (PyTorch's `CrossEntropyLoss(label_smoothing=)`):
+    /// the loss's target is `(1 - S) onehot + S / classes` [default: 0].
+    #[arg(long, value_name = "S")]
+    label_smoothing: Option<f64>,
     /// Seed of initialisation, split and shuffling [default: 42].
     #[arg(long)]
     seed: Option<u64>,

@@ -267,6 +267,7 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
         ("--batch", a.batch.is_some()),
         ("--lr", a.lr.is_some()),
         ("--clip-grad-norm", a.clip_grad_norm.is_some()),
+        ("--label-smoothing", a.label_smoothing.is_some()),
         ("--optimizer", a.optimizer.is_some()),
         ("--momentum", a.momentum.is_some()),
         ("--weight-decay", a.weight_decay.is_some()),
@@ -590,6 +591,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         patience: a.patience,
         min_delta: 0.0,
         clip_grad_norm: a.clip_grad_norm,
+        label_smoothing: a.label_smoothing.unwrap_or(0.0),
         source,
     };
     config.check()?;
@@ -619,6 +621,12 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
              follow",
         )
         .with_hint("give hidden layers (such as --hidden 32), or drop --activation"));
+    }
+    if a.label_smoothing.is_some() && spec.task == Task::Regression {
+        return Err(Error::invalid(
+            "--label-smoothing with a regression task: it smooths a classifier's class labels",
+        )
+        .with_hint("drop --label-smoothing, or train a classifier (--task classification)"));
     }
     let spec = ModelSpec {
         activation: a.activation.unwrap_or_default(),
@@ -673,7 +681,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     let data = Prepared::new(&ds, &spec, tr, va);
     if !a.quiet {
         out(&format!(
-            "training {} on {} ({} training rows, {} validation); {} lr {}, batch {}, {} epoch{}, {} schedule{}; backend {}",
+            "training {} on {} ({} training rows, {} validation); {} lr {}, batch {}, {} epoch{}, {} schedule{}{}; backend {}",
             describe(&spec),
             config.source.data,
             data.train.len(),
@@ -687,6 +695,11 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
             config
                 .clip_grad_norm
                 .map_or(String::new(), |c| format!(", gradient norm clipped to {c}")),
+            if config.label_smoothing == 0.0 {
+                String::new()
+            } else {
+                format!(", label smoothing {}", config.label_smoothing)
+            },
             backend
         ))?;
     }

@@ -463,18 +463,19 @@ pub(super) fn loss_par<T: Float>(
     threads: usize,
 ) -> Result<T> {
     let (rows, width) = match op {
-        LossOp::CrossEntropy if classes > 0 => (t.len(), classes),
-        LossOp::CrossEntropy => return simd(|| loss::forward(op, classes, p, t)),
-        _ => (p.len(), 1),
+        _ if !op.takes_labels() => (p.len(), 1),
+        _ if classes > 0 => (t.len(), classes),
+        _ => return simd(|| loss::forward(op, classes, p, t)),
     };
     if rows == 0 {
         return simd(|| loss::forward(op, classes, p, t));
     }
     let per = rows.div_ceil(threads * 4);
     let parts = team::map(p.chunks(per * width).zip(t.chunks(per)), |(pc, tc)| {
-        let n = match op {
-            LossOp::CrossEntropy => tc.len().min(pc.len() / width),
-            _ => pc.len(),
+        let n = if op.takes_labels() {
+            tc.len().min(pc.len() / width)
+        } else {
+            pc.len()
         };
         simd(|| loss::forward(op, classes, pc, tc)).map(|m| m.to_f64() * n as f64)
     });

@@ -582,9 +582,10 @@ impl<T: Float> Backend for Parallel<'_, T> {
         let threads = self.threads;
         let (yv, [pv, tv]) = split(self.buf, r(y, 1), [p.range(), t.range()])?;
         let scratch = &mut self.scratch;
-        let fast = match op {
-            LossOp::CrossEntropy => xent::forward_best(scratch, classes, pv, tv),
-            _ => None,
+        let fast = if op.takes_labels() {
+            xent::forward_best(scratch, op.smoothing(), classes, pv, tv)
+        } else {
+            None
         };
         let v = if let Some(v) = fast {
             v?
@@ -614,9 +615,9 @@ impl<T: Float> Backend for Parallel<'_, T> {
         let n = if lhs { p.len() } else { t.len() };
         let (d, [pv, tv, g]) = split(self.buf, r(dx, n), [p.range(), t.range(), r(dy, 1)])?;
         let g = g.first().copied().unwrap_or(T::ZERO);
-        if op == LossOp::CrossEntropy && lhs {
+        if op.takes_labels() && lhs {
             let scratch = &mut self.scratch;
-            if let Some(r) = xent::backward_best(scratch, classes, pv, tv, g, d) {
+            if let Some(r) = xent::backward_best(scratch, op.smoothing(), classes, pv, tv, g, d) {
                 return r;
             }
         }

@@ -160,11 +160,12 @@ impl Scratch {
     }
 }
 
-/// The mean cross-entropy of logits `p` (`[N, classes]`) against labels `t` (`[N]`), or
-/// `None` when the fast path does not apply (not f32).
+/// The mean cross-entropy of logits `p` (`[N, classes]`) against labels `t` (`[N]`) with label
+/// `smoothing` (0: none), or `None` when the fast path does not apply (not f32).
 #[inline(always)]
 pub(super) fn forward<T: Float>(
     s: &mut Scratch,
+    smoothing: f32,
     classes: usize,
     p: &[T],
     t: &[T],
@@ -182,6 +183,7 @@ pub(super) fn forward<T: Float>(
         *v = ln_ge1(*v);
     }
     let mut total = 0f32;
+    let (keep, per_class) = ((1.0 - f64::from(smoothing)) as f32, 1.0 / classes as f32);
     for (((&l, z), &m), &c) in s
         .logs
         .iter()
@@ -189,16 +191,24 @@ pub(super) fn forward<T: Float>(
         .zip(&s.maxes)
         .zip(&s.labels)
     {
-        total += (m + l) - z.get(c).copied().unwrap_or(0.0);
+        let nll = (m + l) - z.get(c).copied().unwrap_or(0.0);
+        total += if smoothing == 0.0 {
+            nll
+        } else {
+            // As the core's: (1 - e) ce + e (lse - mean z), each term >= 0.
+            let mean = z.iter().sum::<f32>() * per_class;
+            keep * nll + smoothing * ((m + l) - mean)
+        };
     }
     Some(Ok(T::from_f32(total / t.len() as f32)))
 }
 
-/// Accumulates `dy * (softmax(z) - onehot(label)) / N` into `dx`, or `None` when the fast path
-/// does not apply.
+/// Accumulates `dy * (softmax(z) - (1 - e) onehot(label) - e / classes) / N` into `dx`
+/// (`e` the label smoothing), or `None` when the fast path does not apply.
 #[inline(always)]
 pub(super) fn backward<T: Float>(
     s: &mut Scratch,
+    smoothing: f32,
     classes: usize,
     p: &[T],
     t: &[T],
@@ -212,6 +222,8 @@ pub(super) fn backward<T: Float>(
         }
     }
     let k = dy.to_f32() / t.len() as f32;
+    let hit = k * (1.0 - f64::from(smoothing)) as f32;
+    let even = k * smoothing / classes as f32;
     for ((dz, er), &c) in dx
         .chunks_exact_mut(classes)
         .zip(s.e.chunks_exact(classes))
@@ -221,8 +233,13 @@ pub(super) fn backward<T: Float>(
         for (d, &ej) in dz.iter_mut().zip(er) {
             *d += k * (ej * inv);
         }
+        if smoothing != 0.0 {
+            for d in dz.iter_mut() {
+                *d -= even;
+            }
+        }
         if let Some(d) = dz.get_mut(c) {
-            *d -= k;
+            *d -= hit;
         }
     }
     Some(Ok(()))
@@ -232,6 +249,7 @@ pub(super) fn backward<T: Float>(
 /// [`super::simd`] is not always inlined; these are, being `inline(always)`).
 pub(super) fn forward_best<T: Float>(
     s: &mut Scratch,
+    smoothing: f32,
     classes: usize,
     p: &[T],
     t: &[T],
@@ -241,23 +259,26 @@ pub(super) fn forward_best<T: Float>(
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<T: Float>(
             s: &mut Scratch,
+            smoothing: f32,
             classes: usize,
             p: &[T],
             t: &[T],
         ) -> Option<Result<T>> {
-            forward(s, classes, p, t)
+            forward(s, smoothing, classes, p, t)
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { avx2(s, classes, p, t) };
+            return unsafe { avx2(s, smoothing, classes, p, t) };
         }
     }
-    forward(s, classes, p, t)
+    forward(s, smoothing, classes, p, t)
 }
 
 /// [`backward`] compiled for AVX2 where the CPU has it.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn backward_best<T: Float>(
     s: &mut Scratch,
+    smoothing: f32,
     classes: usize,
     p: &[T],
     t: &[T],
@@ -269,20 +290,21 @@ pub(super) fn backward_best<T: Float>(
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<T: Float>(
             s: &mut Scratch,
+            smoothing: f32,
             classes: usize,
             p: &[T],
             t: &[T],
             dy: T,
             dx: &mut [T],
         ) -> Option<Result<()>> {
-            backward(s, classes, p, t, dy, dx)
+            backward(s, smoothing, classes, p, t, dy, dx)
         }
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            return unsafe { avx2(s, classes, p, t, dy, dx) };
+            return unsafe { avx2(s, smoothing, classes, p, t, dy, dx) };
         }
     }
-    backward(s, classes, p, t, dy, dx)
+    backward(s, smoothing, classes, p, t, dy, dx)
 }
 
 #[cfg(test)]
@@ -316,7 +338,7 @@ mod tests {
         t2[2] = 7.0;
         let fresh = |p: &[f32], t: &[f32]| {
             let mut dx = vec![0.25f32; 60];
-            let r = backward(&mut Scratch::default(), 10, p, t, 1.5f32, &mut dx);
+            let r = backward(&mut Scratch::default(), 0.0, 10, p, t, 1.5f32, &mut dx);
             assert!(matches!(r, Some(Ok(()))));
             dx
         };
@@ -325,10 +347,10 @@ mod tests {
         // or labels: each as a backward with nothing cached.
         for (p, t) in [(&p1, &t1), (&p2, &t1), (&p1, &t2)] {
             let mut s = Scratch::default();
-            assert!(matches!(forward(&mut s, 10, &p1, &t1), Some(Ok(_))));
+            assert!(matches!(forward(&mut s, 0.0, 10, &p1, &t1), Some(Ok(_))));
             let mut dx = vec![0.25f32; 60];
             assert!(matches!(
-                backward(&mut s, 10, p, t, 1.5f32, &mut dx),
+                backward(&mut s, 0.0, 10, p, t, 1.5f32, &mut dx),
                 Some(Ok(()))
             ));
             assert_eq!(bits(&dx), bits(&fresh(p, t)));
@@ -336,10 +358,10 @@ mod tests {
         // A bad label fails the forward; the backward then checks again.
         let mut s = Scratch::default();
         let bad = vec![0.0f32, 1.0, 12.0, 3.0, 4.0, 5.0];
-        assert!(matches!(forward(&mut s, 10, &p1, &bad), Some(Err(_))));
+        assert!(matches!(forward(&mut s, 0.0, 10, &p1, &bad), Some(Err(_))));
         let mut dx = vec![0.0f32; 60];
         assert!(matches!(
-            backward(&mut s, 10, &p1, &bad, 1.0f32, &mut dx),
+            backward(&mut s, 0.0, 10, &p1, &bad, 1.0f32, &mut dx),
             Some(Err(_))
         ));
     }
