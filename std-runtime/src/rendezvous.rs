@@ -6,7 +6,8 @@
 //! | `MOTE_WORLD_SIZE` | processes (ranks) in the run, on every host together |
 //! | `MOTE_RANK` | this process's rank, `0 .. MOTE_WORLD_SIZE` |
 //! | `MOTE_LOCAL_RANK` | which GPU of its host this process uses (default: `MOTE_RANK`) |
-//! | `MOTE_RENDEZVOUS` | where rank 0 hands its NCCL id to the others: `file:PATH` (a file every host sees, e.g. on a shared disk; one older than a minute before a rank started is not read: see [`STALE_AFTER`]) or `tcp:HOST:PORT` (rank 0 listens there, the others connect) |
+//! | `MOTE_RENDEZVOUS` | where rank 0 hands its NCCL id to the others: `file:PATH` (a file every host sees, e.g. on a shared disk; without `MOTE_RUN_ID`, one older than a minute before a rank started is not read: see [`STALE_AFTER`]) or `tcp:HOST:PORT` (rank 0 listens there, the others connect) |
+//! | `MOTE_RUN_ID` | optional, the same on every rank and new for every run (as `torchrun --rdzv-id`): rank 0 hands its id only to ranks of this run, and a rendezvous file is read only when written for this run, whatever its age |
 //! | `MOTE_TIMEOUT` | seconds a rank may go without finishing a training step before its [`Watchdog`] aborts it (default 600; `0` or `off`: never) |
 //!
 //! Rank 0 makes the group's id ([`mote_cuda::Nccl::unique_id`] with the `cuda` feature) and
@@ -63,6 +64,9 @@ pub struct Launch {
     pub local_rank: usize,
     /// Where the ranks meet.
     pub rendezvous: Rendezvous,
+    /// The run's name (`MOTE_RUN_ID`), which the rendezvous checks; `None`: not checked (a
+    /// file is then told to be this run's by its age).
+    pub run_id: Option<String>,
 }
 
 impl Launch {
@@ -100,11 +104,22 @@ impl Launch {
             Error::invalid("MOTE_WORLD_SIZE is set but MOTE_RENDEZVOUS is not")
                 .with_hint("MOTE_RENDEZVOUS=file:/shared/run1.id or tcp:HOST:PORT of rank 0")
         })?;
+        let run_id = var("MOTE_RUN_ID").filter(|v| !v.is_empty());
+        if let Some(id) = &run_id {
+            if id.len() > MAX_RUN_ID || id.chars().any(char::is_control) {
+                return Err(Error::invalid(format!(
+                    "MOTE_RUN_ID={id:?}: a run id is at most {MAX_RUN_ID} bytes, without \
+                     control characters"
+                ))
+                .with_hint("for example MOTE_RUN_ID=$(date +%s)-train, the same on every rank"));
+            }
+        }
         Ok(Some(Launch {
             world,
             rank,
             local_rank,
             rendezvous: Rendezvous::parse(&rendezvous)?,
+            run_id,
         }))
     }
 }
@@ -122,22 +137,37 @@ pub fn exchange(
     match (&launch.rendezvous, launch.rank) {
         (Rendezvous::File(path), 0) => {
             let id = make_id()?;
-            crate::checkpoint::write_atomic(path, &id)?;
+            let tag = launch.run_id.as_deref().unwrap_or("").as_bytes();
+            crate::checkpoint::write_atomic(path, &[&id[..], tag].concat())?;
             Ok(id)
         }
-        (Rendezvous::File(path), _) => wait_for_file(path, timeout),
+        (Rendezvous::File(path), _) => wait_for_file(path, launch.run_id.as_deref(), timeout),
         (Rendezvous::Tcp(addr), 0) => {
             let id = make_id()?;
-            serve(addr, launch.world - 1, &id, timeout)?;
+            serve(addr, launch.world - 1, &id, run_tag(launch), timeout)?;
             Ok(id)
         }
-        (Rendezvous::Tcp(addr), rank) => fetch(addr, rank, timeout),
+        (Rendezvous::Tcp(addr), rank) => fetch(addr, rank, run_tag(launch), timeout),
     }
+}
+
+/// The longest `MOTE_RUN_ID`.
+pub const MAX_RUN_ID: usize = 256;
+
+/// What a rank sends rank 0 after its rank over TCP: a 64-bit FNV-1a hash of the run id (0
+/// without one), so that rank 0 serves only the ranks of its own run.
+fn run_tag(launch: &Launch) -> u64 {
+    launch.run_id.as_deref().map_or(0, |id| {
+        id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    })
 }
 
 fn late(what: String) -> Error {
     Error::invalid(what).with_hint(
-        "start every rank with the same MOTE_WORLD_SIZE and MOTE_RENDEZVOUS, rank 0 included",
+        "start every rank with the same MOTE_WORLD_SIZE, MOTE_RENDEZVOUS and MOTE_RUN_ID, rank 0 \
+         included",
     )
 }
 
@@ -147,20 +177,38 @@ fn late(what: String) -> Error {
 /// joined (rank 0 deletes it once they have), and is not read.
 pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
-fn wait_for_file(path: &Path, timeout: Duration) -> Result<[u8; ID_BYTES]> {
+/// Ranks 1..: waits for rank 0's file and reads its id. With a run id, the file must have been
+/// written for that run (the id follows rank 0's bytes), whatever its age; without, it must
+/// hold nothing more and be no older than [`STALE_AFTER`] before this rank started.
+fn wait_for_file(path: &Path, run_id: Option<&str>, timeout: Duration) -> Result<[u8; ID_BYTES]> {
     let start = Instant::now();
     let since = std::time::SystemTime::now()
         .checked_sub(STALE_AFTER)
         .unwrap_or(std::time::UNIX_EPOCH);
-    let mut stale = false;
+    let tag = run_id.unwrap_or("").as_bytes();
+    // What the file there held, when it was not this run's: older than this run, or another
+    // run's (another run id, or none where this run has one).
+    let (mut stale, mut other) = (false, false);
     loop {
-        let fresh = std::fs::metadata(path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t >= since);
+        let fresh = run_id.is_some()
+            || std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since);
         if fresh {
             if let Ok(bytes) = std::fs::read(path) {
-                if let Ok(id) = <[u8; ID_BYTES]>::try_from(bytes.as_slice()) {
-                    return Ok(id);
+                if let Some((id, rest)) = bytes.split_first_chunk::<ID_BYTES>() {
+                    if rest == tag {
+                        return Ok(*id);
+                    }
+                    if !other {
+                        other = true;
+                        eprintln!(
+                            "mote: rendezvous: {} was written for another run (MOTE_RUN_ID \
+                             differs, or is set on one side only); waiting for rank 0 of this \
+                             run to write it",
+                            path.display()
+                        );
+                    }
                 }
             }
         } else if !stale && path.exists() {
@@ -172,7 +220,10 @@ fn wait_for_file(path: &Path, timeout: Duration) -> Result<[u8; ID_BYTES]> {
             );
         }
         if start.elapsed() > timeout {
-            let what = if stale {
+            let what = if other {
+                "was not written for this run (the file there is another run's: is \
+                 MOTE_RUN_ID the same on every rank?)"
+            } else if stale {
                 "was not written anew (the file there is older than this run)"
             } else {
                 "did not appear"
@@ -187,10 +238,10 @@ fn wait_for_file(path: &Path, timeout: Duration) -> Result<[u8; ID_BYTES]> {
     }
 }
 
-/// Rank 0: accepts connections until every rank `1..=peers` has sent its rank (8 bytes,
-/// little-endian) and received the id; connections that send nothing valid (a port probe, a
-/// rank of another run) are dropped and not counted.
-fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], timeout: Duration) -> Result<()> {
+/// Rank 0: accepts connections until every rank `1..=peers` has sent its rank and its run's
+/// tag ([`run_tag`]; 8 bytes each, little-endian) and received the id; connections that send
+/// nothing valid (a port probe, a rank of another run) are dropped and not counted.
+fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Duration) -> Result<()> {
     let io = |e: std::io::Error| late(format!("rendezvous on {addr}: {e}"));
     let listener = TcpListener::bind(addr).map_err(io)?;
     listener.set_nonblocking(true).map_err(io)?;
@@ -200,10 +251,12 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], timeout: Duration) -> Re
     while served < peers {
         match listener.accept() {
             Ok((mut s, _)) => {
-                let mut rank = [0u8; 8];
+                let (mut rank, mut theirs) = ([0u8; 8], [0u8; 8]);
                 let valid = s.set_nonblocking(false).is_ok()
                     && s.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
-                    && s.read_exact(&mut rank).is_ok();
+                    && s.read_exact(&mut rank).is_ok()
+                    && s.read_exact(&mut theirs).is_ok()
+                    && u64::from_le_bytes(theirs) == tag;
                 let r = usize::try_from(u64::from_le_bytes(rank)).unwrap_or(0);
                 if valid && (1..=peers).contains(&r) && s.write_all(id).is_ok() {
                     if let Some(seen) = joined.get_mut(r) {
@@ -230,8 +283,8 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], timeout: Duration) -> Re
 }
 
 /// Ranks 1..: connects to rank 0 (retrying until it listens, each try bounded by the time
-/// left), sends its rank and reads the id.
-fn fetch(addr: &str, rank: usize, timeout: Duration) -> Result<[u8; ID_BYTES]> {
+/// left), sends its rank and its run's tag, and reads the id.
+fn fetch(addr: &str, rank: usize, tag: u64, timeout: Duration) -> Result<[u8; ID_BYTES]> {
     let start = Instant::now();
     loop {
         let left = timeout
@@ -249,9 +302,20 @@ fn fetch(addr: &str, rank: usize, timeout: Duration) -> Result<[u8; ID_BYTES]> {
             Ok(mut s) => {
                 let mut id = [0u8; ID_BYTES];
                 s.set_read_timeout(Some(left)).ok();
-                s.write_all(&(rank as u64).to_le_bytes())
+                let hello = [(rank as u64).to_le_bytes(), tag.to_le_bytes()].concat();
+                s.write_all(&hello)
                     .and_then(|()| s.read_exact(&mut id))
-                    .map_err(|e| late(format!("rendezvous with {addr}: {e}")))?;
+                    .map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            late(format!(
+                                "rendezvous with {addr}: rank 0 there closed the connection \
+                                 without its id: it is another run's (MOTE_RUN_ID differs), or \
+                                 has no rank {rank} (MOTE_WORLD_SIZE differs)"
+                            ))
+                        } else {
+                            late(format!("rendezvous with {addr}: {e}"))
+                        }
+                    })?;
                 return Ok(id);
             }
             Err(e) if start.elapsed() > timeout => {

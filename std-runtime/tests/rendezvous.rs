@@ -42,6 +42,27 @@ fn the_environment_makes_a_launch_or_says_what_is_wrong() {
     .unwrap();
     assert_eq!(l.local_rank, 1);
     assert_eq!(l.rendezvous, Rendezvous::File("/shared/run.id".into()));
+    assert_eq!(l.run_id, None);
+    let with_id = |id: &str| {
+        launch(&[
+            ("MOTE_WORLD_SIZE", "2"),
+            ("MOTE_RANK", "1"),
+            ("MOTE_RENDEZVOUS", "tcp:h:1"),
+            ("MOTE_RUN_ID", id),
+        ])
+    };
+    assert_eq!(
+        with_id("job-17").unwrap().unwrap().run_id.as_deref(),
+        Some("job-17")
+    );
+    assert_eq!(with_id("").unwrap().unwrap().run_id, None, "empty: none");
+    for bad in ["a\nb".to_string(), "x".repeat(257)] {
+        let e = with_id(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("MOTE_RUN_ID") && e.contains("at most 256 bytes"),
+            "{e}"
+        );
+    }
     for (vars, needle) in [
         (vec![("MOTE_WORLD_SIZE", "2")], "MOTE_RANK is not"),
         (
@@ -74,8 +95,9 @@ fn the_environment_makes_a_launch_or_says_what_is_wrong() {
     }
 }
 
-/// Runs `world` ranks on threads against `rendezvous`; returns the id each one ended with.
-fn run(world: usize, rendezvous: Rendezvous) -> Vec<[u8; ID_BYTES]> {
+/// Runs `world` ranks on threads against `rendezvous`, all with `run_id`; returns the id each
+/// one ended with.
+fn run(world: usize, rendezvous: Rendezvous, run_id: Option<&str>) -> Vec<[u8; ID_BYTES]> {
     let handles: Vec<_> = (0..world)
         .map(|rank| {
             let l = Launch {
@@ -83,6 +105,7 @@ fn run(world: usize, rendezvous: Rendezvous) -> Vec<[u8; ID_BYTES]> {
                 rank,
                 local_rank: rank,
                 rendezvous: rendezvous.clone(),
+                run_id: run_id.map(str::to_string),
             };
             std::thread::spawn(move || {
                 // The others start first: they must wait for rank 0.
@@ -106,8 +129,11 @@ fn rank_zero_hands_its_id_to_every_rank() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("run.id");
     let _ = std::fs::remove_file(&file);
-    for id in run(3, Rendezvous::File(file.clone())) {
-        assert_eq!(id, want, "through a file");
+    for run_id in [None, Some("job-17")] {
+        let _ = std::fs::remove_file(&file);
+        for id in run(3, Rendezvous::File(file.clone()), run_id) {
+            assert_eq!(id, want, "through a file, run id {run_id:?}");
+        }
     }
     // A free port: bind to port 0, note it, release it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -115,8 +141,10 @@ fn rank_zero_hands_its_id_to_every_rank() {
         .local_addr()
         .unwrap()
         .port();
-    for id in run(4, Rendezvous::Tcp(format!("127.0.0.1:{port}"))) {
-        assert_eq!(id, want, "through TCP");
+    for run_id in [None, Some("job-17")] {
+        for id in run(4, Rendezvous::Tcp(format!("127.0.0.1:{port}")), run_id) {
+            assert_eq!(id, want, "through TCP, run id {run_id:?}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -141,6 +169,7 @@ fn a_stale_rendezvous_file_is_not_read() {
         rank: 1,
         local_rank: 1,
         rendezvous: Rendezvous::File(file.clone()),
+        run_id: None,
     };
     let e = exchange(&rank1, Duration::from_millis(200), || unreachable!())
         .unwrap_err()
@@ -159,6 +188,82 @@ fn a_stale_rendezvous_file_is_not_read() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// With a run id, a file is this run's by what it holds, not by its age: an old file written for
+// this run is read (rank 0 may have started long before the others), one written for another
+// run, or without an id, is not, however fresh; a rank of another run gets no id over TCP.
+#[test]
+fn a_run_id_tells_this_runs_rendezvous_from_anothers() {
+    let dir = std::env::temp_dir().join(format!("mote-rdv-runid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.id");
+    let rank = |rank: usize, rendezvous: Rendezvous, run_id: Option<&str>| Launch {
+        world: 2,
+        rank,
+        local_rank: rank,
+        rendezvous,
+        run_id: run_id.map(str::to_string),
+    };
+    let mine = rank(1, Rendezvous::File(file.clone()), Some("job-2"));
+    // Rank 0 of job-2 wrote it two minutes ago: still read.
+    let writer = rank(0, Rendezvous::File(file.clone()), Some("job-2"));
+    exchange(&writer, Duration::from_secs(1), || Ok([5u8; ID_BYTES])).unwrap();
+    let old = std::time::SystemTime::now() - 2 * mote_runtime::rendezvous::STALE_AFTER;
+    let set_old = || {
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(old)
+            .unwrap()
+    };
+    set_old();
+    let id = exchange(&mine, Duration::from_secs(1), || unreachable!()).unwrap();
+    assert_eq!(id, [5u8; ID_BYTES]);
+    // Another run's file (job-1), and one written without a run id: fresh, but not read.
+    for other in [Some("job-1"), None] {
+        let writer = rank(0, Rendezvous::File(file.clone()), other);
+        exchange(&writer, Duration::from_secs(1), || Ok([6u8; ID_BYTES])).unwrap();
+        let e = exchange(&mine, Duration::from_millis(200), || unreachable!())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another run's"), "{other:?}: {e}");
+    }
+    // And a rank without a run id does not read a file written for one.
+    let writer = rank(0, Rendezvous::File(file.clone()), Some("job-2"));
+    exchange(&writer, Duration::from_secs(1), || Ok([5u8; ID_BYTES])).unwrap();
+    let plain = rank(1, Rendezvous::File(file.clone()), None);
+    let e = exchange(&plain, Duration::from_millis(200), || unreachable!())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another run's"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // TCP: rank 0 of job-2 serves only job-2's rank 1; job-1's is told why it got nothing.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = Rendezvous::Tcp(format!("127.0.0.1:{port}"));
+    let server = {
+        let zero = rank(0, addr.clone(), Some("job-2"));
+        std::thread::spawn(move || exchange(&zero, Duration::from_secs(20), || Ok([8u8; ID_BYTES])))
+    };
+    let stranger = rank(1, addr.clone(), Some("job-1"));
+    let e = exchange(&stranger, Duration::from_secs(10), || unreachable!())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("another run's (MOTE_RUN_ID differs)"), "{e}");
+    let id = exchange(
+        &rank(1, addr, Some("job-2")),
+        Duration::from_secs(10),
+        || unreachable!(),
+    )
+    .unwrap();
+    assert_eq!(id, [8u8; ID_BYTES]);
+    assert_eq!(server.join().unwrap().unwrap(), [8u8; ID_BYTES]);
+}
+
 #[test]
 fn a_rank_without_rank_zero_times_out_with_a_clear_error() {
     let never = |r: Rendezvous| Launch {
@@ -166,6 +271,7 @@ fn a_rank_without_rank_zero_times_out_with_a_clear_error() {
         rank: 1,
         local_rank: 1,
         rendezvous: r,
+        run_id: None,
     };
     let gone = std::env::temp_dir().join(format!("mote-rdv-none-{}.id", std::process::id()));
     let e = exchange(
