@@ -23,8 +23,31 @@ pub enum Loss {
     Mse,
     /// Binary cross-entropy with logits against targets shaped like the output.
     BceWithLogits,
-    /// Softmax cross-entropy against one class label per row.
+    /// Softmax cross-entropy against one class label per row (with or without label
+    /// smoothing: the same memory).
     CrossEntropy,
+    /// [`Tape::l1_loss`](crate::Tape::l1_loss) (and `smooth_l1_loss` with beta 0) against
+    /// targets shaped like the output: two intermediates the output's size.
+    L1,
+    /// [`Tape::huber_loss`](crate::Tape::huber_loss), any delta: eight intermediates the
+    /// output's size.
+    Huber,
+    /// [`Tape::smooth_l1_loss`](crate::Tape::smooth_l1_loss) with beta above 0: the Huber
+    /// loss's, and one scalar more.
+    SmoothL1,
+}
+
+impl Loss {
+    /// Floats a loss's intermediates take beyond its scalar result (values only; each has a
+    /// gradient as large), for `out` outputs.
+    const fn intermediates(self, out: usize) -> usize {
+        match self {
+            Loss::Mse | Loss::BceWithLogits | Loss::CrossEntropy => 0,
+            Loss::L1 => out.saturating_mul(2),
+            Loss::Huber => out.saturating_mul(8),
+            Loss::SmoothL1 => out.saturating_mul(8).saturating_add(1),
+        }
+    }
 }
 
 /// The optimizer of a planned step.
@@ -78,9 +101,11 @@ pub const fn mlp_step(sizes: &[usize], batch: usize, loss: Loss) -> usize {
         }
         i += 1;
     }
+    let out = batch.saturating_mul(sizes[n - 1]);
+    acts = acts.saturating_add(loss.intermediates(out));
     let targets = match loss {
-        Loss::Mse | Loss::BceWithLogits => batch.saturating_mul(sizes[n - 1]),
         Loss::CrossEntropy => batch,
+        _ => out,
     };
     batch
         .saturating_mul(sizes[0])

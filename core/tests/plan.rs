@@ -56,6 +56,9 @@ fn step<B: Backend, const N: usize>(
             Loss::Mse => tape.mse(h, t)?,
             Loss::BceWithLogits => tape.bce_with_logits(h, t)?,
             Loss::CrossEntropy => tape.cross_entropy(h, t)?,
+            Loss::L1 => tape.l1_loss(h, t)?,
+            Loss::Huber => tape.huber_loss(h, t, 1.0)?,
+            Loss::SmoothL1 => tape.smooth_l1_loss(h, t, 0.5)?,
         };
         tape.backward(l)?;
         if let Some(a) = adam.as_mut() {
@@ -77,7 +80,14 @@ proptest! {
     fn plan_dry_run_and_real_step_agree(
         sizes in prop::collection::vec(1usize..=12, 2..=5),
         batch in 1usize..=9,
-        loss in prop::sample::select(vec![Loss::Mse, Loss::BceWithLogits, Loss::CrossEntropy]),
+        loss in prop::sample::select(vec![
+            Loss::Mse,
+            Loss::BceWithLogits,
+            Loss::CrossEntropy,
+            Loss::L1,
+            Loss::Huber,
+            Loss::SmoothL1,
+        ]),
         opt in prop::sample::select(vec![Opt::Sgd, Opt::SgdMomentum, Opt::Adam]),
     ) {
         let planned = plan::mlp(&sizes, batch, loss, opt);

@@ -36,7 +36,7 @@
 
 use mote::{Backend, Error, HostBackend, Mark, Module, Optimizer, Result, Tape, Var};
 
-use crate::model::{Model, StepOptions, NODES};
+use crate::model::{Model, StepOptions, StepStats, NODES};
 use rayon::prelude::*;
 
 mod buckets;
@@ -464,9 +464,9 @@ fn disjoint_mut<'b>(buf: &'b mut [f32], regions: &[(usize, usize)]) -> Result<Ve
 pub trait Reduce<B: Backend<Elem = f32>> {
     /// Runs `f` on every replica (index, model, this reducer), in parallel where the backend
     /// allows.
-    fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<crate::Result<(f32, usize)>>
+    fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<crate::Result<StepStats>>
     where
-        F: Fn(usize, &mut Model<B>, &Self) -> crate::Result<(f32, usize)> + Sync + Send;
+        F: Fn(usize, &mut Model<B>, &Self) -> crate::Result<StepStats> + Sync + Send;
 
     /// The bucket plan when the all-reduce overlaps the backward ([`Reduce::bucket_ready`]
     /// runs for each bucket as a replica's backward finishes it); `None` when the gradients
@@ -551,9 +551,9 @@ impl SharedMemory {
 }
 
 impl<B: HostBackend<Elem = f32> + Send> Reduce<B> for SharedMemory {
-    fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<crate::Result<(f32, usize)>>
+    fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<crate::Result<StepStats>>
     where
-        F: Fn(usize, &mut Model<B>, &Self) -> crate::Result<(f32, usize)> + Sync + Send,
+        F: Fn(usize, &mut Model<B>, &Self) -> crate::Result<StepStats> + Sync + Send,
     {
         if models.len() > 1 {
             models
@@ -765,7 +765,7 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         rows: usize,
         y_class: &[usize],
         y_value: &[f32],
-    ) -> crate::Result<(f32, usize)> {
+    ) -> crate::Result<StepStats> {
         let k = self.models.len();
         // Global shards: replica r of this process takes shard `first + r` of `world`.
         let (first, world) = self.reduce.place(k);
@@ -787,7 +787,7 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
                 // No rows: zeroed gradients (weight 0 in the sum).
                 m.tape
                     .rewind(m.start)
-                    .map(|()| (0.0, 0))
+                    .map(|()| StepStats::default())
                     .map_err(Into::into)
             } else {
                 let xs = x.get(lo * ins..hi * ins).unwrap_or(&[]);
@@ -828,18 +828,21 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
             rest?;
             Ok(out)
         });
-        let (mut loss, mut correct) = (0.0f64, 0);
+        let (mut loss, mut correct, mut squared) = (0.0f64, 0, 0.0f64);
         for (res, &w) in results.into_iter().zip(&weights) {
-            let (l, c) = res?;
-            loss += f64::from(w) * f64::from(l);
-            correct += c;
+            let s = res?;
+            loss += f64::from(w) * f64::from(s.loss);
+            correct += s.correct;
+            squared += s.squared_error;
         }
-        // With replicas in other processes, this process reports its own shards' mean loss
-        // and their correct predictions scaled to the batch (the others' are not read back).
+        // With replicas in other processes, this process reports its own shards' mean loss,
+        // and their correct predictions and squared errors scaled to the batch (the others'
+        // are not read back).
         let share: f32 = weights.iter().sum();
         if world > k && share > 0.0 {
             loss /= f64::from(share);
             correct = (correct as f64 / f64::from(share)).round() as usize;
+            squared /= f64::from(share);
         }
         self.reduce.all_reduce(&mut self.models, &weights)?;
         // Gradient clipping by one norm for all: replica 0's (and in a multi-process run rank
@@ -857,11 +860,15 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         // The same step on every replica (in parallel where the backend allows).
         for r in self.reduce.each(&mut self.models, |_, m, _| {
             m.step(norm)?;
-            Ok((0.0, 0))
+            Ok(StepStats::default())
         }) {
             r?;
         }
-        Ok((loss as f32, correct))
+        Ok(StepStats {
+            loss: loss as f32,
+            correct,
+            squared_error: squared,
+        })
     }
 
     fn outputs(&mut self, x: &[f32], rows: usize) -> crate::Result<Vec<f32>> {
@@ -931,15 +938,9 @@ fn nccl_error(e: mote_cuda::CudaError) -> crate::Error {
 
 #[cfg(feature = "cuda")]
 impl Reduce<mote_cuda::Cuda> for NcclReduce {
-    fn each<F>(
-        &self,
-        models: &mut [Model<mote_cuda::Cuda>],
-        f: F,
-    ) -> Vec<crate::Result<(f32, usize)>>
+    fn each<F>(&self, models: &mut [Model<mote_cuda::Cuda>], f: F) -> Vec<crate::Result<StepStats>>
     where
-        F: Fn(usize, &mut Model<mote_cuda::Cuda>, &Self) -> crate::Result<(f32, usize)>
-            + Sync
-            + Send,
+        F: Fn(usize, &mut Model<mote_cuda::Cuda>, &Self) -> crate::Result<StepStats> + Sync + Send,
     {
         let run = |r: usize, m: &mut Model<mote_cuda::Cuda>| {
             // Launches and cuBLAS calls run in the calling thread's current context.

@@ -1,7 +1,7 @@
 //! Metrics over network outputs: loss, accuracy and a confusion matrix for classification, RMSE
 //! for regression. Computed on the host in f64.
 
-use crate::model::{argmax, softmax};
+use crate::model::{argmax, softmax, RegressionLoss};
 
 /// Classification results.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,7 +48,7 @@ pub fn classify(logits: &[f32], classes: usize, labels: &[usize]) -> ClassReport
 /// Regression results, in the targets' own units.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RegressionReport {
-    /// Mean squared error of the standardised outputs (the training loss).
+    /// The model's loss (the MSE unless it trains with another) of the standardised outputs.
     pub loss: f64,
     /// Root mean squared error, in target units.
     pub rmse: f64,
@@ -58,19 +58,25 @@ pub struct RegressionReport {
     pub total: usize,
 }
 
-/// Scores standardised outputs against standardised targets; `scale` is the targets' standard
-/// deviation (to report in target units).
-pub fn regress(outputs: &[f32], targets: &[f32], scale: f32) -> RegressionReport {
-    let (mut se, mut ae, mut n) = (0f64, 0f64, 0usize);
+/// Scores standardised outputs against standardised targets by the model's `loss`; `scale` is
+/// the targets' standard deviation (to report in target units).
+pub fn regress(
+    outputs: &[f32],
+    targets: &[f32],
+    scale: f32,
+    loss: RegressionLoss,
+) -> RegressionReport {
+    let (mut se, mut ae, mut l, mut n) = (0f64, 0f64, 0f64, 0usize);
     for (&p, &t) in outputs.iter().zip(targets) {
         let d = (p - t) as f64;
         se += d * d;
         ae += d.abs();
+        l += loss.of(d);
         n += 1;
     }
     let n1 = n.max(1) as f64;
     RegressionReport {
-        loss: se / n1,
+        loss: l / n1,
         rmse: (se / n1).sqrt() * scale as f64,
         mae: ae / n1 * scale as f64,
         total: n,
@@ -110,7 +116,25 @@ mod tests {
         let r = classify(&[2.0, 0.0, 0.0, 1.0, 5.0, 0.0], 2, &[0, 1, 1]);
         assert_eq!((r.correct, r.total), (2, 3));
         assert_eq!(r.confusion, vec![vec![1, 0], vec![1, 1]]);
-        let g = regress(&[1.0, -1.0], &[0.0, 0.0], 2.0);
+        let g = regress(&[1.0, -1.0], &[0.0, 0.0], 2.0, RegressionLoss::Mse);
         assert!((g.rmse - 2.0).abs() < 1e-12 && (g.mae - 2.0).abs() < 1e-12);
+        assert_eq!(g.loss, 1.0);
+        // Differences 0.5 and -3: each loss's mean, as PyTorch computes it.
+        let (p, t) = ([0.5f32, -3.0], [0.0f32, 0.0]);
+        for (loss, want) in [
+            (RegressionLoss::Mse, (0.25 + 9.0) / 2.0),
+            (RegressionLoss::L1, 3.5 / 2.0),
+            (RegressionLoss::Huber { delta: 1.0 }, (0.125 + 2.5) / 2.0),
+            (RegressionLoss::Huber { delta: 4.0 }, (0.125 + 4.5) / 2.0),
+            (RegressionLoss::SmoothL1 { beta: 2.0 }, (0.0625 + 2.0) / 2.0),
+            (RegressionLoss::SmoothL1 { beta: 0.0 }, 3.5 / 2.0),
+        ] {
+            let r = regress(&p, &t, 1.0, loss);
+            assert!(
+                (r.loss - want).abs() < 1e-12,
+                "{loss:?}: {} vs {want}",
+                r.loss
+            );
+        }
     }
 }

@@ -118,6 +118,129 @@ impl Activation {
     }
 }
 
+/// The loss a regression model trains with, on standardised targets (`mote train --loss`;
+/// classifiers train with the cross-entropy). The thresholds are in standard deviations of the
+/// target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RegressionLoss {
+    /// Mean squared error (PyTorch's `MSELoss`).
+    #[default]
+    Mse,
+    /// Mean absolute error (`L1Loss`).
+    L1,
+    /// Huber loss (`HuberLoss(delta)`): squared below `delta`, linear above.
+    Huber {
+        /// The threshold, positive.
+        delta: f32,
+    },
+    /// Smooth L1 loss (`SmoothL1Loss(beta)`): the Huber loss over `beta`; L1 for beta 0.
+    SmoothL1 {
+        /// The threshold, 0 or positive.
+        beta: f32,
+    },
+}
+
+impl RegressionLoss {
+    /// Whether it is the MSE (what a model without the field means).
+    pub fn is_mse(&self) -> bool {
+        *self == RegressionLoss::Mse
+    }
+
+    /// How it reads in a sentence: `MSE`, `L1 loss`, `Huber loss (delta 1)`, ...
+    pub fn title(&self) -> String {
+        match self {
+            RegressionLoss::Mse => "MSE".into(),
+            RegressionLoss::L1 => "L1 loss".into(),
+            RegressionLoss::Huber { delta } => format!("Huber loss (delta {delta})"),
+            RegressionLoss::SmoothL1 { beta } => format!("smooth L1 loss (beta {beta})"),
+        }
+    }
+
+    /// Checks the threshold.
+    ///
+    /// # Errors
+    /// `Invalid` for a Huber delta that is not positive and finite, or a smooth-L1 beta that
+    /// is negative or not finite.
+    pub fn check(&self) -> Result<()> {
+        let ok = match *self {
+            RegressionLoss::Huber { delta } => delta > 0.0 && delta.is_finite(),
+            RegressionLoss::SmoothL1 { beta } => {
+                beta == 0.0 || (beta > 0.0 && beta.is_finite() && (1.0 / beta).is_finite())
+            }
+            RegressionLoss::Mse | RegressionLoss::L1 => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "{}: the threshold must be positive and finite (smooth L1's may be 0)",
+                self.title()
+            ))
+            .with_hint("give a value such as --delta 1.0"))
+        }
+    }
+
+    /// The planner's loss.
+    pub fn plan(&self) -> plan::Loss {
+        match *self {
+            RegressionLoss::Mse => plan::Loss::Mse,
+            RegressionLoss::L1 | RegressionLoss::SmoothL1 { beta: 0.0 } => plan::Loss::L1,
+            RegressionLoss::Huber { .. } => plan::Loss::Huber,
+            RegressionLoss::SmoothL1 { .. } => plan::Loss::SmoothL1,
+        }
+    }
+
+    /// The loss of `pred` against `target` on the tape.
+    ///
+    /// # Errors
+    /// As the tape's loss.
+    pub fn apply<B: Backend>(
+        &self,
+        t: &mut Tape<B, NODES>,
+        pred: Var,
+        target: Var,
+    ) -> mote::Result<Var> {
+        match *self {
+            RegressionLoss::Mse => t.mse(pred, target),
+            RegressionLoss::L1 => t.l1_loss(pred, target),
+            RegressionLoss::Huber { delta } => t.huber_loss(pred, target, delta),
+            RegressionLoss::SmoothL1 { beta } => t.smooth_l1_loss(pred, target, beta),
+        }
+    }
+
+    /// One element's loss at difference `d` (prediction minus target), for evaluation on the
+    /// host.
+    pub fn of(&self, d: f64) -> f64 {
+        let huber = |delta: f64| {
+            let a = d.abs();
+            if a < delta {
+                0.5 * d * d
+            } else {
+                delta * (a - 0.5 * delta)
+            }
+        };
+        match *self {
+            RegressionLoss::Mse => d * d,
+            RegressionLoss::L1 | RegressionLoss::SmoothL1 { beta: 0.0 } => d.abs(),
+            RegressionLoss::Huber { delta } => huber(f64::from(delta)),
+            RegressionLoss::SmoothL1 { beta } => huber(f64::from(beta)) / f64::from(beta),
+        }
+    }
+}
+
+/// What one training step measured on its batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepStats {
+    /// The batch's mean loss.
+    pub loss: f32,
+    /// Correct predictions (classification; 0 for regression).
+    pub correct: usize,
+    /// The sum of squared errors on standardised targets (regression, whatever its loss; 0 for
+    /// classification): the training RMSE's.
+    pub squared_error: f64,
+}
+
 /// What a trained model is: enough to rebuild it from a checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -128,6 +251,9 @@ pub struct ModelSpec {
     pub activation: Activation,
     /// Classification or regression.
     pub task: Task,
+    /// The loss of a regression model (MSE when absent; a classifier's is the cross-entropy).
+    #[serde(default, skip_serializing_if = "RegressionLoss::is_mse")]
+    pub loss: RegressionLoss,
     /// Class names (classification), index `i` for output `i`.
     pub classes: Vec<String>,
     /// Feature (input column) names, in input order.
@@ -175,6 +301,7 @@ impl ModelSpec {
             sizes,
             activation: Activation::Relu,
             task: ds.task,
+            loss: RegressionLoss::Mse,
             classes: ds.classes.clone(),
             features: ds.features.clone(),
             label: ds.label.clone(),
@@ -293,6 +420,13 @@ impl ModelSpec {
                 )));
             }
         }
+        self.loss.check()?;
+        if self.task == Task::Classification && !self.loss.is_mse() {
+            return Err(Error::invalid(format!(
+                "a classifier with the {}: classifiers train with the cross-entropy",
+                self.loss.title()
+            )));
+        }
         let (mean, std) = self.target;
         if !(mean.is_finite() && std.is_finite() && std > 0.0) {
             return Err(Error::invalid(format!(
@@ -317,7 +451,7 @@ impl ModelSpec {
     pub fn loss(&self) -> plan::Loss {
         match self.task {
             Task::Classification => plan::Loss::CrossEntropy,
-            Task::Regression => plan::Loss::Mse,
+            Task::Regression => self.loss.plan(),
         }
     }
 }
@@ -511,7 +645,7 @@ fn measured_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> Res
             }
             Task::Regression => {
                 let y = t.input_with(&[batch, 1], || 0.0)?;
-                t.mse(out, y)?
+                spec.loss.apply(t, out, y)?
             }
         };
         t.backward(loss)?;
@@ -607,7 +741,7 @@ impl<B: Backend<Elem = f32>> Model<B> {
         rows: usize,
         y_class: &[usize],
         y_value: &[f32],
-    ) -> Result<(f32, usize)> {
+    ) -> Result<StepStats> {
         let r = self.forward_backward(x, rows, y_class, y_value)?;
         let norm = match self.options.clip_grad_norm {
             Some(_) => Some(mote::grad_norm(&mut self.tape)?),
@@ -628,7 +762,7 @@ impl<B: Backend<Elem = f32>> Model<B> {
         rows: usize,
         y_class: &[usize],
         y_value: &[f32],
-    ) -> Result<(f32, usize)> {
+    ) -> Result<StepStats> {
         type Hook<B> = fn(&mut Tape<B, NODES>, Var) -> mote::Result<()>;
         self.forward_backward_with(x, rows, y_class, y_value, None::<Hook<B>>)
     }
@@ -646,7 +780,7 @@ impl<B: Backend<Elem = f32>> Model<B> {
         y_class: &[usize],
         y_value: &[f32],
         ready: Option<impl FnMut(&mut Tape<B, NODES>, Var) -> mote::Result<()>>,
-    ) -> Result<(f32, usize)> {
+    ) -> Result<StepStats> {
         let t = &mut self.tape;
         t.rewind(self.start)?;
         let xv = t.input(&[rows, self.spec.inputs()], x)?;
@@ -658,7 +792,7 @@ impl<B: Backend<Elem = f32>> Model<B> {
             }
             Task::Regression => {
                 let y = t.input(&[rows, 1], y_value)?;
-                t.mse(out, y)?
+                self.spec.loss.apply(t, out, y)?
             }
         };
         match ready {
@@ -669,15 +803,31 @@ impl<B: Backend<Elem = f32>> Model<B> {
         if !l.is_finite() {
             return Err(mote::Error::NonFinite { op: "loss" }.into());
         }
-        let correct = match self.spec.task {
+        let mut stats = StepStats {
+            loss: l,
+            ..StepStats::default()
+        };
+        match self.spec.task {
             Task::Classification => {
                 let mut logits = vec![0.0; out.numel()];
                 t.read(out, &mut logits)?;
-                count_correct(&logits, self.spec.outputs(), y_class)
+                stats.correct = count_correct(&logits, self.spec.outputs(), y_class);
             }
-            Task::Regression => 0,
-        };
-        Ok((l, correct))
+            // The MSE is the mean squared error already.
+            Task::Regression if self.spec.loss.is_mse() => {
+                stats.squared_error = f64::from(l) * rows as f64;
+            }
+            Task::Regression => {
+                let mut pred = vec![0.0; out.numel()];
+                t.read(out, &mut pred)?;
+                stats.squared_error = pred
+                    .iter()
+                    .zip(y_value)
+                    .map(|(&p, &y)| f64::from(p - y).powi(2))
+                    .sum();
+            }
+        }
+        Ok(stats)
     }
 
     /// Network outputs (logits, or standardised regression values) for standardised rows,

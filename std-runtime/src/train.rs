@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Dataset, Targets, Task};
 use crate::error::{Error, Result};
 use crate::metrics;
-use crate::model::{Model, ModelSpec, StepOptions};
+use crate::model::{Model, ModelSpec, StepOptions, StepStats};
 use crate::schedule::Schedule;
 
 /// Where the training data came from (so that `--resume` can load it again).
@@ -354,7 +354,7 @@ pub trait Learner {
         rows: usize,
         y_class: &[usize],
         y_value: &[f32],
-    ) -> Result<(f32, usize)>;
+    ) -> Result<StepStats>;
 
     /// Network outputs for standardised rows, `rows x outputs`.
     ///
@@ -394,7 +394,7 @@ impl<B: Backend<Elem = f32>> Learner for Model<B> {
         rows: usize,
         y_class: &[usize],
         y_value: &[f32],
-    ) -> Result<(f32, usize)> {
+    ) -> Result<StepStats> {
         Model::train_step(self, x, rows, y_class, y_value)
     }
 
@@ -418,7 +418,7 @@ pub fn evaluate<L: Learner>(model: &mut L, data: &Prepared, rows: &[usize]) -> R
             (r.loss, r.accuracy())
         }
         Task::Regression => {
-            let r = metrics::regress(&out, &bv, spec.target.1);
+            let r = metrics::regress(&out, &bv, spec.target.1, spec.loss);
             (r.loss, r.rmse)
         }
     })
@@ -471,16 +471,17 @@ pub fn fit<L: Learner>(
         order.clear();
         order.extend_from_slice(&data.train);
         rng.shuffle(&mut order);
-        let (mut loss_sum, mut correct, mut lr) = (0f64, 0usize, base);
+        let (mut loss_sum, mut correct, mut squared, mut lr) = (0f64, 0usize, 0f64, base);
         for (k, rows) in order.chunks(config.batch).enumerate() {
             lr = config
                 .schedule
                 .lr(base, state.step, steps_per_epoch, config.epochs);
             model.set_lr(lr);
             data.gather(rows, &mut bx, &mut bc, &mut bv);
-            let (loss, ok) = model.train_step(&bx, rows.len(), &bc, &bv)?;
-            loss_sum += loss as f64 * rows.len() as f64;
-            correct += ok;
+            let stats = model.train_step(&bx, rows.len(), &bc, &bv)?;
+            loss_sum += stats.loss as f64 * rows.len() as f64;
+            correct += stats.correct;
+            squared += stats.squared_error;
             state.step += 1;
             for h in hooks.iter_mut() {
                 h.on_step(
@@ -494,7 +495,7 @@ pub fn fit<L: Learner>(
         let spec = &model.model().spec;
         let train_metric = match spec.task {
             Task::Classification => correct as f64 / n,
-            Task::Regression => (loss_sum / n).sqrt() * spec.target.1 as f64,
+            Task::Regression => (squared / n).sqrt() * spec.target.1 as f64,
         };
         let (val_loss, val_metric) = if data.val.is_empty() {
             (None, None)

@@ -1101,6 +1101,165 @@ fn corrupt_truncated_and_foreign_checkpoints_are_clear_errors() {
     );
 }
 
+/// `--loss` for regression (robust losses on standardised targets): trains to the same fit on
+/// clean data, is named in the header and kept by the checkpoint (version 3) and on resume;
+/// misuse is a short error.
+#[test]
+fn regression_losses_train_and_are_kept() {
+    let d = TempDir::new("regloss");
+    // y = 3 x1 - 2 x2 + 5, and a few wild targets that the MSE would chase.
+    let mut csv = String::from("x1,x2,target\n");
+    for i in 0..200 {
+        let (a, b) = ((i % 17) as f32 / 4.0, (i % 11) as f32 / 3.0);
+        let y = 3.0 * a - 2.0 * b + 5.0 + if i % 40 == 7 { 60.0 } else { 0.0 };
+        csv += &format!("{a},{b},{y}\n");
+    }
+    d.write("lin.csv", &csv);
+    let rmse_of = |d: &TempDir, model: &str| -> f64 {
+        let ev = ok(d, &["eval", "--model", model]);
+        ev.split("RMSE ")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let train = |extra: &[&str], save: &str| {
+        let mut a = vec![
+            "train",
+            "--backend",
+            "cpu",
+            "--data",
+            "lin.csv",
+            "--epochs",
+            "60",
+            "--lr",
+            "0.01",
+            "--val",
+            "0",
+            "--save",
+            save,
+        ];
+        a.extend_from_slice(extra);
+        ok(&d, &a)
+    };
+    let out = train(&["--loss", "huber", "--delta", "0.5"], "h.safetensors");
+    assert!(
+        out.contains("regression of 'target' with the Huber loss (delta 0.5)"),
+        "{out}"
+    );
+    let bytes = std::fs::read(d.path("h.safetensors")).unwrap();
+    assert!(find(&bytes, r#""version":"3""#).is_some());
+    // Against the clean line, the robust fits stay close where the MSE's chases the outliers
+    // (5 of 200 rows, +60 each).
+    train(&[], "m.safetensors");
+    train(&["--loss", "l1"], "l1.safetensors");
+    train(&["--loss", "smooth_l1", "--delta", "0"], "s0.safetensors");
+    d.write("q.csv", "x1,x2\n2,1\n1,3\n");
+    let predict = |model: &str| -> Vec<f64> {
+        ok(&d, &["predict", "--model", model, "--data", "q.csv"])
+            .lines()
+            .skip(1)
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let clean = [3.0 * 2.0 - 2.0 + 5.0, 3.0 - 6.0 + 5.0];
+    let off = |p: Vec<f64>| {
+        p.iter()
+            .zip(clean)
+            .map(|(p, c)| (p - c).abs())
+            .fold(0.0, f64::max)
+    };
+    let (mse, huber, l1) = (
+        off(predict("m.safetensors")),
+        off(predict("h.safetensors")),
+        off(predict("l1.safetensors")),
+    );
+    assert!(
+        l1 < 0.5 && huber < 1.0 && mse > 2.0 * huber.max(l1),
+        "mse {mse}, huber {huber}, l1 {l1}"
+    );
+    // Replicas report the training RMSE from their shards' squared errors, as one model does.
+    let train_rmse = |extra: &[&str]| -> f64 {
+        let mut a = vec![
+            "train", "--data", "lin.csv", "--epochs", "20", "--lr", "0.01", "--loss", "huber",
+        ];
+        a.extend_from_slice(extra);
+        let out = ok(&d, &a);
+        let last = out
+            .lines()
+            .find(|l| l.starts_with("epoch 20/20"))
+            .unwrap()
+            .to_string();
+        last.split("  rmse ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (one, two) = (train_rmse(&[]), train_rmse(&["--replicas", "2"]));
+    assert!(
+        (one - two).abs() <= 1e-3 * one,
+        "one model {one}, replicas {two}"
+    );
+    // smooth L1 with beta 0 is the L1 loss, step for step.
+    assert_eq!(predict("s0.safetensors"), predict("l1.safetensors"));
+    assert!(rmse_of(&d, "h.safetensors") > 0.0);
+    let resumed = ok(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "--resume",
+            "h.safetensors",
+            "--epochs",
+            "61",
+        ],
+    );
+    assert!(
+        resumed.contains("with the Huber loss (delta 0.5)"),
+        "{resumed}"
+    );
+    // A file claiming version 2 is refused rather than resumed with the MSE.
+    let at = find(&bytes, r#""version":"3""#).unwrap();
+    let mut forged = bytes.clone();
+    forged[at + 11] = b'2';
+    std::fs::write(d.path("v2.safetensors"), forged).unwrap();
+    let e = fails(&d, &["eval", "--model", "v2.safetensors"]);
+    assert!(e.contains("trained with the Huber loss (delta 0.5)"), "{e}");
+    for (args, want) in [
+        (
+            &["--loss", "huber", "--data", "digits"][..],
+            "--loss with a classification task",
+        ),
+        (
+            &["--data", "lin.csv", "--delta", "2"][..],
+            "--delta applies to --loss huber",
+        ),
+        (
+            &["--data", "lin.csv", "--loss", "huber", "--delta", "0"][..],
+            "must be positive",
+        ),
+        (
+            &["--data", "lin.csv", "--loss", "smooth_l1", "--delta=-1"][..],
+            "must be positive",
+        ),
+        (
+            &["--resume", "h.safetensors", "--loss", "l1"][..],
+            "--loss cannot change",
+        ),
+    ] {
+        let e = fails(&d, &[&["train", "--epochs", "1"][..], args].concat());
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
+
 #[test]
 fn regression_text_labels_and_idx() {
     let d = TempDir::new("kinds");

@@ -8,7 +8,7 @@ use mote::{Cpu, Rng, Tape};
 use mote_runtime::checkpoint;
 use mote_runtime::data::{self, CsvOptions, Dataset, Standardizer, Targets};
 use mote_runtime::data_parallel::{gradient_regions, Buckets, Reduce, Replicas, SharedMemory};
-use mote_runtime::model::{arena_floats, Model, ModelSpec, OptimizerConfig, NODES};
+use mote_runtime::model::{arena_floats, Model, ModelSpec, OptimizerConfig, StepStats, NODES};
 use mote_runtime::parallel::Parallel;
 use mote_runtime::schedule::Schedule;
 use mote_runtime::train::{
@@ -47,6 +47,7 @@ fn setup(
         sizes: vec![64, 32, 10],
         activation: Default::default(),
         task: ds.task,
+        loss: Default::default(),
         classes: ds.classes.clone(),
         features: t.feature_names.clone(),
         label: "label".into(),
@@ -171,7 +172,7 @@ impl<L: train::Learner> train::Learner for FirstSays<L> {
         rows: usize,
         y_class: &[usize],
         y_value: &[f32],
-    ) -> mote_runtime::Result<(f32, usize)> {
+    ) -> mote_runtime::Result<StepStats> {
         self.inner.train_step(x, rows, y_class, y_value)
     }
     fn outputs(&mut self, x: &[f32], rows: usize) -> mote_runtime::Result<Vec<f32>> {
@@ -530,9 +531,9 @@ impl Ranked {
 }
 
 impl<B: mote::HostBackend<Elem = f32> + Send> Reduce<B> for Ranked {
-    fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<mote_runtime::Result<(f32, usize)>>
+    fn each<F>(&self, models: &mut [Model<B>], f: F) -> Vec<mote_runtime::Result<StepStats>>
     where
-        F: Fn(usize, &mut Model<B>, &Self) -> mote_runtime::Result<(f32, usize)> + Sync + Send,
+        F: Fn(usize, &mut Model<B>, &Self) -> mote_runtime::Result<StepStats> + Sync + Send,
     {
         models
             .iter_mut()

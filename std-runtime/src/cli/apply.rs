@@ -110,7 +110,7 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
                 .iter()
                 .filter_map(|&r| data.y_value.get(r).copied())
                 .collect();
-            let r = metrics::regress(&outputs, &t, ck.spec.target.1);
+            let r = metrics::regress(&outputs, &t, ck.spec.target.1, ck.spec.loss);
             out(&format!(
                 "RMSE {:.6}, MAE {:.6} ({} rows)",
                 r.rmse, r.mae, r.total

@@ -109,6 +109,20 @@ enum OptimizerArg {
     Sgd,
 }
 
+/// A regression model's loss (`mote train --loss`).
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
+#[value(rename_all = "snake_case")]
+enum LossArg {
+    /// Mean squared error.
+    Mse,
+    /// Mean absolute error.
+    L1,
+    /// Huber loss: squared below --delta, linear above.
+    Huber,
+    /// Smooth L1 loss: the Huber loss over its threshold (--delta, PyTorch's beta).
+    SmoothL1,
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 enum ScheduleArg {
     /// The same rate throughout.
@@ -223,6 +237,14 @@ pub struct TrainArgs {
     /// the loss's target is `(1 - S) onehot + S / classes` [default: 0].
     #[arg(long, value_name = "S")]
     label_smoothing: Option<f64>,
+    /// Regression: the loss (PyTorch's `MSELoss`, `L1Loss`, `HuberLoss`, `SmoothL1Loss`), on
+    /// standardised targets [default: mse].
+    #[arg(long, value_enum)]
+    loss: Option<LossArg>,
+    /// `--loss huber`: its delta; `--loss smooth_l1`: its beta; in standard deviations of the
+    /// target [default: 1.0].
+    #[arg(long, value_name = "D")]
+    delta: Option<f32>,
     /// Seed of initialisation, split and shuffling [default: 42].
     #[arg(long)]
     seed: Option<u64>,
@@ -494,7 +516,14 @@ pub(crate) fn describe(spec: &ModelSpec) -> String {
     };
     match spec.task {
         Task::Classification => format!("{kind}, {} classes", spec.classes.len()),
-        Task::Regression => format!("{kind}, regression of '{}'", spec.label),
+        Task::Regression if spec.loss.is_mse() => {
+            format!("{kind}, regression of '{}'", spec.label)
+        }
+        Task::Regression => format!(
+            "{kind}, regression of '{}' with the {}",
+            spec.label,
+            spec.loss.title()
+        ),
     }
 }
 

@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use mote::{Backend, Rng};
 
 use super::{
-    backend_text, describe, load_for_model, out, parse_hidden, set_threads, split_of, ModelArg,
-    OptimizerArg, ScheduleArg, TaskArg, TrainArgs,
+    backend_text, describe, load_for_model, out, parse_hidden, set_threads, split_of, LossArg,
+    ModelArg, OptimizerArg, ScheduleArg, TaskArg, TrainArgs,
 };
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::{self, CsvOptions, Dataset, LabelChoice, Task};
 use crate::data_parallel::Replicas;
-use crate::model::{self, BackendKind, Model, ModelSpec, OptimizerConfig, WithBackend};
+use crate::model::{
+    self, BackendKind, Model, ModelSpec, OptimizerConfig, RegressionLoss, WithBackend,
+};
 use crate::progress::{PlainLog, Progress};
 use crate::rendezvous::Launch;
 use crate::schedule::Schedule;
@@ -268,6 +270,8 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
         ("--lr", a.lr.is_some()),
         ("--clip-grad-norm", a.clip_grad_norm.is_some()),
         ("--label-smoothing", a.label_smoothing.is_some()),
+        ("--loss", a.loss.is_some()),
+        ("--delta", a.delta.is_some()),
         ("--optimizer", a.optimizer.is_some()),
         ("--momentum", a.momentum.is_some()),
         ("--weight-decay", a.weight_decay.is_some()),
@@ -622,14 +626,45 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         )
         .with_hint("give hidden layers (such as --hidden 32), or drop --activation"));
     }
-    if a.label_smoothing.is_some() && spec.task == Task::Regression {
+    if a.label_smoothing.is_some_and(|s| s != 0.0) && spec.task == Task::Regression {
         return Err(Error::invalid(
             "--label-smoothing with a regression task: it smooths a classifier's class labels",
         )
         .with_hint("drop --label-smoothing, or train a classifier (--task classification)"));
     }
+    if a.loss.is_some() && spec.task == Task::Classification {
+        return Err(Error::invalid(
+            "--loss with a classification task: classifiers train with the cross-entropy",
+        )
+        .with_hint("drop --loss, or train a regression (--task regression)"));
+    }
+    let delta = a.delta.unwrap_or(1.0);
+    let loss = match a.loss.unwrap_or(LossArg::Mse) {
+        LossArg::Mse => RegressionLoss::Mse,
+        LossArg::L1 => RegressionLoss::L1,
+        LossArg::Huber => RegressionLoss::Huber { delta },
+        LossArg::SmoothL1 => RegressionLoss::SmoothL1 { beta: delta },
+    };
+    if a.delta.is_some() && !matches!(a.loss, Some(LossArg::Huber | LossArg::SmoothL1)) {
+        return Err(
+            Error::invalid("--delta applies to --loss huber and --loss smooth_l1")
+                .with_hint("add --loss huber (or smooth_l1), or drop --delta"),
+        );
+    }
+    if loss.check().is_err() {
+        return Err(Error::invalid(format!(
+            "--delta {delta}: {} threshold must be positive and finite (smooth_l1's may be 0)",
+            if matches!(loss, RegressionLoss::Huber { .. }) {
+                "the Huber loss's"
+            } else {
+                "the smooth L1 loss's"
+            }
+        ))
+        .with_hint("give a value such as --delta 1.0"));
+    }
     let spec = ModelSpec {
         activation: a.activation.unwrap_or_default(),
+        loss,
         ..spec
     };
     let opt_kind = a.optimizer.unwrap_or(OptimizerArg::Adam);
