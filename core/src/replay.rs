@@ -493,6 +493,7 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
                 }
                 | Call::Scale { factor: v, .. } => v.is_finite(),
                 Call::Unary { op, .. } | Call::UnaryBackward { op, .. } => op.pack().1.is_finite(),
+                Call::Loss { op, .. } | Call::LossBackward { op, .. } => op.pack().1.is_finite(),
                 _ => true,
             };
             if !finite {
@@ -775,13 +776,11 @@ impl Cursor<'_> {
     }
     /// A loss from its code and what [`put_loss_arg`] wrote after it.
     fn loss_op(&mut self, code: u32) -> Result<LossOp> {
-        Ok(match code {
-            0 => LossOp::Mse,
-            1 => LossOp::CrossEntropy,
-            2 => LossOp::BceWithLogits,
-            3 => LossOp::CrossEntropySmoothed(self.f32()),
-            _ => return Err(corrupt()),
-        })
+        let arg = if code == 3 { self.f32() } else { 0.0 };
+        u8::try_from(code)
+            .ok()
+            .and_then(|c| LossOp::unpack(c, arg))
+            .ok_or_else(corrupt)
     }
     fn shape(&mut self) -> Shape {
         let rank = self.w();
@@ -1206,14 +1205,10 @@ fn reduce_op(code: u32) -> Result<ReduceOp> {
         .ok_or_else(corrupt)
 }
 
-/// A loss's code; code 3 (smoothed cross-entropy) is followed by its smoothing as an f32.
+/// A loss's code ([`LossOp::pack`]); code 3 (smoothed cross-entropy) is followed by its
+/// smoothing as an f32.
 fn loss_code(op: LossOp) -> u32 {
-    match op {
-        LossOp::Mse => 0,
-        LossOp::CrossEntropy => 1,
-        LossOp::BceWithLogits => 2,
-        LossOp::CrossEntropySmoothed(_) => 3,
-    }
+    u32::from(op.pack().0)
 }
 
 /// Writes what follows a loss's code: its smoothing, where it has one.

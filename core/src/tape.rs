@@ -73,10 +73,10 @@ pub(crate) enum Op {
     },
     /// Row lookup: `a` is the table, `b` the indices.
     Gather,
-    /// `classes` is used by cross-entropy only.
+    /// `LossOp::pack`ed, as `Unary`; a cross-entropy's classes are its logits' columns.
     Loss {
-        op: LossOp,
-        classes: u32,
+        code: u8,
+        arg: f32,
     },
 }
 
@@ -1121,7 +1121,10 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
 
     pub(crate) fn bw_loss(t: &mut Self, n: &Node) -> Result<()> {
         match n.op {
-            Op::Loss { op, classes } => t.loss_backward(op, classes as usize, n.a, n.b, n.dy()),
+            Op::Loss { code, arg } => match LossOp::unpack(code, arg) {
+                Some(op) => t.loss_backward(op, n.a, n.b, n.dy()),
+                None => Err(Error::StaleHandle),
+            },
             _ => Err(Error::StaleHandle),
         }
     }
@@ -1195,5 +1198,16 @@ impl<B: HostBackend, const NODES: usize> Tape<B, NODES> {
             )),
             None => Ok(None),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Ops with scalar arguments are stored packed (`Unary`, `Loss`), so that a node stays
+    /// small: every tape holds `N` of them, a microcontroller's included.
+    #[test]
+    fn nodes_stay_small() {
+        assert_eq!(core::mem::size_of::<super::Op>(), 8);
+        assert_eq!(core::mem::size_of::<super::Node>(), 48);
     }
 }

@@ -18,7 +18,8 @@ type Be<'a> = Replay<Cpu<'a, f32>, 1024>;
 const ARENA: usize = 1024;
 const STEPS: usize = 20;
 
-/// Which step: a classifier (tanh, cross-entropy, Adam with weight decay, one batch), a
+/// Which step: a classifier (tanh, cross-entropy with label smoothing, Adam with weight decay,
+/// one batch), a
 /// regressor (sigmoid, MSE, SGD with Nesterov momentum, one batch), or a mixed one that records
 /// the other call families (softmax, broadcast binary ops, an axis reduction, transpose copies;
 /// Adam).
@@ -109,7 +110,7 @@ impl Setup<'_> {
             let sq = t.mul(d, d)?;
             t.mean(sq)
         } else if kind == Kind::Adam {
-            self.tape.cross_entropy(y, self.t)
+            self.tape.cross_entropy_smoothed(y, self.t, 0.1)
         } else {
             let p = Sigmoid.forward(&mut self.tape, y)?;
             self.tape.mse(p, self.t)
@@ -268,5 +269,31 @@ fn write_rust_refuses_what_it_cannot_write() {
     assert!(err.to_string().contains("not finite"), "{err}");
     assert!(out.is_empty(), "nothing is written on error");
     let err = write_rust_array(&mut out, "A", &[f32::INFINITY]).unwrap_err();
+    assert!(err.to_string().contains("not finite"), "{err}");
+    // A loss's recorded smoothing too (the tape refuses it; a backend call does not check).
+    let mut mem = vec![0f32; 64];
+    let mut be: Be = Replay::new(Cpu::new(&mut mem));
+    be.record();
+    let (p, t) = (
+        mote::View {
+            offset: 0,
+            shape: mote::Shape::new(&[1, 2]).unwrap(),
+        },
+        mote::View {
+            offset: 2,
+            shape: mote::Shape::new(&[1]).unwrap(),
+        },
+    );
+    mote::Backend::loss(
+        &mut be,
+        mote::ops::loss::LossOp::CrossEntropySmoothed(f32::NAN),
+        2,
+        p,
+        t,
+        3,
+    )
+    .unwrap();
+    be.stop().unwrap();
+    let err = be.write_rust(&mut out, "step").unwrap_err();
     assert!(err.to_string().contains("not finite"), "{err}");
 }

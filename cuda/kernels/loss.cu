@@ -30,21 +30,22 @@ extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float*
             float e = 0.0f;
             for (u64 j = lane; j < classes; j += 32) e += expf(z[j] - m);
             e = warp_sum(e);
-            // Smoothing: (1 - e) ce + e (lse - mean z), each term >= 0 (the core's form).
+            // Smoothing: (1 - e) ce + e (ln e - mean (z - m)), each term >= 0 (the core's form;
+            // no sum of raw logits to overflow).
             float sz = 0.0f;
             if (smoothing != 0.0f) {
-                for (u64 j = lane; j < classes; j += 32) sz += z[j];
+                for (u64 j = lane; j < classes; j += 32) sz += z[j] - m;
                 sz = warp_sum(sz);
             }
             if (lane == 0) {
                 float l = t[row];
                 if (bad_label(l, classes)) report(status, l, classes);
                 else {
-                    float lse = m + logf(e);
-                    float nll = lse - z[(u64)l];
+                    float ls = logf(e);
+                    float nll = (m + ls) - z[(u64)l];
                     s += smoothing == 0.0f
                              ? nll
-                             : (1.0f - smoothing) * nll + smoothing * (lse - sz / (float)classes);
+                             : (1.0f - smoothing) * nll + smoothing * (ls - sz / (float)classes);
                 }
             }
         }

@@ -1104,6 +1104,14 @@ fn warp_kernels_match_the_reference() {
             view(0, &[40, 10]),
             view(9000, &[40]),
         ),
+        // More classes than a warp has lanes: each lane sums several.
+        (
+            1,
+            LossOp::CrossEntropySmoothed(0.25),
+            70,
+            view(0, &[40, 70]),
+            view(9000, &[40]),
+        ),
     ];
     for (code, op, classes, pv, tv) in cases {
         let n = if op.takes_labels() {
@@ -1136,13 +1144,17 @@ fn warp_kernels_match_the_reference() {
             },
         );
     }
-    let (pv, tv) = (view(0, &[40, 10]), view(9000, &[40]));
-    for op in [LossOp::CrossEntropy, LossOp::CrossEntropySmoothed(0.1)] {
+    for (op, classes) in [
+        (LossOp::CrossEntropy, 10),
+        (LossOp::CrossEntropySmoothed(0.1), 10),
+        (LossOp::CrossEntropySmoothed(0.25), 70),
+    ] {
+        let (pv, tv) = (view(0, &[40, classes]), view(9000, &[40]));
         p.check(
-            &format!("{op:?} backward"),
+            &format!("{op:?} {classes} classes backward"),
             1e-5,
             1e-7,
-            |b| b.loss_backward(op, true, 10, pv, tv, 15000, 20000),
+            |b| b.loss_backward(op, true, classes, pv, tv, 15000, 20000),
             |p| {
                 let (pp, tp, dy, dx) = (p.a(0), p.a(9000), p.a(15000), p.a(20000));
                 let mut status = [0u32; 3];
@@ -1156,7 +1168,7 @@ fn warp_kernels_match_the_reference() {
                         dy as *const f32,
                         dx as *mut f32,
                         40,
-                        10,
+                        classes as u64,
                         st as *mut u32,
                         op.smoothing(),
                     )

@@ -136,5 +136,9 @@ fn every_kernel_signature_parses() {
         get("loss_fwd"),
         Some(vec![Int, U64, U64, U64, U64, U64, U64, Float])
     );
+    assert_eq!(
+        get("loss_bwd"),
+        Some(vec![Int, Int, U64, U64, U64, U64, U64, U64, U64, Float])
+    );
     eprintln!("{n} kernel signatures");
 }

@@ -132,6 +132,12 @@ impl TrainConfig {
             ))
             .with_hint("give a value such as --label-smoothing 0.1"));
         }
+        // Training runs in f32: a smoothing that rounds to 0 there would not smooth.
+        if s != 0.0 && s as f32 == 0.0 {
+            return Err(Error::invalid(format!(
+                "--label-smoothing {s}: too small to count in f32 (use 0 for none)"
+            )));
+        }
         Ok(())
     }
 

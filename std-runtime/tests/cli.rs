@@ -1410,6 +1410,8 @@ fn bad_arguments_are_short_errors() {
             "{e}"
         );
     }
+    let e = fails(&d, &["train", "--label-smoothing", "1e-50"]);
+    assert!(e.contains("too small to count in f32"), "{e}");
     let e = fails(&d, &["train", "--backend", "cpu", "--threads", "2"]);
     assert!(
         e.contains("--threads applies to the parallel backend"),

@@ -59,6 +59,28 @@ impl LossOp {
             _ => 0.0,
         }
     }
+
+    /// A code (0 MSE, 1 cross-entropy, 2 BCE with logits, 3 smoothed cross-entropy) and the
+    /// smoothing: how a tape node and a replay recording store it.
+    pub fn pack(self) -> (u8, f32) {
+        match self {
+            LossOp::Mse => (0, 0.0),
+            LossOp::CrossEntropy => (1, 0.0),
+            LossOp::BceWithLogits => (2, 0.0),
+            LossOp::CrossEntropySmoothed(e) => (3, e),
+        }
+    }
+
+    /// The loss [`LossOp::pack`] gave `code` and `arg` for; `None` for an unknown code.
+    pub fn unpack(code: u8, arg: f32) -> Option<LossOp> {
+        Some(match code {
+            0 => LossOp::Mse,
+            1 => LossOp::CrossEntropy,
+            2 => LossOp::BceWithLogits,
+            3 => LossOp::CrossEntropySmoothed(arg),
+            _ => return None,
+        })
+    }
 }
 
 /// Checks that a label is an integer class index below `classes`; returns it.
@@ -82,9 +104,15 @@ pub fn label_index<T: Float>(label: T, classes: usize) -> Result<usize> {
 
 /// `ln sum_j e^(z_j)`, stable.
 fn logsumexp<T: Float>(z: &[T]) -> T {
+    let (m, ls) = max_and_log_sum(z);
+    m + ls
+}
+
+/// `m = max_j z_j` and `ln sum_j e^(z_j - m)` (at least 0): `logsumexp(z) = m + ln s`.
+fn max_and_log_sum<T: Float>(z: &[T]) -> (T, T) {
     let m = z.iter().fold(T::MIN, |m, &v| m.max(v));
     let s = z.iter().fold(T::ZERO, |s, &v| s + (v - m).exp());
-    m + s.ln()
+    (m, s.ln())
 }
 
 /// Reference forward kernel. For `CrossEntropy`, `p` is `[N, classes]` and `t` is `[N]`; for the
@@ -118,14 +146,17 @@ pub fn forward<T: Float>(op: LossOp, classes: usize, p: &[T], t: &[T]) -> Result
             let (keep, spread) = (T::from_f64(1.0 - f64::from(e)), T::from_f32(e));
             for (z, &label) in p.chunks_exact(classes).zip(t) {
                 let c = label_index(label, classes)?;
-                let lse = logsumexp(z);
-                let nll = lse - z.get(c).copied().unwrap_or(T::ZERO);
+                let (m, ls) = max_and_log_sum(z);
+                let nll = (m + ls) - z.get(c).copied().unwrap_or(T::ZERO);
                 s += if e == 0.0 {
                     nll
                 } else {
-                    // Both terms are cross-entropies, each >= 0: no cancellation between them.
-                    let mean = z.iter().fold(T::ZERO, |a, &v| a + v) / T::from_usize(classes);
-                    keep * nll + spread * (lse - mean)
+                    // Both terms are cross-entropies, each >= 0, so they do not cancel; the
+                    // uniform one, logsumexp(z) - mean z, is ln s - mean (z - m): every term
+                    // >= 0, and no sum of raw logits to overflow.
+                    let below =
+                        z.iter().fold(T::ZERO, |a, &v| a + (v - m)) / T::from_usize(classes);
+                    keep * nll + spread * (ls - below)
                 };
             }
             t.len()
@@ -260,6 +291,16 @@ mod tests {
         .unwrap();
         let row0 = 0.9 * 0.407_605_96 + 0.1 * 1.407_605_96;
         assert!((smoothed - (row0 + 1.098_612_29) / 2.0).abs() < 1e-6);
+        // Logits whose sum overflows f32: the uniform term is ln 2 for two equal ones, whole
+        // (the cross-entropy term, (m + ln 2) - z, rounds to 0 at this magnitude, as without
+        // smoothing).
+        let big = forward(
+            LossOp::CrossEntropySmoothed(0.1),
+            2,
+            &[2e38f32, 2e38],
+            &[0.0],
+        );
+        assert!((big.unwrap() - 0.1 * core::f32::consts::LN_2).abs() < 1e-7);
     }
 
     // The smoothed gradient is softmax - target distribution; at smoothing 1 the target is
@@ -339,11 +380,9 @@ mod tape_ops {
         // function), which keeps a microcontroller's peak stack down.
         #[inline(never)]
         fn loss(&mut self, op: LossOp, p: Var, t: Var, classes: usize) -> Result<Var> {
+            let (code, arg) = op.pack();
             self.record(
-                Op::Loss {
-                    op,
-                    classes: classes as u32,
-                },
+                Op::Loss { code, arg },
                 Self::bw_loss,
                 &[p, t],
                 Shape::SCALAR,
@@ -509,15 +548,14 @@ mod tape_ops {
             self.abs(d)
         }
 
-        pub(crate) fn loss_backward(
-            &mut self,
-            op: LossOp,
-            classes: usize,
-            a: u32,
-            b: u32,
-            dy: View,
-        ) -> Result<()> {
+        pub(crate) fn loss_backward(&mut self, op: LossOp, a: u32, b: u32, dy: View) -> Result<()> {
             let (pv, tv) = (self.node_view(a)?, self.node_view(b)?);
+            // The classes are the logits' columns (the forward checked the shapes).
+            let classes = if op.takes_labels() {
+                pv.shape.dim(1)
+            } else {
+                0
+            };
             if let Some((_, dx)) = self.input_grad(a)? {
                 self.backend
                     .loss_backward(op, true, classes, pv, tv, dy.offset, dx)?;

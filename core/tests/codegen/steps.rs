@@ -152,10 +152,10 @@ pub fn adam_step<B: mote::Backend>(be: &mut B, adam: &mote::optim::AdamUpdate) -
     be.unary(UnaryOp::Tanh, 244, 292, 48)?;
     be.copy_strided(&Shape::new(&[8, 3])?, Strided { offset: 96, strides: [0, 1, 0, 0] }, Strided { offset: 340, strides: [3, 1, 1, 1] }, false)?;
     be.gemm(&Gemm { batch: 1, m: 8, n: 3, k: 6, a: 292, a_trans: false, a_batch: 0, b: 60, b_trans: true, b_batch: 0, c: 340, c_batch: 0, accumulate: true })?;
-    be.loss(LossOp::CrossEntropy, 3, View { offset: 340, shape: Shape::new(&[8, 3])? }, View { offset: 236, shape: Shape::new(&[8])? }, 364)?;
+    be.loss(LossOp::CrossEntropySmoothed(0.1), 3, View { offset: 340, shape: Shape::new(&[8, 3])? }, View { offset: 236, shape: Shape::new(&[8])? }, 364)?;
     be.fill(365, 1, B::Elem::ONE)?;
     be.fill(366, 24, B::Elem::ZERO)?;
-    be.loss_backward(LossOp::CrossEntropy, true, 3, View { offset: 340, shape: Shape::new(&[8, 3])? }, View { offset: 236, shape: Shape::new(&[8])? }, 365, 366)?;
+    be.loss_backward(LossOp::CrossEntropySmoothed(0.1), true, 3, View { offset: 340, shape: Shape::new(&[8, 3])? }, View { offset: 236, shape: Shape::new(&[8])? }, 365, 366)?;
     be.fill(390, 48, B::Elem::ZERO)?;
     be.gemm(&Gemm { batch: 1, m: 8, n: 6, k: 3, a: 366, a_trans: false, a_batch: 0, b: 60, b_trans: false, b_batch: 0, c: 390, c_batch: 0, accumulate: true })?;
     be.gemm(&Gemm { batch: 1, m: 3, n: 6, k: 8, a: 366, a_trans: true, a_batch: 0, b: 292, b_trans: false, b_batch: 0, c: 78, c_batch: 0, accumulate: true })?;

@@ -195,9 +195,9 @@ pub(super) fn forward<T: Float>(
         total += if smoothing == 0.0 {
             nll
         } else {
-            // As the core's: (1 - e) ce + e (lse - mean z), each term >= 0.
-            let mean = z.iter().sum::<f32>() * per_class;
-            keep * nll + smoothing * ((m + l) - mean)
+            // As the core's: (1 - e) ce + e (ln s - mean (z - m)), each term >= 0.
+            let below = z.iter().map(|&v| v - m).sum::<f32>() * per_class;
+            keep * nll + smoothing * (l - below)
         };
     }
     Some(Ok(T::from_f32(total / t.len() as f32)))
