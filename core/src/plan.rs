@@ -26,6 +26,10 @@ pub enum Loss {
     /// Softmax cross-entropy against one class label per row (with or without label
     /// smoothing: the same memory).
     CrossEntropy,
+    /// [`Tape::cross_entropy_probs`](crate::Tape::cross_entropy_probs) against class
+    /// probabilities shaped like the output: two intermediates the output's size, and a
+    /// scalar.
+    CrossEntropyProbs,
     /// [`Tape::l1_loss`](crate::Tape::l1_loss) (and `smooth_l1_loss` with beta 0) against
     /// targets shaped like the output: two intermediates the output's size.
     L1,
@@ -44,6 +48,7 @@ impl Loss {
         match self {
             Loss::Mse | Loss::BceWithLogits | Loss::CrossEntropy => 0,
             Loss::L1 => out.saturating_mul(2),
+            Loss::CrossEntropyProbs => out.saturating_mul(2).saturating_add(1),
             Loss::Huber => out.saturating_mul(8),
             Loss::SmoothL1 => out.saturating_mul(8).saturating_add(1),
         }

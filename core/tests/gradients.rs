@@ -242,6 +242,8 @@ proptest! {
             let l = tp.labels(&labels)?;
             tp.cross_entropy(v[0], l)
         })?;
+        // Class-probability targets (any non-negative rows): both inputs get gradients.
+        assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.cross_entropy_probs(v[0], v[1]))?;
         let smoothing = [0.05f32, 0.1, 0.5, 1.0][(seed % 4) as usize];
         assert_grads(&[(&dims, &p)], |tp, v| {
             let l = tp.labels(&labels)?;

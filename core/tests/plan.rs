@@ -57,6 +57,7 @@ fn step<B: Backend, const N: usize>(
             Loss::BceWithLogits => tape.bce_with_logits(h, t)?,
             Loss::CrossEntropy => tape.cross_entropy(h, t)?,
             Loss::L1 => tape.l1_loss(h, t)?,
+            Loss::CrossEntropyProbs => tape.cross_entropy_probs(h, t)?,
             Loss::Huber => tape.huber_loss(h, t, 1.0)?,
             Loss::SmoothL1 => tape.smooth_l1_loss(h, t, 0.5)?,
         };
@@ -85,6 +86,7 @@ proptest! {
             Loss::BceWithLogits,
             Loss::CrossEntropy,
             Loss::L1,
+            Loss::CrossEntropyProbs,
             Loss::Huber,
             Loss::SmoothL1,
         ]),

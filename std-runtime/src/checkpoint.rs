@@ -4,8 +4,8 @@
 //! the metadata, as JSON: the model's description, the optimizer, the run's settings and state
 //! (epoch, step, RNG state, early-stopping state, history), a CRC-32 of the tensors and one of
 //! the description (`meta_crc32`), and the version ([`VERSION`], [`version_of`]: 1 for a ReLU
-//! model trained without gradient clipping, 3 for a run with label smoothing or a regression
-//! loss other than the MSE, 2 otherwise).
+//! model trained without gradient clipping, 3 for a run with label smoothing, class weights or
+//! a regression loss other than the MSE, 2 otherwise).
 //!
 //! Files are written atomically: to a temporary file beside the target, flushed to disk, then
 //! renamed over it, so a crash never leaves a broken checkpoint under the final name.
@@ -29,8 +29,9 @@ pub const FORMAT: &str = "mote-checkpoint";
 /// checkpoint is written with the lowest version that describes it ([`version_of`]): `1` for a
 /// ReLU network trained without gradient clipping (as every earlier build wrote and reads),
 /// `2` for another activation or a clipped run (which a version-1 reader would otherwise have
-/// evaluated as ReLU, or resumed without clipping), `3` for a run with label smoothing or a
-/// regression loss other than the MSE (which a version-2 reader would resume without them).
+/// evaluated as ReLU, or resumed without clipping), `3` for a run with label smoothing, class
+/// weights or a regression loss other than the MSE (which a version-2 reader would resume
+/// without them).
 pub const VERSION: &str = "3";
 /// The versions this build reads, oldest first.
 const READS: [&str; 3] = ["1", "2", "3"];
@@ -58,7 +59,7 @@ fn meta_crc(meta: &HashMap<String, String>) -> u32 {
 
 /// The version a checkpoint of `spec` and `config` is written with.
 pub fn version_of(spec: &ModelSpec, config: &TrainConfig) -> &'static str {
-    if config.label_smoothing != 0.0 || !spec.loss.is_mse() {
+    if config.label_smoothing != 0.0 || !spec.loss.is_mse() || !spec.class_weights.is_empty() {
         "3"
     } else if spec.activation.is_relu() && config.clip_grad_norm.is_none() {
         "1"
@@ -475,7 +476,7 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         return Err(corrupt(
             path,
             format!(
-                "a version-{version} checkpoint of a {} network{}{}{}: version {needs} \
+                "a version-{version} checkpoint of a {} network{}{}{}{}: version {needs} \
                  describes it",
                 spec.activation.name(),
                 if spec.loss.is_mse() {
@@ -492,6 +493,11 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
                     " trained with label smoothing"
                 } else {
                     ""
+                },
+                if spec.class_weights.is_empty() {
+                    ""
+                } else {
+                    " trained with class weights"
                 },
             ),
         ));

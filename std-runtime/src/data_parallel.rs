@@ -775,6 +775,12 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
             .map(|r| (bounds(r + 1) - bounds(r)) as f32 / rows.max(1) as f32)
             .collect();
         self.reduce.begin(&mut self.models, &weights)?;
+        // Class weights: every shard scales by the whole batch's weight (every process has the
+        // whole batch's labels).
+        let class_scale = match &self.models[0].spec.class_weights {
+            w if w.is_empty() => None,
+            w => Some(crate::model::class_weight_scale(w, y_class)),
+        };
         let results = self.reduce.each(&mut self.models, |r, m, red| {
             let (lo, hi) = (bounds(r), bounds(r + 1));
             // When the reducer overlaps the backward, each bucket goes to it as soon as this
@@ -811,7 +817,7 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
                         }
                     }
                 });
-                m.forward_backward_with(xs, hi - lo, yc, yv, hook)
+                m.forward_backward_with(xs, hi - lo, yc, yv, class_scale, hook)
             };
             // On an error too, the buckets not handed on yet go out (best effort): other ranks
             // wait in their collectives for this one's, and would hang without them.

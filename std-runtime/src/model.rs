@@ -256,6 +256,10 @@ pub struct ModelSpec {
     pub loss: RegressionLoss,
     /// Class names (classification), index `i` for output `i`.
     pub classes: Vec<String>,
+    /// A classifier's class weights, one per class (PyTorch's `CrossEntropyLoss(weight=)`: a
+    /// batch's loss is `sum_i w_{y_i} ce_i / sum_i w_{y_i}`); empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_weights: Vec<f32>,
     /// Feature (input column) names, in input order.
     pub features: Vec<String>,
     /// The label column's name.
@@ -303,6 +307,7 @@ impl ModelSpec {
             task: ds.task,
             loss: RegressionLoss::Mse,
             classes: ds.classes.clone(),
+            class_weights: Vec::new(),
             features: ds.features.clone(),
             label: ds.label.clone(),
             norm: Standardizer::fit(&ds.x, ds.cols, train),
@@ -421,6 +426,21 @@ impl ModelSpec {
             }
         }
         self.loss.check()?;
+        if !self.class_weights.is_empty() {
+            let w = &self.class_weights;
+            if self.task != Task::Classification || w.len() != self.classes.len() {
+                return Err(Error::invalid(format!(
+                    "{} class weights for {} classes: a classifier needs one per class",
+                    w.len(),
+                    self.classes.len()
+                )));
+            }
+            if w.iter().any(|v| !(v.is_finite() && *v >= 0.0)) || !w.iter().any(|v| *v > 0.0) {
+                return Err(Error::invalid(format!(
+                    "class weights {w:?}: each must be finite and 0 or more, and one above 0"
+                )));
+            }
+        }
         if self.task == Task::Classification && !self.loss.is_mse() {
             return Err(Error::invalid(format!(
                 "a classifier with the {}: classifiers train with the cross-entropy",
@@ -450,7 +470,8 @@ impl ModelSpec {
     /// The planner's loss for this task.
     pub fn loss(&self) -> plan::Loss {
         match self.task {
-            Task::Classification => plan::Loss::CrossEntropy,
+            Task::Classification if self.class_weights.is_empty() => plan::Loss::CrossEntropy,
+            Task::Classification => plan::Loss::CrossEntropyProbs,
             Task::Regression => self.loss.plan(),
         }
     }
@@ -639,6 +660,10 @@ fn measured_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> Res
         let x = t.input_with(&[batch, ins], || 0.0)?;
         let out = net.forward(t, x)?;
         let loss = match spec.task {
+            Task::Classification if !spec.class_weights.is_empty() => {
+                let y = t.input_with(&[batch, spec.outputs()], || 0.0)?;
+                t.cross_entropy_probs(out, y)?
+            }
             Task::Classification => {
                 let y = t.labels(&vec![0; batch])?;
                 t.cross_entropy(out, y)?
@@ -764,12 +789,14 @@ impl<B: Backend<Elem = f32>> Model<B> {
         y_value: &[f32],
     ) -> Result<StepStats> {
         type Hook<B> = fn(&mut Tape<B, NODES>, Var) -> mote::Result<()>;
-        self.forward_backward_with(x, rows, y_class, y_value, None::<Hook<B>>)
+        self.forward_backward_with(x, rows, y_class, y_value, None, None::<Hook<B>>)
     }
 
     /// [`Model::forward_backward`] whose backward reports each parameter as soon as its
     /// gradient is final ([`Tape::backward_with`]), when `ready` is given: what data-parallel
-    /// training overlaps its all-reduce with.
+    /// training overlaps its all-reduce with. With class weights, `weight_scale` is the whole
+    /// batch's [`class_weight_scale`] when these rows are one shard of it (`None`: these rows
+    /// are the batch), so that the shards' row-weighted mean is the batch's weighted mean.
     ///
     /// # Errors
     /// As [`Model::forward_backward`]; whatever `ready` returns.
@@ -779,6 +806,7 @@ impl<B: Backend<Elem = f32>> Model<B> {
         rows: usize,
         y_class: &[usize],
         y_value: &[f32],
+        weight_scale: Option<f64>,
         ready: Option<impl FnMut(&mut Tape<B, NODES>, Var) -> mote::Result<()>>,
     ) -> Result<StepStats> {
         let t = &mut self.tape;
@@ -786,6 +814,13 @@ impl<B: Backend<Elem = f32>> Model<B> {
         let xv = t.input(&[rows, self.spec.inputs()], x)?;
         let out = self.net.forward(t, xv)?;
         let loss = match self.spec.task {
+            Task::Classification if !self.spec.class_weights.is_empty() => {
+                let w = &self.spec.class_weights;
+                let scale = weight_scale.unwrap_or_else(|| class_weight_scale(w, y_class));
+                let q = weighted_targets(w, y_class, self.options.label_smoothing, scale)?;
+                let y = t.input(&[rows, self.spec.outputs()], &q)?;
+                t.cross_entropy_probs(out, y)?
+            }
             Task::Classification => {
                 let y = t.labels(y_class)?;
                 t.cross_entropy_smoothed(out, y, self.options.label_smoothing)?
@@ -943,6 +978,55 @@ pub fn build_opt<B: mote::Backend, const N: usize>(
     Ok(opt)
 }
 
+/// `N / sum_i w_{y_i}` for a batch of `labels`: what [`weighted_targets`] scales by; 0 when
+/// every row's weight is 0.
+pub fn class_weight_scale(weights: &[f32], labels: &[usize]) -> f64 {
+    let total: f64 = labels
+        .iter()
+        .map(|&y| f64::from(weights.get(y).copied().unwrap_or(0.0)))
+        .sum();
+    if total > 0.0 {
+        labels.len() as f64 / total
+    } else {
+        0.0
+    }
+}
+
+/// The targets that make [`mote::Tape::cross_entropy_probs`] PyTorch's weighted, label-smoothed
+/// cross-entropy (`CrossEntropyLoss(weight=weights, label_smoothing=smoothing)`, mean
+/// reduction): row `i`, class `c`: `((1 - e) [c = y_i] w_{y_i} + e w_c / C) scale`, with `scale`
+/// the batch's [`class_weight_scale`], `N / sum_i w_{y_i}`. A batch whose rows all have weight
+/// 0 (scale 0) gets all-zero targets (loss and gradient 0), where PyTorch's mean would be NaN.
+///
+/// # Errors
+/// [`mote::Error::IndexOutOfRange`] for a label not below `weights.len()`, as the fused
+/// cross-entropy's.
+pub fn weighted_targets(
+    weights: &[f32],
+    labels: &[usize],
+    smoothing: f32,
+    scale: f64,
+) -> mote::Result<Vec<f32>> {
+    let classes = weights.len();
+    if let Some(&bad) = labels.iter().find(|&&y| y >= classes) {
+        return Err(mote::Error::IndexOutOfRange {
+            op: "cross_entropy label",
+            index: bad,
+            bound: classes,
+        });
+    }
+    let weight = |c: usize| f64::from(weights.get(c).copied().unwrap_or(0.0));
+    let mut q = vec![0f32; labels.len() * classes];
+    let e = f64::from(smoothing);
+    for (row, &y) in q.chunks_exact_mut(classes).zip(labels) {
+        for (c, v) in row.iter_mut().enumerate() {
+            let hit = if c == y { (1.0 - e) * weight(y) } else { 0.0 };
+            *v = ((hit + e * weight(c) / classes as f64) * scale) as f32;
+        }
+    }
+    Ok(q)
+}
+
 /// Rows of `logits` (`classes` wide) whose largest entry is at the label.
 pub fn count_correct(logits: &[f32], classes: usize, labels: &[usize]) -> usize {
     logits
@@ -1097,5 +1181,32 @@ mod tests {
                 format!("\"{}\"", a.name())
             );
         }
+    }
+    /// PyTorch's weighted, smoothed cross-entropy through probability targets: weights
+    /// [1, 2, 4], labels [2, 0, 2], smoothing 0.3; the denominator is 4 + 1 + 4 = 9.
+    #[test]
+    fn weighted_targets_are_pytorchs_weighted_mean() {
+        let w = [1.0, 2.0, 4.0];
+        assert_eq!(super::class_weight_scale(&w, &[2, 0, 2]), 3.0 / 9.0);
+        let q = super::weighted_targets(&w, &[2, 0, 2], 0.3, 3.0 / 9.0).unwrap();
+        let k = 3.0 / 9.0;
+        let row = |y: usize| -> Vec<f64> {
+            let w = [1.0, 2.0, 4.0];
+            (0..3)
+                .map(|c| {
+                    let hit = if c == y { 0.7 * w[y] } else { 0.0 };
+                    (hit + 0.1 * w[c]) * k
+                })
+                .collect()
+        };
+        let want: Vec<f64> = [row(2), row(0), row(2)].concat();
+        for (g, w) in q.iter().zip(&want) {
+            assert!((f64::from(*g) - w).abs() < 1e-6, "{q:?} vs {want:?}");
+        }
+        // Rows of weight 0 only: nothing to learn from this batch.
+        assert_eq!(super::class_weight_scale(&[0.0, 1.0], &[0, 0]), 0.0);
+        let zero = super::weighted_targets(&[0.0, 1.0], &[0, 0], 0.0, 0.0).unwrap();
+        assert!(zero.iter().all(|&v| v == 0.0));
+        assert!(super::weighted_targets(&[1.0, 1.0], &[0, 2], 0.0, 1.0).is_err());
     }
 }

@@ -461,6 +461,87 @@ fn label_smoothing_trains_and_is_kept() {
     assert!(e.contains("--label-smoothing cannot change"), "{e}");
 }
 
+/// `--class-weights`: on data where the rare class is 40% of one half, the unweighted model
+/// never predicts it there and `balanced` weights do (the decision moves to the class prior);
+/// kept by the checkpoint (version 3) and named in the header; misuse is a short error.
+#[test]
+fn class_weights_move_decisions_and_are_kept() {
+    let d = TempDir::new("classweights");
+    let mut csv = String::from("x,y\n");
+    for i in 0..400 {
+        let rare = if i < 200 {
+            i % 10 == 0
+        } else {
+            i % 5 == 0 || i % 5 == 2
+        };
+        csv += &format!("{},{}\n", i as f32 / 400.0, u8::from(rare));
+    }
+    d.write("imb.csv", &csv);
+    d.write("q.csv", "x\n0.6\n0.7\n0.8\n0.9\n");
+    let predicted = |extra: &[&str], save: &str| -> (String, Vec<String>) {
+        let mut a = vec![
+            "train",
+            "--data",
+            "imb.csv",
+            "--epochs",
+            "40",
+            "--hidden",
+            "8",
+            "--backend",
+            "cpu",
+            "--save",
+            save,
+        ];
+        a.extend_from_slice(extra);
+        let out = ok(&d, &a);
+        let p = ok(&d, &["predict", "--model", save, "--data", "q.csv"]);
+        let classes = p
+            .lines()
+            .skip(1)
+            .map(|l| l.split(',').next().unwrap().to_string());
+        (out, classes.collect())
+    };
+    let (_, plain) = predicted(&[], "plain.safetensors");
+    let (out, weighted) = predicted(&["--class-weights", "balanced"], "w.safetensors");
+    assert_eq!(plain, ["0"; 4], "unweighted");
+    assert_eq!(weighted, ["1"; 4], "balanced");
+    // 400 rows, 100 of the rare class: 400 / (2 x 300) and 400 / (2 x 100) over the split.
+    assert!(out.contains("2 classes weighted 0."), "{out}");
+    let bytes = std::fs::read(d.path("w.safetensors")).unwrap();
+    let at = find(&bytes, r#""version":"3""#).expect("version 3");
+    let mut forged = bytes.clone();
+    forged[at + 11] = b'2';
+    std::fs::write(d.path("v2.safetensors"), forged).unwrap();
+    let e = fails(&d, &["eval", "--model", "v2.safetensors"]);
+    assert!(e.contains("trained with class weights"), "{e}");
+    // Explicit weights, as many as classes; uniform ones train like none (to rounding).
+    let (_, ones) = predicted(&["--class-weights", "1,1"], "ones.safetensors");
+    assert_eq!(ones, plain);
+    for (args, want) in [
+        (
+            &["--class-weights", "1,2,3"][..],
+            "3 weights for 2 classes (0, 1)",
+        ),
+        (&["--class-weights", "1,-2"][..], "'-2' is not a weight"),
+        (&["--class-weights", "0,0"][..], "every weight is 0"),
+        (&["--class-weights", "1,x"][..], "'x' is not a weight"),
+        (
+            &["--class-weights", "balanced", "--task", "regression"][..],
+            "--class-weights with a regression task",
+        ),
+        (
+            &["--resume", "w.safetensors", "--class-weights", "1,1"][..],
+            "--class-weights cannot change",
+        ),
+    ] {
+        let e = fails(
+            &d,
+            &[&["train", "--data", "imb.csv", "--epochs", "1"][..], args].concat(),
+        );
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
+
 /// `--activation`: trained, evaluated and kept on resume; the checkpoint says version 2 (ReLU
 /// ones stay version 1, which earlier builds read); the Rust export names it, and its arrays
 /// run through SiLU written here give `mote predict`'s classes.

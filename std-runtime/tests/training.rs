@@ -49,6 +49,7 @@ fn setup(
         task: ds.task,
         loss: Default::default(),
         classes: ds.classes.clone(),
+        class_weights: Vec::new(),
         features: t.feature_names.clone(),
         label: "label".into(),
         norm: Standardizer::fit(&ds.x, 64, &tr),
@@ -309,6 +310,44 @@ fn label_smoothing_replicas_train_like_one_model() {
     assert_eq!(dp.divergence().unwrap(), 0.0, "the replicas stay identical");
     let d = max_diff(&params_of(train::Learner::model(&dp)), &smoothed);
     assert!(d < 1e-4, "replicas against one model, both smoothed: {d}");
+}
+
+/// Class weights: replicas (whose shards hold different mixes of classes) train like one model
+/// on the whole batch, because every shard scales by the whole batch's weight; uniform weights
+/// train like none.
+#[test]
+fn class_weight_replicas_train_like_one_model() {
+    const ADAM: OptimizerConfig = OptimizerConfig::Adam {
+        lr: 1e-3,
+        weight_decay: 0.0,
+    };
+    let run = |weights: Vec<f32>| {
+        let (mut spec, config, data) = setup(2, Schedule::Constant, None);
+        spec.class_weights = weights;
+        let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+        let mut model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(5)).unwrap();
+        let mut state = TrainState::new(5);
+        train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
+        params_of(&model)
+    };
+    let skewed: Vec<f32> = (0..10).map(|c| 0.25 + c as f32 * 0.5).collect();
+    let (plain, uniform, weighted) = (run(vec![]), run(vec![2.0; 10]), run(skewed.clone()));
+    assert!(max_diff(&plain, &uniform) < 1e-4);
+    assert!(max_diff(&plain, &weighted) > 1e-3);
+
+    let (mut spec, config, data) = setup(2, Schedule::Constant, None);
+    spec.class_weights = skewed;
+    let mut arenas = vec![vec![0f32; arena_floats(&spec, &ADAM, config.batch)]; 3];
+    let models = arenas
+        .iter_mut()
+        .map(|m| Model::new(Cpu::new(m), spec.clone(), ADAM, &mut Rng::new(5)).unwrap())
+        .collect();
+    let mut dp = Replicas::new(models).unwrap();
+    let mut state = TrainState::new(5);
+    train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
+    assert_eq!(dp.divergence().unwrap(), 0.0, "the replicas stay identical");
+    let d = max_diff(&params_of(train::Learner::model(&dp)), &weighted);
+    assert!(d < 1e-4, "replicas against one model, both weighted: {d}");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! | `BceWithLogits` | mean(max(x, 0) - x t + ln(1 + e^-abs(x))) | dx = (sigmoid(x) - t) / n, dt = -x / n |
 //!
 //! Composed of other ops (so every backend runs them as those ops, and the gradient follows):
+//! `cross_entropy_probs` = `-sum(t * log_softmax(z)) / N` (class-probability targets);
 //! `l1_loss` = mean(|p - t|); `huber_loss(delta)` = mean of `d^2 / 2` where `|d| < delta`,
 //! else `delta (|d| - delta / 2)`; `smooth_l1_loss(beta)` = the Huber loss / beta (L1 for
 //! beta 0), as PyTorch's.
@@ -357,6 +358,47 @@ mod tests {
         }
     }
 
+    // Probability targets: one-hot rows give the cross-entropy, smoothed rows the smoothed one,
+    // and rows scaled by w_c N / sum_i w_{y_i} PyTorch's weighted mean: with weights [1, 2, 3]
+    // and labels [2, 0], (3 * 0.40760596 + 1 * 1.09861229) / (3 + 1).
+    #[test]
+    fn probability_targets_cover_labels_smoothing_and_weights() {
+        use crate::{Cpu, Tape};
+        let mut mem = [0f64; 512];
+        let mut tape = Tape::<Cpu<f64>, 32>::new(&mut mem);
+        let z = tape
+            .input(&[2, 3], &[1.0, 2.0, 3.0, 1.0, 1.0, 1.0])
+            .unwrap();
+        let labels = tape.labels(&[2, 0]).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        let one_hot = tape
+            .input(&[2, 3], &[0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+            .unwrap();
+        let (a, b) = (
+            tape.cross_entropy_probs(z, one_hot).unwrap(),
+            tape.cross_entropy(z, labels).unwrap(),
+        );
+        assert!(close(tape.item(a).unwrap(), tape.item(b).unwrap()));
+        let (e, c) = (0.2, 3.0);
+        let q = [e / c, e / c, 1.0 - e + e / c, 1.0 - e + e / c, e / c, e / c];
+        let smooth = tape.input(&[2, 3], &q).unwrap();
+        let (a, b) = (
+            tape.cross_entropy_probs(z, smooth).unwrap(),
+            tape.cross_entropy_smoothed(z, labels, 0.2).unwrap(),
+        );
+        assert!((tape.item(a).unwrap() - tape.item(b).unwrap()).abs() < 1e-7);
+        let k = 2.0 / (3.0 + 1.0);
+        let weighted = tape
+            .input(&[2, 3], &[0.0, 0.0, 3.0 * k, 1.0 * k, 0.0, 0.0])
+            .unwrap();
+        let w = tape.cross_entropy_probs(z, weighted).unwrap();
+        let want = (3.0 * 0.407_605_964_445_207_4 + 1.098_612_288_668_11) / 4.0;
+        assert!((tape.item(w).unwrap() - want).abs() < 1e-9);
+        let used = tape.used();
+        assert!(tape.cross_entropy_probs(z, labels).is_err());
+        assert_eq!(tape.used(), used, "a refused call takes no arena");
+    }
+
     #[test]
     fn bad_labels_are_errors() {
         for bad in [3.0f32, -1.0, 0.5, f32::NAN] {
@@ -447,6 +489,32 @@ mod tape_ops {
                 LossOp::CrossEntropySmoothed(label_smoothing)
             };
             self.loss(op, logits, labels, ls.dim(1))
+        }
+
+        /// Softmax cross-entropy of logits `[N, C]` against class probabilities `[N, C]`
+        /// (PyTorch's `cross_entropy` with probability targets): `-sum_ic t_ic ln softmax(z_i)_c
+        /// / N`, composed of four nodes (`log_softmax`, a product, a sum and a scale), all or
+        /// nothing. The targets need not sum to 1 per row: scaled rows give PyTorch's class
+        /// `weight`s (row `i` times `w_c N / sum_i w_{y_i}` at its label) or label smoothing.
+        /// Both inputs get gradients.
+        ///
+        /// # Errors
+        /// [`Error::ShapeMismatch`] unless both are `[N, C]`; and as [`Tape::unary`].
+        pub fn cross_entropy_probs(&mut self, logits: Var, targets: Var) -> Result<Var> {
+            if logits.shape.rank() != 2 || logits.shape != targets.shape {
+                return Err(Error::ShapeMismatch {
+                    op: "cross_entropy_probs",
+                    lhs: logits.shape,
+                    rhs: targets.shape,
+                });
+            }
+            let rows = logits.shape.dim(0);
+            self.all_or_nothing(|t| {
+                let ls = t.log_softmax(logits, 1)?;
+                let p = t.mul(ls, targets)?;
+                let s = t.sum(p)?;
+                t.mul_scalar(s, -1.0 / rows as f32)
+            })
         }
 
         /// Binary cross-entropy of logits against same-shaped targets in `[0, 1]`, stable.

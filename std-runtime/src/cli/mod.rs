@@ -139,7 +139,7 @@ enum TaskArg {
     Auto,
     /// Class labels, softmax cross-entropy.
     Classification,
-    /// A number, MSE.
+    /// A number: MSE, or the loss --loss names.
     Regression,
 }
 
@@ -237,6 +237,12 @@ pub struct TrainArgs {
     /// the loss's target is `(1 - S) onehot + S / classes` [default: 0].
     #[arg(long, value_name = "S")]
     label_smoothing: Option<f64>,
+    /// Classification: weights of the classes in the loss (PyTorch's
+    /// `CrossEntropyLoss(weight=)`), one per class in the order `mote train` lists them, or
+    /// `balanced` (rows / (classes x the class's training rows), as scikit-learn's)
+    /// [default: none].
+    #[arg(long, value_name = "balanced|W,W,...")]
+    class_weights: Option<String>,
     /// Regression: the loss (PyTorch's `MSELoss`, `L1Loss`, `HuberLoss`, `SmoothL1Loss`), on
     /// standardised targets [default: mse].
     #[arg(long, value_enum)]
@@ -515,7 +521,18 @@ pub(crate) fn describe(spec: &ModelSpec) -> String {
         format!("{} {kind}", spec.activation.name())
     };
     match spec.task {
-        Task::Classification => format!("{kind}, {} classes", spec.classes.len()),
+        Task::Classification if spec.class_weights.is_empty() => {
+            format!("{kind}, {} classes", spec.classes.len())
+        }
+        Task::Classification => format!(
+            "{kind}, {} classes weighted {}",
+            spec.classes.len(),
+            spec.class_weights
+                .iter()
+                .map(|w| format!("{w:.3}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         Task::Regression if spec.loss.is_mse() => {
             format!("{kind}, regression of '{}'", spec.label)
         }

@@ -259,6 +259,60 @@ fn watchdog(what: String, timeout: std::time::Duration) -> Result<crate::rendezv
     })
 }
 
+/// `--class-weights`: `balanced` (rows / (classes x the class's rows) over the training split,
+/// 0 for a class without any), or one weight per class.
+fn class_weights(arg: &str, ds: &Dataset, train: &[usize]) -> Result<Vec<f32>> {
+    let classes = ds.classes.len();
+    if arg.trim() == "balanced" {
+        let mut counts = vec![0usize; classes];
+        for &y in train.iter().filter_map(|&r| ds.class_labels()?.get(r)) {
+            if let Some(n) = counts.get_mut(y) {
+                *n += 1;
+            }
+        }
+        let rows = counts.iter().sum::<usize>() as f64;
+        return Ok(counts
+            .iter()
+            .map(|&n| {
+                if n == 0 {
+                    0.0
+                } else {
+                    (rows / (classes as f64 * n as f64)) as f32
+                }
+            })
+            .collect());
+    }
+    let weights = arg
+        .split(',')
+        .map(|w| {
+            w.trim()
+                .parse::<f32>()
+                .ok()
+                .filter(|v| v.is_finite() && *v >= 0.0)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "--class-weights {arg}: '{w}' is not a weight (a finite number, 0 or \
+                         more)"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<f32>>>()?;
+    if weights.len() != classes {
+        return Err(Error::invalid(format!(
+            "--class-weights {arg}: {} weights for {classes} classes ({})",
+            weights.len(),
+            ds.classes.join(", ")
+        ))
+        .with_hint("give one weight per class, in that order, or --class-weights balanced"));
+    }
+    if !weights.iter().any(|&w| w > 0.0) {
+        return Err(Error::invalid(format!(
+            "--class-weights {arg}: every weight is 0, so nothing would be learned"
+        )));
+    }
+    Ok(weights)
+}
+
 fn reject_on_resume(a: &TrainArgs) -> Result<()> {
     let fixed = [
         ("--hidden", a.hidden.is_some()),
@@ -270,6 +324,7 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
         ("--lr", a.lr.is_some()),
         ("--clip-grad-norm", a.clip_grad_norm.is_some()),
         ("--label-smoothing", a.label_smoothing.is_some()),
+        ("--class-weights", a.class_weights.is_some()),
         ("--loss", a.loss.is_some()),
         ("--delta", a.delta.is_some()),
         ("--optimizer", a.optimizer.is_some()),
@@ -632,6 +687,16 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         )
         .with_hint("drop --label-smoothing, or train a classifier (--task classification)"));
     }
+    let class_weights = match a.class_weights.as_deref() {
+        None => Vec::new(),
+        Some(_) if spec.task != Task::Classification => {
+            return Err(Error::invalid(
+                "--class-weights with a regression task: it weighs a classifier's classes",
+            )
+            .with_hint("drop --class-weights, or train a classifier (--task classification)"));
+        }
+        Some(w) => class_weights(w, &ds, &tr)?,
+    };
     if a.loss.is_some() && spec.task == Task::Classification {
         return Err(Error::invalid(
             "--loss with a classification task: classifiers train with the cross-entropy",
@@ -665,8 +730,10 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     let spec = ModelSpec {
         activation: a.activation.unwrap_or_default(),
         loss,
+        class_weights,
         ..spec
     };
+    spec.check()?;
     let opt_kind = a.optimizer.unwrap_or(OptimizerArg::Adam);
     let opt = match opt_kind {
         OptimizerArg::Adam => OptimizerConfig::Adam {

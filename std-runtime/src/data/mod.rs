@@ -31,7 +31,8 @@ pub use prep::{split, Standardizer};
 /// The bundled digits data set (UCI, CC BY 4.0; see `data/README.md`), gzip'd CSV.
 pub const DIGITS_GZ: &[u8] = include_bytes!("../../data/digits.csv.gz");
 
-/// Classification (class labels, softmax cross-entropy) or regression (a number, MSE).
+/// Classification (class labels, softmax cross-entropy) or regression (a number; MSE or another
+/// [`crate::model::RegressionLoss`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
