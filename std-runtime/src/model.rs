@@ -152,8 +152,8 @@ impl RegressionLoss {
         match self {
             RegressionLoss::Mse => "MSE".into(),
             RegressionLoss::L1 => "L1 loss".into(),
-            RegressionLoss::Huber { delta } => format!("Huber loss (delta {delta})"),
-            RegressionLoss::SmoothL1 { beta } => format!("smooth L1 loss (beta {beta})"),
+            RegressionLoss::Huber { delta } => format!("Huber loss (delta {delta:?})"),
+            RegressionLoss::SmoothL1 { beta } => format!("smooth L1 loss (beta {beta:?})"),
         }
     }
 
@@ -756,7 +756,8 @@ impl<B: Backend<Elem = f32>> Model<B> {
     }
 
     /// One training step on a standardised batch (`x`: `rows x inputs`; `y_class` or `y_value`
-    /// by task). Returns the mean loss and the number of correct predictions (classification).
+    /// by task). Returns the mean loss, the number of correct predictions (classification)
+    /// and the sum of squared errors (regression) as [`StepStats`].
     ///
     /// # Errors
     /// A core error (a non-finite loss means divergence).

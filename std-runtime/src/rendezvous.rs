@@ -151,6 +151,32 @@ pub fn exchange(
     }
 }
 
+/// Rank 0's rendezvous file, removed when this is dropped: once every rank has joined (the id
+/// is spent), and also when rank 0 fails before that, so that a rerun, with the same run id
+/// too, does not find a dead run's id. (A rank 0 that aborts leaves it: give each run a new
+/// run id.)
+#[derive(Debug)]
+pub struct SpentFile(Option<PathBuf>);
+
+impl SpentFile {
+    /// The file of `launch` when this process is its rank 0 and the rendezvous is a file;
+    /// nothing otherwise.
+    pub fn of(launch: &Launch) -> SpentFile {
+        SpentFile(match (&launch.rendezvous, launch.rank) {
+            (Rendezvous::File(p), 0) => Some(p.clone()),
+            _ => None,
+        })
+    }
+}
+
+impl Drop for SpentFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// The longest `MOTE_RUN_ID`.
 pub const MAX_RUN_ID: usize = 256;
 
@@ -196,19 +222,20 @@ fn wait_for_file(path: &Path, run_id: Option<&str>, timeout: Duration) -> Result
                 .is_ok_and(|t| t >= since);
         if fresh {
             if let Ok(bytes) = std::fs::read(path) {
-                if let Some((id, rest)) = bytes.split_first_chunk::<ID_BYTES>() {
-                    if rest == tag {
-                        return Ok(*id);
-                    }
-                    if !other {
+                match bytes.split_first_chunk::<ID_BYTES>() {
+                    Some((id, rest)) if rest == tag => return Ok(*id),
+                    // Written atomically, so never seen half-written: another run's, or not
+                    // a rendezvous file at all.
+                    _ if !other => {
                         other = true;
                         eprintln!(
                             "mote: rendezvous: {} was written for another run (MOTE_RUN_ID \
-                             differs, or is set on one side only); waiting for rank 0 of this \
-                             run to write it",
+                             differs, or is set on one side only, or another mote build wrote \
+                             it); waiting for rank 0 of this run to write it",
                             path.display()
                         );
                     }
+                    _ => {}
                 }
             }
         } else if !stale && path.exists() {
@@ -247,7 +274,7 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
     listener.set_nonblocking(true).map_err(io)?;
     let start = Instant::now();
     let mut joined = vec![false; peers + 1];
-    let mut served = 0;
+    let (mut served, mut refused) = (0, 0);
     while served < peers {
         match listener.accept() {
             Ok((mut s, _)) => {
@@ -265,12 +292,30 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
                             served += 1;
                         }
                     }
+                } else {
+                    if refused == 0 {
+                        eprintln!(
+                            "mote: rendezvous on {addr}: refused a connection that is not a rank \
+                             of this run (another MOTE_RUN_ID or MOTE_WORLD_SIZE, another mote \
+                             build, or not mote)"
+                        );
+                    }
+                    refused += 1;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if start.elapsed() > timeout {
+                    let others = if refused > 0 {
+                        format!(
+                            " ({refused} other connection{} refused: not ranks of this run)",
+                            if refused == 1 { " was" } else { "s were" }
+                        )
+                    } else {
+                        String::new()
+                    };
                     return Err(late(format!(
-                        "rendezvous on {addr}: {served} of {peers} ranks connected within {} s",
+                        "rendezvous on {addr}: {served} of {peers} ranks connected within {} \
+                         s{others}",
                         timeout.as_secs()
                     )));
                 }

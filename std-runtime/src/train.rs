@@ -350,7 +350,8 @@ pub trait Learner {
     /// Sets how every training step runs (gradient clipping, label smoothing).
     fn configure(&mut self, options: StepOptions);
 
-    /// One training step on a standardised batch; the mean loss and the correct predictions.
+    /// One training step on a standardised batch: its mean loss, correct predictions
+    /// (classification) and squared errors (regression), as [`StepStats`].
     ///
     /// # Errors
     /// A core error (a non-finite loss means divergence).

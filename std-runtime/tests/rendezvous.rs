@@ -262,6 +262,57 @@ fn a_run_id_tells_this_runs_rendezvous_from_anothers() {
     .unwrap();
     assert_eq!(id, [8u8; ID_BYTES]);
     assert_eq!(server.join().unwrap().unwrap(), [8u8; ID_BYTES]);
+    // A rank 0 that only ever saw another run's rank says so when it gives up.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = Rendezvous::Tcp(format!("127.0.0.1:{port}"));
+    let server = {
+        let zero = rank(0, addr.clone(), Some("job-2"));
+        std::thread::spawn(move || {
+            exchange(&zero, Duration::from_millis(1500), || Ok([8u8; ID_BYTES]))
+        })
+    };
+    let stranger = rank(1, addr, Some("job-1"));
+    assert!(exchange(&stranger, Duration::from_secs(1), || unreachable!()).is_err());
+    let e = server.join().unwrap().unwrap_err().to_string();
+    assert!(
+        e.contains("0 of 1 ranks connected") && e.contains("1 other connection was refused"),
+        "{e}"
+    );
+}
+
+/// Rank 0's rendezvous file goes when its guard does (every rank joined, or rank 0 failed
+/// first); other ranks' guards, and TCP rendezvous, touch nothing.
+#[test]
+fn rank_zero_removes_its_spent_file() {
+    use mote_runtime::rendezvous::SpentFile;
+    let dir = std::env::temp_dir().join(format!("mote-rdv-spent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.id");
+    let launch = |rank: usize, rendezvous: Rendezvous| Launch {
+        world: 2,
+        rank,
+        local_rank: rank,
+        rendezvous,
+        run_id: Some("job-3".into()),
+    };
+    std::fs::write(&file, b"id").unwrap();
+    drop(SpentFile::of(&launch(1, Rendezvous::File(file.clone()))));
+    drop(SpentFile::of(&launch(
+        0,
+        Rendezvous::Tcp("127.0.0.1:1".into()),
+    )));
+    assert!(file.exists(), "not rank 0's file to remove");
+    let failing = || -> Result<(), String> {
+        let _spent = SpentFile::of(&launch(0, Rendezvous::File(file.clone())));
+        Err("NCCL failed".into())
+    };
+    assert!(failing().is_err());
+    assert!(!file.exists(), "removed when rank 0 failed");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

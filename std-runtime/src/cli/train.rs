@@ -150,6 +150,8 @@ impl TrainJob {
         let timeout = std::time::Duration::from_secs(300);
         let step_timeout = crate::rendezvous::step_timeout(|k| std::env::var(k).ok())?;
         let id = crate::rendezvous::exchange(&launch, timeout, || Nccl::unique_id().map_err(cuda))?;
+        // Rank 0's id file goes once every rank has joined, or when this rank fails first.
+        let spent = crate::rendezvous::SpentFile::of(&launch);
         // Watches NCCL's set-up too (it waits for every rank with no limit), and outlives the
         // learner: its drop (NCCL's teardown) is watched as well.
         let what = format!("rank {} of {}", launch.rank, launch.world);
@@ -157,9 +159,7 @@ impl TrainJob {
         let nccl = Nccl::rank(&backend, launch.rank, launch.world, &id).map_err(cuda)?;
         // Every rank has joined: the id file is spent (a rerun on the same path must not
         // find it).
-        if let (0, crate::rendezvous::Rendezvous::File(p)) = (launch.rank, &launch.rendezvous) {
-            let _ = std::fs::remove_file(p);
-        }
+        drop(spent);
         let model = self.model_on(backend)?;
         if launch.rank != 0 {
             (self.save, self.plot, self.quiet) = (None, None, true);
@@ -697,13 +697,21 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         }
         Some(w) => class_weights(w, &ds, &tr)?,
     };
-    if a.loss.is_some() && spec.task == Task::Classification {
-        return Err(Error::invalid(
-            "--loss with a classification task: classifiers train with the cross-entropy",
-        )
-        .with_hint("drop --loss, or train a regression (--task regression)"));
+    if (a.loss.is_some() || a.delta.is_some()) && spec.task == Task::Classification {
+        let flag = if a.loss.is_some() {
+            "--loss"
+        } else {
+            "--delta"
+        };
+        return Err(Error::invalid(format!(
+            "{flag} with a classification task: classifiers train with the cross-entropy"
+        ))
+        .with_hint(format!(
+            "drop {flag}, or train a regression (--task regression)"
+        )));
     }
-    let delta = a.delta.unwrap_or(1.0);
+    // -0 is 0 (smooth L1's L1 case), and reads so in the header.
+    let delta = a.delta.unwrap_or(1.0) + 0.0;
     let loss = match a.loss.unwrap_or(LossArg::Mse) {
         LossArg::Mse => RegressionLoss::Mse,
         LossArg::L1 => RegressionLoss::L1,
@@ -717,15 +725,14 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         );
     }
     if loss.check().is_err() {
-        return Err(Error::invalid(format!(
-            "--delta {delta}: {} threshold must be positive and finite (smooth_l1's may be 0)",
-            if matches!(loss, RegressionLoss::Huber { .. }) {
-                "the Huber loss's"
-            } else {
-                "the smooth L1 loss's"
-            }
-        ))
-        .with_hint("give a value such as --delta 1.0"));
+        let why = if matches!(loss, RegressionLoss::Huber { .. }) {
+            "the Huber loss's delta must be positive and finite"
+        } else {
+            "the smooth L1 loss's beta must be 0 (the L1 loss), or positive and finite with \
+             1 / beta finite too"
+        };
+        return Err(Error::invalid(format!("--delta {delta:?}: {why}"))
+            .with_hint("give a value such as --delta 1.0"));
     }
     let spec = ModelSpec {
         activation: a.activation.unwrap_or_default(),
