@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Dataset, Standardizer, Targets, Task};
 use crate::error::{Error, Result};
 
-/// Tape capacity: an MLP of `L` layers records `4 L + 2` nodes per step.
+/// Tape capacity: an MLP of `L` layers records `4 L + 2` nodes per step with a fused loss
+/// (and [`ModelSpec::loss_nodes`] more with a composite one).
 pub const NODES: usize = 512;
-/// The most layers (hidden + output) a model may have.
+/// The most layers (hidden + output) a model with a fused loss may have.
 pub const MAX_LAYERS: usize = (NODES - 2) / 4;
 /// Rows per evaluation batch.
 pub const EVAL_BATCH: usize = 256;
@@ -453,13 +454,31 @@ impl ModelSpec {
                 "target standardisation ({mean}, {std}): needs a finite mean and a positive std"
             )));
         }
-        if self.sizes.len() - 1 + self.conv.len() * 3 > MAX_LAYERS {
+        let most = (NODES - 2 - self.loss_nodes()) / 4;
+        if self.sizes.len() - 1 + self.conv.len() * 3 > most {
             return Err(Error::invalid(format!(
-                "{} layers; at most {MAX_LAYERS} are supported",
-                self.sizes.len() - 1
+                "{} layers; at most {most} are supported{}",
+                self.sizes.len() - 1,
+                if most < MAX_LAYERS {
+                    " with this loss"
+                } else {
+                    ""
+                }
             )));
         }
         Ok(())
+    }
+
+    /// The nodes a training step's loss records beyond a fused loss's one: the composite
+    /// losses' intermediates (see their docs in `mote::ops::loss`).
+    pub fn loss_nodes(&self) -> usize {
+        match self.loss() {
+            plan::Loss::Mse | plan::Loss::BceWithLogits | plan::Loss::CrossEntropy => 0,
+            plan::Loss::L1 => 2,
+            plan::Loss::CrossEntropyProbs => 3,
+            plan::Loss::Huber => 8,
+            plan::Loss::SmoothL1 => 9,
+        }
     }
 
     /// Outputs of the last layer.
@@ -1023,6 +1042,12 @@ pub fn weighted_targets(
         for (c, v) in row.iter_mut().enumerate() {
             let hit = if c == y { (1.0 - e) * weight(y) } else { 0.0 };
             *v = ((hit + e * weight(c) / classes as f64) * scale) as f32;
+            if !v.is_finite() {
+                return Err(mote::Error::InvalidArgument {
+                    what: "class weights: a target overflows f32 (the weights' ratio is too \
+                           large for this batch)",
+                });
+            }
         }
     }
     Ok(q)

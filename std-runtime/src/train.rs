@@ -38,7 +38,7 @@ use crate::data::{Dataset, Targets, Task};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{Model, ModelSpec, StepOptions, StepStats};
-use crate::schedule::Schedule;
+use crate::schedule::{Plateau, Schedule};
 
 /// Where the training data came from (so that `--resume` can load it again).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,6 +116,25 @@ impl TrainConfig {
     pub fn check(&self) -> Result<()> {
         if self.batch == 0 {
             return Err(Error::invalid("batch size 0").with_hint("give --batch 1 or more"));
+        }
+        if let Schedule::Plateau { factor, min_lr, .. } = self.schedule {
+            if !(factor > 0.0 && factor < 1.0) {
+                return Err(Error::invalid(format!(
+                    "--gamma {factor}: the plateau schedule's factor must lie between 0 and 1"
+                ))
+                .with_hint("for example --gamma 0.1 (PyTorch's default factor)"));
+            }
+            if !(min_lr.is_finite() && min_lr >= 0.0) {
+                return Err(Error::invalid(format!(
+                    "--min-lr {min_lr}: needs a finite rate, 0 or more"
+                )));
+            }
+            if self.val_fraction == 0.0 {
+                return Err(Error::invalid(
+                    "--schedule plateau with --val 0: it follows the validation loss",
+                )
+                .with_hint("hold out rows for validation (--val 0.2), or use another schedule"));
+            }
         }
         if let Some(c) = self.clip_grad_norm {
             if !(c.is_finite() && c > 0.0) {
@@ -199,6 +218,9 @@ pub struct TrainState {
     pub stopped: bool,
     /// Every epoch's numbers.
     pub history: Vec<EpochLog>,
+    /// What [`Schedule::Plateau`] has seen (absent from a run without it).
+    #[serde(default, skip_serializing_if = "Plateau::is_unused")]
+    pub plateau: Plateau,
 }
 
 impl TrainState {
@@ -213,6 +235,7 @@ impl TrainState {
             wait: 0,
             stopped: false,
             history: Vec::new(),
+            plateau: Plateau::default(),
         }
     }
 }
@@ -480,9 +503,13 @@ pub fn fit<L: Learner>(
         rng.shuffle(&mut order);
         let (mut loss_sum, mut correct, mut squared, mut lr) = (0f64, 0usize, 0f64, base);
         for (k, rows) in order.chunks(config.batch).enumerate() {
-            lr = config
-                .schedule
-                .lr(base, state.step, steps_per_epoch, config.epochs);
+            lr = config.schedule.lr(
+                base,
+                state.step,
+                steps_per_epoch,
+                config.epochs,
+                &state.plateau,
+            );
             model.set_lr(lr);
             data.gather(rows, &mut bx, &mut bc, &mut bv);
             let stats = model.train_step(&bx, rows.len(), &bc, &bv)?;
@@ -535,6 +562,10 @@ pub fn fit<L: Learner>(
             val_metric,
             seconds: te.elapsed().as_secs_f64(),
         };
+        // Every process agreed on the validation loss: they reduce alike.
+        if let (Schedule::Plateau { patience, .. }, Some(v)) = (config.schedule, val_loss) {
+            state.plateau.observe(v, patience);
+        }
         let m = log.monitored();
         if improved(model.model().spec.task, m, state.best, config.min_delta) {
             state.best = Some(m);

@@ -415,6 +415,88 @@ fn find(hay: &[u8], needle: &str) -> Option<usize> {
         .position(|w| w == needle.as_bytes())
 }
 
+/// `--schedule plateau` (PyTorch's `ReduceLROnPlateau` on the validation loss): the rate is cut
+/// by `--gamma` once the loss stops falling, and the header says how; misuse is a short error.
+#[test]
+fn plateau_schedule_cuts_the_rate_when_the_validation_loss_stalls() {
+    let d = TempDir::new("plateau");
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--backend",
+            "cpu",
+            "--schedule",
+            "plateau",
+            "--lr-patience",
+            "1",
+            "--gamma",
+            "0.5",
+            "--lr",
+            "0.01",
+            "--epochs",
+            "30",
+            "--save",
+            "p.safetensors",
+        ],
+    );
+    assert!(
+        out.contains("plateau (x0.5 after 2 epochs without a lower validation loss, down to 0)"),
+        "{out}"
+    );
+    let lrs: Vec<f64> = out
+        .lines()
+        .filter(|l| l.starts_with("epoch "))
+        .map(|l| {
+            l.split("  lr ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    // (Without a terminal, the log shows the first and every other epoch; the rate is
+    // printed to three digits.)
+    assert!(lrs.len() >= 15 && lrs[0] == 0.01, "{lrs:?}");
+    // Only ever cut by halves (a power of two between two shown epochs), at least twice.
+    for w in lrs.windows(2) {
+        let cuts = (w[0] / w[1]).log2();
+        assert!(
+            cuts >= -0.01 && (cuts - cuts.round()).abs() < 0.01,
+            "{lrs:?}"
+        );
+    }
+    assert!(*lrs.last().unwrap() <= 0.0025, "{lrs:?}");
+    for (args, want) in [
+        (
+            &["--lr-patience", "3"][..],
+            "--lr-patience applies to --schedule plateau only",
+        ),
+        (
+            &["--min-lr", "0.1"][..],
+            "--min-lr applies to --schedule cosine or plateau only",
+        ),
+        (
+            &["--schedule", "plateau", "--gamma", "1.5"][..],
+            "factor must lie between 0 and 1",
+        ),
+        (
+            &["--schedule", "plateau", "--val", "0"][..],
+            "it follows the validation loss",
+        ),
+        (
+            &["--resume", "p.safetensors", "--lr-patience", "2"][..],
+            "--lr-patience cannot change",
+        ),
+    ] {
+        let e = fails(&d, &[&["train", "--epochs", "1"][..], args].concat());
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
+
 /// `--label-smoothing`: trains (the header says so), writes a version-3 checkpoint (a
 /// version-2 reader would resume without smoothing), which evaluates; a file claiming version 2
 /// is refused; resuming cannot change it. (That a resume keeps it: the resume test's `smooth`.)
@@ -505,8 +587,47 @@ fn class_weights_move_decisions_and_are_kept() {
     let (out, weighted) = predicted(&["--class-weights", "balanced"], "w.safetensors");
     assert_eq!(plain, ["0"; 4], "unweighted");
     assert_eq!(weighted, ["1"; 4], "balanced");
-    // 400 rows, 100 of the rare class: 400 / (2 x 300) and 400 / (2 x 100) over the split.
-    assert!(out.contains("2 classes weighted 0."), "{out}");
+    // 320 training rows (stratified), 80 of the rare class: 320 / (2 x 240), 320 / (2 x 80).
+    assert!(out.contains("2 classes weighted 0.6667,2.0000 "), "{out}");
+    // `balanced` counts the training split only: a class whose one row is held out gets 0.
+    let mut three = String::from("x,y\n");
+    for i in 0..81 {
+        three += &format!("{i},{}\n", if i == 80 { 2 } else { i % 4 / 3 });
+    }
+    d.write("three.csv", &three);
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--data",
+            "three.csv",
+            "--epochs",
+            "1",
+            "--val",
+            "0.5",
+            "--class-weights",
+            "balanced",
+        ],
+    );
+    assert!(out.contains("3 classes weighted 0.4444,1.3333,0 "), "{out}");
+    // The composite loss records three nodes more: the deepest model is checked up front.
+    let deep = vec!["2"; 126].join(",");
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "--data",
+            "imb.csv",
+            "--hidden",
+            &deep,
+            "--class-weights",
+            "1,1",
+        ],
+    );
+    assert!(
+        e.contains("127 layers; at most 126 are supported with this loss"),
+        "{e}"
+    );
     let bytes = std::fs::read(d.path("w.safetensors")).unwrap();
     let at = find(&bytes, r#""version":"3""#).expect("version 3");
     let mut forged = bytes.clone();
@@ -930,6 +1051,20 @@ fn resume_equals_straight_run_bit_for_bit() {
             &["--clip-grad-norm", "0.5", "--activation", "gelu"][..],
         ),
         ("smooth", &["--label-smoothing", "0.2"][..]),
+        // Its state (best loss, epochs waited, cuts so far) carries over the resume.
+        (
+            "plateau",
+            &[
+                "--schedule",
+                "plateau",
+                "--lr-patience",
+                "0",
+                "--gamma",
+                "0.5",
+                "--lr",
+                "0.02",
+            ][..],
+        ),
     ] {
         let (half, full) = (
             format!("{tag}-half.safetensors"),
@@ -1825,7 +1960,7 @@ fn outputs_spare_inputs_and_options_are_checked_by_name() {
         ("train --epochs 1 --weight-decay inf", "--weight-decay inf"),
         (
             "train --epochs 1 --gamma 0.3",
-            "--gamma applies to --schedule step only",
+            "--gamma applies to --schedule step or plateau only",
         ),
         (
             "train --epochs 1 --schedule cosine --min-lr nan",

@@ -131,6 +131,9 @@ enum ScheduleArg {
     Step,
     /// Warm-up over --warmup epochs, then a half cosine down to --min-lr.
     Cosine,
+    /// Times --gamma whenever the validation loss has not improved for more than
+    /// --lr-patience epochs, down to --min-lr (PyTorch's `ReduceLROnPlateau`).
+    Plateau,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
@@ -214,15 +217,20 @@ pub struct TrainArgs {
     /// Cosine schedule: epochs of linear warm-up [default: 0].
     #[arg(long)]
     warmup: Option<usize>,
-    /// Cosine schedule: the rate at the end [default: 0].
+    /// Cosine schedule: the rate at the end; plateau schedule: the lowest rate [default: 0].
     #[arg(long)]
     min_lr: Option<f64>,
     /// Step schedule: epochs between decays [default: 10].
     #[arg(long)]
     step_every: Option<usize>,
-    /// Step schedule: the decay factor [default: 0.5].
+    /// Step schedule: the decay factor [default: 0.5]; plateau schedule: the factor, below 1
+    /// [default: 0.1].
     #[arg(long)]
     gamma: Option<f64>,
+    /// Plateau schedule: epochs without a lower validation loss that are tolerated before the
+    /// rate is cut [default: 10].
+    #[arg(long, value_name = "N")]
+    lr_patience: Option<usize>,
     /// Share of rows held out for validation (0: none) [default: 0.2].
     #[arg(long)]
     val: Option<f64>,
@@ -238,9 +246,9 @@ pub struct TrainArgs {
     #[arg(long, value_name = "S")]
     label_smoothing: Option<f64>,
     /// Classification: weights of the classes in the loss (PyTorch's
-    /// `CrossEntropyLoss(weight=)`), one per class in the order `mote train` lists them, or
-    /// `balanced` (rows / (classes x the class's training rows), as scikit-learn's)
-    /// [default: none].
+    /// `CrossEntropyLoss(weight=)`), one per class in the order of the class names (which a
+    /// wrong count lists), or `balanced`: training rows / (classes x the class's training rows),
+    /// as scikit-learn's, and 0 for a class without training rows [default: none].
     #[arg(long, value_name = "balanced|W,W,...")]
     class_weights: Option<String>,
     /// Regression: the loss (PyTorch's `MSELoss`, `L1Loss`, `HuberLoss`, `SmoothL1Loss`), on
@@ -524,15 +532,23 @@ pub(crate) fn describe(spec: &ModelSpec) -> String {
         Task::Classification if spec.class_weights.is_empty() => {
             format!("{kind}, {} classes", spec.classes.len())
         }
-        Task::Classification => format!(
-            "{kind}, {} classes weighted {}",
-            spec.classes.len(),
-            spec.class_weights
-                .iter()
-                .map(|w| format!("{w:.3}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
+        Task::Classification => {
+            let w = &spec.class_weights;
+            let short = |w: f32| match w {
+                0.0 => "0".to_string(),
+                w if (1e-3..1e4).contains(&w) => format!("{w:.4}"),
+                w => format!("{w:.3e}"),
+            };
+            let weights = if w.len() <= 12 {
+                w.iter().map(|&v| short(v)).collect::<Vec<_>>().join(",")
+            } else {
+                let (lo, hi) = w
+                    .iter()
+                    .fold((f32::INFINITY, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                format!("{} to {}", short(lo), short(hi))
+            };
+            format!("{kind}, {} classes weighted {weights}", w.len())
+        }
         Task::Regression if spec.loss.is_mse() => {
             format!("{kind}, regression of '{}'", spec.label)
         }

@@ -285,9 +285,11 @@ fn class_weights(arg: &str, ds: &Dataset, train: &[usize]) -> Result<Vec<f32>> {
     let weights = arg
         .split(',')
         .map(|w| {
+            // -0 is 0.
             w.trim()
                 .parse::<f32>()
                 .ok()
+                .map(|v| v + 0.0)
                 .filter(|v| v.is_finite() && *v >= 0.0)
                 .ok_or_else(|| {
                     Error::invalid(format!(
@@ -335,6 +337,7 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
         ("--min-lr", a.min_lr.is_some()),
         ("--step-every", a.step_every.is_some()),
         ("--gamma", a.gamma.is_some()),
+        ("--lr-patience", a.lr_patience.is_some()),
         ("--val", a.val.is_some()),
         ("--seed", a.seed.is_some()),
         ("--label", a.data.label.is_some()),
@@ -591,31 +594,34 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
             .unwrap_or(if cnn { "none" } else { "32" }),
     )?;
     let kind = a.schedule.unwrap_or(ScheduleArg::Constant);
-    let options = [
+    use ScheduleArg::{Cosine, Plateau, Step};
+    let options: [(&str, bool, &[ScheduleArg], &str); 5] = [
+        ("--step-every", a.step_every.is_some(), &[Step], "step"),
         (
-            "--step-every",
-            a.step_every.is_some(),
-            ScheduleArg::Step,
-            "step",
+            "--gamma",
+            a.gamma.is_some(),
+            &[Step, Plateau],
+            "step or plateau",
         ),
-        ("--gamma", a.gamma.is_some(), ScheduleArg::Step, "step"),
-        (
-            "--warmup",
-            a.warmup.is_some(),
-            ScheduleArg::Cosine,
-            "cosine",
-        ),
+        ("--warmup", a.warmup.is_some(), &[Cosine], "cosine"),
         (
             "--min-lr",
             a.min_lr.is_some(),
-            ScheduleArg::Cosine,
-            "cosine",
+            &[Cosine, Plateau],
+            "cosine or plateau",
+        ),
+        (
+            "--lr-patience",
+            a.lr_patience.is_some(),
+            &[Plateau],
+            "plateau",
         ),
     ];
-    if let Some((flag, _, _, name)) = options.iter().find(|o| o.1 && o.2 != kind) {
+    if let Some((flag, _, _, name)) = options.iter().find(|o| o.1 && !o.2.contains(&kind)) {
+        let first = name.split(' ').next().unwrap_or(name);
         return Err(
             Error::invalid(format!("{flag} applies to --schedule {name} only"))
-                .with_hint(format!("add --schedule {name}, or drop {flag}")),
+                .with_hint(format!("add --schedule {first}, or drop {flag}")),
         );
     }
     if let Some(g) = a.gamma.filter(|g| !(g.is_finite() && *g > 0.0)) {
@@ -638,6 +644,11 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         },
         ScheduleArg::Cosine => Schedule::Cosine {
             warmup: a.warmup.unwrap_or(0),
+            min_lr: a.min_lr.unwrap_or(0.0),
+        },
+        ScheduleArg::Plateau => Schedule::Plateau {
+            factor: a.gamma.unwrap_or(0.1),
+            patience: a.lr_patience.unwrap_or(10),
             min_lr: a.min_lr.unwrap_or(0.0),
         },
     };
