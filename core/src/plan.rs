@@ -42,6 +42,18 @@ pub enum Loss {
 }
 
 impl Loss {
+    /// Nodes a loss records beyond a fused loss's one (its intermediates, and a composite's
+    /// final scale): what a tape's node capacity must leave room for.
+    pub const fn extra_nodes(self) -> usize {
+        match self {
+            Loss::Mse | Loss::BceWithLogits | Loss::CrossEntropy => 0,
+            Loss::L1 => 2,
+            Loss::CrossEntropyProbs => 3,
+            Loss::Huber => 8,
+            Loss::SmoothL1 => 9,
+        }
+    }
+
     /// Floats a loss's intermediates take beyond its scalar result (values only; each has a
     /// gradient as large), for `out` outputs.
     const fn intermediates(self, out: usize) -> usize {
@@ -88,7 +100,8 @@ pub const fn mlp_params(sizes: &[usize], opt: Opt) -> usize {
 }
 
 /// Floats one training step of an MLP needs above the mark: input, targets, every layer's
-/// output and activation, the loss, and their gradients.
+/// output and activation, the loss (with a composite loss's intermediates), and their
+/// gradients.
 #[allow(clippy::indexing_slicing)] // as above
 pub const fn mlp_step(sizes: &[usize], batch: usize, loss: Loss) -> usize {
     let n = sizes.len();

@@ -19,8 +19,7 @@ const ARENA: usize = 1024;
 const STEPS: usize = 20;
 
 /// Which step: a classifier (tanh, cross-entropy with label smoothing, Adam with weight decay,
-/// one batch), a
-/// regressor (sigmoid, MSE, SGD with Nesterov momentum, one batch), or a mixed one that records
+/// one batch), a regressor (sigmoid, MSE, SGD with Nesterov momentum, one batch), or a mixed one that records
 /// the other call families (softmax, broadcast binary ops, an axis reduction, transpose copies;
 /// Adam).
 #[derive(Clone, Copy, PartialEq)]

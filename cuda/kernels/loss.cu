@@ -30,8 +30,8 @@ extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float*
             float e = 0.0f;
             for (u64 j = lane; j < classes; j += 32) e += expf(z[j] - m);
             e = warp_sum(e);
-            // Smoothing: (1 - e) ce + e (ln e - mean (z - m)), each term >= 0 (the core's form;
-            // no sum of raw logits to overflow).
+            // Smoothing: (1 - smoothing) nll + smoothing (ln e - sz / classes), sz the sum of
+            // z - m: each term >= 0 (the core's form; no sum of raw logits to overflow).
             float sz = 0.0f;
             if (smoothing != 0.0f) {
                 for (u64 j = lane; j < classes; j += 32) sz += z[j] - m;

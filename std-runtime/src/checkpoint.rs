@@ -2,10 +2,11 @@
 //! optimizer state (`optimizer.layers.{i}.weight.exp_avg` / `exp_avg_sq` for Adam,
 //! `momentum_buffer` for SGD), normalisation statistics (`norm.mean`, `norm.std`), all f32; and in
 //! the metadata, as JSON: the model's description, the optimizer, the run's settings and state
-//! (epoch, step, RNG state, early-stopping state, history), a CRC-32 of the tensors and one of
-//! the description (`meta_crc32`), and the version ([`VERSION`], [`version_of`]: 1 for a ReLU
-//! model trained without gradient clipping, 3 for a run with label smoothing, class weights or
-//! a regression loss other than the MSE, 2 otherwise).
+//! (epoch, step, RNG state, early-stopping state, the plateau schedule's state, history), a
+//! CRC-32 of the tensors and one of the description (`meta_crc32`), and the version
+//! ([`VERSION`], [`version_of`]: 1 for a ReLU model trained without gradient clipping, 3 for a
+//! run with label smoothing, class weights or a regression loss other than the MSE, 2
+//! otherwise; a plateau schedule is refused by older builds as an unknown schedule).
 //!
 //! Files are written atomically: to a temporary file beside the target, flushed to disk, then
 //! renamed over it, so a crash never leaves a broken checkpoint under the final name.
@@ -44,7 +45,7 @@ fn rank(version: &str) -> Option<usize> {
 const META: [&str; 4] = ["model", "optimizer", "config", "state"];
 
 /// The CRC-32 of the metadata's JSON entries ([`META`], each with its name), which the tensors'
-/// CRC does not cover: a version-2 checkpoint carries it, so that an edited or damaged
+/// CRC does not cover: a checkpoint of version 2 or later carries it, so that an edited or damaged
 /// description (an activation dropped, say) is refused rather than read as another model.
 fn meta_crc(meta: &HashMap<String, String>) -> u32 {
     let mut all = Vec::new();
@@ -57,14 +58,49 @@ fn meta_crc(meta: &HashMap<String, String>) -> u32 {
     mote::blob::crc32(&all)
 }
 
-/// The version a checkpoint of `spec` and `config` is written with.
+/// What a run of `spec` and `config` holds beyond a ReLU network trained without clipping, each
+/// with the version that first describes it and how the refusal names it (empty: the
+/// activation, which it names as the network's): one list for [`version_of`] and the message.
+fn features(spec: &ModelSpec, config: &TrainConfig) -> Vec<(&'static str, String)> {
+    let mut f = Vec::new();
+    if !spec.activation.is_relu() {
+        f.push(("2", String::new()));
+    }
+    if config.clip_grad_norm.is_some() {
+        f.push(("2", "gradient clipping".to_string()));
+    }
+    if !spec.loss.is_mse() {
+        f.push(("3", format!("the {}", spec.loss.title())));
+    }
+    if config.label_smoothing != 0.0 {
+        f.push(("3", "label smoothing".to_string()));
+    }
+    if !spec.class_weights.is_empty() {
+        f.push(("3", "class weights".to_string()));
+    }
+    f
+}
+
+/// The version a checkpoint of `spec` and `config` is written with: the lowest that describes
+/// everything it holds.
 pub fn version_of(spec: &ModelSpec, config: &TrainConfig) -> &'static str {
-    if config.label_smoothing != 0.0 || !spec.loss.is_mse() || !spec.class_weights.is_empty() {
-        "3"
-    } else if spec.activation.is_relu() && config.clip_grad_norm.is_none() {
-        "1"
-    } else {
-        "2"
+    features(spec, config)
+        .iter()
+        .map(|&(v, _)| v)
+        .max_by_key(|&v| rank(v))
+        .unwrap_or("1")
+}
+
+/// ` trained with A, B and C`, or nothing.
+fn trained_with(spec: &ModelSpec, config: &TrainConfig) -> String {
+    let named: Vec<String> = features(spec, config)
+        .into_iter()
+        .filter_map(|(_, n)| (!n.is_empty()).then_some(n))
+        .collect();
+    match named.split_last() {
+        None => String::new(),
+        Some((last, [])) => format!(" trained with {last}"),
+        Some((last, rest)) => format!(" trained with {} and {last}", rest.join(", ")),
     }
 }
 
@@ -476,29 +512,9 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         return Err(corrupt(
             path,
             format!(
-                "a version-{version} checkpoint of a {} network{}{}{}{}: version {needs} \
-                 describes it",
+                "a version-{version} checkpoint of a {} network{}: version {needs} describes it",
                 spec.activation.name(),
-                if spec.loss.is_mse() {
-                    String::new()
-                } else {
-                    format!(" trained with the {}", spec.loss.title())
-                },
-                if config.clip_grad_norm.is_some() {
-                    " trained with gradient clipping"
-                } else {
-                    ""
-                },
-                if config.label_smoothing != 0.0 {
-                    " trained with label smoothing"
-                } else {
-                    ""
-                },
-                if spec.class_weights.is_empty() {
-                    ""
-                } else {
-                    " trained with class weights"
-                },
+                trained_with(&spec, &config),
             ),
         ));
     }

@@ -148,7 +148,7 @@ impl RegressionLoss {
         *self == RegressionLoss::Mse
     }
 
-    /// How it reads in a sentence: `MSE`, `L1 loss`, `Huber loss (delta 1)`, ...
+    /// How it reads in a sentence: `MSE`, `L1 loss`, `Huber loss (delta 1.0)`, ...
     pub fn title(&self) -> String {
         match self {
             RegressionLoss::Mse => "MSE".into(),
@@ -472,13 +472,7 @@ impl ModelSpec {
     /// The nodes a training step's loss records beyond a fused loss's one: the composite
     /// losses' intermediates (see their docs in `mote::ops::loss`).
     pub fn loss_nodes(&self) -> usize {
-        match self.loss() {
-            plan::Loss::Mse | plan::Loss::BceWithLogits | plan::Loss::CrossEntropy => 0,
-            plan::Loss::L1 => 2,
-            plan::Loss::CrossEntropyProbs => 3,
-            plan::Loss::Huber => 8,
-            plan::Loss::SmoothL1 => 9,
-        }
+        self.loss().extra_nodes()
     }
 
     /// Outputs of the last layer.
@@ -678,20 +672,7 @@ fn measured_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> Res
         let start = t.mark();
         let x = t.input_with(&[batch, ins], || 0.0)?;
         let out = net.forward(t, x)?;
-        let loss = match spec.task {
-            Task::Classification if !spec.class_weights.is_empty() => {
-                let y = t.input_with(&[batch, spec.outputs()], || 0.0)?;
-                t.cross_entropy_probs(out, y)?
-            }
-            Task::Classification => {
-                let y = t.labels(&vec![0; batch])?;
-                t.cross_entropy(out, y)?
-            }
-            Task::Regression => {
-                let y = t.input_with(&[batch, 1], || 0.0)?;
-                spec.loss.apply(t, out, y)?
-            }
-        };
+        let loss = loss_of(t, spec, out, &vec![0; batch], &vec![0.0; batch], 0.0, None)?;
         t.backward(loss)?;
         t.rewind(start)?;
         t.no_grad(|t| {
@@ -833,23 +814,16 @@ impl<B: Backend<Elem = f32>> Model<B> {
         t.rewind(self.start)?;
         let xv = t.input(&[rows, self.spec.inputs()], x)?;
         let out = self.net.forward(t, xv)?;
-        let loss = match self.spec.task {
-            Task::Classification if !self.spec.class_weights.is_empty() => {
-                let w = &self.spec.class_weights;
-                let scale = weight_scale.unwrap_or_else(|| class_weight_scale(w, y_class));
-                let q = weighted_targets(w, y_class, self.options.label_smoothing, scale)?;
-                let y = t.input(&[rows, self.spec.outputs()], &q)?;
-                t.cross_entropy_probs(out, y)?
-            }
-            Task::Classification => {
-                let y = t.labels(y_class)?;
-                t.cross_entropy_smoothed(out, y, self.options.label_smoothing)?
-            }
-            Task::Regression => {
-                let y = t.input(&[rows, 1], y_value)?;
-                self.spec.loss.apply(t, out, y)?
-            }
-        };
+        let smoothing = self.options.label_smoothing;
+        let loss = loss_of(
+            t,
+            &self.spec,
+            out,
+            y_class,
+            y_value,
+            smoothing,
+            weight_scale,
+        )?;
         match ready {
             Some(f) => t.backward_with(loss, f)?,
             None => t.backward(loss)?,
@@ -996,6 +970,38 @@ pub fn build_opt<B: mote::Backend, const N: usize>(
         )?),
     };
     Ok(opt)
+}
+
+/// The training loss of `spec` on the tape: the outputs `out` against `y_class` or `y_value` by
+/// task (the cross-entropy, smoothed and class-weighted as the spec and `smoothing` say, or the
+/// regression loss). What a step records and what the arena's dry run measures.
+fn loss_of<B: Backend<Elem = f32>>(
+    t: &mut Tape<B, NODES>,
+    spec: &ModelSpec,
+    out: Var,
+    y_class: &[usize],
+    y_value: &[f32],
+    smoothing: f32,
+    weight_scale: Option<f64>,
+) -> mote::Result<Var> {
+    let rows = out.shape().dim(0);
+    match spec.task {
+        Task::Classification if !spec.class_weights.is_empty() => {
+            let w = &spec.class_weights;
+            let scale = weight_scale.unwrap_or_else(|| class_weight_scale(w, y_class));
+            let q = weighted_targets(w, y_class, smoothing, scale)?;
+            let y = t.input(&[rows, spec.outputs()], &q)?;
+            t.cross_entropy_probs(out, y)
+        }
+        Task::Classification => {
+            let y = t.labels(y_class)?;
+            t.cross_entropy_smoothed(out, y, smoothing)
+        }
+        Task::Regression => {
+            let y = t.input(&[rows, 1], y_value)?;
+            spec.loss.apply(t, out, y)
+        }
+    }
 }
 
 /// `N / sum_i w_{y_i}` for a batch of `labels`: what [`weighted_targets`] scales by; 0 when

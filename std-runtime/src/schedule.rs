@@ -59,28 +59,19 @@ impl Plateau {
     /// Takes an epoch's validation loss; returns whether the rate is reduced from the next
     /// epoch on. An improvement is a loss below `best x (1 - 1e-4)`; a NaN loss is none.
     pub fn observe(&mut self, loss: f64, patience: usize) -> bool {
-        // A NaN loss improves on nothing.
-        let improves = |b: f64| loss < b * (1.0 - 1e-4);
-        match self.best {
-            Some(b) if !improves(b) => {
-                self.wait += 1;
-                if self.wait > patience {
-                    self.wait = 0;
-                    self.reductions = self.reductions.saturating_add(1);
-                    return true;
-                }
-                false
-            }
-            _ if loss.is_nan() => {
-                self.wait += 1;
-                false
-            }
-            _ => {
-                self.best = Some(loss);
-                self.wait = 0;
-                false
-            }
+        // As PyTorch's, the best starts at infinity; a NaN loss improves on nothing.
+        if loss < self.best.unwrap_or(f64::INFINITY) * (1.0 - 1e-4) {
+            self.best = Some(loss);
+            self.wait = 0;
+            return false;
         }
+        self.wait += 1;
+        if self.wait > patience {
+            self.wait = 0;
+            self.reductions = self.reductions.saturating_add(1);
+            return true;
+        }
+        false
     }
 }
 

@@ -279,10 +279,6 @@ fn gradient_clipping_bounds_each_step() {
 /// so the shards' mean is the batch's) and stay identical.
 #[test]
 fn label_smoothing_replicas_train_like_one_model() {
-    const ADAM: OptimizerConfig = OptimizerConfig::Adam {
-        lr: 1e-3,
-        weight_decay: 0.0,
-    };
     let run = |smoothing: f64| {
         let (spec, mut config, data) = setup(2, Schedule::Constant, None);
         config.label_smoothing = smoothing;
@@ -317,10 +313,6 @@ fn label_smoothing_replicas_train_like_one_model() {
 /// train like none.
 #[test]
 fn class_weight_replicas_train_like_one_model() {
-    const ADAM: OptimizerConfig = OptimizerConfig::Adam {
-        lr: 1e-3,
-        weight_decay: 0.0,
-    };
     let run = |weights: Vec<f32>| {
         let (mut spec, config, data) = setup(2, Schedule::Constant, None);
         spec.class_weights = weights;

@@ -116,8 +116,8 @@ fn max_and_log_sum<T: Float>(z: &[T]) -> (T, T) {
     (m, s.ln())
 }
 
-/// Reference forward kernel. For `CrossEntropy`, `p` is `[N, classes]` and `t` is `[N]`; for the
-/// others `p` and `t` have the same length. Returns the loss.
+/// Reference forward kernel. For the cross-entropies, `p` is `[N, classes]` and `t` is `[N]`;
+/// for the others `p` and `t` have the same length. Returns the loss.
 ///
 /// # Errors
 /// [`Error::IndexOutOfRange`] for a bad cross-entropy label.

@@ -627,7 +627,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     if let Some(g) = a.gamma.filter(|g| !(g.is_finite() && *g > 0.0)) {
         return Err(
             Error::invalid(format!("--gamma {g}: needs a finite factor above 0"))
-                .with_hint("for example --gamma 0.5 halves the learning rate at each step"),
+                .with_hint("for example --gamma 0.5 halves the learning rate at each cut"),
         );
     }
     if let Some(m) = a.min_lr.filter(|m| !(m.is_finite() && *m >= 0.0)) {
@@ -801,7 +801,8 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     let data = Prepared::new(&ds, &spec, tr, va);
     if !a.quiet {
         out(&format!(
-            "training {} on {} ({} training rows, {} validation); {} lr {}, batch {}, {} epoch{}, {} schedule{}{}; backend {}",
+            "training {} on {} ({} training rows, {} validation); {} lr {}, batch {}, {} \
+             epoch{}, {} schedule{}{}; backend {}",
             describe(&spec),
             config.source.data,
             data.train.len(),
