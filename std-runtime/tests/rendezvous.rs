@@ -95,6 +95,15 @@ fn the_environment_makes_a_launch_or_says_what_is_wrong() {
     }
 }
 
+/// A free port: bind to port 0, note it, release it.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs `world` ranks on threads against `rendezvous`, all with `run_id`; returns the id each
 /// one ended with.
 fn run(world: usize, rendezvous: Rendezvous, run_id: Option<&str>) -> Vec<[u8; ID_BYTES]> {
@@ -135,12 +144,7 @@ fn rank_zero_hands_its_id_to_every_rank() {
             assert_eq!(id, want, "through a file, run id {run_id:?}");
         }
     }
-    // A free port: bind to port 0, note it, release it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     for run_id in [None, Some("job-17")] {
         for id in run(4, Rendezvous::Tcp(format!("127.0.0.1:{port}")), run_id) {
             assert_eq!(id, want, "through TCP, run id {run_id:?}");
@@ -239,11 +243,7 @@ fn a_run_id_tells_this_runs_rendezvous_from_anothers() {
     let _ = std::fs::remove_dir_all(&dir);
 
     // TCP: rank 0 of job-2 serves only job-2's rank 1; job-1's is told why it got nothing.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = Rendezvous::Tcp(format!("127.0.0.1:{port}"));
     let server = {
         let zero = rank(0, addr.clone(), Some("job-2"));
@@ -263,11 +263,7 @@ fn a_run_id_tells_this_runs_rendezvous_from_anothers() {
     assert_eq!(id, [8u8; ID_BYTES]);
     assert_eq!(server.join().unwrap().unwrap(), [8u8; ID_BYTES]);
     // A rank 0 that only ever saw another run's rank says so when it gives up.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let addr = Rendezvous::Tcp(format!("127.0.0.1:{port}"));
     let server = {
         let zero = rank(0, addr.clone(), Some("job-2"));

@@ -275,36 +275,37 @@ fn gradient_clipping_bounds_each_step() {
     assert!(config.check().is_err());
 }
 
-/// Label smoothing changes the run; replicas smooth like one model (each row's loss is smoothed,
-/// so the shards' mean is the batch's) and stay identical.
-#[test]
-fn label_smoothing_replicas_train_like_one_model() {
-    let run = |smoothing: f64| {
-        let (spec, mut config, data) = setup(2, Schedule::Constant, None);
-        config.label_smoothing = smoothing;
-        let opt = ADAM;
-        let mut mem = vec![0f32; arena_floats(&spec, &opt, config.batch)];
-        let mut model = Model::new(Cpu::new(&mut mem), spec, opt, &mut Rng::new(5)).unwrap();
-        let mut state = TrainState::new(5);
-        train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
-        params_of(&model)
-    };
-    let (plain, smoothed) = (run(0.0), run(0.2));
-    assert!(max_diff(&plain, &smoothed) > 1e-3);
-
-    let (spec, mut config, data) = setup(2, Schedule::Constant, None);
-    config.label_smoothing = 0.2;
-    let opt = ADAM;
-    let mut arenas = vec![vec![0f32; arena_floats(&spec, &opt, config.batch)]; 2];
-    let models = arenas
+/// Two epochs under Adam with the spec and settings `adjust` makes: the parameters of one
+/// model (`replicas` 0), or of replica 0 of `replicas` (checked identical).
+fn trained(replicas: usize, adjust: impl Fn(&mut ModelSpec, &mut TrainConfig)) -> Vec<f32> {
+    let (mut spec, mut config, data) = setup(2, Schedule::Constant, None);
+    adjust(&mut spec, &mut config);
+    let mut arenas = vec![vec![0f32; arena_floats(&spec, &ADAM, config.batch)]; replicas.max(1)];
+    let mut models: Vec<_> = arenas
         .iter_mut()
-        .map(|m| Model::new(Cpu::new(m), spec.clone(), opt, &mut Rng::new(5)).unwrap())
+        .map(|m| Model::new(Cpu::new(m), spec.clone(), ADAM, &mut Rng::new(5)).unwrap())
         .collect();
-    let mut dp = Replicas::new(models).unwrap();
     let mut state = TrainState::new(5);
+    if replicas == 0 {
+        let model = &mut models[0];
+        train::fit(model, &data, &config, &mut state, &mut [], None).unwrap();
+        return params_of(model);
+    }
+    let mut dp = Replicas::new(models).unwrap();
     train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
     assert_eq!(dp.divergence().unwrap(), 0.0, "the replicas stay identical");
-    let d = max_diff(&params_of(train::Learner::model(&dp)), &smoothed);
+    params_of(train::Learner::model(&dp))
+}
+
+/// Label smoothing changes the run; replicas smooth like one model (each row's loss is smoothed,
+/// so the shards' mean is the batch's).
+#[test]
+fn label_smoothing_replicas_train_like_one_model() {
+    let plain = trained(0, |_, _| ());
+    let smooth = |_: &mut ModelSpec, c: &mut TrainConfig| c.label_smoothing = 0.2;
+    let smoothed = trained(0, smooth);
+    assert!(max_diff(&plain, &smoothed) > 1e-3);
+    let d = max_diff(&trained(2, smooth), &smoothed);
     assert!(d < 1e-4, "replicas against one model, both smoothed: {d}");
 }
 
@@ -313,32 +314,15 @@ fn label_smoothing_replicas_train_like_one_model() {
 /// train like none.
 #[test]
 fn class_weight_replicas_train_like_one_model() {
-    let run = |weights: Vec<f32>| {
-        let (mut spec, config, data) = setup(2, Schedule::Constant, None);
-        spec.class_weights = weights;
-        let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
-        let mut model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(5)).unwrap();
-        let mut state = TrainState::new(5);
-        train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
-        params_of(&model)
+    let plain = trained(0, |_, _| ());
+    let uniform = trained(0, |s, _| s.class_weights = vec![2.0; 10]);
+    let skew = |s: &mut ModelSpec, _: &mut TrainConfig| {
+        s.class_weights = (0..10).map(|c| 0.25 + c as f32 * 0.5).collect();
     };
-    let skewed: Vec<f32> = (0..10).map(|c| 0.25 + c as f32 * 0.5).collect();
-    let (plain, uniform, weighted) = (run(vec![]), run(vec![2.0; 10]), run(skewed.clone()));
+    let weighted = trained(0, skew);
     assert!(max_diff(&plain, &uniform) < 1e-4);
     assert!(max_diff(&plain, &weighted) > 1e-3);
-
-    let (mut spec, config, data) = setup(2, Schedule::Constant, None);
-    spec.class_weights = skewed;
-    let mut arenas = vec![vec![0f32; arena_floats(&spec, &ADAM, config.batch)]; 3];
-    let models = arenas
-        .iter_mut()
-        .map(|m| Model::new(Cpu::new(m), spec.clone(), ADAM, &mut Rng::new(5)).unwrap())
-        .collect();
-    let mut dp = Replicas::new(models).unwrap();
-    let mut state = TrainState::new(5);
-    train::fit(&mut dp, &data, &config, &mut state, &mut [], None).unwrap();
-    assert_eq!(dp.divergence().unwrap(), 0.0, "the replicas stay identical");
-    let d = max_diff(&params_of(train::Learner::model(&dp)), &weighted);
+    let d = max_diff(&trained(3, skew), &weighted);
     assert!(d < 1e-4, "replicas against one model, both weighted: {d}");
 }
 
