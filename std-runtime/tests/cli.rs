@@ -75,6 +75,26 @@ fn fails(dir: &TempDir, args: &[&str]) -> String {
     se
 }
 
+/// Each case's arguments after `prefix` fail with an error that contains its text.
+fn fails_with(dir: &TempDir, prefix: &[&str], cases: &[(&[&str], &str)]) {
+    for (args, want) in cases {
+        let e = fails(dir, &[prefix, args].concat());
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
+
+/// `mote eval` of the checkpoint `model` with its version `from` rewritten to `to` (one
+/// digit each): the error it gives.
+fn eval_as_version(dir: &TempDir, model: &str, from: u8, to: u8) -> String {
+    let mut bytes = std::fs::read(dir.path(model)).unwrap();
+    let key = format!(r#""version":"{}""#, char::from(from));
+    let at = find(&bytes, &key).unwrap_or_else(|| panic!("{model}: no {key}"));
+    bytes[at + 11] = to;
+    let forged = format!("v{}-{model}", char::from(to));
+    std::fs::write(dir.path(&forged), bytes).unwrap();
+    fails(dir, &["eval", "--model", &forged])
+}
+
 /// Asserts that the Rust file `name` in `dir` (an export) compiles as a library.
 fn assert_compiles(dir: &TempDir, name: &str) {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
@@ -470,31 +490,32 @@ fn plateau_schedule_cuts_the_rate_when_the_validation_loss_stalls() {
         );
     }
     assert!(*lrs.last().unwrap() <= 0.0025, "{lrs:?}");
-    for (args, want) in [
-        (
-            &["--lr-patience", "3"][..],
-            "--lr-patience applies to --schedule plateau only",
-        ),
-        (
-            &["--min-lr", "0.1"][..],
-            "--min-lr applies to --schedule cosine or plateau only",
-        ),
-        (
-            &["--schedule", "plateau", "--gamma", "1.5"][..],
-            "factor must lie between 0 and 1",
-        ),
-        (
-            &["--schedule", "plateau", "--val", "0"][..],
-            "it follows the validation loss",
-        ),
-        (
-            &["--resume", "p.safetensors", "--lr-patience", "2"][..],
-            "--lr-patience cannot change",
-        ),
-    ] {
-        let e = fails(&d, &[&["train", "--epochs", "1"][..], args].concat());
-        assert!(e.contains(want), "{args:?}: {e}");
-    }
+    fails_with(
+        &d,
+        &["train", "--epochs", "1"],
+        &[
+            (
+                &["--lr-patience", "3"][..],
+                "--lr-patience applies to --schedule plateau only",
+            ),
+            (
+                &["--min-lr", "0.1"][..],
+                "--min-lr applies to --schedule cosine or plateau only",
+            ),
+            (
+                &["--schedule", "plateau", "--gamma", "1.5"][..],
+                "factor must lie between 0 and 1",
+            ),
+            (
+                &["--schedule", "plateau", "--val", "0"][..],
+                "it follows the validation loss",
+            ),
+            (
+                &["--resume", "p.safetensors", "--lr-patience", "2"][..],
+                "--lr-patience cannot change",
+            ),
+        ],
+    );
 }
 
 /// `--label-smoothing`: trains (the header says so), writes a version-3 checkpoint (a
@@ -520,12 +541,7 @@ fn label_smoothing_trains_and_is_kept() {
     assert!(acc >= 93.0, "{out}");
     let eval = ok(&d, &["eval", "--model", "ls.safetensors"]);
     assert!(eval.contains(&format!("accuracy {acc:.2}%")), "{eval}");
-    let bytes = std::fs::read(d.path("ls.safetensors")).unwrap();
-    let at = find(&bytes, r#""version":"3""#).expect("version 3");
-    let mut forged = bytes.clone();
-    forged[at + 11] = b'2';
-    std::fs::write(d.path("v2.safetensors"), forged).unwrap();
-    let e = fails(&d, &["eval", "--model", "v2.safetensors"]);
+    let e = eval_as_version(&d, "ls.safetensors", b'3', b'2');
     assert!(
         e.contains("version-2 checkpoint of a relu network trained with label smoothing"),
         "{e}"
@@ -628,39 +644,32 @@ fn class_weights_move_decisions_and_are_kept() {
         e.contains("127 layers; at most 126 are supported with this loss"),
         "{e}"
     );
-    let bytes = std::fs::read(d.path("w.safetensors")).unwrap();
-    let at = find(&bytes, r#""version":"3""#).expect("version 3");
-    let mut forged = bytes.clone();
-    forged[at + 11] = b'2';
-    std::fs::write(d.path("v2.safetensors"), forged).unwrap();
-    let e = fails(&d, &["eval", "--model", "v2.safetensors"]);
+    let e = eval_as_version(&d, "w.safetensors", b'3', b'2');
     assert!(e.contains("trained with class weights"), "{e}");
     // Explicit weights, as many as classes; uniform ones train like none (to rounding).
     let (_, ones) = predicted(&["--class-weights", "1,1"], "ones.safetensors");
     assert_eq!(ones, plain);
-    for (args, want) in [
-        (
-            &["--class-weights", "1,2,3"][..],
-            "3 weights for 2 classes (0, 1)",
-        ),
-        (&["--class-weights", "1,-2"][..], "'-2' is not a weight"),
-        (&["--class-weights", "0,0"][..], "every weight is 0"),
-        (&["--class-weights", "1,x"][..], "'x' is not a weight"),
-        (
-            &["--class-weights", "balanced", "--task", "regression"][..],
-            "--class-weights with a regression task",
-        ),
-        (
-            &["--resume", "w.safetensors", "--class-weights", "1,1"][..],
-            "--class-weights cannot change",
-        ),
-    ] {
-        let e = fails(
-            &d,
-            &[&["train", "--data", "imb.csv", "--epochs", "1"][..], args].concat(),
-        );
-        assert!(e.contains(want), "{args:?}: {e}");
-    }
+    fails_with(
+        &d,
+        &["train", "--data", "imb.csv", "--epochs", "1"],
+        &[
+            (
+                &["--class-weights", "1,2,3"][..],
+                "3 weights for 2 classes (0, 1)",
+            ),
+            (&["--class-weights", "1,-2"][..], "'-2' is not a weight"),
+            (&["--class-weights", "0,0"][..], "every weight is 0"),
+            (&["--class-weights", "1,x"][..], "'x' is not a weight"),
+            (
+                &["--class-weights", "balanced", "--task", "regression"][..],
+                "--class-weights with a regression task",
+            ),
+            (
+                &["--resume", "w.safetensors", "--class-weights", "1,1"][..],
+                "--class-weights cannot change",
+            ),
+        ],
+    );
 }
 
 /// `--activation`: trained, evaluated and kept on resume; the checkpoint says version 2 (ReLU
@@ -690,11 +699,7 @@ fn activations_train_evaluate_export_and_are_kept() {
     let eval = ok(&d, &["eval", "--model", "s.safetensors"]);
     assert!(eval.contains(&format!("accuracy {acc:.2}%")), "{eval}");
     let bytes = std::fs::read(d.path("s.safetensors")).unwrap();
-    let mut forged = bytes.clone();
-    let at = find(&forged, r#""version":"2""#).expect("version 2");
-    forged[at + 11] = b'1';
-    std::fs::write(d.path("v1.safetensors"), forged).unwrap();
-    let e = fails(&d, &["eval", "--model", "v1.safetensors"]);
+    let e = eval_as_version(&d, "s.safetensors", b'2', b'1');
     assert!(e.contains("version-1 checkpoint of a silu network"), "{e}");
     // The description is covered by a CRC: an edited activation is refused, not read as ReLU.
     let mut edited = bytes.clone();
@@ -705,11 +710,7 @@ fn activations_train_evaluate_export_and_are_kept() {
     let e = fails(&d, &["eval", "--model", "edited.safetensors"]);
     assert!(e.contains("description's CRC-32 does not match"), "{e}");
     // A version this build does not read; a version-2 file without the description's CRC.
-    let mut v9 = bytes.clone();
-    let at = find(&v9, r#""version":"2""#).unwrap();
-    v9[at + 11] = b'9';
-    std::fs::write(d.path("v9.safetensors"), v9).unwrap();
-    let e = fails(&d, &["eval", "--model", "v9.safetensors"]);
+    let e = eval_as_version(&d, "s.safetensors", b'2', b'9');
     assert!(e.contains(r#"version "9" is not supported"#), "{e}");
     let mut bare = bytes.clone();
     let at = find(&bare, r#""meta_crc32":""#).unwrap();
@@ -1463,52 +1464,49 @@ fn regression_losses_train_and_are_kept() {
         "{resumed}"
     );
     // A file claiming version 2 is refused rather than resumed with the MSE.
-    let at = find(&bytes, r#""version":"3""#).unwrap();
-    let mut forged = bytes.clone();
-    forged[at + 11] = b'2';
-    std::fs::write(d.path("v2.safetensors"), forged).unwrap();
-    let e = fails(&d, &["eval", "--model", "v2.safetensors"]);
+    let e = eval_as_version(&d, "h.safetensors", b'3', b'2');
     assert!(e.contains("trained with the Huber loss (delta 0.5)"), "{e}");
-    for (args, want) in [
-        (
-            &["--loss", "huber", "--data", "digits"][..],
-            "--loss with a classification task",
-        ),
-        (
-            &["--data", "lin.csv", "--delta", "2"][..],
-            "--delta applies to --loss huber",
-        ),
-        (
-            &["--delta", "2", "--data", "digits"][..],
-            "--delta with a classification task",
-        ),
-        (
-            &["--data", "lin.csv", "--loss", "huber", "--delta", "0"][..],
-            "delta must be positive and finite",
-        ),
-        (
-            &["--data", "lin.csv", "--loss", "smooth_l1", "--delta=-1"][..],
-            "beta must be 0 (the L1 loss), or positive",
-        ),
-        (
-            &[
-                "--data",
-                "lin.csv",
-                "--loss",
-                "smooth_l1",
-                "--delta",
-                "1e-40",
-            ][..],
-            "1 / beta finite too",
-        ),
-        (
-            &["--resume", "h.safetensors", "--loss", "l1"][..],
-            "--loss cannot change",
-        ),
-    ] {
-        let e = fails(&d, &[&["train", "--epochs", "1"][..], args].concat());
-        assert!(e.contains(want), "{args:?}: {e}");
-    }
+    fails_with(
+        &d,
+        &["train", "--epochs", "1"],
+        &[
+            (
+                &["--loss", "huber", "--data", "digits"][..],
+                "--loss with a classification task",
+            ),
+            (
+                &["--data", "lin.csv", "--delta", "2"][..],
+                "--delta applies to --loss huber",
+            ),
+            (
+                &["--delta", "2", "--data", "digits"][..],
+                "--delta with a classification task",
+            ),
+            (
+                &["--data", "lin.csv", "--loss", "huber", "--delta", "0"][..],
+                "delta must be positive and finite",
+            ),
+            (
+                &["--data", "lin.csv", "--loss", "smooth_l1", "--delta=-1"][..],
+                "beta must be 0 (the L1 loss), or positive",
+            ),
+            (
+                &[
+                    "--data",
+                    "lin.csv",
+                    "--loss",
+                    "smooth_l1",
+                    "--delta",
+                    "1e-40",
+                ][..],
+                "1 / beta finite too",
+            ),
+            (
+                &["--resume", "h.safetensors", "--loss", "l1"][..],
+                "--loss cannot change",
+            ),
+        ],
+    );
 }
 
 #[test]
