@@ -776,11 +776,13 @@ impl Cursor<'_> {
     }
     /// A loss from its code and what [`put_loss_arg`] wrote after it.
     fn loss_op(&mut self, code: u32) -> Result<LossOp> {
-        let arg = if code == 3 { self.f32() } else { 0.0 };
-        u8::try_from(code)
-            .ok()
-            .and_then(|c| LossOp::unpack(c, arg))
-            .ok_or_else(corrupt)
+        let code = u8::try_from(code).map_err(|_| corrupt())?;
+        let arg = if LossOp::has_arg(code) {
+            self.f32()
+        } else {
+            0.0
+        };
+        LossOp::unpack(code, arg).ok_or_else(corrupt)
     }
     fn shape(&mut self) -> Shape {
         let rank = self.w();
@@ -1213,8 +1215,9 @@ fn loss_code(op: LossOp) -> u32 {
 
 /// Writes what follows a loss's code: its smoothing, where it has one.
 fn put_loss_arg<const N: usize>(e: &mut Enc<'_, N>, op: LossOp) {
-    if let LossOp::CrossEntropySmoothed(s) = op {
-        e.f32(s);
+    let (code, arg) = op.pack();
+    if LossOp::has_arg(code) {
+        e.f32(arg);
     }
 }
 

@@ -164,22 +164,24 @@ impl RegressionLoss {
     /// `Invalid` for a Huber delta that is not positive and finite, or a smooth-L1 beta that
     /// is negative or not finite.
     pub fn check(&self) -> Result<()> {
-        let ok = match *self {
-            RegressionLoss::Huber { delta } => delta > 0.0 && delta.is_finite(),
-            RegressionLoss::SmoothL1 { beta } => {
-                beta == 0.0 || (beta > 0.0 && beta.is_finite() && (1.0 / beta).is_finite())
+        let (threshold, why) = match *self {
+            RegressionLoss::Huber { delta } if !(delta > 0.0 && delta.is_finite()) => {
+                (delta, "the Huber loss's delta must be positive and finite")
             }
-            RegressionLoss::Mse | RegressionLoss::L1 => true,
+            RegressionLoss::SmoothL1 { beta }
+                if !(beta == 0.0
+                    || (beta > 0.0 && beta.is_finite() && (1.0 / beta).is_finite())) =>
+            {
+                (
+                    beta,
+                    "the smooth L1 loss's beta must be 0 (the L1 loss), or positive and finite \
+                     with 1 / beta finite too",
+                )
+            }
+            _ => return Ok(()),
         };
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::invalid(format!(
-                "{}: the threshold must be positive and finite (smooth L1's may be 0)",
-                self.title()
-            ))
+        Err(Error::invalid(format!("--delta {threshold:?}: {why}"))
             .with_hint("give a value such as --delta 1.0"))
-        }
     }
 
     /// The planner's loss.

@@ -111,23 +111,37 @@ impl TrainConfig {
     /// Checks the settings.
     ///
     /// # Errors
-    /// `Invalid` for a zero batch size, a clip norm that is not positive and finite, or a
+    /// `Invalid` for a schedule's factor or floor out of range (and a plateau schedule without
+    /// validation rows), a zero batch size, a clip norm that is not positive and finite, or a
     /// label smoothing outside `[0, 1]`.
     pub fn check(&self) -> Result<()> {
+        let (factor, min_lr) = match self.schedule {
+            Schedule::Constant => (None, None),
+            Schedule::Step { gamma, .. } => (Some(gamma), None),
+            Schedule::Cosine { min_lr, .. } => (None, Some(min_lr)),
+            Schedule::Plateau { factor, min_lr, .. } => (Some(factor), Some(min_lr)),
+        };
+        if let Some(g) = factor.filter(|g| !(g.is_finite() && *g > 0.0)) {
+            return Err(
+                Error::invalid(format!("--gamma {g}: needs a finite factor above 0"))
+                    .with_hint("for example --gamma 0.5 halves the learning rate at each cut"),
+            );
+        }
+        if let Some(m) = min_lr.filter(|m| !(m.is_finite() && *m >= 0.0)) {
+            return Err(
+                Error::invalid(format!("--min-lr {m}: needs a finite rate, 0 or more"))
+                    .with_hint("for example --min-lr 0.0001"),
+            );
+        }
         if self.batch == 0 {
             return Err(Error::invalid("batch size 0").with_hint("give --batch 1 or more"));
         }
-        if let Schedule::Plateau { factor, min_lr, .. } = self.schedule {
-            if !(factor > 0.0 && factor < 1.0) {
+        if let Schedule::Plateau { factor, .. } = self.schedule {
+            if factor >= 1.0 {
                 return Err(Error::invalid(format!(
                     "--gamma {factor}: the plateau schedule's factor must lie between 0 and 1"
                 ))
                 .with_hint("for example --gamma 0.1 (PyTorch's default factor)"));
-            }
-            if !(min_lr.is_finite() && min_lr >= 0.0) {
-                return Err(Error::invalid(format!(
-                    "--min-lr {min_lr}: needs a finite rate, 0 or more"
-                )));
             }
             if self.val_fraction == 0.0 {
                 return Err(Error::invalid(

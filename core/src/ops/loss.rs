@@ -72,6 +72,12 @@ impl LossOp {
         }
     }
 
+    /// Whether a [`LossOp::pack`] code carries its argument (the smoothing): what a recording
+    /// stores after the code.
+    pub fn has_arg(code: u8) -> bool {
+        code == 3
+    }
+
     /// The loss [`LossOp::pack`] gave `code` and `arg` for; `None` for an unknown code.
     pub fn unpack(code: u8, arg: f32) -> Option<LossOp> {
         Some(match code {

@@ -624,18 +624,6 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
                 .with_hint(format!("add --schedule {first}, or drop {flag}")),
         );
     }
-    if let Some(g) = a.gamma.filter(|g| !(g.is_finite() && *g > 0.0)) {
-        return Err(
-            Error::invalid(format!("--gamma {g}: needs a finite factor above 0"))
-                .with_hint("for example --gamma 0.5 halves the learning rate at each cut"),
-        );
-    }
-    if let Some(m) = a.min_lr.filter(|m| !(m.is_finite() && *m >= 0.0)) {
-        return Err(
-            Error::invalid(format!("--min-lr {m}: needs a finite rate, 0 or more"))
-                .with_hint("for example --min-lr 0.0001"),
-        );
-    }
     let schedule = match kind {
         ScheduleArg::Constant => Schedule::Constant,
         ScheduleArg::Step => Schedule::Step {
@@ -735,16 +723,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
                 .with_hint("add --loss huber (or smooth_l1), or drop --delta"),
         );
     }
-    if loss.check().is_err() {
-        let why = if matches!(loss, RegressionLoss::Huber { .. }) {
-            "the Huber loss's delta must be positive and finite"
-        } else {
-            "the smooth L1 loss's beta must be 0 (the L1 loss), or positive and finite with \
-             1 / beta finite too"
-        };
-        return Err(Error::invalid(format!("--delta {delta:?}: {why}"))
-            .with_hint("give a value such as --delta 1.0"));
-    }
+    loss.check()?;
     let spec = ModelSpec {
         activation: a.activation.unwrap_or_default(),
         loss,
