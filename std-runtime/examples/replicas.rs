@@ -53,6 +53,8 @@ fn mlp<B: mote::Backend, const N: usize>(t: &mut Tape<B, N>, sizes: &[usize]) ->
         convs: vec![],
         image: vec![],
         layers,
+        dropout: 0.0,
+        masks: None,
     })
 }
 

@@ -5,8 +5,8 @@
 //! (epoch, step, RNG state, early-stopping state, the plateau schedule's state, history), a
 //! CRC-32 of the tensors and one of the description (`meta_crc32`), and the version
 //! ([`VERSION`], [`version_of`]: 1 for a ReLU model trained without gradient clipping, 3 for a
-//! run with label smoothing, class weights or a regression loss other than the MSE, 2
-//! otherwise; a plateau schedule is refused by older builds as an unknown schedule).
+//! run with label smoothing, class weights or a regression loss other than the MSE, 4 for a
+//! model with dropout, 2 otherwise; a plateau schedule is refused by older builds as an unknown schedule).
 //!
 //! Files are written atomically: to a temporary file beside the target, flushed to disk, then
 //! renamed over it, so a crash never leaves a broken checkpoint under the final name.
@@ -32,10 +32,11 @@ pub const FORMAT: &str = "mote-checkpoint";
 /// `2` for another activation or a clipped run (which a version-1 reader would otherwise have
 /// evaluated as ReLU, or resumed without clipping), `3` for a run with label smoothing, class
 /// weights or a regression loss other than the MSE (which a version-2 reader would resume
-/// without them).
-pub const VERSION: &str = "3";
+/// without them), `4` for a model with dropout (which a version-3 reader would resume without
+/// it).
+pub const VERSION: &str = "4";
 /// The versions this build reads, oldest first.
-const READS: [&str; 3] = ["1", "2", "3"];
+const READS: [&str; 4] = ["1", "2", "3", "4"];
 
 /// A version's place in [`READS`] (`None`: not read by this build).
 fn rank(version: &str) -> Option<usize> {
@@ -77,6 +78,9 @@ fn features(spec: &ModelSpec, config: &TrainConfig) -> Vec<(&'static str, String
     }
     if !spec.class_weights.is_empty() {
         f.push(("3", "class weights".to_string()));
+    }
+    if spec.dropout > 0.0 {
+        f.push(("4", "dropout".to_string()));
     }
     f
 }

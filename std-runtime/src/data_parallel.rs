@@ -759,6 +759,12 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         }
     }
 
+    fn set_steps(&mut self, steps: u64) {
+        for m in &mut self.models {
+            m.steps = steps;
+        }
+    }
+
     fn train_step(
         &mut self,
         x: &[f32],
@@ -797,6 +803,8 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
                     .map_err(Into::into)
             } else {
                 let xs = x.get(lo * ins..hi * ins).unwrap_or(&[]);
+                // Dropout masks by the rows' places in the whole batch (`Masks`).
+                m.first_row = lo;
                 let yc = y_class.get(lo..hi).unwrap_or(&[]);
                 let yv = y_value.get(lo..hi).unwrap_or(&[]);
                 let failed = &mut failed;
@@ -866,6 +874,7 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         // The same step on every replica (in parallel where the backend allows).
         for r in self.reduce.each(&mut self.models, |_, m, _| {
             m.step(norm)?;
+            m.steps += 1;
             Ok(StepStats::default())
         }) {
             r?;

@@ -281,6 +281,15 @@ pub struct ModelSpec {
     /// blocks only).
     #[serde(default)]
     pub image: Vec<usize>,
+    /// Dropout probability (PyTorch's `nn.Dropout(p)`) on the input of every linear layer
+    /// that follows an activation: each hidden layer's output, and a CNN's flattened
+    /// features; 0: none. Off in evaluation.
+    #[serde(default, skip_serializing_if = "is_zero_f32")]
+    pub dropout: f32,
+}
+
+fn is_zero_f32(v: &f32) -> bool {
+    *v == 0.0
 }
 
 impl ModelSpec {
@@ -317,6 +326,7 @@ impl ModelSpec {
             target,
             conv: Vec::new(),
             image: Vec::new(),
+            dropout: 0.0,
         };
         spec.check()?;
         Ok(spec)
@@ -456,19 +466,61 @@ impl ModelSpec {
                 "target standardisation ({mean}, {std}): needs a finite mean and a positive std"
             )));
         }
-        let most = (NODES - 2 - self.loss_nodes()) / 4;
-        if self.sizes.len() - 1 + self.conv.len() * 3 > most {
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid(format!(
+                "dropout {}: a probability in [0, 1) is needed",
+                self.dropout
+            )));
+        }
+        if self.dropout > 0.0 && self.dropout_sites() == 0 {
+            return Err(Error::invalid(format!(
+                "dropout {} on a linear model: dropout acts on hidden layers' outputs (and a CNN's features), and this model has none",
+                self.dropout
+            ))
+            .with_hint("add a hidden layer (--hidden 32), or drop --dropout"));
+        }
+        let most = self.most_layers();
+        if self.sizes.len() - 1 > most {
+            let why: Vec<&str> = [
+                (self.loss_nodes() > 0, "this loss"),
+                (self.dropout > 0.0, "dropout"),
+                (!self.conv.is_empty(), "these convolution blocks"),
+            ]
+            .iter()
+            .filter_map(|&(on, what)| on.then_some(what))
+            .collect();
             return Err(Error::invalid(format!(
                 "{} layers; at most {most} are supported{}",
                 self.sizes.len() - 1,
-                if most < MAX_LAYERS {
-                    " with this loss"
-                } else {
-                    ""
+                match why.split_last() {
+                    None => String::new(),
+                    Some((last, [])) => format!(" with {last}"),
+                    Some((last, rest)) => format!(" with {} and {last}", rest.join(", ")),
                 }
             )));
         }
         Ok(())
+    }
+
+    /// Where dropout acts (when [`ModelSpec::dropout`] is above 0): the input of each linear
+    /// layer after the first, and with convolution blocks the first one's too.
+    pub fn dropout_sites(&self) -> usize {
+        let layers = self.sizes.len().saturating_sub(1);
+        layers.saturating_sub(1) + usize::from(!self.conv.is_empty() && layers > 0)
+    }
+
+    /// The most linear layers this spec's tape has room for: a step records 4 nodes per layer,
+    /// 12 per convolution block, 2 per dropout site (its mask and the product), the input, the
+    /// labels and the loss's.
+    pub fn most_layers(&self) -> usize {
+        let conv = !self.conv.is_empty();
+        let budget = (NODES - 2 - self.loss_nodes()).saturating_sub(12 * self.conv.len());
+        if self.dropout > 0.0 {
+            // 4 L + 2 (L - 1 + conv) nodes.
+            (budget + 2 - 2 * usize::from(conv)) / 6
+        } else {
+            budget / 4
+        }
     }
 
     /// The nodes a training step's loss records beyond a fused loss's one: the composite
@@ -494,8 +546,9 @@ impl ModelSpec {
 
 /// The network: optional convolution blocks (3x3 convolution with padding 1, the activation,
 /// 2x2 max-pooling) over the features read as an image, then `Linear` layers with the
-/// activation between them (an MLP when there are no blocks).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// activation between them (an MLP when there are no blocks), with dropout on the input of
+/// every linear layer that follows an activation when a training step's [`Masks`] are set.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Mlp {
     /// The activation between layers and after each convolution.
     pub activation: Activation,
@@ -505,6 +558,91 @@ pub struct Mlp {
     pub image: Vec<usize>,
     /// The layers, input first.
     pub layers: Vec<Linear>,
+    /// Dropout probability ([`ModelSpec::dropout`]).
+    pub dropout: f32,
+    /// Where the dropout masks of the forward pass come from: set for a training step, `None`
+    /// (no dropout: evaluation) otherwise.
+    pub masks: Option<Masks>,
+}
+
+/// Where a training step's dropout masks come from. Element `j` of row `r` at dropout site
+/// `s` (the sites counted from the input) is zeroed when a hash of `(seed, step, s,
+/// first_row + r, j)` ([`Masks::draw`], uniform on `[0, 2^24)`) is below `p 2^24`, and scaled
+/// by `1 / (1 - p)` otherwise (a counter-based draw, as PyTorch's Philox: no element waits for
+/// the one before it). A row's masks depend only on its place in the batch, not on the
+/// rows around it, so replicas that each take a shard of a batch draw the masks one model
+/// would draw for the whole of it, and a resumed run draws those of an uninterrupted one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Masks {
+    /// The run's seed.
+    pub seed: u64,
+    /// The step (0-based, counted over the whole run).
+    pub step: u64,
+    /// The first row's place in the step's batch.
+    pub first_row: usize,
+}
+
+impl Masks {
+    /// The key of row `row` (its place in the batch) at dropout site `site`.
+    pub fn row_key(&self, site: usize, row: usize) -> u32 {
+        mix(mix(mix(mix(self.seed) ^ self.step) ^ site as u64) ^ row as u64) as u32
+    }
+
+    /// Element `col`'s draw in the row of `key` ([`Masks::row_key`]), uniform on `[0, 2^24)`:
+    /// a 32-bit integer hash (Wellons' `lowbias32`) of the key stepped `col` times by the
+    /// golden ratio.
+    #[inline]
+    pub fn draw(key: u32, col: usize) -> u32 {
+        let mut x = key.wrapping_add((col as u32).wrapping_mul(0x9E37_79B9));
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x7FEB_352D);
+        x ^= x >> 15;
+        x = x.wrapping_mul(0x846C_A68B);
+        x ^= x >> 16;
+        x >> 8
+    }
+}
+
+/// SplitMix64's finaliser: a well-mixed key from a counter.
+fn mix(v: u64) -> u64 {
+    let mut z = v.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl Mlp {
+    /// Dropout at site `site` on `y` (`[rows, width]`), when the masks are set.
+    fn dropout<B: mote::Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        y: Var,
+        site: usize,
+    ) -> mote::Result<Var> {
+        let Some(m) = self.masks.filter(|_| self.dropout > 0.0) else {
+            return Ok(y);
+        };
+        let rows = y.shape().dim(0);
+        let width = y.numel() / rows.max(1);
+        let p = self.dropout;
+        let keep = <B::Elem as mote::Float>::from_f64(1.0 / (1.0 - f64::from(p)));
+        let zero = <B::Elem as mote::Float>::ZERO;
+        // `draw 2^-24 < p`, in integers.
+        let below = (f64::from(p) * f64::from(1u32 << 24)).ceil() as u32;
+        let mut mask = Vec::with_capacity(rows * width);
+        for r in 0..rows {
+            let key = m.row_key(site, m.first_row + r);
+            mask.extend((0..width).map(|j| {
+                if Masks::draw(key, j) < below {
+                    zero
+                } else {
+                    keep
+                }
+            }));
+        }
+        let mask = tape.input(&[rows, width], &mask)?;
+        tape.mul(y, mask)
+    }
 }
 
 impl Module for Mlp {
@@ -514,6 +652,7 @@ impl Module for Mlp {
         x: Var,
     ) -> mote::Result<Var> {
         let mut y = x;
+        let mut site = 0;
         if !self.convs.is_empty() {
             let n = x.shape().dim(0);
             let mut dims = vec![n];
@@ -526,10 +665,16 @@ impl Module for Mlp {
             }
             let flat = y.numel() / n;
             y = tape.reshape(y, &[n, flat])?;
+            if !self.layers.is_empty() {
+                y = self.dropout(tape, y, site)?;
+                site += 1;
+            }
         }
         for (i, layer) in self.layers.iter().enumerate() {
             if i > 0 {
                 y = tape.unary(self.activation.op(), y)?;
+                y = self.dropout(tape, y, site)?;
+                site += 1;
             }
             y = layer.forward(tape, y)?;
         }
@@ -649,7 +794,7 @@ impl Optimizer for Opt {
 /// Floats of arena a model needs to train with `batch` rows per step and to evaluate
 /// [`EVAL_BATCH`] rows at a time.
 pub fn arena_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> usize {
-    if !spec.conv.is_empty() {
+    if !spec.conv.is_empty() || spec.dropout > 0.0 {
         return measured_floats(spec, opt, batch).unwrap_or(usize::MAX);
     }
     let params = plan::mlp_params(&spec.sizes, opt.plan());
@@ -659,15 +804,16 @@ pub fn arena_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> us
     params.saturating_add(step.max(infer))
 }
 
-/// The exact arena of a CNN, by a dry run (`mote::plan::measure`): parameters, optimizer
+/// The exact arena of a CNN or a model with dropout, by a dry run (`mote::plan::measure`): parameters, optimizer
 /// state, then the larger of a training step of `batch` rows and an evaluation batch.
 fn measured_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> Result<usize> {
     let ins = spec.inputs();
     Ok(plan::measure::<f32, NODES>(|t| {
-        let net =
+        let mut net =
             build_net(t, spec, &mut Rng::new(0)).map_err(|_| mote::Error::InvalidArgument {
                 what: "the model does not build",
             })?;
+        net.masks = Some(Masks::default());
         build_opt(t, *opt).map_err(|_| mote::Error::InvalidArgument {
             what: "the optimizer does not build",
         })?;
@@ -677,6 +823,7 @@ fn measured_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> Res
         let loss = loss_of(t, spec, out, &vec![0; batch], &vec![0.0; batch], 0.0, None)?;
         t.backward(loss)?;
         t.rewind(start)?;
+        net.masks = None;
         t.no_grad(|t| {
             let x = t.input_with(&[EVAL_BATCH, ins], || 0.0)?;
             net.forward(t, x).map(|_| ())
@@ -699,8 +846,15 @@ pub struct Model<B: Backend<Elem = f32>> {
     pub spec: ModelSpec,
     /// The optimizer's settings.
     pub opt_config: OptimizerConfig,
-    /// Gradient clipping and label smoothing (none by default).
+    /// Gradient clipping, label smoothing and the dropout seed (none by default).
     pub options: StepOptions,
+    /// Training steps taken: what the next step's dropout masks are drawn from ([`Masks`]).
+    /// [`Model::train_step`] counts it; [`fit`](crate::train::fit) sets it from the run's
+    /// state, so that a resumed run draws the masks an uninterrupted one would.
+    pub steps: u64,
+    /// The first row's place in the step's batch: 0, unless this model is a replica that
+    /// takes a shard of each batch ([`Masks::first_row`]).
+    pub first_row: usize,
 }
 
 /// How each training step runs, beyond the optimizer (what
@@ -713,6 +867,8 @@ pub struct StepOptions {
     /// Label smoothing of a classifier's cross-entropy
     /// ([`mote::Tape::cross_entropy_smoothed`]); 0: none.
     pub label_smoothing: f32,
+    /// The seed of the dropout masks ([`Masks::seed`]): the run's seed.
+    pub seed: u64,
 }
 
 impl<B: Backend<Elem = f32>> Model<B> {
@@ -740,6 +896,8 @@ impl<B: Backend<Elem = f32>> Model<B> {
             spec,
             opt_config,
             options: StepOptions::default(),
+            steps: 0,
+            first_row: 0,
         })
     }
 
@@ -776,6 +934,7 @@ impl<B: Backend<Elem = f32>> Model<B> {
             None => None,
         };
         self.step(norm)?;
+        self.steps += 1;
         Ok(r)
     }
 
@@ -815,7 +974,14 @@ impl<B: Backend<Elem = f32>> Model<B> {
         let t = &mut self.tape;
         t.rewind(self.start)?;
         let xv = t.input(&[rows, self.spec.inputs()], x)?;
-        let out = self.net.forward(t, xv)?;
+        self.net.masks = Some(Masks {
+            seed: self.options.seed,
+            step: self.steps,
+            first_row: self.first_row,
+        });
+        let out = self.net.forward(t, xv);
+        self.net.masks = None;
+        let out = out?;
         let smoothing = self.options.label_smoothing;
         let loss = loss_of(
             t,
@@ -929,6 +1095,8 @@ pub fn build_net<B: mote::Backend, const N: usize>(
         convs,
         image: spec.image.clone(),
         layers,
+        dropout: spec.dropout,
+        masks: None,
     })
 }
 
@@ -1216,6 +1384,71 @@ mod tests {
             );
         }
     }
+    /// `rows x width` ones through dropout site `site` with `masks`, read back.
+    fn dropped(p: f32, masks: Option<super::Masks>, site: usize, rows: usize) -> Vec<f32> {
+        let width = 100;
+        let mut mem = vec![0f32; 4 * rows * width];
+        let mut t = mote::Tape::<_, 8>::with_backend(mote::Cpu::new(&mut mem));
+        let net = super::Mlp {
+            activation: Activation::Relu,
+            convs: vec![],
+            image: vec![],
+            layers: vec![],
+            dropout: p,
+            masks,
+        };
+        let x = t.input_with(&[rows, width], || 1.0).unwrap();
+        let y = net.dropout(&mut t, x, site).unwrap();
+        let mut out = vec![0.0; rows * width];
+        t.read(y, &mut out).unwrap();
+        out
+    }
+
+    /// Dropout masks: about `p` of the elements zeroed (and pairs of neighbours about `p^2`),
+    /// the rest scaled by `1 / (1 - p)`; a row's mask depends on its place in the batch only,
+    /// so a shard's rows are the whole batch's; another step or site draws another mask; no
+    /// masks (evaluation): the identity.
+    #[test]
+    fn dropout_masks_are_by_row_and_keep_one_minus_p() {
+        let p = 0.3;
+        let m = super::Masks {
+            seed: 42,
+            step: 7,
+            first_row: 0,
+        };
+        let all = dropped(p, Some(m), 0, 64);
+        let n = all.len() as f64;
+        let zeros = all.iter().filter(|&&v| v == 0.0).count() as f64;
+        let sd = (0.3 * 0.7 / n).sqrt();
+        assert!((zeros / n - 0.3).abs() < 4.0 * sd, "{} zeroed", zeros / n);
+        assert!(all.iter().all(|&v| v == 0.0 || v == 1.0 / 0.7f32));
+        let pairs = all.chunks(100).flat_map(|r| r.windows(2)).count() as f64;
+        let both = all
+            .chunks(100)
+            .flat_map(|r| r.windows(2))
+            .filter(|w| w[0] == 0.0 && w[1] == 0.0)
+            .count() as f64;
+        let sd2 = (0.09 * 0.91 / pairs).sqrt();
+        assert!(
+            (both / pairs - 0.09).abs() < 4.0 * sd2,
+            "{} neighbours",
+            both / pairs
+        );
+        let shard = dropped(p, Some(super::Masks { first_row: 16, ..m }), 0, 16);
+        assert_eq!(shard, all[1600..3200]);
+        let differ = |a: &[f32], b: &[f32]| {
+            a.iter().zip(b).filter(|(x, y)| x != y).count() as f64 / a.len() as f64
+        };
+        let next = dropped(p, Some(super::Masks { step: 8, ..m }), 0, 64);
+        assert!(differ(&all, &next) > 0.3, "another step");
+        assert!(
+            differ(&all, &dropped(p, Some(m), 1, 64)) > 0.3,
+            "another site"
+        );
+        assert!(dropped(p, None, 0, 4).iter().all(|&v| v == 1.0));
+        assert!(dropped(0.0, Some(m), 0, 4).iter().all(|&v| v == 1.0));
+    }
+
     /// PyTorch's weighted, smoothed cross-entropy through probability targets: weights
     /// [1, 2, 4], labels [2, 0, 2], smoothing 0.3; the denominator is 4 + 1 + 4 = 9.
     #[test]

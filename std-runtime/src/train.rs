@@ -179,6 +179,7 @@ impl TrainConfig {
         StepOptions {
             clip_grad_norm: self.clip_grad_norm,
             label_smoothing: self.label_smoothing as f32,
+            seed: self.seed,
         }
     }
 }
@@ -384,8 +385,13 @@ pub trait Learner {
     /// Sets the learning rate of every optimizer.
     fn set_lr(&mut self, lr: f64);
 
-    /// Sets how every training step runs (gradient clipping, label smoothing).
+    /// Sets how every training step runs (gradient clipping, label smoothing, the dropout
+    /// seed).
     fn configure(&mut self, options: StepOptions);
+
+    /// Sets the number of steps the run has taken ([`Model::steps`]): the next step draws its
+    /// dropout masks from it.
+    fn set_steps(&mut self, steps: u64);
 
     /// One training step on a standardised batch: its mean loss, correct predictions
     /// (classification) and squared errors (regression), as [`StepStats`].
@@ -430,6 +436,10 @@ impl<B: Backend<Elem = f32>> Learner for Model<B> {
 
     fn configure(&mut self, options: StepOptions) {
         self.options = options;
+    }
+
+    fn set_steps(&mut self, steps: u64) {
+        self.steps = steps;
     }
 
     fn train_step(
@@ -525,6 +535,7 @@ pub fn fit<L: Learner>(
                 &state.plateau,
             );
             model.set_lr(lr);
+            model.set_steps(state.step);
             data.gather(rows, &mut bx, &mut bc, &mut bv);
             let stats = model.train_step(&bx, rows.len(), &bc, &bv)?;
             loss_sum += stats.loss as f64 * rows.len() as f64;

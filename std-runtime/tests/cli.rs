@@ -559,6 +559,91 @@ fn label_smoothing_trains_and_is_kept() {
     assert!(e.contains("--label-smoothing cannot change"), "{e}");
 }
 
+/// `--dropout`: trains an MLP and a CNN (the header says so), writes a version-4 checkpoint (a
+/// version-3 reader would resume without dropout) that evaluates without dropout (the final
+/// validation accuracy again) and exports; a file claiming version 3 is refused; resuming
+/// cannot change it; bad values and a model without hidden layers are short errors.
+#[test]
+fn dropout_trains_evaluates_exports_and_is_kept() {
+    let d = TempDir::new("dropout");
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--dropout",
+            "0.2",
+            "--hidden",
+            "64",
+            "--epochs",
+            "20",
+            "--save",
+            "do.safetensors",
+        ],
+    );
+    assert!(out.contains("MLP 64-64-10 (dropout 0.2)"), "{out}");
+    let acc = final_accuracy(&out, 20);
+    assert!(acc >= 94.0, "{out}");
+    let eval = ok(&d, &["eval", "--model", "do.safetensors"]);
+    assert!(eval.contains(&format!("accuracy {acc:.2}%")), "{eval}");
+    ok(
+        &d,
+        &[
+            "export",
+            "--model",
+            "do.safetensors",
+            "--format",
+            "rust",
+            "-o",
+            "do.rs",
+        ],
+    );
+    assert_compiles(&d, "do.rs");
+    let e = eval_as_version(&d, "do.safetensors", b'4', b'3');
+    assert!(
+        e.contains("version-3 checkpoint of a relu network trained with dropout"),
+        "{e}"
+    );
+    let e = fails(
+        &d,
+        &["train", "--resume", "do.safetensors", "--dropout", "0.1"],
+    );
+    assert!(e.contains("--dropout cannot change"), "{e}");
+    let cnn = ok(
+        &d,
+        &[
+            "train",
+            "--model",
+            "cnn",
+            "--conv",
+            "4",
+            "--dropout",
+            "0.25",
+            "--epochs",
+            "2",
+        ],
+    );
+    assert!(cnn.contains("then MLP 64-10 (dropout 0.25)"), "{cnn}");
+    fails_with(
+        &d,
+        &["train", "--epochs", "1"],
+        &[
+            (
+                &["--dropout", "1"],
+                "--dropout 1: needs a probability in [0, 1)",
+            ),
+            (
+                &["--dropout=-0.1"],
+                "--dropout -0.1: needs a probability in [0, 1)",
+            ),
+            (&["--dropout", "NaN"], "--dropout NaN: needs a probability"),
+            (
+                &["--dropout", "0.5", "--hidden", "none"],
+                "--dropout with --hidden none",
+            ),
+        ],
+    );
+}
+
 /// `--class-weights`: on data where the rare class is 40% of one half, the unweighted model
 /// never predicts it there and `balanced` weights do (the decision moves to the class prior);
 /// kept by the checkpoint (version 3) and named in the header; misuse is a short error.
@@ -941,6 +1026,8 @@ fn train_save_eval_predict_export() {
         activation: Default::default(),
         convs: vec![],
         image: vec![],
+        dropout: 0.0,
+        masks: None,
         layers: vec![
             mote::Linear {
                 weight: ps[0],
@@ -1066,6 +1153,8 @@ fn resume_equals_straight_run_bit_for_bit() {
             &["--clip-grad-norm", "0.5", "--activation", "gelu"][..],
         ),
         ("smooth", &["--label-smoothing", "0.2"][..]),
+        // The masks of the resumed epochs are those of the unbroken run's.
+        ("dropout", &["--dropout", "0.3", "--hidden", "32,16"][..]),
         // Its state (best loss, epochs waited, cuts so far) carries over the resume.
         (
             "plateau",

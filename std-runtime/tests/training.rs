@@ -56,6 +56,7 @@ fn setup(
         target: (0.0, 1.0),
         conv: vec![],
         image: vec![],
+        dropout: 0.0,
     };
     let prepared = Prepared::new(&ds, &spec, tr, va);
     (spec, config, prepared)
@@ -166,6 +167,9 @@ impl<L: train::Learner> train::Learner for FirstSays<L> {
     }
     fn configure(&mut self, options: mote_runtime::model::StepOptions) {
         self.inner.configure(options);
+    }
+    fn set_steps(&mut self, steps: u64) {
+        self.inner.set_steps(steps);
     }
     fn train_step(
         &mut self,
@@ -324,6 +328,121 @@ fn class_weight_replicas_train_like_one_model() {
     assert!(max_diff(&plain, &weighted) > 1e-3);
     let d = max_diff(&trained(3, skew), &weighted);
     assert!(d < 1e-4, "replicas against one model, both weighted: {d}");
+}
+
+/// Dropout changes the run; replicas drop like one model (each row's masks depend on its place
+/// in the batch, not on the shard that holds it); evaluation is deterministic and without
+/// dropout.
+#[test]
+fn dropout_replicas_train_like_one_model() {
+    let plain = trained(0, |_, _| ());
+    let drop = |s: &mut ModelSpec, _: &mut TrainConfig| s.dropout = 0.3;
+    let dropped = trained(0, drop);
+    assert!(max_diff(&plain, &dropped) > 1e-3);
+    let d = max_diff(&trained(3, drop), &dropped);
+    assert!(
+        d < 1e-4,
+        "replicas against one model, both with dropout: {d}"
+    );
+    // Another seed, other masks.
+    let reseeded = trained(0, |s, c| {
+        drop(s, c);
+        c.seed = 43;
+    });
+    assert!(max_diff(&reseeded, &dropped) > 1e-3);
+
+    let (mut spec, config, data) = setup(1, Schedule::Constant, None);
+    spec.dropout = 0.5;
+    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+    let mut model = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(5)).unwrap();
+    let (x, rows) = (&data.x[..64 * 20], 20);
+    let before = model.outputs(x, rows).unwrap();
+    assert_eq!(model.outputs(x, rows).unwrap(), before);
+    // The same network without dropout computes the same outputs.
+    let mut mem2 = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+    spec.dropout = 0.0;
+    let mut same = Model::new(Cpu::new(&mut mem2), spec, ADAM, &mut Rng::new(5)).unwrap();
+    assert_eq!(same.outputs(x, rows).unwrap(), before);
+    // A training step's loss sees the masks; the next evaluation does not.
+    let labels = &data.y_class[..rows];
+    let a = model.forward_backward(x, rows, labels, &[]).unwrap().loss;
+    let b = same.forward_backward(x, rows, labels, &[]).unwrap().loss;
+    assert_ne!(a, b);
+    assert_eq!(model.outputs(x, rows).unwrap(), before);
+}
+
+/// A run with dropout resumed from a checkpoint draws the masks an uninterrupted run draws:
+/// 2 epochs, a checkpoint, then 1 more equal 3 straight epochs bit for bit.
+#[test]
+fn dropout_resumes_with_the_masks_of_an_unbroken_run() {
+    let (mut spec, config3, data) = setup(3, Schedule::Constant, None);
+    spec.dropout = 0.2;
+    let config2 = TrainConfig {
+        epochs: 2,
+        ..config3.clone()
+    };
+    let floats = arena_floats(&spec, &ADAM, config3.batch);
+    let mut mem = vec![0f32; floats];
+    let mut straight =
+        Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    train::fit(&mut straight, &data, &config3, &mut state, &mut [], None).unwrap();
+
+    let mut mem = vec![0f32; floats];
+    let mut first = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    train::fit(&mut first, &data, &config2, &mut state, &mut [], None).unwrap();
+    let bytes = checkpoint::to_bytes_model(&first, &config2, &state).unwrap();
+    let ck = checkpoint::from_bytes_checked(Path::new("dropout"), &bytes).unwrap();
+    assert_eq!(ck.spec.dropout, 0.2);
+    let mut mem = vec![0f32; floats];
+    let mut resumed = ck.restore(Cpu::new(&mut mem)).unwrap();
+    let mut state = ck.state.clone();
+    train::fit(&mut resumed, &data, &config3, &mut state, &mut [], None).unwrap();
+    assert_eq!(params_of(&resumed), params_of(&straight));
+}
+
+/// The deepest model the tape holds with dropout trains a step (each dropout site records two
+/// nodes more), with a composite loss too; one layer more is refused by the spec's check,
+/// naming why.
+#[test]
+fn the_deepest_model_with_dropout_fits_the_tape() {
+    let (base, config, data) = setup(1, Schedule::Constant, None);
+    for weighted in [false, true] {
+        let mut spec = base.clone();
+        spec.dropout = 0.1;
+        if weighted {
+            spec.class_weights = vec![1.0; 10];
+        }
+        let most = spec.most_layers();
+        assert!(
+            most > 60 && most < mote_runtime::model::MAX_LAYERS,
+            "{most}"
+        );
+        spec.sizes = [vec![64], vec![8; most - 1], vec![10]].concat();
+        spec.check().unwrap();
+        let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+        let mut model =
+            Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(1)).unwrap();
+        let rows = 32;
+        model
+            .train_step(&data.x[..64 * rows], rows, &data.y_class[..rows], &[])
+            .unwrap();
+        spec.sizes.insert(1, 8);
+        let e = spec.check().unwrap_err().to_string();
+        let why = if weighted {
+            "with this loss and dropout"
+        } else {
+            "with dropout"
+        };
+        assert!(
+            e.contains(&format!(
+                "{} layers; at most {most} are supported {why}",
+                most + 1
+            )),
+            "{e}"
+        );
+    }
 }
 
 #[test]
@@ -607,9 +726,13 @@ impl<B: mote::HostBackend<Elem = f32> + Send> Reduce<B> for Ranked {
 /// The multi-process path (each process one replica, rank r of the run, shard r of every
 /// batch, gradients summed across processes) on the CPU: 2 ranks on 2 threads train like one
 /// model on the whole batches, and end with the same parameters.
+///
+/// With dropout: each rank draws the masks of its rows' places in the whole batch (rank 1's
+/// shard starts mid-batch), as the one model does.
 #[test]
 fn ranks_in_separate_processes_train_like_one_model() {
-    let (spec, config, data) = setup(2, Schedule::Constant, None);
+    let (mut spec, config, data) = setup(2, Schedule::Constant, None);
+    spec.dropout = 0.25;
     let floats = arena_floats(&spec, &ADAM, config.batch);
     let mut mem = vec![0f32; floats];
     let mut one = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();

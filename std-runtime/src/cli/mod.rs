@@ -241,6 +241,11 @@ pub struct TrainArgs {
     /// `clip_grad_norm_`) [default: no clipping].
     #[arg(long, value_name = "MAX")]
     clip_grad_norm: Option<f64>,
+    /// Dropout probability in [0, 1) (PyTorch's `nn.Dropout(p)`) on the output of every hidden
+    /// layer, after its activation, and on a CNN's flattened features; off in evaluation and
+    /// prediction [default: 0].
+    #[arg(long, value_name = "P")]
+    dropout: Option<f32>,
     /// Classification: label smoothing in [0, 1] (PyTorch's `CrossEntropyLoss(label_smoothing=)`):
     /// the loss's target is `(1 - S) onehot + S / classes` [default: 0].
     #[arg(long, value_name = "S")]
@@ -527,6 +532,11 @@ pub(crate) fn describe(spec: &ModelSpec) -> String {
         kind
     } else {
         format!("{} {kind}", spec.activation.name())
+    };
+    let kind = if spec.dropout > 0.0 {
+        format!("{kind} (dropout {})", spec.dropout)
+    } else {
+        kind
     };
     match spec.task {
         Task::Classification if spec.class_weights.is_empty() => {

@@ -325,6 +325,7 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
         ("--batch", a.batch.is_some()),
         ("--lr", a.lr.is_some()),
         ("--clip-grad-norm", a.clip_grad_norm.is_some()),
+        ("--dropout", a.dropout.is_some()),
         ("--label-smoothing", a.label_smoothing.is_some()),
         ("--class-weights", a.class_weights.is_some()),
         ("--loss", a.loss.is_some()),
@@ -724,10 +725,25 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         );
     }
     loss.check()?;
+    let dropout = a.dropout.unwrap_or(0.0) + 0.0;
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(Error::invalid(format!(
+            "--dropout {dropout}: needs a probability in [0, 1)"
+        ))
+        .with_hint("0.1 to 0.5 is usual; 0 turns dropout off"));
+    }
+    if dropout > 0.0 && spec.dropout_sites() == 0 {
+        return Err(Error::invalid(
+            "--dropout with --hidden none: dropout acts on hidden layers' outputs, and a linear \
+             model has none",
+        )
+        .with_hint("give hidden layers (such as --hidden 32), or drop --dropout"));
+    }
     let spec = ModelSpec {
         activation: a.activation.unwrap_or_default(),
         loss,
         class_weights,
+        dropout,
         ..spec
     };
     spec.check()?;
