@@ -198,8 +198,16 @@ fn valid_inputs() -> Vec<Vec<u8>> {
     };
     let ck3 = checkpoint::to_bytes_model(&model, &smoothed, &TrainState::new(1)).unwrap();
     out.push([&[1u8][..], &ck3].concat());
+    // A version-4 checkpoint (dropout, the loss monitored).
+    model.spec.dropout = 0.25;
+    let monitored = TrainConfig {
+        monitor: mote_runtime::train::Monitor::Loss,
+        ..smoothed
+    };
+    let ck4 = checkpoint::to_bytes_model(&model, &monitored, &TrainState::new(1)).unwrap();
+    out.push([&[1u8][..], &ck4].concat());
     // Each is valid for its reader.
-    for at in [4, 7, 8] {
+    for at in [4, 7, 8, 9] {
         let ck = checkpoint::from_bytes_checked(Path::new("seed"), &out[at][1..]);
         assert!(ck.is_ok(), "{ck:?}");
     }

@@ -6,7 +6,7 @@
 //! CRC-32 of the tensors and one of the description (`meta_crc32`), and the version
 //! ([`VERSION`], [`version_of`]: 1 for a ReLU model trained without gradient clipping, 3 for a
 //! run with label smoothing, class weights or a regression loss other than the MSE, 4 for a
-//! model with dropout, 2 otherwise; a plateau schedule is refused by older builds as an unknown schedule).
+//! model with dropout or a run that monitors the loss, 2 otherwise; a plateau schedule is refused by older builds as an unknown schedule).
 //!
 //! Files are written atomically: to a temporary file beside the target, flushed to disk, then
 //! renamed over it, so a crash never leaves a broken checkpoint under the final name.
@@ -22,7 +22,7 @@ use safetensors::{Dtype, SafeTensors};
 use crate::data::Standardizer;
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelSpec, Opt, OptimizerConfig};
-use crate::train::{TrainConfig, TrainState};
+use crate::train::{Monitor, TrainConfig, TrainState};
 
 /// The `format` metadata value of a mote checkpoint.
 pub const FORMAT: &str = "mote-checkpoint";
@@ -32,8 +32,8 @@ pub const FORMAT: &str = "mote-checkpoint";
 /// `2` for another activation or a clipped run (which a version-1 reader would otherwise have
 /// evaluated as ReLU, or resumed without clipping), `3` for a run with label smoothing, class
 /// weights or a regression loss other than the MSE (which a version-2 reader would resume
-/// without them), `4` for a model with dropout (which a version-3 reader would resume without
-/// it).
+/// without them), `4` for a model with dropout or a run that monitors the loss (which a
+/// version-3 reader would resume without dropout, or comparing losses as metrics).
 pub const VERSION: &str = "4";
 /// The versions this build reads, oldest first.
 const READS: [&str; 4] = ["1", "2", "3", "4"];
@@ -81,6 +81,9 @@ fn features(spec: &ModelSpec, config: &TrainConfig) -> Vec<(&'static str, String
     }
     if spec.dropout > 0.0 {
         f.push(("4", "dropout".to_string()));
+    }
+    if config.monitor == Monitor::Loss {
+        f.push(("4", "early stopping on the loss".to_string()));
     }
     f
 }

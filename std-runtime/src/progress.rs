@@ -6,7 +6,7 @@ use std::io::Write;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::data::Task;
-use crate::train::{Callback, EpochLog, RunInfo, Summary};
+use crate::train::{Callback, EpochLog, Monitor, RunInfo, Summary};
 
 /// One epoch as a line of text.
 pub fn epoch_line(log: &EpochLog, last_epoch: usize, task: Task) -> String {
@@ -64,11 +64,17 @@ pub fn summary_text(s: &Summary) -> String {
             fmt(last.monitored()),
             last.val_loss.unwrap_or(last.train_loss)
         ));
-        if let Some((epoch, best)) = s.best {
-            out.push_str(&format!(
-                "\nbest epoch {epoch}: {which} {metric} {}",
-                fmt(best)
-            ));
+        match s.best {
+            Some((epoch, best)) if s.monitor == Monitor::Loss => {
+                out.push_str(&format!("\nbest epoch {epoch}: {which} loss {best:.4}"));
+            }
+            Some((epoch, best)) => {
+                out.push_str(&format!(
+                    "\nbest epoch {epoch}: {which} {metric} {}",
+                    fmt(best)
+                ));
+            }
+            None => {}
         }
     }
     out

@@ -55,6 +55,34 @@ pub struct DataSource {
     pub fingerprint: Option<String>,
 }
 
+/// What early stopping and the best epoch follow: the validation numbers when there are
+/// validation rows, else the training ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    /// The accuracy (higher is better) or the RMSE (lower is better).
+    #[default]
+    Metric,
+    /// The loss (lower is better): the cross-entropy, or the regression loss.
+    Loss,
+}
+
+impl Monitor {
+    /// Whether this is the default, [`Monitor::Metric`].
+    pub fn is_metric(&self) -> bool {
+        *self == Monitor::Metric
+    }
+
+    /// Whether `new` improves on `best` by more than `min_delta`.
+    pub fn improved(self, task: Task, new: f64, best: Option<f64>, min_delta: f64) -> bool {
+        match (best, self, task) {
+            (None, ..) => true,
+            (Some(b), Monitor::Metric, Task::Classification) => new > b + min_delta,
+            (Some(b), ..) => new < b - min_delta,
+        }
+    }
+}
+
 /// The settings of a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -68,8 +96,11 @@ pub struct TrainConfig {
     pub val_fraction: f64,
     /// Learning-rate schedule.
     pub schedule: Schedule,
-    /// Stop after this many epochs without improvement of the validation metric.
+    /// Stop after this many epochs without improvement of the monitored number.
     pub patience: Option<usize>,
+    /// What early stopping and the best epoch follow (the metric when absent).
+    #[serde(default, skip_serializing_if = "Monitor::is_metric")]
+    pub monitor: Monitor,
     /// The smallest change that counts as an improvement.
     pub min_delta: f64,
     /// Clip the gradients' global L2 norm to this before each optimizer step (`None`: no
@@ -96,6 +127,7 @@ impl TrainConfig {
             val_fraction: 0.2,
             schedule: Schedule::Constant,
             patience: None,
+            monitor: Monitor::Metric,
             min_delta: 0.0,
             clip_grad_norm: None,
             label_smoothing: 0.0,
@@ -208,9 +240,17 @@ pub struct EpochLog {
 }
 
 impl EpochLog {
-    /// The metric early stopping watches: validation if there is some, else training.
+    /// The metric: validation if there is some, else training.
     pub fn monitored(&self) -> f64 {
         self.val_metric.unwrap_or(self.train_metric)
+    }
+
+    /// The number `monitor` names: validation if there is some, else training.
+    pub fn watched(&self, monitor: Monitor) -> f64 {
+        match monitor {
+            Monitor::Metric => self.monitored(),
+            Monitor::Loss => self.val_loss.unwrap_or(self.train_loss),
+        }
     }
 }
 
@@ -223,7 +263,7 @@ pub struct TrainState {
     pub step: u64,
     /// The shuffling generator's state.
     pub rng: (u64, u64),
-    /// The best monitored metric so far.
+    /// The best monitored number so far ([`TrainConfig::monitor`]).
     pub best: Option<f64>,
     /// The epoch that reached it.
     pub best_epoch: usize,
@@ -266,8 +306,10 @@ pub struct Summary {
     pub steps_run: u64,
     /// The last epoch's numbers.
     pub last: Option<EpochLog>,
-    /// The best epoch and its monitored metric.
+    /// The best epoch and its monitored number.
     pub best: Option<(usize, f64)>,
+    /// What `best` is.
+    pub monitor: Monitor,
     /// Whether early stopping ended the run.
     pub stopped_early: bool,
     /// The task (which says what the metric is).
@@ -478,14 +520,6 @@ pub fn evaluate<L: Learner>(model: &mut L, data: &Prepared, rows: &[usize]) -> R
     })
 }
 
-fn improved(task: Task, new: f64, best: Option<f64>, min_delta: f64) -> bool {
-    match (best, task) {
-        (None, _) => true,
-        (Some(b), Task::Classification) => new > b + min_delta,
-        (Some(b), Task::Regression) => new < b - min_delta,
-    }
-}
-
 /// Trains `model` on `data` from `state` up to `config.epochs`, calling `hooks`; after every
 /// epoch saves a checkpoint to `save` (atomically) when given.
 ///
@@ -591,8 +625,12 @@ pub fn fit<L: Learner>(
         if let (Schedule::Plateau { patience, .. }, Some(v)) = (config.schedule, val_loss) {
             state.plateau.observe(v, patience);
         }
-        let m = log.monitored();
-        if improved(model.model().spec.task, m, state.best, config.min_delta) {
+        let m = log.watched(config.monitor);
+        let task = model.model().spec.task;
+        if config
+            .monitor
+            .improved(task, m, state.best, config.min_delta)
+        {
             state.best = Some(m);
             state.best_epoch = epoch;
             state.wait = 0;
@@ -618,6 +656,7 @@ pub fn fit<L: Learner>(
         best: state.best.map(|b| (state.best_epoch, b)),
         stopped_early: state.stopped,
         task: model.model().spec.task,
+        monitor: config.monitor,
     };
     for h in hooks.iter_mut() {
         h.on_end(&summary);

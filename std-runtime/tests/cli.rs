@@ -644,6 +644,64 @@ fn dropout_trains_evaluates_exports_and_is_kept() {
     );
 }
 
+/// `--monitor loss`: early stopping and the best epoch follow the validation loss (the summary
+/// names it), the checkpoint is version 4 (a version-3 reader would compare losses as
+/// accuracies), and resuming cannot change what is monitored.
+#[test]
+fn monitor_loss_stops_on_the_validation_loss() {
+    let d = TempDir::new("monitor");
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "-q",
+            "--monitor",
+            "loss",
+            "--patience",
+            "3",
+            "--lr",
+            "0.02",
+            "--epochs",
+            "100",
+            "--save",
+            "m.safetensors",
+        ],
+    );
+    assert!(out.contains("stopped early"), "{out}");
+    let best = out
+        .lines()
+        .find_map(|l| l.strip_prefix("best epoch "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let (epoch, rest) = best.split_once(": ").unwrap();
+    assert!(rest.starts_with("validation loss "), "{out}");
+    let trained: usize = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert_eq!(trained, epoch.parse::<usize>().unwrap() + 3, "{out}");
+    let e = eval_as_version(&d, "m.safetensors", b'4', b'3');
+    assert!(
+        e.contains(
+            "version-3 checkpoint of a relu network trained with early stopping on the loss"
+        ),
+        "{e}"
+    );
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "--resume",
+            "m.safetensors",
+            "--monitor",
+            "metric",
+            "--epochs",
+            "200",
+        ],
+    );
+    assert!(e.contains("--monitor cannot change"), "{e}");
+}
+
 /// `--class-weights`: on data where the rare class is 40% of one half, the unweighted model
 /// never predicts it there and `balanced` weights do (the decision moves to the class prior);
 /// kept by the checkpoint (version 3) and named in the header; misuse is a short error.
@@ -1155,6 +1213,8 @@ fn resume_equals_straight_run_bit_for_bit() {
         ("smooth", &["--label-smoothing", "0.2"][..]),
         // The masks of the resumed epochs are those of the unbroken run's.
         ("dropout", &["--dropout", "0.3", "--hidden", "32,16"][..]),
+        // The best loss and the epochs waited carry over.
+        ("monitor", &["--monitor", "loss", "--patience", "50"][..]),
         // Its state (best loss, epochs waited, cuts so far) carries over the resume.
         (
             "plateau",

@@ -6,13 +6,14 @@ use std::path::Path;
 
 use mote::{Cpu, Rng, Tape};
 use mote_runtime::checkpoint;
-use mote_runtime::data::{self, CsvOptions, Dataset, Standardizer, Targets};
+use mote_runtime::data::{self, CsvOptions, Dataset, Standardizer, Targets, Task};
 use mote_runtime::data_parallel::{gradient_regions, Buckets, Reduce, Replicas, SharedMemory};
 use mote_runtime::model::{arena_floats, Model, ModelSpec, OptimizerConfig, StepStats, NODES};
 use mote_runtime::parallel::Parallel;
 use mote_runtime::schedule::Schedule;
 use mote_runtime::train::{
-    self, Callback, DataSource, EpochLog, Prepared, RunInfo, Summary, TrainConfig, TrainState,
+    self, Callback, DataSource, EpochLog, Monitor, Prepared, RunInfo, Summary, TrainConfig,
+    TrainState,
 };
 
 fn setup(
@@ -29,6 +30,7 @@ fn setup(
         val_fraction: 0.2,
         schedule,
         patience,
+        monitor: Default::default(),
         min_delta: 0.0,
         clip_grad_norm: None,
         label_smoothing: 0.0,
@@ -129,6 +131,36 @@ fn early_stopping_and_schedules() {
     let s = train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
     assert!(s.stopped_early);
     assert_eq!((s.epochs_run, s.best.unwrap().0), (3, 1));
+
+    // Monitoring the loss: the best epoch is the one of the lowest validation loss (here, at a
+    // high rate, well before the last), and the run stops `patience` epochs after it.
+    let (spec, mut config, data) = setup(40, Schedule::Constant, Some(4));
+    config.monitor = Monitor::Loss;
+    let fast = OptimizerConfig::Adam {
+        lr: 0.02,
+        weight_decay: 0.0,
+    };
+    let mut mem = vec![0f32; arena_floats(&spec, &fast, 32)];
+    let mut model = Model::new(Cpu::new(&mut mem), spec, fast, &mut Rng::new(1)).unwrap();
+    let mut state = TrainState::new(1);
+    let s = train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
+    let losses: Vec<f64> = state.history.iter().map(|h| h.val_loss.unwrap()).collect();
+    let (at, low) =
+        losses.iter().enumerate().fold(
+            (0, f64::INFINITY),
+            |b, (i, &l)| if l < b.1 { (i, l) } else { b },
+        );
+    assert_eq!((s.monitor, s.best), (Monitor::Loss, Some((at + 1, low))));
+    assert!(s.stopped_early, "{losses:?}");
+    assert_eq!(s.epochs_run, at + 1 + 4, "{losses:?}");
+    // Lower is better for a loss, whatever the task; a metric's direction is the task's.
+    let c = Task::Classification;
+    assert!(Monitor::Loss.improved(c, 0.5, Some(0.6), 0.05));
+    assert!(!Monitor::Loss.improved(c, 0.56, Some(0.6), 0.05));
+    assert!(Monitor::Metric.improved(c, 0.7, Some(0.6), 0.05));
+    assert!(!Monitor::Metric.improved(c, 0.5, Some(0.6), 0.0));
+    assert!(Monitor::Metric.improved(Task::Regression, 0.5, Some(0.6), 0.0));
+    assert!(Monitor::Loss.improved(c, 1e9, None, 0.0));
 
     // cosine with one epoch of warm-up: the rate peaks after epoch 1 and falls to the floor
     let (spec, config, data) = setup(

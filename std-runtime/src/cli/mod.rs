@@ -234,9 +234,14 @@ pub struct TrainArgs {
     /// Share of rows held out for validation (0: none) [default: 0.2].
     #[arg(long)]
     val: Option<f64>,
-    /// Stop after this many epochs without improvement of the validation metric.
+    /// Stop after this many epochs without improvement of the monitored number (--monitor).
     #[arg(long)]
     patience: Option<usize>,
+    /// What early stopping and the best epoch follow, on the validation split (the training
+    /// one with --val 0): `metric` (accuracy, or RMSE) or `loss` (the cross-entropy, or the
+    /// regression loss; Keras's `monitor="val_loss"`) [default: metric].
+    #[arg(long, value_enum)]
+    monitor: Option<crate::train::Monitor>,
     /// Clip the gradients' global L2 norm to this before each optimizer step (PyTorch's
     /// `clip_grad_norm_`) [default: no clipping].
     #[arg(long, value_name = "MAX")]
