@@ -21,6 +21,66 @@ impl ClassReport {
     pub fn accuracy(&self) -> f64 {
         self.correct as f64 / self.total.max(1) as f64
     }
+
+    /// Precision, recall, F1 and support of each class, from the confusion matrix (as
+    /// scikit-learn's `classification_report`: a ratio whose denominator is 0, such as the
+    /// precision of a class never predicted, is 0).
+    pub fn per_class(&self) -> Vec<ClassScores> {
+        let k = self.confusion.len();
+        (0..k)
+            .map(|c| {
+                let hit = self.confusion[c].get(c).copied().unwrap_or(0) as f64;
+                let support = self.confusion[c].iter().sum::<usize>();
+                let predicted: usize = self.confusion.iter().filter_map(|r| r.get(c)).sum();
+                let ratio = |n: f64, d: f64| if d > 0.0 { n / d } else { 0.0 };
+                let precision = ratio(hit, predicted as f64);
+                let recall = ratio(hit, support as f64);
+                ClassScores {
+                    precision,
+                    recall,
+                    f1: ratio(2.0 * precision * recall, precision + recall),
+                    support,
+                }
+            })
+            .collect()
+    }
+
+    /// The unweighted mean of [`ClassReport::per_class`] (scikit-learn's "macro avg") and the
+    /// mean weighted by support ("weighted avg"); each with the total support.
+    pub fn averages(&self) -> (ClassScores, ClassScores) {
+        let scores = self.per_class();
+        let total: usize = scores.iter().map(|s| s.support).sum();
+        let mean = |w: &dyn Fn(&ClassScores) -> f64| {
+            let den: f64 = scores.iter().map(w).sum();
+            let avg = |f: fn(&ClassScores) -> f64| {
+                if den > 0.0 {
+                    scores.iter().map(|s| w(s) * f(s)).sum::<f64>() / den
+                } else {
+                    0.0
+                }
+            };
+            ClassScores {
+                precision: avg(|s| s.precision),
+                recall: avg(|s| s.recall),
+                f1: avg(|s| s.f1),
+                support: total,
+            }
+        };
+        (mean(&|_| 1.0), mean(&|s| s.support as f64))
+    }
+}
+
+/// One class's scores ([`ClassReport::per_class`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ClassScores {
+    /// Of the rows predicted as the class, the share that are.
+    pub precision: f64,
+    /// Of the rows of the class, the share predicted as it.
+    pub recall: f64,
+    /// The harmonic mean of precision and recall.
+    pub f1: f64,
+    /// Rows of the class.
+    pub support: usize,
 }
 
 /// Scores `logits` (`rows x classes`) against `labels`.
@@ -107,9 +167,75 @@ pub fn confusion_table(confusion: &[Vec<usize>], classes: &[String]) -> String {
     s
 }
 
+/// Precision, recall, F1 and support per class, then their macro and weighted averages, as
+/// text (scikit-learn's `classification_report` layout).
+pub fn class_table(report: &ClassReport, classes: &[String]) -> String {
+    let (macro_avg, weighted) = report.averages();
+    let width = classes
+        .iter()
+        .map(|c| c.len())
+        .max()
+        .unwrap_or(0)
+        .max("weighted avg".len());
+    let line = |name: &str, s: &ClassScores| {
+        format!(
+            "{name:>width$} {:>9.4} {:>9.4} {:>9.4} {:>9}\n",
+            s.precision, s.recall, s.f1, s.support
+        )
+    };
+    let mut out = format!(
+        "{:>width$} {:>9} {:>9} {:>9} {:>9}\n",
+        "class", "precision", "recall", "f1-score", "support"
+    );
+    for (c, s) in classes.iter().zip(report.per_class()) {
+        out.push_str(&line(c, &s));
+    }
+    out.push_str(&line("macro avg", &macro_avg));
+    out.push_str(&line("weighted avg", &weighted));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// scikit-learn's `classification_report` example: true [0, 1, 2, 2, 2], predicted
+    /// [0, 0, 2, 2, 1] (class 1 is never predicted right: its precision's numerator is 0).
+    #[test]
+    fn precision_recall_f1_as_scikit_learn() {
+        let r = ClassReport {
+            loss: 0.0,
+            correct: 3,
+            total: 5,
+            confusion: vec![vec![1, 0, 0], vec![1, 0, 0], vec![0, 1, 2]],
+        };
+        let s = r.per_class();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        let want = [
+            (0.5, 1.0, 2.0 / 3.0, 1),
+            (0.0, 0.0, 0.0, 1),
+            (1.0, 2.0 / 3.0, 0.8, 3),
+        ];
+        for (s, w) in s.iter().zip(want) {
+            assert!(close(s.precision, w.0) && close(s.recall, w.1) && close(s.f1, w.2));
+            assert_eq!(s.support, w.3);
+        }
+        let (m, w) = r.averages();
+        assert!(close(m.precision, 0.5) && close(m.recall, 5.0 / 9.0));
+        assert!(close(m.f1, (2.0 / 3.0 + 0.8) / 3.0));
+        assert!(close(w.precision, 0.7) && close(w.recall, 0.6));
+        assert!(close(w.f1, (2.0 / 3.0 + 2.4) / 5.0));
+        assert_eq!((m.support, w.support), (5, 5));
+        // A class with no rows and no predictions scores 0 and has no weight.
+        let r = ClassReport {
+            confusion: vec![vec![2, 0], vec![0, 0]],
+            ..r
+        };
+        let (m, w) = r.averages();
+        assert!(close(m.f1, 0.5) && close(w.f1, 1.0));
+        let t = class_table(&r, &["a".into(), "b".into()]);
+        assert!(t.contains("\nweighted avg    1.0000    1.0000    1.0000         2"), "{t}");
+    }
 
     #[test]
     fn scores() {

@@ -104,6 +104,7 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
             ))?;
             out("confusion matrix (rows: true class, columns: predicted):")?;
             out(metrics::confusion_table(&r.confusion, &ck.spec.classes).trim_end())?;
+            out(metrics::class_table(&r, &ck.spec.classes).trim_end())?;
         }
         Task::Regression => {
             let t: Vec<f32> = rows
