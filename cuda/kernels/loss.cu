@@ -13,16 +13,20 @@ __device__ __forceinline__ void report(unsigned int* status, float l, u64 classe
     }
 }
 
-// One block of 1024 threads computes the whole mean into y[0].
+// Blocks of 1024 threads compute the mean into y[0]. One block sums everything itself; with
+// several (at most 256, for large inputs), each block's sum goes to the partials in the status
+// area (bytes 1024..2048), and the last block to finish (counted by the ticket at byte 128, which
+// it resets) adds them in block order: the same partition and order on every run.
 extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float* __restrict__ p, const float* __restrict__ t,
                                     float* __restrict__ y, u64 n, u64 classes,
                                     unsigned int* status, float smoothing) {
     float s = 0.0f;
     u64 count = n;
+    u64 tid = (u64)blockIdx.x * blockDim.x + threadIdx.x, all = (u64)gridDim.x * blockDim.x;
     if (op == 1) {
         // n = rows; one warp per row.
         int lane = threadIdx.x & 31;
-        for (u64 row = threadIdx.x >> 5; row < n; row += blockDim.x >> 5) {
+        for (u64 row = tid >> 5; row < n; row += all >> 5) {
             const float* z = p + row * classes;
             float m = -3.40282347e38f;
             for (u64 j = lane; j < classes; j += 32) m = fmaxf(m, z[j]);
@@ -50,14 +54,34 @@ extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float*
             }
         }
     } else {
-        for (u64 i = threadIdx.x; i < n; i += blockDim.x) {
+        for (u64 i = tid; i < n; i += all) {
             float x = p[i], tv = t[i];
             if (op == 0) { float d = x - tv; s += d * d; }
             else s += fmaxf(x, 0.0f) - x * tv + log1pf(expf(-fabsf(x)));
         }
     }
     s = block_sum(s);
-    if (threadIdx.x == 0) y[0] = s / (float)count;
+    if (gridDim.x == 1) {
+        if (threadIdx.x == 0) y[0] = s / (float)count;
+        return;
+    }
+    volatile float* part = (volatile float*)(status + 256);
+    unsigned int* ticket = status + 32;
+    __shared__ int last;
+    if (threadIdx.x == 0) {
+        part[blockIdx.x] = s;
+        __threadfence();
+        last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    float v = threadIdx.x < gridDim.x ? part[threadIdx.x] : 0.0f;
+    v = block_sum(v);
+    if (threadIdx.x == 0) {
+        y[0] = v / (float)count;
+        *ticket = 0u;
+    }
 }
 
 // dx += dloss/dp * dy (lhs) or dloss/dt * dy (rhs; not for cross-entropy). `dy` is the device

@@ -50,8 +50,12 @@ impl Default for Options {
     }
 }
 
-/// Bytes of the side area's parts (after the arena, each 256-byte aligned).
-const STATUS_BYTES: usize = 256;
+/// Bytes of the side area's parts (after the arena, each 256-byte aligned). The status area:
+/// a bad label (bytes 0..12), the sum of squares (64..72), the loss's ticket (128..132) and
+/// its partial sums (1024..2048, [`LOSS_BLOCKS`] of them).
+const STATUS_BYTES: usize = 2048;
+/// The most blocks a loss's forward kernel runs on (one partial sum each, in the status area).
+pub(crate) const LOSS_BLOCKS: u64 = 256;
 /// Per-step scalars of captured graphs (f32 slots).
 pub(crate) const DYN_SLOTS: usize = 1024;
 /// Descriptor tables of the multi-tensor kernels.

@@ -1113,7 +1113,8 @@ fn warp_kernels_match_the_reference() {
             view(9000, &[40]),
         ),
     ];
-    for (code, op, classes, pv, tv) in cases {
+    // One block, and 3 (each block's sum to the partials, the last one adding them up).
+    for ((code, op, classes, pv, tv), grid) in cases.iter().flat_map(|&c| [(c, 1), (c, 3)]) {
         let n = if op.takes_labels() {
             tv.len()
         } else {
@@ -1126,9 +1127,10 @@ fn warp_kernels_match_the_reference() {
             |b| b.loss(op, classes, pv, tv, 15001),
             |p| {
                 let (pp, tp, y) = (p.a(pv.offset), p.a(tv.offset), p.a(15001));
-                let status = std::sync::Mutex::new([0u32; 3]);
+                // The status area (2048 bytes: the partial sums of several blocks at 1024).
+                let status = std::sync::Mutex::new([0u32; 512]);
                 let st = status.lock().unwrap().as_mut_ptr() as usize;
-                run_par(lib, 1, 64, || unsafe {
+                run_par(lib, grid, 64, || unsafe {
                     loss_fwd(
                         code,
                         pp as *const f32,
@@ -1140,7 +1142,9 @@ fn warp_kernels_match_the_reference() {
                         op.smoothing(),
                     )
                 });
-                assert_eq!(status.lock().unwrap()[0], 0, "{op:?}: no bad label");
+                let status = status.lock().unwrap();
+                assert_eq!(status[0], 0, "{op:?}: no bad label");
+                assert_eq!(status[32], 0, "{op:?}: the last block resets the ticket");
             },
         );
     }
@@ -1179,7 +1183,7 @@ fn warp_kernels_match_the_reference() {
     // A bad label is reported (flag, label, classes) instead of read out of range.
     p.emu[9003] = 12.0;
     let (pp, tp, y) = (p.a(0), p.a(9000), p.a(15001));
-    let mut status = [0u32; 3];
+    let mut status = [0u32; 512];
     let st = status.as_mut_ptr() as usize;
     run_par(lib, 1, 64, || unsafe {
         loss_fwd(
@@ -1193,7 +1197,7 @@ fn warp_kernels_match_the_reference() {
             0.0,
         )
     });
-    assert_eq!(status, [1, 12, 10]);
+    assert_eq!(status[..3], [1, 12, 10]);
     p.emu.copy_from_slice(&p.cpu);
     // Sum of squares over several blocks.
     let want = Cpu::new(&mut p.cpu).sum_squares(5, 10000).unwrap();

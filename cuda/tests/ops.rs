@@ -412,6 +412,20 @@ fn losses() {
             });
         }
     }
+    // Elementwise losses over more than one block's share (8192 elements): 2 blocks' partial
+    // sums, added by the last block (the cross-entropies above, 128 rows, run on 4 blocks).
+    for op in [LossOp::Mse, LossOp::BceWithLogits] {
+        let (pv, tv) = (view(30000, &[15000]), view(45000, &[15000]));
+        for run in 0..2 {
+            // Twice: the last block resets the ticket for the next launch.
+            p.check(
+                &format!("{op:?} over 2 blocks, run {run}"),
+                1e-4,
+                1e-6,
+                |b| b.loss(op, 0, pv, tv, y),
+            );
+        }
+    }
     // A bad label: the error comes from the next read.
     p.gpu.write(9005, &[10.0]).unwrap();
     let (pv, tv) = (view(0, &[128, 10]), view(9000, &[128]));

@@ -234,7 +234,10 @@ mod tests {
         let (m, w) = r.averages();
         assert!(close(m.f1, 0.5) && close(w.f1, 1.0));
         let t = class_table(&r, &["a".into(), "b".into()]);
-        assert!(t.contains("\nweighted avg    1.0000    1.0000    1.0000         2"), "{t}");
+        assert!(
+            t.contains("\nweighted avg    1.0000    1.0000    1.0000         2"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -49,7 +49,16 @@ impl Cuda {
             classes as u64,
             self.status,
         );
-        self.launch("loss_fwd", 1, 1024, &[&c, &pp, &tp, &yp, &n, &cl, &st, &sm])
+        // Rows of 32 warps, or 8192 elements, per block (at most LOSS_BLOCKS): one block for
+        // every small batch, the whole GPU for a large one.
+        let per = if op.takes_labels() { 32 } else { 8192 };
+        let grid = n.div_ceil(per).clamp(1, crate::device::LOSS_BLOCKS) as u32;
+        self.launch(
+            "loss_fwd",
+            grid,
+            1024,
+            &[&c, &pp, &tp, &yp, &n, &cl, &st, &sm],
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

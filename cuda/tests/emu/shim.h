@@ -42,6 +42,11 @@ inline unsigned int atomicCAS(unsigned int* p, unsigned int c, unsigned int v) {
     a.compare_exchange_strong(c, v);
     return c;
 }
+inline unsigned int atomicAdd(unsigned int* p, unsigned int v) {
+    std::atomic_ref<unsigned int> a(*p);
+    return a.fetch_add(v);
+}
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline double atomicAdd(double* p, double v) {
     std::atomic_ref<double> a(*p);
     return a.fetch_add(v);

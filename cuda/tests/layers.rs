@@ -1,0 +1,161 @@
+//! The convolutional, pooling and normalisation layers on the GPU against the reference
+//! backend: one model with every kind (conv2d with stride, padding, dilation and groups
+//! (depthwise), with and without bias; batch normalisation in training and evaluation mode;
+//! max and average pooling in 2-D and 1-D, global average pooling; flatten; dropout; an
+//! embedding, layer normalisation and conv1d on a sequence branch) runs forward and backward
+//! on `mote::Cpu` and on `mote_cuda::Cuda` from the same seed. The loss, every parameter's
+//! gradient, the batch-norm running statistics and the evaluation-mode outputs must agree.
+//!
+//! Tolerances (f32): the loss and outputs `1e-5 + 1e-5 |x|` relative to 1; gradients within
+//! `2e-4` of the largest gradient (the GPU sums the convolutions' products and the broadcast
+//! gradients in another order); running statistics `1e-5 + 1e-5 |x|`.
+//! Skips with one line without a GPU.
+
+mod common;
+
+use common::{close, gpu};
+use mote::{
+    AvgPool1d, AvgPool2d, Backend, BatchNorm, Conv1d, Conv2d, ConvConfig, Cpu, Dropout, Embedding,
+    Flatten, GlobalAvgPool, LayerNorm, Linear, MaxPool1d, MaxPool2d, Module, PoolConfig, Relu, Rng,
+    Tape, Var,
+};
+
+const FLOATS: usize = 1 << 22;
+const NODES: usize = 128;
+
+/// What one run gives: the loss, every trainable parameter's gradient (flattened), the
+/// running statistics after the training-mode forward, and the evaluation-mode logits.
+struct Run {
+    loss: f32,
+    grads: Vec<f32>,
+    stats: Vec<f32>,
+    eval: Vec<f32>,
+}
+
+fn read<B: Backend<Elem = f32>>(tape: &Tape<B, NODES>, v: Var) -> Vec<f32> {
+    let mut out = vec![0f32; v.numel()];
+    tape.read(v, &mut out).unwrap();
+    out
+}
+
+fn run<B: Backend<Elem = f32>>(tape: &mut Tape<B, NODES>) -> Run {
+    let mut rng = Rng::new(11);
+    let strided = ConvConfig {
+        stride: [2, 2],
+        padding: [1, 1],
+        ..ConvConfig::default()
+    };
+    let dilated = ConvConfig {
+        padding: [2, 2],
+        dilation: [2, 2],
+        ..ConvConfig::default()
+    };
+    let bn = BatchNorm::new(tape, 8).unwrap();
+    let front = (
+        Conv2d::new(tape, 3, 8, [3, 3], strided, 1, true, &mut rng).unwrap(),
+        bn,
+        Relu,
+        // Depthwise, dilated, without bias.
+        Conv2d::new(tape, 8, 8, [3, 3], dilated, 8, false, &mut rng).unwrap(),
+        MaxPool2d(PoolConfig::square(2)),
+    );
+    let back = (
+        AvgPool2d(PoolConfig {
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+        }),
+        Flatten,
+        Dropout::new(0.3, 9).unwrap(),
+        Linear::new(tape, 8 * 4 * 4, 10, &mut rng).unwrap(),
+    );
+    let emb = Embedding::new(tape, 20, 8, &mut rng).unwrap();
+    let ln = LayerNorm::new(tape, 8).unwrap();
+    let conv1 = Conv1d::new(tape, 8, 4, 3, 2, &mut rng).unwrap();
+    let seq = (MaxPool1d(2), AvgPool1d(2));
+
+    let x: Vec<f32> = (0..8 * 3 * 16 * 16).map(|_| rng.next_f32() - 0.5).collect();
+    let ids: Vec<usize> = (0..8 * 6).map(|i| (i * 7) % 20).collect();
+    let labels: Vec<usize> = (0..8).map(|i| i % 10).collect();
+    let start = tape.mark();
+
+    let xv = tape.input(&[8, 3, 16, 16], &x).unwrap();
+    let h = front.forward(tape, xv).unwrap();
+    let logits = back.forward(tape, h).unwrap();
+    let g = GlobalAvgPool.forward(tape, h).unwrap();
+    let g = tape.mean(g).unwrap();
+    // The sequence branch: ids [8, 6] -> [8, 6, 8] -> layer norm -> [8, 8, 6] -> conv1d
+    // (groups 2) -> [8, 4, 4] -> max-pool -> [8, 4, 2] -> average-pool -> [8, 4, 1].
+    let idv = tape.labels(&ids).unwrap();
+    let idv = tape.reshape(idv, &[8, 6]).unwrap();
+    let e = emb.forward(tape, idv).unwrap();
+    let e = ln.forward(tape, e).unwrap();
+    let e = tape.transpose(e, 1, 2).unwrap();
+    let s = conv1.forward(tape, e).unwrap();
+    let s = seq.forward(tape, s).unwrap();
+    let s = tape.square(s).unwrap();
+    let s = tape.mean(s).unwrap();
+    let y = tape.labels(&labels).unwrap();
+    let ce = tape.cross_entropy(logits, y).unwrap();
+    let loss = tape.add(ce, s).unwrap();
+    let loss = tape.add(loss, g).unwrap();
+    tape.backward(loss).unwrap();
+
+    let mut grads = Vec::new();
+    let params: Vec<Var> = tape.params().collect();
+    for p in params {
+        if tape.is_trainable(p) {
+            let mut v = vec![0f32; p.numel()];
+            tape.read_grad(p, &mut v).unwrap();
+            grads.extend(v);
+        }
+    }
+    let loss = tape.item(loss).unwrap();
+    let stats = [read(tape, bn.running_mean), read(tape, bn.running_var)].concat();
+
+    // Evaluation mode: the running statistics, no dropout.
+    let (mut front, mut back) = (front, back);
+    front.set_training(false);
+    back.set_training(false);
+    tape.rewind(start).unwrap();
+    let eval = tape
+        .no_grad(|t| {
+            let xv = t.input(&[8, 3, 16, 16], &x)?;
+            let h = front.forward(t, xv)?;
+            back.forward(t, h)
+        })
+        .unwrap();
+    let eval = read(tape, eval);
+    Run {
+        loss,
+        grads,
+        stats,
+        eval,
+    }
+}
+
+#[test]
+fn every_layer_matches_the_reference() {
+    let Some(cuda) = gpu("every_layer_matches_the_reference", FLOATS) else {
+        return;
+    };
+    let mut mem = vec![0f32; FLOATS];
+    let want = run(&mut Tape::<Cpu<f32>, NODES>::new(&mut mem));
+    let got = run(&mut Tape::<_, NODES>::with_backend(cuda));
+    close("loss", &[got.loss], &[want.loss], 1e-5, 1e-5);
+    assert_eq!(got.grads.len(), want.grads.len());
+    let scale = want.grads.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0);
+    close("gradients", &got.grads, &want.grads, 0.0, 2e-4 * scale);
+    close("running statistics", &got.stats, &want.stats, 1e-5, 1e-5);
+    close("evaluation-mode logits", &got.eval, &want.eval, 1e-5, 1e-5);
+    // The model is not trivial: the gradients are not all alike, the statistics moved.
+    assert!(want.grads.iter().filter(|g| g.abs() > 1e-3 * scale).count() > 100);
+    assert!(want.stats.iter().any(|&v| v != 0.0 && v != 1.0));
+    println!(
+        "every layer on cuda: loss {} (cpu {}), {} gradients",
+        got.loss,
+        want.loss,
+        got.grads.len()
+    );
+}
