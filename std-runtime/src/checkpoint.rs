@@ -6,7 +6,8 @@
 //! CRC-32 of the tensors and one of the description (`meta_crc32`), and the version
 //! ([`VERSION`], [`version_of`]: 1 for a ReLU model trained without gradient clipping, 3 for a
 //! run with label smoothing, class weights or a regression loss other than the MSE, 4 for a
-//! model with dropout or a run that monitors the loss, 2 otherwise; a plateau schedule is refused by older builds as an unknown schedule).
+//! model with dropout or a run that monitors the loss, 2 otherwise; a plateau schedule is
+//! refused by older builds as an unknown schedule).
 //!
 //! Files are written atomically: to a temporary file beside the target, flushed to disk, then
 //! renamed over it, so a crash never leaves a broken checkpoint under the final name.
@@ -598,6 +599,14 @@ impl Checkpoint {
             Opt::Adam(a) => a.set_steps(steps),
             Opt::Sgd(s) => s.set_steps(steps),
         }
+        // The run's step options (clipping, smoothing, the dropout seed) and step count, so that
+        // a restored model trains on as the saved run would, `fit` or not.
+        model.steps = steps;
+        model.options = self.config.step_options();
+        // The run's step options (clipping, smoothing, the dropout seed) and step count, so that
+        // a restored model trains on as the saved run would, `fit` or not.
+        model.steps = steps;
+        model.options = self.config.step_options();
         let lay = layout(&model)?;
         for ((vr, sr), (p, s)) in lay.into_iter().zip(self.params.iter().zip(&self.opt_state)) {
             if vr.len() != p.len() || sr.len() != s.len() {

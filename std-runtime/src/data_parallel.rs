@@ -874,7 +874,6 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         // The same step on every replica (in parallel where the backend allows).
         for r in self.reduce.each(&mut self.models, |_, m, _| {
             m.step(norm)?;
-            m.steps += 1;
             Ok(StepStats::default())
         }) {
             r?;

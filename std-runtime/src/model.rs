@@ -13,7 +13,8 @@ use crate::data::{Dataset, Standardizer, Targets, Task};
 use crate::error::{Error, Result};
 
 /// Tape capacity: an MLP of `L` layers records `4 L + 2` nodes per step with a fused loss
-/// (and [`ModelSpec::loss_nodes`] more with a composite one).
+/// (and [`ModelSpec::loss_nodes`] more with a composite one, 2 more per dropout site, 12 per
+/// convolution block: [`ModelSpec::most_layers`]).
 pub const NODES: usize = 512;
 /// The most layers (hidden + output) a model with a fused loss may have.
 pub const MAX_LAYERS: usize = (NODES - 2) / 4;
@@ -583,17 +584,19 @@ pub struct Masks {
 }
 
 impl Masks {
-    /// The key of row `row` (its place in the batch) at dropout site `site`.
-    pub fn row_key(&self, site: usize, row: usize) -> u32 {
-        mix(mix(mix(mix(self.seed) ^ self.step) ^ site as u64) ^ row as u64) as u32
+    /// The key of row `row` (its place in the batch) at dropout site `site`: a start and an
+    /// odd step, both drawn from the row's 64-bit hash (so that two rows' sequences are not
+    /// shifted copies of each other).
+    pub fn row_key(&self, site: usize, row: usize) -> (u32, u32) {
+        let h = mix(mix(mix(mix(self.seed) ^ self.step) ^ site as u64) ^ row as u64);
+        (h as u32, (h >> 32) as u32 | 1)
     }
 
     /// Element `col`'s draw in the row of `key` ([`Masks::row_key`]), uniform on `[0, 2^24)`:
-    /// a 32-bit integer hash (Wellons' `lowbias32`) of the key stepped `col` times by the
-    /// golden ratio.
+    /// a 32-bit integer hash (Wellons' `lowbias32`) of the key's start moved `col` steps.
     #[inline]
-    pub fn draw(key: u32, col: usize) -> u32 {
-        let mut x = key.wrapping_add((col as u32).wrapping_mul(0x9E37_79B9));
+    pub fn draw(key: (u32, u32), col: usize) -> u32 {
+        let mut x = key.0.wrapping_add((col as u32).wrapping_mul(key.1));
         x ^= x >> 16;
         x = x.wrapping_mul(0x7FEB_352D);
         x ^= x >> 15;
@@ -849,8 +852,9 @@ pub struct Model<B: Backend<Elem = f32>> {
     /// Gradient clipping, label smoothing and the dropout seed (none by default).
     pub options: StepOptions,
     /// Training steps taken: what the next step's dropout masks are drawn from ([`Masks`]).
-    /// [`Model::train_step`] counts it; [`fit`](crate::train::fit) sets it from the run's
-    /// state, so that a resumed run draws the masks an uninterrupted one would.
+    /// [`Model::step`] counts it (and so [`Model::train_step`]); [`fit`](crate::train::fit)
+    /// and [`Checkpoint::restore`](crate::checkpoint::Checkpoint::restore) set it from the
+    /// run's state, so that a resumed run draws the masks an uninterrupted one would.
     pub steps: u64,
     /// The first row's place in the step's batch: 0, unless this model is a replica that
     /// takes a shard of each batch ([`Masks::first_row`]).
@@ -912,6 +916,7 @@ impl<B: Backend<Elem = f32>> Model<B> {
             mote::clip_grad_norm_to(&mut self.tape, max, norm)?;
         }
         self.opt.step(&mut self.tape)?;
+        self.steps += 1;
         Ok(())
     }
 
@@ -934,7 +939,6 @@ impl<B: Backend<Elem = f32>> Model<B> {
             None => None,
         };
         self.step(norm)?;
-        self.steps += 1;
         Ok(r)
     }
 

@@ -403,6 +403,32 @@ fn dropout_replicas_train_like_one_model() {
     assert_eq!(model.outputs(x, rows).unwrap(), before);
 }
 
+/// Every step draws new masks, whether it runs through `fit`, `train_step`, or
+/// `forward_backward` and `step` (the model counts its steps); the same step count draws the
+/// same masks again. (At learning rate 0 only the masks change the loss.)
+#[test]
+fn dropout_masks_change_with_every_step() {
+    let (mut spec, config, data) = setup(1, Schedule::Constant, None);
+    spec.dropout = 0.5;
+    let still = OptimizerConfig::Sgd {
+        lr: 0.0,
+        momentum: 0.0,
+        weight_decay: 0.0,
+    };
+    let mut mem = vec![0f32; arena_floats(&spec, &still, config.batch)];
+    let mut model = Model::new(Cpu::new(&mut mem), spec, still, &mut Rng::new(3)).unwrap();
+    let (x, y) = (&data.x[..64 * 32], &data.y_class[..32]);
+    let a = model.train_step(x, 32, y, &[]).unwrap().loss;
+    let b = model.train_step(x, 32, y, &[]).unwrap().loss;
+    let c = model.forward_backward(x, 32, y, &[]).unwrap().loss;
+    model.step(None).unwrap();
+    let d = model.forward_backward(x, 32, y, &[]).unwrap().loss;
+    assert_eq!(model.steps, 3);
+    assert!(a != b && b != c && c != d && a != c, "{a} {b} {c} {d}");
+    train::Learner::set_steps(&mut model, 1);
+    assert_eq!(model.train_step(x, 32, y, &[]).unwrap().loss, b);
+}
+
 /// A run with dropout resumed from a checkpoint draws the masks an uninterrupted run draws:
 /// 2 epochs, a checkpoint, then 1 more equal 3 straight epochs bit for bit.
 #[test]
@@ -429,6 +455,9 @@ fn dropout_resumes_with_the_masks_of_an_unbroken_run() {
     assert_eq!(ck.spec.dropout, 0.2);
     let mut mem = vec![0f32; floats];
     let mut resumed = ck.restore(Cpu::new(&mut mem)).unwrap();
+    // Restored with the run's step count and seed, for a caller that steps it without `fit`.
+    assert_eq!(resumed.steps, state.step);
+    assert_eq!(resumed.options.seed, config2.seed);
     let mut state = ck.state.clone();
     train::fit(&mut resumed, &data, &config3, &mut state, &mut [], None).unwrap();
     assert_eq!(params_of(&resumed), params_of(&straight));
@@ -763,8 +792,14 @@ impl<B: mote::HostBackend<Elem = f32> + Send> Reduce<B> for Ranked {
 /// shard starts mid-batch), as the one model does.
 #[test]
 fn ranks_in_separate_processes_train_like_one_model() {
+    for dropout in [0.0, 0.25] {
+        ranks_train_like_one_model(dropout);
+    }
+}
+
+fn ranks_train_like_one_model(dropout: f32) {
     let (mut spec, config, data) = setup(2, Schedule::Constant, None);
-    spec.dropout = 0.25;
+    spec.dropout = dropout;
     let floats = arena_floats(&spec, &ADAM, config.batch);
     let mut mem = vec![0f32; floats];
     let mut one = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
