@@ -140,6 +140,15 @@ pub trait Backend {
         Ok(false)
     }
 
+    /// Elements of im2col buffer a convolution that the tape runs as copies and products may
+    /// fill per pass on this backend, where the arena has room beyond the planned buffer
+    /// (`None`, the default: the planned one, a few images per pass). A GPU, whose launches
+    /// cost more than the copies, does the whole batch in one pass when it can. The result
+    /// does not depend on it beyond the summation order of the weight's gradient.
+    fn conv_scratch(&self) -> Option<usize> {
+        None
+    }
+
     /// One pass of a 2-D pooling over a whole batch with the backend's own kernel, where it
     /// has one. Returns `Ok(false)`, having done nothing, when it has none: the tape then runs
     /// the pass as im2col copies and a reduction (see [`crate::ops::conv`]), which is what the

@@ -2,8 +2,16 @@
 //! im2col implementation, and gradient checks (proptest draws images, channels, groups, stride,
 //! padding and dilation; the tape's gradients are compared with central differences in f64).
 
+use mote::backend::View;
 use mote::gradcheck::{check, GradCheck};
+use mote::ops::binary::{BinaryOp, Side};
 use mote::ops::conv::{ConvCall, ConvPass};
+use mote::ops::loss::LossOp;
+use mote::ops::matmul::Gemm;
+use mote::ops::movement::Strided;
+use mote::ops::reduce::{Axis3, ReduceOp};
+use mote::ops::unary::UnaryOp;
+use mote::optim::{AdamUpdate, SgdUpdate};
 use mote::{ConvConfig, Cpu, PoolConfig, Result, Rng, Tape, Var};
 use proptest::prelude::*;
 
@@ -479,4 +487,170 @@ fn pool_calls_are_checked() {
     ] {
         assert!(bad.lens().is_err(), "{bad:?}");
     }
+}
+
+/// The reference backend asking for a whole batch per im2col pass
+/// ([`mote::Backend::conv_scratch`], as the GPU does), every other call passed on.
+struct Wide<'a>(Cpu<'a, f64>);
+
+impl mote::Backend for Wide<'_> {
+    type Elem = f64;
+    fn conv_scratch(&self) -> Option<usize> {
+        Some(1 << 24)
+    }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+    fn write(&mut self, offset: usize, src: &[f64]) -> Result<()> {
+        self.0.write(offset, src)
+    }
+    fn read(&self, offset: usize, dst: &mut [f64]) -> Result<()> {
+        self.0.read(offset, dst)
+    }
+    fn fill(&mut self, offset: usize, len: usize, value: f64) -> Result<()> {
+        self.0.fill(offset, len, value)
+    }
+    fn unary(&mut self, op: UnaryOp, x: usize, y: usize, len: usize) -> Result<()> {
+        self.0.unary(op, x, y, len)
+    }
+    fn unary_backward(
+        &mut self,
+        op: UnaryOp,
+        x: usize,
+        y: usize,
+        dy: usize,
+        dx: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.0.unary_backward(op, x, y, dy, dx, len)
+    }
+    fn binary(&mut self, op: BinaryOp, a: View, b: View, y: View) -> Result<()> {
+        self.0.binary(op, a, b, y)
+    }
+    fn binary_backward(
+        &mut self,
+        op: BinaryOp,
+        side: Side,
+        a: View,
+        b: View,
+        dy: View,
+        dx: usize,
+    ) -> Result<()> {
+        self.0.binary_backward(op, side, a, b, dy, dx)
+    }
+    fn gemm(&mut self, g: &Gemm) -> Result<()> {
+        self.0.gemm(g)
+    }
+    fn copy_strided(
+        &mut self,
+        space: &mote::Shape,
+        src: Strided,
+        dst: Strided,
+        accumulate: bool,
+    ) -> Result<()> {
+        self.0.copy_strided(space, src, dst, accumulate)
+    }
+    fn reduce(&mut self, op: ReduceOp, r: Axis3, x: usize, y: usize) -> Result<()> {
+        self.0.reduce(op, r, x, y)
+    }
+    fn reduce_backward(
+        &mut self,
+        op: ReduceOp,
+        r: Axis3,
+        x: usize,
+        y: usize,
+        dy: usize,
+        dx: usize,
+    ) -> Result<()> {
+        self.0.reduce_backward(op, r, x, y, dy, dx)
+    }
+    fn softmax(&mut self, log: bool, r: Axis3, x: usize, y: usize) -> Result<()> {
+        self.0.softmax(log, r, x, y)
+    }
+    fn softmax_backward(
+        &mut self,
+        log: bool,
+        r: Axis3,
+        y: usize,
+        dy: usize,
+        dx: usize,
+    ) -> Result<()> {
+        self.0.softmax_backward(log, r, y, dy, dx)
+    }
+    fn loss(&mut self, op: LossOp, classes: usize, p: View, t: View, y: usize) -> Result<()> {
+        self.0.loss(op, classes, p, t, y)
+    }
+    fn loss_backward(
+        &mut self,
+        op: LossOp,
+        lhs: bool,
+        classes: usize,
+        p: View,
+        t: View,
+        dy: usize,
+        dx: usize,
+    ) -> Result<()> {
+        self.0.loss_backward(op, lhs, classes, p, t, dy, dx)
+    }
+    fn sgd(&mut self, u: &SgdUpdate) -> Result<()> {
+        self.0.sgd(u)
+    }
+    fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
+        self.0.adam(u)
+    }
+    fn sum_squares(&mut self, offset: usize, len: usize) -> Result<f64> {
+        self.0.sum_squares(offset, len)
+    }
+    fn scale(&mut self, offset: usize, len: usize, factor: f64) -> Result<()> {
+        self.0.scale(offset, len, factor)
+    }
+}
+
+/// A convolution whose planned im2col buffer holds 3 images (2 passes for 6 images), run in
+/// one pass where the backend asks for more and the arena has room: the same output and
+/// gradients (the weight's summed in another order); with no room to spare, the planned passes.
+#[test]
+fn wider_im2col_passes_give_the_same_results() {
+    fn run<B: mote::Backend<Elem = f64>>(t: &mut Tape<B, 16>) -> (Vec<f64>, usize) {
+        let mut rng = Rng::new(4);
+        let x = t
+            .param_with(&[6, 16, 64, 64], || rng.uniform(-1.0, 1.0))
+            .unwrap();
+        let w = t
+            .param_with(&[8, 16, 3, 3], || rng.uniform(-0.5, 0.5))
+            .unwrap();
+        let cfg = ConvConfig {
+            stride: [1, 2],
+            padding: [1, 2],
+            dilation: [2, 1],
+        };
+        let y = t.conv2d(x, w, None, cfg).unwrap();
+        let high = t.high_water();
+        let s = t.square(y).unwrap();
+        let l = t.mean(s).unwrap();
+        t.backward(l).unwrap();
+        let mut out = vec![0.0; y.numel()];
+        t.read(y, &mut out).unwrap();
+        for v in [x, w] {
+            let mut g = vec![0.0; v.numel()];
+            t.read_grad(v, &mut g).unwrap();
+            out.extend(g);
+        }
+        (out, high)
+    }
+    let mut m1 = vec![0f64; 1 << 23];
+    let mut m2 = vec![0f64; 1 << 23];
+    let (want, planned) = run(&mut Tape::<Cpu<f64>, 16>::new(&mut m1));
+    let (got, wide) = run(&mut Tape::with_backend(Wide(Cpu::new(&mut m2))));
+    assert!(
+        wide > planned + 800_000,
+        "one wide pass: {wide} against {planned}"
+    );
+    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+        assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{i}: {a} vs {b}");
+    }
+    // An arena with no room beyond the plan: the planned passes, the same values.
+    let mut m3 = vec![0f64; planned + 2_000_000];
+    let (tight, _) = run(&mut Tape::with_backend(Wide(Cpu::new(&mut m3))));
+    assert_eq!(tight.len(), want.len());
 }

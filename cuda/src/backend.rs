@@ -14,6 +14,11 @@ use mote::{Backend, Result, Shape};
 
 use crate::Cuda;
 
+/// Floats of im2col buffer a convolution pass may take on the GPU, where the arena has them
+/// free ([`Backend::conv_scratch`]): 128 MiB, a whole batch of most layers. An arena sized for
+/// training on the GPU leaves this much room above the plan (`mote train --device cuda` does).
+pub const CONV_SCRATCH: usize = 1 << 25;
+
 impl Backend for Cuda {
     type Elem = f32;
 
@@ -89,6 +94,12 @@ impl Backend for Cuda {
     ) -> Result<()> {
         self.flush()?;
         self.binary_bwd(op, side, a, b, dy, dx)
+    }
+
+    /// A whole batch per im2col pass where the arena has the room ([`CONV_SCRATCH`] floats at
+    /// most): a few large copies and products instead of hundreds of small launches.
+    fn conv_scratch(&self) -> Option<usize> {
+        Some(CONV_SCRATCH)
     }
 
     fn gemm(&mut self, g: &Gemm) -> Result<()> {

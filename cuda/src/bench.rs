@@ -306,7 +306,9 @@ fn conv_one(log: &mut String) -> Result<Row, CudaError> {
         .map(|_| rng.uniform(-0.5, 0.5) as f32)
         .collect();
     // Input, weight and output with their gradients, the columns of a pass, and room.
-    let floats = 2 * (x.len() + w.len() + n * co * hw * hw) + (2 << 20) + (1 << 20);
+    // With the room a GPU run leaves for whole-batch im2col passes (`CONV_SCRATCH`).
+    let floats =
+        2 * (x.len() + w.len() + n * co * hw * hw) + (2 << 20) + (1 << 20) + crate::CONV_SCRATCH;
     let mut tape = Tape::<Cuda, NODES>::with_backend(Cuda::new(floats)?);
     let wv = tape.param(&[co, ci, 3, 3], &w)?;
     let start = tape.mark();

@@ -50,6 +50,7 @@ pub mod kernels;
 pub mod nccl;
 mod ops;
 
+pub use backend::CONV_SCRATCH;
 pub use device::{Cuda, Options, Precision};
 
 /// Internals the CPU emulation test (`tests/emulated.rs`) drives kernels with; not an API.

@@ -1352,6 +1352,9 @@ fn cuda_device() -> Result<usize> {
 /// Runs `work` on GPU 0 with an arena of `floats`.
 #[cfg(feature = "cuda")]
 fn run_on_cuda<W: WithBackend>(floats: usize, work: W) -> Result<W::Output> {
+    // Room above the plan for a convolution's whole batch per im2col pass (the GPU's launches
+    // cost more than the copies); an MLP never touches it.
+    let floats = floats.saturating_add(mote_cuda::CONV_SCRATCH);
     work.run(mote_cuda::Cuda::new(floats).map_err(cuda_error)?)
 }
 

@@ -202,6 +202,21 @@ impl Geom {
     }
 }
 
+impl<B: Backend, const NODES: usize> crate::tape::Tape<B, NODES> {
+    /// Images per im2col pass of `g`: the planned [`Geom::images_per_pass`], or more where the
+    /// backend asks for a larger buffer ([`Backend::conv_scratch`]) and the arena has the room
+    /// free (never less than planned, so the arena's plan holds on every backend).
+    pub(crate) fn images_per_pass(&self, g: &Geom) -> Result<usize> {
+        let planned = g.images_per_pass();
+        let Some(want) = self.backend.conv_scratch() else {
+            return Ok(planned);
+        };
+        let per = g.part(1).cols_len()?.max(1);
+        let free = self.capacity().saturating_sub(self.used());
+        Ok((want.min(free) / per).clamp(planned, g.n.max(planned)))
+    }
+}
+
 /// The output indices `o` in `0..out` for which `o * s + off - p` lies in `0..len`, as a range.
 fn valid(out: usize, s: usize, off: usize, p: usize, len: usize) -> (usize, usize) {
     // o * s >= p - off
@@ -683,8 +698,6 @@ pub(crate) mod tape_ops {
                 "conv stride, padding and dilation must be at most 31",
             )?;
             let shape = Shape::new(&[g.n, ws.dim(0), g.oh, g.ow])?;
-            let per_pass = g.images_per_pass();
-            let cols_len = g.part(per_pass).cols_len()?;
             let (x_img, y_img) = (g.c * g.h * g.w, ws.dim(0) * g.positions());
             self.all_or_nothing(|t| {
                 // The output first (recorded), then the scratch above it.
@@ -695,7 +708,8 @@ pub(crate) mod tape_ops {
                     shape,
                     |_, _| Ok(()),
                 )?;
-                let cols = t.alloc(cols_len)?;
+                let per_pass = t.images_per_pass(&g)?;
+                let cols = t.alloc(g.part(per_pass).cols_len()?)?;
                 let groups = g.c / ws.dim(1);
                 let pass = ConvPass::Forward {
                     x: x.offset as usize,
@@ -932,7 +946,7 @@ pub(crate) mod tape_ops {
             )?;
             let dwg = self.input_grad(w)?;
             let dxg = self.input_grad(x)?;
-            let per_pass = g.images_per_pass();
+            let per_pass = self.images_per_pass(&g)?;
             let cols = self.alloc(g.part(per_pass).cols_len()?)?;
             let (x_img, y_img) = (g.c * g.h * g.w, ws.dim(0) * g.positions());
             // The weight's gradient over every pass first (the padding's zeros written once),
