@@ -310,6 +310,10 @@ fn conv_one(log: &mut String) -> Result<Row, CudaError> {
     let floats =
         2 * (x.len() + w.len() + n * co * hw * hw) + (2 << 20) + (1 << 20) + crate::CONV_SCRATCH;
     let mut tape = Tape::<Cuda, NODES>::with_backend(Cuda::new(floats)?);
+    // The input stays on the device, as PyTorch's peer keeps it (a parameter, so that the
+    // backward computes its gradient); both gradients are cleared each step, as `x.grad =
+    // None` does there.
+    let xv = tape.param(&[n, ci, hw, hw], &x)?;
     let wv = tape.param(&[co, ci, 3, 3], &w)?;
     let start = tape.mark();
     let cfg = mote::ConvConfig {
@@ -318,7 +322,7 @@ fn conv_one(log: &mut String) -> Result<Row, CudaError> {
     };
     let step = |t: &mut Tape<Cuda, NODES>| -> mote::Result<Var> {
         t.rewind(start)?;
-        let xv = t.param(&[n, ci, hw, hw], &x)?;
+        t.zero_grad()?;
         let y = t.conv2d(xv, wv, None, cfg)?;
         let loss = t.mean(y)?;
         t.backward(loss)?;
@@ -344,9 +348,16 @@ fn conv_one(log: &mut String) -> Result<Row, CudaError> {
     tape.backend_mut().profile(false);
     let launches: usize = prof.iter().map(|p| p.1).sum();
     let l = tape.item(loss)?;
+    let total: f64 = prof.iter().map(|p| p.2).sum();
+    let fams: Vec<String> = prof
+        .iter()
+        .map(|(k, c, ms)| format!("{k} x{c} {:.1} us", ms * 1e3))
+        .collect();
     let _ = writeln!(
         log,
-        "  conv2d: {launches} launches per step, loss {l:.5} (finite: {})",
+        "  conv2d: {launches} launches per step ({:.1} us of GPU time: {}), loss {l:.5} (finite: {})",
+        total * 1e3,
+        fams.join(", "),
         l.is_finite()
     );
     Ok(Row {
