@@ -143,8 +143,9 @@ pub trait Backend {
     /// Elements of im2col buffer a convolution that the tape runs as copies and products may
     /// fill per pass on this backend, where the arena has room beyond the planned buffer
     /// (`None`, the default: the planned one, a few images per pass). A GPU, whose launches
-    /// cost more than the copies, does the whole batch in one pass when it can. The result
-    /// does not depend on it beyond the summation order of the weight's gradient.
+    /// cost more than the copies, does the whole batch in one pass when it can. The results
+    /// differ only in rounding (the weight's gradient is summed in another order, and larger
+    /// products may run on other kernels).
     fn conv_scratch(&self) -> Option<usize> {
         None
     }

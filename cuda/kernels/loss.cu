@@ -1,6 +1,7 @@
 // Losses (mean reduction). Op codes: 0 mse, 1 cross-entropy (fused softmax + NLL, float class
-// labels, label smoothing `smoothing`: 0 for none), 2 bce-with-logits. `status` (3 u32: flag,
-// bad label, classes) reports a bad label; the host checks it at the next read.
+// labels, label smoothing `smoothing`: 0 for none), 2 bce-with-logits. `status` is the status
+// area: its first 3 u32 (flag, bad label, classes) report a bad label, which the host checks at
+// the next read; the forward's ticket (byte 128) and partial sums (bytes 1024..2048) follow.
 
 __device__ __forceinline__ int bad_label(float l, u64 classes) {
     return !(l >= 0.0f && l < (float)classes && floorf(l) == l);

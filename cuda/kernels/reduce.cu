@@ -39,6 +39,46 @@ extern "C" __global__ void __launch_bounds__(1024) reduce_rows_block(int op, con
     }
 }
 
+// A whole tensor to one value (outer == 1, inner == 1, n large) on up to 256 blocks: each
+// block's result to the partials in the status area (bytes 1024..2048), the last block to
+// finish (the ticket at byte 128, which it resets) combines them in block order, as loss_fwd.
+extern "C" __global__ void __launch_bounds__(1024) reduce_all(int op, const float* __restrict__ x,
+                                      float* __restrict__ y, u64 n, unsigned int* status) {
+    __shared__ float part[32];
+    __shared__ int last;
+    float acc = red_init(op);
+    for (u64 j = (u64)blockIdx.x * blockDim.x + threadIdx.x; j < n; j += (u64)gridDim.x * blockDim.x)
+        acc = red_comb(op, acc, x[j]);
+    for (int o = 16; o > 0; o >>= 1) acc = red_comb(op, acc, __shfl_xor_sync(0xffffffffu, acc, o));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    volatile float* partial = (volatile float*)(status + 256);
+    unsigned int* ticket = status + 32;
+    if (warp == 0) {
+        acc = lane < (int)(blockDim.x >> 5) ? part[lane] : red_init(op);
+        for (int o = 16; o > 0; o >>= 1) acc = red_comb(op, acc, __shfl_xor_sync(0xffffffffu, acc, o));
+        if (lane == 0) {
+            partial[blockIdx.x] = acc;
+            __threadfence();
+            last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+        }
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (warp == 0) {
+        acc = red_init(op);
+        // Lane l combines blocks l, l + 32, ... in order, then the lanes in a fixed tree.
+        for (unsigned int b = lane; b < gridDim.x; b += 32) acc = red_comb(op, acc, partial[b]);
+        for (int o = 16; o > 0; o >>= 1) acc = red_comb(op, acc, __shfl_xor_sync(0xffffffffu, acc, o));
+        if (lane == 0) {
+            y[0] = op == 1 ? acc * (1.0f / (float)n) : acc;
+            *ticket = 0u;
+        }
+    }
+}
+
 // inner > 1: one thread per output (coalesced along inner).
 extern "C" __global__ void reduce_strided(int op, const float* __restrict__ x,
                                           float* __restrict__ y, u64 outer, u64 n, u64 inner) {

@@ -49,6 +49,7 @@ pub const SOURCES: &[Source] = &[
         kernels: &[
             "reduce_rows",
             "reduce_rows_block",
+            "reduce_all",
             "reduce_strided",
             "reduce_bwd_sum",
             "reduce_bwd_max",

@@ -953,6 +953,7 @@ fn warp_kernels_match_the_reference() {
     };
     type Rows = unsafe extern "C" fn(i32, *const f32, *mut f32, u64, u64);
     type RowsBlock = unsafe extern "C" fn(i32, *const f32, *mut f32, u64);
+    type All = unsafe extern "C" fn(i32, *const f32, *mut f32, u64, *mut u32);
     type SmRows = unsafe extern "C" fn(i32, *const f32, *mut f32, u64, u64);
     type SmBRows = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64);
     type LossF =
@@ -972,6 +973,7 @@ fn warp_kernels_match_the_reference() {
     type SumSq = unsafe extern "C" fn(*const f32, u64, *mut f64);
     let rows = sym!(lib, b"reduce_rows", Rows);
     let rows_block = sym!(lib, b"reduce_rows_block", RowsBlock);
+    let all = sym!(lib, b"reduce_all", All);
     let sm_rows = sym!(lib, b"softmax_rows", SmRows);
     let smb_rows = sym!(lib, b"softmax_bwd_rows", SmBRows);
     let loss_fwd = sym!(lib, b"loss_fwd", LossF);
@@ -1022,6 +1024,29 @@ fn warp_kernels_match_the_reference() {
                     run_par(lib, o as u32, 64, || unsafe {
                         rows_block(c, x as *const f32, y as *mut f32, n)
                     });
+                },
+            );
+        }
+        // A whole tensor on 1 and on 3 blocks (the partials combined by the last block).
+        let r = Axis3 {
+            outer: 1,
+            n: 9000,
+            inner: 1,
+        };
+        for grid in [1, 3] {
+            p.check(
+                &format!("{op:?} {r:?} (whole tensor, {grid} blocks)"),
+                1e-5,
+                5e-7 * 9000.0,
+                |b| b.reduce(op, r, 0, 20000),
+                |p| {
+                    let (x, y) = (p.a(0), p.a(20000));
+                    let status = std::sync::Mutex::new([0u32; 512]);
+                    let st = status.lock().unwrap().as_mut_ptr() as usize;
+                    run_par(lib, grid, 64, || unsafe {
+                        all(c, x as *const f32, y as *mut f32, 9000, st as *mut u32)
+                    });
+                    assert_eq!(status.lock().unwrap()[32], 0, "the ticket is reset");
                 },
             );
         }

@@ -272,6 +272,12 @@ fn reductions() {
                 n: 10000,
                 inner: 1,
             },
+            // A whole tensor on 3 blocks (`reduce_all`).
+            Axis3 {
+                outer: 1,
+                n: 19000,
+                inner: 1,
+            },
             Axis3 {
                 outer: 70,
                 n: 33,
@@ -422,7 +428,11 @@ fn losses() {
                 &format!("{op:?} over 2 blocks, run {run}"),
                 1e-4,
                 1e-6,
-                |b| b.loss(op, 0, pv, tv, y),
+                // NaN first on both sides: a launch that does not write the loss fails.
+                |b| {
+                    b.write(y, &[f32::NAN])?;
+                    b.loss(op, 0, pv, tv, y)
+                },
             );
         }
     }

@@ -603,10 +603,6 @@ impl Checkpoint {
         // a restored model trains on as the saved run would, `fit` or not.
         model.steps = steps;
         model.options = self.config.step_options();
-        // The run's step options (clipping, smoothing, the dropout seed) and step count, so that
-        // a restored model trains on as the saved run would, `fit` or not.
-        model.steps = steps;
-        model.options = self.config.step_options();
         let lay = layout(&model)?;
         for ((vr, sr), (p, s)) in lay.into_iter().zip(self.params.iter().zip(&self.opt_state)) {
             if vr.len() != p.len() || sr.len() != s.len() {

@@ -22,9 +22,10 @@ impl ClassReport {
         self.correct as f64 / self.total.max(1) as f64
     }
 
-    /// Precision, recall, F1 and support of each class, from the confusion matrix (as
-    /// scikit-learn's `classification_report`: a ratio whose denominator is 0, such as the
-    /// precision of a class never predicted, is 0).
+    /// Precision, recall, F1 and support of each class of the model, from the confusion
+    /// matrix (as scikit-learn's `classification_report(..., labels=every class,
+    /// zero_division=0)`: a ratio whose denominator is 0, such as the precision of a class
+    /// never predicted, is 0; a class absent from the data is listed with support 0).
     pub fn per_class(&self) -> Vec<ClassScores> {
         let k = self.confusion.len();
         (0..k)
@@ -226,7 +227,8 @@ mod tests {
         assert!(close(w.precision, 0.7) && close(w.recall, 0.6));
         assert!(close(w.f1, (2.0 / 3.0 + 2.4) / 5.0));
         assert_eq!((m.support, w.support), (5, 5));
-        // A class with no rows and no predictions scores 0 and has no weight.
+        // A class with no rows and no predictions scores 0: 0 in the macro average, no weight
+        // in the weighted one.
         let r = ClassReport {
             confusion: vec![vec![2, 0], vec![0, 0]],
             ..r

@@ -1352,10 +1352,24 @@ fn cuda_device() -> Result<usize> {
 /// Runs `work` on GPU 0 with an arena of `floats`.
 #[cfg(feature = "cuda")]
 fn run_on_cuda<W: WithBackend>(floats: usize, work: W) -> Result<W::Output> {
-    // Room above the plan for a convolution's whole batch per im2col pass (the GPU's launches
-    // cost more than the copies); an MLP never touches it.
-    let floats = floats.saturating_add(mote_cuda::CONV_SCRATCH);
-    work.run(mote_cuda::Cuda::new(floats).map_err(cuda_error)?)
+    work.run(cuda_backend(floats, mote_cuda::Options::default()).map_err(cuda_error)?)
+}
+
+/// A CUDA backend of `floats` for a model, with [`mote_cuda::CONV_SCRATCH`] more where the
+/// GPU has the memory: room above the plan for a convolution's whole batch per im2col pass
+/// (the GPU's launches cost more than its copies; an MLP never touches it). Without the room
+/// when it does not fit.
+///
+/// # Errors
+/// As [`mote_cuda::Cuda::with_options`] for `floats` alone.
+#[cfg(feature = "cuda")]
+pub fn cuda_backend(
+    floats: usize,
+    options: mote_cuda::Options,
+) -> std::result::Result<mote_cuda::Cuda, mote_cuda::CudaError> {
+    let roomy = floats.saturating_add(mote_cuda::CONV_SCRATCH);
+    mote_cuda::Cuda::with_options(roomy, options)
+        .or_else(|_| mote_cuda::Cuda::with_options(floats, options))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -73,8 +73,12 @@ impl Monitor {
         *self == Monitor::Metric
     }
 
-    /// Whether `new` improves on `best` by more than `min_delta`.
+    /// Whether `new` improves on `best` by more than `min_delta` (a NaN never does, as
+    /// Keras's comparison against an infinite start treats it).
     pub fn improved(self, task: Task, new: f64, best: Option<f64>, min_delta: f64) -> bool {
+        if new.is_nan() {
+            return false;
+        }
         match (best, self, task) {
             (None, ..) => true,
             (Some(b), Monitor::Metric, Task::Classification) => new > b + min_delta,

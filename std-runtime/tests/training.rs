@@ -161,6 +161,9 @@ fn early_stopping_and_schedules() {
     assert!(!Monitor::Metric.improved(c, 0.5, Some(0.6), 0.0));
     assert!(Monitor::Metric.improved(Task::Regression, 0.5, Some(0.6), 0.0));
     assert!(Monitor::Loss.improved(c, 1e9, None, 0.0));
+    // A NaN never becomes the best, first or later.
+    assert!(!Monitor::Loss.improved(c, f64::NAN, None, 0.0));
+    assert!(!Monitor::Metric.improved(c, f64::NAN, Some(0.5), 0.0));
 
     // cosine with one epoch of warm-up: the rate peaks after epoch 1 and falls to the floor
     let (spec, config, data) = setup(

@@ -18,8 +18,11 @@
 //!
 //! A backend may run a whole convolution pass with its own kernel instead ([`Backend::conv`],
 //! offered a [`ConvCall`] first; the multithreaded CPU backend convolves directly where it
-//! can). The im2col buffer is taken from the arena all the same, so that a step's arena use
-//! does not depend on the backend (a backend's own kernel may use scratch memory of its own).
+//! can). The im2col buffer is taken from the arena all the same, so that the arena a step is
+//! planned for does not depend on the backend (a backend's own kernel may use scratch memory of
+//! its own). A backend may also ask for a larger buffer per pass ([`Backend::conv_scratch`]:
+//! the GPU does, to take a whole batch in one pass), which it gets only from arena that is
+//! free beyond the plan: its high-water mark may then be higher than the plan's.
 //!
 //! Output size along each spatial axis: `(H + 2 ph - dh (KH - 1) - 1) / sh + 1` (floor).
 //! Geometry values (stride, padding, dilation and pooling windows) are limited to 1..=31

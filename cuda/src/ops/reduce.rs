@@ -26,6 +26,12 @@ impl Cuda {
         let c = code(op);
         let (xp, yp) = (self.at(x), self.at(y));
         let (outer, n, inner) = (r.outer as u64, r.n as u64, r.inner as u64);
+        if inner == 1 && outer == 1 && n >= 16384 {
+            // A whole tensor (a mean loss, say) on many blocks: 8192 elements or more each.
+            let grid = n.div_ceil(8192).min(crate::device::LOSS_BLOCKS) as u32;
+            let st = self.status;
+            return self.launch("reduce_all", grid, 1024, &[&c, &xp, &yp, &n, &st]);
+        }
         if inner == 1 && outer < 64 && n >= 4096 {
             if outer > u64::from(u32::MAX) {
                 return Err(Error::InvalidArgument {

@@ -103,7 +103,7 @@ impl TrainJob {
         }
         let mut models = Vec::with_capacity(gpus);
         for device in 0..gpus {
-            let backend = Cuda::with_options(
+            let backend = crate::model::cuda_backend(
                 floats,
                 Options {
                     device,
@@ -132,13 +132,13 @@ impl TrainJob {
     #[cfg(feature = "cuda")]
     fn run_rank(mut self, launch: Launch, floats: usize) -> Result<()> {
         use crate::data_parallel::NcclReduce;
-        use mote_cuda::{Cuda, Nccl, Options};
+        use mote_cuda::{Nccl, Options};
         let cuda = |e: mote_cuda::CudaError| {
             Error::invalid(format!("rank {} of {}: {e}", launch.rank, launch.world)).with_hint(
                 "check the GPUs with nvidia-smi and that libnccl.so is on the loader path",
             )
         };
-        let backend = Cuda::with_options(
+        let backend = crate::model::cuda_backend(
             floats,
             Options {
                 device: launch.local_rank,
