@@ -537,6 +537,37 @@ pub fn fit<L: Learner>(
     hooks: &mut [&mut dyn Callback],
     save: Option<&Path>,
 ) -> Result<Summary> {
+    let saves = Saves {
+        last: save,
+        best: None,
+    };
+    fit_with(model, data, config, state, hooks, saves)
+}
+
+/// Where [`fit_with`] writes checkpoints (atomically): after every epoch, and after each epoch
+/// that improves the monitored number ([`TrainConfig::monitor`]; Keras's `ModelCheckpoint(
+/// save_best_only=True)`), so that the best epoch's model is kept when later epochs are worse.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Saves<'a> {
+    /// After every epoch.
+    pub last: Option<&'a Path>,
+    /// After every epoch that is the best so far.
+    pub best: Option<&'a Path>,
+}
+
+/// [`fit`] with checkpoints written as `saves` says.
+///
+/// # Errors
+/// As [`fit`].
+pub fn fit_with<L: Learner>(
+    model: &mut L,
+    data: &Prepared,
+    config: &TrainConfig,
+    state: &mut TrainState,
+    hooks: &mut [&mut dyn Callback],
+    saves: Saves<'_>,
+) -> Result<Summary> {
+    let save = saves.last;
     config.check()?;
     let t0 = Instant::now();
     let steps_per_epoch = data.train.len().div_ceil(config.batch);
@@ -631,10 +662,10 @@ pub fn fit<L: Learner>(
         }
         let m = log.watched(config.monitor);
         let task = model.model().spec.task;
-        if config
+        let better = config
             .monitor
-            .improved(task, m, state.best, config.min_delta)
-        {
+            .improved(task, m, state.best, config.min_delta);
+        if better {
             state.best = Some(m);
             state.best_epoch = epoch;
             state.wait = 0;
@@ -646,6 +677,9 @@ pub fn fit<L: Learner>(
         }
         state.history.push(log.clone());
         if let Some(path) = save {
+            crate::checkpoint::save(path, model.model(), config, state)?;
+        }
+        if let Some(path) = saves.best.filter(|_| better) {
             crate::checkpoint::save(path, model.model(), config, state)?;
         }
         for h in hooks.iter_mut() {

@@ -665,6 +665,8 @@ fn monitor_loss_stops_on_the_validation_loss() {
             "100",
             "--save",
             "m.safetensors",
+            "--save-best",
+            "b.safetensors",
         ],
     );
     assert!(out.contains("stopped early"), "{out}");
@@ -673,13 +675,39 @@ fn monitor_loss_stops_on_the_validation_loss() {
         .find_map(|l| l.strip_prefix("best epoch "))
         .unwrap_or_else(|| panic!("{out}"));
     let (epoch, rest) = best.split_once(": ").unwrap();
-    assert!(rest.starts_with("validation loss "), "{out}");
+    let loss = rest
+        .strip_prefix("validation loss ")
+        .unwrap_or_else(|| panic!("{out}"));
     let trained: usize = out
         .split_whitespace()
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert_eq!(trained, epoch.parse::<usize>().unwrap() + 3, "{out}");
+    // --save-best kept the best epoch's model, --save the last one's.
+    assert!(
+        out.contains(&format!(
+            "saved the best epoch's model (epoch {epoch}) to b.safetensors"
+        )),
+        "{out}"
+    );
+    let b = ok(&d, &["eval", "--model", "b.safetensors"]);
+    assert!(b.contains(&format!(", loss {loss}\n")), "{b}\n{out}");
+    let m = ok(&d, &["eval", "--model", "m.safetensors"]);
+    assert!(!m.contains(&format!(", loss {loss}\n")), "{m}\n{out}");
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "--epochs",
+            "1",
+            "--save",
+            "x.st",
+            "--save-best",
+            "x.st",
+        ],
+    );
+    assert!(e.contains("--save-best x.st is the file of --save"), "{e}");
     let e = eval_as_version(&d, "m.safetensors", b'4', b'3');
     assert!(
         e.contains(

@@ -294,6 +294,11 @@ pub struct TrainArgs {
     /// Save a checkpoint here after every epoch (safetensors, written atomically).
     #[arg(long, value_name = "PATH")]
     save: Option<PathBuf>,
+    /// Also save a checkpoint here after every epoch that improves the monitored number
+    /// (--monitor): the best epoch's model, which early stopping's last epochs are not
+    /// (Keras's `ModelCheckpoint(save_best_only=True)`)
+    #[arg(long, value_name = "PATH")]
+    save_best: Option<PathBuf>,
     /// Continue the run saved in this checkpoint (and save back to it unless --save is given).
     #[arg(long, value_name = "PATH")]
     resume: Option<PathBuf>,

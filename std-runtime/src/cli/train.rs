@@ -30,6 +30,7 @@ struct TrainJob {
     state: TrainState,
     data: Prepared,
     save: Option<PathBuf>,
+    save_best: Option<PathBuf>,
     plot: Option<PathBuf>,
     quiet: bool,
 }
@@ -162,7 +163,7 @@ impl TrainJob {
         drop(spent);
         let model = self.model_on(backend)?;
         if launch.rank != 0 {
-            (self.save, self.plot, self.quiet) = (None, None, true);
+            (self.save, self.save_best, self.plot, self.quiet) = (None, None, None, true);
         }
         let learner = Replicas::with_reduce(vec![model], NcclReduce::new(nccl))?;
         self.train_watched(learner, dog.as_mut().map(|d| d as &mut dyn Callback))
@@ -214,13 +215,17 @@ impl TrainJob {
         if let Some(e) = extra {
             hooks.push(&mut *e);
         }
-        let fitted = train::fit(
+        let saves = train::Saves {
+            last: self.save.as_deref(),
+            best: self.save_best.as_deref(),
+        };
+        let fitted = train::fit_with(
             &mut model,
             &self.data,
             &self.config,
             &mut self.state,
             &mut hooks,
-            self.save.as_deref(),
+            saves,
         );
         if let Err(e) = fitted {
             if watched {
@@ -233,8 +238,20 @@ impl TrainJob {
         }
         if let Some(p) = &self.save {
             out(&format!("saved {}", p.display()))?;
-        } else if !self.quiet {
+        } else if !self.quiet && self.save_best.is_none() {
             out("not saved: add --save model.safetensors to keep the model")?;
+        }
+        if let Some(p) = &self.save_best {
+            match self.state.best.map(|_| self.state.best_epoch) {
+                Some(e) => out(&format!(
+                    "saved the best epoch's model (epoch {e}) to {}",
+                    p.display()
+                ))?,
+                None => out(&format!(
+                    "no epoch improved the monitored number: {} not written",
+                    p.display()
+                ))?,
+            }
         }
         if let Some(p) = &self.plot {
             plot::save(p, &self.state.history, model.model().spec.task)?;
@@ -458,6 +475,10 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
     }
     inputs.extend(a.save.as_deref().map(|sv| ("--save", sv)));
     inputs.extend(a.resume.as_deref().map(|r| ("--resume", r)));
+    if let Some(p) = &a.save_best {
+        checkpoint::check_output("--save-best", p, &inputs)?;
+        inputs.push(("--save-best", p));
+    }
     if let Some(p) = &a.plot {
         checkpoint::check_output("--plot", p, &inputs)?;
     }
@@ -522,6 +543,7 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
             state,
             data,
             save: a.save.clone().or_else(|| a.resume.clone()),
+            save_best: a.save_best.clone(),
             plot: a.plot.clone(),
             quiet: a.quiet,
             ck: Some(ck),
@@ -829,6 +851,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         config,
         data,
         save: a.save.clone(),
+        save_best: a.save_best.clone(),
         plot: a.plot.clone(),
         quiet: a.quiet,
     })
