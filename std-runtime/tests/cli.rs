@@ -645,8 +645,9 @@ fn dropout_trains_evaluates_exports_and_is_kept() {
 }
 
 /// `--monitor loss`: early stopping and the best epoch follow the validation loss (the summary
-/// names it), the checkpoint is version 4 (a version-3 reader would compare losses as
-/// accuracies), and resuming cannot change what is monitored.
+/// names it), `--save-best` keeps that epoch's model (its evaluation gives the best loss, the
+/// last epoch's another), the checkpoint is version 4 (a version-3 reader would compare losses
+/// as accuracies), and resuming cannot change what is monitored.
 #[test]
 fn monitor_loss_stops_on_the_validation_loss() {
     let d = TempDir::new("monitor");

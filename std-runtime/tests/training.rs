@@ -443,11 +443,7 @@ fn dropout_resumes_with_the_masks_of_an_unbroken_run() {
         ..config3.clone()
     };
     let floats = arena_floats(&spec, &ADAM, config3.batch);
-    let mut mem = vec![0f32; floats];
-    let mut straight =
-        Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
-    let mut state = TrainState::new(42);
-    train::fit(&mut straight, &data, &config3, &mut state, &mut [], None).unwrap();
+    let reference = straight_run(&spec, &config3, &data);
 
     let mut mem = vec![0f32; floats];
     let mut first = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
@@ -463,7 +459,7 @@ fn dropout_resumes_with_the_masks_of_an_unbroken_run() {
     assert_eq!(resumed.options.seed, config2.seed);
     let mut state = ck.state.clone();
     train::fit(&mut resumed, &data, &config3, &mut state, &mut [], None).unwrap();
-    assert_eq!(params_of(&resumed), params_of(&straight));
+    assert_eq!(params_of(&resumed), reference);
 }
 
 /// The deepest model the tape holds with dropout trains a step (each dropout site records two
@@ -647,12 +643,7 @@ fn replica_checkpoints_resume_on_one_model_and_back() {
         ..config3.clone()
     };
     let floats = arena_floats(&spec, &ADAM, config3.batch);
-    let mut mem = vec![0f32; floats];
-    let mut straight =
-        Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
-    let mut state = TrainState::new(42);
-    train::fit(&mut straight, &data, &config3, &mut state, &mut [], None).unwrap();
-    let reference = params_of(&straight);
+    let reference = straight_run(&spec, &config3, &data);
 
     // 2 epochs on 3 replicas, then 1 on one model.
     let mut arenas = vec![vec![0f32; floats]; 3];
@@ -685,6 +676,16 @@ fn replica_checkpoints_resume_on_one_model_and_back() {
     train::fit(&mut dp, &data, &config3, &mut state, &mut [], None).unwrap();
     let d = max_diff(&params_of(train::Learner::model(&dp)), &reference);
     assert!(d < 1e-4, "one model -> replicas: parameters differ by {d}");
+}
+
+/// The parameters of one model trained straight through `config`'s epochs from seed 42: what
+/// the resume tests compare with.
+fn straight_run(spec: &ModelSpec, config: &TrainConfig, data: &Prepared) -> Vec<f32> {
+    let mut mem = vec![0f32; arena_floats(spec, &ADAM, config.batch)];
+    let mut model = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    train::fit(&mut model, data, config, &mut state, &mut [], None).unwrap();
+    params_of(&model)
 }
 
 /// Stands in for NCCL across processes: each "process" (a thread) holds one replica, rank
