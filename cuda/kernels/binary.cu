@@ -62,12 +62,15 @@ extern "C" __global__ void binary_walk(int op, Walk w, const float* __restrict__
     }
 }
 
-// Same shapes: dx += dy * d(op)/d(side).
+// Same shapes: dx += dy * d(op)/d(side). In every backward here, `acc` 0 means dx = 0 + the
+// sum (dx was not zeroed, the same numbers without reading it).
 extern "C" __global__ void binary_bwd_same(int op, int side, const float* __restrict__ a,
                                            const float* __restrict__ b,
                                            const float* __restrict__ dy,
-                                           float* __restrict__ dx, u64 n) {
-    FOR_EACH(i, n) { dx[i] += bin_term(op, dy[i], bin_d(op, side, a[i], b[i])); }
+                                           float* __restrict__ dx, u64 n, int acc) {
+    FOR_EACH(i, n) {
+        dx[i] = (acc ? dx[i] : 0.0f) + bin_term(op, dy[i], bin_d(op, side, a[i], b[i]));
+    }
 }
 
 // Broadcasting backward: one thread per element of the operand's gradient (the parallel dims),
@@ -76,7 +79,7 @@ extern "C" __global__ void binary_bwd_same(int op, int side, const float* __rest
 extern "C" __global__ void binary_bwd_walk(int op, int side, Walk w, const float* __restrict__ a,
                                            const float* __restrict__ b,
                                            const float* __restrict__ dy,
-                                           float* __restrict__ dx) {
+                                           float* __restrict__ dx, int acc) {
     FOR_EACH(t, w.ptotal) {
         i64 base[4], o[4];
         walk_at(w, t, base);
@@ -85,14 +88,14 @@ extern "C" __global__ void binary_bwd_walk(int op, int side, Walk w, const float
             walk_loop(w, r, base, o);
             s += bin_term(op, dy[o[2]], bin_d(op, side, a[o[0]], b[o[1]]));
         }
-        dx[base[3]] += s;
+        dx[base[3]] = (acc ? dx[base[3]] : 0.0f) + s;
     }
 }
 
 // The same with a long loop: 32 x 32 threads per 32 gradient elements (see copy_walk_split).
 extern "C" __global__ void __launch_bounds__(1024) binary_bwd_walk_split(
     int op, int side, Walk w, const float* __restrict__ a, const float* __restrict__ b,
-    const float* __restrict__ dy, float* __restrict__ dx) {
+    const float* __restrict__ dy, float* __restrict__ dx, int acc) {
     __shared__ float part[32][33];
     u64 t = (u64)blockIdx.x * 32 + threadIdx.x;
     i64 base[4], o[4];
@@ -107,8 +110,8 @@ extern "C" __global__ void __launch_bounds__(1024) binary_bwd_walk_split(
     part[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && t < w.ptotal) {
-        float acc = 0.0f;
-        for (unsigned int y = 0; y < blockDim.y; ++y) acc += part[y][threadIdx.x];
-        dx[base[3]] += acc;
+        float sum = 0.0f;
+        for (unsigned int y = 0; y < blockDim.y; ++y) sum += part[y][threadIdx.x];
+        dx[base[3]] = (acc ? dx[base[3]] : 0.0f) + sum;
     }
 }

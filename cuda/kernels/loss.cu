@@ -86,19 +86,25 @@ extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float*
 }
 
 // dx += dloss/dp * dy (lhs) or dloss/dt * dy (rhs; not for cross-entropy). `dy` is the device
-// scalar the loss's gradient lives in.
+// scalar the loss's gradient lives in; with `seeded`, it is `seed` instead (the backward's
+// first gradient, written to dy[0] here rather than by a fill before). `acc` 0: dx = 0 + ...,
+// dx not read (a row with a bad label gets zeros).
 extern "C" __global__ void loss_bwd(int op, int lhs, const float* __restrict__ p,
-                                    const float* __restrict__ t, const float* __restrict__ dy,
+                                    const float* __restrict__ t, float* dy,
                                     float* __restrict__ dx, u64 n, u64 classes,
-                                    unsigned int* status, float smoothing) {
-    float g = dy[0];
+                                    unsigned int* status, float smoothing, int acc, int seeded,
+                                    float seed) {
+    float g = seeded ? seed : dy[0];
+    if (seeded && blockIdx.x == 0 && threadIdx.x == 0) dy[0] = seed;
     if (op == 0) {
         float k = 2.0f * g / (float)n;
         if (!lhs) k = -k;
-        FOR_EACH(i, n) { dx[i] += k * (p[i] - t[i]); }
+        FOR_EACH(i, n) { dx[i] = (acc ? dx[i] : 0.0f) + k * (p[i] - t[i]); }
     } else if (op == 2) {
         float k = g / (float)n;
-        FOR_EACH(i, n) { dx[i] += lhs ? k * (sigmoid_f(p[i]) - t[i]) : -k * p[i]; }
+        FOR_EACH(i, n) {
+            dx[i] = (acc ? dx[i] : 0.0f) + (lhs ? k * (sigmoid_f(p[i]) - t[i]) : -k * p[i]);
+        }
     } else {
         // Cross-entropy: n = rows; one warp per row:
         // (softmax(z) - (1 - smoothing) onehot(label) - smoothing / classes) * dy / n.
@@ -110,7 +116,11 @@ extern "C" __global__ void loss_bwd(int op, int lhs, const float* __restrict__ p
             const float* z = p + row * classes;
             float* d = dx + row * classes;
             float l = t[row];
-            if (bad_label(l, classes)) { if (lane == 0) report(status, l, classes); continue; }
+            if (bad_label(l, classes)) {
+                if (lane == 0) report(status, l, classes);
+                if (!acc) for (u64 j = lane; j < classes; j += 32) d[j] = 0.0f;
+                continue;
+            }
             float m = -3.40282347e38f;
             for (u64 j = lane; j < classes; j += 32) m = fmaxf(m, z[j]);
             m = warp_max(m);
@@ -119,7 +129,7 @@ extern "C" __global__ void loss_bwd(int op, int lhs, const float* __restrict__ p
             e = warp_sum(e);
             float ks = k / e;
             for (u64 j = lane; j < classes; j += 32) {
-                float v = d[j] + ks * expf(z[j] - m);
+                float v = (acc ? d[j] : 0.0f) + ks * expf(z[j] - m);
                 if (smoothing != 0.0f) v -= even;
                 if (j == (u64)l) v -= hit;
                 d[j] = v;

@@ -90,13 +90,15 @@ extern "C" __global__ void adam_multi(float* arena, const AdamDesc* __restrict__
         adam_one(p[i], g[i], m[i], v[i], b1, b2, c1, c2, step, isb2, eps, l2, decay);
 }
 
-// Zeroes many ranges in one launch (the gradients at the start of a captured step): pairs of
-// (offset, len) in `r`, one block per range, grid-strided.
+// Zeroes many ranges in one launch (gradients no op took in): pairs of (offset, len) in `r`.
+// Every block takes its share of every range (grid-strided), so a long range is spread over the
+// whole GPU (one block per range had left W-large's 16 M-float gradient to a single SM).
 extern "C" __global__ void zero_ranges(float* arena, const u64* __restrict__ r, int count) {
-    for (int k = blockIdx.x; k < count; k += gridDim.x) {
+    u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x, all = (u64)gridDim.x * blockDim.x;
+    for (int k = 0; k < count; ++k) {
         float* y = arena + r[2 * k];
         u64 n = r[2 * k + 1];
-        for (u64 i = threadIdx.x; i < n; i += blockDim.x) y[i] = 0.0f;
+        for (u64 i = t; i < n; i += all) y[i] = 0.0f;
     }
 }
 

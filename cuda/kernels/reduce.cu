@@ -91,12 +91,12 @@ extern "C" __global__ void reduce_strided(int op, const float* __restrict__ x,
     }
 }
 
-// Sum / mean backward: dx[o, j, i] += dy[o, i] * scale.
+// Sum / mean backward: dx[o, j, i] += dy[o, i] * scale (`acc` 0: dx = 0 + ..., dx not read).
 extern "C" __global__ void reduce_bwd_sum(const float* __restrict__ dy, float* __restrict__ dx,
-                                          u64 outer, u64 n, u64 inner, float scale) {
+                                          u64 outer, u64 n, u64 inner, float scale, int acc) {
     FOR_EACH(t, outer * n * inner) {
         u64 i = t % inner, o = t / (n * inner);
-        dx[t] += dy[o * inner + i] * scale;
+        dx[t] = (acc ? dx[t] : 0.0f) + dy[o * inner + i] * scale;
     }
 }
 

@@ -36,10 +36,11 @@ extern "C" __global__ void softmax_strided(int lg, const float* __restrict__ x,
     }
 }
 
-// dx += y (dy - sum dy y) (softmax) or dy - e^y sum dy (log-softmax); inner == 1.
+// dx += y (dy - sum dy y) (softmax) or dy - e^y sum dy (log-softmax); inner == 1. `acc` 0:
+// dx = 0 + ..., dx not read (in both kernels).
 extern "C" __global__ void softmax_bwd_rows(int lg, const float* __restrict__ y,
                                             const float* __restrict__ dy, float* __restrict__ dx,
-                                            u64 outer, u64 n) {
+                                            u64 outer, u64 n, int acc) {
     u64 warps = ((u64)blockDim.x * gridDim.x) >> 5;
     int lane = threadIdx.x & 31;
     for (u64 row = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < outer; row += warps) {
@@ -50,14 +51,14 @@ extern "C" __global__ void softmax_bwd_rows(int lg, const float* __restrict__ y,
         for (u64 j = lane; j < n; j += 32) s += lg ? gr[j] : gr[j] * yr[j];
         s = warp_sum(s);
         for (u64 j = lane; j < n; j += 32)
-            dr[j] += lg ? gr[j] - expf(yr[j]) * s : yr[j] * (gr[j] - s);
+            dr[j] = (acc ? dr[j] : 0.0f) + (lg ? gr[j] - expf(yr[j]) * s : yr[j] * (gr[j] - s));
     }
 }
 
 extern "C" __global__ void softmax_bwd_strided(int lg, const float* __restrict__ y,
                                                const float* __restrict__ dy,
                                                float* __restrict__ dx, u64 outer, u64 n,
-                                               u64 inner) {
+                                               u64 inner, int acc) {
     FOR_EACH(t, outer * inner) {
         u64 o = t / inner, i = t % inner, b = o * n * inner + i;
         float s = 0.0f;
@@ -67,7 +68,7 @@ extern "C" __global__ void softmax_bwd_strided(int lg, const float* __restrict__
         }
         for (u64 j = 0; j < n; ++j) {
             u64 k = b + j * inner;
-            dx[k] += lg ? dy[k] - expf(y[k]) * s : y[k] * (dy[k] - s);
+            dx[k] = (acc ? dx[k] : 0.0f) + (lg ? dy[k] - expf(y[k]) * s : y[k] * (dy[k] - s));
         }
     }
 }

@@ -106,14 +106,16 @@ extern "C" __global__ void unary_fwd(int op, float c, const float* __restrict__ 
     }
 }
 
-// dx += f'(x) dy.
+// dx += f'(x) dy; with `acc` 0, dx = 0 + f'(x) dy (dx was not zeroed: the same numbers without
+// reading it).
 extern "C" __global__ void unary_bwd(int op, float c, const float* __restrict__ x,
                                      const float* __restrict__ y, const float* __restrict__ dy,
-                                     float* __restrict__ dx, u64 n, int vec) {
+                                     float* __restrict__ dx, u64 n, int vec, int acc) {
     u64 n4 = vec ? n / 4 : 0;
     FOR_EACH(i, n4) {
         float4 xv = ((const float4*)x)[i], yv = ((const float4*)y)[i];
-        float4 g = ((const float4*)dy)[i], d = ((float4*)dx)[i];
+        float4 g = ((const float4*)dy)[i];
+        float4 d = acc ? ((float4*)dx)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         d.x = unary_acc(op, c, xv.x, yv.x, g.x, d.x);
         d.y = unary_acc(op, c, xv.y, yv.y, g.y, d.y);
         d.z = unary_acc(op, c, xv.z, yv.z, g.z, d.z);
@@ -122,7 +124,30 @@ extern "C" __global__ void unary_bwd(int op, float c, const float* __restrict__ 
     }
     FOR_EACH(j, n - n4 * 4) {
         u64 i = n4 * 4 + j;
-        dx[i] = unary_acc(op, c, x[i], y[i], dy[i], dx[i]);
+        dx[i] = unary_acc(op, c, x[i], y[i], dy[i], acc ? dx[i] : 0.0f);
+    }
+}
+
+// A linear layer's bias and the activation after it, in one pass over its rows x cols output:
+// v = y + b[col]; y = v; h = f(v). `h` may be `y` (an in-place activation). `vec`: y, h and b
+// 16-byte aligned and cols a multiple of 4 (float4s never straddle a row).
+extern "C" __global__ void bias_act(int op, float c, const float* __restrict__ b, float* y,
+                                    float* h, u64 rows, u64 cols, int vec) {
+    u64 n = rows * cols;
+    u64 n4 = vec ? n / 4 : 0;
+    FOR_EACH(i, n4) {
+        float4 v = ((const float4*)y)[i], bb = *(const float4*)(b + (i * 4) % cols);
+        v.x += bb.x; v.y += bb.y; v.z += bb.z; v.w += bb.w;
+        ((float4*)y)[i] = v;
+        v.x = unary_f(op, c, v.x); v.y = unary_f(op, c, v.y);
+        v.z = unary_f(op, c, v.z); v.w = unary_f(op, c, v.w);
+        ((float4*)h)[i] = v;
+    }
+    FOR_EACH(j, n - n4 * 4) {
+        u64 i = n4 * 4 + j;
+        float v = y[i] + b[i % cols];
+        y[i] = v;
+        h[i] = unary_f(op, c, v);
     }
 }
 

@@ -1,5 +1,6 @@
 //! `mote::Backend` for [`Cuda`]: range and aliasing checks as the reference backend makes them,
-//! then one launch (or a queued optimizer update).
+//! then at most a few launches: work held back over the op's ranges, then the op (an optimizer
+//! update is queued, a fill may be held back; see `crate::pending`).
 
 use cudarc::driver::result as drv;
 use mote::backend::View;
@@ -12,6 +13,7 @@ use mote::ops::unary::UnaryOp;
 use mote::optim::{AdamUpdate, SgdUpdate};
 use mote::{Backend, Result, Shape};
 
+use crate::pending::Write;
 use crate::Cuda;
 
 /// Floats of im2col buffer a convolution pass may take on the GPU, where the arena has them
@@ -29,7 +31,10 @@ impl Backend for Cuda {
     fn write(&mut self, offset: usize, src: &[f32]) -> Result<()> {
         self.check_range(offset, src.len())?;
         self.bind()?;
-        self.flush()?;
+        // Held-back work elsewhere stays held (the step's gradient zeroing, while its inputs
+        // are written); a fill this write covers is dropped.
+        self.flush_adam()?;
+        self.settle(&[], offset..offset + src.len(), Write::Overwrite)?;
         self.copy_in_untracked(self.at(offset), src)
     }
 
@@ -42,7 +47,9 @@ impl Backend for Cuda {
                 "reading the device inside a CUDA graph capture is not possible",
             ));
         }
-        self.flush()?;
+        self.flush_adam()?;
+        let range = offset..offset + dst.len();
+        self.settle(std::slice::from_ref(&range), 0..0, Write::Partial)?;
         if !dst.is_empty() {
             // SAFETY: the range was checked; the copy completes before the synchronisation
             // returns.
@@ -56,12 +63,12 @@ impl Backend for Cuda {
     }
 
     fn fill(&mut self, offset: usize, len: usize, value: f32) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.fill_impl(offset, len, value)
     }
 
     fn unary(&mut self, op: UnaryOp, x: usize, y: usize, len: usize) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.unary_fwd(op, x, y, len)
     }
 
@@ -74,12 +81,12 @@ impl Backend for Cuda {
         dx: usize,
         len: usize,
     ) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.unary_bwd(op, [x, y, dy, dx], len)
     }
 
     fn binary(&mut self, op: BinaryOp, a: View, b: View, y: View) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.binary_fwd(op, a, b, y)
     }
 
@@ -92,7 +99,7 @@ impl Backend for Cuda {
         dy: View,
         dx: usize,
     ) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.binary_bwd(op, side, a, b, dy, dx)
     }
 
@@ -104,7 +111,7 @@ impl Backend for Cuda {
 
     fn gemm(&mut self, g: &Gemm) -> Result<()> {
         self.bind()?;
-        self.flush()?;
+        self.flush_adam()?;
         self.gemm_impl(g)
     }
 
@@ -115,12 +122,12 @@ impl Backend for Cuda {
         dst: Strided,
         accumulate: bool,
     ) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.copy_impl(space, src, dst, accumulate)
     }
 
     fn reduce(&mut self, op: ReduceOp, r: Axis3, x: usize, y: usize) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.reduce_fwd(op, r, x, y)
     }
 
@@ -133,12 +140,12 @@ impl Backend for Cuda {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.reduce_bwd(op, r, [x, y, dy, dx])
     }
 
     fn softmax(&mut self, log: bool, r: Axis3, x: usize, y: usize) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.softmax_fwd(log, r, x, y)
     }
 
@@ -150,12 +157,12 @@ impl Backend for Cuda {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.softmax_bwd(log, r, [y, dy, dx])
     }
 
     fn loss(&mut self, op: LossOp, classes: usize, p: View, t: View, y: usize) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.loss_fwd(op, classes, p, t, y)
     }
 
@@ -169,7 +176,7 @@ impl Backend for Cuda {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        self.flush()?;
+        self.flush_adam()?;
         self.loss_bwd(op, lhs, classes, p, t, dy, dx)
     }
 

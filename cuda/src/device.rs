@@ -13,6 +13,7 @@ use mote::{Error, Result};
 use crate::error::{probe, CudaError};
 use crate::kernels::{self, Param, SOURCES};
 use crate::ops::optim::AdamQueue;
+use crate::pending::{Bias, Fill, Pending, Settled, Stage, Write};
 
 /// How matrix products run on the tensor cores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -38,6 +39,11 @@ pub struct Options {
     /// cuBLAS workspace in bytes (carved from the one allocation; 32 MiB is what NVIDIA
     /// recommends on Hopper).
     pub workspace_bytes: usize,
+    /// Hold back gradient zero fills and bias broadcasts to merge them into the launch after
+    /// them (`src/pending.rs`): a product or kernel that accumulates into a freshly zeroed
+    /// gradient overwrites it instead, and a linear layer's bias is added by the activation
+    /// that follows it. Same numbers, fewer launches per step. On by default.
+    pub fuse: bool,
 }
 
 impl Default for Options {
@@ -46,6 +52,7 @@ impl Default for Options {
             device: 0,
             precision: Precision::F32,
             workspace_bytes: 32 << 20,
+            fuse: true,
         }
     }
 }
@@ -134,6 +141,9 @@ pub struct Cuda {
     pub(crate) max_blocks: u32,
     pub(crate) capture: RefCell<Option<Capture>>,
     pub(crate) adam_queue: RefCell<AdamQueue>,
+    /// Fills and a bias broadcast held back to merge into the next launch ([`Options::fuse`]).
+    pub(crate) pending: RefCell<Pending>,
+    pub(crate) fuse: bool,
     /// Cached descriptor tables: content -> device address, and bytes of the area used.
     tables: RefCell<(HashMap<Vec<u64>, u64>, usize)>,
     /// A cross-entropy ran since the status was last checked.
@@ -281,6 +291,8 @@ impl Cuda {
             max_blocks: (sms.max(1) as u32) * 16,
             capture: RefCell::new(None),
             adam_queue: RefCell::new(AdamQueue::default()),
+            pending: RefCell::new(Pending::default()),
+            fuse: o.fuse,
             tables: RefCell::new((HashMap::new(), 0)),
             loss_pending: std::cell::Cell::new(false),
             last: RefCell::new(String::new()),
@@ -582,12 +594,122 @@ impl Cuda {
         Ok(())
     }
 
-    /// Runs queued work that the backend batches (the optimizer's updates).
+    /// Launches everything held back: fills, a bias broadcast, the queued optimizer updates.
     pub(crate) fn flush(&self) -> Result<()> {
+        let held = self.pending.borrow_mut().take_all();
+        self.launch_settled(held)?;
         if self.adam_queue.borrow().is_empty() {
             return Ok(());
         }
         crate::ops::optim::flush_adam(self)
+    }
+
+    /// Before any op other than an optimizer update: launches the queued updates (and, first,
+    /// everything held back, which they may read).
+    pub(crate) fn flush_adam(&self) -> Result<()> {
+        if self.adam_queue.borrow().is_empty() {
+            return Ok(());
+        }
+        self.flush()
+    }
+
+    /// An op reads `reads` and writes `write` as `kind`: launches what is held back over those
+    /// ranges. `true`: a zero fill of exactly `write` was taken in, the op must overwrite
+    /// instead of accumulating.
+    pub(crate) fn settle(
+        &self,
+        reads: &[std::ops::Range<usize>],
+        write: std::ops::Range<usize>,
+        kind: Write,
+    ) -> Result<bool> {
+        let s = self.pending.borrow_mut().settle(reads, write, kind);
+        let overwrite = s.overwrite;
+        self.launch_settled(s)?;
+        Ok(overwrite)
+    }
+
+    /// Holds back a fill (or launches it at once without [`Options::fuse`]). The range is
+    /// checked by the caller.
+    pub(crate) fn hold_fill(&self, offset: usize, len: usize, value: f32) -> Result<()> {
+        let f = Fill { offset, len, value };
+        if !self.fuse {
+            return self.launch_fill(f);
+        }
+        let s = self.pending.borrow_mut().fill(f);
+        self.launch_settled(s)
+    }
+
+    pub(crate) fn launch_settled(&self, s: Settled) -> Result<()> {
+        // Several zero fills at once (gradients no op took in, at the step's end): one launch.
+        let zeros: Vec<u64> = s
+            .fills
+            .iter()
+            .filter(|f| f.value == 0.0 && f.len > 0)
+            .flat_map(|f| [f.offset as u64, f.len as u64])
+            .collect();
+        let rest = if zeros.len() >= 6 && self.zero_ranges(zeros)? {
+            s.fills.into_iter().filter(|f| f.value != 0.0).collect()
+        } else {
+            s.fills
+        };
+        for f in rest {
+            self.launch_fill(f)?;
+        }
+        match s.bias {
+            Some(b) => self.launch_bias(b),
+            None => Ok(()),
+        }
+    }
+
+    /// Zeroes the `(offset, len)` ranges in `words` in one launch; `false` (nothing launched)
+    /// when the descriptor area is full.
+    pub(crate) fn zero_ranges(&self, words: Vec<u64>) -> Result<bool> {
+        let count = (words.len() / 2) as i32;
+        let total: u64 = words.iter().skip(1).step_by(2).sum();
+        let Some(t) = self.upload_table(words)? else {
+            return Ok(false);
+        };
+        let arena = self.base;
+        let blocks = self.blocks(total, crate::ops::THREADS);
+        self.launch(
+            "zero_ranges",
+            blocks,
+            crate::ops::THREADS,
+            &[&arena, &t, &count],
+        )?;
+        Ok(true)
+    }
+
+    fn launch_fill(&self, f: Fill) -> Result<()> {
+        if f.len == 0 {
+            return Ok(());
+        }
+        let vec = Cuda::vec4(&[f.offset]);
+        let work = if vec == 1 { f.len / 4 + 3 } else { f.len } as u64;
+        let (p, n) = (self.at(f.offset), f.len as u64);
+        self.launch(
+            "fill",
+            self.blocks(work, crate::ops::THREADS),
+            crate::ops::THREADS,
+            &[&p, &n, &f.value, &vec],
+        )
+    }
+
+    /// A held-back bias broadcast, as one strided copy: `y = b` per row ([`Stage::Copy`]) or
+    /// `y += b` ([`Stage::Add`]).
+    pub(crate) fn launch_bias(&self, b: Bias) -> Result<()> {
+        let w = crate::ops::Walk::new(&[b.rows, b.cols], &[[0, 1, 0, 0], [b.cols, 1, 0, 0]], None);
+        let (sp, dp, acc) = (
+            self.at(b.bias),
+            self.at(b.y),
+            i32::from(b.stage == Stage::Add),
+        );
+        self.launch(
+            "copy_walk",
+            self.blocks(w.ptotal, crate::ops::THREADS),
+            crate::ops::THREADS,
+            &[&w, &sp, &dp, &acc],
+        )
     }
 
     /// Reads and clears the status a loss kernel sets for a bad label.

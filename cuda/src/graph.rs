@@ -306,8 +306,10 @@ impl<R> Graph<R> {
     }
 }
 
-/// Zeroes every parameter gradient in one launch (or one per gradient when the descriptor
-/// area is full).
+/// Zeroes every parameter gradient: held back ([`crate::Options::fuse`]: the products and
+/// kernels that first write each gradient overwrite it instead, and what is left is zeroed
+/// before the optimizer, in one launch when three or more are left), else in one launch (or one per gradient when the
+/// descriptor area is full).
 fn zero_grads<const N: usize>(tape: &mut Tape<Cuda, N>) -> Result<()> {
     let params: Vec<Var> = tape.params().collect();
     let mut words = Vec::new();
@@ -320,25 +322,13 @@ fn zero_grads<const N: usize>(tape: &mut Tape<Cuda, N>) -> Result<()> {
         return Ok(());
     }
     let be = tape.backend_mut();
-    let count = (words.len() / 2) as i32;
-    match be.upload_table(words.clone())? {
-        Some(t) => {
-            let arena = be.base;
-            let blocks = (count as u32).min(be.max_blocks);
-            be.launch(
-                "zero_ranges",
-                blocks,
-                crate::ops::THREADS,
-                &[&arena, &t, &count],
-            )
-        }
-        None => {
-            for pair in words.chunks_exact(2) {
-                be.fill_impl(pair[0] as usize, pair[1] as usize, 0.0)?;
-            }
-            Ok(())
-        }
+    if !be.fuse && be.zero_ranges(words.clone())? {
+        return Ok(());
     }
+    for pair in words.chunks_exact(2) {
+        be.fill_impl(pair[0] as usize, pair[1] as usize, 0.0)?;
+    }
+    Ok(())
 }
 
 fn count_nodes(g: &CudaGraph) -> usize {

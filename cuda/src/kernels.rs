@@ -25,7 +25,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         name: "unary",
         text: include_str!("../kernels/unary.cu"),
-        kernels: &["unary_fwd", "unary_bwd", "fill", "scale"],
+        kernels: &["unary_fwd", "unary_bwd", "bias_act", "fill", "scale"],
     },
     Source {
         name: "binary",

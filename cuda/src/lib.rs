@@ -49,6 +49,7 @@ pub mod graph;
 pub mod kernels;
 pub mod nccl;
 mod ops;
+mod pending;
 
 pub use backend::CONV_SCRATCH;
 pub use device::{Cuda, Options, Precision};

@@ -209,7 +209,7 @@ fn elementwise_kernels_match_the_reference() {
     };
     type UFwd = unsafe extern "C" fn(i32, f32, *const f32, *mut f32, u64, i32);
     type UBwd =
-        unsafe extern "C" fn(i32, f32, *const f32, *const f32, *const f32, *mut f32, u64, i32);
+        unsafe extern "C" fn(i32, f32, *const f32, *const f32, *const f32, *mut f32, u64, i32, i32);
     let fwd = sym!(lib, b"unary_fwd", UFwd);
     let bwd = sym!(lib, b"unary_bwd", UBwd);
     let ops = UnaryOp::EVERY;
@@ -234,18 +234,26 @@ fn elementwise_kernels_match_the_reference() {
                         run(lib, 1, 1, 1, || unsafe { fwd(c, s, xp, yp, n as u64, vec) });
                     },
                 );
-                p.check(
-                    &format!("{op:?} backward"),
-                    1e-6,
-                    1e-6,
-                    |b| b.unary_backward(op, x, y, dy, dx, n),
-                    |p| {
-                        let q = [p.p(x), p.p(y), p.p(dy), p.p(dx)];
-                        run(lib, 1, 1, 1, || unsafe {
-                            bwd(c, s, q[0], q[1], q[2], q[3], n as u64, vec)
-                        });
-                    },
-                );
+                // acc 0: the kernel overwrites a gradient the reference zeroes first.
+                for acc in [1, 0] {
+                    p.check(
+                        &format!("{op:?} backward acc={acc}"),
+                        1e-6,
+                        1e-6,
+                        |b| {
+                            if acc == 0 {
+                                b.fill(dx, n, 0.0)?;
+                            }
+                            b.unary_backward(op, x, y, dy, dx, n)
+                        },
+                        |p| {
+                            let q = [p.p(x), p.p(y), p.p(dy), p.p(dx)];
+                            run(lib, 1, 1, 1, || unsafe {
+                                bwd(c, s, q[0], q[1], q[2], q[3], n as u64, vec, acc)
+                            });
+                        },
+                    );
+                }
             }
         }
     }
@@ -272,7 +280,7 @@ fn elementwise_kernels_match_the_reference() {
                 let q = [p.p(0), p.p(64), p.p(32), p.p(96)];
                 run(lib, 1, 1, 1, || unsafe {
                     fwd(c, s, q[0], q[1], n as u64, 1);
-                    bwd(c, s, q[0], q[1], q[2], q[3], n as u64, 1)
+                    bwd(c, s, q[0], q[1], q[2], q[3], n as u64, 1, 1)
                 });
             },
         );
@@ -301,6 +309,52 @@ fn elementwise_kernels_match_the_reference() {
             run(lib, 1, 1, 1, || unsafe { scale(y, 3001, -0.5, 1) });
         },
     );
+    // A linear layer's bias and its activation in one pass (`bias_act`), against the
+    // reference's broadcast add then the activation: float4 rows (cols a multiple of 4,
+    // aligned) and odd shapes.
+    type BiasAct = unsafe extern "C" fn(i32, f32, *const f32, *mut f32, *mut f32, u64, u64, i32);
+    let bias_act = sym!(lib, b"bias_act", BiasAct);
+    let mut p = Pair::new(0.1, 2.0, 4);
+    for op in UnaryOp::EVERY {
+        let (c, s) = unary_code(op);
+        for (rows, cols, bias, y, h, vec) in [
+            (7, 12, 40000, 0, 20000, 1),
+            (5, 3, 40001, 3, 20001, 0),
+            (1, 1, 40002, 5, 20003, 0),
+            (6, 8, 40004, 1000, 1100, 1),
+        ] {
+            let len = rows * cols;
+            p.check(
+                &format!("bias_act {op:?} {rows}x{cols}"),
+                1e-6,
+                1e-6,
+                |b| {
+                    b.binary(
+                        BinaryOp::Add,
+                        view(y, &[rows, cols]),
+                        view(bias, &[cols]),
+                        view(30000, &[rows, cols]),
+                    )?;
+                    let all = shape(&[len]);
+                    b.copy_strided(
+                        &all,
+                        Strided::contiguous(30000, &all),
+                        Strided::contiguous(y, &all),
+                        false,
+                    )?;
+                    b.unary(op, y, h, len)
+                },
+                |p| {
+                    let (bp, yp, hp) = (p.p(bias), p.p(y), p.p(h));
+                    run(lib, 1, 1, 1, || unsafe {
+                        bias_act(c, s, bp, yp, hp, rows as u64, cols as u64, vec)
+                    });
+                    // The reference's scratch row sum, which the kernel does not need.
+                    p.emu[30000..30000 + len].copy_from_slice(&p.cpu[30000..30000 + len]);
+                },
+            );
+        }
+    }
 }
 
 #[test]
@@ -310,8 +364,10 @@ fn broadcasting_and_copies_match_the_reference() {
     };
     type Same = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, i32);
     type WalkK = unsafe extern "C" fn(i32, Walk, *const f32, *const f32, *mut f32);
-    type BSame = unsafe extern "C" fn(i32, i32, *const f32, *const f32, *const f32, *mut f32, u64);
-    type BWalk = unsafe extern "C" fn(i32, i32, Walk, *const f32, *const f32, *const f32, *mut f32);
+    type BSame =
+        unsafe extern "C" fn(i32, i32, *const f32, *const f32, *const f32, *mut f32, u64, i32);
+    type BWalk =
+        unsafe extern "C" fn(i32, i32, Walk, *const f32, *const f32, *const f32, *mut f32, i32);
     type Copy = unsafe extern "C" fn(Walk, *const f32, *mut f32, i32);
     let same = sym!(lib, b"binary_same", Same);
     let walk = sym!(lib, b"binary_walk", WalkK);
@@ -361,19 +417,29 @@ fn broadcasting_and_copies_match_the_reference() {
                     }
                 },
             );
-            for (sd, side) in [(0, Side::Lhs), (1, Side::Rhs)] {
+            for ((sd, side), acc) in [(0, Side::Lhs), (1, Side::Rhs)]
+                .into_iter()
+                .flat_map(|s| [(s, 1), (s, 0)])
+            {
+                let own_len = if sd == 0 { a.len() } else { b.len() };
                 // Sums of up to 300 terms, in another order than the reference's (which adds
-                // each into dx): 1e-4 relative, as the GPU test.
+                // each into dx): 1e-4 relative, as the GPU test. acc 0: the kernel overwrites a
+                // gradient the reference zeroes first.
                 p.check(
-                    &format!("{op:?} {side:?} {sa:?} {sb:?} backward"),
+                    &format!("{op:?} {side:?} {sa:?} {sb:?} backward acc={acc}"),
                     1e-4,
                     1e-6,
-                    |be| be.binary_backward(op, side, a, b, y, dx),
+                    |be| {
+                        if acc == 0 {
+                            be.fill(dx, own_len, 0.0)?;
+                        }
+                        be.binary_backward(op, side, a, b, y, dx)
+                    },
                     |p| {
                         let q = [p.p(a.offset), p.p(b.offset), p.p(y.offset), p.p(dx)];
                         if is_same {
                             run(lib, 1, 1, 1, || unsafe {
-                                bsame(c, sd, q[0], q[1], q[2], q[3], y.len() as u64)
+                                bsame(c, sd, q[0], q[1], q[2], q[3], y.len() as u64, acc)
                             });
                             return;
                         }
@@ -387,11 +453,11 @@ fn broadcasting_and_copies_match_the_reference() {
                         if w.ltotal >= 64 {
                             let grid = w.ptotal.div_ceil(32) as u32;
                             run(lib, grid, 32, 32, || unsafe {
-                                bsplit(c, sd, w, q[0], q[1], q[2], q[3])
+                                bsplit(c, sd, w, q[0], q[1], q[2], q[3], acc)
                             });
                         } else {
                             run(lib, 1, 1, 1, || unsafe {
-                                bwalk(c, sd, w, q[0], q[1], q[2], q[3])
+                                bwalk(c, sd, w, q[0], q[1], q[2], q[3], acc)
                             });
                         }
                     },
@@ -425,7 +491,7 @@ fn broadcasting_and_copies_match_the_reference() {
                     let q = [p.p(0), p.p(16), p.p(32), p.p(48), p.p(64)];
                     run(lib, 1, 1, 1, || unsafe {
                         same(c, q[0], q[1], q[4], n as u64, 1);
-                        bsame(c, sd, q[0], q[1], q[2], q[3], n as u64)
+                        bsame(c, sd, q[0], q[1], q[2], q[3], n as u64, 1)
                     });
                 },
             );
@@ -510,10 +576,10 @@ fn strided_reductions_and_softmax_match_the_reference() {
         return;
     };
     type Red = unsafe extern "C" fn(i32, *const f32, *mut f32, u64, u64, u64);
-    type BSum = unsafe extern "C" fn(*const f32, *mut f32, u64, u64, u64, f32);
+    type BSum = unsafe extern "C" fn(*const f32, *mut f32, u64, u64, u64, f32, i32);
     type BMax = unsafe extern "C" fn(*const f32, *const f32, *const f32, *mut f32, u64, u64, u64);
     type Sm = unsafe extern "C" fn(i32, *const f32, *mut f32, u64, u64, u64);
-    type SmB = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64, u64);
+    type SmB = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64, u64, i32);
     let red = sym!(lib, b"reduce_strided", Red);
     let bsum = sym!(lib, b"reduce_bwd_sum", BSum);
     let bmax = sym!(lib, b"reduce_bwd_max", BMax);
@@ -553,27 +619,37 @@ fn strided_reductions_and_softmax_match_the_reference() {
                     });
                 },
             );
-            p.check(
-                &format!("{op:?} {r:?} backward"),
-                1e-5,
-                1e-6,
-                |b| b.reduce_backward(op, r, x, y, dy, dx),
-                |p| {
-                    let q = [p.p(x), p.p(y), p.p(dy), p.p(dx)];
-                    if op.picks() {
-                        run(lib, 1, 1, 1, || unsafe {
-                            bmax(q[0], q[1], q[2], q[3], o, n, i)
-                        });
-                    } else {
-                        let scale = if op == ReduceOp::Mean {
-                            1.0 / r.n as f32
+            // acc 0 (a sum's backward only): overwriting a gradient the reference zeroes.
+            for acc in if op.picks() { vec![1] } else { vec![1, 0] } {
+                p.check(
+                    &format!("{op:?} {r:?} backward acc={acc}"),
+                    1e-5,
+                    1e-6,
+                    |b| {
+                        if acc == 0 {
+                            b.fill(dx, r.input_len(), 0.0)?;
+                        }
+                        b.reduce_backward(op, r, x, y, dy, dx)
+                    },
+                    |p| {
+                        let q = [p.p(x), p.p(y), p.p(dy), p.p(dx)];
+                        if op.picks() {
+                            run(lib, 1, 1, 1, || unsafe {
+                                bmax(q[0], q[1], q[2], q[3], o, n, i)
+                            });
                         } else {
-                            1.0
-                        };
-                        run(lib, 1, 1, 1, || unsafe { bsum(q[2], q[3], o, n, i, scale) });
-                    }
-                },
-            );
+                            let scale = if op == ReduceOp::Mean {
+                                1.0 / r.n as f32
+                            } else {
+                                1.0
+                            };
+                            run(lib, 1, 1, 1, || unsafe {
+                                bsum(q[2], q[3], o, n, i, scale, acc)
+                            });
+                        }
+                    },
+                );
+            }
         }
         // Fixed points along the axis (outer 2, n 4, inner 2): NaN, ties, infinities, signed
         // zeros; the result and the first position that holds it.
@@ -602,7 +678,7 @@ fn strided_reductions_and_softmax_match_the_reference() {
                         bmax(q[0], q[1], q[2], q[3], o, n, i);
                     } else {
                         let scale = if op == ReduceOp::Mean { 0.25 } else { 1.0 };
-                        bsum(q[2], q[3], o, n, i, scale);
+                        bsum(q[2], q[3], o, n, i, scale, 1);
                     }
                 });
             },
@@ -628,18 +704,25 @@ fn strided_reductions_and_softmax_match_the_reference() {
                 });
             },
         );
-        p.check(
-            &format!("softmax log={log} backward"),
-            1e-5,
-            1e-6,
-            |b| b.softmax_backward(log, r, y, dy, dx),
-            |p| {
-                let q = [p.p(y), p.p(dy), p.p(dx)];
-                run(lib, 1, 1, 1, || unsafe {
-                    smb(i32::from(log), q[0], q[1], q[2], o, n, i)
-                });
-            },
-        );
+        for acc in [1, 0] {
+            p.check(
+                &format!("softmax log={log} backward acc={acc}"),
+                1e-5,
+                1e-6,
+                |b| {
+                    if acc == 0 {
+                        b.fill(dx, r.input_len(), 0.0)?;
+                    }
+                    b.softmax_backward(log, r, y, dy, dx)
+                },
+                |p| {
+                    let q = [p.p(y), p.p(dy), p.p(dx)];
+                    run(lib, 1, 1, 1, || unsafe {
+                        smb(i32::from(log), q[0], q[1], q[2], o, n, i, acc)
+                    });
+                },
+            );
+        }
     }
 }
 
@@ -701,11 +784,14 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
         i32,
         *const f32,
         *const f32,
-        *const f32,
+        *mut f32,
         *mut f32,
         u64,
         u64,
         *mut u32,
+        f32,
+        i32,
+        i32,
         f32,
     );
     let sgd = sym!(lib, b"sgd", SgdK);
@@ -886,13 +972,29 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
     }
     p.emu.copy_from_slice(&p.cpu);
     for (code, op, t) in [(0, LossOp::Mse, 2000), (2, LossOp::BceWithLogits, 12000)] {
-        for lhs in [true, false] {
+        // acc 0: overwriting a gradient the reference zeroes first; seeded: the upstream
+        // gradient passed as a value (and written to dy) instead of filled in before.
+        for (lhs, acc, seeded) in [
+            (true, 1, 0),
+            (false, 1, 0),
+            (true, 0, 0),
+            (false, 0, 1),
+            (true, 1, 1),
+        ] {
             let (pv, tv) = (view(0, &[1000]), view(t, &[1000]));
             p.check(
-                &format!("{op:?} backward lhs={lhs}"),
+                &format!("{op:?} backward lhs={lhs} acc={acc} seeded={seeded}"),
                 1e-6,
                 1e-7,
-                |b| b.loss_backward(op, lhs, 0, pv, tv, 15000, 20000),
+                |b| {
+                    if acc == 0 {
+                        b.fill(20000, 1000, 0.0)?;
+                    }
+                    if seeded == 1 {
+                        b.fill(15000, 1, 0.75)?;
+                    }
+                    b.loss_backward(op, lhs, 0, pv, tv, 15000, 20000)
+                },
                 |p| {
                     let q = [p.p(0), p.p(t), p.p(15000), p.p(20000)];
                     let mut status = [0u32; 3];
@@ -908,6 +1010,9 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
                             0,
                             status.as_mut_ptr(),
                             0.0,
+                            acc,
+                            seeded,
+                            0.75,
                         )
                     });
                 },
@@ -955,7 +1060,7 @@ fn warp_kernels_match_the_reference() {
     type RowsBlock = unsafe extern "C" fn(i32, *const f32, *mut f32, u64);
     type All = unsafe extern "C" fn(i32, *const f32, *mut f32, u64, *mut u32);
     type SmRows = unsafe extern "C" fn(i32, *const f32, *mut f32, u64, u64);
-    type SmBRows = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64);
+    type SmBRows = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64, i32);
     type LossF =
         unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64, *mut u32, f32);
     type LossB = unsafe extern "C" fn(
@@ -963,11 +1068,14 @@ fn warp_kernels_match_the_reference() {
         i32,
         *const f32,
         *const f32,
-        *const f32,
+        *mut f32,
         *mut f32,
         u64,
         u64,
         *mut u32,
+        f32,
+        i32,
+        i32,
         f32,
     );
     type SumSq = unsafe extern "C" fn(*const f32, u64, *mut f64);
@@ -1078,18 +1186,33 @@ fn warp_kernels_match_the_reference() {
                     });
                 },
             );
-            p.check(
-                &format!("softmax rows log={log} {r:?} backward"),
-                1e-5,
-                1e-6,
-                |b| b.softmax_backward(log, r, 10000, 20000, 30000),
-                |p| {
-                    let (y, dy, dx) = (p.a(10000), p.a(20000), p.a(30000));
-                    run_par(lib, 1, 64, || unsafe {
-                        smb_rows(lg, y as *const f32, dy as *const f32, dx as *mut f32, o, n)
-                    });
-                },
-            );
+            for acc in [1, 0] {
+                p.check(
+                    &format!("softmax rows log={log} {r:?} backward acc={acc}"),
+                    1e-5,
+                    1e-6,
+                    |b| {
+                        if acc == 0 {
+                            b.fill(30000, r.input_len(), 0.0)?;
+                        }
+                        b.softmax_backward(log, r, 10000, 20000, 30000)
+                    },
+                    |p| {
+                        let (y, dy, dx) = (p.a(10000), p.a(20000), p.a(30000));
+                        run_par(lib, 1, 64, || unsafe {
+                            smb_rows(
+                                lg,
+                                y as *const f32,
+                                dy as *const f32,
+                                dx as *mut f32,
+                                o,
+                                n,
+                                acc,
+                            )
+                        });
+                    },
+                );
+            }
         }
     }
     // Losses: labels at 9000..9040 (integers below 10), BCE targets in [0, 1] at 12000.
@@ -1179,31 +1302,44 @@ fn warp_kernels_match_the_reference() {
         (LossOp::CrossEntropySmoothed(0.25), 70),
     ] {
         let (pv, tv) = (view(0, &[40, classes]), view(9000, &[40]));
-        p.check(
-            &format!("{op:?} {classes} classes backward"),
-            1e-5,
-            1e-7,
-            |b| b.loss_backward(op, true, classes, pv, tv, 15000, 20000),
-            |p| {
-                let (pp, tp, dy, dx) = (p.a(0), p.a(9000), p.a(15000), p.a(20000));
-                let mut status = [0u32; 3];
-                let st = status.as_mut_ptr() as usize;
-                run_par(lib, 2, 64, || unsafe {
-                    loss_bwd(
-                        1,
-                        1,
-                        pp as *const f32,
-                        tp as *const f32,
-                        dy as *const f32,
-                        dx as *mut f32,
-                        40,
-                        classes as u64,
-                        st as *mut u32,
-                        op.smoothing(),
-                    )
-                });
-            },
-        );
+        for (acc, seeded) in [(1, 0), (0, 0), (0, 1)] {
+            p.check(
+                &format!("{op:?} {classes} classes backward acc={acc} seeded={seeded}"),
+                1e-5,
+                1e-7,
+                |b| {
+                    if acc == 0 {
+                        b.fill(20000, 40 * classes, 0.0)?;
+                    }
+                    if seeded == 1 {
+                        b.fill(15000, 1, 1.0)?;
+                    }
+                    b.loss_backward(op, true, classes, pv, tv, 15000, 20000)
+                },
+                |p| {
+                    let (pp, tp, dy, dx) = (p.a(0), p.a(9000), p.a(15000), p.a(20000));
+                    let mut status = [0u32; 3];
+                    let st = status.as_mut_ptr() as usize;
+                    run_par(lib, 2, 64, || unsafe {
+                        loss_bwd(
+                            1,
+                            1,
+                            pp as *const f32,
+                            tp as *const f32,
+                            dy as *mut f32,
+                            dx as *mut f32,
+                            40,
+                            classes as u64,
+                            st as *mut u32,
+                            op.smoothing(),
+                            acc,
+                            seeded,
+                            1.0,
+                        )
+                    });
+                },
+            );
+        }
     }
     // A bad label is reported (flag, label, classes) instead of read out of range.
     p.emu[9003] = 12.0;
@@ -1223,6 +1359,35 @@ fn warp_kernels_match_the_reference() {
         )
     });
     assert_eq!(status[..3], [1, 12, 10]);
+    // Overwriting (acc 0), the bad row's gradient is zeros, not what the arena held.
+    let (dy, dx) = (p.a(15000), p.a(20000));
+    status = [0u32; 512];
+    run_par(lib, 2, 64, || unsafe {
+        loss_bwd(
+            1,
+            1,
+            pp as *const f32,
+            tp as *const f32,
+            dy as *mut f32,
+            dx as *mut f32,
+            40,
+            10,
+            st as *mut u32,
+            0.0,
+            0,
+            1,
+            1.0,
+        )
+    });
+    assert_eq!(status[..3], [1, 12, 10]);
+    assert!(
+        p.emu[20030..20040].iter().all(|&v| v == 0.0),
+        "row 3 zeroed"
+    );
+    assert!(
+        p.emu[20000..20010].iter().any(|&v| v != 0.0),
+        "row 0 computed"
+    );
     p.emu.copy_from_slice(&p.cpu);
     // Sum of squares over several blocks.
     let want = Cpu::new(&mut p.cpu).sum_squares(5, 10000).unwrap();

@@ -130,7 +130,7 @@ fn every_kernel_signature_parses() {
     assert_eq!(get("unary_fwd"), Some(vec![Int, Float, U64, U64, U64, Int]));
     assert_eq!(
         get("binary_bwd_walk_split"),
-        Some(vec![Int, Int, Walk, U64, U64, U64, U64])
+        Some(vec![Int, Int, Walk, U64, U64, U64, U64, Int])
     );
     assert_eq!(
         get("loss_fwd"),
@@ -138,7 +138,13 @@ fn every_kernel_signature_parses() {
     );
     assert_eq!(
         get("loss_bwd"),
-        Some(vec![Int, Int, U64, U64, U64, U64, U64, U64, U64, Float])
+        Some(vec![
+            Int, Int, U64, U64, U64, U64, U64, U64, U64, Float, Int, Int, Float
+        ])
+    );
+    assert_eq!(
+        get("bias_act"),
+        Some(vec![Int, Float, U64, U64, U64, U64, U64, Int])
     );
     eprintln!("{n} kernel signatures");
 }

@@ -19,7 +19,7 @@ use common::{close, digits, gpu};
 use mote::{
     Adam, AdamConfig, Backend, Cpu, Linear, Module, Optimizer, Relu, Rng, Sgd, SgdConfig, Tape, Var,
 };
-use mote_cuda::{probe, Cuda, CudaError, Graph};
+use mote_cuda::{probe, Cuda, CudaError, Graph, Options};
 
 const FLOATS: usize = 1 << 18;
 const BATCH: usize = 32;
@@ -194,6 +194,70 @@ fn graph_replay_equals_eager_sgd_momentum() {
         )
         .unwrap()
     });
+}
+
+/// Held-back fills and bias broadcasts (`Options::fuse`, on by default) against launching every
+/// call as it comes: the same losses and parameters over 20 eager steps and 20 replays (within
+/// the graph test's margin: cuBLAS may pick another algorithm for `beta = 0`), and fewer
+/// launches per captured step.
+#[test]
+fn fused_steps_equal_unfused_ones() {
+    let test = "fused_steps_equal_unfused_ones";
+    if gpu(test, 1).is_none() {
+        return;
+    }
+    let (xs, ys) = digits();
+    let run = |fuse: bool| -> (Vec<f32>, Vec<f32>, usize) {
+        let cuda = Cuda::with_options(
+            FLOATS,
+            Options {
+                fuse,
+                ..Options::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{test}: {e}"));
+        let mut t = Tape::<Cuda, 64>::with_backend(cuda);
+        let m = model(&mut t);
+        let mut opt = Adam::new(&mut t, AdamConfig::default()).unwrap();
+        let start = t.mark();
+        let mut losses = Vec::new();
+        for i in 0..20 {
+            let (bx, by) = batch(&xs, &ys, i);
+            losses.push(step(&mut t, &m, &mut opt, start, &bx, &by));
+        }
+        let (bx, by) = batch(&xs, &ys, 20);
+        let mut graph = Graph::capture(&mut t, start, |t| {
+            let x = t.input(&[BATCH, 64], &bx)?;
+            let y = t.labels(&by)?;
+            let logits = m.forward(t, x)?;
+            let loss = t.cross_entropy(logits, y)?;
+            t.backward(loss)?;
+            opt.step(t)?;
+            Ok((x, y, loss))
+        })
+        .unwrap_or_else(|e| panic!("{test}: capture: {e}"));
+        let (x, y, loss) = *graph.output();
+        for i in 20..40 {
+            let (bx, by) = batch(&xs, &ys, i);
+            let by_f: Vec<f32> = by.iter().map(|&v| v as f32).collect();
+            graph.write(&mut t, x, &bx).unwrap();
+            graph.write(&mut t, y, &by_f).unwrap();
+            graph.replay(&mut t).unwrap();
+            losses.push(t.item(loss).unwrap());
+        }
+        (losses, params(&t), graph.nodes())
+    };
+    let (lf, pf, nf) = run(true);
+    let (lu, pu, nu) = run(false);
+    eprintln!("{test}: graph nodes per step: {nf} fused, {nu} unfused");
+    for (i, (a, b)) in lf.iter().zip(&lu).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs().max(1.0),
+            "{test}: step {i}: fused {a} vs unfused {b}"
+        );
+    }
+    close(test, &pf, &pu, 1e-4, 2e-4);
+    assert!(nf < nu, "{test}: {nf} launches fused, {nu} without");
 }
 
 /// Runs everywhere: without a GPU, creating the backend is an error with a clear message,

@@ -5,6 +5,7 @@ use mote::ops::binary::{BinaryOp, Side};
 use mote::Result;
 
 use super::{broadcast_strides, dims, Walk, SPLIT_LOOP, THREADS};
+use crate::pending::Write;
 use crate::Cuda;
 
 fn code(op: BinaryOp) -> i32 {
@@ -14,6 +15,7 @@ fn code(op: BinaryOp) -> i32 {
 impl Cuda {
     pub(crate) fn binary_fwd(&mut self, op: BinaryOp, a: View, b: View, y: View) -> Result<()> {
         split(&mut self.shadow, y.range(), [a.range(), b.range()])?;
+        self.settle(&[a.range(), b.range()], y.range(), Write::Overwrite)?;
         let c = code(op);
         let (ap, bp, yp) = (self.at(a.offset), self.at(b.offset), self.at(y.offset));
         if a.len() == y.len() && b.len() == y.len() {
@@ -57,11 +59,15 @@ impl Cuda {
             Side::Lhs => a,
             Side::Rhs => b,
         };
+        let dst = dx..dx.saturating_add(own.len());
         split(
             &mut self.shadow,
-            dx..dx.saturating_add(own.len()),
+            dst.clone(),
             [a.range(), b.range(), dy.range()],
         )?;
+        // Every element of the operand's gradient is written (summed over its broadcast dims).
+        let reads = [a.range(), b.range(), dy.range()];
+        let acc = i32::from(!self.settle(&reads, dst, Write::Accumulate)?);
         let (c, s) = (code(op), i32::from(side == Side::Rhs));
         let p = [
             self.at(a.offset),
@@ -75,7 +81,7 @@ impl Cuda {
                 "binary_bwd_same",
                 self.blocks(n, THREADS),
                 THREADS,
-                &[&c, &s, &p[0], &p[1], &p[2], &p[3], &n],
+                &[&c, &s, &p[0], &p[1], &p[2], &p[3], &n, &acc],
             );
         }
         let sa = broadcast_strides(&a.shape, &dy.shape);
@@ -87,14 +93,14 @@ impl Cuda {
                 "binary_bwd_walk_split",
                 w.ptotal.div_ceil(32) as u32,
                 (32, 32),
-                &[&c, &s, &w, &p[0], &p[1], &p[2], &p[3]],
+                &[&c, &s, &w, &p[0], &p[1], &p[2], &p[3], &acc],
             );
         }
         self.launch(
             "binary_bwd_walk",
             self.blocks(w.ptotal, THREADS),
             THREADS,
-            &[&c, &s, &w, &p[0], &p[1], &p[2], &p[3]],
+            &[&c, &s, &w, &p[0], &p[1], &p[2], &p[3], &acc],
         )
     }
 }

@@ -8,7 +8,8 @@ use mote::backend::{split, View};
 use mote::ops::loss::LossOp;
 use mote::{Error, Result};
 
-use super::THREADS;
+use super::{rg, THREADS};
+use crate::pending::Write;
 use crate::Cuda;
 
 /// The kernels' op code; both cross-entropies are code 1, told apart by their smoothing.
@@ -42,6 +43,7 @@ impl Cuda {
         } else {
             p.len()
         } as u64;
+        self.settle(&[p.range(), t.range()], rg(y, 1), Write::Overwrite)?;
         let (pp, tp, yp, cl, st) = (
             self.at(p.offset),
             self.at(t.offset),
@@ -94,6 +96,15 @@ impl Cuda {
             p.len()
         } as u64;
         let work = if op.takes_labels() { n * 32 } else { n };
+        // The backward's seed (a fill of dy held back) comes in as a value; a zeroed dx is
+        // overwritten (`src/pending.rs`).
+        let seed = self.pending.borrow_mut().take_seed(dy);
+        let (seeded, seed) = (i32::from(seed.is_some()), seed.unwrap_or(0.0));
+        let mut reads = vec![p.range(), t.range()];
+        if seeded == 0 {
+            reads.push(rg(dy, 1));
+        }
+        let acc = i32::from(!self.settle(&reads, rg(dx, len), Write::Accumulate)?);
         let l = i32::from(lhs);
         let q = [
             self.at(p.offset),
@@ -106,7 +117,9 @@ impl Cuda {
             "loss_bwd",
             self.blocks(work, THREADS),
             THREADS,
-            &[&c, &l, &q[0], &q[1], &q[2], &q[3], &n, &cl, &st, &sm],
+            &[
+                &c, &l, &q[0], &q[1], &q[2], &q[3], &n, &cl, &st, &sm, &acc, &seeded, &seed,
+            ],
         )
     }
 }

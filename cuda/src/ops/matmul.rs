@@ -11,6 +11,7 @@ use mote::backend::split;
 use mote::ops::matmul::Gemm;
 use mote::{Error, Result};
 
+use crate::pending::{Bias, Stage, Write};
 use crate::{Cuda, Precision};
 
 fn int(v: usize) -> Result<i32> {
@@ -27,6 +28,23 @@ impl Cuda {
         if g.batch == 0 || g.m == 0 || g.n == 0 {
             return Ok(());
         }
+        // A held-back bias broadcast into exactly this output (a linear layer): the product
+        // overwrites, and the bias is owed as `y += b` (`src/pending.rs`).
+        let bias = if g.accumulate && g.batch == 1 {
+            self.pending.borrow_mut().take_bias_copy(g.c, g.m, g.n)
+        } else {
+            None
+        };
+        // Every element of C is written when the batches do not leave gaps (a shared output
+        // sums every batch's product into one).
+        let whole = g.batch == 1 || g.c_batch == 0 || g.c_batch == g.m * g.n;
+        let kind = match (whole, g.accumulate && bias.is_none()) {
+            (false, _) => Write::Partial,
+            (true, false) => Write::Overwrite,
+            (true, true) => Write::Accumulate,
+        };
+        let overwrite = self.settle(&[r(g.a, sa), r(g.b, sb)], r(g.c, sc), kind)?;
+        let accumulate = g.accumulate && bias.is_none() && !overwrite;
         let (m, n, k) = (int(g.n)?, int(g.m)?, int(g.k)?);
         // B^T as the first operand: stored n x k (b_trans) or k x n.
         let (op_a, lda) = if g.b_trans {
@@ -48,7 +66,7 @@ impl Cuda {
         let f32t = blas::cudaDataType::CUDA_R_32F;
         let algo = blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT;
         let one = 1.0f32;
-        let beta0 = if g.accumulate { 1.0f32 } else { 0.0f32 };
+        let beta0 = if accumulate { 1.0f32 } else { 0.0f32 };
         let (pa, pb, pc) = (self.at(g.b), self.at(g.a), self.at(g.c));
         // A shared output (batch stride 0) sums every batch's product: one call per batch, the
         // later ones accumulating, as the reference does.
@@ -141,6 +159,17 @@ impl Cuda {
                 }
             })
         })?;
-        status.result().map_err(|e| self.fail("cublasGemmEx", e))
+        status.result().map_err(|e| self.fail("cublasGemmEx", e))?;
+        if let Some(b) = bias {
+            // Taking the bias emptied the slot, so nothing comes back here in practice.
+            let before = self.pending.borrow_mut().hold_bias(Bias {
+                stage: Stage::Add,
+                ..b
+            });
+            if let Some(old) = before {
+                self.launch_bias(old)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -133,7 +133,8 @@ impl Cuda {
             .first()
             .is_some_and(|first| !same_settings(first, u));
         if differs {
-            flush_adam(self)?;
+            // Everything held back first: the queued updates may read it.
+            self.flush()?;
         }
         self.adam_queue.borrow_mut().pending.push(*u);
         Ok(())

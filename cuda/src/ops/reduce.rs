@@ -5,7 +5,8 @@ use mote::backend::split;
 use mote::ops::reduce::{Axis3, ReduceOp};
 use mote::{Error, Result};
 
-use super::THREADS;
+use super::{rg, THREADS};
+use crate::pending::Write;
 use crate::Cuda;
 
 fn code(op: ReduceOp) -> i32 {
@@ -23,6 +24,7 @@ impl Cuda {
         if r.is_degenerate() || r.outer == 0 {
             return Ok(());
         }
+        self.settle(&[rg(x, ni)], rg(y, no), Write::Overwrite)?;
         let c = code(op);
         let (xp, yp) = (self.at(x), self.at(y));
         let (outer, n, inner) = (r.outer as u64, r.n as u64, r.inner as u64);
@@ -77,6 +79,13 @@ impl Cuda {
         }
         let (outer, n, inner) = (r.outer as u64, r.n as u64, r.inner as u64);
         let p = [self.at(x), self.at(y), self.at(dy), self.at(dx)];
+        // A sum's backward writes every element of dx; a maximum's only the chosen ones.
+        let kind = match op {
+            ReduceOp::Sum | ReduceOp::Mean => Write::Accumulate,
+            ReduceOp::Max | ReduceOp::Min => Write::Partial,
+        };
+        let reads = [rg(x, ni), rg(y, no), rg(dy, no)];
+        let acc = i32::from(!self.settle(&reads, rg(dx, ni), kind)?);
         match op {
             ReduceOp::Sum | ReduceOp::Mean => {
                 let scale = if op == ReduceOp::Mean {
@@ -88,7 +97,7 @@ impl Cuda {
                     "reduce_bwd_sum",
                     self.blocks(outer * n * inner, THREADS),
                     THREADS,
-                    &[&p[2], &p[3], &outer, &n, &inner, &scale],
+                    &[&p[2], &p[3], &outer, &n, &inner, &scale, &acc],
                 )
             }
             // The first position holding the result, for a minimum as for a maximum.

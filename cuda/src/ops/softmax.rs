@@ -4,7 +4,8 @@ use mote::backend::split;
 use mote::ops::reduce::Axis3;
 use mote::Result;
 
-use super::THREADS;
+use super::{rg, THREADS};
+use crate::pending::Write;
 use crate::Cuda;
 
 impl Cuda {
@@ -14,6 +15,7 @@ impl Cuda {
         if r.is_degenerate() || r.outer == 0 {
             return Ok(());
         }
+        self.settle(&[rg(x, n)], rg(y, n), Write::Overwrite)?;
         let lg = i32::from(log);
         let (xp, yp) = (self.at(x), self.at(y));
         let (outer, len, inner) = (r.outer as u64, r.n as u64, r.inner as u64);
@@ -46,6 +48,7 @@ impl Cuda {
         if r.is_degenerate() || r.outer == 0 {
             return Ok(());
         }
+        let acc = i32::from(!self.settle(&[rg(y), rg(dy)], rg(dx), Write::Accumulate)?);
         let lg = i32::from(log);
         let p = [self.at(y), self.at(dy), self.at(dx)];
         let (outer, len, inner) = (r.outer as u64, r.n as u64, r.inner as u64);
@@ -54,14 +57,14 @@ impl Cuda {
                 "softmax_bwd_rows",
                 self.blocks(outer * 32, THREADS),
                 THREADS,
-                &[&lg, &p[0], &p[1], &p[2], &outer, &len],
+                &[&lg, &p[0], &p[1], &p[2], &outer, &len, &acc],
             )
         } else {
             self.launch(
                 "softmax_bwd_strided",
                 self.blocks(outer * inner, THREADS),
                 THREADS,
-                &[&lg, &p[0], &p[1], &p[2], &outer, &len, &inner],
+                &[&lg, &p[0], &p[1], &p[2], &outer, &len, &inner, &acc],
             )
         }
     }

@@ -4,7 +4,8 @@ use mote::backend::split;
 use mote::ops::unary::UnaryOp;
 use mote::Result;
 
-use super::THREADS;
+use super::{rg, THREADS};
+use crate::pending::Write;
 use crate::Cuda;
 
 /// The kernel's op code and scalar argument: the core's packed form.
@@ -21,6 +22,27 @@ impl Cuda {
             [super::rg(x, len)],
         )?;
         let (c, s) = code(op);
+        // A held-back bias of the linear layer whose output `x` is (and never one `y` would
+        // overwrite): added here, in one pass with the activation.
+        let fused = self.pending.borrow_mut().take_bias_add(x, len, rg(y, len));
+        if let Some(b) = fused {
+            self.settle(
+                &[rg(x, len), rg(b.bias, b.cols)],
+                rg(y, len),
+                Write::Overwrite,
+            )?;
+            let vec = i32::from(Cuda::vec4(&[x, y, b.bias]) == 1 && b.cols % 4 == 0);
+            let work = if vec == 1 { len / 4 + 3 } else { len } as u64;
+            let (bp, xp, yp) = (self.at(b.bias), self.at(x), self.at(y));
+            let (rows, cols) = (b.rows as u64, b.cols as u64);
+            return self.launch(
+                "bias_act",
+                self.blocks(work, THREADS),
+                THREADS,
+                &[&c, &s, &bp, &xp, &yp, &rows, &cols, &vec],
+            );
+        }
+        self.settle(&[rg(x, len)], rg(y, len), Write::Overwrite)?;
         let vec = Cuda::vec4(&[x, y]);
         let work = if vec == 1 { len / 4 + 3 } else { len } as u64;
         let (xp, yp, n) = (self.at(x), self.at(y), len as u64);
@@ -40,6 +62,7 @@ impl Cuda {
     ) -> Result<()> {
         let r = |o: usize| o..o.saturating_add(len);
         split(&mut self.shadow, r(dx), [r(x), r(y), r(dy)])?;
+        let acc = i32::from(!self.settle(&[r(x), r(y), r(dy)], r(dx), Write::Accumulate)?);
         let (c, s) = code(op);
         let vec = Cuda::vec4(&[x, y, dy, dx]);
         let work = if vec == 1 { len / 4 + 3 } else { len } as u64;
@@ -49,24 +72,14 @@ impl Cuda {
             "unary_bwd",
             self.blocks(work, THREADS),
             THREADS,
-            &[&c, &s, &p[0], &p[1], &p[2], &p[3], &n, &vec],
+            &[&c, &s, &p[0], &p[1], &p[2], &p[3], &n, &vec, &acc],
         )
     }
 
+    /// A fill, held back to merge into the launch after it (`src/pending.rs`).
     pub(crate) fn fill_impl(&mut self, offset: usize, len: usize, value: f32) -> Result<()> {
         self.check_range(offset, len)?;
-        if len == 0 {
-            return Ok(());
-        }
-        let vec = Cuda::vec4(&[offset]);
-        let work = if vec == 1 { len / 4 + 3 } else { len } as u64;
-        let (p, n) = (self.at(offset), len as u64);
-        self.launch(
-            "fill",
-            self.blocks(work, THREADS),
-            THREADS,
-            &[&p, &n, &value, &vec],
-        )
+        self.hold_fill(offset, len, value)
     }
 
     pub(crate) fn scale_impl(&mut self, offset: usize, len: usize, f: f32) -> Result<()> {

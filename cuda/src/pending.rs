@@ -1,0 +1,365 @@
+//! Work the backend holds back so that the launch after it can take it in: fewer launches per
+//! step, which is what small steps (and their CUDA graphs) are bound by.
+//!
+//! - **Fills.** The tape zeroes a gradient just before the op that accumulates into it (and
+//!   every parameter's gradient when a step starts). A pending zero fill that the next op
+//!   accumulating into exactly that region meets is not launched at all: the op overwrites
+//!   instead (a product with `beta = 0`, a kernel with `acc = 0`), which gives the same numbers
+//!   (`0 + v` is what the kernels write). A one-element fill read as a loss's upstream gradient
+//!   (the backward's seed) is passed to the loss's backward as a value.
+//! - **Bias, then activation.** A linear layer's forward is a bias broadcast into its output,
+//!   then a product accumulating into it. The broadcast waits; the product then runs with
+//!   `beta = 0` and the bias is owed as `y += b`; an activation of `y` that comes next takes it
+//!   in (one `bias_act` launch writes `y = y + b` and `f(y)`), anything else gets it as one
+//!   broadcast add.
+//!
+//! Whatever is held back is launched before anything that reads or writes its region (and
+//! before reads to the host, writes from it, graph ends and synchronisations), so the order of
+//! effects is the order of the calls. This module only decides; `device.rs` launches.
+
+use std::ops::Range;
+
+/// A fill not yet launched.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Fill {
+    pub offset: usize,
+    pub len: usize,
+    pub value: f32,
+}
+
+impl Fill {
+    fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// Where a held-back bias broadcast stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// `y[r, j] = b[j]` is owed, the product accumulating into `y` has not come yet.
+    Copy,
+    /// The product was launched with `beta = 0`; `y[r, j] += b[j]` is owed.
+    Add,
+}
+
+/// A bias broadcast over the rows of a `rows x cols` output, held back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bias {
+    pub bias: usize,
+    pub y: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub stage: Stage,
+}
+
+impl Bias {
+    fn touches(&self, r: &Range<usize>) -> bool {
+        overlaps(r, &(self.bias..self.bias + self.cols))
+            || overlaps(r, &(self.y..self.y + self.rows * self.cols))
+    }
+}
+
+/// How an op writes its destination range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Write {
+    /// Every element is written, whatever was there before.
+    Overwrite,
+    /// Every element is added to (`+=`): a zero fill of exactly this range can be skipped if the
+    /// op overwrites instead.
+    Accumulate,
+    /// Some elements, or added to in a way the op cannot turn into a plain write.
+    Partial,
+}
+
+/// What must be launched before an op, and whether its accumulation became a plain write.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Settled {
+    pub fills: Vec<Fill>,
+    pub bias: Option<Bias>,
+    /// A zero fill of exactly the op's destination was taken in: the op must overwrite.
+    pub overwrite: bool,
+}
+
+impl Settled {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.fills.is_empty() && self.bias.is_none()
+    }
+}
+
+fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
+    a.start < b.end && b.start < a.end && !a.is_empty() && !b.is_empty()
+}
+
+/// Work held back (at most a few fills and one bias).
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    fills: Vec<Fill>,
+    bias: Option<Bias>,
+}
+
+impl Pending {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.fills.is_empty() && self.bias.is_none()
+    }
+
+    /// Everything, to launch now (in this order: fills, then the bias; they never overlap).
+    pub(crate) fn take_all(&mut self) -> Settled {
+        Settled {
+            fills: std::mem::take(&mut self.fills),
+            bias: self.bias.take(),
+            overwrite: false,
+        }
+    }
+
+    /// An op reads `reads` and writes `write` as `kind`: takes out what must run before it.
+    pub(crate) fn settle(
+        &mut self,
+        reads: &[Range<usize>],
+        write: Range<usize>,
+        kind: Write,
+    ) -> Settled {
+        let mut out = Settled::default();
+        if self
+            .bias
+            .is_some_and(|b| b.touches(&write) || reads.iter().any(|r| b.touches(r)))
+        {
+            out.bias = self.bias.take();
+        }
+        let mut keep = Vec::with_capacity(self.fills.len());
+        for f in self.fills.drain(..) {
+            let fr = f.range();
+            if reads.iter().any(|r| overlaps(r, &fr)) {
+                out.fills.push(f);
+            } else if overlaps(&write, &fr) {
+                match kind {
+                    Write::Accumulate if fr == write && f.value == 0.0 && !out.overwrite => {
+                        out.overwrite = true;
+                    }
+                    Write::Overwrite if write.start <= fr.start && fr.end <= write.end => {}
+                    _ => out.fills.push(f),
+                }
+            } else {
+                keep.push(f);
+            }
+        }
+        self.fills = keep;
+        out
+    }
+
+    /// Holds back a fill: what it overlaps is settled first (a fill it covers is dropped).
+    pub(crate) fn fill(&mut self, f: Fill) -> Settled {
+        let out = self.settle(&[], f.range(), Write::Overwrite);
+        if f.len > 0 {
+            self.fills.push(f);
+        }
+        out
+    }
+
+    /// Takes a held-back fill of exactly `offset..offset + 1` (a loss's seed), if there is one.
+    pub(crate) fn take_seed(&mut self, offset: usize) -> Option<f32> {
+        let i = self
+            .fills
+            .iter()
+            .position(|f| f.offset == offset && f.len == 1)?;
+        Some(self.fills.remove(i).value)
+    }
+
+    /// Holds back a bias broadcast (the op itself was settled as an overwrite of `y` reading
+    /// `bias`); returns the bias held before, to launch first (one is held at a time).
+    #[must_use]
+    pub(crate) fn hold_bias(&mut self, b: Bias) -> Option<Bias> {
+        self.bias.replace(b)
+    }
+
+    /// The held bias, if it is a [`Stage::Copy`] owed to `rows x cols` at `y`: a product
+    /// accumulating into exactly that may take it (and then hold it as [`Stage::Add`]).
+    pub(crate) fn take_bias_copy(&mut self, y: usize, rows: usize, cols: usize) -> Option<Bias> {
+        let b = self.bias?;
+        (b.stage == Stage::Copy && b.y == y && b.rows == rows && b.cols == cols)
+            .then(|| self.bias.take())
+            .flatten()
+    }
+
+    /// The held bias, if it is a [`Stage::Add`] owed to the `len` elements at `y`: an
+    /// activation of exactly that output, writing `dst` (which must not touch the bias
+    /// vector), may take it.
+    pub(crate) fn take_bias_add(
+        &mut self,
+        y: usize,
+        len: usize,
+        dst: Range<usize>,
+    ) -> Option<Bias> {
+        let b = self.bias?;
+        (b.stage == Stage::Add
+            && b.y == y
+            && b.rows * b.cols == len
+            && !overlaps(&dst, &(b.bias..b.bias + b.cols)))
+        .then(|| self.bias.take())
+        .flatten()
+    }
+}
+
+/// Whether a strided destination over `dims` writes a dense block of `span` elements (every
+/// element of its span, once per parallel index): its nonzero strides, sorted, are those of a
+/// contiguous layout of the dimensions they belong to.
+pub(crate) fn dense(dims: &[usize], strides: &[usize], span: usize) -> bool {
+    let mut d: Vec<(usize, usize)> = dims
+        .iter()
+        .zip(strides)
+        .filter(|&(&n, &s)| n > 1 && s > 0)
+        .map(|(&n, &s)| (s, n))
+        .collect();
+    d.sort_unstable();
+    let mut expect = 1usize;
+    for (s, n) in d {
+        if s != expect {
+            return false;
+        }
+        expect = expect.saturating_mul(n);
+    }
+    expect == span
+}
+
+#[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)] // one range read, as ops pass them
+mod tests {
+    use super::*;
+
+    fn zero(offset: usize, len: usize) -> Fill {
+        Fill {
+            offset,
+            len,
+            value: 0.0,
+        }
+    }
+
+    #[test]
+    fn an_accumulation_into_exactly_a_zeroed_region_takes_the_fill_in() {
+        let mut p = Pending::default();
+        assert!(p.fill(zero(100, 10)).is_empty());
+        assert!(p.fill(zero(200, 5)).is_empty());
+        // An op elsewhere leaves both held.
+        assert!(p.settle(&[0..10], 20..30, Write::Overwrite).is_empty());
+        let s = p.settle(&[0..10], 100..110, Write::Accumulate);
+        assert!(s.overwrite && s.fills.is_empty());
+        // The other stays held until something touches it; a read launches it.
+        let s = p.settle(&[204..205], 0..1, Write::Overwrite);
+        assert_eq!(s.fills, [zero(200, 5)]);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn anything_short_of_an_exact_accumulation_launches_the_fill() {
+        for (write, kind) in [
+            (100..105, Write::Accumulate), // part of the region
+            (95..110, Write::Accumulate),  // more than the region
+            (100..110, Write::Partial),
+            (100..109, Write::Overwrite), // not all of it overwritten
+        ] {
+            let mut p = Pending::default();
+            let _ = p.fill(zero(100, 10));
+            let s = p.settle(&[], write.clone(), kind);
+            assert_eq!(s.fills, [zero(100, 10)], "{write:?} {kind:?}");
+            assert!(!s.overwrite);
+        }
+        // A region the op also reads is never taken in.
+        let mut p = Pending::default();
+        let _ = p.fill(zero(100, 10));
+        let s = p.settle(&[105..106], 100..110, Write::Accumulate);
+        assert!(!s.overwrite && s.fills.len() == 1);
+        // Nor a nonzero fill.
+        let mut p = Pending::default();
+        let _ = p.fill(Fill {
+            offset: 100,
+            len: 10,
+            value: 1.0,
+        });
+        assert!(!p.settle(&[], 100..110, Write::Accumulate).overwrite);
+    }
+
+    #[test]
+    fn an_overwrite_drops_the_fills_it_covers() {
+        let mut p = Pending::default();
+        let _ = p.fill(zero(100, 10));
+        let _ = p.fill(zero(120, 10));
+        let s = p.settle(&[], 90..125, Write::Overwrite);
+        // The first is covered (dropped), the second only partly (launched).
+        assert_eq!(s.fills, [zero(120, 10)]);
+        assert!(p.is_empty());
+        // A fill over a held one replaces it; over part of one launches that first.
+        let _ = p.fill(zero(0, 4));
+        assert!(p.fill(zero(0, 8)).is_empty());
+        assert_eq!(p.fill(zero(4, 8)).fills, [zero(0, 8)]);
+        assert_eq!(p.take_all().fills, [zero(4, 8)]);
+    }
+
+    #[test]
+    fn the_seed_is_taken_by_offset() {
+        let mut p = Pending::default();
+        let one = Fill {
+            offset: 7,
+            len: 1,
+            value: 1.0,
+        };
+        let _ = p.fill(one);
+        let _ = p.fill(zero(8, 3));
+        assert_eq!(p.take_seed(8), None);
+        assert_eq!(p.take_seed(7), Some(1.0));
+        assert_eq!(p.take_all().fills, [zero(8, 3)]);
+    }
+
+    #[test]
+    fn a_bias_waits_for_its_product_then_its_activation() {
+        let mut p = Pending::default();
+        let b = Bias {
+            bias: 10,
+            y: 100,
+            rows: 4,
+            cols: 3,
+            stage: Stage::Copy,
+        };
+        assert_eq!(p.hold_bias(b), None);
+        // Unrelated ops leave it held; a product into another place does not take it.
+        assert!(p.settle(&[0..10], 50..60, Write::Overwrite).is_empty());
+        assert_eq!(p.take_bias_copy(100, 3, 4), None);
+        let got = p.take_bias_copy(100, 4, 3).unwrap();
+        let add = Bias {
+            stage: Stage::Add,
+            ..got
+        };
+        assert_eq!(p.hold_bias(add), None);
+        // A second bias held while one is: the first is handed back to launch.
+        assert_eq!(p.hold_bias(b), Some(add));
+        assert_eq!(p.hold_bias(add), Some(b));
+        assert_eq!(p.take_bias_copy(100, 4, 3), None, "already added");
+        assert_eq!(p.take_bias_add(100, 11, 0..11), None);
+        // Not into the bias vector itself.
+        assert_eq!(p.take_bias_add(100, 12, 5..17), None);
+        assert!(p.take_bias_add(100, 12, 100..112).is_some());
+        // Anything that reads the output or writes the bias vector launches it.
+        for (reads, write) in [
+            (vec![111..112], 0..1),
+            (vec![], 12..13),
+            (vec![10..11], 200..201),
+        ] {
+            let _ = p.hold_bias(b);
+            let s = p.settle(&reads, write, Write::Overwrite);
+            assert_eq!(s.bias, Some(b));
+        }
+    }
+
+    #[test]
+    fn dense_destinations() {
+        // A bias gradient: [rows, n] summed over rows into n contiguous elements.
+        assert!(dense(&[256, 100], &[0, 1], 100));
+        // Contiguous, a transposed walk of the same block, and a block with a gap.
+        assert!(dense(&[2, 3, 4], &[12, 4, 1], 24));
+        assert!(dense(&[4, 3], &[1, 4], 12));
+        assert!(!dense(&[2, 3], &[4, 1], 7));
+        // Every other element, and an overlapping walk.
+        assert!(!dense(&[5], &[2], 9));
+        assert!(!dense(&[3, 3], &[1, 1], 5));
+    }
+}
