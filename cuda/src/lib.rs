@@ -59,6 +59,9 @@ pub use device::{Cuda, Options, Precision};
 pub mod __emu {
     pub use crate::ops::{broadcast_strides, dims, Walk};
 }
+/// The emulated CUDA device, for checking the launch code without a GPU; not an API.
+#[doc(hidden)]
+pub mod emulator;
 pub use error::{probe, CudaError};
 pub use graph::Graph;
 pub use nccl::{Nccl, NcclRank};

@@ -6,8 +6,11 @@ use std::io::Read;
 use mote_cuda::{Cuda, CudaError};
 
 /// A CUDA backend with an arena of `floats`, or `None` after printing one line saying why the
-/// test is skipped. With `MOTE_REQUIRE_GPU=1` a missing GPU fails the test instead.
+/// test is skipped. With `MOTE_REQUIRE_GPU=1` a missing GPU fails the test instead. Without a
+/// CUDA driver the backend runs on the emulated device (`mote_cuda::emulator`, built once per
+/// test process) unless `MOTE_EMULATE=0`.
 pub fn gpu(test: &str, floats: usize) -> Option<Cuda> {
+    emulate();
     match Cuda::new(floats) {
         Ok(c) => Some(c),
         Err(e @ (CudaError::NoDriver | CudaError::NoDevice))
@@ -18,6 +21,28 @@ pub fn gpu(test: &str, floats: usize) -> Option<Cuda> {
         }
         Err(e) => panic!("{test}: creating the CUDA backend failed: {e}"),
     }
+}
+
+/// Without a CUDA driver (and unless `MOTE_EMULATE=0`), builds and loads the emulated device
+/// once per process; prints one line saying so, or why not.
+pub fn emulate() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        if mote_cuda::probe::driver() || std::env::var_os("MOTE_EMULATE").is_some_and(|v| v == "0")
+        {
+            return;
+        }
+        let t = std::time::Instant::now();
+        let parent = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        match mote_cuda::emulator::build_cached_and_load(parent) {
+            Ok(dir) => eprintln!(
+                "no CUDA driver: running on the emulated device ({}, {:.1} s)",
+                dir.display(),
+                t.elapsed().as_secs_f64()
+            ),
+            Err(e) => eprintln!("no CUDA driver and no emulated device: {e}"),
+        }
+    });
 }
 
 /// Unary ops' inputs at fixed points: kinks, the flat parts of the masking ops, softplus's

@@ -5,6 +5,8 @@ bool emu_sequential = true;
 std::barrier<>* emu_block_barrier = nullptr;
 std::barrier<>* emu_warp_barrier[32] = {};
 double emu_slots[1024];
+void emu_sync_block() { emu_block_barrier->arrive_and_wait(); }
+void emu_sync_warp(unsigned w) { emu_warp_barrier[w]->arrive_and_wait(); }
 
 // One thread after another: indices for the next call.
 extern "C" void emu_set(unsigned gx, unsigned bx, unsigned by, unsigned b, unsigned tx, unsigned ty) {

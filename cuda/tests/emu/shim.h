@@ -1,7 +1,8 @@
 // Host C++ stand-ins for the CUDA built-ins the kernels use, so that the kernels can run on the
-// CPU (tests/emulated.rs): either one thread after another (kernels without cross-thread
-// communication), or one OS thread per CUDA thread with barriers standing in for warp shuffles
-// and __syncthreads (warp-synchronous kernels).
+// CPU. Two libraries build on it: tests/emulated.rs runs kernels one thread after another
+// (kernels without cross-thread communication) or with one OS thread per CUDA thread, barriers
+// standing in for warp shuffles and __syncthreads (emu.cpp); the emulated device (device.cpp)
+// runs every CUDA thread of a block as a fiber, switching at those barriers.
 #pragma once
 #include <atomic>
 #include <barrier>
@@ -11,9 +12,10 @@ struct emu_dim3 { unsigned int x, y, z; };
 extern thread_local emu_dim3 threadIdx;
 extern emu_dim3 blockIdx, blockDim, gridDim;
 extern bool emu_sequential;
-extern std::barrier<>* emu_block_barrier;
-extern std::barrier<>* emu_warp_barrier[32];
 extern double emu_slots[1024];
+// Barriers: every thread of the block, the lanes of warp `w`.
+void emu_sync_block();
+void emu_sync_warp(unsigned w);
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -23,7 +25,7 @@ struct float4 { float x, y, z, w; };
 inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 inline unsigned int emu_tid() { return threadIdx.y * blockDim.x + threadIdx.x; }
 inline void __syncthreads() {
-    if (!emu_sequential) emu_block_barrier->arrive_and_wait();
+    if (!emu_sequential) emu_sync_block();
 }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 // Every lane of a warp writes its value, waits for the others, reads its partner's, waits again.
@@ -31,10 +33,10 @@ template <class T> inline T __shfl_xor_sync(unsigned, T v, int o) {
     if (emu_sequential) return v;
     unsigned int t = emu_tid(), w = t >> 5;
     std::memcpy(&emu_slots[t], &v, sizeof(T));
-    emu_warp_barrier[w]->arrive_and_wait();
+    emu_sync_warp(w);
     T r;
     std::memcpy(&r, &emu_slots[t ^ (unsigned)o], sizeof(T));
-    emu_warp_barrier[w]->arrive_and_wait();
+    emu_sync_warp(w);
     return r;
 }
 inline unsigned int atomicCAS(unsigned int* p, unsigned int c, unsigned int v) {
