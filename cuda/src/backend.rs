@@ -5,6 +5,7 @@
 use cudarc::driver::result as drv;
 use mote::backend::View;
 use mote::ops::binary::{BinaryOp, Side};
+use mote::ops::conv::ConvCall;
 use mote::ops::loss::LossOp;
 use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
@@ -101,6 +102,15 @@ impl Backend for Cuda {
     ) -> Result<()> {
         self.flush_adam()?;
         self.binary_bwd(op, side, a, b, dy, dx)
+    }
+
+    /// Convolution passes as one `im2col` (or `col2im`) launch and one product per group over
+    /// a chunk of images (`src/ops/conv.rs`); `false` where not even one image fits the
+    /// convolution scratch.
+    fn conv(&mut self, call: &ConvCall) -> Result<bool> {
+        self.bind()?;
+        self.flush_adam()?;
+        self.conv_impl(call)
     }
 
     /// A whole batch per im2col pass where the arena has the room ([`CONV_SCRATCH`] floats at

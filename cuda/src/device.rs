@@ -39,6 +39,12 @@ pub struct Options {
     /// cuBLAS workspace in bytes (carved from the one allocation; 32 MiB is what NVIDIA
     /// recommends on Hopper).
     pub workspace_bytes: usize,
+    /// Scratch for convolutions (carved from the one allocation): the im2col columns of a
+    /// chunk of images and the output gradient with images side by side. A pass takes as many
+    /// images per chunk as fit; where not even one does, it runs as the core's strided copies
+    /// and products. 128 MiB by default (a 3x3 convolution of 32 channels over 64 images of
+    /// 32x32 in one chunk).
+    pub conv_workspace_bytes: usize,
     /// Hold back gradient zero fills and bias broadcasts to merge them into the launch after
     /// them (`src/pending.rs`): a product or kernel that accumulates into a freshly zeroed
     /// gradient overwrites it instead, and a linear layer's bias is added by the activation
@@ -52,6 +58,7 @@ impl Default for Options {
             device: 0,
             precision: Precision::F32,
             workspace_bytes: 32 << 20,
+            conv_workspace_bytes: 128 << 20,
             fuse: true,
         }
     }
@@ -137,6 +144,9 @@ pub struct Cuda {
     pub(crate) table: u64,
     workspace: u64,
     workspace_bytes: usize,
+    /// Convolution scratch ([`Options::conv_workspace_bytes`]).
+    pub(crate) conv_ws: u64,
+    pub(crate) conv_ws_bytes: usize,
     pub(crate) precision: Precision,
     pub(crate) max_blocks: u32,
     pub(crate) capture: RefCell<Option<Capture>>,
@@ -268,7 +278,8 @@ impl Cuda {
         let dyn_at = status_at + STATUS_BYTES;
         let table_at = dyn_at + align(DYN_SLOTS * 4);
         let ws_at = table_at + TABLE_BYTES;
-        let bytes = ws_at + align(o.workspace_bytes);
+        let conv_at = ws_at + align(o.workspace_bytes);
+        let bytes = conv_at + align(o.conv_workspace_bytes);
         ctx.bind_to_thread()
             .map_err(|e| driver_err("cuCtxSetCurrent", e))?;
         // SAFETY: a plain allocation, freed in Drop.
@@ -287,6 +298,8 @@ impl Cuda {
             table: base + table_at as u64,
             workspace: base + ws_at as u64,
             workspace_bytes: o.workspace_bytes,
+            conv_ws: base + conv_at as u64,
+            conv_ws_bytes: o.conv_workspace_bytes,
             precision: o.precision,
             max_blocks: (sms.max(1) as u32) * 16,
             capture: RefCell::new(None),
@@ -341,8 +354,8 @@ impl Cuda {
         self.precision = p;
     }
 
-    /// Bytes of the one device allocation (arena, status, graph scalars, descriptor tables and
-    /// the cuBLAS workspace).
+    /// Bytes of the one device allocation (arena, status, graph scalars, descriptor tables, the
+    /// cuBLAS workspace and the convolution scratch).
     pub fn device_bytes(&self) -> usize {
         self.bytes
     }

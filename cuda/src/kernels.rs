@@ -72,6 +72,11 @@ pub const SOURCES: &[Source] = &[
         kernels: &["loss_fwd", "loss_bwd"],
     },
     Source {
+        name: "conv",
+        text: include_str!("../kernels/conv.cu"),
+        kernels: &["im2col", "col2im", "conv_dy_perm"],
+    },
+    Source {
         name: "optim",
         text: include_str!("../kernels/optim.cu"),
         kernels: &["sgd", "adam", "adam_multi", "zero_ranges", "graph_tick"],

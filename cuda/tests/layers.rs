@@ -9,7 +9,8 @@
 //! Tolerances (f32): the loss and outputs `1e-5 + 1e-5 |x|` relative to 1; gradients within
 //! `2e-4` of the largest gradient (the GPU sums the convolutions' products and the broadcast
 //! gradients in another order); running statistics `1e-5 + 1e-5 |x|`.
-//! Skips with one line without a GPU.
+//! Without a CUDA driver: on the emulated device (`tests/emu/device.cpp`, one line says so), or
+//! one skip line with `MOTE_EMULATE=0`.
 
 mod common;
 

@@ -1,7 +1,8 @@
 //! NCCL on the GPU machine (one GPU: world size 1): a local communicator and a rank of a
 //! one-rank group, each summing arena regions in place (a sum over one rank leaves them as
 //! they were) on the backend's stream, and a broadcast of host numbers; refusals of bad
-//! arguments. Without a GPU: one skip line.
+//! arguments. Without a CUDA driver: on the emulated device (one-rank NCCL there too), or one
+//! skip line with `MOTE_EMULATE=0`.
 
 mod common;
 

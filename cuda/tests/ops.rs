@@ -7,7 +7,8 @@
 //! `1e-5 + 1e-4 |x|` (summation order differs; a reduction over n terms `n * 5e-7` absolute, a
 //! bias gradient over 256 rows `5e-5`); products `1e-4 + 1e-4 |x|` (k up to 129);
 //! optimizer updates `1e-6 + 1e-5 |x|`.
-//! Skips with one line without a GPU.
+//! Without a CUDA driver: on the emulated device (`tests/emu/device.cpp`, one line says so), or
+//! one skip line with `MOTE_EMULATE=0`.
 
 mod common;
 

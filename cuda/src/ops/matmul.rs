@@ -21,6 +21,24 @@ fn int(v: usize) -> Result<i32> {
 }
 
 impl Cuda {
+    /// cuBLAS's compute type for the backend's precision, and the profile's name for it.
+    pub(crate) fn compute(&self) -> (blas::cublasComputeType_t, &'static str) {
+        match self.precision {
+            Precision::F32 => (
+                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                "cublas_sgemm",
+            ),
+            Precision::Tf32 => (
+                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+                "cublas_gemm_tf32",
+            ),
+            Precision::Bf16 => (
+                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+                "cublas_gemm_bf16",
+            ),
+        }
+    }
+
     pub(crate) fn gemm_impl(&mut self, g: &Gemm) -> Result<()> {
         let (sa, sb, sc) = g.spans();
         let r = |o: usize, n: usize| o..o.saturating_add(n);
@@ -58,11 +76,7 @@ impl Cuda {
             (blas::cublasOperation_t::CUBLAS_OP_N, int(g.k)?)
         };
         let ldc = int(g.n)?;
-        let compute = match self.precision {
-            Precision::F32 => blas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            Precision::Tf32 => blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-            Precision::Bf16 => blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
-        };
+        let (compute, name) = self.compute();
         let f32t = blas::cudaDataType::CUDA_R_32F;
         let algo = blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT;
         let one = 1.0f32;
@@ -102,11 +116,6 @@ impl Cuda {
                     algo,
                 )
             }
-        };
-        let name = match self.precision {
-            Precision::F32 => "cublas_sgemm",
-            Precision::Tf32 => "cublas_gemm_tf32",
-            Precision::Bf16 => "cublas_gemm_bf16",
         };
         let status = self.timed(name, || {
             Ok(if g.batch == 1 {

@@ -1,6 +1,7 @@
 //! Kernel launches, one file per op family (mirroring `core/src/ops/` and `kernels/*.cu`).
 
 pub(crate) mod binary;
+pub(crate) mod conv;
 pub(crate) mod loss;
 pub(crate) mod matmul;
 pub(crate) mod movement;

@@ -1,0 +1,139 @@
+//! The CUDA backend's own convolution passes (`src/ops/conv.rs`: im2col, products per group,
+//! col2im) against the reference backend: the output, the input's and the weight's gradients
+//! of one conv2d over geometries with padding, stride, dilation, groups and a rectangular
+//! window, with the convolution scratch large enough for the whole batch, small enough for
+//! chunks of one or two images, and too small for one image (the core's strided copies then
+//! run instead). Each run is also checked to have taken the path it should (`im2col` launches,
+//! or none).
+//!
+//! Tolerances (f32): `1e-5 + 1e-4 |x|` relative to each tensor's largest value (the products
+//! sum in another order).
+//! Without a CUDA driver: on the emulated device (one line says so), or one skip line with
+//! `MOTE_EMULATE=0`.
+
+mod common;
+
+use mote::{Backend, ConvConfig, Cpu, Rng, Tape, Var};
+use mote_cuda::{Cuda, Options};
+
+const FLOATS: usize = 1 << 20;
+
+/// `[N, C, H, W]`, `O`, groups, window, stride, padding, dilation.
+type Case = (
+    [usize; 4],
+    usize,
+    usize,
+    [usize; 2],
+    [usize; 2],
+    [usize; 2],
+    [usize; 2],
+);
+
+const CASES: [Case; 5] = [
+    ([3, 4, 7, 6], 6, 1, [3, 3], [1, 1], [1, 1], [1, 1]),
+    ([2, 6, 9, 8], 4, 2, [3, 2], [2, 1], [1, 0], [1, 2]),
+    ([4, 4, 8, 8], 4, 4, [3, 3], [1, 1], [2, 2], [2, 2]),
+    ([2, 3, 5, 5], 5, 1, [1, 1], [2, 2], [0, 0], [1, 1]),
+    ([5, 2, 6, 7], 3, 1, [5, 4], [3, 2], [2, 1], [1, 1]),
+];
+
+/// `(y, dx, dw)` of `sum(conv2d(x, w) * r) + sum(x * x) + sum(w * w)` for random `x`, `w`,
+/// `r`.
+fn run<B: Backend<Elem = f32>>(tape: &mut Tape<B, 16>, case: &Case) -> [Vec<f32>; 3] {
+    let ([n, c, h, w], o, groups, k, stride, padding, dilation) = *case;
+    let mut rng = Rng::new(5);
+    let mut draw = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.next_f32() - 0.5).collect() };
+    let xs = draw(n * c * h * w);
+    let ws = draw(o * (c / groups) * k[0] * k[1]);
+    let x = tape.param(&[n, c, h, w], &xs).unwrap();
+    let wt = tape.param(&[o, c / groups, k[0], k[1]], &ws).unwrap();
+    let cfg = ConvConfig {
+        stride,
+        padding,
+        dilation,
+    };
+    let y = tape.conv2d(x, wt, None, cfg).unwrap();
+    let rs = draw(y.numel());
+    let dims: Vec<usize> = y.shape().dims().iter().map(|&d| d as usize).collect();
+    let r = tape.input(&dims, &rs).unwrap();
+    let yr = tape.mul(y, r).unwrap();
+    let loss = tape.sum(yr).unwrap();
+    // x and w used again after the convolution: their gradients hold something when the
+    // convolution's backward adds to them.
+    let (xx, ww) = (tape.mul(x, x).unwrap(), tape.mul(wt, wt).unwrap());
+    let (xx, ww) = (tape.sum(xx).unwrap(), tape.sum(ww).unwrap());
+    let loss = tape.add(loss, xx).unwrap();
+    let loss = tape.add(loss, ww).unwrap();
+    tape.backward(loss).unwrap();
+    let read = |v: Var, grad: bool| {
+        let mut out = vec![0f32; v.numel()];
+        if grad {
+            tape.read_grad(v, &mut out).unwrap();
+        } else {
+            tape.read(v, &mut out).unwrap();
+        }
+        out
+    };
+    [read(y, false), read(x, true), read(wt, true)]
+}
+
+fn near(what: &str, got: &[f32], want: &[f32]) {
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 + 1e-4 * scale,
+            "{what}: element {i}: cuda {a} vs cpu {b} (scale {scale})"
+        );
+    }
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+}
+
+#[test]
+fn conv_passes_match_the_reference() {
+    // Bytes of scratch: the whole batch, one or two images, not even one.
+    for (label, scratch) in [
+        ("whole batch", 128 << 20),
+        ("chunks", 3000 * 4),
+        ("none", 0),
+    ] {
+        for (i, case) in CASES.iter().enumerate() {
+            let test = format!("conv_passes_match_the_reference ({label}, case {i})");
+            common::emulate();
+            let cuda = match Cuda::with_options(
+                FLOATS,
+                Options {
+                    conv_workspace_bytes: scratch,
+                    ..Options::default()
+                },
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("skipped {test}: {e}");
+                    return;
+                }
+            };
+            let mut gpu = Tape::<Cuda, 16>::with_backend(cuda);
+            gpu.backend_mut().profile(true);
+            let got = run(&mut gpu, case);
+            let kernels = gpu.backend_mut().profile_take().unwrap();
+            let mut arena = vec![0f32; FLOATS];
+            let mut cpu = Tape::<Cpu<f32>, 16>::new(&mut arena);
+            let want = run(&mut cpu, case);
+            for (name, (g, w)) in ["y", "dx", "dw"].iter().zip(got.iter().zip(&want)) {
+                near(&format!("{test}: {name}"), g, w);
+            }
+            let im2col = kernels.iter().find(|k| k.0 == "im2col").map_or(0, |k| k.1);
+            let col2im = kernels.iter().find(|k| k.0 == "col2im").map_or(0, |k| k.1);
+            if scratch == 0 {
+                assert_eq!((im2col, col2im), (0, 0), "{test}: the core's path");
+            } else {
+                // Forward and weight gradient: one im2col per chunk each; input gradient: one
+                // col2im per chunk.
+                assert!(im2col >= 2 && col2im >= 1, "{test}: {kernels:?}");
+                if label == "whole batch" {
+                    assert_eq!((im2col, col2im), (2, 1), "{test}: {kernels:?}");
+                }
+            }
+        }
+    }
+}
