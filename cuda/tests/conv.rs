@@ -133,6 +133,14 @@ fn conv_passes_match_the_reference() {
                 if label == "whole batch" {
                     assert_eq!((im2col, col2im), (2, 1), "{test}: {kernels:?}");
                 }
+                if label == "whole batch" && i == 0 {
+                    let launches: usize = kernels.iter().map(|k| k.1).sum();
+                    let names: Vec<String> = kernels
+                        .iter()
+                        .map(|k| format!("{} x{}", k.0, k.1))
+                        .collect();
+                    println!("{test}: {launches} launches: {}", names.join(", "));
+                }
             }
         }
     }
