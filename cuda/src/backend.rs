@@ -5,7 +5,7 @@
 use cudarc::driver::result as drv;
 use mote::backend::View;
 use mote::ops::binary::{BinaryOp, Side};
-use mote::ops::conv::ConvCall;
+use mote::ops::conv::{ConvCall, PoolCall};
 use mote::ops::loss::LossOp;
 use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
@@ -111,6 +111,13 @@ impl Backend for Cuda {
         self.bind()?;
         self.flush_adam()?;
         self.conv_impl(call)
+    }
+
+    /// Pooling passes read in place, one launch each (`src/ops/conv.rs`).
+    fn pool(&mut self, call: &PoolCall) -> Result<bool> {
+        self.bind()?;
+        self.flush_adam()?;
+        self.pool_impl(call)
     }
 
     /// A whole batch per im2col pass where the arena has the room ([`CONV_SCRATCH`] floats at

@@ -74,7 +74,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         name: "conv",
         text: include_str!("../kernels/conv.cu"),
-        kernels: &["im2col", "col2im", "conv_dy_perm"],
+        kernels: &["im2col", "col2im", "conv_dy_perm", "pool_fwd", "pool_bwd"],
     },
     Source {
         name: "optim",

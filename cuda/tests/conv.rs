@@ -145,3 +145,91 @@ fn conv_passes_match_the_reference() {
         }
     }
 }
+
+/// `[N, C, H, W]`, window, stride, padding.
+type PoolCase = ([usize; 4], [usize; 2], [usize; 2], [usize; 2]);
+
+const POOLS: [PoolCase; 4] = [
+    ([2, 3, 7, 6], [3, 3], [1, 1], [1, 1]),
+    ([1, 2, 8, 8], [2, 2], [2, 2], [0, 0]),
+    ([2, 2, 9, 7], [3, 2], [2, 3], [1, 1]),
+    ([1, 1, 5, 5], [5, 5], [1, 1], [2, 2]),
+];
+
+/// `(y, dx)` of `sum(pool(x) * r) + sum(x * x)`, `x` of halves in `-2..=2` (ties in most
+/// windows) with one NaN when `nan`.
+fn pool_run<B: Backend<Elem = f32>>(
+    tape: &mut Tape<B, 16>,
+    case: &PoolCase,
+    max: bool,
+    nan: bool,
+) -> [Vec<f32>; 2] {
+    let ([n, c, h, w], kernel, stride, padding) = *case;
+    let mut rng = Rng::new(7);
+    let mut xs: Vec<f32> = (0..n * c * h * w)
+        .map(|_| (rng.below(9) as f32 - 4.0) * 0.5)
+        .collect();
+    if nan {
+        xs[h * w / 2] = f32::NAN;
+    }
+    let x = tape.param(&[n, c, h, w], &xs).unwrap();
+    let p = mote::PoolConfig {
+        kernel,
+        stride,
+        padding,
+    };
+    let y = if max {
+        tape.max_pool2d(x, p).unwrap()
+    } else {
+        tape.avg_pool2d(x, p).unwrap()
+    };
+    let rs: Vec<f32> = (0..y.numel()).map(|_| rng.next_f32() - 0.5).collect();
+    let dims: Vec<usize> = y.shape().dims().iter().map(|&d| d as usize).collect();
+    let r = tape.input(&dims, &rs).unwrap();
+    let yr = tape.mul(y, r).unwrap();
+    let loss = tape.sum(yr).unwrap();
+    let xx = tape.mul(x, x).unwrap();
+    let xx = tape.sum(xx).unwrap();
+    let loss = tape.add(loss, xx).unwrap();
+    tape.backward(loss).unwrap();
+    let mut yv = vec![0f32; y.numel()];
+    tape.read(y, &mut yv).unwrap();
+    let mut dx = vec![0f32; x.numel()];
+    tape.read_grad(x, &mut dx).unwrap();
+    [yv, dx]
+}
+
+#[test]
+fn pool_passes_match_the_reference() {
+    for (i, case) in POOLS.iter().enumerate() {
+        for (max, nan) in [(true, false), (true, true), (false, false)] {
+            let test = format!("pool_passes_match_the_reference (case {i}, max {max}, NaN {nan})");
+            let Some(cuda) = common::gpu(&test, FLOATS) else {
+                return;
+            };
+            let mut gpu = Tape::<Cuda, 16>::with_backend(cuda);
+            gpu.backend_mut().profile(true);
+            let got = pool_run(&mut gpu, case, max, nan);
+            let kernels = gpu.backend_mut().profile_take().unwrap();
+            let mut arena = vec![0f32; FLOATS];
+            let want = pool_run(&mut Tape::<Cpu<f32>, 16>::new(&mut arena), case, max, nan);
+            for (name, (g, w)) in ["y", "dx"].iter().zip(got.iter().zip(&want)) {
+                let nans = |v: &[f32]| v.iter().map(|x| x.is_nan()).collect::<Vec<_>>();
+                assert_eq!(nans(g), nans(w), "{test}: {name}: NaN positions");
+                let clean = |v: &[f32]| {
+                    v.iter()
+                        .map(|x| if x.is_nan() { 0.0 } else { *x })
+                        .collect::<Vec<_>>()
+                };
+                near(&format!("{test}: {name}"), &clean(g), &clean(w));
+            }
+            // One launch a pass, no im2col copies.
+            let count = |k: &str| kernels.iter().find(|e| e.0 == k).map_or(0, |e| e.1);
+            assert_eq!(
+                (count("pool_fwd"), count("pool_bwd"), count("copy_walk")),
+                (1, 1, 0),
+                "{test}: {kernels:?}"
+            );
+        }
+    }
+}

@@ -17,7 +17,7 @@
 use std::ffi::c_void;
 
 use cudarc::cublas::sys as blas;
-use mote::ops::conv::{ConvCall, ConvPass};
+use mote::ops::conv::{ConvCall, ConvPass, PoolCall, PoolPass};
 use mote::Result;
 
 use crate::ops::rg;
@@ -264,6 +264,67 @@ impl Cuda {
                         &[&geo, &col, &dxp, &nc, &acc],
                     )?;
                 }
+            }
+        }
+        Ok(true)
+    }
+
+    /// One pooling pass, read in place (`pool_fwd` / `pool_bwd`, one launch); `false` where an
+    /// index would pass 32 bits.
+    pub(crate) fn pool_impl(&mut self, call: &PoolCall) -> Result<bool> {
+        let [xl, yl] = call.lens()?;
+        if xl > MAX_INDEX || yl > MAX_INDEX {
+            return Ok(false);
+        }
+        let geo: Vec<u64> = [
+            call.size[0],
+            call.size[1],
+            call.kernel[0],
+            call.kernel[1],
+            call.stride[0],
+            call.stride[1],
+            call.padding[0],
+            call.padding[1],
+            call.out[0],
+            call.out[1],
+        ]
+        .iter()
+        .map(|&v| v as u64)
+        .collect();
+        let Some(geo) = self.upload_table(geo)? else {
+            return Ok(false);
+        };
+        let (max, planes) = (i32::from(call.max), call.planes as u64);
+        match call.pass {
+            PoolPass::Forward { x, y } => {
+                self.check_range(x, xl)?;
+                self.check_range(y, yl)?;
+                self.settle(&[rg(x, xl)], rg(y, yl), Write::Overwrite)?;
+                let (xp, yp) = (self.at(x), self.at(y));
+                self.launch(
+                    "pool_fwd",
+                    self.blocks(yl as u64, super::THREADS),
+                    super::THREADS,
+                    &[&max, &geo, &xp, &yp, &planes],
+                )?;
+            }
+            PoolPass::Backward { x, y, dy, dx } => {
+                for (o, l) in [(x, xl), (y, yl), (dy, yl), (dx, xl)] {
+                    self.check_range(o, l)?;
+                }
+                let overwrite = self.settle(
+                    &[rg(x, xl), rg(y, yl), rg(dy, yl)],
+                    rg(dx, xl),
+                    Write::Accumulate,
+                )?;
+                let (xp, yp, dyp, dxp) = (self.at(x), self.at(y), self.at(dy), self.at(dx));
+                let acc = i32::from(!overwrite);
+                self.launch(
+                    "pool_bwd",
+                    self.blocks(xl as u64, super::THREADS),
+                    super::THREADS,
+                    &[&max, &geo, &xp, &yp, &dyp, &dxp, &planes, &acc],
+                )?;
             }
         }
         Ok(true)
