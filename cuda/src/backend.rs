@@ -120,10 +120,11 @@ impl Backend for Cuda {
         self.pool_impl(call)
     }
 
-    /// A whole batch per im2col pass where the arena has the room ([`CONV_SCRATCH`] floats at
+    /// Without a convolution scratch of its own ([`crate::Options::conv_workspace_bytes`] 0):
+    /// a whole batch per im2col pass where the arena has the room ([`CONV_SCRATCH`] floats at
     /// most): a few large copies and products instead of hundreds of small launches.
     fn conv_scratch(&self) -> Option<usize> {
-        Some(CONV_SCRATCH)
+        (self.conv_ws_bytes == 0).then_some(CONV_SCRATCH)
     }
 
     fn gemm(&mut self, g: &Gemm) -> Result<()> {

@@ -313,7 +313,8 @@ fn conv_one(log: &mut String) -> Result<Row, CudaError> {
         .map(|_| rng.uniform(-0.5, 0.5) as f32)
         .collect();
     // Input, weight and output with their gradients, the columns of a pass, and room.
-    // With the room a GPU run leaves for whole-batch im2col passes (`CONV_SCRATCH`).
+    // With the room a GPU run leaves for whole-batch im2col passes (`CONV_SCRATCH`), used where
+    // the backend's own convolution scratch is turned off.
     let floats =
         2 * (x.len() + w.len() + n * co * hw * hw) + (2 << 20) + (1 << 20) + crate::CONV_SCRATCH;
     let mut tape = Tape::<Cuda, NODES>::with_backend(Cuda::new(floats)?);

@@ -269,17 +269,21 @@ impl Cuda {
                 funcs.insert(k, (f, sig));
             }
         }
-        let arena_bytes = align(capacity.checked_mul(4).ok_or(CudaError::Mote(
-            Error::InvalidArgument {
-                what: "arena too large",
-            },
-        ))?);
+        let too_large = || {
+            CudaError::Mote(Error::InvalidArgument {
+                what: "arena or workspaces too large",
+            })
+        };
+        // Every part 256-byte aligned, the sums checked.
+        let al = |x: usize| x.checked_add(255).map(|v| v / 256 * 256);
+        let after = |at: usize, len: usize| al(len).and_then(|l| at.checked_add(l));
+        let arena_bytes = capacity.checked_mul(4).and_then(al).ok_or_else(too_large)?;
         let status_at = arena_bytes;
         let dyn_at = status_at + STATUS_BYTES;
         let table_at = dyn_at + align(DYN_SLOTS * 4);
         let ws_at = table_at + TABLE_BYTES;
-        let conv_at = ws_at + align(o.workspace_bytes);
-        let bytes = conv_at + align(o.conv_workspace_bytes);
+        let conv_at = after(ws_at, o.workspace_bytes).ok_or_else(too_large)?;
+        let bytes = after(conv_at, o.conv_workspace_bytes).ok_or_else(too_large)?;
         ctx.bind_to_thread()
             .map_err(|e| driver_err("cuCtxSetCurrent", e))?;
         // SAFETY: a plain allocation, freed in Drop.

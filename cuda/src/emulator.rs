@@ -28,6 +28,14 @@ pub const LIBRARIES: [&str; 5] = [
     "libnccl.so",
 ];
 
+/// The C++ compiler: `$CXX`, else `c++`.
+fn cxx() -> String {
+    std::env::var("CXX").unwrap_or_else(|_| "c++".into())
+}
+
+/// Flags of the device library's compilation (besides the files and the output).
+const FLAGS: [&str; 6] = ["-std=c++20", "-O2", "-shared", "-fPIC", "-w", "-include"];
+
 fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     match cmd.status() {
         Ok(s) if s.success() => Ok(()),
@@ -41,7 +49,7 @@ fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
 /// # Errors
 /// A message when the folder cannot be written or the C++ compiler fails or is missing.
 pub fn build(dir: &Path) -> Result<(), String> {
-    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let cxx = cxx();
     let src = dir.join("src");
     std::fs::create_dir_all(&src).map_err(|e| format!("{}: {e}", src.display()))?;
     let write = |name: &str, text: &str| -> Result<PathBuf, String> {
@@ -64,7 +72,7 @@ pub fn build(dir: &Path) -> Result<(), String> {
     let driver = dir.join(LIBRARIES[0]);
     run(
         Command::new(&cxx)
-            .args(["-std=c++20", "-O2", "-shared", "-fPIC", "-w", "-include"])
+            .args(FLAGS)
             .arg(src.join("shim.h"))
             .arg("-I")
             .arg(&src)
@@ -95,7 +103,8 @@ pub fn build(dir: &Path) -> Result<(), String> {
 pub fn fingerprint() -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let kernels = SOURCES.iter().map(full_source);
-    for text in [SHIM, DEVICE_H, DEVICE_CPP]
+    let compiler = format!("{} {}", cxx(), FLAGS.join(" "));
+    for text in [SHIM, DEVICE_H, DEVICE_CPP, &compiler]
         .into_iter()
         .map(String::from)
         .chain(kernels)

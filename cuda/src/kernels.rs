@@ -159,7 +159,8 @@ pub fn ptx(src: &Source, arch: &str) -> Result<String, CudaError> {
         }
     }
     let ptx = compile(src, arch)?;
-    if let Some(f) = &file {
+    // Only PTX with kernels in it is kept (not, say, the emulated device's stand-in).
+    if let (Some(f), true) = (&file, ptx.contains(".entry")) {
         if let Some(dir) = f.parent() {
             let _ = std::fs::create_dir_all(dir);
         }

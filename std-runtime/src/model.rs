@@ -1355,10 +1355,10 @@ fn run_on_cuda<W: WithBackend>(floats: usize, work: W) -> Result<W::Output> {
     work.run(cuda_backend(floats, mote_cuda::Options::default()).map_err(cuda_error)?)
 }
 
-/// A CUDA backend of `floats` for a model, with [`mote_cuda::CONV_SCRATCH`] more where the
-/// GPU has the memory: room above the plan for a convolution's whole batch per im2col pass
-/// (the GPU's launches cost more than its copies; an MLP never touches it). Without the room
-/// when it does not fit.
+/// A CUDA backend of `floats` for a model. Its convolutions run in a scratch of its own
+/// ([`mote_cuda::Options::conv_workspace_bytes`]); only where `options` has none does the arena
+/// get [`mote_cuda::CONV_SCRATCH`] more floats where the GPU has the memory, room above the plan
+/// for the core's whole-batch im2col passes (without the room when it does not fit).
 ///
 /// # Errors
 /// As [`mote_cuda::Cuda::with_options`] for `floats` alone.
@@ -1367,6 +1367,9 @@ pub fn cuda_backend(
     floats: usize,
     options: mote_cuda::Options,
 ) -> std::result::Result<mote_cuda::Cuda, mote_cuda::CudaError> {
+    if options.conv_workspace_bytes > 0 {
+        return mote_cuda::Cuda::with_options(floats, options);
+    }
     let roomy = floats.saturating_add(mote_cuda::CONV_SCRATCH);
     mote_cuda::Cuda::with_options(roomy, options)
         .or_else(|_| mote_cuda::Cuda::with_options(floats, options))

@@ -118,21 +118,37 @@ impl Cuda {
         let [xl, wl, yl] = call.lens()?;
         let (n, c, o, groups) = (call.images, call.channels, call.out_channels, call.groups);
         let ([h, w], [kh, kw], [oh, ow]) = (call.size, call.kernel, call.out);
-        let p = oh * ow;
-        let (cg, og) = (c / groups, o / groups);
-        let kk = cg * kh * kw;
-        let rows = c * kh * kw;
+        // The tensors first (`lens` bounds them), then the sizes derived from the geometry,
+        // which `lens` does not bound (a column per tap and position): checked.
+        let (a, b, d) = match call.pass {
+            ConvPass::Forward { x, w, y } => ((x, xl), (w, wl), (y, yl)),
+            ConvPass::WeightGrad { x, dy, dw } => ((x, xl), (dy, yl), (dw, wl)),
+            ConvPass::InputGrad { w, dy, dx } => ((w, wl), (dy, yl), (dx, xl)),
+        };
+        for (o, l) in [a, b, d] {
+            self.check_range(o, l)?;
+        }
+        let og = o / groups;
+        let sizes = (|| {
+            let p = oh.checked_mul(ow)?;
+            let rows = c.checked_mul(kh)?.checked_mul(kw)?;
+            let per = rows.checked_add(o)?.checked_mul(p)?;
+            Some((p, rows, per, rows.checked_mul(p)?, o.checked_mul(p)?))
+        })();
+        let Some((p, rows, per, col_img, y_img)) = sizes else {
+            return Ok(false);
+        };
+        let kk = rows / groups;
         if n == 0 || p == 0 || kk == 0 || og == 0 {
             return Ok(false);
         }
         // Images per chunk: the columns and the permuted output gradient fit the scratch, and
         // every launch's indices fit 32 bits.
-        let per = rows * p + o * p;
         let chunk = [
             self.conv_ws_bytes / 4 / per,
-            MAX_INDEX / (rows * p),
+            MAX_INDEX / col_img,
             MAX_INDEX / (c * h * w).max(1),
-            MAX_INDEX / (o * p),
+            MAX_INDEX / y_img,
             n,
         ]
         .into_iter()
@@ -166,12 +182,9 @@ impl Cuda {
         };
         let col = self.conv_ws;
         let f = |v: usize| 4 * v as u64;
-        let (x_img, y_img) = (c * h * w, o * p);
+        let x_img = c * h * w;
         match call.pass {
             ConvPass::Forward { x, w: wt, y } => {
-                self.check_range(x, xl)?;
-                self.check_range(wt, wl)?;
-                self.check_range(y, yl)?;
                 self.settle(&[rg(x, xl), rg(wt, wl)], rg(y, yl), Write::Overwrite)?;
                 for s in (0..n).step_by(chunk) {
                     let m = chunk.min(n - s);
@@ -196,9 +209,6 @@ impl Cuda {
                 }
             }
             ConvPass::WeightGrad { x, dy, dw } => {
-                self.check_range(x, xl)?;
-                self.check_range(dy, yl)?;
-                self.check_range(dw, wl)?;
                 let overwrite =
                     self.settle(&[rg(x, xl), rg(dy, yl)], rg(dw, wl), Write::Accumulate)?;
                 for s in (0..n).step_by(chunk) {
@@ -232,9 +242,6 @@ impl Cuda {
                 }
             }
             ConvPass::InputGrad { w: wt, dy, dx } => {
-                self.check_range(wt, wl)?;
-                self.check_range(dy, yl)?;
-                self.check_range(dx, xl)?;
                 let overwrite =
                     self.settle(&[rg(wt, wl), rg(dy, yl)], rg(dx, xl), Write::Accumulate)?;
                 for s in (0..n).step_by(chunk) {

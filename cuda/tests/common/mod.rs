@@ -10,8 +10,13 @@ use mote_cuda::{Cuda, CudaError};
 /// CUDA driver the backend runs on the emulated device (`mote_cuda::emulator`, built once per
 /// test process) unless `MOTE_EMULATE=0`.
 pub fn gpu(test: &str, floats: usize) -> Option<Cuda> {
+    gpu_with(test, floats, mote_cuda::Options::default())
+}
+
+/// [`gpu`] with explicit [`mote_cuda::Options`].
+pub fn gpu_with(test: &str, floats: usize, options: mote_cuda::Options) -> Option<Cuda> {
     emulate();
-    match Cuda::new(floats) {
+    match Cuda::with_options(floats, options) {
         Ok(c) => Some(c),
         Err(e @ (CudaError::NoDriver | CudaError::NoDevice))
             if std::env::var_os("MOTE_REQUIRE_GPU").is_none_or(|v| v != "1") =>
@@ -23,13 +28,14 @@ pub fn gpu(test: &str, floats: usize) -> Option<Cuda> {
     }
 }
 
-/// Without a CUDA driver (and unless `MOTE_EMULATE=0`), builds and loads the emulated device
-/// once per process; prints one line saying so, or why not.
+/// Without a CUDA driver (and unless `MOTE_EMULATE=0`, or `MOTE_REQUIRE_GPU=1`: a GPU run
+/// must not pass on the emulation), builds and loads the emulated device once per process;
+/// prints one line saying so, or why not.
 pub fn emulate() {
     static DONE: std::sync::Once = std::sync::Once::new();
     DONE.call_once(|| {
-        if mote_cuda::probe::driver() || std::env::var_os("MOTE_EMULATE").is_some_and(|v| v == "0")
-        {
+        let is = |var: &str, v: &str| std::env::var_os(var).is_some_and(|x| x == v);
+        if mote_cuda::probe::driver() || is("MOTE_EMULATE", "0") || is("MOTE_REQUIRE_GPU", "1") {
             return;
         }
         let t = std::time::Instant::now();

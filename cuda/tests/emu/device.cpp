@@ -14,7 +14,9 @@
 // run one after another between barriers), and accesses by kernels outside the allocation.
 #include "device.h"
 
+#include <sys/mman.h>
 #include <ucontext.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -72,7 +74,20 @@ struct Fiber {
 constexpr size_t STACK = 64 << 10;
 ucontext_t sched;
 std::vector<Fiber> fibers;
-std::vector<std::unique_ptr<char[]>> stacks;
+std::vector<char*> stacks;
+
+// Memory whose end abuts an inaccessible page, so that running past it faults at once (the
+// start is not guarded); `map`, `len`: the whole mapping, for munmap.
+char* guarded(size_t bytes, void** map, size_t* len) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t body = (bytes + page - 1) / page * page;
+    void* m = mmap(nullptr, body + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return nullptr;
+    mprotect(static_cast<char*>(m) + body, page, PROT_NONE);
+    *map = m;
+    *len = body + page;
+    return static_cast<char*>(m) + (body - bytes);
+}
 Barrier block_bar, warp_bar[32];
 int current = -1;
 const EmuCall* running = nullptr;
@@ -111,7 +126,15 @@ void arrive(Barrier& b) {
 bool run_grid(const EmuCall& call, emu_dim3 grid, emu_dim3 block) {
     unsigned n = block.x * block.y * block.z;
     if (n == 0 || n > 1024 || grid.x * grid.y * grid.z == 0) return false;
-    while (stacks.size() < n) stacks.emplace_back(new char[STACK]);
+    while (stacks.size() < n) {
+        // A stack grows down: the guard page sits below it.
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        void* m = mmap(nullptr, STACK + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+        if (m == MAP_FAILED) return false;
+        mprotect(m, page, PROT_NONE);
+        stacks.push_back(static_cast<char*>(m) + page);
+    }
     fibers.resize(n);
     running = &call;
     gridDim = grid;
@@ -126,7 +149,7 @@ bool run_grid(const EmuCall& call, emu_dim3 grid, emu_dim3 block) {
                 for (unsigned i = 0; i < n; ++i) {
                     Fiber& f = fibers[i];
                     getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = stacks[i].get();
+                    f.ctx.uc_stack.ss_sp = stacks[i];
                     f.ctx.uc_stack.ss_size = STACK;
                     f.ctx.uc_link = &sched;
                     makecontext(&f.ctx, fiber_main, 0);
@@ -150,9 +173,9 @@ bool run_grid(const EmuCall& call, emu_dim3 grid, emu_dim3 block) {
                     }
                     if (!progress) {
                         std::fprintf(stderr,
-                                     "emulated device: the threads of block %u deadlocked at a "
-                                     "barrier (%u of %u still running)\n",
-                                     bx, left, n);
+                                     "emulated device: the threads of block (%u, %u, %u) "
+                                     "deadlocked at a barrier (%u of %u still running)\n",
+                                     bx, by, bz, left, n);
                         return false;
                     }
                 }
@@ -166,6 +189,8 @@ bool run_grid(const EmuCall& call, emu_dim3 grid, emu_dim3 block) {
 struct Allocation {
     uintptr_t at;
     size_t bytes;
+    void* map;
+    size_t map_len;
 };
 std::vector<Allocation> allocations;
 
@@ -199,6 +224,8 @@ Stream* stream_of(void* s) { return s ? static_cast<Stream*>(s) : &default_strea
 int submit(void* s, Node work) {
     Stream* st = stream_of(s);
     if (st->capturing) {
+        // After an invalidating call, work on the stream fails until the capture ends.
+        if (st->invalidated) return CAPTURE_INVALIDATED;
         st->graph->nodes.push_back(std::move(work));
         return OK;
     }
@@ -307,10 +334,14 @@ int cuGetErrorString(int e, const char** s) {
 
 int cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     GUARD;
-    // 256-byte aligned, as the driver's allocations are.
-    void* m = std::aligned_alloc(256, (bytes + 255) / 256 * 256 + 256);
+    // 256-byte aligned, as the driver's allocations are, and ending at a guard page when the
+    // size is a multiple of 256 (reading or writing past the end faults).
+    size_t rounded = (bytes + 255) / 256 * 256;
+    void* map = nullptr;
+    size_t map_len = 0;
+    char* m = guarded(rounded == 0 ? 256 : rounded, &map, &map_len);
     if (!m) return 2;  // CUDA_ERROR_OUT_OF_MEMORY
-    allocations.push_back({reinterpret_cast<uintptr_t>(m), bytes});
+    allocations.push_back({reinterpret_cast<uintptr_t>(m), bytes, map, map_len});
     *p = reinterpret_cast<uintptr_t>(m);
     return OK;
 }
@@ -318,7 +349,8 @@ int cuMemFree_v2(CUdeviceptr p) {
     GUARD;
     for (size_t i = 0; i < allocations.size(); ++i)
         if (allocations[i].at == p) {
-            std::free(reinterpret_cast<void*>(p));
+            // Unmapped: a use after free faults.
+            munmap(allocations[i].map, allocations[i].map_len);
             allocations.erase(allocations.begin() + i);
             return OK;
         }
@@ -513,9 +545,13 @@ int cuModuleGetFunction(void** f, void*, const char* name) {
     return OK;
 }
 int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
-                   unsigned bz, unsigned, void* s, void** params, void**) {
+                   unsigned bz, unsigned shared, void* s, void** params, void**) {
     GUARD;
-    if (bx * by * bz == 0 || bx * by * bz > 1024 || gx * gy * gz == 0) return INVALID_VALUE;
+    // The limits of every current GPU: block dimensions 1024 x 1024 x 64 and 1024 threads,
+    // grid y and z 65535, no dynamic shared memory here (the kernels declare theirs).
+    if (bx == 0 || by == 0 || bz == 0 || gx == 0 || gy == 0 || gz == 0) return INVALID_VALUE;
+    if (bx > 1024 || by > 1024 || bz > 64 || bx * by * bz > 1024) return INVALID_VALUE;
+    if (gy > 65535 || gz > 65535 || shared != 0) return INVALID_VALUE;
     EmuCall call = reinterpret_cast<EmuBinder>(f)(params);
     emu_dim3 grid{gx, gy, gz}, block{bx, by, bz};
     return submit(s, [call, grid, block] {
@@ -565,14 +601,16 @@ static void gemm(int ta, int tb, int m, int n, int k, float alpha, const float* 
                  const float* b, int ldb, float beta, float* c, int ldc, int bits) {
     for (int j = 0; j < n; ++j)
         for (int i = 0; i < m; ++i) {
-            double acc = 0.0;
+            // f32 accumulation with fused multiply-adds, as cuBLAS's kernels do (in another
+            // order).
+            float acc = 0.0f;
             for (int l = 0; l < k; ++l) {
                 float x = ta ? a[l + (size_t)i * lda] : a[i + (size_t)l * lda];
                 float y = tb ? b[j + (size_t)l * ldb] : b[l + (size_t)j * ldb];
-                acc += (double)round_mantissa(x, bits) * (double)round_mantissa(y, bits);
+                acc = std::fmaf(round_mantissa(x, bits), round_mantissa(y, bits), acc);
             }
             float* out = &c[i + (size_t)j * ldc];
-            float v = alpha * (float)acc;
+            float v = alpha * acc;
             *out = beta == 0.0f ? v : v + beta * *out;
         }
 }
@@ -595,15 +633,22 @@ static int gemm_batched(void* h, int ta, int tb, int m, int n, int k, const void
     // f32 data only (CUDA_R_32F = 0), no conjugates.
     if (bits < 0 || at != 0 || bt != 0 || ct != 0 || ta > 1 || tb > 1) return 15;
     if (m < 0 || n < 0 || k < 0 || batch < 0) return 7;  // CUBLAS_STATUS_INVALID_VALUE
+    // Leading dimensions at least the stored rows, as cuBLAS requires.
+    if (lda < std::max(1, ta ? k : m) || ldb < std::max(1, tb ? n : k) || ldc < std::max(1, m))
+        return 7;
+    if (m == 0 || n == 0 || batch == 0) return 0;
     float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
     auto pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b),
          pc = reinterpret_cast<uintptr_t>(c);
-    // Every operand inside an allocation (cuBLAS would fault).
+    // Every operand inside an allocation (cuBLAS would fault): a column-major r x c matrix
+    // with leading dimension ld spans ld * (c - 1) + r elements.
+    auto span = [](size_t r, size_t c, size_t ld) { return c == 0 || r == 0 ? 0 : ld * (c - 1) + r; };
+    size_t ea = span(ta ? k : m, ta ? m : k, lda), eb = span(tb ? n : k, tb ? k : n, ldb),
+           ec = span(m, n, ldc);
     for (int i = 0; i < batch; ++i) {
-        size_t ea = (size_t)(ta ? m : k) * lda, eb = (size_t)(tb ? k : n) * ldb, ec = (size_t)n * ldc;
         if (!inside(pa + 4 * sa * i, 4 * ea) || !inside(pb + 4 * sb * i, 4 * eb) ||
             !inside(pc + 4 * sc * i, 4 * ec))
-            return 14;  // CUBLAS_STATUS_EXECUTION_FAILED
+            return 13;  // CUBLAS_STATUS_EXECUTION_FAILED
     }
     void* s = static_cast<Blas*>(h)->stream;
     // Host scalars are read when the call is made (also when it is captured).
@@ -614,7 +659,7 @@ static int gemm_batched(void* h, int ta, int tb, int m, int n, int k, const void
                  reinterpret_cast<float*>(pc) + sc * i, ldc, bits);
         return OK;
     });
-    return e == OK ? 0 : 14;
+    return e == OK ? 0 : 13;
 }
 
 int cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* a,
@@ -660,6 +705,11 @@ int nvrtcGetPTXSize(void*, size_t* n) {
 int nvrtcGetPTX(void*, char* out) {
     std::memcpy(out, MODULE, sizeof MODULE);
     return 0;
+}
+// No CUBIN here (kernels::assemble is for a real NVRTC).
+int nvrtcGetCUBINSize(void*, size_t* n) {
+    *n = 0;
+    return 4;  // NVRTC_ERROR_INVALID_PROGRAM
 }
 int nvrtcGetProgramLogSize(void*, size_t* n) {
     *n = 1;
