@@ -139,6 +139,25 @@ struct Row {
     launches: usize,
 }
 
+/// Per-step microseconds over 7 chunks of `steps` calls of `step` (the queue drained after each
+/// chunk): the median, the smallest and the largest.
+fn time_steps(
+    tape: &mut Tape<Cuda, NODES>,
+    steps: usize,
+    mut step: impl FnMut(&mut Tape<Cuda, NODES>) -> mote::Result<()>,
+) -> mote::Result<(f64, f64, f64)> {
+    let mut chunks = Vec::new();
+    for _ in 0..7 {
+        let t0 = Instant::now();
+        for _ in 0..steps {
+            step(tape)?;
+        }
+        tape.backend().sync()?;
+        chunks.push(t0.elapsed().as_secs_f64() * 1e6 / steps.max(1) as f64);
+    }
+    Ok(median(chunks))
+}
+
 fn run_one(w: &Workload, log: &mut String) -> Result<Vec<Row>, CudaError> {
     let cuda = Cuda::with_options(
         floats(w),
@@ -210,19 +229,12 @@ fn run_one(w: &Workload, log: &mut String) -> Result<Vec<Row>, CudaError> {
     }
     tape.backend().sync()?;
     for (mode, with_write) in [("eager", false), ("eager+write", true)] {
-        let mut chunks = Vec::new();
-        for _ in 0..7 {
-            let t0 = Instant::now();
-            for _ in 0..w.steps {
-                if with_write {
-                    write(&mut tape)?;
-                }
-                eager(&mut tape, &mut opt)?;
+        let (m, lo, hi) = time_steps(&mut tape, w.steps, |t| {
+            if with_write {
+                write(t)?;
             }
-            tape.backend().sync()?;
-            chunks.push(t0.elapsed().as_secs_f64() * 1e6 / w.steps as f64);
-        }
-        let (m, lo, hi) = median(chunks);
+            eager(t, &mut opt)
+        })?;
         rows.push(Row {
             name: w.name,
             mode,
@@ -269,19 +281,12 @@ fn run_one(w: &Workload, log: &mut String) -> Result<Vec<Row>, CudaError> {
     }
     tape.backend().sync()?;
     for (mode, with_write) in [("graph", false), ("graph+write", true)] {
-        let mut chunks = Vec::new();
-        for _ in 0..7 {
-            let t0 = Instant::now();
-            for _ in 0..w.steps {
-                if with_write {
-                    write(&mut tape)?;
-                }
-                graph.replay(&mut tape)?;
+        let (m, lo, hi) = time_steps(&mut tape, w.steps, |t| {
+            if with_write {
+                write(t)?;
             }
-            tape.backend().sync()?;
-            chunks.push(t0.elapsed().as_secs_f64() * 1e6 / w.steps as f64);
-        }
-        let (m, lo, hi) = median(chunks);
+            graph.replay(t)
+        })?;
         rows.push(Row {
             name: w.name,
             mode,
@@ -340,16 +345,7 @@ fn conv_one(log: &mut String) -> Result<Row, CudaError> {
         step(&mut tape)?;
     }
     tape.backend().sync()?;
-    let mut chunks = Vec::new();
-    for _ in 0..7 {
-        let t0 = Instant::now();
-        for _ in 0..20 {
-            step(&mut tape)?;
-        }
-        tape.backend().sync()?;
-        chunks.push(t0.elapsed().as_secs_f64() * 1e6 / 20.0);
-    }
-    let (m, lo, hi) = median(chunks);
+    let (m, lo, hi) = time_steps(&mut tape, 20, |t| step(t).map(|_| ()))?;
     tape.backend_mut().profile(true);
     let loss = step(&mut tape)?;
     let prof = tape.backend_mut().profile_take()?;
@@ -387,9 +383,13 @@ fn conv_one(log: &mut String) -> Result<Row, CudaError> {
 /// reported in the text and the others still run.
 pub fn run(filter: &[String]) -> Result<String, CudaError> {
     Cuda::available()?;
-    let mut out = String::from(
-        "mote-cuda bench: median per-step time over 7 chunks (min..max); the batch stays on the \
-         device (\"+write\": copied in before every step)\n",
+    // The driver loaded and reports a device: asking its name is safe.
+    let device = cudarc::driver::result::device::get(0)
+        .and_then(cudarc::driver::result::device::get_name)
+        .unwrap_or_else(|e| format!("device 0 ({e})"));
+    let mut out = format!(
+        "mote-cuda bench on {device}: median per-step time over 7 chunks (min..max); the batch \
+         stays on the device (\"+write\": copied in before every step)\n",
     );
     let mut table = Vec::new();
     for w in WORKLOADS {
