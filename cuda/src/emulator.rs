@@ -1,8 +1,9 @@
-//! The emulated CUDA device (`tests/emu/device.cpp`): the driver API, cuBLAS and NVRTC calls
-//! this crate makes, implemented on the CPU around the crate's own kernels compiled as host
-//! C++. For checking the launch code without a GPU: the GPU tests use it where no driver is
-//! found (`tests/common`), and [`build`] writes the libraries for a whole program
-//! (`LD_LIBRARY_PATH=DIR mote train --device cuda`, see `examples/emulated_device.rs`).
+//! The emulated CUDA device (`tests/emu/device.cpp`): the driver API, cuBLAS, NVRTC and NCCL
+//! calls this crate makes, implemented on the CPU around the crate's own kernels compiled as
+//! host C++. For checking the launch code without a GPU: the GPU tests use it where no driver
+//! is found (`tests/common`), and [`build`](crate::emulator::build) writes the libraries for a
+//! whole program (`LD_LIBRARY_PATH=DIR mote train --device cuda`, see
+//! `examples/emulated_device.rs`).
 //!
 //! It checks results, argument lists, the order of work, copies inside allocations, graph
 //! capture and replay; it says nothing about speed, and runs a block's threads one after
