@@ -43,9 +43,9 @@ struct RowGemm {
 const MAX_INDEX: usize = i32::MAX as usize;
 
 impl Cuda {
-    /// Row-major `C = op(A) op(B)` as cuBLAS's column-major `C^T = op(B)^T op(A)^T`.
-    /// `false`: a size does not fit cuBLAS's `int` (nothing was launched).
-    fn row_gemm(&self, g: &RowGemm) -> Result<bool> {
+    /// Row-major `C = op(A) op(B)` as cuBLAS's column-major `C^T = op(B)^T op(A)^T`. A size
+    /// that does not fit cuBLAS's `int` is an error (the callers' chunks keep them in range).
+    fn row_gemm(&self, g: &RowGemm) -> Result<()> {
         let int = |v: usize| i32::try_from(v).ok();
         let long = |v: usize| i64::try_from(v).ok();
         let dims = (
@@ -63,7 +63,7 @@ impl Cuda {
             (Some(sa), Some(sb), Some(sc)),
         ) = (dims, strides)
         else {
-            return Ok(false);
+            return Err(self.fail("conv", "a product too large for cuBLAS"));
         };
         let op = |t: bool| {
             if t {
@@ -108,8 +108,7 @@ impl Cuda {
         })?;
         status
             .result()
-            .map_err(|e| self.fail("cublasGemmStridedBatchedEx", e))?;
-        Ok(true)
+            .map_err(|e| self.fail("cublasGemmStridedBatchedEx", e))
     }
 
     /// One convolution pass; `false` (nothing done) where the geometry is not one this path
@@ -190,7 +189,7 @@ impl Cuda {
                     let m = chunk.min(n - s);
                     self.im2col(geo, self.at(x + s * x_img), col, m, rows * m * p)?;
                     for g in 0..groups {
-                        let done = self.row_gemm(&RowGemm {
+                        self.row_gemm(&RowGemm {
                             ta: false,
                             tb: false,
                             m: og,
@@ -202,9 +201,6 @@ impl Cuda {
                             batch: m,
                             accumulate: false,
                         })?;
-                        if !done {
-                            return Err(self.fail("conv", "a product too large for cuBLAS"));
-                        }
                     }
                 }
             }
@@ -223,7 +219,7 @@ impl Cuda {
                         &[&geo, &dp, &dyt, &nc],
                     )?;
                     for g in 0..groups {
-                        let done = self.row_gemm(&RowGemm {
+                        self.row_gemm(&RowGemm {
                             ta: false,
                             tb: true,
                             m: og,
@@ -235,9 +231,6 @@ impl Cuda {
                             batch: 1,
                             accumulate: s > 0 || !overwrite,
                         })?;
-                        if !done {
-                            return Err(self.fail("conv", "a product too large for cuBLAS"));
-                        }
                     }
                 }
             }
@@ -247,7 +240,7 @@ impl Cuda {
                 for s in (0..n).step_by(chunk) {
                     let m = chunk.min(n - s);
                     for g in 0..groups {
-                        let done = self.row_gemm(&RowGemm {
+                        self.row_gemm(&RowGemm {
                             ta: true,
                             tb: false,
                             m: kk,
@@ -259,9 +252,6 @@ impl Cuda {
                             batch: m,
                             accumulate: false,
                         })?;
-                        if !done {
-                            return Err(self.fail("conv", "a product too large for cuBLAS"));
-                        }
                     }
                     let (dxp, nc, acc) = (self.at(dx + s * x_img), m as u64, i32::from(!overwrite));
                     self.launch(
