@@ -92,3 +92,27 @@ __device__ __forceinline__ float block_sum(float v) {
     if (warp == 0) v = warp_sum(v);
     return v;
 }
+
+// The column sums of a rows x cols gradient `v` (row-major) into the bias gradient `db`, for a
+// kernel of 32 x 32 blocks, one per 32 columns, where thread (x, y) wrote column
+// blockIdx.x * 32 + x at rows y, y + 32, ..., and `s` is the running sum of those values in row
+// order. `acc` 0: db = the sum, db not read. Summed as the bias gradient's strided copy sums
+// (`copy_walk_split` from 64 rows on, `copy_walk`'s one thread in row order below that, which
+// reads back the block's own writes). Every thread of the block calls it.
+__device__ __forceinline__ void colsum_store(float s, const float* v, float* db, u64 rows,
+                                             u64 cols, int acc) {
+    __shared__ float part[32][33];
+    u64 col = (u64)blockIdx.x * 32 + threadIdx.x;
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y != 0 || col >= cols) return;
+    float a = 0.0f;
+    if (rows >= 64) {
+        for (int y = 0; y < 32; ++y) a += part[y][threadIdx.x];
+    } else if (rows == 1) {
+        a = v[col];
+    } else {
+        for (u64 r = 0; r < rows; ++r) a += v[r * cols + col];
+    }
+    db[col] = acc ? db[col] + a : a;
+}

@@ -18,9 +18,12 @@ __device__ __forceinline__ void report(unsigned int* status, float l, u64 classe
 // several (at most 256, for large inputs), each block's sum goes to the partials in the status
 // area (bytes 1024..2048), and the last block to finish (counted by the ticket at byte 128, which
 // it resets) adds them in block order: the same partition and order on every run.
-extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float* __restrict__ p, const float* __restrict__ t,
+// `b` (bcols floats), when not null: the bias of the linear layer whose output p is, still owed
+// (`src/pending.rs`): p = p + b, broadcast over rows, is written here first.
+extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, float* __restrict__ p, const float* __restrict__ t,
                                     float* __restrict__ y, u64 n, u64 classes,
-                                    unsigned int* status, float smoothing) {
+                                    unsigned int* status, float smoothing,
+                                    const float* __restrict__ b, u64 bcols) {
     float s = 0.0f;
     u64 count = n;
     u64 tid = (u64)blockIdx.x * blockDim.x + threadIdx.x, all = (u64)gridDim.x * blockDim.x;
@@ -28,7 +31,11 @@ extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float*
         // n = rows; one warp per row.
         int lane = threadIdx.x & 31;
         for (u64 row = tid >> 5; row < n; row += all >> 5) {
-            const float* z = p + row * classes;
+            float* z = p + row * classes;
+            if (b) {
+                for (u64 j = lane; j < classes; j += 32) z[j] += b[(row * classes + j) % bcols];
+                __syncwarp();
+            }
             float m = -3.40282347e38f;
             for (u64 j = lane; j < classes; j += 32) m = fmaxf(m, z[j]);
             m = warp_max(m);
@@ -57,6 +64,10 @@ extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float*
     } else {
         for (u64 i = tid; i < n; i += all) {
             float x = p[i], tv = t[i];
+            if (b) {
+                x += b[i % bcols];
+                p[i] = x;
+            }
             if (op == 0) { float d = x - tv; s += d * d; }
             else s += fmaxf(x, 0.0f) - x * tv + log1pf(expf(-fabsf(x)));
         }
@@ -85,6 +96,56 @@ extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, const float*
     }
 }
 
+// The elementwise losses' (MSE, BCE) gradient factor: the upstream gradient `g` over n.
+__device__ __forceinline__ float elem_k(int op, int lhs, float g, u64 n) {
+    if (op == 0) {
+        float k = 2.0f * g / (float)n;
+        return lhs ? k : -k;
+    }
+    return g / (float)n;
+}
+
+// Their gradient at one element, added to `d`.
+__device__ __forceinline__ float elem_grad(int op, int lhs, float k, float p, float t, float d) {
+    if (op == 0) return d + k * (p - t);
+    return d + (lhs ? k * (sigmoid_f(p) - t) : -k * p);
+}
+
+// Cross-entropy's gradient for one row, by one warp:
+// (softmax(z) - (1 - smoothing) onehot(label) - smoothing / classes) * k, `k` the upstream
+// gradient over the rows. Returns the sum of what this lane wrote (a row with a bad label
+// gets zeros, or keeps what it had with `acc`).
+__device__ __forceinline__ float ce_row_grad(const float* z, float* d, float l, u64 classes,
+                                             int lane, float k, float smoothing, int acc,
+                                             unsigned int* status) {
+    float hit = k * (1.0f - smoothing), even = k * smoothing / (float)classes;
+    float s = 0.0f;
+    if (bad_label(l, classes)) {
+        if (lane == 0) report(status, l, classes);
+        for (u64 j = lane; j < classes; j += 32) {
+            float v = acc ? d[j] : 0.0f;
+            d[j] = v;
+            s += v;
+        }
+        return s;
+    }
+    float m = -3.40282347e38f;
+    for (u64 j = lane; j < classes; j += 32) m = fmaxf(m, z[j]);
+    m = warp_max(m);
+    float e = 0.0f;
+    for (u64 j = lane; j < classes; j += 32) e += expf(z[j] - m);
+    e = warp_sum(e);
+    float ks = k / e;
+    for (u64 j = lane; j < classes; j += 32) {
+        float v = (acc ? d[j] : 0.0f) + ks * expf(z[j] - m);
+        if (smoothing != 0.0f) v -= even;
+        if (j == (u64)l) v -= hit;
+        d[j] = v;
+        s += v;
+    }
+    return s;
+}
+
 // dx += dloss/dp * dy (lhs) or dloss/dt * dy (rhs; not for cross-entropy). `dy` is the device
 // scalar the loss's gradient lives in; with `seeded`, it is `seed` instead (the backward's
 // first gradient, written to dy[0] here rather than by a fill before). `acc` 0: dx = 0 + ...,
@@ -96,44 +157,45 @@ extern "C" __global__ void loss_bwd(int op, int lhs, const float* __restrict__ p
                                     float seed) {
     float g = seeded ? seed : dy[0];
     if (seeded && blockIdx.x == 0 && threadIdx.x == 0) dy[0] = seed;
-    if (op == 0) {
-        float k = 2.0f * g / (float)n;
-        if (!lhs) k = -k;
-        FOR_EACH(i, n) { dx[i] = (acc ? dx[i] : 0.0f) + k * (p[i] - t[i]); }
-    } else if (op == 2) {
-        float k = g / (float)n;
-        FOR_EACH(i, n) {
-            dx[i] = (acc ? dx[i] : 0.0f) + (lhs ? k * (sigmoid_f(p[i]) - t[i]) : -k * p[i]);
-        }
+    if (op != 1) {
+        float k = elem_k(op, lhs, g, n);
+        FOR_EACH(i, n) { dx[i] = elem_grad(op, lhs, k, p[i], t[i], acc ? dx[i] : 0.0f); }
     } else {
-        // Cross-entropy: n = rows; one warp per row:
-        // (softmax(z) - (1 - smoothing) onehot(label) - smoothing / classes) * dy / n.
+        // Cross-entropy: n = rows; one warp per row.
         float k = g / (float)n;
-        float hit = k * (1.0f - smoothing), even = k * smoothing / (float)classes;
         u64 warps = ((u64)blockDim.x * gridDim.x) >> 5;
         int lane = threadIdx.x & 31;
-        for (u64 row = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < n; row += warps) {
-            const float* z = p + row * classes;
-            float* d = dx + row * classes;
-            float l = t[row];
-            if (bad_label(l, classes)) {
-                if (lane == 0) report(status, l, classes);
-                if (!acc) for (u64 j = lane; j < classes; j += 32) d[j] = 0.0f;
-                continue;
-            }
-            float m = -3.40282347e38f;
-            for (u64 j = lane; j < classes; j += 32) m = fmaxf(m, z[j]);
-            m = warp_max(m);
-            float e = 0.0f;
-            for (u64 j = lane; j < classes; j += 32) e += expf(z[j] - m);
-            e = warp_sum(e);
-            float ks = k / e;
-            for (u64 j = lane; j < classes; j += 32) {
-                float v = (acc ? d[j] : 0.0f) + ks * expf(z[j] - m);
-                if (smoothing != 0.0f) v -= even;
-                if (j == (u64)l) v -= hit;
-                d[j] = v;
-            }
+        for (u64 row = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < n; row += warps)
+            ce_row_grad(p + row * classes, dx + row * classes, t[row], classes, lane, k, smoothing,
+                        acc, status);
+    }
+}
+
+// loss_bwd over a rows x cols gradient, then its column sums into db (the bias gradient of the
+// linear layer whose output p is) in the same pass: 32 x 32 blocks, one per 32 columns, thread
+// (x, y) taking rows y, y + 32, ... of its column (`colsum_store`). Cross-entropy needs a whole
+// row in a warp: cols (the classes) at most 32, one block, warp y taking those rows.
+extern "C" __global__ void __launch_bounds__(1024) loss_bwd_colsum(
+    int op, int lhs, const float* __restrict__ p, const float* __restrict__ t, float* dy,
+    float* dx, u64 rows, u64 cols, unsigned int* status, float smoothing, int acc, int seeded,
+    float seed, float* __restrict__ db, int db_acc) {
+    float g = seeded ? seed : dy[0];
+    if (seeded && blockIdx.x == 0 && threadIdx.x == 0 && threadIdx.y == 0) dy[0] = seed;
+    u64 col = (u64)blockIdx.x * 32 + threadIdx.x;
+    float s = 0.0f;
+    if (op == 1) {
+        float k = g / (float)rows;
+        for (u64 row = threadIdx.y; row < rows; row += 32)
+            s += ce_row_grad(p + row * cols, dx + row * cols, t[row], cols, threadIdx.x, k,
+                             smoothing, acc, status);
+    } else if (col < cols) {
+        float k = elem_k(op, lhs, g, rows * cols);
+        for (u64 r = threadIdx.y; r < rows; r += 32) {
+            u64 i = r * cols + col;
+            float v = elem_grad(op, lhs, k, p[i], t[i], acc ? dx[i] : 0.0f);
+            dx[i] = v;
+            s += v;
         }
     }
+    colsum_store(s, dx, db, rows, cols, db_acc);
 }

@@ -128,6 +128,26 @@ extern "C" __global__ void unary_bwd(int op, float c, const float* __restrict__ 
     }
 }
 
+// unary_bwd over a rows x cols gradient, then its column sums into db: the bias gradient of
+// the linear layer whose output x is, in the same pass. 32 x 32 blocks, one per 32 columns;
+// thread (x, y) takes rows y, y + 32, ... of its column (`colsum_store`). `db_acc` as `acc`.
+extern "C" __global__ void __launch_bounds__(1024) unary_bwd_colsum(
+    int op, float c, const float* __restrict__ x, const float* __restrict__ y,
+    const float* __restrict__ dy, float* dx, u64 rows, u64 cols, int acc,
+    float* __restrict__ db, int db_acc) {
+    u64 col = (u64)blockIdx.x * 32 + threadIdx.x;
+    float s = 0.0f;
+    if (col < cols) {
+        for (u64 r = threadIdx.y; r < rows; r += 32) {
+            u64 i = r * cols + col;
+            float v = unary_acc(op, c, x[i], y[i], dy[i], acc ? dx[i] : 0.0f);
+            dx[i] = v;
+            s += v;
+        }
+    }
+    colsum_store(s, dx, db, rows, cols, db_acc);
+}
+
 // A linear layer's bias and the activation after it, in one pass over its rows x cols output:
 // v = y + b[col]; y = v; h = f(v). `h` may be `y` (an in-place activation). `vec`: y, h and b
 // 16-byte aligned and cols a multiple of 4 (float4s never straddle a row).

@@ -13,7 +13,7 @@ use mote::{Error, Result};
 use crate::error::{probe, CudaError};
 use crate::kernels::{self, Param, SOURCES};
 use crate::ops::optim::AdamQueue;
-use crate::pending::{Bias, Fill, Pending, Settled, Stage, Write};
+use crate::pending::{Bias, ColSum, Fill, Grad, GradKind, Pending, Settled, Stage, Write};
 
 /// How matrix products run on the tensor cores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -672,9 +672,32 @@ impl Cuda {
         for f in rest {
             self.launch_fill(f)?;
         }
-        match s.bias {
-            Some(b) => self.launch_bias(b),
+        if let Some(b) = s.bias {
+            self.launch_bias(b)?;
+        }
+        match s.grad {
+            Some(g) => self.launch_grad(g, None),
             None => Ok(()),
+        }
+    }
+
+    /// Holds back a gradient kernel for the column sums that may follow it (or launches it at
+    /// once without [`Options::fuse`]); the op was settled by the caller.
+    pub(crate) fn hold_grad(&self, g: Grad) -> Result<()> {
+        if !self.fuse {
+            return self.launch_grad(g, None);
+        }
+        let before = self.pending.borrow_mut().hold_grad(g);
+        before.map_or(Ok(()), |b| self.launch_grad(b, None))
+    }
+
+    /// Launches a held gradient kernel, summing its output's columns too with `colsum`.
+    pub(crate) fn launch_grad(&self, g: Grad, colsum: Option<ColSum>) -> Result<()> {
+        match g.kind {
+            GradKind::Unary { code, c, x, y, dy } => {
+                self.launch_unary_bwd(&g, [x, y, dy], (code, c), colsum)
+            }
+            GradKind::Loss { .. } => self.launch_loss_bwd(&g, colsum),
         }
     }
 

@@ -25,7 +25,14 @@ pub const SOURCES: &[Source] = &[
     Source {
         name: "unary",
         text: include_str!("../kernels/unary.cu"),
-        kernels: &["unary_fwd", "unary_bwd", "bias_act", "fill", "scale"],
+        kernels: &[
+            "unary_fwd",
+            "unary_bwd",
+            "unary_bwd_colsum",
+            "bias_act",
+            "fill",
+            "scale",
+        ],
     },
     Source {
         name: "binary",
@@ -69,7 +76,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         name: "loss",
         text: include_str!("../kernels/loss.cu"),
-        kernels: &["loss_fwd", "loss_bwd"],
+        kernels: &["loss_fwd", "loss_bwd", "loss_bwd_colsum"],
     },
     Source {
         name: "conv",

@@ -12,6 +12,10 @@
 //!   `beta = 0` and the bias is owed as `y += b`; an activation of `y` that comes next takes it
 //!   in (one `bias_act` launch writes `y = y + b` and `f(y)`), anything else gets it as one
 //!   broadcast add.
+//! - **A gradient, then its column sums.** A linear layer's backward starts with its bias's
+//!   gradient, the column sums of the gradient of its output, which the kernel before (an
+//!   activation's backward, or the loss's) has just written. That kernel waits; when the
+//!   column sums of exactly its output come next, one launch writes both (`*_colsum`).
 //!
 //! Whatever is held back is launched before anything that reads or writes its region (and
 //! before reads to the host, writes from it, graph ends and synchronisations), so the order of
@@ -59,6 +63,112 @@ impl Bias {
     }
 }
 
+/// A gradient kernel held back: its launch arguments.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum GradKind {
+    /// `unary_bwd`: `x`, `y`, `dy` read, with the op's code and scalar.
+    Unary {
+        code: i32,
+        c: f32,
+        x: usize,
+        y: usize,
+        dy: usize,
+    },
+    /// `loss_bwd` (left-hand side or right): `p` and `t` read (`plen`, `tlen` floats); the
+    /// upstream gradient read at `dy`, or `seed` given as a value (and written to `dy`).
+    Loss {
+        code: i32,
+        lhs: bool,
+        p: usize,
+        plen: usize,
+        t: usize,
+        tlen: usize,
+        dy: usize,
+        seed: Option<f32>,
+        classes: usize,
+        smoothing: f32,
+    },
+}
+
+/// A gradient kernel held back for the column sums that may follow it: it writes the `len`
+/// floats at `dx` (adding to them with `acc`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Grad {
+    pub kind: GradKind,
+    pub dx: usize,
+    pub len: usize,
+    pub acc: bool,
+}
+
+impl Grad {
+    /// The ranges it reads, and those it writes.
+    fn ranges(&self) -> ([Range<usize>; 3], [Range<usize>; 2]) {
+        let one = |o: usize, n: usize| o..o + n;
+        let dx = one(self.dx, self.len);
+        match self.kind {
+            GradKind::Unary { x, y, dy, .. } => (
+                [one(x, self.len), one(y, self.len), one(dy, self.len)],
+                [dx, 0..0],
+            ),
+            GradKind::Loss {
+                p,
+                plen,
+                t,
+                tlen,
+                dy,
+                seed,
+                ..
+            } => {
+                let (read, write) = if seed.is_some() {
+                    (0..0, one(dy, 1))
+                } else {
+                    (one(dy, 1), 0..0)
+                };
+                ([one(p, plen), one(t, tlen), read], [dx, write])
+            }
+        }
+    }
+
+    fn touched_by(&self, reads: &[Range<usize>], write: &Range<usize>) -> bool {
+        let (mine, writes) = self.ranges();
+        writes
+            .iter()
+            .any(|w| overlaps(w, write) || reads.iter().any(|r| overlaps(r, w)))
+            || mine.iter().any(|r| overlaps(r, write))
+    }
+
+    /// Whether one launch can also sum its output's columns, as `rows x cols`.
+    pub(crate) fn sums_columns(&self, rows: usize, cols: usize) -> bool {
+        rows.checked_mul(cols) == Some(self.len)
+            && match self.kind {
+                GradKind::Unary { .. } => true,
+                // Cross-entropy's rows each in one warp of the one block.
+                GradKind::Loss { code, classes, .. } => {
+                    code != 1 || (classes == cols && cols <= 32)
+                }
+            }
+    }
+}
+
+/// Column sums a held [`Grad`] adds to its launch: the `cols` floats at `db` take those of its
+/// `rows x cols` output (added to what they hold with `acc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ColSum {
+    pub db: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub acc: bool,
+}
+
+impl ColSum {
+    /// The fused kernels' grid: one 32 x 32 block per 32 columns.
+    pub(crate) fn blocks(&self) -> mote::Result<u32> {
+        u32::try_from(self.cols.div_ceil(32)).map_err(|_| mote::Error::InvalidArgument {
+            what: "bias gradient: too many columns for one launch",
+        })
+    }
+}
+
 /// How an op writes its destination range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Write {
@@ -76,6 +186,7 @@ pub(crate) enum Write {
 pub(crate) struct Settled {
     pub fills: Vec<Fill>,
     pub bias: Option<Bias>,
+    pub grad: Option<Grad>,
     /// A zero fill of exactly the op's destination was taken in: the op must overwrite.
     pub overwrite: bool,
 }
@@ -83,7 +194,7 @@ pub(crate) struct Settled {
 impl Settled {
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.fills.is_empty() && self.bias.is_none()
+        self.fills.is_empty() && self.bias.is_none() && self.grad.is_none()
     }
 }
 
@@ -91,26 +202,51 @@ fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
     a.start < b.end && b.start < a.end && !a.is_empty() && !b.is_empty()
 }
 
-/// Work held back (at most a few fills and one bias).
+/// Work held back (at most a few fills, one bias and one gradient kernel).
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     fills: Vec<Fill>,
     bias: Option<Bias>,
+    grad: Option<Grad>,
 }
 
 impl Pending {
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.fills.is_empty() && self.bias.is_none()
+        self.fills.is_empty() && self.bias.is_none() && self.grad.is_none()
     }
 
-    /// Everything, to launch now (in this order: fills, then the bias; they never overlap).
+    /// Everything, to launch now (in this order: fills, the bias, the gradient kernel). What is
+    /// held never overlaps: whatever touched a held item's ranges launched it first.
     pub(crate) fn take_all(&mut self) -> Settled {
         Settled {
             fills: std::mem::take(&mut self.fills),
             bias: self.bias.take(),
+            grad: self.grad.take(),
             overwrite: false,
         }
+    }
+
+    /// Holds back a gradient kernel (the op itself was settled); returns the one held before,
+    /// to launch now.
+    #[must_use]
+    pub(crate) fn hold_grad(&mut self, g: Grad) -> Option<Grad> {
+        self.grad.replace(g)
+    }
+
+    /// The held gradient kernel, if it wrote exactly the `rows x cols` floats at `dx` and can
+    /// sum their columns into `db` (which it must not touch) in the same launch.
+    pub(crate) fn take_grad_for_colsum(
+        &mut self,
+        dx: usize,
+        rows: usize,
+        cols: usize,
+        db: Range<usize>,
+    ) -> Option<Grad> {
+        let g = self.grad?;
+        (g.dx == dx && g.sums_columns(rows, cols) && !g.touched_by(&[], &db))
+            .then(|| self.grad.take())
+            .flatten()
     }
 
     /// An op reads `reads` and writes `write` as `kind`: takes out what must run before it.
@@ -121,6 +257,9 @@ impl Pending {
         kind: Write,
     ) -> Settled {
         let mut out = Settled::default();
+        if self.grad.is_some_and(|g| g.touched_by(reads, &write)) {
+            out.grad = self.grad.take();
+        }
         if self
             .bias
             .is_some_and(|b| b.touches(&write) || reads.iter().any(|r| b.touches(r)))
@@ -348,6 +487,92 @@ mod tests {
             let s = p.settle(&reads, write, Write::Overwrite);
             assert_eq!(s.bias, Some(b));
         }
+    }
+
+    #[test]
+    fn a_gradient_kernel_waits_for_the_column_sums_of_its_output() {
+        let unary = Grad {
+            kind: GradKind::Unary {
+                code: 8,
+                c: 0.0,
+                x: 0,
+                y: 10,
+                dy: 20,
+            },
+            dx: 30,
+            len: 10,
+            acc: false,
+        };
+        let mut p = Pending::default();
+        assert_eq!(p.hold_grad(unary), None);
+        // Reading what it reads leaves it held; reading or writing what it writes, or writing
+        // what it reads, launches it.
+        assert!(p.settle(&[0..30], 100..110, Write::Overwrite).is_empty());
+        for (reads, write) in [
+            (vec![39..40], 100..101),
+            (vec![], 35..36),
+            (vec![], 5..6),
+            (vec![], 29..31),
+        ] {
+            let _ = p.hold_grad(unary);
+            assert_eq!(p.settle(&reads, write, Write::Overwrite).grad, Some(unary));
+        }
+        // Column sums of exactly its output, into a region it does not touch.
+        let _ = p.hold_grad(unary);
+        assert_eq!(p.take_grad_for_colsum(30, 3, 3, 50..53), None, "9 of 10");
+        assert_eq!(p.take_grad_for_colsum(31, 2, 5, 50..55), None, "elsewhere");
+        assert_eq!(p.take_grad_for_colsum(30, 2, 5, 18..23), None, "into dy");
+        assert_eq!(p.take_grad_for_colsum(30, 2, 5, 50..55), Some(unary));
+        assert!(p.is_empty());
+        // A held one is handed back when another comes; take_all launches the last.
+        let _ = p.hold_grad(unary);
+        let other = Grad { dx: 40, ..unary };
+        assert_eq!(p.hold_grad(other), Some(unary));
+        assert_eq!(p.take_all().grad, Some(other));
+    }
+
+    #[test]
+    fn a_loss_gradient_sums_columns_where_a_row_fits_a_warp() {
+        let ce = |classes: usize, seed: Option<f32>| Grad {
+            kind: GradKind::Loss {
+                code: 1,
+                lhs: true,
+                p: 0,
+                plen: 4 * classes,
+                t: 200,
+                tlen: 4,
+                dy: 300,
+                seed,
+                classes,
+                smoothing: 0.0,
+            },
+            dx: 400,
+            len: 4 * classes,
+            acc: false,
+        };
+        assert!(ce(10, None).sums_columns(4, 10));
+        assert!(ce(32, None).sums_columns(4, 32));
+        assert!(!ce(40, None).sums_columns(4, 40), "a row wider than a warp");
+        assert!(
+            !ce(10, None).sums_columns(8, 5),
+            "rows that are not the loss's"
+        );
+        // An elementwise loss (MSE) sums any number of columns.
+        let mut mse = ce(40, None);
+        if let GradKind::Loss { code, .. } = &mut mse.kind {
+            *code = 0;
+        }
+        assert!(mse.sums_columns(4, 40) && mse.sums_columns(2, 80));
+        // Seeded, it writes the seed to dy: a read of dy launches it; unseeded, it reads dy.
+        let mut p = Pending::default();
+        let _ = p.hold_grad(ce(10, Some(1.0)));
+        assert!(p
+            .settle(&[300..301], 500..501, Write::Overwrite)
+            .grad
+            .is_some());
+        let _ = p.hold_grad(ce(10, None));
+        assert!(p.settle(&[300..301], 500..501, Write::Overwrite).is_empty());
+        assert!(p.settle(&[], 300..301, Write::Overwrite).grad.is_some());
     }
 
     #[test]

@@ -1061,8 +1061,18 @@ fn warp_kernels_match_the_reference() {
     type All = unsafe extern "C" fn(i32, *const f32, *mut f32, u64, *mut u32);
     type SmRows = unsafe extern "C" fn(i32, *const f32, *mut f32, u64, u64);
     type SmBRows = unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64, i32);
-    type LossF =
-        unsafe extern "C" fn(i32, *const f32, *const f32, *mut f32, u64, u64, *mut u32, f32);
+    type LossF = unsafe extern "C" fn(
+        i32,
+        *mut f32,
+        *const f32,
+        *mut f32,
+        u64,
+        u64,
+        *mut u32,
+        f32,
+        *const f32,
+        u64,
+    );
     type LossB = unsafe extern "C" fn(
         i32,
         i32,
@@ -1281,13 +1291,15 @@ fn warp_kernels_match_the_reference() {
                 run_par(lib, grid, 64, || unsafe {
                     loss_fwd(
                         code,
-                        pp as *const f32,
+                        pp as *mut f32,
                         tp as *const f32,
                         y as *mut f32,
                         n,
                         classes as u64,
                         st as *mut u32,
                         op.smoothing(),
+                        std::ptr::null(),
+                        0,
                     )
                 });
                 let status = status.lock().unwrap();
@@ -1349,13 +1361,15 @@ fn warp_kernels_match_the_reference() {
     run_par(lib, 1, 64, || unsafe {
         loss_fwd(
             1,
-            pp as *const f32,
+            pp as *mut f32,
             tp as *const f32,
             y as *mut f32,
             40,
             10,
             st as *mut u32,
             0.0,
+            std::ptr::null(),
+            0,
         )
     });
     assert_eq!(status[..3], [1, 12, 10]);

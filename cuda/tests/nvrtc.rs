@@ -134,7 +134,7 @@ fn every_kernel_signature_parses() {
     );
     assert_eq!(
         get("loss_fwd"),
-        Some(vec![Int, U64, U64, U64, U64, U64, U64, Float])
+        Some(vec![Int, U64, U64, U64, U64, U64, U64, Float, U64, U64])
     );
     assert_eq!(
         get("loss_bwd"),

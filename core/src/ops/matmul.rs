@@ -739,6 +739,19 @@ mod tape_ops {
                 c_batch: 0,
                 accumulate: true,
             };
+            if bias != NONE {
+                if let Some((_, db)) = self.input_grad(bias)? {
+                    // db = column sums of dy: a broadcast's backward. First, right after
+                    // the kernel that wrote dy, which a backend may then fuse it into.
+                    let (space, dst) = bias_rows(rows, out, db)?;
+                    self.backend.copy_strided(
+                        &space,
+                        Strided::contiguous(dy.offset, &space),
+                        dst,
+                        true,
+                    )?;
+                }
+            }
             if let Some((_, dx)) = self.input_grad(x)? {
                 // dx = dy W
                 self.backend.gemm(&Gemm { c: dx, ..base })?;
@@ -755,18 +768,6 @@ mod tape_ops {
                     ..base
                 };
                 self.backend.gemm(&g)?;
-            }
-            if bias != NONE {
-                if let Some((_, db)) = self.input_grad(bias)? {
-                    // db = column sums of dy: a broadcast's backward.
-                    let (space, dst) = bias_rows(rows, out, db)?;
-                    self.backend.copy_strided(
-                        &space,
-                        Strided::contiguous(dy.offset, &space),
-                        dst,
-                        true,
-                    )?;
-                }
             }
             Ok(())
         }

@@ -9,7 +9,7 @@ use mote::ops::loss::LossOp;
 use mote::{Error, Result};
 
 use super::{rg, THREADS};
-use crate::pending::Write;
+use crate::pending::{ColSum, Grad, GradKind, Write};
 use crate::Cuda;
 
 /// The kernels' op code; both cross-entropies are code 1, told apart by their smoothing.
@@ -43,7 +43,21 @@ impl Cuda {
         } else {
             p.len()
         } as u64;
-        self.settle(&[p.range(), t.range()], rg(y, 1), Write::Overwrite)?;
+        // The bias of the linear layer whose output the predictions are, still owed (no
+        // activation came between): added here, as the loss reads them.
+        let bias = self
+            .pending
+            .borrow_mut()
+            .take_bias_add(p.offset, p.len(), rg(y, 1));
+        let mut reads = vec![p.range(), t.range()];
+        let (bp, bcols) = match bias {
+            Some(b) => {
+                reads.push(rg(b.bias, b.cols));
+                (self.at(b.bias), b.cols as u64)
+            }
+            None => (0u64, 0u64),
+        };
+        self.settle(&reads, rg(y, 1), Write::Overwrite)?;
         let (pp, tp, yp, cl, st) = (
             self.at(p.offset),
             self.at(t.offset),
@@ -59,7 +73,7 @@ impl Cuda {
             "loss_fwd",
             grid,
             1024,
-            &[&c, &pp, &tp, &yp, &n, &cl, &st, &sm],
+            &[&c, &pp, &tp, &yp, &n, &cl, &st, &sm, &bp, &bcols],
         )
     }
 
@@ -81,7 +95,7 @@ impl Cuda {
             [p.range(), t.range(), dy..dy + 1],
         )?;
         let (c, sm) = (code(op), op.smoothing());
-        let n = if op.takes_labels() {
+        if op.takes_labels() {
             if !lhs {
                 return Ok(());
             }
@@ -91,28 +105,75 @@ impl Cuda {
                 });
             }
             self.loss_pending.set(true);
-            t.len()
-        } else {
-            p.len()
-        } as u64;
-        let work = if op.takes_labels() { n * 32 } else { n };
+        }
         // The backward's seed (a fill of dy held back) comes in as a value; a zeroed dx is
         // overwritten (`src/pending.rs`).
         let seed = self.pending.borrow_mut().take_seed(dy);
-        let (seeded, seed) = (i32::from(seed.is_some()), seed.unwrap_or(0.0));
         let mut reads = vec![p.range(), t.range()];
-        if seeded == 0 {
+        if seed.is_none() {
             reads.push(rg(dy, 1));
         }
-        let acc = i32::from(!self.settle(&reads, rg(dx, len), Write::Accumulate)?);
-        let l = i32::from(lhs);
-        let q = [
-            self.at(p.offset),
-            self.at(t.offset),
-            self.at(dy),
-            self.at(dx),
-        ];
+        let acc = !self.settle(&reads, rg(dx, len), Write::Accumulate)?;
+        let g = Grad {
+            kind: GradKind::Loss {
+                code: c,
+                lhs,
+                p: p.offset,
+                plen: p.len(),
+                t: t.offset,
+                tlen: t.len(),
+                dy,
+                seed,
+                classes,
+                smoothing: sm,
+            },
+            dx,
+            len,
+            acc,
+        };
+        self.hold_grad(g)
+    }
+
+    /// `loss_bwd` of a held [`Grad`]; with `colsum`, the column sums of its output too
+    /// (`loss_bwd_colsum`).
+    pub(crate) fn launch_loss_bwd(&self, g: &Grad, colsum: Option<ColSum>) -> Result<()> {
+        let GradKind::Loss {
+            code: c,
+            lhs,
+            p,
+            plen,
+            t,
+            tlen,
+            dy,
+            seed,
+            classes,
+            smoothing: sm,
+        } = g.kind
+        else {
+            return Err(Error::Device {
+                what: "loss_bwd: not a loss gradient",
+            });
+        };
+        // Rows for cross-entropy (one label each), elements for the others.
+        let n = if c == 1 { tlen } else { plen } as u64;
+        let (seeded, seed) = (i32::from(seed.is_some()), seed.unwrap_or(0.0));
+        let (l, acc) = (i32::from(lhs), i32::from(g.acc));
+        let q = [self.at(p), self.at(t), self.at(dy), self.at(g.dx)];
         let (cl, st) = (classes as u64, self.status);
+        if let Some(cs) = colsum {
+            let (db, db_acc) = (self.at(cs.db), i32::from(cs.acc));
+            let (rows, cols) = (cs.rows as u64, cs.cols as u64);
+            return self.launch_2d(
+                "loss_bwd_colsum",
+                cs.blocks()?,
+                (32, 32),
+                &[
+                    &c, &l, &q[0], &q[1], &q[2], &q[3], &rows, &cols, &st, &sm, &acc, &seeded,
+                    &seed, &db, &db_acc,
+                ],
+            );
+        }
+        let work = if c == 1 { n * 32 } else { n };
         self.launch(
             "loss_bwd",
             self.blocks(work, THREADS),

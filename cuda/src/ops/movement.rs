@@ -6,7 +6,7 @@ use mote::ops::movement::Strided;
 use mote::{Result, Shape};
 
 use super::{dims, rg, Walk, SPLIT_LOOP, THREADS};
-use crate::pending::{dense, Bias, Stage, Write};
+use crate::pending::{dense, Bias, ColSum, Stage, Write};
 use crate::Cuda;
 
 impl Cuda {
@@ -27,6 +27,34 @@ impl Cuda {
         let contiguous = space.strides();
         let (reads, write) = ([rg(src.offset, ns)], rg(dst.offset, nd));
         let d = dims(space);
+        // A bias gradient (a `rows x cols` gradient summed over its rows) of what the held
+        // gradient kernel just wrote: one launch for both (`src/pending.rs`).
+        if self.fuse
+            && accumulate
+            && d.len() == 2
+            && src.strides[..2] == [d[1], 1]
+            && dst.strides[..2] == [0, 1]
+        {
+            let held = self.pending.borrow_mut().take_grad_for_colsum(
+                src.offset,
+                d[0],
+                d[1],
+                write.clone(),
+            );
+            if let Some(g) = held {
+                let acc = !self.settle(&reads, write, Write::Accumulate)?;
+                let (db, rows, cols) = (dst.offset, d[0], d[1]);
+                return self.launch_grad(
+                    g,
+                    Some(ColSum {
+                        db,
+                        rows,
+                        cols,
+                        acc,
+                    }),
+                );
+            }
+        }
         // A bias broadcast over the rows of a contiguous output (a linear layer's forward):
         // held back for the product and the activation after it (`src/pending.rs`).
         if self.fuse

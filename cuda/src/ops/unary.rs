@@ -5,7 +5,7 @@ use mote::ops::unary::UnaryOp;
 use mote::Result;
 
 use super::{rg, THREADS};
-use crate::pending::Write;
+use crate::pending::{ColSum, Grad, GradKind, Write};
 use crate::Cuda;
 
 /// The kernel's op code and scalar argument: the core's packed form.
@@ -62,17 +62,50 @@ impl Cuda {
     ) -> Result<()> {
         let r = |o: usize| o..o.saturating_add(len);
         split(&mut self.shadow, r(dx), [r(x), r(y), r(dy)])?;
-        let acc = i32::from(!self.settle(&[r(x), r(y), r(dy)], r(dx), Write::Accumulate)?);
-        let (c, s) = code(op);
-        let vec = Cuda::vec4(&[x, y, dy, dx]);
-        let work = if vec == 1 { len / 4 + 3 } else { len } as u64;
-        let p = [self.at(x), self.at(y), self.at(dy), self.at(dx)];
-        let n = len as u64;
+        let acc = !self.settle(&[r(x), r(y), r(dy)], r(dx), Write::Accumulate)?;
+        let (code, c) = code(op);
+        let g = Grad {
+            kind: GradKind::Unary { code, c, x, y, dy },
+            dx,
+            len,
+            acc,
+        };
+        self.hold_grad(g)
+    }
+
+    /// `unary_bwd` of a held [`Grad`]; with `colsum`, the column sums of its output too
+    /// (`unary_bwd_colsum`).
+    pub(crate) fn launch_unary_bwd(
+        &self,
+        g: &Grad,
+        [x, y, dy]: [usize; 3],
+        (code, c): (i32, f32),
+        colsum: Option<ColSum>,
+    ) -> Result<()> {
+        let (p, acc) = (
+            [self.at(x), self.at(y), self.at(dy), self.at(g.dx)],
+            i32::from(g.acc),
+        );
+        if let Some(cs) = colsum {
+            let (db, db_acc) = (self.at(cs.db), i32::from(cs.acc));
+            let (rows, cols) = (cs.rows as u64, cs.cols as u64);
+            return self.launch_2d(
+                "unary_bwd_colsum",
+                cs.blocks()?,
+                (32, 32),
+                &[
+                    &code, &c, &p[0], &p[1], &p[2], &p[3], &rows, &cols, &acc, &db, &db_acc,
+                ],
+            );
+        }
+        let vec = Cuda::vec4(&[x, y, dy, g.dx]);
+        let work = if vec == 1 { g.len / 4 + 3 } else { g.len } as u64;
+        let n = g.len as u64;
         self.launch(
             "unary_bwd",
             self.blocks(work, THREADS),
             THREADS,
-            &[&c, &s, &p[0], &p[1], &p[2], &p[3], &n, &vec, &acc],
+            &[&code, &c, &p[0], &p[1], &p[2], &p[3], &n, &vec, &acc],
         )
     }
 

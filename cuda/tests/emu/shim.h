@@ -27,6 +27,10 @@ inline unsigned int emu_tid() { return threadIdx.y * blockDim.x + threadIdx.x; }
 inline void __syncthreads() {
     if (!emu_sequential) emu_sync_block();
 }
+// A warp's lanes see each other's writes after it.
+inline void __syncwarp() {
+    if (!emu_sequential) emu_sync_warp(emu_tid() >> 5);
+}
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 // Every lane of a warp writes its value, waits for the others, reads its partner's, waits again.
 template <class T> inline T __shfl_xor_sync(unsigned, T v, int o) {
