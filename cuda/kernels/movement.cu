@@ -42,3 +42,24 @@ extern "C" __global__ void __launch_bounds__(1024) copy_walk_split(Walk w,
         if (accumulate) dst[base[1]] += acc; else dst[base[1]] = acc;
     }
 }
+
+// dst (cols x rows) = src (rows x cols) transposed, both row-major: one 32 x 32 tile per block
+// of 32 x 8 threads through shared memory, so that reads and writes are both coalesced. Tiles
+// are numbered along a row of tiles first. For the K-major operand copies of TF32 products
+// (src/ops/matmul.rs).
+extern "C" __global__ void __launch_bounds__(256) transpose(const float* __restrict__ src,
+                                                            float* __restrict__ dst, u64 rows,
+                                                            u64 cols) {
+    __shared__ float tile[32][33];
+    u64 across = (cols + 31) / 32;
+    u64 c0 = ((u64)blockIdx.x % across) * 32, r0 = ((u64)blockIdx.x / across) * 32;
+    for (unsigned int j = threadIdx.y; j < 32; j += 8) {
+        u64 r = r0 + j, c = c0 + threadIdx.x;
+        if (r < rows && c < cols) tile[j][threadIdx.x] = src[r * cols + c];
+    }
+    __syncthreads();
+    for (unsigned int j = threadIdx.y; j < 32; j += 8) {
+        u64 c = c0 + j, r = r0 + threadIdx.x;
+        if (c < cols && r < rows) dst[c * rows + r] = tile[threadIdx.x][j];
+    }
+}

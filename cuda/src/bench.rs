@@ -1,5 +1,6 @@
 //! GPU benchmark of whole training steps (`../shared/WORKLOADS.md`): W-seed, W-digits,
-//! W-mnist, W-large (fp32, TF32, bf16), each eager and replayed from a captured CUDA graph;
+//! W-mnist, W-large (fp32, TF32 with and without K-major operand copies, bf16), each eager and
+//! replayed from a captured CUDA graph;
 //! and issue 6's conv2d layer, eager.
 //!
 //! `cargo run --release -p mote-cuda --example gpu_bench [-- WORKLOAD...]`, or
@@ -37,7 +38,12 @@ struct Workload {
     /// PyTorch on the H200 (CUDA graph, or the best mode for W-large), and the issue's target.
     torch_us: f64,
     target_us: f64,
+    /// [`Options::k_major_from`].
+    k_major_from: u64,
 }
+
+/// [`Options::k_major_from`]'s default.
+const K_MAJOR: u64 = 1 << 28;
 
 const WORKLOADS: &[Workload] = &[
     Workload {
@@ -49,6 +55,7 @@ const WORKLOADS: &[Workload] = &[
         steps: 200,
         torch_us: 66.6,
         target_us: 33.0,
+        k_major_from: K_MAJOR,
     },
     Workload {
         name: "W-digits",
@@ -59,6 +66,7 @@ const WORKLOADS: &[Workload] = &[
         steps: 200,
         torch_us: 84.4,
         target_us: 42.0,
+        k_major_from: K_MAJOR,
     },
     Workload {
         name: "W-mnist",
@@ -69,6 +77,7 @@ const WORKLOADS: &[Workload] = &[
         steps: 200,
         torch_us: 234.8,
         target_us: 117.0,
+        k_major_from: K_MAJOR,
     },
     Workload {
         name: "W-large-fp32",
@@ -79,6 +88,7 @@ const WORKLOADS: &[Workload] = &[
         steps: 10,
         torch_us: 3633.0,
         target_us: 3633.0 * 1.05,
+        k_major_from: K_MAJOR,
     },
     Workload {
         name: "W-large-tf32",
@@ -89,6 +99,20 @@ const WORKLOADS: &[Workload] = &[
         steps: 20,
         torch_us: 1209.0,
         target_us: 800.0,
+        k_major_from: K_MAJOR,
+    },
+    // The same without K-major copies of the backward's operands: cuBLAS reads them as
+    // they lie (what the row above gains by its transposes).
+    Workload {
+        name: "W-large-tf32-in-place",
+        dims: &[1024, 4096, 4096, 1024],
+        loss: Loss::Mse,
+        batch: 1024,
+        precision: Precision::Tf32,
+        steps: 20,
+        torch_us: 1209.0,
+        target_us: 800.0,
+        k_major_from: u64::MAX,
     },
     Workload {
         name: "W-large-bf16",
@@ -99,6 +123,7 @@ const WORKLOADS: &[Workload] = &[
         steps: 20,
         torch_us: 1096.0,
         target_us: f64::NAN,
+        k_major_from: K_MAJOR,
     },
 ];
 
@@ -163,6 +188,7 @@ fn run_one(w: &Workload, log: &mut String) -> Result<Vec<Row>, CudaError> {
         floats(w),
         Options {
             precision: w.precision,
+            k_major_from: w.k_major_from,
             ..Options::default()
         },
     )?;

@@ -45,11 +45,19 @@ pub struct Options {
     /// and products. 128 MiB by default (a 3x3 convolution of 32 channels over 64 images of
     /// 32x32 in one chunk).
     pub conv_workspace_bytes: usize,
-    /// Hold back gradient zero fills and bias broadcasts to merge them into the launch after
-    /// them (`src/pending.rs`): a product or kernel that accumulates into a freshly zeroed
-    /// gradient overwrites it instead, and a linear layer's bias is added by the activation
-    /// that follows it. Same numbers, fewer launches per step. On by default.
+    /// Hold back gradient zero fills, bias broadcasts and gradient kernels to merge them into
+    /// the launch after them (`src/pending.rs`): a product or kernel that accumulates into a
+    /// freshly zeroed gradient overwrites it instead, a linear layer's bias is added by the
+    /// activation (or the loss) that follows it, and its bias gradient is summed by the kernel
+    /// that wrote the gradient it sums. Same numbers, fewer launches per step. On by default.
     pub fuse: bool,
+    /// [`Precision::Tf32`] products of at least this many multiply-adds (`m n k`) whose
+    /// operands are not both K-major (the backward's `dy W` and `dy^T x`) first copy them
+    /// K-major into the convolution scratch, where it has the room: Hopper's TF32 tensor-core
+    /// kernels read both operands K-major only (CUTLASS's SM90 TF32 GEMMs are `T x N` only),
+    /// and a transpose costs a pass over the operand. 2^28 by default (W-large's products,
+    /// not W-mnist's); `u64::MAX` never.
+    pub k_major_from: u64,
 }
 
 impl Default for Options {
@@ -60,6 +68,7 @@ impl Default for Options {
             workspace_bytes: 32 << 20,
             conv_workspace_bytes: 128 << 20,
             fuse: true,
+            k_major_from: 1 << 28,
         }
     }
 }
@@ -154,6 +163,8 @@ pub struct Cuda {
     /// Fills and a bias broadcast held back to merge into the next launch ([`Options::fuse`]).
     pub(crate) pending: RefCell<Pending>,
     pub(crate) fuse: bool,
+    /// [`Options::k_major_from`].
+    pub(crate) k_major_from: u64,
     /// Cached descriptor tables: content -> device address, and bytes of the area used.
     tables: RefCell<(HashMap<Vec<u64>, u64>, usize)>,
     /// A cross-entropy ran since the status was last checked.
@@ -310,6 +321,7 @@ impl Cuda {
             adam_queue: RefCell::new(AdamQueue::default()),
             pending: RefCell::new(Pending::default()),
             fuse: o.fuse,
+            k_major_from: o.k_major_from,
             tables: RefCell::new((HashMap::new(), 0)),
             loss_pending: std::cell::Cell::new(false),
             last: RefCell::new(String::new()),

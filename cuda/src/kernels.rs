@@ -48,7 +48,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         name: "movement",
         text: include_str!("../kernels/movement.cu"),
-        kernels: &["copy_walk", "copy_walk_split"],
+        kernels: &["copy_walk", "copy_walk_split", "transpose"],
     },
     Source {
         name: "reduce",

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::{close, gpu, PROBE_A, PROBE_B, PROBE_DY, PROBE_G, PROBE_R, PROBE_X};
+use common::{close, gpu_with, PROBE_A, PROBE_B, PROBE_DY, PROBE_G, PROBE_R, PROBE_X};
 use mote::backend::View;
 use mote::ops::binary::{BinaryOp, Side};
 use mote::ops::loss::LossOp;
@@ -22,7 +22,7 @@ use mote::ops::reduce::{Axis3, ReduceOp};
 use mote::ops::unary::UnaryOp;
 use mote::optim::{AdamUpdate, SgdUpdate};
 use mote::{Backend, Cpu, Rng, Shape};
-use mote_cuda::Cuda;
+use mote_cuda::{Cuda, Options, Precision};
 
 const FLOATS: usize = 1 << 16;
 
@@ -34,7 +34,11 @@ struct Pair {
 
 impl Pair {
     fn new(test: &str, lo: f64, hi: f64, seed: u64) -> Option<Pair> {
-        let mut gpu = gpu(test, FLOATS)?;
+        Pair::with(test, lo, hi, seed, Options::default())
+    }
+
+    fn with(test: &str, lo: f64, hi: f64, seed: u64, options: Options) -> Option<Pair> {
+        let mut gpu = gpu_with(test, FLOATS, options)?;
         let mut rng = Rng::new(seed);
         let cpu: Vec<f32> = (0..FLOATS).map(|_| rng.uniform(lo, hi) as f32).collect();
         gpu.write(0, &cpu).unwrap();
@@ -218,6 +222,63 @@ fn gemm_every_layout() {
     p.check("batched gemm into a shared output", 1e-4, 1e-4, |be| {
         be.gemm(&g2)
     });
+}
+
+/// TF32 products whose operands are not both K-major, with the K-major copies forced
+/// (`Options::k_major_from` 0) and without: the same products as the reference within TF32's
+/// rounding (`1e-2 + 1e-2 |x|`: inputs to 10-bit mantissas, k up to 129), and a transpose
+/// launched for each operand that needs one.
+#[test]
+fn tf32_products_with_k_major_copies() {
+    for from in [0, u64::MAX] {
+        let options = Options {
+            precision: Precision::Tf32,
+            k_major_from: from,
+            ..Options::default()
+        };
+        let test = "tf32_products_with_k_major_copies";
+        let Some(mut p) = Pair::with(test, -1.0, 1.0, 5, options) else {
+            return;
+        };
+        for (m, n, k) in [(7, 5, 3), (33, 65, 129), (64, 32, 40)] {
+            for at in [false, true] {
+                for bt in [false, true] {
+                    let g = Gemm {
+                        batch: 1,
+                        m,
+                        n,
+                        k,
+                        a: 0,
+                        a_trans: at,
+                        a_batch: 0,
+                        b: 20000,
+                        b_trans: bt,
+                        b_batch: 0,
+                        c: 40000,
+                        c_batch: 0,
+                        accumulate: true,
+                    };
+                    p.gpu.profile(true);
+                    p.check(&format!("tf32 {g:?}, from {from}"), 1e-2, 1e-2, |be| {
+                        be.gemm(&g)
+                    });
+                    let launches = p.gpu.profile_take().unwrap();
+                    p.gpu.profile(false);
+                    let copies: usize = launches
+                        .iter()
+                        .filter(|(name, _, _)| *name == "transpose")
+                        .map(|(_, n, _)| n)
+                        .sum();
+                    let want = if from == 0 {
+                        usize::from(at) + usize::from(!bt)
+                    } else {
+                        0
+                    };
+                    assert_eq!(copies, want, "{g:?}, from {from}: {launches:?}");
+                }
+            }
+        }
+    }
 }
 
 #[test]

@@ -39,6 +39,51 @@ impl Cuda {
         }
     }
 
+    /// For a large [`Precision::Tf32`] product whose operands are not both K-major (`A` stored
+    /// `m x k`, `B` stored `n x k`), copies those that are not into the convolution scratch,
+    /// transposed, and returns the device addresses of `A` and `B` to read K-major
+    /// ([`crate::Options::k_major_from`]); `None` to read them in place.
+    fn k_major_copies(&self, g: &Gemm) -> Result<Option<(u64, u64)>> {
+        let madds = (g.m as u64)
+            .saturating_mul(g.n as u64)
+            .saturating_mul(g.k as u64);
+        if self.precision != Precision::Tf32
+            || g.batch != 1
+            || (!g.a_trans && g.b_trans)
+            || madds < self.k_major_from
+        {
+            return Ok(None);
+        }
+        let a_len = if g.a_trans { g.m * g.k } else { 0 };
+        let b_len = if g.b_trans { 0 } else { g.n * g.k };
+        if a_len + b_len > self.conv_ws_bytes / 4 {
+            return Ok(None);
+        }
+        // `src` stored `rows x cols`, copied `cols x rows` to `dst`.
+        let flip = |src: usize, dst: u64, rows: usize, cols: usize| -> Result<()> {
+            let tiles = (rows.div_ceil(32) as u64).saturating_mul(cols.div_ceil(32) as u64);
+            let grid = u32::try_from(tiles).map_err(|_| Error::InvalidArgument {
+                what: "gemm: an operand too large to transpose in one launch",
+            })?;
+            let (sp, r, c) = (self.at(src), rows as u64, cols as u64);
+            self.launch_2d("transpose", grid, (32, 8), &[&sp, &dst, &r, &c])
+        };
+        let a = if g.a_trans {
+            flip(g.a, self.conv_ws, g.k, g.m)?;
+            self.conv_ws
+        } else {
+            self.at(g.a)
+        };
+        let b = if g.b_trans {
+            self.at(g.b)
+        } else {
+            let at = self.conv_ws + 4 * a_len as u64;
+            flip(g.b, at, g.k, g.n)?;
+            at
+        };
+        Ok(Some((a, b)))
+    }
+
     pub(crate) fn gemm_impl(&mut self, g: &Gemm) -> Result<()> {
         let (sa, sb, sc) = g.spans();
         let r = |o: usize, n: usize| o..o.saturating_add(n);
@@ -64,13 +109,18 @@ impl Cuda {
         let overwrite = self.settle(&[r(g.a, sa), r(g.b, sb)], r(g.c, sc), kind)?;
         let accumulate = g.accumulate && bias.is_none() && !overwrite;
         let (m, n, k) = (int(g.n)?, int(g.m)?, int(g.k)?);
+        // The operands as cuBLAS reads them: in place, or K-major copies (TF32).
+        let (a_trans, b_trans, pb, pa) = match self.k_major_copies(g)? {
+            Some((a, b)) => (false, true, a, b),
+            None => (g.a_trans, g.b_trans, self.at(g.a), self.at(g.b)),
+        };
         // B^T as the first operand: stored n x k (b_trans) or k x n.
-        let (op_a, lda) = if g.b_trans {
+        let (op_a, lda) = if b_trans {
             (blas::cublasOperation_t::CUBLAS_OP_T, int(g.k)?)
         } else {
             (blas::cublasOperation_t::CUBLAS_OP_N, int(g.n)?)
         };
-        let (op_b, ldb) = if g.a_trans {
+        let (op_b, ldb) = if a_trans {
             (blas::cublasOperation_t::CUBLAS_OP_T, int(g.m)?)
         } else {
             (blas::cublasOperation_t::CUBLAS_OP_N, int(g.k)?)
@@ -81,7 +131,7 @@ impl Cuda {
         let algo = blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT;
         let one = 1.0f32;
         let beta0 = if accumulate { 1.0f32 } else { 0.0f32 };
-        let (pa, pb, pc) = (self.at(g.b), self.at(g.a), self.at(g.c));
+        let pc = self.at(g.c);
         // A shared output (batch stride 0) sums every batch's product: one call per batch, the
         // later ones accumulating, as the reference does.
         let shared_c = g.c_batch == 0 && g.batch > 1;
