@@ -114,10 +114,11 @@ __device__ __forceinline__ float elem_grad(int op, int lhs, float k, float p, fl
 // Cross-entropy's gradient for one row, by one warp:
 // (softmax(z) - (1 - smoothing) onehot(label) - smoothing / classes) * k, `k` the upstream
 // gradient over the rows. Returns the sum of what this lane wrote (a row with a bad label
-// gets zeros, or keeps what it had with `acc`).
+// gets zeros, or keeps what it had with `acc`). With `loss`, lane 0 adds the row's loss to it
+// (loss_fwd's formula).
 __device__ __forceinline__ float ce_row_grad(const float* z, float* d, float l, u64 classes,
                                              int lane, float k, float smoothing, int acc,
-                                             unsigned int* status) {
+                                             unsigned int* status, float* loss) {
     float hit = k * (1.0f - smoothing), even = k * smoothing / (float)classes;
     float s = 0.0f;
     if (bad_label(l, classes)) {
@@ -135,6 +136,20 @@ __device__ __forceinline__ float ce_row_grad(const float* z, float* d, float l, 
     float e = 0.0f;
     for (u64 j = lane; j < classes; j += 32) e += expf(z[j] - m);
     e = warp_sum(e);
+    if (loss) {
+        float sz = 0.0f;
+        if (smoothing != 0.0f) {
+            for (u64 j = lane; j < classes; j += 32) sz += z[j] - m;
+            sz = warp_sum(sz);
+        }
+        if (lane == 0) {
+            float ls = logf(e);
+            float nll = (m + ls) - z[(u64)l];
+            *loss += smoothing == 0.0f
+                         ? nll
+                         : (1.0f - smoothing) * nll + smoothing * (ls - sz / (float)classes);
+        }
+    }
     float ks = k / e;
     for (u64 j = lane; j < classes; j += 32) {
         float v = (acc ? d[j] : 0.0f) + ks * expf(z[j] - m);
@@ -167,7 +182,7 @@ extern "C" __global__ void loss_bwd(int op, int lhs, const float* __restrict__ p
         int lane = threadIdx.x & 31;
         for (u64 row = ((u64)blockIdx.x * blockDim.x + threadIdx.x) >> 5; row < n; row += warps)
             ce_row_grad(p + row * classes, dx + row * classes, t[row], classes, lane, k, smoothing,
-                        acc, status);
+                        acc, status, 0);
     }
 }
 
@@ -175,26 +190,56 @@ extern "C" __global__ void loss_bwd(int op, int lhs, const float* __restrict__ p
 // linear layer whose output p is) in the same pass: 32 x 32 blocks, one per 32 columns, thread
 // (x, y) taking rows y, y + 32, ... of its column (`colsum_store`). Cross-entropy needs a whole
 // row in a warp: cols (the classes) at most 32, one block, warp y taking those rows.
+// With `fwd` (one block only), the loss's forward too, into y[0]: first p += b (bcols floats,
+// broadcast over rows) where b is not null, then the mean of the loss over the rows
+// (cross-entropy) or elements.
 extern "C" __global__ void __launch_bounds__(1024) loss_bwd_colsum(
-    int op, int lhs, const float* __restrict__ p, const float* __restrict__ t, float* dy,
-    float* dx, u64 rows, u64 cols, unsigned int* status, float smoothing, int acc, int seeded,
-    float seed, float* __restrict__ db, int db_acc) {
+    int op, int lhs, float* __restrict__ p, const float* __restrict__ t, float* dy, float* dx,
+    u64 rows, u64 cols, unsigned int* status, float smoothing, int acc, int seeded, float seed,
+    float* __restrict__ db, int db_acc, int fwd, float* __restrict__ y,
+    const float* __restrict__ b, u64 bcols) {
     float g = seeded ? seed : dy[0];
     if (seeded && blockIdx.x == 0 && threadIdx.x == 0 && threadIdx.y == 0) dy[0] = seed;
     u64 col = (u64)blockIdx.x * 32 + threadIdx.x;
-    float s = 0.0f;
+    float s = 0.0f, loss = 0.0f;
     if (op == 1) {
         float k = g / (float)rows;
-        for (u64 row = threadIdx.y; row < rows; row += 32)
-            s += ce_row_grad(p + row * cols, dx + row * cols, t[row], cols, threadIdx.x, k,
-                             smoothing, acc, status);
+        for (u64 row = threadIdx.y; row < rows; row += 32) {
+            float* z = p + row * cols;
+            if (fwd && b) {
+                if (threadIdx.x < cols) z[threadIdx.x] += b[(row * cols + threadIdx.x) % bcols];
+                __syncwarp();
+            }
+            s += ce_row_grad(z, dx + row * cols, t[row], cols, threadIdx.x, k, smoothing, acc,
+                             status, fwd ? &loss : 0);
+        }
     } else if (col < cols) {
         float k = elem_k(op, lhs, g, rows * cols);
         for (u64 r = threadIdx.y; r < rows; r += 32) {
             u64 i = r * cols + col;
-            float v = elem_grad(op, lhs, k, p[i], t[i], acc ? dx[i] : 0.0f);
+            float x = p[i], tv = t[i];
+            if (fwd) {
+                if (b) {
+                    x += b[i % bcols];
+                    p[i] = x;
+                }
+                if (op == 0) { float d = x - tv; loss += d * d; }
+                else loss += fmaxf(x, 0.0f) - x * tv + log1pf(expf(-fabsf(x)));
+            }
+            float v = elem_grad(op, lhs, k, x, tv, acc ? dx[i] : 0.0f);
             dx[i] = v;
             s += v;
+        }
+    }
+    if (fwd) {
+        // The block's sum: each warp's, then warp 0 over the warps.
+        __shared__ float part[32];
+        loss = warp_sum(loss);
+        if (threadIdx.x == 0) part[threadIdx.y] = loss;
+        __syncthreads();
+        if (threadIdx.y == 0) {
+            loss = warp_sum(part[threadIdx.x]);
+            if (threadIdx.x == 0) y[0] = loss / (float)(op == 1 ? rows : rows * cols);
         }
     }
     colsum_store(s, dx, db, rows, cols, db_acc);

@@ -687,6 +687,9 @@ impl Cuda {
         if let Some(b) = s.bias {
             self.launch_bias(b)?;
         }
+        if let Some(l) = s.loss {
+            self.launch_loss_fwd(&l)?;
+        }
         match s.grad {
             Some(g) => self.launch_grad(g, None),
             None => Ok(()),

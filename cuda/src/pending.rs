@@ -16,6 +16,9 @@
 //!   gradient, the column sums of the gradient of its output, which the kernel before (an
 //!   activation's backward, or the loss's) has just written. That kernel waits; when the
 //!   column sums of exactly its output come next, one launch writes both (`*_colsum`).
+//! - **A loss, then its gradient.** The loss's forward waits for the backward's first kernel,
+//!   its own gradient: where that sums its columns in one block, the same launch computes the
+//!   loss too.
 //!
 //! Whatever is held back is launched before anything that reads or writes its region (and
 //! before reads to the host, writes from it, graph ends and synchronisations), so the order of
@@ -63,6 +66,55 @@ impl Bias {
     }
 }
 
+/// A loss's forward held back: its launch arguments. It reads `p` (`plen` floats) and `t`,
+/// writes the loss to `y`; with `bias` (offset, length), it adds that bias, owed to the linear
+/// layer whose output `p` is, to `p` first.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct LossFwd {
+    pub code: i32,
+    pub p: usize,
+    pub plen: usize,
+    pub t: usize,
+    pub tlen: usize,
+    pub y: usize,
+    pub classes: usize,
+    pub smoothing: f32,
+    pub bias: Option<(usize, usize)>,
+}
+
+impl LossFwd {
+    /// The ranges it reads, and those it writes.
+    fn ranges(&self) -> ([Range<usize>; 3], [Range<usize>; 2]) {
+        let (b, pw) = match self.bias {
+            Some((b, n)) => (b..b + n, self.p..self.p + self.plen),
+            None => (0..0, 0..0),
+        };
+        (
+            [self.p..self.p + self.plen, self.t..self.t + self.tlen, b],
+            [self.y..self.y + 1, pw],
+        )
+    }
+
+    fn touched_by(&self, reads: &[Range<usize>], write: &Range<usize>) -> bool {
+        let (mine, writes) = self.ranges();
+        conflict(&mine, &writes, reads, write)
+    }
+}
+
+/// Whether an op reading `reads` and writing `write` must come after held work reading
+/// `mine` and writing `writes`.
+fn conflict(
+    mine: &[Range<usize>],
+    writes: &[Range<usize>],
+    reads: &[Range<usize>],
+    write: &Range<usize>,
+) -> bool {
+    writes
+        .iter()
+        .any(|w| overlaps(w, write) || reads.iter().any(|r| overlaps(r, w)))
+        || mine.iter().any(|r| overlaps(r, write))
+}
+
 /// A gradient kernel held back: its launch arguments.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum GradKind {
@@ -75,8 +127,10 @@ pub(crate) enum GradKind {
         dy: usize,
     },
     /// `loss_bwd` (left-hand side or right): `p` and `t` read (`plen`, `tlen` floats); the
-    /// upstream gradient read at `dy`, or `seed` given as a value (and written to `dy`).
+    /// upstream gradient read at `dy`, or `seed` given as a value (and written to `dy`); with
+    /// `fwd`, the loss's forward taken in.
     Loss {
+        fwd: Option<LossFwd>,
         code: i32,
         lhs: bool,
         p: usize,
@@ -102,15 +156,16 @@ pub(crate) struct Grad {
 
 impl Grad {
     /// The ranges it reads, and those it writes.
-    fn ranges(&self) -> ([Range<usize>; 3], [Range<usize>; 2]) {
+    fn ranges(&self) -> ([Range<usize>; 4], [Range<usize>; 4]) {
         let one = |o: usize, n: usize| o..o + n;
         let dx = one(self.dx, self.len);
         match self.kind {
             GradKind::Unary { x, y, dy, .. } => (
-                [one(x, self.len), one(y, self.len), one(dy, self.len)],
-                [dx, 0..0],
+                [one(x, self.len), one(y, self.len), one(dy, self.len), 0..0],
+                [dx, 0..0, 0..0, 0..0],
             ),
             GradKind::Loss {
+                fwd,
                 p,
                 plen,
                 t,
@@ -124,17 +179,17 @@ impl Grad {
                 } else {
                     (one(dy, 1), 0..0)
                 };
-                ([one(p, plen), one(t, tlen), read], [dx, write])
+                // The forward reads p and t too, and perhaps the bias.
+                let ([_, _, b], [y, pw]) =
+                    fwd.map_or_else(|| ([0..0, 0..0, 0..0], [0..0, 0..0]), |f| f.ranges());
+                ([one(p, plen), one(t, tlen), read, b], [dx, write, y, pw])
             }
         }
     }
 
     fn touched_by(&self, reads: &[Range<usize>], write: &Range<usize>) -> bool {
         let (mine, writes) = self.ranges();
-        writes
-            .iter()
-            .any(|w| overlaps(w, write) || reads.iter().any(|r| overlaps(r, w)))
-            || mine.iter().any(|r| overlaps(r, write))
+        conflict(&mine, &writes, reads, write)
     }
 
     /// Whether one launch can also sum its output's columns, as `rows x cols`.
@@ -186,6 +241,7 @@ pub(crate) enum Write {
 pub(crate) struct Settled {
     pub fills: Vec<Fill>,
     pub bias: Option<Bias>,
+    pub loss: Option<LossFwd>,
     pub grad: Option<Grad>,
     /// A zero fill of exactly the op's destination was taken in: the op must overwrite.
     pub overwrite: bool,
@@ -194,7 +250,7 @@ pub(crate) struct Settled {
 impl Settled {
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.fills.is_empty() && self.bias.is_none() && self.grad.is_none()
+        self.fills.is_empty() && self.bias.is_none() && self.loss.is_none() && self.grad.is_none()
     }
 }
 
@@ -202,29 +258,50 @@ fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
     a.start < b.end && b.start < a.end && !a.is_empty() && !b.is_empty()
 }
 
-/// Work held back (at most a few fills, one bias and one gradient kernel).
+/// Work held back (at most a few fills, one bias, one loss and one gradient kernel).
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
     fills: Vec<Fill>,
     bias: Option<Bias>,
+    loss: Option<LossFwd>,
     grad: Option<Grad>,
 }
 
 impl Pending {
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
-        self.fills.is_empty() && self.bias.is_none() && self.grad.is_none()
+        self.fills.is_empty() && self.bias.is_none() && self.loss.is_none() && self.grad.is_none()
     }
 
-    /// Everything, to launch now (in this order: fills, the bias, the gradient kernel). What is
-    /// held never overlaps: whatever touched a held item's ranges launched it first.
+    /// Everything, to launch now (in this order: fills, the bias, the loss, the gradient
+    /// kernel). What is held never overlaps: whatever touched a held item's ranges launched it
+    /// first.
     pub(crate) fn take_all(&mut self) -> Settled {
         Settled {
             fills: std::mem::take(&mut self.fills),
             bias: self.bias.take(),
+            loss: self.loss.take(),
             grad: self.grad.take(),
             overwrite: false,
         }
+    }
+
+    /// Holds back a loss's forward (the op itself was settled); returns the one held before,
+    /// to launch now.
+    #[must_use]
+    pub(crate) fn hold_loss(&mut self, l: LossFwd) -> Option<LossFwd> {
+        self.loss.replace(l)
+    }
+
+    /// The held loss's forward, if it is the one of this gradient: the same op over the same
+    /// predictions and targets.
+    pub(crate) fn take_loss(&mut self, like: &LossFwd) -> Option<LossFwd> {
+        let l = self.loss?;
+        let same = l.code == like.code
+            && (l.p, l.plen, l.t, l.tlen) == (like.p, like.plen, like.t, like.tlen)
+            && l.classes == like.classes
+            && l.smoothing.to_bits() == like.smoothing.to_bits();
+        same.then(|| self.loss.take()).flatten()
     }
 
     /// Holds back a gradient kernel (the op itself was settled); returns the one held before,
@@ -259,6 +336,9 @@ impl Pending {
         let mut out = Settled::default();
         if self.grad.is_some_and(|g| g.touched_by(reads, &write)) {
             out.grad = self.grad.take();
+        }
+        if self.loss.is_some_and(|l| l.touched_by(reads, &write)) {
+            out.loss = self.loss.take();
         }
         if self
             .bias
@@ -535,6 +615,7 @@ mod tests {
     fn a_loss_gradient_sums_columns_where_a_row_fits_a_warp() {
         let ce = |classes: usize, seed: Option<f32>| Grad {
             kind: GradKind::Loss {
+                fwd: None,
                 code: 1,
                 lhs: true,
                 p: 0,
@@ -573,6 +654,52 @@ mod tests {
         let _ = p.hold_grad(ce(10, None));
         assert!(p.settle(&[300..301], 500..501, Write::Overwrite).is_empty());
         assert!(p.settle(&[], 300..301, Write::Overwrite).grad.is_some());
+    }
+
+    #[test]
+    fn a_loss_waits_for_its_gradient() {
+        let l = LossFwd {
+            code: 1,
+            p: 0,
+            plen: 40,
+            t: 100,
+            tlen: 4,
+            y: 200,
+            classes: 10,
+            smoothing: 0.0,
+            bias: None,
+        };
+        let mut p = Pending::default();
+        assert_eq!(p.hold_loss(l), None);
+        // Its gradient (same op, predictions, targets) takes it; another loss's does not.
+        assert_eq!(p.take_loss(&LossFwd { t: 104, ..l }), None);
+        assert_eq!(
+            p.take_loss(&LossFwd {
+                smoothing: 0.1,
+                ..l
+            }),
+            None
+        );
+        assert_eq!(p.take_loss(&LossFwd { y: 0, ..l }), Some(l));
+        // Reading the loss, or writing what it reads, launches it; reading p does not, unless
+        // it owes p a bias.
+        for (reads, write) in [(vec![200..201], 300..301), (vec![], 39..40)] {
+            let _ = p.hold_loss(l);
+            assert_eq!(p.settle(&reads, write, Write::Overwrite).loss, Some(l));
+        }
+        let _ = p.hold_loss(l);
+        assert!(p.settle(&[0..40], 300..301, Write::Overwrite).is_empty());
+        let biased = LossFwd {
+            bias: Some((50, 10)),
+            ..l
+        };
+        let _ = p.hold_loss(biased);
+        assert_eq!(
+            p.settle(&[0..1], 300..301, Write::Overwrite).loss,
+            Some(biased)
+        );
+        let _ = p.hold_loss(biased);
+        assert_eq!(p.settle(&[], 55..56, Write::Overwrite).loss, Some(biased));
     }
 
     #[test]

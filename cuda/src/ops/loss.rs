@@ -9,7 +9,7 @@ use mote::ops::loss::LossOp;
 use mote::{Error, Result};
 
 use super::{rg, THREADS};
-use crate::pending::{ColSum, Grad, GradKind, Write};
+use crate::pending::{ColSum, Grad, GradKind, LossFwd, Write};
 use crate::Cuda;
 
 /// The kernels' op code; both cross-entropies are code 1, told apart by their smoothing.
@@ -32,17 +32,14 @@ impl Cuda {
     ) -> Result<()> {
         split(&mut self.shadow, y..y + 1, [p.range(), t.range()])?;
         let (c, sm) = (code(op), op.smoothing());
-        let n = if op.takes_labels() {
+        if op.takes_labels() {
             if classes == 0 {
                 return Err(Error::InvalidArgument {
                     what: "cross_entropy needs at least one class",
                 });
             }
             self.loss_pending.set(true);
-            t.len()
-        } else {
-            p.len()
-        } as u64;
+        }
         // The bias of the linear layer whose output the predictions are, still owed (no
         // activation came between): added here, as the loss reads them.
         let bias = self
@@ -50,25 +47,50 @@ impl Cuda {
             .borrow_mut()
             .take_bias_add(p.offset, p.len(), rg(y, 1));
         let mut reads = vec![p.range(), t.range()];
-        let (bp, bcols) = match bias {
-            Some(b) => {
-                reads.push(rg(b.bias, b.cols));
-                (self.at(b.bias), b.cols as u64)
-            }
+        if let Some(b) = bias {
+            reads.push(rg(b.bias, b.cols));
+        }
+        self.settle(&reads, rg(y, 1), Write::Overwrite)?;
+        let l = LossFwd {
+            code: c,
+            p: p.offset,
+            plen: p.len(),
+            t: t.offset,
+            tlen: t.len(),
+            y,
+            classes,
+            smoothing: sm,
+            bias: bias.map(|b| (b.bias, b.cols)),
+        };
+        // Held for the backward's first kernel, which may compute it too (`src/pending.rs`).
+        if !self.fuse {
+            return self.launch_loss_fwd(&l);
+        }
+        let before = self.pending.borrow_mut().hold_loss(l);
+        before.map_or(Ok(()), |b| self.launch_loss_fwd(&b))
+    }
+
+    /// `loss_fwd` of a held [`LossFwd`].
+    pub(crate) fn launch_loss_fwd(&self, l: &LossFwd) -> Result<()> {
+        let labels = l.code == 1;
+        // Rows for cross-entropy (one label each), elements for the others.
+        let n = if labels { l.tlen } else { l.plen } as u64;
+        let (bp, bcols) = match l.bias {
+            Some((b, cols)) => (self.at(b), cols as u64),
             None => (0u64, 0u64),
         };
-        self.settle(&reads, rg(y, 1), Write::Overwrite)?;
         let (pp, tp, yp, cl, st) = (
-            self.at(p.offset),
-            self.at(t.offset),
-            self.at(y),
-            classes as u64,
+            self.at(l.p),
+            self.at(l.t),
+            self.at(l.y),
+            l.classes as u64,
             self.status,
         );
         // Rows of 32 warps, or 8192 elements, per block (at most LOSS_BLOCKS): one block for
         // every small batch, the whole GPU for a large one.
-        let per = if op.takes_labels() { 32 } else { 8192 };
+        let per = if labels { 32 } else { 8192 };
         let grid = n.div_ceil(per).clamp(1, crate::device::LOSS_BLOCKS) as u32;
+        let (c, sm) = (l.code, l.smoothing);
         self.launch(
             "loss_fwd",
             grid,
@@ -109,13 +131,29 @@ impl Cuda {
         // The backward's seed (a fill of dy held back) comes in as a value; a zeroed dx is
         // overwritten (`src/pending.rs`).
         let seed = self.pending.borrow_mut().take_seed(dy);
+        // The loss's forward, held back: launched with this kernel (`src/pending.rs`).
+        let fwd = self.pending.borrow_mut().take_loss(&LossFwd {
+            code: c,
+            p: p.offset,
+            plen: p.len(),
+            t: t.offset,
+            tlen: t.len(),
+            y: 0,
+            classes,
+            smoothing: sm,
+            bias: None,
+        });
         let mut reads = vec![p.range(), t.range()];
         if seed.is_none() {
             reads.push(rg(dy, 1));
         }
+        if let Some((b, n)) = fwd.and_then(|f| f.bias) {
+            reads.push(rg(b, n));
+        }
         let acc = !self.settle(&reads, rg(dx, len), Write::Accumulate)?;
         let g = Grad {
             kind: GradKind::Loss {
+                fwd,
                 code: c,
                 lhs,
                 p: p.offset,
@@ -138,6 +176,7 @@ impl Cuda {
     /// (`loss_bwd_colsum`).
     pub(crate) fn launch_loss_bwd(&self, g: &Grad, colsum: Option<ColSum>) -> Result<()> {
         let GradKind::Loss {
+            fwd,
             code: c,
             lhs,
             p,
@@ -160,6 +199,24 @@ impl Cuda {
         let (l, acc) = (i32::from(lhs), i32::from(g.acc));
         let q = [self.at(p), self.at(t), self.at(dy), self.at(g.dx)];
         let (cl, st) = (classes as u64, self.status);
+        // The forward in the same launch where that is one block (its sum then needs no
+        // second pass); before it otherwise.
+        let one_block = match colsum {
+            Some(cs) => cs.blocks()? == 1,
+            None => false,
+        };
+        let (mut yp, mut bp, mut bcols, mut with_fwd) = (0u64, 0u64, 0u64, 0i32);
+        if let Some(f) = fwd {
+            if one_block {
+                yp = self.at(f.y);
+                if let Some((b, n)) = f.bias {
+                    (bp, bcols) = (self.at(b), n as u64);
+                }
+                with_fwd = 1;
+            } else {
+                self.launch_loss_fwd(&f)?;
+            }
+        }
         if let Some(cs) = colsum {
             let (db, db_acc) = (self.at(cs.db), i32::from(cs.acc));
             let (rows, cols) = (cs.rows as u64, cs.cols as u64);
@@ -169,7 +226,7 @@ impl Cuda {
                 (32, 32),
                 &[
                     &c, &l, &q[0], &q[1], &q[2], &q[3], &rows, &cols, &st, &sm, &acc, &seeded,
-                    &seed, &db, &db_acc,
+                    &seed, &db, &db_acc, &with_fwd, &yp, &bp, &bcols,
                 ],
             );
         }
