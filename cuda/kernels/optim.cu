@@ -56,11 +56,18 @@ extern "C" __global__ void adam(float* __restrict__ p, const float* __restrict__
 struct AdamDesc { u64 p, g, m, v, len, tile; };
 #define ADAM_TILE 4096
 
+// `rec`, when not null: the captured step's one optimizer launch, which does `graph_tick`'s
+// work itself (no tick node): its record (at rec, as graph_tick's) gives the step's scalars,
+// and the last block to finish (counted in the record's last word) advances it.
 extern "C" __global__ void adam_multi(float* arena, const AdamDesc* __restrict__ d, int count,
                                       float b1, float b2, float c1, float c2, float step,
                                       float isb2, float eps, float l2, float decay,
-                                      const float* dyn) {
+                                      const float* dyn, double* rec) {
     if (dyn) { step = dyn[0]; isb2 = dyn[1]; }
+    if (rec) {
+        step = (float)(rec[2] / (1.0 - rec[5]));
+        isb2 = (float)(1.0 / sqrt(1.0 - rec[6]));
+    }
     // The tensor owning this block's tile: the last one whose first tile is <= blockIdx.x.
     int lo = 0, hi = count - 1;
     while (lo < hi) {
@@ -88,6 +95,21 @@ extern "C" __global__ void adam_multi(float* arena, const AdamDesc* __restrict__
     }
     for (u64 i = start + threadIdx.x; i < end; i += blockDim.x)
         adam_one(p[i], g[i], m[i], v[i], b1, b2, c1, c2, step, isb2, eps, l2, decay);
+    if (rec) {
+        // Every block read the record before it takes its ticket; the last one advances it.
+        __shared__ int last;
+        unsigned int* ticket = (unsigned int*)(rec + 7);
+        if (threadIdx.x == 0) {
+            __threadfence();
+            last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+        }
+        __syncthreads();
+        if (last && threadIdx.x == 0) {
+            rec[5] = rec[5] * rec[3];
+            rec[6] = rec[6] * rec[4];
+            *ticket = 0u;
+        }
+    }
 }
 
 // Zeroes many ranges in one launch (gradients no op took in): pairs of (offset, len) in `r`.

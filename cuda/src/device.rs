@@ -109,6 +109,12 @@ type Timed = (&'static str, CudaEvent, CudaEvent);
 pub(crate) struct Capture {
     /// What each used dyn slot holds, for the graph's tick kernel to advance.
     pub slots: Vec<crate::graph::Slot>,
+    /// The graph's records (`graph_tick`'s table: a count, then 8 doubles per slot).
+    pub rec: u64,
+    /// `graph_tick` was launched (before the first optimizer launch that needs it).
+    pub ticked: bool,
+    /// The step is over and held work is being flushed: an optimizer launch now is the last.
+    pub closing: bool,
 }
 
 /// The CUDA backend: implements [`mote::Backend`] with `Elem = f32` over one device arena.

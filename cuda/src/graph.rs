@@ -11,7 +11,8 @@
 //!   *not* part of the graph: they happened once, at capture; write each new batch with
 //!   [`Graph::write`] (or `tape.write(var, data)`) before [`Graph::replay`];
 //! - optimizer scalars that change per step (Adam's bias corrections, SGD's first-step flag)
-//!   live in device memory and are advanced by the graph's first kernel (`graph_tick`), so a
+//!   live in device memory and are advanced on the device (by `graph_tick`, launched before
+//!   the step's first optimizer launch, or by the step's one Adam launch itself), so a
 //!   replay is one `cuGraphLaunch` and nothing else; the host-side optimizer's step
 //!   count does not move (replays bypass it), so do not mix replays and eager steps of the same
 //!   optimizer, and a learning-rate change needs a new capture;
@@ -188,7 +189,15 @@ impl<R> Graph<R> {
         // Whether the step launches a label-checking loss is seen by the flag it sets; a check
         // an earlier eager loss left pending stays pending.
         let pending = be.loss_pending.replace(false);
-        *be.capture.borrow_mut() = Some(Capture::default());
+        let rec = be
+            .reserve_table(8 * (1 + 8 * MAX_SLOTS))
+            .ok_or(mote::Error::Device {
+                what: "descriptor area full: too many captured graphs",
+            });
+        *be.capture.borrow_mut() = Some(Capture {
+            rec: *rec.as_ref().unwrap_or(&0),
+            ..Capture::default()
+        });
         if let Err(e) = be
             .stream
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
@@ -196,22 +205,19 @@ impl<R> Graph<R> {
             *be.capture.borrow_mut() = None;
             return Err(dev(be, "cuStreamBeginCapture", e));
         }
-        // The tick kernel goes first; its records (written below, once the step is known) live
-        // in a region of the table area owned by this graph.
-        let rec = be
-            .reserve_table(8 * (1 + 8 * MAX_SLOTS))
-            .ok_or(mote::Error::Device {
-                what: "descriptor area full: too many captured graphs",
-            });
+        // The records of the step's optimizer launches (written below, once the step is known)
+        // live in a region of the table area owned by this graph; `graph_tick` advances them
+        // before the first launch that reads them, or the step's one Adam launch does
+        // (`src/ops/optim.rs`).
         let out = (|| -> Result<R> {
             let rec = rec?;
-            let be = tape.backend_mut();
-            let dyn_ = be.dyn_;
-            be.launch("graph_tick", 1, 64, &[&rec, &dyn_])?;
             tape.rewind_keep_grad(mark)?;
             zero_grads(tape)?;
             let r = step(tape)?;
             let be = tape.backend_mut();
+            if let Some(c) = be.capture.borrow_mut().as_mut() {
+                c.closing = true;
+            }
             be.flush()?;
             let slots = be
                 .capture

@@ -776,6 +776,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
         f32,
         f32,
         *const f32,
+        *mut f64,
     );
     type Zero = unsafe extern "C" fn(*mut f32, *const u64, i32);
     type Tick = unsafe extern "C" fn(*mut f64, *mut f32);
@@ -947,6 +948,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
                         l2,
                         decay,
                         std::ptr::null(),
+                        std::ptr::null_mut(),
                     )
                 });
             },

@@ -76,12 +76,16 @@ fn same_settings(a: &AdamUpdate, b: &AdamUpdate) -> bool {
 }
 
 impl Cuda {
-    /// A dyn slot for the step-dependent scalars of a captured update (`None` when not
-    /// capturing); records what the replays need to advance it.
-    fn dyn_slot(&self, slot: Slot) -> Result<u64> {
-        let mut cap = self.capture.borrow_mut();
-        let Some(cap) = cap.as_mut() else {
-            return Ok(0);
+    /// Where a captured update finds its step-dependent scalars: `(dyn, rec)`, both 0 when not
+    /// capturing. Records what the replays need to advance them. `dyn`: a slot of the dyn area
+    /// that `graph_tick` (launched here before the first such update) writes each replay.
+    /// `rec`: the record itself, for the step's only optimizer launch, made as the step closes
+    /// (`own_tick`: an `adam_multi` launch, which then advances the record itself, and the
+    /// graph has no tick node).
+    fn dyn_slot(&self, slot: Slot, own_tick: bool) -> Result<(u64, u64)> {
+        let mut guard = self.capture.borrow_mut();
+        let Some(cap) = guard.as_mut() else {
+            return Ok((0, 0));
         };
         let at = cap.slots.iter().map(Slot::width).sum::<usize>();
         if at + slot.width() > crate::device::DYN_SLOTS {
@@ -90,7 +94,18 @@ impl Cuda {
             });
         }
         cap.slots.push(slot);
-        Ok(self.dyn_ + 4 * at as u64)
+        if own_tick && self.fuse && cap.closing && cap.slots.len() == 1 {
+            // Record 0, after the table's count.
+            return Ok((0, cap.rec + 8));
+        }
+        let (rec, tick) = (cap.rec, !cap.ticked);
+        cap.ticked = true;
+        drop(guard);
+        if tick {
+            let dyn_ = self.dyn_;
+            self.launch("graph_tick", 1, 64, &[&rec, &dyn_])?;
+        }
+        Ok((self.dyn_ + 4 * at as u64, 0))
     }
 
     pub(crate) fn sgd_impl(&mut self, u: &SgdUpdate) -> Result<()> {
@@ -103,7 +118,7 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        let dyn_ = self.dyn_slot(Slot::Sgd { first: u.first })?;
+        let (dyn_, _) = self.dyn_slot(Slot::Sgd { first: u.first }, false)?;
         let (p, g) = (self.at(u.param), self.at(u.grad));
         let buf = u.momentum_buf.map_or(0, |m| self.at(m));
         let (nn, lr, mu) = (n as u64, u.lr as f32, u.momentum as f32);
@@ -149,13 +164,6 @@ pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
         return Ok(());
     };
     let s = scalars(&first);
-    let dyn_ = be.dyn_slot(Slot::Adam {
-        lr: first.lr,
-        beta1: first.beta1,
-        beta2: first.beta2,
-        bias1: first.bias1,
-        bias2: first.bias2,
-    })?;
     // Descriptor table: p, g, m, v, len, first tile.
     let mut words = Vec::with_capacity(6 * pending.len());
     let mut tiles = 0usize;
@@ -175,6 +183,14 @@ pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
     } else {
         None
     };
+    let slot = Slot::Adam {
+        lr: first.lr,
+        beta1: first.beta1,
+        beta2: first.beta2,
+        bias1: first.bias1,
+        bias2: first.bias2,
+    };
+    let (dyn_, rec) = be.dyn_slot(slot, table.is_some())?;
     let AdamScalars {
         b1,
         b2,
@@ -195,6 +211,7 @@ pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
                 THREADS,
                 &[
                     &arena, &t, &count, &b1, &b2, &c1, &c2, &step, &isb2, &eps, &l2, &decay, &dyn_,
+                    &rec,
                 ],
             )
         }
