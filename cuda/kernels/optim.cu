@@ -96,9 +96,11 @@ extern "C" __global__ void adam_multi(float* arena, const AdamDesc* __restrict__
     for (u64 i = start + threadIdx.x; i < end; i += blockDim.x)
         adam_one(p[i], g[i], m[i], v[i], b1, b2, c1, c2, step, isb2, eps, l2, decay);
     if (rec) {
-        // Every block read the record before it takes its ticket; the last one advances it.
+        // Every thread of a block has read the record before the block takes its ticket; the
+        // last block advances it.
         __shared__ int last;
         unsigned int* ticket = (unsigned int*)(rec + 7);
+        __syncthreads();
         if (threadIdx.x == 0) {
             __threadfence();
             last = atomicAdd(ticket, 1u) == gridDim.x - 1;
@@ -124,7 +126,8 @@ extern "C" __global__ void zero_ranges(float* arena, const u64* __restrict__ r, 
     }
 }
 
-// First node of every captured graph: advances the per-step optimizer scalars of that graph.
+// Launched in a captured graph before its first optimizer launch that reads the per-step
+// scalars (none where the step's one Adam launch advances them itself): advances them.
 // rec[0] = number of records; record i (8 doubles at rec + 1 + 8 i): kind (0 SGD, 1 Adam), the
 // output index in `dyn`, then SGD: the first-step flag; Adam: lr, beta1, beta2, beta1^t, beta2^t
 // for the coming replay (the same repeated products the host optimizer uses, so the scalars are

@@ -49,7 +49,10 @@ pub struct Options {
     /// the launch after them (`src/pending.rs`): a product or kernel that accumulates into a
     /// freshly zeroed gradient overwrites it instead, a linear layer's bias is added by the
     /// activation (or the loss) that follows it, and its bias gradient is summed by the kernel
-    /// that wrote the gradient it sums. Same numbers, fewer launches per step. On by default.
+    /// that wrote the gradient it sums. The same gradients (a bias added after the product
+    /// instead of before it may round differently in the last bit), the loss summed in another
+    /// order where its forward shares its gradient's launch; fewer launches per step. On by
+    /// default.
     pub fuse: bool,
     /// [`Precision::Tf32`] products of at least this many multiply-adds (`m n k`) whose
     /// operands are not both K-major (the backward's `dy W` and `dy^T x`) first copy them
@@ -629,7 +632,8 @@ impl Cuda {
         Ok(())
     }
 
-    /// Launches everything held back: fills, a bias broadcast, the queued optimizer updates.
+    /// Launches everything held back (fills, a bias broadcast or addition, a gradient kernel,
+    /// a loss's forward: `src/pending.rs`) and the queued optimizer updates.
     pub(crate) fn flush(&self) -> Result<()> {
         let held = self.pending.borrow_mut().take_all();
         self.launch_settled(held)?;

@@ -195,6 +195,9 @@ impl Grad {
     /// Whether one launch can also sum its output's columns, as `rows x cols`.
     pub(crate) fn sums_columns(&self, rows: usize, cols: usize) -> bool {
         rows.checked_mul(cols) == Some(self.len)
+            // One block per 32 columns walks every row: past this many rows, the separate
+            // launches (spread over the GPU) are faster.
+            && rows <= COLSUM_ROWS
             && match self.kind {
                 GradKind::Unary { .. } => true,
                 // Cross-entropy's rows each in one warp of the one block.
@@ -214,6 +217,10 @@ pub(crate) struct ColSum {
     pub cols: usize,
     pub acc: bool,
 }
+
+/// The most rows a gradient kernel sums its columns over in its own launch
+/// ([`Grad::sums_columns`]).
+pub(crate) const COLSUM_ROWS: usize = 8192;
 
 impl ColSum {
     /// The fused kernels' grid: one 32 x 32 block per 32 columns.
@@ -644,6 +651,12 @@ mod tests {
             *code = 0;
         }
         assert!(mse.sums_columns(4, 40) && mse.sums_columns(2, 80));
+        // Not over more rows than one block walks well.
+        let rows = COLSUM_ROWS + 1;
+        mse.len = rows;
+        assert!(!mse.sums_columns(rows, 1), "{rows} rows");
+        mse.len = COLSUM_ROWS;
+        assert!(mse.sums_columns(COLSUM_ROWS, 1));
         // Seeded, it writes the seed to dy: a read of dy launches it; unseeded, it reads dy.
         let mut p = Pending::default();
         let _ = p.hold_grad(ce(10, Some(1.0)));

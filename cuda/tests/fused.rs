@@ -243,3 +243,36 @@ fn fused_backward_matches_reference() {
         assert!(total(&nf) < total(&nu), "{what}: {nf:?} vs {nu:?}");
     }
 }
+
+/// A bad label behind a held-back loss: a read of something else before the loss's kernel
+/// runs does not use up the check, and the read of the loss (which launches it) reports the
+/// label; so does the backward's launch, after the report was cleared.
+#[test]
+fn bad_label_behind_held_loss_is_reported() {
+    let test = "bad_label_behind_held_loss_is_reported";
+    let Some(cuda) = gpu_with(test, FLOATS, Options::default()) else {
+        return;
+    };
+    let mut t = Tape::<Cuda, 64>::with_backend(cuda);
+    let mut rng = Rng::new(3);
+    let l = Linear::new(&mut t, 4, 10, &mut rng).unwrap();
+    let x = t.input(&[6, 4], &values(24, 5)).unwrap();
+    let o = l.forward(&mut t, x).unwrap();
+    let y = t.labels(&[1, 2, 3, 12, 4, 5]).unwrap();
+    let loss = t.cross_entropy(o, y).unwrap();
+    // The weights, read while the loss's forward is held for its gradient's launch.
+    let w = t.params().next().unwrap();
+    let mut v = vec![0f32; w.numel()];
+    t.read(w, &mut v).unwrap();
+    let read = t.item(loss);
+    assert!(
+        matches!(read, Err(mote::Error::IndexOutOfRange { index: 12, .. })),
+        "{test}: the loss: {read:?}"
+    );
+    t.backward(loss).unwrap();
+    let read = t.read_grad(w, &mut v);
+    assert!(
+        matches!(read, Err(mote::Error::IndexOutOfRange { index: 12, .. })),
+        "{test}: the gradient: {read:?}"
+    );
+}

@@ -32,20 +32,23 @@ impl Cuda {
     ) -> Result<()> {
         split(&mut self.shadow, y..y + 1, [p.range(), t.range()])?;
         let (c, sm) = (code(op), op.smoothing());
-        if op.takes_labels() {
-            if classes == 0 {
-                return Err(Error::InvalidArgument {
-                    what: "cross_entropy needs at least one class",
-                });
-            }
-            self.loss_pending.set(true);
+        if op.takes_labels() && classes == 0 {
+            return Err(Error::InvalidArgument {
+                what: "cross_entropy needs at least one class",
+            });
         }
         // The bias of the linear layer whose output the predictions are, still owed (no
-        // activation came between): added here, as the loss reads them.
-        let bias = self
-            .pending
-            .borrow_mut()
-            .take_bias_add(p.offset, p.len(), rg(y, 1));
+        // activation came between): added here, as the loss reads them. Not where the targets
+        // overlap the predictions (the kernel reads them through a restricted pointer).
+        let (pr, tr) = (p.range(), t.range());
+        let apart = pr.end <= tr.start || tr.end <= pr.start;
+        let bias = if apart {
+            self.pending
+                .borrow_mut()
+                .take_bias_add(p.offset, p.len(), rg(y, 1))
+        } else {
+            None
+        };
         let mut reads = vec![p.range(), t.range()];
         if let Some(b) = bias {
             reads.push(rg(b.bias, b.cols));
@@ -73,6 +76,11 @@ impl Cuda {
     /// `loss_fwd` of a held [`LossFwd`].
     pub(crate) fn launch_loss_fwd(&self, l: &LossFwd) -> Result<()> {
         let labels = l.code == 1;
+        // The status is to be checked from the launch on (not from when the op was held: a
+        // read before the launch would clear it).
+        if labels {
+            self.loss_pending.set(true);
+        }
         // Rows for cross-entropy (one label each), elements for the others.
         let n = if labels { l.tlen } else { l.plen } as u64;
         let (bp, bcols) = match l.bias {
@@ -126,7 +134,6 @@ impl Cuda {
                     what: "cross_entropy needs at least one class",
                 });
             }
-            self.loss_pending.set(true);
         }
         // The backward's seed (a fill of dy held back) comes in as a value; a zeroed dx is
         // overwritten (`src/pending.rs`).
@@ -195,6 +202,9 @@ impl Cuda {
         };
         // Rows for cross-entropy (one label each), elements for the others.
         let n = if c == 1 { tlen } else { plen } as u64;
+        if c == 1 {
+            self.loss_pending.set(true);
+        }
         let (seeded, seed) = (i32::from(seed.is_some()), seed.unwrap_or(0.0));
         let (l, acc) = (i32::from(lhs), i32::from(g.acc));
         let q = [self.at(p), self.at(t), self.at(dy), self.at(g.dx)];

@@ -50,13 +50,20 @@ impl Cuda {
         if self.precision != Precision::Tf32
             || g.batch != 1
             || (!g.a_trans && g.b_trans)
+            || madds == 0
             || madds < self.k_major_from
         {
             return Ok(None);
         }
-        let a_len = if g.a_trans { g.m * g.k } else { 0 };
+        // B's copy starts on a 256-byte boundary after A's (cuBLAS's alignment for its fastest
+        // kernels).
+        let a_len = if g.a_trans {
+            (g.m * g.k).next_multiple_of(64)
+        } else {
+            0
+        };
         let b_len = if g.b_trans { 0 } else { g.n * g.k };
-        if a_len + b_len > self.conv_ws_bytes / 4 {
+        if a_len.saturating_add(b_len) > self.conv_ws_bytes / 4 {
             return Ok(None);
         }
         // `src` stored `rows x cols`, copied `cols x rows` to `dst`.
