@@ -1,5 +1,6 @@
 // Optimizer updates. `dyn`, when not null, holds the per-step scalars that change between
-// replays of a captured CUDA graph (written by the host before each replay).
+// replays of a captured CUDA graph (advanced on the device by `graph_tick`, or by the step's one
+// Adam launch, before each replay's optimizer reads them).
 
 // SGD with optional momentum buffer (`buf` null without momentum). dyn[0]: the `first` flag.
 extern "C" __global__ void sgd(float* __restrict__ p, const float* __restrict__ g,

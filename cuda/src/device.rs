@@ -110,7 +110,8 @@ type Timed = (&'static str, CudaEvent, CudaEvent);
 /// Recorded while a graph is being captured.
 #[derive(Debug, Default)]
 pub(crate) struct Capture {
-    /// What each used dyn slot holds, for the graph's tick kernel to advance.
+    /// What each used dyn slot holds, for `graph_tick` (or the step's one Adam launch) to
+    /// advance.
     pub slots: Vec<crate::graph::Slot>,
     /// The graph's records (`graph_tick`'s table: a count, then 8 doubles per slot).
     pub rec: u64,
@@ -169,7 +170,8 @@ pub struct Cuda {
     pub(crate) max_blocks: u32,
     pub(crate) capture: RefCell<Option<Capture>>,
     pub(crate) adam_queue: RefCell<AdamQueue>,
-    /// Fills and a bias broadcast held back to merge into the next launch ([`Options::fuse`]).
+    /// Work held back to merge into the next launch ([`Options::fuse`], `src/pending.rs`):
+    /// fills, a bias broadcast or addition, a loss's forward, a gradient kernel.
     pub(crate) pending: RefCell<Pending>,
     pub(crate) fuse: bool,
     /// [`Options::k_major_from`].
@@ -588,6 +590,16 @@ impl Cuda {
         let at = self.table + t.1 as u64;
         t.1 += bytes;
         Some(at)
+    }
+
+    /// Gives back a reservation of `bytes` at `at` when nothing was reserved or uploaded after
+    /// it (a failed capture's record); otherwise it stays used.
+    pub(crate) fn unreserve_table(&self, at: u64, bytes: usize) {
+        let mut t = self.tables.borrow_mut();
+        let bytes = align(bytes);
+        if at + bytes as u64 == self.table + t.1 as u64 {
+            t.1 -= bytes;
+        }
     }
 
     /// Uploads a descriptor table (u64 words) into the table area, reusing an identical table

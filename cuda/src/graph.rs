@@ -178,7 +178,9 @@ impl<R> Graph<R> {
     /// # Errors
     /// The step's own error, or [`CudaError::Driver`] when capture or instantiation fails; a
     /// bad label from an earlier eager loss, reported by the synchronisation capture starts
-    /// with (the status is cleared: capturing again works).
+    /// with (the status is cleared: capturing again works). A failed capture runs nothing of
+    /// the step (what it held back is dropped); the optimizer's host-side state (its step
+    /// count) has advanced if `step` called it.
     pub fn capture<const N: usize>(
         tape: &mut Tape<Cuda, N>,
         mark: Mark,
@@ -189,11 +191,10 @@ impl<R> Graph<R> {
         // Whether the step launches a label-checking loss is seen by the flag it sets; a check
         // an earlier eager loss left pending stays pending.
         let pending = be.loss_pending.replace(false);
-        let rec = be
-            .reserve_table(8 * (1 + 8 * MAX_SLOTS))
-            .ok_or(mote::Error::Device {
-                what: "descriptor area full: too many captured graphs",
-            });
+        let rec_bytes = 8 * (1 + 8 * MAX_SLOTS);
+        let rec = be.reserve_table(rec_bytes).ok_or(mote::Error::Device {
+            what: "descriptor area full: too many captured graphs",
+        });
         *be.capture.borrow_mut() = Some(Capture {
             rec: *rec.as_ref().unwrap_or(&0),
             ..Capture::default()
@@ -203,6 +204,9 @@ impl<R> Graph<R> {
             .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
         {
             *be.capture.borrow_mut() = None;
+            if let Ok(at) = rec {
+                be.unreserve_table(at, rec_bytes);
+            }
             return Err(dev(be, "cuStreamBeginCapture", e));
         }
         // The records of the step's optimizer launches (written below, once the step is known)
@@ -243,18 +247,37 @@ impl<R> Graph<R> {
         let ended = be.stream.end_capture(sys::CUgraphInstantiate_flags(0));
         *be.capture.borrow_mut() = None;
         let labels = be.loss_pending.replace(pending);
-        let output = out?;
-        let graph = match ended {
-            Ok(Some(g)) => g,
-            Ok(None) => {
+        // Nothing of a failed capture runs: what it held back is dropped with it, and its
+        // record given back (`sync` above flushed everything from before).
+        let failed = |be: &Cuda| {
+            drop(be.pending.borrow_mut().take_all());
+            be.adam_queue.borrow_mut().clear();
+            if let Ok(at) = rec {
+                be.unreserve_table(at, rec_bytes);
+            }
+        };
+        let (output, graph) = match (out, ended) {
+            (Ok(o), Ok(Some(g))) => (o, g),
+            (Err(e), _) => {
+                failed(be);
+                return Err(e.into());
+            }
+            (Ok(_), Ok(None)) => {
+                failed(be);
                 return Err(CudaError::Driver {
                     what: "cuStreamEndCapture",
                     message: "the step launched nothing".into(),
-                })
+                });
             }
-            Err(e) => return Err(dev(be, "cuStreamEndCapture", e)),
+            (Ok(_), Err(e)) => {
+                failed(be);
+                return Err(dev(be, "cuStreamEndCapture", e));
+            }
         };
-        graph.upload().map_err(|e| dev(be, "cuGraphUpload", e))?;
+        if let Err(e) = graph.upload() {
+            failed(be);
+            return Err(dev(be, "cuGraphUpload", e));
+        }
         let launches = count_nodes(&graph);
         Ok(Graph {
             graph,

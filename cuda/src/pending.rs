@@ -145,7 +145,8 @@ pub(crate) enum GradKind {
 }
 
 /// A gradient kernel held back for the column sums that may follow it: it writes the `len`
-/// floats at `dx` (adding to them with `acc`).
+/// floats at `dx` (adding to them with `acc`); a loss's also writes its seed to `dy`, and with
+/// its forward taken in, the loss and the bias added to the predictions (`ranges`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Grad {
     pub kind: GradKind,
@@ -195,6 +196,9 @@ impl Grad {
     /// Whether one launch can also sum its output's columns, as `rows x cols`.
     pub(crate) fn sums_columns(&self, rows: usize, cols: usize) -> bool {
         rows.checked_mul(cols) == Some(self.len)
+            // At least one block, and a grid that fits (`ColSum::blocks`).
+            && cols > 0
+            && u32::try_from(cols.div_ceil(32)).is_ok()
             // One block per 32 columns walks every row: past this many rows, the separate
             // launches (spread over the GPU) are faster.
             && rows <= COLSUM_ROWS
@@ -657,6 +661,9 @@ mod tests {
         assert!(!mse.sums_columns(rows, 1), "{rows} rows");
         mse.len = COLSUM_ROWS;
         assert!(mse.sums_columns(COLSUM_ROWS, 1));
+        // Nor over no columns (a grid of no blocks).
+        mse.len = 0;
+        assert!(!mse.sums_columns(4, 0));
         // Seeded, it writes the seed to dy: a read of dy launches it; unseeded, it reads dy.
         let mut p = Pending::default();
         let _ = p.hold_grad(ce(10, Some(1.0)));

@@ -259,3 +259,56 @@ fn fused_steps_equal_unfused_ones() {
     close(test, &pf, &pu, 1e-4, 2e-4);
     assert!(nf < nu, "{test}: {nf} launches fused, {nu} without");
 }
+
+/// A capture whose step fails runs nothing of it: the work it held back (the step's last
+/// gradient kernel, its queued Adam updates) is dropped, not launched by the next eager call;
+/// the parameters are as before it, and a capture after it works.
+#[test]
+fn failed_capture_runs_nothing() {
+    let test = "failed_capture_runs_nothing";
+    let Some(cuda) = gpu(test, FLOATS) else {
+        return;
+    };
+    let (xs, ys) = digits();
+    let mut t = Tape::<Cuda, 64>::with_backend(cuda);
+    let m = model(&mut t);
+    let mut opt = Adam::new(&mut t, AdamConfig::default()).unwrap();
+    let start = t.mark();
+    let (bx, by) = batch(&xs, &ys, 0);
+    step(&mut t, &m, &mut opt, start, &bx, &by);
+    let before = params(&t);
+    let failed = Graph::capture(&mut t, start, |t| {
+        let x = t.input(&[BATCH, 64], &bx)?;
+        let y = t.labels(&by)?;
+        let logits = m.forward(t, x)?;
+        let loss = t.cross_entropy(logits, y)?;
+        t.backward(loss)?;
+        opt.step(t)?;
+        Err::<(), _>(mote::Error::InvalidArgument {
+            what: "the step gave up",
+        })
+    });
+    assert!(failed.is_err(), "{test}: the capture succeeded");
+    let after = params(&t);
+    assert!(
+        before
+            .iter()
+            .zip(&after)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{test}: parameters changed by a failed capture"
+    );
+    let graph = Graph::capture(&mut t, start, |t| {
+        let x = t.input(&[BATCH, 64], &bx)?;
+        let y = t.labels(&by)?;
+        let logits = m.forward(t, x)?;
+        let loss = t.cross_entropy(logits, y)?;
+        t.backward(loss)?;
+        opt.step(t)?;
+        Ok(loss)
+    })
+    .unwrap_or_else(|e| panic!("{test}: capture after a failed one: {e}"));
+    let mut graph = graph;
+    graph.replay(&mut t).unwrap();
+    let loss = *graph.output();
+    assert!(t.item(loss).unwrap().is_finite(), "{test}");
+}

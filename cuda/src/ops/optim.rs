@@ -27,6 +27,11 @@ impl AdamQueue {
     pub(crate) fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
+
+    /// Drops the queued updates (those of a failed capture).
+    pub(crate) fn clear(&mut self) {
+        self.pending.clear();
+    }
 }
 
 /// The per-launch constants of an Adam update, as the kernel takes them.
