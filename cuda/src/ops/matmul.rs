@@ -66,12 +66,16 @@ impl Cuda {
         if a_len.saturating_add(b_len) > self.conv_ws_bytes / 4 {
             return Ok(None);
         }
+        // The transposes' grids (32 x 32 tiles): in place where one does not fit a launch.
+        let tiles = |rows: usize, cols: usize| {
+            u32::try_from((rows.div_ceil(32) as u64).saturating_mul(cols.div_ceil(32) as u64)).ok()
+        };
+        if tiles(g.k, g.m).is_none() || tiles(g.k, g.n).is_none() {
+            return Ok(None);
+        }
         // `src` stored `rows x cols`, copied `cols x rows` to `dst`.
         let flip = |src: usize, dst: u64, rows: usize, cols: usize| -> Result<()> {
-            let tiles = (rows.div_ceil(32) as u64).saturating_mul(cols.div_ceil(32) as u64);
-            let grid = u32::try_from(tiles).map_err(|_| Error::InvalidArgument {
-                what: "gemm: an operand too large to transpose in one launch",
-            })?;
+            let grid = tiles(rows, cols).unwrap_or(u32::MAX);
             let (sp, r, c) = (self.at(src), rows as u64, cols as u64);
             self.launch_2d("transpose", grid, (32, 8), &[&sp, &dst, &r, &c])
         };
@@ -98,6 +102,15 @@ impl Cuda {
         if g.batch == 0 || g.m == 0 || g.n == 0 {
             return Ok(());
         }
+        // cuBLAS's sizes (checked before anything held back is taken out).
+        let (m, n, k) = (int(g.n)?, int(g.m)?, int(g.k)?);
+        let stride = |v: usize| -> Result<i64> {
+            i64::try_from(v).map_err(|_| Error::InvalidArgument {
+                what: "gemm: batch stride too large",
+            })
+        };
+        let strides = (stride(g.b_batch)?, stride(g.a_batch)?, stride(g.c_batch)?);
+        let batch = int(g.batch)?;
         // A held-back bias broadcast into exactly this output (a linear layer): the product
         // overwrites, and the bias is owed as `y += b` (`src/pending.rs`).
         let bias = if g.accumulate && g.batch == 1 {
@@ -115,7 +128,6 @@ impl Cuda {
         };
         let overwrite = self.settle(&[r(g.a, sa), r(g.b, sb)], r(g.c, sc), kind)?;
         let accumulate = g.accumulate && bias.is_none() && !overwrite;
-        let (m, n, k) = (int(g.n)?, int(g.m)?, int(g.k)?);
         // The operands as cuBLAS reads them: in place, or K-major copies (TF32).
         let (a_trans, b_trans, pb, pa) = match self.k_major_copies(g)? {
             Some((a, b)) => (false, true, a, b),
@@ -123,16 +135,16 @@ impl Cuda {
         };
         // B^T as the first operand: stored n x k (b_trans) or k x n.
         let (op_a, lda) = if b_trans {
-            (blas::cublasOperation_t::CUBLAS_OP_T, int(g.k)?)
+            (blas::cublasOperation_t::CUBLAS_OP_T, k)
         } else {
-            (blas::cublasOperation_t::CUBLAS_OP_N, int(g.n)?)
+            (blas::cublasOperation_t::CUBLAS_OP_N, m)
         };
         let (op_b, ldb) = if a_trans {
-            (blas::cublasOperation_t::CUBLAS_OP_T, int(g.m)?)
+            (blas::cublasOperation_t::CUBLAS_OP_T, n)
         } else {
-            (blas::cublasOperation_t::CUBLAS_OP_N, int(g.k)?)
+            (blas::cublasOperation_t::CUBLAS_OP_N, k)
         };
-        let ldc = int(g.n)?;
+        let ldc = m;
         let (compute, name) = self.compute();
         let f32t = blas::cudaDataType::CUDA_R_32F;
         let algo = blas::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT;
@@ -188,13 +200,7 @@ impl Cuda {
                 }
                 s
             } else {
-                let stride = |v: usize| -> Result<i64> {
-                    i64::try_from(v).map_err(|_| Error::InvalidArgument {
-                        what: "gemm: batch stride too large",
-                    })
-                };
-                let (sa, sb, sc) = (stride(g.b_batch)?, stride(g.a_batch)?, stride(g.c_batch)?);
-                let batch = int(g.batch)?;
+                let (sa, sb, sc) = strides;
                 // SAFETY: as above, for every batch (the spans were checked).
                 unsafe {
                     blas::cublasGemmStridedBatchedEx(
