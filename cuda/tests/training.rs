@@ -66,6 +66,24 @@ fn step<B: Backend<Elem = f32>, const N: usize, O: Optimizer>(
     tape.item(loss).unwrap()
 }
 
+/// The step a graph captures: the batch in, forward, loss, backward, optimizer; returns the
+/// input, label and loss handles.
+fn captured_step<O: Optimizer>(
+    t: &mut Tape<Cuda, 64>,
+    m: &Model,
+    opt: &mut O,
+    bx: &[f32],
+    by: &[usize],
+) -> mote::Result<(Var, Var, Var)> {
+    let x = t.input(&[BATCH, 64], bx)?;
+    let y = t.labels(by)?;
+    let logits = m.forward(t, x)?;
+    let loss = t.cross_entropy(logits, y)?;
+    t.backward(loss)?;
+    opt.step(t)?;
+    Ok((x, y, loss))
+}
+
 fn params<B: Backend<Elem = f32>, const N: usize>(tape: &Tape<B, N>) -> Vec<f32> {
     let ps: Vec<Var> = tape.params().collect();
     let mut out = Vec::new();
@@ -136,13 +154,7 @@ fn graph_vs_eager<O: Optimizer>(test: &str, make: impl Fn(&mut Tape<Cuda, 64>) -
     let (es, gs) = (eager.mark(), graphed.mark());
     let (bx, by) = batch(&xs, &ys, 0);
     let mut graph = Graph::capture(&mut graphed, gs, |t| {
-        let x = t.input(&[BATCH, 64], &bx)?;
-        let y = t.labels(&by)?;
-        let logits = gm.forward(t, x)?;
-        let loss = t.cross_entropy(logits, y)?;
-        t.backward(loss)?;
-        go.step(t)?;
-        Ok((x, y, loss))
+        captured_step(t, &gm, &mut go, &bx, &by)
     })
     .unwrap_or_else(|e| panic!("{test}: capture: {e}"));
     eprintln!("{test}: {} graph nodes per step", graph.nodes());
@@ -226,16 +238,8 @@ fn fused_steps_equal_unfused_ones() {
             losses.push(step(&mut t, &m, &mut opt, start, &bx, &by));
         }
         let (bx, by) = batch(&xs, &ys, 20);
-        let mut graph = Graph::capture(&mut t, start, |t| {
-            let x = t.input(&[BATCH, 64], &bx)?;
-            let y = t.labels(&by)?;
-            let logits = m.forward(t, x)?;
-            let loss = t.cross_entropy(logits, y)?;
-            t.backward(loss)?;
-            opt.step(t)?;
-            Ok((x, y, loss))
-        })
-        .unwrap_or_else(|e| panic!("{test}: capture: {e}"));
+        let mut graph = Graph::capture(&mut t, start, |t| captured_step(t, &m, &mut opt, &bx, &by))
+            .unwrap_or_else(|e| panic!("{test}: capture: {e}"));
         let (x, y, loss) = *graph.output();
         for i in 20..40 {
             let (bx, by) = batch(&xs, &ys, i);
@@ -278,12 +282,7 @@ fn failed_capture_runs_nothing() {
     step(&mut t, &m, &mut opt, start, &bx, &by);
     let before = params(&t);
     let failed = Graph::capture(&mut t, start, |t| {
-        let x = t.input(&[BATCH, 64], &bx)?;
-        let y = t.labels(&by)?;
-        let logits = m.forward(t, x)?;
-        let loss = t.cross_entropy(logits, y)?;
-        t.backward(loss)?;
-        opt.step(t)?;
+        captured_step(t, &m, &mut opt, &bx, &by)?;
         Err::<(), _>(mote::Error::InvalidArgument {
             what: "the step gave up",
         })
@@ -297,18 +296,9 @@ fn failed_capture_runs_nothing() {
             .all(|(a, b)| a.to_bits() == b.to_bits()),
         "{test}: parameters changed by a failed capture"
     );
-    let graph = Graph::capture(&mut t, start, |t| {
-        let x = t.input(&[BATCH, 64], &bx)?;
-        let y = t.labels(&by)?;
-        let logits = m.forward(t, x)?;
-        let loss = t.cross_entropy(logits, y)?;
-        t.backward(loss)?;
-        opt.step(t)?;
-        Ok(loss)
-    })
-    .unwrap_or_else(|e| panic!("{test}: capture after a failed one: {e}"));
-    let mut graph = graph;
+    let mut graph = Graph::capture(&mut t, start, |t| captured_step(t, &m, &mut opt, &bx, &by))
+        .unwrap_or_else(|e| panic!("{test}: capture after a failed one: {e}"));
     graph.replay(&mut t).unwrap();
-    let loss = *graph.output();
+    let (_, _, loss) = *graph.output();
     assert!(t.item(loss).unwrap().is_finite(), "{test}");
 }
