@@ -196,9 +196,9 @@ impl Grad {
     /// Whether one launch can also sum its output's columns, as `rows x cols`.
     pub(crate) fn sums_columns(&self, rows: usize, cols: usize) -> bool {
         rows.checked_mul(cols) == Some(self.len)
-            // At least one block, and a grid that fits (`ColSum::blocks`).
+            // At least one block, and a grid that fits.
             && cols > 0
-            && u32::try_from(cols.div_ceil(32)).is_ok()
+            && colsum_grid(cols).is_some()
             // One block per 32 columns walks every row: past this many rows, the separate
             // launches (spread over the GPU) are faster.
             && rows <= COLSUM_ROWS
@@ -226,10 +226,15 @@ pub(crate) struct ColSum {
 /// ([`Grad::sums_columns`]).
 pub(crate) const COLSUM_ROWS: usize = 8192;
 
+/// The fused kernels' grid over `cols` columns: one 32 x 32 block per 32 columns.
+fn colsum_grid(cols: usize) -> Option<u32> {
+    u32::try_from(cols.div_ceil(32)).ok()
+}
+
 impl ColSum {
-    /// The fused kernels' grid: one 32 x 32 block per 32 columns.
+    /// The fused kernels' grid ([`colsum_grid`]).
     pub(crate) fn blocks(&self) -> mote::Result<u32> {
-        u32::try_from(self.cols.div_ceil(32)).map_err(|_| mote::Error::InvalidArgument {
+        colsum_grid(self.cols).ok_or(mote::Error::InvalidArgument {
             what: "bias gradient: too many columns for one launch",
         })
     }
@@ -265,7 +270,7 @@ impl Settled {
     }
 }
 
-fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
+pub(crate) fn overlaps(a: &Range<usize>, b: &Range<usize>) -> bool {
     a.start < b.end && b.start < a.end && !a.is_empty() && !b.is_empty()
 }
 

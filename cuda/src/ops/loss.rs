@@ -9,7 +9,7 @@ use mote::ops::loss::LossOp;
 use mote::{Error, Result};
 
 use super::{rg, THREADS};
-use crate::pending::{ColSum, Grad, GradKind, LossFwd, Write};
+use crate::pending::{overlaps, ColSum, Grad, GradKind, LossFwd, Write};
 use crate::Cuda;
 
 /// The kernels' op code; both cross-entropies are code 1, told apart by their smoothing.
@@ -40,9 +40,7 @@ impl Cuda {
         // The bias of the linear layer whose output the predictions are, still owed (no
         // activation came between): added here, as the loss reads them. Not where the targets
         // overlap the predictions (the kernel reads them through a restricted pointer).
-        let (pr, tr) = (p.range(), t.range());
-        let apart = pr.end <= tr.start || tr.end <= pr.start;
-        let bias = if apart {
+        let bias = if !overlaps(&p.range(), &t.range()) {
             self.pending
                 .borrow_mut()
                 .take_bias_add(p.offset, p.len(), rg(y, 1))
