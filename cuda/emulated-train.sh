@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `mote train --device cuda` on the emulated CUDA device (no GPU needed; see cuda/README.md),
 # against the same training on the CPU: the MLP for 5 epochs and the CNN for 1. The final
-# validation accuracy must agree within 0.5 points and the loss within 1%.
+# validation accuracy must agree within 0.5 points and the loss within 1%. Then a checkpoint
+# saved on the device resumes on it and on the CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dev="$PWD/target/emulated-device"
@@ -28,4 +29,20 @@ for args in "--epochs 5" "--model cnn --epochs 1"; do
     status=1
   fi
 done
+
+# A checkpoint written from the GPU's arena (aligned allocations: each parameter's optimizer
+# buffers apart, not side by side) resumes on the GPU and on the CPU as a straight CPU run goes
+# on: 2 epochs on cuda, then 2 more on each, against 4 on the CPU.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+best() { grep '^best epoch' | tail -1; }
+LD_LIBRARY_PATH="$dev" "$mote" train --device cuda --epochs 2 --save "$tmp/a.st" >/dev/null
+on_gpu=$(LD_LIBRARY_PATH="$dev" "$mote" train --device cuda --epochs 2 --resume "$tmp/a.st" --save "$tmp/b.st" | best)
+on_cpu=$("$mote" train --epochs 2 --resume "$tmp/a.st" --save "$tmp/c.st" | best)
+straight=$("$mote" train --epochs 4 | best)
+echo "resumed from an emulated-cuda checkpoint: on cuda '$on_gpu', on the cpu '$on_cpu'; 4 cpu epochs '$straight'"
+if [ -z "$straight" ] || [ "$on_gpu" != "$straight" ] || [ "$on_cpu" != "$straight" ]; then
+  echo "  differ (or a run failed)"
+  status=1
+fi
 exit $status

@@ -60,6 +60,15 @@ pub trait Backend {
         true
     }
 
+    /// The alignment, in elements, at which the tape starts each allocation: 1 (none) by
+    /// default. A GPU backend asks for more, so that its library's products and its wide loads
+    /// see aligned operands (cuBLAS picks slower kernels for operands aligned to less than 16
+    /// bytes). Its arena then needs room for the padding: up to `align() - 1` elements per
+    /// allocation. A value that is not a power of two is taken as the next one.
+    fn align(&self) -> usize {
+        1
+    }
+
     /// Elements of storage.
     fn capacity(&self) -> usize;
 
@@ -353,12 +362,20 @@ pub fn split_mut<T, const K: usize>(
 /// Runs anywhere, a Cortex-M4F included.
 pub struct Cpu<'a, T: Float> {
     buf: &'a mut [T],
+    align: usize,
 }
 
 impl<'a, T: Float> Cpu<'a, T> {
     /// A backend over `buf` (a `static` on a microcontroller, a `Vec` on a host).
     pub fn new(buf: &'a mut [T]) -> Self {
-        Cpu { buf }
+        Cpu { buf, align: 1 }
+    }
+
+    /// A backend over `buf` whose tape starts every allocation at a multiple of `align`
+    /// elements ([`Backend::align`]), as a GPU backend's does: the same results, with the
+    /// padding a GPU arena has (measured by [`Meter::aligned`]).
+    pub fn aligned(buf: &'a mut [T], align: usize) -> Self {
+        Cpu { buf, align }
     }
 }
 
@@ -381,6 +398,10 @@ impl<T: Float> Backend for Cpu<'_, T> {
 
     fn capacity(&self) -> usize {
         self.buf.len()
+    }
+
+    fn align(&self) -> usize {
+        self.align
     }
 
     fn write(&mut self, offset: usize, src: &[T]) -> Result<()> {
@@ -595,12 +616,23 @@ impl<T: Float> Backend for Cpu<'_, T> {
 /// A backend that stores nothing and computes nothing: a dry run of a step on it measures the
 /// arena a step needs ([`crate::plan::measure`]).
 pub struct Meter<T: Float> {
+    align: usize,
     _t: core::marker::PhantomData<T>,
 }
 
 impl<T: Float> Default for Meter<T> {
     fn default() -> Self {
+        Meter::aligned(1)
+    }
+}
+
+impl<T: Float> Meter<T> {
+    /// A meter whose allocations start at multiples of `align` elements, as a backend with
+    /// that [`Backend::align`] places them: its dry runs measure that backend's arena, padding
+    /// included.
+    pub fn aligned(align: usize) -> Self {
         Meter {
+            align,
             _t: core::marker::PhantomData,
         }
     }
@@ -611,6 +643,10 @@ impl<T: Float> Backend for Meter<T> {
 
     fn computes(&self) -> bool {
         false
+    }
+
+    fn align(&self) -> usize {
+        self.align
     }
 
     fn capacity(&self) -> usize {

@@ -148,8 +148,9 @@ pub trait Optimizer {
     fn set_lr(&mut self, lr: f64);
 }
 
-/// Allocates `per_param` zeroed state regions for every trainable parameter, recording the
-/// offset of each parameter's state in its node.
+/// Allocates `per_param` zeroed state buffers for every trainable parameter (one allocation,
+/// the buffers [`Tape::state_stride`] apart, so that each starts aligned), recording the
+/// offset of the first and their count in its node.
 fn alloc_state<B: Backend, const N: usize>(tape: &mut Tape<B, N>, per_param: usize) -> Result<()> {
     let mark = tape.mark();
     let res = (|| {
@@ -163,7 +164,12 @@ fn alloc_state<B: Backend, const N: usize>(tape: &mut Tape<B, N>, per_param: usi
                 ..
             } = node.op
             {
-                let n = node.shape.numel() * per_param;
+                let len = node.shape.numel();
+                // `len` more than whole strides: the last buffer needs no padding after it.
+                let n = match per_param.checked_sub(1) {
+                    None => 0,
+                    Some(k) => tape.state_stride(len).saturating_mul(k).saturating_add(len),
+                };
                 let off = if n == 0 {
                     NONE as usize
                 } else {
@@ -172,8 +178,11 @@ fn alloc_state<B: Backend, const N: usize>(tape: &mut Tape<B, N>, per_param: usi
                 if n > 0 {
                     tape.backend.fill(off, n, B::Elem::ZERO)?;
                 }
-                if let Some(Op::Param { state, .. }) = tape.nodes.get_mut(i).map(|n| &mut n.op) {
+                if let Some(Op::Param { state, states, .. }) =
+                    tape.nodes.get_mut(i).map(|n| &mut n.op)
+                {
                     *state = if per_param == 0 { 0 } else { off as u32 };
+                    *states = per_param as u8;
                 }
             }
         }
@@ -185,10 +194,11 @@ fn alloc_state<B: Backend, const N: usize>(tape: &mut Tape<B, N>, per_param: usi
     res
 }
 
-/// Calls `f(param offset, grad offset, state offset, len)` for every trainable parameter.
+/// Calls `f(param offset, grad offset, state offset, len, state stride)` for every trainable
+/// parameter.
 fn for_each_trainable<B: Backend, const N: usize>(
     tape: &mut Tape<B, N>,
-    mut f: impl FnMut(&mut B, usize, usize, usize, usize) -> Result<()>,
+    mut f: impl FnMut(&mut B, usize, usize, usize, usize, usize) -> Result<()>,
 ) -> Result<()> {
     for i in 0..tape.nodes.len() {
         let Some(node) = tape.nodes.get(i).copied() else {
@@ -198,17 +208,21 @@ fn for_each_trainable<B: Backend, const N: usize>(
             trainable: true,
             has_grad: true,
             state,
+            ..
         } = node.op
         {
             if state == NONE {
                 return Err(Error::MissingOptimizerState);
             }
+            let len = node.shape.numel();
+            let stride = tape.state_stride(len);
             f(
                 &mut tape.backend,
                 node.offset as usize,
                 node.grad as usize,
                 state as usize,
-                node.shape.numel(),
+                len,
+                stride,
             )?;
         }
     }
@@ -339,7 +353,7 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
         let this = *self;
-        for_each_trainable(tape, |b, param, grad, state, len| {
+        for_each_trainable(tape, |b, param, grad, state, len, _| {
             b.sgd(&this.update_for(param, grad, state, len))
         })?;
         self.steps += 1;
@@ -542,12 +556,12 @@ impl Optimizer for Adam {
     fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
         let (t, powers) = self.next_powers();
         let template = self.update_for(powers);
-        for_each_trainable(tape, |b, param, grad, state, len| {
+        for_each_trainable(tape, |b, param, grad, state, len, stride| {
             b.adam(&AdamUpdate {
                 param,
                 grad,
                 m: state,
-                v: state + len,
+                v: state.saturating_add(stride),
                 len,
                 ..template
             })

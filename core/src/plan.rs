@@ -170,7 +170,19 @@ pub const fn mlp_inference(sizes: &[usize], batch: usize) -> usize {
 pub fn measure<T: Float, const N: usize>(
     f: impl FnOnce(&mut Tape<Meter<T>, N>) -> Result<()>,
 ) -> Result<usize> {
-    let mut tape = Tape::<Meter<T>, N>::with_backend(Meter::default());
+    measure_aligned(1, f)
+}
+
+/// [`measure`] for a backend that starts every allocation at a multiple of `align` elements
+/// ([`crate::Backend::align`]): the arena with its padding.
+///
+/// # Errors
+/// Whatever `f` returns.
+pub fn measure_aligned<T: Float, const N: usize>(
+    align: usize,
+    f: impl FnOnce(&mut Tape<Meter<T>, N>) -> Result<()>,
+) -> Result<usize> {
+    let mut tape = Tape::<Meter<T>, N>::with_backend(Meter::aligned(align));
     f(&mut tape)?;
     Ok(tape.high_water())
 }

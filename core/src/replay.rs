@@ -1237,6 +1237,10 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
         self.inner.computes()
     }
 
+    fn align(&self) -> usize {
+        self.inner.align()
+    }
+
     fn capacity(&self) -> usize {
         self.inner.capacity()
     }

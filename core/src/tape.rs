@@ -18,11 +18,13 @@ pub(crate) const NONE: u32 = u32::MAX;
 pub(crate) enum Op {
     /// Data from the host; no gradient.
     Input,
-    /// A parameter: `trainable` ones have a gradient region right after their value, and
-    /// `state` is the offset of the optimizer's state for it (`NONE` until an optimizer exists).
+    /// A parameter: `trainable` ones have a gradient region allocated right after their value,
+    /// and `state` is the offset of the optimizer's `states` buffers for it (`NONE` until an
+    /// optimizer exists), [`Tape::state_stride`] apart.
     Param {
         trainable: bool,
         has_grad: bool,
+        states: u8,
         state: u32,
     },
     /// `UnaryOp::pack`ed: `Op` stays 8 bytes (a `UnaryOp` field would make it 12).
@@ -194,6 +196,8 @@ pub struct Tape<B: Backend, const NODES: usize> {
     /// The backward of each node (same length as `nodes`).
     bws: heapless::Vec<BackwardFn<B, NODES>, NODES>,
     capacity: usize,
+    /// Every allocation starts at a multiple of it ([`Backend::align`], a power of two).
+    align: usize,
     top: usize,
     high: usize,
     grad_enabled: bool,
@@ -214,11 +218,18 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     pub fn with_backend(backend: B) -> Self {
         const { assert!(NODES > 0, "a tape needs room for at least one node") };
         let capacity = backend.capacity().min(NONE as usize - 1);
+        // A power of two no larger than the largest one below u32::MAX (capacities are u32).
+        let align = backend
+            .align()
+            .clamp(1, 1 << 30)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 30);
         Tape {
             backend,
             nodes: heapless::Vec::new(),
             bws: heapless::Vec::new(),
             capacity,
+            align,
             top: 0,
             high: 0,
             grad_enabled: true,
@@ -283,14 +294,55 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         }
     }
 
-    /// Allocates `len` elements (uninitialised: the previous contents).
+    /// Where an allocation made at `top` starts: the next multiple of the alignment (at most the
+    /// capacity).
+    fn aligned_top(&self, top: usize) -> usize {
+        top.checked_next_multiple_of(self.align)
+            .map_or(self.capacity, |at| at.min(self.capacity))
+    }
+
+    /// Elements from one optimizer state buffer of a parameter of `len` elements to the next
+    /// (one allocation holds them all): `len`, rounded up to the backend's [`Backend::align`].
+    pub(crate) fn state_stride(&self, len: usize) -> usize {
+        len.checked_next_multiple_of(self.align)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// Where the optimizer keeps its `k`-th state buffer for parameter `p`, shaped like `p`:
+    /// Adam's and AdamW's `exp_avg` (0) and `exp_avg_sq` (1), SGD's `momentum_buffer` (0).
+    /// `None` where there is none: no optimizer yet, a frozen parameter, SGD without momentum,
+    /// `k` past the optimizer's buffers. For saving and restoring an optimizer's state.
+    ///
+    /// # Errors
+    /// [`Error::StaleHandle`]; [`Error::NotAParameter`].
+    pub fn param_state(&self, p: Var, k: usize) -> Result<Option<View>> {
+        let node = self.check(p)?.ok_or(Error::NotAParameter)?;
+        let Op::Param { states, state, .. } = node.op else {
+            return Err(Error::NotAParameter);
+        };
+        if state == NONE || k >= states as usize {
+            return Ok(None);
+        }
+        let offset = self
+            .state_stride(node.shape.numel())
+            .checked_mul(k)
+            .and_then(|o| o.checked_add(state as usize))
+            .ok_or(Error::NotAParameter)?;
+        Ok(Some(View {
+            offset,
+            shape: node.shape,
+        }))
+    }
+
+    /// Allocates `len` elements (uninitialised: the previous contents), starting at the next
+    /// multiple of the backend's [`Backend::align`].
     pub(crate) fn alloc(&mut self, len: usize) -> Result<usize> {
-        let free = self.capacity - self.top;
+        let at = self.aligned_top(self.top);
+        let free = self.capacity - at;
         if len > free {
             return Err(Error::ArenaFull { needed: len, free });
         }
-        let at = self.top;
-        self.top += len;
+        self.top = at + len;
         self.high = self.high.max(self.top);
         Ok(at)
     }
@@ -795,23 +847,40 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         }
         let top = self.top;
         let res = (|| {
-            let offset = self.alloc(if trainable { 2 * n } else { n })?;
+            let offset = self.alloc(n)?;
             fill(&mut self.backend, offset, n)?;
-            if trainable {
-                self.backend.fill(offset + n, n, B::Elem::ZERO)?;
-            }
-            Ok(offset)
+            // Its own allocation: aligned as the value is (right after it without padding).
+            let grad = if trainable {
+                let g = self.alloc(n)?;
+                self.backend.fill(g, n, B::Elem::ZERO)?;
+                g
+            } else {
+                NONE as usize
+            };
+            Ok((offset, grad))
         })();
-        let offset = res.inspect_err(|_| self.top = top)?;
+        let (offset, grad) = res.map_err(|e| {
+            let free = self.capacity - self.aligned_top(top);
+            self.top = top;
+            match e {
+                // What the parameter needs as a whole, value and gradient.
+                Error::ArenaFull { .. } => Error::ArenaFull {
+                    needed: if trainable { n.saturating_mul(2) } else { n },
+                    free,
+                },
+                e => e,
+            }
+        })?;
         let op = Op::Param {
             trainable,
             has_grad: trainable,
+            states: 0,
             state: NONE,
         };
         let v = self.push(op, Self::bw_none, NONE, NONE, offset, shape, trainable)?;
         if trainable {
             if let Some(node) = self.nodes.get_mut(v.id as usize) {
-                node.grad = (offset + n) as u32;
+                node.grad = grad as u32;
             }
         }
         Ok(v)

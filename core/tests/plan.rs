@@ -15,7 +15,9 @@ fn step<B: Backend, const N: usize>(
     batch: usize,
     loss: Loss,
     opt: Opt,
-) -> Result<()> {
+) -> Result<f64> {
+    let align = tape.backend().align();
+    let aligned = |v: mote::Var| assert_eq!(v.offset() % align, 0, "an unaligned allocation");
     let mut rng = Rng::new(5);
     let mut layers = Vec::new();
     for w in sizes.windows(2) {
@@ -37,6 +39,7 @@ fn step<B: Backend, const N: usize>(
         }
     }
     let start = tape.mark();
+    let mut last = 0.0;
     for _ in 0..2 {
         tape.rewind(start)?;
         let (inp, out) = (sizes[0], *sizes.last().unwrap());
@@ -46,10 +49,14 @@ fn step<B: Backend, const N: usize>(
             _ => tape.full(&[batch, out], B::Elem::from_f64(0.25))?,
         };
         let mut h = x;
+        aligned(x);
+        aligned(t);
         for (i, l) in layers.iter().enumerate() {
             h = l.forward(tape, h)?;
+            aligned(h);
             if i + 1 < layers.len() {
                 h = Relu.forward(tape, h)?;
+                aligned(h);
             }
         }
         let l = match loss {
@@ -61,15 +68,22 @@ fn step<B: Backend, const N: usize>(
             Loss::Huber => tape.huber_loss(h, t, 1.0)?,
             Loss::SmoothL1 => tape.smooth_l1_loss(h, t, 0.5)?,
         };
+        aligned(l);
         tape.backward(l)?;
+        for p in tape.params().collect::<Vec<_>>() {
+            aligned(p);
+            let g = tape.grad(p)?.expect("a trainable parameter has a gradient");
+            assert_eq!(g.offset % align, 0, "an unaligned gradient");
+        }
         if let Some(a) = adam.as_mut() {
             a.step(tape)?;
         }
         if let Some(s) = sgd.as_mut() {
             s.step(tape)?;
         }
+        last = tape.item(l)?.to_f64();
     }
-    Ok(())
+    Ok(last)
 }
 
 use mote::Float;
@@ -93,7 +107,7 @@ proptest! {
         opt in prop::sample::select(vec![Opt::Sgd, Opt::SgdMomentum, Opt::Adam]),
     ) {
         let planned = plan::mlp(&sizes, batch, loss, opt);
-        let measured = plan::measure::<f32, 64>(|t| step(t, &sizes, batch, loss, opt)).unwrap();
+        let measured = plan::measure::<f32, 64>(|t| step(t, &sizes, batch, loss, opt).map(|_| ())).unwrap();
         prop_assert_eq!(planned, measured);
         // The real thing fits in exactly that much, and not in one float less.
         let mut mem = vec![0f32; planned];
@@ -103,6 +117,42 @@ proptest! {
         let mut mem = vec![0f32; planned - 1];
         let mut tape = Tape::<Cpu<f32>, 64>::new(&mut mem);
         prop_assert!(step(&mut tape, &sizes, batch, loss, opt).is_err());
+    }
+
+    /// A backend that aligns its allocations (as the CUDA backend does): every tensor and
+    /// gradient starts at a multiple of the alignment, a dry run on an aligned `Meter` still
+    /// measures the exact arena (padding included), and the results are the unaligned ones.
+    #[test]
+    fn aligned_allocations_pad_and_change_no_result(
+        sizes in prop::collection::vec(1usize..=12, 2..=4),
+        batch in 1usize..=9,
+        loss in prop::sample::select(vec![Loss::Mse, Loss::CrossEntropy, Loss::Huber]),
+        opt in prop::sample::select(vec![Opt::Sgd, Opt::Adam]),
+        align in prop::sample::select(vec![2usize, 4, 64]),
+    ) {
+        let planned = plan::mlp(&sizes, batch, loss, opt);
+        let mut mem = vec![0f32; planned];
+        let mut tape = Tape::<Cpu<f32>, 64>::new(&mut mem);
+        let plain = step(&mut tape, &sizes, batch, loss, opt).unwrap();
+        let params: Vec<f32> = tape.params().flat_map(|p| tape.data(p).unwrap().to_vec()).collect();
+
+        let measured = plan::measure_aligned::<f32, 64>(align, |t| {
+            step(t, &sizes, batch, loss, opt).map(|_| ())
+        })
+        .unwrap();
+        prop_assert!(measured >= planned);
+        let mut mem = vec![0f32; measured];
+        let mut tape = Tape::<Cpu<f32>, 64>::with_backend(Cpu::aligned(&mut mem, align));
+        let padded = step(&mut tape, &sizes, batch, loss, opt).unwrap();
+        prop_assert_eq!(tape.high_water(), measured);
+        prop_assert_eq!(plain.to_bits(), padded.to_bits());
+        let aligned: Vec<f32> = tape.params().flat_map(|p| tape.data(p).unwrap().to_vec()).collect();
+        prop_assert_eq!(params, aligned);
+        // One float less fails with a clear error (no panic), padding counted.
+        let mut mem = vec![0f32; measured - 1];
+        let mut tape = Tape::<Cpu<f32>, 64>::with_backend(Cpu::aligned(&mut mem, align));
+        let err = step(&mut tape, &sizes, batch, loss, opt).unwrap_err();
+        prop_assert!(matches!(err, mote::Error::ArenaFull { .. }), "{:?}", err);
     }
 }
 

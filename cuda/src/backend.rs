@@ -29,6 +29,10 @@ impl Backend for Cuda {
         self.shadow.len()
     }
 
+    fn align(&self) -> usize {
+        self.align
+    }
+
     fn write(&mut self, offset: usize, src: &[f32]) -> Result<()> {
         self.check_range(offset, src.len())?;
         self.bind()?;

@@ -1,5 +1,6 @@
 //! GPU benchmark of whole training steps (`../shared/WORKLOADS.md`): W-seed, W-digits,
-//! W-mnist, W-large (fp32, TF32 with and without K-major operand copies, bf16), each eager and
+//! W-mnist, W-large (fp32 with and without aligned allocations, TF32 with and without K-major
+//! operand copies, bf16), each eager and
 //! replayed from a captured CUDA graph;
 //! and issue 6's conv2d layer, eager.
 //!
@@ -40,10 +41,14 @@ struct Workload {
     target_us: f64,
     /// [`Options::k_major_from`].
     k_major_from: u64,
+    /// [`Options::align`].
+    align: usize,
 }
 
 /// [`Options::k_major_from`]'s default.
 const K_MAJOR: u64 = 1 << 28;
+/// [`Options::align`]'s default.
+const ALIGN: usize = 64;
 
 const WORKLOADS: &[Workload] = &[
     Workload {
@@ -56,6 +61,7 @@ const WORKLOADS: &[Workload] = &[
         torch_us: 66.6,
         target_us: 33.0,
         k_major_from: K_MAJOR,
+        align: ALIGN,
     },
     Workload {
         name: "W-digits",
@@ -67,6 +73,7 @@ const WORKLOADS: &[Workload] = &[
         torch_us: 84.4,
         target_us: 42.0,
         k_major_from: K_MAJOR,
+        align: ALIGN,
     },
     Workload {
         name: "W-mnist",
@@ -78,6 +85,7 @@ const WORKLOADS: &[Workload] = &[
         torch_us: 234.8,
         target_us: 117.0,
         k_major_from: K_MAJOR,
+        align: ALIGN,
     },
     Workload {
         name: "W-large-fp32",
@@ -89,6 +97,21 @@ const WORKLOADS: &[Workload] = &[
         torch_us: 3633.0,
         target_us: 3633.0 * 1.05,
         k_major_from: K_MAJOR,
+        align: ALIGN,
+    },
+    // The same with allocations unaligned: the backward's activation gradients start 8 bytes
+    // past a 16-byte boundary (what the row above gains by aligning them).
+    Workload {
+        name: "W-large-fp32-unaligned",
+        dims: &[1024, 4096, 4096, 1024],
+        loss: Loss::Mse,
+        batch: 1024,
+        precision: Precision::F32,
+        steps: 10,
+        torch_us: 3633.0,
+        target_us: 3633.0 * 1.05,
+        k_major_from: K_MAJOR,
+        align: 1,
     },
     Workload {
         name: "W-large-tf32",
@@ -100,6 +123,7 @@ const WORKLOADS: &[Workload] = &[
         torch_us: 1209.0,
         target_us: 800.0,
         k_major_from: K_MAJOR,
+        align: ALIGN,
     },
     // The same without K-major copies of the backward's operands: cuBLAS reads them as
     // they lie (what the row above gains by its transposes).
@@ -113,6 +137,7 @@ const WORKLOADS: &[Workload] = &[
         torch_us: 1209.0,
         target_us: 800.0,
         k_major_from: u64::MAX,
+        align: ALIGN,
     },
     Workload {
         name: "W-large-bf16",
@@ -124,6 +149,7 @@ const WORKLOADS: &[Workload] = &[
         torch_us: 1096.0,
         target_us: f64::NAN,
         k_major_from: K_MAJOR,
+        align: ALIGN,
     },
 ];
 
@@ -189,6 +215,7 @@ fn run_one(w: &Workload, log: &mut String) -> Result<Vec<Row>, CudaError> {
         Options {
             precision: w.precision,
             k_major_from: w.k_major_from,
+            align: w.align,
             ..Options::default()
         },
     )?;

@@ -35,7 +35,8 @@ fn one_rank_all_reduce_keeps_the_values() {
     assert_eq!(back, data);
 
     // Refusals: a region past the arena, a backend count that does not match, a bad rank.
-    let past = ranked.all_reduce_sum(&mut [&mut cuda], &[(4000, 200)]);
+    let end = cuda.capacity();
+    let past = ranked.all_reduce_sum(&mut [&mut cuda], &[(end - 100, 200)]);
     assert!(matches!(past, Err(CudaError::Mote(_))), "{past:?}");
     let none = ranked.all_reduce_sum(&mut [], &[(0, 1)]);
     assert!(matches!(none, Err(CudaError::Mote(_))), "{none:?}");
@@ -74,7 +75,8 @@ fn one_rank_overlapped_all_reduce_keeps_the_values() {
         let mut b = vec![0f32; 1000];
         cuda.read(100, &mut a).unwrap();
         cuda.read(2000, &mut b).unwrap();
-        let past = rank.all_reduce_sum_async(&mut cuda, &[(4000, 200)]);
+        let end = cuda.capacity();
+        let past = rank.all_reduce_sum_async(&mut cuda, &[(end - 100, 200)]);
         assert!(matches!(past, Err(CudaError::Mote(_))), "{past:?}");
         ((a, b), rank)
     })

@@ -95,6 +95,20 @@ fn params<B: Backend<Elem = f32>, const N: usize>(tape: &Tape<B, N>) -> Vec<f32>
     out
 }
 
+/// Both Adam buffers of every parameter, read through `Tape::param_state`.
+fn adam_state<B: Backend<Elem = f32>, const N: usize>(tape: &Tape<B, N>) -> Vec<f32> {
+    let mut out = Vec::new();
+    for p in tape.params() {
+        for k in 0..2 {
+            let v = tape.param_state(p, k).unwrap().expect("an Adam buffer");
+            let mut buf = vec![0f32; v.len()];
+            tape.backend().read(v.offset, &mut buf).unwrap();
+            out.extend(buf);
+        }
+    }
+    out
+}
+
 fn compare_training(test: &str, steps: usize, rtol_loss: f32, rtol: f32, atol: f32) {
     let Some(cuda) = gpu(test, FLOATS) else {
         return;
@@ -301,4 +315,82 @@ fn failed_capture_runs_nothing() {
     graph.replay(&mut t).unwrap();
     let (_, _, loss) = *graph.output();
     assert!(t.item(loss).unwrap().is_finite(), "{test}");
+}
+
+/// Every allocation of a step starts at a multiple of `Options::align` (64 elements, 256
+/// bytes): inputs, activations, the loss, parameters, their gradients and both Adam buffers,
+/// where the unaligned reference places the activation gradients of the backward 8 bytes past
+/// a 16-byte boundary (after the loss's scalar). The Adam state reads back as the reference's.
+#[test]
+fn allocations_are_aligned() {
+    let test = "allocations_are_aligned";
+    let Some(cuda) = gpu(test, FLOATS) else {
+        return;
+    };
+    let align = Options::default().align;
+    assert_eq!(cuda.align(), align);
+    let (xs, ys) = digits();
+    let mut mem = vec![0f32; FLOATS];
+    let mut ct = Tape::<Cpu<f32>, 64>::new(&mut mem);
+    let mut gt = Tape::<Cuda, 64>::with_backend(cuda);
+    let (cm, gm) = (model(&mut ct), model(&mut gt));
+    let mut co = Adam::new(&mut ct, AdamConfig::default()).unwrap();
+    let mut go = Adam::new(&mut gt, AdamConfig::default()).unwrap();
+    let (cs, gs) = (ct.mark(), gt.mark());
+    let (bx, by) = batch(&xs, &ys, 0);
+    step(&mut ct, &cm, &mut co, cs, &bx, &by);
+    step(&mut gt, &gm, &mut go, gs, &bx, &by);
+    let at = |what: &str, offset: usize| {
+        assert_eq!(offset % align, 0, "{test}: {what} starts at {offset}");
+    };
+    for (i, p) in gt.params().collect::<Vec<_>>().into_iter().enumerate() {
+        at(&format!("parameter {i}"), p.offset());
+        at(
+            &format!("gradient {i}"),
+            gt.grad(p).unwrap().unwrap().offset,
+        );
+        for k in 0..2 {
+            let v = gt.param_state(p, k).unwrap().unwrap();
+            at(&format!("Adam buffer {k} of parameter {i}"), v.offset);
+        }
+        assert_eq!(gt.param_state(p, 2).unwrap(), None, "{test}");
+    }
+    // The reference (unaligned) and the GPU keep the same Adam state.
+    close(test, &adam_state(&gt), &adam_state(&ct), 1e-4, 1e-6);
+    // Then a step's activations.
+    gt.rewind(gs).unwrap();
+    let x = gt.input(&[BATCH, 64], &bx).unwrap();
+    let y = gt.labels(&by).unwrap();
+    let logits = gm.forward(&mut gt, x).unwrap();
+    let loss = gt.cross_entropy(logits, y).unwrap();
+    gt.backward(loss).unwrap();
+    for (what, v) in [
+        ("input", x),
+        ("labels", y),
+        ("logits", logits),
+        ("loss", loss),
+    ] {
+        at(what, v.offset());
+    }
+    at(
+        "the logits' gradient",
+        gt.grad(logits).unwrap().unwrap().offset,
+    );
+}
+
+/// An alignment that is not a power of two, or past `MAX_ALIGN`, is refused with a clear error
+/// (before any device is looked for).
+#[test]
+fn bad_alignment_is_refused() {
+    for align in [0, 3, 96, mote_cuda::MAX_ALIGN * 2] {
+        let e = Cuda::with_options(
+            16,
+            Options {
+                align,
+                ..Options::default()
+            },
+        )
+        .expect_err("a bad alignment was accepted");
+        assert!(e.to_string().contains("power of two"), "align {align}: {e}");
+    }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use mote::{Backend, Rng};
@@ -137,29 +138,28 @@ fn state_names(opt: &OptimizerConfig) -> &'static [&'static str] {
     }
 }
 
-/// Arena ranges of each parameter's value and of its optimizer state.
-fn layout<B: Backend<Elem = f32>>(
-    model: &Model<B>,
-) -> Result<Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>> {
+/// A parameter's value and its optimizer state buffers (as many as the optimizer keeps per
+/// parameter, each the parameter's size): arena ranges.
+type Layout = (Range<usize>, Vec<Range<usize>>);
+
+/// The arena ranges of each parameter's value and optimizer state, in creation order.
+fn layout<B: Backend<Elem = f32>>(model: &Model<B>) -> Result<Vec<Layout>> {
     let per = model.opt_config.state_per_param();
-    let params: Vec<_> = model
-        .tape
-        .params()
-        .map(|p| (p.view().offset, p.numel()))
-        .collect();
-    let mut at = params.iter().map(|&(o, n)| o + 2 * n).max().unwrap_or(0);
-    let mut out = Vec::with_capacity(params.len());
-    for (o, n) in params {
-        out.push((o..o + n, at..at + per * n));
-        at += per * n;
-    }
-    if at != model.start.floats() {
-        return Err(Error::invalid(format!(
-            "internal: optimizer state layout ends at {at}, the mark is at {}",
-            model.start.floats()
-        )));
-    }
-    Ok(out)
+    let tape = &model.tape;
+    tape.params()
+        .map(|p| {
+            let states = (0..per)
+                .map(|k| {
+                    tape.param_state(p, k)?.map(|v| v.range()).ok_or_else(|| {
+                        Error::invalid(format!(
+                            "internal: a parameter has no optimizer state buffer {k}"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((p.view().range(), states))
+        })
+        .collect()
 }
 
 fn to_bytes(v: &[f32]) -> Vec<u8> {
@@ -200,7 +200,7 @@ pub fn to_bytes_model<B: Backend<Elem = f32>>(
         .collect();
     let snames = state_names(&model.opt_config);
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for ((name, p), (vr, sr)) in names.iter().zip(model.tape.params()).zip(&lay) {
+    for ((name, p), (vr, states)) in names.iter().zip(model.tape.params()).zip(&lay) {
         let dims = p
             .shape()
             .dims()
@@ -208,13 +208,11 @@ pub fn to_bytes_model<B: Backend<Elem = f32>>(
             .map(|&d| d as usize)
             .collect::<Vec<_>>();
         tensors.push((name.clone(), dims.clone(), to_bytes(&read(vr)?)));
-        let st = read(sr)?;
-        for (k, sn) in snames.iter().enumerate() {
-            let part = st.get(k * p.numel()..(k + 1) * p.numel()).unwrap_or(&[]);
+        for (sr, sn) in states.iter().zip(snames) {
             tensors.push((
                 format!("optimizer.{name}.{sn}"),
                 dims.clone(),
-                to_bytes(part),
+                to_bytes(&read(sr)?),
             ));
         }
     }
@@ -604,15 +602,19 @@ impl Checkpoint {
         model.steps = steps;
         model.options = self.config.step_options();
         let lay = layout(&model)?;
-        for ((vr, sr), (p, s)) in lay.into_iter().zip(self.params.iter().zip(&self.opt_state)) {
-            if vr.len() != p.len() || sr.len() != s.len() {
+        for ((vr, states), (p, s)) in lay.into_iter().zip(self.params.iter().zip(&self.opt_state)) {
+            // The saved state: the buffers one after the other, each the parameter's size.
+            let fits = vr.len() == p.len() && s.len() == states.len() * p.len();
+            if !fits {
                 return Err(Error::invalid(
                     "internal: checkpoint tensors do not fit the model's arena",
                 ));
             }
             let b = model.tape.backend_mut();
             b.write(vr.start, p)?;
-            b.write(sr.start, s)?;
+            for (sr, part) in states.iter().zip(s.chunks_exact(p.len().max(1))) {
+                b.write(sr.start, part)?;
+            }
         }
         Ok(model)
     }
