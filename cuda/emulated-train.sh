@@ -32,16 +32,18 @@ done
 
 # A checkpoint written from the GPU's arena (aligned allocations: each parameter's optimizer
 # buffers apart, not side by side) resumes on the GPU and on the CPU as a straight CPU run goes
-# on: 2 epochs on cuda, then 2 more on each, against 4 on the CPU.
+# on (within 0.5 points of accuracy): 2 epochs on cuda, then 2 more on each, against 4 on the
+# CPU.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-best() { grep '^best epoch' | tail -1; }
+best() { grep '^best epoch' | tail -1 | sed -E 's/.*accuracy ([0-9.]+)%.*/\1/'; }
 LD_LIBRARY_PATH="$dev" "$mote" train --device cuda --epochs 2 --save "$tmp/a.st" >/dev/null
 on_gpu=$(LD_LIBRARY_PATH="$dev" "$mote" train --device cuda --epochs 2 --resume "$tmp/a.st" --save "$tmp/b.st" | best)
 on_cpu=$("$mote" train --epochs 2 --resume "$tmp/a.st" --save "$tmp/c.st" | best)
 straight=$("$mote" train --epochs 4 | best)
-echo "resumed from an emulated-cuda checkpoint: on cuda '$on_gpu', on the cpu '$on_cpu'; 4 cpu epochs '$straight'"
-if [ -z "$straight" ] || [ "$on_gpu" != "$straight" ] || [ "$on_cpu" != "$straight" ]; then
+echo "resumed from an emulated-cuda checkpoint (best validation accuracy %): on cuda $on_gpu, on the cpu $on_cpu; 4 cpu epochs $straight"
+near() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(a != "" && b != "" && d <= 0.5) }'; }
+if ! near "$on_gpu" "$straight" || ! near "$on_cpu" "$straight"; then
   echo "  differ (or a run failed)"
   status=1
 fi

@@ -152,46 +152,72 @@ pub trait Optimizer {
 /// the buffers [`Tape::state_stride`] apart, so that each starts aligned), recording the
 /// offset of the first and their count in its node.
 fn alloc_state<B: Backend, const N: usize>(tape: &mut Tape<B, N>, per_param: usize) -> Result<()> {
+    // Elements of a parameter's buffers: `len` more than whole strides (the last buffer needs
+    // no padding after it); 0 for anything but a trainable parameter.
+    let state_len = |tape: &Tape<B, N>, node: &crate::tape::Node| -> usize {
+        match (node.op, per_param.checked_sub(1)) {
+            (
+                Op::Param {
+                    trainable: true,
+                    has_grad: true,
+                    ..
+                },
+                Some(k),
+            ) => {
+                let len = node.shape.numel();
+                tape.state_stride(len).saturating_mul(k).saturating_add(len)
+            }
+            _ => 0,
+        }
+    };
+    // Allocate and zero every buffer first: where that fails, the arena is rewound and the
+    // parameters still name their earlier state (a previous optimizer's), untouched.
     let mark = tape.mark();
     let res = (|| {
         for i in 0..tape.nodes.len() {
             let Some(node) = tape.nodes.get(i).copied() else {
                 continue;
             };
-            if let Op::Param {
-                trainable: true,
-                has_grad: true,
-                ..
-            } = node.op
-            {
-                let len = node.shape.numel();
-                // `len` more than whole strides: the last buffer needs no padding after it.
-                let n = match per_param.checked_sub(1) {
-                    None => 0,
-                    Some(k) => tape.state_stride(len).saturating_mul(k).saturating_add(len),
-                };
-                let off = if n == 0 {
-                    NONE as usize
-                } else {
-                    tape.alloc(n)?
-                };
-                if n > 0 {
-                    tape.backend.fill(off, n, B::Elem::ZERO)?;
-                }
-                if let Some(Op::Param { state, states, .. }) =
-                    tape.nodes.get_mut(i).map(|n| &mut n.op)
-                {
-                    *state = if per_param == 0 { 0 } else { off as u32 };
-                    *states = per_param as u8;
-                }
+            let n = state_len(tape, &node);
+            if n > 0 {
+                let off = tape.alloc(n)?;
+                tape.backend.fill(off, n, B::Elem::ZERO)?;
             }
         }
         Ok(())
     })();
     if res.is_err() {
         tape.rewind_keep_grad(mark)?;
+        return res;
     }
-    res
+    // Then record where each went: the same placements again from the mark.
+    let mut top = mark.floats();
+    for i in 0..tape.nodes.len() {
+        let Some(node) = tape.nodes.get(i).copied() else {
+            continue;
+        };
+        let Op::Param {
+            trainable: true,
+            has_grad: true,
+            ..
+        } = node.op
+        else {
+            continue;
+        };
+        let n = state_len(tape, &node);
+        let off = if n == 0 {
+            0
+        } else {
+            let at = tape.aligned_top(top);
+            top = at + n;
+            at
+        };
+        if let Some(Op::Param { state, states, .. }) = tape.nodes.get_mut(i).map(|n| &mut n.op) {
+            *state = off as u32;
+            *states = per_param as u8;
+        }
+    }
+    Ok(())
 }
 
 /// Calls `f(param offset, grad offset, state offset, len, state stride)` for every trainable

@@ -294,9 +294,14 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         }
     }
 
+    /// Elements the next allocation can take: the capacity left after the alignment padding.
+    pub(crate) fn free_aligned(&self) -> usize {
+        self.capacity - self.aligned_top(self.top)
+    }
+
     /// Where an allocation made at `top` starts: the next multiple of the alignment (at most the
     /// capacity).
-    fn aligned_top(&self, top: usize) -> usize {
+    pub(crate) fn aligned_top(&self, top: usize) -> usize {
         top.checked_next_multiple_of(self.align)
             .map_or(self.capacity, |at| at.min(self.capacity))
     }

@@ -1,7 +1,9 @@
 //! Bad input returns its specific error and leaves the tape and the arena as they were.
 
 use mote::ops::unary::UnaryOp;
-use mote::{Adam, AdamConfig, Cpu, Error, Linear, Module, Optimizer, Rng, Shape, Tape};
+use mote::{
+    Adam, AdamConfig, Cpu, Error, HostBackend, Linear, Module, Optimizer, Rng, Shape, Tape,
+};
 
 fn s(d: &[usize]) -> Shape {
     Shape::new(d).unwrap()
@@ -44,6 +46,55 @@ fn a_composite_op_that_runs_out_of_arena_changes_nothing() {
         assert!(matches!(r, Err(Error::ArenaFull { .. })), "{r:?}");
         assert_eq!((tape.used(), tape.nodes_used()), (used, nodes));
     }
+}
+
+/// An optimizer whose state does not fit fails with `ArenaFull` and changes nothing: the
+/// parameters still name the state of the optimizer made before it (the first parameter's
+/// included, whose new state did fit), and that optimizer steps as before.
+#[test]
+fn an_optimizer_without_room_for_its_state_changes_nothing() {
+    // Parameters of 1 and 3 (value and gradient each: 8) and SGD's momentum (4) leave 7: room
+    // for the first parameter's Adam state (2) but not then the second's (6); room for the 6
+    // floats of the step below.
+    let mut mem = [0f32; 19];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let a = tape.param(&[1], &[1.0]).unwrap();
+    let b = tape.param(&[3], &[2.0, 3.0, 4.0]).unwrap();
+    let cfg = mote::SgdConfig {
+        lr: 0.5,
+        momentum: 0.9,
+        ..mote::SgdConfig::default()
+    };
+    let mut sgd = mote::Sgd::new(&mut tape, cfg).unwrap();
+    let before = (
+        tape.param_state(a, 0).unwrap(),
+        tape.param_state(b, 0).unwrap(),
+    );
+    let used = tape.used();
+    let e = Adam::new(&mut tape, AdamConfig::default()).err();
+    assert!(matches!(e, Some(Error::ArenaFull { .. })), "{e:?}");
+    assert_eq!(tape.used(), used);
+    assert_eq!(
+        (
+            tape.param_state(a, 0).unwrap(),
+            tape.param_state(b, 0).unwrap()
+        ),
+        before
+    );
+    assert_eq!(
+        tape.param_state(a, 1).unwrap(),
+        None,
+        "SGD keeps one buffer"
+    );
+    // The SGD made first still steps: a gradient of ones moves the parameters by lr.
+    let (sa, sb) = (tape.sum(a).unwrap(), tape.sum(b).unwrap());
+    let loss = tape.add(sa, sb).unwrap();
+    tape.backward(loss).unwrap();
+    sgd.step(&mut tape).unwrap();
+    assert_eq!(tape.data(a).unwrap(), &[0.5]);
+    assert_eq!(tape.data(b).unwrap(), &[1.5, 2.5, 3.5]);
+    let buf = before.0.unwrap();
+    assert_eq!(&tape.backend().storage()[buf.range()], &[1.0]);
 }
 
 #[test]

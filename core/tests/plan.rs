@@ -3,8 +3,8 @@
 
 use mote::plan::{self, Loss, Opt};
 use mote::{
-    Adam, AdamConfig, Backend, Cpu, Linear, Module, Optimizer, Relu, Result, Rng, Sgd, SgdConfig,
-    Tape,
+    Adam, AdamConfig, Backend, Cpu, HostBackend, Linear, Module, Optimizer, Relu, Result, Rng, Sgd,
+    SgdConfig, Tape,
 };
 use proptest::prelude::*;
 
@@ -51,12 +51,13 @@ fn step<B: Backend, const N: usize>(
         let mut h = x;
         aligned(x);
         aligned(t);
+        let mut acts = Vec::new();
         for (i, l) in layers.iter().enumerate() {
             h = l.forward(tape, h)?;
-            aligned(h);
+            acts.push(h);
             if i + 1 < layers.len() {
                 h = Relu.forward(tape, h)?;
-                aligned(h);
+                acts.push(h);
             }
         }
         let l = match loss {
@@ -70,10 +71,22 @@ fn step<B: Backend, const N: usize>(
         };
         aligned(l);
         tape.backward(l)?;
+        for &a in &acts {
+            aligned(a);
+            // The backward's activation gradients (allocated after the loss's scalar).
+            if let Some(g) = tape.grad(a)? {
+                assert_eq!(g.offset % align, 0, "an unaligned activation gradient");
+            }
+        }
         for p in tape.params().collect::<Vec<_>>() {
             aligned(p);
             let g = tape.grad(p)?.expect("a trainable parameter has a gradient");
             assert_eq!(g.offset % align, 0, "an unaligned gradient");
+            for k in 0..2 {
+                if let Some(s) = tape.param_state(p, k)? {
+                    assert_eq!(s.offset % align, 0, "an unaligned optimizer buffer");
+                }
+            }
         }
         if let Some(a) = adam.as_mut() {
             a.step(tape)?;
@@ -87,6 +100,22 @@ fn step<B: Backend, const N: usize>(
 }
 
 use mote::Float;
+
+/// Every parameter's values, then its optimizer buffers (found through `Tape::param_state`).
+fn params_and_state(tape: &Tape<Cpu<f32>, 64>) -> Vec<f32> {
+    let mut out = Vec::new();
+    for p in tape.params() {
+        out.extend_from_slice(tape.data(p).unwrap());
+        for k in 0..2 {
+            if let Some(v) = tape.param_state(p, k).unwrap() {
+                let s = tape.backend().storage();
+                out.extend_from_slice(&s[v.offset..v.offset + v.len()]);
+            }
+        }
+        assert_eq!(tape.param_state(p, 2).unwrap(), None);
+    }
+    out
+}
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
@@ -127,14 +156,14 @@ proptest! {
         sizes in prop::collection::vec(1usize..=12, 2..=4),
         batch in 1usize..=9,
         loss in prop::sample::select(vec![Loss::Mse, Loss::CrossEntropy, Loss::Huber]),
-        opt in prop::sample::select(vec![Opt::Sgd, Opt::Adam]),
+        opt in prop::sample::select(vec![Opt::Sgd, Opt::SgdMomentum, Opt::Adam]),
         align in prop::sample::select(vec![2usize, 4, 64]),
     ) {
         let planned = plan::mlp(&sizes, batch, loss, opt);
         let mut mem = vec![0f32; planned];
         let mut tape = Tape::<Cpu<f32>, 64>::new(&mut mem);
         let plain = step(&mut tape, &sizes, batch, loss, opt).unwrap();
-        let params: Vec<f32> = tape.params().flat_map(|p| tape.data(p).unwrap().to_vec()).collect();
+        let params = params_and_state(&tape);
 
         let measured = plan::measure_aligned::<f32, 64>(align, |t| {
             step(t, &sizes, batch, loss, opt).map(|_| ())
@@ -146,8 +175,7 @@ proptest! {
         let padded = step(&mut tape, &sizes, batch, loss, opt).unwrap();
         prop_assert_eq!(tape.high_water(), measured);
         prop_assert_eq!(plain.to_bits(), padded.to_bits());
-        let aligned: Vec<f32> = tape.params().flat_map(|p| tape.data(p).unwrap().to_vec()).collect();
-        prop_assert_eq!(params, aligned);
+        prop_assert_eq!(params, params_and_state(&tape));
         // One float less fails with a clear error (no panic), padding counted.
         let mut mem = vec![0f32; measured - 1];
         let mut tape = Tape::<Cpu<f32>, 64>::with_backend(Cpu::aligned(&mut mem, align));

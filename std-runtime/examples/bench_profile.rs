@@ -54,6 +54,9 @@ impl<B: Backend> Backend for Timed<B> {
     fn capacity(&self) -> usize {
         self.inner.capacity()
     }
+    fn align(&self) -> usize {
+        self.inner.align()
+    }
     fn write(&mut self, o: usize, s: &[B::Elem]) -> Result<()> {
         self.t(("write", s.len(), 0, 0), |b| b.write(o, s))
     }

@@ -505,6 +505,42 @@ fn the_deepest_model_with_dropout_fits_the_tape() {
     }
 }
 
+/// A checkpoint of a model whose arena aligns its allocations (as the CUDA backend's does:
+/// each parameter's optimizer buffers apart, not side by side) resumes on an unaligned arena
+/// and on an aligned one as an uninterrupted unaligned run goes on, bit for bit: 2 epochs, a
+/// checkpoint, then 1 more against 3 straight epochs.
+#[test]
+fn checkpoints_move_between_aligned_and_unaligned_arenas() {
+    let (spec, config3, data) = setup(3, Schedule::Constant, None);
+    let config2 = TrainConfig {
+        epochs: 2,
+        ..config3.clone()
+    };
+    let floats = arena_floats(&spec, &ADAM, config3.batch);
+    let reference = straight_run(&spec, &config3, &data);
+    // Room for the padding: at most 63 floats for each of far fewer than 1024 allocations.
+    let padded = floats + 63 * 1024;
+    let mut mem = vec![0f32; padded];
+    let mut first = Model::new(Cpu::aligned(&mut mem, 64), spec, ADAM, &mut Rng::new(42)).unwrap();
+    let mut state = TrainState::new(42);
+    train::fit(&mut first, &data, &config2, &mut state, &mut [], None).unwrap();
+    let bytes = checkpoint::to_bytes_model(&first, &config2, &state).unwrap();
+    let ck = checkpoint::from_bytes_checked(Path::new("aligned"), &bytes).unwrap();
+    let mut plain_mem = vec![0f32; floats];
+    let mut aligned_mem = vec![0f32; padded];
+    for (what, mut resumed) in [
+        ("unaligned", ck.restore(Cpu::new(&mut plain_mem)).unwrap()),
+        (
+            "aligned",
+            ck.restore(Cpu::aligned(&mut aligned_mem, 64)).unwrap(),
+        ),
+    ] {
+        let mut state = ck.state.clone();
+        train::fit(&mut resumed, &data, &config3, &mut state, &mut [], None).unwrap();
+        assert_eq!(params_of(&resumed), reference, "resumed on an {what} arena");
+    }
+}
+
 #[test]
 fn checkpoint_round_trip_restores_the_same_model() {
     let (spec, config, data) = setup(2, Schedule::Constant, None);

@@ -215,7 +215,7 @@ impl<B: Backend, const NODES: usize> crate::tape::Tape<B, NODES> {
             return Ok(planned);
         };
         let per = g.part(1).cols_len()?.max(1);
-        let free = self.capacity().saturating_sub(self.used());
+        let free = self.free_aligned();
         Ok((want.min(free) / per).clamp(planned, g.n.max(planned)))
     }
 }

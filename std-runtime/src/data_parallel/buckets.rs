@@ -6,7 +6,9 @@
 //! During a replica's backward ([`mote::Tape::backward_with`]), a [`Tracker`] counts the
 //! parameters each bucket still waits for; once a bucket's gradients are all final, the
 //! replica hands it to the all-reduce at once, while its backward goes on with the layers
-//! below. [`Buckets`] is the plan (the same on every replica, every rank and every backend);
+//! below. [`Buckets`] is the plan (the same on every replica and every rank, each of which
+//! builds it from its own tape: backends that align allocations differently place the
+//! gradients at other offsets);
 //! [`Staged`] is the all-reduce of CPU replicas in shared memory. On GPUs the NCCL reducer
 //! sends each bucket as it comes (`NcclReduce`).
 
