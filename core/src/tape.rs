@@ -302,15 +302,18 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     /// Where an allocation made at `top` starts: the next multiple of the alignment (at most the
     /// capacity).
     pub(crate) fn aligned_top(&self, top: usize) -> usize {
-        top.checked_next_multiple_of(self.align)
-            .map_or(self.capacity, |at| at.min(self.capacity))
+        // `align` is a power of two: a mask, no division (and no panic path on a
+        // microcontroller, where it is 1 and this is `top`).
+        let mask = self.align.wrapping_sub(1);
+        top.checked_add(mask)
+            .map_or(self.capacity, |t| (t & !mask).min(self.capacity))
     }
 
     /// Elements from one optimizer state buffer of a parameter of `len` elements to the next
     /// (one allocation holds them all): `len`, rounded up to the backend's [`Backend::align`].
     pub(crate) fn state_stride(&self, len: usize) -> usize {
-        len.checked_next_multiple_of(self.align)
-            .unwrap_or(usize::MAX)
+        let mask = self.align.wrapping_sub(1);
+        len.checked_add(mask).map_or(usize::MAX, |l| l & !mask)
     }
 
     /// Where the optimizer keeps its `k`-th state buffer for parameter `p`, shaped like `p`:
