@@ -34,8 +34,19 @@ fn cxx() -> String {
     std::env::var("CXX").unwrap_or_else(|_| "c++".into())
 }
 
-/// Flags of the device library's compilation (besides the files and the output).
-const FLAGS: [&str; 6] = ["-std=c++20", "-O2", "-shared", "-fPIC", "-w", "-include"];
+/// Flags of the device library's compilation (besides the files and the output). A kernel's
+/// `float4` access to an address a GPU would refuse (not 16-byte aligned) traps
+/// (`-fsanitize=alignment`, no runtime library needed with trap-on-error).
+const FLAGS: [&str; 8] = [
+    "-std=c++20",
+    "-O2",
+    "-shared",
+    "-fPIC",
+    "-w",
+    "-fsanitize=alignment",
+    "-fsanitize-undefined-trap-on-error",
+    "-include",
+];
 
 fn run(cmd: &mut Command, what: &str) -> Result<(), String> {
     match cmd.status() {

@@ -68,6 +68,9 @@ fn build() -> Option<Library> {
             "-fPIC",
             "-pthread",
             "-w",
+            // As the emulated device: a misaligned `float4` access traps (SIGILL).
+            "-fsanitize=alignment",
+            "-fsanitize-undefined-trap-on-error",
             "-include",
         ])
         .arg(emu.join("shim.h"))

@@ -14,6 +14,7 @@
 // run one after another between barriers), and accesses by kernels outside the allocation.
 #include "device.h"
 
+#include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
 #include <unistd.h>
@@ -91,6 +92,26 @@ char* guarded(size_t bytes, void** map, size_t* len) {
 Barrier block_bar, warp_bar[32];
 int current = -1;
 const EmuCall* running = nullptr;
+// The kernel running (for the trap's message).
+const char* running_name = "?";
+
+// A kernel's access that a GPU would fail with "misaligned address" traps (the shim's
+// `float4` is 16-byte aligned and the device is built with `-fsanitize=alignment`, traps on
+// error): say which kernel, then stop as the GPU's sticky error would.
+void on_trap(int) {
+    std::fprintf(stderr,
+                 "emulated device: kernel %s trapped: an access not aligned to its type (a "
+                 "float4 not on a 16-byte boundary; on a GPU: CUDA_ERROR_MISALIGNED_ADDRESS)\n",
+                 running_name);
+    std::abort();
+}
+[[maybe_unused]] const bool trap_handler = [] {
+    struct sigaction sa {};
+    sa.sa_handler = on_trap;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGILL, &sa, nullptr);
+    return true;
+}();
 
 void leave(Barrier& b) {
     if (b.expected == 0) return;
@@ -554,7 +575,11 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
     if (gy > 65535 || gz > 65535 || shared != 0) return INVALID_VALUE;
     EmuCall call = reinterpret_cast<EmuBinder>(f)(params);
     emu_dim3 grid{gx, gy, gz}, block{bx, by, bz};
-    return submit(s, [call, grid, block] {
+    const char* name = "?";
+    for (auto& [k, b] : registry())
+        if (reinterpret_cast<void*>(b) == f) name = k.c_str();
+    return submit(s, [call, grid, block, name] {
+        running_name = name;
         return run_grid(call, grid, block) ? OK : 719;  // CUDA_ERROR_LAUNCH_FAILED
     });
 }

@@ -21,7 +21,10 @@ void emu_sync_warp(unsigned w);
 #define __forceinline__ inline
 #define __launch_bounds__(x)
 #define __shared__ static
-struct float4 { float x, y, z, w; };
+// 16-byte aligned as CUDA's: built with `-fsanitize=alignment` and traps on error, a kernel's
+// `float4` access to an address that is not (which a GPU fails with "misaligned address")
+// stops the emulation with SIGILL instead of running on.
+struct alignas(16) float4 { float x, y, z, w; };
 inline float4 make_float4(float a, float b, float c, float d) { return float4{a, b, c, d}; }
 inline unsigned int emu_tid() { return threadIdx.y * blockDim.x + threadIdx.x; }
 inline void __syncthreads() {
