@@ -143,6 +143,21 @@ void arrive(Barrier& b) {
     swapcontext(&f.ctx, &sched);
 }
 
+}  // namespace
+
+// The kernels' `__shared__` arrays (the shim puts them in this section; the linker names its
+// bounds). Weak: absent where no kernel has one.
+extern "C" char __start_emu_shared[] __attribute__((weak));
+extern "C" char __stop_emu_shared[] __attribute__((weak));
+
+namespace {
+
+// Before each block: shared memory holds garbage on a GPU; here 0xFF bytes, NaN as floats.
+void poison_shared() {
+    if (__start_emu_shared != nullptr && __stop_emu_shared > __start_emu_shared)
+        std::memset(__start_emu_shared, 0xFF, (size_t)(__stop_emu_shared - __start_emu_shared));
+}
+
 // Runs `call` over the grid. `false`: the threads of a block deadlocked at a barrier.
 bool run_grid(const EmuCall& call, emu_dim3 grid, emu_dim3 block) {
     unsigned n = block.x * block.y * block.z;
@@ -164,6 +179,7 @@ bool run_grid(const EmuCall& call, emu_dim3 grid, emu_dim3 block) {
         for (unsigned by = 0; by < grid.y; ++by)
             for (unsigned bx = 0; bx < grid.x; ++bx) {
                 blockIdx = {bx, by, bz};
+                poison_shared();
                 block_bar = {n, 0, 0};
                 for (unsigned w = 0; w < 32; ++w)
                     warp_bar[w] = {32 * w < n ? std::min(32u, n - 32 * w) : 0u, 0, 0};

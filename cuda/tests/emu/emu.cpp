@@ -14,9 +14,16 @@ extern "C" void emu_set(unsigned gx, unsigned bx, unsigned by, unsigned b, unsig
     gridDim = {gx, 1, 1}; blockDim = {bx, by, 1}; blockIdx = {b, 0, 0}; threadIdx = {tx, ty, 0};
 }
 
+// The kernels' `__shared__` arrays (the shim's section), filled with 0xFF bytes (NaN floats)
+// before each block as a GPU's shared memory holds garbage.
+extern "C" char __start_emu_shared[] __attribute__((weak));
+extern "C" char __stop_emu_shared[] __attribute__((weak));
+
 // Concurrent threads: set up block b (barriers for bx * by threads), before its threads start.
 extern "C" void emu_block(unsigned gx, unsigned bx, unsigned by, unsigned b) {
     emu_sequential = false;
+    if (__start_emu_shared != nullptr && __stop_emu_shared > __start_emu_shared)
+        std::memset(__start_emu_shared, 0xFF, (size_t)(__stop_emu_shared - __start_emu_shared));
     gridDim = {gx, 1, 1}; blockDim = {bx, by, 1}; blockIdx = {b, 0, 0};
     unsigned n = bx * by;
     delete emu_block_barrier;

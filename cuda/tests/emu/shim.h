@@ -18,9 +18,12 @@ void emu_sync_block();
 void emu_sync_warp(unsigned w);
 #define __global__
 #define __device__
-#define __forceinline__ inline
+#define __forceinline__ static inline  // internal: its `__shared__` statics are not COMDAT (one section)
 #define __launch_bounds__(x)
-#define __shared__ static
+// In a section of their own, which the emulated device fills with 0xFF bytes (NaN floats, -1
+// ints) before each block, as a GPU's shared memory starts with whatever was there: a kernel
+// that reads an element it did not write gets NaN, not a zero or the last block's value.
+#define __shared__ static __attribute__((section("emu_shared")))
 // 16-byte aligned as CUDA's: built with `-fsanitize=alignment` and traps on error, a kernel's
 // `float4` access to an address that is not (which a GPU fails with "misaligned address")
 // stops the emulation with SIGILL instead of running on.
