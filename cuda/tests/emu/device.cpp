@@ -378,6 +378,10 @@ int cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     size_t map_len = 0;
     char* m = guarded(rounded == 0 ? 256 : rounded, &map, &map_len);
     if (!m) return 2;  // CUDA_ERROR_OUT_OF_MEMORY
+    // A driver's fresh allocation holds whatever was there: here 0xFF bytes (NaN as floats),
+    // so that reading what nothing wrote shows. The first 64 MiB (an arena and the side areas
+    // after it, in the tests); the rest stays as mapped, zero.
+    std::memset(m, 0xFF, std::min(bytes, (size_t)64 << 20));
     allocations.push_back({reinterpret_cast<uintptr_t>(m), bytes, map, map_len});
     *p = reinterpret_cast<uintptr_t>(m);
     return OK;
