@@ -175,48 +175,56 @@ bool run_grid(const EmuCall& call, emu_dim3 grid, emu_dim3 block) {
     running = &call;
     gridDim = grid;
     blockDim = block;
-    for (unsigned bz = 0; bz < grid.z; ++bz)
-        for (unsigned by = 0; by < grid.y; ++by)
-            for (unsigned bx = 0; bx < grid.x; ++bx) {
-                blockIdx = {bx, by, bz};
-                poison_shared();
-                block_bar = {n, 0, 0};
-                for (unsigned w = 0; w < 32; ++w)
-                    warp_bar[w] = {32 * w < n ? std::min(32u, n - 32 * w) : 0u, 0, 0};
-                for (unsigned i = 0; i < n; ++i) {
-                    Fiber& f = fibers[i];
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = stacks[i];
-                    f.ctx.uc_stack.ss_size = STACK;
-                    f.ctx.uc_link = &sched;
-                    makecontext(&f.ctx, fiber_main, 0);
-                    f.idx = {i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
-                    f.warp = i / 32;
-                    f.done = false;
-                    f.wait = nullptr;
-                }
-                unsigned left = n;
-                while (left > 0) {
-                    bool progress = false;
-                    for (unsigned i = 0; i < n; ++i) {
-                        Fiber& f = fibers[i];
-                        if (f.done || (f.wait != nullptr && f.wait->gen == f.gen)) continue;
-                        f.wait = nullptr;
-                        threadIdx = f.idx;
-                        current = (int)i;
-                        swapcontext(&sched, &f.ctx);
-                        progress = true;
-                        if (f.done) left -= 1;
-                    }
-                    if (!progress) {
-                        std::fprintf(stderr,
-                                     "emulated device: the threads of block (%u, %u, %u) "
-                                     "deadlocked at a barrier (%u of %u still running)\n",
-                                     bx, by, bz, left, n);
-                        return false;
-                    }
-                }
+    // A GPU runs blocks, and the threads of a block between barriers, in no set order: every
+    // other launch here runs both backwards, so that a kernel that needs one order (a missing
+    // barrier, a block reading another's output without a ticket) fails one way or the other.
+    static unsigned long launches = 0;
+    const bool backwards = (launches++ & 1) != 0;
+    const unsigned long blocks = (unsigned long)grid.x * grid.y * grid.z;
+    for (unsigned long b0 = 0; b0 < blocks; ++b0) {
+        const unsigned long b = backwards ? blocks - 1 - b0 : b0;
+        const unsigned bx = (unsigned)(b % grid.x), by = (unsigned)(b / grid.x % grid.y),
+                       bz = (unsigned)(b / grid.x / grid.y);
+        blockIdx = {bx, by, bz};
+        poison_shared();
+        block_bar = {n, 0, 0};
+        for (unsigned w = 0; w < 32; ++w)
+            warp_bar[w] = {32 * w < n ? std::min(32u, n - 32 * w) : 0u, 0, 0};
+        for (unsigned i = 0; i < n; ++i) {
+            Fiber& f = fibers[i];
+            getcontext(&f.ctx);
+            f.ctx.uc_stack.ss_sp = stacks[i];
+            f.ctx.uc_stack.ss_size = STACK;
+            f.ctx.uc_link = &sched;
+            makecontext(&f.ctx, fiber_main, 0);
+            f.idx = {i % block.x, (i / block.x) % block.y, i / (block.x * block.y)};
+            f.warp = i / 32;
+            f.done = false;
+            f.wait = nullptr;
+        }
+        unsigned left = n;
+        while (left > 0) {
+            bool progress = false;
+            for (unsigned k = 0; k < n; ++k) {
+                const unsigned i = backwards ? n - 1 - k : k;
+                Fiber& f = fibers[i];
+                if (f.done || (f.wait != nullptr && f.wait->gen == f.gen)) continue;
+                f.wait = nullptr;
+                threadIdx = f.idx;
+                current = (int)i;
+                swapcontext(&sched, &f.ctx);
+                progress = true;
+                if (f.done) left -= 1;
             }
+            if (!progress) {
+                std::fprintf(stderr,
+                             "emulated device: the threads of block (%u, %u, %u) "
+                             "deadlocked at a barrier (%u of %u still running)\n",
+                             bx, by, bz, left, n);
+                return false;
+            }
+        }
+    }
     running = nullptr;
     return true;
 }
