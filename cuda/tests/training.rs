@@ -109,6 +109,15 @@ fn adam_state<B: Backend<Elem = f32>, const N: usize>(tape: &Tape<B, N>) -> Vec<
     out
 }
 
+/// The model and its Adam on `tape`, and the mark a step rewinds to.
+fn with_adam<B: Backend<Elem = f32>, const N: usize>(
+    tape: &mut Tape<B, N>,
+) -> (Model, Adam, mote::Mark) {
+    let m = model(tape);
+    let opt = Adam::new(tape, AdamConfig::default()).unwrap();
+    (m, opt, tape.mark())
+}
+
 fn compare_training(test: &str, steps: usize, rtol_loss: f32, rtol: f32, atol: f32) {
     let Some(cuda) = gpu(test, FLOATS) else {
         return;
@@ -117,10 +126,8 @@ fn compare_training(test: &str, steps: usize, rtol_loss: f32, rtol: f32, atol: f
     let mut mem = vec![0f32; FLOATS];
     let mut ct = Tape::<Cpu<f32>, 64>::new(&mut mem);
     let mut gt = Tape::<Cuda, 64>::with_backend(cuda);
-    let (cm, gm) = (model(&mut ct), model(&mut gt));
-    let mut co = Adam::new(&mut ct, AdamConfig::default()).unwrap();
-    let mut go = Adam::new(&mut gt, AdamConfig::default()).unwrap();
-    let (cs, gs) = (ct.mark(), gt.mark());
+    let (cm, mut co, cs) = with_adam(&mut ct);
+    let (gm, mut go, gs) = with_adam(&mut gt);
     close("initial parameters", &params(&gt), &params(&ct), 0.0, 0.0);
     for i in 0..steps {
         let (bx, by) = batch(&xs, &ys, i);
@@ -334,10 +341,8 @@ fn allocations_are_aligned() {
     let mut mem = vec![0f32; FLOATS];
     let mut ct = Tape::<Cpu<f32>, 64>::new(&mut mem);
     let mut gt = Tape::<Cuda, 64>::with_backend(cuda);
-    let (cm, gm) = (model(&mut ct), model(&mut gt));
-    let mut co = Adam::new(&mut ct, AdamConfig::default()).unwrap();
-    let mut go = Adam::new(&mut gt, AdamConfig::default()).unwrap();
-    let (cs, gs) = (ct.mark(), gt.mark());
+    let (cm, mut co, cs) = with_adam(&mut ct);
+    let (gm, mut go, gs) = with_adam(&mut gt);
     let (bx, by) = batch(&xs, &ys, 0);
     step(&mut ct, &cm, &mut co, cs, &bx, &by);
     step(&mut gt, &gm, &mut go, gs, &bx, &by);
