@@ -871,9 +871,14 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             let free = self.capacity - self.aligned_top(top);
             self.top = top;
             match e {
-                // What the parameter needs as a whole, value and gradient.
+                // What the parameter needs as a whole: value, the padding that aligns its
+                // gradient, and the gradient.
                 Error::ArenaFull { .. } => Error::ArenaFull {
-                    needed: if trainable { n.saturating_mul(2) } else { n },
+                    needed: if trainable {
+                        self.state_stride(n).saturating_add(n)
+                    } else {
+                        n
+                    },
                     free,
                 },
                 e => e,

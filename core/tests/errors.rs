@@ -30,6 +30,27 @@ fn full_arena_is_an_error_and_changes_nothing() {
     assert!(matches!(loss, Err(Error::ArenaFull { .. })) || tape.backward(loss.unwrap()).is_err());
 }
 
+/// On an aligned arena a parameter's error counts the padding before its gradient, so the
+/// `needed` it reports is exactly what fits.
+#[test]
+fn a_parameter_that_does_not_fit_an_aligned_arena_reports_its_padding() {
+    // 5 elements, a gradient aligned to 4: 5 + 3 padding + 5.
+    let mut mem = [0f32; 12];
+    let mut tape = Tape::<Cpu<f32>, 8>::with_backend(Cpu::aligned(&mut mem, 4));
+    assert_eq!(
+        tape.param(&[5], &[0.0; 5]),
+        Err(Error::ArenaFull {
+            needed: 13,
+            free: 12
+        })
+    );
+    assert_eq!((tape.used(), tape.nodes_used()), (0, 0));
+    let mut mem = [0f32; 13];
+    let mut tape = Tape::<Cpu<f32>, 8>::with_backend(Cpu::aligned(&mut mem, 4));
+    assert!(tape.param(&[5], &[0.0; 5]).is_ok());
+    assert_eq!(tape.used(), 13);
+}
+
 /// Composite ops (several nodes: the clamp, the L1 and Huber losses) are all or nothing too.
 #[test]
 fn a_composite_op_that_runs_out_of_arena_changes_nothing() {
