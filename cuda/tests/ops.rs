@@ -178,7 +178,9 @@ fn gemm_every_layout() {
     let Some(mut p) = Pair::new("gemm_every_layout", -1.0, 1.0, 3) else {
         return;
     };
-    for (m, n, k) in [(7, 5, 3), (64, 32, 10), (33, 65, 129)] {
+    // k = 0 included: C = 0, or C unchanged when accumulating (cuBLAS needs leading
+    // dimensions of at least 1 there).
+    for (m, n, k) in [(7, 5, 3), (64, 32, 10), (33, 65, 129), (4, 3, 0)] {
         for at in [false, true] {
             for bt in [false, true] {
                 for acc in [false, true] {
@@ -228,6 +230,21 @@ fn gemm_every_layout() {
     p.check("batched gemm into a shared output", 1e-4, 1e-4, |be| {
         be.gemm(&g2)
     });
+    // Outputs that overlap (stride 7 < 30 elements): the batches in order, as the reference
+    // runs them, each overwriting or adding to what the one before left.
+    for accumulate in [false, true] {
+        let g3 = Gemm {
+            c_batch: 7,
+            accumulate,
+            ..g
+        };
+        p.check(
+            &format!("batched gemm, overlapping outputs, accumulate {accumulate}"),
+            1e-4,
+            1e-4,
+            |be| be.gemm(&g3),
+        );
+    }
 }
 
 /// TF32 products whose operands are not both K-major, with the K-major copies forced

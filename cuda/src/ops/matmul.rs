@@ -133,16 +133,17 @@ impl Cuda {
             Some((a, b)) => (false, true, a, b),
             None => (g.a_trans, g.b_trans, self.at(g.a), self.at(g.b)),
         };
-        // B^T as the first operand: stored n x k (b_trans) or k x n.
+        // B^T as the first operand: stored n x k (b_trans) or k x n. A leading dimension is at
+        // least 1, as cuBLAS requires, also for an empty inner dimension (k = 0: C = beta C).
         let (op_a, lda) = if b_trans {
-            (blas::cublasOperation_t::CUBLAS_OP_T, k)
+            (blas::cublasOperation_t::CUBLAS_OP_T, k.max(1))
         } else {
             (blas::cublasOperation_t::CUBLAS_OP_N, m)
         };
         let (op_b, ldb) = if a_trans {
             (blas::cublasOperation_t::CUBLAS_OP_T, n)
         } else {
-            (blas::cublasOperation_t::CUBLAS_OP_N, k)
+            (blas::cublasOperation_t::CUBLAS_OP_N, k.max(1))
         };
         let ldc = m;
         let (compute, name) = self.compute();
@@ -151,9 +152,12 @@ impl Cuda {
         let one = 1.0f32;
         let beta0 = if accumulate { 1.0f32 } else { 0.0f32 };
         let pc = self.at(g.c);
-        // A shared output (batch stride 0) sums every batch's product: one call per batch, the
-        // later ones accumulating, as the reference does.
+        // Outputs that overlap run one call per batch, in order, as the reference does (cuBLAS
+        // runs a strided batch's products concurrently: overlapping outputs would race). A
+        // shared output (batch stride 0) sums every batch's product, the later calls
+        // accumulating.
         let shared_c = g.c_batch == 0 && g.batch > 1;
+        let overlapping = g.batch > 1 && g.c_batch < g.m * g.n;
         let single = |i: usize, beta: &f32| -> blas::cublasStatus_t {
             let (ia, ib, ic) = (
                 pa + 4 * (i * g.b_batch) as u64,
@@ -189,10 +193,10 @@ impl Cuda {
         let status = self.timed(name, || {
             Ok(if g.batch == 1 {
                 single(0, &beta0)
-            } else if shared_c {
+            } else if overlapping {
                 let mut s = blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS;
                 for i in 0..g.batch {
-                    let beta = if i == 0 { beta0 } else { 1.0 };
+                    let beta = if shared_c && i > 0 { 1.0 } else { beta0 };
                     s = single(i, &beta);
                     if s != blas::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
                         break;

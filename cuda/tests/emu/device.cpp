@@ -698,6 +698,21 @@ static int gemm_batched(void* h, int ta, int tb, int m, int n, int k, const void
     auto span = [](size_t r, size_t c, size_t ld) { return c == 0 || r == 0 ? 0 : ld * (c - 1) + r; };
     size_t ea = span(ta ? k : m, ta ? m : k, lda), eb = span(tb ? n : k, tb ? k : n, ldb),
            ec = span(m, n, ldc);
+    // A GPU runs a strided batch's products concurrently: outputs that share an element race
+    // there. Refused here, so that a caller relying on the batches running in order fails its
+    // tests. Batch i writes i sc + col ldc + row (row < m, col < n); two batches d apart share
+    // an element when d |sc| = q ldc + r (0 <= r < ldc) with q < n and r < m, or with
+    // q + 1 < n and ldc - r < m (the next column, rows above).
+    for (long long d = 1; d < batch; ++d) {
+        long long delta = d * (sc < 0 ? -sc : sc), q = delta / ldc, r = delta % ldc;
+        if ((q < n && r < m) || (q + 1 < n && ldc - r < m)) {
+            std::fprintf(stderr,
+                         "emulated cuBLAS: the outputs of a strided batch overlap (stride %lld, "
+                         "%d x %d, ldc %d): a race on a GPU\n",
+                         sc, m, n, ldc);
+            return 7;
+        }
+    }
     for (int i = 0; i < batch; ++i) {
         if (!inside(pa + 4 * sa * i, 4 * ea) || !inside(pb + 4 * sb * i, 4 * eb) ||
             !inside(pc + 4 * sc * i, 4 * ec))
