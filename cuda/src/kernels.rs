@@ -149,14 +149,32 @@ pub fn compile(src: &Source, arch: &str) -> Result<String, CudaError> {
     }
 }
 
-/// PTX for `src` on `arch`, from the disk cache when present (keyed by source text, options and
-/// crate version), else compiled and stored.
+/// NVRTC's version (`"13.0"`): PTX from a newer NVRTC may use a PTX ISA an older driver
+/// cannot load, so the cache keeps each version's PTX apart.
+fn nvrtc_version() -> String {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: two out-parameters; libnvrtc loads (the callers checked).
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    if r == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS {
+        format!("{major}.{minor}")
+    } else {
+        String::new()
+    }
+}
+
+/// PTX for `src` on `arch`, from the disk cache when present (keyed by source text, options,
+/// NVRTC's version and the crate's), else compiled and stored.
 ///
 /// # Errors
 /// As [`compile`]. Cache failures are ignored (the PTX is then simply compiled).
 pub fn ptx(src: &Source, arch: &str) -> Result<String, CudaError> {
     let text = full_source(src);
-    let key = fnv(&[&text, &options(arch).join(" "), env!("CARGO_PKG_VERSION")]);
+    let key = fnv(&[
+        &text,
+        &options(arch).join(" "),
+        &nvrtc_version(),
+        env!("CARGO_PKG_VERSION"),
+    ]);
     let file = cache_dir().map(|d| d.join(format!("{}-sm{arch}-{key:016x}.ptx", src.name)));
     if let Some(f) = &file {
         if let Ok(s) = std::fs::read_to_string(f) {
