@@ -207,9 +207,13 @@ fn fused_backward_matches_reference() {
             "{what}: loss gpu {lf} vs cpu {lc}"
         );
         close(&format!("{what}: fused vs cpu"), &gf, &gc, 1e-4, 1e-5);
-        close(&format!("{what}: fused vs unfused"), &gf, &gu, 1e-6, 1e-6);
+        // Not bit for bit on a GPU: the fused step adds the bias after a `beta = 0` product,
+        // the unfused one runs the product with `beta = 1` over the copied bias (cuBLAS may
+        // pick another kernel and rounds the sum once, not twice), and NVRTC contracts
+        // multiply-adds that the host compiler may not.
+        close(&format!("{what}: fused vs unfused"), &gf, &gu, 1e-5, 1e-5);
         assert!(
-            (lf - lu).abs() <= 1e-6 * lu.abs().max(1.0),
+            (lf - lu).abs() <= 1e-5 * lu.abs().max(1.0),
             "{what}: loss fused {lf} vs unfused {lu}"
         );
         // Where the launches went: every bias gradient taken into a gradient kernel, but
