@@ -34,15 +34,40 @@ cat "$out/cuda-env.txt" >>"$log"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee -a "$log"
 export MOTE_REQUIRE_GPU=1 MOTE_REQUIRE_NVRTC=1 NCCL_DEBUG=WARN
 export MOTE_CUDA_CACHE=/tmp/mote-ptx-cache
+# The driver's JIT cache (PTX to SASS) somewhere writable, so that each backend a test creates
+# does not JIT the kernels again.
+export CUDA_CACHE_PATH=/tmp/mote-nv-cache CUDA_CACHE_MAXSIZE=1073741824
 status=0
-# NCCL last: a hang in its set-up must not cost the other tests.
-for t in $(ls .gpu/tests/* | grep -v nccl) $(ls .gpu/tests/* | grep nccl); do
+# A fault such as a misaligned address poisons the process's CUDA context: every later test of
+# the same binary then fails too. A binary that fails is run again one test per process, so
+# that the log names the tests that fail on their own.
+one_by_one() {
+    local t=$1 name
+    for name in $("$t" --list --format terse 2>/dev/null | sed -n 's/: test$//p'); do
+        if [ "$(limit 20)" -lt 5 ]; then say "   (no time left for the other tests one by one)"; return; fi
+        if timeout "$(limit 60)" "$t" --exact "$name" --test-threads=1 --nocapture >>"$log" 2>&1; then
+            say "   alone: ok     $name"
+        else
+            say "   alone: FAILED $name (exit $?)"
+        fi
+    done
+}
+# The tests of the newest code first; NCCL last: a hang in its set-up must not cost the others.
+order() {
+    local all first
+    all=$(ls .gpu/tests/*)
+    for first in fused training ops conv layers; do echo "$all" | grep -- "-$first\$"; done
+    echo "$all" | grep -v -E -- "-(fused|training|ops|conv|layers|nccl)\$"
+    echo "$all" | grep -- "-nccl\$"
+}
+for t in $(order); do
     say "== $t"
     start=$(date +%s%N)
     if timeout "$(limit 150)" "$t" --test-threads=1 --nocapture >>"$log" 2>&1; then
         say "   ok ($(( ($(date +%s%N) - start) / 1000000 )) ms)"
     else
         say "   FAILED (exit $?)"; status=1
+        one_by_one "$t"
     fi
 done
 # The runtime on the GPU: `mote train --device cuda` (MLP and CNN on the digits, checkpoints
@@ -58,8 +83,14 @@ for t in cli:device_cuda bench:cuda_backend; do
     fi
 done
 grep -E "^test |test result|panicked|skipped|on cuda:" "$log" | tail -60
-say "== bench"
-timeout "$(limit 150)" .gpu/bench 2>&1 | tee -a "$log" || { say "   bench FAILED"; status=1; }
+# One process per workload, the targets' first: a fault in one (a poisoned context) or a time
+# limit (the report prints at the end) then costs that workload alone.
+for w in W-seed W-digits W-mnist W-large-fp32 W-large-tf32 W-large-bf16 W-large-tf32-in-place \
+    W-large-fp32-unaligned conv2d; do
+    say "== bench $w"
+    if [ "$(limit 30)" -lt 10 ]; then say "   skipped: no time left"; status=1; continue; fi
+    timeout "$(limit 90)" .gpu/bench "$w" 2>&1 | tee -a "$log" || { say "   bench $w FAILED"; status=1; }
+done
 say "== PyTorch's conv2d layer on this GPU (the peer of mote's conv2d row)"
 found=""
 for py in $(find /opt /usr/local /usr/bin -maxdepth 6 -name 'python3' -type f -o -name 'python3' -type l 2>/dev/null); do

@@ -427,9 +427,21 @@ fn conv_one(log: &mut String) -> Result<Row, CudaError> {
     })
 }
 
-/// Runs the workloads whose names start with one of `filter` (all when empty) and returns the
-/// report: per workload, the profiled eager step and the final loss, one JSON line per row,
-/// then a Markdown table against PyTorch on the H200 and the targets.
+/// Whether `filter` (empty: every workload) selects the workload `name`: an argument that is a
+/// workload's whole name selects that one alone (`W-large-fp32`, not `W-large-fp32-unaligned`),
+/// another every workload whose name starts with it (`W-large`).
+fn selected(filter: &[String], name: &str) -> bool {
+    let whole = |a: &str| a == "conv2d" || WORKLOADS.iter().any(|w| w.name == a);
+    filter.is_empty()
+        || filter
+            .iter()
+            .any(|a| a == name || (!whole(a) && name.starts_with(a.as_str())))
+}
+
+/// Runs the workloads that `filter` selects (by whole name, or by the start of their names;
+/// all when empty) and returns the report: per workload, the profiled eager step and the final
+/// loss, one JSON line per row, then a Markdown table against PyTorch on the H200 and the
+/// targets.
 ///
 /// # Errors
 /// [`CudaError`] when there is no usable GPU (no driver, no device); a failing workload is
@@ -446,7 +458,7 @@ pub fn run(filter: &[String]) -> Result<String, CudaError> {
     );
     let mut table = Vec::new();
     for w in WORKLOADS {
-        if !filter.is_empty() && !filter.iter().any(|a| w.name.starts_with(a.as_str())) {
+        if !selected(filter, w.name) {
             continue;
         }
         match run_one(w, &mut out) {
@@ -465,7 +477,7 @@ pub fn run(filter: &[String]) -> Result<String, CudaError> {
             }
         }
     }
-    if filter.is_empty() || filter.iter().any(|a| "conv2d".starts_with(a.as_str())) {
+    if selected(filter, "conv2d") {
         match conv_one(&mut out) {
             Ok(r) => {
                 let _ = writeln!(
@@ -506,4 +518,22 @@ pub fn run(filter: &[String]) -> Result<String, CudaError> {
         );
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::selected;
+
+    #[test]
+    fn a_whole_name_selects_one_workload_and_a_prefix_several() {
+        let f = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(selected(&[], "W-large-bf16"));
+        assert!(selected(&f(&["W-large-fp32"]), "W-large-fp32"));
+        assert!(!selected(&f(&["W-large-fp32"]), "W-large-fp32-unaligned"));
+        assert!(!selected(&f(&["W-large-tf32"]), "W-large-tf32-in-place"));
+        assert!(selected(&f(&["W-large"]), "W-large-tf32-in-place"));
+        assert!(selected(&f(&["W-large-fp"]), "W-large-fp32-unaligned"));
+        assert!(selected(&f(&["conv"]), "conv2d"));
+        assert!(!selected(&f(&["W-seed"]), "conv2d"));
+    }
 }
