@@ -1318,7 +1318,10 @@ pub fn run_inputs(data: &[u8]) {
             let Ok(ck) = mote_runtime::checkpoint::from_bytes_checked(path, file) else {
                 return;
             };
-            let floats = mote_runtime::model::arena_floats(&ck.spec, &ck.opt, ck.config.batch);
+            let Ok(floats) = mote_runtime::model::arena_floats(&ck.spec, &ck.opt, ck.config.batch)
+            else {
+                return;
+            };
             if floats <= 1 << 16 {
                 let mut mem = vec![0f32; floats];
                 let _ = ck.restore(Cpu::new(&mut mem));

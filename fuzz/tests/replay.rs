@@ -169,7 +169,7 @@ fn valid_inputs() -> Vec<Vec<u8>> {
         weight_decay: 0.0,
     };
     let config = TrainConfig::new("seed.csv");
-    let mut mem = vec![0f32; arena_floats(&spec, &opt, config.batch)];
+    let mut mem = vec![0f32; arena_floats(&spec, &opt, config.batch).unwrap()];
     let model = Model::new(Cpu::new(&mut mem), spec, opt, &mut Rng::new(1)).unwrap();
     let ck = checkpoint::to_bytes_model(&model, &config, &TrainState::new(1)).unwrap();
     out.push([&[1u8][..], &ck].concat());

@@ -1,4 +1,4 @@
-//! The benchmark program behind `mote bench`: the workloads of `shared/WORKLOADS.md` on the CPU
+//! The benchmark program behind `mote bench`: the workloads of `benches/WORKLOADS.md` on the CPU
 //! backends, timed, next to the numbers other frameworks reach on the same kind of machine.
 //!
 //! | workload | model | loss | batch |

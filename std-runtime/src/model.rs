@@ -1,4 +1,4 @@
-//! The model: an MLP with layer sizes chosen at run time, its optimizer, and a [`Model`] that
+//! The model: an MLP (or a small CNN) with layer sizes chosen at run time, its optimizer, and a [`Model`] that
 //! owns the tape they live on, with prediction and one training step.
 
 use mote::ops::unary::UnaryOp;
@@ -796,15 +796,22 @@ impl Optimizer for Opt {
 
 /// Floats of arena a model needs to train with `batch` rows per step and to evaluate
 /// [`EVAL_BATCH`] rows at a time.
-pub fn arena_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> usize {
+///
+/// # Errors
+/// `Invalid` when a CNN or a model with dropout cannot be laid out at all (its dry run fails:
+/// for example sizes whose product overflows), with the core's reason.
+pub fn arena_floats(spec: &ModelSpec, opt: &OptimizerConfig, batch: usize) -> Result<usize> {
     if !spec.conv.is_empty() || spec.dropout > 0.0 {
-        return measured_floats(spec, opt, batch).unwrap_or(usize::MAX);
+        return measured_floats(spec, opt, batch).map_err(|e| {
+            Error::invalid(format!("the model cannot be laid out in an arena: {e}"))
+                .with_hint("use smaller --conv channels, --hidden layers or --batch")
+        });
     }
     let params = plan::mlp_params(&spec.sizes, opt.plan());
     let step = plan::mlp_step(&spec.sizes, batch, spec.loss());
     let infer = plan::mlp_inference(&spec.sizes, EVAL_BATCH)
-        - plan::mlp_params(&spec.sizes, plan::Opt::Sgd) / 2;
-    params.saturating_add(step.max(infer))
+        .saturating_sub(plan::mlp_params(&spec.sizes, plan::Opt::Sgd) / 2);
+    Ok(params.saturating_add(step.max(infer)))
 }
 
 /// The exact arena of a CNN or a model with dropout, by a dry run (`mote::plan::measure`): parameters, optimizer
@@ -1295,6 +1302,36 @@ pub trait WithBackend {
     fn run<B: Backend<Elem = f32>>(self, backend: B) -> Result<Self::Output>;
 }
 
+/// The machine's memory (Linux's `MemTotal`), where it can be read.
+pub(crate) fn host_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// An arena of `floats` zeros, one of `count` alike that a run holds at once; `too_big` is the
+/// error when the machine cannot hold them. Where the system overcommits, a reservation
+/// beyond its memory succeeds and the process is killed while filling it: the total is
+/// compared with the memory first where that is known.
+pub(crate) fn host_arena(
+    floats: usize,
+    count: usize,
+    too_big: impl Fn() -> Error,
+) -> Result<Vec<f32>> {
+    let bytes = floats
+        .checked_mul(4)
+        .and_then(|b| b.checked_mul(count))
+        .ok_or_else(&too_big)?;
+    if host_memory_bytes().is_some_and(|m| bytes as u64 > m) {
+        return Err(too_big());
+    }
+    let mut mem: Vec<f32> = Vec::new();
+    mem.try_reserve_exact(floats).map_err(|_| too_big())?;
+    mem.resize(floats, 0.0);
+    Ok(mem)
+}
+
 /// Allocates an arena of `floats` and runs `work` on a backend of `kind` over it.
 ///
 /// # Errors
@@ -1307,15 +1344,11 @@ pub fn run_on<W: WithBackend>(kind: BackendKind, floats: usize, work: W) -> Resu
         ))
         .with_hint("use smaller --hidden layers or a smaller --batch")
     };
-    if floats >= u32::MAX as usize {
-        return Err(too_big());
-    }
     if kind == BackendKind::Cuda {
+        // The device's allocation says whether its memory has the room.
         return run_on_cuda(floats, work);
     }
-    let mut mem: Vec<f32> = Vec::new();
-    mem.try_reserve_exact(floats).map_err(|_| too_big())?;
-    mem.resize(floats, 0.0);
+    let mut mem = host_arena(floats, 1, too_big)?;
     match kind {
         BackendKind::Cpu => work.run(mote::Cpu::new(&mut mem)),
         // (Cuda returned above.)

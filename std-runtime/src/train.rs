@@ -16,7 +16,7 @@
 //! let opt = OptimizerConfig::Adam { lr: 1e-3, weight_decay: 0.0 };
 //! let data = Prepared::new(&ds, &spec, train, val);
 //!
-//! let mut mem = vec![0f32; arena_floats(&spec, &opt, config.batch)];
+//! let mut mem = vec![0f32; arena_floats(&spec, &opt, config.batch)?];
 //! let mut model = Model::new(Cpu::new(&mut mem), spec, opt, &mut Rng::new(config.seed))?;
 //! let mut state = TrainState::new(config.seed);
 //! let summary = fit(&mut model, &data, &config, &mut state, &mut [], None)?;
@@ -148,7 +148,7 @@ impl TrainConfig {
     ///
     /// # Errors
     /// `Invalid` for a schedule's factor or floor out of range (and a plateau schedule without
-    /// validation rows), a zero batch size, a clip norm that is not positive and finite, or a
+    /// validation rows), a step schedule cutting every 0 epochs, a zero batch size, a clip norm that is not positive and finite, or a
     /// label smoothing outside `[0, 1]`.
     pub fn check(&self) -> Result<()> {
         let (factor, min_lr) = match self.schedule {
@@ -171,6 +171,12 @@ impl TrainConfig {
         }
         if self.batch == 0 {
             return Err(Error::invalid("batch size 0").with_hint("give --batch 1 or more"));
+        }
+        if let Schedule::Step { every: 0, .. } = self.schedule {
+            return Err(
+                Error::invalid("--step-every 0: the step schedule cuts every N epochs")
+                    .with_hint("give --step-every 1 or more"),
+            );
         }
         if let Schedule::Plateau { factor, .. } = self.schedule {
             if factor >= 1.0 {

@@ -260,7 +260,8 @@ fn check_cnn_export(d: &TempDir, name: &str, agree: f64) {
     let n = 300;
     let (raw, predicted) = predict_raw_digits(d, &model, n);
     let raw = &raw[..];
-    let mut mem = vec![0f32; mote_runtime::model::arena_floats(spec, &ck.opt, ck.config.batch)];
+    let mut mem =
+        vec![0f32; mote_runtime::model::arena_floats(spec, &ck.opt, ck.config.batch).unwrap()];
     let mut m = ck.restore(Cpu::new(&mut mem)).unwrap();
     let mut x = raw.to_vec();
     spec.norm.apply(&mut x);
@@ -2167,6 +2168,18 @@ fn outputs_spare_inputs_and_options_are_checked_by_name() {
         (
             "bench W-seed --backend cpu --threads 2",
             "--threads applies to the parallel backend",
+        ),
+        (
+            "train --epochs 1 --threads 100000",
+            "--threads 100000: at most 1024 threads",
+        ),
+        (
+            "train --epochs 1 --schedule step --step-every 0",
+            "--step-every 0: the step schedule cuts every N epochs",
+        ),
+        (
+            "train --epochs 1 --model cnn --conv 100000,100000",
+            "the model cannot be laid out in an arena",
         ),
     ] {
         let e = fails(&d, &args(cmd));

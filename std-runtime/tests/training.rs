@@ -99,7 +99,7 @@ impl Callback for Counter {
 fn batches_hooks_and_the_partial_last_batch() {
     let (spec, config, data) = setup(3, Schedule::Constant, None);
     assert_eq!(data.train.len(), 1438); // 44 full batches of 32 and one of 30
-    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch).unwrap()];
     let mut model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
     let mut state = TrainState::new(42);
     let mut c = Counter::default();
@@ -125,7 +125,7 @@ fn early_stopping_and_schedules() {
         momentum: 0.0,
         weight_decay: 0.0,
     };
-    let mut mem = vec![0f32; arena_floats(&spec, &still, 32)];
+    let mut mem = vec![0f32; arena_floats(&spec, &still, 32).unwrap()];
     let mut model = Model::new(Cpu::new(&mut mem), spec, still, &mut Rng::new(1)).unwrap();
     let mut state = TrainState::new(1);
     let s = train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
@@ -140,7 +140,7 @@ fn early_stopping_and_schedules() {
         lr: 0.02,
         weight_decay: 0.0,
     };
-    let mut mem = vec![0f32; arena_floats(&spec, &fast, 32)];
+    let mut mem = vec![0f32; arena_floats(&spec, &fast, 32).unwrap()];
     let mut model = Model::new(Cpu::new(&mut mem), spec, fast, &mut Rng::new(1)).unwrap();
     let mut state = TrainState::new(1);
     let s = train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
@@ -174,7 +174,7 @@ fn early_stopping_and_schedules() {
         },
         None,
     );
-    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, 32)];
+    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, 32).unwrap()];
     let mut model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(1)).unwrap();
     let mut state = TrainState::new(1);
     train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
@@ -233,7 +233,7 @@ impl<L: train::Learner> train::Learner for FirstSays<L> {
 #[test]
 fn epochs_go_on_with_the_agreed_numbers() {
     let (spec, config, data) = setup(20, Schedule::Constant, Some(2));
-    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch).unwrap()];
     let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(3)).unwrap();
     let mut first = FirstSays {
         inner: model,
@@ -280,7 +280,7 @@ fn gradient_clipping_bounds_each_step() {
     let run = |clip: Option<f64>| {
         let (spec, mut config, data) = setup(2, Schedule::Constant, None);
         config.clip_grad_norm = clip;
-        let mut mem = vec![0f32; arena_floats(&spec, &SGD, config.batch)];
+        let mut mem = vec![0f32; arena_floats(&spec, &SGD, config.batch).unwrap()];
         let mut model = Model::new(Cpu::new(&mut mem), spec, SGD, &mut Rng::new(5)).unwrap();
         let start = params_of(&model);
         let mut state = TrainState::new(5);
@@ -298,7 +298,7 @@ fn gradient_clipping_bounds_each_step() {
 
     let (spec, mut config, data) = setup(2, Schedule::Constant, None);
     config.clip_grad_norm = Some(0.05);
-    let mut arenas = vec![vec![0f32; arena_floats(&spec, &SGD, config.batch)]; 2];
+    let mut arenas = vec![vec![0f32; arena_floats(&spec, &SGD, config.batch).unwrap()]; 2];
     let models = arenas
         .iter_mut()
         .map(|m| Model::new(Cpu::new(m), spec.clone(), SGD, &mut Rng::new(5)).unwrap())
@@ -319,7 +319,8 @@ fn gradient_clipping_bounds_each_step() {
 fn trained(replicas: usize, adjust: impl Fn(&mut ModelSpec, &mut TrainConfig)) -> Vec<f32> {
     let (mut spec, mut config, data) = setup(2, Schedule::Constant, None);
     adjust(&mut spec, &mut config);
-    let mut arenas = vec![vec![0f32; arena_floats(&spec, &ADAM, config.batch)]; replicas.max(1)];
+    let mut arenas =
+        vec![vec![0f32; arena_floats(&spec, &ADAM, config.batch).unwrap()]; replicas.max(1)];
     let mut models: Vec<_> = arenas
         .iter_mut()
         .map(|m| Model::new(Cpu::new(m), spec.clone(), ADAM, &mut Rng::new(5)).unwrap())
@@ -388,13 +389,13 @@ fn dropout_replicas_train_like_one_model() {
 
     let (mut spec, config, data) = setup(1, Schedule::Constant, None);
     spec.dropout = 0.5;
-    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch).unwrap()];
     let mut model = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(5)).unwrap();
     let (x, rows) = (&data.x[..64 * 20], 20);
     let before = model.outputs(x, rows).unwrap();
     assert_eq!(model.outputs(x, rows).unwrap(), before);
     // The same network without dropout computes the same outputs.
-    let mut mem2 = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+    let mut mem2 = vec![0f32; arena_floats(&spec, &ADAM, config.batch).unwrap()];
     spec.dropout = 0.0;
     let mut same = Model::new(Cpu::new(&mut mem2), spec, ADAM, &mut Rng::new(5)).unwrap();
     assert_eq!(same.outputs(x, rows).unwrap(), before);
@@ -418,7 +419,7 @@ fn dropout_masks_change_with_every_step() {
         momentum: 0.0,
         weight_decay: 0.0,
     };
-    let mut mem = vec![0f32; arena_floats(&spec, &still, config.batch)];
+    let mut mem = vec![0f32; arena_floats(&spec, &still, config.batch).unwrap()];
     let mut model = Model::new(Cpu::new(&mut mem), spec, still, &mut Rng::new(3)).unwrap();
     let (x, y) = (&data.x[..64 * 32], &data.y_class[..32]);
     let a = model.train_step(x, 32, y, &[]).unwrap().loss;
@@ -442,7 +443,7 @@ fn dropout_resumes_with_the_masks_of_an_unbroken_run() {
         epochs: 2,
         ..config3.clone()
     };
-    let floats = arena_floats(&spec, &ADAM, config3.batch);
+    let floats = arena_floats(&spec, &ADAM, config3.batch).unwrap();
     let reference = straight_run(&spec, &config3, &data);
 
     let mut mem = vec![0f32; floats];
@@ -481,7 +482,7 @@ fn the_deepest_model_with_dropout_fits_the_tape() {
         );
         spec.sizes = [vec![64], vec![8; most - 1], vec![10]].concat();
         spec.check().unwrap();
-        let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch)];
+        let mut mem = vec![0f32; arena_floats(&spec, &ADAM, config.batch).unwrap()];
         let mut model =
             Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(1)).unwrap();
         let rows = 32;
@@ -516,7 +517,7 @@ fn checkpoints_move_between_aligned_and_unaligned_arenas() {
         epochs: 2,
         ..config3.clone()
     };
-    let floats = arena_floats(&spec, &ADAM, config3.batch);
+    let floats = arena_floats(&spec, &ADAM, config3.batch).unwrap();
     let reference = straight_run(&spec, &config3, &data);
     // Room for the padding: at most 63 floats for each of far fewer than 1024 allocations.
     let padded = floats + 63 * 1024;
@@ -544,7 +545,7 @@ fn checkpoints_move_between_aligned_and_unaligned_arenas() {
 #[test]
 fn checkpoint_round_trip_restores_the_same_model() {
     let (spec, config, data) = setup(2, Schedule::Constant, None);
-    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, 32)];
+    let mut mem = vec![0f32; arena_floats(&spec, &ADAM, 32).unwrap()];
     let mut model = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(3)).unwrap();
     let mut state = TrainState::new(3);
     train::fit(&mut model, &data, &config, &mut state, &mut [], None).unwrap();
@@ -552,7 +553,7 @@ fn checkpoint_round_trip_restores_the_same_model() {
     let ck = checkpoint::from_bytes_checked(Path::new("mem"), &bytes).unwrap();
     assert_eq!(ck.spec, spec);
     assert_eq!(ck.state, state);
-    let mut mem2 = vec![0f32; arena_floats(&spec, &ADAM, 32)];
+    let mut mem2 = vec![0f32; arena_floats(&spec, &ADAM, 32).unwrap()];
     let mut back = ck.restore(Cpu::new(&mut mem2)).unwrap();
     let rows = &data.x[..64 * 50];
     assert_eq!(
@@ -575,7 +576,7 @@ fn checkpoint_round_trip_restores_the_same_model() {
 #[test]
 fn default_run_reaches_96_percent_on_both_backends() {
     let (spec, config, data) = setup(50, Schedule::Constant, None);
-    let floats = arena_floats(&spec, &ADAM, 32);
+    let floats = arena_floats(&spec, &ADAM, 32).unwrap();
     let mut mem = vec![0f32; floats];
     let mut model = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
     let mut state = TrainState::new(42);
@@ -646,7 +647,7 @@ fn replicas<'a>(arenas: &'a mut [Vec<f32>], spec: &ModelSpec) -> Replicas<Cpu<'a
 #[test]
 fn replicas_train_like_one_model() {
     let (spec, config, data) = setup(2, Schedule::Constant, None);
-    let floats = arena_floats(&spec, &ADAM, config.batch);
+    let floats = arena_floats(&spec, &ADAM, config.batch).unwrap();
     let mut mem = vec![0f32; floats];
     let mut one = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
     let mut state = TrainState::new(42);
@@ -678,7 +679,7 @@ fn replica_checkpoints_resume_on_one_model_and_back() {
         epochs: 2,
         ..config3.clone()
     };
-    let floats = arena_floats(&spec, &ADAM, config3.batch);
+    let floats = arena_floats(&spec, &ADAM, config3.batch).unwrap();
     let reference = straight_run(&spec, &config3, &data);
 
     // 2 epochs on 3 replicas, then 1 on one model.
@@ -717,7 +718,7 @@ fn replica_checkpoints_resume_on_one_model_and_back() {
 /// The parameters of one model trained straight through `config`'s epochs from seed 42: what
 /// the resume tests compare with.
 fn straight_run(spec: &ModelSpec, config: &TrainConfig, data: &Prepared) -> Vec<f32> {
-    let mut mem = vec![0f32; arena_floats(spec, &ADAM, config.batch)];
+    let mut mem = vec![0f32; arena_floats(spec, &ADAM, config.batch).unwrap()];
     let mut model = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
     let mut state = TrainState::new(42);
     train::fit(&mut model, data, config, &mut state, &mut [], None).unwrap();
@@ -840,7 +841,7 @@ fn ranks_in_separate_processes_train_like_one_model() {
 fn ranks_train_like_one_model(dropout: f32) {
     let (mut spec, config, data) = setup(2, Schedule::Constant, None);
     spec.dropout = dropout;
-    let floats = arena_floats(&spec, &ADAM, config.batch);
+    let floats = arena_floats(&spec, &ADAM, config.batch).unwrap();
     let mut mem = vec![0f32; floats];
     let mut one = Model::new(Cpu::new(&mut mem), spec.clone(), ADAM, &mut Rng::new(42)).unwrap();
     let mut state = TrainState::new(42);
@@ -910,7 +911,7 @@ fn ranks_train_like_one_model(dropout: f32) {
 #[test]
 fn shared_memory_buckets_equal_the_all_reduce_after_the_backward() {
     let (spec, config, data) = setup(1, Schedule::Constant, None);
-    let floats = arena_floats(&spec, &ADAM, config.batch);
+    let floats = arena_floats(&spec, &ADAM, config.batch).unwrap();
     for n in [2, 3] {
         let mut runs = Vec::new();
         for buckets in [None, Some(500), Some(1 << 20)] {
@@ -936,7 +937,7 @@ fn shared_memory_buckets_equal_the_all_reduce_after_the_backward() {
 #[test]
 fn a_failing_rank_still_sends_its_buckets() {
     let (spec, config, _) = setup(1, Schedule::Constant, None);
-    let floats = arena_floats(&spec, &ADAM, config.batch);
+    let floats = arena_floats(&spec, &ADAM, config.batch).unwrap();
     let rows = 8;
     let inputs = spec.inputs();
     let x: Vec<f32> = (0..rows * inputs).map(|i| (i % 7) as f32 * 0.1).collect();

@@ -36,7 +36,7 @@ fn infer(ck: &Checkpoint, kind: BackendKind, data: &Prepared, rows: &[usize]) ->
                 .unwrap_or(&[]),
         );
     }
-    let floats = model::arena_floats(&ck.spec, &ck.opt, ck.config.batch);
+    let floats = model::arena_floats(&ck.spec, &ck.opt, ck.config.batch)?;
     model::run_on(
         kind,
         floats,

@@ -33,7 +33,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train an MLP (alone: on the bundled digits).
+    /// Train an MLP or a CNN (alone: on the bundled digits).
     Train(Box<TrainArgs>),
     /// Evaluate a saved model: accuracy, confusion matrix and per-class precision, recall and
     /// F1, or RMSE.
@@ -42,7 +42,7 @@ pub enum Command {
     Predict(PredictArgs),
     /// Export a saved model for firmware: the core's weight blob or a Rust source file.
     Export(ExportArgs),
-    /// Benchmark the workloads of WORKLOADS.md on the CPU backends (or on the GPU).
+    /// Benchmark the workloads of benches/WORKLOADS.md on the CPU backends (or on the GPU).
     Bench(BenchArgs),
 }
 

@@ -61,18 +61,17 @@ impl TrainJob {
     /// Trains `replicas` data-parallel replicas, each over its own arena of `floats` with the
     /// multithreaded backend's kernels on one thread (the replicas are the threads).
     fn run_replicas(self, replicas: usize, floats: usize) -> Result<()> {
-        let mut arenas = Vec::with_capacity(replicas);
+        let too_big = || {
+            Error::invalid(format!(
+                "{replicas} replicas need {:.1} GB of arenas, more than this machine can give",
+                replicas as f64 * floats as f64 * 4e-9
+            ))
+            .with_hint("use fewer --replicas, smaller --hidden layers or a smaller --batch")
+        };
+        let mut arenas = Vec::new();
+        arenas.try_reserve_exact(replicas).map_err(|_| too_big())?;
         for _ in 0..replicas {
-            let mut mem: Vec<f32> = Vec::new();
-            mem.try_reserve_exact(floats).map_err(|_| {
-                Error::invalid(format!(
-                    "{replicas} replicas need {:.1} GB of arenas, more than this machine can give",
-                    (replicas * floats) as f64 * 4e-9
-                ))
-                .with_hint("use fewer --replicas, smaller --hidden layers or a smaller --batch")
-            })?;
-            mem.resize(floats, 0.0);
-            arenas.push(mem);
+            arenas.push(model::host_arena(floats, replicas, too_big)?);
         }
         let models = arenas
             .iter_mut()
@@ -551,7 +550,7 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
     } else {
         fresh_job(&a, &backend)?
     };
-    let floats = model::arena_floats(&job.spec, &job.opt, job.config.batch);
+    let floats = model::arena_floats(&job.spec, &job.opt, job.config.batch)?;
     if let Some(l) = launch {
         job.run_rank(l, floats)
     } else if let Some(g) = a.gpus {

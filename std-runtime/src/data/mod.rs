@@ -101,12 +101,32 @@ pub struct Table {
 /// Decompresses gzip data.
 ///
 /// # Errors
-/// A `Data` error naming `source` when the data is not valid gzip.
+/// A `Data` error naming `source` when the data is not valid gzip, or when what it unpacks to
+/// would not fit in the machine's memory (a small file can unpack to a thousand times its size).
 pub fn gunzip(bytes: &[u8], source: &str) -> Result<Vec<u8>> {
+    let limit = crate::model::host_memory_bytes().unwrap_or(u64::MAX);
+    let too_big = |so_far: usize| {
+        Error::data(format!(
+            "{source}: the gzip data unpack to more than this machine's memory holds ({:.1} GB \
+             so far)",
+            so_far as f64 * 1e-9
+        ))
+    };
+    let mut dec = flate2::read::GzDecoder::new(bytes);
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .read_to_end(&mut out)
-        .map_err(|e| Error::data(format!("{source}: bad gzip data: {e}")))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Error::data(format!("{source}: bad gzip data: {e}"))),
+        };
+        if (out.len() + n) as u64 > limit || out.try_reserve(n).is_err() {
+            return Err(too_big(out.len()));
+        }
+        out.extend_from_slice(buf.get(..n).unwrap_or(&[]));
+    }
     Ok(out)
 }
 

@@ -129,6 +129,11 @@ fn as_f32_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
 /// machines measured.
 pub const PAR_MIN: usize = 1 << 15;
 
+/// The most threads [`set_threads`] starts: far more than any machine's cores (more threads
+/// than cores only share them), and few enough that a mistyped count does not stall the
+/// machine starting them.
+pub const MAX_THREADS: usize = 1024;
+
 /// Sets the number of threads of rayon's global pool, which data-parallel replicas run on and
 /// which sizes [`Parallel`]'s team (one worker fewer: the caller is the last).
 ///
@@ -137,10 +142,16 @@ pub const PAR_MIN: usize = 1 << 15;
 /// already has is fine.
 ///
 /// # Errors
-/// When `n` is 0, or the pool already runs with another count.
+/// When `n` is 0 or above [`MAX_THREADS`], or the pool already runs with another count.
 pub fn set_threads(n: usize) -> std::result::Result<(), String> {
     if n == 0 {
         return Err("the thread count must be at least 1".to_string());
+    }
+    if n > MAX_THREADS {
+        return Err(format!(
+            "at most {MAX_THREADS} threads (this machine has {} cores)",
+            std::thread::available_parallelism().map_or(1, |c| c.get())
+        ));
     }
     match rayon::ThreadPoolBuilder::new()
         .num_threads(n)
