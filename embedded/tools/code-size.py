@@ -11,8 +11,19 @@ Example: tools/code-size.py target/thumbv7em-none-eabihf/release/xor xor::train 
 """
 import bisect
 import re
+import shutil
 import subprocess
 import sys
+
+
+def tool(name):
+    """GNU binutils for Arm (`binutils-arm-none-eabi`) where installed, else LLVM's."""
+    for t in ("arm-none-eabi-" + name, "llvm-" + name):
+        if shutil.which(t):
+            return t
+    sys.exit(f"code-size: neither arm-none-eabi-{name} nor llvm-{name} found "
+             "(apt-get install binutils-arm-none-eabi, or llvm)")
+
 
 args = [a for a in sys.argv[1:] if not a.startswith("--")]
 flags = sys.argv[1:]
@@ -23,12 +34,13 @@ if "--exclude" in flags:
 listing = "--list" in flags
 
 syms = []
-nm = subprocess.run(["arm-none-eabi-nm", "-S", "-C", "--defined-only", elf],
+nm = subprocess.run([tool("nm"), "-S", "-C", "--defined-only", elf],
                     capture_output=True, text=True, check=True).stdout
 for line in nm.splitlines():
     p = line.split(None, 3)
     if len(p) == 4 and p[2].lower() in "tw":
-        syms.append((int(p[0], 16) & ~1, int(p[1], 16), p[3]))
+        # LLVM's nm keeps the legacy mangling's hash (`::h0123...`) that GNU's drops.
+        syms.append((int(p[0], 16) & ~1, int(p[1], 16), re.sub(r"::h[0-9a-f]{16}$", "", p[3])))
 syms.sort()
 starts = [s[0] for s in syms]
 start_set = set(starts)
@@ -42,10 +54,11 @@ def owner(addr):
     return None
 
 
-dis = subprocess.run(["arm-none-eabi-objdump", "-d", "--no-show-raw-insn", elf],
+dis = subprocess.run([tool("objdump"), "-d", "--no-show-raw-insn", elf],
                      capture_output=True, text=True, check=True).stdout
 refs, cur = {}, None
-branch = re.compile(r"\bb(?:l|lx|\.w|eq\.w|ne\.w|[a-z]{2}\.w)?\s+([0-9a-f]+) <")
+# GNU's objdump writes a target as `1234 <f>`, LLVM's as `0x1234 <f>`.
+branch = re.compile(r"\bb(?:l|lx|\.w|eq\.w|ne\.w|[a-z]{2}\.w)?\s+(?:0x)?([0-9a-f]+) <")
 for line in dis.splitlines():
     m = re.match(r"^([0-9a-f]+) <", line)
     if m:

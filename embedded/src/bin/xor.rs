@@ -9,8 +9,8 @@
 //! each step its bias corrections: no tape, no node records and no call list on the device,
 //! and every offset and size is a constant the compiler sees. The same calls as the eager
 //! step, so the same result (the core's `tests/codegen.rs` checks generated steps against eager
-//! ones bit for bit; the loss is checked against the reference here). `xor-tape` trains the
-//! same network with the tape on the device, for comparison.
+//! ones bit for bit; the loss is checked against the reference here). The other programs
+//! (`digits`, `finetune`, `cnn`) run the tape itself on the device.
 //!
 //! Measured: instructions per epoch over the 100 training steps (SysTick under QEMU's
 //! `-icount shift=0`), the arena (checked equal to `mote::plan`'s count), the peak stack
