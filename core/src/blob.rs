@@ -122,10 +122,16 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     !c
 }
 
-/// Bytes of the blob of the given parameter shapes.
+/// Bytes of the blob of the given parameter shapes (saturating: a size past `usize::MAX` is
+/// `usize::MAX`, which no buffer has).
 pub fn size_for(shapes: impl Iterator<Item = Shape>, dtype: Dtype) -> usize {
-    let (count, elems) = shapes.fold((0, 0), |(c, e), s| (c + 1, e + s.numel()));
-    HEADER + PER_TENSOR * count + elems * dtype.size() + 4
+    let (count, elems) = shapes.fold((0usize, 0usize), |(c, e), s| {
+        (c.saturating_add(1), e.saturating_add(s.numel()))
+    });
+    PER_TENSOR
+        .saturating_mul(count)
+        .saturating_add(elems.saturating_mul(dtype.size()))
+        .saturating_add(HEADER + 4)
 }
 
 /// Bytes of the blob of every parameter on `tape`.
@@ -422,6 +428,17 @@ impl<'a> Blob<'a> {
     /// # Errors
     /// [`Error::ArenaFull`], [`Error::TapeFull`].
     pub fn create_params<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        trainable: bool,
+        out: &mut [Var],
+    ) -> Result<usize> {
+        // Every parameter or none: where it fails, the tape is as it was (and handles already
+        // written to `out` are stale).
+        tape.all_or_nothing(|tape| self.create_params_inner(tape, trainable, out))
+    }
+
+    fn create_params_inner<B: Backend, const N: usize>(
         &self,
         tape: &mut Tape<B, N>,
         trainable: bool,

@@ -194,7 +194,7 @@ impl fmt::Display for Error {
             Error::NotAParameter => write!(f, "the tensor is not a parameter"),
             Error::MissingOptimizerState => write!(
                 f,
-                "the optimizer has no state for a parameter (create the optimizer after unfreezing)"
+                "the optimizer has no state for a parameter (create the optimizer after unfreezing, and mark the tape after creating it)"
             ),
             Error::NonFinite { op } => write!(f, "{op}: a value is NaN or infinite"),
             Error::InvalidArgument { what } => write!(f, "invalid argument: {what}"),

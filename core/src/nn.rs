@@ -51,7 +51,10 @@ pub trait Module {
     /// Runs the layer on `x`.
     ///
     /// # Errors
-    /// Whatever an op returns (shape mismatch, full arena or tape, ...).
+    /// Whatever an op returns (shape mismatch, full arena or tape, ...). This crate's layers
+    /// and stacks add all their nodes or none; in a stack that fails, a [`BatchNorm`] before
+    /// the failing layer has still moved its running statistics and a [`Dropout`] its
+    /// generator, as in PyTorch.
     fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var>;
 
     /// Calls `f` with each parameter, in a fixed order (for freezing, saving, counting).
@@ -136,12 +139,15 @@ impl Linear {
         weight: &[B::Elem],
         bias: Option<&[B::Elem]>,
     ) -> Result<Self> {
-        let weight = tape.param(&[outputs, inputs], weight)?;
-        let bias = match bias {
-            Some(b) => Some(tape.param(&[outputs], b)?),
-            None => None,
-        };
-        Ok(Linear { weight, bias })
+        // Both parameters or neither.
+        tape.all_or_nothing(|tape| {
+            let weight = tape.param(&[outputs, inputs], weight)?;
+            let bias = match bias {
+                Some(b) => Some(tape.param(&[outputs], b)?),
+                None => None,
+            };
+            Ok(Linear { weight, bias })
+        })
     }
 
     fn build<B: Backend, const N: usize>(
@@ -155,15 +161,18 @@ impl Linear {
             return Err(Error::BadDims { rank: 2 });
         }
         let bound = 1.0 / libm::sqrt(inputs as f64);
-        let weight = tape.param_with(&[outputs, inputs], || {
-            B::Elem::from_f64(rng.uniform(-bound, bound))
-        })?;
-        let bias = if bias {
-            Some(tape.param_with(&[outputs], || B::Elem::from_f64(rng.uniform(-bound, bound)))?)
-        } else {
-            None
-        };
-        Ok(Linear { weight, bias })
+        // Both parameters or neither.
+        tape.all_or_nothing(|tape| {
+            let weight = tape.param_with(&[outputs, inputs], || {
+                B::Elem::from_f64(rng.uniform(-bound, bound))
+            })?;
+            let bias = if bias {
+                Some(tape.param_with(&[outputs], || B::Elem::from_f64(rng.uniform(-bound, bound)))?)
+            } else {
+                None
+            };
+            Ok(Linear { weight, bias })
+        })
     }
 
     /// Input features.
@@ -310,9 +319,12 @@ macro_rules! tuple_module {
     ($($name:ident . $idx:tt),+) => {
         impl<$($name: Module),+> Module for ($($name,)+) {
             fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
-                let y = x;
-                $(let y = self.$idx.forward(tape, y)?;)+
-                Ok(y)
+                // Every layer's nodes or none.
+                tape.all_or_nothing(|tape| {
+                    let y = x;
+                    $(let y = self.$idx.forward(tape, y)?;)+
+                    Ok(y)
+                })
             }
             fn visit_params(&self, f: &mut dyn FnMut(Var)) {
                 $(self.$idx.visit_params(f);)+
@@ -338,11 +350,14 @@ tuple_module!(A.0, B1.1, C.2, D.3, E.4, F.5, G.6, H.7, I.8, J.9);
 /// A stack of identical layers (`[Linear; 3]`) runs them in order.
 impl<M: Module, const K: usize> Module for [M; K] {
     fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
-        let mut y = x;
-        for m in self {
-            y = m.forward(tape, y)?;
-        }
-        Ok(y)
+        // Every layer's nodes or none.
+        tape.all_or_nothing(|tape| {
+            let mut y = x;
+            for m in self {
+                y = m.forward(tape, y)?;
+            }
+            Ok(y)
+        })
     }
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
         for m in self {

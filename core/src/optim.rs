@@ -187,7 +187,9 @@ fn alloc_state<B: Backend, const N: usize>(tape: &mut Tape<B, N>, per_param: usi
         Ok(())
     })();
     if res.is_err() {
-        tape.rewind_keep_grad(mark)?;
+        // Only floats were taken: give them back, leaving the nodes, their gradients and the
+        // marks as they were.
+        tape.release(mark.floats());
         return res;
     }
     // Then record where each went: the same placements again from the mark.
@@ -226,6 +228,21 @@ fn for_each_trainable<B: Backend, const N: usize>(
     tape: &mut Tape<B, N>,
     mut f: impl FnMut(&mut B, usize, usize, usize, usize, usize) -> Result<()>,
 ) -> Result<()> {
+    // Every parameter is checked before any is updated: a step that fails changes nothing.
+    let missing = tape.nodes.iter().any(|n| {
+        matches!(
+            n.op,
+            Op::Param {
+                trainable: true,
+                has_grad: true,
+                state: NONE,
+                ..
+            }
+        )
+    });
+    if missing {
+        return Err(Error::MissingOptimizerState);
+    }
     for i in 0..tape.nodes.len() {
         let Some(node) = tape.nodes.get(i).copied() else {
             continue;
@@ -355,7 +372,7 @@ impl Sgd {
     /// ([`crate::replay::Replay::replay_sgd`]).
     pub fn next_update(&mut self) -> SgdUpdate {
         let u = self.update_for(0, 0, 0, 0);
-        self.steps += 1;
+        self.steps = self.steps.saturating_add(1);
         u
     }
 
@@ -382,7 +399,7 @@ impl Optimizer for Sgd {
         for_each_trainable(tape, |b, param, grad, state, len, _| {
             b.sgd(&this.update_for(param, grad, state, len))
         })?;
-        self.steps += 1;
+        self.steps = self.steps.saturating_add(1);
         Ok(())
     }
 
@@ -651,7 +668,7 @@ pub fn clip_grad_norm<B: Backend, const N: usize>(
 /// agreed among several): every tape given the same `norm` scales by the same factor.
 ///
 /// # Errors
-/// As [`clip_grad_norm`].
+/// As [`clip_grad_norm`]; [`Error::InvalidArgument`] for a negative `norm` too.
 pub fn clip_grad_norm_to<B: Backend, const N: usize>(
     tape: &mut Tape<B, N>,
     max_norm: f64,
@@ -661,6 +678,11 @@ pub fn clip_grad_norm_to<B: Backend, const N: usize>(
     if !norm.is_finite() {
         return Err(Error::NonFinite {
             op: "clip_grad_norm",
+        });
+    }
+    if norm < 0.0 {
+        return Err(Error::InvalidArgument {
+            what: "clip_grad_norm_to: a norm is never negative",
         });
     }
     let coef = max_norm / (norm + 1e-6);

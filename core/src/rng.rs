@@ -87,7 +87,15 @@ impl Rng {
     /// Shuffles a slice in place (Fisher-Yates).
     pub fn shuffle<T>(&mut self, xs: &mut [T]) {
         for i in (1..xs.len()).rev() {
-            let j = self.below(i as u32 + 1) as usize;
+            // Up to 2^32 elements with one unbiased 32-bit draw; past that a 64-bit draw
+            // (biased by under 2^-31 for any slice a machine can hold).
+            let j = match u32::try_from(i + 1) {
+                Ok(n) => self.below(n) as usize,
+                Err(_) => {
+                    let wide = (u64::from(self.next_u32()) << 32) | u64::from(self.next_u32());
+                    (wide % (i as u64 + 1)) as usize
+                }
+            };
             xs.swap(i, j);
         }
     }

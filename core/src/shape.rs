@@ -170,13 +170,15 @@ impl Shape {
     /// must be equal or contain a 1.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] when the shapes do not broadcast.
+    /// [`Error::ShapeMismatch`] when the shapes do not broadcast, or when the broadcast would
+    /// hold more elements than a shape can (`u32::MAX`, as [`Shape::new`]).
     pub fn broadcast(op: &'static str, a: Shape, b: Shape) -> Result<Shape> {
         let rank = a.rank().max(b.rank());
         let mut out = Shape {
             dims: [1; MAX_RANK],
             rank: rank as u8,
         };
+        let mut numel: u64 = 1;
         for i in 0..rank {
             let da = a.dim_from_right(rank - 1 - i);
             let db = b.dim_from_right(rank - 1 - i);
@@ -187,9 +189,13 @@ impl Shape {
             } else {
                 return Err(Error::ShapeMismatch { op, lhs: a, rhs: b });
             };
+            numel = numel.saturating_mul(d as u64);
             if let Some(slot) = out.dims.get_mut(i) {
                 *slot = d as u32;
             }
+        }
+        if numel > u32::MAX as u64 {
+            return Err(Error::ShapeMismatch { op, lhs: a, rhs: b });
         }
         Ok(out)
     }

@@ -158,15 +158,16 @@ impl Var {
 pub struct Mark {
     nodes: usize,
     top: usize,
-    /// Rewinds done on the tape when the mark was taken.
-    gen: u32,
+    /// Rewinds done on the tape when the mark was taken (64 bits: a device rewinding a
+    /// thousand times a second would take 50 days to exhaust 32).
+    gen: u64,
 }
 
 /// How far back the rewinds after a given moment went: for marks taken after `since` rewinds
 /// (up to the next entry's `since`), no later rewind went below `(nodes, top)`.
 #[derive(Clone, Copy, Debug)]
 struct Floor {
-    since: u32,
+    since: u64,
     nodes: u32,
     top: u32,
 }
@@ -202,7 +203,7 @@ pub struct Tape<B: Backend, const NODES: usize> {
     high: usize,
     grad_enabled: bool,
     grads_dirty: bool,
-    gen: u32,
+    gen: u64,
     floors: heapless::Vec<Floor, FLOORS>,
 }
 
@@ -258,7 +259,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
 
     /// Bytes of the arena in use.
     pub fn used_bytes(&self) -> usize {
-        self.top * core::mem::size_of::<B::Elem>()
+        self.top.saturating_mul(core::mem::size_of::<B::Elem>())
     }
 
     /// The most elements ever in use at once (since creation or [`Tape::reset_high_water`]).
@@ -268,7 +269,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
 
     /// [`Tape::high_water`] in bytes.
     pub fn high_water_bytes(&self) -> usize {
-        self.high * core::mem::size_of::<B::Elem>()
+        self.high.saturating_mul(core::mem::size_of::<B::Elem>())
     }
 
     /// Restarts high-water tracking from the current use.
@@ -390,8 +391,17 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         self.top = mark.top;
         self.note_rewind(&mark);
         for n in self.nodes.iter_mut() {
-            if !matches!(n.op, Op::Param { .. }) {
-                n.grad = NONE;
+            match &mut n.op {
+                // Optimizer state placed above the mark is given back with the rest: the
+                // parameter no longer has any (its optimizer's step then says so), rather than
+                // naming floats that the next allocations reuse.
+                Op::Param { state, states, .. } => {
+                    if *state != NONE && *state as usize >= mark.top {
+                        *state = NONE;
+                        *states = 0;
+                    }
+                }
+                _ => n.grad = NONE,
             }
         }
         Ok(())
@@ -996,7 +1006,10 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     ///
     /// # Errors
     /// [`Error::NotScalar`], [`Error::NoGradient`] (nothing trainable reaches `loss`),
-    /// [`Error::ArenaFull`] (no room for the gradients), [`Error::StaleHandle`].
+    /// [`Error::ArenaFull`] (no room for the gradients), [`Error::StaleHandle`]. A backward
+    /// that fails part way gives back the arena it took, but the parameters' gradients may
+    /// hold part of its contribution: zero them ([`Tape::zero_grad`], or rewind) before
+    /// trying again.
     pub fn backward(&mut self, loss: Var) -> Result<()> {
         self.sweep(loss, |_, _| Ok(()))
     }
@@ -1094,27 +1107,40 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         if !node.rg {
             return Err(Error::NoGradient);
         }
-        for n in self.nodes.iter_mut() {
-            if !matches!(n.op, Op::Param { .. }) {
-                n.grad = NONE;
+        let clear = |t: &mut Self| {
+            for n in t.nodes.iter_mut() {
+                if !matches!(n.op, Op::Param { .. }) {
+                    n.grad = NONE;
+                }
             }
-        }
-        let g = self.alloc(1)?;
-        self.backend.fill(g, 1, B::Elem::ONE)?;
-        if let Some(n) = self.nodes.get_mut(loss.id as usize) {
-            n.grad = g as u32;
-        }
-        self.grads_dirty = true;
-        for i in (0..=loss.id as usize).rev() {
-            let (Some(&node), Some(&bw)) = (self.nodes.get(i), self.bws.get(i)) else {
-                continue;
-            };
-            if node.rg && node.grad != NONE {
-                bw(self, &node)?;
+        };
+        clear(self);
+        let top = self.top;
+        let res = (|| {
+            let g = self.alloc(1)?;
+            self.backend.fill(g, 1, B::Elem::ONE)?;
+            if let Some(n) = self.nodes.get_mut(loss.id as usize) {
+                n.grad = g as u32;
             }
-            after(self, i)?;
+            self.grads_dirty = true;
+            for i in (0..=loss.id as usize).rev() {
+                let (Some(&node), Some(&bw)) = (self.nodes.get(i), self.bws.get(i)) else {
+                    continue;
+                };
+                if node.rg && node.grad != NONE {
+                    bw(self, &node)?;
+                }
+                after(self, i)?;
+            }
+            Ok(())
+        })();
+        if res.is_err() {
+            // The activation gradients' floats are given back (and their handles dropped);
+            // what reached the parameters' gradients stays, as in PyTorch.
+            self.top = top;
+            clear(self);
         }
-        Ok(())
+        res
     }
 
     /// The node of input id `id`, and its gradient region (allocated and zeroed on first use),

@@ -409,3 +409,143 @@ fn module_forward_errors_propagate() {
         Err(Error::ShapeMismatch { op: "linear", .. })
     ));
 }
+
+/// An optimizer step checks every parameter before it updates any: one without state (made
+/// trainable after the optimizer) fails the step with every parameter as it was.
+#[test]
+fn an_optimizer_step_that_fails_updates_nothing() {
+    let mut mem = [0f32; 64];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let a = tape.param(&[1], &[1.0]).unwrap();
+    let b = tape.param(&[1], &[2.0]).unwrap();
+    tape.freeze(b).unwrap();
+    let mut sgd = mote::Sgd::new(&mut tape, mote::SgdConfig::default()).unwrap();
+    tape.unfreeze(b).unwrap();
+    let loss = tape.add(a, b).unwrap();
+    tape.backward(loss).unwrap();
+    assert_eq!(sgd.step(&mut tape), Err(Error::MissingOptimizerState));
+    assert_eq!(tape.data(a).unwrap(), &[1.0]);
+    assert_eq!(tape.data(b).unwrap(), &[2.0]);
+    assert_eq!(sgd.steps(), 0);
+}
+
+/// Optimizer state made above a mark goes with the rewind to it: the parameters then have
+/// none (the step says so) instead of naming floats that later allocations reuse.
+#[test]
+fn optimizer_state_above_a_rewound_mark_is_not_used() {
+    let mut mem = [0f32; 64];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let p = tape.param(&[4], &[1.0; 4]).unwrap();
+    let m = tape.mark();
+    let mut adam = Adam::new(&mut tape, AdamConfig::default()).unwrap();
+    assert!(tape.param_state(p, 0).unwrap().is_some());
+    tape.rewind(m).unwrap();
+    assert_eq!(tape.param_state(p, 0).unwrap(), None);
+    let x = tape.input(&[8], &[5.0; 8]).unwrap();
+    let loss = tape.sum(p).unwrap();
+    tape.backward(loss).unwrap();
+    assert_eq!(adam.step(&mut tape), Err(Error::MissingOptimizerState));
+    assert_eq!(tape.data(x).unwrap(), &[5.0; 8]);
+    assert_eq!(tape.data(p).unwrap(), &[1.0; 4]);
+}
+
+/// A failed optimizer construction gives back its floats and nothing else: the activation
+/// gradients of the last backward are still there.
+#[test]
+fn a_failed_optimizer_keeps_the_gradients_of_the_last_backward() {
+    let mut mem = [0f32; 12];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let p = tape.param(&[2], &[1.0, 2.0]).unwrap();
+    let h = tape.mul_scalar(p, 3.0).unwrap();
+    let loss = tape.sum(h).unwrap();
+    tape.backward(loss).unwrap();
+    let used = tape.used();
+    assert!(tape.grad(h).unwrap().is_some());
+    assert!(matches!(
+        Adam::new(&mut tape, AdamConfig::default()),
+        Err(Error::ArenaFull { .. })
+    ));
+    assert_eq!(tape.used(), used);
+    assert!(tape.grad(h).unwrap().is_some());
+}
+
+/// A backward that runs out of arena part way gives back what it took.
+#[test]
+fn a_backward_that_runs_out_of_arena_gives_back_its_floats() {
+    // p (2 + 2), q, e (2 each), two sums and their sum (3): 11 floats; the backward needs
+    // 1 + 1 + 1 + 2 + 2 more and finds 5.
+    let mut mem = [0f32; 16];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let p = tape.param(&[2], &[0.1, 0.2]).unwrap();
+    let q = tape.mul_scalar(p, 3.0).unwrap();
+    let e = tape.exp(q).unwrap();
+    let s2 = tape.sum(e).unwrap();
+    let s1 = tape.sum(p).unwrap();
+    let l = tape.add(s2, s1).unwrap();
+    let used = tape.used();
+    assert!(matches!(tape.backward(l), Err(Error::ArenaFull { .. })));
+    assert_eq!(tape.used(), used);
+    assert_eq!(tape.grad(q).unwrap(), None);
+    // Zeroed, the gradients start again from nothing.
+    tape.zero_grad().unwrap();
+    assert_eq!(tape.grad_data(p).unwrap(), Some(&[0.0, 0.0][..]));
+}
+
+/// Layers are made whole or not at all, and a batch-norm forward that fails leaves its
+/// running statistics as they were.
+#[test]
+fn layers_that_fail_change_nothing() {
+    let mut mem = [0f32; 64];
+    let mut tape = Tape::<Cpu<f32>, 13>::new(&mut mem);
+    // A bias of the wrong length: the weight is not left behind.
+    let e = Linear::from_weights(&mut tape, 2, 3, &[0.0; 6], Some(&[0.0; 2]));
+    assert!(matches!(e, Err(Error::LengthMismatch { .. })), "{e:?}");
+    assert_eq!((tape.used(), tape.nodes_used()), (0, 0));
+    // Room for 12 more nodes after the layer's 4 parameters and the input: the forward needs
+    // more, and fails with the running mean still 0.
+    let bn = mote::BatchNorm::new(&mut tape, 1).unwrap();
+    let x = tape.input(&[2, 1], &[1.0, 3.0]).unwrap();
+    let (used, nodes) = (tape.used(), tape.nodes_used());
+    assert!(matches!(
+        bn.forward(&mut tape, x),
+        Err(Error::TapeFull { .. })
+    ));
+    assert_eq!((tape.used(), tape.nodes_used()), (used, nodes));
+    assert_eq!(tape.data(bn.running_mean).unwrap(), &[0.0]);
+    assert_eq!(tape.data(bn.running_var).unwrap(), &[1.0]);
+    // A kernel whose weight count overflows is refused, not a panic.
+    let e = mote::Conv2d::new(
+        &mut tape,
+        1,
+        1,
+        [1 << 40, 1 << 40],
+        mote::ConvConfig::default(),
+        1,
+        true,
+        &mut Rng::new(0),
+    );
+    assert!(matches!(e, Err(Error::BadDims { .. })), "{e:?}");
+}
+
+/// Arguments past the representable: broadcasts beyond a shape's element count, a step
+/// count at its end, a negative norm.
+#[test]
+fn limits_are_errors_not_panics() {
+    let mut mem = vec![0f32; (1 << 17) + 8];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let a = tape.full(&[65536, 1], 1.0).unwrap();
+    let b = tape.full(&[1, 65536], 1.0).unwrap();
+    assert!(matches!(tape.add(a, b), Err(Error::ShapeMismatch { .. })));
+    let mut sgd = mote::Sgd::detached(mote::SgdConfig::default()).unwrap();
+    sgd.set_steps(u64::MAX);
+    let _ = sgd.next_update();
+    assert_eq!(sgd.steps(), u64::MAX);
+    let p = tape.param(&[1], &[1.0]).unwrap();
+    let loss = tape.sum(p).unwrap();
+    tape.backward(loss).unwrap();
+    assert!(matches!(
+        mote::clip_grad_norm_to(&mut tape, 1.0, -1.0),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(tape.grad_data(p).unwrap(), Some(&[1.0][..]));
+}

@@ -26,12 +26,17 @@ fn init<B: Backend, const N: usize>(
         return Err(Error::BadDims { rank: dims.len() });
     }
     let bound = 1.0 / libm::sqrt(fan_in as f64);
-    let w = tape.param_with(dims, || B::Elem::from_f64(rng.uniform(-bound, bound)))?;
-    let b = match bias {
-        Some(o) => Some(tape.param_with(&[o], || B::Elem::from_f64(rng.uniform(-bound, bound)))?),
-        None => None,
-    };
-    Ok((w, b))
+    // Both parameters or neither.
+    tape.all_or_nothing(|tape| {
+        let w = tape.param_with(dims, || B::Elem::from_f64(rng.uniform(-bound, bound)))?;
+        let b = match bias {
+            Some(o) => {
+                Some(tape.param_with(&[o], || B::Elem::from_f64(rng.uniform(-bound, bound)))?)
+            }
+            None => None,
+        };
+        Ok((w, b))
+    })
 }
 
 fn groups_fit(inputs: usize, outputs: usize, groups: usize) -> Result<()> {
@@ -74,7 +79,10 @@ impl Conv2d {
     ) -> Result<Self> {
         groups_fit(inputs, outputs, groups)?;
         let cg = inputs / groups;
-        let fan_in = cg * kernel[0] * kernel[1];
+        let fan_in = cg
+            .checked_mul(kernel[0])
+            .and_then(|f| f.checked_mul(kernel[1]))
+            .ok_or(Error::BadDims { rank: 4 })?;
         let (weight, bias) = init(
             tape,
             &[outputs, cg, kernel[0], kernel[1]],
@@ -138,7 +146,7 @@ impl Conv1d {
             tape,
             &[outputs, cg, kernel],
             Some(outputs),
-            cg * kernel,
+            cg.checked_mul(kernel).ok_or(Error::BadDims { rank: 3 })?,
             rng,
         )?;
         Ok(Conv1d {
@@ -252,14 +260,16 @@ impl BatchNorm {
     /// # Errors
     /// As [`Tape::param`].
     pub fn new<B: Backend, const N: usize>(tape: &mut Tape<B, N>, channels: usize) -> Result<Self> {
-        Ok(BatchNorm {
-            weight: tape.param_with(&[channels], || B::Elem::ONE)?,
-            bias: tape.param_with(&[channels], || B::Elem::ZERO)?,
-            running_mean: tape.param_frozen_with(&[channels], || B::Elem::ZERO)?,
-            running_var: tape.param_frozen_with(&[channels], || B::Elem::ONE)?,
-            momentum: 0.1,
-            eps: 1e-5,
-            training: true,
+        tape.all_or_nothing(|tape| {
+            Ok(BatchNorm {
+                weight: tape.param_with(&[channels], || B::Elem::ONE)?,
+                bias: tape.param_with(&[channels], || B::Elem::ZERO)?,
+                running_mean: tape.param_frozen_with(&[channels], || B::Elem::ZERO)?,
+                running_var: tape.param_frozen_with(&[channels], || B::Elem::ONE)?,
+                momentum: 0.1,
+                eps: 1e-5,
+                training: true,
+            })
         })
     }
 
@@ -329,32 +339,40 @@ impl Module for BatchNorm {
             *d = v as usize;
         }
         let dims = dims.get(..s.rank()).unwrap_or(&[]);
-        let xr = tape.reshape(x, &[n, c, rest])?;
-        let (mean, var) = if self.training {
-            let mean = tape.mean_axis(xr, 2)?;
-            let mean = tape.mean_axis(mean, 0)?;
-            let m1 = tape.reshape(mean, &[c, 1])?;
-            let d = tape.sub(xr, m1)?;
-            let sq = tape.square(d)?;
-            let v = tape.mean_axis(sq, 2)?;
-            let v = tape.mean_axis(v, 0)?;
-            tape.no_grad(|t| self.update_running(t, mean, v, n * rest))?;
-            (m1, tape.reshape(v, &[c, 1])?)
-        } else {
-            (
-                tape.reshape(self.running_mean, &[c, 1])?,
-                tape.reshape(self.running_var, &[c, 1])?,
-            )
-        };
-        let d = tape.sub(xr, mean)?;
-        let v = tape.add_scalar(var, self.eps)?;
-        let std = tape.sqrt(v)?;
-        let xhat = tape.div(d, std)?;
-        let g = tape.reshape(self.weight, &[c, 1])?;
-        let b = tape.reshape(self.bias, &[c, 1])?;
-        let y = tape.mul(xhat, g)?;
-        let y = tape.add(y, b)?;
-        tape.reshape(y, dims)
+        // All its nodes or none, and the running statistics move only once every op has run:
+        // a forward that fails changes nothing.
+        tape.all_or_nothing(|tape| {
+            let xr = tape.reshape(x, &[n, c, rest])?;
+            let (mean, var, batch) = if self.training {
+                let mean = tape.mean_axis(xr, 2)?;
+                let mean = tape.mean_axis(mean, 0)?;
+                let m1 = tape.reshape(mean, &[c, 1])?;
+                let d = tape.sub(xr, m1)?;
+                let sq = tape.square(d)?;
+                let v = tape.mean_axis(sq, 2)?;
+                let v = tape.mean_axis(v, 0)?;
+                (m1, tape.reshape(v, &[c, 1])?, Some((mean, v)))
+            } else {
+                (
+                    tape.reshape(self.running_mean, &[c, 1])?,
+                    tape.reshape(self.running_var, &[c, 1])?,
+                    None,
+                )
+            };
+            let d = tape.sub(xr, mean)?;
+            let v = tape.add_scalar(var, self.eps)?;
+            let std = tape.sqrt(v)?;
+            let xhat = tape.div(d, std)?;
+            let g = tape.reshape(self.weight, &[c, 1])?;
+            let b = tape.reshape(self.bias, &[c, 1])?;
+            let y = tape.mul(xhat, g)?;
+            let y = tape.add(y, b)?;
+            let y = tape.reshape(y, dims)?;
+            if let Some((mean, v)) = batch {
+                tape.no_grad(|t| self.update_running(t, mean, v, n * rest))?;
+            }
+            Ok(y)
+        })
     }
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
         f(self.weight);
@@ -385,10 +403,12 @@ impl LayerNorm {
     /// # Errors
     /// As [`Tape::param`].
     pub fn new<B: Backend, const N: usize>(tape: &mut Tape<B, N>, dim: usize) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: tape.param_with(&[dim], || B::Elem::ONE)?,
-            bias: tape.param_with(&[dim], || B::Elem::ZERO)?,
-            eps: 1e-5,
+        tape.all_or_nothing(|tape| {
+            Ok(LayerNorm {
+                weight: tape.param_with(&[dim], || B::Elem::ONE)?,
+                bias: tape.param_with(&[dim], || B::Elem::ZERO)?,
+                eps: 1e-5,
+            })
         })
     }
 }
@@ -413,17 +433,20 @@ impl Module for LayerNorm {
             *last = 1;
         }
         let keep = dims.get(..r).unwrap_or(&[]);
-        let mean = tape.mean_axis(x, r - 1)?;
-        let mean = tape.reshape(mean, keep)?;
-        let c = tape.sub(x, mean)?;
-        let sq = tape.square(c)?;
-        let var = tape.mean_axis(sq, r - 1)?;
-        let var = tape.reshape(var, keep)?;
-        let var = tape.add_scalar(var, self.eps)?;
-        let std = tape.sqrt(var)?;
-        let xhat = tape.div(c, std)?;
-        let y = tape.mul(xhat, self.weight)?;
-        tape.add(y, self.bias)
+        // All its nodes or none.
+        tape.all_or_nothing(|tape| {
+            let mean = tape.mean_axis(x, r - 1)?;
+            let mean = tape.reshape(mean, keep)?;
+            let c = tape.sub(x, mean)?;
+            let sq = tape.square(c)?;
+            let var = tape.mean_axis(sq, r - 1)?;
+            let var = tape.reshape(var, keep)?;
+            let var = tape.add_scalar(var, self.eps)?;
+            let std = tape.sqrt(var)?;
+            let xhat = tape.div(c, std)?;
+            let y = tape.mul(xhat, self.weight)?;
+            tape.add(y, self.bias)
+        })
     }
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
         f(self.weight);
@@ -475,15 +498,19 @@ impl Module for Dropout {
         let mut rng = self.rng.get();
         let keep = B::Elem::from_f64(1.0 / (1.0 - f64::from(self.p)));
         let p = self.p;
-        let mask = tape.input_with(dims.get(..s.rank()).unwrap_or(&[]), || {
-            if rng.next_f32() < p {
-                B::Elem::ZERO
-            } else {
-                keep
-            }
+        // The mask and the product or neither; the generator moves on only when both ran.
+        let y = tape.all_or_nothing(|tape| {
+            let mask = tape.input_with(dims.get(..s.rank()).unwrap_or(&[]), || {
+                if rng.next_f32() < p {
+                    B::Elem::ZERO
+                } else {
+                    keep
+                }
+            })?;
+            tape.mul(x, mask)
         })?;
         self.rng.set(rng);
-        tape.mul(x, mask)
+        Ok(y)
     }
     fn set_training(&mut self, training: bool) {
         self.training = training;

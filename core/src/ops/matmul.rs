@@ -64,7 +64,11 @@ impl Gemm {
 
     /// Floating-point operations of the product (2 m n k per batch).
     pub fn flops(&self) -> usize {
-        2 * self.batch * self.m * self.n * self.k
+        2usize
+            .saturating_mul(self.batch)
+            .saturating_mul(self.m)
+            .saturating_mul(self.n)
+            .saturating_mul(self.k)
     }
 }
 
@@ -331,7 +335,12 @@ fn gemm_one<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T]) {
 /// here; the backend has already applied them). Slices must cover [`Gemm::spans`].
 pub fn gemm<T: Float>(g: &Gemm, a: &[T], b: &[T], c: &mut [T]) {
     for i in 0..g.batch {
-        let (ai, bi, ci) = (i * g.a_batch, i * g.b_batch, i * g.c_batch);
+        // Wrapping: strides past the slices (broken preconditions) find no slice, not a panic.
+        let (ai, bi, ci) = (
+            i.wrapping_mul(g.a_batch),
+            i.wrapping_mul(g.b_batch),
+            i.wrapping_mul(g.c_batch),
+        );
         if let (Some(a), Some(b), Some(c)) = (a.get(ai..), b.get(bi..), c.get_mut(ci..)) {
             let one = Gemm {
                 accumulate: g.accumulate || (g.c_batch == 0 && i > 0),

@@ -73,7 +73,11 @@ pub fn copy<T: Float>(
     let [d0, d1, d2, d_step] = dv;
     for i0 in 0..n0 {
         for i1 in 0..n1 {
-            let (mut is, mut id) = (i0 * s0 + i1 * s1, i0 * d0 + i1 * d1);
+            // Wrapping, as below: out-of-range strides find no element (no panic).
+            let (mut is, mut id) = (
+                i0.wrapping_mul(s0).wrapping_add(i1.wrapping_mul(s1)),
+                i0.wrapping_mul(d0).wrapping_add(i1.wrapping_mul(d1)),
+            );
             for _ in 0..n2 {
                 copy_row(src, is, s_step, dst, id, d_step, len, accumulate);
                 // Wrapping: past the last row the sum is never used, and a length-1
@@ -102,7 +106,10 @@ fn copy_row<T: Float>(
     match (s_step, d_step) {
         // Contiguous rows (bias broadcasts, slices, concat parts): slice operations.
         (1, 1) => {
-            if let (Some(s), Some(d)) = (src.get(is..is + len), dst.get_mut(id..id + len)) {
+            if let (Some(s), Some(d)) = (
+                src.get(is..is.wrapping_add(len)),
+                dst.get_mut(id..id.wrapping_add(len)),
+            ) {
                 if accumulate {
                     for (d, &v) in d.iter_mut().zip(s) {
                         *d += v;
@@ -114,7 +121,7 @@ fn copy_row<T: Float>(
         }
         // A row summed into one element (a broadcast's backward along the last axis).
         (1, 0) if accumulate => {
-            if let (Some(s), Some(d)) = (src.get(is..is + len), dst.get_mut(id)) {
+            if let (Some(s), Some(d)) = (src.get(is..is.wrapping_add(len)), dst.get_mut(id)) {
                 *d += s.iter().fold(T::ZERO, |acc, &v| acc + v);
             }
         }
