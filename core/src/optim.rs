@@ -144,7 +144,8 @@ pub trait Optimizer {
     /// The learning rate.
     fn lr(&self) -> f64;
 
-    /// Sets the learning rate (for schedules).
+    /// Sets the learning rate (for schedules). A rate that is not finite and at least 0
+    /// fails the next step with [`Error::InvalidArgument`], before any update.
     fn set_lr(&mut self, lr: f64);
 }
 
@@ -339,9 +340,14 @@ impl Sgd {
     /// As [`Sgd::new`].
     pub fn detached(config: SgdConfig) -> Result<Self> {
         check_lr(config.lr)?;
-        if !(config.momentum >= 0.0 && config.weight_decay >= 0.0 && config.dampening.is_finite()) {
+        let finite = config.momentum.is_finite() && config.weight_decay.is_finite();
+        if !(finite
+            && config.momentum >= 0.0
+            && config.weight_decay >= 0.0
+            && config.dampening.is_finite())
+        {
             return Err(Error::InvalidArgument {
-                what: "momentum and weight decay must be >= 0",
+                what: "momentum and weight decay must be finite and >= 0",
             });
         }
         if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
@@ -395,6 +401,8 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
+        // `set_lr` takes any value: a schedule's bad rate is refused here, before any update.
+        check_lr(self.config.lr)?;
         let this = *self;
         for_each_trainable(tape, |b, param, grad, state, len, _| {
             b.sgd(&this.update_for(param, grad, state, len))
@@ -597,6 +605,8 @@ impl Adam {
 
 impl Optimizer for Adam {
     fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
+        // `set_lr` takes any value: a schedule's bad rate is refused here, before any update.
+        check_lr(self.config.lr)?;
         let (t, powers) = self.next_powers();
         let template = self.update_for(powers);
         for_each_trainable(tape, |b, param, grad, state, len, stride| {

@@ -548,4 +548,25 @@ fn limits_are_errors_not_panics() {
         Err(Error::InvalidArgument { .. })
     ));
     assert_eq!(tape.grad_data(p).unwrap(), Some(&[1.0][..]));
+    // Settings set after construction are checked where they are used.
+    let mut adam = Adam::new(&mut tape, AdamConfig::default()).unwrap();
+    adam.set_lr(f64::NAN);
+    assert!(matches!(
+        adam.step(&mut tape),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(tape.data(p).unwrap(), &[1.0]);
+    let mut drop = mote::Dropout::new(0.5, 1).unwrap();
+    drop.p = 1.0;
+    assert!(matches!(
+        drop.forward(&mut tape, p),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        mote::Sgd::detached(mote::SgdConfig {
+            momentum: f64::INFINITY,
+            ..mote::SgdConfig::default()
+        }),
+        Err(Error::InvalidArgument { .. })
+    ));
 }

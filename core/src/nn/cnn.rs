@@ -490,6 +490,12 @@ impl Module for Dropout {
         if !self.training || self.p == 0.0 {
             return Ok(x);
         }
+        // `p` is a public field: checked here too, as in `Dropout::new`.
+        if !(0.0..1.0).contains(&self.p) {
+            return Err(Error::InvalidArgument {
+                what: "dropout probability must be in [0, 1)",
+            });
+        }
         let s = x.shape();
         let mut dims = [0usize; 4];
         for (d, &v) in dims.iter_mut().zip(s.dims()) {
