@@ -208,8 +208,9 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
     ///
     /// # Errors
     /// [`Error::TapeFull`] (with `capacity` = `BYTES`) when the calls did not fit in `BYTES`
-    /// bytes; [`Error::InvalidArgument`] when a call that cannot be replayed was made, or when
-    /// no recording was in progress. The recording is dropped on error.
+    /// bytes; [`Error::InvalidArgument`] when a call that cannot be replayed was made (one
+    /// with an offset or size past 32 bits included), or when no recording was in progress.
+    /// The recording is dropped on error.
     pub fn stop(&mut self) -> Result<usize> {
         let state = self.state;
         self.state = State::Empty;
@@ -272,8 +273,14 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
             });
         }
         self.ready()?;
+        // A replay that fails leaves the optimizer's step count as it was.
+        let before = *adam;
         let u = adam.next_update();
-        self.run(Some(&u), None)
+        let r = self.run(Some(&u), None);
+        if r.is_err() {
+            *adam = before;
+        }
+        r
     }
 
     /// Re-runs the recorded step, whose update calls came from `sgd`: advances `sgd` by one
@@ -288,8 +295,14 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
             });
         }
         self.ready()?;
+        // A replay that fails leaves the optimizer's step count as it was.
+        let before = *sgd;
         let u = sgd.next_update();
-        self.run(None, Some(&u))
+        let r = self.run(None, Some(&u));
+        if r.is_err() {
+            *sgd = before;
+        }
+        r
     }
 
     fn ready(&self) -> Result<()> {
@@ -424,10 +437,13 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
         let mut e = Enc {
             bytes: &mut self.bytes,
             ok: true,
+            wide: false,
         };
         e.w(head);
         put(&mut e);
-        if e.ok {
+        if e.wide {
+            self.state = State::Unsupported("a recorded offset or size does not fit in 32 bits");
+        } else if e.ok {
             self.calls += 1;
         } else {
             self.state = State::Overflow;
@@ -465,20 +481,7 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
     /// fails.
     pub fn write_rust<W: core::fmt::Write>(&self, out: &mut W, name: &str) -> Result<()> {
         self.ready()?;
-        let ident = name
-            .chars()
-            .enumerate()
-            .all(|(i, ch)| ch == '_' || ch.is_ascii_alphabetic() || (i > 0 && ch.is_ascii_digit()));
-        // Keywords (strict and reserved) and a lone `_` are not names of functions.
-        const KEYWORDS: [&str; 51] = [
-            "as", "break", "const", "continue", "crate", "else", "enum", "extern", "false", "fn",
-            "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref",
-            "return", "self", "Self", "static", "struct", "super", "trait", "true", "type",
-            "unsafe", "use", "where", "while", "async", "await", "dyn", "abstract", "become",
-            "box", "do", "final", "macro", "override", "priv", "typeof", "unsized", "virtual",
-            "yield", "try",
-        ];
-        if name.is_empty() || !ident || name == "_" || KEYWORDS.contains(&name) {
+        if !is_rust_name(name) {
             return Err(Error::InvalidArgument {
                 what: "Replay::write_rust: the name is not a Rust identifier",
             });
@@ -1116,10 +1119,12 @@ impl Cursor<'_> {
     }
 }
 
-/// Writes a recording; `ok` turns false when a byte does not fit (or a value exceeds `u32`).
+/// Writes a recording; `ok` turns false when a byte does not fit or a value exceeds `u32`
+/// (which sets `wide` too).
 struct Enc<'a, const N: usize> {
     bytes: &'a mut heapless::Vec<u8, N>,
     ok: bool,
+    wide: bool,
 }
 
 impl<const N: usize> Enc<'_, N> {
@@ -1142,7 +1147,10 @@ impl<const N: usize> Enc<'_, N> {
     fn u(&mut self, v: usize) {
         match u32::try_from(v) {
             Ok(v) => self.w(v),
-            Err(_) => self.ok = false,
+            Err(_) => {
+                self.ok = false;
+                self.wide = true;
+            }
         }
     }
     fn f64(&mut self, v: f64) {
@@ -1506,16 +1514,39 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     }
 }
 
+/// Whether `name` can name a Rust item: an identifier that is not a keyword (strict or
+/// reserved) or a lone `_`.
+fn is_rust_name(name: &str) -> bool {
+    const KEYWORDS: [&str; 51] = [
+        "as", "break", "const", "continue", "crate", "else", "enum", "extern", "false", "fn",
+        "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref",
+        "return", "self", "Self", "static", "struct", "super", "trait", "true", "type", "unsafe",
+        "use", "where", "while", "async", "await", "dyn", "abstract", "become", "box", "do",
+        "final", "macro", "override", "priv", "typeof", "unsized", "virtual", "yield", "try",
+    ];
+    let ident = name
+        .chars()
+        .enumerate()
+        .all(|(i, ch)| ch == '_' || ch.is_ascii_alphabetic() || (i > 0 && ch.is_ascii_digit()));
+    !name.is_empty() && ident && name != "_" && !KEYWORDS.contains(&name)
+}
+
 /// Writes `pub const NAME: [f32; LEN] = [...];`: the starting contents of an arena for a step
 /// written by [`Replay::write_rust`] (each value spelled so that it reads back bit for bit).
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] when a value is not finite or `out` fails.
+/// [`Error::InvalidArgument`] when `name` is not a Rust identifier, a value is not finite or
+/// `out` fails.
 pub fn write_rust_array<W: core::fmt::Write>(
     out: &mut W,
     name: &str,
     values: &[f32],
 ) -> Result<()> {
+    if !is_rust_name(name) {
+        return Err(Error::InvalidArgument {
+            what: "write_rust_array: the name is not a Rust identifier",
+        });
+    }
     if values.iter().any(|v| !v.is_finite()) {
         return Err(Error::InvalidArgument {
             what: "write_rust_array: a value is not finite",

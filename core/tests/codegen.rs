@@ -269,6 +269,11 @@ fn write_rust_refuses_what_it_cannot_write() {
     assert!(out.is_empty(), "nothing is written on error");
     let err = write_rust_array(&mut out, "A", &[f32::INFINITY]).unwrap_err();
     assert!(err.to_string().contains("not finite"), "{err}");
+    for name in ["", "1A", "A B", "const"] {
+        let err = write_rust_array(&mut out, name, &[1.0]).unwrap_err();
+        assert!(err.to_string().contains("identifier"), "{err}");
+    }
+    assert!(out.is_empty(), "nothing is written on error");
     // A loss's recorded smoothing too (the tape refuses it; a backend call does not check).
     let mut mem = vec![0f32; 64];
     let mut be: Be = Replay::new(Cpu::new(&mut mem));
