@@ -230,11 +230,11 @@ proptest! {
     }
 
     #[test]
-    fn conv1d_gradients(n in 1usize..=2, c in 1usize..=3, o in 1usize..=3, l in 3usize..=7, k in 1usize..=3, s in 1usize..=2, p in 0usize..=1, seed in any::<u64>()) {
+    fn conv1d_gradients(n in 1usize..=2, c in 1usize..=3, o in 1usize..=3, l in 5usize..=8, k in 1usize..=3, s in 1usize..=2, p in 0usize..=1, d in 1usize..=2, seed in any::<u64>()) {
         let x = values(n * c * l, seed);
         let w = values(o * c * k, seed ^ 1);
         let b = values(o, seed ^ 2);
-        assert_grads(&[(&[n, c, l], &x), (&[o, c, k], &w), (&[o], &b)], |t, v| t.conv1d(v[0], v[1], Some(v[2]), s, p, 1))?;
+        assert_grads(&[(&[n, c, l], &x), (&[o, c, k], &w), (&[o], &b)], |t, v| t.conv1d(v[0], v[1], Some(v[2]), s, p, d))?;
     }
 
     #[test]
@@ -259,9 +259,11 @@ proptest! {
     }
 
     #[test]
-    fn pool1d_and_global_pool_gradients(n in 1usize..=2, c in 1usize..=3, l in 2usize..=7, k in 1usize..=2, max in any::<bool>(), seed in any::<u64>()) {
+    fn pool1d_and_global_pool_gradients(n in 1usize..=2, c in 1usize..=3, l in 3usize..=7, k in 1usize..=3, s in 1usize..=2, pad in 0usize..=1, max in any::<bool>(), seed in any::<u64>()) {
         let x = distinct(n * c * l, seed);
-        assert_grads(&[(&[n, c, l], &x)], |t, v| if max { t.max_pool1d(v[0], k, k, 0) } else { t.avg_pool1d(v[0], k, 1, 0) })?;
+        // Padding up to half the window, as the pooling ops allow.
+        let pad = pad.min(k / 2);
+        assert_grads(&[(&[n, c, l], &x)], |t, v| if max { t.max_pool1d(v[0], k, s, pad) } else { t.avg_pool1d(v[0], k, s, pad) })?;
         assert_grads(&[(&[n, c, l], &x)], |t, v| t.global_avg_pool(v[0]))?;
     }
 }

@@ -70,13 +70,18 @@ fn shape() -> impl Strategy<Value = Vec<usize>> {
     prop::collection::vec(1usize..=4, 1..=3)
 }
 
-/// A shape and another that broadcasts against it (dims set to 1, leading dims dropped), in
-/// either order.
+/// Any rank the core holds, 0 (a scalar) to 4, with small dimensions.
+fn any_rank() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..=3, 0..=4)
+}
+
+/// A shape and another that broadcasts against it (dims set to 1, leading dims dropped, all of
+/// them at times: a scalar), in either order.
 fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
     (
         prop::collection::vec(1usize..=3, 1..=4),
         any::<u32>(),
-        0usize..=2,
+        0usize..=4,
         any::<bool>(),
     )
         .prop_map(|(full, ones, drop, swap)| {
@@ -85,7 +90,7 @@ fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
                 .enumerate()
                 .map(|(i, &d)| if ones >> i & 1 == 1 { 1 } else { d })
                 .collect();
-            let drop = drop.min(other.len() - 1);
+            let drop = drop.min(other.len());
             other.drain(..drop);
             if swap {
                 (other, full)
@@ -99,7 +104,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn unary_ops(dims in shape(), seed in any::<u64>()) {
+    fn unary_ops(dims in any_rank(), seed in any::<u64>()) {
         for op in UnaryOp::EVERY {
             // log, sqrt and pow need positive inputs; the masking ops a range that reaches
             // their flat parts (beyond +-3, above 6).
@@ -114,6 +119,17 @@ proptest! {
             let x = away_from(x, &kinks);
             assert_grads(&[(&dims, &x)], |t, v| t.unary(op, v[0]))?;
         }
+    }
+
+    /// The unary ops that take an argument, with the argument drawn (the other tests use one
+    /// value each): any exponent on positive inputs, any slope, any ELU scale.
+    #[test]
+    fn unary_ops_with_drawn_arguments(dims in any_rank(), p in -2.0f32..3.0, slope in -1.0f32..2.0, scale in 0.1f32..3.0, seed in any::<u64>()) {
+        let pos = values(numel(&dims), seed, 0.3, 3.0);
+        assert_grads(&[(&dims, &pos)], |t, v| t.unary(UnaryOp::Pow(p), v[0]))?;
+        let x = away_from(values(numel(&dims), seed ^ 1, -3.0, 3.0), &[0.0]);
+        assert_grads(&[(&dims, &x)], |t, v| t.unary(UnaryOp::LeakyRelu(slope), v[0]))?;
+        assert_grads(&[(&dims, &x)], |t, v| t.unary(UnaryOp::Elu(scale), v[0]))?;
     }
 
     #[test]
@@ -176,17 +192,17 @@ proptest! {
     }
 
     #[test]
-    fn reductions(dims in shape(), axis in 0usize..3, all in any::<bool>(), seed in any::<u64>()) {
-        let axis = axis % dims.len();
+    fn reductions(dims in any_rank(), axis in 0usize..4, all in any::<bool>(), seed in any::<u64>()) {
         let x = values(numel(&dims), seed, -3.0, 3.0);
         for op in ReduceOp::EVERY {
-            let ax = if all { None } else { Some(axis) };
+            // A scalar has no axis: the whole-tensor reduction only.
+            let ax = if all || dims.is_empty() { None } else { Some(axis % dims.len()) };
             assert_grads(&[(&dims, &x)], |t, v| t.reduce(op, v[0], ax))?;
         }
     }
 
     #[test]
-    fn softmax_and_log_softmax(dims in shape(), axis in 0usize..3, seed in any::<u64>()) {
+    fn softmax_and_log_softmax(dims in prop::collection::vec(1usize..=3, 1..=4), axis in 0usize..4, seed in any::<u64>()) {
         let axis = axis % dims.len();
         let x = values(numel(&dims), seed, -3.0, 3.0);
         assert_grads(&[(&dims, &x)], |t, v| t.softmax(v[0], axis))?;
@@ -234,8 +250,16 @@ proptest! {
         assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.mse(v[0], v[1]))?;
         assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.bce_with_logits(v[0], v[1]))?;
         assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.l1_loss(v[0], v[1]))?;
-        assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.huber_loss(v[0], v[1], 1.0))?;
-        assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.smooth_l1_loss(v[0], v[1], 0.5))?;
+        // Drawn thresholds; values within 0.01 of a kink (|p - t| = delta or beta) moved off it.
+        let delta = values(1, seed ^ 7, 0.1, 3.0)[0];
+        let beta = values(1, seed ^ 9, 0.1, 3.0)[0];
+        let off = |k: f64| -> Vec<f64> {
+            let d: Vec<f64> = p.iter().zip(&t).map(|(a, b)| a - b).collect();
+            away_from(d, &[-k, k]).iter().zip(&t).map(|(d, b)| d + b).collect()
+        };
+        let (ph, ps) = (off(delta), off(beta));
+        assert_grads(&[(&dims, &ph), (&dims, &t)], |tp, v| tp.huber_loss(v[0], v[1], delta as f32))?;
+        assert_grads(&[(&dims, &ps), (&dims, &t)], |tp, v| tp.smooth_l1_loss(v[0], v[1], beta as f32))?;
         let mut rng = Rng::new(seed);
         let labels: Vec<usize> = (0..rows).map(|_| rng.below(classes as u32) as usize).collect();
         assert_grads(&[(&dims, &p)], |tp, v| {

@@ -80,11 +80,14 @@ proptest! {
     }
 
     #[test]
-    fn embedding_gradients(vocab in 1usize..=5, dim in 1usize..=4, idx in prop::collection::vec(0usize..5, 1..=6), seed in any::<u64>()) {
-        let idx: Vec<usize> = idx.into_iter().map(|i| i % vocab).collect();
+    fn embedding_gradients(vocab in 1usize..=5, dim in 1usize..=4, idx_dims in prop::collection::vec(1usize..=3, 1..=3), seed in any::<u64>()) {
+        // Indices of rank 1 to 3 (a batch of sequences, say), repeats included.
+        let mut rng = Rng::new(seed ^ 5);
+        let n: usize = idx_dims.iter().product();
+        let idx: Vec<f64> = (0..n).map(|_| f64::from(rng.below(vocab as u32))).collect();
         let w = values(vocab * dim, seed);
         assert_grads(&[(&[vocab, dim], &w)], |t, v| {
-            let i = t.labels(&idx)?;
+            let i = t.input(&idx_dims, &idx)?;
             t.embedding(v[0], i)
         })?;
     }
