@@ -73,8 +73,17 @@ pub trait Module {
 /// Freezes every parameter of `m` (no gradient, optimizers skip them).
 ///
 /// # Errors
-/// The first error from [`Tape::freeze`].
+/// The first error from [`Tape::freeze`] ([`Error::StaleHandle`], [`Error::NotAParameter`]),
+/// found before any parameter is frozen.
 pub fn freeze<M: Module, B: Backend, const N: usize>(tape: &mut Tape<B, N>, m: &M) -> Result<()> {
+    // Every handle checked first: all frozen or none.
+    let mut res = Ok(());
+    m.visit_params(&mut |p| {
+        if res.is_ok() {
+            res = tape.param_state(p, 0).map(|_| ());
+        }
+    });
+    res?;
     let mut res = Ok(());
     m.visit_params(&mut |p| {
         if res.is_ok() {

@@ -570,3 +570,19 @@ fn limits_are_errors_not_panics() {
         Err(Error::InvalidArgument { .. })
     ));
 }
+
+/// Freezing a module checks every handle first: one that is not a parameter leaves all of
+/// them trainable.
+#[test]
+fn freezing_a_module_is_all_or_nothing() {
+    let mut mem = [0f32; 32];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let w = tape.param(&[1, 2], &[1.0, 2.0]).unwrap();
+    let x = tape.input(&[1], &[0.0]).unwrap();
+    let bad = Linear {
+        weight: w,
+        bias: Some(x),
+    };
+    assert_eq!(mote::nn::freeze(&mut tape, &bad), Err(Error::NotAParameter));
+    assert!(tape.is_trainable(w));
+}
