@@ -863,6 +863,18 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         if self.nodes.is_full() {
             return Err(Error::TapeFull { capacity: NODES });
         }
+        // What the parameter needs as a whole (value, the padding that aligns its gradient,
+        // and the gradient), checked before anything is written: filling a value whose
+        // gradient then does not fit would be wasted work (much of it, on a large tensor).
+        let needed = if trainable {
+            self.state_stride(n).saturating_add(n)
+        } else {
+            n
+        };
+        let free = self.free_aligned();
+        if needed > free {
+            return Err(Error::ArenaFull { needed, free });
+        }
         let top = self.top;
         let res = (|| {
             let offset = self.alloc(n)?;
@@ -878,21 +890,8 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             Ok((offset, grad))
         })();
         let (offset, grad) = res.map_err(|e| {
-            let free = self.capacity - self.aligned_top(top);
             self.top = top;
-            match e {
-                // What the parameter needs as a whole: value, the padding that aligns its
-                // gradient, and the gradient.
-                Error::ArenaFull { .. } => Error::ArenaFull {
-                    needed: if trainable {
-                        self.state_stride(n).saturating_add(n)
-                    } else {
-                        n
-                    },
-                    free,
-                },
-                e => e,
-            }
+            e
         })?;
         let op = Op::Param {
             trainable,

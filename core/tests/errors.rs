@@ -586,3 +586,25 @@ fn freezing_a_module_is_all_or_nothing() {
     assert_eq!(mote::nn::freeze(&mut tape, &bad), Err(Error::NotAParameter));
     assert!(tape.is_trainable(w));
 }
+
+/// A parameter is checked whole before its value is made: one whose value fits but whose
+/// gradient does not never runs its initialiser (on a large tensor that is most of the work).
+#[test]
+fn a_parameter_that_does_not_fit_runs_no_initialiser() {
+    let mut mem = [0f32; 12];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let mut calls = 0;
+    let e = tape.param_with(&[8], || {
+        calls += 1;
+        1.0
+    });
+    assert_eq!(
+        e,
+        Err(Error::ArenaFull {
+            needed: 16,
+            free: 12
+        })
+    );
+    assert_eq!(calls, 0);
+    assert_eq!((tape.used(), tape.nodes_used()), (0, 0));
+}
