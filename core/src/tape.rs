@@ -889,10 +889,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             };
             Ok((offset, grad))
         })();
-        let (offset, grad) = res.map_err(|e| {
-            self.top = top;
-            e
-        })?;
+        let (offset, grad) = res.inspect_err(|_| self.top = top)?;
         let op = Op::Param {
             trainable,
             has_grad: trainable,
