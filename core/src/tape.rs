@@ -680,7 +680,8 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     }
 
     /// A tensor of shape `dims` whose values come from `f`, called once per element in order
-    /// (no gradient, no host buffer).
+    /// (no gradient, no host buffer; not called on a backend that computes nothing, as
+    /// [`crate::Meter`]'s dry runs).
     ///
     /// # Errors
     /// As [`Tape::input`].
@@ -832,7 +833,7 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     }
 
     /// A trainable parameter whose values come from `init`, called once per element in order
-    /// (no host buffer needed).
+    /// (no host buffer needed; not called on a backend that computes nothing).
     ///
     /// # Errors
     /// As [`Tape::input`].
@@ -840,7 +841,8 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         self.param_impl(dims, true, |b, off, n| write_with(b, off, n, &mut init))
     }
 
-    /// A frozen parameter whose values come from `init`, called once per element in order.
+    /// A frozen parameter whose values come from `init`, called once per element in order
+    /// (not called on a backend that computes nothing).
     ///
     /// # Errors
     /// As [`Tape::input`].
@@ -1254,13 +1256,18 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     }
 }
 
-/// Writes `n` values from `f` at `offset`, through a small stack buffer.
+/// Writes `n` values from `f` at `offset`, through a small stack buffer. A backend that
+/// computes nothing ([`crate::Meter`]) gets nothing and `f` is not called: a dry run of a
+/// large model does not draw its initial weights one by one.
 pub(crate) fn write_with<B: Backend>(
     b: &mut B,
     offset: usize,
     n: usize,
     f: &mut impl FnMut() -> B::Elem,
 ) -> Result<()> {
+    if !b.computes() {
+        return Ok(());
+    }
     let mut buf = [B::Elem::ZERO; 32];
     let mut done = 0;
     while done < n {

@@ -196,3 +196,23 @@ fn const_planning_sizes_a_static_arena() {
         assert_eq!(n, 404 + 64 * 8 + 64 + 2 * (1 + 64 * 10 * 2 + 64));
     }
 }
+
+/// A dry run computes nothing: initialisers and input generators are not called on `Meter`,
+/// so measuring a large model costs no per-element work, and the arena it measures is the same.
+#[test]
+fn a_dry_run_calls_no_initialiser() {
+    let mut calls = 0usize;
+    let mut tape = mote::Tape::<mote::Meter<f32>, 8>::with_backend(mote::Meter::default());
+    tape.param_with(&[1 << 20], || {
+        calls += 1;
+        0.0
+    })
+    .unwrap();
+    tape.input_with(&[3, 5], || {
+        calls += 1;
+        0.0
+    })
+    .unwrap();
+    assert_eq!(calls, 0);
+    assert_eq!(tape.used(), 2 * (1 << 20) + 15);
+}
