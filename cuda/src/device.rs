@@ -224,6 +224,18 @@ fn driver_err(what: &'static str, e: impl std::fmt::Display) -> CudaError {
     }
 }
 
+/// The message of the last device error of any backend of this process (see
+/// [`take_last_error`]).
+static LAST_ERROR: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Takes the driver's or cuBLAS's message of the last device error of any backend in this
+/// process (empty afterwards): what a [`mote::Error::Device`], which names only the call, was
+/// about, once the backend that failed is gone (the runtime adds it to the error it prints).
+pub fn take_last_error() -> Option<String> {
+    let mut last = LAST_ERROR.lock().ok()?;
+    (!last.is_empty()).then(|| std::mem::take(&mut *last))
+}
+
 impl Cuda {
     /// A backend with an arena of `capacity` f32 elements on device 0, f32 products.
     ///
@@ -277,7 +289,14 @@ impl Cuda {
             }))?;
         let count = Cuda::available()?;
         if o.device >= count {
-            return Err(CudaError::NoDevice);
+            return Err(CudaError::Driver {
+                what: "cuDeviceGet",
+                message: format!(
+                    "GPU {} asked for, but this machine has {count} (numbered from 0; a \
+                     multi-process run picks each process's GPU with MOTE_LOCAL_RANK)",
+                    o.device
+                ),
+            });
         }
         for (lib, name) in [
             ("cublas", "cublas"),
@@ -466,9 +485,14 @@ impl Cuda {
         self.stream.cu_stream()
     }
 
-    /// Records the driver's message and returns the core's device error.
+    /// Records the driver's message (here and for [`take_last_error`]) and returns the core's
+    /// device error, which holds only the call's name.
     pub(crate) fn fail(&self, what: &'static str, e: impl std::fmt::Display) -> Error {
-        *self.last.borrow_mut() = format!("{what}: {e}");
+        let message = format!("{what}: {e}");
+        if let Ok(mut last) = LAST_ERROR.lock() {
+            last.clone_from(&message);
+        }
+        *self.last.borrow_mut() = message;
         Error::Device { what }
     }
 

@@ -52,7 +52,7 @@ mod ops;
 mod pending;
 
 pub use backend::CONV_SCRATCH;
-pub use device::{Cuda, Options, Precision, MAX_ALIGN, PADDED_ALLOCATIONS};
+pub use device::{take_last_error, Cuda, Options, Precision, MAX_ALIGN, PADDED_ALLOCATIONS};
 
 /// Internals the CPU emulation test (`tests/emulated.rs`) drives kernels with; not an API.
 #[doc(hidden)]

@@ -400,3 +400,26 @@ fn bad_alignment_is_refused() {
         assert!(e.to_string().contains("power of two"), "align {align}: {e}");
     }
 }
+
+/// A GPU number past the machine's says so (and which ones there are), rather than "no CUDA
+/// device".
+#[test]
+fn a_missing_gpu_number_is_named() {
+    let Some(be) = gpu("a_missing_gpu_number_is_named", 16) else {
+        return;
+    };
+    drop(be);
+    let e = Cuda::with_options(
+        16,
+        Options {
+            device: 4096,
+            ..Options::default()
+        },
+    )
+    .expect_err("GPU 4096 was found");
+    assert!(
+        e.to_string()
+            .contains("GPU 4096 asked for, but this machine has"),
+        "{e}"
+    );
+}

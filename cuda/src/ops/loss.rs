@@ -30,7 +30,11 @@ impl Cuda {
         t: View,
         y: usize,
     ) -> Result<()> {
-        split(&mut self.shadow, y..y + 1, [p.range(), t.range()])?;
+        split(
+            &mut self.shadow,
+            y..y.saturating_add(1),
+            [p.range(), t.range()],
+        )?;
         let (c, sm) = (code(op), op.smoothing());
         if op.takes_labels() && classes == 0 {
             return Err(Error::InvalidArgument {
@@ -120,7 +124,7 @@ impl Cuda {
         split(
             &mut self.shadow,
             dx..dx.saturating_add(len),
-            [p.range(), t.range(), dy..dy + 1],
+            [p.range(), t.range(), dy..dy.saturating_add(1)],
         )?;
         let (c, sm) = (code(op), op.smoothing());
         if op.takes_labels() {
