@@ -100,9 +100,17 @@ impl From<mote::Error> for Error {
             }
             _ => None,
         };
+        // A device error names only the call; the CUDA backend kept the driver's message.
+        #[cfg(feature = "cuda")]
+        let message = match (e, mote_cuda::take_last_error()) {
+            (mote::Error::Device { .. }, Some(detail)) => format!("{e} ({detail})"),
+            _ => e.to_string(),
+        };
+        #[cfg(not(feature = "cuda"))]
+        let message = e.to_string();
         Error {
             kind: ErrorKind::Core,
-            message: e.to_string(),
+            message,
             hint,
         }
     }

@@ -25,8 +25,8 @@ fn elem_size(code: u8) -> Option<usize> {
 /// Parses an IDX file into its dimensions and values (as f32).
 ///
 /// # Errors
-/// A `Data` error naming `source` for a bad magic, a zero dimension, or a file shorter or
-/// longer than its header says.
+/// A `Data` error naming `source` for a bad magic, a zero dimension, a file shorter or
+/// longer than its header says, or a value that is not a finite f32 number.
 pub fn parse(bytes: &[u8], source: &str) -> Result<(Vec<usize>, Vec<f32>)> {
     let bad = |what: String| Error::data(format!("{source}: {what}"));
     let (code, rank) = match bytes {
@@ -55,7 +55,7 @@ pub fn parse(bytes: &[u8], source: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         )));
     }
     let data = bytes.get(start..).unwrap_or(&[]);
-    let values = match code {
+    let values: Vec<f32> = match code {
         0x08 => data.iter().map(|&b| b as f32).collect(),
         0x09 => data.iter().map(|&b| b as i8 as f32).collect(),
         0x0B => data
@@ -75,6 +75,16 @@ pub fn parse(bytes: &[u8], source: &str) -> Result<(Vec<usize>, Vec<f32>)> {
             .map(|c| f64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32)
             .collect(),
     };
+    // Float files may hold NaN or infinities (or f64 values past f32's range): refused here,
+    // as in a CSV file, naming the record and the value.
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        let per: usize = dims.iter().skip(1).product();
+        return Err(bad(format!(
+            "record {} (0-based), value {} of {per}: not a finite f32 number",
+            i / per.max(1),
+            i % per.max(1)
+        )));
+    }
     Ok((dims, values))
 }
 

@@ -405,6 +405,7 @@ impl ModelSpec {
             let ok = self.image.len() == 3
                 && !self.conv.contains(&0)
                 && self.image.iter().all(|&d| d > 0)
+                && self.conv.len() < usize::BITS as usize
                 && self.image.get(1).is_some_and(|&h| h >> self.conv.len() > 0)
                 && self.image.get(2).is_some_and(|&w| w >> self.conv.len() > 0);
             if !ok {
@@ -1045,7 +1046,9 @@ impl<B: Backend<Elem = f32>> Model<B> {
     /// A core error.
     pub fn outputs(&mut self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         let (ins, outs) = (self.spec.inputs(), self.spec.outputs());
-        let mut all = Vec::with_capacity(rows * outs);
+        // No more rows than `x` holds.
+        let rows = rows.min(x.len() / ins.max(1));
+        let mut all = Vec::with_capacity(rows.saturating_mul(outs));
         for chunk in x.chunks(EVAL_BATCH * ins).take(rows.div_ceil(EVAL_BATCH)) {
             let n = chunk.len() / ins;
             self.tape.rewind(self.start)?;
@@ -1221,6 +1224,10 @@ pub fn weighted_targets(
             index: bad,
             bound: classes,
         });
+    }
+    if classes == 0 {
+        // No classes and (so) no labels: nothing to weigh.
+        return Ok(Vec::new());
     }
     let weight = |c: usize| f64::from(weights.get(c).copied().unwrap_or(0.0));
     let mut q = vec![0f32; labels.len() * classes];

@@ -91,6 +91,13 @@ impl Launch {
                 .with_hint("give every process its rank, 0 to MOTE_WORLD_SIZE - 1")
         })?;
         let rank = number("MOTE_RANK", &rank)?;
+        // NCCL counts ranks in an `int`.
+        if world > i32::MAX as usize {
+            return Err(Error::invalid(format!(
+                "MOTE_WORLD_SIZE={world}: at most {} processes",
+                i32::MAX
+            )));
+        }
         if world == 0 || rank >= world {
             return Err(Error::invalid(format!(
                 "MOTE_RANK={rank} with MOTE_WORLD_SIZE={world}: the rank must be below the size"

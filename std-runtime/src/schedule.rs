@@ -65,7 +65,7 @@ impl Plateau {
             self.wait = 0;
             return false;
         }
-        self.wait += 1;
+        self.wait = self.wait.saturating_add(1);
         if self.wait > patience {
             self.wait = 0;
             self.reductions = self.reductions.saturating_add(1);
@@ -127,7 +127,7 @@ impl Schedule {
                 min_lr,
             } => format!(
                 "plateau (x{factor} after {} without a lower validation loss, down to {min_lr})",
-                match patience + 1 {
+                match patience.saturating_add(1) {
                     1 => "an epoch".to_string(),
                     n => format!("{n} epochs"),
                 }

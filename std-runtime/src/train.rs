@@ -391,7 +391,11 @@ impl Prepared {
             Targets::Classes(c) => y_class.clone_from(c),
             Targets::Values(v) => {
                 let (m, s) = spec.target;
-                y_value = v.iter().map(|t| (t - m) / s).collect();
+                // In f64, as the features (`Standardizer::apply`).
+                y_value = v
+                    .iter()
+                    .map(|&t| ((f64::from(t) - f64::from(m)) / f64::from(s)) as f32)
+                    .collect();
             }
         }
         Prepared {
@@ -578,7 +582,7 @@ pub fn fit_with<L: Learner>(
     let t0 = Instant::now();
     let steps_per_epoch = data.train.len().div_ceil(config.batch);
     let info = RunInfo {
-        first_epoch: state.epoch + 1,
+        first_epoch: state.epoch.saturating_add(1),
         last_epoch: config.epochs,
         steps_per_epoch,
         train_rows: data.train.len(),
@@ -595,7 +599,7 @@ pub fn fit_with<L: Learner>(
     let mut order = Vec::with_capacity(data.train.len());
     while state.epoch < config.epochs && !state.stopped {
         let te = Instant::now();
-        let epoch = state.epoch + 1;
+        let epoch = state.epoch.saturating_add(1);
         let mut rng = Rng::from_state(state.rng.0, state.rng.1);
         order.clear();
         order.extend_from_slice(&data.train);
@@ -676,7 +680,7 @@ pub fn fit_with<L: Learner>(
             state.best_epoch = epoch;
             state.wait = 0;
         } else {
-            state.wait += 1;
+            state.wait = state.wait.saturating_add(1);
             if config.patience.is_some_and(|p| state.wait >= p) {
                 state.stopped = true;
             }

@@ -1813,13 +1813,91 @@ fn regression_text_labels_and_idx() {
         ],
     );
     assert!(e.contains("truncated or corrupt"), "{e}");
+    // An f32 IDX file holding a NaN: refused, naming the record and the value.
+    let mut f = vec![0, 0, 0x0D, 2];
+    for dim in [2u32, 2] {
+        f.extend_from_slice(&dim.to_be_bytes());
+    }
+    for v in [1.0f32, 2.0, 3.0, f32::NAN] {
+        f.extend_from_slice(&v.to_be_bytes());
+    }
+    std::fs::write(d.path("nan-images-idx3-ubyte"), &f).unwrap();
+    let e = fails(
+        &d,
+        &[
+            "train",
+            "--data",
+            "nan-images-idx3-ubyte",
+            "--idx-labels",
+            "t-labels-idx1-ubyte",
+        ],
+    );
+    assert!(
+        e.contains("record 1 (0-based), value 1 of 2: not a finite f32 number"),
+        "{e}"
+    );
+}
+
+/// A gzip file of several members is read whole (as `gunzip` does); a label column of IDs is
+/// refused as classes, with what to do; an export whose default name is the model's says so.
+#[test]
+fn gzip_members_class_counts_and_export_names() {
+    use std::io::Write;
+    let d = TempDir::new("gzmembers");
+    let gz = |text: &str| {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(text.as_bytes()).unwrap();
+        e.finish().unwrap()
+    };
+    let mut head = "a,b,y\n".to_string();
+    let mut tail = String::new();
+    for i in 0..40 {
+        let row = format!("{},{},{}\n", i % 5, i % 3, i % 2);
+        if i < 20 {
+            head.push_str(&row);
+        } else {
+            tail.push_str(&row);
+        }
+    }
+    let mut both = gz(&head);
+    both.extend(gz(&tail));
+    std::fs::write(d.path("two.csv.gz"), &both).unwrap();
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--data",
+            "two.csv.gz",
+            "--epochs",
+            "1",
+            "--val",
+            "0",
+        ],
+    );
+    assert!(out.contains("40 training rows"), "{out}");
+
+    let mut ids = "a,y\n".to_string();
+    for i in 0..40_000 {
+        ids.push_str(&format!("{i},id{i}\n"));
+    }
+    std::fs::write(d.path("ids.csv"), ids).unwrap();
+    let e = fails(&d, &["train", "--data", "ids.csv", "--epochs", "1"]);
+    assert!(e.contains("40000 distinct values"), "{e}");
+    assert!(e.contains("--task regression"), "{e}");
+
+    ok(&d, &["train", "--epochs", "1", "-q", "--save", "m.rs"]);
+    let e = fails(&d, &["export", "--model", "m.rs", "--format", "rust"]);
+    assert!(e.contains("which is the model itself"), "{e}");
+    assert!(e.contains("--output"), "{e}");
 }
 
 #[test]
 fn bad_arguments_are_short_errors() {
     let d = TempDir::new("args");
     let e = fails(&d, &["train", "--hidden", "32,x", "--epochs", "1"]);
-    assert!(e.contains("'x' is not a layer size"), "{e}");
+    assert!(e.contains("--hidden 32,x: 'x' is not a size"), "{e}");
+    let e = fails(&d, &["train", "--model", "cnn", "--conv", "16,x"]);
+    assert!(e.contains("--conv 16,x: 'x' is not a size"), "{e}");
     let e = fails(&d, &["train", "--val", "1.5"]);
     assert!(e.contains("validation fraction"), "{e}");
     let e = fails(&d, &["train", "--batch", "0"]);

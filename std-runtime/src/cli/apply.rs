@@ -196,6 +196,17 @@ pub(crate) fn export_cmd(a: ExportArgs) -> Result<()> {
         .output
         .clone()
         .unwrap_or_else(|| a.model.with_extension(ext));
+    // The default name (the model's, with the format's extension) is the model itself when
+    // the model file already has that extension: say so, rather than blame an --output that
+    // was not given.
+    if a.output.is_none() && path == a.model {
+        return Err(Error::invalid(format!(
+            "the exported file would be named {} (the model's name with .{ext}), which is the \
+             model itself",
+            path.display()
+        ))
+        .with_hint("give --output NAME"));
+    }
     checkpoint::check_output("--output", &path, &[("--model", &a.model)])?;
     checkpoint::write_atomic(&path, &bytes)?;
     let norm = if ck.spec.conv.is_empty() {

@@ -438,7 +438,9 @@ pub(crate) fn out(text: &str) -> Result<()> {
     }
 }
 
-pub(crate) fn parse_hidden(s: &str) -> Result<Vec<usize>> {
+/// Sizes given to `flag` (`--hidden` layer sizes, `--conv` channels): a comma-separated list,
+/// or `none` (also `0` or nothing) for an empty one.
+pub(crate) fn parse_sizes(flag: &str, s: &str) -> Result<Vec<usize>> {
     let s = s.trim();
     if s.is_empty() || s == "none" || s == "0" {
         return Ok(Vec::new());
@@ -446,10 +448,8 @@ pub(crate) fn parse_hidden(s: &str) -> Result<Vec<usize>> {
     s.split(',')
         .map(|p| match p.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(
-                Error::invalid(format!("--hidden {s}: '{p}' is not a layer size"))
-                    .with_hint("give sizes such as --hidden 64,32 (or none)"),
-            ),
+            _ => Err(Error::invalid(format!("{flag} {s}: '{p}' is not a size"))
+                .with_hint(format!("give sizes such as {flag} 64,32 (or none)"))),
         })
         .collect()
 }

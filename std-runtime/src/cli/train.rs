@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use mote::{Backend, Rng};
 
 use super::{
-    backend_text, describe, load_for_model, out, parse_hidden, set_threads, split_of, LossArg,
+    backend_text, describe, load_for_model, out, parse_sizes, set_threads, split_of, LossArg,
     ModelArg, OptimizerArg, ScheduleArg, TaskArg, TrainArgs,
 };
 use crate::checkpoint::{self, Checkpoint};
@@ -218,6 +218,9 @@ impl TrainJob {
             last: self.save.as_deref(),
             best: self.save_best.as_deref(),
         };
+        // Epochs done before this run (a resumed one's): a best epoch among them was not
+        // written by this run.
+        let started = self.state.epoch;
         let fitted = train::fit_with(
             &mut model,
             &self.data,
@@ -242,6 +245,11 @@ impl TrainJob {
         }
         if let Some(p) = &self.save_best {
             match self.state.best.map(|_| self.state.best_epoch) {
+                Some(e) if e <= started => out(&format!(
+                    "no epoch of this run beat the best so far (epoch {e}, before the resume): \
+                     {} not written",
+                    p.display()
+                ))?,
                 Some(e) => out(&format!(
                     "saved the best epoch's model (epoch {e}) to {}",
                     p.display()
@@ -611,7 +619,8 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     };
     // A CNN's blocks do the feature work: its default is a linear layer after them.
     let cnn = a.model == Some(ModelArg::Cnn);
-    let hidden = parse_hidden(
+    let hidden = parse_sizes(
+        "--hidden",
         a.hidden
             .as_deref()
             .unwrap_or(if cnn { "none" } else { "32" }),
@@ -687,12 +696,13 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
             ModelSpec::for_dataset(&ds, &hidden, &tr)?
         }
         ModelArg::Cnn => {
-            let conv = parse_hidden(a.conv.as_deref().unwrap_or("16,32"))?;
+            let given = a.conv.as_deref().unwrap_or("16,32");
+            let conv = parse_sizes("--conv", given)?;
             if conv.is_empty() {
-                return Err(
-                    Error::invalid("--conv none: a CNN needs at least one block")
-                        .with_hint("give channels such as --conv 16,32"),
-                );
+                return Err(Error::invalid(format!(
+                    "--conv {given}: a CNN needs at least one block"
+                ))
+                .with_hint("give channels such as --conv 16,32"));
             }
             ModelSpec::cnn_for_dataset(&ds, &conv, &hidden, &tr)?
         }

@@ -98,6 +98,9 @@ pub struct Table {
     pub lines: Vec<usize>,
 }
 
+/// The most classes a classification data set may have (ImageNet-21k's 21,841 fit).
+pub const MAX_CLASSES: usize = 32_768;
+
 /// Decompresses gzip data.
 ///
 /// # Errors
@@ -112,7 +115,9 @@ pub fn gunzip(bytes: &[u8], source: &str) -> Result<Vec<u8>> {
             so_far as f64 * 1e-9
         ))
     };
-    let mut dec = flate2::read::GzDecoder::new(bytes);
+    // Every member: a file of several gzip members (concatenated `.gz` files) is their
+    // concatenation, as `gunzip` reads it.
+    let mut dec = flate2::read::MultiGzDecoder::new(bytes);
     let mut out = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -358,6 +363,20 @@ impl Dataset {
                         t.source
                     ))
                     .with_hint("classification needs at least two classes; check --label"));
+                }
+                // A label column of IDs or measurements read as classes: refused before the
+                // O(rows x classes) lookup and a classes-squared confusion matrix.
+                if classes.is_none() && ds.classes.len() > MAX_CLASSES {
+                    return Err(Error::data(format!(
+                        "{}: the label column '{label}' has {} distinct values, more than the \
+                         {MAX_CLASSES} classes a model here can have",
+                        t.source,
+                        ds.classes.len()
+                    ))
+                    .with_hint(
+                        "check --label (is it an ID column?); for a number to predict, give \
+                         --task regression",
+                    ));
                 }
                 let mut ys = Vec::with_capacity(t.labels.len());
                 for (i, l) in t.labels.iter().enumerate() {
