@@ -329,9 +329,16 @@ impl Cuda {
         for src in SOURCES {
             let sigs = kernels::signatures(src.text);
             let ptx = kernels::ptx(src, &arch)?;
-            let module = ctx
-                .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                .map_err(|e| driver_err("cuModuleLoadData", e))?;
+            let module = match ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)) {
+                Ok(m) => m,
+                // PTX from the disk cache that the driver refuses (a truncated file, say):
+                // compiled again, and the cache rewritten.
+                Err(_) => ctx
+                    .load_module(cudarc::nvrtc::Ptx::from_src(kernels::fresh_ptx(
+                        src, &arch,
+                    )?))
+                    .map_err(|e| driver_err("cuModuleLoadData", e))?,
+            };
             for &k in src.kernels {
                 let f = module
                     .load_function(k)

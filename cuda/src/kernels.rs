@@ -168,14 +168,7 @@ fn nvrtc_version() -> String {
 /// # Errors
 /// As [`compile`]. Cache failures are ignored (the PTX is then simply compiled).
 pub fn ptx(src: &Source, arch: &str) -> Result<String, CudaError> {
-    let text = full_source(src);
-    let key = fnv(&[
-        &text,
-        &options(arch).join(" "),
-        &nvrtc_version(),
-        env!("CARGO_PKG_VERSION"),
-    ]);
-    let file = cache_dir().map(|d| d.join(format!("{}-sm{arch}-{key:016x}.ptx", src.name)));
+    let file = cache_file(src, arch);
     if let Some(f) = &file {
         if let Ok(s) = std::fs::read_to_string(f) {
             if s.contains(".entry") {
@@ -183,6 +176,29 @@ pub fn ptx(src: &Source, arch: &str) -> Result<String, CudaError> {
             }
         }
     }
+    fresh_ptx(src, arch)
+}
+
+/// Where [`ptx`] caches `src`'s PTX for `arch` (`None` without a cache folder): named by the
+/// kernel file, the architecture and a hash of source, options, NVRTC's version and the
+/// crate's.
+pub fn cache_file(src: &Source, arch: &str) -> Option<PathBuf> {
+    let key = fnv(&[
+        &full_source(src),
+        &options(arch).join(" "),
+        &nvrtc_version(),
+        env!("CARGO_PKG_VERSION"),
+    ]);
+    cache_dir().map(|d| d.join(format!("{}-sm{arch}-{key:016x}.ptx", src.name)))
+}
+
+/// PTX for `src` on `arch` compiled now, replacing what the cache held: for a cached file the
+/// driver refused (truncated, or written by something else).
+///
+/// # Errors
+/// As [`compile`].
+pub fn fresh_ptx(src: &Source, arch: &str) -> Result<String, CudaError> {
+    let file = cache_file(src, arch);
     let ptx = compile(src, arch)?;
     // Only PTX with kernels in it is kept (not, say, the emulated device's stand-in).
     if let (Some(f), true) = (&file, ptx.contains(".entry")) {
@@ -193,6 +209,8 @@ pub fn ptx(src: &Source, arch: &str) -> Result<String, CudaError> {
         let tmp = f.with_extension(format!("tmp{}", std::process::id()));
         if std::fs::write(&tmp, &ptx).is_ok() {
             let _ = std::fs::rename(&tmp, f);
+        } else {
+            let _ = std::fs::remove_file(&tmp);
         }
     }
     Ok(ptx)
