@@ -435,8 +435,27 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 /// # Errors
 /// As [`load`].
 pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| corrupt(path, format!("not valid safetensors: {e}")))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| {
+        // Files a user may hand over by mistake are named as what they are, not as damaged
+        // checkpoints.
+        let head = bytes.get(..bytes.len().min(512)).unwrap_or(&[]);
+        let text = !head.is_empty()
+            && head
+                .iter()
+                .all(|&b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+        let what = if bytes.starts_with(&mote::blob::MAGIC) {
+            Some("a mote weight blob (what `mote export --format blob` writes)")
+        } else if text {
+            Some("a text file (a CSV file, or exported Rust source?)")
+        } else {
+            None
+        };
+        match what {
+            Some(what) => Error::checkpoint(path, format!("not a checkpoint: {what}"))
+                .with_hint("give a file written by `mote train --save`"),
+            None => corrupt(path, format!("not valid safetensors: {e}")),
+        }
+    })?;
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e))?;
     let meta = meta.metadata().clone().unwrap_or_default();
     if meta.get("format").map(String::as_str) != Some(FORMAT) {

@@ -1889,6 +1889,17 @@ fn gzip_members_class_counts_and_export_names() {
     let e = fails(&d, &["export", "--model", "m.rs", "--format", "rust"]);
     assert!(e.contains("which is the model itself"), "{e}");
     assert!(e.contains("--output"), "{e}");
+    // Files that are not checkpoints are named as what they are, not as damaged ones.
+    let e = fails(&d, &["eval", "--model", "ids.csv"]);
+    assert!(e.contains("not a checkpoint: a text file"), "{e}");
+    ok(
+        &d,
+        &[
+            "export", "--model", "m.rs", "--format", "blob", "--output", "m.blob",
+        ],
+    );
+    let e = fails(&d, &["eval", "--model", "m.blob"]);
+    assert!(e.contains("not a checkpoint: a mote weight blob"), "{e}");
 }
 
 #[test]
