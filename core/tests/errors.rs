@@ -608,3 +608,23 @@ fn a_parameter_that_does_not_fit_runs_no_initialiser() {
     assert_eq!(calls, 0);
     assert_eq!((tape.used(), tape.nodes_used()), (0, 0));
 }
+
+/// `BatchNorm`'s public settings are checked at the forward, before any node is recorded.
+#[test]
+fn batch_norm_settings_are_checked() {
+    let mut mem = [0f32; 64];
+    let mut tape = Tape::<Cpu<f32>, 32>::new(&mut mem);
+    let mut bn = mote::BatchNorm::new(&mut tape, 1).unwrap();
+    let x = tape.input(&[2, 1], &[1.0, 3.0]).unwrap();
+    let nodes = tape.nodes_used();
+    for (eps, momentum) in [(-1.0, 0.1), (f32::NAN, 0.1), (1e-5, 1.5), (1e-5, -0.1)] {
+        bn.eps = eps;
+        bn.momentum = momentum;
+        assert!(
+            matches!(bn.forward(&mut tape, x), Err(Error::InvalidArgument { .. })),
+            "eps {eps}, momentum {momentum}"
+        );
+        assert_eq!(tape.nodes_used(), nodes);
+    }
+    assert_eq!(tape.data(bn.running_mean).unwrap(), &[0.0]);
+}

@@ -150,6 +150,9 @@ pub struct Graph<R> {
     /// Whether the step holds a loss kernel that checks its labels: each replay then leaves
     /// the status words to be read by the next read (a bad label is an error there).
     labels: bool,
+    /// The device address of the captured backend's arena: a replay on another tape (whose
+    /// arena the graph does not address) is refused.
+    arena: u64,
 }
 
 impl<R> std::fmt::Debug for Graph<R> {
@@ -285,6 +288,7 @@ impl<R> Graph<R> {
             replays: 0,
             launches,
             labels,
+            arena: be.at(0),
         })
     }
 
@@ -320,9 +324,16 @@ impl<R> Graph<R> {
     /// [`Cuda::sync`], to wait for it).
     ///
     /// # Errors
-    /// [`mote::Error::Device`] when the launch fails (see [`Cuda::last_error`]).
+    /// [`mote::Error::InvalidArgument`] for a tape other than the one captured (the graph
+    /// addresses that tape's arena); [`mote::Error::Device`] when the launch fails (see
+    /// [`Cuda::last_error`]).
     pub fn replay<const N: usize>(&mut self, tape: &mut Tape<Cuda, N>) -> Result<()> {
         let be = tape.backend_mut();
+        if be.at(0) != self.arena {
+            return Err(mote::Error::InvalidArgument {
+                what: "Graph::replay: not the tape the graph was captured on",
+            });
+        }
         be.flush()?;
         self.graph
             .launch()

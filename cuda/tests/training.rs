@@ -194,6 +194,13 @@ fn graph_vs_eager<O: Optimizer>(test: &str, make: impl Fn(&mut Tape<Cuda, 64>) -
         );
     }
     close(test, &params(&graphed), &params(&eager), 1e-4, 2e-4);
+    // The graph addresses the captured tape's arena: replaying it on another tape is refused.
+    let before = params(&eager);
+    assert!(matches!(
+        graph.replay(&mut eager),
+        Err(mote::Error::InvalidArgument { .. })
+    ));
+    assert_eq!(params(&eager), before);
     // A bad label in a replayed batch is an error at the next read, as after an eager step.
     let (_, by) = batch(&xs, &ys, 20);
     let mut bad: Vec<f32> = by.iter().map(|&v| v as f32).collect();

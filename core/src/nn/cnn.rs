@@ -339,6 +339,13 @@ impl Module for BatchNorm {
             *d = v as usize;
         }
         let dims = dims.get(..s.rank()).unwrap_or(&[]);
+        // Public fields, checked here: a negative eps makes NaN of a constant channel, a
+        // momentum outside [0, 1] running statistics that grow without bound.
+        if !(self.eps >= 0.0 && self.eps.is_finite() && (0.0..=1.0).contains(&self.momentum)) {
+            return Err(Error::InvalidArgument {
+                what: "batch_norm: eps must be finite and >= 0, momentum in [0, 1]",
+            });
+        }
         // All its nodes or none, and the running statistics move only once every op has run:
         // a forward that fails changes nothing.
         tape.all_or_nothing(|tape| {
