@@ -34,7 +34,7 @@ use std::time::Instant;
 use mote::{Backend, Rng};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Dataset, Targets, Task};
+use crate::data::{self, Dataset, Targets, Task};
 use crate::error::{Error, Result};
 use crate::metrics;
 use crate::model::{Model, ModelSpec, StepOptions, StepStats};
@@ -391,11 +391,7 @@ impl Prepared {
             Targets::Classes(c) => y_class.clone_from(c),
             Targets::Values(v) => {
                 let (m, s) = spec.target;
-                // In f64, as the features (`Standardizer::apply`).
-                y_value = v
-                    .iter()
-                    .map(|&t| ((f64::from(t) - f64::from(m)) / f64::from(s)) as f32)
-                    .collect();
+                y_value = v.iter().map(|&t| data::standardise(t, m, s)).collect();
             }
         }
         Prepared {

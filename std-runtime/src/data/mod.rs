@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::idx;
 
 pub use csv::parse_csv;
+pub(crate) use prep::standardise;
 pub use prep::{split, Standardizer};
 
 /// The bundled digits data set (UCI, CC BY 4.0; see `data/README.md`), gzip'd CSV.

@@ -5,6 +5,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// `(v - mean) / std` in f64: a column spanning most of f32's range (`-3e38` and `3e38`) would
+/// overflow `v - mean` in f32. Features and regression targets alike.
+pub(crate) fn standardise(v: f32, mean: f32, std: f32) -> f32 {
+    ((f64::from(v) - f64::from(mean)) / f64::from(std)) as f32
+}
+
 /// Per-feature mean and standard deviation of the training split; applied as
 /// `(x - mean) / std` (features with zero spread get `std = 1`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -60,12 +66,11 @@ impl Standardizer {
         }
     }
 
-    /// Standardises `x` (rows of `self.mean.len()` features) in place, in f64: a column
-    /// spanning most of f32's range (`-3e38` and `3e38`) would overflow `v - mean` in f32.
+    /// Standardises `x` (rows of `self.mean.len()` features) in place ([`standardise`]).
     pub fn apply(&self, x: &mut [f32]) {
         for row in x.chunks_mut(self.mean.len().max(1)) {
             for ((v, &m), &s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
-                *v = ((f64::from(*v) - f64::from(m)) / f64::from(s)) as f32;
+                *v = standardise(*v, m, s);
             }
         }
     }
