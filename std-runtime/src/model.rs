@@ -1317,15 +1317,15 @@ pub(crate) fn host_memory_bytes() -> Option<u64> {
     kb.checked_mul(1024)
 }
 
-/// An arena of `floats` zeros, one of `count` alike that a run holds at once; `too_big` is the
-/// error when the machine cannot hold them. Where the system overcommits, a reservation
-/// beyond its memory succeeds and the process is killed while filling it: the total is
-/// compared with the memory first where that is known.
-pub(crate) fn host_arena(
+/// `count` arenas of `floats` zeros that a run holds at once; `too_big` is the error when the
+/// machine cannot hold them. Where the system overcommits, a reservation beyond its memory
+/// succeeds and the process is killed while filling it: the total is compared with the
+/// memory first where that is known.
+pub(crate) fn host_arenas(
     floats: usize,
     count: usize,
     too_big: impl Fn() -> Error,
-) -> Result<Vec<f32>> {
+) -> Result<Vec<Vec<f32>>> {
     let bytes = floats
         .checked_mul(4)
         .and_then(|b| b.checked_mul(count))
@@ -1333,10 +1333,15 @@ pub(crate) fn host_arena(
     if host_memory_bytes().is_some_and(|m| bytes as u64 > m) {
         return Err(too_big());
     }
-    let mut mem: Vec<f32> = Vec::new();
-    mem.try_reserve_exact(floats).map_err(|_| too_big())?;
-    mem.resize(floats, 0.0);
-    Ok(mem)
+    let mut arenas = Vec::new();
+    arenas.try_reserve_exact(count).map_err(|_| too_big())?;
+    for _ in 0..count {
+        let mut mem: Vec<f32> = Vec::new();
+        mem.try_reserve_exact(floats).map_err(|_| too_big())?;
+        mem.resize(floats, 0.0);
+        arenas.push(mem);
+    }
+    Ok(arenas)
 }
 
 /// Allocates an arena of `floats` and runs `work` on a backend of `kind` over it.
@@ -1355,7 +1360,7 @@ pub fn run_on<W: WithBackend>(kind: BackendKind, floats: usize, work: W) -> Resu
         // The device's allocation says whether its memory has the room.
         return run_on_cuda(floats, work);
     }
-    let mut mem = host_arena(floats, 1, too_big)?;
+    let mut mem = host_arenas(floats, 1, too_big)?.pop().ok_or_else(too_big)?;
     match kind {
         BackendKind::Cpu => work.run(mote::Cpu::new(&mut mem)),
         // (Cuda returned above.)

@@ -68,11 +68,7 @@ impl TrainJob {
             ))
             .with_hint("use fewer --replicas, smaller --hidden layers or a smaller --batch")
         };
-        let mut arenas = Vec::new();
-        arenas.try_reserve_exact(replicas).map_err(|_| too_big())?;
-        for _ in 0..replicas {
-            arenas.push(model::host_arena(floats, replicas, too_big)?);
-        }
+        let mut arenas = model::host_arenas(floats, replicas, too_big)?;
         let models = arenas
             .iter_mut()
             .map(|mem| self.model_on(crate::parallel::Parallel::with_threads(mem, 1)))
