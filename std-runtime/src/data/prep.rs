@@ -66,7 +66,8 @@ impl Standardizer {
         }
     }
 
-    /// Standardises `x` (rows of `self.mean.len()` features) in place ([`standardise`]).
+    /// Standardises `x` (rows of `self.mean.len()` features) in place, in f64: a column
+    /// spanning most of f32's range (`-3e38` and `3e38`) would overflow `v - mean` in f32.
     pub fn apply(&self, x: &mut [f32]) {
         for row in x.chunks_mut(self.mean.len().max(1)) {
             for ((v, &m), &s) in row.iter_mut().zip(&self.mean).zip(&self.std) {
