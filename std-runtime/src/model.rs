@@ -1326,11 +1326,21 @@ pub(crate) fn host_arenas(
     count: usize,
     too_big: impl Fn() -> Error,
 ) -> Result<Vec<Vec<f32>>> {
+    arenas_within(floats, count, host_memory_bytes(), too_big)
+}
+
+/// [`host_arenas`] on a machine of `memory` bytes (unknown: `None`).
+fn arenas_within(
+    floats: usize,
+    count: usize,
+    memory: Option<u64>,
+    too_big: impl Fn() -> Error,
+) -> Result<Vec<Vec<f32>>> {
     let bytes = floats
         .checked_mul(4)
         .and_then(|b| b.checked_mul(count))
         .ok_or_else(&too_big)?;
-    if host_memory_bytes().is_some_and(|m| bytes as u64 > m) {
+    if memory.is_some_and(|m| bytes as u64 > m) {
         return Err(too_big());
     }
     let mut arenas = Vec::new();
@@ -1440,6 +1450,24 @@ fn run_on_cuda<W: WithBackend>(_floats: usize, _work: W) -> Result<W::Output> {
 mod tests {
     use super::Activation;
     use clap::ValueEnum;
+
+    /// Arenas are compared with the machine's memory before any is made (where the system
+    /// overcommits, filling one past it gets the process killed).
+    #[test]
+    fn arenas_past_the_machines_memory_are_refused_first() {
+        let too_big = || crate::Error::invalid("too big");
+        let made = super::arenas_within(256, 3, Some(3 * 1024), too_big).unwrap();
+        assert_eq!(made.len(), 3);
+        assert!(made
+            .iter()
+            .all(|a| a.len() == 256 && a.iter().all(|&v| v == 0.0)));
+        let e = super::arenas_within(256, 3, Some(3 * 1024 - 1), too_big).unwrap_err();
+        assert!(e.to_string().contains("too big"), "{e}");
+        // Unknown memory: only the allocation decides.
+        assert_eq!(super::arenas_within(4, 2, None, too_big).unwrap().len(), 2);
+        // A byte count past the address space is refused, not wrapped.
+        assert!(super::arenas_within(usize::MAX / 2, 3, None, too_big).is_err());
+    }
 
     /// The names of the table are the ones the command line and a checkpoint's JSON use.
     #[test]

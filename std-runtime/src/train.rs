@@ -534,7 +534,12 @@ pub fn evaluate<L: Learner>(model: &mut L, data: &Prepared, rows: &[usize]) -> R
 /// epoch saves a checkpoint to `save` (atomically) when given.
 ///
 /// # Errors
-/// A core error (a non-finite loss: divergence), or a failed checkpoint write.
+/// A core error (a non-finite loss: divergence), or a failed checkpoint write. A step that
+/// fails mid-epoch leaves the model with the steps taken before it (and batch norms'
+/// running statistics with the failed step's batch), and `state.step` counts them (the
+/// optimizer's bias correction goes on from there); the epoch, its shuffle, the
+/// history and the checkpoint on disk stay at the last completed epoch. To repeat the epoch
+/// from where it began, resume from that checkpoint.
 pub fn fit<L: Learner>(
     model: &mut L,
     data: &Prepared,

@@ -108,7 +108,15 @@ pub const MAX_CLASSES: usize = 32_768;
 /// A `Data` error naming `source` when the data is not valid gzip, or when what it unpacks to
 /// would not fit in the machine's memory (a small file can unpack to a thousand times its size).
 pub fn gunzip(bytes: &[u8], source: &str) -> Result<Vec<u8>> {
-    let limit = crate::model::host_memory_bytes().unwrap_or(u64::MAX);
+    gunzip_within(
+        bytes,
+        source,
+        crate::model::host_memory_bytes().unwrap_or(u64::MAX),
+    )
+}
+
+/// [`gunzip`] with what the data may unpack to bounded by `limit` bytes.
+fn gunzip_within(bytes: &[u8], source: &str, limit: u64) -> Result<Vec<u8>> {
     let too_big = |so_far: usize| {
         Error::data(format!(
             "{source}: the gzip data unpack to more than this machine's memory holds ({:.1} GB \
@@ -445,6 +453,24 @@ mod tests {
             ["-nan", "-0", "1"]
         );
         assert_eq!(names(&["b", "1.0", "a", "1", "b"]), ["1", "a", "b"]);
+    }
+
+    // What gzip data unpack to is bounded: the limit is the machine's memory in `gunzip`.
+    #[test]
+    fn gunzip_refuses_data_that_unpack_past_the_limit() {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![7u8; 1 << 20]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert!(gz.len() < 1 << 12);
+        assert_eq!(gunzip_within(&gz, "z.gz", 1 << 20).unwrap().len(), 1 << 20);
+        let e = gunzip_within(&gz, "z.gz", (1 << 20) - 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("z.gz") && e.contains("more than this machine's memory holds"),
+            "{e}"
+        );
     }
 
     #[test]
