@@ -97,6 +97,8 @@ fn main() -> ! {
     let per_step = ticks * INSNS_PER_TICK / (EPOCHS * STEPS) as u64;
     let after = held_out_correct(&mut tape, start, &model, BATCH, &[PIXELS]).or_fail("eval");
 
+    // The deepest stack of the training and the evaluation: the summary below is printed after
+    // this is read, so its printing (semihosting) is not counted (embedded/README.md).
     let stack = peak_stack(PAINT_BYTES);
     let statics = static_bytes();
     let ram = statics + stack;
