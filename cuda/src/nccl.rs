@@ -342,6 +342,22 @@ impl NcclRank {
     /// # Errors
     /// [`CudaError::Driver`] when CUDA or NCCL fails.
     pub fn broadcast_from_first(&mut self, values: &mut [f64]) -> Result<(), CudaError> {
+        self.host_collective(values, false)
+    }
+
+    /// Replaces `values` by their element-wise maximum over every rank (an NCCL all-reduce of
+    /// f64 through a small device buffer; waits for it). A multi-process run uses it so that
+    /// every rank learns whether any rank failed a check (and all stop together). Every rank
+    /// must call it, with as many values.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`] when CUDA or NCCL fails.
+    pub fn max_over_ranks(&mut self, values: &mut [f64]) -> Result<(), CudaError> {
+        self.host_collective(values, true)
+    }
+
+    /// A broadcast from rank 0 (`max`: false) or an all-reduce of the maximum of host `values`.
+    fn host_collective(&mut self, values: &mut [f64], max: bool) -> Result<(), CudaError> {
         if values.is_empty() {
             return Ok(());
         }
@@ -356,21 +372,39 @@ impl NcclRank {
         {
             let (ptr, _sync) = buf.device_ptr_mut(&self.stream);
             let at = ptr as *mut c_void;
-            // SAFETY: `buf` holds `values.len()` f64 on this communicator's device; send and
-            // receive buffers are the same (in place); the stream is the communicator's, after
-            // the copy that filled the buffer.
-            unsafe {
-                result::broadcast(
-                    at as *const c_void,
-                    at,
-                    values.len(),
-                    sys::ncclDataType_t::ncclFloat64,
-                    0,
-                    self.comm,
-                    self.stream.cu_stream() as sys::cudaStream_t,
-                )
+            let stream = self.stream.cu_stream() as sys::cudaStream_t;
+            let f64s = sys::ncclDataType_t::ncclFloat64;
+            if max {
+                // SAFETY: `buf` holds `values.len()` f64 on this communicator's device; send
+                // and receive buffers are the same (in place); the stream is the
+                // communicator's, after the copy that filled the buffer.
+                unsafe {
+                    result::all_reduce(
+                        at as *const c_void,
+                        at,
+                        values.len(),
+                        f64s,
+                        sys::ncclRedOp_t::ncclMax,
+                        self.comm,
+                        stream,
+                    )
+                }
+                .map_err(|e| nccl_err("ncclAllReduce", e))?;
+            } else {
+                // SAFETY: as for the all-reduce above.
+                unsafe {
+                    result::broadcast(
+                        at as *const c_void,
+                        at,
+                        values.len(),
+                        f64s,
+                        0,
+                        self.comm,
+                        stream,
+                    )
+                }
+                .map_err(|e| nccl_err("ncclBroadcast", e))?;
             }
-            .map_err(|e| nccl_err("ncclBroadcast", e))?;
         }
         let got = self
             .stream

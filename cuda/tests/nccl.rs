@@ -111,4 +111,9 @@ fn one_rank_overlapped_all_reduce_keeps_the_values() {
     assert!(numbers[2].is_nan());
     assert_eq!(numbers[3], 1e300);
     rank.broadcast_from_first(&mut []).unwrap();
+    // The maximum over the ranks (one here: the values themselves), as the start check goes.
+    let mut flags = [0.0, 1.0, -2.5];
+    rank.max_over_ranks(&mut flags).unwrap();
+    assert_eq!(flags, [0.0, 1.0, -2.5]);
+    rank.max_over_ranks(&mut []).unwrap();
 }

@@ -221,7 +221,8 @@ where
         F: Fn(&mut Tape<B, N>, &M, Var, Var) -> Result<Var> + Sync,
     {
         let per: usize = sample.iter().product();
-        if per == 0 || !xs.len().is_multiple_of(per) {
+        // An empty batch has no mean loss (every shard's share would be 0 / 0).
+        if per == 0 || xs.is_empty() || !xs.len().is_multiple_of(per) {
             return Err(Error::LengthMismatch {
                 op: "data parallel input",
                 expected: per,
@@ -386,17 +387,41 @@ pub fn divergence<B: HostBackend<Elem = f32>, const N: usize>(
 /// data-parallel training, in shared memory.
 ///
 /// # Errors
-/// A stale parameter handle, or gradient regions out of order (should not happen).
+/// `LengthMismatch` when there is not one weight per tape, or when the tapes' parameters do
+/// not have the same sizes (checked before anything changes); a stale parameter handle, or
+/// gradient regions out of order (should not happen).
 pub fn all_reduce_gradients<B: HostBackend<Elem = f32>, const N: usize>(
     tapes: &mut [&mut Tape<B, N>],
     weights: &[f32],
     chunk: usize,
 ) -> Result<()> {
+    if weights.len() != tapes.len() {
+        return Err(Error::LengthMismatch {
+            op: "all_reduce_gradients weights (one per tape)",
+            expected: tapes.len(),
+            got: weights.len(),
+        });
+    }
     // Each replica's gradient regions, in parameter order (the same on every replica).
+    let mut regions = Vec::with_capacity(tapes.len());
+    for t in tapes.iter() {
+        regions.push(gradient_regions(&**t)?);
+    }
+    if let Some(first) = regions.first() {
+        for other in &regions[1..] {
+            let sizes = |r: &[(usize, usize)]| r.iter().map(|&(_, l)| l).collect::<Vec<_>>();
+            if sizes(other) != sizes(first) {
+                return Err(Error::LengthMismatch {
+                    op: "all_reduce_gradients (the tapes' parameters differ)",
+                    expected: first.iter().map(|&(_, l)| l).sum(),
+                    got: other.iter().map(|&(_, l)| l).sum(),
+                });
+            }
+        }
+    }
     let mut per_replica: Vec<Vec<&mut [f32]>> = Vec::with_capacity(tapes.len());
-    for t in tapes.iter_mut() {
-        let views = gradient_regions(&**t)?;
-        per_replica.push(disjoint_mut(t.backend_mut().storage_mut(), &views)?);
+    for (t, views) in tapes.iter_mut().zip(&regions) {
+        per_replica.push(disjoint_mut(t.backend_mut().storage_mut(), views)?);
     }
     let chunk = chunk.max(1);
     // Task i: chunk c of parameter p, across every replica.
@@ -941,6 +966,42 @@ impl NcclReduce {
     }
 
     /// Replica `r`'s communicator.
+    /// [`crate::rendezvous::check_same_start`] through this process's one communicator (a
+    /// rank of a multi-process run).
+    ///
+    /// # Errors
+    /// As that function; `Invalid` for a process with several communicators.
+    pub fn check_same_start(
+        &self,
+        launch: &crate::rendezvous::Launch,
+        items: &[(&str, f64)],
+    ) -> crate::Result<()> {
+        if self.ranks.len() != 1 {
+            return Err(crate::Error::invalid(
+                "NCCL: a multi-process run holds one GPU per process",
+            ));
+        }
+        let nccl = |what: &str, e: mote_cuda::CudaError| {
+            crate::Error::invalid(format!(
+                "NCCL {what}, checking that the ranks start alike: {e}"
+            ))
+        };
+        crate::rendezvous::check_same_start(
+            launch,
+            items,
+            |v| {
+                self.rank(0)?
+                    .broadcast_from_first(v)
+                    .map_err(|e| nccl("broadcast", e))
+            },
+            |v| {
+                self.rank(0)?
+                    .max_over_ranks(v)
+                    .map_err(|e| nccl("all-reduce", e))
+            },
+        )
+    }
+
     fn rank(&self, r: usize) -> crate::Result<std::sync::MutexGuard<'_, mote_cuda::NcclRank>> {
         self.ranks
             .get(r)

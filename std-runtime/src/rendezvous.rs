@@ -10,15 +10,19 @@
 //! | `MOTE_RUN_ID` | optional, the same on every rank and new for every run (as `torchrun --rdzv-id`): rank 0 hands its id only to ranks of this run, and a rendezvous file is read only when written for this run, whatever its age |
 //! | `MOTE_TIMEOUT` | seconds a rank may go without finishing a training step before its [`Watchdog`] aborts it (default 600; `0` or `off`: never) |
 //!
+//! Over TCP, rank 0 listens on every interface of its host at that port (the host name tells
+//! the others where to connect). Ranks wait for each other at the rendezvous for at most
+//! [`RENDEZVOUS_TIMEOUT`].
+//!
 //! Rank 0 makes the group's id ([`mote_cuda::Nccl::unique_id`] with the `cuda` feature) and
 //! [`exchange`] hands it over; every rank then joins NCCL with it. Nothing else crosses hosts
 //! outside NCCL: every rank reads the same data, shuffles it with the same seed and trains on its
 //! shard of each batch.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::{Error, Result};
 
@@ -67,6 +71,10 @@ pub struct Launch {
     /// The run's name (`MOTE_RUN_ID`), which the rendezvous checks; `None`: not checked (a
     /// file is then told to be this run's by its age).
     pub run_id: Option<String>,
+    /// When this process started (read its launch): a rendezvous file without a run id is
+    /// this run's when written at most [`STALE_AFTER`] before it, however long this rank then
+    /// took to load its data.
+    pub started: SystemTime,
 }
 
 impl Launch {
@@ -127,6 +135,7 @@ impl Launch {
             local_rank,
             rendezvous: Rendezvous::parse(&rendezvous)?,
             run_id,
+            started: SystemTime::now(),
         }))
     }
 }
@@ -148,7 +157,7 @@ pub fn exchange(
             crate::checkpoint::write_atomic(path, &[&id[..], tag].concat())?;
             Ok(id)
         }
-        (Rendezvous::File(path), _) => wait_for_file(path, launch.run_id.as_deref(), timeout),
+        (Rendezvous::File(path), _) => wait_for_file(path, launch, timeout),
         (Rendezvous::Tcp(addr), 0) => {
             let id = make_id()?;
             serve(addr, launch.world - 1, &id, run_tag(launch), timeout)?;
@@ -184,6 +193,55 @@ impl Drop for SpentFile {
     }
 }
 
+/// Checks that every rank of a run starts alike: `items` are this rank's numbers for what must
+/// be the same on every rank (the data's checksum, the checkpoint's, the settings'...), named.
+/// `broadcast` replaces numbers by rank 0's, `max` by their maximum over the ranks (NCCL's
+/// broadcast and all-reduce: every rank calls both, with as many numbers). A rank whose
+/// numbers differ from rank 0's fails naming what differs, and every other rank fails with it
+/// (so that none trains on, waiting for a peer that stopped).
+///
+/// # Errors
+/// `Invalid` when some rank differs; the collectives' errors.
+pub fn check_same_start(
+    launch: &Launch,
+    items: &[(&str, f64)],
+    broadcast: impl FnOnce(&mut [f64]) -> Result<()>,
+    max: impl FnOnce(&mut [f64]) -> Result<()>,
+) -> Result<()> {
+    let mine: Vec<f64> = items.iter().map(|&(_, v)| v).collect();
+    let mut first = mine.clone();
+    broadcast(&mut first)?;
+    let differ: Vec<&str> = items
+        .iter()
+        .zip(&first)
+        .filter(|((_, v), f)| v.to_bits() != f.to_bits())
+        .map(|(&(name, _), _)| name)
+        .collect();
+    let mut any = [if differ.is_empty() { 0.0 } else { 1.0 }];
+    max(&mut any)?;
+    let hint = "start every rank with the same data, the same --resume checkpoint and the same                 flags (and the same mote build)";
+    if !differ.is_empty() {
+        Err(Error::invalid(format!(
+            "rank {} of {}: its {} differ from rank 0's",
+            launch.rank,
+            launch.world,
+            differ.join(", ")
+        ))
+        .with_hint(hint))
+    } else if any[0] != 0.0 {
+        Err(Error::invalid(format!(
+            "rank {} of {}: another rank does not start as rank 0 does (its own error says              how)",
+            launch.rank, launch.world
+        ))
+        .with_hint(hint))
+    } else {
+        Ok(())
+    }
+}
+
+/// How long the command-line program's ranks wait for each other at the rendezvous.
+pub const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The longest `MOTE_RUN_ID`.
 pub const MAX_RUN_ID: usize = 256;
 
@@ -212,10 +270,13 @@ pub const STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// Ranks 1..: waits for rank 0's file and reads its id. With a run id, the file must have been
 /// written for that run (the id follows rank 0's bytes), whatever its age; without, it must
-/// hold nothing more and be no older than [`STALE_AFTER`] before this rank started.
-fn wait_for_file(path: &Path, run_id: Option<&str>, timeout: Duration) -> Result<[u8; ID_BYTES]> {
+/// hold nothing more and be no older than [`STALE_AFTER`] before this rank started
+/// ([`Launch::started`]).
+fn wait_for_file(path: &Path, launch: &Launch, timeout: Duration) -> Result<[u8; ID_BYTES]> {
+    let run_id = launch.run_id.as_deref();
     let start = Instant::now();
-    let since = std::time::SystemTime::now()
+    let since = launch
+        .started
         .checked_sub(STALE_AFTER)
         .unwrap_or(std::time::UNIX_EPOCH);
     let tag = run_id.unwrap_or("").as_bytes();
@@ -277,7 +338,7 @@ fn wait_for_file(path: &Path, run_id: Option<&str>, timeout: Duration) -> Result
 /// nothing valid (a port probe, a rank of another run) are dropped and not counted.
 fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Duration) -> Result<()> {
     let io = |e: std::io::Error| late(format!("rendezvous on {addr}: {e}"));
-    let listener = TcpListener::bind(addr).map_err(io)?;
+    let listener = TcpListener::bind(listen_addr(addr).map_err(io)?).map_err(io)?;
     listener.set_nonblocking(true).map_err(io)?;
     let start = Instant::now();
     let mut joined = vec![false; peers + 1];
@@ -334,22 +395,45 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
     Ok(())
 }
 
+/// Where rank 0 listens for `addr` (`HOST:PORT`): every interface, on that port, as
+/// `torchrun`'s store does. The host names rank 0's machine for the others; on rank 0 itself
+/// it may resolve to a loopback address (Debian and Ubuntu map a machine's own name to
+/// 127.0.1.1), where the other hosts could not reach it. The any-address of the host's first
+/// address's family: IPv4's for an IPv4 host, IPv6's for an IPv6 one.
+///
+/// # Errors
+/// The resolution's, for a host that does not resolve or an address without a valid port.
+pub fn listen_addr(addr: &str) -> std::io::Result<SocketAddr> {
+    let first = addr.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host")
+    })?;
+    let any = match first {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    Ok(SocketAddr::new(any, first.port()))
+}
+
 /// Ranks 1..: connects to rank 0 (retrying until it listens, each try bounded by the time
-/// left), sends its rank and its run's tag, and reads the id.
+/// left, each of the host's addresses in turn), sends its rank and its run's tag, and reads
+/// the id.
 fn fetch(addr: &str, rank: usize, tag: u64, timeout: Duration) -> Result<[u8; ID_BYTES]> {
     let start = Instant::now();
     loop {
         let left = timeout
             .saturating_sub(start.elapsed())
             .max(Duration::from_millis(10));
-        let conn = addr
-            .to_socket_addrs()
-            .and_then(|mut a| {
-                a.next().ok_or_else(|| {
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host")
-                })
-            })
-            .and_then(|a| TcpStream::connect_timeout(&a, left));
+        let conn = addr.to_socket_addrs().and_then(|addrs| {
+            let mut last =
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host");
+            for a in addrs {
+                match TcpStream::connect_timeout(&a, left) {
+                    Ok(s) => return Ok(s),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        });
         match conn {
             Ok(mut s) => {
                 let mut id = [0u8; ID_BYTES];

@@ -171,6 +171,55 @@ fn bad_batches_are_errors() {
     assert!(dp
         .step(&[0.0; 12], &[6], Targets::Labels(&[0, 9]), f)
         .is_err());
+    // An empty batch has no mean loss: refused, and nothing moves.
+    let params = |dp: &mut DataParallel<Cpu<f32>, Mlp, Adam, 32>| {
+        let (t, _) = dp.primary();
+        let ps: Vec<_> = t.params().collect();
+        ps.iter()
+            .flat_map(|&p| t.data(p).unwrap().to_vec())
+            .collect::<Vec<f32>>()
+    };
+    let before = params(&mut dp);
+    assert!(matches!(
+        dp.step(&[], &[6], Targets::Labels(&[]), f),
+        Err(mote::Error::LengthMismatch { .. })
+    ));
+    assert_eq!(params(&mut dp), before);
+    assert_eq!(dp.divergence().unwrap(), 0.0);
+}
+
+// The shared-memory all-reduce checks its arguments before it sums anything.
+#[test]
+fn all_reduce_gradients_refuses_mismatched_arguments() {
+    use mote_runtime::data_parallel::all_reduce_gradients;
+    let (mut a, mut b, mut c) = (
+        vec![0f32; 1 << 14],
+        vec![0f32; 1 << 14],
+        vec![0f32; 1 << 14],
+    );
+    let mut ta = Tape::<Cpu<f32>, 32>::new(&mut a);
+    let mut tb = Tape::<Cpu<f32>, 32>::new(&mut b);
+    let mut tc = Tape::<Cpu<f32>, 32>::new(&mut c);
+    build(&mut ta).unwrap();
+    build(&mut tb).unwrap();
+    // Another model: 6 -> 8 -> 4.
+    let mut rng = Rng::new(11);
+    Linear::new(&mut tc, 6, 8, &mut rng).unwrap();
+    Linear::new(&mut tc, 8, 4, &mut rng).unwrap();
+    let grads = |t: &Tape<Cpu<f32>, 32>| -> Vec<f32> {
+        let ps: Vec<_> = t.params().collect();
+        ps.iter()
+            .flat_map(|&p| t.grad_data(p).unwrap().unwrap().to_vec())
+            .collect()
+    };
+    // Fewer weights than tapes.
+    let e = all_reduce_gradients(&mut [&mut ta, &mut tb], &[1.0], 64).unwrap_err();
+    assert!(matches!(e, mote::Error::LengthMismatch { .. }), "{e}");
+    // Tapes whose parameters differ.
+    let (ga, gc) = (grads(&ta), grads(&tc));
+    let e = all_reduce_gradients(&mut [&mut ta, &mut tc], &[0.5, 0.5], 64).unwrap_err();
+    assert!(matches!(e, mote::Error::LengthMismatch { .. }), "{e}");
+    assert_eq!((grads(&ta), grads(&tc)), (ga, gc));
 }
 
 #[test]

@@ -115,6 +115,7 @@ fn run(world: usize, rendezvous: Rendezvous, run_id: Option<&str>) -> Vec<[u8; I
                 local_rank: rank,
                 rendezvous: rendezvous.clone(),
                 run_id: run_id.map(str::to_string),
+                started: std::time::SystemTime::now(),
             };
             std::thread::spawn(move || {
                 // The others start first: they must wait for rank 0.
@@ -174,6 +175,7 @@ fn a_stale_rendezvous_file_is_not_read() {
         local_rank: 1,
         rendezvous: Rendezvous::File(file.clone()),
         run_id: None,
+        started: std::time::SystemTime::now(),
     };
     let e = exchange(&rank1, Duration::from_millis(200), || unreachable!())
         .unwrap_err()
@@ -192,6 +194,70 @@ fn a_stale_rendezvous_file_is_not_read() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+// A file's age is measured from the rank's start, not from when it reaches the rendezvous: a
+// rank that took longer than `STALE_AFTER` to load its data still reads rank 0's file, written
+// at rank 0's start.
+#[test]
+fn a_file_is_stale_relative_to_the_ranks_start() {
+    use mote_runtime::rendezvous::STALE_AFTER;
+    let dir = std::env::temp_dir().join(format!("mote-rdv-start-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.id");
+    std::fs::write(&file, [4u8; ID_BYTES]).unwrap();
+    let now = std::time::SystemTime::now();
+    let written = now - STALE_AFTER - Duration::from_secs(10);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(written)
+        .unwrap();
+    let rank1 = |started| Launch {
+        world: 2,
+        rank: 1,
+        local_rank: 1,
+        rendezvous: Rendezvous::File(file.clone()),
+        run_id: None,
+        started,
+    };
+    // Started 40 s before the file was written... and 70 s ago: loading took a minute.
+    let slow = rank1(now - STALE_AFTER - Duration::from_secs(40));
+    assert_eq!(
+        exchange(&slow, Duration::from_secs(1), || unreachable!()).unwrap(),
+        [4u8; ID_BYTES]
+    );
+    // A rank that started now finds the file too old.
+    let e = exchange(&rank1(now), Duration::from_millis(200), || unreachable!())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("was not written anew"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// Rank 0 listens on every interface at the given port (its host name may resolve to a
+// loopback address on its own machine), in the family of the host's address.
+#[test]
+fn rank_zero_listens_on_every_interface() {
+    use mote_runtime::rendezvous::listen_addr;
+    for (given, want) in [
+        ("127.0.1.1:29500", "0.0.0.0:29500"),
+        ("10.0.0.1:7", "0.0.0.0:7"),
+        ("[::1]:29500", "[::]:29500"),
+        ("localhost:1234", ""),
+    ] {
+        let got = listen_addr(given).unwrap();
+        if want.is_empty() {
+            assert!(
+                got.ip().is_unspecified() && got.port() == 1234,
+                "{given}: {got}"
+            );
+        } else {
+            assert_eq!(got.to_string(), want, "{given}");
+        }
+    }
+    assert!(listen_addr("10.0.0.1:notaport").is_err());
+}
+
 // With a run id, a file is this run's by what it holds, not by its age: an old file written for
 // this run is read (rank 0 may have started long before the others), one written for another
 // run, or without an id, is not, however fresh; a rank of another run gets no id over TCP.
@@ -206,6 +272,7 @@ fn a_run_id_tells_this_runs_rendezvous_from_anothers() {
         local_rank: rank,
         rendezvous,
         run_id: run_id.map(str::to_string),
+        started: std::time::SystemTime::now(),
     };
     let mine = rank(1, Rendezvous::File(file.clone()), Some("job-2"));
     // Rank 0 of job-2 wrote it two minutes ago: still read.
@@ -294,6 +361,7 @@ fn rank_zero_removes_its_spent_file() {
         local_rank: rank,
         rendezvous,
         run_id: Some("job-3".into()),
+        started: std::time::SystemTime::now(),
     };
     std::fs::write(&file, b"id").unwrap();
     drop(SpentFile::of(&launch(1, Rendezvous::File(file.clone()))));
@@ -319,6 +387,7 @@ fn a_rank_without_rank_zero_times_out_with_a_clear_error() {
         local_rank: 1,
         rendezvous: r,
         run_id: None,
+        started: std::time::SystemTime::now(),
     };
     let gone = std::env::temp_dir().join(format!("mote-rdv-none-{}.id", std::process::id()));
     let e = exchange(
@@ -392,4 +461,61 @@ fn a_watchdog_fires_once_only_when_the_steps_stop() {
         t.elapsed()
     );
     assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+}
+
+// Ranks that do not start alike all stop: the one that differs names what differs, the others
+// say that another rank does. Two ranks, their collectives played by hand.
+#[test]
+fn ranks_that_start_differently_all_stop() {
+    use mote_runtime::rendezvous::check_same_start;
+    let rank = |rank: usize| Launch {
+        world: 2,
+        rank,
+        local_rank: rank,
+        rendezvous: Rendezvous::Tcp("127.0.0.1:1".into()),
+        run_id: None,
+        started: std::time::SystemTime::now(),
+    };
+    let first = [("data", 7.0), ("checkpoint weights", -1.0)];
+    let second = [("data", 8.0), ("checkpoint weights", -1.0)];
+    // What rank 0 broadcasts, and the maximum of the ranks' "differs" flags.
+    let from_first = |v: &mut [f64]| {
+        v.copy_from_slice(&[7.0, -1.0]);
+        Ok(())
+    };
+    let flags = |any: f64| {
+        move |v: &mut [f64]| {
+            v[0] = v[0].max(any);
+            Ok(())
+        }
+    };
+    let e = check_same_start(&rank(1), &second, from_first, flags(0.0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("rank 1 of 2: its data differ from rank 0's"),
+        "{e}"
+    );
+    let e = check_same_start(&rank(0), &first, from_first, flags(1.0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("another rank does not start as rank 0 does"),
+        "{e}"
+    );
+    // Alike: both go on.
+    check_same_start(&rank(0), &first, from_first, flags(0.0)).unwrap();
+    check_same_start(&rank(1), &first, from_first, flags(0.0)).unwrap();
+    // NaN compares by its bits: the same NaN is alike.
+    let nan = [("data", f64::NAN)];
+    check_same_start(
+        &rank(1),
+        &nan,
+        |v: &mut [f64]| {
+            v[0] = f64::NAN;
+            Ok(())
+        },
+        flags(0.0),
+    )
+    .unwrap();
 }

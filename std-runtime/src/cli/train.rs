@@ -33,6 +33,8 @@ struct TrainJob {
     save_best: Option<PathBuf>,
     plot: Option<PathBuf>,
     quiet: bool,
+    /// A rank other than 0 of a multi-process run: prints nothing (rank 0 reports the run).
+    silent: bool,
 }
 
 impl WithBackend for TrainJob {
@@ -143,7 +145,7 @@ impl TrainJob {
         )
         .map_err(cuda)?;
         // How long a rank waits for the others at the rendezvous, and for a step.
-        let timeout = std::time::Duration::from_secs(300);
+        let timeout = crate::rendezvous::RENDEZVOUS_TIMEOUT;
         let step_timeout = crate::rendezvous::step_timeout(|k| std::env::var(k).ok())?;
         let id = crate::rendezvous::exchange(&launch, timeout, || Nccl::unique_id().map_err(cuda))?;
         // Rank 0's id file goes once every rank has joined, or when this rank fails first.
@@ -158,10 +160,62 @@ impl TrainJob {
         drop(spent);
         let model = self.model_on(backend)?;
         if launch.rank != 0 {
-            (self.save, self.save_best, self.plot, self.quiet) = (None, None, None, true);
+            (self.save, self.save_best, self.plot) = (None, None, None);
+            (self.quiet, self.silent) = (true, true);
         }
-        let learner = Replicas::with_reduce(vec![model], NcclReduce::new(nccl))?;
+        let reduce = NcclReduce::new(nccl);
+        // A rank on other data or another checkpoint would train another model (or run other
+        // collectives and hang): every rank stops at once instead.
+        reduce.check_same_start(&launch, &self.start_items()?)?;
+        let learner = Replicas::with_reduce(vec![model], reduce)?;
         self.train_watched(learner, dog.as_mut().map(|d| d as &mut dyn Callback))
+    }
+
+    /// What every rank of a multi-process run must start from alike, as checksums (exact in
+    /// an f64): the data, the model's and the run's settings, where the run stands, and the
+    /// resumed checkpoint's weights (-1 for a new run).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    fn start_items(&self) -> Result<[(&'static str, f64); 5]> {
+        let crc = |b: &[u8]| f64::from(mote::blob::crc32(b));
+        let json = |e: serde_json::Error| Error::invalid(format!("internal: {e}"));
+        let mut config = self.config.clone();
+        // Where each host keeps the files may differ; their contents are the data's checksum.
+        (config.source.data, config.source.idx_labels) = (String::new(), None);
+        let weights = self.ck.as_ref().map_or(-1.0, |ck| {
+            let bytes: Vec<u8> = ck
+                .params
+                .iter()
+                .chain(&ck.opt_state)
+                .flatten()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            crc(&bytes)
+        });
+        Ok([
+            (
+                "data",
+                crc(self
+                    .config
+                    .source
+                    .fingerprint
+                    .as_deref()
+                    .unwrap_or("")
+                    .as_bytes()),
+            ),
+            (
+                "model settings",
+                crc(&serde_json::to_vec(&(&self.spec, &self.opt)).map_err(json)?),
+            ),
+            (
+                "training settings",
+                crc(&serde_json::to_vec(&config).map_err(json)?),
+            ),
+            (
+                "place in the run (epoch, step, history)",
+                crc(&serde_json::to_vec(&self.state).map_err(json)?),
+            ),
+            ("checkpoint weights", weights),
+        ])
     }
 
     #[cfg(not(feature = "cuda"))]
@@ -197,8 +251,12 @@ impl TrainJob {
                 let _ = writeln!(std::io::stdout(), "{}", crate::progress::summary_text(s));
             }
         }
-        let mut quiet = Quiet;
-        let hook: &mut dyn Callback = if self.quiet {
+        struct Silent;
+        impl Callback for Silent {}
+        let (mut quiet, mut silent) = (Quiet, Silent);
+        let hook: &mut dyn Callback = if self.silent {
+            &mut silent
+        } else if self.quiet {
             &mut quiet
         } else if std::io::stdout().is_terminal() {
             &mut bar
@@ -373,9 +431,14 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
+pub(crate) fn train_cmd(mut a: TrainArgs) -> Result<()> {
     let replicas = a.replicas.unwrap_or(1);
     let launch = Launch::from_vars(|k| std::env::var(k).ok())?;
+    // Only rank 0 of a multi-process run prints, saves and plots: the other ranks neither
+    // print the run's header nor check outputs they will not write (a --save folder may
+    // exist on rank 0's host only).
+    let rank0 = launch.as_ref().is_none_or(|l| l.rank == 0);
+    a.quiet |= !rank0;
     if let Some(g) = a.gpus {
         if a.replicas.is_some() {
             return Err(
@@ -470,20 +533,22 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
     let files = super::input_files(&data, labels.as_deref());
     let mut inputs: Vec<(&str, &std::path::Path)> =
         files.iter().map(|(w, p)| (*w, p.as_path())).collect();
-    match (&a.save, &a.resume) {
-        (Some(sv), _) => checkpoint::check_output("--save", sv, &inputs)?,
-        // Saved back where it came from.
-        (None, Some(r)) => checkpoint::check_output("--resume", r, &inputs)?,
-        (None, None) => {}
-    }
-    inputs.extend(a.save.as_deref().map(|sv| ("--save", sv)));
-    inputs.extend(a.resume.as_deref().map(|r| ("--resume", r)));
-    if let Some(p) = &a.save_best {
-        checkpoint::check_output("--save-best", p, &inputs)?;
-        inputs.push(("--save-best", p));
-    }
-    if let Some(p) = &a.plot {
-        checkpoint::check_output("--plot", p, &inputs)?;
+    if rank0 {
+        match (&a.save, &a.resume) {
+            (Some(sv), _) => checkpoint::check_output("--save", sv, &inputs)?,
+            // Saved back where it came from.
+            (None, Some(r)) => checkpoint::check_output("--resume", r, &inputs)?,
+            (None, None) => {}
+        }
+        inputs.extend(a.save.as_deref().map(|sv| ("--save", sv)));
+        inputs.extend(a.resume.as_deref().map(|r| ("--resume", r)));
+        if let Some(p) = &a.save_best {
+            checkpoint::check_output("--save-best", p, &inputs)?;
+            inputs.push(("--save-best", p));
+        }
+        if let Some(p) = &a.plot {
+            checkpoint::check_output("--plot", p, &inputs)?;
+        }
     }
     let job = if let (Some(path), Some(ck)) = (&a.resume, resumed) {
         let mut config = ck.config.clone();
@@ -549,6 +614,7 @@ pub(crate) fn train_cmd(a: TrainArgs) -> Result<()> {
             save_best: a.save_best.clone(),
             plot: a.plot.clone(),
             quiet: a.quiet,
+            silent: false,
             ck: Some(ck),
         }
     } else {
@@ -859,5 +925,6 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         save_best: a.save_best.clone(),
         plot: a.plot.clone(),
         quiet: a.quiet,
+        silent: false,
     })
 }
