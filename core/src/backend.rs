@@ -60,6 +60,20 @@ pub trait Backend {
         true
     }
 
+    /// Called before an op does work that a recording of backend calls cannot hold: it reads
+    /// the arena back to decide its calls (an embedding's indices), or keeps state on the
+    /// host (batch norm's running statistics), or writes values it drew on the host (a
+    /// dropout mask). A backend that records calls to run them again later without the host
+    /// ([`crate::replay::Replay`], a CUDA graph capture) refuses such a step; the others
+    /// ignore it (the default). `what` names the op and why.
+    ///
+    /// # Errors
+    /// A recording backend's refusal ([`crate::Error::InvalidArgument`]).
+    fn host_dependent(&mut self, what: &'static str) -> Result<()> {
+        let _ = what;
+        Ok(())
+    }
+
     /// The alignment, in elements, at which the tape starts each allocation: 1 (none) by
     /// default. A GPU backend asks for more, so that its library's products and its wide loads
     /// see aligned operands (cuBLAS picks slower kernels for operands aligned to less than 16

@@ -10,6 +10,13 @@
 //! static_assertions_like(FLOATS);
 //! const fn static_assertions_like(n: usize) { assert!(n < 16 * 1024 / 4, "does not fit in 16 KB"); }
 //! ```
+//!
+//! The `const fn` counts are for backends that do not align allocations ([`Backend::align`]
+//! of 1: the reference and firmware backends). On one that does (a GPU backend), each
+//! allocation may take up to `align - 1` more elements: size its arena with
+//! [`measure_aligned`].
+//!
+//! [`Backend::align`]: crate::Backend::align
 
 use crate::backend::Meter;
 use crate::error::Result;

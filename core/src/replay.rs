@@ -70,7 +70,10 @@
 //!   update calls;
 //! - calls whose effect depends on values read back to the host cannot be replayed:
 //!   [`Backend::sum_squares`] ([`crate::clip_grad_norm`]) makes the recording fail at
-//!   [`Replay::stop`].
+//!   [`Replay::stop`], and so do the ops that say so through [`Backend::host_dependent`]: an
+//!   embedding (its rows are found by reading the indices), [`crate::Dropout`] (its mask is
+//!   drawn on the host) and [`crate::BatchNorm`] in training mode (its running statistics are
+//!   updated on the host). A step in which a backend call failed fails there too.
 //!
 //! After a replay, the arena holds what the eager step would have left there: the tape's
 //! handles of the recorded step (its loss, its outputs, the parameters' gradients) read the
@@ -210,27 +213,33 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
     /// [`Error::TapeFull`] (with `capacity` = `BYTES`) when the calls did not fit in `BYTES`
     /// bytes; [`Error::InvalidArgument`] when a call that cannot be replayed was made (one
     /// with an offset or size past 32 bits included), or when no recording was in progress.
-    /// The recording is dropped on error.
+    /// The recording is dropped on error; a ready recording stays ready when `stop` is called
+    /// again.
     pub fn stop(&mut self) -> Result<usize> {
-        let state = self.state;
-        self.state = State::Empty;
-        match state {
+        let failed = match self.state {
             State::Recording => {
                 self.state = State::Ready;
-                Ok(self.calls as usize)
+                return Ok(self.calls as usize);
             }
-            State::Overflow => Err(Error::TapeFull { capacity: BYTES }),
-            State::Unsupported(what) => Err(Error::InvalidArgument { what }),
-            State::Empty | State::Ready => Err(Error::InvalidArgument {
-                what: "Replay::stop without Replay::record",
-            }),
-        }
+            State::Overflow => Error::TapeFull { capacity: BYTES },
+            State::Unsupported(what) => Error::InvalidArgument { what },
+            // Nothing to stop: a ready recording stays ready.
+            State::Empty | State::Ready => {
+                return Err(Error::InvalidArgument {
+                    what: "Replay::stop without Replay::record",
+                })
+            }
+        };
+        self.clear();
+        Err(failed)
     }
 
     /// Drops the recording.
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.calls = 0;
+        self.has_adam = false;
+        self.has_sgd = false;
         self.state = State::Empty;
     }
 
@@ -450,6 +459,16 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
         }
     }
 
+    /// Runs a call on the wrapped backend; one that fails ends the recording (the step did
+    /// not make the calls a replay would need).
+    fn call(&mut self, f: impl FnOnce(&mut B) -> Result<()>) -> Result<()> {
+        let r = f(&mut self.inner);
+        if r.is_err() {
+            self.refuse("a backend call failed while recording");
+        }
+        r
+    }
+
     fn refuse(&mut self, what: &'static str) {
         if self.is_recording() {
             self.state = State::Unsupported(what);
@@ -484,6 +503,12 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
         if !is_rust_name(name) {
             return Err(Error::InvalidArgument {
                 what: "Replay::write_rust: the name is not a Rust identifier",
+            });
+        }
+        if self.has_adam && self.has_sgd {
+            return Err(Error::InvalidArgument {
+                what: "Replay::write_rust: the recording holds Adam and SGD updates (one \
+                       optimizer per recording)",
             });
         }
         // Decode it all first: nothing is written for a list a Rust literal cannot spell.
@@ -1261,8 +1286,13 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
         self.inner.read(offset, dst)
     }
 
+    fn host_dependent(&mut self, what: &'static str) -> Result<()> {
+        self.refuse(what);
+        self.inner.host_dependent(what)
+    }
+
     fn fill(&mut self, offset: usize, len: usize, value: Self::Elem) -> Result<()> {
-        self.inner.fill(offset, len, value)?;
+        self.call(|inner| inner.fill(offset, len, value))?;
         let f = if value == Self::Elem::ZERO && value.to_f64().to_bits() == 0 {
             0
         } else if value == Self::Elem::ONE {
@@ -1281,7 +1311,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     }
 
     fn unary(&mut self, op: UnaryOp, x: usize, y: usize, len: usize) -> Result<()> {
-        self.inner.unary(op, x, y, len)?;
+        self.call(|inner| inner.unary(op, x, y, len))?;
         let (code, arg) = op.pack();
         let code = u32::from(code);
         self.rec(head(tag::UNARY, code), |e| {
@@ -1302,7 +1332,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
         dx: usize,
         len: usize,
     ) -> Result<()> {
-        self.inner.unary_backward(op, x, y, dy, dx, len)?;
+        self.call(|inner| inner.unary_backward(op, x, y, dy, dx, len))?;
         let (code, arg) = op.pack();
         let code = u32::from(code);
         self.rec(head(tag::UNARY_BACKWARD, code), |e| {
@@ -1315,7 +1345,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     }
 
     fn binary(&mut self, op: BinaryOp, a: View, b: View, y: View) -> Result<()> {
-        self.inner.binary(op, a, b, y)?;
+        self.call(|inner| inner.binary(op, a, b, y))?;
         self.rec(head(tag::BINARY, binary_code(op)), |e| {
             e.view(&a);
             e.view(&b);
@@ -1333,7 +1363,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
         dy: View,
         dx: usize,
     ) -> Result<()> {
-        self.inner.binary_backward(op, side, a, b, dy, dx)?;
+        self.call(|inner| inner.binary_backward(op, side, a, b, dy, dx))?;
         let s = match side {
             Side::Lhs => 0,
             Side::Rhs => 1,
@@ -1348,7 +1378,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     }
 
     fn gemm(&mut self, g: &Gemm) -> Result<()> {
-        self.inner.gemm(g)?;
+        self.call(|inner| inner.gemm(g))?;
         let f = u32::from(g.a_trans) | u32::from(g.b_trans) << 1 | u32::from(g.accumulate) << 2;
         self.rec(head(tag::GEMM, f), |e| {
             for v in [
@@ -1367,7 +1397,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
         dst: Strided,
         accumulate: bool,
     ) -> Result<()> {
-        self.inner.copy_strided(space, src, dst, accumulate)?;
+        self.call(|inner| inner.copy_strided(space, src, dst, accumulate))?;
         self.rec(head(tag::COPY, u32::from(accumulate)), |e| {
             e.shape(space);
             e.strided(&src);
@@ -1377,7 +1407,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     }
 
     fn reduce(&mut self, op: ReduceOp, r: Axis3, x: usize, y: usize) -> Result<()> {
-        self.inner.reduce(op, r, x, y)?;
+        self.call(|inner| inner.reduce(op, r, x, y))?;
         self.rec(head(tag::REDUCE, reduce_code(op)), |e| {
             e.axis3(&r);
             e.u(x);
@@ -1395,7 +1425,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        self.inner.reduce_backward(op, r, x, y, dy, dx)?;
+        self.call(|inner| inner.reduce_backward(op, r, x, y, dy, dx))?;
         self.rec(head(tag::REDUCE_BACKWARD, reduce_code(op)), |e| {
             e.axis3(&r);
             for v in [x, y, dy, dx] {
@@ -1406,7 +1436,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     }
 
     fn softmax(&mut self, log: bool, r: Axis3, x: usize, y: usize) -> Result<()> {
-        self.inner.softmax(log, r, x, y)?;
+        self.call(|inner| inner.softmax(log, r, x, y))?;
         self.rec(head(tag::SOFTMAX, u32::from(log)), |e| {
             e.axis3(&r);
             e.u(x);
@@ -1423,7 +1453,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        self.inner.softmax_backward(log, r, y, dy, dx)?;
+        self.call(|inner| inner.softmax_backward(log, r, y, dy, dx))?;
         self.rec(head(tag::SOFTMAX_BACKWARD, u32::from(log)), |e| {
             e.axis3(&r);
             for v in [y, dy, dx] {
@@ -1434,7 +1464,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     }
 
     fn loss(&mut self, op: LossOp, classes: usize, p: View, t: View, y: usize) -> Result<()> {
-        self.inner.loss(op, classes, p, t, y)?;
+        self.call(|inner| inner.loss(op, classes, p, t, y))?;
         self.rec(head(tag::LOSS, loss_code(op)), |e| {
             put_loss_arg(e, op);
             e.u(classes);
@@ -1455,7 +1485,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        self.inner.loss_backward(op, lhs, classes, p, t, dy, dx)?;
+        self.call(|inner| inner.loss_backward(op, lhs, classes, p, t, dy, dx))?;
         let f = loss_code(op) | u32::from(lhs) << 4;
         self.rec(head(tag::LOSS_BACKWARD, f), |e| {
             put_loss_arg(e, op);
@@ -1469,7 +1499,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     }
 
     fn sgd(&mut self, u: &SgdUpdate) -> Result<()> {
-        self.inner.sgd(u)?;
+        self.call(|inner| inner.sgd(u))?;
         if self.state == State::Recording {
             self.has_sgd = true;
         }
@@ -1484,7 +1514,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     }
 
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
-        self.inner.adam(u)?;
+        self.call(|inner| inner.adam(u))?;
         if self.state == State::Recording {
             self.has_adam = true;
         }
@@ -1504,7 +1534,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
     }
 
     fn scale(&mut self, offset: usize, len: usize, factor: Self::Elem) -> Result<()> {
-        self.inner.scale(offset, len, factor)?;
+        self.call(|inner| inner.scale(offset, len, factor))?;
         self.rec(head(tag::SCALE, 0), |e| {
             e.u(offset);
             e.u(len);
@@ -1517,12 +1547,15 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
 /// Whether `name` can name a Rust item: an identifier that is not a keyword (strict or
 /// reserved) or a lone `_`.
 fn is_rust_name(name: &str) -> bool {
-    const KEYWORDS: [&str; 51] = [
+    // Rust's keywords (2024 edition, reserved ones included), and the prelude's names the
+    // written code uses (`Ok(())`, `Some(n)`), which an item of that name would shadow.
+    const KEYWORDS: [&str; 56] = [
         "as", "break", "const", "continue", "crate", "else", "enum", "extern", "false", "fn",
         "for", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut", "pub", "ref",
         "return", "self", "Self", "static", "struct", "super", "trait", "true", "type", "unsafe",
         "use", "where", "while", "async", "await", "dyn", "abstract", "become", "box", "do",
         "final", "macro", "override", "priv", "typeof", "unsized", "virtual", "yield", "try",
+        "gen", "Ok", "Err", "Some", "None",
     ];
     let ident = name
         .chars()

@@ -260,7 +260,9 @@ fn write_rust_refuses_what_it_cannot_write() {
     tape.backend_mut().record();
     tape.mul_scalar(x, f32::NAN).unwrap();
     tape.backend_mut().stop().unwrap();
-    for name in ["", "1step", "a-b", "_", "fn", "loop", "self"] {
+    for name in [
+        "", "1step", "a-b", "_", "fn", "loop", "self", "gen", "Ok", "Some", "None",
+    ] {
         let err = tape.backend().write_rust(&mut out, name).unwrap_err();
         assert!(err.to_string().contains("identifier"), "{err}");
     }
@@ -300,4 +302,20 @@ fn write_rust_refuses_what_it_cannot_write() {
     be.stop().unwrap();
     let err = be.write_rust(&mut out, "step").unwrap_err();
     assert!(err.to_string().contains("not finite"), "{err}");
+    // Updates of two optimizers: the written function takes one.
+    let mut mem = vec![0f32; 64];
+    let mut be: Be = Replay::new(Cpu::new(&mut mem));
+    be.record();
+    let mut adam = Adam::detached(AdamConfig::default(), false)
+        .unwrap()
+        .next_update();
+    (adam.param, adam.grad, adam.m, adam.v, adam.len) = (0, 4, 8, 12, 4);
+    mote::Backend::adam(&mut be, &adam).unwrap();
+    let mut sgd = Sgd::detached(SgdConfig::default()).unwrap().next_update();
+    (sgd.param, sgd.grad, sgd.len) = (16, 20, 4);
+    mote::Backend::sgd(&mut be, &sgd).unwrap();
+    be.stop().unwrap();
+    let err = be.write_rust(&mut out, "step").unwrap_err();
+    assert!(err.to_string().contains("Adam and SGD"), "{err}");
+    assert!(out.is_empty(), "nothing is written on error");
 }

@@ -226,6 +226,116 @@ fn replay_refusals() {
     ));
 }
 
+type Wide<'a> = Tape<Replay<Cpu<'a, f32>, 4096>, 64>;
+
+/// A step with an op the host drives (an embedding reads its indices, dropout draws its mask,
+/// batch norm in training mode keeps its running statistics on the host) runs eagerly while
+/// recording, but cannot be replayed: the recording fails at `stop`. Batch norm in evaluation
+/// mode records.
+#[test]
+fn host_driven_ops_cannot_be_recorded() {
+    let mut mem = vec![0f32; 1 << 14];
+    let mut tape = Wide::with_backend(Replay::new(Cpu::new(&mut mem)));
+    let mut rng = Rng::new(3);
+    let emb = mote::Embedding::new(&mut tape, 5, 4, &mut rng).unwrap();
+    let mut bn = mote::BatchNorm::new(&mut tape, 4).unwrap();
+    let drop = mote::Dropout::new(0.5, 9).unwrap();
+    let start = tape.mark();
+    type Step =
+        fn(&mut Wide, &mote::Embedding, &mote::BatchNorm, &mote::Dropout) -> Result<Var, Error>;
+    let steps: [(&str, Step); 3] = [
+        ("embedding", |t, emb, _, _| {
+            let i = t.labels(&[0, 4, 2])?;
+            let y = emb.forward(t, i)?;
+            t.sum(y)
+        }),
+        ("dropout", |t, emb, _, d| {
+            let y = d.forward(t, emb.weight)?;
+            t.sum(y)
+        }),
+        ("batch norm", |t, _, bn, _| {
+            let x = t.input(
+                &[3, 4],
+                &[0.5, 1.0, 2.0, 3.0, 1.5, 0.0, 2.0, 1.0, 0.25, 1.0, 0.0, 2.0],
+            )?;
+            let y = bn.forward(t, x)?;
+            t.sum(y)
+        }),
+    ];
+    for (name, step) in steps {
+        tape.rewind(start).unwrap();
+        tape.backend_mut().record();
+        let loss = step(&mut tape, &emb, &bn, &drop).unwrap();
+        tape.backward(loss).unwrap();
+        assert!(tape.item(loss).unwrap().is_finite(), "{name}: runs eagerly");
+        let e = tape.backend_mut().stop().unwrap_err();
+        assert!(
+            matches!(e, Error::InvalidArgument { what } if what.contains("cannot hold it")),
+            "{name}: {e}"
+        );
+        assert!(!tape.backend().is_ready(), "{name}");
+    }
+    // Evaluation mode: the running statistics are only read by the kernels.
+    bn.set_training(false);
+    tape.rewind(start).unwrap();
+    tape.backend_mut().record();
+    let loss = steps[2].1(&mut tape, &emb, &bn, &drop).unwrap();
+    tape.backward(loss).unwrap();
+    assert!(tape.backend_mut().stop().unwrap() > 0);
+    tape.backend_mut().replay().unwrap();
+}
+
+/// A recording in which a backend call failed is not replayable; a second `stop` keeps a ready
+/// recording; `clear` forgets the optimizer the recording held.
+#[test]
+fn recording_state_after_failures_and_repeats() {
+    let mut mem = vec![0f32; 512];
+    let mut tape = Tape::<Replay<Cpu<f32>, 512>, 16>::with_backend(Replay::new(Cpu::new(&mut mem)));
+    let mut rng = Rng::new(1);
+    let l = Linear::new(&mut tape, 2, 1, &mut rng).unwrap();
+    let mut opt = Adam::new(&mut tape, AdamConfig::default()).unwrap();
+    let start = tape.mark();
+    let step = |tape: &mut Tape<Replay<Cpu<f32>, 512>, 16>, opt: &mut Adam| {
+        tape.rewind(start).unwrap();
+        let x = tape.input(&[1, 2], &[1.0, 2.0]).unwrap();
+        let y = l.forward(tape, x).unwrap();
+        let loss = tape.sum(y).unwrap();
+        tape.backward(loss).unwrap();
+        opt.step(tape).unwrap();
+    };
+    step(&mut tape, &mut opt);
+    tape.backend_mut().record();
+    step(&mut tape, &mut opt);
+    // A call the wrapped backend refuses (past the arena's end).
+    let cap = mote::Backend::capacity(tape.backend());
+    assert!(mote::Backend::fill(tape.backend_mut(), cap, 1, 0.0).is_err());
+    let e = tape.backend_mut().stop().unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument { what } if what.contains("failed while recording")),
+        "{e}"
+    );
+    // After that failed stop, nothing is held: not even the Adam updates.
+    assert!(matches!(
+        tape.backend_mut().replay(),
+        Err(Error::InvalidArgument { what }) if what.contains("nothing recorded")
+    ));
+    tape.backend_mut().record();
+    step(&mut tape, &mut opt);
+    let calls = tape.backend_mut().stop().unwrap();
+    assert!(tape.backend_mut().stop().is_err());
+    assert!(
+        tape.backend().is_ready(),
+        "a second stop keeps the recording"
+    );
+    assert_eq!(tape.backend().calls(), calls);
+    tape.backend_mut().replay_adam(&mut opt).unwrap();
+    tape.backend_mut().clear();
+    assert!(matches!(
+        tape.backend_mut().replay(),
+        Err(Error::InvalidArgument { what }) if what.contains("nothing recorded")
+    ));
+}
+
 #[test]
 fn replay_needs_its_optimizer() {
     let mut mem = vec![0f32; 512];

@@ -33,6 +33,15 @@ impl Backend for Cuda {
         self.align
     }
 
+    fn host_dependent(&mut self, what: &'static str) -> Result<()> {
+        // A graph replays only the device's work: what the host decided or drew at capture
+        // would be frozen into every replay.
+        if self.capturing() {
+            return Err(mote::Error::InvalidArgument { what });
+        }
+        Ok(())
+    }
+
     fn write(&mut self, offset: usize, src: &[f32]) -> Result<()> {
         self.check_range(offset, src.len())?;
         self.bind()?;

@@ -17,7 +17,11 @@
 //!   count does not move (replays bypass it), so do not mix replays and eager steps of the same
 //!   optimizer, and a learning-rate change needs a new capture;
 //! - the step must not read from the device (`tape.item`, `clip_grad_norm`): those calls return
-//!   [`mote::Error::Device`] during capture.
+//!   [`mote::Error::Device`] during capture;
+//! - nor hold ops that the host drives ([`mote::Backend::host_dependent`]): an embedding (its
+//!   rows are found by reading the indices), [`mote::Dropout`] (its mask is drawn on the host)
+//!   or [`mote::BatchNorm`] in training mode (running statistics updated on the host) would be
+//!   frozen into every replay; they return [`mote::Error::InvalidArgument`] during capture.
 
 use cudarc::driver::sys;
 use cudarc::driver::CudaGraph;

@@ -331,6 +331,44 @@ fn failed_capture_runs_nothing() {
     assert!(t.item(loss).unwrap().is_finite(), "{test}");
 }
 
+/// A step with an op the host drives (dropout draws its mask on the host) cannot be captured:
+/// every replay would reuse the capture's mask. The capture is refused, and the same step
+/// runs eagerly.
+#[test]
+fn host_driven_ops_are_refused_in_a_capture() {
+    let test = "host_driven_ops_are_refused_in_a_capture";
+    let Some(cuda) = gpu(test, FLOATS) else {
+        return;
+    };
+    let (xs, ys) = digits();
+    let mut t = Tape::<Cuda, 64>::with_backend(cuda);
+    let m = model(&mut t);
+    let drop = mote::Dropout::new(0.25, 7).unwrap();
+    let mut opt = Adam::new(&mut t, AdamConfig::default()).unwrap();
+    let start = t.mark();
+    let (bx, by) = batch(&xs, &ys, 0);
+    let dropped = |t: &mut Tape<Cuda, 64>, opt: &mut Adam| -> mote::Result<Var> {
+        let x = t.input(&[BATCH, 64], &bx)?;
+        let y = t.labels(&by)?;
+        let h = drop.forward(t, x)?;
+        let out = m.forward(t, h)?;
+        let loss = t.cross_entropy(out, y)?;
+        t.backward(loss)?;
+        opt.step(t)?;
+        Ok(loss)
+    };
+    let e = Graph::capture(&mut t, start, |t| dropped(t, &mut opt))
+        .err()
+        .unwrap_or_else(|| panic!("{test}: the capture succeeded"));
+    assert!(
+        matches!(e, mote_cuda::CudaError::Mote(mote::Error::InvalidArgument { what }) if what.contains("dropout")),
+        "{test}: {e}"
+    );
+    t.rewind(start).unwrap();
+    let loss = dropped(&mut t, &mut opt).unwrap();
+    assert!(t.item(loss).unwrap().is_finite(), "{test}");
+}
+
 /// Every allocation of a step starts at a multiple of `Options::align` (64 elements, 256
 /// bytes): inputs, activations, the loss, parameters, their gradients and both Adam buffers,
 /// where the unaligned reference places the activation gradients of the backward 8 bytes past

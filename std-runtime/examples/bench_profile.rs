@@ -57,6 +57,9 @@ impl<B: Backend> Backend for Timed<B> {
     fn align(&self) -> usize {
         self.inner.align()
     }
+    fn host_dependent(&mut self, what: &'static str) -> Result<()> {
+        self.inner.host_dependent(what)
+    }
     fn write(&mut self, o: usize, s: &[B::Elem]) -> Result<()> {
         self.t(("write", s.len(), 0, 0), |b| b.write(o, s))
     }

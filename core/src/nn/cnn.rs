@@ -346,6 +346,12 @@ impl Module for BatchNorm {
                 what: "batch_norm: eps must be finite and >= 0, momentum in [0, 1]",
             });
         }
+        if self.training {
+            tape.backend_mut().host_dependent(
+                "batch norm updates its running statistics on the host: a recorded or captured \
+                 step cannot hold it in training mode",
+            )?;
+        }
         // All its nodes or none, and the running statistics move only once every op has run:
         // a forward that fails changes nothing.
         tape.all_or_nothing(|tape| {
@@ -503,6 +509,10 @@ impl Module for Dropout {
                 what: "dropout probability must be in [0, 1)",
             });
         }
+        tape.backend_mut().host_dependent(
+            "dropout draws its mask on the host: a recorded or captured step cannot hold it \
+             (record or capture the step without dropout)",
+        )?;
         let s = x.shape();
         let mut dims = [0usize; 4];
         for (d, &v) in dims.iter_mut().zip(s.dims()) {

@@ -34,6 +34,9 @@ pub(crate) fn rows<B: Backend>(
     if !be.computes() {
         return Ok(());
     }
+    be.host_dependent(
+        "an embedding reads its indices on the host: a recorded or captured step cannot hold it",
+    )?;
     for i in 0..count {
         let r = index(be, idx + i, vocab)?;
         let t = Strided::contiguous(table + r * dim, &space);
