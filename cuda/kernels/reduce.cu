@@ -115,10 +115,40 @@ extern "C" __global__ void reduce_bwd_max(const float* __restrict__ x, const flo
     }
 }
 
-// Sum of squares in double, accumulated into *out (zeroed by the caller).
-extern "C" __global__ void sum_squares(const float* __restrict__ x, u64 n, double* out) {
+// Sum of squares in double, the same bits on every run (what gradient clipping scales by):
+// each block sums in a fixed tree into its partial (status words 512.., at most 256 doubles),
+// and the last block to finish adds the partials in block order, as reduce_all does.
+extern "C" __global__ void __launch_bounds__(1024) sum_squares(const float* __restrict__ x, u64 n,
+                                                              double* out, unsigned int* status) {
+    __shared__ double part[32];
+    __shared__ int last;
     double s = 0.0;
     FOR_EACH(i, n) { double v = x[i]; s += v * v; }
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    volatile double* partial = (volatile double*)(status + 512);
+    unsigned int* ticket = status + 32;
+    if (warp == 0) {
+        s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) {
+            partial[blockIdx.x] = s;
+            __threadfence();
+            last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+        }
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (warp == 0) {
+        s = 0.0;
+        for (unsigned int b = lane; b < gridDim.x; b += 32) s += partial[b];
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) {
+            *out = s;
+            *ticket = 0u;
+        }
+    }
 }

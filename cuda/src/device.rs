@@ -71,6 +71,10 @@ pub struct Options {
     pub align: usize,
 }
 
+/// The most blocks a launch's grid may have along x on every current GPU (2^31 - 1; y and z
+/// take at most 65,535).
+pub(crate) const MAX_GRID_X: u32 = i32::MAX as u32;
+
 /// The largest [`Options::align`].
 pub const MAX_ALIGN: usize = 1024;
 
@@ -94,9 +98,10 @@ impl Default for Options {
 }
 
 /// Bytes of the side area's parts (after the arena, each 256-byte aligned). The status area:
-/// a bad label (bytes 0..12), the sum of squares (64..72), the loss's ticket (128..132) and
-/// its partial sums (1024..2048, [`LOSS_BLOCKS`] of them).
-const STATUS_BYTES: usize = 2048;
+/// a bad label (bytes 0..12), the sum of squares (64..72), the ticket of the last-block
+/// reductions (128..132), the loss's partial sums (1024..2048, [`LOSS_BLOCKS`] floats) and
+/// the sum of squares' (2048..4096, [`LOSS_BLOCKS`] doubles).
+const STATUS_BYTES: usize = 4096;
 /// The most blocks a loss's forward kernel runs on (one partial sum each, in the status area).
 pub(crate) const LOSS_BLOCKS: u64 = 256;
 /// Per-step scalars of captured graphs (f32 slots).

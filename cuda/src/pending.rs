@@ -228,7 +228,9 @@ pub(crate) const COLSUM_ROWS: usize = 8192;
 
 /// The fused kernels' grid over `cols` columns: one 32 x 32 block per 32 columns.
 fn colsum_grid(cols: usize) -> Option<u32> {
-    u32::try_from(cols.div_ceil(32)).ok()
+    u32::try_from(cols.div_ceil(32))
+        .ok()
+        .filter(|&g| g <= crate::device::MAX_GRID_X)
 }
 
 impl ColSum {

@@ -1093,7 +1093,7 @@ fn warp_kernels_match_the_reference() {
         i32,
         f32,
     );
-    type SumSq = unsafe extern "C" fn(*const f32, u64, *mut f64);
+    type SumSq = unsafe extern "C" fn(*const f32, u64, *mut f64, *mut u32);
     let rows = sym!(lib, b"reduce_rows", Rows);
     let rows_block = sym!(lib, b"reduce_rows_block", RowsBlock);
     let all = sym!(lib, b"reduce_all", All);
@@ -1410,13 +1410,27 @@ fn warp_kernels_match_the_reference() {
     p.emu.copy_from_slice(&p.cpu);
     // Sum of squares over several blocks.
     let want = Cpu::new(&mut p.cpu).sum_squares(5, 10000).unwrap();
-    let mut got = 0f64;
-    let (x, out) = (p.a(5), &mut got as *mut f64 as usize);
-    run_par(lib, 3, 64, || unsafe {
-        sum_sq(x as *const f32, 10000, out as *mut f64)
-    });
-    assert!(
-        (got - want).abs() <= 1e-9 * want,
-        "sum_squares {got} vs {want}"
-    );
+    // Each block's partial, then the last block's sum in block order: the same bits however
+    // the blocks' turns fall.
+    let mut bits = None;
+    for blocks in [3, 3, 7] {
+        let mut got = 0f64;
+        let mut status = [0u32; 1024];
+        let (x, out, st) = (
+            p.a(5),
+            &mut got as *mut f64 as usize,
+            status.as_mut_ptr() as usize,
+        );
+        run_par(lib, blocks, 64, || unsafe {
+            sum_sq(x as *const f32, 10000, out as *mut f64, st as *mut u32)
+        });
+        assert!(
+            (got - want).abs() <= 1e-9 * want,
+            "sum_squares on {blocks} blocks: {got} vs {want}"
+        );
+        assert_eq!(status[32], 0, "the ticket is reset");
+        if blocks == 3 {
+            assert_eq!(*bits.get_or_insert(got.to_bits()), got.to_bits());
+        }
+    }
 }

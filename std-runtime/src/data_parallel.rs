@@ -890,8 +890,9 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         }
         self.reduce.all_reduce(&mut self.models, &weights)?;
         // Gradient clipping by one norm for all: replica 0's (and in a multi-process run rank
-        // 0's), so that every replica scales by the same factor (a GPU's sum of squares is not
-        // repeatable to the last bit, and replicas that scaled differently would drift apart).
+        // 0's), so that every replica scales by the same factor (GPUs of different sizes split
+        // a sum of squares differently and round it differently in the last bits, and
+        // replicas that scaled differently would drift apart).
         let norm = match self.models[0].options.clip_grad_norm {
             Some(_) => {
                 self.reduce.prepare(&self.models[0])?;

@@ -68,7 +68,9 @@ impl Cuda {
         }
         // The transposes' grids (32 x 32 tiles): in place where one does not fit a launch.
         let tiles = |rows: usize, cols: usize| {
-            u32::try_from((rows.div_ceil(32) as u64).saturating_mul(cols.div_ceil(32) as u64)).ok()
+            u32::try_from((rows.div_ceil(32) as u64).saturating_mul(cols.div_ceil(32) as u64))
+                .ok()
+                .filter(|&g| g <= crate::device::MAX_GRID_X)
         };
         if tiles(g.k, g.m).is_none() || tiles(g.k, g.n).is_none() {
             return Ok(None);

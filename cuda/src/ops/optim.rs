@@ -183,7 +183,7 @@ pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
         ]);
         tiles += u.len.div_ceil(ADAM_TILE);
     }
-    let table = if pending.len() > 1 && tiles <= u32::MAX as usize {
+    let table = if pending.len() > 1 && tiles <= crate::device::MAX_GRID_X as usize {
         be.upload_table(words)?
     } else {
         None

@@ -125,13 +125,10 @@ impl Cuda {
         unsafe { drv::memset_d8_async(out, 0, 8, self.cu()) }
             .map_err(|e| self.fail("cuMemsetD8Async", e))?;
         if len > 0 {
-            let (xp, n) = (self.at(offset), len as u64);
-            self.launch(
-                "sum_squares",
-                self.blocks(n, THREADS),
-                THREADS,
-                &[&xp, &n, &out],
-            )?;
+            let (xp, n, st) = (self.at(offset), len as u64, self.status);
+            // One partial per block (in the status area), summed in block order.
+            let grid = self.blocks(n, 1024).min(crate::device::LOSS_BLOCKS as u32);
+            self.launch("sum_squares", grid, 1024, &[&xp, &n, &out, &st])?;
         }
         let mut v = [0f64];
         // SAFETY: as above; the stream is synchronised first.

@@ -597,10 +597,11 @@ int cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, 
                    unsigned bz, unsigned shared, void* s, void** params, void**) {
     GUARD;
     // The limits of every current GPU: block dimensions 1024 x 1024 x 64 and 1024 threads,
-    // grid y and z 65535, no dynamic shared memory here (the kernels declare theirs).
+    // grid x 2^31 - 1, y and z 65535, no dynamic shared memory here (the kernels declare
+    // theirs).
     if (bx == 0 || by == 0 || bz == 0 || gx == 0 || gy == 0 || gz == 0) return INVALID_VALUE;
     if (bx > 1024 || by > 1024 || bz > 64 || bx * by * bz > 1024) return INVALID_VALUE;
-    if (gy > 65535 || gz > 65535 || shared != 0) return INVALID_VALUE;
+    if (gx > 0x7fffffffu || gy > 65535 || gz > 65535 || shared != 0) return INVALID_VALUE;
     EmuCall call = reinterpret_cast<EmuBinder>(f)(params);
     emu_dim3 grid{gx, gy, gz}, block{bx, by, bz};
     const char* name = "?";
