@@ -122,7 +122,8 @@ impl TrainJob {
             Nccl::local(&backends).map_err(cuda)?
         };
         let learner = Replicas::with_reduce(models, NcclReduce::new(nccl))?;
-        self.train_watched(learner, dog.as_mut().map(|d| d as &mut dyn Callback))
+        let peers = gpus > 1;
+        self.train_watched(learner, dog.as_mut().map(|d| d as &mut dyn Callback), peers)
     }
 
     /// One rank of a multi-process run ([`crate::rendezvous`]): one replica on this host's
@@ -168,7 +169,8 @@ impl TrainJob {
         // collectives and hang): every rank stops at once instead.
         reduce.check_same_start(&launch, &self.start_items()?)?;
         let learner = Replicas::with_reduce(vec![model], reduce)?;
-        self.train_watched(learner, dog.as_mut().map(|d| d as &mut dyn Callback))
+        let peers = launch.world > 1;
+        self.train_watched(learner, dog.as_mut().map(|d| d as &mut dyn Callback), peers)
     }
 
     /// What every rank of a multi-process run must start from alike, as checksums (exact in
@@ -235,14 +237,16 @@ impl TrainJob {
     }
 
     fn train<L: Learner>(self, model: L) -> Result<()> {
-        self.train_watched(model, None)
+        self.train_watched(model, None, false)
     }
 
-    /// Trains, with `extra` called back beside the progress display (a rank's watchdog).
+    /// Trains, with `extra` called back beside the progress display (a rank's watchdog);
+    /// `peers`: the learner runs NCCL collectives with other GPUs.
     fn train_watched<L: Learner>(
         mut self,
         mut model: L,
         extra: Option<&mut dyn Callback>,
+        peers: bool,
     ) -> Result<()> {
         let (mut bar, mut plain) = (Progress::default(), PlainLog::default());
         struct Quiet;
@@ -263,7 +267,6 @@ impl TrainJob {
         } else {
             &mut plain
         };
-        let watched = extra.is_some();
         let mut hooks: Vec<&mut dyn Callback> = vec![hook];
         if let Some(e) = extra {
             hooks.push(&mut *e);
@@ -284,10 +287,11 @@ impl TrainJob {
             saves,
         );
         if let Err(e) = fitted {
-            if watched {
-                // A watched (NCCL) run's learner may hold GPU work that waits for a failed
-                // peer, and dropping it would wait with it: it is left to the process's end,
-                // which comes next, with this error.
+            if peers {
+                // An NCCL learner with peers may hold GPU work that waits for a failed peer,
+                // and dropping it would wait with it (forever without a watchdog,
+                // `MOTE_TIMEOUT=off`): it is left to the process's end, which comes next,
+                // with this error.
                 std::mem::forget(model);
             }
             return Err(e);
