@@ -513,7 +513,7 @@ fn plateau_schedule_cuts_the_rate_when_the_validation_loss_stalls() {
             ),
             (
                 &["--resume", "p.safetensors", "--lr-patience", "2"][..],
-                "--lr-patience cannot change",
+                "--lr-patience cannot be given when resuming",
             ),
         ],
     );
@@ -557,7 +557,10 @@ fn label_smoothing_trains_and_is_kept() {
             "0.2",
         ],
     );
-    assert!(e.contains("--label-smoothing cannot change"), "{e}");
+    assert!(
+        e.contains("--label-smoothing cannot be given when resuming"),
+        "{e}"
+    );
 }
 
 /// `--dropout`: trains an MLP and a CNN (the header says so), writes a version-4 checkpoint (a
@@ -608,7 +611,7 @@ fn dropout_trains_evaluates_exports_and_is_kept() {
         &d,
         &["train", "--resume", "do.safetensors", "--dropout", "0.1"],
     );
-    assert!(e.contains("--dropout cannot change"), "{e}");
+    assert!(e.contains("--dropout cannot be given when resuming"), "{e}");
     let cnn = ok(
         &d,
         &[
@@ -729,7 +732,7 @@ fn monitor_loss_stops_on_the_validation_loss() {
             "200",
         ],
     );
-    assert!(e.contains("--monitor cannot change"), "{e}");
+    assert!(e.contains("--monitor cannot be given when resuming"), "{e}");
 }
 
 /// `--class-weights`: on data where the rare class is 40% of one half, the unweighted model
@@ -839,7 +842,7 @@ fn class_weights_move_decisions_and_are_kept() {
             ),
             (
                 &["--resume", "w.safetensors", "--class-weights", "1,1"][..],
-                "--class-weights cannot change",
+                "--class-weights cannot be given when resuming",
             ),
         ],
     );
@@ -972,7 +975,7 @@ fn activations_train_evaluate_export_and_are_kept() {
         &["train", "--resume", "s.safetensors", "--activation", "relu"],
     );
     assert!(
-        e.contains("--activation cannot change when resuming"),
+        e.contains("--activation cannot be given when resuming"),
         "{e}"
     );
     let more = ok(
@@ -1333,7 +1336,7 @@ fn resume_equals_straight_run_bit_for_bit() {
             "8",
         ],
     );
-    assert!(e.contains("--hidden cannot change when resuming"), "{e}");
+    assert!(e.contains("--hidden cannot be given when resuming"), "{e}");
 }
 
 #[test]
@@ -1682,7 +1685,7 @@ fn regression_losses_train_and_are_kept() {
             ),
             (
                 &["--resume", "h.safetensors", "--loss", "l1"][..],
-                "--loss cannot change",
+                "--loss cannot be given when resuming",
             ),
         ],
     );
@@ -1733,6 +1736,77 @@ fn regression_text_labels_and_idx() {
     );
     let v: f64 = p.lines().nth(1).unwrap().parse().unwrap();
     assert!((v - 9.0).abs() < 1.0, "{p}");
+    // predict takes no --label (it reads the model's features by name only).
+    let o = mote(
+        &d,
+        &[
+            "predict",
+            "--model",
+            "lin.safetensors",
+            "--data",
+            "q.csv",
+            "--label",
+            "x",
+        ],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "a usage error: {e}");
+    assert!(e.contains("unexpected argument '--label'"), "{e}");
+    // eval on a file whose target column has another name: --label names it.
+    d.write("renamed.csv", &csv.replacen("x1,x2,target", "x1,x2,y", 1));
+    let e = fails(
+        &d,
+        &[
+            "eval",
+            "--model",
+            "lin.safetensors",
+            "--data",
+            "renamed.csv",
+        ],
+    );
+    assert!(e.contains("target"), "{e}");
+    let ev2 = ok(
+        &d,
+        &[
+            "eval",
+            "--model",
+            "lin.safetensors",
+            "--data",
+            "renamed.csv",
+            "--label",
+            "y",
+            "--split",
+            "all",
+        ],
+    );
+    assert!(ev2.contains("RMSE "), "{ev2}");
+    // Its split exists only on the data the model trained on.
+    d.write(
+        "half.csv",
+        &csv.lines().take(101).collect::<Vec<_>>().join("\n"),
+    );
+    for split in ["val", "train"] {
+        let e = fails(
+            &d,
+            &[
+                "eval",
+                "--model",
+                "lin.safetensors",
+                "--data",
+                "half.csv",
+                "--split",
+                split,
+            ],
+        );
+        assert!(
+            e.contains(&format!("--split {split}: half.csv is not the data")),
+            "{e}"
+        );
+    }
+    ok(
+        &d,
+        &["eval", "--model", "lin.safetensors", "--data", "half.csv"],
+    );
 
     // text class labels, label by name in the middle
     let mut csv = String::from("len,kind,width\n");
@@ -1798,9 +1872,36 @@ fn regression_text_labels_and_idx() {
             "t-images-idx3-ubyte",
             "--epochs",
             "2",
+            "--save",
+            "idx.st",
         ],
     );
     assert!(out.contains("MLP 4-32-2, 2 classes"), "{out}");
+    // Images of another size are refused by a model of 2x2 images (their pixels are not
+    // re-cut into rows of its width), in eval and predict alike.
+    let mut img9 = vec![0, 0, 8, 3];
+    for dim in [4u32, 3, 3] {
+        img9.extend_from_slice(&dim.to_be_bytes());
+    }
+    img9.extend(std::iter::repeat_n(7u8, 36));
+    let mut lab4 = vec![0, 0, 8, 1];
+    lab4.extend_from_slice(&4u32.to_be_bytes());
+    lab4.extend_from_slice(&[0, 1, 0, 1]);
+    std::fs::write(d.path("n-images-idx3-ubyte"), &img9).unwrap();
+    std::fs::write(d.path("n-labels-idx1-ubyte"), &lab4).unwrap();
+    for cmd in ["eval", "predict"] {
+        let e = fails(
+            &d,
+            &[cmd, "--model", "idx.st", "--data", "n-images-idx3-ubyte"],
+        );
+        assert!(
+            e.contains("its images have 9 values each, and the model was trained on 4 features"),
+            "{cmd}: {e}"
+        );
+    }
+    // A labels file given as the data says so.
+    let e = fails(&d, &["train", "--data", "t-labels-idx1-ubyte"]);
+    assert!(e.contains("is an IDX labels file"), "{e}");
     std::fs::write(d.path("bad-images-idx3-ubyte"), &img[..img.len() - 3]).unwrap();
     let e = fails(
         &d,

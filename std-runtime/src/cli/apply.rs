@@ -4,7 +4,7 @@ use mote::Backend;
 
 use super::{
     csv_cell, describe, load_for_model, out, source_for, split_of, BenchArgs, DtypeArg, EvalArgs,
-    ExportArgs, FormatArg, PredictArgs, SplitArg,
+    ExportArgs, FormatArg, PredictArgs, SplitArg, Targets,
 };
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Task;
@@ -52,18 +52,32 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
     let kind = super::backend_kind(a.device, a.backend, BackendKind::Cpu)?;
     model::check_device(kind)?;
     let ck = checkpoint::load(&a.model)?;
-    if a.data.label.is_some() {
-        return Err(Error::invalid("--label is fixed by the model")
-            .with_hint("drop --label: the model knows its label column"));
-    }
     let src = source_for(&ck, &a.data);
-    let ds = load_for_model(&ck.spec, &src, true)?;
+    // The targets are the model's label column by name, unless --label names this file's.
+    let targets = match a.data.label.as_deref() {
+        Some(col) => Targets::Column(col),
+        None => Targets::Model,
+    };
+    let ds = load_for_model(&ck.spec, &src, targets)?;
     // The run's own data (where the split means something): the same rows as when it
     // trained, by the fingerprint the checkpoint keeps (by path in older checkpoints).
     let same = match &ck.config.source.fingerprint {
         Some(f) => *f == crate::data::fingerprint(&ds),
         None => src.data == ck.config.source.data,
     };
+    if !same && matches!(a.split, SplitArg::Train | SplitArg::Val) {
+        return Err(Error::invalid(format!(
+            "--split {}: {} is not the data {} trained on, so it has no such split",
+            if a.split == SplitArg::Train {
+                "train"
+            } else {
+                "val"
+            },
+            src.data,
+            a.model.display()
+        ))
+        .with_hint("use --split all (or auto) on other data"));
+    }
     let (tr, va) = split_of(&ds, &ck.config)?;
     let (rows, which) = match a.split {
         SplitArg::All => ((0..ds.rows).collect(), "all rows"),
@@ -130,19 +144,14 @@ pub(crate) fn predict_cmd(a: PredictArgs) -> Result<()> {
             Error::invalid("predict needs --data").with_hint("give --data FILE.csv (or digits)")
         );
     }
-    if a.data.label.is_some() {
-        return Err(Error::invalid("--label is fixed by the model").with_hint(
-            "drop --label: predict reads the model's feature columns by name and ignores the others",
-        ));
-    }
-    let src = source_for(&ck, &a.data);
+    let src = source_for(&ck, &a.data.as_data());
     if let Some(p) = &a.output {
         let files = super::input_files(&src.data, src.idx_labels.as_deref());
         let mut inputs: Vec<(&str, &std::path::Path)> = vec![("--model", &a.model)];
         inputs.extend(files.iter().map(|(w, f)| (*w, f.as_path())));
         checkpoint::check_output("--output", p, &inputs)?;
     }
-    let ds = load_for_model(&ck.spec, &src, false)?;
+    let ds = load_for_model(&ck.spec, &src, Targets::None)?;
     let data = Prepared::new(&ds, &ck.spec, Vec::new(), Vec::new());
     let rows: Vec<usize> = (0..ds.rows).collect();
     let outputs = infer(&ck, kind, &data, &rows)?;

@@ -154,12 +154,36 @@ pub struct DataArgs {
     /// image file.
     #[arg(long, value_name = "digits|FILE")]
     data: Option<String>,
-    /// The label column, by name or 0-based index (default: the last column).
+    /// The label column, by name or 0-based index (default: the last column; for eval, the
+    /// model's label column by its name).
     #[arg(long, value_name = "COL")]
     label: Option<String>,
     /// The labels of an IDX image file (default: the `*labels-idx1*` file beside it).
     #[arg(long, value_name = "PATH")]
     idx_labels: Option<PathBuf>,
+}
+
+/// The data to predict on (no label column: predict reads the model's feature columns by
+/// name and ignores the others).
+#[derive(Args, Debug, Clone)]
+pub struct InputArgs {
+    /// The data: `digits` (bundled), a CSV file with a header (optionally .gz), or an IDX
+    /// image file.
+    #[arg(long, value_name = "digits|FILE")]
+    data: Option<String>,
+    /// The labels of an IDX image file (default: the `*labels-idx1*` file beside it).
+    #[arg(long, value_name = "PATH")]
+    idx_labels: Option<PathBuf>,
+}
+
+impl InputArgs {
+    fn as_data(&self) -> DataArgs {
+        DataArgs {
+            data: self.data.clone(),
+            label: None,
+            idx_labels: self.idx_labels.clone(),
+        }
+    }
 }
 
 /// Which network `mote train` builds.
@@ -195,48 +219,48 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     activation: Option<Activation>,
     /// Epochs to train (with --resume: more epochs) [default: 50].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     epochs: Option<usize>,
     /// Rows per step [default: 32].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     batch: Option<usize>,
     /// Learning rate [default: 0.001 for adam/adamw, 0.01 for sgd].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     lr: Option<f64>,
     /// The optimizer [default: adam].
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
     /// SGD momentum [default: 0.9].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     momentum: Option<f64>,
     /// Weight decay (L2 for adam and sgd, decoupled for adamw) [default: 0, adamw 0.01].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     weight_decay: Option<f64>,
     /// Learning-rate schedule [default: constant].
     #[arg(long, value_enum)]
     schedule: Option<ScheduleArg>,
     /// Cosine schedule: epochs of linear warm-up [default: 0].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     warmup: Option<usize>,
     /// Cosine schedule: the rate at the end; plateau schedule: the lowest rate [default: 0].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     min_lr: Option<f64>,
     /// Step schedule: epochs between decays [default: 10].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     step_every: Option<usize>,
     /// Step schedule: the decay factor [default: 0.5]; plateau schedule: the factor, below 1
     /// [default: 0.1].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     gamma: Option<f64>,
     /// Plateau schedule: epochs without a lower validation loss that are tolerated before the
     /// rate is cut [default: 10].
-    #[arg(long, value_name = "N")]
+    #[arg(allow_negative_numbers = true, long, value_name = "N")]
     lr_patience: Option<usize>,
     /// Share of rows held out for validation (0: none) [default: 0.2].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     val: Option<f64>,
     /// Stop after this many epochs without improvement of the monitored number (--monitor).
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     patience: Option<usize>,
     /// What early stopping and the best epoch follow, on the validation split (the training
     /// one with --val 0): `metric` (accuracy, or RMSE) or `loss` (the cross-entropy, or the
@@ -245,16 +269,16 @@ pub struct TrainArgs {
     monitor: Option<crate::train::Monitor>,
     /// Clip the gradients' global L2 norm to this before each optimizer step (PyTorch's
     /// `clip_grad_norm_`) [default: no clipping].
-    #[arg(long, value_name = "MAX")]
+    #[arg(allow_negative_numbers = true, long, value_name = "MAX")]
     clip_grad_norm: Option<f64>,
     /// Dropout probability in [0, 1) (PyTorch's `nn.Dropout(p)`) on the output of every hidden
     /// layer, after its activation, and on a CNN's flattened features; off in evaluation and
     /// prediction [default: 0].
-    #[arg(long, value_name = "P")]
+    #[arg(allow_negative_numbers = true, long, value_name = "P")]
     dropout: Option<f32>,
     /// Classification: label smoothing in [0, 1] (PyTorch's `CrossEntropyLoss(label_smoothing=)`):
     /// the loss's target is `(1 - S) onehot + S / classes` [default: 0].
-    #[arg(long, value_name = "S")]
+    #[arg(allow_negative_numbers = true, long, value_name = "S")]
     label_smoothing: Option<f64>,
     /// Classification: weights of the classes in the loss (PyTorch's
     /// `CrossEntropyLoss(weight=)`), one per class in the order of the class names (which a
@@ -268,22 +292,22 @@ pub struct TrainArgs {
     loss: Option<LossArg>,
     /// `--loss huber`: its delta; `--loss smooth_l1`: its beta; in standard deviations of the
     /// target [default: 1.0].
-    #[arg(long, value_name = "D")]
+    #[arg(allow_negative_numbers = true, long, value_name = "D")]
     delta: Option<f32>,
     /// Seed of initialisation, split and shuffling [default: 42].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     seed: Option<u64>,
     /// Threads of the parallel backend, or of the replicas' pool [default: all cores].
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     threads: Option<usize>,
     /// Data-parallel replicas on CPU threads: each runs on a shard of every batch (the
     /// parallel backend's kernels, one thread each), their gradients are all-reduced before
     /// one optimizer step [default: 1].
-    #[arg(long, value_name = "N")]
+    #[arg(allow_negative_numbers = true, long, value_name = "N")]
     replicas: Option<usize>,
     /// With --device cuda: data-parallel replicas on GPUs 0..N of this host, gradients summed
     /// by NCCL (1: one GPU through NCCL) [default: one GPU, no NCCL].
-    #[arg(long, value_name = "N")]
+    #[arg(allow_negative_numbers = true, long, value_name = "N")]
     gpus: Option<usize>,
     /// Where to train: the CPU, or GPU 0 through CUDA [default: cpu].
     #[arg(long, value_enum)]
@@ -348,7 +372,7 @@ pub struct PredictArgs {
     #[arg(long, value_name = "PATH")]
     model: PathBuf,
     #[command(flatten)]
-    data: DataArgs,
+    data: InputArgs,
     /// Write the predictions here instead of stdout.
     #[arg(long, short, value_name = "PATH")]
     output: Option<PathBuf>,
@@ -407,7 +431,7 @@ pub struct BenchArgs {
     #[arg(long)]
     json: bool,
     /// Threads of the parallel backend.
-    #[arg(long)]
+    #[arg(allow_negative_numbers = true, long)]
     threads: Option<usize>,
     /// Fewer repetitions (a smoke test).
     #[arg(long)]
@@ -491,16 +515,27 @@ pub(crate) fn input_files(data: &str, idx_labels: Option<&str>) -> Vec<(&'static
         .collect()
 }
 
+/// Which column of a data set holds the targets a model is scored against.
+pub(crate) enum Targets<'a> {
+    /// The model's own label column, by its name.
+    Model,
+    /// Another column (by name, or 0-based index): the same targets under another name.
+    Column(&'a str),
+    /// None (prediction): the label column is not read, even where it is present.
+    None,
+}
+
+/// The data of `src` for a model of `spec`: its features by name, and its targets as
+/// `targets` says.
 pub(crate) fn load_for_model(
     spec: &ModelSpec,
     src: &DataSource,
-    label_required: bool,
+    targets: Targets<'_>,
 ) -> Result<Dataset> {
-    // Without labels (prediction), the label column is not read, even where it is present.
-    let label = if label_required {
-        LabelChoice::Column(spec.label.clone())
-    } else {
-        LabelChoice::None
+    let label = match targets {
+        Targets::Model => LabelChoice::Column(spec.label.clone()),
+        Targets::Column(c) => LabelChoice::Column(c.to_string()),
+        Targets::None => LabelChoice::None,
     };
     let opts = CsvOptions {
         label,

@@ -428,7 +428,8 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
     ];
     if let Some((flag, _)) = fixed.iter().find(|f| f.1) {
         return Err(Error::invalid(format!(
-            "{flag} cannot change when resuming: the checkpoint fixes it"
+            "{flag} cannot be given when resuming: the checkpoint fixes it (its value there is \
+             kept)"
         ))
         .with_hint("drop the flag, or start a new run without --resume"));
     }
@@ -581,7 +582,7 @@ pub(crate) fn train_cmd(mut a: TrainArgs) -> Result<()> {
             config.patience = a.patience;
         }
         state.stopped = false;
-        let ds = load_for_model(&ck.spec, &config.source, true)?;
+        let ds = load_for_model(&ck.spec, &config.source, super::Targets::Model)?;
         let print = data::fingerprint(&ds);
         if config
             .source

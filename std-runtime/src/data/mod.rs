@@ -188,6 +188,13 @@ pub fn load(data: &str, opts: &CsvOptions, idx_labels: Option<&Path>) -> Result<
         raw
     };
     if idx::is_idx(&bytes) {
+        // IDX's fourth byte counts the dimensions: one is a labels file (MNIST's idx1).
+        if bytes.get(3) == Some(&1) {
+            return Err(Error::data(format!(
+                "{data} is an IDX labels file (one value per record), not images"
+            ))
+            .with_hint("give the images file as --data and this one as --idx-labels"));
+        }
         let labels_path = match idx_labels {
             Some(p) => p.to_path_buf(),
             None => idx::sibling_labels(path).ok_or_else(|| {
@@ -195,7 +202,24 @@ pub fn load(data: &str, opts: &CsvOptions, idx_labels: Option<&Path>) -> Result<
                     .with_hint("pass --idx-labels PATH (MNIST's *-labels-idx1-ubyte file)")
             })?,
         };
-        return idx::table(&bytes, data, &labels_path);
+        let table = idx::table(&bytes, data, &labels_path)?;
+        // Features are matched by name in a CSV file; images have only their pixels' places,
+        // so a model's features must be exactly these.
+        return match &opts.features {
+            Some(want) if *want != table.feature_names => Err(Error::data(format!(
+                "{data}: its images have {} values each, and the model was trained on {} \
+                 features{}",
+                table.feature_names.len(),
+                want.len(),
+                if want.first().is_some_and(|f| f.starts_with("px")) {
+                    String::new()
+                } else {
+                    format!(" ({}, ... from a CSV file)", want.first().map_or("", |f| f))
+                }
+            ))
+            .with_hint("give images of the size the model was trained on")),
+            _ => Ok(table),
+        };
     }
     if idx_labels.is_some() {
         return Err(no_labels_file("not one"));
