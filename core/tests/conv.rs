@@ -192,6 +192,27 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
+/// A pooling geometry and an image size it fits: windows 1 to 4 per axis (non-square), strides
+/// 1 to 3 per axis, padding up to half the window per axis.
+fn pool() -> impl Strategy<Value = (PoolConfig, [usize; 2])> {
+    (
+        (1usize..=4, 1usize..=4, 1usize..=3, 1usize..=3),
+        (0usize..=2, 0usize..=2, 0usize..=3, 0usize..=3),
+    )
+        .prop_map(|((kh, kw, sh, sw), (ph, pw, eh, ew))| {
+            let (ph, pw) = (ph.min(kh / 2), pw.min(kw / 2));
+            // The image at least as large as the window less the padding.
+            let h = (kh - 2 * ph).max(1) + eh;
+            let w = (kw - 2 * pw).max(1) + ew;
+            let p = PoolConfig {
+                kernel: [kh, kw],
+                stride: [sh, sw],
+                padding: [ph, pw],
+            };
+            (p, [h, w])
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -229,17 +250,43 @@ proptest! {
         }
     }
 
+    /// conv1d, grouped or not, with or without bias: forward against the direct loops (a
+    /// signal as an image of height 1), then gradients.
     #[test]
-    fn conv1d_gradients(n in 1usize..=2, c in 1usize..=3, o in 1usize..=3, l in 5usize..=8, k in 1usize..=3, s in 1usize..=2, p in 0usize..=1, d in 1usize..=2, seed in any::<u64>()) {
+    fn conv1d_forward_and_gradients(
+        (n, groups, cg, og) in (1usize..=2, 1usize..=3, 1usize..=2, 1usize..=2),
+        (l, k, s, p, d) in (5usize..=8, 1usize..=3, 1usize..=2, 0usize..=1, 1usize..=2),
+        bias in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let (c, o) = (groups * cg, groups * og);
         let x = values(n * c * l, seed);
-        let w = values(o * c * k, seed ^ 1);
+        let w = values(o * cg * k, seed ^ 1);
         let b = values(o, seed ^ 2);
-        assert_grads(&[(&[n, c, l], &x), (&[o, c, k], &w), (&[o], &b)], |t, v| t.conv1d(v[0], v[1], Some(v[2]), s, p, d))?;
+        let opt = ConvConfig { stride: [1, s], padding: [0, p], dilation: [1, d] };
+        let (want, dims) = conv_direct(&x, [n, c, 1, l], &w, [o, cg, 1, k], bias.then_some(&b[..]), opt);
+        let mut mem = vec![0.0f64; 1 << 14];
+        let mut t = T::new(&mut mem);
+        let xv = t.input(&[n, c, l], &x).unwrap();
+        let wv = t.param(&[o, cg, k], &w).unwrap();
+        let bv = t.param(&[o], &b).unwrap();
+        let y = t.conv1d(xv, wv, bias.then_some(bv), s, p, d).unwrap();
+        let shape = y.shape();
+        prop_assert_eq!(shape.dims(), &[dims[0] as u32, dims[1] as u32, dims[3] as u32][..]);
+        let mut got = vec![0.0; y.numel()];
+        t.read(y, &mut got).unwrap();
+        close(&got, &want);
+        let (xd, wd) = ([n, c, l], [o, cg, k]);
+        if bias {
+            assert_grads(&[(&xd, &x), (&wd, &w), (&[o], &b)], |t, v| t.conv1d(v[0], v[1], Some(v[2]), s, p, d))?;
+        } else {
+            assert_grads(&[(&xd, &x), (&wd, &w)], |t, v| t.conv1d(v[0], v[1], None, s, p, d))?;
+        }
     }
 
     #[test]
-    fn pooling_forward_matches_direct_loops(n in 1usize..=2, c in 1usize..=2, h in 2usize..=6, w in 2usize..=6, k in 1usize..=2, s in 1usize..=2, pad in 0usize..=1, max in any::<bool>(), seed in any::<u64>()) {
-        let p = PoolConfig { kernel: [k, k], stride: [s, s], padding: [pad.min(k / 2); 2] };
+    fn pooling_forward_matches_direct_loops(n in 1usize..=2, c in 1usize..=2, p in pool(), max in any::<bool>(), seed in any::<u64>()) {
+        let (p, [h, w]) = p;
         let x = values(n * c * h * w, seed);
         let want = pool_direct(&x, [n, c, h, w], p, max);
         let mut mem = vec![0.0f64; 1 << 14];
@@ -252,19 +299,22 @@ proptest! {
     }
 
     #[test]
-    fn pooling_gradients(n in 1usize..=2, c in 1usize..=2, h in 2usize..=5, w in 2usize..=5, kh in 1usize..=2, kw in 1usize..=2, s in 1usize..=2, pad in 0usize..=1, max in any::<bool>(), seed in any::<u64>()) {
-        let p = PoolConfig { kernel: [kh, kw], stride: [s, s], padding: [pad.min(kh / 2), pad.min(kw / 2)] };
+    fn pooling_gradients(n in 1usize..=2, c in 1usize..=2, p in pool(), max in any::<bool>(), seed in any::<u64>()) {
+        let (p, [h, w]) = p;
         let x = distinct(n * c * h * w, seed);
         assert_grads(&[(&[n, c, h, w], &x)], |t, v| if max { t.max_pool2d(v[0], p) } else { t.avg_pool2d(v[0], p) })?;
     }
 
     #[test]
-    fn pool1d_and_global_pool_gradients(n in 1usize..=2, c in 1usize..=3, l in 3usize..=7, k in 1usize..=3, s in 1usize..=2, pad in 0usize..=1, max in any::<bool>(), seed in any::<u64>()) {
+    fn pool1d_and_global_pool_gradients(n in 1usize..=2, c in 1usize..=3, l in 3usize..=7, k in 1usize..=3, s in 1usize..=2, pad in 0usize..=1, max in any::<bool>(), h in 1usize..=3, seed in any::<u64>()) {
         let x = distinct(n * c * l, seed);
         // Padding up to half the window, as the pooling ops allow.
         let pad = pad.min(k / 2);
         assert_grads(&[(&[n, c, l], &x)], |t, v| if max { t.max_pool1d(v[0], k, s, pad) } else { t.avg_pool1d(v[0], k, s, pad) })?;
         assert_grads(&[(&[n, c, l], &x)], |t, v| t.global_avg_pool(v[0]))?;
+        // An image [N, C, H, W] too.
+        let x = values(n * c * h * l, seed ^ 1);
+        assert_grads(&[(&[n, c, h, l], &x)], |t, v| t.global_avg_pool(v[0]))?;
     }
 }
 

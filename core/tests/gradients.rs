@@ -45,6 +45,40 @@ fn away_from(mut v: Vec<f64>, kinks: &[f64]) -> Vec<f64> {
     v
 }
 
+/// `a` with each value within `margin` of any value of `b` moved up past it (again while it
+/// lands near another; at most `b.len()` steps, as it only rises): `Maximum` and `Minimum`
+/// have a kink wherever the operands tie.
+fn apart(mut a: Vec<f64>, b: &[f64], margin: f64) -> Vec<f64> {
+    for x in &mut a {
+        while let Some(&k) = b.iter().find(|&&k| (*x - k).abs() <= margin) {
+            *x = k + 2.0 * margin;
+        }
+    }
+    a
+}
+
+/// A shape with `numel` elements, drawn from `pick`: rank 1 to 4 (or 0 for one element), each
+/// prime factor of `numel` in a dimension chosen by `pick`, the others 1.
+fn factored(numel: usize, pick: u64) -> Vec<usize> {
+    let mut rng = Rng::new(pick);
+    let rank = if numel == 1 && pick % 5 == 0 {
+        0
+    } else {
+        1 + rng.below(4) as usize
+    };
+    let mut dims = vec![1usize; rank];
+    let (mut n, mut p) = (numel, 2);
+    while n > 1 {
+        while n % p == 0 {
+            let i = rng.below(rank as u32) as usize;
+            dims[i] *= p;
+            n /= p;
+        }
+        p += 1;
+    }
+    dims
+}
+
 fn numel(d: &[usize]) -> usize {
     d.iter().product()
 }
@@ -122,22 +156,78 @@ proptest! {
     }
 
     /// The unary ops that take an argument, with the argument drawn (the other tests use one
-    /// value each): any exponent on positive inputs, any slope, any ELU scale.
+    /// value each): any exponent on positive inputs, any slope, any ELU scale, any scalar to
+    /// add or multiply by, any clamp bounds (values kept off them, as off other kinks); and
+    /// softplus over its linear branch (above 20) too.
     #[test]
-    fn unary_ops_with_drawn_arguments(dims in any_rank(), p in -2.0f32..3.0, slope in -1.0f32..2.0, scale in 0.1f32..3.0, seed in any::<u64>()) {
+    fn unary_ops_with_drawn_arguments(
+        dims in any_rank(),
+        (p, slope, scale) in (-2.0f32..3.0, -1.0f32..2.0, 0.1f32..3.0),
+        (c, width) in (-3.0f32..3.0, 0.0f32..3.0),
+        big in 20.01f64..30.0,
+        seed in any::<u64>(),
+    ) {
         let pos = values(numel(&dims), seed, 0.3, 3.0);
         assert_grads(&[(&dims, &pos)], |t, v| t.unary(UnaryOp::Pow(p), v[0]))?;
         let x = away_from(values(numel(&dims), seed ^ 1, -3.0, 3.0), &[0.0]);
         assert_grads(&[(&dims, &x)], |t, v| t.unary(UnaryOp::LeakyRelu(slope), v[0]))?;
         assert_grads(&[(&dims, &x)], |t, v| t.unary(UnaryOp::Elu(scale), v[0]))?;
+        let x = values(numel(&dims), seed ^ 2, -4.0, 4.0);
+        assert_grads(&[(&dims, &x)], |t, v| t.unary(UnaryOp::AddScalar(c), v[0]))?;
+        assert_grads(&[(&dims, &x)], |t, v| t.unary(UnaryOp::MulScalar(c), v[0]))?;
+        // The bounds as the ops see them (f32), the values off them.
+        let (lo, hi) = (c, c + width);
+        let x = away_from(x, &[f64::from(lo), f64::from(hi)]);
+        assert_grads(&[(&dims, &x)], |t, v| t.unary(UnaryOp::ClampMin(lo), v[0]))?;
+        assert_grads(&[(&dims, &x)], |t, v| t.unary(UnaryOp::ClampMax(hi), v[0]))?;
+        assert_grads(&[(&dims, &x)], |t, v| t.clamp(v[0], lo, hi))?;
+        // Softplus both sides of its threshold (20, where ln(1 + e^x) and x differ by 2e-9,
+        // a step a central difference must not straddle): one value above it at least.
+        let mut x = away_from(values(numel(&dims), seed ^ 3, -25.0, 30.0), &[20.0]);
+        x[0] = big;
+        assert_grads(&[(&dims, &x)], |t, v| t.unary(UnaryOp::Softplus, v[0]))?;
     }
 
     #[test]
     fn binary_ops_broadcast((da, db) in broadcast_pair(), seed in any::<u64>()) {
-        let a = values(numel(&da), seed, -2.0, 2.0);
         let b = nonzero(numel(&db), seed);
+        // Off every value of b (a value of a meets several of b's through broadcasting): a
+        // tie is a kink of Maximum and Minimum.
+        let a = apart(values(numel(&da), seed, -2.0, 2.0), &b, 1e-3);
         for op in BinaryOp::EVERY {
             assert_grads(&[(&da, &a), (&db, &b)], |t, v| t.binary(op, v[0], v[1]))?;
+        }
+    }
+
+    /// Ties of Maximum and Minimum: the gradient splits in halves (the documented rule, as
+    /// PyTorch's), which is also what a central difference measures at a tie. Some elements
+    /// tie, the others are apart.
+    #[test]
+    fn maximum_minimum_ties(dims in shape(), mask in any::<u32>(), seed in any::<u64>()) {
+        let n = numel(&dims);
+        let a = values(n, seed, -2.0, 2.0);
+        let b: Vec<f64> = a.iter().enumerate()
+            .map(|(i, &x)| if mask >> (i % 32) & 1 == 1 { x } else { x + if i % 2 == 0 { 0.5 } else { -0.5 } })
+            .collect();
+        for op in [BinaryOp::Maximum, BinaryOp::Minimum] {
+            assert_grads(&[(&dims, &a), (&dims, &b)], |t, v| t.binary(op, v[0], v[1]))?;
+            // The rule itself: d sum(op(a, b)) is 1/2 for each operand where they tie.
+            let mut mem = vec![0.0f64; 1 << 12];
+            let mut t = T::new(&mut mem);
+            let (va, vb) = (t.param(&dims, &a).unwrap(), t.param(&dims, &b).unwrap());
+            let y = t.binary(op, va, vb).unwrap();
+            let l = t.sum(y).unwrap();
+            t.backward(l).unwrap();
+            let (mut ga, mut gb) = (vec![0.0; n], vec![0.0; n]);
+            t.read_grad(va, &mut ga).unwrap();
+            t.read_grad(vb, &mut gb).unwrap();
+            for i in 0..n {
+                let a_wins = if op == BinaryOp::Maximum { a[i] > b[i] } else { a[i] < b[i] };
+                let want = if a[i] == b[i] { (0.5, 0.5) } else if a_wins { (1.0, 0.0) } else { (0.0, 1.0) };
+                prop_assert_eq!((ga[i], gb[i]), want, "{:?} at {} ({} vs {})", op, i, a[i], b[i]);
+            }
+            // The same tensor on both sides ties everywhere: the halves add up to 1.
+            assert_grads(&[(&dims, &a)], |t, v| t.binary(op, v[0], v[0]))?;
         }
     }
 
@@ -175,12 +265,14 @@ proptest! {
 
     #[test]
     fn linear_with_and_without_bias(
-        (rows, inp, out) in (1usize..=4, 1usize..=4, 1usize..=4),
-        three_d in any::<bool>(),
+        (inp, out) in (1usize..=4, 1usize..=4),
+        lead in prop::collection::vec(1usize..=3, 0..=3),
         bias in any::<bool>(),
         seed in any::<u64>(),
     ) {
-        let dx = if three_d { vec![2, rows, inp] } else { vec![rows, inp] };
+        // `x` of shape [..., in], rank 1 to 4.
+        let mut dx = lead;
+        dx.push(inp);
         let x = values(numel(&dx), seed, -2.0, 2.0);
         let w = values(out * inp, seed + 1, -2.0, 2.0);
         let b = values(out, seed + 2, -2.0, 2.0);
@@ -213,12 +305,13 @@ proptest! {
     fn movement_ops(dims in prop::collection::vec(1usize..=4, 2..=4), a0 in 0usize..4, a1 in 0usize..4, seed in any::<u64>()) {
         let (a0, a1) = (a0 % dims.len(), a1 % dims.len());
         let x = values(numel(&dims), seed, -2.0, 2.0);
-        let rev: Vec<usize> = dims.iter().rev().copied().collect();
-        assert_grads(&[(&dims, &x)], |t, v| t.reshape(v[0], &rev))?;
+        let to = factored(numel(&dims), seed ^ 5);
+        assert_grads(&[(&dims, &x)], |t, v| t.reshape(v[0], &to))?;
         assert_grads(&[(&dims, &x)], |t, v| t.transpose(v[0], a0, a1))?;
-        // slice: the upper part along a0
+        // slice: a drawn run along a0
         let d = dims[a0];
-        let (start, len) = (d / 2, d - d / 2);
+        let start = (seed >> 8) as usize % d;
+        let len = 1 + (seed >> 16) as usize % (d - start);
         assert_grads(&[(&dims, &x)], |t, v| t.slice(v[0], a0, start, len))?;
         // concat with a second tensor that differs along a1
         let mut d2 = dims.clone();
@@ -242,24 +335,49 @@ proptest! {
         assert_grads(&[(&small, &x)], |t, v| t.broadcast_to(v[0], &target))?;
     }
 
+    /// The elementwise losses at any rank they take (any: same-shaped operands), from a
+    /// scalar to rank 4; the cross-entropies on [N, C] logits, which is all they take.
     #[test]
-    fn losses(rows in 1usize..=5, classes in 1usize..=5, seed in any::<u64>()) {
-        let p = values(rows * classes, seed, -3.0, 3.0);
-        let t = values(rows * classes, seed + 1, 0.0, 1.0);
-        let dims = [rows, classes];
-        assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.mse(v[0], v[1]))?;
-        assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.bce_with_logits(v[0], v[1]))?;
-        assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| tp.l1_loss(v[0], v[1]))?;
-        // Drawn thresholds; values within 0.01 of a kink (|p - t| = delta or beta) moved off it.
+    fn losses(rows in 1usize..=5, classes in 1usize..=5, rank in 0usize..=4, more in (1usize..=3, 1usize..=3), l1_beta in prop::bool::weighted(0.25), seed in any::<u64>()) {
+        let edims = [rows, classes, more.0, more.1][..rank].to_vec();
+        let n = numel(&edims);
+        let p = values(n, seed ^ 3, -3.0, 3.0);
+        let t = values(n, seed ^ 4, 0.0, 1.0);
+        // Drawn thresholds (beta 0 too: the L1 loss); values within 0.01 of a kink (|p - t| =
+        // delta or beta, and 0 for the L1 loss) moved off it.
         let delta = values(1, seed ^ 7, 0.1, 3.0)[0];
-        let beta = values(1, seed ^ 9, 0.1, 3.0)[0];
+        let beta = if l1_beta { 0.0 } else { values(1, seed ^ 9, 0.1, 3.0)[0] };
         let off = |k: f64| -> Vec<f64> {
             let d: Vec<f64> = p.iter().zip(&t).map(|(a, b)| a - b).collect();
             away_from(d, &[-k, k]).iter().zip(&t).map(|(d, b)| d + b).collect()
         };
-        let (ph, ps) = (off(delta), off(beta));
-        assert_grads(&[(&dims, &ph), (&dims, &t)], |tp, v| tp.huber_loss(v[0], v[1], delta as f32))?;
-        assert_grads(&[(&dims, &ps), (&dims, &t)], |tp, v| tp.smooth_l1_loss(v[0], v[1], beta as f32))?;
+        let (p1, ph, ps) = (off(0.0), off(delta), off(beta));
+        let e = &edims[..];
+        assert_grads(&[(e, &p), (e, &t)], |tp, v| tp.mse(v[0], v[1]))?;
+        assert_grads(&[(e, &p), (e, &t)], |tp, v| tp.bce_with_logits(v[0], v[1]))?;
+        assert_grads(&[(e, &p1), (e, &t)], |tp, v| tp.l1_loss(v[0], v[1]))?;
+        assert_grads(&[(e, &ph), (e, &t)], |tp, v| tp.huber_loss(v[0], v[1], delta as f32))?;
+        assert_grads(&[(e, &ps), (e, &t)], |tp, v| tp.smooth_l1_loss(v[0], v[1], beta as f32))?;
+        if l1_beta {
+            // beta 0 is the L1 loss (its value; its gradients are checked above).
+            let mut mem = vec![0.0f64; 1 << 12];
+            let mut tp = T::new(&mut mem);
+            let (vp, vt) = (tp.param(e, &ps).unwrap(), tp.input(e, &t).unwrap());
+            let s = tp.smooth_l1_loss(vp, vt, 0.0).unwrap();
+            let l = tp.l1_loss(vp, vt).unwrap();
+            prop_assert_eq!(tp.item(s).unwrap(), tp.item(l).unwrap());
+        }
+        if rank != 2 {
+            // Probability targets need [N, C]: other ranks are refused, not misread.
+            let mut mem = vec![0.0f64; 1 << 12];
+            let mut tp = T::new(&mut mem);
+            let (vp, vt) = (tp.param(e, &p).unwrap(), tp.input(e, &t).unwrap());
+            let r = tp.cross_entropy_probs(vp, vt);
+            prop_assert!(matches!(r, Err(mote::Error::ShapeMismatch { .. })), "{:?}", r);
+        }
+        let dims = [rows, classes];
+        let p = values(rows * classes, seed, -3.0, 3.0);
+        let t = values(rows * classes, seed + 1, 0.0, 1.0);
         let mut rng = Rng::new(seed);
         let labels: Vec<usize> = (0..rows).map(|_| rng.below(classes as u32) as usize).collect();
         assert_grads(&[(&dims, &p)], |tp, v| {
