@@ -684,11 +684,18 @@ fn secs(s: f64) -> String {
 
 fn table(rows: &[Row], threads: usize, quick: bool) -> String {
     let mut out = String::new();
+    // The thread count, where a row ran on the parallel backend.
+    let parallel = if rows.iter().any(|r| r.backend == "parallel") {
+        format!(
+            "; parallel backend on {threads} thread{}",
+            if threads == 1 { "" } else { "s" }
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "mote bench: f32, median per step (spread: 10th-90th percentile of samples); parallel \
-         backend on {threads} thread{}{}",
-        if threads == 1 { "" } else { "s" },
+        "mote bench: f32, median per step (spread: 10th-90th percentile of samples){parallel}{}",
         if quick {
             "; QUICK run: numbers are rough"
         } else {

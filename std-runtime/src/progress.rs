@@ -8,6 +8,16 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::data::Task;
 use crate::train::{Callback, EpochLog, Monitor, RunInfo, Summary};
 
+/// A regression metric in 4 decimals, or in 4 significant digits when that would show too
+/// few (targets of a thousandth show their RMSE, not 0.0000).
+fn regression_number(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
 /// One epoch as a line of text.
 pub fn epoch_line(log: &EpochLog, last_epoch: usize, task: Task) -> String {
     let w = last_epoch.to_string().len();
@@ -17,7 +27,7 @@ pub fn epoch_line(log: &EpochLog, last_epoch: usize, task: Task) -> String {
     );
     let fmt = |v: f64| match task {
         Task::Classification => format!("{:.2}%", 100.0 * v),
-        Task::Regression => format!("{v:.4}"),
+        Task::Regression => regression_number(v),
     };
     let name = match task {
         Task::Classification => "acc",
@@ -35,7 +45,7 @@ pub fn epoch_line(log: &EpochLog, last_epoch: usize, task: Task) -> String {
 pub fn summary_text(s: &Summary) -> String {
     let (metric, fmt): (&str, fn(f64) -> String) = match s.task {
         Task::Classification => ("accuracy", |v| format!("{:.2}%", 100.0 * v)),
-        Task::Regression => ("RMSE", |v| format!("{v:.4}")),
+        Task::Regression => ("RMSE", regression_number),
     };
     let per_step = if s.steps_run > 0 {
         format!(" ({:.1} us per step)", s.seconds * 1e6 / s.steps_run as f64)
@@ -87,6 +97,20 @@ pub struct PlainLog {
     last_epoch: usize,
     every: usize,
     task: Option<Task>,
+    /// The last epoch whose line was printed.
+    printed: usize,
+}
+
+impl PlainLog {
+    fn print(&mut self, log: &EpochLog) {
+        let line = epoch_line(
+            log,
+            self.last_epoch,
+            self.task.unwrap_or(Task::Classification),
+        );
+        let _ = writeln!(std::io::stdout(), "{line}");
+        self.printed = log.epoch;
+    }
 }
 
 impl Callback for PlainLog {
@@ -99,15 +123,15 @@ impl Callback for PlainLog {
     }
     fn on_epoch(&mut self, log: &EpochLog) {
         if log.epoch.is_multiple_of(self.every) || log.epoch == self.last_epoch || log.epoch == 1 {
-            let line = epoch_line(
-                log,
-                self.last_epoch,
-                self.task.unwrap_or(Task::Classification),
-            );
-            let _ = writeln!(std::io::stdout(), "{line}");
+            self.print(log);
         }
     }
     fn on_end(&mut self, s: &Summary) {
+        // The run's last epoch is shown, also when early stopping ended it between lines.
+        let ran = s.epochs_run > 0;
+        if let Some(last) = s.last.as_ref().filter(|l| ran && l.epoch != self.printed) {
+            self.print(last);
+        }
         let _ = writeln!(std::io::stdout(), "{}", summary_text(s));
     }
 }

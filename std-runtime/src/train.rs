@@ -617,7 +617,17 @@ pub fn fit_with<L: Learner>(
             model.set_lr(lr);
             model.set_steps(state.step);
             data.gather(rows, &mut bx, &mut bc, &mut bv);
-            let stats = model.train_step(&bx, rows.len(), &bc, &bv)?;
+            let stats = model
+                .train_step(&bx, rows.len(), &bc, &bv)
+                .map_err(|mut e| {
+                    // Where it happened: a diverging run says at which step.
+                    e.message = format!(
+                        "epoch {epoch}, step {} of {steps_per_epoch}: {}",
+                        k + 1,
+                        e.message
+                    );
+                    e
+                })?;
             loss_sum += stats.loss as f64 * rows.len() as f64;
             correct += stats.correct;
             squared += stats.squared_error;

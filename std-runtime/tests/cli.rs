@@ -2338,6 +2338,14 @@ fn outputs_spare_inputs_and_options_are_checked_by_name() {
             "train -q --resume m.st --epochs 1 --plot m.st",
             "is the file of --resume",
         ),
+        (
+            "train --epochs 1 --plot curves.png",
+            "--plot curves.png: the curves are written as SVG",
+        ),
+        (
+            "export --model m.st --format rust -o rows.csv",
+            "is the file of the model's training data",
+        ),
         ("train --epochs 1 --weight-decay inf", "--weight-decay inf"),
         (
             "train --epochs 1 --gamma 0.3",
@@ -2384,4 +2392,41 @@ fn outputs_spare_inputs_and_options_are_checked_by_name() {
     std::fs::write(d.0.join("new.csv"), new).unwrap();
     let predicted = ok(&d, &args("predict --model m.st --data new.csv"));
     assert_eq!(predicted.lines().count(), 4, "{predicted}");
+}
+
+/// Early stopping: the plain log shows the epoch that stopped the run; resuming a stopped run
+/// with `--epochs N` starts its patience anew and trains N epochs; a diverging run says where.
+#[test]
+fn early_stops_show_their_last_epoch_and_resume_with_fresh_patience() {
+    let d = TempDir::new("earlystop");
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--epochs",
+            "30",
+            "--lr",
+            "0.05",
+            "--patience",
+            "3",
+            "--save",
+            "es.st",
+        ],
+    );
+    assert!(out.contains("stopped early"), "{out}");
+    let last: usize = out
+        .split("final (epoch ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&format!("epoch {last:>2}/30 "))),
+        "the stopping epoch's line is missing:\n{out}"
+    );
+    let again = ok(&d, &["train", "--resume", "es.st", "--epochs", "2"]);
+    assert!(again.contains("trained 2 epochs"), "{again}");
+    let e = fails(&d, &["train", "--epochs", "1", "--lr", "1e30"]);
+    assert!(e.contains("epoch 1, step "), "{e}");
 }

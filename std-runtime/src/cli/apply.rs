@@ -216,7 +216,15 @@ pub(crate) fn export_cmd(a: ExportArgs) -> Result<()> {
         ))
         .with_hint("give --output NAME"));
     }
-    checkpoint::check_output("--output", &path, &[("--model", &a.model)])?;
+    // Nor the data the model trained on (its path as the checkpoint recorded it).
+    let src = &ck.config.source;
+    let data = super::input_files(&src.data, src.idx_labels.as_deref());
+    let mut inputs: Vec<(&str, &std::path::Path)> = vec![("--model", &a.model)];
+    inputs.extend(
+        data.iter()
+            .map(|(_, p)| ("the model's training data", p.as_path())),
+    );
+    checkpoint::check_output("--output", &path, &inputs)?;
     checkpoint::write_atomic(&path, &bytes)?;
     let norm = if ck.spec.conv.is_empty() {
         "standardisation folded in"

@@ -203,7 +203,7 @@ pub struct TrainArgs {
     /// Classification or regression (default: inferred from the label column).
     #[arg(long, value_enum)]
     task: Option<TaskArg>,
-    /// Hidden layer sizes, comma-separated (`none` for a linear model) [default: 32; with
+    /// Hidden layer sizes, comma-separated (`none` or `0` for a linear model) [default: 32; with
     /// --model cnn: none].
     #[arg(long, value_name = "N,N,...")]
     hidden: Option<String>,

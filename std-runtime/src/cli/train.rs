@@ -553,6 +553,17 @@ pub(crate) fn train_cmd(mut a: TrainArgs) -> Result<()> {
         }
         if let Some(p) = &a.plot {
             checkpoint::check_output("--plot", p, &inputs)?;
+            // The curves are SVG: a file named .png would not open as one.
+            let ext = p
+                .extension()
+                .map(|e| e.to_string_lossy().to_ascii_lowercase());
+            if ext.as_deref().is_some_and(|e| e != "svg") {
+                return Err(Error::invalid(format!(
+                    "--plot {}: the curves are written as SVG",
+                    p.display()
+                ))
+                .with_hint("name the file .svg"));
+            }
         }
     }
     let job = if let (Some(path), Some(ck)) = (&a.resume, resumed) {
@@ -580,6 +591,11 @@ pub(crate) fn train_cmd(mut a: TrainArgs) -> Result<()> {
         };
         if a.patience.is_some() {
             config.patience = a.patience;
+        }
+        // A run that early stopping ended starts its patience anew (Keras's EarlyStopping
+        // does the same on a new fit); an interrupted one goes on as if never stopped.
+        if state.stopped {
+            state.wait = 0;
         }
         state.stopped = false;
         let ds = load_for_model(&ck.spec, &config.source, super::Targets::Model)?;
