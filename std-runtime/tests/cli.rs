@@ -1780,6 +1780,14 @@ fn regression_text_labels_and_idx() {
         ],
     );
     assert!(ev2.contains("RMSE "), "{ev2}");
+    // From another folder, the recorded relative path is named as such.
+    let elsewhere = TempDir::new("elsewhere");
+    let model = d.path("lin.safetensors").display().to_string();
+    let e = fails(&elsewhere, &["eval", "--model", &model]);
+    assert!(
+        e.contains("lin.csv") && e.contains("recorded, relative to the folder it trained in"),
+        "{e}"
+    );
     // Its split exists only on the data the model trained on.
     d.write(
         "half.csv",

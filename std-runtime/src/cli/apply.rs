@@ -58,7 +58,8 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
         Some(col) => Targets::Column(col),
         None => Targets::Model,
     };
-    let ds = load_for_model(&ck.spec, &src, targets)?;
+    let ds = load_for_model(&ck.spec, &src, targets)
+        .map_err(|e| super::recorded_data(e, a.data.data.is_some(), &a.model))?;
     // The run's own data (where the split means something): the same rows as when it
     // trained, by the fingerprint the checkpoint keeps (by path in older checkpoints).
     let same = match &ck.config.source.fingerprint {

@@ -515,6 +515,23 @@ pub(crate) fn input_files(data: &str, idx_labels: Option<&str>) -> Vec<(&'static
         .collect()
 }
 
+/// `e`, from reading the data a checkpoint recorded (no `--data` given): a file that cannot
+/// be read is named as the path `model` recorded (relative to where it trained).
+pub(crate) fn recorded_data(e: Error, given: bool, model: &Path) -> Error {
+    if given || e.kind != crate::error::ErrorKind::Io {
+        return e;
+    }
+    Error {
+        message: format!(
+            "{} (the data path {} recorded, relative to the folder it trained in)",
+            e.message,
+            model.display()
+        ),
+        ..e
+    }
+    .with_hint("give --data PATH")
+}
+
 /// Which column of a data set holds the targets a model is scored against.
 pub(crate) enum Targets<'a> {
     /// The model's own label column, by its name.

@@ -598,7 +598,8 @@ pub(crate) fn train_cmd(mut a: TrainArgs) -> Result<()> {
             state.wait = 0;
         }
         state.stopped = false;
-        let ds = load_for_model(&ck.spec, &config.source, super::Targets::Model)?;
+        let ds = load_for_model(&ck.spec, &config.source, super::Targets::Model)
+            .map_err(|e| super::recorded_data(e, a.data.data.is_some(), path))?;
         let print = data::fingerprint(&ds);
         if config
             .source
