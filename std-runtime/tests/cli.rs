@@ -2437,4 +2437,24 @@ fn early_stops_show_their_last_epoch_and_resume_with_fresh_patience() {
     assert!(again.contains("trained 2 epochs"), "{again}");
     let e = fails(&d, &["train", "--epochs", "1", "--lr", "1e30"]);
     assert!(e.contains("epoch 1, step "), "{e}");
+    // Whole numbers other than class numbers read as classes get a note; class numbers don't.
+    let mut prices = String::from("a,price\n");
+    let mut ids = String::from("a,y\n");
+    for i in 0..60 {
+        prices += &format!("{},{}\n", i % 7, 100 + 50 * (i % 4));
+        ids += &format!("{},{}\n", i % 7, i % 3);
+    }
+    d.write("prices.csv", &prices);
+    d.write("ids.csv", &ids);
+    let stderr = |args: &[&str]| {
+        let o = mote(&d, args);
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let note = stderr(&["train", "--data", "prices.csv", "--epochs", "1"]);
+    assert!(
+        note.contains("4 distinct whole numbers, read as classes"),
+        "{note}"
+    );
+    assert_eq!(stderr(&["train", "--data", "ids.csv", "--epochs", "1"]), "");
 }

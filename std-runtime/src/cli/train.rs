@@ -697,6 +697,28 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         _ => None,
     };
     let ds = Dataset::from_table(&table, task, None)?;
+    if ds.task == Task::Classification && source.data != "digits" && !a.quiet {
+        let numbers: Option<Vec<f64>> = ds.classes.iter().map(|c| c.parse().ok()).collect();
+        let classes = ds.classes.len();
+        // Class numbers as usual are 0..k or 1..=k; other whole numbers may be quantities.
+        let ids = numbers.as_ref().is_some_and(|v| {
+            let from = v.first().copied().unwrap_or(0.0);
+            (from == 0.0 || from == 1.0) && v.iter().enumerate().all(|(i, &x)| x == from + i as f64)
+        });
+        if task.is_none() && numbers.is_some() && !ids {
+            // Whole numbers read as classes: say so, since a count or a price may be meant.
+            eprintln!(
+                "note: the labels are {classes} distinct whole numbers, read as classes; give \
+                 --task regression if they are quantities"
+            );
+        } else if classes * 2 > ds.rows {
+            eprintln!(
+                "warning: {classes} classes for {} rows: most classes have one example (is the \
+                 label column a quantity? then --task regression)",
+                ds.rows
+            );
+        }
+    }
     let source = DataSource {
         fingerprint: Some(data::fingerprint(&ds)),
         ..source
