@@ -230,6 +230,32 @@ fn gemm_every_layout() {
     p.check("batched gemm into a shared output", 1e-4, 1e-4, |be| {
         be.gemm(&g2)
     });
+    // Every layout batched, with A shared (the tape's `[m, k] x [b, k, n]`), B shared, or
+    // neither; accumulate on and off.
+    for at in [false, true] {
+        for bt in [false, true] {
+            for (a_batch, b_batch) in [(0, 20), (24, 0), (24, 20)] {
+                for accumulate in [false, true] {
+                    let g = Gemm {
+                        batch: 3,
+                        m: 6,
+                        n: 5,
+                        k: 4,
+                        a: 0,
+                        a_trans: at,
+                        a_batch,
+                        b: 1000,
+                        b_trans: bt,
+                        b_batch,
+                        c: 2000,
+                        c_batch: 30,
+                        accumulate,
+                    };
+                    p.check(&format!("batched gemm {g:?}"), 1e-4, 1e-4, |be| be.gemm(&g));
+                }
+            }
+        }
+    }
     // Outputs that overlap (stride 7 < 30 elements): the batches in order, as the reference
     // runs them, each overwriting or adding to what the one before left.
     for accumulate in [false, true] {
@@ -343,6 +369,42 @@ fn strided_copies() {
     p.check("bias gradient", 1e-4, 5e-5, |b| {
         b.copy_strided(&big, Strided::contiguous(0, &big), row_bias, true)
     });
+    // Windows of a wider tensor, not broadcasts (what slice and concat make): columns 3..8 of
+    // a [6, 11] matrix out, and into columns 2..7 of a [6, 9] one; rows 2..5 of a [9, 7]
+    // matrix; length-1 dimensions with huge strides (never stepped over).
+    let win = shape(&[6, 5]);
+    let slice = Strided {
+        offset: 3,
+        strides: [11, 1, 0, 0],
+    };
+    let into = Strided {
+        offset: 3000 + 2,
+        strides: [9, 1, 0, 0],
+    };
+    let rows = shape(&[3, 7]);
+    let row_window = Strided {
+        offset: 2 * 7,
+        strides: [7, 1, 0, 0],
+    };
+    let ones = shape(&[1, 4, 1]);
+    let huge = Strided {
+        offset: 10,
+        strides: [usize::MAX / 2, 1, 1 << 40, 0],
+    };
+    for acc in [false, true] {
+        p.check("a slice's columns", 0.0, 0.0, |b| {
+            b.copy_strided(&win, slice, Strided::contiguous(1000, &win), acc)
+        });
+        p.check("a concat's columns", 0.0, 0.0, |b| {
+            b.copy_strided(&win, Strided::contiguous(0, &win), into, acc)
+        });
+        p.check("a slice's rows", 0.0, 0.0, |b| {
+            b.copy_strided(&rows, row_window, Strided::contiguous(1000, &rows), acc)
+        });
+        p.check("length-1 dimensions with huge strides", 0.0, 0.0, |b| {
+            b.copy_strided(&ones, huge, Strided::contiguous(1000, &ones), acc)
+        });
+    }
 }
 
 #[test]
@@ -543,10 +605,12 @@ fn optimizer_updates_and_helpers() {
     let Some(mut p) = Pair::new("optimizer_updates_and_helpers", -1.0, 1.0, 8) else {
         return;
     };
-    for (momentum, nesterov, first, wd) in [
-        (0.0, false, false, 0.0),
-        (0.9, false, true, 0.01),
-        (0.9, true, false, 0.0),
+    for (momentum, dampening, nesterov, first, wd) in [
+        (0.0, 0.0, false, false, 0.0),
+        (0.9, 0.0, false, true, 0.01),
+        (0.9, 0.0, true, false, 0.0),
+        (0.8, 0.3, false, false, 0.02),
+        (0.8, 0.3, false, true, 0.0),
     ] {
         let u = SgdUpdate {
             param: 0,
@@ -555,7 +619,7 @@ fn optimizer_updates_and_helpers() {
             len: 4001,
             lr: 0.05,
             momentum,
-            dampening: 0.0,
+            dampening,
             weight_decay: wd,
             nesterov,
             first,
