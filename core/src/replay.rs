@@ -73,7 +73,9 @@
 //!   [`Replay::stop`], and so do the ops that say so through [`Backend::host_dependent`]: an
 //!   embedding (its rows are found by reading the indices), [`crate::Dropout`] (its mask is
 //!   drawn on the host) and [`crate::BatchNorm`] in training mode (its running statistics are
-//!   updated on the host). A step in which a backend call failed fails there too.
+//!   updated on the host). A step in which a backend call failed fails there too; a step
+//!   that failed in the tape itself (a full arena, say: no backend call failed) is not seen
+//!   here, so drop its recording ([`Replay::clear`]) rather than stop and replay it.
 //!
 //! After a replay, the arena holds what the eager step would have left there: the tape's
 //! handles of the recorded step (its loss, its outputs, the parameters' gradients) read the

@@ -61,7 +61,7 @@ fn apart(mut a: Vec<f64>, b: &[f64], margin: f64) -> Vec<f64> {
 /// prime factor of `numel` in a dimension chosen by `pick`, the others 1.
 fn factored(numel: usize, pick: u64) -> Vec<usize> {
     let mut rng = Rng::new(pick);
-    let rank = if numel == 1 && pick % 5 == 0 {
+    let rank = if numel == 1 && pick.is_multiple_of(5) {
         0
     } else {
         1 + rng.below(4) as usize

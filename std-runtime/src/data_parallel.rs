@@ -966,7 +966,6 @@ impl NcclReduce {
         }
     }
 
-    /// Replica `r`'s communicator.
     /// [`crate::rendezvous::check_same_start`] through this process's one communicator (a
     /// rank of a multi-process run).
     ///
@@ -1003,6 +1002,7 @@ impl NcclReduce {
         )
     }
 
+    /// Replica `r`'s communicator.
     fn rank(&self, r: usize) -> crate::Result<std::sync::MutexGuard<'_, mote_cuda::NcclRank>> {
         self.ranks
             .get(r)

@@ -219,7 +219,8 @@ pub fn check_same_start(
         .collect();
     let mut any = [if differ.is_empty() { 0.0 } else { 1.0 }];
     max(&mut any)?;
-    let hint = "start every rank with the same data, the same --resume checkpoint and the same                 flags (and the same mote build)";
+    let hint = "start every rank with the same data, the same --resume checkpoint and the same \
+                flags (and the same mote build)";
     if !differ.is_empty() {
         Err(Error::invalid(format!(
             "rank {} of {}: its {} differ from rank 0's",
@@ -230,7 +231,8 @@ pub fn check_same_start(
         .with_hint(hint))
     } else if any[0] != 0.0 {
         Err(Error::invalid(format!(
-            "rank {} of {}: another rank does not start as rank 0 does (its own error says              how)",
+            "rank {} of {}: another rank does not start as rank 0 does (its own error says \
+             how)",
             launch.rank, launch.world
         ))
         .with_hint(hint))
@@ -399,7 +401,8 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
 /// `torchrun`'s store does. The host names rank 0's machine for the others; on rank 0 itself
 /// it may resolve to a loopback address (Debian and Ubuntu map a machine's own name to
 /// 127.0.1.1), where the other hosts could not reach it. The any-address of the host's first
-/// address's family: IPv4's for an IPv4 host, IPv6's for an IPv6 one.
+/// address's family: IPv4's for an IPv4 host, IPv6's for an IPv6 one. A run given a loopback
+/// address itself (`localhost`, `127.0.0.1`, `[::1]`: one host) listens there only.
 ///
 /// # Errors
 /// The resolution's, for a host that does not resolve or an address without a valid port.
@@ -407,6 +410,13 @@ pub fn listen_addr(addr: &str) -> std::io::Result<SocketAddr> {
     let first = addr.to_socket_addrs()?.next().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host")
     })?;
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return Ok(first);
+    }
     let any = match first {
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -420,9 +430,11 @@ pub fn listen_addr(addr: &str) -> std::io::Result<SocketAddr> {
 fn fetch(addr: &str, rank: usize, tag: u64, timeout: Duration) -> Result<[u8; ID_BYTES]> {
     let start = Instant::now();
     loop {
+        // Each of the host's addresses gets at most 5 s a try: one that drops connections
+        // silently (a firewalled IPv6 address, say) must not take the whole wait.
         let left = timeout
             .saturating_sub(start.elapsed())
-            .max(Duration::from_millis(10));
+            .clamp(Duration::from_millis(10), Duration::from_secs(5));
         let conn = addr.to_socket_addrs().and_then(|addrs| {
             let mut last =
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no address for the host");

@@ -521,11 +521,21 @@ pub(crate) fn recorded_data(e: Error, given: bool, model: &Path) -> Error {
     if given || e.kind != crate::error::ErrorKind::Io {
         return e;
     }
+    let relative = e
+        .message
+        .split(": ")
+        .next()
+        .is_some_and(|p| Path::new(p).is_relative());
     Error {
         message: format!(
-            "{} (the data path {} recorded, relative to the folder it trained in)",
+            "{} (the data path {} recorded{})",
             e.message,
-            model.display()
+            model.display(),
+            if relative {
+                ", relative to the folder it trained in"
+            } else {
+                ""
+            }
         ),
         ..e
     }

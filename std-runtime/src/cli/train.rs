@@ -182,7 +182,9 @@ impl TrainJob {
         let json = |e: serde_json::Error| Error::invalid(format!("internal: {e}"));
         let mut config = self.config.clone();
         // Where each host keeps the files may differ; their contents are the data's checksum.
+        // (The data's checksum is an item of its own.)
         (config.source.data, config.source.idx_labels) = (String::new(), None);
+        config.source.fingerprint = None;
         let weights = self.ck.as_ref().map_or(-1.0, |ck| {
             let bytes: Vec<u8> = ck
                 .params
@@ -971,4 +973,56 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         quiet: a.quiet,
         silent: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Cli, Command};
+    use clap::Parser;
+
+    /// A new job from `mote train` arguments (quiet), and its start items' values.
+    fn items(args: &[&str]) -> Vec<f64> {
+        let cli = Cli::try_parse_from([&["mote", "train", "-q"][..], args].concat()).unwrap();
+        let Command::Train(a) = cli.command else {
+            unreachable!()
+        };
+        let job = super::fresh_job(&a, "cpu").unwrap();
+        job.start_items().unwrap().iter().map(|&(_, v)| v).collect()
+    }
+
+    /// What ranks may legitimately differ in (where each host keeps the data, where rank 0
+    /// saves, output flags) leaves the items alike; data, settings or the seed do not.
+    #[test]
+    fn start_items_tell_what_must_be_alike() {
+        let dir = std::env::temp_dir().join(format!("mote-start-items-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("a")).unwrap();
+        std::fs::create_dir_all(dir.join("b")).unwrap();
+        let mut csv = String::from("x,y\n");
+        for i in 0..40 {
+            csv += &format!("{},{}\n", i % 5, i % 2);
+        }
+        let (a, b) = (dir.join("a/d.csv"), dir.join("b/d.csv"));
+        std::fs::write(&a, &csv).unwrap();
+        std::fs::write(&b, &csv).unwrap();
+        let (a, b) = (a.display().to_string(), b.display().to_string());
+        let base = items(&["--data", &a, "--epochs", "3"]);
+        assert_eq!(base.len(), 5);
+        assert_eq!(base[4], -1.0, "a new run has no checkpoint weights");
+        let same = items(&[
+            "--data", &b, "--epochs", "3", "--save", "x.st", "--plot", "p.svg",
+        ]);
+        assert_eq!(base, same);
+        // Another file's contents: only the data item differs.
+        std::fs::write(&b, csv.replace("4,0", "4,1")).unwrap();
+        let other = items(&["--data", &b, "--epochs", "3"]);
+        let differ: Vec<usize> = (0..5).filter(|&i| other[i] != base[i]).collect();
+        assert_eq!(differ, [0], "{base:?} {other:?}");
+        for flags in [&["--epochs", "4"][..], &["--epochs", "3", "--seed", "9"]] {
+            let changed = items(&[&["--data", &a][..], flags].concat());
+            assert_ne!(changed[2], base[2], "{flags:?}: training settings");
+        }
+        let model = items(&["--data", &a, "--epochs", "3", "--hidden", "8"]);
+        assert_ne!(model[1], base[1], "model settings");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
