@@ -37,10 +37,11 @@ const CASES: [Case; 5] = [
     ([5, 2, 6, 7], 3, 1, [5, 4], [3, 2], [2, 1], [1, 1]),
 ];
 
-/// `(y, dx, dw)` of `sum(conv2d(x, w) * r)` for random `x`, `w`, `r`, plus `sum(x * x) +
-/// sum(w * w)` when `again` (the gradients then hold something when the convolution's
-/// backward adds to them; without, the convolution writes them first).
-fn run<B: Backend<Elem = f32>>(tape: &mut Tape<B, 16>, case: &Case, again: bool) -> [Vec<f32>; 3] {
+/// `(y, dx, dw, db)` of `sum(conv2d(x, w, b) * r)` for random `x`, `w`, `r`, plus `sum(x * x)
+/// + sum(w * w)` when `again` (the gradients then hold something when the convolution's
+/// backward adds to them; without, the convolution writes them first); with a bias `b` when
+/// `again` (`db` empty without).
+fn run<B: Backend<Elem = f32>>(tape: &mut Tape<B, 16>, case: &Case, again: bool) -> [Vec<f32>; 4] {
     let ([n, c, h, w], o, groups, k, stride, padding, dilation) = *case;
     let mut rng = Rng::new(5);
     let mut draw = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.next_f32() - 0.5).collect() };
@@ -48,12 +49,16 @@ fn run<B: Backend<Elem = f32>>(tape: &mut Tape<B, 16>, case: &Case, again: bool)
     let ws = draw(o * (c / groups) * k[0] * k[1]);
     let x = tape.param(&[n, c, h, w], &xs).unwrap();
     let wt = tape.param(&[o, c / groups, k[0], k[1]], &ws).unwrap();
+    let bias = again.then(|| {
+        let bs = draw(o);
+        tape.param(&[o], &bs).unwrap()
+    });
     let cfg = ConvConfig {
         stride,
         padding,
         dilation,
     };
-    let y = tape.conv2d(x, wt, None, cfg).unwrap();
+    let y = tape.conv2d(x, wt, bias, cfg).unwrap();
     let rs = draw(y.numel());
     let dims: Vec<usize> = y.shape().dims().iter().map(|&d| d as usize).collect();
     let r = tape.input(&dims, &rs).unwrap();
@@ -77,7 +82,8 @@ fn run<B: Backend<Elem = f32>>(tape: &mut Tape<B, 16>, case: &Case, again: bool)
         }
         out
     };
-    [read(y, false), read(x, true), read(wt, true)]
+    let db = bias.map_or(Vec::new(), |b| read(b, true));
+    [read(y, false), read(x, true), read(wt, true), db]
 }
 
 fn near(what: &str, got: &[f32], want: &[f32]) {
@@ -131,7 +137,7 @@ fn conv_passes_match_the_reference() {
                 let kernels = gpu.backend_mut().profile_take().unwrap();
                 let mut arena = vec![0f32; FLOATS];
                 let want = run(&mut Tape::<Cpu<f32>, 16>::new(&mut arena), case, again);
-                for (name, (g, w)) in ["y", "dx", "dw"].iter().zip(got.iter().zip(&want)) {
+                for (name, (g, w)) in ["y", "dx", "dw", "db"].iter().zip(got.iter().zip(&want)) {
                     near(&format!("{test}: {name}"), g, w);
                 }
                 let count = |k: &str| kernels.iter().find(|e| e.0 == k).map_or(0, |e| e.1);
@@ -216,7 +222,7 @@ fn pool_run<B: Backend<Elem = f32>>(
 #[test]
 fn pool_passes_match_the_reference() {
     for (i, case) in POOLS.iter().enumerate() {
-        for (max, nan) in [(true, false), (true, true), (false, false)] {
+        for (max, nan) in [(true, false), (true, true), (false, false), (false, true)] {
             let test = format!("pool_passes_match_the_reference (case {i}, max {max}, NaN {nan})");
             let Some(cuda) = common::gpu(&test, FLOATS) else {
                 return;
