@@ -700,11 +700,17 @@ unsafe fn rows_tile<I: Tiles, const MR: usize>(
     let taps = offsets.len();
     let inner = k / taps;
     let l = I::LANES;
-    debug_assert!(w.len() >= MR * k);
-    debug_assert!(acc.len() >= (MR - 1) * stride + p0 + I::TILE);
-    debug_assert!(
+    // The contract, checked in release builds too (a few compares a tile): the unsafe reads
+    // and writes below rest on it.
+    let reach = offsets.iter().max().copied().unwrap_or(0);
+    assert!(w.len() >= MR.saturating_mul(k));
+    assert!(acc.len() >= ((MR - 1) * stride).saturating_add(p0 + I::TILE));
+    assert!(
         planes.len()
-            >= (inner - 1) * plane + offsets.iter().max().copied().unwrap_or(0) + p0 + I::TILE
+            >= (inner.saturating_sub(1))
+                .saturating_mul(plane)
+                .saturating_add(reach)
+                .saturating_add(p0 + I::TILE)
     );
     // SAFETY: inside `enable`, reads and writes inside the slices (the contract).
     unsafe {
@@ -857,8 +863,11 @@ unsafe fn weights_tile<I: Tiles, const NV: usize>(
     acc: &mut [f32],
 ) {
     let l = I::LANES;
-    debug_assert!(pos.is_empty() || dyt.len() >= (pos.len() - 1) * lanes + l * NV);
-    debug_assert!(acc.len() >= (TAPS - 1) * lanes + l * NV);
+    // The contract, checked in release builds too: the unsafe reads and writes rest on it.
+    assert!(
+        pos.is_empty() || dyt.len() >= (pos.len() - 1).saturating_mul(lanes).saturating_add(l * NV)
+    );
+    assert!(acc.len() >= (TAPS - 1).saturating_mul(lanes).saturating_add(l * NV));
     // SAFETY: inside `enable`, reads and writes inside the slices (the contract).
     unsafe {
         let mut sum = [[I::zero(); NV]; TAPS];
