@@ -48,6 +48,10 @@ fn build() -> Option<Library> {
     ]
     .into_iter()
     .find(|d| d.join("shim.h").exists()) else {
+        assert!(
+            std::env::var_os("MOTE_REQUIRE_EMULATOR").is_none_or(|v| v != "1"),
+            "MOTE_REQUIRE_EMULATOR=1 and tests/emu/shim.h not found"
+        );
         eprintln!("skipped: tests/emu/shim.h not found (run from the repository)");
         return None;
     };
@@ -85,6 +89,10 @@ fn build() -> Option<Library> {
         Ok(s) if s.success() => {}
         Ok(s) => panic!("{cxx} failed to compile the kernels as C++ ({s})"),
         Err(e) => {
+            assert!(
+                std::env::var_os("MOTE_REQUIRE_EMULATOR").is_none_or(|v| v != "1"),
+                "MOTE_REQUIRE_EMULATOR=1 and no C++ compiler ({cxx}: {e})"
+            );
             eprintln!("skipped: no C++ compiler ({cxx}: {e})");
             return None;
         }

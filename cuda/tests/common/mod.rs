@@ -19,7 +19,8 @@ pub fn gpu_with(test: &str, floats: usize, options: mote_cuda::Options) -> Optio
     match Cuda::with_options(floats, options) {
         Ok(c) => Some(c),
         Err(e @ (CudaError::NoDriver | CudaError::NoDevice))
-            if std::env::var_os("MOTE_REQUIRE_GPU").is_none_or(|v| v != "1") =>
+            if std::env::var_os("MOTE_REQUIRE_GPU").is_none_or(|v| v != "1")
+                && !require_emulator() =>
         {
             eprintln!("skipped {test}: {e}");
             None
@@ -46,9 +47,18 @@ pub fn emulate() {
                 dir.display(),
                 t.elapsed().as_secs_f64()
             ),
+            Err(e) if require_emulator() => {
+                panic!("MOTE_REQUIRE_EMULATOR=1 and the emulated device failed: {e}")
+            }
             Err(e) => eprintln!("no CUDA driver and no emulated device: {e}"),
         }
     });
+}
+
+/// `MOTE_REQUIRE_EMULATOR=1` (CI's setting): a test that would skip for want of a GPU fails
+/// unless the emulated device runs it, so that a broken emulator build cannot pass as skips.
+pub fn require_emulator() -> bool {
+    std::env::var_os("MOTE_REQUIRE_EMULATOR").is_some_and(|v| v == "1")
 }
 
 /// Unary ops' inputs at fixed points: kinks, the flat parts of the masking ops, softplus's
