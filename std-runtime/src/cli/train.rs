@@ -159,15 +159,16 @@ impl TrainJob {
         // Every rank has joined: the id file is spent (a rerun on the same path must not
         // find it).
         drop(spent);
+        let reduce = NcclReduce::new(nccl);
+        // A rank on other data or another checkpoint would train another model (or run other
+        // collectives and hang): every rank stops at once instead. Before the model is built,
+        // so that what follows fails alike on every rank or on none.
+        reduce.check_same_start(&launch, &self.start_items()?)?;
         let model = self.model_on(backend)?;
         if launch.rank != 0 {
             (self.save, self.save_best, self.plot) = (None, None, None);
             (self.quiet, self.silent) = (true, true);
         }
-        let reduce = NcclReduce::new(nccl);
-        // A rank on other data or another checkpoint would train another model (or run other
-        // collectives and hang): every rank stops at once instead.
-        reduce.check_same_start(&launch, &self.start_items()?)?;
         let learner = Replicas::with_reduce(vec![model], reduce)?;
         let peers = launch.world > 1;
         self.train_watched(learner, dog.as_mut().map(|d| d as &mut dyn Callback), peers)
