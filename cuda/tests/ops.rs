@@ -699,3 +699,111 @@ fn range_and_aliasing_errors_match_the_reference() {
         assert_eq!(c, g, "{what}");
     }
 }
+
+/// Drawn shapes, offsets (aligned to 4 elements or not: the wide loads and their tails) and
+/// ops, against the reference: binary ops with broadcasting at ranks 1 to 4, strided copies of
+/// permuted (transposed) tensors, reductions and softmax over every axis of a drawn shape.
+/// What the fixed cases above cannot reach: odd sizes, every broadcast pattern, every axis.
+#[test]
+fn drawn_shapes_match_the_reference() {
+    let Some(mut p) = Pair::new("drawn_shapes_match_the_reference", 0.5, 1.5, 11) else {
+        return;
+    };
+    let mut rng = Rng::new(2026);
+    let dims = |rng: &mut Rng, rank: usize| -> Vec<usize> {
+        (0..rank).map(|_| 1 + rng.below(9) as usize).collect()
+    };
+    for case in 0..40 {
+        let rank = 1 + rng.below(4) as usize;
+        let out = dims(&mut rng, rank);
+        // Each operand: the output's shape with some dimensions 1, and some leading ones dropped.
+        let operand = |rng: &mut Rng| -> Vec<usize> {
+            let drop = rng.below(rank as u32) as usize;
+            out[drop..]
+                .iter()
+                .map(|&d| if rng.below(3) == 0 { 1 } else { d })
+                .collect()
+        };
+        let (sa, sb) = (operand(&mut rng), operand(&mut rng));
+        let at = |rng: &mut Rng, base: usize| base + rng.below(4) as usize;
+        let (a, b, y, dx) = (
+            view(at(&mut rng, 0), &sa),
+            view(at(&mut rng, 8000), &sb),
+            view(at(&mut rng, 16000), &out),
+            at(&mut rng, 24000),
+        );
+        let op = BinaryOp::EVERY[rng.below(6) as usize];
+        let what = format!("case {case}: {op:?} {sa:?} {sb:?} -> {out:?}");
+        p.check(&what, 1e-5, 1e-5, |be| be.binary(op, a, b, y));
+        for side in [Side::Lhs, Side::Rhs] {
+            p.check(&format!("{what} {side:?} backward"), 1e-4, 1e-5, |be| {
+                be.binary_backward(op, side, a, b, y, dx)
+            });
+        }
+
+        // A permuted copy: the source read through the permutation's strides.
+        let s = shape(&out);
+        let mut perm: Vec<usize> = (0..rank).collect();
+        rng.shuffle(&mut perm);
+        let contiguous = Strided::contiguous(0, &s);
+        let mut strides = [0usize; 4];
+        for (i, &j) in perm.iter().enumerate() {
+            strides[i] = contiguous.strides[j];
+        }
+        let src = Strided {
+            offset: at(&mut rng, 0),
+            strides,
+        };
+        let dst = Strided::contiguous(at(&mut rng, 16000), &s);
+        let acc = rng.below(2) == 1;
+        p.check(
+            &format!("case {case}: copy {out:?} {perm:?} acc {acc}"),
+            1e-6,
+            0.0,
+            |be| be.copy_strided(&s, src, dst, acc),
+        );
+
+        // A reduction and a softmax over a drawn axis.
+        let axis = rng.below(rank as u32) as usize;
+        let r = Axis3 {
+            outer: out[..axis].iter().product(),
+            n: out[axis],
+            inner: out[axis + 1..].iter().product(),
+        };
+        let (x, y, dy, dx) = (
+            at(&mut rng, 0),
+            at(&mut rng, 16000),
+            24000,
+            at(&mut rng, 32000),
+        );
+        let op = ReduceOp::EVERY[rng.below(4) as usize];
+        p.check(&format!("case {case}: {op:?} {r:?}"), 1e-4, 1e-5, |be| {
+            be.reduce(op, r, x, y)
+        });
+        p.check(
+            &format!("case {case}: {op:?} {r:?} backward"),
+            1e-4,
+            1e-5,
+            |be| {
+                be.reduce(op, r, x, y)?;
+                be.reduce_backward(op, r, x, y, dy, dx)
+            },
+        );
+        let log = rng.below(2) == 1;
+        p.check(
+            &format!("case {case}: softmax log={log} {r:?}"),
+            1e-4,
+            1e-6,
+            |be| be.softmax(log, r, x, y),
+        );
+        p.check(
+            &format!("case {case}: softmax log={log} {r:?} backward"),
+            1e-4,
+            1e-5,
+            |be| {
+                be.softmax(log, r, x, y)?;
+                be.softmax_backward(log, r, y, dy, dx)
+            },
+        );
+    }
+}
