@@ -702,7 +702,8 @@ fn range_and_aliasing_errors_match_the_reference() {
 
 /// Drawn shapes, offsets (aligned to 4 elements or not: the wide loads and their tails) and
 /// ops, against the reference: binary ops with broadcasting at ranks 1 to 4, strided copies of
-/// permuted (transposed) tensors, reductions and softmax over every axis of a drawn shape.
+/// permuted (transposed) tensors, reductions and softmax over every axis of a drawn shape, and
+/// products of drawn sizes and layouts (batched, an operand shared or not, k = 0 included).
 /// What the fixed cases above cannot reach: odd sizes, every broadcast pattern, every axis.
 #[test]
 fn drawn_shapes_match_the_reference() {
@@ -796,6 +797,30 @@ fn drawn_shapes_match_the_reference() {
             1e-6,
             |be| be.softmax(log, r, x, y),
         );
+        // A product of drawn sizes and layout, batched or not, at offsets aligned or not.
+        let (m, n, k) = (
+            1 + rng.below(40) as usize,
+            1 + rng.below(40) as usize,
+            rng.below(40) as usize,
+        );
+        let batch = 1 + rng.below(3) as usize;
+        let shared = rng.below(3);
+        let g = Gemm {
+            batch,
+            m,
+            n,
+            k,
+            a: at(&mut rng, 0),
+            a_trans: rng.below(2) == 1,
+            a_batch: if shared == 0 { 0 } else { m * k },
+            b: at(&mut rng, 8000),
+            b_trans: rng.below(2) == 1,
+            b_batch: if shared == 1 { 0 } else { k * n },
+            c: at(&mut rng, 16000),
+            c_batch: m * n,
+            accumulate: rng.below(2) == 1,
+        };
+        p.check(&format!("case {case}: {g:?}"), 1e-4, 1e-4, |be| be.gemm(&g));
         p.check(
             &format!("case {case}: softmax log={log} {r:?} backward"),
             1e-4,
