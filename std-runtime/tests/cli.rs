@@ -2457,4 +2457,8 @@ fn early_stops_show_their_last_epoch_and_resume_with_fresh_patience() {
         "{note}"
     );
     assert_eq!(stderr(&["train", "--data", "ids.csv", "--epochs", "1"]), "");
+    // A file named digits here: the bundled set is still what `--data digits` means, said so.
+    d.write("digits", "a,y\n1,0\n");
+    let note = stderr(&["train", "--epochs", "1"]);
+    assert!(note.contains("give ./digits for the file"), "{note}");
 }

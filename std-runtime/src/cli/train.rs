@@ -1,7 +1,7 @@
 //! `mote train`: a fresh run or a resumed one.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use mote::{Backend, Rng};
 
@@ -686,6 +686,12 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         .label
         .clone()
         .map_or(LabelChoice::Last, LabelChoice::Column);
+    if source.data == "digits" && Path::new("digits").exists() && !a.quiet {
+        eprintln!(
+            "note: --data digits is the bundled data set; give ./digits for the file named \
+             digits here"
+        );
+    }
     let table = data::load(
         &source.data,
         &CsvOptions {
