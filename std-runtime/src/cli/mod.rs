@@ -169,7 +169,7 @@ pub struct DataArgs {
 pub struct InputArgs {
     /// The data: `digits` (bundled), a CSV file with a header (optionally .gz), or an IDX
     /// image file.
-    #[arg(long, value_name = "digits|FILE")]
+    #[arg(long, value_name = "digits|FILE", required = true)]
     data: Option<String>,
     /// The labels of an IDX image file (default: the `*labels-idx1*` file beside it).
     #[arg(long, value_name = "PATH")]
