@@ -976,11 +976,6 @@ impl NcclReduce {
         launch: &crate::rendezvous::Launch,
         items: &[(&str, f64)],
     ) -> crate::Result<()> {
-        if self.ranks.len() != 1 {
-            return Err(crate::Error::invalid(
-                "NCCL: a multi-process run holds one GPU per process",
-            ));
-        }
         let nccl = |what: &str, e: mote_cuda::CudaError| {
             crate::Error::invalid(format!(
                 "NCCL {what}, checking that the ranks start alike: {e}"
@@ -990,16 +985,26 @@ impl NcclReduce {
             launch,
             items,
             |v| {
-                self.rank(0)?
+                self.process_rank()?
                     .broadcast_from_first(v)
                     .map_err(|e| nccl("broadcast", e))
             },
             |v| {
-                self.rank(0)?
+                self.process_rank()?
                     .max_over_ranks(v)
                     .map_err(|e| nccl("all-reduce", e))
             },
         )
+    }
+
+    /// The communicator of a process that is one rank of a multi-process run.
+    fn process_rank(&self) -> crate::Result<std::sync::MutexGuard<'_, mote_cuda::NcclRank>> {
+        if self.ranks.len() != 1 {
+            return Err(crate::Error::invalid(
+                "NCCL: a multi-process run holds one GPU per process",
+            ));
+        }
+        self.rank(0)
     }
 
     /// Replica `r`'s communicator.
@@ -1067,12 +1072,7 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
             // Every rank in this process: one evaluation, one set of numbers.
             return Ok(());
         }
-        if self.ranks.len() != 1 {
-            return Err(crate::Error::invalid(
-                "NCCL: a multi-process run holds one GPU per process",
-            ));
-        }
-        self.rank(0)?
+        self.process_rank()?
             .broadcast_from_first(values)
             .map_err(|e| crate::Error::invalid(format!("NCCL broadcast from rank 0: {e}")))
     }

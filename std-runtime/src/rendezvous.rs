@@ -208,8 +208,7 @@ pub fn check_same_start(
     broadcast: impl FnOnce(&mut [f64]) -> Result<()>,
     max: impl FnOnce(&mut [f64]) -> Result<()>,
 ) -> Result<()> {
-    let mine: Vec<f64> = items.iter().map(|&(_, v)| v).collect();
-    let mut first = mine.clone();
+    let mut first: Vec<f64> = items.iter().map(|&(_, v)| v).collect();
     broadcast(&mut first)?;
     let differ: Vec<&str> = items
         .iter()

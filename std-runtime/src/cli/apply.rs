@@ -59,7 +59,7 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
         None => Targets::Model,
     };
     let ds = load_for_model(&ck.spec, &src, targets)
-        .map_err(|e| super::recorded_data(e, a.data.data.is_some(), &a.model))?;
+        .map_err(|e| super::recorded_data(e, a.data.data.is_some(), &a.model, &src))?;
     // The run's own data (where the split means something): the same rows as when it
     // trained, by the fingerprint the checkpoint keeps (by path in older checkpoints).
     let same = match &ck.config.source.fingerprint {
@@ -140,11 +140,6 @@ pub(crate) fn predict_cmd(a: PredictArgs) -> Result<()> {
     let kind = super::backend_kind(a.device, a.backend, BackendKind::Cpu)?;
     model::check_device(kind)?;
     let ck = checkpoint::load(&a.model)?;
-    if a.data.data.is_none() {
-        return Err(
-            Error::invalid("predict needs --data").with_hint("give --data FILE.csv (or digits)")
-        );
-    }
     let src = source_for(&ck, &a.data.as_data());
     if let Some(p) = &a.output {
         let files = super::input_files(&src.data, src.idx_labels.as_deref());

@@ -169,8 +169,8 @@ pub struct DataArgs {
 pub struct InputArgs {
     /// The data: `digits` (bundled), a CSV file with a header (optionally .gz), or an IDX
     /// image file.
-    #[arg(long, value_name = "digits|FILE", required = true)]
-    data: Option<String>,
+    #[arg(long, value_name = "digits|FILE")]
+    data: String,
     /// The labels of an IDX image file (default: the `*labels-idx1*` file beside it).
     #[arg(long, value_name = "PATH")]
     idx_labels: Option<PathBuf>,
@@ -179,7 +179,7 @@ pub struct InputArgs {
 impl InputArgs {
     fn as_data(&self) -> DataArgs {
         DataArgs {
-            data: self.data.clone(),
+            data: Some(self.data.clone()),
             label: None,
             idx_labels: self.idx_labels.clone(),
         }
@@ -515,17 +515,13 @@ pub(crate) fn input_files(data: &str, idx_labels: Option<&str>) -> Vec<(&'static
         .collect()
 }
 
-/// `e`, from reading the data a checkpoint recorded (no `--data` given): a file that cannot
-/// be read is named as the path `model` recorded (relative to where it trained).
-pub(crate) fn recorded_data(e: Error, given: bool, model: &Path) -> Error {
+/// `e`, from reading `src`, the data a checkpoint recorded (no `--data` given): a file that
+/// cannot be read is named as the path `model` recorded (relative to where it trained).
+pub(crate) fn recorded_data(e: Error, given: bool, model: &Path, src: &DataSource) -> Error {
     if given || e.kind != crate::error::ErrorKind::Io {
         return e;
     }
-    let relative = e
-        .message
-        .split(": ")
-        .next()
-        .is_some_and(|p| Path::new(p).is_relative());
+    let relative = Path::new(&src.data).is_relative();
     Error {
         message: format!(
             "{} (the data path {} recorded{})",

@@ -602,7 +602,7 @@ pub(crate) fn train_cmd(mut a: TrainArgs) -> Result<()> {
         }
         state.stopped = false;
         let ds = load_for_model(&ck.spec, &config.source, super::Targets::Model)
-            .map_err(|e| super::recorded_data(e, a.data.data.is_some(), path))?;
+            .map_err(|e| super::recorded_data(e, a.data.data.is_some(), path, &config.source))?;
         let print = data::fingerprint(&ds);
         if config
             .source
