@@ -273,10 +273,14 @@ impl Nccl {
                 stream,
                 rank,
                 world: self.world,
+                host: None,
             })
             .collect()
     }
 }
+
+/// The least number of f64 [`NcclRank`]'s host-value buffer holds.
+const HOST_VALUES: usize = 64;
 
 /// One communicator of a group, with its own stream, used from one host thread at a time
 /// (see the [module docs](self)).
@@ -285,6 +289,10 @@ pub struct NcclRank {
     stream: Arc<CudaStream>,
     rank: usize,
     world: usize,
+    /// The device buffer of [`NcclRank::broadcast_from_first`] and
+    /// [`NcclRank::max_over_ranks`], made on first use and kept (a run calls them every step
+    /// when it clips gradients or checks its ranks' steps).
+    host: Option<cudarc::driver::CudaSlice<f64>>,
 }
 
 // SAFETY: an NCCL communicator may be used from any host thread, one call at a time (NCCL's
@@ -365,9 +373,20 @@ impl NcclRank {
             .context()
             .bind_to_thread()
             .map_err(|e| nccl_err("cuCtxSetCurrent", e))?;
-        let mut buf = self
-            .stream
-            .clone_htod(&*values)
+        let n = values.len();
+        if self.host.as_ref().is_none_or(|b| b.len() < n) {
+            let fresh = self
+                .stream
+                .alloc_zeros::<f64>(n.max(HOST_VALUES))
+                .map_err(|e| nccl_err("cuMemAlloc", e))?;
+            self.host = Some(fresh);
+        }
+        let Some(whole) = self.host.as_mut() else {
+            return Ok(());
+        };
+        let mut buf = whole.slice_mut(0..n);
+        self.stream
+            .memcpy_htod(&*values, &mut buf)
             .map_err(|e| nccl_err("cuMemcpyHtoD", e))?;
         {
             let (ptr, _sync) = buf.device_ptr_mut(&self.stream);
@@ -406,14 +425,12 @@ impl NcclRank {
                 .map_err(|e| nccl_err("ncclBroadcast", e))?;
             }
         }
-        let got = self
-            .stream
-            .clone_dtoh(&buf)
+        self.stream
+            .memcpy_dtoh(&buf, values)
             .map_err(|e| nccl_err("cuMemcpyDtoH", e))?;
         self.stream
             .synchronize()
             .map_err(|e| nccl_err("cuStreamSynchronize", e))?;
-        values.copy_from_slice(&got);
         Ok(())
     }
 

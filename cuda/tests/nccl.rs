@@ -116,4 +116,12 @@ fn one_rank_overlapped_all_reduce_keeps_the_values() {
     rank.max_over_ranks(&mut flags).unwrap();
     assert_eq!(flags, [0.0, 1.0, -2.5]);
     rank.max_over_ranks(&mut []).unwrap();
+    // The rank's device buffer for these grows for more values, and serves fewer after.
+    let mut many: Vec<f64> = (0..300).map(|i| f64::from(i) * 0.5 - 20.0).collect();
+    let want = many.clone();
+    rank.max_over_ranks(&mut many).unwrap();
+    assert_eq!(many, want);
+    let mut one = [7.0];
+    rank.broadcast_from_first(&mut one).unwrap();
+    assert_eq!(one, [7.0]);
 }

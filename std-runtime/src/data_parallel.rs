@@ -556,6 +556,18 @@ pub trait Reduce<B: Backend<Elem = f32>> {
     fn agree(&self, _values: &mut [f64]) -> crate::Result<()> {
         Ok(())
     }
+
+    /// Whether a replica's step failed anywhere in the run, given whether one of this
+    /// process's did (`failed`). Every process calls it once per step, after its replicas ran,
+    /// so that when one rank's step fails (a non-finite loss, a label out of range in its
+    /// shard), every rank stops at that step: the others would otherwise go on to the next
+    /// step's collectives and wait there for the rank that left. One process: `failed`.
+    ///
+    /// # Errors
+    /// A device error.
+    fn any_failed(&self, failed: bool) -> crate::Result<bool> {
+        Ok(failed)
+    }
 }
 
 /// Replicas on rayon's threads, gradients summed in shared memory: bucket by bucket during
@@ -872,12 +884,21 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
             rest?;
             Ok(out)
         });
+        // Every rank learns whether any rank's step failed, before anything else waits on the
+        // others; a rank whose own step failed reports its own error.
+        let anywhere = self.reduce.any_failed(results.iter().any(|r| r.is_err()));
         let (mut loss, mut correct, mut squared) = (0.0f64, 0, 0.0f64);
         for (res, &w) in results.into_iter().zip(&weights) {
             let s = res?;
             loss += f64::from(w) * f64::from(s.loss);
             correct += s.correct;
             squared += s.squared_error;
+        }
+        if anywhere? {
+            return Err(crate::Error::invalid(format!(
+                "rank {first} of {world}: another rank's step failed (its own error says how), \
+                 so this rank stops too"
+            )));
         }
         // With replicas in other processes, this process reports its own shards' mean loss,
         // and their correct predictions and squared errors scaled to the batch (the others'
@@ -1138,5 +1159,19 @@ impl Reduce<mote_cuda::Cuda> for NcclReduce {
 
     fn place(&self, _local: usize) -> (usize, usize) {
         self.place
+    }
+
+    fn any_failed(&self, failed: bool) -> crate::Result<bool> {
+        if self.place.1 == self.ranks.len() {
+            // Every rank in this process: its own results say it.
+            return Ok(failed);
+        }
+        let mut any = [if failed { 1.0 } else { 0.0 }];
+        self.process_rank()?.max_over_ranks(&mut any).map_err(|e| {
+            crate::Error::invalid(format!(
+                "NCCL all-reduce, checking that every rank's step succeeded: {e}"
+            ))
+        })?;
+        Ok(any[0] != 0.0)
     }
 }

@@ -823,6 +823,15 @@ impl<B: mote::HostBackend<Elem = f32> + Send> Reduce<B> for Ranked {
     fn place(&self, _local: usize) -> (usize, usize) {
         (self.rank, self.world)
     }
+
+    fn any_failed(&self, failed: bool) -> mote_runtime::Result<bool> {
+        let (slots, barrier) = &*self.shared;
+        slots.lock().unwrap()[self.rank] = vec![if failed { 1.0 } else { 0.0 }];
+        barrier.wait();
+        let any = slots.lock().unwrap().iter().any(|s| s[0] != 0.0);
+        barrier.wait();
+        Ok(any)
+    }
 }
 
 /// The multi-process path (each process one replica, rank r of the run, shard r of every
@@ -931,56 +940,74 @@ fn shared_memory_buckets_equal_the_all_reduce_after_the_backward() {
     }
 }
 
-/// A rank whose forward fails (a label out of range in its shard) still sends its gradient
-/// buckets during the step, so that the other rank's step ends instead of waiting in a
-/// collective; the failing rank reports its error.
+/// A rank whose step fails (a label out of range in its shard, or a non-finite loss) still
+/// sends its gradient buckets during the step, so that the other rank's step ends instead of
+/// waiting in a collective; then every rank learns that a step failed, and all stop at that
+/// step (the failing rank with its own error), rather than the others going on to the next
+/// step's collectives and waiting there for the rank that left.
 #[test]
-fn a_failing_rank_still_sends_its_buckets() {
+fn a_failing_rank_still_sends_its_buckets_and_all_stop_together() {
     let (spec, config, _) = setup(1, Schedule::Constant, None);
     let floats = arena_floats(&spec, &ADAM, config.batch).unwrap();
     let rows = 8;
     let inputs = spec.inputs();
     let x: Vec<f32> = (0..rows * inputs).map(|i| (i % 7) as f32 * 0.1).collect();
-    // Rank 0 takes rows 0..4: one label out of range there.
+    // Rank 0 takes rows 0..4: one label out of range there, or an infinite input.
     let labels: Vec<usize> = vec![1, 2, 99, 3, 4, 5, 6, 7];
-    let shared = std::sync::Arc::new((
-        std::sync::Mutex::new(vec![Vec::new(); 2]),
-        std::sync::Barrier::new(2),
-    ));
-    let (tx, rx) = std::sync::mpsc::channel();
-    for rank in 0..2 {
-        let (spec, shared, x, labels, tx) = (
-            spec.clone(),
-            shared.clone(),
-            x.clone(),
-            labels.clone(),
-            tx.clone(),
+    let mut inf = x.clone();
+    inf[inputs + 1] = f32::INFINITY;
+    let ok_labels: Vec<usize> = (0..rows).collect();
+    for (x, labels, why) in [
+        (x.clone(), labels, "label"),
+        (inf, ok_labels, "NaN or infinite"),
+    ] {
+        let shared = std::sync::Arc::new((
+            std::sync::Mutex::new(vec![Vec::new(); 2]),
+            std::sync::Barrier::new(2),
+        ));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for rank in 0..2 {
+            let (spec, shared, x, labels, tx) = (
+                spec.clone(),
+                shared.clone(),
+                x.clone(),
+                labels.clone(),
+                tx.clone(),
+            );
+            std::thread::spawn(move || {
+                let mut mem = vec![0f32; floats];
+                let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
+                let reduce = Ranked {
+                    rank,
+                    world: 2,
+                    shared,
+                    buckets: Some(1000),
+                    plan: None,
+                    weight: 0.0,
+                    early: Default::default(),
+                    fresh: Default::default(),
+                };
+                let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
+                let r = train::Learner::train_step(&mut dp, &x, rows, &labels, &[]);
+                tx.send((rank, r.map(|_| ()).map_err(|e| e.to_string())))
+                    .unwrap();
+            });
+        }
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let r = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("a rank is stuck waiting in a collective");
+            got.push(r);
+        }
+        got.sort();
+        let [(0, Err(first)), (1, Err(second))] = &got[..] else {
+            panic!("both ranks fail ({why}): {got:?}");
+        };
+        assert!(first.contains(why), "{first}");
+        assert!(
+            second.contains("rank 1 of 2: another rank's step failed"),
+            "{second}"
         );
-        std::thread::spawn(move || {
-            let mut mem = vec![0f32; floats];
-            let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
-            let reduce = Ranked {
-                rank,
-                world: 2,
-                shared,
-                buckets: Some(1000),
-                plan: None,
-                weight: 0.0,
-                early: Default::default(),
-                fresh: Default::default(),
-            };
-            let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
-            let r = train::Learner::train_step(&mut dp, &x, rows, &labels, &[]);
-            tx.send((rank, r.is_ok())).unwrap();
-        });
     }
-    let mut got = Vec::new();
-    for _ in 0..2 {
-        let r = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("a rank is stuck waiting in a collective");
-        got.push(r);
-    }
-    got.sort();
-    assert_eq!(got, [(0, false), (1, true)]);
 }
