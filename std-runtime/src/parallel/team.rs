@@ -91,6 +91,33 @@ impl Job {
     }
 }
 
+/// The team's current job, owned by the caller of [`run`]. When dropped, it runs the job's
+/// tasks that are still unclaimed, waits for every task to finish and frees the team, so that
+/// `run` cannot leave (return or unwind) while a worker may still call the function it
+/// borrowed.
+struct AwaitTasks<'a> {
+    team: &'a Team,
+    job: &'a Job,
+}
+
+impl Drop for AwaitTasks<'_> {
+    fn drop(&mut self) {
+        self.job.work();
+        let mut polls = 0u32;
+        while self.job.left.load(Ordering::Acquire) != 0 {
+            // A worker holding a task was descheduled: let it run.
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(1024) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        lock(&self.team.job).take();
+        self.team.busy.store(false, Ordering::Release);
+    }
+}
+
 /// Runs every task on the calling thread, with [`run`]'s behaviour on panics.
 fn serial(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     let mut first = None;
@@ -208,7 +235,8 @@ pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     }
     // SAFETY: only the lifetime is erased. `Job::work` calls the function for claimed tasks
     // only, and this function returns (or unwinds) only after `left` reached zero, when every
-    // claimed task has finished and no task is left to claim.
+    // claimed task has finished and no task is left to claim: `AwaitTasks` waits for that
+    // when it is dropped, on every way out of this function.
     let task: Task =
         unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), Task>(f as *const _) };
     let job = Arc::new(Job {
@@ -218,25 +246,15 @@ pub(crate) fn run(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
         left: AtomicUsize::new(tasks),
         panic: Mutex::new(None),
     });
+    let done = AwaitTasks { team, job: &job };
     *lock(&team.job) = Some(Arc::clone(&job));
     team.epoch.fetch_add(1, Ordering::SeqCst);
     if team.sleepers.load(Ordering::SeqCst) > 0 {
         let _g = lock(&team.sleep);
         team.wake.notify_all();
     }
-    job.work();
-    let mut polls = 0u32;
-    while job.left.load(Ordering::Acquire) != 0 {
-        // A worker holding a task was descheduled: let it run.
-        polls = polls.wrapping_add(1);
-        if polls.is_multiple_of(1024) {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
-    lock(&team.job).take();
-    team.busy.store(false, Ordering::Release);
+    // The caller's share of the tasks, then the wait for the workers'.
+    drop(done);
     let panic = lock(&job.panic).take();
     if let Some(p) = panic {
         resume_unwind(p);
