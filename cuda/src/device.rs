@@ -483,9 +483,16 @@ impl Cuda {
     /// the last read.
     ///
     /// # Errors
-    /// [`mote::Error::Device`] when a kernel failed (see [`Cuda::last_error`]);
+    /// [`mote::Error::Device`] when a kernel failed (see [`Cuda::last_error`]), or inside a
+    /// graph capture (a synchronisation there would invalidate the capture);
     /// [`mote::Error::IndexOutOfRange`] for a bad cross-entropy label.
     pub fn sync(&self) -> Result<()> {
+        if self.capturing() {
+            return Err(self.fail(
+                "sync",
+                "waiting for the device inside a CUDA graph capture is not possible",
+            ));
+        }
         self.flush()?;
         self.stream
             .synchronize()
@@ -904,7 +911,9 @@ unsafe impl Send for Cuda {}
 impl Drop for Cuda {
     fn drop(&mut self) {
         let _ = self.ctx.bind_to_thread();
-        let _ = self.stream.synchronize();
+        // Every stream of the context, not only the backend's: an NCCL rank's sums, queued on
+        // a stream of its own, may still write the arena when the rank outlives the backend.
+        let _ = self.ctx.synchronize();
         // SAFETY: created in `with_options`, destroyed once.
         unsafe {
             if !self.blas.is_null() {

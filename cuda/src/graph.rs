@@ -264,6 +264,14 @@ impl<R> Graph<R> {
             }
         };
         let (output, graph) = match (out, ended) {
+            // The driver ends a capture that recorded nothing with an empty graph.
+            (Ok(_), Ok(Some(g))) if count_nodes(&g) == 0 => {
+                failed(be);
+                return Err(CudaError::Driver {
+                    what: "cuStreamEndCapture",
+                    message: "the step launched nothing".into(),
+                });
+            }
             (Ok(o), Ok(Some(g))) => (o, g),
             (Err(e), _) => {
                 failed(be);
@@ -273,7 +281,7 @@ impl<R> Graph<R> {
                 failed(be);
                 return Err(CudaError::Driver {
                     what: "cuStreamEndCapture",
-                    message: "the step launched nothing".into(),
+                    message: "the capture ended without a graph".into(),
                 });
             }
             (Ok(_), Err(e)) => {

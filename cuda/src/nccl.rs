@@ -438,8 +438,14 @@ impl NcclRank {
     /// [`NcclRank::all_reduce_sum_async`] (no host wait): work queued after it sees them.
     ///
     /// # Errors
-    /// [`CudaError::Driver`] when CUDA fails.
+    /// [`CudaError::Driver`] when CUDA fails; [`CudaError::Mote`] inside a graph capture.
     pub fn wait(&self, backend: &Cuda) -> Result<(), CudaError> {
+        if backend.capturing() {
+            // The event it waits on was recorded outside the capture.
+            return Err(CudaError::Mote(mote::Error::InvalidArgument {
+                what: "NCCL: waiting for sums cannot be captured in a graph",
+            }));
+        }
         backend
             .stream
             .join(&self.stream)

@@ -369,6 +369,47 @@ fn host_driven_ops_are_refused_in_a_capture() {
     assert!(t.item(loss).unwrap().is_finite(), "{test}");
 }
 
+/// A step that launches nothing captures no graph: an error, not a graph that replays as a
+/// no-op. Synchronising the device inside a capture is refused (it would invalidate it), and
+/// the backend works eagerly afterwards.
+#[test]
+fn an_empty_step_and_a_sync_are_refused_in_a_capture() {
+    let test = "an_empty_step_and_a_sync_are_refused_in_a_capture";
+    let Some(cuda) = gpu(test, FLOATS) else {
+        return;
+    };
+    let mut t = Tape::<Cuda, 64>::with_backend(cuda);
+    let start = t.mark();
+    let e = Graph::capture(&mut t, start, |_| Ok(()))
+        .err()
+        .unwrap_or_else(|| panic!("{test}: an empty capture succeeded"));
+    assert!(e.to_string().contains("launched nothing"), "{test}: {e}");
+    let m = model(&mut t);
+    let start = t.mark();
+    let (xs, _) = digits();
+    let e = Graph::capture(&mut t, start, |t| {
+        let x = t.input(&[BATCH, 64], &xs[..BATCH * 64])?;
+        m.forward(t, x)?;
+        t.backend().sync()
+    })
+    .err()
+    .unwrap_or_else(|| panic!("{test}: a sync was captured"));
+    assert!(
+        matches!(
+            e,
+            mote_cuda::CudaError::Mote(mote::Error::Device { what: "sync" })
+        ),
+        "{test}: {e}"
+    );
+    t.rewind(start).unwrap();
+    let x = t.input(&[BATCH, 64], &xs[..BATCH * 64]).unwrap();
+    let out = m.forward(&mut t, x).unwrap();
+    t.backend().sync().unwrap();
+    let mut o = vec![f32::NAN; out.numel()];
+    t.read(out, &mut o).unwrap();
+    assert!(o.iter().all(|v| v.is_finite()), "{test}: {o:?}");
+}
+
 /// Every allocation of a step starts at a multiple of `Options::align` (64 elements, 256
 /// bytes): inputs, activations, the loss, parameters, their gradients and both Adam buffers,
 /// where the unaligned reference places the activation gradients of the backward 8 bytes past
