@@ -334,27 +334,69 @@ fn wait_for_file(path: &Path, launch: &Launch, timeout: Duration) -> Result<[u8;
     }
 }
 
+/// How long rank 0 gives one connection to send its rank and tag, in all.
+const PEER_READ: Duration = Duration::from_secs(5);
+
+/// Fills `buf` from `s` by `deadline`: a peer that sends slowly cannot hold rank 0 past it.
+fn read_by(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        s.set_read_timeout(Some(left))?;
+        match s.read(&mut buf[at..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Rank 0: accepts connections until every rank `1..=peers` has sent its rank and its run's
 /// tag ([`run_tag`]; 8 bytes each, little-endian) and received the id; connections that send
-/// nothing valid (a port probe, a rank of another run) are dropped and not counted.
+/// nothing valid (a port probe, a rank of another run) are dropped and not counted. Gives up
+/// after `timeout` however the connections come: each has [`PEER_READ`] at most, within it.
 fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Duration) -> Result<()> {
     let io = |e: std::io::Error| late(format!("rendezvous on {addr}: {e}"));
     let listener = TcpListener::bind(listen_addr(addr).map_err(io)?).map_err(io)?;
     listener.set_nonblocking(true).map_err(io)?;
-    let start = Instant::now();
+    let end = Instant::now() + timeout;
     let mut joined = vec![false; peers + 1];
     let (mut served, mut refused) = (0, 0);
     while served < peers {
+        if Instant::now() > end {
+            let others = if refused > 0 {
+                format!(
+                    " ({refused} other connection{} refused: not ranks of this run)",
+                    if refused == 1 { " was" } else { "s were" }
+                )
+            } else {
+                String::new()
+            };
+            return Err(late(format!(
+                "rendezvous on {addr}: {served} of {peers} ranks connected within {} s{others}",
+                timeout.as_secs()
+            )));
+        }
         match listener.accept() {
             Ok((mut s, _)) => {
-                let (mut rank, mut theirs) = ([0u8; 8], [0u8; 8]);
+                let mut hello = [0u8; 16];
+                let by = end.min(Instant::now() + PEER_READ);
                 let valid = s.set_nonblocking(false).is_ok()
-                    && s.set_read_timeout(Some(Duration::from_secs(5))).is_ok()
-                    && s.read_exact(&mut rank).is_ok()
-                    && s.read_exact(&mut theirs).is_ok()
-                    && u64::from_le_bytes(theirs) == tag;
-                let r = usize::try_from(u64::from_le_bytes(rank)).unwrap_or(0);
-                if valid && (1..=peers).contains(&r) && s.write_all(id).is_ok() {
+                    && s.set_write_timeout(Some(PEER_READ)).is_ok()
+                    && read_by(&mut s, &mut hello, by).is_ok();
+                let (rank, theirs) = hello.split_at(8);
+                let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+                let r = usize::try_from(word(rank)).unwrap_or(0);
+                if valid
+                    && word(theirs) == tag
+                    && (1..=peers).contains(&r)
+                    && s.write_all(id).is_ok()
+                {
                     if let Some(seen) = joined.get_mut(r) {
                         if !*seen {
                             *seen = true;
@@ -373,21 +415,6 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if start.elapsed() > timeout {
-                    let others = if refused > 0 {
-                        format!(
-                            " ({refused} other connection{} refused: not ranks of this run)",
-                            if refused == 1 { " was" } else { "s were" }
-                        )
-                    } else {
-                        String::new()
-                    };
-                    return Err(late(format!(
-                        "rendezvous on {addr}: {served} of {peers} ranks connected within {} \
-                         s{others}",
-                        timeout.as_secs()
-                    )));
-                }
                 std::thread::sleep(Duration::from_millis(20));
             }
             Err(e) => return Err(io(e)),

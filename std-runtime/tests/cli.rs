@@ -1949,6 +1949,60 @@ fn regression_text_labels_and_idx() {
 
 /// A gzip file of several members is read whole (as `gunzip` does); a label column of IDs is
 /// refused as classes, with what to do; an export whose default name is the model's says so.
+/// Text that is not UTF-8 where text is read is refused, not read as absent or changed: a
+/// `MOTE_*` variable (an unreadable `MOTE_WORLD_SIZE` read as unset would make every rank train
+/// alone) and an `--idx-labels` path.
+#[cfg(unix)]
+#[test]
+fn values_that_are_not_utf8_are_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let d = TempDir::new("notutf8");
+    let bad = std::ffi::OsStr::from_bytes(b"2\xff");
+    let o = Command::new(bin())
+        .args(["train", "--epochs", "1"])
+        .env("MOTE_WORLD_SIZE", bad)
+        .current_dir(&d.0)
+        .output()
+        .unwrap();
+    let se = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{se}");
+    assert!(se.contains("MOTE_WORLD_SIZE=2"), "{se}");
+    assert!(se.contains("not UTF-8"), "{se}");
+    let o = Command::new(bin())
+        .arg("train")
+        .args(["--data", "images-idx3-ubyte", "--idx-labels"])
+        .arg(std::ffi::OsStr::from_bytes(b"labels\xff"))
+        .current_dir(&d.0)
+        .output()
+        .unwrap();
+    let se = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{se}");
+    assert!(se.contains("invalid UTF-8"), "{se}");
+}
+
+/// A model file whose name holds a line break exports a Rust file whose header comment keeps
+/// the name escaped: the rest of the name does not become code.
+#[test]
+fn export_escapes_a_line_break_in_the_model_name() {
+    let d = TempDir::new("exportname");
+    let name = "a\npub fn injected() {}\n.st";
+    ok(&d, &["train", "--epochs", "1", "-q", "--save", name]);
+    ok(
+        &d,
+        &[
+            "export", "--model", name, "--format", "rust", "--output", "m.rs",
+        ],
+    );
+    let text = std::fs::read_to_string(d.path("m.rs")).unwrap();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("pub fn injected") && !l.starts_with("//")),
+        "{text}"
+    );
+    assert!(text.contains("a\\npub fn injected() {}\\n.st"), "{text}");
+}
+
 #[test]
 fn gzip_members_class_counts_and_export_names() {
     use std::io::Write;

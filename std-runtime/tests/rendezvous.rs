@@ -343,6 +343,46 @@ fn a_run_id_tells_this_runs_rendezvous_from_anothers() {
     );
 }
 
+/// Rank 0 gives up at its timeout however connections come: a stream of connections that send
+/// nothing (each held for its own read timeout) cannot keep it waiting past it.
+#[test]
+fn rank_zero_times_out_under_a_stream_of_silent_connections() {
+    let port = free_port();
+    let zero = Launch {
+        world: 2,
+        rank: 0,
+        local_rank: 0,
+        rendezvous: Rendezvous::Tcp(format!("127.0.0.1:{port}")),
+        run_id: None,
+        started: std::time::SystemTime::now(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = exchange(&zero, Duration::from_secs(1), || Ok([8u8; ID_BYTES]));
+        let _ = tx.send(r.map_err(|e| e.to_string()));
+    });
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut open = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                    open.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let got = rx.recv_timeout(Duration::from_secs(60));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flood.join().unwrap();
+    let e = got
+        .expect("rank 0 kept waiting past its timeout")
+        .unwrap_err();
+    assert!(e.contains("0 of 1 ranks connected within 1 s"), "{e}");
+}
+
 /// Rank 0's rendezvous file goes when its guard does (every rank joined, or rank 0 failed
 /// first); other ranks' guards, and TCP rendezvous, touch nothing.
 #[test]

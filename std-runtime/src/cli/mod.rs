@@ -160,7 +160,7 @@ pub struct DataArgs {
     label: Option<String>,
     /// The labels of an IDX image file (default: the `*labels-idx1*` file beside it).
     #[arg(long, value_name = "PATH")]
-    idx_labels: Option<PathBuf>,
+    idx_labels: Option<String>,
 }
 
 /// The data to predict on (no label column: predict reads the model's feature columns by
@@ -173,7 +173,7 @@ pub struct InputArgs {
     data: String,
     /// The labels of an IDX image file (default: the `*labels-idx1*` file beside it).
     #[arg(long, value_name = "PATH")]
-    idx_labels: Option<PathBuf>,
+    idx_labels: Option<String>,
 }
 
 impl InputArgs {
@@ -646,7 +646,7 @@ pub(crate) fn source_for(ck: &Checkpoint, a: &DataArgs) -> DataSource {
         src.idx_labels = None;
     }
     if let Some(l) = &a.idx_labels {
-        src.idx_labels = Some(l.display().to_string());
+        src.idx_labels = Some(l.clone());
     }
     src
 }

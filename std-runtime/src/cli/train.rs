@@ -439,8 +439,26 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a `MOTE_*` environment variable whose value is not UTF-8 text: read as unset, it
+/// would silently change the run (`MOTE_WORLD_SIZE`: every rank training alone, `MOTE_RUN_ID`:
+/// no run check, `MOTE_TIMEOUT`: the default).
+fn check_mote_vars() -> Result<()> {
+    for (k, v) in std::env::vars_os() {
+        let name = k.to_string_lossy();
+        if name.starts_with("MOTE_") && v.to_str().is_none() {
+            return Err(Error::invalid(format!(
+                "{name}={}: the value is not UTF-8 text",
+                v.to_string_lossy()
+            ))
+            .with_hint("set it to plain text, or unset it"));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn train_cmd(mut a: TrainArgs) -> Result<()> {
     let replicas = a.replicas.unwrap_or(1);
+    check_mote_vars()?;
     let launch = Launch::from_vars(|k| std::env::var(k).ok())?;
     // Only rank 0 of a multi-process run prints, saves and plots: the other ranks neither
     // print the run's header nor check outputs they will not write (a --save folder may
@@ -536,7 +554,7 @@ pub(crate) fn train_cmd(mut a: TrainArgs) -> Result<()> {
     };
     let labels = match &resumed_source {
         Some(s) => s.idx_labels.clone(),
-        None => a.data.idx_labels.as_ref().map(|l| l.display().to_string()),
+        None => a.data.idx_labels.clone(),
     };
     let files = super::input_files(&data, labels.as_deref());
     let mut inputs: Vec<(&str, &std::path::Path)> =
@@ -679,7 +697,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     let source = DataSource {
         data: a.data.data.clone().unwrap_or_else(|| "digits".into()),
         label: a.data.label.clone(),
-        idx_labels: a.data.idx_labels.as_ref().map(|p| p.display().to_string()),
+        idx_labels: a.data.idx_labels.clone(),
         fingerprint: None,
     };
     let label = source
@@ -698,7 +716,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
             label,
             features: None,
         },
-        a.data.idx_labels.as_deref(),
+        a.data.idx_labels.as_deref().map(Path::new),
     )?;
     let task = match a.task {
         Some(TaskArg::Classification) => Some(Task::Classification),
