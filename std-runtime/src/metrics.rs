@@ -1,7 +1,35 @@
-//! Metrics over network outputs: loss, accuracy and a confusion matrix for classification, RMSE
-//! for regression. Computed on the host in f64.
+//! Metrics over network outputs: loss, accuracy and per-class precision, recall and F1 (and,
+//! for a few classes, a confusion matrix) for classification, RMSE for regression. Computed on
+//! the host in f64.
+//!
+//! Memory is linear in the rows and the classes: the training loop's [`score`] keeps three
+//! numbers, [`classify`] three counts per class; only [`confusion`], for `mote eval` on a
+//! model of at most [`CONFUSION_MAX_CLASSES`] classes, builds the classes-squared matrix.
 
-use crate::model::{argmax, softmax, RegressionLoss};
+use crate::model::{argmax, RegressionLoss};
+
+/// The most classes whose confusion matrix `mote eval` prints (a row of it is a line of about
+/// four characters per class; above this the matrix is left out, and its `classes x classes`
+/// counts are not built).
+pub const CONFUSION_MAX_CLASSES: usize = 30;
+
+/// Loss and accuracy ([`score`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Score {
+    /// Mean softmax cross-entropy.
+    pub loss: f64,
+    /// Correct predictions.
+    pub correct: usize,
+    /// Rows.
+    pub total: usize,
+}
+
+impl Score {
+    /// Accuracy in `[0, 1]`.
+    pub fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.total.max(1) as f64
+    }
+}
 
 /// Classification results.
 #[derive(Clone, Debug, PartialEq)]
@@ -12,8 +40,12 @@ pub struct ClassReport {
     pub correct: usize,
     /// Rows.
     pub total: usize,
-    /// `confusion[true][predicted]` counts.
-    pub confusion: Vec<Vec<usize>>,
+    /// Per class of the model: rows of the class predicted as it (true positives).
+    pub hits: Vec<usize>,
+    /// Per class of the model: rows predicted as the class.
+    pub predicted: Vec<usize>,
+    /// Per class of the model: rows of the class (its support).
+    pub actual: Vec<usize>,
 }
 
 impl ClassReport {
@@ -22,17 +54,36 @@ impl ClassReport {
         self.correct as f64 / self.total.max(1) as f64
     }
 
-    /// Precision, recall, F1 and support of each class of the model, from the confusion
-    /// matrix (as scikit-learn's `classification_report(..., labels=every class,
+    /// The per-class counts of a confusion matrix (`confusion[true][predicted]`), with `loss`
+    /// 0 and `correct` its diagonal.
+    pub fn from_confusion(confusion: &[Vec<usize>]) -> ClassReport {
+        let k = confusion.len();
+        let hits: Vec<usize> = (0..k)
+            .map(|c| confusion[c].get(c).copied().unwrap_or(0))
+            .collect();
+        ClassReport {
+            loss: 0.0,
+            correct: hits.iter().sum(),
+            total: confusion.iter().flatten().sum(),
+            predicted: (0..k)
+                .map(|c| confusion.iter().filter_map(|r| r.get(c)).sum())
+                .collect(),
+            actual: confusion.iter().map(|r| r.iter().sum()).collect(),
+            hits,
+        }
+    }
+
+    /// Precision, recall, F1 and support of each class of the model, from the per-class
+    /// counts (as scikit-learn's `classification_report(..., labels=every class,
     /// zero_division=0)`: a ratio whose denominator is 0, such as the precision of a class
     /// never predicted, is 0; a class absent from the data is listed with support 0).
     pub fn per_class(&self) -> Vec<ClassScores> {
-        let k = self.confusion.len();
-        (0..k)
+        let count = |v: &[usize], c: usize| v.get(c).copied().unwrap_or(0);
+        (0..self.actual.len())
             .map(|c| {
-                let hit = self.confusion[c].get(c).copied().unwrap_or(0) as f64;
-                let support = self.confusion[c].iter().sum::<usize>();
-                let predicted: usize = self.confusion.iter().filter_map(|r| r.get(c)).sum();
+                let hit = count(&self.hits, c) as f64;
+                let support = count(&self.actual, c);
+                let predicted = count(&self.predicted, c);
                 let ratio = |n: f64, d: f64| if d > 0.0 { n / d } else { 0.0 };
                 let precision = ratio(hit, predicted as f64);
                 let recall = ratio(hit, support as f64);
@@ -84,26 +135,77 @@ pub struct ClassScores {
     pub support: usize,
 }
 
-/// Scores `logits` (`rows x classes`) against `labels`.
-pub fn classify(logits: &[f32], classes: usize, labels: &[usize]) -> ClassReport {
-    let mut r = ClassReport {
-        loss: 0.0,
-        correct: 0,
-        total: 0,
-        confusion: vec![vec![0; classes]; classes],
+/// The probability softmax gives entry `y` of `row` (0 when `row` has no such entry): the
+/// value of `softmax(row)[y]` without the row of probabilities.
+fn probability(row: &[f32], y: usize) -> f64 {
+    let Some(&v) = row.get(y) else {
+        return 0.0;
     };
+    // As `model::softmax`: the exponentials summed in order, then divided.
+    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let s: f32 = row.iter().map(|v| (v - m).exp()).sum();
+    ((v - m).exp() / s) as f64
+}
+
+/// Visits each row of `logits` (`rows x classes`) with its label and predicted class, and
+/// returns the loss and accuracy.
+fn each_row(
+    logits: &[f32],
+    classes: usize,
+    labels: &[usize],
+    mut visit: impl FnMut(usize, usize),
+) -> Score {
+    let mut r = Score::default();
     for (row, &y) in logits.chunks(classes.max(1)).zip(labels) {
         let p = argmax(row);
-        let prob = softmax(row).get(y).copied().unwrap_or(0.0) as f64;
-        r.loss -= prob.max(1e-30).ln();
+        r.loss -= probability(row, y).max(1e-30).ln();
         r.correct += usize::from(p == y);
         r.total += 1;
-        if let Some(c) = r.confusion.get_mut(y).and_then(|row| row.get_mut(p)) {
-            *c += 1;
-        }
+        visit(y, p);
     }
     r.loss /= r.total.max(1) as f64;
     r
+}
+
+/// Loss and accuracy of `logits` (`rows x classes`) against `labels`, in memory independent of
+/// the rows and classes (the training loop's validation).
+pub fn score(logits: &[f32], classes: usize, labels: &[usize]) -> Score {
+    each_row(logits, classes, labels, |_, _| {})
+}
+
+/// Scores `logits` (`rows x classes`) against `labels`: [`score`] and three counts per class
+/// (memory linear in the classes).
+pub fn classify(logits: &[f32], classes: usize, labels: &[usize]) -> ClassReport {
+    let (mut hits, mut predicted, mut actual) =
+        (vec![0; classes], vec![0; classes], vec![0; classes]);
+    let s = each_row(logits, classes, labels, |y, p| {
+        // Rows whose label is not a class of the model are in the loss and accuracy only.
+        if y < classes && p < classes {
+            actual[y] += 1;
+            predicted[p] += 1;
+            hits[y] += usize::from(p == y);
+        }
+    });
+    ClassReport {
+        loss: s.loss,
+        correct: s.correct,
+        total: s.total,
+        hits,
+        predicted,
+        actual,
+    }
+}
+
+/// The confusion matrix of `logits` (`rows x classes`) against `labels`: `[true][predicted]`
+/// counts, `classes x classes` of them (for a few classes: see [`CONFUSION_MAX_CLASSES`]).
+pub fn confusion(logits: &[f32], classes: usize, labels: &[usize]) -> Vec<Vec<usize>> {
+    let mut m = vec![vec![0; classes]; classes];
+    for (row, &y) in logits.chunks(classes.max(1)).zip(labels) {
+        if let Some(c) = m.get_mut(y).and_then(|r| r.get_mut(argmax(row))) {
+            *c += 1;
+        }
+    }
+    m
 }
 
 /// Regression results, in the targets' own units.
@@ -204,12 +306,24 @@ mod tests {
     /// [0, 0, 2, 2, 1] (class 1 is never predicted right: its precision's numerator is 0).
     #[test]
     fn precision_recall_f1_as_scikit_learn() {
-        let r = ClassReport {
-            loss: 0.0,
-            correct: 3,
-            total: 5,
-            confusion: vec![vec![1, 0, 0], vec![1, 0, 0], vec![0, 1, 2]],
-        };
+        let r = ClassReport::from_confusion(&[vec![1, 0, 0], vec![1, 0, 0], vec![0, 1, 2]]);
+        assert_eq!((r.correct, r.total), (3, 5));
+        assert_eq!(
+            (
+                r.hits.as_slice(),
+                r.predicted.as_slice(),
+                r.actual.as_slice()
+            ),
+            (&[1, 0, 2][..], &[2, 1, 2][..], &[1, 1, 3][..])
+        );
+        // The same counts from logits: rows of true class 0, 1, 2, 2, 2 predicted 0, 0, 2, 2, 1.
+        let one_hot = |p: usize| (0..3).map(move |c| if c == p { 3.0 } else { 0.0 });
+        let logits: Vec<f32> = [0, 0, 2, 2, 1].into_iter().flat_map(one_hot).collect();
+        let from_logits = classify(&logits, 3, &[0, 1, 2, 2, 2]);
+        assert_eq!(
+            (from_logits.hits, from_logits.predicted, from_logits.actual),
+            (r.hits.clone(), r.predicted.clone(), r.actual.clone())
+        );
         let s = r.per_class();
         let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
         let want = [
@@ -229,10 +343,7 @@ mod tests {
         assert_eq!((m.support, w.support), (5, 5));
         // A class with no rows and no predictions scores 0: 0 in the macro average, no weight
         // in the weighted one.
-        let r = ClassReport {
-            confusion: vec![vec![2, 0], vec![0, 0]],
-            ..r
-        };
+        let r = ClassReport::from_confusion(&[vec![2, 0], vec![0, 0]]);
         let (m, w) = r.averages();
         assert!(close(m.f1, 0.5) && close(w.f1, 1.0));
         let t = class_table(&r, &["a".into(), "b".into()]);
@@ -246,7 +357,23 @@ mod tests {
     fn scores() {
         let r = classify(&[2.0, 0.0, 0.0, 1.0, 5.0, 0.0], 2, &[0, 1, 1]);
         assert_eq!((r.correct, r.total), (2, 3));
-        assert_eq!(r.confusion, vec![vec![1, 0], vec![1, 1]]);
+        assert_eq!(
+            confusion(&[2.0, 0.0, 0.0, 1.0, 5.0, 0.0], 2, &[0, 1, 1]),
+            vec![vec![1, 0], vec![1, 1]]
+        );
+        assert_eq!(
+            (r.hits, r.predicted, r.actual),
+            (vec![1, 1], vec![2, 1], vec![1, 2])
+        );
+        // `score` is `classify`'s loss and accuracy; the loss is softmax's, bit for bit.
+        let s = score(&[2.0, 0.0, 0.0, 1.0, 5.0, 0.0], 2, &[0, 1, 1]);
+        assert_eq!((s.loss, s.correct, s.total), (r.loss, r.correct, r.total));
+        let want = -[(0, [2.0f32, 0.0]), (1, [0.0, 1.0]), (1, [5.0, 0.0])]
+            .iter()
+            .map(|(y, row)| f64::from(crate::model::softmax(row)[*y]).ln())
+            .sum::<f64>()
+            / 3.0;
+        assert_eq!(r.loss, want);
         let g = regress(&[1.0, -1.0], &[0.0, 0.0], 2.0, RegressionLoss::Mse);
         assert!((g.rmse - 2.0).abs() < 1e-12 && (g.mae - 2.0).abs() < 1e-12);
         assert_eq!(g.loss, 1.0);

@@ -520,7 +520,9 @@ pub fn evaluate<L: Learner>(model: &mut L, data: &Prepared, rows: &[usize]) -> R
     let spec = &model.model().spec;
     Ok(match spec.task {
         Task::Classification => {
-            let r = metrics::classify(&out, spec.outputs(), &bc);
+            // Loss and accuracy only: no per-class counts (nor a classes-squared matrix) for
+            // every epoch's validation.
+            let r = metrics::score(&out, spec.outputs(), &bc);
             (r.loss, r.accuracy())
         }
         Task::Regression => {

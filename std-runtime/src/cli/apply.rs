@@ -109,7 +109,8 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
                 .iter()
                 .filter_map(|&r| data.y_class.get(r).copied())
                 .collect();
-            let r = metrics::classify(&outputs, ck.spec.outputs(), &labels);
+            let k = ck.spec.outputs();
+            let r = metrics::classify(&outputs, k, &labels);
             out(&format!(
                 "accuracy {:.2}% ({}/{}), loss {:.4}",
                 100.0 * r.accuracy(),
@@ -117,8 +118,18 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
                 r.total,
                 r.loss
             ))?;
-            out("confusion matrix (rows: true class, columns: predicted):")?;
-            out(metrics::confusion_table(&r.confusion, &ck.spec.classes).trim_end())?;
+            // The matrix is `k x k` counts and a line per class as wide as the classes: only
+            // for a few classes (a checkpoint's class count is not capped).
+            if k <= metrics::CONFUSION_MAX_CLASSES {
+                out("confusion matrix (rows: true class, columns: predicted):")?;
+                let m = metrics::confusion(&outputs, k, &labels);
+                out(metrics::confusion_table(&m, &ck.spec.classes).trim_end())?;
+            } else {
+                out(&format!(
+                    "confusion matrix left out: {k} classes (it is printed for up to {})",
+                    metrics::CONFUSION_MAX_CLASSES
+                ))?;
+            }
             out(metrics::class_table(&r, &ck.spec.classes).trim_end())?;
         }
         Task::Regression => {

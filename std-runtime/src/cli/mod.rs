@@ -35,8 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Train an MLP or a CNN (alone: on the bundled digits).
     Train(Box<TrainArgs>),
-    /// Evaluate a saved model: accuracy, confusion matrix and per-class precision, recall and
-    /// F1, or RMSE.
+    /// Evaluate a saved model: accuracy, confusion matrix (up to 30 classes) and per-class
+    /// precision, recall and F1, or RMSE.
     Eval(EvalArgs),
     /// Print a saved model's predictions for a data set, as CSV.
     Predict(PredictArgs),

@@ -102,32 +102,82 @@ pub struct Table {
 /// The most classes a classification data set may have (ImageNet-21k's 21,841 fit).
 pub const MAX_CLASSES: usize = 32_768;
 
+/// Of the memory the machine has available (Linux's `MemAvailable`) when gzip data are
+/// unpacked, the share (one in this many bytes) the unpacked data may take: the rest is for
+/// what is made of them (a CSV file's text becomes a table of numbers) and for other programs.
+const GUNZIP_SHARE_OF_AVAILABLE: u64 = 2;
+
+/// The memory the machine has available for new allocations without swapping (Linux's
+/// `MemAvailable`), where it can be read.
+fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+/// `bytes` for a message: the count, and in MB or GB when large.
+fn byte_count(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000_000 => format!("{b} bytes ({:.1} GB)", b as f64 * 1e-9),
+        b if b >= 1_000_000 => format!("{b} bytes ({:.1} MB)", b as f64 * 1e-6),
+        b => format!("{b} bytes"),
+    }
+}
+
 /// Decompresses gzip data.
+///
+/// What the data unpack to is bounded by half the memory the machine has available when they
+/// are read (a small file can unpack to a thousand times its size): a gzip bomb is refused
+/// before it fills the memory, rather than left to the system's out-of-memory killer. Where
+/// the available memory cannot be read (not Linux), only a failed allocation stops it.
 ///
 /// # Errors
 /// A `Data` error naming `source` when the data is not valid gzip, or when what it unpacks to
-/// would not fit in the machine's memory (a small file can unpack to a thousand times its size).
+/// passes the bound or cannot be allocated; the error says the bound and what to do.
 pub fn gunzip(bytes: &[u8], source: &str) -> Result<Vec<u8>> {
-    gunzip_within(
-        bytes,
-        source,
-        crate::model::host_memory_bytes().unwrap_or(u64::MAX),
-    )
+    match available_memory_bytes() {
+        Some(free) => gunzip_within(
+            bytes,
+            source,
+            free / GUNZIP_SHARE_OF_AVAILABLE,
+            &format!(
+                "half the memory this machine has available, {}",
+                byte_count(free)
+            ),
+        ),
+        None => gunzip_within(bytes, source, u64::MAX, "no bound"),
+    }
 }
 
-/// [`gunzip`] with what the data may unpack to bounded by `limit` bytes.
-fn gunzip_within(bytes: &[u8], source: &str, limit: u64) -> Result<Vec<u8>> {
+/// [`gunzip`] with what the data may unpack to bounded by `limit` bytes, `why` saying where
+/// the bound comes from (for the error).
+fn gunzip_within(bytes: &[u8], source: &str, limit: u64, why: &str) -> Result<Vec<u8>> {
+    let hint = "free memory, or unpack the file beforehand (gunzip -k FILE) and give the \
+                unpacked file, which is read without this bound";
     let too_big = |so_far: usize| {
         Error::data(format!(
-            "{source}: the gzip data unpack to more than this machine's memory holds ({:.1} GB \
-             so far)",
-            so_far as f64 * 1e-9
+            "{source}: the gzip data unpack to more than {}, the most read here ({why}); \
+             refused after {}",
+            byte_count(limit),
+            byte_count(so_far as u64)
         ))
+        .with_hint(hint)
     };
+    let no_memory = |so_far: usize, want: usize| {
+        Error::data(format!(
+            "{source}: the gzip data unpack to more than this machine could allocate ({} \
+             unpacked, {} asked for)",
+            byte_count(so_far as u64),
+            byte_count(want as u64)
+        ))
+        .with_hint(hint)
+    };
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
     // Every member: a file of several gzip members (concatenated `.gz` files) is their
     // concatenation, as `gunzip` reads it.
     let mut dec = flate2::read::MultiGzDecoder::new(bytes);
-    let mut out = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = match dec.read(&mut buf) {
@@ -136,8 +186,21 @@ fn gunzip_within(bytes: &[u8], source: &str, limit: u64) -> Result<Vec<u8>> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Error::data(format!("{source}: bad gzip data: {e}"))),
         };
-        if (out.len() + n) as u64 > limit || out.try_reserve(n).is_err() {
+        let need = out.len().checked_add(n).filter(|&t| t <= cap);
+        let Some(need) = need else {
             return Err(too_big(out.len()));
+        };
+        // Grown here, doubling but never past the bound (a `Vec`'s own doubling could reserve
+        // twice the bound).
+        if need > out.capacity() {
+            let want = out
+                .capacity()
+                .saturating_mul(2)
+                .max(need)
+                .max(1 << 16)
+                .min(cap);
+            out.try_reserve_exact(want - out.len())
+                .map_err(|_| no_memory(out.len(), want))?;
         }
         out.extend_from_slice(buf.get(..n).unwrap_or(&[]));
     }
@@ -299,25 +362,48 @@ pub fn infer_task(labels: &[String]) -> Task {
 
 /// The sorted distinct labels (numerically when all are numbers).
 pub fn class_names(labels: &[String]) -> Vec<String> {
-    let mut c: Vec<String> = labels.to_vec();
-    if c.iter().all(|l| l.parse::<f64>().is_ok()) {
-        c.sort_by(|a, b| {
-            let (x, y) = (
-                a.parse::<f64>().unwrap_or(0.0),
-                b.parse::<f64>().unwrap_or(0.0),
-            );
-            x.total_cmp(&y)
-        });
-    } else {
-        c.sort();
-    }
+    // Each spelling once, in the order of first appearance (the sort below is stable: among
+    // spellings that sort as equal, the first to appear comes first, as with every row kept);
+    // a number is parsed once per spelling, not per comparison.
+    let mut spelt = std::collections::HashSet::new();
+    let distinct: Vec<&str> = labels
+        .iter()
+        .map(String::as_str)
+        .filter(|l| spelt.insert(*l))
+        .collect();
+    let numbers: Option<Vec<f64>> = distinct.iter().map(|l| l.parse::<f64>().ok()).collect();
+    let mut c: Vec<&str> = match numbers {
+        Some(v) => {
+            let mut by_value: Vec<(f64, &str)> = v.into_iter().zip(distinct).collect();
+            by_value.sort_by(|a, b| a.0.total_cmp(&b.0));
+            by_value.into_iter().map(|(_, l)| l).collect()
+        }
+        None => {
+            let mut d = distinct;
+            d.sort_unstable();
+            d
+        }
+    };
     // One name per class, the first in order: spellings of one class need not be neighbours
     // ("-nan" sorts first, "nan" last; "1" and "1.0" among text labels).
     let mut seen = std::collections::HashSet::new();
-    let first: Vec<bool> = c.iter().map(|l| seen.insert(class_key(l))).collect();
-    let mut first = first.into_iter();
-    c.retain(|_| first.next().unwrap_or(false));
-    c
+    c.retain(|l| seen.insert(class_key(l)));
+    c.into_iter().map(str::to_owned).collect()
+}
+
+/// At most this many class names are listed in an error message (a model may have thousands).
+const LISTED_CLASSES: usize = 20;
+
+/// The class names for a message: every one, or the first [`LISTED_CLASSES`] and a count.
+fn class_list(classes: &[String]) -> String {
+    if classes.len() <= LISTED_CLASSES {
+        return classes.join(", ");
+    }
+    format!(
+        "{}, ... and {} more",
+        classes[..LISTED_CLASSES].join(", "),
+        classes.len() - LISTED_CLASSES
+    )
 }
 
 /// What names a class: the number (one NaN; 0 and -0 one) or the text.
@@ -337,9 +423,22 @@ fn class_key(l: &str) -> ClassKey<'_> {
 }
 
 /// Whether two labels name one class: the same text, or the same number (`1` and `1.0`; every
-/// spelling of NaN is one class, as it is one label).
+/// spelling of NaN is one class, as it is one label). [`class_index`] keys classes by
+/// [`class_key`], which is this relation (the same text has the same key).
+#[cfg(test)]
 fn same_class(a: &str, b: &str) -> bool {
     a == b || class_key(a) == class_key(b)
+}
+
+/// Each class's index by its [`class_key`]: a label's class is `index[&class_key(label)]`, in
+/// time independent of the number of classes. Where two names of `classes` are one class,
+/// the first is its index (as a search from the start finds).
+fn class_index(classes: &[String]) -> std::collections::HashMap<ClassKey<'_>, usize> {
+    let mut index = std::collections::HashMap::with_capacity(classes.len());
+    for (i, c) in classes.iter().enumerate() {
+        index.entry(class_key(c)).or_insert(i);
+    }
+    index
 }
 
 impl Dataset {
@@ -397,8 +496,8 @@ impl Dataset {
                     ))
                     .with_hint("classification needs at least two classes; check --label"));
                 }
-                // A label column of IDs or measurements read as classes: refused before the
-                // O(rows x classes) lookup and a classes-squared confusion matrix.
+                // A label column of IDs or measurements read as classes (a model with an
+                // output per value) is refused, with what to do.
                 if classes.is_none() && ds.classes.len() > MAX_CLASSES {
                     return Err(Error::data(format!(
                         "{}: the label column '{label}' has {} distinct values, more than the \
@@ -411,15 +510,16 @@ impl Dataset {
                          --task regression",
                     ));
                 }
+                let index = class_index(&ds.classes);
                 let mut ys = Vec::with_capacity(t.labels.len());
                 for (i, l) in t.labels.iter().enumerate() {
-                    let k = ds.classes.iter().position(|c| same_class(c, l)).ok_or_else(|| {
+                    let k = index.get(&class_key(l)).copied().ok_or_else(|| {
                         Error::data(format!(
                             "{}, line {}, column {} ({label}): class '{l}' is not one the model knows ({})",
                             t.source,
                             at(i),
                             t.label_column,
-                            ds.classes.join(", ")
+                            class_list(&ds.classes)
                         ))
                     })?;
                     ys.push(k);
@@ -479,7 +579,49 @@ mod tests {
         assert_eq!(names(&["b", "1.0", "a", "1", "b"]), ["1", "a", "b"]);
     }
 
-    // What gzip data unpack to is bounded: the limit is the machine's memory in `gunzip`.
+    // The names are those of sorting every label (numerically when all are numbers, stably)
+    // and keeping the first of each class, as before the spellings were counted once.
+    #[test]
+    fn class_names_as_sorting_every_label() {
+        fn every_label(labels: &[String]) -> Vec<String> {
+            let mut c: Vec<String> = labels.to_vec();
+            if c.iter().all(|l| l.parse::<f64>().is_ok()) {
+                c.sort_by(|a, b| {
+                    let x = a.parse::<f64>().unwrap_or(0.0);
+                    x.total_cmp(&b.parse::<f64>().unwrap_or(0.0))
+                });
+            } else {
+                c.sort();
+            }
+            let mut seen = std::collections::HashSet::new();
+            let first: Vec<bool> = c.iter().map(|l| seen.insert(class_key(l))).collect();
+            let mut first = first.into_iter();
+            c.retain(|_| first.next().unwrap_or(false));
+            c
+        }
+        let numbers = [
+            "1", "1.0", "01", "+1", "-0", "0", "0.0", "-0.0", "nan", "-nan", "NaN", "inf", "2",
+            "2.50", "2.5", "1e0",
+        ];
+        let mut rng = mote::Rng::new(11);
+        for round in 0..200 {
+            let n = 1 + rng.next_u32() as usize % 12;
+            let labels: Vec<String> = (0..n)
+                .map(|_| {
+                    let i = rng.next_u32() as usize % (numbers.len() + 3);
+                    match numbers.get(i) {
+                        Some(l) => l.to_string(),
+                        // Text in some rounds only (else all numbers).
+                        None if round % 2 == 0 => ["a", "b", "1 "][i - numbers.len()].into(),
+                        None => numbers[i % numbers.len()].into(),
+                    }
+                })
+                .collect();
+            assert_eq!(class_names(&labels), every_label(&labels), "{labels:?}");
+        }
+    }
+
+    // What gzip data unpack to is bounded: in `gunzip`, by half the memory available.
     #[test]
     fn gunzip_refuses_data_that_unpack_past_the_limit() {
         use std::io::Write;
@@ -487,12 +629,103 @@ mod tests {
         enc.write_all(&vec![7u8; 1 << 20]).unwrap();
         let gz = enc.finish().unwrap();
         assert!(gz.len() < 1 << 12);
-        assert_eq!(gunzip_within(&gz, "z.gz", 1 << 20).unwrap().len(), 1 << 20);
-        let e = gunzip_within(&gz, "z.gz", (1 << 20) - 1)
+        let back = gunzip_within(&gz, "z.gz", 1 << 20, "a test's bound").unwrap();
+        assert_eq!(back.len(), 1 << 20);
+        assert!(back.iter().all(|&b| b == 7));
+        // Grown to the bound and no further.
+        assert!(back.capacity() <= 1 << 20, "{}", back.capacity());
+        let e = gunzip_within(&gz, "z.gz", (1 << 20) - 1, "a test's bound").unwrap_err();
+        assert!(
+            e.message
+                .starts_with("z.gz: the gzip data unpack to more than 1048575 bytes (1.0 MB)")
+                && e.message.contains("(a test's bound)"),
+            "{e}"
+        );
+        assert!(
+            e.hint.as_ref().is_some_and(|h| h.contains("gunzip -k")),
+            "{e:?}"
+        );
+        // A bomb (under 128 KB that unpack to 64 MB) under a 1 MB bound: refused once past
+        // the bound, with no more than the bound allocated.
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        for _ in 0..64 {
+            enc.write_all(&[0u8; 1 << 20]).unwrap();
+        }
+        let bomb = enc.finish().unwrap();
+        assert!(bomb.len() < 1 << 17, "{}", bomb.len());
+        let e = gunzip_within(&bomb, "bomb.gz", 1 << 20, "a test's bound")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bomb.gz") && e.contains("1048576 bytes"), "{e}");
+        // The bound the public function uses, where the machine says what is available: the
+        // digits unpack under it.
+        if let Some(free) = available_memory_bytes() {
+            assert!(free > 0);
+            assert!(gunzip(DIGITS_GZ, "digits").is_ok());
+        }
+    }
+
+    // A label's class by the index is the class the search from the start found (the same
+    // text, or the same number however spelt; NaNs one class), for labels and class lists of
+    // numbers, text and both.
+    #[test]
+    fn class_index_agrees_with_a_search() {
+        let strings = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let labels = strings(&[
+            "1", "1.0", "01", "1e0", "+1", "a", "A", "b", "-0", "0", "0.0", "nan", "NaN", "-nan",
+            "inf", "infinity", "-inf", "2", "2.5", " 2", "x y", "",
+        ]);
+        let lists = [
+            class_names(&labels),
+            class_names(&strings(&["1.0", "0", "-0.0", "2", "nan"])),
+            // Names that are one class twice over: the first is found.
+            strings(&["1", "a", "1.0", "0", "-0", "NaN", "nan"]),
+        ];
+        for classes in &lists {
+            let index = class_index(classes);
+            for l in &labels {
+                let search = classes.iter().position(|c| same_class(c, l));
+                assert_eq!(
+                    index.get(&class_key(l)).copied(),
+                    search,
+                    "{l} in {classes:?}"
+                );
+            }
+        }
+        // Text among the labels: sorted as text, each class named by its first spelling.
+        assert_eq!(
+            lists[0],
+            strings(&[
+                "", " 2", "+1", "-0", "-inf", "-nan", "2", "2.5", "A", "a", "b", "inf", "x y"
+            ])
+        );
+        let t = Table {
+            source: "t.csv".into(),
+            rows: labels.len(),
+            feature_names: vec!["x".into()],
+            features: vec![0.0; labels.len()],
+            label_name: Some("y".into()),
+            label_column: 2,
+            labels: labels.clone(),
+            lines: (2..2 + labels.len()).collect(),
+        };
+        let ds = Dataset::from_table(&t, Some(Task::Classification), None).unwrap();
+        let Targets::Classes(ys) = &ds.targets else {
+            panic!("classes")
+        };
+        let want: Vec<usize> = labels
+            .iter()
+            .map(|l| ds.classes.iter().position(|c| same_class(c, l)).unwrap())
+            .collect();
+        assert_eq!(*ys, want);
+        // A label not of a model's classes is named, with its line; a long class list is cut.
+        let many: Vec<String> = (0..25).map(|i| format!("c{i}")).collect();
+        let e = Dataset::from_table(&t, Some(Task::Classification), Some(&many))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("z.gz") && e.contains("more than this machine's memory holds"),
+            e.contains("t.csv, line 2, column 2 (y): class '1' is not one the model knows (c0, ")
+                && e.contains("c19, ... and 5 more)"),
             "{e}"
         );
     }
