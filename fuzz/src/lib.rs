@@ -8,7 +8,8 @@
 //! - a handle an op just returned can be read back;
 //! - `used() <= capacity()` and `used() <= high_water()`;
 //! - every parameter `Tape::params()` lists reads back (at the end of a run);
-//! - rewinding to a stale mark (taken before an earlier rewind went further back) fails.
+//! - rewinding to a stale mark (taken before an earlier rewind went further back) fails;
+//! - a checkpoint that loads and restores, saved again, loads as the same checkpoint.
 
 use mote::blob::{self, Blob};
 use mote::ops::binary::BinaryOp;
@@ -1278,7 +1279,10 @@ impl Snapshot for Cpu<'_, f32> {
 /// - CSV text (`mote_runtime::data::parse_csv`), then a dataset of it, a stratified split and
 ///   standardisation statistics, as `mote train` does;
 /// - a checkpoint (`mote_runtime::checkpoint::from_bytes_checked`), restored onto the reference
-///   backend when its arena is small;
+///   backend when its arena is small, then saved again and loaded again, which must give the
+///   same checkpoint (an `invariant:` panic otherwise); then the same with its CRCs computed
+///   anew ([`resealed_checkpoint`]), so that mutations of the description and the tensors get
+///   past the checksums to the checks behind them and to `restore`;
 /// - an IDX file (`mote_runtime::idx::parse`);
 /// - gzip (`mote_runtime::data::gunzip`).
 pub fn run_inputs(data: &[u8]) {
@@ -1314,17 +1318,11 @@ pub fn run_inputs(data: &[u8]) {
             }
         }
         1 => {
-            let path = std::path::Path::new("fuzz.safetensors");
-            let Ok(ck) = mote_runtime::checkpoint::from_bytes_checked(path, file) else {
-                return;
-            };
-            let Ok(floats) = mote_runtime::model::arena_floats(&ck.spec, &ck.opt, ck.config.batch)
-            else {
-                return;
-            };
-            if floats <= 1 << 16 {
-                let mut mem = vec![0f32; floats];
-                let _ = ck.restore(Cpu::new(&mut mem));
+            run_checkpoint(file);
+            if let Some(sealed) = resealed_checkpoint(file) {
+                if sealed != file {
+                    run_checkpoint(&sealed);
+                }
             }
         }
         2 => {
@@ -1334,4 +1332,103 @@ pub fn run_inputs(data: &[u8]) {
             let _ = data::gunzip(file, "fuzz.gz");
         }
     }
+}
+
+/// Loads `file` as a checkpoint; one that loads and whose arena is small is restored onto the
+/// reference backend, saved again and loaded again, which must give the same checkpoint
+/// (parameters and optimizer state bit for bit: the state may hold NaN).
+fn run_checkpoint(file: &[u8]) {
+    use mote_runtime::checkpoint;
+    let path = std::path::Path::new("fuzz.safetensors");
+    let Ok(ck) = checkpoint::from_bytes_checked(path, file) else {
+        return;
+    };
+    let Ok(floats) = mote_runtime::model::arena_floats(&ck.spec, &ck.opt, ck.config.batch) else {
+        return;
+    };
+    if floats > 1 << 16 {
+        return;
+    }
+    let mut mem = vec![0f32; floats];
+    let Ok(model) = ck.restore(Cpu::new(&mut mem)) else {
+        return;
+    };
+    let bytes = checkpoint::to_bytes_model(&model, &ck.config, &ck.state)
+        .unwrap_or_else(|e| panic!("invariant: a restored checkpoint does not save: {e}"));
+    let again = checkpoint::from_bytes_checked(path, &bytes).unwrap_or_else(|e| {
+        panic!("invariant: a restored checkpoint, saved again, does not load: {e}")
+    });
+    let bits = |v: &[Vec<f32>]| -> Vec<Vec<u32>> {
+        v.iter()
+            .map(|t| t.iter().map(|x| x.to_bits()).collect())
+            .collect()
+    };
+    let same = again.spec == ck.spec
+        && again.opt == ck.opt
+        && again.config == ck.config
+        && again.state == ck.state
+        && bits(&again.params) == bits(&ck.params)
+        && bits(&again.opt_state) == bits(&ck.opt_state);
+    assert!(
+        same,
+        "invariant: a checkpoint saved again loads as another:\n{ck:?}\n{again:?}"
+    );
+}
+
+/// `file` with a checkpoint's CRC-32s computed anew (`mote_runtime::checkpoint::reseal`),
+/// after setting the safetensors header's length (its first 8 bytes) to where the header's
+/// JSON now ends, when that is what keeps it from parsing (a mutation that inserted or removed
+/// bytes in the description); `None` when it does not parse either way.
+pub fn resealed_checkpoint(file: &[u8]) -> Option<Vec<u8>> {
+    use mote_runtime::checkpoint::reseal;
+    if let Ok(sealed) = reseal(file) {
+        return Some(sealed);
+    }
+    let end = json_end(file.get(8..)?)?;
+    // The header may be padded with spaces (and the data may start with one): the first
+    // length that parses.
+    let mut fixed = file.to_vec();
+    for n in end..(end + 8).min(file.len() - 8) + 1 {
+        if n > end && file[8 + n - 1] != b' ' {
+            break;
+        }
+        fixed[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        if let Ok(sealed) = reseal(&fixed) {
+            return Some(sealed);
+        }
+    }
+    None
+}
+
+/// Where the JSON object at the start of `text` ends (one past its closing brace), by its
+/// brackets outside strings; `None` when `text` does not start with `{` or the object does
+/// not close.
+fn json_end(text: &[u8]) -> Option<usize> {
+    if text.first() != Some(&b'{') {
+        return None;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, &b) in text.iter().enumerate() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }

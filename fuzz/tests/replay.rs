@@ -1,6 +1,8 @@
 //! The fuzz targets' logic driven from ordinary tests (stable Rust, no libFuzzer):
 //! - pseudo-random inputs through `run_ops`, `run_blob` and `run_inputs`;
-//! - mutations of valid files (CSV, a checkpoint, IDX) through `run_inputs`;
+//! - mutations of valid files (CSV, checkpoints of MLPs and a CNN, IDX) through `run_inputs`
+//!   (which reseals checkpoints: their CRCs computed anew), and edits of a checkpoint's
+//!   description that reach its checks once resealed;
 //! - mutations of valid blobs (with the CRC fixed up, so they get past the checksum);
 //! - every file in `corpus/<target>`, `artifacts/<target>` and `seeds/<target>` that exists,
 //!   so `cargo test --manifest-path fuzz/Cargo.toml` replays a crash the fuzzer saved.
@@ -206,8 +208,24 @@ fn valid_inputs() -> Vec<Vec<u8>> {
     };
     let ck4 = checkpoint::to_bytes_model(&model, &monitored, &TrainState::new(1)).unwrap();
     out.push([&[1u8][..], &ck4].concat());
+    // A CNN's checkpoint (one block of 2 channels over the features as a 1x2x2 image, then
+    // 2-3-2), trained with SGD with momentum (a momentum buffer per parameter).
+    let cnn_csv = "a,b,c,d,y\n1,2,3,4,0\n4,3,2,1,1\n0,1,0,1,0\n1,0,1,0,1\n";
+    let table = data::parse_csv(cnn_csv, "seed.csv", &CsvOptions::default()).unwrap();
+    let ds = Dataset::from_table(&table, None, None).unwrap();
+    let spec = ModelSpec::cnn_for_dataset(&ds, &[2], &[3], &[0, 1, 2, 3]).unwrap();
+    let sgd = OptimizerConfig::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    let config = TrainConfig::new("seed.csv");
+    let mut mem = vec![0f32; arena_floats(&spec, &sgd, config.batch).unwrap()];
+    let model = Model::new(Cpu::new(&mut mem), spec, sgd, &mut Rng::new(1)).unwrap();
+    let ck5 = checkpoint::to_bytes_model(&model, &config, &TrainState::new(1)).unwrap();
+    out.push([&[1u8][..], &ck5].concat());
     // Each is valid for its reader.
-    for at in [4, 7, 8, 9] {
+    for at in [4, 7, 8, 9, 10] {
         let ck = checkpoint::from_bytes_checked(Path::new("seed"), &out[at][1..]);
         assert!(ck.is_ok(), "{ck:?}");
     }
@@ -243,6 +261,57 @@ fn mutated_files_do_not_panic() {
             panic!("case {i} panicked; input (hex): {}", hex(&data));
         }
     }
+}
+
+/// `bytes` with the first `from` replaced by `to`.
+fn replaced(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let at = bytes
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+        .unwrap_or_else(|| panic!("no {from}"));
+    [&bytes[..at], to.as_bytes(), &bytes[at + from.len()..]].concat()
+}
+
+// The fuzz target reseals the checkpoints it is given (`resealed_checkpoint`), so that a
+// mutation of the description gets past the CRCs to the checks behind them: an edit in place
+// (refused by the CRC before, by the description's check after), one that changes the
+// header's length (not safetensors before; it loads and restores after), and the hostile CNN
+// image whose size once overflowed (refused, and the target does not panic on it).
+#[test]
+fn resealed_mutations_reach_the_description_checks() {
+    use mote_fuzz::resealed_checkpoint;
+    use mote_runtime::checkpoint::from_bytes_checked;
+    let valid = valid_inputs();
+    let cnn = &valid[10][1..];
+    let load = |b: &[u8]| from_bytes_checked(Path::new("fuzz"), b);
+    let image = r#"\"image\":[1,2,2]"#;
+
+    let wider = replaced(cnn, image, r#"\"image\":[1,4,2]"#);
+    let e = load(&wider).unwrap_err().to_string();
+    assert!(e.contains("description's CRC-32 does not match"), "{e}");
+    let e = load(&resealed_checkpoint(&wider).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bad model description: sizes[0] = 2"), "{e}");
+
+    let renamed = replaced(cnn, r#"\"label\":\"y\""#, r#"\"label\":\"yy\""#);
+    let e = load(&renamed).unwrap_err().to_string();
+    assert!(e.contains("not valid safetensors"), "{e}");
+    let ck = load(&resealed_checkpoint(&renamed).unwrap()).unwrap();
+    assert_eq!(ck.spec.label, "yy");
+    assert_eq!(ck.params, load(cnn).unwrap().params);
+
+    let hostile = replaced(cnn, image, r#"\"image\":[1,4294967296,4294967296]"#);
+    let e = load(&resealed_checkpoint(&hostile).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("image [1, 4294967296, 4294967296]: more than 18446744073709551615 elements"),
+        "{e}"
+    );
+    run_inputs(&[&[1u8][..], &hostile].concat());
+
+    assert_eq!(resealed_checkpoint(b"not a checkpoint"), None);
 }
 
 /// Writes the seed files (only with `MOTE_FUZZ_WRITE_SEEDS=1`).

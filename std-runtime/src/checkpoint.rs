@@ -265,11 +265,7 @@ fn crc_of<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u32 {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     regular_or_absent(path, &path.display().to_string())?;
     let dir = folder_of(path);
-    let name = path
-        .file_name()
-        .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
-    let (mut f, tmp) = fresh_file(dir, &format!(".{name}.tmp{}", std::process::id()))
-        .map_err(|e| Error::io(path, &e))?;
+    let (mut f, tmp) = fresh_file(dir, &temp_stem(path)).map_err(|e| Error::io(path, &e))?;
     let res = (|| {
         f.write_all(bytes)?;
         f.sync_all()?;
@@ -284,6 +280,26 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// The most bytes of the target's file name that its temporary file's name repeats.
+const TEMP_PREFIX: usize = 64;
+
+/// The name of the temporary file [`write_atomic`] writes `path` through (before the `.1`,
+/// `.2`, ... that [`fresh_file`] adds where that is taken), and that [`check_output`] creates
+/// to see that the folder takes it: `.{name}.tmp{pid}`, with the file name cut to its first
+/// [`TEMP_PREFIX`] bytes (at a character's boundary), so that a long target name (up to the
+/// file system's limit, 255 bytes on most) does not make the temporary one too long. At most
+/// 1 + 64 + 4 + 10 bytes.
+fn temp_stem(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map_or("checkpoint".into(), |n| n.to_string_lossy().into_owned());
+    let mut end = name.len().min(TEMP_PREFIX);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(".{}.tmp{}", &name[..end], std::process::id())
 }
 
 /// The folder `path` is in (`.` for a bare file name).
@@ -354,8 +370,10 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
 
 /// Checks an output path before any work is done: `what` (the option, for messages) must not
 /// be the same file as any of `inputs` (each with its option), must be a regular file where it
-/// exists, and its folder must exist and take a new file (one is created and removed), so that
-/// a run does not fail at its end for want of a place to write.
+/// exists, its name must be one the file system can look up (not too long, say), and its
+/// folder must exist and take the temporary file that [`write_atomic`] writes it through (one
+/// of the same name is created and removed), so that a run does not fail at its end for want
+/// of a place to write.
 ///
 /// # Errors
 /// `Invalid` saying which, with the paths.
@@ -385,7 +403,18 @@ pub(crate) fn check_output(what: &str, path: &Path, inputs: &[(&str, &Path)]) ->
         ))
         .with_hint("create it first, or choose another path"));
     }
-    match fresh_file(dir, &format!(".mote-probe{}", std::process::id())) {
+    // Looking the name up says whether the file system takes it (a name past its limit is
+    // ENAMETOOLONG here, not at the rename after a run).
+    if let Err(e) = std::fs::symlink_metadata(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(Error::invalid(format!(
+                "{what} {}: cannot be written: {e}",
+                path.display()
+            ))
+            .with_hint("choose a shorter name or another path"));
+        }
+    }
+    match fresh_file(dir, &temp_stem(path)) {
         Ok((_, probe)) => {
             let _ = std::fs::remove_file(&probe);
             Ok(())
@@ -423,8 +452,9 @@ fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
 /// `Io` when the file cannot be read; `Checkpoint` when it is not safetensors, not a mote
 /// checkpoint, of a version this build does not read, truncated, corrupt (a CRC-32 of the
 /// tensors or of the description does not match, or a version-2 file has none of the
-/// description), of a lower version than its description needs, or its tensors do not match
-/// its model description.
+/// description), of a lower version than its description needs, its model description is
+/// inconsistent ([`ModelSpec::check`]), its tensors do not match its model description, or a
+/// weight or bias is not finite (NaN or infinite).
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, &e))?;
     from_bytes_checked(path, &bytes)
@@ -586,7 +616,20 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     let (mut params, mut opt_state) = (Vec::new(), Vec::new());
     let snames = state_names(&opt);
     for (name, dims) in spec.param_dims() {
-        params.push(get(&name, &dims)?);
+        let p = get(&name, &dims)?;
+        // Optimizer state may hold an infinity that a run wrote (Adam's second moment of a
+        // gradient past 1.8e19, which leaves the weight as it was); a weight may not.
+        if let Some((i, v)) = p.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor '{name}' holds a non-finite value ({v} at element {i})"),
+            )
+            .with_hint(
+                "the run that wrote it diverged, or the file was edited: use another \
+                 checkpoint or train again",
+            ));
+        }
+        params.push(p);
         let mut st = Vec::new();
         for sn in snames {
             st.extend(get(&format!("optimizer.{name}.{sn}"), &dims)?);
@@ -601,6 +644,36 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         params,
         opt_state,
     })
+}
+
+/// `bytes`, a safetensors file, with the CRC-32s of a checkpoint computed anew: the tensors'
+/// (`crc32`) and the description's (`meta_crc32`), each where the file carries one. For tests
+/// and fuzzing, which edit a checkpoint and need the edit to reach the checks behind the CRCs
+/// (a reader must never reseal what it reads). The file is serialised again: the tensors'
+/// order and offsets may change, their names, types, shapes and data and the other metadata
+/// do not.
+///
+/// # Errors
+/// `Checkpoint` when `bytes` are not safetensors (as [`from_bytes_checked`] says).
+pub fn reseal(bytes: &[u8]) -> Result<Vec<u8>> {
+    let path = Path::new("checkpoint");
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| corrupt(path, format!("not valid safetensors: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e))?;
+    let mut meta = meta.metadata().clone();
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    if let Some(meta) = meta.as_mut() {
+        if meta.contains_key("crc32") {
+            let crc = crc_of(tensors.iter().map(|t| t.1.data()));
+            meta.insert("crc32".to_string(), format!("{crc:08x}"));
+        }
+        if meta.contains_key("meta_crc32") {
+            let crc = meta_crc(meta);
+            meta.insert("meta_crc32".to_string(), format!("{crc:08x}"));
+        }
+    }
+    safetensors::serialize(tensors, meta).map_err(|e| Error::invalid(format!("internal: {e}")))
 }
 
 impl Checkpoint {
@@ -710,6 +783,42 @@ mod tests {
         // And an atomic write next to them replaces only its own target.
         write_atomic(&dir.join("out.bin"), b"new").unwrap();
         assert_eq!(std::fs::read(dir.join("out.bin")).unwrap(), b"new");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // The output check creates the temporary file the write goes through, under its name: a
+    // long target name (250 bytes) passes the check and is written (its temporary name is
+    // bounded); a name past the file system's limit (300 bytes) is refused by the check, not
+    // at the end of a run; neither leaves a file behind.
+    #[cfg(unix)]
+    #[test]
+    fn the_output_check_tries_what_the_write_does() {
+        let dir = std::env::temp_dir().join(format!("mote-long-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let long = dir.join(format!("{}.safetensors", "é".repeat(60) + &"m".repeat(118)));
+        assert_eq!(long.file_name().unwrap().len(), 250);
+        let stem = temp_stem(&long);
+        assert!(stem.len() <= 1 + TEMP_PREFIX + 4 + 10, "{stem}");
+        assert!(stem.starts_with(&format!(".{}", "é".repeat(32))), "{stem}");
+        check_output("--save", &long, &[]).unwrap();
+        write_atomic(&long, b"saved").unwrap();
+        assert_eq!(std::fs::read(&long).unwrap(), b"saved");
+        let entries = || {
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(entries(), [long.file_name().unwrap()]);
+        let too_long = dir.join("n".repeat(300));
+        let e = check_output("--save", &too_long, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--save") && e.contains(&"n".repeat(300)) && e.contains("cannot be written"),
+            "{e}"
+        );
+        assert_eq!(entries(), [long.file_name().unwrap()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

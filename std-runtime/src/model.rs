@@ -293,6 +293,15 @@ fn is_zero_f32(v: &f32) -> bool {
     *v == 0.0
 }
 
+/// The most elements a tensor holds (the core's `Shape` limit, `u32::MAX`): the bound
+/// [`ModelSpec::check`] holds a CNN's input image and every linear layer's weights to.
+pub const MAX_ELEMENTS: usize = u32::MAX as usize;
+
+/// The product of `dims`, `None` when it overflows.
+fn product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
 impl ModelSpec {
     /// The spec of an MLP with `hidden` layer sizes for `ds`, with standardisation statistics
     /// of the rows `train` (of the features, and of the targets for regression).
@@ -363,19 +372,39 @@ impl ModelSpec {
         }
         let c = conv.last().copied().unwrap_or(1);
         if let Some(first) = spec.sizes.first_mut() {
-            *first = c * h * w;
+            // Saturating: a width past `usize` is refused by the check below (it is not the
+            // flattened size, which overflows).
+            *first = c.saturating_mul(h).saturating_mul(w);
         }
         spec.check()?;
         Ok(spec)
     }
 
-    /// Features per row (the network's input width).
+    /// Features per row (the network's input width): `sizes[0]` for an MLP, the image's
+    /// `channels x height x width` for a CNN (`usize::MAX` for an image whose product overflows,
+    /// which [`ModelSpec::check`] refuses).
     pub fn inputs(&self) -> usize {
         if self.conv.is_empty() {
             self.sizes.first().copied().unwrap_or(0)
         } else {
-            self.image.iter().product()
+            product(&self.image).unwrap_or(usize::MAX)
         }
+    }
+
+    /// The width of a CNN's flattened features, what its first linear layer reads: the last
+    /// block's channels times the image's height and width, each halved (rounding down) by
+    /// every block's 2x2 max-pooling (`None`: no image of three dimensions, or an overflow).
+    pub fn flattened(&self) -> Option<usize> {
+        let [_, h, w] = self.image[..] else {
+            return None;
+        };
+        let blocks = u32::try_from(self.conv.len()).ok()?;
+        let c = self.conv.last().copied().unwrap_or(1);
+        product(&[
+            c,
+            h.checked_shr(blocks).unwrap_or(0),
+            w.checked_shr(blocks).unwrap_or(0),
+        ])
     }
 
     /// Every parameter's name and shape, in creation order: `convs.{i}.weight`
@@ -396,15 +425,42 @@ impl ModelSpec {
         out
     }
 
-    /// Checks the sizes.
+    /// Checks the sizes and the rest of the description.
     ///
     /// # Errors
-    /// `Invalid` for fewer than two sizes, a zero size, or too many layers.
+    /// `Invalid`, naming the field: for fewer than two sizes, a zero size, a tensor (the
+    /// input image, a linear layer's weights) of more than [`MAX_ELEMENTS`] (a convolution
+    /// block's weights: of more than `usize` counts); a CNN's image that is not
+    /// `[channels, height, width]` or that its blocks pool away, or whose flattened output
+    /// ([`ModelSpec::flattened`]) is not `sizes[0]`; an MLP with an image; too many layers; and
+    /// the class, weight, loss, target and dropout settings.
     pub fn check(&self) -> Result<()> {
-        if !self.conv.is_empty() {
-            let ok = self.image.len() == 3
-                && !self.conv.contains(&0)
-                && self.image.iter().all(|&d| d > 0)
+        let too_big = |what: String, n: Option<usize>| {
+            let n = n.map_or(format!("more than {}", usize::MAX), |n| n.to_string());
+            Error::invalid(format!(
+                "{what}: {n} elements, more than a tensor holds (at most {MAX_ELEMENTS})"
+            ))
+        };
+        if self.conv.is_empty() {
+            if !self.image.is_empty() {
+                return Err(Error::invalid(format!(
+                    "image {:?} on a model without convolution blocks (conv is empty): only a \
+                     CNN reads its features as an image",
+                    self.image
+                )));
+            }
+        } else {
+            if self.image.len() != 3 || self.image.contains(&0) {
+                return Err(Error::invalid(format!(
+                    "image {:?}: a CNN reads [channels, height, width], each at least 1",
+                    self.image
+                )));
+            }
+            let features = product(&self.image);
+            if features.is_none_or(|n| n > MAX_ELEMENTS) {
+                return Err(too_big(format!("image {:?}", self.image), features));
+            }
+            let ok = !self.conv.contains(&0)
                 && self.conv.len() < usize::BITS as usize
                 && self.image.get(1).is_some_and(|&h| h >> self.conv.len() > 0)
                 && self.image.get(2).is_some_and(|&w| w >> self.conv.len() > 0);
@@ -416,12 +472,57 @@ impl ModelSpec {
                     self.image
                 )));
             }
+            // A block's weights must be countable; past a tensor's size (but countable) they
+            // are refused by the arena's dry run ([`arena_floats`]: "cannot be laid out", with
+            // its hint on --conv) or by the core when the model is built.
+            let mut cin = self.image[0];
+            for (i, &c) in self.conv.iter().enumerate() {
+                let dims = [c, cin, 3, 3];
+                if product(&dims).is_none() {
+                    return Err(too_big(
+                        format!("conv[{i}] = {c} channels: convs.{i}.weight {dims:?}"),
+                        None,
+                    ));
+                }
+                cin = c;
+            }
         }
         if self.sizes.len() < 2 || self.sizes.contains(&0) {
             return Err(Error::invalid(format!(
                 "bad layer sizes {:?}: every layer needs at least one unit",
                 self.sizes
             )));
+        }
+        if !self.conv.is_empty() {
+            let flat = self.flattened();
+            if flat != Some(self.sizes[0]) {
+                let [c, h, w] = [
+                    self.conv.last().copied().unwrap_or(1),
+                    self.image[1] >> self.conv.len(),
+                    self.image[2] >> self.conv.len(),
+                ];
+                return Err(Error::invalid(format!(
+                    "sizes[0] = {}: a CNN's first linear layer reads the last convolution \
+                     block's flattened output, {c} channels x {h} x {w} = {} after {} blocks on \
+                     an image of {:?}",
+                    self.sizes[0],
+                    flat.map_or(format!("more than {}", usize::MAX), |n| n.to_string()),
+                    self.conv.len(),
+                    self.image
+                )));
+            }
+        }
+        for (i, w) in self.sizes.windows(2).enumerate() {
+            let n = w[0].checked_mul(w[1]);
+            if n.is_none_or(|n| n > MAX_ELEMENTS) {
+                return Err(too_big(
+                    format!(
+                        "sizes {:?}: layer {i}'s weights ({} outputs x {} inputs)",
+                        self.sizes, w[1], w[0]
+                    ),
+                    n,
+                ));
+            }
         }
         let mut names = std::collections::HashSet::new();
         if let Some(f) = self.features.iter().find(|f| !names.insert(f.as_str())) {
