@@ -258,19 +258,21 @@ fn crc_of<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u32 {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, `fsync`, rename,
-/// and an `fsync` of the folder.
+/// and an `fsync` of the folder. Where `path` is a symbolic link, the file it leads to is
+/// written (in that file's folder) and the link kept, as writing through the link does.
 ///
 /// # Errors
 /// An `Io` error naming the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     regular_or_absent(path, &path.display().to_string())?;
-    let dir = folder_of(path);
-    let (mut f, tmp) = fresh_file(dir, &temp_stem(path)).map_err(|e| Error::io(path, &e))?;
+    let target = through_links(path);
+    let dir = folder_of(&target);
+    let (mut f, tmp) = fresh_file(dir, &temp_stem(&target)).map_err(|e| Error::io(path, &e))?;
     let res = (|| {
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, &target)
     })();
     if let Err(e) = res {
         let _ = std::fs::remove_file(&tmp);
@@ -280,6 +282,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Where writing `path` lands: `path` itself, or the file its symbolic links lead to (which
+/// need not exist yet), following at most 40 links as the system does.
+fn through_links(path: &Path) -> PathBuf {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        match std::fs::read_link(&p) {
+            Ok(t) if t.is_absolute() => p = t,
+            Ok(t) => p = folder_of(&p).join(t),
+            Err(_) => break,
+        }
+    }
+    p
 }
 
 /// The most bytes of the target's file name that its temporary file's name repeats.
@@ -389,7 +405,8 @@ pub(crate) fn check_output(what: &str, path: &Path, inputs: &[(&str, &Path)]) ->
         }
     }
     regular_or_absent(path, &format!("{what} {}", path.display()))?;
-    let dir = folder_of(path);
+    let target = through_links(path);
+    let dir = folder_of(&target);
     if !dir.is_dir() {
         let is = if dir.exists() {
             "is not a folder"
@@ -414,7 +431,7 @@ pub(crate) fn check_output(what: &str, path: &Path, inputs: &[(&str, &Path)]) ->
             .with_hint("choose a shorter name or another path"));
         }
     }
-    match fresh_file(dir, &temp_stem(path)) {
+    match fresh_file(dir, &temp_stem(&target)) {
         Ok((_, probe)) => {
             let _ = std::fs::remove_file(&probe);
             Ok(())
@@ -783,6 +800,41 @@ mod tests {
         // And an atomic write next to them replaces only its own target.
         write_atomic(&dir.join("out.bin"), b"new").unwrap();
         assert_eq!(std::fs::read(dir.join("out.bin")).unwrap(), b"new");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    // A save through a symbolic link writes the file the link leads to and keeps the link
+    // (a relative link, to a file in another folder, and to a file that does not exist yet).
+    #[cfg(unix)]
+    #[test]
+    fn a_write_through_a_link_keeps_the_link() {
+        let dir = std::env::temp_dir().join(format!("mote-link-{}", std::process::id()));
+        let real = dir.join("real");
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::write(real.join("m.st"), b"old").unwrap();
+        let link = dir.join("m.st");
+        std::os::unix::fs::symlink("real/m.st", &link).unwrap();
+        check_output("--save", &link, &[]).unwrap();
+        write_atomic(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(real.join("m.st")).unwrap(), b"new");
+        let dangling = dir.join("next.st");
+        std::os::unix::fs::symlink(real.join("next.st"), &dangling).unwrap();
+        write_atomic(&dangling, b"first").unwrap();
+        assert!(std::fs::symlink_metadata(&dangling)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(real.join("next.st")).unwrap(), b"first");
+        let mut left: Vec<_> = std::fs::read_dir(&real)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["m.st", "next.st"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

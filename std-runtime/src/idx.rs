@@ -12,6 +12,24 @@ pub fn is_idx(bytes: &[u8]) -> bool {
         && bytes.len() >= 4 + 4 * bytes.get(3).map_or(0, |&d| d as usize)
 }
 
+/// Why `bytes`, which do not pass [`is_idx`], are not an IDX file's.
+pub fn why_not(bytes: &[u8]) -> String {
+    match bytes {
+        [0, 0, t, _, ..] if elem_size(*t).is_none() => {
+            format!("its type code 0x{t:02x} is none of IDX's")
+        }
+        [0, 0, _, d, ..] if !(1..=4).contains(d) => {
+            format!("it claims {d} dimensions (IDX files here have 1 to 4)")
+        }
+        [0, 0, _, d, ..] => format!(
+            "its header of {} bytes is cut short ({} bytes in the file)",
+            4 + 4 * usize::from(*d),
+            bytes.len()
+        ),
+        _ => format!("only {} bytes", bytes.len()),
+    }
+}
+
 fn elem_size(code: u8) -> Option<usize> {
     match code {
         0x08 | 0x09 => Some(1),
@@ -143,6 +161,23 @@ mod tests {
         }
         b.extend_from_slice(data);
         b
+    }
+
+    #[test]
+    fn why_a_file_is_not_idx() {
+        for (bytes, want) in [
+            (&[0u8, 0, 7, 1][..], "type code 0x07"),
+            (&[0, 0, 8, 9], "claims 9 dimensions"),
+            (
+                &[0, 0, 8, 2, 0, 0, 0, 1],
+                "header of 12 bytes is cut short (8 bytes",
+            ),
+            (&[0, 0], "only 2 bytes"),
+        ] {
+            assert!(!is_idx(bytes));
+            let why = why_not(bytes);
+            assert!(why.contains(want), "{why}");
+        }
     }
 
     #[test]

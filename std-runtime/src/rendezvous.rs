@@ -365,7 +365,8 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
     let listener = TcpListener::bind(listen_addr(addr).map_err(io)?).map_err(io)?;
     listener.set_nonblocking(true).map_err(io)?;
     let end = Instant::now() + timeout;
-    let mut joined = vec![false; peers + 1];
+    // The ranks served (a set: a world size may be large).
+    let mut joined = std::collections::HashSet::new();
     let (mut served, mut refused) = (0, 0);
     while served < peers {
         if Instant::now() > end {
@@ -397,11 +398,8 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
                     && (1..=peers).contains(&r)
                     && s.write_all(id).is_ok()
                 {
-                    if let Some(seen) = joined.get_mut(r) {
-                        if !*seen {
-                            *seen = true;
-                            served += 1;
-                        }
+                    if joined.insert(r) {
+                        served += 1;
                     }
                 } else {
                     if refused == 0 {

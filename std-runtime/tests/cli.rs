@@ -1980,6 +1980,38 @@ fn values_that_are_not_utf8_are_refused() {
     assert!(se.contains("invalid UTF-8"), "{se}");
 }
 
+/// A file that starts as IDX files do but is cut short (or of another kind) is named as such,
+/// not read as a CSV file that is not text; CSV cells quoted across lines are read.
+#[test]
+fn truncated_idx_files_and_multiline_cells() {
+    let d = TempDir::new("cutidx");
+    std::fs::write(d.path("cut-idx3-ubyte"), [0u8, 0, 8, 3, 0, 0, 0, 10, 0, 0]).unwrap();
+    let e = fails(&d, &["train", "--data", "cut-idx3-ubyte"]);
+    assert!(
+        e.contains("starts as an IDX file does") && e.contains("cut short (10 bytes"),
+        "{e}"
+    );
+    let mut csv = "a,b,\"the\nlabel\"\n".to_string();
+    for i in 0..40 {
+        csv.push_str(&format!("{},\"{}\",\"class\n{}\"\n", i % 5, i % 3, i % 2));
+    }
+    d.write("multi.csv", &csv);
+    let out = ok(
+        &d,
+        &[
+            "train",
+            "--data",
+            "multi.csv",
+            "--epochs",
+            "1",
+            "--val",
+            "0",
+        ],
+    );
+    assert!(out.contains("40 training rows"), "{out}");
+    assert!(out.contains("2 classes"), "{out}");
+}
+
 /// A model file whose name holds a line break exports a Rust file whose header comment keeps
 /// the name escaped: the rest of the name does not become code.
 #[test]

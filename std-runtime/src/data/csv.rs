@@ -1,37 +1,88 @@
-//! The CSV reader: a header line, comma-separated cells, double quotes around cells that hold
-//! commas; every error names the file, line and column.
+//! The CSV reader (RFC 4180): a header line, comma-separated cells, double quotes around cells
+//! that hold commas or line breaks, lines ending in LF, CRLF or CR; every error names the
+//! file, line and column.
 
 use super::{CsvOptions, LabelChoice, Table};
 use crate::error::{Error, Result};
 
-/// Splits one CSV line into cells: commas separate, double quotes protect commas, `""` is a
-/// quote inside quotes. Returns the 1-based column of an unterminated quote as the error.
-fn split_line(line: &str) -> std::result::Result<Vec<String>, usize> {
-    let mut cells = Vec::new();
-    let mut cell = String::new();
-    let mut chars = line.chars().peekable();
-    let mut quoted = false;
-    while let Some(c) = chars.next() {
-        match (quoted, c) {
-            (true, '"') if chars.peek() == Some(&'"') => {
-                chars.next();
-                cell.push('"');
-            }
-            (true, '"') => quoted = false,
-            (true, c) => cell.push(c),
-            (false, '"') if cell.trim().is_empty() => {
-                cell.clear();
-                quoted = true;
-            }
-            (false, ',') => cells.push(std::mem::take(&mut cell)),
-            (false, c) => cell.push(c),
+/// The cells of one record, read a line at a time: commas separate, double quotes protect
+/// commas and line breaks (RFC 4180: a quoted cell may span lines), `""` is a quote inside
+/// quotes.
+#[derive(Default)]
+struct Record {
+    cells: Vec<String>,
+    cell: String,
+    /// Whether a quoted cell is open, and the 1-based column it is in.
+    quoted: bool,
+    quote_col: usize,
+}
+
+impl Record {
+    /// Reads one more line of the record; whether the record goes on (a quoted cell is open
+    /// at the line's end, so the line break is part of it).
+    fn feed(&mut self, line: &str) -> bool {
+        if self.quoted {
+            self.cell.push('\n');
         }
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (self.quoted, c) {
+                (true, '"') if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    self.cell.push('"');
+                }
+                (true, '"') => self.quoted = false,
+                (true, c) => self.cell.push(c),
+                (false, '"') if self.cell.trim().is_empty() => {
+                    self.cell.clear();
+                    self.quoted = true;
+                    self.quote_col = self.cells.len() + 1;
+                }
+                (false, ',') => self.cells.push(std::mem::take(&mut self.cell)),
+                (false, c) => self.cell.push(c),
+            }
+        }
+        self.quoted
     }
-    if quoted {
-        return Err(cells.len() + 1);
+
+    fn finish(mut self) -> Vec<String> {
+        self.cells.push(self.cell);
+        self.cells
     }
-    cells.push(cell);
-    Ok(cells)
+}
+
+/// A record and the line it starts on, or the line and column of a quoted cell still open at
+/// the end of the text.
+type Read = std::result::Result<(usize, Vec<String>), (usize, usize)>;
+
+/// The records of CSV text, each with the line it starts on, blank lines between records
+/// skipped.
+struct Records<'a> {
+    lines: std::iter::Enumerate<std::str::Lines<'a>>,
+}
+
+impl Iterator for Records<'_> {
+    type Item = Read;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (i, first) = self.lines.by_ref().find(|(_, l)| !l.trim().is_empty())?;
+        let mut r = Record::default();
+        let mut open = r.feed(first);
+        while open {
+            match self.lines.next() {
+                Some((_, l)) => open = r.feed(l),
+                None => return Some(Err((i + 1, r.quote_col))),
+            }
+        }
+        Some(Ok((i + 1, r.finish())))
+    }
+}
+
+/// The records of `text` (lines ending in LF, CRLF, or CR alone as old Mac files do).
+fn records(text: &str) -> Records<'_> {
+    Records {
+        lines: text.lines().enumerate(),
+    }
 }
 
 fn column_list(names: &[String]) -> String {
@@ -82,24 +133,27 @@ fn find_label(header: &[String], choice: &LabelChoice, source: &str) -> Result<O
 /// feature columns.
 pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut lines = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l))
-        .filter(|(_, l)| !l.trim().is_empty());
-    let Some((hline, header)) = lines.next() else {
+    // Lines that end in CR alone (old Mac files): read as line breaks.
+    let unix;
+    let text = if text.contains('\r') && !text.contains('\n') {
+        unix = text.replace('\r', "\n");
+        unix.as_str()
+    } else {
+        text
+    };
+    let unterminated = |(line, col): (usize, usize)| {
+        Error::data(format!(
+            "{source}, line {line}, column {col}: unterminated quote"
+        ))
+        .with_hint("a quoted cell runs to its closing quote, across lines if need be")
+    };
+    let mut lines = records(text);
+    let Some(first) = lines.next() else {
         return Err(Error::data(format!("{source}: the file is empty"))
             .with_hint("a CSV file needs a header line and at least one row"));
     };
-    let header: Vec<String> = split_line(header)
-        .map_err(|col| {
-            Error::data(format!(
-                "{source}, line {hline}, column {col}: unterminated quote"
-            ))
-        })?
-        .into_iter()
-        .map(|h| h.trim().to_string())
-        .collect();
+    let (hline, header) = first.map_err(unterminated)?;
+    let header: Vec<String> = header.into_iter().map(|h| h.trim().to_string()).collect();
     let label = find_label(&header, &opts.label, source)?;
     let feature_cols: Vec<usize> = match &opts.features {
         Some(names) => names
@@ -156,12 +210,8 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
         labels: Vec::new(),
         lines: Vec::new(),
     };
-    for (line, text) in lines {
-        let cells = split_line(text).map_err(|col| {
-            Error::data(format!(
-                "{source}, line {line}, column {col}: unterminated quote"
-            ))
-        })?;
+    for record in lines {
+        let (line, cells) = record.map_err(unterminated)?;
         if cells.len() != header.len() {
             return Err(Error::data(format!(
                 "{source}, line {line}: {} cells, but the header has {} columns",
@@ -221,12 +271,49 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
 mod tests {
     use super::*;
 
+    fn all(text: &str) -> Vec<Read> {
+        records(text).collect()
+    }
+
     #[test]
     fn quotes_and_cells() {
         assert_eq!(
-            split_line(r#"1,"a,b","say ""hi""",x"#).unwrap(),
-            vec!["1", "a,b", "say \"hi\"", "x"]
+            all(r#"1,"a,b","say ""hi""",x"#),
+            [Ok((
+                1,
+                vec!["1".into(), "a,b".into(), "say \"hi\"".into(), "x".into()]
+            ))]
         );
-        assert_eq!(split_line(r#"1,"open"#), Err(2));
+        assert_eq!(all(r#"1,"open"#), [Err((1, 2))]);
+        // A quoted cell holds line breaks (and blank lines); the next record starts after it.
+        assert_eq!(
+            all("\n1,\"two\n\nlines\",3\r\n\n4,5,6\n"),
+            [
+                Ok((2, vec!["1".into(), "two\n\nlines".into(), "3".into()])),
+                Ok((6, vec!["4".into(), "5".into(), "6".into()])),
+            ]
+        );
+        // Open to the end: named at the line and column where the quote opened.
+        assert_eq!(
+            all("a,b\n1,2\n3,\"x\n4,5\n"),
+            [
+                Ok((1, vec!["a".into(), "b".into()])),
+                Ok((2, vec!["1".into(), "2".into()])),
+                Err((3, 2)),
+            ]
+        );
+    }
+
+    #[test]
+    fn lines_ending_in_cr_alone_are_read() {
+        let opts = CsvOptions {
+            label: LabelChoice::Last,
+            features: None,
+        };
+        let t = parse_csv("a,y\r1,0\r2,1\r", "mac.csv", &opts).unwrap();
+        assert_eq!((t.rows, t.features.clone()), (2, vec![1.0, 2.0]));
+        assert_eq!(t.lines, [2, 3]);
+        let t = parse_csv("a,y\r\n1,0\r\n", "dos.csv", &opts).unwrap();
+        assert_eq!(t.rows, 1);
     }
 }

@@ -284,6 +284,14 @@ pub fn load(data: &str, opts: &CsvOptions, idx_labels: Option<&Path>) -> Result<
             _ => Ok(table),
         };
     }
+    // Text does not start with a zero byte; an IDX file does (its magic's first two bytes).
+    if let [0, 0, ..] = bytes[..] {
+        return Err(Error::data(format!(
+            "{data}: starts as an IDX file does (two zero bytes) but is not one: {}",
+            idx::why_not(&bytes)
+        ))
+        .with_hint("the file may be truncated or of another kind: fetch it again"));
+    }
     if idx_labels.is_some() {
         return Err(no_labels_file("not one"));
     }
