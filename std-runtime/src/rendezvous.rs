@@ -334,7 +334,11 @@ fn wait_for_file(path: &Path, launch: &Launch, timeout: Duration) -> Result<[u8;
     }
 }
 
-/// How long rank 0 gives one connection to send its rank and tag, in all.
+/// What a rank sends rank 0 once it has the id, over TCP.
+const ACK: u8 = 0x6d;
+
+/// How long rank 0 gives one connection to send its rank and tag, and its acknowledgement of
+/// the id, in all.
 const PEER_READ: Duration = Duration::from_secs(5);
 
 /// Fills `buf` from `s` by `deadline`: a peer that sends slowly cannot hold rank 0 past it.
@@ -357,7 +361,8 @@ fn read_by(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Res
 }
 
 /// Rank 0: accepts connections until every rank `1..=peers` has sent its rank and its run's
-/// tag ([`run_tag`]; 8 bytes each, little-endian) and received the id; connections that send
+/// tag ([`run_tag`]; 8 bytes each, little-endian), received the id and acknowledged it
+/// ([`ACK`]; a rank that gave up on a connection tries again on another); connections that send
 /// nothing valid (a port probe, a rank of another run) are dropped and not counted. Gives up
 /// after `timeout` however the connections come: each has [`PEER_READ`] at most, within it.
 fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Duration) -> Result<()> {
@@ -393,12 +398,15 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
                 let (rank, theirs) = hello.split_at(8);
                 let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
                 let r = usize::try_from(word(rank)).unwrap_or(0);
-                if valid
-                    && word(theirs) == tag
-                    && (1..=peers).contains(&r)
-                    && s.write_all(id).is_ok()
-                {
-                    if joined.insert(r) {
+                if valid && word(theirs) == tag && (1..=peers).contains(&r) {
+                    // Counted once the rank says it has the id: a rank that gave up waiting
+                    // on this connection (rank 0 was busy) left it, and is on another.
+                    let mut ack = [0u8; 1];
+                    if s.write_all(id).is_ok()
+                        && read_by(&mut s, &mut ack, by).is_ok()
+                        && ack == [ACK]
+                        && joined.insert(r)
+                    {
                         served += 1;
                     }
                 } else {
@@ -475,20 +483,32 @@ fn fetch(addr: &str, rank: usize, tag: u64, timeout: Duration) -> Result<[u8; ID
                 let mut id = [0u8; ID_BYTES];
                 s.set_read_timeout(Some(left)).ok();
                 let hello = [(rank as u64).to_le_bytes(), tag.to_le_bytes()].concat();
-                s.write_all(&hello)
+                let got = s
+                    .write_all(&hello)
                     .and_then(|()| s.read_exact(&mut id))
-                    .map_err(|e| {
-                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                            late(format!(
-                                "rendezvous with {addr}: rank 0 there closed the connection \
-                                 without its id: it is another run's (MOTE_RUN_ID differs), or \
-                                 has no rank {rank} (MOTE_WORLD_SIZE differs)"
-                            ))
-                        } else {
-                            late(format!("rendezvous with {addr}: {e}"))
-                        }
-                    })?;
-                return Ok(id);
+                    .and_then(|()| s.write_all(&[ACK]));
+                match got {
+                    Ok(()) => return Ok(id),
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        return Err(late(format!(
+                            "rendezvous with {addr}: rank 0 there closed the connection \
+                             without its id: it is another run's (MOTE_RUN_ID differs), or \
+                             has no rank {rank} (MOTE_WORLD_SIZE differs)"
+                        )))
+                    }
+                    // Rank 0 serves one connection at a time: it may be busy with another
+                    // (a slow one holds it up to 5 s), or have dropped this one when it was.
+                    // Try again while there is time.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock
+                                | std::io::ErrorKind::TimedOut
+                                | std::io::ErrorKind::ConnectionReset
+                                | std::io::ErrorKind::BrokenPipe
+                        ) && start.elapsed() < timeout => {}
+                    Err(e) => return Err(late(format!("rendezvous with {addr}: {e}"))),
+                }
             }
             Err(e) if start.elapsed() > timeout => {
                 return Err(late(format!(

@@ -383,6 +383,35 @@ fn rank_zero_times_out_under_a_stream_of_silent_connections() {
     assert!(e.contains("0 of 1 ranks connected within 1 s"), "{e}");
 }
 
+/// A connection that sends nothing holds rank 0 for up to 5 s; a rank that connects behind two
+/// of them (10 s, past its own 5 s wait for an answer) tries again and gets the id.
+#[test]
+fn a_rank_behind_a_silent_connection_still_joins() {
+    let port = free_port();
+    let rank = |rank: usize| Launch {
+        world: 2,
+        rank,
+        local_rank: rank,
+        rendezvous: Rendezvous::Tcp(format!("127.0.0.1:{port}")),
+        run_id: None,
+        started: std::time::SystemTime::now(),
+    };
+    let zero = rank(0);
+    let server = std::thread::spawn(move || {
+        exchange(&zero, Duration::from_secs(30), || Ok([3u8; ID_BYTES]))
+    });
+    let silent = [0, 1].map(|_| loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(c) => break c,
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    });
+    let id = exchange(&rank(1), Duration::from_secs(30), || unreachable!()).unwrap();
+    assert_eq!(id, [3u8; ID_BYTES]);
+    assert_eq!(server.join().unwrap().unwrap(), [3u8; ID_BYTES]);
+    drop(silent);
+}
+
 /// Rank 0's rendezvous file goes when its guard does (every rank joined, or rank 0 failed
 /// first); other ranks' guards, and TCP rendezvous, touch nothing.
 #[test]
