@@ -93,10 +93,11 @@ pub fn freeze<M: Module, B: Backend, const N: usize>(tape: &mut Tape<B, N>, m: &
     res
 }
 
-/// Number of parameter elements of `m`.
+/// Number of parameter elements of `m` (a parameter that `m` visits twice, shared between
+/// layers, counts twice; saturates at `usize::MAX`).
 pub fn param_count<M: Module>(m: &M) -> usize {
-    let mut n = 0;
-    m.visit_params(&mut |p| n += p.numel());
+    let mut n: usize = 0;
+    m.visit_params(&mut |p| n = n.saturating_add(p.numel()));
     n
 }
 

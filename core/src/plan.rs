@@ -153,8 +153,13 @@ pub const fn mlp_inference(sizes: &[usize], batch: usize) -> usize {
     if n == 0 {
         return 0;
     }
-    // Saturating, as `mlp_step`.
-    let mut total = mlp_params(sizes, Opt::Sgd) / 2;
+    // Saturating, as `mlp_step` (a saturated count stays saturated, not halved).
+    let values_and_grads = mlp_params(sizes, Opt::Sgd);
+    let mut total = if values_and_grads == usize::MAX {
+        usize::MAX
+    } else {
+        values_and_grads / 2
+    };
     total = total.saturating_add(batch.saturating_mul(sizes[0]));
     let mut i = 1;
     while i < n {

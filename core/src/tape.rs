@@ -218,6 +218,12 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     /// A tape over any backend.
     pub fn with_backend(backend: B) -> Self {
         const { assert!(NODES > 0, "a tape needs room for at least one node") };
+        const {
+            assert!(
+                NODES < u32::MAX as usize,
+                "node indices are stored in 32 bits"
+            )
+        };
         let capacity = backend.capacity().min(NONE as usize - 1);
         // A power of two no larger than the largest one below u32::MAX (capacities are u32).
         let align = backend
@@ -692,12 +698,28 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         })
     }
 
-    /// Class labels for [`Tape::cross_entropy`], stored as floats.
+    /// Class labels for [`Tape::cross_entropy`] (or row indices for an embedding), stored as
+    /// floats: each must be a whole number the element type holds exactly (below 2^24 + 1 in
+    /// `f32`).
     ///
     /// # Errors
-    /// As [`Tape::input`].
+    /// As [`Tape::input`]; [`Error::IndexOutOfRange`] for a label the element type would round
+    /// (it would name another class).
     pub fn labels(&mut self, labels: &[usize]) -> Result<Var> {
         let shape = Shape::new(&[labels.len()])?;
+        if let Some(&l) = labels
+            .iter()
+            .find(|&&l| B::Elem::from_usize(l).to_f64() != l as f64)
+        {
+            return Err(Error::IndexOutOfRange {
+                op: "labels: a label the element type does not hold exactly",
+                index: l,
+                bound: match B::Elem::NAME {
+                    "f32" => (1 << 24) + 1,
+                    _ => usize::try_from((1u64 << 53) + 1).unwrap_or(usize::MAX),
+                },
+            });
+        }
         let mut it = labels.iter();
         self.record(Op::Input, Self::bw_none, &[], shape, |b, y| {
             write_with(b, y.offset, y.len(), &mut || {

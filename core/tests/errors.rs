@@ -628,3 +628,62 @@ fn batch_norm_settings_are_checked() {
     }
     assert_eq!(tape.data(bn.running_mean).unwrap(), &[0.0]);
 }
+
+/// `BatchNorm`'s running statistics are public handles that it writes by offset: one of
+/// another size, or one a rewind dropped, is refused before anything is written (before, a
+/// training forward wrote the batch's statistics over whatever lay there).
+#[test]
+fn batch_norm_running_statistics_are_checked() {
+    let mut mem = [0f32; 128];
+    let mut tape = Tape::<Cpu<f32>, 32>::new(&mut mem);
+    let mut bn = mote::BatchNorm::new(&mut tape, 2).unwrap();
+    let neighbour = tape.param(&[3], &[7.0, 8.0, 9.0]).unwrap();
+    let start = tape.mark();
+    let x = tape.input(&[2, 2], &[1.0, 3.0, 5.0, 7.0]).unwrap();
+    let nodes = tape.nodes_used();
+    let good = bn.running_mean;
+    bn.running_mean = neighbour;
+    for training in [true, false] {
+        bn.training = training;
+        assert!(
+            matches!(
+                bn.forward(&mut tape, x),
+                Err(Error::ShapeMismatch { op, .. }) if op.contains("running")
+            ),
+            "training {training}"
+        );
+        assert_eq!(tape.nodes_used(), nodes);
+    }
+    assert_eq!(tape.data(neighbour).unwrap(), &[7.0, 8.0, 9.0]);
+    bn.running_mean = good;
+    bn.training = true;
+    tape.rewind(start).unwrap();
+    let scratch = tape.input(&[2], &[0.0, 0.0]).unwrap();
+    tape.rewind(start).unwrap();
+    bn.running_var = scratch;
+    let x = tape.input(&[2, 2], &[1.0, 3.0, 5.0, 7.0]).unwrap();
+    assert_eq!(bn.forward(&mut tape, x), Err(Error::StaleHandle));
+}
+
+/// Labels are stored in the tape's element type: one that `f32` would round (above 2^24) is
+/// refused, since it would name another class or row; an `f64` tape holds it.
+#[test]
+fn labels_past_what_the_element_type_holds_are_refused() {
+    let mut mem = [0f32; 16];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    tape.labels(&[0, 1 << 24, 3]).unwrap();
+    let nodes = tape.nodes_used();
+    assert_eq!(
+        tape.labels(&[2, (1 << 24) + 1]),
+        Err(Error::IndexOutOfRange {
+            op: "labels: a label the element type does not hold exactly",
+            index: (1 << 24) + 1,
+            bound: (1 << 24) + 1,
+        })
+    );
+    assert_eq!(tape.nodes_used(), nodes);
+    let mut mem = [0f64; 16];
+    let mut tape = Tape::<Cpu<f64>, 8>::new(&mut mem);
+    let l = tape.labels(&[(1 << 24) + 1]).unwrap();
+    assert_eq!(tape.data(l).unwrap(), &[16_777_217.0]);
+}

@@ -346,6 +346,18 @@ impl Module for BatchNorm {
                 what: "batch_norm: eps must be finite and >= 0, momentum in [0, 1]",
             });
         }
+        // Public fields too: the running statistics are read and written through the backend
+        // by offset, so they must be live handles of this tape with a value per channel.
+        for r in [self.running_mean, self.running_var] {
+            tape.check(r)?;
+            if r.numel() != c {
+                return Err(Error::ShapeMismatch {
+                    op: "batch_norm: running statistics",
+                    lhs: r.shape(),
+                    rhs: self.weight.shape(),
+                });
+            }
+        }
         if self.training {
             tape.backend_mut().host_dependent(
                 "batch norm updates its running statistics on the host: a recorded or captured \

@@ -253,9 +253,16 @@ fn for_each_tap(
             let ih = h0 * g.sh + i * g.dh - g.ph;
             let iw = w0 * g.sw + j * g.dw - g.pw;
             let space = Shape::new(&[g.n, g.c, h1 - h0, w1 - w0])?;
+            // A stride along an axis of one position is never taken (0 here: `sh * w` need not
+            // fit where the image has one row of outputs).
             let src = Strided {
                 offset: x + ih * g.w + iw,
-                strides: [g.c * g.h * g.w, g.h * g.w, g.sh * g.w, g.sw],
+                strides: [
+                    g.c * g.h * g.w,
+                    g.h * g.w,
+                    if h1 - h0 > 1 { g.sh * g.w } else { 0 },
+                    g.sw,
+                ],
             };
             let dst = Strided {
                 offset: cols + (i * g.kw + j) * p + h0 * g.ow + w0,
