@@ -227,19 +227,21 @@ fn alloc_state<B: Backend, const N: usize>(tape: &mut Tape<B, N>, per_param: usi
 /// parameter.
 fn for_each_trainable<B: Backend, const N: usize>(
     tape: &mut Tape<B, N>,
+    needs: usize,
     mut f: impl FnMut(&mut B, usize, usize, usize, usize, usize) -> Result<()>,
 ) -> Result<()> {
-    // Every parameter is checked before any is updated: a step that fails changes nothing.
-    let missing = tape.nodes.iter().any(|n| {
-        matches!(
-            n.op,
-            Op::Param {
-                trainable: true,
-                has_grad: true,
-                state: NONE,
-                ..
-            }
-        )
+    // Every parameter is checked before any is updated: a step that fails changes nothing. A
+    // parameter needs `needs` state buffers (an SGD made without momentum has none: given
+    // momentum later through its public settings, it must not write one).
+    let missing = tape.nodes.iter().any(|n| match n.op {
+        Op::Param {
+            trainable: true,
+            has_grad: true,
+            state,
+            states,
+            ..
+        } => state == NONE || usize::from(states) < needs,
+        _ => false,
     });
     if missing {
         return Err(Error::MissingOptimizerState);
@@ -339,24 +341,30 @@ impl Sgd {
     /// # Errors
     /// As [`Sgd::new`].
     pub fn detached(config: SgdConfig) -> Result<Self> {
-        check_lr(config.lr)?;
-        let finite = config.momentum.is_finite() && config.weight_decay.is_finite();
-        if !(finite
-            && config.momentum >= 0.0
-            && config.weight_decay >= 0.0
-            && config.dampening.is_finite())
-        {
-            return Err(Error::InvalidArgument {
-                what: "momentum and weight decay must be finite and >= 0",
-            });
-        }
-        if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
-            return Err(Error::InvalidArgument {
-                what: "Nesterov momentum needs momentum > 0 and dampening 0",
-            });
-        }
+        check_sgd(&config)?;
         Ok(Sgd { config, steps: 0 })
     }
+}
+
+/// `config`'s settings are ones SGD can run with.
+fn check_sgd(config: &SgdConfig) -> Result<()> {
+    check_lr(config.lr)?;
+    let finite = config.momentum.is_finite() && config.weight_decay.is_finite();
+    if !(finite
+        && config.momentum >= 0.0
+        && config.weight_decay >= 0.0
+        && config.dampening.is_finite())
+    {
+        return Err(Error::InvalidArgument {
+            what: "momentum and weight decay must be finite and >= 0",
+        });
+    }
+    if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
+        return Err(Error::InvalidArgument {
+            what: "Nesterov momentum needs momentum > 0 and dampening 0",
+        });
+    }
+    Ok(())
 }
 
 impl Sgd {
@@ -401,10 +409,12 @@ impl Sgd {
 
 impl Optimizer for Sgd {
     fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
-        // `set_lr` takes any value: a schedule's bad rate is refused here, before any update.
-        check_lr(self.config.lr)?;
+        // `set_lr` takes any value, and the settings are public: a bad one is refused here,
+        // before any update.
+        check_sgd(&self.config)?;
         let this = *self;
-        for_each_trainable(tape, |b, param, grad, state, len, _| {
+        let needs = usize::from(self.config.momentum > 0.0);
+        for_each_trainable(tape, needs, |b, param, grad, state, len, _| {
             b.sgd(&this.update_for(param, grad, state, len))
         })?;
         self.steps = self.steps.saturating_add(1);
@@ -505,13 +515,7 @@ impl Adam {
     /// # Errors
     /// As [`Adam::new`].
     pub fn detached(config: AdamConfig, decoupled: bool) -> Result<Self> {
-        check_lr(config.lr)?;
-        let betas_ok = (0.0..1.0).contains(&config.beta1) && (0.0..1.0).contains(&config.beta2);
-        if !betas_ok || !(config.eps > 0.0) || !(config.weight_decay >= 0.0) {
-            return Err(Error::InvalidArgument {
-                what: "Adam needs betas in [0, 1), eps > 0, weight decay >= 0",
-            });
-        }
+        check_adam(&config)?;
         Ok(Adam {
             config,
             decoupled,
@@ -605,11 +609,12 @@ impl Adam {
 
 impl Optimizer for Adam {
     fn step<B: Backend, const N: usize>(&mut self, tape: &mut Tape<B, N>) -> Result<()> {
-        // `set_lr` takes any value: a schedule's bad rate is refused here, before any update.
-        check_lr(self.config.lr)?;
+        // `set_lr` takes any value, and the settings are public: a bad one is refused here,
+        // before any update.
+        check_adam(&self.config)?;
         let (t, powers) = self.next_powers();
         let template = self.update_for(powers);
-        for_each_trainable(tape, |b, param, grad, state, len, stride| {
+        for_each_trainable(tape, 2, |b, param, grad, state, len, stride| {
             b.adam(&AdamUpdate {
                 param,
                 grad,
@@ -631,6 +636,19 @@ impl Optimizer for Adam {
     fn set_lr(&mut self, lr: f64) {
         self.config.lr = lr;
     }
+}
+
+/// `config`'s settings are ones Adam can run with (a beta of 1 would divide by a zero bias
+/// correction; an eps of 0 can divide 0 by 0).
+fn check_adam(config: &AdamConfig) -> Result<()> {
+    check_lr(config.lr)?;
+    let betas_ok = (0.0..1.0).contains(&config.beta1) && (0.0..1.0).contains(&config.beta2);
+    if !betas_ok || !(config.eps > 0.0) || !(config.weight_decay >= 0.0) {
+        return Err(Error::InvalidArgument {
+            what: "Adam needs betas in [0, 1), eps > 0, weight decay >= 0",
+        });
+    }
+    Ok(())
 }
 
 /// The global L2 norm of the gradients of all trainable parameters (what

@@ -687,3 +687,63 @@ fn labels_past_what_the_element_type_holds_are_refused() {
     let l = tape.labels(&[(1 << 24) + 1]).unwrap();
     assert_eq!(tape.data(l).unwrap(), &[16_777_217.0]);
 }
+
+/// Optimizer settings are public fields: a step checks them again, and an SGD made without
+/// momentum (so without momentum buffers) that is given momentum later refuses to step rather
+/// than write a buffer it does not have (it wrote one at arena offset 0, over a parameter).
+#[test]
+fn settings_changed_after_construction_are_checked_at_the_step() {
+    let mut mem = [0f32; 200];
+    let mut tape = Tape::<Cpu<f32>, 32>::new(&mut mem);
+    let l = Linear::new(&mut tape, 2, 2, &mut Rng::new(0)).unwrap();
+    let mut sgd = mote::Sgd::new(&mut tape, mote::SgdConfig::default()).unwrap();
+    let start = tape.mark();
+    let step = |tape: &mut Tape<Cpu<f32>, 32>| {
+        tape.rewind(start).unwrap();
+        let x = tape.input(&[1, 2], &[1.0, -2.0]).unwrap();
+        let y = l.forward(tape, x).unwrap();
+        let loss = tape.sum(y).unwrap();
+        tape.backward(loss).unwrap();
+    };
+    step(&mut tape);
+    let before = tape.data(l.weight).unwrap().to_vec();
+    sgd.config.momentum = 0.9;
+    assert_eq!(sgd.step(&mut tape), Err(Error::MissingOptimizerState));
+    assert_eq!(tape.data(l.weight).unwrap(), &before[..]);
+    sgd.config.momentum = 0.0;
+    sgd.config.nesterov = true;
+    assert!(matches!(
+        sgd.step(&mut tape),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!(tape.data(l.weight).unwrap(), &before[..]);
+
+    let mut adam = Adam::new(&mut tape, AdamConfig::default()).unwrap();
+    let start = tape.mark();
+    tape.rewind(start).unwrap();
+    let x = tape.input(&[1, 2], &[1.0, -2.0]).unwrap();
+    let y = l.forward(&mut tape, x).unwrap();
+    let loss = tape.sum(y).unwrap();
+    tape.backward(loss).unwrap();
+    for bad in [
+        AdamConfig {
+            beta1: 1.0,
+            ..AdamConfig::default()
+        },
+        AdamConfig {
+            eps: 0.0,
+            ..AdamConfig::default()
+        },
+    ] {
+        adam.config = bad;
+        assert!(matches!(
+            adam.step(&mut tape),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert_eq!(tape.data(l.weight).unwrap(), &before[..]);
+        assert_eq!(adam.steps(), 0);
+    }
+    adam.config = AdamConfig::default();
+    adam.step(&mut tape).unwrap();
+    assert_ne!(tape.data(l.weight).unwrap(), &before[..]);
+}
