@@ -80,7 +80,7 @@ pub use error::{Error, Result};
 pub use float::Float;
 pub use nn::{
     AvgPool1d, AvgPool2d, BatchNorm, Conv1d, Conv2d, Dropout, Elu, Embedding, Flatten, Gelu,
-    GeluErf, GlobalAvgPool, Hardsigmoid, Hardswish, LayerNorm, LeakyRelu, Linear, MaxPool1d,
+    GeluTanh, GlobalAvgPool, Hardsigmoid, Hardswish, LayerNorm, LeakyRelu, Linear, MaxPool1d,
     MaxPool2d, Module, Relu, Relu6, Sequential, Sigmoid, Silu, Softmax, Softplus, Tanh,
 };
 pub use ops::conv::{ConvConfig, PoolConfig};

@@ -93,8 +93,10 @@ pub fn freeze<M: Module, B: Backend, const N: usize>(tape: &mut Tape<B, N>, m: &
     res
 }
 
-/// Number of parameter elements of `m` (a parameter that `m` visits twice, shared between
-/// layers, counts twice; saturates at `usize::MAX`).
+/// Number of parameter elements of `m`, buffers included (batch norm's running statistics,
+/// which PyTorch's `parameters()` leaves out: [`Tape::param_count`] counts the trainable
+/// ones); a parameter that `m` visits twice, shared between layers, counts twice; saturates
+/// at `usize::MAX`.
 pub fn param_count<M: Module>(m: &M) -> usize {
     let mut n: usize = 0;
     m.visit_params(&mut |p| n = n.saturating_add(p.numel()));
@@ -236,12 +238,12 @@ activation!(
     Tanh, tanh
 );
 activation!(
-    /// GELU (tanh form) as a layer.
+    /// GELU, exact (through erf), as a layer: PyTorch's default `nn.GELU()`.
     Gelu, gelu
 );
 activation!(
-    /// GELU, exact (through erf), as a layer: PyTorch's default `nn.GELU()`.
-    GeluErf, gelu_erf
+    /// GELU, tanh approximation, as a layer: PyTorch's `nn.GELU(approximate="tanh")`.
+    GeluTanh, gelu_tanh
 );
 activation!(
     /// SiLU (swish) as a layer.

@@ -285,7 +285,7 @@ fn check_lr(lr: f64) -> Result<()> {
     }
 }
 
-/// SGD settings (PyTorch's defaults but for `lr`, which PyTorch requires).
+/// SGD settings, with PyTorch's defaults (`torch.optim.SGD`: lr 1e-3, no momentum).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SgdConfig {
     /// Learning rate.
@@ -303,7 +303,7 @@ pub struct SgdConfig {
 impl Default for SgdConfig {
     fn default() -> Self {
         SgdConfig {
-            lr: 0.01,
+            lr: 1e-3,
             momentum: 0.0,
             dampening: 0.0,
             weight_decay: 0.0,

@@ -459,7 +459,10 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         self.gen = self.gen.saturating_add(1);
     }
 
-    /// Sets every parameter's gradient to zero (PyTorch's `optimizer.zero_grad()`);
+    /// Sets every parameter's gradient to zero (PyTorch's `optimizer.zero_grad()`, but zeroed
+    /// rather than set to `None`: a parameter that gets no gradient in a step is still
+    /// updated by the optimizer, with a zero gradient, so weight decay, momentum and Adam's
+    /// moments still move it, where PyTorch's optimizers skip it);
     /// [`Tape::rewind`] does it for you.
     ///
     /// # Errors

@@ -747,3 +747,21 @@ fn settings_changed_after_construction_are_checked_at_the_step() {
     adam.step(&mut tape).unwrap();
     assert_ne!(tape.data(l.weight).unwrap(), &before[..]);
 }
+
+/// Batch norm in training mode over one value per channel is refused, as PyTorch refuses it
+/// (there is no spread to normalise by); in evaluation mode it runs.
+#[test]
+fn batch_norm_needs_two_values_per_channel_to_train() {
+    let mut mem = [0f32; 64];
+    let mut tape = Tape::<Cpu<f32>, 32>::new(&mut mem);
+    let mut bn = mote::BatchNorm::new(&mut tape, 2).unwrap();
+    let x = tape.input(&[1, 2], &[1.0, 3.0]).unwrap();
+    let nodes = tape.nodes_used();
+    assert!(matches!(
+        bn.forward(&mut tape, x),
+        Err(Error::InvalidArgument { what }) if what.contains("more than one value")
+    ));
+    assert_eq!(tape.nodes_used(), nodes);
+    bn.training = false;
+    bn.forward(&mut tape, x).unwrap();
+}

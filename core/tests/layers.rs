@@ -182,7 +182,8 @@ fn embedding_looks_up_rows() {
 fn activation_layers_apply_their_ops() {
     use mote::ops::unary::UnaryOp;
     use mote::{
-        Elu, Gelu, GeluErf, Hardsigmoid, Hardswish, LeakyRelu, Relu6, Sigmoid, Silu, Softplus, Tanh,
+        Elu, Gelu, GeluTanh, Hardsigmoid, Hardswish, LeakyRelu, Relu6, Sigmoid, Silu, Softplus,
+        Tanh,
     };
     fn same<M: Module>(layer: M, op: UnaryOp) {
         let mut mem = vec![0f32; 256];
@@ -202,8 +203,9 @@ fn activation_layers_apply_their_ops() {
     same(Elu(0.7), UnaryOp::Elu(0.7));
     same(Sigmoid, UnaryOp::Sigmoid);
     same(Tanh, UnaryOp::Tanh);
-    same(Gelu, UnaryOp::Gelu);
-    same(GeluErf, UnaryOp::GeluErf);
+    // PyTorch's names: `Gelu` is `nn.GELU()` (exact), `GeluTanh` `nn.GELU(approximate="tanh")`.
+    same(Gelu, UnaryOp::GeluErf);
+    same(GeluTanh, UnaryOp::Gelu);
     same(Silu, UnaryOp::Silu);
     same(Softplus, UnaryOp::Softplus);
     same(Hardsigmoid, UnaryOp::Hardsigmoid);

@@ -51,7 +51,7 @@ __device__ __forceinline__ float unary_d(int op, float c, float x, float y) {
     case 4: return 1.0f / x;
     case 5: return 1.0f / (y + y);
     case 6: return x + x;
-    case 7: return c * powf(x, c - 1.0f);
+    case 7: return c == 0.0f ? 0.0f : c * powf(x, c - 1.0f);  // x^0: 0, as PyTorch
     case 8: return x > 0.0f ? 1.0f : 0.0f;
     case 9: return x > 0.0f ? 1.0f : c;
     case 10: return y * (1.0f - y);

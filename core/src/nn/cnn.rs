@@ -358,6 +358,13 @@ impl Module for BatchNorm {
                 });
             }
         }
+        // A channel's single value has no spread to normalise by (the output would be the
+        // bias): PyTorch refuses it too.
+        if self.training && n * rest < 2 {
+            return Err(Error::InvalidArgument {
+                what: "batch_norm: training needs more than one value per channel",
+            });
+        }
         if self.training {
             tape.backend_mut().host_dependent(
                 "batch norm updates its running statistics on the host: a recorded or captured \

@@ -12,8 +12,8 @@
 //!   backward: `dW[g] += sum_n dy[n, g] cols[n, g]^T` and `dcols[n, g] = W[g]^T dy[n, g]`,
 //!   scattered back into `dx` (*col2im*, accumulating where windows overlap);
 //! - **max / average pooling**: the maximum (or mean) over each window's `KH * KW` values of
-//!   `cols`; backward routes `dy` to the maximum (every tied maximum, as the `max` reduction
-//!   does) or spreads `dy / (KH * KW)` over the window, then col2im. Average pooling counts
+//!   `cols`; backward routes `dy` to the window's first maximum (as PyTorch's max pooling, and
+//!   as the `max` reduction does) or spreads `dy / (KH * KW)` over the window, then col2im. Average pooling counts
 //!   padded positions (PyTorch's default `count_include_pad=True`).
 //!
 //! A backend may run a whole convolution pass with its own kernel instead ([`Backend::conv`],

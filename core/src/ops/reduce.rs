@@ -343,7 +343,9 @@ mod tape_ops {
             self.reduce(ReduceOp::Mean, x, Some(axis))
         }
 
-        /// The largest element.
+        /// The largest element. Its gradient goes to the first largest element only, where
+        /// PyTorch's `torch.max(x)` (over every element) splits it evenly between ties: where
+        /// ties matter, `maximum` of two tensors splits them.
         ///
         /// # Errors
         /// As [`Tape::reduce`].
@@ -359,7 +361,8 @@ mod tape_ops {
             self.reduce(ReduceOp::Max, x, Some(axis))
         }
 
-        /// The smallest element.
+        /// The smallest element (its gradient to the first smallest element only, as
+        /// [`Tape::max`]).
         ///
         /// # Errors
         /// As [`Tape::reduce`].

@@ -9,13 +9,13 @@
 //! | `Log` | ln x | 1 / x | x <= 0 gives NaN/-inf, as in PyTorch |
 //! | `Sqrt` | sqrt x | 1 / (2 y) | +inf at 0, as in PyTorch |
 //! | `Square` | x^2 | 2x | |
-//! | `Pow(p)` | x^p | p x^(p-1) | |
+//! | `Pow(p)` | x^p | p x^(p-1) | 0 for p = 0 (PyTorch), also at x = 0 |
 //! | `Relu` | max(x, 0) | 1 if x > 0 else 0 | 0 at x = 0 (PyTorch, dfdx, tinygrad) |
 //! | `LeakyRelu(a)` | x if x > 0 else a x | 1 if x > 0 else a | a at x = 0 (PyTorch) |
 //! | `Sigmoid` | 1 / (1 + e^-x) | y (1 - y) | |
 //! | `Tanh` | tanh x | 1 - y^2 | |
-//! | `Gelu` | x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi) | see [`gelu_grad`] | |
-//! | `GeluErf` | x Phi(x) = x/2 (1 + erf(x / sqrt 2)) | Phi(x) + x phi(x) | |
+//! | `Gelu` | x/2 (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi) | see [`gelu_grad`] | [`crate::Tape::gelu_tanh`] |
+//! | `GeluErf` | x Phi(x) = x/2 (1 + erf(x / sqrt 2)) | Phi(x) + x phi(x) | [`crate::Tape::gelu`], PyTorch's default |
 //! | `Abs` | \|x\| | sign(x) | 0 at x = 0 (PyTorch) |
 //! | `ClampMin(c)` | max(x, c) | 1 if x >= c else 0 | 1 at x = c (PyTorch) |
 //! | `ClampMax(c)` | min(x, c) | 1 if x <= c else 0 | 1 at x = c (PyTorch) |
@@ -58,7 +58,7 @@ pub enum UnaryOp {
     Sigmoid,
     /// tanh x
     Tanh,
-    /// GELU, tanh approximation (PyTorch's `approximate="tanh"`)
+    /// GELU, tanh approximation (PyTorch's `approximate="tanh"`; [`crate::Tape::gelu_tanh`])
     Gelu,
     /// |x|
     Abs,
@@ -72,7 +72,8 @@ pub enum UnaryOp {
     Elu(f32),
     /// ln(1 + e^x), and x itself above 20 (PyTorch's `softplus` with beta 1, threshold 20)
     Softplus,
-    /// GELU, exact: x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's default `F.gelu`)
+    /// GELU, exact: x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (PyTorch's default `F.gelu`;
+    /// [`crate::Tape::gelu`])
     GeluErf,
     /// min(max(x / 6 + 1/2, 0), 1): PyTorch's `hardsigmoid`
     Hardsigmoid,
@@ -322,14 +323,14 @@ impl UnaryOp {
             UnaryOp::LeakyRelu(_) => "leaky_relu",
             UnaryOp::Sigmoid => "sigmoid",
             UnaryOp::Tanh => "tanh",
-            UnaryOp::Gelu => "gelu",
+            UnaryOp::Gelu => "gelu_tanh",
             UnaryOp::Abs => "abs",
             UnaryOp::ClampMin(_) => "clamp_min",
             UnaryOp::ClampMax(_) => "clamp_max",
             UnaryOp::Silu => "silu",
             UnaryOp::Elu(_) => "elu",
             UnaryOp::Softplus => "softplus",
-            UnaryOp::GeluErf => "gelu_erf",
+            UnaryOp::GeluErf => "gelu",
             UnaryOp::Hardsigmoid => "hardsigmoid",
             UnaryOp::Hardswish => "hardswish",
             UnaryOp::Relu6 => "relu6",
@@ -410,6 +411,8 @@ impl UnaryOp {
             UnaryOp::Log => T::ONE / x,
             UnaryOp::Sqrt => T::ONE / (y + y),
             UnaryOp::Square => x + x,
+            // x^0 is constant: 0, not 0 * x^-1 (NaN at x = 0), as PyTorch's `pow_backward`.
+            UnaryOp::Pow(0.0) => T::ZERO,
             UnaryOp::Pow(p) => {
                 let p = T::from_f32(p);
                 p * x.powf(p - T::ONE)
@@ -717,6 +720,10 @@ mod tests {
         assert_eq!(UnaryOp::Relu6.derivative(6.0f64, 6.0), 0.0);
         assert_eq!(UnaryOp::Relu6.apply(7.5f32), 6.0);
         assert_eq!(UnaryOp::Relu6.apply(-7.5f32), 0.0);
+        // x^0 is constant: its gradient is 0 everywhere, at 0 too (not 0 * 0^-1 = NaN)
+        for x in [0.0f64, -2.0, 3.5] {
+            assert_eq!(UnaryOp::Pow(0.0).derivative(x, 1.0), 0.0);
+        }
         for op in UnaryOp::EVERY {
             let (code, arg) = op.pack();
             assert_eq!(
@@ -920,21 +927,22 @@ mod tape_ops {
             self.unary(UnaryOp::Tanh, x)
         }
 
-        /// GELU, tanh approximation.
+        /// GELU, exact (`x Phi(x)`, `Phi` the normal distribution function, through erf):
+        /// PyTorch's default `F.gelu(x)` ([`UnaryOp::GeluErf`]).
         ///
         /// # Errors
         /// As [`Tape::unary`].
         pub fn gelu(&mut self, x: Var) -> Result<Var> {
-            self.unary(UnaryOp::Gelu, x)
+            self.unary(UnaryOp::GeluErf, x)
         }
 
-        /// GELU, exact (`x Phi(x)`, `Phi` the normal distribution function): PyTorch's default
-        /// `F.gelu(x)`.
+        /// GELU, tanh approximation: PyTorch's `F.gelu(x, approximate="tanh")`
+        /// ([`UnaryOp::Gelu`]).
         ///
         /// # Errors
         /// As [`Tape::unary`].
-        pub fn gelu_erf(&mut self, x: Var) -> Result<Var> {
-            self.unary(UnaryOp::GeluErf, x)
+        pub fn gelu_tanh(&mut self, x: Var) -> Result<Var> {
+            self.unary(UnaryOp::Gelu, x)
         }
 
         /// `|x|` (gradient 0 at 0, as PyTorch's).
