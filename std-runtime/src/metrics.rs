@@ -16,7 +16,7 @@ pub const CONFUSION_MAX_CLASSES: usize = 30;
 /// Loss and accuracy ([`score`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Score {
-    /// Mean softmax cross-entropy.
+    /// Mean softmax cross-entropy (per row `logsumexp(z) - z_y`, in f64).
     pub loss: f64,
     /// Correct predictions.
     pub correct: usize,
@@ -34,7 +34,7 @@ impl Score {
 /// Classification results.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClassReport {
-    /// Mean softmax cross-entropy.
+    /// Mean softmax cross-entropy (per row `logsumexp(z) - z_y`, in f64).
     pub loss: f64,
     /// Correct predictions.
     pub correct: usize,
@@ -135,16 +135,41 @@ pub struct ClassScores {
     pub support: usize,
 }
 
-/// The probability softmax gives entry `y` of `row` (0 when `row` has no such entry): the
-/// value of `softmax(row)[y]` without the row of probabilities.
-fn probability(row: &[f32], y: usize) -> f64 {
-    let Some(&v) = row.get(y) else {
-        return 0.0;
+/// The softmax cross-entropy of `row` (logits) against class `y`: `logsumexp(row) - row[y]`,
+/// as PyTorch's `cross_entropy` (through `log_softmax`) computes it, here in f64 with the
+/// row's maximum `m` subtracted (`m - z_y + ln(1 + the other terms)`), so that neither a
+/// confident wrong answer (a loss of hundreds) is capped nor a confident right one (a loss
+/// like `exp(-30)`) rounded to a step of f32. Infinite
+/// for a label that is not an entry of `row` (its probability is 0) and where the label's
+/// logit is `-inf` among finite ones; NaN, as PyTorch's, for a row with a NaN or a `+inf`
+/// logit, or of `-inf` only.
+fn cross_entropy(row: &[f32], y: usize) -> f64 {
+    let Some(&zy) = row.get(y) else {
+        return f64::INFINITY;
     };
-    // As `model::softmax`: the exponentials summed in order, then divided.
-    let m = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let s: f32 = row.iter().map(|v| (v - m).exp()).sum();
-    ((v - m).exp() / s) as f64
+    if row.iter().any(|v| v.is_nan()) {
+        return f64::NAN;
+    }
+    // The first maximum: its term of the sum is exactly 1, the rest is summed apart, so that
+    // `ln(1 + rest)` keeps a small loss's digits (`ln_1p`).
+    let (top, m) =
+        row.iter()
+            .map(|&v| f64::from(v))
+            .enumerate()
+            .fold(
+                (0, f64::NEG_INFINITY),
+                |b, (i, v)| if v > b.1 { (i, v) } else { b },
+            );
+    if !m.is_finite() {
+        return f64::NAN;
+    }
+    let rest: f64 = row
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != top)
+        .map(|(_, &v)| (f64::from(v) - m).exp())
+        .sum();
+    (m - f64::from(zy)) + rest.ln_1p()
 }
 
 /// Visits each row of `logits` (`rows x classes`) with its label and predicted class, and
@@ -158,7 +183,7 @@ fn each_row(
     let mut r = Score::default();
     for (row, &y) in logits.chunks(classes.max(1)).zip(labels) {
         let p = argmax(row);
-        r.loss -= probability(row, y).max(1e-30).ln();
+        r.loss += cross_entropy(row, y);
         r.correct += usize::from(p == y);
         r.total += 1;
         visit(y, p);
@@ -353,6 +378,53 @@ mod tests {
         );
     }
 
+    /// The cross-entropy is PyTorch's `logsumexp(z) - z_y`, uncapped and unquantised: a
+    /// wrong answer by 200 costs about 200 (`-ln` of an f32 softmax, clamped at 1e-30, gave
+    /// 69), a right one by 30 about `exp(-30)` (an f32 softmax rounds it to 0, or to a step of
+    /// 6e-8), and the accuracy is as before.
+    #[test]
+    fn cross_entropy_is_log_softmax_in_f64() {
+        let s = score(&[200.0, 0.0], 2, &[1]);
+        // ln(1 + e^-200) is below f64's resolution at 200.
+        assert_eq!((s.loss, s.correct, s.total), (200.0, 0, 1));
+        let s = score(&[30.0, 0.0, 0.0, 30.0], 2, &[0, 1]);
+        let want = (-30f64).exp().ln_1p();
+        assert!((s.loss / want - 1.0).abs() < 1e-9, "{} vs {want}", s.loss);
+        assert!((s.loss / 9.357622968839737e-14 - 1.0).abs() < 1e-9);
+        assert_eq!((s.correct, s.total), (2, 2));
+        // Gaps of 20 and 21 give different losses (an f32 softmax gave 0 for both).
+        let (a, b) = (
+            score(&[20.0, 0.0], 2, &[0]).loss,
+            score(&[21.0, 0.0], 2, &[0]).loss,
+        );
+        assert!(
+            a > b && b > 0.0 && (a / b - 1f64.exp()).abs() < 1e-6,
+            "{a} {b}"
+        );
+        // Shifting a row changes nothing (the maximum is subtracted): large logits are fine.
+        let near = score(&[1e6, 1e6 - 3.0, 1e6 - 1.0], 3, &[2]).loss;
+        let far = score(&[0.0, -3.0, -1.0], 3, &[2]).loss;
+        assert_eq!(near, far);
+        // Three classes by hand: ln(e^0 + e^-3 + e^-1) + 1.
+        let want = (1.0 + (-3f64).exp() + (-1f64).exp()).ln() + 1.0;
+        assert!((far - want).abs() < 1e-15);
+        // A label outside the row: probability 0, an infinite loss; a NaN logit: NaN.
+        assert_eq!(score(&[1.0, 0.0], 2, &[2]).loss, f64::INFINITY);
+        assert!(score(&[f32::NAN, 0.0], 2, &[1]).loss.is_nan());
+        let r = classify(&[200.0, 0.0, 0.0, 1.0], 2, &[1, 1]);
+        assert_eq!((r.correct, r.total, r.hits), (1, 2, vec![0, 1]));
+        assert!(
+            (r.loss - (200.0 + lse1(1.0)) / 2.0).abs() < 1e-12,
+            "{}",
+            r.loss
+        );
+    }
+
+    /// `ln(1 + e^-d)`: the loss of a right answer by a gap `d` between two classes.
+    fn lse1(d: f64) -> f64 {
+        (-d).exp().ln_1p()
+    }
+
     #[test]
     fn scores() {
         let r = classify(&[2.0, 0.0, 0.0, 1.0, 5.0, 0.0], 2, &[0, 1, 1]);
@@ -365,15 +437,13 @@ mod tests {
             (r.hits, r.predicted, r.actual),
             (vec![1, 1], vec![2, 1], vec![1, 2])
         );
-        // `score` is `classify`'s loss and accuracy; the loss is softmax's, bit for bit.
+        // `score` is `classify`'s loss and accuracy; the loss is the mean of each row's
+        // `logsumexp(z) - z_y` (worked here in f64 by hand).
         let s = score(&[2.0, 0.0, 0.0, 1.0, 5.0, 0.0], 2, &[0, 1, 1]);
         assert_eq!((s.loss, s.correct, s.total), (r.loss, r.correct, r.total));
-        let want = -[(0, [2.0f32, 0.0]), (1, [0.0, 1.0]), (1, [5.0, 0.0])]
-            .iter()
-            .map(|(y, row)| f64::from(crate::model::softmax(row)[*y]).ln())
-            .sum::<f64>()
-            / 3.0;
-        assert_eq!(r.loss, want);
+        let lse = |a: f64, b: f64| a.max(b) + (1.0 + (-(a - b).abs()).exp()).ln();
+        let want = ((lse(2.0, 0.0) - 2.0) + (lse(0.0, 1.0) - 1.0) + (lse(5.0, 0.0) - 0.0)) / 3.0;
+        assert!((r.loss - want).abs() < 1e-15, "{} vs {want}", r.loss);
         let g = regress(&[1.0, -1.0], &[0.0, 0.0], 2.0, RegressionLoss::Mse);
         assert!((g.rmse - 2.0).abs() < 1e-12 && (g.mae - 2.0).abs() < 1e-12);
         assert_eq!(g.loss, 1.0);

@@ -25,8 +25,10 @@
 //! ```
 //!
 //! On the serial backend a run is a pure function of its seed: the same seed gives the same
-//! weights bit for bit, and a run resumed from a checkpoint continues exactly as if it had not
-//! stopped.
+//! weights bit for bit, and a run resumed from a checkpoint on the same data continues exactly
+//! as if it had not stopped. The learning-rate schedule follows the run's place counted in
+//! epochs (see [`crate::schedule`]), so a run resumed on other data goes on from the epoch it
+//! stopped at.
 
 use std::path::Path;
 use std::time::Instant;
@@ -105,7 +107,10 @@ pub struct TrainConfig {
     /// What early stopping and the best epoch follow (the metric when absent).
     #[serde(default, skip_serializing_if = "Monitor::is_metric")]
     pub monitor: Monitor,
-    /// The smallest change that counts as an improvement.
+    /// The smallest change that counts as an improvement, for early stopping, the best epoch
+    /// and [`Saves::best`] alike (Keras's `EarlyStopping(min_delta=)`; its `ModelCheckpoint(
+    /// save_best_only=True)` has none and saves on any improvement). The command line has no
+    /// option for it: 0 there.
     pub min_delta: f64,
     /// Clip the gradients' global L2 norm to this before each optimizer step (`None`: no
     /// clipping).
@@ -144,12 +149,13 @@ impl TrainConfig {
         }
     }
 
-    /// Checks the settings.
+    /// Checks the settings on their own (what a checkpoint's settings must satisfy to be
+    /// read; [`TrainConfig::check_run`] adds what training needs).
     ///
     /// # Errors
     /// `Invalid` for a schedule's factor or floor out of range (and a plateau schedule without
-    /// validation rows), a step schedule cutting every 0 epochs, a zero batch size, a clip norm that is not positive and finite, or a
-    /// label smoothing outside `[0, 1]`.
+    /// validation rows), a step schedule cutting every 0 epochs, a zero batch size, a clip norm
+    /// that is not positive and finite, or a label smoothing outside `[0, 1]`.
     pub fn check(&self) -> Result<()> {
         let (factor, min_lr) = match self.schedule {
             Schedule::Constant => (None, None),
@@ -212,6 +218,33 @@ impl TrainConfig {
             return Err(Error::invalid(format!(
                 "--label-smoothing {s}: too small to count in f32 (use 0 for none)"
             )));
+        }
+        Ok(())
+    }
+
+    /// Checks the settings for a run to `epochs` ([`fit`] does): [`TrainConfig::check`], and
+    /// a cosine warm-up shorter than the run. A warm-up as long as the run, or longer, would
+    /// never decay the rate (nor, when longer, reach the base rate). It is not part of
+    /// [`TrainConfig::check`], which a checkpoint's settings must pass to be evaluated: a
+    /// checkpoint written with such settings still loads, and resumes with enough `epochs`.
+    ///
+    /// # Errors
+    /// As [`TrainConfig::check`]; `Invalid` for a warm-up of `epochs` or more.
+    pub fn check_run(&self) -> Result<()> {
+        self.check()?;
+        if let Schedule::Cosine { warmup, .. } = self.schedule {
+            if warmup > 0 && warmup >= self.epochs {
+                return Err(Error::invalid(format!(
+                    "--warmup {warmup} with {} epochs in all: the warm-up must end before the \
+                     run does, or the rate never decays (the cosine follows the warm-up)",
+                    self.epochs
+                ))
+                .with_hint(format!(
+                    "give --warmup below {}, or more --epochs (with --resume, which keeps the \
+                     warm-up: --epochs N trains N more)",
+                    self.epochs
+                )));
+            }
         }
         Ok(())
     }
@@ -541,7 +574,8 @@ pub fn evaluate<L: Learner>(model: &mut L, data: &Prepared, rows: &[usize]) -> R
 /// running statistics with the failed step's batch), and `state.step` counts them (the
 /// optimizer's bias correction goes on from there); the epoch, its shuffle, the
 /// history and the checkpoint on disk stay at the last completed epoch. To repeat the epoch
-/// from where it began, resume from that checkpoint.
+/// from where it began, resume from that checkpoint (or call `fit` again with the same state:
+/// the learning-rate schedule, which counts epochs, starts the epoch over too).
 pub fn fit<L: Learner>(
     model: &mut L,
     data: &Prepared,
@@ -581,7 +615,7 @@ pub fn fit_with<L: Learner>(
     saves: Saves<'_>,
 ) -> Result<Summary> {
     let save = saves.last;
-    config.check()?;
+    config.check_run()?;
     let t0 = Instant::now();
     let steps_per_epoch = data.train.len().div_ceil(config.batch);
     let info = RunInfo {
@@ -609,13 +643,16 @@ pub fn fit_with<L: Learner>(
         rng.shuffle(&mut order);
         let (mut loss_sum, mut correct, mut squared, mut lr) = (0f64, 0usize, 0f64, base);
         for (k, rows) in order.chunks(config.batch).enumerate() {
-            lr = config.schedule.lr(
-                base,
-                state.step,
-                steps_per_epoch,
-                config.epochs,
-                &state.plateau,
-            );
+            // The schedule's place counted in epochs, not the global step count: the same on
+            // unchanged data, and on a resume over data with another number of steps per
+            // epoch the curve goes on from this epoch's start. The global count (`state.step`)
+            // stays what the optimizer and the dropout masks follow.
+            let place = (state.epoch as u64)
+                .saturating_mul(steps_per_epoch as u64)
+                .saturating_add(k as u64);
+            lr = config
+                .schedule
+                .lr(base, place, steps_per_epoch, config.epochs, &state.plateau);
             model.set_lr(lr);
             model.set_steps(state.step);
             data.gather(rows, &mut bx, &mut bc, &mut bv);

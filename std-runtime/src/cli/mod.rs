@@ -130,7 +130,8 @@ enum ScheduleArg {
     Constant,
     /// Times --gamma every --step-every epochs.
     Step,
-    /// Warm-up over --warmup epochs, then a half cosine down to --min-lr.
+    /// Linear warm-up over --warmup epochs (fewer than --epochs), then a half cosine down to
+    /// --min-lr.
     Cosine,
     /// Times --gamma whenever the validation loss has not improved for more than
     /// --lr-patience epochs, down to --min-lr (PyTorch's `ReduceLROnPlateau`).
@@ -224,13 +225,13 @@ pub struct TrainArgs {
     /// Rows per step [default: 32].
     #[arg(allow_negative_numbers = true, long)]
     batch: Option<usize>,
-    /// Learning rate [default: 0.001 for adam/adamw, 0.01 for sgd].
+    /// Learning rate [default: 0.001 for adam/adamw, 0.01 for sgd (PyTorch's SGD: 0.001)].
     #[arg(allow_negative_numbers = true, long)]
     lr: Option<f64>,
     /// The optimizer [default: adam].
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
-    /// SGD momentum [default: 0.9].
+    /// SGD momentum [default: 0.9 (PyTorch's SGD: 0)].
     #[arg(allow_negative_numbers = true, long)]
     momentum: Option<f64>,
     /// Weight decay (L2 for adam and sgd, decoupled for adamw) [default: 0, adamw 0.01].
@@ -239,7 +240,8 @@ pub struct TrainArgs {
     /// Learning-rate schedule [default: constant].
     #[arg(long, value_enum)]
     schedule: Option<ScheduleArg>,
-    /// Cosine schedule: epochs of linear warm-up [default: 0].
+    /// Cosine schedule: epochs of linear warm-up, fewer than the run's: the first step takes
+    /// --lr / (warm-up steps), the last --lr [default: 0].
     #[arg(allow_negative_numbers = true, long)]
     warmup: Option<usize>,
     /// Cosine schedule: the rate at the end; plateau schedule: the lowest rate [default: 0].
@@ -248,8 +250,8 @@ pub struct TrainArgs {
     /// Step schedule: epochs between decays [default: 10].
     #[arg(allow_negative_numbers = true, long)]
     step_every: Option<usize>,
-    /// Step schedule: the decay factor [default: 0.5]; plateau schedule: the factor, below 1
-    /// [default: 0.1].
+    /// Step schedule: the decay factor [default: 0.5; PyTorch's `StepLR`: 0.1]; plateau
+    /// schedule: the factor, below 1 [default: 0.1].
     #[arg(allow_negative_numbers = true, long)]
     gamma: Option<f64>,
     /// Plateau schedule: epochs without a lower validation loss that are tolerated before the

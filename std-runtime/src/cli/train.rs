@@ -613,8 +613,10 @@ pub(crate) fn train_cmd(mut a: TrainArgs) -> Result<()> {
         if a.patience.is_some() {
             config.patience = a.patience;
         }
-        // A run that early stopping ended starts its patience anew (Keras's EarlyStopping
-        // does the same on a new fit); an interrupted one goes on as if never stopped.
+        // A run that early stopping ended starts its patience anew (the epochs waited go back
+        // to 0) but keeps its best: a resumed run must beat the old best to count as improving
+        // (and for --save-best to write). Keras's EarlyStopping differs on purpose here: a new
+        // fit resets its best too. An interrupted run goes on as if never stopped.
         if state.stopped {
             state.wait = 0;
         }
@@ -818,7 +820,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         label_smoothing: a.label_smoothing.unwrap_or(0.0),
         source,
     };
-    config.check()?;
+    config.check_run()?;
     let (tr, va) = split_of(&ds, &config)?;
     let spec = match a.model.unwrap_or(ModelArg::Mlp) {
         ModelArg::Mlp => {

@@ -349,8 +349,9 @@ fn is_integer(s: &str) -> bool {
         .is_ok_and(|v| v.is_finite() && v.fract() == 0.0)
 }
 
-/// Guesses the task from raw labels: text labels, or few distinct integers (at most 50, and
-/// fewer than half the rows), mean classification; other numbers mean regression.
+/// Guesses the task from raw labels: text labels, or few distinct whole numbers (at most 50
+/// distinct spellings, and at most half as many as rows, or 2 below 4 rows), mean
+/// classification; other numbers mean regression.
 pub fn infer_task(labels: &[String]) -> Task {
     if labels.iter().any(|l| l.parse::<f64>().is_err()) {
         return Task::Classification;

@@ -12,13 +12,36 @@ pub(crate) fn standardise(v: f32, mean: f32, std: f32) -> f32 {
 }
 
 /// Per-feature mean and standard deviation of the training split; applied as
-/// `(x - mean) / std` (features with zero spread get `std = 1`).
+/// `(x - mean) / std`. A constant column gets `std = 1` (it is only centred): one whose
+/// standard deviation is 0, within f32's rounding of its values (at most `1e-7 x |mean|`), or
+/// below `1e-30` (whose inverse, folded into an export's weights, would overflow f32). Any
+/// other column is scaled to unit variance, whatever its units (values around `1e-7`
+/// included), as scikit-learn's `StandardScaler` treats only constant columns as constant.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Standardizer {
     /// Means.
     pub mean: Vec<f32>,
     /// Standard deviations (population), never zero.
     pub std: Vec<f32>,
+}
+
+/// A column's standard deviation relative to its mean's magnitude at or below which it counts
+/// as constant: f32's resolution (its machine epsilon is `1.19e-7`), so that a constant
+/// column whose values differ by rounding alone is not blown up.
+const CONSTANT_RELATIVE: f64 = 1e-7;
+
+/// The smallest standard deviation a column is scaled by: `1 / 1e-30` fits f32 (an export folds
+/// the inverse into weights).
+const SMALLEST_STD: f64 = 1e-30;
+
+/// The scale of a column of standard deviation `sd` and mean `mean`: `sd`, or 1 for a constant
+/// column (see [`Standardizer`]; a NaN or infinite `sd` too).
+fn scale_of(sd: f64, mean: f64) -> f32 {
+    let varies = sd.is_finite() && sd >= SMALLEST_STD && sd > CONSTANT_RELATIVE * mean.abs();
+    match sd as f32 {
+        s if varies && s.is_finite() && s > 0.0 => s,
+        _ => 1.0,
+    }
 }
 
 impl Standardizer {
@@ -54,14 +77,8 @@ impl Standardizer {
             mean: mean.iter().map(|&m| m as f32).collect(),
             std: var
                 .iter()
-                .map(|&s| {
-                    let sd = (s / n).sqrt();
-                    if sd > 1e-6 {
-                        sd as f32
-                    } else {
-                        1.0
-                    }
-                })
+                .zip(&mean)
+                .map(|(&s, &m)| scale_of((s / n).sqrt(), m))
                 .collect(),
         }
     }
@@ -135,6 +152,53 @@ pub fn split(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The population standard deviation of column `c` of `x` (`cols` per row), in f64.
+    fn column_std(x: &[f32], cols: usize, c: usize) -> f64 {
+        let v: Vec<f64> = x.chunks(cols).map(|r| f64::from(r[c])).collect();
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (v.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / v.len() as f64).sqrt()
+    }
+
+    /// A column in tiny units is scaled to unit variance like any other; constant columns
+    /// (small, large, or varying by f32 rounding alone) keep scale 1 and are only centred.
+    #[test]
+    fn small_units_are_scaled_and_constants_are_not() {
+        let big = 1000.0f32;
+        // 1000 and the next f32 above it: rounding, not a spread (its std, 3e-5, is below
+        // 1e-7 x 1000).
+        let next = f32::from_bits(big.to_bits() + 1);
+        let rows: Vec<[f32; 6]> = (0..8)
+            .map(|i| {
+                let t = i as f32;
+                [
+                    (1.0 + t) * 1e-7, // about 1e-7: std 2.3e-7, once treated as constant
+                    5.0,
+                    big,
+                    if i % 2 == 0 { big } else { next },
+                    t * 1e-36, // a std under 1e-30: too small to scale by in f32
+                    t,
+                ]
+            })
+            .collect();
+        let mut x: Vec<f32> = rows.iter().flatten().copied().collect();
+        let all: Vec<usize> = (0..8).collect();
+        let s = Standardizer::fit(&x, 6, &all);
+        let sd = (0..6).map(|c| column_std(&x, 6, c)).collect::<Vec<_>>();
+        assert!((f64::from(s.std[0]) / sd[0] - 1.0).abs() < 1e-6, "{s:?}");
+        assert_eq!(&s.std[1..5], &[1.0; 4], "{s:?}");
+        assert!((f64::from(s.std[5]) / sd[5] - 1.0).abs() < 1e-6, "{s:?}");
+        assert_eq!((s.mean[1], s.mean[2]), (5.0, big));
+        s.apply(&mut x);
+        // The small-unit column now has unit std, as the ordinary one; the constants are 0.
+        assert!((column_std(&x, 6, 0) - 1.0).abs() < 1e-5, "{x:?}");
+        assert!((column_std(&x, 6, 5) - 1.0).abs() < 1e-5, "{x:?}");
+        assert!(x.chunks(6).all(|r| r[1] == 0.0 && r[2] == 0.0), "{x:?}");
+        // A regression target goes through the same fit: in tiny units, it is standardised.
+        let y = [2e-7f32, 4e-7, 6e-7, 8e-7];
+        let t = Standardizer::fit(&y, 1, &[0, 1, 2, 3]);
+        assert!((f64::from(t.std[0]) / column_std(&y, 1, 0) - 1.0).abs() < 1e-6);
+    }
 
     #[test]
     fn stratified_split_keeps_shares() {
