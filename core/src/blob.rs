@@ -423,16 +423,25 @@ impl<'a> Blob<'a> {
     }
 
     /// Creates one parameter per tensor on `tape` (trainable or frozen), in blob order, into
-    /// `out`; returns how many. Use it when the model's layers are built from the blob.
+    /// the first slots of `out`; returns how many (the blob's [`Blob::len`]). Use it when the
+    /// model's layers are built from the blob.
     ///
     /// # Errors
-    /// [`Error::ArenaFull`], [`Error::TapeFull`].
+    /// [`Error::LengthMismatch`] when `out` has fewer slots than the blob has tensors (nothing
+    /// is created); [`Error::ArenaFull`], [`Error::TapeFull`].
     pub fn create_params<B: Backend, const N: usize>(
         &self,
         tape: &mut Tape<B, N>,
         trainable: bool,
         out: &mut [Var],
     ) -> Result<usize> {
+        if out.len() < self.count {
+            return Err(Error::LengthMismatch {
+                op: "create_params: slots for the blob's tensors",
+                expected: self.count,
+                got: out.len(),
+            });
+        }
         // Every parameter or none: where it fails, the tape is as it was (and handles already
         // written to `out` are stale).
         tape.all_or_nothing(|tape| self.create_params_inner(tape, trainable, out))

@@ -58,6 +58,17 @@ fn round_trips_in_every_dtype() {
         let mut mem2 = vec![0f32; 256];
         let mut t2 = Tape::<Cpu<f32>, 16>::new(&mut mem2);
         let mut vars = [Var::clone(&tape.params().next().unwrap()); 4];
+        // Too few slots for the blob's tensors: refused, nothing made.
+        let nodes = t2.nodes_used();
+        assert_eq!(
+            parsed.create_params(&mut t2, false, &mut vars[..3]),
+            Err(mote::Error::LengthMismatch {
+                op: "create_params: slots for the blob's tensors",
+                expected: 4,
+                got: 3,
+            })
+        );
+        assert_eq!(t2.nodes_used(), nodes);
         assert_eq!(parsed.create_params(&mut t2, false, &mut vars).unwrap(), 4);
         assert_eq!(params(&t2), params(&tape));
         assert!(!t2.is_trainable(vars[0]));
