@@ -383,7 +383,8 @@ impl Sgd {
     /// [`Optimizer::step`] does and returns the settings every parameter's update of that step
     /// gets (`param`, `grad`, `len` are 0 and `momentum_buf` is `Some(0)` with momentum: fill
     /// them in). For re-running recorded update calls
-    /// ([`crate::replay::Replay::replay_sgd`]).
+    /// ([`crate::replay::Replay::replay_sgd`]). The settings are not checked again here
+    /// ([`Sgd::detached`] checked them): settings changed since go through as they are.
     pub fn next_update(&mut self) -> SgdUpdate {
         let u = self.update_for(0, 0, 0, 0);
         self.steps = self.steps.saturating_add(1);
@@ -579,7 +580,9 @@ impl Adam {
     /// The update of the next step without touching any parameter: advances the step count as
     /// [`Optimizer::step`] does and returns the settings and bias corrections every parameter's
     /// update of that step gets (`param`, `grad`, `m`, `v` and `len` are 0: fill them in). For
-    /// re-running recorded update calls ([`crate::replay::Replay::replay_adam`]).
+    /// re-running recorded update calls ([`crate::replay::Replay::replay_adam`]). The settings
+    /// are not checked again here ([`Adam::detached`] checked them): settings changed since go
+    /// through as they are.
     pub fn next_update(&mut self) -> AdamUpdate {
         let (t, powers) = self.next_powers();
         self.t = t;

@@ -26,14 +26,14 @@ __device__ __forceinline__ float unary_f(int op, float c, float x) {
     case 9: return x > 0.0f ? x : x * c;                     // leaky_relu
     case 10: return sigmoid_f(x);                            // sigmoid
     case 11: return tanhf(x);                                // tanh
-    case 12: return 0.5f * x * (1.0f + tanhf(GELU_C * (x + GELU_K * x * x * x))); // gelu
+    case 12: return 0.5f * x * (1.0f + tanhf(GELU_C * (x + GELU_K * x * x * x))); // gelu_tanh
     case 13: return fabsf(x);                                // abs
     case 14: return x < c ? c : x;                           // clamp_min (NaN stays NaN)
     case 15: return x > c ? c : x;                           // clamp_max (NaN stays NaN)
     case 16: return x * sigmoid_f(x);                        // silu
     case 17: return x > 0.0f ? x : c * expm1f(x);            // elu
     case 18: return x > 20.0f ? x : log1pf(expf(x));         // softplus
-    case 19: return x * normal_cdf_f(x);                     // gelu_erf
+    case 19: return x * normal_cdf_f(x);                     // gelu (exact)
     case 20: return hardsigmoid_f(x);                        // hardsigmoid
     case 21: return x * hardsigmoid_f(x);                    // hardswish
     case 22: return relu6_f(x);                              // relu6 (NaN stays NaN)

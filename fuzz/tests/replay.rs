@@ -314,6 +314,27 @@ fn resealed_mutations_reach_the_description_checks() {
     assert_eq!(resealed_checkpoint(b"not a checkpoint"), None);
 }
 
+/// Every seed fits the `-max_len` that `smoke.sh` gives its target (8192 bytes for `inputs`,
+/// whose seeds hold whole checkpoints; 1024 for the others): libFuzzer cuts a longer one, and
+/// a cut checkpoint seed would reach nothing behind the CRCs.
+#[test]
+fn seeds_fit_the_smoke_runs_max_len() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    let mut seen = 0;
+    for (target, max) in [("inputs", 8192), ("blob", 1024), ("ops", 1024)] {
+        let Ok(dir) = std::fs::read_dir(root.join(target)) else {
+            continue;
+        };
+        for f in dir {
+            let f = f.unwrap();
+            let len = f.metadata().unwrap().len();
+            assert!(len <= max, "{:?}: {len} bytes, past {max}", f.path());
+            seen += 1;
+        }
+    }
+    assert!(seen > 0, "no seeds found under {root:?}");
+}
+
 /// Writes the seed files (only with `MOTE_FUZZ_WRITE_SEEDS=1`).
 #[test]
 fn write_seeds() {

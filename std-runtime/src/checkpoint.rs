@@ -179,7 +179,8 @@ fn json<T: serde::Serialize>(v: &T) -> Result<String> {
 /// Serialises a model and its run into safetensors bytes.
 ///
 /// # Errors
-/// An internal layout error; a safetensors error.
+/// An internal layout error; a safetensors error; `Invalid` when a weight or bias is not
+/// finite (a diverged model, which would not load again).
 pub fn to_bytes_model<B: Backend<Elem = f32>>(
     model: &Model<B>,
     config: &TrainConfig,
@@ -207,7 +208,20 @@ pub fn to_bytes_model<B: Backend<Elem = f32>>(
             .iter()
             .map(|&d| d as usize)
             .collect::<Vec<_>>();
-        tensors.push((name.clone(), dims.clone(), to_bytes(&read(vr)?)));
+        let values = read(vr)?;
+        // A checkpoint with a weight that is not finite would not load again: refused here,
+        // so that the last good one on disk is kept.
+        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "not saved: tensor '{name}' holds a non-finite value ({v} at element {i}): the \
+                 model diverged"
+            ))
+            .with_hint(
+                "a lower --lr or --clip-grad-norm keeps training stable; the last checkpoint \
+                 written is kept",
+            ));
+        }
+        tensors.push((name.clone(), dims.clone(), to_bytes(&values)));
         for (sr, sn) in states.iter().zip(snames) {
             tensors.push((
                 format!("optimizer.{name}.{sn}"),
@@ -809,6 +823,8 @@ mod tests {
     #[test]
     fn a_write_through_a_link_keeps_the_link() {
         let dir = std::env::temp_dir().join(format!("mote-link-{}", std::process::id()));
+        // A folder left by an earlier run under the same process id goes first.
+        let _ = std::fs::remove_dir_all(&dir);
         let real = dir.join("real");
         std::fs::create_dir_all(&real).unwrap();
         std::fs::write(real.join("m.st"), b"old").unwrap();
@@ -846,6 +862,8 @@ mod tests {
     #[test]
     fn the_output_check_tries_what_the_write_does() {
         let dir = std::env::temp_dir().join(format!("mote-long-{}", std::process::id()));
+        // A folder left by an earlier run under the same process id goes first.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let long = dir.join(format!("{}.safetensors", "é".repeat(60) + &"m".repeat(118)));
         assert_eq!(long.file_name().unwrap().len(), 250);

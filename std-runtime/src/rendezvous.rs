@@ -506,7 +506,10 @@ fn fetch(addr: &str, rank: usize, tag: u64, timeout: Duration) -> Result<[u8; ID
                                 | std::io::ErrorKind::TimedOut
                                 | std::io::ErrorKind::ConnectionReset
                                 | std::io::ErrorKind::BrokenPipe
-                        ) && start.elapsed() < timeout => {}
+                        ) && start.elapsed() < timeout =>
+                    {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                     Err(e) => return Err(late(format!("rendezvous with {addr}: {e}"))),
                 }
             }

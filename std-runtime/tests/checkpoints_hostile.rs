@@ -295,20 +295,34 @@ fn non_finite_weights_are_refused_by_name() {
         let i = if cnn { 2 } else { 0 };
         assert_eq!(ck.opt_state[i][ck.params[i].len() + 2], f32::INFINITY);
     }
-    // The same through a model whose weight went NaN in memory (a diverged run's last step),
-    // saved the ordinary way.
+    // A model whose weight went NaN in memory (a diverged run's last step) is not saved at
+    // all: the checkpoint would not load again, and the last good one on disk is kept.
     let ck = load(&model_bytes(false));
     let mut mem = vec![0f32; arena_floats(&ck.spec, &ADAM, ck.config.batch).unwrap()];
     let mut model = ck.restore(Cpu::new(&mut mem)).unwrap();
     let second = model.tape.params().nth(1).unwrap();
     let at = second.view().range().start;
     model.tape.backend_mut().write(at, &[f32::NAN]).unwrap();
-    let saved = checkpoint::to_bytes_model(&model, &ck.config, &ck.state).unwrap();
-    let e = refused(&saved);
+    let e = checkpoint::to_bytes_model(&model, &ck.config, &ck.state)
+        .unwrap_err()
+        .to_string();
     assert!(
-        e.contains("tensor 'layers.0.bias' holds a non-finite value (NaN at element 0)"),
+        e.contains("not saved: tensor 'layers.0.bias' holds a non-finite value (NaN at element 0)"),
         "{e}"
     );
+    let dir = std::env::temp_dir().join(format!("mote-nansave-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.st");
+    std::fs::write(&path, b"the last good one").unwrap();
+    assert!(checkpoint::save(&path, &model, &ck.config, &ck.state).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"the last good one");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A checkpoint that loads, restored and saved again, loads as itself (the round trip the

@@ -1947,11 +1947,9 @@ fn regression_text_labels_and_idx() {
     );
 }
 
-/// A gzip file of several members is read whole (as `gunzip` does); a label column of IDs is
-/// refused as classes, with what to do; an export whose default name is the model's says so.
 /// Text that is not UTF-8 where text is read is refused, not read as absent or changed: a
-/// `MOTE_*` variable (an unreadable `MOTE_WORLD_SIZE` read as unset would make every rank train
-/// alone) and an `--idx-labels` path.
+/// `MOTE_*` variable read as text (an unreadable `MOTE_WORLD_SIZE` read as unset would make
+/// every rank train alone) and an `--idx-labels` path; a `MOTE_*` path may be any bytes.
 #[cfg(unix)]
 #[test]
 fn values_that_are_not_utf8_are_refused() {
@@ -1978,6 +1976,18 @@ fn values_that_are_not_utf8_are_refused() {
     let se = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{se}");
     assert!(se.contains("invalid UTF-8"), "{se}");
+    // A path may be any bytes: MOTE_CUDA_CACHE (read only by the CUDA backend) does not stop
+    // a CPU run.
+    let o = Command::new(bin())
+        .args(["train", "--epochs", "1", "-q"])
+        .env(
+            "MOTE_CUDA_CACHE",
+            std::ffi::OsStr::from_bytes(b"/tmp/cache\xff"),
+        )
+        .current_dir(&d.0)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// A file that starts as IDX files do but is cut short (or of another kind) is named as such,
@@ -2035,6 +2045,8 @@ fn export_escapes_a_line_break_in_the_model_name() {
     assert!(text.contains("a\\npub fn injected() {}\\n.st"), "{text}");
 }
 
+/// A gzip file of several members is read whole (as `gunzip` does); a label column of IDs is
+/// refused as classes, with what to do; an export whose default name is the model's says so.
 #[test]
 fn gzip_members_class_counts_and_export_names() {
     use std::io::Write;

@@ -232,7 +232,8 @@ pub fn sigmoid<T: Float>(x: T) -> T {
     }
 }
 
-/// GELU (tanh form).
+/// GELU, tanh approximation ([`UnaryOp::Gelu`], what [`crate::Tape::gelu_tanh`] runs; the
+/// exact GELU, PyTorch's default and [`crate::Tape::gelu`], is [`gelu_erf`]).
 #[inline]
 pub fn gelu<T: Float>(x: T) -> T {
     let c = T::from_f64(GELU_C);
@@ -264,7 +265,8 @@ fn normal_cdf<T: Float>(x: T) -> T {
     T::from_f64(0.5) * (-x * T::from_f64(FRAC_1_SQRT_2)).erfc()
 }
 
-/// GELU, exact: `x Phi(x)`, `Phi` the standard normal distribution function.
+/// GELU, exact: `x Phi(x)`, `Phi` the standard normal distribution function
+/// ([`UnaryOp::GeluErf`], what [`crate::Tape::gelu`] runs).
 #[inline]
 pub fn gelu_erf<T: Float>(x: T) -> T {
     x * normal_cdf(x)

@@ -439,13 +439,23 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a `MOTE_*` environment variable whose value is not UTF-8 text: read as unset, it
-/// would silently change the run (`MOTE_WORLD_SIZE`: every rank training alone, `MOTE_RUN_ID`:
-/// no run check, `MOTE_TIMEOUT`: the default).
+/// The `MOTE_*` environment variables read as text (the launch's and the watchdog's).
+const TEXT_VARS: [&str; 6] = [
+    "MOTE_WORLD_SIZE",
+    "MOTE_RANK",
+    "MOTE_LOCAL_RANK",
+    "MOTE_RENDEZVOUS",
+    "MOTE_RUN_ID",
+    "MOTE_TIMEOUT",
+];
+
+/// Refuses a `MOTE_*` variable read as text ([`TEXT_VARS`]) whose value is not UTF-8: read as
+/// unset, it would silently change the run (`MOTE_WORLD_SIZE`: every rank training alone,
+/// `MOTE_RUN_ID`: no run check, `MOTE_TIMEOUT`: the default). Paths (`MOTE_CUDA_CACHE`) may
+/// be any bytes.
 fn check_mote_vars() -> Result<()> {
-    for (k, v) in std::env::vars_os() {
-        let name = k.to_string_lossy();
-        if name.starts_with("MOTE_") && v.to_str().is_none() {
+    for name in TEXT_VARS {
+        if let Some(v) = std::env::var_os(name).filter(|v| v.to_str().is_none()) {
             return Err(Error::invalid(format!(
                 "{name}={}: the value is not UTF-8 text",
                 v.to_string_lossy()

@@ -12,15 +12,15 @@ use crate::error::{Error, Result};
 struct Record {
     cells: Vec<String>,
     cell: String,
-    /// Whether a quoted cell is open, and the 1-based column it is in.
+    /// Whether a quoted cell is open, and the line and 1-based column where it opened.
     quoted: bool,
-    quote_col: usize,
+    quote_at: (usize, usize),
 }
 
 impl Record {
-    /// Reads one more line of the record; whether the record goes on (a quoted cell is open
-    /// at the line's end, so the line break is part of it).
-    fn feed(&mut self, line: &str) -> bool {
+    /// Reads one more line of the record, line number `at`; whether the record goes on (a
+    /// quoted cell is open at the line's end, so the line break is part of it).
+    fn feed(&mut self, at: usize, line: &str) -> bool {
         if self.quoted {
             self.cell.push('\n');
         }
@@ -36,7 +36,7 @@ impl Record {
                 (false, '"') if self.cell.trim().is_empty() => {
                     self.cell.clear();
                     self.quoted = true;
-                    self.quote_col = self.cells.len() + 1;
+                    self.quote_at = (at, self.cells.len() + 1);
                 }
                 (false, ',') => self.cells.push(std::mem::take(&mut self.cell)),
                 (false, c) => self.cell.push(c),
@@ -51,8 +51,8 @@ impl Record {
     }
 }
 
-/// A record and the line it starts on, or the line and column of a quoted cell still open at
-/// the end of the text.
+/// A record and the line it starts on, or the line and column where a quoted cell still open
+/// at the end of the text opened.
 type Read = std::result::Result<(usize, Vec<String>), (usize, usize)>;
 
 /// The records of CSV text, each with the line it starts on, blank lines between records
@@ -67,11 +67,11 @@ impl Iterator for Records<'_> {
     fn next(&mut self) -> Option<Self::Item> {
         let (i, first) = self.lines.by_ref().find(|(_, l)| !l.trim().is_empty())?;
         let mut r = Record::default();
-        let mut open = r.feed(first);
+        let mut open = r.feed(i + 1, first);
         while open {
             match self.lines.next() {
-                Some((_, l)) => open = r.feed(l),
-                None => return Some(Err((i + 1, r.quote_col))),
+                Some((j, l)) => open = r.feed(j + 1, l),
+                None => return Some(Err(r.quote_at)),
             }
         }
         Some(Ok((i + 1, r.finish())))
@@ -83,6 +83,23 @@ fn records(text: &str) -> Records<'_> {
     Records {
         lines: text.lines().enumerate(),
     }
+}
+
+/// A cell for a message: its line breaks escaped, and cut to its first 40 characters (a cell
+/// that a stray quote opened may run over many lines).
+fn shown(cell: &str) -> String {
+    let mut s: String = cell
+        .chars()
+        .take(40)
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect();
+    if cell.chars().nth(40).is_some() {
+        s.push_str("...");
+    }
+    s
 }
 
 fn column_list(names: &[String]) -> String {
@@ -238,16 +255,18 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
                 Ok(v) if v.is_finite() => t.features.push(v),
                 Ok(_) => {
                     return Err(Error::data(format!(
-                        "{source}, line {line}, column {} ({}): '{cell}' is not a finite number",
+                        "{source}, line {line}, column {} ({}): '{}' is not a finite number",
                         c + 1,
-                        header.get(c).map_or("", |s| s.as_str())
+                        header.get(c).map_or("", |s| s.as_str()),
+                        shown(cell)
                     )))
                 }
                 Err(_) => {
                     return Err(Error::data(format!(
-                        "{source}, line {line}, column {} ({}): '{cell}' is not a number",
+                        "{source}, line {line}, column {} ({}): '{}' is not a number",
                         c + 1,
-                        header.get(c).map_or("", |s| s.as_str())
+                        header.get(c).map_or("", |s| s.as_str()),
+                        shown(cell)
                     ))
                     .with_hint("features must be numeric; drop or encode text columns"))
                 }
@@ -302,6 +321,17 @@ mod tests {
                 Err((3, 2)),
             ]
         );
+        // ... which may be a later line of the record than its first.
+        assert_eq!(
+            all("a,b,c\n1,\"x\ny\",\"z\n"),
+            [
+                Ok((1, vec!["a".into(), "b".into(), "c".into()])),
+                Err((3, 3))
+            ]
+        );
+        // A long cell is cut in messages, its line breaks escaped.
+        assert_eq!(shown("ab\ncd"), "ab\\ncd");
+        assert_eq!(shown(&"x".repeat(50)), format!("{}...", "x".repeat(40)));
     }
 
     #[test]
