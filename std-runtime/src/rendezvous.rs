@@ -246,14 +246,20 @@ pub const RENDEZVOUS_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest `MOTE_RUN_ID`.
 pub const MAX_RUN_ID: usize = 256;
 
+/// The version of the TCP exchange (the hello, the id, the acknowledgement), in every tag: ranks
+/// of builds that exchange otherwise refuse each other rather than half-join.
+const PROTOCOL: u64 = 2;
+
 /// What a rank sends rank 0 after its rank over TCP: a 64-bit FNV-1a hash of the run id (0
-/// without one), so that rank 0 serves only the ranks of its own run.
+/// without one) with [`PROTOCOL`] in its top byte, so that rank 0 serves only the ranks of its
+/// own run and of its own exchange.
 fn run_tag(launch: &Launch) -> u64 {
-    launch.run_id.as_deref().map_or(0, |id| {
+    let id = launch.run_id.as_deref().map_or(0, |id| {
         id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         })
-    })
+    });
+    id ^ (PROTOCOL << 56)
 }
 
 fn late(what: String) -> Error {
@@ -492,8 +498,9 @@ fn fetch(addr: &str, rank: usize, tag: u64, timeout: Duration) -> Result<[u8; ID
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                         return Err(late(format!(
                             "rendezvous with {addr}: rank 0 there closed the connection \
-                             without its id: it is another run's (MOTE_RUN_ID differs), or \
-                             has no rank {rank} (MOTE_WORLD_SIZE differs)"
+                             without its id: it is another run's (MOTE_RUN_ID differs), has \
+                             no rank {rank} (MOTE_WORLD_SIZE differs), or is another mote \
+                             build"
                         )))
                     }
                     // Rank 0 serves one connection at a time: it may be busy with another
