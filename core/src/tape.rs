@@ -73,8 +73,11 @@ pub(crate) enum Op {
         geom: u32,
         max: bool,
     },
-    /// Row lookup: `a` is the table, `b` the indices.
-    Gather,
+    /// Row lookup: `a` is the table, `b` the indices; the row `padding` (`NONE`: none) gets
+    /// no gradient.
+    Gather {
+        padding: u32,
+    },
     /// `LossOp::pack`ed, as `Unary`; a cross-entropy's classes are its logits' columns.
     Loss {
         code: u8,
@@ -1261,7 +1264,10 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     }
 
     pub(crate) fn bw_gather(t: &mut Self, n: &Node) -> Result<()> {
-        t.gather_backward(n.a, n.b, n.grad as usize)
+        match n.op {
+            Op::Gather { padding } => t.gather_backward(n.a, n.b, n.grad as usize, padding),
+            _ => Err(Error::StaleHandle),
+        }
     }
 
     pub(crate) fn bw_conv(t: &mut Self, n: &Node) -> Result<()> {

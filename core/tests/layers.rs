@@ -176,6 +176,54 @@ fn embedding_looks_up_rows() {
     assert_eq!(t.nodes_used(), before);
 }
 
+/// PyTorch's `padding_idx`: the padding row starts as zeros (the other rows are
+/// `Embedding::new`'s, drawn in the same order), gets no gradient where it is looked up, and so
+/// stays zeros through an Adam step; the other rows' gradients accumulate as without padding.
+#[test]
+fn embedding_padding_row_gets_no_gradient() {
+    let mut mem = vec![0f32; 512];
+    let mut t = Tape::<Cpu<f32>, 16>::new(&mut mem);
+    let plain = Embedding::new(&mut t, 4, 3, &mut Rng::new(5)).unwrap();
+    let e = Embedding::with_padding(&mut t, 4, 3, 1, &mut Rng::new(5)).unwrap();
+    let (p, q) = (
+        t.data(plain.weight).unwrap().to_vec(),
+        t.data(e.weight).unwrap().to_vec(),
+    );
+    assert_eq!(&q[3..6], &[0.0; 3]);
+    assert_eq!((&q[..3], &q[6..]), (&p[..3], &p[6..]));
+    let mut adam = mote::Adam::new(&mut t, AdamConfig::default()).unwrap();
+    let start = t.mark();
+    let i = t.labels(&[1, 2, 1, 2, 0]).unwrap();
+    let y = e.forward(&mut t, i).unwrap();
+    assert_eq!(&t.data(y).unwrap()[..3], &[0.0; 3]);
+    let loss = t.sum(y).unwrap();
+    t.backward(loss).unwrap();
+    let g = t.grad_data(e.weight).unwrap().unwrap().to_vec();
+    assert_eq!(g, [1., 1., 1., 0., 0., 0., 2., 2., 2., 0., 0., 0.]);
+    adam.step(&mut t).unwrap();
+    assert_eq!(&t.data(e.weight).unwrap()[3..6], &[0.0; 3]);
+    assert_ne!(&t.data(e.weight).unwrap()[6..9], &q[6..9]);
+    t.rewind(start).unwrap();
+    // A padding row outside the table is refused, by the layer and by the op.
+    assert!(matches!(
+        Embedding::with_padding(&mut t, 4, 3, 4, &mut Rng::new(5)),
+        Err(mote::Error::IndexOutOfRange {
+            index: 4,
+            bound: 4,
+            ..
+        })
+    ));
+    let i = t.labels(&[0]).unwrap();
+    assert!(matches!(
+        t.embedding_padded(e.weight, i, Some(9)),
+        Err(mote::Error::IndexOutOfRange {
+            index: 9,
+            bound: 4,
+            ..
+        })
+    ));
+}
+
 /// Each activation layer applies its op: the same values as the tape's op, for inputs on
 /// both sides of every kink.
 #[test]

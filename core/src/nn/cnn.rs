@@ -561,11 +561,13 @@ impl Module for Dropout {
 
 /// An embedding table (PyTorch's `nn.Embedding(V, D)`): `forward` takes integer indices (for
 /// example from [`Tape::labels`]) and returns their rows. Initialised from `N(0, 1)`, as
-/// PyTorch does.
+/// PyTorch does; [`Embedding::with_padding`] is `nn.Embedding(V, D, padding_idx=p)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Embedding {
     /// The table, `[V, D]`.
     pub weight: Var,
+    /// A row that gets no gradient (PyTorch's `padding_idx`), or none.
+    pub padding_idx: Option<usize>,
 }
 
 impl Embedding {
@@ -581,13 +583,52 @@ impl Embedding {
     ) -> Result<Self> {
         Ok(Embedding {
             weight: tape.param_with(&[vocab, dim], || B::Elem::from_f64(rng.normal()))?,
+            padding_idx: None,
+        })
+    }
+
+    /// A table whose row `padding_idx` starts as zeros and gets no gradient, so it stays zeros
+    /// (PyTorch's `nn.Embedding(V, D, padding_idx=p)`: the index that pads short sequences).
+    /// The other rows draw from `N(0, 1)` as [`Embedding::new`]'s, in the same order.
+    ///
+    /// # Errors
+    /// [`Error::IndexOutOfRange`] for a `padding_idx` outside the table; as [`Tape::param`].
+    pub fn with_padding<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        vocab: usize,
+        dim: usize,
+        padding_idx: usize,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        if padding_idx >= vocab {
+            return Err(Error::IndexOutOfRange {
+                op: "embedding padding_idx",
+                index: padding_idx,
+                bound: vocab,
+            });
+        }
+        let pad =
+            padding_idx.saturating_mul(dim)..padding_idx.saturating_add(1).saturating_mul(dim);
+        let mut at = 0usize;
+        let weight = tape.param_with(&[vocab, dim], || {
+            let v = rng.normal();
+            at += 1;
+            if pad.contains(&(at - 1)) {
+                B::Elem::ZERO
+            } else {
+                B::Elem::from_f64(v)
+            }
+        })?;
+        Ok(Embedding {
+            weight,
+            padding_idx: Some(padding_idx),
         })
     }
 }
 
 impl Module for Embedding {
     fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
-        tape.embedding(self.weight, x)
+        tape.embedding_padded(self.weight, x, self.padding_idx)
     }
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
         f(self.weight);

@@ -1,8 +1,9 @@
 //! Row lookup (`embedding`): `y[i, :] = W[idx[i], :]` for a table `W` of shape `[V, D]` and
 //! integer indices stored as floats (like cross-entropy labels).
 //!
-//! Backward: `dW[idx[i], :] += dy[i, :]` (rows looked up several times accumulate); the indices
-//! get no gradient. Built on the backend's strided copy, one row at a time.
+//! Backward: `dW[idx[i], :] += dy[i, :]` (rows looked up several times accumulate), except for
+//! a padding row, which gets none (PyTorch's `padding_idx`); the indices get no gradient. Built
+//! on the backend's strided copy, one row at a time.
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -20,7 +21,8 @@ fn index<B: Backend>(be: &B, at: usize, rows: usize) -> Result<usize> {
 }
 
 /// Copies row `idx[i]` of the table to row `i` of `y` (or, with `back`, adds row `i` of `dy`
-/// to row `idx[i]` of `dW`), for every index.
+/// to row `idx[i]` of `dW`, but to no `padding` row), for every index.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn rows<B: Backend>(
     be: &mut B,
     table: usize,
@@ -29,6 +31,7 @@ pub(crate) fn rows<B: Backend>(
     count: usize,
     out: usize,
     back: bool,
+    padding: Option<usize>,
 ) -> Result<()> {
     let space = Shape::new(&[dim])?;
     if !be.computes() {
@@ -39,6 +42,9 @@ pub(crate) fn rows<B: Backend>(
     )?;
     for i in 0..count {
         let r = index(be, idx + i, vocab)?;
+        if back && Some(r) == padding {
+            continue;
+        }
         let t = Strided::contiguous(table + r * dim, &space);
         let o = Strided::contiguous(out + i * dim, &space);
         if back {
@@ -52,7 +58,7 @@ pub(crate) fn rows<B: Backend>(
 
 pub(crate) mod tape_ops {
     use super::*;
-    use crate::tape::{Op, Tape, Var};
+    use crate::tape::{Op, Tape, Var, NONE};
 
     impl<B: Backend, const N: usize> Tape<B, N> {
         /// Looks up rows of `table` (`[V, D]`) by `indices` (any shape of rank up to 3, holding
@@ -63,6 +69,22 @@ pub(crate) mod tape_ops {
         /// [`Error::InvalidShape`] for a table that is not 2-D or indices of rank 4;
         /// [`Error::IndexOutOfRange`] for an index outside the table; and as [`Tape::unary`].
         pub fn embedding(&mut self, table: Var, indices: Var) -> Result<Var> {
+            self.embedding_padded(table, indices, None)
+        }
+
+        /// [`Tape::embedding`] whose row `padding_idx` gets no gradient (PyTorch's
+        /// `F.embedding(..., padding_idx=p)`): it stays as it is through training, zeros where
+        /// the table was made so ([`crate::Embedding::with_padding`]).
+        ///
+        /// # Errors
+        /// As [`Tape::embedding`]; [`Error::IndexOutOfRange`] for a `padding_idx` outside the
+        /// table.
+        pub fn embedding_padded(
+            &mut self,
+            table: Var,
+            indices: Var,
+            padding_idx: Option<usize>,
+        ) -> Result<Var> {
             let ts = table.shape;
             if ts.rank() != 2 {
                 return Err(Error::InvalidShape {
@@ -78,6 +100,17 @@ pub(crate) mod tape_ops {
                 });
             }
             let (vocab, dim) = (ts.dim(0), ts.dim(1));
+            let padding = match padding_idx {
+                None => NONE,
+                Some(p) if p < vocab => p as u32,
+                Some(p) => {
+                    return Err(Error::IndexOutOfRange {
+                        op: "embedding padding_idx",
+                        index: p,
+                        bound: vocab,
+                    })
+                }
+            };
             let mut dims = [0usize; 4];
             for (d, &v) in dims.iter_mut().zip(is.dims()) {
                 *d = v as usize;
@@ -88,7 +121,7 @@ pub(crate) mod tape_ops {
             let shape = Shape::new(dims.get(..is.rank() + 1).unwrap_or(&[]))?;
             let count = is.numel();
             self.record(
-                Op::Gather,
+                Op::Gather { padding },
                 Self::bw_gather,
                 &[table, indices],
                 shape,
@@ -101,6 +134,7 @@ pub(crate) mod tape_ops {
                         count,
                         y.offset,
                         false,
+                        None,
                     )
                 },
             )
@@ -111,6 +145,7 @@ pub(crate) mod tape_ops {
             table: u32,
             indices: u32,
             dy: usize,
+            padding: u32,
         ) -> Result<()> {
             let iv = self.node_view(indices)?;
             let Some((tv, dt)) = self.input_grad(table)? else {
@@ -125,6 +160,7 @@ pub(crate) mod tape_ops {
                 iv.len(),
                 dy,
                 true,
+                (padding != NONE).then_some(padding as usize),
             )
         }
     }
