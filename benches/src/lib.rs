@@ -114,11 +114,12 @@ impl Kind {
         }
     }
 
-    /// Floating-point operations of the three products of each layer (forward, and the two of
-    /// backward), the dominant arithmetic of a step: `6 * batch * sum(in * out)`.
+    /// Floating-point operations of the products of a step, the dominant arithmetic: three per
+    /// layer (forward, and the two of backward), but for the first layer's input gradient,
+    /// which no step computes (its input is data): `2 * batch * (2 * i * h + 3 * h * o)`.
     pub const fn matmul_flops(self) -> usize {
         let [i, h, o] = self.sizes();
-        6 * self.batch() * (i * h + h * o)
+        2 * self.batch() * (2 * i * h + 3 * h * o)
     }
 }
 
