@@ -343,14 +343,20 @@ fn folder_of(path: &Path) -> &Path {
 /// `Invalid` (its message starting with `what`) when `path` exists and is not a regular file:
 /// writing it by rename would replace a device, a pipe or a folder's entry with a plain file.
 fn regular_or_absent(path: &Path, what: &str) -> Result<()> {
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
-        return Err(Error::invalid(format!(
-            "{what}: exists and is not a regular file (a folder, device or pipe), which writing \
-             this file would replace"
-        ))
-        .with_hint("choose the path of a file"));
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            let is = if m.is_dir() {
+                "a folder"
+            } else {
+                "not a regular file (a device or pipe)"
+            };
+            Err(Error::invalid(format!(
+                "{what}: is {is}, which writing this file would replace"
+            ))
+            .with_hint("choose the path of a file"))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A new file in `dir` named `stem` (or `stem.1`, `stem.2`, ... where that exists), created

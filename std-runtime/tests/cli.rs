@@ -1380,6 +1380,18 @@ fn csv_errors_name_file_line_and_column() {
             "quote.csv, line 2, column 2: unterminated quote",
         ),
         ("empty.csv", "", &[], "empty.csv: the file is empty"),
+        (
+            "na.csv",
+            "a,b,y\n1,NA,0\n",
+            &[],
+            "na.csv, line 2, column 2 (b): missing value ('NA')",
+        ),
+        (
+            "semi.csv",
+            "a;b;y\n1;2;0\n",
+            &[],
+            "semi.csv, line 1: no feature columns (only the label column 'a;b;y')",
+        ),
         ("header.csv", "a,b,y\n", &[], "header.csv: no data rows"),
         (
             "label.csv",
@@ -1785,7 +1797,7 @@ fn regression_text_labels_and_idx() {
     let model = d.path("lin.safetensors").display().to_string();
     let e = fails(&elsewhere, &["eval", "--model", &model]);
     assert!(
-        e.contains("lin.csv") && e.contains("recorded, relative to the folder it trained in"),
+        e.contains("'lin.csv'") && e.contains("recorded, relative to the folder it trained in"),
         "{e}"
     );
     // Its split exists only on the data the model trained on.
@@ -2020,6 +2032,55 @@ fn truncated_idx_files_and_multiline_cells() {
     );
     assert!(out.contains("40 training rows"), "{out}");
     assert!(out.contains("2 classes"), "{out}");
+}
+
+/// What a run cannot do as asked is said: a stratified split that holds out nothing (every
+/// class too small for --val), text labels that look like IDs (a hint for --label, not
+/// --task regression), and `eval` on the run's data file changed since (all its rows are
+/// scored, the training rows among them); a semicolon-separated file gets a hint.
+#[test]
+fn quiet_surprises_are_said() {
+    let d = TempDir::new("surprises");
+    let mut tiny = "a,b,y\n".to_string();
+    // 40 classes of 1 or 2 rows in 60: none holds out a row at --val 0.2.
+    for c in 0..40 {
+        for r in 0..1 + c % 2 {
+            tiny.push_str(&format!("{},{},c{c}\n", c * 2 + r, r));
+        }
+    }
+    d.write("tiny.csv", &tiny);
+    let o = mote(&d, &["train", "--data", "tiny.csv", "--epochs", "1", "-q"]);
+    let se = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{se}");
+    assert!(se.contains("warning: no validation rows"), "{se}");
+    assert!(se.contains("choose another with --label"), "{se}");
+    let mut rows = "a,b,y\n".to_string();
+    for i in 0..60 {
+        rows.push_str(&format!("{},{},{}\n", i % 7, i % 5, i % 2));
+    }
+    d.write("rows.csv", &rows);
+    ok(
+        &d,
+        &[
+            "train", "--data", "rows.csv", "--epochs", "1", "-q", "--save", "m.st",
+        ],
+    );
+    rows.push_str("3,3,1\n");
+    d.write("rows.csv", &rows);
+    let o = mote(&d, &["eval", "--model", "m.st"]);
+    let (so, se) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{se}");
+    assert!(
+        se.contains("warning: rows.csv differs from the data m.st trained on"),
+        "{se}"
+    );
+    assert!(so.contains("on all rows of rows.csv (61 rows)"), "{so}");
+    d.write("semi.csv", "a;b;y\n1;2;0\n3;4;1\n");
+    let e = fails(&d, &["train", "--data", "semi.csv"]);
+    assert!(e.contains("this header holds ';'"), "{e}");
 }
 
 /// A model file whose name holds a line break exports a Rust file whose header comment keeps
@@ -2425,7 +2486,7 @@ fn outputs_spare_inputs_and_options_are_checked_by_name() {
         ),
         (
             "export --model m.st --format blob -o folder",
-            "not a regular file",
+            "--output folder: is a folder",
         ),
         (
             "train --data dup.csv --epochs 1",

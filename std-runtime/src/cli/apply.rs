@@ -66,6 +66,16 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
         Some(f) => *f == crate::data::fingerprint(&ds),
         None => src.data == ck.config.source.data,
     };
+    // The file the run trained on, changed since: its split cannot be found again, and all its
+    // rows (the training rows among them) are what is scored.
+    if !same && src.data == ck.config.source.data && a.split == SplitArg::Auto {
+        eprintln!(
+            "warning: {} differs from the data {} trained on (it changed since): scoring all \
+             its rows, the training rows among them",
+            src.data,
+            a.model.display()
+        );
+    }
     if !same && matches!(a.split, SplitArg::Train | SplitArg::Val) {
         return Err(Error::invalid(format!(
             "--split {}: {} is not the data {} trained on, so it has no such split",

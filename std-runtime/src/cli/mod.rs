@@ -526,8 +526,9 @@ pub(crate) fn recorded_data(e: Error, given: bool, model: &Path, src: &DataSourc
     let relative = Path::new(&src.data).is_relative();
     Error {
         message: format!(
-            "{} (the data path {} recorded{})",
+            "{} (the data path '{}' that {} recorded{})",
             e.message,
+            src.data,
             model.display(),
             if relative {
                 ", relative to the folder it trained in"
@@ -537,7 +538,11 @@ pub(crate) fn recorded_data(e: Error, given: bool, model: &Path, src: &DataSourc
         ),
         ..e
     }
-    .with_hint("give --data PATH")
+    .with_hint(if relative {
+        "run it from the folder it trained in, or give --data PATH"
+    } else {
+        "give --data PATH"
+    })
 }
 
 /// Which column of a data set holds the targets a model is scored against.

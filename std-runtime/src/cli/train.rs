@@ -736,7 +736,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         _ => None,
     };
     let ds = Dataset::from_table(&table, task, None)?;
-    if ds.task == Task::Classification && source.data != "digits" && !a.quiet {
+    if ds.task == Task::Classification && source.data != "digits" {
         let numbers: Option<Vec<f64>> = ds.classes.iter().map(|c| c.parse().ok()).collect();
         let classes = ds.classes.len();
         // Class numbers as usual are 0..k or 1..=k; other whole numbers may be quantities.
@@ -746,14 +746,21 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         });
         if task.is_none() && numbers.is_some() && !ids {
             // Whole numbers read as classes: say so, since a count or a price may be meant.
-            eprintln!(
-                "note: the labels are {classes} distinct whole numbers, read as classes; give \
-                 --task regression if they are quantities"
-            );
+            if !a.quiet {
+                eprintln!(
+                    "note: the labels are {classes} distinct whole numbers, read as classes; \
+                     give --task regression if they are quantities"
+                );
+            }
         } else if classes * 2 > ds.rows {
+            // Text labels cannot be a quantity: names or IDs, most likely.
+            let what = if numbers.is_some() {
+                "is the label column a quantity? then --task regression"
+            } else {
+                "is the label column a name or an ID? then choose another with --label"
+            };
             eprintln!(
-                "warning: {classes} classes for {} rows: most classes have one example (is the \
-                 label column a quantity? then --task regression)",
+                "warning: {classes} classes for {} rows: most classes have one example ({what})",
                 ds.rows
             );
         }
@@ -832,6 +839,25 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     };
     config.check_run()?;
     let (tr, va) = split_of(&ds, &config)?;
+    // The split is stratified: each class's share is rounded on its own, so classes of a few
+    // rows can hold out none, or more than asked.
+    let asked = config.val_fraction;
+    let got = va.len() as f64 / ds.rows.max(1) as f64;
+    if asked > 0.0 && va.is_empty() {
+        eprintln!(
+            "warning: no validation rows: --val {asked} of each class rounds to none (the split \
+             is stratified, and the classes are small); the validation numbers are left out"
+        );
+    } else if asked > 0.0 && ds.rows >= 20 && (got - asked).abs() > 0.25 * asked {
+        eprintln!(
+            "note: {} of {} rows held out ({:.0}%, not --val's {:.0}%): the split is stratified, \
+             rounding each class's share",
+            va.len(),
+            ds.rows,
+            100.0 * got,
+            100.0 * asked
+        );
+    }
     let spec = match a.model.unwrap_or(ModelArg::Mlp) {
         ModelArg::Mlp => {
             if a.conv.is_some() {

@@ -209,10 +209,24 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
         }
     }
     if feature_cols.is_empty() {
-        return Err(Error::data(format!(
-            "{source}, line {hline}: no feature columns (only the label column '{}')",
-            label.and_then(|l| header.get(l)).map_or("", |s| s.as_str())
-        )));
+        let only = label.and_then(|l| header.get(l)).map_or("", |s| s.as_str());
+        let err = Error::data(format!(
+            "{source}, line {hline}: no feature columns (only the label column '{only}')"
+        ));
+        // One column whose name holds another separator: the file is not comma-separated.
+        let other = [';', '\t', '|'].into_iter().find(|&c| only.contains(c));
+        return Err(match other {
+            Some(c) => err.with_hint(format!(
+                "cells are separated by commas; this header holds {}: convert the file to \
+                 comma-separated values",
+                if c == '\t' {
+                    "tabs".to_string()
+                } else {
+                    format!("'{c}'")
+                }
+            )),
+            None => err,
+        });
     }
     let mut t = Table {
         source: source.to_string(),
@@ -251,6 +265,20 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
         };
         for &c in &feature_cols {
             let cell = cell_at(c)?;
+            // A feature in the usual spelling of a missing value (pandas reads these as NaN;
+            // a label may be such a word, a class's name).
+            if ["NA", "N/A", "NaN", "null", "None", "?"]
+                .iter()
+                .any(|m| cell.eq_ignore_ascii_case(m))
+            {
+                return Err(Error::data(format!(
+                    "{source}, line {line}, column {} ({}): missing value ('{}')",
+                    c + 1,
+                    header.get(c).map_or("", |s| s.as_str()),
+                    shown(cell)
+                ))
+                .with_hint("fill in the value or remove the row"));
+            }
             match cell.parse::<f32>() {
                 Ok(v) if v.is_finite() => t.features.push(v),
                 Ok(_) => {
