@@ -273,6 +273,7 @@ pub fn regress(
 
 /// The confusion matrix as text, rows the true class, columns the predicted one.
 pub fn confusion_table(confusion: &[Vec<usize>], classes: &[String]) -> String {
+    let classes = &printable(classes);
     let width = classes
         .iter()
         .map(|c| c.len())
@@ -295,9 +296,26 @@ pub fn confusion_table(confusion: &[Vec<usize>], classes: &[String]) -> String {
     s
 }
 
+/// Class names for a table, one line each: control characters (a line break in a label
+/// quoted across lines) escaped.
+fn printable(classes: &[String]) -> Vec<String> {
+    classes
+        .iter()
+        .map(|c| {
+            c.chars()
+                .map(|ch| match ch.is_control() {
+                    true => ch.escape_default().to_string(),
+                    false => ch.to_string(),
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Precision, recall, F1 and support per class, then their macro and weighted averages, as
 /// text (scikit-learn's `classification_report` layout).
 pub fn class_table(report: &ClassReport, classes: &[String]) -> String {
+    let classes = &printable(classes);
     let (macro_avg, weighted) = report.averages();
     let width = classes
         .iter()
@@ -326,6 +344,19 @@ pub fn class_table(report: &ClassReport, classes: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A class name holding a line break (a label quoted across lines) stays on its row of
+    /// each table, escaped.
+    #[test]
+    fn tables_escape_line_breaks_in_class_names() {
+        let classes = vec!["a\nb".to_string(), "c".to_string()];
+        let t = confusion_table(&[vec![1, 0], vec![0, 2]], &classes);
+        assert_eq!(t.lines().count(), 3, "{t}");
+        assert!(t.contains("a\\nb"), "{t}");
+        let r = ClassReport::from_confusion(&[vec![1, 0], vec![0, 2]]);
+        let t = class_table(&r, &classes);
+        assert!(t.contains("a\\nb") && !t.contains("a\nb"), "{t}");
+    }
 
     /// scikit-learn's `classification_report` example: true [0, 1, 2, 2, 2], predicted
     /// [0, 0, 2, 2, 1] (class 1 is never predicted right: its precision's numerator is 0).

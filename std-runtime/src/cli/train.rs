@@ -381,6 +381,7 @@ fn class_weights(arg: &str, ds: &Dataset, train: &[usize]) -> Result<Vec<f32>> {
                         "--class-weights {arg}: '{w}' is not a weight (a finite number, 0 or \
                          more)"
                     ))
+                    .with_hint("give --class-weights balanced, or one weight per class: W,W,...")
                 })
         })
         .collect::<Result<Vec<f32>>>()?;
