@@ -659,7 +659,11 @@ fn json_with_gpu(cpu: &str, gpu_report: &str) -> Result<String, String> {
         .lines()
         .filter_map(|l| {
             if l.starts_with('{') {
-                serde_json::from_str(l).ok()
+                // A row with a non-finite time is not JSON: kept, as text.
+                Some(
+                    serde_json::from_str(l)
+                        .unwrap_or_else(|_| serde_json::json!({ "error": "not JSON", "row": l })),
+                )
             } else {
                 l.contains(": failed: ")
                     .then(|| serde_json::json!({ "error": l }))

@@ -72,9 +72,10 @@ pub(crate) mod tape_ops {
             self.embedding_padded(table, indices, None)
         }
 
-        /// [`Tape::embedding`] whose row `padding_idx` gets no gradient (PyTorch's
-        /// `F.embedding(..., padding_idx=p)`): it stays as it is through training, zeros where
-        /// the table was made so ([`crate::Embedding::with_padding`]).
+        /// [`Tape::embedding`] whose row `padding_idx` gets no gradient from this lookup
+        /// (PyTorch's `F.embedding(..., padding_idx=p)`): a zero row, as
+        /// [`crate::Embedding::with_padding`] makes it, stays zeros (weight decay of zero is
+        /// zero); another row would still move under weight decay.
         ///
         /// # Errors
         /// As [`Tape::embedding`]; [`Error::IndexOutOfRange`] for a `padding_idx` outside the

@@ -334,6 +334,10 @@ pub struct TrainArgs {
     /// Print only the summary.
     #[arg(long, short)]
     quiet: bool,
+    /// Whether this process is a rank other than 0 of a multi-process run: it prints nothing,
+    /// warnings included (rank 0 prints them for the run).
+    #[arg(skip)]
+    silent: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]

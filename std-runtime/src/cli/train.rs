@@ -476,6 +476,7 @@ pub(crate) fn train_cmd(mut a: TrainArgs) -> Result<()> {
     // exist on rank 0's host only).
     let rank0 = launch.as_ref().is_none_or(|l| l.rank == 0);
     a.quiet |= !rank0;
+    a.silent = !rank0;
     if let Some(g) = a.gpus {
         if a.replicas.is_some() {
             return Err(
@@ -753,7 +754,7 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
                      give --task regression if they are quantities"
                 );
             }
-        } else if classes * 2 > ds.rows {
+        } else if classes * 2 > ds.rows && !a.silent {
             // Text labels cannot be a quantity: names or IDs, most likely.
             let what = if numbers.is_some() {
                 "is the label column a quantity? then --task regression"
@@ -844,19 +845,30 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
     // rows can hold out none, or more than asked.
     let asked = config.val_fraction;
     let got = va.len() as f64 / ds.rows.max(1) as f64;
-    if asked > 0.0 && va.is_empty() {
+    let classes = ds.task == Task::Classification;
+    if asked > 0.0 && va.is_empty() && !a.silent {
         eprintln!(
-            "warning: no validation rows: --val {asked} of each class rounds to none (the split \
-             is stratified, and the classes are small); the validation numbers are left out"
+            "warning: no validation rows: --val {asked} of {} rounds to none{}; the validation \
+             numbers are left out",
+            if classes { "each class" } else { "the rows" },
+            if classes {
+                " (the split is stratified, and the classes are small)"
+            } else {
+                ""
+            }
         );
-    } else if asked > 0.0 && ds.rows >= 20 && (got - asked).abs() > 0.25 * asked {
+    } else if asked > 0.0 && ds.rows >= 20 && (got - asked).abs() > 0.25 * asked && !a.silent {
         eprintln!(
-            "note: {} of {} rows held out ({:.0}%, not --val's {:.0}%): the split is stratified, \
-             rounding each class's share",
+            "note: {} of {} rows held out ({:.0}%, not --val's {:.0}%): {}",
             va.len(),
             ds.rows,
             100.0 * got,
-            100.0 * asked
+            100.0 * asked,
+            if classes {
+                "the split is stratified, rounding each class's share"
+            } else {
+                "the held-out count is rounded"
+            }
         );
     }
     let spec = match a.model.unwrap_or(ModelArg::Mlp) {
