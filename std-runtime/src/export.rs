@@ -261,13 +261,7 @@ fn list<T: ToString>(v: &[T], sep: &str) -> String {
 pub fn rust_source(ck: &Checkpoint, dtype: Dtype, source: &str) -> Result<String> {
     // The name goes into a comment: a line break in it (a file may be named so) would end the
     // comment and make the rest of the name code.
-    let source: String = source
-        .chars()
-        .map(|c| match c.is_control() {
-            true => c.escape_default().to_string(),
-            false => c.to_string(),
-        })
-        .collect();
+    let source = crate::escape_controls(source);
     let spec = &ck.spec;
     let params = tensors(ck)?;
     check_finite(&params, dtype)?;

@@ -19,3 +19,14 @@ pub mod train;
 
 pub use error::{Error, ErrorKind, Result};
 pub mod data_parallel;
+
+/// `s` on one line: its control characters (line breaks, tabs, ...) escaped as Rust writes
+/// them, the rest as it is. For names and cells shown in messages, tables and comments.
+pub(crate) fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
+}

@@ -299,17 +299,7 @@ pub fn confusion_table(confusion: &[Vec<usize>], classes: &[String]) -> String {
 /// Class names for a table, one line each: control characters (a line break in a label
 /// quoted across lines) escaped.
 fn printable(classes: &[String]) -> Vec<String> {
-    classes
-        .iter()
-        .map(|c| {
-            c.chars()
-                .map(|ch| match ch.is_control() {
-                    true => ch.escape_default().to_string(),
-                    false => ch.to_string(),
-                })
-                .collect()
-        })
-        .collect()
+    classes.iter().map(|c| crate::escape_controls(c)).collect()
 }
 
 /// Precision, recall, F1 and support per class, then their macro and weighted averages, as

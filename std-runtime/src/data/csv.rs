@@ -88,14 +88,8 @@ fn records(text: &str) -> Records<'_> {
 /// A cell for a message: its line breaks escaped, and cut to its first 40 characters (a cell
 /// that a stray quote opened may run over many lines).
 fn shown(cell: &str) -> String {
-    let mut s: String = cell
-        .chars()
-        .take(40)
-        .map(|c| match c.is_control() {
-            true => c.escape_default().to_string(),
-            false => c.to_string(),
-        })
-        .collect();
+    let head: String = cell.chars().take(40).collect();
+    let mut s = crate::escape_controls(&head);
     if cell.chars().nth(40).is_some() {
         s.push_str("...");
     }
