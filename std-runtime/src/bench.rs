@@ -76,15 +76,6 @@ enum LossKind {
 /// with 2 threads and with 1 (NaN: not measured).
 type Peer = (&'static str, f64, f64);
 
-/// A peer's number for a row of `threads` (1, or more: the 2-thread number).
-fn peer_value(p: &Peer, threads: usize) -> f64 {
-    if threads == 1 {
-        p.2
-    } else {
-        p.1
-    }
-}
-
 /// One MLP training workload.
 struct Mlp {
     name: &'static str,
@@ -315,6 +306,22 @@ struct Row {
     gemm: bool,
     target: f64,
     peers: &'static [Peer],
+}
+
+impl Row {
+    /// The peers' numbers with as many threads as this row (the 2-thread ones for more),
+    /// those measured.
+    fn peers(&self) -> impl Iterator<Item = (&'static str, f64)> + '_ {
+        self.peers
+            .iter()
+            .map(|p| (p.0, if self.threads == 1 { p.2 } else { p.1 }))
+            .filter(|(_, v)| v.is_finite())
+    }
+
+    /// The target this row is held to: the targets are for 2 threads, so none for 1.
+    fn shown_target(&self) -> Option<f64> {
+        (self.threads != 1).then_some(self.target)
+    }
 }
 
 fn err(e: mote::Error) -> String {
@@ -760,31 +767,25 @@ fn table(rows: &[Row], threads: usize, quick: bool) -> String {
     for r in rows {
         let s = &r.stats;
         let gflops = r.flops / s.median / 1e9;
-        // Targets are for 2 threads; a 1-thread row is shown against the peers' 1-thread
-        // numbers, without one.
-        let one = r.threads == 1;
-        let peers = r
-            .peers
-            .iter()
-            .map(|p| (p.0, peer_value(p, r.threads)))
-            .filter(|(_, v)| v.is_finite());
+        // A 1-thread row is shown against the peers' 1-thread numbers, without a target.
         let (target, peers) = if r.gemm {
-            let t = if r.target.is_finite() && !one {
-                format!(">= {:.0}", r.target)
-            } else {
-                "-".to_string()
+            let t = match r.shown_target() {
+                Some(t) if t.is_finite() => format!(">= {t:.0}"),
+                _ => "-".to_string(),
             };
-            let mut p: Vec<String> = peers.map(|(n, v)| format!("{n} {v:.0}")).collect();
-            let peak = if one { FMA_PEAK.1 } else { FMA_PEAK.0 };
+            let mut p: Vec<String> = r.peers().map(|(n, v)| format!("{n} {v:.0}")).collect();
+            let peak = if r.threads == 1 {
+                FMA_PEAK.1
+            } else {
+                FMA_PEAK.0
+            };
             p.push(format!("FMA peak {peak:.0} GFLOP/s"));
             (t, p.join(", "))
         } else {
-            let p: Vec<String> = peers.map(|(n, v)| format!("{n} {}", secs(v))).collect();
-            let t = if one {
-                "-".to_string()
-            } else {
-                format!("<= {}", secs(r.target))
-            };
+            let p: Vec<String> = r.peers().map(|(n, v)| format!("{n} {}", secs(v))).collect();
+            let t = r
+                .shown_target()
+                .map_or("-".to_string(), |t| format!("<= {}", secs(t)));
             (t, p.join(", "))
         };
         lines.push([
@@ -844,13 +845,8 @@ fn json(rows: &[Row], threads: usize, quick: bool) -> String {
             out.push(',');
         }
         let unit = if r.gemm { "gflops" } else { "seconds" };
-        // The peers' numbers with as many threads as the row (2 for more); a target only for
-        // 2 threads, which the targets are for.
         let peers: Vec<String> = r
-            .peers
-            .iter()
-            .map(|p| (p.0, peer_value(p, r.threads)))
-            .filter(|(_, v)| v.is_finite())
+            .peers()
             .map(|(n, v)| {
                 format!(
                     "{{\"name\":\"{n}\",\"threads\":{},\"{unit}\":{}}}",
@@ -859,7 +855,7 @@ fn json(rows: &[Row], threads: usize, quick: bool) -> String {
                 )
             })
             .collect();
-        let target = if r.threads == 1 { f64::NAN } else { r.target };
+        let target = r.shown_target().unwrap_or(f64::NAN);
         let _ = write!(
             out,
             "{{\"workload\":\"{}\",\"backend\":\"{}\",\"threads\":{},\"samples\":{},\"steps\":{},\
