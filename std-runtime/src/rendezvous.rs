@@ -378,8 +378,8 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
     let end = Instant::now() + timeout;
     // The ranks served (a set: a world size may be large).
     let mut joined = std::collections::HashSet::new();
-    let (mut served, mut refused) = (0, 0);
-    while served < peers {
+    let mut refused = 0;
+    while joined.len() < peers {
         if Instant::now() > end {
             let others = if refused > 0 {
                 format!(
@@ -390,7 +390,8 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
                 String::new()
             };
             return Err(late(format!(
-                "rendezvous on {addr}: {served} of {peers} ranks connected within {} s{others}",
+                "rendezvous on {addr}: {} of {peers} ranks connected within {} s{others}",
+                joined.len(),
                 timeout.as_secs()
             )));
         }
@@ -411,9 +412,8 @@ fn serve(addr: &str, peers: usize, id: &[u8; ID_BYTES], tag: u64, timeout: Durat
                     if s.write_all(id).is_ok()
                         && read_by(&mut s, &mut ack, by).is_ok()
                         && ack == [ACK]
-                        && joined.insert(r)
                     {
-                        served += 1;
+                        joined.insert(r);
                     }
                 } else {
                     if refused == 0 {
