@@ -211,15 +211,13 @@ pub fn to_bytes_model<B: Backend<Elem = f32>>(
         let values = read(vr)?;
         // A checkpoint with a weight that is not finite would not load again: refused here,
         // so that the last good one on disk is kept.
-        if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::invalid(format!(
-                "not saved: tensor '{name}' holds a non-finite value ({v} at element {i}): the \
-                 model diverged"
-            ))
-            .with_hint(
-                "a lower --lr or --clip-grad-norm keeps training stable; the last checkpoint \
+        if let Some(what) = non_finite(name, &values) {
+            return Err(
+                Error::invalid(format!("not saved: {what}: the model diverged")).with_hint(
+                    "a lower --lr or --clip-grad-norm keeps training stable; the last checkpoint \
                  written is kept",
-            ));
+                ),
+            );
         }
         tensors.push((name.clone(), dims.clone(), to_bytes(&values)));
         for (sr, sn) in states.iter().zip(snames) {
@@ -269,6 +267,15 @@ fn crc_of<'a>(parts: impl Iterator<Item = &'a [u8]>) -> u32 {
         all.extend_from_slice(p);
     }
     mote::blob::crc32(&all)
+}
+
+/// What is wrong with weights `values` of tensor `name` that are not all finite (the first
+/// NaN or infinity and where), or `None`: a checkpoint holds finite weights, saved or loaded.
+fn non_finite(name: &str, values: &[f32]) -> Option<String> {
+    let (i, v) = values.iter().enumerate().find(|(_, v)| !v.is_finite())?;
+    Some(format!(
+        "tensor '{name}' holds a non-finite value ({v} at element {i})"
+    ))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, `fsync`, rename,
@@ -656,12 +663,8 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         let p = get(&name, &dims)?;
         // Optimizer state may hold an infinity that a run wrote (Adam's second moment of a
         // gradient past 1.8e19, which leaves the weight as it was); a weight may not.
-        if let Some((i, v)) = p.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(Error::checkpoint(
-                path,
-                format!("tensor '{name}' holds a non-finite value ({v} at element {i})"),
-            )
-            .with_hint(
+        if let Some(what) = non_finite(&name, &p) {
+            return Err(Error::checkpoint(path, what).with_hint(
                 "the run that wrote it diverged, or the file was edited: use another \
                  checkpoint or train again",
             ));
