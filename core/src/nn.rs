@@ -36,8 +36,8 @@
 
 mod cnn;
 pub use cnn::{
-    AvgPool1d, AvgPool2d, BatchNorm, Conv1d, Conv2d, Dropout, Embedding, GlobalAvgPool, LayerNorm,
-    MaxPool1d, MaxPool2d,
+    AvgPool1d, AvgPool2d, AvgPool2dExcludePad, BatchNorm, Conv1d, Conv2d, Dropout, Embedding,
+    GlobalAvgPool, LayerNorm, MaxPool1d, MaxPool2d,
 };
 
 use crate::backend::Backend;

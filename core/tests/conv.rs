@@ -91,7 +91,15 @@ fn conv_direct(
     (y, [n, o, oh, ow])
 }
 
-fn pool_direct(x: &[f64], [n, c, h, w]: [usize; 4], p: PoolConfig, max: bool) -> Vec<f64> {
+/// Max or average pooling by direct loops; `inside`: an average divides by the taps inside the
+/// input (PyTorch's `count_include_pad=False`), not by the window.
+fn pool_direct(
+    x: &[f64],
+    [n, c, h, w]: [usize; 4],
+    p: PoolConfig,
+    max: bool,
+    inside: bool,
+) -> Vec<f64> {
     let oh = (h + 2 * p.padding[0] - p.kernel[0]) / p.stride[0] + 1;
     let ow = (w + 2 * p.padding[1] - p.kernel[1]) / p.stride[1] + 1;
     let mut y = Vec::new();
@@ -99,6 +107,7 @@ fn pool_direct(x: &[f64], [n, c, h, w]: [usize; 4], p: PoolConfig, max: bool) ->
         for i in 0..oh {
             for j in 0..ow {
                 let mut acc = if max { f64::MIN } else { 0.0 };
+                let mut taps = 0;
                 for u in 0..p.kernel[0] {
                     for v in 0..p.kernel[1] {
                         let ih = (i * p.stride[0] + u) as isize - p.padding[0] as isize;
@@ -110,6 +119,7 @@ fn pool_direct(x: &[f64], [n, c, h, w]: [usize; 4], p: PoolConfig, max: bool) ->
                                 0.0
                             }
                         } else {
+                            taps += 1;
                             x[(b * h + ih as usize) * w + iw as usize]
                         };
                         acc = if max { acc.max(xv) } else { acc + xv };
@@ -117,6 +127,8 @@ fn pool_direct(x: &[f64], [n, c, h, w]: [usize; 4], p: PoolConfig, max: bool) ->
                 }
                 y.push(if max {
                     acc
+                } else if inside {
+                    acc / taps as f64
                 } else {
                     acc / (p.kernel[0] * p.kernel[1]) as f64
                 });
@@ -213,6 +225,32 @@ fn pool() -> impl Strategy<Value = (PoolConfig, [usize; 2])> {
         })
 }
 
+/// PyTorch's `avg_pool1d([1, 2, 3], 3, 1, 1, count_include_pad=False)` is [1.5, 2, 2.5] (with
+/// the padding counted: [1, 2, 5/3]); the layer gives the same.
+#[test]
+fn average_over_taps_inside_by_hand() {
+    use mote::{AvgPool2dExcludePad, Module};
+    let mut mem = vec![0.0f64; 1 << 10];
+    let mut t = T::new(&mut mem);
+    let x = t.input(&[1, 1, 3], &[1.0, 2.0, 3.0]).unwrap();
+    let mut got = [0.0; 3];
+    let y = t.avg_pool1d_exclude_pad(x, 3, 1, 1).unwrap();
+    t.read(y, &mut got).unwrap();
+    assert_eq!(got, [1.5, 2.0, 2.5]);
+    let y = t.avg_pool1d(x, 3, 1, 1).unwrap();
+    t.read(y, &mut got).unwrap();
+    close(&got, &[1.0, 2.0, 5.0 / 3.0]);
+    let x = t.input(&[1, 1, 1, 3], &[1.0, 2.0, 3.0]).unwrap();
+    let p = PoolConfig {
+        kernel: [1, 3],
+        stride: [1, 1],
+        padding: [0, 1],
+    };
+    let y = AvgPool2dExcludePad(p).forward(&mut t, x).unwrap();
+    t.read(y, &mut got).unwrap();
+    assert_eq!(got, [1.5, 2.0, 2.5]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -288,12 +326,17 @@ proptest! {
     fn pooling_forward_matches_direct_loops(n in 1usize..=2, c in 1usize..=2, p in pool(), max in any::<bool>(), seed in any::<u64>()) {
         let (p, [h, w]) = p;
         let x = values(n * c * h * w, seed);
-        let want = pool_direct(&x, [n, c, h, w], p, max);
+        let want = pool_direct(&x, [n, c, h, w], p, max, false);
         let mut mem = vec![0.0f64; 1 << 14];
         let mut t = T::new(&mut mem);
         let xv = t.input(&[n, c, h, w], &x).unwrap();
         let y = if max { t.max_pool2d(xv, p) } else { t.avg_pool2d(xv, p) }.unwrap();
         let mut got = vec![0.0; y.numel()];
+        t.read(y, &mut got).unwrap();
+        close(&got, &want);
+        // Averages over the taps inside the input (`count_include_pad=False`).
+        let want = pool_direct(&x, [n, c, h, w], p, false, true);
+        let y = t.avg_pool2d_exclude_pad(xv, p).unwrap();
         t.read(y, &mut got).unwrap();
         close(&got, &want);
     }
@@ -303,6 +346,7 @@ proptest! {
         let (p, [h, w]) = p;
         let x = distinct(n * c * h * w, seed);
         assert_grads(&[(&[n, c, h, w], &x)], |t, v| if max { t.max_pool2d(v[0], p) } else { t.avg_pool2d(v[0], p) })?;
+        assert_grads(&[(&[n, c, h, w], &x)], |t, v| t.avg_pool2d_exclude_pad(v[0], p))?;
     }
 
     #[test]
@@ -311,6 +355,7 @@ proptest! {
         // Padding up to half the window, as the pooling ops allow.
         let pad = pad.min(k / 2);
         assert_grads(&[(&[n, c, l], &x)], |t, v| if max { t.max_pool1d(v[0], k, s, pad) } else { t.avg_pool1d(v[0], k, s, pad) })?;
+        assert_grads(&[(&[n, c, l], &x)], |t, v| t.avg_pool1d_exclude_pad(v[0], k, s, pad))?;
         assert_grads(&[(&[n, c, l], &x)], |t, v| t.global_avg_pool(v[0]))?;
         // An image [N, C, H, W] too.
         let x = values(n * c * h * l, seed ^ 1);

@@ -355,6 +355,15 @@ proptest! {
         let e = &edims[..];
         assert_grads(&[(e, &p), (e, &t)], |tp, v| tp.mse(v[0], v[1]))?;
         assert_grads(&[(e, &p), (e, &t)], |tp, v| tp.bce_with_logits(v[0], v[1]))?;
+        // PyTorch's `weight` (the logits' shape) and `pos_weight` (one per last-axis entry).
+        let per_class = &edims[edims.len().saturating_sub(1)..];
+        let (w, pw) = (values(n, seed ^ 5, 0.5, 2.0), values(numel(per_class), seed ^ 6, 0.2, 3.0));
+        assert_grads(&[(e, &p), (e, &t), (e, &w), (per_class, &pw)], |tp, v| {
+            tp.bce_with_logits_weighted(v[0], v[1], Some(v[2]), Some(v[3]))
+        })?;
+        assert_grads(&[(e, &p), (e, &t), (per_class, &pw)], |tp, v| {
+            tp.bce_with_logits_weighted(v[0], v[1], None, Some(v[2]))
+        })?;
         assert_grads(&[(e, &p1), (e, &t)], |tp, v| tp.l1_loss(v[0], v[1]))?;
         assert_grads(&[(e, &ph), (e, &t)], |tp, v| tp.huber_loss(v[0], v[1], delta as f32))?;
         assert_grads(&[(e, &ps), (e, &t)], |tp, v| tp.smooth_l1_loss(v[0], v[1], beta as f32))?;

@@ -198,6 +198,17 @@ impl Module for AvgPool2d {
     }
 }
 
+/// 2-D average pooling over the taps inside the input as a layer (`nn.AvgPool2d(...,
+/// count_include_pad=False)`); see [`Tape::avg_pool2d_exclude_pad`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AvgPool2dExcludePad(pub PoolConfig);
+
+impl Module for AvgPool2dExcludePad {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.avg_pool2d_exclude_pad(x, self.0)
+    }
+}
+
 /// 1-D max pooling as a layer (`nn.MaxPool1d(k)`: window and stride `k`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaxPool1d(pub usize);

@@ -14,7 +14,9 @@
 //! - **max / average pooling**: the maximum (or mean) over each window's `KH * KW` values of
 //!   `cols`; backward routes `dy` to the window's first maximum (as PyTorch's max pooling, and
 //!   as the `max` reduction does) or spreads `dy / (KH * KW)` over the window, then col2im. Average pooling counts
-//!   padded positions (PyTorch's default `count_include_pad=True`).
+//!   padded positions (PyTorch's default `count_include_pad=True`); `avg_pool2d_exclude_pad`
+//!   (`count_include_pad=False`) divides that by the same pooling of a plane of ones, a
+//!   constant: each window's mean over its taps inside the input.
 //!
 //! A backend may run a whole convolution pass with its own kernel instead ([`Backend::conv`],
 //! offered a [`ConvCall`] first; the multithreaded CPU backend convolves directly where it
@@ -646,6 +648,15 @@ pub(crate) mod tape_ops {
     use super::*;
     use crate::tape::{Op, Tape, Var};
 
+    /// Which pooling: the maximum, the mean over the window, or the mean over the window's taps
+    /// inside the input.
+    #[derive(Clone, Copy)]
+    enum Pooling {
+        Max,
+        Avg,
+        AvgInside,
+    }
+
     impl<B: Backend, const N: usize> Tape<B, N> {
         /// 2-D convolution (cross-correlation, PyTorch's `F.conv2d`): `x` of shape
         /// `[N, C, H, W]`, `weight` of shape `[O, C / groups, KH, KW]`, optional `bias` of
@@ -866,18 +877,62 @@ pub(crate) mod tape_ops {
             self.pool2d(x, p, false)
         }
 
+        /// 2-D average pooling over the taps inside the input only (PyTorch's `F.avg_pool2d`
+        /// with `count_include_pad=False`): each window's sum divided by its taps that are not
+        /// padding. Without padding, [`Tape::avg_pool2d`]; with it, [`Tape::avg_pool2d`]
+        /// divided by the same pooling of a plane of ones `[1, 1, H, W]` (a constant, made
+        /// without gradient and broadcast over images and channels): three nodes more, all or
+        /// nothing.
+        ///
+        /// # Errors
+        /// As [`Tape::max_pool2d`].
+        pub fn avg_pool2d_exclude_pad(&mut self, x: Var, p: PoolConfig) -> Result<Var> {
+            self.pooled(x, p, Pooling::AvgInside)
+        }
+
+        /// Pools `x` (`[N, C, H, W]`) as `kind` says.
+        fn pooled(&mut self, x: Var, p: PoolConfig, kind: Pooling) -> Result<Var> {
+            match kind {
+                Pooling::Max => self.pool2d(x, p, true),
+                Pooling::Avg => self.pool2d(x, p, false),
+                Pooling::AvgInside if p.padding == [0, 0] => self.pool2d(x, p, false),
+                Pooling::AvgInside => {
+                    let s = x.shape;
+                    if s.rank() != 4 {
+                        return Err(Error::InvalidShape {
+                            op: "avg_pool2d",
+                            shape: s,
+                        });
+                    }
+                    let plane = [1, 1, s.dim(2), s.dim(3)];
+                    self.all_or_nothing(|t| {
+                        let y = t.pool2d(x, p, false)?;
+                        // Each window's share of taps inside the input.
+                        let share = t.no_grad(|t| {
+                            let ones = t.full(&plane, B::Elem::ONE)?;
+                            t.pool2d(ones, p, false)
+                        })?;
+                        t.div(y, share)
+                    })
+                }
+            }
+        }
+
         fn pool1d(
             &mut self,
             x: Var,
             k: usize,
             stride: usize,
             padding: usize,
-            max: bool,
+            kind: Pooling,
         ) -> Result<Var> {
             let xs = x.shape;
             if xs.rank() != 3 {
                 return Err(Error::InvalidShape {
-                    op: if max { "max_pool1d" } else { "avg_pool1d" },
+                    op: match kind {
+                        Pooling::Max => "max_pool1d",
+                        Pooling::Avg | Pooling::AvgInside => "avg_pool1d",
+                    },
                     shape: xs,
                 });
             }
@@ -888,7 +943,7 @@ pub(crate) mod tape_ops {
                     stride: [1, stride],
                     padding: [0, padding],
                 };
-                let y = t.pool2d(x4, p, max)?;
+                let y = t.pooled(x4, p, kind)?;
                 let s = y.shape;
                 t.reshape(y, &[s.dim(0), s.dim(1), s.dim(3)])
             })
@@ -905,7 +960,7 @@ pub(crate) mod tape_ops {
             stride: usize,
             padding: usize,
         ) -> Result<Var> {
-            self.pool1d(x, k, stride, padding, true)
+            self.pool1d(x, k, stride, padding, Pooling::Max)
         }
 
         /// 1-D average pooling over `[N, C, L]`.
@@ -919,7 +974,22 @@ pub(crate) mod tape_ops {
             stride: usize,
             padding: usize,
         ) -> Result<Var> {
-            self.pool1d(x, k, stride, padding, false)
+            self.pool1d(x, k, stride, padding, Pooling::Avg)
+        }
+
+        /// 1-D average pooling over the taps inside the input only (PyTorch's
+        /// `F.avg_pool1d` with `count_include_pad=False`); see [`Tape::avg_pool2d_exclude_pad`].
+        ///
+        /// # Errors
+        /// As [`Tape::max_pool2d`].
+        pub fn avg_pool1d_exclude_pad(
+            &mut self,
+            x: Var,
+            k: usize,
+            stride: usize,
+            padding: usize,
+        ) -> Result<Var> {
+            self.pool1d(x, k, stride, padding, Pooling::AvgInside)
         }
 
         /// Global average pooling: the mean over every spatial position, `[N, C, ...]` (rank 3

@@ -9,7 +9,8 @@
 //!
 //! Composed of other ops (so every backend runs them as those ops, and the gradient follows):
 //! `cross_entropy_probs` = `-sum(t * log_softmax(z)) / N` (class-probability targets);
-//! `l1_loss` = mean(|p - t|); `huber_loss(delta)` = mean of `d^2 / 2` where `|d| < delta`,
+//! `bce_with_logits_weighted` = mean(w ((1 - t) x + (1 + (p - 1) t) softplus(-x))) (PyTorch's
+//! `weight` w and `pos_weight` p); `l1_loss` = mean(|p - t|); `huber_loss(delta)` = mean of `d^2 / 2` where `|d| < delta`,
 //! else `delta (|d| - delta / 2)`; `smooth_l1_loss(beta)` = the Huber loss / beta (L1 for
 //! beta 0), as PyTorch's.
 //!
@@ -364,6 +365,50 @@ mod tests {
         }
     }
 
+    // Weighted binary cross-entropy against PyTorch's documented form, `-w (p y ln sigmoid(x) +
+    // (1 - y) ln(1 - sigmoid(x)))`, evaluated in f64 by a separate script: `pos_weight` [2, 0.5]
+    // per column, `weight` [1, 3] per row ([2, 1]), then `pos_weight` alone.
+    #[test]
+    fn weighted_bce_matches_the_documented_form() {
+        use crate::{Cpu, Error, Tape};
+        let mut mem = [0f64; 512];
+        let mut tape = Tape::<Cpu<f64>, 64>::new(&mut mem);
+        let x = tape.input(&[2, 2], &[1.0, -2.0, 0.5, 3.0]).unwrap();
+        let t = tape.input(&[2, 2], &[1.0, 0.0, 0.3, 1.0]).unwrap();
+        let pw = tape.input(&[2], &[2.0, 0.5]).unwrap();
+        let w = tape.input(&[2, 1], &[1.0, 3.0]).unwrap();
+        for (weight, pos, want) in [
+            (Some(w), Some(pw), 0.931_308_162_935_611_7),
+            (None, Some(pw), 0.436_011_285_325_106_9),
+        ] {
+            let l = tape.bce_with_logits_weighted(x, t, weight, pos).unwrap();
+            let got = tape.item(l).unwrap();
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        // Neither weight: the fused loss, bit for bit.
+        let (a, b) = (
+            tape.bce_with_logits_weighted(x, t, None, None).unwrap(),
+            tape.bce_with_logits(x, t).unwrap(),
+        );
+        assert_eq!(tape.item(a).unwrap(), tape.item(b).unwrap());
+        // A weight that does not broadcast to the logits, or that would widen them, is refused
+        // and takes no arena.
+        let used = tape.used();
+        let wide = tape.input(&[3, 1, 2], &[1.0; 6]).unwrap();
+        let odd = tape.input(&[3], &[1.0; 3]).unwrap();
+        let used_inputs = tape.used();
+        assert!(used_inputs > used);
+        for bad in [wide, odd] {
+            for (weight, pos) in [(Some(bad), None), (None, Some(bad))] {
+                let r = tape.bce_with_logits_weighted(x, t, weight, pos);
+                assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+                assert_eq!(tape.used(), used_inputs);
+            }
+        }
+        let r = tape.bce_with_logits_weighted(x, pw, None, None);
+        assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+    }
+
     // Probability targets: one-hot rows give the cross-entropy, smoothed rows the smoothed one,
     // and rows scaled by w_c N / sum_i w_{y_i} PyTorch's weighted mean: with weights [1, 2, 3]
     // and labels [2, 0], (3 * 0.40760596 + 1 * 1.09861229) / (3 + 1).
@@ -536,6 +581,59 @@ mod tape_ops {
                 });
             }
             self.loss(LossOp::BceWithLogits, logits, target, 0)
+        }
+
+        /// [`Tape::bce_with_logits`] with PyTorch's `weight` and `pos_weight`
+        /// (`F.binary_cross_entropy_with_logits(x, t, weight, pos_weight)`): per element
+        /// `w ((1 - t) x + (1 + (p - 1) t) softplus(-x))`, the mean over the elements. `weight`
+        /// `w` and `pos_weight` `p` broadcast to the logits' shape (`p` is usually `[C]`, one
+        /// weight per class of a multi-label output: above 1 it weighs the positives up). With
+        /// neither, [`Tape::bce_with_logits`]. Composed of up to eleven nodes, all or nothing;
+        /// the logits, the targets and both weights get gradients.
+        ///
+        /// # Errors
+        /// [`Error::ShapeMismatch`] unless the targets have the logits' shape and each weight
+        /// broadcasts to it; and as [`Tape::unary`].
+        pub fn bce_with_logits_weighted(
+            &mut self,
+            logits: Var,
+            target: Var,
+            weight: Option<Var>,
+            pos_weight: Option<Var>,
+        ) -> Result<Var> {
+            let op = "bce_with_logits_weighted";
+            let ls = logits.shape;
+            let mismatch = |rhs| Error::ShapeMismatch { op, lhs: ls, rhs };
+            if target.shape != ls {
+                return Err(mismatch(target.shape));
+            }
+            for w in [weight, pos_weight].into_iter().flatten() {
+                if Shape::broadcast(op, ls, w.shape)? != ls {
+                    return Err(mismatch(w.shape));
+                }
+            }
+            if weight.is_none() && pos_weight.is_none() {
+                return self.bce_with_logits(logits, target);
+            }
+            self.all_or_nothing(|t| {
+                // softplus(-x) = ln(1 + e^-x), stable either way.
+                let nx = t.neg(logits)?;
+                let mut l = t.softplus(nx)?;
+                if let Some(p) = pos_weight {
+                    let k = t.add_scalar(p, -1.0)?;
+                    let k = t.mul(k, target)?;
+                    let k = t.add_scalar(k, 1.0)?;
+                    l = t.mul(k, l)?;
+                }
+                // (1 - t) x, as x - t x.
+                let tx = t.mul(target, logits)?;
+                let lin = t.sub(logits, tx)?;
+                l = t.add(lin, l)?;
+                if let Some(w) = weight {
+                    l = t.mul(l, w)?;
+                }
+                t.mean(l)
+            })
         }
 
         /// Mean absolute error between same-shaped predictions and targets (PyTorch's
