@@ -784,6 +784,10 @@ impl<B: Backend<Elem = f32>, R: Reduce<B>> crate::train::Learner for Replicas<B,
         self.reduce.agree(values)
     }
 
+    fn any_failed(&mut self, failed: bool) -> crate::Result<bool> {
+        self.reduce.any_failed(failed)
+    }
+
     fn model(&self) -> &Model<B> {
         // `with_reduce` refuses an empty list.
         &self.models[0]

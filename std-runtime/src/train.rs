@@ -506,6 +506,17 @@ pub trait Learner {
     fn agree(&mut self, _values: &mut [f64]) -> Result<()> {
         Ok(())
     }
+
+    /// Whether a process of a multi-process run failed, given whether this one did (`failed`):
+    /// every process calls it at the same point, and all stop together rather than the others
+    /// waiting for the one that left in their next collectives (see
+    /// [`crate::data_parallel::Reduce::any_failed`]). One process: `failed`.
+    ///
+    /// # Errors
+    /// A device error.
+    fn any_failed(&mut self, failed: bool) -> Result<bool> {
+        Ok(failed)
+    }
 }
 
 impl<B: Backend<Elem = f32>> Learner for Model<B> {
@@ -736,11 +747,25 @@ pub fn fit_with<L: Learner>(
             }
         }
         state.history.push(log.clone());
-        if let Some(path) = save {
-            crate::checkpoint::save(path, model.model(), config, state)?;
-        }
-        if let Some(path) = saves.best.filter(|_| better) {
-            crate::checkpoint::save(path, model.model(), config, state)?;
+        let written = (|| {
+            if let Some(path) = save {
+                crate::checkpoint::save(path, model.model(), config, state)?;
+            }
+            if let Some(path) = saves.best.filter(|_| better) {
+                crate::checkpoint::save(path, model.model(), config, state)?;
+            }
+            Ok::<_, Error>(())
+        })();
+        // Only the first process of a multi-process run saves (the others were given no
+        // path): when it cannot (a full disk, a diverged model it refuses to write), the
+        // others learn so here and stop with it.
+        let anywhere = model.any_failed(written.is_err());
+        written?;
+        if anywhere? {
+            return Err(Error::invalid(format!(
+                "epoch {epoch}: another process of the run could not save its checkpoint (its \
+                 own error says why), so this one stops too"
+            )));
         }
         for h in hooks.iter_mut() {
             h.on_epoch(&log);

@@ -1011,3 +1011,64 @@ fn a_failing_rank_still_sends_its_buckets_and_all_stop_together() {
         );
     }
 }
+
+/// Only rank 0 of a multi-process run saves: when its checkpoint cannot be written, the other
+/// rank learns so at the end of the epoch and stops too (before, it went on to the next epoch's
+/// collectives and waited there for the rank that had left).
+#[test]
+fn a_rank_that_cannot_save_stops_every_rank() {
+    let (spec, config, data) = setup(3, Schedule::Constant, None);
+    let floats = arena_floats(&spec, &ADAM, config.batch).unwrap();
+    let data = std::sync::Arc::new(data);
+    let shared = std::sync::Arc::new((
+        std::sync::Mutex::new(vec![Vec::new(); 2]),
+        std::sync::Barrier::new(2),
+    ));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for rank in 0..2 {
+        let (spec, config, data, shared, tx) = (
+            spec.clone(),
+            config.clone(),
+            data.clone(),
+            shared.clone(),
+            tx.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut mem = vec![0f32; floats];
+            let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
+            let reduce = Ranked {
+                rank,
+                world: 2,
+                shared,
+                buckets: None,
+                plan: None,
+                weight: 0.0,
+                early: Default::default(),
+                fresh: Default::default(),
+            };
+            let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
+            let mut state = TrainState::new(42);
+            // A file's path used as a folder: the write fails on rank 0.
+            let save = (rank == 0).then(|| std::path::Path::new("Cargo.toml/model.safetensors"));
+            let r = train::fit(&mut dp, &data, &config, &mut state, &mut [], save);
+            tx.send((rank, r.map(|_| state.epoch).map_err(|e| e.to_string())))
+                .unwrap();
+        });
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a rank is stuck waiting in a collective");
+        got.push(r);
+    }
+    got.sort();
+    let [(0, Err(first)), (1, Err(second))] = &got[..] else {
+        panic!("both ranks fail: {got:?}");
+    };
+    assert!(first.contains("Cargo.toml"), "{first}");
+    assert!(
+        second.contains("epoch 1: another process of the run could not save its checkpoint"),
+        "{second}"
+    );
+}
