@@ -9,8 +9,8 @@ use crate::data::Task;
 use crate::train::{Callback, EpochLog, Monitor, RunInfo, Summary};
 
 /// A regression metric in 4 decimals, or in 4 significant digits when that would show too
-/// few (targets of a thousandth show their RMSE, not 0.0000).
-fn regression_number(v: f64) -> String {
+/// few (targets of a thousandth show their RMSE, not 0.0000); `train`'s lines and `eval` alike.
+pub(crate) fn regression_number(v: f64) -> String {
     if v != 0.0 && v.abs() < 0.01 {
         format!("{v:.3e}")
     } else {

@@ -148,9 +148,12 @@ pub(crate) fn eval_cmd(a: EvalArgs) -> Result<()> {
                 .filter_map(|&r| data.y_value.get(r).copied())
                 .collect();
             let r = metrics::regress(&outputs, &t, ck.spec.target.1, ck.spec.loss);
+            let show = crate::progress::regression_number;
             out(&format!(
-                "RMSE {:.6}, MAE {:.6} ({} rows)",
-                r.rmse, r.mae, r.total
+                "RMSE {}, MAE {} ({} rows)",
+                show(r.rmse),
+                show(r.mae),
+                r.total
             ))?;
         }
     }
