@@ -400,6 +400,22 @@ proptest! {
             let l = tp.labels(&labels)?;
             tp.cross_entropy_smoothed(v[0], l, smoothing)
         })?;
+        // PyTorch's `ignore_index`: -100, or a class (then every row of that class is
+        // ignored); rows after the first drawn to be ignored, the first kept.
+        let ignore = match (seed >> 8) % 3 {
+            0 => -100,
+            _ => ((seed >> 10) % classes as u64) as i32,
+        };
+        let ignore = if labels[0] as i32 == ignore { -100 } else { ignore };
+        let marked: Vec<f64> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| if i > 0 && (seed >> (16 + i)) & 1 == 1 { f64::from(ignore) } else { l as f64 })
+            .collect();
+        assert_grads(&[(&dims, &p)], |tp, v| {
+            let l = tp.input(&[rows], &marked)?;
+            tp.cross_entropy_ignore(v[0], l, ignore, smoothing)
+        })?;
     }
 }
 

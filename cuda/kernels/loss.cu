@@ -3,6 +3,9 @@
 // area: its first 3 u32 (flag, bad label, classes) report a bad label, which the host checks at
 // the next read; the forward's ticket (byte 128) and partial sums (bytes 1024..2048) follow.
 
+// A row the cross-entropies skip (the core's `IGNORED_LABEL`, -2^24): no loss, no gradient.
+__device__ __forceinline__ int ignored_label(float l) { return l == -16777216.0f; }
+
 __device__ __forceinline__ int bad_label(float l, u64 classes) {
     return !(l >= 0.0f && l < (float)classes && floorf(l) == l);
 }
@@ -51,7 +54,8 @@ extern "C" __global__ void __launch_bounds__(1024) loss_fwd(int op, float* __res
             }
             if (lane == 0) {
                 float l = t[row];
-                if (bad_label(l, classes)) report(status, l, classes);
+                if (ignored_label(l)) {
+                } else if (bad_label(l, classes)) report(status, l, classes);
                 else {
                     float ls = logf(e);
                     float nll = (m + ls) - z[(u64)l];
@@ -113,16 +117,16 @@ __device__ __forceinline__ float elem_grad(int op, int lhs, float k, float p, fl
 
 // Cross-entropy's gradient for one row, by one warp:
 // (softmax(z) - (1 - smoothing) onehot(label) - smoothing / classes) * k, `k` the upstream
-// gradient over the rows. Returns the sum of what this lane wrote (a row with a bad label
-// gets zeros, or keeps what it had with `acc`). With `loss`, lane 0 adds the row's loss to it
+// gradient over the rows. Returns the sum of what this lane wrote (a row with a bad or an
+// ignored label gets zeros, or keeps what it had with `acc`). With `loss`, lane 0 adds the row's loss to it
 // (loss_fwd's formula).
 __device__ __forceinline__ float ce_row_grad(const float* z, float* d, float l, u64 classes,
                                              int lane, float k, float smoothing, int acc,
                                              unsigned int* status, float* loss) {
     float hit = k * (1.0f - smoothing), even = k * smoothing / (float)classes;
     float s = 0.0f;
-    if (bad_label(l, classes)) {
-        if (lane == 0) report(status, l, classes);
+    if (ignored_label(l) || bad_label(l, classes)) {
+        if (lane == 0 && !ignored_label(l)) report(status, l, classes);
         for (u64 j = lane; j < classes; j += 32) {
             float v = acc ? d[j] : 0.0f;
             d[j] = v;

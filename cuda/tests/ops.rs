@@ -514,6 +514,21 @@ fn losses() {
     let labels: Vec<f32> = (0..128).map(|i| ((i * 7) % 10) as f32).collect();
     p.cpu[9000..9128].copy_from_slice(&labels);
     p.gpu.write(9000, &labels).unwrap();
+    // The same at 9200..9328 with every fifth row ignored (PyTorch's `ignore_index`, as the
+    // core marks it): no loss, no gradient.
+    let ignored: Vec<f32> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| {
+            if i % 5 == 2 {
+                mote::ops::loss::IGNORED_LABEL
+            } else {
+                l
+            }
+        })
+        .collect();
+    p.cpu[9200..9328].copy_from_slice(&ignored);
+    p.gpu.write(9200, &ignored).unwrap();
     // BCE targets in [0, 1].
     for v in &mut p.cpu[12000..13000] {
         *v = v.abs() / 2.0;
@@ -553,6 +568,18 @@ fn losses() {
             70,
             view(0, &[128, 70]),
             view(9000, &[128]),
+        ),
+        (
+            LossOp::CrossEntropy,
+            10,
+            view(0, &[128, 10]),
+            view(9200, &[128]),
+        ),
+        (
+            LossOp::CrossEntropySmoothed(0.25),
+            70,
+            view(0, &[128, 70]),
+            view(9200, &[128]),
         ),
     ];
     for (op, classes, pv, tv) in cases {

@@ -401,6 +401,14 @@ fn check_loss<T: Float>(
             T::from_f64(t.to_f64().abs() / 3.0)
         };
     }
+    // Rows that PyTorch's `ignore_index` leaves out (`IGNORED_LABEL`), in a third of the cases.
+    if op.takes_labels() && seed.is_multiple_of(3) {
+        for t in &mut mem[np..np + nt] {
+            if rng.below(4) == 0 {
+                *t = T::from_f32(mote::ops::loss::IGNORED_LABEL);
+            }
+        }
+    }
     // A bad label, in the data (a second, other one after it: the first is the error) or
     // written between forward and backward; else a changed, valid, label or target.
     let spot = np + nt / 2;

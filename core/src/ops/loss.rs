@@ -15,7 +15,9 @@
 //! beta 0), as PyTorch's.
 //!
 //! Cross-entropy takes logits `[N, C]` and class labels `[N]` stored as floats (exact integers
-//! up to 2^24); a label that is not an integer in `0..C` is an error. The fused form never
+//! up to 2^24); a label that is not an integer in `0..C` is an error, but for
+//! [`IGNORED_LABEL`], whose row adds nothing (`cross_entropy_ignore`, PyTorch's
+//! `ignore_index`, composes the fused loss with the count of the rows kept). The fused form never
 //! forms `ln(softmax)`, so it is stable for any logits. With label smoothing `e` (PyTorch's
 //! `label_smoothing`) the target of row `i` is `(1 - e) onehot(label_i) + e / C`: the loss is
 //! the cross-entropy against that distribution, as PyTorch's.
@@ -91,6 +93,18 @@ impl LossOp {
     }
 }
 
+/// The label of a row that the cross-entropies skip: `-2^24`, exact in `f32` and `f64`. The
+/// row adds nothing to the loss's sum and gets no gradient; the mean still divides by every
+/// row. [`Tape::cross_entropy_ignore`](crate::Tape::cross_entropy_ignore) maps PyTorch's
+/// `ignore_index` to it and divides by the rows kept instead.
+pub const IGNORED_LABEL: f32 = -16_777_216.0;
+
+/// Whether a cross-entropy label is [`IGNORED_LABEL`].
+#[inline]
+pub fn is_ignored<T: Float>(label: T) -> bool {
+    label == T::from_f32(IGNORED_LABEL)
+}
+
 /// Checks that a label is an integer class index below `classes`; returns it.
 pub fn label_index<T: Float>(label: T, classes: usize) -> Result<usize> {
     let v = label.to_f64();
@@ -153,6 +167,9 @@ pub fn forward<T: Float>(op: LossOp, classes: usize, p: &[T], t: &[T]) -> Result
             let e = op.smoothing();
             let (keep, spread) = (T::from_f64(1.0 - f64::from(e)), T::from_f32(e));
             for (z, &label) in p.chunks_exact(classes).zip(t) {
+                if is_ignored(label) {
+                    continue;
+                }
                 let c = label_index(label, classes)?;
                 let (m, ls) = max_and_log_sum(z);
                 let nll = (m + ls) - z.get(c).copied().unwrap_or(T::ZERO);
@@ -222,6 +239,9 @@ pub fn backward<T: Float>(
                 .zip(p.chunks_exact(classes))
                 .zip(t)
             {
+                if is_ignored(label) {
+                    continue;
+                }
                 let c = label_index(label, classes)?;
                 // softmax(z) - onehot(c), with each exponential computed once when the row fits
                 // a stack buffer.
@@ -450,6 +470,55 @@ mod tests {
         assert_eq!(tape.used(), used, "a refused call takes no arena");
     }
 
+    // PyTorch's `ignore_index`, against its documented form evaluated in f64 by a separate
+    // script: the mean over the rows kept of `(1 - e) nll + e (lse - mean z)`.
+    #[test]
+    fn ignored_rows_add_nothing_and_the_mean_is_over_the_rows_kept() {
+        use crate::{Cpu, Tape};
+        let mut mem = [0f64; 1024];
+        let mut tape = Tape::<Cpu<f64>, 64>::new(&mut mem);
+        let z = tape
+            .param(&[3, 3], &[1.0, 2.0, 3.0, 1.0, 1.0, 1.0, 0.0, 0.0, 5.0])
+            .unwrap();
+        let minus = tape.input(&[3], &[2.0, -100.0, 0.0]).unwrap();
+        let ones = tape.labels(&[1, 1, 0]).unwrap();
+        for (labels, ignore, e, want) in [
+            (minus, -100, 0.0, 2.710_495_933_082_915),
+            (minus, -100, 0.25, 2.627_162_599_749_581),
+            (ones, 1, 0.0, 5.013_385_901_721_449),
+        ] {
+            let l = tape.cross_entropy_ignore(z, labels, ignore, e).unwrap();
+            let got = tape.item(l).unwrap();
+            assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+        }
+        // No row ignored: the fused loss's value.
+        let (a, b) = (
+            tape.cross_entropy_ignore(z, ones, 7, 0.0).unwrap(),
+            tape.cross_entropy(z, ones).unwrap(),
+        );
+        assert!((tape.item(a).unwrap() - tape.item(b).unwrap()).abs() < 1e-12);
+        // Every row ignored: NaN (0 / 0) and no gradient.
+        let mark = tape.mark();
+        let none = tape.input(&[3], &[-100.0; 3]).unwrap();
+        let l = tape.cross_entropy_ignore(z, none, -100, 0.0).unwrap();
+        assert!(tape.item(l).unwrap().is_nan());
+        tape.backward(l).unwrap();
+        let mut g = [1.0; 9];
+        tape.read_grad(z, &mut g).unwrap();
+        assert_eq!(g, [0.0; 9]);
+        tape.rewind(mark).unwrap();
+        // Labels kept are still checked: out of range, or not whole, is an error.
+        for bad in [[2.0, 3.0, 0.0], [2.0, 0.5, 0.0]] {
+            let labels = tape.input(&[3], &bad).unwrap();
+            let r = tape.cross_entropy_ignore(z, labels, -100, 0.0);
+            assert!(matches!(r, Err(Error::IndexOutOfRange { .. })), "{r:?}");
+        }
+        for bad in [i32::MAX, -(1 << 24) - 1] {
+            let r = tape.cross_entropy_ignore(z, minus, bad, 0.0);
+            assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+        }
+    }
+
     #[test]
     fn bad_labels_are_errors() {
         for bad in [3.0f32, -1.0, 0.5, f32::NAN] {
@@ -462,7 +531,7 @@ mod tests {
 }
 
 mod tape_ops {
-    use super::LossOp;
+    use super::{LossOp, IGNORED_LABEL};
     use crate::backend::{Backend, View};
     use crate::error::{Error, Result};
     use crate::shape::Shape;
@@ -540,6 +609,61 @@ mod tape_ops {
                 LossOp::CrossEntropySmoothed(label_smoothing)
             };
             self.loss(op, logits, labels, ls.dim(1))
+        }
+
+        /// [`Tape::cross_entropy_smoothed`] with PyTorch's `ignore_index`
+        /// (`F.cross_entropy(z, labels, ignore_index=i, label_smoothing=e)`): rows whose label
+        /// is `ignore_index` add nothing and get no gradient, and the mean is over the rows
+        /// kept. Labels are floats (a negative `ignore_index` such as PyTorch's default -100
+        /// needs [`Tape::input`], as [`Tape::labels`] takes unsigned ones). Composed on the
+        /// device, so a CUDA graph or a replay can hold it: a mask `min(|label - i|, 1)`, the
+        /// labels with [`IGNORED_LABEL`](crate::ops::loss::IGNORED_LABEL) where the mask is 0,
+        /// the rows kept (the mask's sum), the fused loss (a mean over all `N` rows) times `N`
+        /// over the rows kept; eleven nodes, all or nothing. When every row is ignored the
+        /// loss is NaN (0 / 0, as PyTorch's) and the logits' gradient 0.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] unless `|ignore_index| <= 2^24` and `0 <= e <= 1`; as
+        /// [`Tape::cross_entropy`] for the labels kept (a label that is not a whole number is
+        /// an error, whatever `ignore_index` is).
+        pub fn cross_entropy_ignore(
+            &mut self,
+            logits: Var,
+            labels: Var,
+            ignore_index: i32,
+            label_smoothing: f32,
+        ) -> Result<Var> {
+            if ignore_index.unsigned_abs() > 1 << 24 {
+                return Err(Error::InvalidArgument {
+                    what: "cross_entropy_ignore: ignore_index must lie in -2^24..=2^24",
+                });
+            }
+            let (ls, ts) = (logits.shape, labels.shape);
+            if ls.rank() != 2 || ts.rank() != 1 || ts.dim(0) != ls.dim(0) {
+                return Err(Error::ShapeMismatch {
+                    op: "cross_entropy",
+                    lhs: ls,
+                    rhs: ts,
+                });
+            }
+            let (rows, ignored) = (ls.dim(0), ignore_index as f32);
+            self.all_or_nothing(|t| {
+                let (kept, marked) = t.no_grad(|t| {
+                    // 1 where the label is kept, 0 where it is `ignore_index` (whole labels).
+                    let d = t.add_scalar(labels, -ignored)?;
+                    let d = t.abs(d)?;
+                    let keep = t.clamp_max(d, 1.0)?;
+                    // label * keep + IGNORED_LABEL (1 - keep): exact for whole labels.
+                    let own = t.mul(labels, keep)?;
+                    let mark = t.mul_scalar(keep, -IGNORED_LABEL)?;
+                    let mark = t.add_scalar(mark, IGNORED_LABEL)?;
+                    let marked = t.add(own, mark)?;
+                    Ok::<_, Error>((t.sum(keep)?, marked))
+                })?;
+                let mean_all = t.cross_entropy_smoothed(logits, marked, label_smoothing)?;
+                let total = t.mul_scalar(mean_all, rows as f32)?;
+                t.div(total, kept)
+            })
         }
 
         /// Softmax cross-entropy of logits `[N, C]` against class probabilities `[N, C]`

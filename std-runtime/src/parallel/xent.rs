@@ -6,7 +6,7 @@
 //! about 1 ulp); labels are checked the same way, in the same order, with the same errors (but
 //! all labels are checked before any gradient is written).
 
-use mote::ops::loss::label_index;
+use mote::ops::loss::{is_ignored, label_index};
 use mote::{Error, Float, Result};
 
 use super::{as_f32, as_f32_mut};
@@ -87,7 +87,12 @@ fn rows(
     }
     labels.clear();
     for &label in t.iter().take(p.len() / classes) {
-        labels.push(label_index(label, classes)?);
+        // An ignored row (`IGNORED_LABEL`) adds nothing: `usize::MAX` marks it.
+        labels.push(if is_ignored(label) {
+            usize::MAX
+        } else {
+            label_index(label, classes)?
+        });
     }
     let n = labels.len() * classes;
     let p = p.get(..n).unwrap_or(&[]);
@@ -191,6 +196,9 @@ pub(super) fn forward<T: Float>(
         .zip(&s.maxes)
         .zip(&s.labels)
     {
+        if c == usize::MAX {
+            continue;
+        }
         let nll = (m + l) - z.get(c).copied().unwrap_or(0.0);
         total += if smoothing == 0.0 {
             nll
@@ -229,6 +237,9 @@ pub(super) fn backward<T: Float>(
         .zip(s.e.chunks_exact(classes))
         .zip(&s.labels)
     {
+        if c == usize::MAX {
+            continue;
+        }
         let inv = 1.0 / er.iter().sum::<f32>();
         for (d, &ej) in dz.iter_mut().zip(er) {
             *d += k * (ej * inv);
