@@ -276,6 +276,17 @@ impl Module for Elu {
     }
 }
 
+/// Softplus as a layer, with PyTorch's `beta` (`nn.Softplus(beta)`, threshold 20); see
+/// [`Tape::softplus_beta`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SoftplusBeta(pub f32);
+
+impl Module for SoftplusBeta {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        tape.softplus_beta(x, self.0)
+    }
+}
+
 /// Leaky ReLU as a layer, with its negative slope.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LeakyRelu(pub f32);

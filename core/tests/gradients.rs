@@ -186,6 +186,10 @@ proptest! {
         let mut x = away_from(values(numel(&dims), seed ^ 3, -25.0, 30.0), &[20.0]);
         x[0] = big;
         assert_grads(&[(&dims, &x)], |t, v| t.unary(UnaryOp::Softplus, v[0]))?;
+        // With PyTorch's beta: the threshold applies to beta x.
+        let beta = [0.5f32, 2.0, 3.0][(seed % 3) as usize];
+        let x = away_from(values(numel(&dims), seed ^ 4, -8.0, 12.0), &[20.0 / f64::from(beta)]);
+        assert_grads(&[(&dims, &x)], |t, v| t.softplus_beta(v[0], beta))?;
     }
 
     #[test]

@@ -72,6 +72,40 @@ proptest! {
         })?;
     }
 
+    /// Over several trailing axes (PyTorch's `nn.LayerNorm([C, H, W])`): the gradients, and
+    /// the values of one axis of their product.
+    #[test]
+    fn layer_norm_over_several_axes(lead in 1usize..=3, norm in prop::collection::vec(1usize..=3, 2..=3), seed in any::<u64>()) {
+        let mut dims = vec![lead];
+        dims.extend(&norm);
+        let d: usize = norm.iter().product();
+        let x = values(dims.iter().product(), seed);
+        let g = values(d, seed ^ 1);
+        let b = values(d, seed ^ 2);
+        assert_grads(&[(&dims, &x), (&norm, &g), (&norm, &b)], |t, v| {
+            let mut ln = LayerNorm::with_shape(t, &norm)?;
+            ln.weight = v[1];
+            ln.bias = v[2];
+            ln.forward(t, v[0])
+        })?;
+        let mut mem = vec![0f64; 1 << 14];
+        let mut t = T::new(&mut mem);
+        let several = LayerNorm::with_shape(&mut t, &norm).unwrap();
+        let one = LayerNorm::new(&mut t, d).unwrap();
+        for (p, v) in [(several.weight, &g), (several.bias, &b), (one.weight, &g), (one.bias, &b)] {
+            t.write(p, v).unwrap();
+        }
+        let xv = t.input(&dims, &x).unwrap();
+        let flat = t.input(&[lead, d], &x).unwrap();
+        let (ys, yo) = (several.forward(&mut t, xv).unwrap(), one.forward(&mut t, flat).unwrap());
+        let (sy, sx) = (ys.shape(), xv.shape());
+        prop_assert_eq!(sy.dims(), sx.dims());
+        prop_assert_eq!(t.data(ys).unwrap(), t.data(yo).unwrap());
+        // A trailing shape other than the layer's is refused (its last axis is longer).
+        let other = t.full(&[lead, d + 1], 0.0).unwrap();
+        prop_assert!(several.forward(&mut t, other).is_err());
+    }
+
     #[test]
     fn dropout_gradients(n in 1usize..=20, p in 0.0f32..0.9, seed in any::<u64>()) {
         let x = values(n, seed);
@@ -258,6 +292,23 @@ fn activation_layers_apply_their_ops() {
     same(Softplus, UnaryOp::Softplus);
     same(Hardsigmoid, UnaryOp::Hardsigmoid);
     same(Hardswish, UnaryOp::Hardswish);
+    // PyTorch's `nn.Softplus(beta=2)`: ln(1 + e^(2x)) / 2, and x where 2x is above 20.
+    let mut mem = vec![0f64; 256];
+    let mut t = T::new(&mut mem);
+    let xs = [-1.0, 0.0, 1.0, 9.0, 12.0];
+    let x = t.input(&[5], &xs).unwrap();
+    let y = mote::SoftplusBeta(2.0).forward(&mut t, x).unwrap();
+    let want = xs.map(|x: f64| {
+        if 2.0 * x > 20.0 {
+            x
+        } else {
+            (2.0 * x).exp().ln_1p() / 2.0
+        }
+    });
+    for (g, w) in t.data(y).unwrap().iter().zip(want) {
+        assert!((g - w).abs() < 1e-15, "{g} vs {w}");
+    }
+    assert!(t.softplus_beta(x, 0.0).is_err() && t.softplus_beta(x, f32::INFINITY).is_err());
 }
 
 /// A small CNN (conv 3x3 -> ReLU -> max-pool 2 -> conv 3x3 -> ReLU -> max-pool 2 -> linear)

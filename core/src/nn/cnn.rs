@@ -428,13 +428,15 @@ impl Module for BatchNorm {
     }
 }
 
-/// Layer normalisation over the last axis (PyTorch's `nn.LayerNorm(D)`):
-/// `y = (x - mean) / sqrt(var + eps) * weight + bias`, statistics per row (biased variance).
+/// Layer normalisation over the last axes (PyTorch's `nn.LayerNorm(normalized_shape)`):
+/// `y = (x - mean) / sqrt(var + eps) * weight + bias`, statistics over the trailing axes the
+/// weight's shape names (biased variance): the last axis for [`LayerNorm::new`], several (a
+/// `[C, H, W]` image, say) for [`LayerNorm::with_shape`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LayerNorm {
-    /// Scale, `[D]`, initialised to 1.
+    /// Scale, the normalised shape (`[D]` for one axis), initialised to 1.
     pub weight: Var,
-    /// Shift, `[D]`, initialised to 0.
+    /// Shift, the normalised shape, initialised to 0.
     pub bias: Var,
     /// Added to the variance (PyTorch's default 1e-5).
     pub eps: f32,
@@ -446,10 +448,23 @@ impl LayerNorm {
     /// # Errors
     /// As [`Tape::param`].
     pub fn new<B: Backend, const N: usize>(tape: &mut Tape<B, N>, dim: usize) -> Result<Self> {
+        Self::with_shape(tape, &[dim])
+    }
+
+    /// A layer over the trailing axes of shape `normalized` (PyTorch's
+    /// `nn.LayerNorm([C, H, W])`): its statistics are over all of them, and its weight and
+    /// bias have that shape.
+    ///
+    /// # Errors
+    /// As [`Tape::param`] (a rank from 1 to 4, no zero size).
+    pub fn with_shape<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        normalized: &[usize],
+    ) -> Result<Self> {
         tape.all_or_nothing(|tape| {
             Ok(LayerNorm {
-                weight: tape.param_with(&[dim], || B::Elem::ONE)?,
-                bias: tape.param_with(&[dim], || B::Elem::ZERO)?,
+                weight: tape.param_with(normalized, || B::Elem::ONE)?,
+                bias: tape.param_with(normalized, || B::Elem::ZERO)?,
                 eps: 1e-5,
             })
         })
@@ -458,43 +473,73 @@ impl LayerNorm {
 
 impl Module for LayerNorm {
     fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
-        let s = x.shape();
-        let d = self.weight.numel();
-        let r = s.rank();
-        if r == 0 || s.dim(r - 1) != d {
-            return Err(Error::ShapeMismatch {
-                op: "layer_norm",
-                lhs: s,
-                rhs: self.weight.shape(),
-            });
+        let (s, ws) = (x.shape(), self.weight.shape());
+        let (r, k) = (s.rank(), ws.rank());
+        let mismatch = Error::ShapeMismatch {
+            op: "layer_norm",
+            lhs: s,
+            rhs: ws,
+        };
+        if k == 0 || r < k || s.dims().get(r - k..) != Some(ws.dims()) || self.bias.shape() != ws {
+            return Err(mismatch);
         }
-        let mut dims = [1usize; 4];
-        for (o, &v) in dims.iter_mut().zip(s.dims()) {
+        if k == 1 {
+            return normalize_last(tape, x, self.weight, self.bias, self.eps);
+        }
+        // Several axes: the same over rows of their product, then the input's shape again.
+        let d = ws.numel();
+        let rows = s.numel() / d;
+        let mut out = [1usize; 4];
+        for (o, &v) in out.iter_mut().zip(s.dims()) {
             *o = v as usize;
         }
-        if let Some(last) = dims.get_mut(r - 1) {
-            *last = 1;
-        }
-        let keep = dims.get(..r).unwrap_or(&[]);
-        // All its nodes or none.
+        let out = out.get(..r).unwrap_or(&[]);
         tape.all_or_nothing(|tape| {
-            let mean = tape.mean_axis(x, r - 1)?;
-            let mean = tape.reshape(mean, keep)?;
-            let c = tape.sub(x, mean)?;
-            let sq = tape.square(c)?;
-            let var = tape.mean_axis(sq, r - 1)?;
-            let var = tape.reshape(var, keep)?;
-            let var = tape.add_scalar(var, self.eps)?;
-            let std = tape.sqrt(var)?;
-            let xhat = tape.div(c, std)?;
-            let y = tape.mul(xhat, self.weight)?;
-            tape.add(y, self.bias)
+            let x2 = tape.reshape(x, &[rows, d])?;
+            let w = tape.reshape(self.weight, &[d])?;
+            let b = tape.reshape(self.bias, &[d])?;
+            let y = normalize_last(tape, x2, w, b, self.eps)?;
+            tape.reshape(y, out)
         })
     }
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
         f(self.weight);
         f(self.bias);
     }
+}
+
+/// Layer normalisation of `x` over its last axis, whose size `weight` and `bias` (`[D]`) have.
+fn normalize_last<B: Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    x: Var,
+    weight: Var,
+    bias: Var,
+    eps: f32,
+) -> Result<Var> {
+    let s = x.shape();
+    let r = s.rank();
+    let mut dims = [1usize; 4];
+    for (o, &v) in dims.iter_mut().zip(s.dims()) {
+        *o = v as usize;
+    }
+    if let Some(last) = dims.get_mut(r - 1) {
+        *last = 1;
+    }
+    let keep = dims.get(..r).unwrap_or(&[]);
+    // All its nodes or none.
+    tape.all_or_nothing(|tape| {
+        let mean = tape.mean_axis(x, r - 1)?;
+        let mean = tape.reshape(mean, keep)?;
+        let c = tape.sub(x, mean)?;
+        let sq = tape.square(c)?;
+        let var = tape.mean_axis(sq, r - 1)?;
+        let var = tape.reshape(var, keep)?;
+        let var = tape.add_scalar(var, eps)?;
+        let std = tape.sqrt(var)?;
+        let xhat = tape.div(c, std)?;
+        let y = tape.mul(xhat, weight)?;
+        tape.add(y, bias)
+    })
 }
 
 /// Dropout (PyTorch's `nn.Dropout(p)`): in training mode each element is zeroed with

@@ -806,7 +806,7 @@ mod tests {
 mod tape_ops {
     use super::UnaryOp;
     use crate::backend::{Backend, View};
-    use crate::error::Result;
+    use crate::error::{Error, Result};
     use crate::tape::{Op, Tape, Var};
 
     impl<B: Backend, const N: usize> Tape<B, N> {
@@ -1023,6 +1023,30 @@ mod tape_ops {
         /// As [`Tape::unary`].
         pub fn softplus(&mut self, x: Var) -> Result<Var> {
             self.unary(UnaryOp::Softplus, x)
+        }
+
+        /// Softplus with PyTorch's `beta` (`F.softplus(x, beta)`, threshold 20):
+        /// `ln(1 + e^(beta x)) / beta`, and `x` where `beta x` is above 20. Beta 1 is
+        /// [`Tape::softplus`]; otherwise composed of three nodes (a scale by `beta`,
+        /// [`Tape::softplus`], a scale by `1 / beta`), all or nothing.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] unless `beta` is positive, finite and not so small that
+        /// `1 / beta` overflows `f32`; and as [`Tape::unary`].
+        pub fn softplus_beta(&mut self, x: Var, beta: f32) -> Result<Var> {
+            if !(beta > 0.0 && beta.is_finite() && (1.0 / beta).is_finite()) {
+                return Err(Error::InvalidArgument {
+                    what: "softplus: beta must be positive and finite (and 1 / beta too)",
+                });
+            }
+            if beta == 1.0 {
+                return self.softplus(x);
+            }
+            self.all_or_nothing(|t| {
+                let bx = t.mul_scalar(x, beta)?;
+                let s = t.softplus(bx)?;
+                t.mul_scalar(s, 1.0 / beta)
+            })
         }
 
         /// Hard sigmoid, `min(max(x + 3, 0), 6) / 6`.
