@@ -702,8 +702,13 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let (Some(a), Some(b)) = (st.pick(r), st.pick(r)) else {
                 return;
             };
-            let (kind, c, d) = (r.below(6), r.f32(), r.f32());
+            let (kind, c, d) = (r.below(8), r.f32(), r.f32());
+            let (w, pw) = (st.pick(r), st.pick(r));
+            let (w, pw) = (w.filter(|_| r.bool()), pw.filter(|_| r.bool()));
             make(t, st, "losses", |t| match kind {
+                // composed: weight and pos_weight any handles (or none), shapes fuzzed
+                6 => t.bce_with_logits_weighted(a, b, w, pw),
+                7 => t.softplus_beta(a, c),
                 0 => t.bce_with_logits(a, b),
                 1 => t.mse(a, b),
                 2 => t.l1_loss(a, b),
@@ -734,11 +739,23 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 st.pick(r)
             };
             let Some(labels) = labels else { return };
-            // Plain, or smoothed by a fuzzed amount (outside [0, 1] and NaN included).
+            // Plain, or smoothed by a fuzzed amount (outside [0, 1] and NaN included); or with
+            // an ignored label (a class, PyTorch's -100, or any i32).
             let smoothing = if r.bool() { r.f32() } else { 0.0 };
-            make(t, st, "cross_entropy", |t| {
-                t.cross_entropy_smoothed(logits, labels, smoothing)
-            });
+            if r.below(3) == 0 {
+                let ignore = match r.below(3) {
+                    0 => -100,
+                    1 => r.size(7) as i32,
+                    _ => i32::from_le_bytes([r.u8(), r.u8(), r.u8(), r.u8()]),
+                };
+                make(t, st, "cross_entropy_ignore", |t| {
+                    t.cross_entropy_ignore(logits, labels, ignore, smoothing)
+                });
+            } else {
+                make(t, st, "cross_entropy", |t| {
+                    t.cross_entropy_smoothed(logits, labels, smoothing)
+                });
+            }
         }
         // --- backward ---
         29..=31 => {
@@ -1049,11 +1066,17 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 padding: [r.size(2), r.size(2)],
             };
             let (k, s, p) = (cfg.kernel[1], cfg.stride[1], cfg.padding[1]);
-            match r.below(5) {
+            match r.below(7) {
                 0 => make(t, st, "max_pool2d", |t| t.max_pool2d(x, cfg)),
                 1 => make(t, st, "avg_pool2d", |t| t.avg_pool2d(x, cfg)),
                 2 => make(t, st, "max_pool1d", |t| t.max_pool1d(x, k, s, p)),
                 3 => make(t, st, "avg_pool1d", |t| t.avg_pool1d(x, k, s, p)),
+                4 => make(t, st, "avg_pool2d_exclude_pad", |t| {
+                    t.avg_pool2d_exclude_pad(x, cfg)
+                }),
+                5 => make(t, st, "avg_pool1d_exclude_pad", |t| {
+                    t.avg_pool1d_exclude_pad(x, k, s, p)
+                }),
                 _ => make(t, st, "global_avg_pool", |t| t.global_avg_pool(x)),
             };
         }
@@ -1069,7 +1092,14 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let p = r.f32();
             let seed = u64::from(r.u8());
             let training = r.bool();
-            make_composite(t, st, "norm layers", |t| match r.below(3) {
+            // Trailing axes for a layer norm over several (up to the rank).
+            let rank = x.shape().rank();
+            let axes = 1 + r.below(rank.max(1));
+            let trailing: Vec<usize> = (rank.saturating_sub(axes)..rank)
+                .map(|i| x.shape().dim(i))
+                .collect();
+            make_composite(t, st, "norm layers", |t| match r.below(4) {
+                3 => LayerNorm::with_shape(t, &trailing)?.forward(t, x),
                 0 => {
                     let mut bn = BatchNorm::new(t, c)?;
                     bn.set_training(training);
