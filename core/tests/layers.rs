@@ -101,6 +101,7 @@ proptest! {
         let (sy, sx) = (ys.shape(), xv.shape());
         prop_assert_eq!(sy.dims(), sx.dims());
         prop_assert_eq!(t.data(ys).unwrap(), t.data(yo).unwrap());
+        prop_assert!(LayerNorm::with_shape(&mut t, &[]).is_err());
         // A trailing shape other than the layer's is refused (its last axis is longer).
         let other = t.full(&[lead, d + 1], 0.0).unwrap();
         prop_assert!(several.forward(&mut t, other).is_err());

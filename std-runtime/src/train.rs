@@ -510,7 +510,8 @@ pub trait Learner {
     /// Whether a process of a multi-process run failed, given whether this one did (`failed`):
     /// every process calls it at the same point, and all stop together rather than the others
     /// waiting for the one that left in their next collectives (see
-    /// [`crate::data_parallel::Reduce::any_failed`]). One process: `failed`.
+    /// [`crate::data_parallel::Reduce::any_failed`]). One process: `failed`. A learner that
+    /// wraps another and forwards [`Learner::agree`] should forward this too.
     ///
     /// # Errors
     /// A device error.
@@ -699,7 +700,17 @@ pub fn fit_with<L: Learner>(
         let (val_loss, val_metric) = if data.val.is_empty() {
             (None, None)
         } else {
-            let (l, m) = evaluate(model, data, &data.val)?;
+            // A process whose evaluation fails (a device error) stops the others here, before
+            // they wait for it in `agree`.
+            let evaluated = evaluate(model, data, &data.val);
+            let anywhere = model.any_failed(evaluated.is_err());
+            let (l, m) = evaluated?;
+            if anywhere? {
+                return Err(Error::invalid(format!(
+                    "epoch {epoch}: another process of the run could not evaluate (its own \
+                     error says why), so this one stops too"
+                )));
+            }
             (Some(l), Some(m))
         };
         // Every process of a multi-process run goes on with the first one's numbers (the

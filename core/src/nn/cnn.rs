@@ -456,11 +456,17 @@ impl LayerNorm {
     /// bias have that shape.
     ///
     /// # Errors
-    /// As [`Tape::param`] (a rank from 1 to 4, no zero size).
+    /// [`Error::InvalidArgument`] for no axis; as [`Tape::param`] (a rank up to 4, no zero
+    /// size).
     pub fn with_shape<B: Backend, const N: usize>(
         tape: &mut Tape<B, N>,
         normalized: &[usize],
     ) -> Result<Self> {
+        if normalized.is_empty() {
+            return Err(Error::InvalidArgument {
+                what: "layer_norm: the normalised shape needs at least one axis",
+            });
+        }
         tape.all_or_nothing(|tape| {
             Ok(LayerNorm {
                 weight: tape.param_with(normalized, || B::Elem::ONE)?,

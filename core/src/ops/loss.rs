@@ -491,6 +491,11 @@ mod tests {
             let got = tape.item(l).unwrap();
             assert!((got - want).abs() < 1e-12, "{got} vs {want}");
         }
+        // A row labelled IGNORED_LABEL is ignored, and not counted, whatever ignore_index is.
+        let marked = tape.input(&[3], &[2.0, -16_777_216.0, 0.0]).unwrap();
+        let l = tape.cross_entropy_ignore(z, marked, 1, 0.0).unwrap();
+        let got = tape.item(l).unwrap();
+        assert!((got - 2.710_495_933_082_915).abs() < 1e-12, "{got}");
         // No row ignored: the fused loss's value.
         let (a, b) = (
             tape.cross_entropy_ignore(z, ones, 7, 0.0).unwrap(),
@@ -568,11 +573,13 @@ mod tape_ops {
         }
 
         /// Softmax cross-entropy of logits `[N, C]` against class labels `[N]` (see
-        /// [`Tape::labels`]), fused and stable. The mean over the batch.
+        /// [`Tape::labels`]), fused and stable. The mean over the batch. A row labelled
+        /// [`IGNORED_LABEL`](crate::ops::loss::IGNORED_LABEL) (-2^24) adds nothing to the sum
+        /// but counts in the mean ([`Tape::cross_entropy_ignore`] divides by the rows kept).
         ///
         /// # Errors
-        /// [`Error::ShapeMismatch`]; [`Error::IndexOutOfRange`] for a label outside `0..C`; and as
-        /// [`Tape::unary`].
+        /// [`Error::ShapeMismatch`]; [`Error::IndexOutOfRange`] for a label outside `0..C` (but
+        /// for `IGNORED_LABEL`); and as [`Tape::unary`].
         pub fn cross_entropy(&mut self, logits: Var, labels: Var) -> Result<Var> {
             self.cross_entropy_smoothed(logits, labels, 0.0)
         }
@@ -619,8 +626,10 @@ mod tape_ops {
         /// device, so a CUDA graph or a replay can hold it: a mask `min(|label - i|, 1)`, the
         /// labels with [`IGNORED_LABEL`](crate::ops::loss::IGNORED_LABEL) where the mask is 0,
         /// the rows kept (the mask's sum), the fused loss (a mean over all `N` rows) times `N`
-        /// over the rows kept; eleven nodes, all or nothing. When every row is ignored the
-        /// loss is NaN (0 / 0, as PyTorch's) and the logits' gradient 0.
+        /// over the rows kept; eleven nodes (fifteen: a label equal to `IGNORED_LABEL` is
+        /// ignored too, and not counted, unless `ignore_index` is that value), all or nothing.
+        /// When every row is ignored the loss is NaN (0 / 0, as PyTorch's) and the logits'
+        /// gradient 0.
         ///
         /// # Errors
         /// [`Error::InvalidArgument`] unless `|ignore_index| <= 2^24` and `0 <= e <= 1`; as
@@ -638,6 +647,11 @@ mod tape_ops {
                     what: "cross_entropy_ignore: ignore_index must lie in -2^24..=2^24",
                 });
             }
+            if !(0.0..=1.0).contains(&label_smoothing) {
+                return Err(Error::InvalidArgument {
+                    what: "cross_entropy: label_smoothing must lie in [0, 1]",
+                });
+            }
             let (ls, ts) = (logits.shape, labels.shape);
             if ls.rank() != 2 || ts.rank() != 1 || ts.dim(0) != ls.dim(0) {
                 return Err(Error::ShapeMismatch {
@@ -650,9 +664,17 @@ mod tape_ops {
             self.all_or_nothing(|t| {
                 let (kept, marked) = t.no_grad(|t| {
                     // 1 where the label is kept, 0 where it is `ignore_index` (whole labels).
-                    let d = t.add_scalar(labels, -ignored)?;
-                    let d = t.abs(d)?;
-                    let keep = t.clamp_max(d, 1.0)?;
+                    let unlike = |t: &mut Self, v: f32| {
+                        let d = t.add_scalar(labels, -v)?;
+                        let d = t.abs(d)?;
+                        t.clamp_max(d, 1.0)
+                    };
+                    let mut keep = unlike(t, ignored)?;
+                    if ignored != IGNORED_LABEL {
+                        // The fused loss skips IGNORED_LABEL rows: not kept either.
+                        let other = unlike(t, IGNORED_LABEL)?;
+                        keep = t.mul(keep, other)?;
+                    }
                     // label * keep + IGNORED_LABEL (1 - keep): exact for whole labels.
                     let own = t.mul(labels, keep)?;
                     let mark = t.mul_scalar(keep, -IGNORED_LABEL)?;

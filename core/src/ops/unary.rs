@@ -1028,7 +1028,11 @@ mod tape_ops {
         /// Softplus with PyTorch's `beta` (`F.softplus(x, beta)`, threshold 20):
         /// `ln(1 + e^(beta x)) / beta`, and `x` where `beta x` is above 20. Beta 1 is
         /// [`Tape::softplus`]; otherwise composed of three nodes (a scale by `beta`,
-        /// [`Tape::softplus`], a scale by `1 / beta`), all or nothing.
+        /// [`Tape::softplus`], a scale by `1 / beta`), all or nothing. The scales are `f32`:
+        /// on an `f64` tape, `1 / beta` is rounded to `f32` (a relative error near 3e-8 for a
+        /// beta that is not a power of two); above the threshold the value is `(beta x) *
+        /// (1 / beta)`, within an ulp or so of `x` (PyTorch returns `x`), and infinite where
+        /// `beta x` overflows.
         ///
         /// # Errors
         /// [`Error::InvalidArgument`] unless `beta` is positive, finite and not so small that
