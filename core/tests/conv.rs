@@ -91,8 +91,21 @@ fn conv_direct(
     (y, [n, o, oh, ow])
 }
 
-/// Max or average pooling by direct loops; `inside`: an average divides by the taps inside the
-/// input (PyTorch's `count_include_pad=False`), not by the window.
+/// PyTorch's `pooling_output_shape`: `(n + 2p - k + (s - 1 if ceil)) / s + 1`, less one in
+/// `ceil_mode` where the last window would start at or past `n + p`.
+fn pool_out(n: usize, k: usize, s: usize, p: usize, ceil: bool) -> usize {
+    let o = (n + 2 * p - k + if ceil { s - 1 } else { 0 }) / s + 1;
+    if ceil && (o - 1) * s >= n + p {
+        o - 1
+    } else {
+        o
+    }
+}
+
+/// Max or average pooling by direct loops, as PyTorch's CPU kernels compute them; `inside`:
+/// an average divides by the taps inside the input (`count_include_pad=False`), else by the
+/// window's taps inside the padded input (`(hend - hstart) (wend - wstart)`, `hend` at most
+/// `H + PH`: the window's size but for a `ceil_mode` window that overhangs).
 fn pool_direct(
     x: &[f64],
     [n, c, h, w]: [usize; 4],
@@ -100,8 +113,13 @@ fn pool_direct(
     max: bool,
     inside: bool,
 ) -> Vec<f64> {
-    let oh = (h + 2 * p.padding[0] - p.kernel[0]) / p.stride[0] + 1;
-    let ow = (w + 2 * p.padding[1] - p.kernel[1]) / p.stride[1] + 1;
+    let [kh, kw] = p.kernel;
+    let [ph, pw] = p.padding;
+    let oh = pool_out(h, kh, p.stride[0], ph, p.ceil_mode);
+    let ow = pool_out(w, kw, p.stride[1], pw, p.ceil_mode);
+    let covered = |o: usize, k: usize, s: usize, pad: usize, len: usize| {
+        (o * s + k).min(len + 2 * pad) - o * s
+    };
     let mut y = Vec::new();
     for b in 0..n * c {
         for i in 0..oh {
@@ -125,12 +143,14 @@ fn pool_direct(
                         acc = if max { acc.max(xv) } else { acc + xv };
                     }
                 }
+                let window =
+                    covered(i, kh, p.stride[0], ph, h) * covered(j, kw, p.stride[1], pw, w);
                 y.push(if max {
                     acc
                 } else if inside {
                     acc / taps as f64
                 } else {
-                    acc / (p.kernel[0] * p.kernel[1]) as f64
+                    acc / window as f64
                 });
             }
         }
@@ -205,13 +225,15 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 /// A pooling geometry and an image size it fits: windows 1 to 4 per axis (non-square), strides
-/// 1 to 3 per axis, padding up to half the window per axis.
+/// 1 to 3 per axis, padding up to half the window per axis, the output size rounded down or
+/// (`ceil_mode`) up.
 fn pool() -> impl Strategy<Value = (PoolConfig, [usize; 2])> {
     (
         (1usize..=4, 1usize..=4, 1usize..=3, 1usize..=3),
         (0usize..=2, 0usize..=2, 0usize..=3, 0usize..=3),
+        any::<bool>(),
     )
-        .prop_map(|((kh, kw, sh, sw), (ph, pw, eh, ew))| {
+        .prop_map(|((kh, kw, sh, sw), (ph, pw, eh, ew), ceil_mode)| {
             let (ph, pw) = (ph.min(kh / 2), pw.min(kw / 2));
             // The image at least as large as the window less the padding.
             let h = (kh - 2 * ph).max(1) + eh;
@@ -220,6 +242,7 @@ fn pool() -> impl Strategy<Value = (PoolConfig, [usize; 2])> {
                 kernel: [kh, kw],
                 stride: [sh, sw],
                 padding: [ph, pw],
+                ceil_mode,
             };
             (p, [h, w])
         })
@@ -245,10 +268,58 @@ fn average_over_taps_inside_by_hand() {
         kernel: [1, 3],
         stride: [1, 1],
         padding: [0, 1],
+        ceil_mode: false,
     };
     let y = AvgPool2dExcludePad(p).forward(&mut t, x).unwrap();
     t.read(y, &mut got).unwrap();
     assert_eq!(got, [1.5, 2.0, 2.5]);
+}
+
+/// PyTorch's `ceil_mode` by hand, over a row of 5 (1..=5) with window 2, stride 2: floor gives
+/// 2 outputs, ceil 3, the last window over [5] alone: max 5; average 5 / 1 (its one tap in the
+/// padded input), and so with `count_include_pad=False`. With padding 1 (window 3, stride 2):
+/// floor 3 outputs, and ceil no more (a fourth would start in the right padding).
+#[test]
+fn ceil_mode_by_hand() {
+    let mut mem = vec![0.0f64; 1 << 10];
+    let mut t = T::new(&mut mem);
+    let x = t.input(&[1, 1, 1, 5], &[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    let cfg = |k: usize, s: usize, p: usize, ceil_mode: bool| PoolConfig {
+        kernel: [1, k],
+        stride: [1, s],
+        padding: [0, p],
+        ceil_mode,
+    };
+    let mut got = vec![0.0; 3];
+    let y = t.max_pool2d(x, cfg(2, 2, 0, true)).unwrap();
+    t.read(y, &mut got).unwrap();
+    assert_eq!(got, [2.0, 4.0, 5.0]);
+    let y = t.avg_pool2d(x, cfg(2, 2, 0, true)).unwrap();
+    t.read(y, &mut got).unwrap();
+    assert_eq!(got, [1.5, 3.5, 5.0]);
+    let y = t.avg_pool2d_exclude_pad(x, cfg(2, 2, 0, true)).unwrap();
+    t.read(y, &mut got).unwrap();
+    assert_eq!(got, [1.5, 3.5, 5.0]);
+    assert_eq!(
+        t.avg_pool2d(x, cfg(2, 2, 0, false)).unwrap().shape().dims(),
+        &[1, 1, 1, 2]
+    );
+    assert_eq!(
+        t.avg_pool2d(x, cfg(3, 2, 1, true)).unwrap().shape().dims(),
+        &[1, 1, 1, 3]
+    );
+    // Window 3, stride 2, padding 1 over 6 values: floor 3, ceil 4; the last window covers
+    // [6, pad] of the padded input: 2 taps counted with the padding, 1 without.
+    let x = t
+        .input(&[1, 1, 1, 6], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+        .unwrap();
+    let mut got = vec![0.0; 4];
+    let y = t.avg_pool2d(x, cfg(3, 2, 1, true)).unwrap();
+    t.read(y, &mut got).unwrap();
+    close(&got, &[1.0, 3.0, 5.0, 3.0]);
+    let y = t.avg_pool2d_exclude_pad(x, cfg(3, 2, 1, true)).unwrap();
+    t.read(y, &mut got).unwrap();
+    close(&got, &[1.5, 3.0, 5.0, 6.0]);
 }
 
 proptest! {
@@ -385,6 +456,7 @@ fn conv2d_by_hand() {
                 kernel: [2, 2],
                 stride: [1, 1],
                 padding: [0, 0],
+                ceil_mode: false,
             },
         )
         .unwrap();
@@ -430,7 +502,8 @@ fn bad_geometry_is_an_error() {
             PoolConfig {
                 kernel: [2, 2],
                 stride: [2, 2],
-                padding: [2, 2]
+                padding: [2, 2],
+                ceil_mode: true,
             }
         )
         .is_err());

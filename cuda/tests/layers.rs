@@ -65,6 +65,7 @@ fn run<B: Backend<Elem = f32>>(tape: &mut Tape<B, NODES>) -> Run {
             kernel: [3, 3],
             stride: [1, 1],
             padding: [1, 1],
+            ceil_mode: false,
         }),
         Flatten,
         Dropout::new(0.3, 9).unwrap(),

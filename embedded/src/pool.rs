@@ -34,7 +34,7 @@ fn check_windows(call: &PoolCall) -> Result<()> {
 /// row-major), and the same gradient routing (to the first tap that holds the maximum; a zero
 /// gradient may keep a `-0.0` that the core's additions of `+0.0` would turn into `+0.0`).
 /// Returns `Ok(false)`, having done nothing, for average pooling, padding (kept out of the
-/// firmware's code), windows of more than 16 taps and windows that overlap (stride below the window: there the core's col2im
+/// firmware's code), a last window that overhangs the input (`ceil_mode`), windows of more than 16 taps and windows that overlap (stride below the window: there the core's col2im
 /// sums a position's gradients in an order this loop does not follow).
 ///
 /// # Errors
@@ -50,6 +50,11 @@ pub fn max_pool(buf: &mut [f32], call: &PoolCall) -> Result<bool> {
     let [xl, yl] = call.lens()?;
     let [h, w] = call.size;
     let [oh, ow] = call.out;
+    // A last window that overhangs the input (PyTorch's `ceil_mode`) is left to the core.
+    let overhangs = |o: usize, s: usize, k: usize, n: usize| (o - 1) * s + k > n;
+    if overhangs(oh, sh, kh, h) || overhangs(ow, sw, kw, w) {
+        return Ok(false);
+    }
     // Not zero (`lens` checked the sizes and that `planes` is not).
     let (plane, oplane) = (h * w, oh * ow);
     let at = |o: usize, n: usize| -> Result<core::ops::Range<usize>> {

@@ -1064,6 +1064,7 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 kernel: [r.size(3), r.size(3)],
                 stride: [r.size(3), r.size(3)],
                 padding: [r.size(2), r.size(2)],
+                ceil_mode: r.bool(),
             };
             let (k, s, p) = (cfg.kernel[1], cfg.stride[1], cfg.padding[1]);
             match r.below(7) {

@@ -95,14 +95,25 @@ fn cases<T: Float>(seed: u64, count: usize) -> usize {
             continue;
         }
         ran += 1;
+        // PyTorch's `ceil_mode` in a third of the cases: a last window may overhang.
+        let ceil_mode = draw(3) == 0;
         let cfg = PoolConfig {
             kernel,
             stride,
             padding,
+            ceil_mode,
         };
         let max = draw(3) != 0;
         let n: usize = shape.iter().product();
-        let [oh, ow] = [0, 1].map(|d| (shape[2 + d] + 2 * padding[d] - kernel[d]) / stride[d] + 1);
+        let [oh, ow] = [0, 1].map(|d| {
+            let (len, k, s, p) = (shape[2 + d], kernel[d], stride[d], padding[d]);
+            let o = (len + 2 * p - k + if ceil_mode { s - 1 } else { 0 }) / s + 1;
+            if ceil_mode && (o - 1) * s >= len + p {
+                o - 1
+            } else {
+                o
+            }
+        });
         let out = [shape[0], shape[1], oh, ow];
         let yn: usize = out.iter().product();
         let value = |draw: &mut dyn FnMut(usize) -> usize| match draw(12) {

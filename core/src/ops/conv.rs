@@ -26,7 +26,10 @@
 //! the GPU does, to take a whole batch in one pass), which it gets only from arena that is
 //! free beyond the plan: its high-water mark may then be higher than the plan's.
 //!
-//! Output size along each spatial axis: `(H + 2 ph - dh (KH - 1) - 1) / sh + 1` (floor).
+//! Output size along each spatial axis: `(H + 2 ph - dh (KH - 1) - 1) / sh + 1` (floor); a
+//! pooling in `ceil_mode` rounds up instead, less one where the last window would start in the
+//! right padding (PyTorch's rule), and that window's taps past the padded input count as
+//! padding (an average counting padding divides by the taps it covers there).
 //! Geometry values (stride, padding, dilation and pooling windows) are limited to 1..=31
 //! (padding 0..=31) so that a node stays small on a microcontroller.
 
@@ -70,16 +73,37 @@ pub struct PoolConfig {
     pub stride: [usize; 2],
     /// Padding on each side, (height, width).
     pub padding: [usize; 2],
+    /// PyTorch's `ceil_mode`: the output size rounds up, `ceil((H + 2 PH - KH) / SH) + 1`
+    /// rather than down, less one where the last window would start in the right padding;
+    /// a last window that overhangs the padded input reads only what it covers (average
+    /// pooling divides by the taps it covers in the padded input, as PyTorch's).
+    pub ceil_mode: bool,
 }
 
 impl PoolConfig {
-    /// A `k x k` window with stride `k` and no padding.
+    /// A `k x k` window with stride `k`, no padding, the output size rounded down.
     pub fn square(k: usize) -> PoolConfig {
         PoolConfig {
             kernel: [k, k],
             stride: [k, k],
             padding: [0, 0],
+            ceil_mode: false,
         }
+    }
+}
+
+/// Output size along one axis of a pooling in `ceil_mode` (PyTorch's rule): the floor size
+/// `floor` (already checked), plus one where a window starting past it still starts inside
+/// the input or its left padding.
+fn ceil_len(floor: usize, len: usize, k: usize, s: usize, p: usize) -> usize {
+    // The floor size's windows end at or before the padded input's end; one more starts at
+    // `floor * s - p`, which must lie before `len`, and must reach past the last one's end.
+    let padded = len + 2 * p;
+    let covered = (floor - 1) * s + k;
+    if covered < padded && floor * s < len + p {
+        floor + 1
+    } else {
+        floor
     }
 }
 
@@ -95,6 +119,9 @@ pub(crate) fn pack(v: [usize; 6], too_large: &'static str) -> Result<u32> {
     }
     Ok(out)
 }
+
+/// The bit of a pooling node's packed geometry (above [`pack`]'s 30) that says `ceil_mode`.
+const CEIL_BIT: u32 = 30;
 
 pub(crate) fn unpack(p: u32) -> [usize; 6] {
     core::array::from_fn(|i| ((p >> (5 * i)) & 31) as usize)
@@ -119,6 +146,17 @@ pub(crate) struct Geom {
     pub ow: usize,
 }
 
+/// Whether `out` is the output size along one axis of a window `k` (dilation `d`), stride
+/// `s` and padding `p` over `len` positions: the floor size, or, for a pooling (`pooling`,
+/// dilation 1), the `ceil_mode` one.
+fn follows(len: usize, k: usize, s: usize, p: usize, d: usize, out: usize, pooling: bool) -> bool {
+    match out_len(len, k, s, p, d) {
+        Some(f) if f == out => true,
+        Some(f) if pooling && d == 1 => ceil_len(f, len, k, s, p) == out,
+        _ => false,
+    }
+}
+
 fn out_len(len: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> {
     let span = d.checked_mul(k.checked_sub(1)?)?.checked_add(1)?;
     let padded = len.checked_add(p.checked_mul(2)?)?;
@@ -129,6 +167,24 @@ fn out_len(len: usize, k: usize, s: usize, p: usize, d: usize) -> Option<usize> 
 }
 
 impl Geom {
+    /// A pooling's geometry ([`Geom::new`] with dilation 1), its output rounded up on an axis
+    /// where `ceil` says so (PyTorch's `ceil_mode`).
+    pub(crate) fn pool(
+        x: Shape,
+        k: [usize; 2],
+        s: [usize; 2],
+        p: [usize; 2],
+        ceil: bool,
+        op: &'static str,
+    ) -> Result<Geom> {
+        let mut g = Geom::new(x, k, s, p, [1, 1], op)?;
+        if ceil {
+            g.oh = ceil_len(g.oh, g.h, g.kh, g.sh, g.ph);
+            g.ow = ceil_len(g.ow, g.w, g.kw, g.sw, g.pw);
+        }
+        Ok(g)
+    }
+
     /// Checks and completes a geometry; `op` names the op in errors.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -390,7 +446,7 @@ impl ConvCall {
             self.kernel,
             self.stride,
             self.padding,
-            self.dilation,
+            Some(self.dilation),
             self.out,
         ) {
             return Err(bad);
@@ -415,19 +471,22 @@ impl ConvCall {
 
 /// Whether, on both axes, the size, window and dilation are not zero and the output size
 /// follows from them, the stride and the padding (what a convolution's or a pooling's call
-/// states).
+/// states; a pooling's, `dilation` `None`, may be rounded up as in `ceil_mode`).
 fn axes_follow(
     size: [usize; 2],
     kernel: [usize; 2],
     stride: [usize; 2],
     padding: [usize; 2],
-    dilation: [usize; 2],
+    dilation: Option<[usize; 2]>,
     out: [usize; 2],
 ) -> bool {
+    let pooling = dilation.is_none();
+    let dilation = dilation.unwrap_or([1, 1]);
     (0..2).all(|d| {
         let at = |v: [usize; 2]| v.get(d).copied().unwrap_or(0);
         let (n, k, dl) = (at(size), at(kernel), at(dilation));
-        n != 0 && k != 0 && dl != 0 && out_len(n, k, at(stride), at(padding), dl) == Some(at(out))
+        let (s, p, o) = (at(stride), at(padding), at(out));
+        n != 0 && k != 0 && dl != 0 && follows(n, k, s, p, dl, o, pooling)
     })
 }
 
@@ -460,7 +519,10 @@ pub enum PoolPass {
 
 /// One pass of a 2-D pooling over a whole batch, offered to [`Backend::pool`] before the tape
 /// runs it as im2col copies and a reduction. Padding counts as the smallest finite value for
-/// max pooling and as zeros for average pooling (PyTorch's `count_include_pad=True`).
+/// max pooling and as zeros for average pooling (PyTorch's `count_include_pad=True`). The
+/// output size may be rounded up (`ceil_mode`): a last window then overhangs the padded input,
+/// and its taps past it count as padding too (the average still divides by `KH * KW`: the
+/// tape rescales that window after).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolCall {
     /// The pass and its tensors.
@@ -499,7 +561,7 @@ impl PoolCall {
             self.kernel,
             self.stride,
             self.padding,
-            [1, 1],
+            None,
             self.out,
         ) {
             return Err(bad);
@@ -647,6 +709,27 @@ fn pool_axis(g: &Geom) -> Axis3 {
 pub(crate) mod tape_ops {
     use super::*;
     use crate::tape::{Op, Tape, Var};
+
+    /// Ones of shape `dims`, but `f` at the last index along `axis` (fills, and a concat).
+    fn last_scaled<B: Backend, const N: usize>(
+        t: &mut Tape<B, N>,
+        dims: [usize; 4],
+        axis: usize,
+        f: B::Elem,
+    ) -> Result<Var> {
+        let n = dims.get(axis).copied().unwrap_or(1);
+        if n <= 1 {
+            return t.full(&dims, f);
+        }
+        let mut head = dims;
+        let mut tail = dims;
+        if let (Some(h), Some(l)) = (head.get_mut(axis), tail.get_mut(axis)) {
+            (*h, *l) = (n - 1, 1);
+        }
+        let ones = t.full(&head, B::Elem::ONE)?;
+        let last = t.full(&tail, f)?;
+        t.concat(ones, last, axis)
+    }
 
     /// Which pooling: the maximum, the mean over the window, or the mean over the window's taps
     /// inside the input.
@@ -809,7 +892,7 @@ pub(crate) mod tape_ops {
 
         fn pool2d(&mut self, x: Var, p: PoolConfig, max: bool) -> Result<Var> {
             let op = if max { "max_pool2d" } else { "avg_pool2d" };
-            let g = Geom::new(x.shape, p.kernel, p.stride, p.padding, [1, 1], op)?;
+            let g = Geom::pool(x.shape, p.kernel, p.stride, p.padding, p.ceil_mode, op)?;
             if p.padding[0] * 2 > p.kernel[0] || p.padding[1] * 2 > p.kernel[1] {
                 return Err(Error::InvalidArgument {
                     what: "pooling padding must be at most half the window",
@@ -825,7 +908,7 @@ pub(crate) mod tape_ops {
                     p.padding[1],
                 ],
                 "pooling window, stride and padding must be at most 31",
-            )?;
+            )? | (u32::from(p.ceil_mode) << CEIL_BIT);
             let shape = Shape::new(&[g.n, g.c, g.oh, g.ow])?;
             let cols_len = g.cols_len()?;
             let (reduce, pad) = if max {
@@ -874,7 +957,7 @@ pub(crate) mod tape_ops {
         /// # Errors
         /// As [`Tape::max_pool2d`].
         pub fn avg_pool2d(&mut self, x: Var, p: PoolConfig) -> Result<Var> {
-            self.pool2d(x, p, false)
+            self.pooled(x, p, Pooling::Avg)
         }
 
         /// 2-D average pooling over the taps inside the input only (PyTorch's `F.avg_pool2d`
@@ -894,8 +977,11 @@ pub(crate) mod tape_ops {
         fn pooled(&mut self, x: Var, p: PoolConfig, kind: Pooling) -> Result<Var> {
             match kind {
                 Pooling::Max => self.pool2d(x, p, true),
+                Pooling::Avg if p.ceil_mode => self.avg_pool2d_ceil(x, p),
                 Pooling::Avg => self.pool2d(x, p, false),
-                Pooling::AvgInside if p.padding == [0, 0] => self.pool2d(x, p, false),
+                Pooling::AvgInside if p.padding == [0, 0] && !p.ceil_mode => {
+                    self.pool2d(x, p, false)
+                }
                 Pooling::AvgInside => {
                     let s = x.shape;
                     if s.rank() != 4 {
@@ -916,6 +1002,35 @@ pub(crate) mod tape_ops {
                     })
                 }
             }
+        }
+
+        /// Average pooling in `ceil_mode`, counting padding: a last window that overhangs the
+        /// padded input divides by the taps it covers there (PyTorch's `(hend - hstart) *
+        /// (wend - wstart)`, `hend` at most `H + PH`), not by `KH * KW`: the pooling times
+        /// `KH / covered` along the last output row and `KW / covered` along the last column
+        /// (constants, made without gradient from fills).
+        fn avg_pool2d_ceil(&mut self, x: Var, p: PoolConfig) -> Result<Var> {
+            let g = Geom::pool(x.shape, p.kernel, p.stride, p.padding, true, "avg_pool2d")?;
+            // Taps of the last window inside the padded input, along one axis.
+            let covered = |o: usize, k: usize, s: usize, pad: usize, n: usize| {
+                k.min((n + 2 * pad).saturating_sub((o - 1) * s))
+            };
+            let cy = covered(g.oh, g.kh, g.sh, g.ph, g.h);
+            let cx = covered(g.ow, g.kw, g.sw, g.pw, g.w);
+            if cy == g.kh && cx == g.kw {
+                return self.pool2d(x, p, false);
+            }
+            let scale = |k: usize, c: usize| B::Elem::from_usize(k) / B::Elem::from_usize(c);
+            let (fy, fx) = (scale(g.kh, cy), scale(g.kw, cx));
+            self.all_or_nothing(|t| {
+                let y = t.pool2d(x, p, false)?;
+                let f = t.no_grad(|t| {
+                    let rows = last_scaled(t, [1, 1, g.oh, 1], 2, fy)?;
+                    let cols = last_scaled(t, [1, 1, 1, g.ow], 3, fx)?;
+                    t.mul(rows, cols)
+                })?;
+                t.mul(y, f)
+            })
         }
 
         fn pool1d(
@@ -942,6 +1057,7 @@ pub(crate) mod tape_ops {
                     kernel: [1, k],
                     stride: [1, stride],
                     padding: [0, padding],
+                    ceil_mode: false,
                 };
                 let y = t.pooled(x4, p, kind)?;
                 let s = y.shape;
@@ -1096,7 +1212,8 @@ pub(crate) mod tape_ops {
         ) -> Result<()> {
             let xv = self.node_view(x)?;
             let [kh, kw, sh, sw, ph, pw] = unpack(geom);
-            let g = Geom::new(xv.shape, [kh, kw], [sh, sw], [ph, pw], [1, 1], "pool2d")?;
+            let ceil = geom >> CEIL_BIT & 1 == 1;
+            let g = Geom::pool(xv.shape, [kh, kw], [sh, sw], [ph, pw], ceil, "pool2d")?;
             let Some((_, dxo)) = self.input_grad(x)? else {
                 return Ok(());
             };

@@ -241,6 +241,7 @@ mod tests {
                 kernel,
                 stride,
                 padding,
+                ceil_mode: false,
             };
             let y = t.max_pool2d(x, cfg).unwrap();
             let g = t.input(&[n, c, out[0], out[1]], &dys).unwrap();

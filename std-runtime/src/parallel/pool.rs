@@ -3,7 +3,8 @@
 //! backward a buffer of column gradients added back), which here took about a third of a small
 //! CNN's step. Each window is read where it lies instead, planes split over the team.
 //!
-//! The results are the core's bit for bit, signed zeros and NaNs included:
+//! Windows may overhang the padded input (PyTorch's `ceil_mode`): their taps past it count as
+//! padding. The results are the core's bit for bit, signed zeros and NaNs included:
 //! - max: the first tap's value (padding counts as the smallest finite value), then any greater
 //!   or NaN tap's, row-major; its backward adds `0 + dy` to the first tap that holds the maximum
 //!   (nothing when that tap is padding) and `0` to the window's other taps;
@@ -107,8 +108,11 @@ pub(crate) fn run<T: Float>(buf: &mut [T], call: &PoolCall, tasks: usize) -> Res
     let r = |o: usize, n: usize| o..o.saturating_add(n);
     let (plane, oplane) = (g.h * g.w, g.oh * g.ow);
     // Without padding, planes go output row by output row, tap by tap along the row (loops the
-    // compiler vectorises).
-    let unpadded = g.ph == 0 && g.pw == 0;
+    // compiler vectorises), where every window lies inside its plane (not a `ceil_mode` window
+    // that overhangs: its taps past the edge would read the next row).
+    let fits = |o: usize, s: usize, k: usize, n: usize| (o - 1) * s + k <= n;
+    let unpadded =
+        g.ph == 0 && g.pw == 0 && fits(g.oh, g.sh, g.kh, g.h) && fits(g.ow, g.sw, g.kw, g.w);
     // Planes per task (at least one): `lens` checked that there are planes.
     let per = call.planes.div_ceil(tasks.max(1));
     match call.pass {
