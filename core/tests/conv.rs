@@ -632,7 +632,26 @@ fn pool_calls_are_checked() {
         out: [4, 3],
     };
     assert_eq!(good.lens(), Ok([6 * 7 * 6, 6 * 4 * 3]));
+    // Over 8 rows, 4 windows rounded down, 5 in `ceil_mode`: both follow, 6 does not.
+    for (out, ok) in [(4, true), (5, true), (6, false), (3, false)] {
+        let call = PoolCall {
+            size: [8, 6],
+            out: [out, 3],
+            ..good
+        };
+        assert_eq!(call.lens().is_ok(), ok, "{call:?}");
+    }
     for bad in [
+        // One more window than the floor size would start past `usize::MAX`.
+        PoolCall {
+            size: [usize::MAX, 1],
+            kernel: [1, 1],
+            stride: [1 << (usize::BITS - 1), 1],
+            padding: [0, 0],
+            out: [3, 1],
+            planes: 1,
+            ..good
+        },
         PoolCall { planes: 0, ..good },
         PoolCall {
             out: [4, 4],

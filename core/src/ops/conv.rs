@@ -98,9 +98,11 @@ impl PoolConfig {
 fn ceil_len(floor: usize, len: usize, k: usize, s: usize, p: usize) -> usize {
     // The floor size's windows end at or before the padded input's end; one more starts at
     // `floor * s - p`, which must lie before `len`, and must reach past the last one's end.
+    // Checked: a hand-made call may state any sizes (`out_len` checked `len + 2 p` and the
+    // floor size's windows, not one more).
     let padded = len + 2 * p;
     let covered = (floor - 1) * s + k;
-    if covered < padded && floor * s < len + p {
+    if covered < padded && floor.checked_mul(s).is_some_and(|e| e < len + p) {
         floor + 1
     } else {
         floor
@@ -962,10 +964,10 @@ pub(crate) mod tape_ops {
 
         /// 2-D average pooling over the taps inside the input only (PyTorch's `F.avg_pool2d`
         /// with `count_include_pad=False`): each window's sum divided by its taps that are not
-        /// padding. Without padding, [`Tape::avg_pool2d`]; with it, [`Tape::avg_pool2d`]
-        /// divided by the same pooling of a plane of ones `[1, 1, H, W]` (a constant, made
-        /// without gradient and broadcast over images and channels): three nodes more, all or
-        /// nothing.
+        /// padding. Without padding (and not in `ceil_mode`), [`Tape::avg_pool2d`]; else the
+        /// pooling divided by the same pooling of a plane of ones `[1, 1, H, W]` (a constant,
+        /// made without gradient and broadcast over images and channels): three nodes more,
+        /// all or nothing.
         ///
         /// # Errors
         /// As [`Tape::max_pool2d`].
