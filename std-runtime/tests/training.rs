@@ -940,6 +940,57 @@ fn shared_memory_buckets_equal_the_all_reduce_after_the_backward() {
     }
 }
 
+/// Runs `f` on 2 ranks, threads standing in for processes, each with one replica of `spec`
+/// (seed 42, Adam) summed through [`Ranked`] with `buckets`; each rank's result, in rank order
+/// (its error as text). Fails when a rank has not finished in 60 s: stuck in a collective.
+fn on_two_ranks<F>(
+    spec: &ModelSpec,
+    floats: usize,
+    buckets: Option<usize>,
+    f: F,
+) -> Vec<Result<(), String>>
+where
+    F: Fn(usize, &mut Replicas<Cpu<'_, f32>, Ranked>) -> mote_runtime::Result<()>
+        + Send
+        + Sync
+        + 'static,
+{
+    let shared = std::sync::Arc::new((
+        std::sync::Mutex::new(vec![Vec::new(); 2]),
+        std::sync::Barrier::new(2),
+    ));
+    let f = std::sync::Arc::new(f);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for rank in 0..2 {
+        let (spec, shared, f, tx) = (spec.clone(), shared.clone(), f.clone(), tx.clone());
+        std::thread::spawn(move || {
+            let mut mem = vec![0f32; floats];
+            let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
+            let reduce = Ranked {
+                rank,
+                world: 2,
+                shared,
+                buckets,
+                plan: None,
+                weight: 0.0,
+                early: Default::default(),
+                fresh: Default::default(),
+            };
+            let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
+            let r = f(rank, &mut dp).map_err(|e| e.to_string());
+            tx.send((rank, r)).unwrap();
+        });
+    }
+    let mut got: Vec<(usize, Result<(), String>)> = (0..2)
+        .map(|_| {
+            rx.recv_timeout(std::time::Duration::from_secs(60))
+                .expect("a rank is stuck waiting in a collective")
+        })
+        .collect();
+    got.sort_by_key(|r| r.0);
+    got.into_iter().map(|(_, r)| r).collect()
+}
+
 /// A rank whose step fails (a label out of range in its shard, or a non-finite loss) still
 /// sends its gradient buckets during the step, so that the other rank's step ends instead of
 /// waiting in a collective; then every rank learns that a step failed, and all stop at that
@@ -961,47 +1012,10 @@ fn a_failing_rank_still_sends_its_buckets_and_all_stop_together() {
         (x.clone(), labels, "label"),
         (inf, ok_labels, "NaN or infinite"),
     ] {
-        let shared = std::sync::Arc::new((
-            std::sync::Mutex::new(vec![Vec::new(); 2]),
-            std::sync::Barrier::new(2),
-        ));
-        let (tx, rx) = std::sync::mpsc::channel();
-        for rank in 0..2 {
-            let (spec, shared, x, labels, tx) = (
-                spec.clone(),
-                shared.clone(),
-                x.clone(),
-                labels.clone(),
-                tx.clone(),
-            );
-            std::thread::spawn(move || {
-                let mut mem = vec![0f32; floats];
-                let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
-                let reduce = Ranked {
-                    rank,
-                    world: 2,
-                    shared,
-                    buckets: Some(1000),
-                    plan: None,
-                    weight: 0.0,
-                    early: Default::default(),
-                    fresh: Default::default(),
-                };
-                let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
-                let r = train::Learner::train_step(&mut dp, &x, rows, &labels, &[]);
-                tx.send((rank, r.map(|_| ()).map_err(|e| e.to_string())))
-                    .unwrap();
-            });
-        }
-        let mut got = Vec::new();
-        for _ in 0..2 {
-            let r = rx
-                .recv_timeout(std::time::Duration::from_secs(60))
-                .expect("a rank is stuck waiting in a collective");
-            got.push(r);
-        }
-        got.sort();
-        let [(0, Err(first)), (1, Err(second))] = &got[..] else {
+        let got = on_two_ranks(&spec, floats, Some(1000), move |_, dp| {
+            train::Learner::train_step(dp, &x, rows, &labels, &[]).map(|_| ())
+        });
+        let [Err(first), Err(second)] = &got[..] else {
             panic!("both ranks fail ({why}): {got:?}");
         };
         assert!(first.contains(why), "{first}");
@@ -1019,51 +1033,13 @@ fn a_failing_rank_still_sends_its_buckets_and_all_stop_together() {
 fn a_rank_that_cannot_save_stops_every_rank() {
     let (spec, config, data) = setup(3, Schedule::Constant, None);
     let floats = arena_floats(&spec, &ADAM, config.batch).unwrap();
-    let data = std::sync::Arc::new(data);
-    let shared = std::sync::Arc::new((
-        std::sync::Mutex::new(vec![Vec::new(); 2]),
-        std::sync::Barrier::new(2),
-    ));
-    let (tx, rx) = std::sync::mpsc::channel();
-    for rank in 0..2 {
-        let (spec, config, data, shared, tx) = (
-            spec.clone(),
-            config.clone(),
-            data.clone(),
-            shared.clone(),
-            tx.clone(),
-        );
-        std::thread::spawn(move || {
-            let mut mem = vec![0f32; floats];
-            let model = Model::new(Cpu::new(&mut mem), spec, ADAM, &mut Rng::new(42)).unwrap();
-            let reduce = Ranked {
-                rank,
-                world: 2,
-                shared,
-                buckets: None,
-                plan: None,
-                weight: 0.0,
-                early: Default::default(),
-                fresh: Default::default(),
-            };
-            let mut dp = Replicas::with_reduce(vec![model], reduce).unwrap();
-            let mut state = TrainState::new(42);
-            // A file's path used as a folder: the write fails on rank 0.
-            let save = (rank == 0).then(|| std::path::Path::new("Cargo.toml/model.safetensors"));
-            let r = train::fit(&mut dp, &data, &config, &mut state, &mut [], save);
-            tx.send((rank, r.map(|_| state.epoch).map_err(|e| e.to_string())))
-                .unwrap();
-        });
-    }
-    let mut got = Vec::new();
-    for _ in 0..2 {
-        let r = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("a rank is stuck waiting in a collective");
-        got.push(r);
-    }
-    got.sort();
-    let [(0, Err(first)), (1, Err(second))] = &got[..] else {
+    let got = on_two_ranks(&spec, floats, None, move |rank, dp| {
+        let mut state = TrainState::new(42);
+        // A file's path used as a folder: the write fails on rank 0.
+        let save = (rank == 0).then(|| Path::new("Cargo.toml/model.safetensors"));
+        train::fit(dp, &data, &config, &mut state, &mut [], save).map(|_| ())
+    });
+    let [Err(first), Err(second)] = &got[..] else {
         panic!("both ranks fail: {got:?}");
     };
     assert!(first.contains("Cargo.toml"), "{first}");

@@ -537,6 +537,23 @@ mod tests {
 
 mod tape_ops {
     use super::{LossOp, IGNORED_LABEL};
+
+    /// The cross-entropies' checks: logits `[N, C]`, labels `[N]`, smoothing in `[0, 1]`.
+    fn check_cross_entropy(ls: Shape, ts: Shape, label_smoothing: f32) -> Result<()> {
+        if !(0.0..=1.0).contains(&label_smoothing) {
+            return Err(Error::InvalidArgument {
+                what: "cross_entropy: label_smoothing must lie in [0, 1]",
+            });
+        }
+        if ls.rank() != 2 || ts.rank() != 1 || ts.dim(0) != ls.dim(0) {
+            return Err(Error::ShapeMismatch {
+                op: "cross_entropy",
+                lhs: ls,
+                rhs: ts,
+            });
+        }
+        Ok(())
+    }
     use crate::backend::{Backend, View};
     use crate::error::{Error, Result};
     use crate::shape::Shape;
@@ -597,19 +614,8 @@ mod tape_ops {
             labels: Var,
             label_smoothing: f32,
         ) -> Result<Var> {
-            if !(0.0..=1.0).contains(&label_smoothing) {
-                return Err(Error::InvalidArgument {
-                    what: "cross_entropy: label_smoothing must lie in [0, 1]",
-                });
-            }
-            let (ls, ts) = (logits.shape, labels.shape);
-            if ls.rank() != 2 || ts.rank() != 1 || ts.dim(0) != ls.dim(0) {
-                return Err(Error::ShapeMismatch {
-                    op: "cross_entropy",
-                    lhs: ls,
-                    rhs: ts,
-                });
-            }
+            let ls = logits.shape;
+            check_cross_entropy(ls, labels.shape, label_smoothing)?;
             let op = if label_smoothing == 0.0 {
                 LossOp::CrossEntropy
             } else {
@@ -647,19 +653,8 @@ mod tape_ops {
                     what: "cross_entropy_ignore: ignore_index must lie in -2^24..=2^24",
                 });
             }
-            if !(0.0..=1.0).contains(&label_smoothing) {
-                return Err(Error::InvalidArgument {
-                    what: "cross_entropy: label_smoothing must lie in [0, 1]",
-                });
-            }
-            let (ls, ts) = (logits.shape, labels.shape);
-            if ls.rank() != 2 || ts.rank() != 1 || ts.dim(0) != ls.dim(0) {
-                return Err(Error::ShapeMismatch {
-                    op: "cross_entropy",
-                    lhs: ls,
-                    rhs: ts,
-                });
-            }
+            let ls = logits.shape;
+            check_cross_entropy(ls, labels.shape, label_smoothing)?;
             let (rows, ignored) = (ls.dim(0), ignore_index as f32);
             self.all_or_nothing(|t| {
                 let (kept, marked) = t.no_grad(|t| {
