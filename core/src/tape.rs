@@ -734,6 +734,37 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         })
     }
 
+    /// Signed class labels (PyTorch's `int64` targets): for [`Tape::cross_entropy_ignore`],
+    /// whose `ignore_index` is often negative (PyTorch's default -100). Each must be a whole
+    /// number the element type holds exactly (magnitude at most 2^24 in `f32`).
+    ///
+    /// # Errors
+    /// As [`Tape::input`]; [`Error::IndexOutOfRange`] for a label the element type would round
+    /// (its magnitude as the index).
+    pub fn labels_signed(&mut self, labels: &[i64]) -> Result<Var> {
+        let shape = Shape::new(&[labels.len()])?;
+        let exact = |l: i64| {
+            let v = l as f64;
+            v as i128 == i128::from(l) && B::Elem::from_f64(v).to_f64() == v
+        };
+        if let Some(&l) = labels.iter().find(|&&l| !exact(l)) {
+            return Err(Error::IndexOutOfRange {
+                op: "labels_signed: a label the element type does not hold exactly",
+                index: usize::try_from(l.unsigned_abs()).unwrap_or(usize::MAX),
+                bound: match B::Elem::NAME {
+                    "f32" => (1 << 24) + 1,
+                    _ => usize::try_from((1u64 << 53) + 1).unwrap_or(usize::MAX),
+                },
+            });
+        }
+        let mut it = labels.iter();
+        self.record(Op::Input, Self::bw_none, &[], shape, |b, y| {
+            write_with(b, y.offset, y.len(), &mut || {
+                B::Elem::from_f64(it.next().copied().unwrap_or(0) as f64)
+            })
+        })
+    }
+
     /// Copies a tensor's values out to `out` (which must have `v.numel()` elements).
     ///
     /// # Errors

@@ -686,6 +686,23 @@ fn labels_past_what_the_element_type_holds_are_refused() {
     let mut tape = Tape::<Cpu<f64>, 8>::new(&mut mem);
     let l = tape.labels(&[(1 << 24) + 1]).unwrap();
     assert_eq!(tape.data(l).unwrap(), &[16_777_217.0]);
+    // Signed labels alike, both ways from 0.
+    let mut mem = [0f32; 16];
+    let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+    let l = tape.labels_signed(&[-100, 1 << 24, -(1 << 24)]).unwrap();
+    assert_eq!(
+        tape.data(l).unwrap(),
+        &[-100.0, 16_777_216.0, -16_777_216.0]
+    );
+    let nodes = tape.nodes_used();
+    for bad in [(1 << 24) + 1, -(1 << 24) - 1, i64::MAX, i64::MIN + 1] {
+        let r = tape.labels_signed(&[0, bad]);
+        assert!(
+            matches!(r, Err(Error::IndexOutOfRange { .. })),
+            "{bad}: {r:?}"
+        );
+    }
+    assert_eq!(tape.nodes_used(), nodes);
 }
 
 /// Optimizer settings are public fields: a step checks them again, and an SGD made without

@@ -480,7 +480,7 @@ mod tests {
         let z = tape
             .param(&[3, 3], &[1.0, 2.0, 3.0, 1.0, 1.0, 1.0, 0.0, 0.0, 5.0])
             .unwrap();
-        let minus = tape.input(&[3], &[2.0, -100.0, 0.0]).unwrap();
+        let minus = tape.labels_signed(&[2, -100, 0]).unwrap();
         let ones = tape.labels(&[1, 1, 0]).unwrap();
         for (labels, ignore, e, want) in [
             (minus, -100, 0.0, 2.710_495_933_082_915),
@@ -627,8 +627,9 @@ mod tape_ops {
         /// [`Tape::cross_entropy_smoothed`] with PyTorch's `ignore_index`
         /// (`F.cross_entropy(z, labels, ignore_index=i, label_smoothing=e)`): rows whose label
         /// is `ignore_index` add nothing and get no gradient, and the mean is over the rows
-        /// kept. Labels are floats (a negative `ignore_index` such as PyTorch's default -100
-        /// needs [`Tape::input`], as [`Tape::labels`] takes unsigned ones). Composed on the
+        /// kept. Labels are floats: [`Tape::labels_signed`] makes them from `i64`s (a negative
+        /// `ignore_index` such as PyTorch's default -100), as [`Tape::labels`] does from
+        /// unsigned ones. Composed on the
         /// device, so a CUDA graph or a replay can hold it: a mask `min(|label - i|, 1)`, the
         /// labels with [`IGNORED_LABEL`](crate::ops::loss::IGNORED_LABEL) where the mask is 0,
         /// the rows kept (the mask's sum), the fused loss (a mean over all `N` rows) times `N`
