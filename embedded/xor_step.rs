@@ -27,6 +27,7 @@ const ADAM: AdamConfig = AdamConfig {
     beta2: 0.999,
     eps: 1e-7,
     weight_decay: 0.0,
+    amsgrad: false,
 };
 
 type Be<'a> = Tape<Replay<Cpu<'a, f32>, 512>, 16>;

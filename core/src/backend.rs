@@ -597,11 +597,22 @@ impl<T: Float> Backend for Cpu<'_, T> {
 
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
         let n = u.len;
-        let [p, g, m, v] = split_mut(
-            self.buf,
-            [r(u.param, n), r(u.grad, n), r(u.m, n), r(u.v, n)],
-        )?;
-        optim::adam_kernel(u, p, g, m, v);
+        match u.vmax {
+            Some(vm) => {
+                let [p, g, m, v, vm] = split_mut(
+                    self.buf,
+                    [r(u.param, n), r(u.grad, n), r(u.m, n), r(u.v, n), r(vm, n)],
+                )?;
+                optim::amsgrad_kernel(u, p, g, m, v, vm);
+            }
+            None => {
+                let [p, g, m, v] = split_mut(
+                    self.buf,
+                    [r(u.param, n), r(u.grad, n), r(u.m, n), r(u.v, n)],
+                )?;
+                optim::adam_kernel(u, p, g, m, v);
+            }
+        }
         Ok(())
     }
 

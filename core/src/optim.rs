@@ -63,6 +63,9 @@ pub struct AdamUpdate {
     pub bias1: f64,
     /// 1 - beta2^t.
     pub bias2: f64,
+    /// Arena offset of the running maximum of the second moment, for AMSGrad
+    /// ([`AdamConfig::amsgrad`]); `None` for Adam as published.
+    pub vmax: Option<usize>,
 }
 
 /// Reference SGD kernel (PyTorch's `torch.optim.SGD`):
@@ -130,6 +133,40 @@ pub fn adam_kernel<T: Float>(u: &AdamUpdate, p: &mut [T], g: &[T], m: &mut [T], 
         *m = flush(b1 * *m + c1 * g);
         *v = flush(b2 * *v + c2 * g * g);
         *p = *p * decay - step * *m / (v.sqrt() * inv_sqrt_b2 + eps);
+    }
+}
+
+/// Reference AMSGrad kernel (PyTorch's `Adam(amsgrad=True)`): [`adam_kernel`]'s update with
+/// the denominator from `vmax = max(vmax, v)`, the running maximum of the second moment (a
+/// NaN `v` is kept, as `torch.maximum` propagates it).
+pub fn amsgrad_kernel<T: Float>(
+    u: &AdamUpdate,
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    vmax: &mut [T],
+) {
+    let b1 = T::from_f64(u.beta1);
+    let b2 = T::from_f64(u.beta2);
+    let (c1, c2) = (T::ONE - b1, T::ONE - b2);
+    let step = T::from_f64(u.lr / u.bias1);
+    let inv_sqrt_b2 = T::from_f64(1.0 / libm::sqrt(u.bias2));
+    let eps = T::from_f64(u.eps);
+    let (l2, decay) = if u.decoupled {
+        (T::ZERO, T::from_f64(1.0 - u.lr * u.weight_decay))
+    } else {
+        (T::from_f64(u.weight_decay), T::ONE)
+    };
+    let state = m.iter_mut().zip(v.iter_mut()).zip(vmax.iter_mut());
+    for ((p, &g), ((m, v), vm)) in p.iter_mut().zip(g).zip(state) {
+        let g = g + l2 * *p;
+        *m = flush(b1 * *m + c1 * g);
+        *v = flush(b2 * *v + c2 * g * g);
+        if *v > *vm || v.is_nan() {
+            *vm = *v;
+        }
+        *p = *p * decay - step * *m / (vm.sqrt() * inv_sqrt_b2 + eps);
     }
 }
 
@@ -444,10 +481,16 @@ pub struct AdamConfig {
     pub eps: f64,
     /// Weight decay (L2 for Adam, decoupled for AdamW).
     pub weight_decay: f64,
+    /// AMSGrad (Reddi et al.; PyTorch's `amsgrad=True`): the denominator uses the running
+    /// maximum of the second moment, a third state buffer per parameter. Set it before
+    /// [`Adam::new`], which allocates that buffer: an optimizer made without it refuses to
+    /// step with it ([`Error::MissingOptimizerState`]).
+    pub amsgrad: bool,
 }
 
 impl Default for AdamConfig {
-    /// PyTorch's defaults for Adam: lr 1e-3, betas (0.9, 0.999), eps 1e-8, no weight decay.
+    /// PyTorch's defaults for Adam: lr 1e-3, betas (0.9, 0.999), eps 1e-8, no weight decay,
+    /// no AMSGrad.
     fn default() -> Self {
         AdamConfig {
             lr: 1e-3,
@@ -455,6 +498,7 @@ impl Default for AdamConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            amsgrad: false,
         }
     }
 }
@@ -475,7 +519,7 @@ pub struct Adam {
 
 impl Adam {
     /// Adam over every trainable parameter of `tape`; allocates `m` and `v` (2 floats per
-    /// parameter).
+    /// parameter; 3 with [`AdamConfig::amsgrad`], for the running maximum of `v`).
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for bad settings; [`Error::ArenaFull`].
@@ -504,7 +548,7 @@ impl Adam {
         decoupled: bool,
     ) -> Result<Self> {
         let adam = Self::detached(config, decoupled)?;
-        alloc_state(tape, 2)?;
+        alloc_state(tape, 2 + usize::from(config.amsgrad))?;
         Ok(adam)
     }
 
@@ -579,7 +623,8 @@ impl Adam {
 
     /// The update of the next step without touching any parameter: advances the step count as
     /// [`Optimizer::step`] does and returns the settings and bias corrections every parameter's
-    /// update of that step gets (`param`, `grad`, `m`, `v` and `len` are 0: fill them in). For
+    /// update of that step gets (`param`, `grad`, `m`, `v` and `len` are 0 and `vmax` is
+    /// `None`: fill them in). For
     /// re-running recorded update calls ([`crate::replay::Replay::replay_adam`]). The settings
     /// are not checked again here ([`Adam::detached`] checked them): settings changed since go
     /// through as they are.
@@ -606,6 +651,7 @@ impl Adam {
             decoupled: self.decoupled,
             bias1: 1.0 - powers.0,
             bias2: 1.0 - powers.1,
+            vmax: None,
         }
     }
 }
@@ -617,16 +663,22 @@ impl Optimizer for Adam {
         check_adam(&self.config)?;
         let (t, powers) = self.next_powers();
         let template = self.update_for(powers);
-        for_each_trainable(tape, 2, |b, param, grad, state, len, stride| {
-            b.adam(&AdamUpdate {
-                param,
-                grad,
-                m: state,
-                v: state.saturating_add(stride),
-                len,
-                ..template
-            })
-        })?;
+        let ams = self.config.amsgrad;
+        for_each_trainable(
+            tape,
+            2 + usize::from(ams),
+            |b, param, grad, state, len, stride| {
+                b.adam(&AdamUpdate {
+                    param,
+                    grad,
+                    m: state,
+                    v: state.saturating_add(stride),
+                    len,
+                    vmax: ams.then(|| state.saturating_add(stride.saturating_mul(2))),
+                    ..template
+                })
+            },
+        )?;
         self.t = t;
         self.powers = powers;
         Ok(())
@@ -750,6 +802,77 @@ fn check_max_norm(max_norm: f64) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // AMSGrad against PyTorch's algorithm (`Adam(amsgrad=True)`, single tensor), evaluated in
+    // f64 by a separate script: gradients 3, 0.1, 0.01 (and -1, 0.2, -0.05) make the second
+    // moment fall after the first step, so the running maximum is what divides. A parameter's
+    // gradient comes from `sum(p * c)`, `c` the step's gradient.
+    #[test]
+    fn amsgrad_matches_pytorch() {
+        use crate::{Cpu, Tape};
+        let mut mem = [0f64; 256];
+        let mut tape = Tape::<Cpu<f64>, 16>::new(&mut mem);
+        let p = tape.param(&[2], &[1.0, -2.0]).unwrap();
+        let config = AdamConfig {
+            lr: 0.1,
+            amsgrad: true,
+            ..AdamConfig::default()
+        };
+        let mut opt = Adam::new(&mut tape, config).unwrap();
+        let start = tape.mark();
+        let want = [
+            [0.900_000_000_333_333_3, -1.900_000_001],
+            [0.830_551_088_626_756, -1.848_897_393_990_494_5],
+            [0.776_680_801_432_283_7, -1.806_311_069_847_434],
+        ];
+        for (c, w) in [[3.0, -1.0], [0.1, 0.2], [0.01, -0.05]].iter().zip(want) {
+            tape.rewind(start).unwrap();
+            let cv = tape.input(&[2], c).unwrap();
+            let y = tape.mul(p, cv).unwrap();
+            let loss = tape.sum(y).unwrap();
+            tape.backward(loss).unwrap();
+            opt.step(&mut tape).unwrap();
+            let got = tape.data(p).unwrap();
+            for (g, w) in got.iter().zip(w) {
+                assert!((g - w).abs() < 1e-12, "{g} vs {w}");
+            }
+        }
+        // Plain Adam on the same gradients moves further at step 3 (its v has fallen).
+        let mut mem = [0f64; 256];
+        let mut tape = Tape::<Cpu<f64>, 16>::new(&mut mem);
+        let q = tape.param(&[2], &[1.0, -2.0]).unwrap();
+        let plain = AdamConfig {
+            amsgrad: false,
+            ..config
+        };
+        let mut opt = Adam::new(&mut tape, plain).unwrap();
+        let start = tape.mark();
+        for c in [[3.0, -1.0], [0.1, 0.2], [0.01, -0.05]] {
+            tape.rewind(start).unwrap();
+            let cv = tape.input(&[2], &c).unwrap();
+            let y = tape.mul(q, cv).unwrap();
+            let loss = tape.sum(y).unwrap();
+            tape.backward(loss).unwrap();
+            opt.step(&mut tape).unwrap();
+        }
+        assert!(tape.data(q).unwrap()[0] < want[2][0]);
+    }
+
+    // AMSGrad set on an optimizer made without it: no third buffer, so the step is refused
+    // before any update.
+    #[test]
+    fn amsgrad_needs_its_buffer() {
+        use crate::{Cpu, Error, Tape};
+        let mut mem = [0f32; 64];
+        let mut tape = Tape::<Cpu<f32>, 8>::new(&mut mem);
+        let p = tape.param(&[2], &[1.0, 2.0]).unwrap();
+        let mut opt = Adam::new(&mut tape, AdamConfig::default()).unwrap();
+        opt.config.amsgrad = true;
+        let r = opt.step(&mut tape);
+        assert!(matches!(r, Err(Error::MissingOptimizerState)), "{r:?}");
+        assert_eq!(tape.data(p).unwrap(), &[1.0, 2.0]);
+        assert_eq!(opt.steps(), 0);
+    }
 
     // A step count from a checkpoint, however large, sets the bias-correction products to what
     // stepping that many times gives: they settle at a fixed point, where the loop stops (a

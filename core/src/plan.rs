@@ -83,6 +83,9 @@ pub enum Opt {
     SgdMomentum,
     /// Adam or AdamW: two buffers per parameter.
     Adam,
+    /// Adam or AdamW with AMSGrad ([`crate::AdamConfig::amsgrad`]): three buffers per
+    /// parameter.
+    AmsGrad,
 }
 
 /// Floats of parameters (with their gradients) and optimizer state of an MLP with layer sizes
@@ -102,6 +105,7 @@ pub const fn mlp_params(sizes: &[usize], opt: Opt) -> usize {
         Opt::Sgd => 0,
         Opt::SgdMomentum => 1,
         Opt::Adam => 2,
+        Opt::AmsGrad => 3,
     };
     p.saturating_mul(2 + state)
 }

@@ -419,11 +419,13 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
                     m,
                     v,
                     len,
+                    vmax,
                 } => {
                     let u = adam_u.as_mut().ok_or(Error::InvalidArgument {
                         what: "an Adam update needs its optimizer",
                     })?;
                     (u.param, u.grad, u.m, u.v, u.len) = (param, grad, m, v, len);
+                    u.vmax = vmax;
                     inner.adam(u)?;
                 }
                 Call::Scale {
@@ -690,11 +692,18 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
                     m,
                     v,
                     len,
-                } => write!(
-                    out,
-                    "adam(&AdamUpdate {{ param: {param}, grad: {grad}, m: {m}, v: {v}, \
-                     len: {len}, ..*adam }}"
-                )?,
+                    vmax,
+                } => {
+                    write!(
+                        out,
+                        "adam(&AdamUpdate {{ param: {param}, grad: {grad}, m: {m}, v: {v}, \
+                         len: {len}, "
+                    )?;
+                    if let Some(vm) = vmax {
+                        write!(out, "vmax: Some({vm}), ")?;
+                    }
+                    out.write_str("..*adam }")?
+                }
                 Call::Scale {
                     offset,
                     len,
@@ -967,6 +976,7 @@ enum Call {
         m: usize,
         v: usize,
         len: usize,
+        vmax: Option<usize>,
     },
     Scale {
         offset: usize,
@@ -1133,6 +1143,12 @@ impl Cursor<'_> {
                 m: self.u(),
                 v: self.u(),
                 len: self.u(),
+                // Field 1: AMSGrad's running maximum follows.
+                vmax: match f {
+                    0 => None,
+                    1 => Some(self.u()),
+                    _ => return Err(corrupt()),
+                },
             },
             tag::SCALE => Call::Scale {
                 offset: self.u(),
@@ -1520,9 +1536,12 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
         if self.state == State::Recording {
             self.has_adam = true;
         }
-        self.rec(head(tag::ADAM, 0), |e| {
+        self.rec(head(tag::ADAM, u32::from(u.vmax.is_some())), |e| {
             for v in [u.param, u.grad, u.m, u.v, u.len] {
                 e.u(v);
+            }
+            if let Some(vm) = u.vmax {
+                e.u(vm);
             }
         });
         Ok(())

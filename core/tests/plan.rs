@@ -27,6 +27,13 @@ fn step<B: Backend, const N: usize>(
     let mut sgd = None;
     match opt {
         Opt::Adam => adam = Some(Adam::new(tape, AdamConfig::default())?),
+        Opt::AmsGrad => {
+            let config = AdamConfig {
+                amsgrad: true,
+                ..AdamConfig::default()
+            };
+            adam = Some(Adam::new(tape, config)?)
+        }
         Opt::Sgd => sgd = Some(Sgd::new(tape, SgdConfig::default())?),
         Opt::SgdMomentum => {
             sgd = Some(Sgd::new(
@@ -106,13 +113,13 @@ fn params_and_state(tape: &Tape<Cpu<f32>, 64>) -> Vec<f32> {
     let mut out = Vec::new();
     for p in tape.params() {
         out.extend_from_slice(tape.data(p).unwrap());
-        for k in 0..2 {
+        for k in 0..3 {
             if let Some(v) = tape.param_state(p, k).unwrap() {
                 let s = tape.backend().storage();
                 out.extend_from_slice(&s[v.offset..v.offset + v.len()]);
             }
         }
-        assert_eq!(tape.param_state(p, 2).unwrap(), None);
+        assert_eq!(tape.param_state(p, 3).unwrap(), None);
     }
     out
 }
@@ -133,7 +140,7 @@ proptest! {
             Loss::Huber,
             Loss::SmoothL1,
         ]),
-        opt in prop::sample::select(vec![Opt::Sgd, Opt::SgdMomentum, Opt::Adam]),
+        opt in prop::sample::select(vec![Opt::Sgd, Opt::SgdMomentum, Opt::Adam, Opt::AmsGrad]),
     ) {
         let planned = plan::mlp(&sizes, batch, loss, opt);
         let measured = plan::measure::<f32, 64>(|t| step(t, &sizes, batch, loss, opt).map(|_| ())).unwrap();
@@ -156,7 +163,7 @@ proptest! {
         sizes in prop::collection::vec(1usize..=12, 2..=4),
         batch in 1usize..=9,
         loss in prop::sample::select(vec![Loss::Mse, Loss::CrossEntropy, Loss::Huber]),
-        opt in prop::sample::select(vec![Opt::Sgd, Opt::SgdMomentum, Opt::Adam]),
+        opt in prop::sample::select(vec![Opt::Sgd, Opt::SgdMomentum, Opt::Adam, Opt::AmsGrad]),
         align in prop::sample::select(vec![2usize, 4, 64]),
     ) {
         let planned = plan::mlp(&sizes, batch, loss, opt);

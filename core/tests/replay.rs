@@ -12,7 +12,16 @@ type Be<'a> = Replay<Cpu<'a, f32>, 512>;
 /// The seed article's loop (8-10-1, ReLU, MSE) with a new batch written each step. `replay_from`:
 /// steps before it run eagerly, that step is recorded, later ones are replayed (`None`: all
 /// eager). Returns every step's loss and the final parameters.
-fn seed(steps: usize, replay_from: Option<usize>, sgd: bool) -> (Vec<f32>, Vec<f32>) {
+/// Which optimizer: Adam with weight decay, SGD with Nesterov momentum, or Adam with AMSGrad
+/// (three state buffers a parameter, the third's offset recorded with each update).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Opt {
+    Adam,
+    Sgd,
+    AmsGrad,
+}
+
+fn seed(steps: usize, replay_from: Option<usize>, opt: Opt) -> (Vec<f32>, Vec<f32>) {
     let mut mem = vec![0f32; 2048];
     let mut tape = Tape::<Be, 16>::with_backend(Replay::new(Cpu::new(&mut mem)));
     let mut rng = Rng::new(7);
@@ -22,7 +31,7 @@ fn seed(steps: usize, replay_from: Option<usize>, sgd: bool) -> (Vec<f32>, Vec<f
         Linear::new(&mut tape, 10, 1, &mut rng).unwrap(),
     );
     // One optimizer per tape: each keeps its state offsets in the parameters' nodes.
-    let (mut adam, mut sgd_opt) = if sgd {
+    let (mut adam, mut sgd_opt) = if opt == Opt::Sgd {
         let c = SgdConfig {
             lr: 1e-2,
             momentum: 0.9,
@@ -34,6 +43,7 @@ fn seed(steps: usize, replay_from: Option<usize>, sgd: bool) -> (Vec<f32>, Vec<f
         let c = AdamConfig {
             lr: 1e-2,
             weight_decay: 1e-3,
+            amsgrad: opt == Opt::AmsGrad,
             ..AdamConfig::default()
         };
         (Some(Adam::new(&mut tape, c).unwrap()), None)
@@ -79,6 +89,10 @@ fn seed(steps: usize, replay_from: Option<usize>, sgd: bool) -> (Vec<f32>, Vec<f
         if recording {
             let calls = tape.backend_mut().stop().unwrap();
             assert!(calls > 10, "{calls} calls");
+            // A generated step passes AMSGrad's buffer with each update.
+            let mut src = String::new();
+            tape.backend().write_rust(&mut src, "step").unwrap();
+            assert_eq!(src.contains("vmax: Some("), opt == Opt::AmsGrad, "{src}");
             handles = Some((x, y, loss));
         }
         losses.push(tape.item(loss).unwrap());
@@ -95,19 +109,19 @@ fn seed(steps: usize, replay_from: Option<usize>, sgd: bool) -> (Vec<f32>, Vec<f
 
 #[test]
 fn seed_loop_replayed_equals_eager_bit_for_bit() {
-    for sgd in [false, true] {
-        let (eager_l, eager_p) = seed(60, None, sgd);
+    for opt in [Opt::Adam, Opt::Sgd, Opt::AmsGrad] {
+        let (eager_l, eager_p) = seed(60, None, opt);
         for from in [1, 5] {
-            let (l, p) = seed(60, Some(from), sgd);
+            let (l, p) = seed(60, Some(from), opt);
             assert_eq!(
                 l.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 eager_l.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "losses, sgd {sgd}, recorded step {from}"
+                "losses, {opt:?}, recorded step {from}"
             );
             assert_eq!(
                 p.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                 eager_p.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "parameters, sgd {sgd}"
+                "parameters, {opt:?}"
             );
         }
         assert!(eager_l[59] < eager_l[0]);
@@ -130,6 +144,7 @@ fn xor(replay: bool) -> f32 {
             beta2: 0.999,
             eps: 1e-7,
             weight_decay: 0.0,
+            amsgrad: false,
         },
     )
     .unwrap();

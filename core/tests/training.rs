@@ -67,6 +67,7 @@ fn train_xor(epochs: usize) -> f32 {
             beta2: 0.999,
             eps: 1e-7,
             weight_decay: 0.0,
+            amsgrad: false,
         },
     )
     .unwrap();

@@ -29,13 +29,32 @@ __device__ __forceinline__ void adam_one(float& p, float g, float& m, float& v, 
     p = p * decay - step * m / (sqrtf(v) * isb2 + eps);
 }
 
+// AMSGrad (`vm`, the running maximum of the second moment; a NaN `v` is kept, as
+// torch.maximum propagates it): adam_one's update with the maximum in the denominator.
+__device__ __forceinline__ void amsgrad_one(float& p, float g, float& m, float& v, float& vm,
+                                            float b1, float b2, float c1, float c2, float step,
+                                            float isb2, float eps, float l2, float decay) {
+    g = g + l2 * p;
+    m = flush(b1 * m + c1 * g);
+    v = flush(b2 * v + c2 * g * g);
+    if (v > vm || v != v) vm = v;
+    p = p * decay - step * m / (sqrtf(vm) * isb2 + eps);
+}
+
 // One tensor (or any contiguous run) of Adam / AdamW. dyn[0]: lr / (1 - b1^t);
-// dyn[1]: 1 / sqrt(1 - b2^t).
+// dyn[1]: 1 / sqrt(1 - b2^t). `vmax`, when not null: AMSGrad's running maximum.
 extern "C" __global__ void adam(float* __restrict__ p, const float* __restrict__ g,
-                                float* __restrict__ m, float* __restrict__ v, u64 n, float b1,
-                                float b2, float c1, float c2, float step, float isb2, float eps,
-                                float l2, float decay, const float* dyn, int vec) {
+                                float* __restrict__ m, float* __restrict__ v,
+                                float* __restrict__ vmax, u64 n, float b1, float b2, float c1,
+                                float c2, float step, float isb2, float eps, float l2,
+                                float decay, const float* dyn, int vec) {
     if (dyn) { step = dyn[0]; isb2 = dyn[1]; }
+    if (vmax) {
+        FOR_EACH(i, n)
+            amsgrad_one(p[i], g[i], m[i], v[i], vmax[i], b1, b2, c1, c2, step, isb2, eps, l2,
+                        decay);
+        return;
+    }
     u64 n4 = vec ? n / 4 : 0;
     FOR_EACH(i, n4) {
         float4 pv = ((float4*)p)[i], gv = ((const float4*)g)[i];

@@ -882,6 +882,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
                 decoupled,
                 bias1: 1.0 - 0.9f64.powi(3),
                 bias2: 1.0 - 0.999f64.powi(3),
+                vmax: None,
             })
             .collect();
         let u0 = us[0];

@@ -653,9 +653,10 @@ fn optimizer_updates_and_helpers() {
         };
         p.check(&format!("sgd {u:?}"), 1e-5, 1e-6, |b| b.sgd(&u));
     }
-    for decoupled in [false, true] {
-        // Several parameters in one step (one fused launch on the GPU), aligned and not.
-        // Disjoint tensors: params in 0..12096, gradients +13000, m +26000, v +39000.
+    for (decoupled, ams) in [(false, false), (true, false), (false, true), (true, true)] {
+        // Several parameters in one step (one fused launch on the GPU, but with AMSGrad: one
+        // launch per tensor), aligned and not. Disjoint tensors: params in 0..12096,
+        // gradients +13000, m +26000, v +39000, AMSGrad's running maximum +52000.
         let us: Vec<AdamUpdate> = [(0usize, 5000usize), (5001, 1003), (8000, 4096)]
             .iter()
             .map(|&(param, len)| AdamUpdate {
@@ -672,25 +673,36 @@ fn optimizer_updates_and_helpers() {
                 decoupled,
                 bias1: 1.0 - 0.9f64.powi(3),
                 bias2: 1.0 - 0.999f64.powi(3),
+                vmax: ams.then_some(param + 52000),
             })
             .collect();
-        // Second moments must be >= 0.
+        // Second moments (and their running maximum) must be >= 0.
         for u in &us {
             for v in &mut p.cpu[u.v..u.v + u.len] {
                 *v = v.abs();
             }
+            if let Some(vm) = u.vmax {
+                for v in &mut p.cpu[vm..vm + u.len] {
+                    *v = v.abs();
+                }
+            }
         }
         let snapshot = p.cpu.clone();
         p.gpu.write(0, &snapshot).unwrap();
-        p.check(&format!("adam decoupled={decoupled}"), 1e-5, 1e-6, |b| {
-            for u in &us {
-                b.adam(u)?;
-            }
-            Ok(())
-        });
+        p.check(
+            &format!("adam decoupled={decoupled} amsgrad={ams}"),
+            1e-5,
+            1e-6,
+            |b| {
+                for u in &us {
+                    b.adam(u)?;
+                }
+                Ok(())
+            },
+        );
         // One update alone in a step: the single-tensor kernel, not the fused one.
         p.check(
-            &format!("adam alone decoupled={decoupled}"),
+            &format!("adam alone decoupled={decoupled} amsgrad={ams}"),
             1e-5,
             1e-6,
             |b| b.adam(&us[1]),

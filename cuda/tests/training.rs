@@ -221,6 +221,19 @@ fn graph_replay_equals_eager_adam() {
     });
 }
 
+/// AMSGrad: one `adam` launch per tensor (with its running maximum), its step scalars
+/// advanced by `graph_tick` in the graph.
+#[test]
+fn graph_replay_equals_eager_amsgrad() {
+    graph_vs_eager("graph_replay_equals_eager_amsgrad", |t| {
+        let config = AdamConfig {
+            amsgrad: true,
+            ..AdamConfig::default()
+        };
+        Adam::new(t, config).unwrap()
+    });
+}
+
 #[test]
 fn graph_replay_equals_eager_sgd_momentum() {
     graph_vs_eager("graph_replay_equals_eager_sgd_momentum", |t| {

@@ -675,6 +675,10 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
     }
     #[inline(always)]
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
+        if u.vmax.is_some() {
+            // AMSGrad: the reference kernel (no fast path of its own).
+            return self.reference(|cpu| cpu.adam(u));
+        }
         // The reference kernel's formula in f32 with the FPU's square root; its constants are
         // made once per step (the reference makes them per parameter, in f64).
         // The settings change rarely, the bias corrections every step: two keys, so that a

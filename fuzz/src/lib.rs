@@ -879,6 +879,7 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                     beta2: r.f64(),
                     eps: r.f64(),
                     weight_decay: r.f64(),
+                    amsgrad: r.bool(),
                 };
                 let cfg = if r.bool() { AdamConfig::default() } else { cfg };
                 let w = r.bool();

@@ -850,6 +850,7 @@ impl OptimizerConfig {
             plan::Opt::Sgd => 0,
             plan::Opt::SgdMomentum => 1,
             plan::Opt::Adam => 2,
+            plan::Opt::AmsGrad => 3,
         }
     }
 

@@ -503,8 +503,8 @@ fn check_optimizers<T: Float>(
     adam: AdamUpdate,
     seed: u64,
 ) -> Result<(), TestCaseError> {
-    let mut mem: Vec<T> = random(4 * len, seed, -1.0, 1.0);
-    // Adam's second moment is never negative.
+    let mut mem: Vec<T> = random(5 * len, seed, -1.0, 1.0);
+    // Adam's second moment, and AMSGrad's running maximum of it, are never negative.
     for v in &mut mem[3 * len..] {
         *v = v.abs();
     }
@@ -513,11 +513,11 @@ fn check_optimizers<T: Float>(
         b.adam(&adam)?;
         b.scale(len, len, T::from_f64(0.5))?;
         b.fill(2 * len, len / 2, T::from_f64(0.25))?;
-        b.sum_squares(0, 4 * len)
+        b.sum_squares(0, 5 * len)
     });
     let (s1, s2) = (r1.unwrap(), r2.unwrap());
     // The sum of squares in f64, split over threads: measured within 1.2 eps sqrt(terms).
-    let tol = 4.0 * f64::EPSILON * ((4 * len) as f64).sqrt();
+    let tol = 4.0 * f64::EPSILON * ((5 * len) as f64).sqrt();
     prop_assert!((s1 - s2).abs() <= tol * s1.abs(), "{} {}", s1, s2);
     assert_same(&m1, &m2, &format!("optimizers {}", T::NAME));
     Ok(())
@@ -755,6 +755,7 @@ proptest! {
         weight_decay in prop_oneof![Just(0.0f64), 0.0f64..0.5],
         lr in -5.0f64..0.0,
         (has_buf, nesterov, decoupled, first) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
+        amsgrad in any::<bool>(),
         beta1 in prop_oneof![Just(0.0f64), 0.5f64..0.99],
         beta2 in 0.9f64..0.9999,
         eps in -12.0f64..-4.0,
@@ -769,7 +770,7 @@ proptest! {
         let adam = AdamUpdate {
             param: 0, grad: len, m: 2 * len, v: 3 * len, len, lr, beta1, beta2,
             eps: 10f64.powf(eps), weight_decay, decoupled, bias1: 1.0 - beta1.powi(step),
-            bias2: 1.0 - beta2.powi(step),
+            bias2: 1.0 - beta2.powi(step), vmax: amsgrad.then_some(4 * len),
         };
         check_optimizers::<f32>(len, sgd, adam, seed)?;
         check_optimizers::<f64>(len, sgd, adam, seed)?;
@@ -1076,6 +1077,7 @@ fn errors_are_the_same() {
         decoupled: false,
         bias1: 0.1,
         bias2: 0.001,
+        vmax: None,
     }));
     assert_eq!(r1, r2);
     assert!(r1.is_err(), "overlapping state");

@@ -70,7 +70,8 @@ fn scalars(u: &AdamUpdate) -> AdamScalars {
 
 /// Same settings (all but the tensor): can share one launch.
 fn same_settings(a: &AdamUpdate, b: &AdamUpdate) -> bool {
-    a.lr == b.lr
+    a.vmax.is_some() == b.vmax.is_some()
+        && a.lr == b.lr
         && a.beta1 == b.beta1
         && a.beta2 == b.beta2
         && a.eps == b.eps
@@ -142,7 +143,16 @@ impl Cuda {
     pub(crate) fn adam_impl(&mut self, u: &AdamUpdate) -> Result<()> {
         let n = u.len;
         let r = |o: usize| o..o.saturating_add(n);
-        split_mut(&mut self.shadow, [r(u.param), r(u.grad), r(u.m), r(u.v)])?;
+        match u.vmax {
+            Some(vm) => split_mut(
+                &mut self.shadow,
+                [r(u.param), r(u.grad), r(u.m), r(u.v), r(vm)],
+            )
+            .map(|_| ())?,
+            None => {
+                split_mut(&mut self.shadow, [r(u.param), r(u.grad), r(u.m), r(u.v)]).map(|_| ())?
+            }
+        }
         if n == 0 {
             return Ok(());
         }
@@ -162,7 +172,7 @@ impl Cuda {
 }
 
 /// Runs the queued Adam updates: one `adam_multi` launch when the descriptor table fits, else
-/// one `adam` launch per tensor.
+/// (and for AMSGrad, which the fused kernel does not do) one `adam` launch per tensor.
 pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
     let pending = std::mem::take(&mut be.adam_queue.borrow_mut().pending);
     let Some(first) = pending.first().copied() else {
@@ -183,7 +193,8 @@ pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
         ]);
         tiles += u.len.div_ceil(ADAM_TILE);
     }
-    let table = if pending.len() > 1 && tiles <= crate::device::MAX_GRID_X as usize {
+    let fused = pending.len() > 1 && first.vmax.is_none();
+    let table = if fused && tiles <= crate::device::MAX_GRID_X as usize {
         be.upload_table(words)?
     } else {
         None
@@ -223,7 +234,13 @@ pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
         None => {
             for u in &pending {
                 let p = [be.at(u.param), be.at(u.grad), be.at(u.m), be.at(u.v)];
-                let vec = Cuda::vec4(&[u.param, u.grad, u.m, u.v]);
+                let vm = u.vmax.map_or(0, |o| be.at(o));
+                // AMSGrad's path reads one element a thread.
+                let vec = if u.vmax.is_some() {
+                    0
+                } else {
+                    Cuda::vec4(&[u.param, u.grad, u.m, u.v])
+                };
                 let n = u.len as u64;
                 let work = if vec == 1 { n / 4 + 3 } else { n };
                 be.launch(
@@ -231,8 +248,8 @@ pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
                     be.blocks(work, THREADS),
                     THREADS,
                     &[
-                        &p[0], &p[1], &p[2], &p[3], &n, &b1, &b2, &c1, &c2, &step, &isb2, &eps,
-                        &l2, &decay, &dyn_, &vec,
+                        &p[0], &p[1], &p[2], &p[3], &vm, &n, &b1, &b2, &c1, &c2, &step, &isb2,
+                        &eps, &l2, &decay, &dyn_, &vec,
                     ],
                 )?;
             }

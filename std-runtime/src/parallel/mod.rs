@@ -664,6 +664,15 @@ impl<T: Float> Backend for Parallel<'_, T> {
 
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
         let n = u.len;
+        if let Some(vm) = u.vmax {
+            // AMSGrad: the reference kernel on one thread (no fast path of its own).
+            let [p, g, m, v, vm] = split_mut(
+                self.buf,
+                [r(u.param, n), r(u.grad, n), r(u.m, n), r(u.v, n), r(vm, n)],
+            )?;
+            simd(|| optim::amsgrad_kernel(u, p, g, m, v, vm));
+            return Ok(());
+        }
         let grain = self.grain(n, PAR_MIN);
         let [p, g, m, v] = split_mut(
             self.buf,
