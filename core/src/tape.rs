@@ -327,7 +327,8 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     }
 
     /// Where the optimizer keeps its `k`-th state buffer for parameter `p`, shaped like `p`:
-    /// Adam's and AdamW's `exp_avg` (0) and `exp_avg_sq` (1), SGD's `momentum_buffer` (0).
+    /// Adam's and AdamW's `exp_avg` (0), `exp_avg_sq` (1) and, with AMSGrad, `max_exp_avg_sq`
+    /// (2); SGD's `momentum_buffer` (0).
     /// `None` where there is none: no optimizer yet, a frozen parameter, SGD without momentum,
     /// `k` past the optimizer's buffers. For saving and restoring an optimizer's state.
     ///

@@ -760,6 +760,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
         *const f32,
         *mut f32,
         *mut f32,
+        *mut f32,
         u64,
         f32,
         f32,
@@ -860,8 +861,9 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
             },
         );
     }
-    // Adam: per tensor and all tensors in one multi-tensor launch.
-    for v in &mut p.cpu[39000..52000] {
+    // Adam: per tensor and all tensors in one multi-tensor launch; AMSGrad per tensor, its
+    // running maximum at +52000.
+    for v in &mut p.cpu[39000..65000] {
         *v = v.abs();
     }
     p.emu.copy_from_slice(&p.cpu);
@@ -908,6 +910,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
                             q[1],
                             q[2],
                             q[3],
+                            std::ptr::null_mut(),
                             u.len as u64,
                             b1,
                             b2,
@@ -920,6 +923,46 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
                             decay,
                             std::ptr::null(),
                             vec,
+                        )
+                    });
+                }
+            },
+        );
+        let ams: Vec<AdamUpdate> = us
+            .iter()
+            .map(|u| AdamUpdate {
+                vmax: Some(u.param + 52000),
+                ..*u
+            })
+            .collect();
+        p.check(
+            &format!("amsgrad decoupled={decoupled}"),
+            0.0,
+            0.0,
+            |b| ams.iter().try_for_each(|u| b.adam(u)),
+            |p| {
+                for u in &ams {
+                    let q = [p.p(u.param), p.p(u.grad), p.p(u.m), p.p(u.v)];
+                    let vm = p.p(u.param + 52000);
+                    run(lib, 1, 1, 1, || unsafe {
+                        adam(
+                            q[0],
+                            q[1],
+                            q[2],
+                            q[3],
+                            vm,
+                            u.len as u64,
+                            b1,
+                            b2,
+                            1.0 - b1,
+                            1.0 - b2,
+                            step,
+                            isb2,
+                            1e-8,
+                            l2,
+                            decay,
+                            std::ptr::null(),
+                            0,
                         )
                     });
                 }

@@ -134,7 +134,9 @@ fn state_names(opt: &OptimizerConfig) -> &'static [&'static str] {
     match opt.state_per_param() {
         0 => &[],
         1 => &["momentum_buffer"],
-        _ => &["exp_avg", "exp_avg_sq"],
+        2 => &["exp_avg", "exp_avg_sq"],
+        // AMSGrad's running maximum (PyTorch's name), should the runtime offer it.
+        _ => &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
     }
 }
 

@@ -664,16 +664,24 @@ impl<T: Float> Backend for Parallel<'_, T> {
 
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
         let n = u.len;
+        let grain = self.grain(n, PAR_MIN);
         if let Some(vm) = u.vmax {
-            // AMSGrad: the reference kernel on one thread (no fast path of its own).
+            // AMSGrad: the reference kernel, split over the team as Adam's.
             let [p, g, m, v, vm] = split_mut(
                 self.buf,
                 [r(u.param, n), r(u.grad, n), r(u.m, n), r(u.v, n), r(vm, n)],
             )?;
-            simd(|| optim::amsgrad_kernel(u, p, g, m, v, vm));
+            match grain {
+                Some(c) => team::for_each(
+                    p.chunks_mut(c)
+                        .zip(g.chunks(c))
+                        .zip(m.chunks_mut(c).zip(v.chunks_mut(c)).zip(vm.chunks_mut(c))),
+                    |((p, g), ((m, v), vm))| simd(|| optim::amsgrad_kernel(u, p, g, m, v, vm)),
+                ),
+                None => simd(|| optim::amsgrad_kernel(u, p, g, m, v, vm)),
+            }
             return Ok(());
         }
-        let grain = self.grain(n, PAR_MIN);
         let [p, g, m, v] = split_mut(
             self.buf,
             [r(u.param, n), r(u.grad, n), r(u.m, n), r(u.v, n)],
