@@ -192,6 +192,22 @@ proptest! {
         assert_grads(&[(&dims, &x)], |t, v| t.softplus_beta(v[0], beta))?;
     }
 
+    /// `normalize` and `cosine_similarity` along a drawn axis (values kept off a zero norm),
+    /// the cosine's second operand broadcast along the first axis when drawn so.
+    #[test]
+    fn normalize_and_cosine_similarity(dims in prop::collection::vec(1usize..=3, 1..=4), axis in 0usize..4, lead in any::<bool>(), seed in any::<u64>()) {
+        let axis = axis % dims.len();
+        let x = values(numel(&dims), seed, 0.2, 2.0);
+        assert_grads(&[(&dims, &x)], |t, v| t.normalize(v[0], axis, 1e-12))?;
+        let mut bd = dims.clone();
+        if lead && axis != 0 {
+            bd[0] = 1;
+        }
+        let y = values(numel(&bd), seed ^ 1, -2.0, 2.0);
+        let y: Vec<f64> = y.iter().map(|v| if v.abs() < 0.2 { 0.5 } else { *v }).collect();
+        assert_grads(&[(&dims, &x), (&bd, &y)], |t, v| t.cosine_similarity(v[0], v[1], axis, 1e-8))?;
+    }
+
     #[test]
     fn binary_ops_broadcast((da, db) in broadcast_pair(), seed in any::<u64>()) {
         let b = nonzero(numel(&db), seed);
@@ -359,6 +375,13 @@ proptest! {
         let e = &edims[..];
         assert_grads(&[(e, &p), (e, &t)], |tp, v| tp.mse(v[0], v[1]))?;
         assert_grads(&[(e, &p), (e, &t)], |tp, v| tp.bce_with_logits(v[0], v[1]))?;
+        // Probabilities (away from 0 and 1, where the clamped logarithms' kinks are), and a
+        // weight of the same shape.
+        let probs = values(n, seed ^ 8, 0.05, 0.95);
+        let w = values(n, seed ^ 5, 0.5, 2.0);
+        assert_grads(&[(e, &probs), (e, &t), (e, &w)], |tp, v| {
+            tp.binary_cross_entropy(v[0], v[1], Some(v[2]))
+        })?;
         // PyTorch's `weight` (the logits' shape) and `pos_weight` (one per last-axis entry).
         let per_class = &edims[edims.len().saturating_sub(1)..];
         let (w, pw) = (values(n, seed ^ 5, 0.5, 2.0), values(numel(per_class), seed ^ 6, 0.2, 3.0));

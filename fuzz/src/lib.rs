@@ -702,13 +702,17 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let (Some(a), Some(b)) = (st.pick(r), st.pick(r)) else {
                 return;
             };
-            let (kind, c, d) = (r.below(8), r.f32(), r.f32());
+            let (kind, c, d) = (r.below(11), r.f32(), r.f32());
+            let axis = r.size(4);
             let (w, pw) = (st.pick(r), st.pick(r));
             let (w, pw) = (w.filter(|_| r.bool()), pw.filter(|_| r.bool()));
             make(t, st, "losses", |t| match kind {
                 // composed: weight and pos_weight any handles (or none), shapes fuzzed
                 6 => t.bce_with_logits_weighted(a, b, w, pw),
                 7 => t.softplus_beta(a, c),
+                8 => t.binary_cross_entropy(a, b, w),
+                9 => t.normalize(a, axis, c),
+                10 => t.cosine_similarity(a, b, axis, c),
                 0 => t.bce_with_logits(a, b),
                 1 => t.mse(a, b),
                 2 => t.l1_loss(a, b),

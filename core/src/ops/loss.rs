@@ -470,6 +470,33 @@ mod tests {
         assert_eq!(tape.used(), used, "a refused call takes no arena");
     }
 
+    // Binary cross-entropy of probabilities against PyTorch's documented form, evaluated in
+    // f64 by a separate script: `-w (t ln p + (1 - t) ln(1 - p))`, each logarithm at least
+    // -100 (the last element's ln(1e-50) = -115 is clamped), the mean.
+    #[test]
+    fn binary_cross_entropy_of_probabilities() {
+        use crate::{Cpu, Error, Tape};
+        let mut mem = [0f64; 512];
+        let mut tape = Tape::<Cpu<f64>, 64>::new(&mut mem);
+        let p = tape.input(&[4], &[0.9, 0.2, 0.5, 1e-50]).unwrap();
+        let t = tape.input(&[4], &[1.0, 0.0, 0.3, 1.0]).unwrap();
+        let w = tape.input(&[4], &[1.0, 2.0, 1.0, 0.5]).unwrap();
+        let l = tape.binary_cross_entropy(p, t, Some(w)).unwrap();
+        let got = tape.item(l).unwrap();
+        assert!((got - 12.811_198_699_711_548).abs() < 1e-12, "{got}");
+        // Against the logits' form: the same loss at sigmoid(x).
+        let x = tape.input(&[3], &[2.0, -1.0, 0.25]).unwrap();
+        let tt = tape.input(&[3], &[1.0, 0.0, 0.5]).unwrap();
+        let s = tape.sigmoid(x).unwrap();
+        let (a, b) = (
+            tape.binary_cross_entropy(s, tt, None).unwrap(),
+            tape.bce_with_logits(x, tt).unwrap(),
+        );
+        assert!((tape.item(a).unwrap() - tape.item(b).unwrap()).abs() < 1e-12);
+        let r = tape.binary_cross_entropy(p, x, None);
+        assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+    }
+
     // PyTorch's `ignore_index`, against its documented form evaluated in f64 by a separate
     // script: the mean over the rows kept of `(1 - e) nll + e (lse - mean z)`.
     #[test]
@@ -723,6 +750,55 @@ mod tape_ops {
                 });
             }
             self.loss(LossOp::BceWithLogits, logits, target, 0)
+        }
+
+        /// Binary cross-entropy of probabilities (PyTorch's `F.binary_cross_entropy(p, t,
+        /// weight)`, `nn.BCELoss`): `-w (t ln p + (1 - t) ln(1 - p))` per element, each
+        /// logarithm at least -100 as PyTorch clamps them, the mean. `weight` broadcasts to the
+        /// shape. Composed of up to eleven nodes, all or nothing; the probabilities, the
+        /// targets and the weight get gradients. Prefer [`Tape::bce_with_logits`] on logits:
+        /// stable, and one fused node. Unlike PyTorch, probabilities outside `[0, 1]` are not
+        /// refused (they would need a read back to the host): they give NaN; and at exactly 0
+        /// or 1 the gradient through a clamped logarithm is 0, where PyTorch's is
+        /// `(p - t) / 1e-12`.
+        ///
+        /// # Errors
+        /// [`Error::ShapeMismatch`] unless the targets have the probabilities' shape and the
+        /// weight broadcasts to it; and as [`Tape::unary`].
+        pub fn binary_cross_entropy(
+            &mut self,
+            p: Var,
+            target: Var,
+            weight: Option<Var>,
+        ) -> Result<Var> {
+            let op = "binary_cross_entropy";
+            let ps = p.shape;
+            let mismatch = |rhs| Error::ShapeMismatch { op, lhs: ps, rhs };
+            if target.shape != ps {
+                return Err(mismatch(target.shape));
+            }
+            if let Some(w) = weight {
+                if Shape::broadcast(op, ps, w.shape)? != ps {
+                    return Err(mismatch(w.shape));
+                }
+            }
+            self.all_or_nothing(|t| {
+                let lp = t.log(p)?;
+                let lp = t.clamp_min(lp, -100.0)?;
+                let q = t.neg(p)?;
+                let q = t.add_scalar(q, 1.0)?;
+                let lq = t.log(q)?;
+                let lq = t.clamp_min(lq, -100.0)?;
+                // t ln p + (1 - t) ln(1 - p) = ln(1 - p) + t (ln p - ln(1 - p)).
+                let d = t.sub(lp, lq)?;
+                let d = t.mul(target, d)?;
+                let mut l = t.add(lq, d)?;
+                if let Some(w) = weight {
+                    l = t.mul(l, w)?;
+                }
+                let m = t.mean(l)?;
+                t.neg(m)
+            })
         }
 
         /// [`Tape::bce_with_logits`] with PyTorch's `weight` and `pos_weight`

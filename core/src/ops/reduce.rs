@@ -175,6 +175,30 @@ pub fn backward<T: Float>(op: ReduceOp, r: Axis3, x: &[T], y: &[T], dy: &[T], dx
 mod tests {
     use super::*;
 
+    // PyTorch's `F.normalize([[3, 4], [0, 0]], dim=1)` is [[0.6, 0.8], [0, 0]] (the zero row
+    // divided by eps), with a finite gradient for the zero row; `F.cosine_similarity` of
+    // [[3, 4], [1, 0]] and [[4, 3], [0, 2]] along dim 1 is [24 / 25, 0].
+    #[test]
+    fn normalize_and_cosine_by_hand() {
+        use crate::{Cpu, Tape};
+        let mut mem = [0f64; 256];
+        let mut t = Tape::<Cpu<f64>, 32>::new(&mut mem);
+        let x = t.param(&[2, 2], &[3.0, 4.0, 0.0, 0.0]).unwrap();
+        let y = t.normalize(x, 1, 1e-12).unwrap();
+        assert_eq!(t.data(y).unwrap(), &[0.6, 0.8, 0.0, 0.0]);
+        let s = t.sum(y).unwrap();
+        t.backward(s).unwrap();
+        let mut g = [1.0; 4];
+        t.read_grad(x, &mut g).unwrap();
+        assert!(g[2..].iter().all(|v| v.is_finite()), "{g:?}");
+        let a = t.input(&[2, 2], &[3.0, 4.0, 1.0, 0.0]).unwrap();
+        let b = t.input(&[2, 2], &[4.0, 3.0, 0.0, 2.0]).unwrap();
+        let c = t.cosine_similarity(a, b, 1, 1e-8).unwrap();
+        let got = t.data(c).unwrap();
+        assert!((got[0] - 0.96).abs() < 1e-15 && got[1] == 0.0, "{got:?}");
+        assert!(t.normalize(x, 1, 0.0).is_err() && t.normalize(x, 2, 1e-12).is_err());
+    }
+
     #[test]
     fn codes_are_places_in_every() {
         for (i, op) in ReduceOp::EVERY.into_iter().enumerate() {
@@ -270,9 +294,21 @@ mod tests {
 mod tape_ops {
     use super::{Axis3, ReduceOp};
     use crate::backend::{Backend, View};
-    use crate::error::Result;
+    use crate::error::{Error, Result};
     use crate::shape::Shape;
     use crate::tape::{Op, Tape, Var};
+
+    /// `x`'s dims with `axis` set to 1 (PyTorch's `keepdim=True` shape), and the rank.
+    fn kept(x: Shape, axis: usize) -> ([usize; 4], usize) {
+        let mut dims = [1usize; 4];
+        for (o, &v) in dims.iter_mut().zip(x.dims()) {
+            *o = v as usize;
+        }
+        if let Some(d) = dims.get_mut(axis) {
+            *d = 1;
+        }
+        (dims, x.rank())
+    }
 
     /// `(outer, n, inner)` and the output shape of a reduction over `axis` (`None`: all).
     pub(crate) fn plan(op: &'static str, x: Shape, axis: Option<usize>) -> Result<(Axis3, Shape)> {
@@ -325,6 +361,65 @@ mod tape_ops {
         /// As [`Tape::reduce`].
         pub fn sum_axis(&mut self, x: Var, axis: usize) -> Result<Var> {
             self.reduce(ReduceOp::Sum, x, Some(axis))
+        }
+
+        /// `x` divided by its Euclidean norm along `axis`, the norm at least `eps` (PyTorch's
+        /// `F.normalize(x, p=2, dim=axis, eps=eps)`; PyTorch's default `eps` is 1e-12).
+        /// Composed of six nodes, all or nothing: the sum of squares along `axis`, raised to
+        /// `eps^2` (so that a zero vector's gradient is finite, `1 / eps` times the upstream
+        /// one as PyTorch's, not NaN),
+        /// its square root, and the division, broadcast along `axis`.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] unless `eps` is positive, finite and its square above
+        /// zero in `f32`; [`Error::AxisOutOfRange`]; and as [`Tape::unary`].
+        pub fn normalize(&mut self, x: Var, axis: usize, eps: f32) -> Result<Var> {
+            if !(eps > 0.0 && eps.is_finite() && eps * eps > 0.0) {
+                return Err(Error::InvalidArgument {
+                    what: "normalize: eps must be positive and finite, and its square above 0",
+                });
+            }
+            x.shape.check_axis("normalize", axis)?;
+            let (dims, rank) = kept(x.shape, axis);
+            self.all_or_nothing(|t| {
+                let sq = t.square(x)?;
+                let ss = t.sum_axis(sq, axis)?;
+                let ss = t.clamp_min(ss, eps * eps)?;
+                let norm = t.sqrt(ss)?;
+                let norm = t.reshape(norm, dims.get(..rank).unwrap_or(&[]))?;
+                t.div(x, norm)
+            })
+        }
+
+        /// Cosine similarity along `axis` (PyTorch's `F.cosine_similarity(a, b, dim=axis,
+        /// eps=eps)`, default `eps` 1e-8): `sum(a * b) / (max(|a|, eps) max(|b|, eps))`, the
+        /// operands broadcast together first; `axis` is removed. Composed as
+        /// [`Tape::normalize`] of each, their product and its sum along `axis`, all or nothing.
+        ///
+        /// # Errors
+        /// [`Error::ShapeMismatch`] when the shapes do not broadcast; as [`Tape::normalize`].
+        pub fn cosine_similarity(&mut self, a: Var, b: Var, axis: usize, eps: f32) -> Result<Var> {
+            let shape = Shape::broadcast("cosine_similarity", a.shape, b.shape)?;
+            shape.check_axis("cosine_similarity", axis)?;
+            let dims: [usize; 4] =
+                core::array::from_fn(|i| shape.dims().get(i).map_or(1, |&d| d as usize));
+            let full = dims.get(..shape.rank()).unwrap_or(&[]);
+            self.all_or_nothing(|t| {
+                let a = if a.shape == shape {
+                    a
+                } else {
+                    t.broadcast_to(a, full)?
+                };
+                let b = if b.shape == shape {
+                    b
+                } else {
+                    t.broadcast_to(b, full)?
+                };
+                let na = t.normalize(a, axis, eps)?;
+                let nb = t.normalize(b, axis, eps)?;
+                let p = t.mul(na, nb)?;
+                t.sum_axis(p, axis)
+            })
         }
 
         /// The mean of all elements.
