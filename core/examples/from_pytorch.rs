@@ -14,7 +14,8 @@
 //!                      nn.LayerNorm([4, 4, 4]), nn.Flatten())
 //! tags, classes = nn.Linear(64, 3), nn.Linear(64, 4)
 //! loss = F.binary_cross_entropy_with_logits(tags(h), t, pos_weight=pw)
-//!      + F.cross_entropy(classes(h), y, ignore_index=-100)
+//!      + F.cross_entropy(classes(h), y, ignore_index=-100)   # y: int64, -100 where unsure
+//! opt = torch.optim.Adam(params, lr=3e-3)
 //! ```
 
 use mote::{
@@ -30,7 +31,7 @@ const BATCH: usize = 32;
 
 /// One image's multi-label tags (each rare) and its class: the brightest quadrant, or -100
 /// (PyTorch's `ignore_index`) when two quadrants are too close to call.
-fn targets(x: &[f32]) -> ([f32; TAGS], f32) {
+fn targets(x: &[f32]) -> ([f32; TAGS], i64) {
     let at = |r: usize, c: usize| x[r * SIDE + c];
     let mean = |rows: core::ops::Range<usize>, cols: core::ops::Range<usize>| {
         let n = (rows.len() * cols.len()) as f32;
@@ -53,9 +54,9 @@ fn targets(x: &[f32]) -> ([f32; TAGS], f32) {
     let mut order = [0, 1, 2, 3];
     order.sort_by(|&a, &b| q[b].total_cmp(&q[a]));
     let label = if q[order[0]] - q[order[1]] < 0.01 {
-        -100.0
+        -100
     } else {
-        order[0] as f32
+        order[0] as i64
     };
     (tags, label)
 }
@@ -68,7 +69,7 @@ fn main() -> Result<(), mote::Error> {
             .collect()
     };
     let (train, test) = (images(&mut rng, 2048), images(&mut rng, 512));
-    let label = |xs: &[f32]| -> (Vec<f32>, Vec<f32>) {
+    let label = |xs: &[f32]| -> (Vec<f32>, Vec<i64>) {
         let (mut t, mut y) = (Vec::new(), Vec::new());
         for x in xs.chunks(PIXELS) {
             let (tags, class) = targets(x);
@@ -82,12 +83,15 @@ fn main() -> Result<(), mote::Error> {
     let positives: Vec<f32> = (0..TAGS)
         .map(|k| train_t.iter().skip(k).step_by(TAGS).sum::<f32>())
         .collect();
-    let rows = (train_t.len() / TAGS) as f32;
-    let pos_weight: Vec<f32> = positives.iter().map(|&p| (rows - p) / p.max(1.0)).collect();
-    let ignored = train_y.iter().filter(|&&y| y < 0.0).count();
+    let count = (train_t.len() / TAGS) as f32;
+    let pos_weight: Vec<f32> = positives
+        .iter()
+        .map(|&p| (count - p) / p.max(1.0))
+        .collect();
+    let ignored = train_y.iter().filter(|&&y| y < 0).count();
     println!(
         "tags' positive share {:?}, pos_weight {:.1?}; {ignored} of {} class labels ignored",
-        positives.iter().map(|p| p / rows).collect::<Vec<_>>(),
+        positives.iter().map(|p| p / count).collect::<Vec<_>>(),
         pos_weight,
         train_y.len()
     );
@@ -135,7 +139,8 @@ fn main() -> Result<(), mote::Error> {
             let rows = b * BATCH..(b + 1) * BATCH;
             let (zt, zc) = forward(&mut tape, &train[rows.start * PIXELS..rows.end * PIXELS])?;
             let t = tape.input(&[BATCH, TAGS], &train_t[rows.start * TAGS..rows.end * TAGS])?;
-            let y = tape.input(&[BATCH], &train_y[rows])?;
+            // PyTorch's int64 targets, -100 included.
+            let y = tape.labels_signed(&train_y[rows])?;
             let bce = tape.bce_with_logits_weighted(zt, t, None, Some(pw))?;
             let ce = tape.cross_entropy_ignore(zc, y, -100, 0.0)?;
             let loss = tape.add(bce, ce)?;
@@ -175,11 +180,11 @@ fn main() -> Result<(), mote::Error> {
     }
     let (mut right, mut labelled) = (0, 0);
     for (z, &y) in zc.chunks(CLASSES).zip(&test_y) {
-        if y < 0.0 {
+        if y < 0 {
             continue;
         }
         let best = (0..CLASSES).fold(0, |b, c| if z[c] > z[b] { c } else { b });
-        right += usize::from(best as f32 == y);
+        right += usize::from(best as i64 == y);
         labelled += 1;
     }
     let accuracy = right as f32 / labelled as f32;

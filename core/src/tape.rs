@@ -706,8 +706,8 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
     }
 
     /// Class labels for [`Tape::cross_entropy`] (or row indices for an embedding), stored as
-    /// floats: each must be a whole number the element type holds exactly (below 2^24 + 1 in
-    /// `f32`).
+    /// floats: each must be a whole number the element type holds exactly (in `f32`, every
+    /// one up to 2^24, and past it only those `f32` holds, as 2^25).
     ///
     /// # Errors
     /// As [`Tape::input`]; [`Error::IndexOutOfRange`] for a label the element type would round
@@ -737,7 +737,8 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
 
     /// Signed class labels (PyTorch's `int64` targets): for [`Tape::cross_entropy_ignore`],
     /// whose `ignore_index` is often negative (PyTorch's default -100). Each must be a whole
-    /// number the element type holds exactly (magnitude at most 2^24 in `f32`).
+    /// number the element type holds exactly (in `f32`, every one up to 2^24 in magnitude,
+    /// and past it only those `f32` holds).
     ///
     /// # Errors
     /// As [`Tape::input`]; [`Error::IndexOutOfRange`] for a label the element type would round

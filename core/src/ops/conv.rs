@@ -954,7 +954,10 @@ pub(crate) mod tape_ops {
             self.pool2d(x, p, true)
         }
 
-        /// 2-D average pooling (PyTorch's `F.avg_pool2d` with `count_include_pad=True`).
+        /// 2-D average pooling (PyTorch's `F.avg_pool2d` with `count_include_pad=True`). In
+        /// `ceil_mode`, where the last window overhangs the padded input, up to eight nodes
+        /// more (a constant factor for that window, made from fills and concats, and
+        /// products).
         ///
         /// # Errors
         /// As [`Tape::max_pool2d`].

@@ -470,9 +470,13 @@ mod tests {
         assert_eq!(tape.used(), used, "a refused call takes no arena");
     }
 
+    const WANT_BCE: f64 = 11.228_266_793_530_686;
+
     // Binary cross-entropy of probabilities against PyTorch's documented form, evaluated in
-    // f64 by a separate script: `-w (t ln p + (1 - t) ln(1 - p))`, each logarithm at least
-    // -100 (the last element's ln(1e-50) = -115 is clamped), the mean.
+    // f64 by a separate script: `-w (t ln p + (1 - t) ln(1 - p))`, the mean; the last
+    // element's ln(1e-50) is floored at ln(f32::MIN_POSITIVE) = -87.33654 (PyTorch: -100).
+    // Then probabilities of exactly 0 and 1, and a sigmoid that rounds to 1 in f32: finite
+    // gradients.
     #[test]
     fn binary_cross_entropy_of_probabilities() {
         use crate::{Cpu, Error, Tape};
@@ -483,7 +487,23 @@ mod tests {
         let w = tape.input(&[4], &[1.0, 2.0, 1.0, 0.5]).unwrap();
         let l = tape.binary_cross_entropy(p, t, Some(w)).unwrap();
         let got = tape.item(l).unwrap();
-        assert!((got - 12.811_198_699_711_548).abs() < 1e-12, "{got}");
+        assert!((got - WANT_BCE).abs() < 1e-12, "{got}");
+        let mut mem = [0f32; 256];
+        let mut t32 = Tape::<Cpu<f32>, 64>::new(&mut mem);
+        let x = t32.param(&[4], &[0.0, 0.0, 20.0, -120.0]).unwrap();
+        let edge = t32.param(&[2], &[0.0, 1.0]).unwrap();
+        let s = t32.sigmoid(x).unwrap();
+        assert_eq!(t32.data(s).unwrap()[2], 1.0);
+        let tt = t32.input(&[4], &[1.0, 0.0, 0.0, 1.0]).unwrap();
+        let te = t32.input(&[2], &[1.0, 0.0]).unwrap();
+        let a = t32.binary_cross_entropy(s, tt, None).unwrap();
+        let b = t32.binary_cross_entropy(edge, te, None).unwrap();
+        let sum = t32.add(a, b).unwrap();
+        t32.backward(sum).unwrap();
+        for v in [x, edge] {
+            let g = t32.grad_data(v).unwrap().unwrap();
+            assert!(g.iter().all(|g| g.is_finite()), "{g:?}");
+        }
         // Against the logits' form: the same loss at sigmoid(x).
         let x = tape.input(&[3], &[2.0, -1.0, 0.25]).unwrap();
         let tt = tape.input(&[3], &[1.0, 0.0, 0.5]).unwrap();
@@ -660,8 +680,8 @@ mod tape_ops {
         /// device, so a CUDA graph or a replay can hold it: a mask `min(|label - i|, 1)`, the
         /// labels with [`IGNORED_LABEL`](crate::ops::loss::IGNORED_LABEL) where the mask is 0,
         /// the rows kept (the mask's sum), the fused loss (a mean over all `N` rows) times `N`
-        /// over the rows kept; eleven nodes (fifteen: a label equal to `IGNORED_LABEL` is
-        /// ignored too, and not counted, unless `ignore_index` is that value), all or nothing.
+        /// over the rows kept; fifteen nodes (a label equal to `IGNORED_LABEL` is ignored too,
+        /// and not counted; eleven when `ignore_index` is that value), all or nothing.
         /// When every row is ignored the loss is NaN (0 / 0, as PyTorch's) and the logits'
         /// gradient 0.
         ///
@@ -753,14 +773,17 @@ mod tape_ops {
         }
 
         /// Binary cross-entropy of probabilities (PyTorch's `F.binary_cross_entropy(p, t,
-        /// weight)`, `nn.BCELoss`): `-w (t ln p + (1 - t) ln(1 - p))` per element, each
-        /// logarithm at least -100 as PyTorch clamps them, the mean. `weight` broadcasts to the
-        /// shape. Composed of up to eleven nodes, all or nothing; the probabilities, the
-        /// targets and the weight get gradients. Prefer [`Tape::bce_with_logits`] on logits:
-        /// stable, and one fused node. Unlike PyTorch, probabilities outside `[0, 1]` are not
-        /// refused (they would need a read back to the host): they give NaN; and at exactly 0
-        /// or 1 the gradient through a clamped logarithm is 0, where PyTorch's is
-        /// `(p - t) / 1e-12`.
+        /// weight)`, `nn.BCELoss`): `-w (t ln p + (1 - t) ln(1 - p))` per element, the mean.
+        /// `weight` broadcasts to the shape. Composed of up to fifteen nodes, all or nothing;
+        /// the probabilities, the targets and the weight get gradients. Prefer
+        /// [`Tape::bce_with_logits`] on logits: stable, and one fused node. Each logarithm's
+        /// argument is raised to `f32::MIN_POSITIVE` first (about 1.2e-38), so the logarithms
+        /// are at least -87.3 where PyTorch clamps them at -100, and a probability of exactly
+        /// 0 or 1 (a sigmoid rounds to 1 in `f32` above about 16.7) gives finite gradients:
+        /// the probability's is 0 there. Below `p (1 - p) = 1e-12` PyTorch bounds its
+        /// gradient's denominator at 1e-12, where this one follows `1 / p` (or `1 / (1 - p)`).
+        /// Unlike PyTorch, probabilities outside `[0, 1]` are not refused (that needs a read
+        /// back to the host): they give NaN.
         ///
         /// # Errors
         /// [`Error::ShapeMismatch`] unless the targets have the probabilities' shape and the
@@ -782,17 +805,25 @@ mod tape_ops {
                     return Err(mismatch(w.shape));
                 }
             }
+            // ln(max(v, f32::MIN_POSITIVE)): finite, and its gradient too (0 below the floor).
+            let floor_log = |t: &mut Self, v: Var| {
+                let v = t.clamp_min(v, f32::MIN_POSITIVE)?;
+                t.log(v)
+            };
+            // 1 - v.
+            let complement = |t: &mut Self, v: Var| {
+                let n = t.neg(v)?;
+                t.add_scalar(n, 1.0)
+            };
             self.all_or_nothing(|t| {
-                let lp = t.log(p)?;
-                let lp = t.clamp_min(lp, -100.0)?;
-                let q = t.neg(p)?;
-                let q = t.add_scalar(q, 1.0)?;
-                let lq = t.log(q)?;
-                let lq = t.clamp_min(lq, -100.0)?;
-                // t ln p + (1 - t) ln(1 - p) = ln(1 - p) + t (ln p - ln(1 - p)).
-                let d = t.sub(lp, lq)?;
-                let d = t.mul(target, d)?;
-                let mut l = t.add(lq, d)?;
+                let lp = floor_log(t, p)?;
+                let q = complement(t, p)?;
+                let lq = floor_log(t, q)?;
+                // t ln p + (1 - t) ln(1 - p) term by term: no cancellation near p = 1.
+                let a = t.mul(target, lp)?;
+                let not = complement(t, target)?;
+                let b = t.mul(not, lq)?;
+                let mut l = t.add(a, b)?;
                 if let Some(w) = weight {
                     l = t.mul(l, w)?;
                 }

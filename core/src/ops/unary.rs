@@ -1029,8 +1029,8 @@ mod tape_ops {
         /// `ln(1 + e^(beta x)) / beta`, and `x` where `beta x` is above 20. Beta 1 is
         /// [`Tape::softplus`]; otherwise composed of three nodes (a scale by `beta`,
         /// [`Tape::softplus`], a scale by `1 / beta`), all or nothing. The scales are `f32`:
-        /// on an `f64` tape, `1 / beta` is rounded to `f32` (a relative error near 3e-8 for a
-        /// beta that is not a power of two); above the threshold the value is `(beta x) *
+        /// on an `f64` tape, `1 / beta` is rounded to `f32` (a relative error up to about 6e-8
+        /// for a beta that is not a power of two); above the threshold the value is `(beta x) *
         /// (1 / beta)`, within an ulp or so of `x` (PyTorch returns `x`), and infinite where
         /// `beta x` overflows.
         ///
