@@ -112,27 +112,65 @@ fn flush<T: Float>(x: T) -> T {
     }
 }
 
+/// An Adam update's constants in the element type, as the reference kernels compute them.
+struct AdamConsts<T> {
+    b1: T,
+    b2: T,
+    c1: T,
+    c2: T,
+    step: T,
+    inv_sqrt_b2: T,
+    eps: T,
+    l2: T,
+    decay: T,
+}
+
+impl<T: Float> AdamConsts<T> {
+    fn of(u: &AdamUpdate) -> Self {
+        let b1 = T::from_f64(u.beta1);
+        let b2 = T::from_f64(u.beta2);
+        let (l2, decay) = if u.decoupled {
+            (T::ZERO, T::from_f64(1.0 - u.lr * u.weight_decay))
+        } else {
+            (T::from_f64(u.weight_decay), T::ONE)
+        };
+        AdamConsts {
+            b1,
+            b2,
+            c1: T::ONE - b1,
+            c2: T::ONE - b2,
+            step: T::from_f64(u.lr / u.bias1),
+            inv_sqrt_b2: T::from_f64(1.0 / libm::sqrt(u.bias2)),
+            eps: T::from_f64(u.eps),
+            l2,
+            decay,
+        }
+    }
+
+    /// Both moments' update from the gradient `g` of the parameter `p`.
+    #[inline(always)]
+    fn moments(&self, p: T, g: T, m: &mut T, v: &mut T) {
+        let g = g + self.l2 * p;
+        *m = flush(self.b1 * *m + self.c1 * g);
+        *v = flush(self.b2 * *v + self.c2 * g * g);
+    }
+
+    /// The updated parameter from the first moment `m` and the second moment `v` divided by.
+    #[inline(always)]
+    fn apply(&self, p: T, m: T, v: T) -> T {
+        p * self.decay - self.step * m / (v.sqrt() * self.inv_sqrt_b2 + self.eps)
+    }
+}
+
 /// Reference Adam/AdamW kernel (PyTorch's `torch.optim.Adam` / `AdamW`):
 /// `m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 /// p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`, with `g += wd p` (Adam) or
 /// `p *= 1 - lr wd` first (AdamW).
 pub fn adam_kernel<T: Float>(u: &AdamUpdate, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
-    let b1 = T::from_f64(u.beta1);
-    let b2 = T::from_f64(u.beta2);
-    let (c1, c2) = (T::ONE - b1, T::ONE - b2);
-    let step = T::from_f64(u.lr / u.bias1);
-    let inv_sqrt_b2 = T::from_f64(1.0 / libm::sqrt(u.bias2));
-    let eps = T::from_f64(u.eps);
-    let (l2, decay) = if u.decoupled {
-        (T::ZERO, T::from_f64(1.0 - u.lr * u.weight_decay))
-    } else {
-        (T::from_f64(u.weight_decay), T::ONE)
-    };
+    let c = AdamConsts::of(u);
     for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        let g = g + l2 * *p;
-        *m = flush(b1 * *m + c1 * g);
-        *v = flush(b2 * *v + c2 * g * g);
-        *p = *p * decay - step * *m / (v.sqrt() * inv_sqrt_b2 + eps);
+        c.moments(*p, g, m, v);
+        *p = c.apply(*p, *m, *v);
     }
 }
 
@@ -147,26 +185,14 @@ pub fn amsgrad_kernel<T: Float>(
     v: &mut [T],
     vmax: &mut [T],
 ) {
-    let b1 = T::from_f64(u.beta1);
-    let b2 = T::from_f64(u.beta2);
-    let (c1, c2) = (T::ONE - b1, T::ONE - b2);
-    let step = T::from_f64(u.lr / u.bias1);
-    let inv_sqrt_b2 = T::from_f64(1.0 / libm::sqrt(u.bias2));
-    let eps = T::from_f64(u.eps);
-    let (l2, decay) = if u.decoupled {
-        (T::ZERO, T::from_f64(1.0 - u.lr * u.weight_decay))
-    } else {
-        (T::from_f64(u.weight_decay), T::ONE)
-    };
+    let c = AdamConsts::of(u);
     let state = m.iter_mut().zip(v.iter_mut()).zip(vmax.iter_mut());
     for ((p, &g), ((m, v), vm)) in p.iter_mut().zip(g).zip(state) {
-        let g = g + l2 * *p;
-        *m = flush(b1 * *m + c1 * g);
-        *v = flush(b2 * *v + c2 * g * g);
+        c.moments(*p, g, m, v);
         if *v > *vm || v.is_nan() {
             *vm = *v;
         }
-        *p = *p * decay - step * *m / (vm.sqrt() * inv_sqrt_b2 + eps);
+        *p = c.apply(*p, *m, *vm);
     }
 }
 

@@ -718,20 +718,34 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             .iter()
             .find(|&&l| B::Elem::from_usize(l).to_f64() != l as f64)
         {
-            return Err(Error::IndexOutOfRange {
-                op: "labels: a label the element type does not hold exactly",
-                index: l,
-                bound: match B::Elem::NAME {
-                    "f32" => (1 << 24) + 1,
-                    _ => usize::try_from((1u64 << 53) + 1).unwrap_or(usize::MAX),
-                },
-            });
+            return Err(Self::inexact_label(
+                "labels: a label the element type does not hold exactly",
+                l,
+            ));
         }
         let mut it = labels.iter();
+        self.record_labels(shape, || {
+            B::Elem::from_usize(it.next().copied().unwrap_or(0))
+        })
+    }
+
+    /// A label `index` that the element type would round, refused (the bound: the first whole
+    /// number past those it holds).
+    fn inexact_label(op: &'static str, index: usize) -> Error {
+        Error::IndexOutOfRange {
+            op,
+            index,
+            bound: match B::Elem::NAME {
+                "f32" => (1 << 24) + 1,
+                _ => usize::try_from((1u64 << 53) + 1).unwrap_or(usize::MAX),
+            },
+        }
+    }
+
+    /// Records checked labels, their values from `next`.
+    fn record_labels(&mut self, shape: Shape, mut next: impl FnMut() -> B::Elem) -> Result<Var> {
         self.record(Op::Input, Self::bw_none, &[], shape, |b, y| {
-            write_with(b, y.offset, y.len(), &mut || {
-                B::Elem::from_usize(it.next().copied().unwrap_or(0))
-            })
+            write_with(b, y.offset, y.len(), &mut next)
         })
     }
 
@@ -750,20 +764,14 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
             v as i128 == i128::from(l) && B::Elem::from_f64(v).to_f64() == v
         };
         if let Some(&l) = labels.iter().find(|&&l| !exact(l)) {
-            return Err(Error::IndexOutOfRange {
-                op: "labels_signed: a label the element type does not hold exactly",
-                index: usize::try_from(l.unsigned_abs()).unwrap_or(usize::MAX),
-                bound: match B::Elem::NAME {
-                    "f32" => (1 << 24) + 1,
-                    _ => usize::try_from((1u64 << 53) + 1).unwrap_or(usize::MAX),
-                },
-            });
+            return Err(Self::inexact_label(
+                "labels_signed: a label the element type does not hold exactly",
+                usize::try_from(l.unsigned_abs()).unwrap_or(usize::MAX),
+            ));
         }
         let mut it = labels.iter();
-        self.record(Op::Input, Self::bw_none, &[], shape, |b, y| {
-            write_with(b, y.offset, y.len(), &mut || {
-                B::Elem::from_f64(it.next().copied().unwrap_or(0) as f64)
-            })
+        self.record_labels(shape, || {
+            B::Elem::from_f64(it.next().copied().unwrap_or(0) as f64)
         })
     }
 
