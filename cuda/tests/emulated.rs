@@ -895,39 +895,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
             (u0.weight_decay as f32, 1.0)
         };
         let (step, isb2) = ((u0.lr / u0.bias1) as f32, (1.0 / u0.bias2.sqrt()) as f32);
-        p.check(
-            &format!("adam decoupled={decoupled}"),
-            0.0,
-            0.0,
-            |b| us.iter().try_for_each(|u| b.adam(u)),
-            |p| {
-                for u in &us {
-                    let q = [p.p(u.param), p.p(u.grad), p.p(u.m), p.p(u.v)];
-                    let vec = i32::from([u.param, u.grad, u.m, u.v].iter().all(|o| o % 4 == 0));
-                    run(lib, 1, 1, 1, || unsafe {
-                        adam(
-                            q[0],
-                            q[1],
-                            q[2],
-                            q[3],
-                            std::ptr::null_mut(),
-                            u.len as u64,
-                            b1,
-                            b2,
-                            1.0 - b1,
-                            1.0 - b2,
-                            step,
-                            isb2,
-                            1e-8,
-                            l2,
-                            decay,
-                            std::ptr::null(),
-                            vec,
-                        )
-                    });
-                }
-            },
-        );
+        // Per tensor: Adam, then AMSGrad (its running maximum at +52000).
         let ams: Vec<AdamUpdate> = us
             .iter()
             .map(|u| AdamUpdate {
@@ -935,39 +903,43 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
                 ..*u
             })
             .collect();
-        p.check(
-            &format!("amsgrad decoupled={decoupled}"),
-            0.0,
-            0.0,
-            |b| ams.iter().try_for_each(|u| b.adam(u)),
-            |p| {
-                for u in &ams {
-                    let q = [p.p(u.param), p.p(u.grad), p.p(u.m), p.p(u.v)];
-                    let vm = p.p(u.param + 52000);
-                    run(lib, 1, 1, 1, || unsafe {
-                        adam(
-                            q[0],
-                            q[1],
-                            q[2],
-                            q[3],
-                            vm,
-                            u.len as u64,
-                            b1,
-                            b2,
-                            1.0 - b1,
-                            1.0 - b2,
-                            step,
-                            isb2,
-                            1e-8,
-                            l2,
-                            decay,
-                            std::ptr::null(),
-                            0,
-                        )
-                    });
-                }
-            },
-        );
+        for (name, updates) in [("adam", &us), ("amsgrad", &ams)] {
+            p.check(
+                &format!("{name} decoupled={decoupled}"),
+                0.0,
+                0.0,
+                |b| updates.iter().try_for_each(|u| b.adam(u)),
+                |p| {
+                    for u in updates {
+                        let q = [p.p(u.param), p.p(u.grad), p.p(u.m), p.p(u.v)];
+                        let vm = u.vmax.map_or(std::ptr::null_mut(), |o| p.p(o));
+                        let aligned = [u.param, u.grad, u.m, u.v].iter().all(|o| o % 4 == 0);
+                        let vec = i32::from(u.vmax.is_none() && aligned);
+                        run(lib, 1, 1, 1, || unsafe {
+                            adam(
+                                q[0],
+                                q[1],
+                                q[2],
+                                q[3],
+                                vm,
+                                u.len as u64,
+                                b1,
+                                b2,
+                                1.0 - b1,
+                                1.0 - b2,
+                                step,
+                                isb2,
+                                1e-8,
+                                l2,
+                                decay,
+                                std::ptr::null(),
+                                vec,
+                            )
+                        });
+                    }
+                },
+            );
+        }
         p.check(
             &format!("adam_multi decoupled={decoupled}"),
             0.0,
