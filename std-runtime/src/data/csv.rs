@@ -140,8 +140,8 @@ fn find_label(header: &[String], choice: &LabelChoice, source: &str) -> Result<O
 /// # Errors
 /// [`Error`] of kind `Data` naming the file, line and column: an empty file, an unterminated
 /// quote, a row with more or fewer cells than the header, an empty (missing) cell, a
-/// non-numeric or non-finite feature, an unknown label or feature column, no data rows, no
-/// feature columns.
+/// non-numeric or non-finite feature, a label over several lines (rows merged by a stray
+/// quote), an unknown label or feature column, no data rows, no feature columns.
 pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // Lines that end in CR alone (old Mac files): read as line breaks.
@@ -295,7 +295,23 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
             }
         }
         if let Some(l) = label {
-            t.labels.push(cell_at(l)?.to_string());
+            let cell = cell_at(l)?;
+            // A class name never holds a line break: a quote that opened in this row and
+            // closed lines later (a stray one) has merged the rows between into this label.
+            if cell.contains('\n') {
+                return Err(Error::data(format!(
+                    "{source}, line {line}, column {} ({}): the label '{}' runs over {} lines",
+                    l + 1,
+                    header.get(l).map_or("", |s| s.as_str()),
+                    shown(cell),
+                    cell.matches('\n').count() + 1
+                ))
+                .with_hint(
+                    "a quote opened in this row closes only on a later line: remove the stray \
+                     quote, or close it in this row",
+                ));
+            }
+            t.labels.push(cell.to_string());
         }
         t.lines.push(line);
         t.rows += 1;
@@ -367,5 +383,24 @@ mod tests {
         assert_eq!(t.lines, [2, 3]);
         let t = parse_csv("a,y\r\n1,0\r\n", "dos.csv", &opts).unwrap();
         assert_eq!(t.rows, 1);
+    }
+
+    // A stray quote at a label's start that a later row's quote closes: the rows between
+    // would become one label with line breaks (the cell counts still agree). Refused, naming
+    // where; a label quoted on its own line is read.
+    #[test]
+    fn a_label_merged_over_rows_by_a_stray_quote_is_refused() {
+        let opts = CsvOptions {
+            label: LabelChoice::Last,
+            features: None,
+        };
+        let text = "a,y\n1,\"cat\n2,dog\n3,bird\"\n4,fish\n";
+        let e = parse_csv(text, "pets.csv", &opts).unwrap_err().to_string();
+        assert!(
+            e.contains("pets.csv, line 2, column 2 (y): the label 'cat\\n2,dog\\n3,bird' runs over 3 lines"),
+            "{e}"
+        );
+        let t = parse_csv("a,y\n1,\"cat, black\"\n2,dog\n", "pets.csv", &opts).unwrap();
+        assert_eq!(t.labels, ["cat, black", "dog"]);
     }
 }
