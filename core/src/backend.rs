@@ -16,7 +16,7 @@ use crate::ops::movement::{self, Strided};
 use crate::ops::reduce::{self, Axis3, ReduceOp};
 use crate::ops::softmax;
 use crate::ops::unary::{self, UnaryOp};
-use crate::optim::{self, AdamUpdate, SgdUpdate};
+use crate::optim::{self, AdamUpdate, RmsUpdate, SgdUpdate};
 use crate::shape::Shape;
 
 /// A tensor's place in the arena: offset and shape (contiguous, row-major).
@@ -270,6 +270,12 @@ pub trait Backend {
     /// As [`Backend::unary`].
     fn adam(&mut self, u: &AdamUpdate) -> Result<()>;
 
+    /// One RMSprop or Adagrad update of one parameter.
+    ///
+    /// # Errors
+    /// As [`Backend::unary`].
+    fn rms(&mut self, u: &RmsUpdate) -> Result<()>;
+
     /// The sum of squares of `len` elements at `offset` (for gradient clipping), in f64.
     ///
     /// # Errors
@@ -335,6 +341,38 @@ pub fn split<T, const K: usize>(
         };
     }
     Ok((wr, out))
+}
+
+/// The slices of an RMSprop or Adagrad update ([`split_rms`]): the parameter, its gradient,
+/// the squares, and the gradient's average and the momentum buffer where the update has them.
+pub type RmsSlices<'a, T> = (
+    &'a mut [T],
+    &'a [T],
+    &'a mut [T],
+    Option<&'a mut [T]>,
+    Option<&'a mut [T]>,
+);
+
+/// Splits `buf` into the disjoint slices that `u` names ([`split_mut`]'s checks).
+///
+/// # Errors
+/// [`Error::IndexOutOfRange`]; [`Error::Aliasing`] for overlapping buffers.
+pub fn split_rms<'a, T>(buf: &'a mut [T], u: &RmsUpdate) -> Result<RmsSlices<'a, T>> {
+    let end = buf.len();
+    let r = |o: usize| o..o.saturating_add(u.len);
+    // An absent buffer: an empty range at the end, which nothing can overlap.
+    let opt = |o: Option<usize>| o.map_or(end..end, r);
+    let [p, g, sq, avg, mb] = split_mut(
+        buf,
+        [
+            r(u.param),
+            r(u.grad),
+            r(u.sq),
+            opt(u.avg),
+            opt(u.momentum_buf),
+        ],
+    )?;
+    Ok((p, g, sq, u.avg.map(|_| avg), u.momentum_buf.map(|_| mb)))
 }
 
 /// Splits `buf` into `K` pairwise disjoint writable ranges.
@@ -616,6 +654,12 @@ impl<T: Float> Backend for Cpu<'_, T> {
         Ok(())
     }
 
+    fn rms(&mut self, u: &RmsUpdate) -> Result<()> {
+        let (p, g, sq, avg, buf) = split_rms(self.buf, u)?;
+        optim::rms_kernel(u, p, g, sq, avg, buf);
+        Ok(())
+    }
+
     fn sum_squares(&mut self, offset: usize, len: usize) -> Result<f64> {
         let n = self.buf.len();
         let s = self
@@ -760,6 +804,9 @@ impl<T: Float> Backend for Meter<T> {
         Ok(())
     }
     fn adam(&mut self, _: &AdamUpdate) -> Result<()> {
+        Ok(())
+    }
+    fn rms(&mut self, _: &RmsUpdate) -> Result<()> {
         Ok(())
     }
     fn sum_squares(&mut self, _: usize, _: usize) -> Result<f64> {

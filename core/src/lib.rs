@@ -86,7 +86,8 @@ pub use nn::{
 };
 pub use ops::conv::{ConvConfig, PoolConfig};
 pub use optim::{
-    clip_grad_norm, clip_grad_norm_to, grad_norm, Adam, AdamConfig, Optimizer, Sgd, SgdConfig,
+    clip_grad_norm, clip_grad_norm_to, grad_norm, Adagrad, AdagradConfig, Adam, AdamConfig,
+    Optimizer, RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
 pub use replay::Replay;
 pub use rng::Rng;

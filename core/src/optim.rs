@@ -1,13 +1,18 @@
 //! Optimizers with their state in the arena: SGD (momentum, Nesterov, weight decay), Adam,
-//! AdamW; and gradient clipping by global norm. Formulas as PyTorch documents them.
+//! AdamW (and AMSGrad), RMSprop, Adagrad; and gradient clipping by global norm. Formulas as
+//! PyTorch documents them.
 //!
 //! An optimizer covers every trainable parameter on the tape when it is created, and allocates
-//! its state (zeroed) in the arena then: create it before [`Tape::mark`].
+//! its state in the arena then (zeroed; Adagrad's sums at their starting value): create it
+//! before [`Tape::mark`].
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::tape::{Op, Tape, NONE};
+
+mod rms;
+pub use rms::{rms_kernel, Adagrad, AdagradConfig, RmsProp, RmsPropConfig, RmsUpdate};
 
 /// One SGD update of one parameter, as the backend kernel sees it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -212,10 +217,14 @@ pub trait Optimizer {
     fn set_lr(&mut self, lr: f64);
 }
 
-/// Allocates `per_param` zeroed state buffers for every trainable parameter (one allocation,
-/// the buffers [`Tape::state_stride`] apart, so that each starts aligned), recording the
-/// offset of the first and their count in its node.
-fn alloc_state<B: Backend, const N: usize>(tape: &mut Tape<B, N>, per_param: usize) -> Result<()> {
+/// Allocates `per_param` state buffers set to `init` for every trainable parameter (one
+/// allocation, the buffers [`Tape::state_stride`] apart, so that each starts aligned),
+/// recording the offset of the first and their count in its node. All or nothing.
+fn alloc_state<B: Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    per_param: usize,
+    init: B::Elem,
+) -> Result<()> {
     // Elements of a parameter's buffers: `len` more than whole strides (the last buffer needs
     // no padding after it); 0 for anything but a trainable parameter.
     let state_len = |tape: &Tape<B, N>, node: &crate::tape::Node| -> usize {
@@ -245,7 +254,7 @@ fn alloc_state<B: Backend, const N: usize>(tape: &mut Tape<B, N>, per_param: usi
             let n = state_len(tape, &node);
             if n > 0 {
                 let off = tape.alloc(n)?;
-                tape.backend.fill(off, n, B::Elem::ZERO)?;
+                tape.backend.fill(off, n, init)?;
             }
         }
         Ok(())
@@ -394,7 +403,7 @@ impl Sgd {
         config: SgdConfig,
     ) -> Result<Self> {
         let sgd = Self::detached(config)?;
-        alloc_state(tape, if config.momentum > 0.0 { 1 } else { 0 })?;
+        alloc_state(tape, usize::from(config.momentum > 0.0), B::Elem::ZERO)?;
         Ok(sgd)
     }
 
@@ -574,7 +583,7 @@ impl Adam {
         decoupled: bool,
     ) -> Result<Self> {
         let adam = Self::detached(config, decoupled)?;
-        alloc_state(tape, 2 + usize::from(config.amsgrad))?;
+        alloc_state(tape, 2 + usize::from(config.amsgrad), B::Elem::ZERO)?;
         Ok(adam)
     }
 

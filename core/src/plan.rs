@@ -86,6 +86,15 @@ pub enum Opt {
     /// Adam or AdamW with AMSGrad ([`crate::AdamConfig::amsgrad`]): three buffers per
     /// parameter.
     AmsGrad,
+    /// RMSprop: one buffer per parameter, one more with momentum, one more centered.
+    RmsProp {
+        /// [`crate::RmsPropConfig::momentum`] > 0.
+        momentum: bool,
+        /// [`crate::RmsPropConfig::centered`].
+        centered: bool,
+    },
+    /// Adagrad: one buffer per parameter.
+    Adagrad,
 }
 
 /// Floats of parameters (with their gradients) and optimizer state of an MLP with layer sizes
@@ -106,6 +115,8 @@ pub const fn mlp_params(sizes: &[usize], opt: Opt) -> usize {
         Opt::SgdMomentum => 1,
         Opt::Adam => 2,
         Opt::AmsGrad => 3,
+        Opt::RmsProp { momentum, centered } => 1 + momentum as usize + centered as usize,
+        Opt::Adagrad => 1,
     };
     p.saturating_mul(2 + state)
 }

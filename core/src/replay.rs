@@ -62,12 +62,15 @@
 //!   place: [`crate::Tape::write`] on the handles of the recorded step (they stay valid while
 //!   you do not rewind), or the backend's own `write`. Constant inputs made below the mark need
 //!   nothing. [`Backend::fill`] (constants, zeroed gradients) is recorded;
-//! - the optimizer: Adam's and SGD's update calls are recorded with their arena offsets only.
-//!   [`Replay::replay_adam`] / [`Replay::replay_sgd`] take the settings of the optimizer you
-//!   pass (so a learning-rate schedule through `set_lr` is followed), advance its step count and
-//!   recompute the bias corrections of the new step (`1 - beta^t`): all update calls of the
-//!   recording must come from that one optimizer. [`Replay::replay`] refuses a recording with
-//!   update calls;
+//! - the optimizer: its update calls are recorded with their arena offsets only.
+//!   [`Replay::replay_adam`], [`Replay::replay_sgd`], [`Replay::replay_rmsprop`] and
+//!   [`Replay::replay_adagrad`] take the settings of the optimizer you pass (so a learning-rate
+//!   schedule through `set_lr` is followed), advance its step count and recompute what depends
+//!   on the step (Adam's bias corrections `1 - beta^t`, Adagrad's decayed rate): all update calls of the
+//!   recording must come from that one optimizer. Which buffers an update uses (AMSGrad's
+//!   maximum, RMSprop's momentum buffer and average) is recorded with it: settings that turn
+//!   one on after the recording are not followed, where an eager step would refuse them.
+//!   [`Replay::replay`] refuses a recording with update calls;
 //! - calls whose effect depends on values read back to the host cannot be replayed:
 //!   [`Backend::sum_squares`] ([`crate::clip_grad_norm`]) makes the recording fail at
 //!   [`Replay::stop`], and so do the ops that say so through [`Backend::host_dependent`]: an
@@ -103,7 +106,7 @@ use crate::ops::matmul::Gemm;
 use crate::ops::movement::Strided;
 use crate::ops::reduce::{Axis3, ReduceOp};
 use crate::ops::unary::UnaryOp;
-use crate::optim::{Adam, AdamUpdate, Sgd, SgdUpdate};
+use crate::optim::{Adagrad, Adam, AdamUpdate, RmsProp, RmsUpdate, Sgd, SgdUpdate};
 use crate::shape::{Shape, MAX_RANK};
 
 /// Where a [`Replay`] stands.
@@ -137,8 +140,32 @@ mod tag {
     pub const LOSS: u32 = 11;
     pub const LOSS_BACKWARD: u32 = 12;
     pub const SGD: u32 = 13;
+    /// Adam (field 0), AMSGrad (1), RMSprop or Adagrad (2 to 5: 2, plus 1 with the
+    /// gradient's average, plus 2 with a momentum buffer).
     pub const ADAM: u32 = 14;
     pub const SCALE: u32 = 15;
+}
+
+/// An optimizer's update template, as a replay fills in each recorded call's offsets.
+#[derive(Clone, Copy)]
+enum Update {
+    Sgd(SgdUpdate),
+    Adam(AdamUpdate),
+    Rms(RmsUpdate),
+}
+
+impl Update {
+    /// The bit of [`Replay`]'s `updates` for this kind: RMSprop's and Adagrad's apart (an
+    /// Adagrad update is the one whose squares neither decay nor are scaled, `alpha` and
+    /// `gain` 1; RMSprop's gain is `1 - alpha`).
+    fn bit(&self) -> u8 {
+        match self {
+            Update::Sgd(_) => 1,
+            Update::Adam(_) => 2,
+            Update::Rms(u) if u.alpha == 1.0 && u.gain == 1.0 => 8,
+            Update::Rms(_) => 4,
+        }
+    }
 }
 
 /// A backend that records the calls of one step and replays them (see the [module
@@ -154,8 +181,8 @@ pub struct Replay<B: Backend, const BYTES: usize> {
     bytes: heapless::Vec<u8, BYTES>,
     state: State,
     calls: u32,
-    has_adam: bool,
-    has_sgd: bool,
+    /// Which kinds of optimizer update the recording holds ([`Update::bit`]).
+    updates: u8,
 }
 
 impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
@@ -166,8 +193,7 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
             bytes: heapless::Vec::new(),
             state: State::Empty,
             calls: 0,
-            has_adam: false,
-            has_sgd: false,
+            updates: 0,
         }
     }
 
@@ -191,8 +217,7 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
     pub fn record(&mut self) {
         self.bytes.clear();
         self.calls = 0;
-        self.has_adam = false;
-        self.has_sgd = false;
+        self.updates = 0;
         self.state = State::Recording;
     }
 
@@ -240,8 +265,7 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.calls = 0;
-        self.has_adam = false;
-        self.has_sgd = false;
+        self.updates = 0;
         self.state = State::Empty;
     }
 
@@ -260,15 +284,39 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when nothing is ready to replay or the recording holds
-    /// optimizer updates (use [`Replay::replay_adam`] or [`Replay::replay_sgd`]); any error of
-    /// the wrapped backend (the replay stops at the failing call).
+    /// optimizer updates (use [`Replay::replay_adam`], [`Replay::replay_sgd`],
+    /// [`Replay::replay_rmsprop`] or [`Replay::replay_adagrad`]); any error of the wrapped
+    /// backend (the replay stops at the failing call).
     pub fn replay(&mut self) -> Result<()> {
-        if self.has_adam || self.has_sgd {
+        if self.updates != 0 {
             return Err(Error::InvalidArgument {
                 what: "the recording holds optimizer updates: replay it with its optimizer",
             });
         }
-        self.run(None, None)
+        self.run(None)
+    }
+
+    /// Replays with the update template `next` takes from `opt` (advancing it a step), after
+    /// checking that the recording holds no other kind of update; a failed replay leaves `opt`
+    /// as it was.
+    fn replay_with<O: Copy>(
+        &mut self,
+        opt: &mut O,
+        next: impl FnOnce(&mut O) -> Update,
+        other: &'static str,
+    ) -> Result<()> {
+        self.ready()?;
+        let before = *opt;
+        let u = next(opt);
+        if self.updates & !u.bit() != 0 {
+            *opt = before;
+            return Err(Error::InvalidArgument { what: other });
+        }
+        let r = self.run(Some(u));
+        if r.is_err() {
+            *opt = before;
+        }
+        r
     }
 
     /// Re-runs the recorded step, whose update calls came from `adam`: advances `adam` by one
@@ -276,44 +324,54 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
     /// settings and the new step's bias corrections.
     ///
     /// # Errors
-    /// As [`Replay::replay`]; [`Error::InvalidArgument`] when the recording holds SGD updates.
+    /// As [`Replay::replay`]; [`Error::InvalidArgument`] when the recording holds another
+    /// optimizer's updates.
     pub fn replay_adam(&mut self, adam: &mut Adam) -> Result<()> {
-        if self.has_sgd {
-            return Err(Error::InvalidArgument {
-                what: "the recording holds SGD updates, not Adam's",
-            });
-        }
-        self.ready()?;
-        // A replay that fails leaves the optimizer's step count as it was.
-        let before = *adam;
-        let u = adam.next_update();
-        let r = self.run(Some(&u), None);
-        if r.is_err() {
-            *adam = before;
-        }
-        r
+        self.replay_with(
+            adam,
+            |a| Update::Adam(a.next_update()),
+            "the recording holds other optimizers' updates, not Adam's",
+        )
     }
 
     /// Re-runs the recorded step, whose update calls came from `sgd`: advances `sgd` by one
     /// step and gives every recorded update its current settings.
     ///
     /// # Errors
-    /// As [`Replay::replay`]; [`Error::InvalidArgument`] when the recording holds Adam updates.
+    /// As [`Replay::replay`]; [`Error::InvalidArgument`] when the recording holds another
+    /// optimizer's updates.
     pub fn replay_sgd(&mut self, sgd: &mut Sgd) -> Result<()> {
-        if self.has_adam {
-            return Err(Error::InvalidArgument {
-                what: "the recording holds Adam updates, not SGD's",
-            });
-        }
-        self.ready()?;
-        // A replay that fails leaves the optimizer's step count as it was.
-        let before = *sgd;
-        let u = sgd.next_update();
-        let r = self.run(None, Some(&u));
-        if r.is_err() {
-            *sgd = before;
-        }
-        r
+        self.replay_with(
+            sgd,
+            |o| Update::Sgd(o.next_update()),
+            "the recording holds other optimizers' updates, not SGD's",
+        )
+    }
+
+    /// Re-runs the recorded step, whose update calls came from `rmsprop`: advances it by one
+    /// step and gives every recorded update its current settings.
+    ///
+    /// # Errors
+    /// As [`Replay::replay_sgd`].
+    pub fn replay_rmsprop(&mut self, rmsprop: &mut RmsProp) -> Result<()> {
+        self.replay_with(
+            rmsprop,
+            |o| Update::Rms(o.next_update()),
+            "the recording holds other optimizers' updates, not RMSprop's",
+        )
+    }
+
+    /// Re-runs the recorded step, whose update calls came from `adagrad`: advances it by one
+    /// step and gives every recorded update its current settings and that step's rate.
+    ///
+    /// # Errors
+    /// As [`Replay::replay_sgd`].
+    pub fn replay_adagrad(&mut self, adagrad: &mut Adagrad) -> Result<()> {
+        self.replay_with(
+            adagrad,
+            |o| Update::Rms(o.next_update()),
+            "the recording holds other optimizers' updates, not Adagrad's",
+        )
     }
 
     fn ready(&self) -> Result<()> {
@@ -327,11 +385,10 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
     }
 
     #[inline(never)]
-    fn run(&mut self, adam: Option<&AdamUpdate>, sgd: Option<&SgdUpdate>) -> Result<()> {
+    fn run(&mut self, mut update: Option<Update>) -> Result<()> {
         self.ready()?;
         let Replay { inner, bytes, .. } = self;
-        // One copy of each template: the calls overwrite only the offsets and the length.
-        let (mut adam_u, mut sgd_u) = (adam.copied(), sgd.copied());
+        // The template: the calls overwrite only the offsets and the length.
         let mut c = Cursor {
             it: bytes.iter(),
             bad: false,
@@ -407,9 +464,11 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
                     momentum_buf,
                     len,
                 } => {
-                    let u = sgd_u.as_mut().ok_or(Error::InvalidArgument {
-                        what: "an SGD update needs its optimizer",
-                    })?;
+                    let Some(Update::Sgd(u)) = update.as_mut() else {
+                        return Err(Error::InvalidArgument {
+                            what: "an SGD update needs its optimizer",
+                        });
+                    };
                     (u.param, u.grad, u.momentum_buf, u.len) = (param, grad, momentum_buf, len);
                     inner.sgd(u)?;
                 }
@@ -421,12 +480,31 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
                     len,
                     vmax,
                 } => {
-                    let u = adam_u.as_mut().ok_or(Error::InvalidArgument {
-                        what: "an Adam update needs its optimizer",
-                    })?;
+                    let Some(Update::Adam(u)) = update.as_mut() else {
+                        return Err(Error::InvalidArgument {
+                            what: "an Adam update needs its optimizer",
+                        });
+                    };
                     (u.param, u.grad, u.m, u.v, u.len) = (param, grad, m, v, len);
                     u.vmax = vmax;
                     inner.adam(u)?;
+                }
+                Call::Rms {
+                    param,
+                    grad,
+                    sq,
+                    len,
+                    avg,
+                    momentum_buf,
+                } => {
+                    let Some(Update::Rms(u)) = update.as_mut() else {
+                        return Err(Error::InvalidArgument {
+                            what: "an RMSprop or Adagrad update needs its optimizer",
+                        });
+                    };
+                    (u.param, u.grad, u.sq, u.len) = (param, grad, sq, len);
+                    (u.avg, u.momentum_buf) = (avg, momentum_buf);
+                    inner.rms(u)?;
                 }
                 Call::Scale {
                     offset,
@@ -438,6 +516,13 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
             }
         }
         Ok(())
+    }
+
+    /// Notes, when recording, that the recording holds updates of `u`'s kind.
+    fn holds(&mut self, u: Update) {
+        if self.state == State::Recording {
+            self.updates |= u.bit();
+        }
     }
 
     /// Appends one call (`head` and the numbers `put` writes) when recording. Out of line, so
@@ -487,10 +572,11 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
     /// what the backend lets it. The same calls as [`Replay::replay`], so the same results.
     ///
     /// The function is `pub fn name<B: mote::Backend>(be: &mut B, ...) -> mote::Result<()>`,
-    /// with a last argument `adam: &mote::optim::AdamUpdate` (or `sgd: &SgdUpdate`) when the
-    /// recording holds optimizer updates: pass [`Adam::next_update`] (or [`Sgd::next_update`])
-    /// of the optimizer the recording came from, once per step, as [`Replay::replay_adam`]
-    /// does. Run it on a backend over an arena laid out as the recording's was (the same
+    /// with a last argument `adam: &mote::optim::AdamUpdate` (or `sgd: &SgdUpdate`, or
+    /// `rms: &RmsUpdate` for RMSprop and Adagrad) when the recording holds optimizer updates:
+    /// pass [`Adam::next_update`] (or [`Sgd::next_update`], [`RmsProp::next_update`],
+    /// [`Adagrad::next_update`]) of the optimizer the recording came from, once per step, as
+    /// [`Replay::replay_adam`] does. Run it on a backend over an arena laid out as the recording's was (the same
     /// arena contents below the mark: the parameters, the optimizer's state, constant inputs).
     ///
     /// Typical use: a build script runs the training step on the host with mote's tape,
@@ -509,10 +595,10 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
                 what: "Replay::write_rust: the name is not a Rust identifier",
             });
         }
-        if self.has_adam && self.has_sgd {
+        if self.updates.count_ones() > 1 {
             return Err(Error::InvalidArgument {
-                what: "Replay::write_rust: the recording holds Adam and SGD updates (one \
-                       optimizer per recording)",
+                what: "Replay::write_rust: the recording holds updates of more than one kind \
+                       of optimizer (one per recording)",
             });
         }
         // Decode it all first: nothing is written for a list a Rust literal cannot spell.
@@ -547,12 +633,11 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
     }
 
     fn emit<W: core::fmt::Write>(&self, out: &mut W, name: &str) -> core::fmt::Result {
-        let opt = if self.has_adam {
-            ", adam: &mote::optim::AdamUpdate"
-        } else if self.has_sgd {
-            ", sgd: &mote::optim::SgdUpdate"
-        } else {
-            ""
+        let opt = match self.updates {
+            1 => ", sgd: &mote::optim::SgdUpdate",
+            2 => ", adam: &mote::optim::AdamUpdate",
+            4 | 8 => ", rms: &mote::optim::RmsUpdate",
+            _ => "",
         };
         writeln!(
             out,
@@ -566,7 +651,7 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
              use mote::ops::movement::Strided;\n    \
              use mote::ops::reduce::{{Axis3, ReduceOp}};\n    \
              use mote::ops::unary::UnaryOp;\n    \
-             use mote::optim::{{AdamUpdate, SgdUpdate}};\n    \
+             use mote::optim::{{AdamUpdate, RmsUpdate, SgdUpdate}};\n    \
              use mote::{{Float, Shape, View}};",
             self.calls
         )?;
@@ -704,6 +789,18 @@ impl<B: Backend, const BYTES: usize> Replay<B, BYTES> {
                     }
                     out.write_str("..*adam }")?
                 }
+                Call::Rms {
+                    param,
+                    grad,
+                    sq,
+                    len,
+                    avg,
+                    momentum_buf,
+                } => write!(
+                    out,
+                    "rms(&RmsUpdate {{ param: {param}, grad: {grad}, sq: {sq}, len: {len}, \
+                     avg: {avg:?}, momentum_buf: {momentum_buf:?}, ..*rms }}"
+                )?,
                 Call::Scale {
                     offset,
                     len,
@@ -978,6 +1075,14 @@ enum Call {
         len: usize,
         vmax: Option<usize>,
     },
+    Rms {
+        param: usize,
+        grad: usize,
+        sq: usize,
+        len: usize,
+        avg: Option<usize>,
+        momentum_buf: Option<usize>,
+    },
     Scale {
         offset: usize,
         len: usize,
@@ -1137,18 +1242,23 @@ impl Cursor<'_> {
                 momentum_buf: self.u().checked_sub(1),
                 len: self.u(),
             },
-            tag::ADAM => Call::Adam {
+            tag::ADAM if f < 2 => Call::Adam {
                 param: self.u(),
                 grad: self.u(),
                 m: self.u(),
                 v: self.u(),
                 len: self.u(),
                 // Field 1: AMSGrad's running maximum follows.
-                vmax: match f {
-                    0 => None,
-                    1 => Some(self.u()),
-                    _ => return Err(corrupt()),
-                },
+                vmax: (f == 1).then(|| self.u()),
+            },
+            tag::ADAM if f < 6 => Call::Rms {
+                param: self.u(),
+                grad: self.u(),
+                sq: self.u(),
+                len: self.u(),
+                // Fields 2 to 5: 2, plus 1 with the average, plus 2 with momentum.
+                avg: ((f - 2) & 1 != 0).then(|| self.u()),
+                momentum_buf: ((f - 2) & 2 != 0).then(|| self.u()),
             },
             tag::SCALE => Call::Scale {
                 offset: self.u(),
@@ -1518,9 +1628,7 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
 
     fn sgd(&mut self, u: &SgdUpdate) -> Result<()> {
         self.call(|inner| inner.sgd(u))?;
-        if self.state == State::Recording {
-            self.has_sgd = true;
-        }
+        self.holds(Update::Sgd(*u));
         self.rec(head(tag::SGD, 0), |e| {
             e.u(u.param);
             e.u(u.grad);
@@ -1533,15 +1641,28 @@ impl<B: Backend, const BYTES: usize> Backend for Replay<B, BYTES> {
 
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
         self.call(|inner| inner.adam(u))?;
-        if self.state == State::Recording {
-            self.has_adam = true;
-        }
+        self.holds(Update::Adam(*u));
         self.rec(head(tag::ADAM, u32::from(u.vmax.is_some())), |e| {
             for v in [u.param, u.grad, u.m, u.v, u.len] {
                 e.u(v);
             }
             if let Some(vm) = u.vmax {
                 e.u(vm);
+            }
+        });
+        Ok(())
+    }
+
+    fn rms(&mut self, u: &RmsUpdate) -> Result<()> {
+        self.call(|inner| inner.rms(u))?;
+        self.holds(Update::Rms(*u));
+        let f = 2 + u32::from(u.avg.is_some()) + 2 * u32::from(u.momentum_buf.is_some());
+        self.rec(head(tag::ADAM, f), |e| {
+            for v in [u.param, u.grad, u.sq, u.len] {
+                e.u(v);
+            }
+            for v in [u.avg, u.momentum_buf].into_iter().flatten() {
+                e.u(v);
             }
         });
         Ok(())

@@ -328,7 +328,8 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
 
     /// Where the optimizer keeps its `k`-th state buffer for parameter `p`, shaped like `p`:
     /// Adam's and AdamW's `exp_avg` (0), `exp_avg_sq` (1) and, with AMSGrad, `max_exp_avg_sq`
-    /// (2); SGD's `momentum_buffer` (0).
+    /// (2); SGD's `momentum_buffer` (0); RMSprop's `square_avg` (0), then its
+    /// `momentum_buffer` with momentum, then `grad_avg` when centered; Adagrad's `sum` (0).
     /// `None` where there is none: no optimizer yet, a frozen parameter, SGD without momentum,
     /// `k` past the optimizer's buffers. For saving and restoring an optimizer's state.
     ///

@@ -5,8 +5,8 @@
 
 use mote::replay::{write_rust_array, Replay};
 use mote::{
-    Adam, AdamConfig, Cpu, Error, HostBackend, Linear, Module, Optimizer, Rng, Sgd, SgdConfig,
-    Sigmoid, Tanh, Tape, Var,
+    Adam, AdamConfig, Cpu, Error, HostBackend, Linear, Module, Optimizer, RmsProp, RmsPropConfig,
+    Rng, Sgd, SgdConfig, Sigmoid, Tanh, Tape, Var,
 };
 
 #[allow(clippy::all)]
@@ -19,20 +19,32 @@ const ARENA: usize = 1024;
 const STEPS: usize = 20;
 
 /// Which step: a classifier (tanh, cross-entropy with label smoothing, Adam with weight decay,
-/// one batch), a regressor (sigmoid, MSE, SGD with Nesterov momentum, one batch), or a mixed one that records
-/// the other call families (softmax, broadcast binary ops, an axis reduction, transpose copies;
-/// Adam).
+/// one batch), a regressor (sigmoid, MSE, SGD with Nesterov momentum, one batch), a mixed one
+/// that records the other call families (softmax, broadcast binary ops, an axis reduction,
+/// transpose copies; Adam), or the regressor with centered RMSprop and momentum.
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Adam,
     Sgd,
     Mixed,
+    Rms,
 }
+
+/// The RMSprop of `Kind::Rms`.
+const RMS: RmsPropConfig = RmsPropConfig {
+    lr: 0.01,
+    alpha: 0.9,
+    eps: 1e-8,
+    weight_decay: 1e-3,
+    momentum: 0.5,
+    centered: true,
+};
 
 struct Setup<'a> {
     tape: Tape<Be<'a>, 24>,
     adam: Option<Adam>,
     sgd: Option<Sgd>,
+    rms: Option<RmsProp>,
     model: (Linear, Tanh, Linear),
     x: Var,
     t: Var,
@@ -43,21 +55,22 @@ fn setup(mem: &mut [f32], kind: Kind) -> Setup<'_> {
     let mut rng = Rng::new(3);
     let out = match kind {
         Kind::Adam | Kind::Mixed => 3,
-        Kind::Sgd => 1,
+        Kind::Sgd | Kind::Rms => 1,
     };
     let model = (
         Linear::new(&mut tape, 4, 6, &mut rng).unwrap(),
         Tanh,
         Linear::new(&mut tape, 6, out, &mut rng).unwrap(),
     );
-    let (adam, sgd) = match kind {
+    let (mut adam, mut sgd, mut rms) = (None, None, None);
+    match kind {
         Kind::Adam | Kind::Mixed => {
             let c = AdamConfig {
                 lr: 0.05,
                 weight_decay: 1e-3,
                 ..AdamConfig::default()
             };
-            (Some(Adam::new(&mut tape, c).unwrap()), None)
+            adam = Some(Adam::new(&mut tape, c).unwrap());
         }
         Kind::Sgd => {
             let c = SgdConfig {
@@ -66,9 +79,10 @@ fn setup(mem: &mut [f32], kind: Kind) -> Setup<'_> {
                 nesterov: true,
                 ..SgdConfig::default()
             };
-            (None, Some(Sgd::new(&mut tape, c).unwrap()))
+            sgd = Some(Sgd::new(&mut tape, c).unwrap());
         }
-    };
+        Kind::Rms => rms = Some(RmsProp::new(&mut tape, RMS).unwrap()),
+    }
     let xs: Vec<f32> = (0..8 * 4).map(|_| rng.uniform(-1.0, 1.0) as f32).collect();
     let x = tape.input(&[8, 4], &xs).unwrap();
     let t = if kind == Kind::Mixed {
@@ -88,6 +102,7 @@ fn setup(mem: &mut [f32], kind: Kind) -> Setup<'_> {
         tape,
         adam,
         sgd,
+        rms,
         model,
         x,
         t,
@@ -123,6 +138,7 @@ impl Setup<'_> {
         match kind {
             Kind::Adam | Kind::Mixed => self.adam.as_mut().unwrap().step(&mut self.tape).unwrap(),
             Kind::Sgd => self.sgd.as_mut().unwrap().step(&mut self.tape).unwrap(),
+            Kind::Rms => self.rms.as_mut().unwrap().step(&mut self.tape).unwrap(),
         }
         loss
     }
@@ -160,6 +176,7 @@ fn source() -> String {
         (Kind::Adam, "adam_step", "ADAM_INIT"),
         (Kind::Sgd, "sgd_step", "SGD_INIT"),
         (Kind::Mixed, "mixed_step", "MIXED_INIT"),
+        (Kind::Rms, "rms_step", "RMS_INIT"),
     ] {
         let (start, src, _, _) = trace(kind, name);
         write_rust_array(&mut out, init, &start).unwrap();
@@ -217,6 +234,12 @@ fn run_generated(kind: Kind, init: &[f32]) -> Vec<f32> {
                 generated::sgd_step(&mut cpu, &sgd.next_update()).unwrap();
             }
         }
+        Kind::Rms => {
+            let mut rms = RmsProp::detached(RMS).unwrap();
+            for _ in 0..STEPS {
+                generated::rms_step(&mut cpu, &rms.next_update()).unwrap();
+            }
+        }
     }
     mem
 }
@@ -227,6 +250,7 @@ fn generated_steps_equal_eager_steps_bit_for_bit() {
         (Kind::Adam, &generated::ADAM_INIT[..]),
         (Kind::Sgd, &generated::SGD_INIT[..]),
         (Kind::Mixed, &generated::MIXED_INIT[..]),
+        (Kind::Rms, &generated::RMS_INIT[..]),
     ] {
         let (_, _, eager, loss_at) = trace(kind, "x");
         let gen = run_generated(kind, init);
@@ -238,7 +262,7 @@ fn generated_steps_equal_eager_steps_bit_for_bit() {
         assert!(same, "generated steps differ from eager ones");
         let first = match kind {
             Kind::Adam => 1.0986,
-            Kind::Sgd => 0.02,
+            Kind::Sgd | Kind::Rms => 0.02,
             Kind::Mixed => 1.0,
         };
         assert!(
@@ -316,6 +340,9 @@ fn write_rust_refuses_what_it_cannot_write() {
     mote::Backend::sgd(&mut be, &sgd).unwrap();
     be.stop().unwrap();
     let err = be.write_rust(&mut out, "step").unwrap_err();
-    assert!(err.to_string().contains("Adam and SGD"), "{err}");
+    assert!(
+        err.to_string().contains("more than one kind of optimizer"),
+        "{err}"
+    );
     assert!(out.is_empty(), "nothing is written on error");
 }

@@ -11,7 +11,7 @@ use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
 use mote::ops::reduce::{Axis3, ReduceOp};
 use mote::ops::unary::UnaryOp;
-use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::optim::{AdamUpdate, RmsUpdate, SgdUpdate};
 use mote::{ConvConfig, Cpu, PoolConfig, Result, Rng, Tape, Var};
 use proptest::prelude::*;
 
@@ -786,6 +786,9 @@ impl mote::Backend for Wide<'_> {
     }
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
         self.0.adam(u)
+    }
+    fn rms(&mut self, u: &RmsUpdate) -> Result<()> {
+        self.0.rms(u)
     }
     fn sum_squares(&mut self, offset: usize, len: usize) -> Result<f64> {
         self.0.sum_squares(offset, len)

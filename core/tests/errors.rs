@@ -95,6 +95,15 @@ fn an_optimizer_without_room_for_its_state_changes_nothing() {
     let e = Adam::new(&mut tape, AdamConfig::default()).err();
     assert!(matches!(e, Some(Error::ArenaFull { .. })), "{e:?}");
     assert_eq!(tape.used(), used);
+    // Centered RMSprop with momentum (3 buffers) likewise.
+    let rms = mote::RmsPropConfig {
+        momentum: 0.9,
+        centered: true,
+        ..mote::RmsPropConfig::default()
+    };
+    let e = mote::RmsProp::new(&mut tape, rms).err();
+    assert!(matches!(e, Some(Error::ArenaFull { .. })), "{e:?}");
+    assert_eq!(tape.used(), used);
     assert_eq!(
         (
             tape.param_state(a, 0).unwrap(),

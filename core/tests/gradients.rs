@@ -208,6 +208,22 @@ proptest! {
         assert_grads(&[(&dims, &x), (&bd, &y)], |t, v| t.cosine_similarity(v[0], v[1], axis, 1e-8))?;
     }
 
+    /// `logsumexp`, `var_axis` and `std_axis` (corrections 0 and 1) along a drawn axis, and
+    /// `var` and `std` of everything; the drawn values keep every slice's spread away from 0
+    /// (where the standard deviation's gradient is infinite).
+    #[test]
+    fn logsumexp_variance_and_deviation(dims in prop::collection::vec(2usize..=3, 1..=4), axis in 0usize..4, correction in 0usize..2, seed in any::<u64>()) {
+        let axis = axis % dims.len();
+        let x = values(numel(&dims), seed, -3.0, 3.0);
+        assert_grads(&[(&dims, &x)], |t, v| t.logsumexp(v[0], axis))?;
+        // Distinct values a slice apart: an arithmetic progression plus noise.
+        let x: Vec<f64> = x.iter().enumerate().map(|(i, v)| i as f64 + 0.1 * v).collect();
+        assert_grads(&[(&dims, &x)], |t, v| t.var_axis(v[0], axis, correction))?;
+        assert_grads(&[(&dims, &x)], |t, v| t.std_axis(v[0], axis, correction))?;
+        assert_grads(&[(&dims, &x)], |t, v| t.var(v[0], correction))?;
+        assert_grads(&[(&dims, &x)], |t, v| t.std(v[0], correction))?;
+    }
+
     #[test]
     fn binary_ops_broadcast((da, db) in broadcast_pair(), seed in any::<u64>()) {
         let b = nonzero(numel(&db), seed);

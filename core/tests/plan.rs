@@ -3,10 +3,35 @@
 
 use mote::plan::{self, Loss, Opt};
 use mote::{
-    Adam, AdamConfig, Backend, Cpu, HostBackend, Linear, Module, Optimizer, Relu, Result, Rng, Sgd,
-    SgdConfig, Tape,
+    Adagrad, AdagradConfig, Adam, AdamConfig, Backend, Cpu, HostBackend, Linear, Module, Optimizer,
+    Relu, Result, RmsProp, RmsPropConfig, Rng, Sgd, SgdConfig, Tape,
 };
 use proptest::prelude::*;
+
+/// Every optimizer the planner knows, with every setting that changes its state.
+const OPTS: [Opt; 9] = [
+    Opt::Sgd,
+    Opt::SgdMomentum,
+    Opt::Adam,
+    Opt::AmsGrad,
+    Opt::RmsProp {
+        momentum: false,
+        centered: false,
+    },
+    Opt::RmsProp {
+        momentum: true,
+        centered: false,
+    },
+    Opt::RmsProp {
+        momentum: false,
+        centered: true,
+    },
+    Opt::RmsProp {
+        momentum: true,
+        centered: true,
+    },
+    Opt::Adagrad,
+];
 
 /// One standard training step of an MLP: what `plan::mlp` describes.
 fn step<B: Backend, const N: usize>(
@@ -23,8 +48,7 @@ fn step<B: Backend, const N: usize>(
     for w in sizes.windows(2) {
         layers.push(Linear::new(tape, w[0], w[1], &mut rng)?);
     }
-    let mut adam = None;
-    let mut sgd = None;
+    let (mut adam, mut sgd, mut rms, mut ada) = (None, None, None, None);
     match opt {
         Opt::Adam => adam = Some(Adam::new(tape, AdamConfig::default())?),
         Opt::AmsGrad => {
@@ -44,6 +68,15 @@ fn step<B: Backend, const N: usize>(
                 },
             )?)
         }
+        Opt::RmsProp { momentum, centered } => {
+            let config = RmsPropConfig {
+                momentum: if momentum { 0.9 } else { 0.0 },
+                centered,
+                ..RmsPropConfig::default()
+            };
+            rms = Some(RmsProp::new(tape, config)?)
+        }
+        Opt::Adagrad => ada = Some(Adagrad::new(tape, AdagradConfig::default())?),
     }
     let start = tape.mark();
     let mut last = 0.0;
@@ -89,7 +122,7 @@ fn step<B: Backend, const N: usize>(
             aligned(p);
             let g = tape.grad(p)?.expect("a trainable parameter has a gradient");
             assert_eq!(g.offset % align, 0, "an unaligned gradient");
-            for k in 0..2 {
+            for k in 0..3 {
                 if let Some(s) = tape.param_state(p, k)? {
                     assert_eq!(s.offset % align, 0, "an unaligned optimizer buffer");
                 }
@@ -100,6 +133,12 @@ fn step<B: Backend, const N: usize>(
         }
         if let Some(s) = sgd.as_mut() {
             s.step(tape)?;
+        }
+        if let Some(o) = rms.as_mut() {
+            o.step(tape)?;
+        }
+        if let Some(o) = ada.as_mut() {
+            o.step(tape)?;
         }
         last = tape.item(l)?.to_f64();
     }
@@ -140,7 +179,7 @@ proptest! {
             Loss::Huber,
             Loss::SmoothL1,
         ]),
-        opt in prop::sample::select(vec![Opt::Sgd, Opt::SgdMomentum, Opt::Adam, Opt::AmsGrad]),
+        opt in prop::sample::select(OPTS.to_vec()),
     ) {
         let planned = plan::mlp(&sizes, batch, loss, opt);
         let measured = plan::measure::<f32, 64>(|t| step(t, &sizes, batch, loss, opt).map(|_| ())).unwrap();
@@ -163,7 +202,7 @@ proptest! {
         sizes in prop::collection::vec(1usize..=12, 2..=4),
         batch in 1usize..=9,
         loss in prop::sample::select(vec![Loss::Mse, Loss::CrossEntropy, Loss::Huber]),
-        opt in prop::sample::select(vec![Opt::Sgd, Opt::SgdMomentum, Opt::Adam, Opt::AmsGrad]),
+        opt in prop::sample::select(OPTS.to_vec()),
         align in prop::sample::select(vec![2usize, 4, 64]),
     ) {
         let planned = plan::mlp(&sizes, batch, loss, opt);

@@ -3,8 +3,8 @@
 
 use mote::replay::Replay;
 use mote::{
-    clip_grad_norm, Adam, AdamConfig, Cpu, Error, Linear, Module, Optimizer, Relu, Rng, Sgd,
-    SgdConfig, Sigmoid, Tape, Var,
+    clip_grad_norm, Adagrad, AdagradConfig, Adam, AdamConfig, Cpu, Error, Linear, Module,
+    Optimizer, Relu, RmsProp, RmsPropConfig, Rng, Sgd, SgdConfig, Sigmoid, Tape, Var,
 };
 
 type Be<'a> = Replay<Cpu<'a, f32>, 512>;
@@ -12,13 +12,98 @@ type Be<'a> = Replay<Cpu<'a, f32>, 512>;
 /// The seed article's loop (8-10-1, ReLU, MSE) with a new batch written each step. `replay_from`:
 /// steps before it run eagerly, that step is recorded, later ones are replayed (`None`: all
 /// eager). Returns every step's loss and the final parameters.
-/// Which optimizer: Adam with weight decay, SGD with Nesterov momentum, or Adam with AMSGrad
-/// (three state buffers a parameter, the third's offset recorded with each update).
+/// Which optimizer: Adam with weight decay, SGD with Nesterov momentum, Adam with AMSGrad
+/// (three state buffers a parameter, the third's offset recorded with each update), centered
+/// RMSprop with momentum (three buffers), or Adagrad with a decaying rate (which the replay
+/// recomputes each step).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Opt {
     Adam,
     Sgd,
     AmsGrad,
+    RmsProp,
+    Adagrad,
+}
+
+/// An optimizer of any of those kinds.
+enum Made {
+    Adam(Adam),
+    Sgd(Sgd),
+    Rms(RmsProp),
+    Ada(Adagrad),
+}
+
+impl Made {
+    fn new(tape: &mut Tape<Be<'_>, 16>, opt: Opt) -> Made {
+        match opt {
+            Opt::Sgd => {
+                let c = SgdConfig {
+                    lr: 1e-2,
+                    momentum: 0.9,
+                    nesterov: true,
+                    ..SgdConfig::default()
+                };
+                Made::Sgd(Sgd::new(tape, c).unwrap())
+            }
+            Opt::Adam | Opt::AmsGrad => {
+                let c = AdamConfig {
+                    lr: 1e-2,
+                    weight_decay: 1e-3,
+                    amsgrad: opt == Opt::AmsGrad,
+                    ..AdamConfig::default()
+                };
+                Made::Adam(Adam::new(tape, c).unwrap())
+            }
+            Opt::RmsProp => {
+                let c = RmsPropConfig {
+                    lr: 1e-3,
+                    momentum: 0.5,
+                    centered: true,
+                    weight_decay: 1e-3,
+                    ..RmsPropConfig::default()
+                };
+                Made::Rms(RmsProp::new(tape, c).unwrap())
+            }
+            Opt::Adagrad => {
+                let c = AdagradConfig {
+                    lr: 5e-2,
+                    lr_decay: 0.01,
+                    initial_accumulator_value: 0.1,
+                    ..AdagradConfig::default()
+                };
+                Made::Ada(Adagrad::new(tape, c).unwrap())
+            }
+        }
+    }
+
+    fn step(&mut self, tape: &mut Tape<Be<'_>, 16>) {
+        match self {
+            Made::Adam(o) => o.step(tape),
+            Made::Sgd(o) => o.step(tape),
+            Made::Rms(o) => o.step(tape),
+            Made::Ada(o) => o.step(tape),
+        }
+        .unwrap()
+    }
+
+    fn replay(&mut self, be: &mut Be<'_>) {
+        match self {
+            Made::Adam(o) => be.replay_adam(o),
+            Made::Sgd(o) => be.replay_sgd(o),
+            Made::Rms(o) => be.replay_rmsprop(o),
+            Made::Ada(o) => be.replay_adagrad(o),
+        }
+        .unwrap()
+    }
+
+    fn steps(&self) -> u64 {
+        match self {
+            Made::Adam(o) => o.steps(),
+            Made::Sgd(o) => o.steps(),
+            Made::Rms(o) => o.steps(),
+            Made::Ada(o) => o.steps(),
+        }
+    }
 }
 
 fn seed(steps: usize, replay_from: Option<usize>, opt: Opt) -> (Vec<f32>, Vec<f32>) {
@@ -31,23 +116,7 @@ fn seed(steps: usize, replay_from: Option<usize>, opt: Opt) -> (Vec<f32>, Vec<f3
         Linear::new(&mut tape, 10, 1, &mut rng).unwrap(),
     );
     // One optimizer per tape: each keeps its state offsets in the parameters' nodes.
-    let (mut adam, mut sgd_opt) = if opt == Opt::Sgd {
-        let c = SgdConfig {
-            lr: 1e-2,
-            momentum: 0.9,
-            nesterov: true,
-            ..SgdConfig::default()
-        };
-        (None, Some(Sgd::new(&mut tape, c).unwrap()))
-    } else {
-        let c = AdamConfig {
-            lr: 1e-2,
-            weight_decay: 1e-3,
-            amsgrad: opt == Opt::AmsGrad,
-            ..AdamConfig::default()
-        };
-        (Some(Adam::new(&mut tape, c).unwrap()), None)
-    };
+    let mut made = Made::new(&mut tape, opt);
     let start = tape.mark();
     // A different batch every step, drawn from a fixed function of the inputs.
     let batch = |rng: &mut Rng| {
@@ -63,11 +132,7 @@ fn seed(steps: usize, replay_from: Option<usize>, opt: Opt) -> (Vec<f32>, Vec<f3
             let (x, y, loss) = handles.unwrap();
             tape.write(x, &xs).unwrap();
             tape.write(y, &ys).unwrap();
-            match (&mut adam, &mut sgd_opt) {
-                (Some(a), _) => tape.backend_mut().replay_adam(a).unwrap(),
-                (_, Some(s)) => tape.backend_mut().replay_sgd(s).unwrap(),
-                _ => unreachable!(),
-            }
+            made.replay(tape.backend_mut());
             losses.push(tape.item(loss).unwrap());
             continue;
         }
@@ -81,11 +146,7 @@ fn seed(steps: usize, replay_from: Option<usize>, opt: Opt) -> (Vec<f32>, Vec<f3
         let pred = model.forward(&mut tape, x).unwrap();
         let loss = tape.mse(pred, y).unwrap();
         tape.backward(loss).unwrap();
-        match (&mut adam, &mut sgd_opt) {
-            (Some(a), _) => a.step(&mut tape).unwrap(),
-            (_, Some(s)) => s.step(&mut tape).unwrap(),
-            _ => unreachable!(),
-        }
+        made.step(&mut tape);
         if recording {
             let calls = tape.backend_mut().stop().unwrap();
             assert!(calls > 10, "{calls} calls");
@@ -93,13 +154,15 @@ fn seed(steps: usize, replay_from: Option<usize>, opt: Opt) -> (Vec<f32>, Vec<f3
             let mut src = String::new();
             tape.backend().write_rust(&mut src, "step").unwrap();
             assert_eq!(src.contains("vmax: Some("), opt == Opt::AmsGrad, "{src}");
+            // RMSprop's updates pass its average and momentum buffer; Adagrad's neither.
+            let rms = matches!(opt, Opt::RmsProp | Opt::Adagrad);
+            assert_eq!(src.contains("rms(&RmsUpdate {"), rms, "{src}");
+            assert_eq!(src.contains("avg: Some("), opt == Opt::RmsProp, "{src}");
             handles = Some((x, y, loss));
         }
         losses.push(tape.item(loss).unwrap());
     }
-    if let Some(a) = adam {
-        assert_eq!(a.steps(), steps as u64);
-    }
+    assert_eq!(made.steps(), steps as u64);
     let params: Vec<f32> = tape
         .params()
         .flat_map(|p| tape.data(p).unwrap().to_vec())
@@ -109,7 +172,13 @@ fn seed(steps: usize, replay_from: Option<usize>, opt: Opt) -> (Vec<f32>, Vec<f3
 
 #[test]
 fn seed_loop_replayed_equals_eager_bit_for_bit() {
-    for opt in [Opt::Adam, Opt::Sgd, Opt::AmsGrad] {
+    for opt in [
+        Opt::Adam,
+        Opt::Sgd,
+        Opt::AmsGrad,
+        Opt::RmsProp,
+        Opt::Adagrad,
+    ] {
         let (eager_l, eager_p) = seed(60, None, opt);
         for from in [1, 5] {
             let (l, p) = seed(60, Some(from), opt);
@@ -385,6 +454,18 @@ fn replay_needs_its_optimizer() {
         tape.backend_mut().replay_sgd(&mut sgd),
         Err(Error::InvalidArgument { .. })
     ));
+    // The other adaptive optimizers are refused too, and left at their step count.
+    let mut rms = RmsProp::detached(RmsPropConfig::default()).unwrap();
+    let mut ada = Adagrad::detached(AdagradConfig::default()).unwrap();
+    assert!(matches!(
+        tape.backend_mut().replay_rmsprop(&mut rms),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        tape.backend_mut().replay_adagrad(&mut ada),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!((sgd.steps(), rms.steps(), ada.steps()), (0, 0, 0));
     let steps = opt.steps();
     tape.backend_mut().replay_adam(&mut opt).unwrap();
     assert_eq!(opt.steps(), steps + 1);
@@ -446,4 +527,52 @@ fn replayed_backward_accumulates_like_eager() {
         assert_eq!(grads(false, head), grads(true, head));
     }
     assert_ne!(grads(false, ce), grads(false, smoothed));
+}
+
+/// A recording of RMSprop's updates replays with an RMSprop only, and one of Adagrad's with an
+/// Adagrad only (both run on one kernel: the settings of the other would run on the wrong
+/// buffers).
+#[test]
+fn rmsprop_and_adagrad_recordings_are_not_interchangeable() {
+    for adagrad in [false, true] {
+        let mut mem = vec![0f32; 512];
+        let mut tape =
+            Tape::<Replay<Cpu<f32>, 128>, 16>::with_backend(Replay::new(Cpu::new(&mut mem)));
+        let mut rng = Rng::new(1);
+        let l = Linear::new(&mut tape, 2, 1, &mut rng).unwrap();
+        let mut rms = RmsProp::new(&mut tape, RmsPropConfig::default()).unwrap();
+        let mut ada = Adagrad::detached(AdagradConfig::default()).unwrap();
+        if adagrad {
+            ada = Adagrad::new(&mut tape, AdagradConfig::default()).unwrap();
+            rms = RmsProp::detached(RmsPropConfig::default()).unwrap();
+        }
+        tape.backend_mut().record();
+        let x = tape.input(&[1, 2], &[1.0, 2.0]).unwrap();
+        let y = l.forward(&mut tape, x).unwrap();
+        let loss = tape.sum(y).unwrap();
+        tape.backward(loss).unwrap();
+        if adagrad {
+            ada.step(&mut tape).unwrap();
+        } else {
+            rms.step(&mut tape).unwrap();
+        }
+        tape.backend_mut().stop().unwrap();
+        let (r, a) = (rms.steps(), ada.steps());
+        let wrong = if adagrad {
+            tape.backend_mut().replay_rmsprop(&mut rms)
+        } else {
+            tape.backend_mut().replay_adagrad(&mut ada)
+        };
+        assert!(
+            matches!(wrong, Err(Error::InvalidArgument { .. })),
+            "{wrong:?}"
+        );
+        assert_eq!((rms.steps(), ada.steps()), (r, a));
+        let right = if adagrad {
+            tape.backend_mut().replay_adagrad(&mut ada)
+        } else {
+            tape.backend_mut().replay_rmsprop(&mut rms)
+        };
+        right.unwrap();
+    }
 }

@@ -71,6 +71,36 @@ extern "C" __global__ void adam(float* __restrict__ p, const float* __restrict__
     }
 }
 
+// RMSprop and Adagrad (mote::optim::rms_kernel): `avg` (centered RMSprop's average of the
+// gradient) and `buf` (momentum) are null where the update has none. `a` decays the squares and
+// the average, `c` weighs the new square (RMSprop: alpha, 1 - alpha; Adagrad: 1, 1). dyn, when
+// not null: dyn[0], the step's rate (Adagrad's decayed rate, advanced by graph_tick).
+extern "C" __global__ void rms(float* __restrict__ p, const float* __restrict__ g,
+                               float* __restrict__ sq, float* __restrict__ avg,
+                               float* __restrict__ buf, u64 n, float lr, float a, float c,
+                               float eps, float wd, float mu, const float* dyn) {
+    if (dyn) lr = dyn[0];
+    FOR_EACH(i, n) {
+        float gi = g[i] + wd * p[i];
+        float s = flush(a * sq[i] + c * (gi * gi));
+        sq[i] = s;
+        float d = s;
+        if (avg) {
+            float m = flush(a * avg[i] + c * gi);
+            avg[i] = m;
+            d -= m * m;
+        }
+        float step = gi / (sqrtf(d) + eps);
+        if (buf) {
+            float b = flush(mu * buf[i] + step);
+            buf[i] = b;
+            p[i] -= lr * b;
+        } else {
+            p[i] -= lr * step;
+        }
+    }
+}
+
 // Every parameter of one optimizer step in one launch. Mirrors `AdamDesc` in src/ops/optim.rs:
 // element offsets into the arena, the length, and the first tile of the tensor.
 struct AdamDesc { u64 p, g, m, v, len, tile; };
@@ -148,10 +178,12 @@ extern "C" __global__ void zero_ranges(float* arena, const u64* __restrict__ r, 
 
 // Launched in a captured graph before its first optimizer launch that reads the per-step
 // scalars (none where the step's one Adam launch advances them itself): advances them.
-// rec[0] = number of records; record i (8 doubles at rec + 1 + 8 i): kind (0 SGD, 1 Adam), the
-// output index in `dyn`, then SGD: the first-step flag; Adam: lr, beta1, beta2, beta1^t, beta2^t
-// for the coming replay (the same repeated products the host optimizer uses, so the scalars are
-// bit-identical to an eager step's).
+// rec[0] = number of records; record i (8 doubles at rec + 1 + 8 i): kind (0 SGD, 1 Adam,
+// 2 a decaying rate), the output index in `dyn`, then SGD: the first-step flag; Adam: lr, beta1,
+// beta2, beta1^t, beta2^t for the coming replay (the same repeated products the host optimizer
+// uses, so the scalars are bit-identical to an eager step's); a decaying rate (Adagrad's): lr,
+// lr_decay, the coming step t (its rate lr / (1 + (t - 1) lr_decay), as mote::optim::RmsUpdate
+// computes it).
 extern "C" __global__ void graph_tick(double* rec, float* dyn) {
     int n = (int)rec[0];
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -160,6 +192,10 @@ extern "C" __global__ void graph_tick(double* rec, float* dyn) {
         if (r[0] == 0.0) {
             dyn[out] = (float)r[2];
             r[2] = 0.0;
+        } else if (r[0] == 2.0) {
+            // Rounded as the host rounds it: no fused multiply-add (NVRTC fuses by default).
+            dyn[out] = (float)(r[2] / __dadd_rn(1.0, __dmul_rn(r[4] - 1.0, r[3])));
+            r[4] = r[4] + 1.0;
         } else {
             double lr = r[2], b1 = r[3], b2 = r[4], p1 = r[5], p2 = r[6];
             dyn[out] = (float)(lr / (1.0 - p1));

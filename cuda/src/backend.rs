@@ -11,7 +11,7 @@ use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
 use mote::ops::reduce::{Axis3, ReduceOp};
 use mote::ops::unary::UnaryOp;
-use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::optim::{AdamUpdate, RmsUpdate, SgdUpdate};
 use mote::{Backend, Result, Shape};
 
 use crate::pending::Write;
@@ -218,6 +218,11 @@ impl Backend for Cuda {
 
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
         self.adam_impl(u)
+    }
+
+    fn rms(&mut self, u: &RmsUpdate) -> Result<()> {
+        self.flush()?;
+        self.rms_impl(u)
     }
 
     fn sum_squares(&mut self, offset: usize, len: usize) -> Result<f64> {

@@ -110,11 +110,14 @@ pub fn build(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A hash of everything [`build`] compiles (the device, the shim, every kernel source), for
-/// naming a folder of built libraries that stays valid until a source changes.
+/// A hash of everything [`build`] compiles (the device, the shim, every kernel source and the
+/// kernels it registers), for naming a folder of built libraries that stays valid until a
+/// source or a list of kernels changes.
 pub fn fingerprint() -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let kernels = SOURCES.iter().map(full_source);
+    let kernels = SOURCES
+        .iter()
+        .map(|s| format!("{}\n{}", full_source(s), s.kernels.join(" ")));
     let compiler = format!("{} {}", cxx(), FLAGS.join(" "));
     for text in [SHIM, DEVICE_H, DEVICE_CPP, &compiler]
         .into_iter()

@@ -10,8 +10,8 @@
 //! - host-to-device writes made inside the step (`tape.input(...)`, `tape.labels(...)`) are
 //!   *not* part of the graph: they happened once, at capture; write each new batch with
 //!   [`Graph::write`] (or `tape.write(var, data)`) before [`Graph::replay`];
-//! - optimizer scalars that change per step (Adam's bias corrections, SGD's first-step flag)
-//!   live in device memory and are advanced on the device (by `graph_tick`, launched before
+//! - optimizer scalars that change per step (Adam's bias corrections, SGD's first-step flag,
+//!   Adagrad's decaying rate) live in device memory and are advanced on the device (by `graph_tick`, launched before
 //!   the step's first optimizer launch, or by the step's one Adam launch itself), so a
 //!   replay is one `cuGraphLaunch` and nothing else; the host-side optimizer's step
 //!   count does not move (replays bypass it), so do not mix replays and eager steps of the same
@@ -47,12 +47,14 @@ pub(crate) enum Slot {
         bias1: f64,
         bias2: f64,
     },
+    /// A decaying rate, `lr / (1 + (t - 1) lr_decay)` (1 float; Adagrad's), from step `step`.
+    Rate { lr: f64, lr_decay: f64, step: u64 },
 }
 
 impl Slot {
     pub(crate) fn width(&self) -> usize {
         match self {
-            Slot::Sgd { .. } => 1,
+            Slot::Sgd { .. } | Slot::Rate { .. } => 1,
             Slot::Adam { .. } => 2,
         }
     }
@@ -90,6 +92,9 @@ impl Slot {
                 1.0 - bias2,
                 0.0,
             ],
+            Slot::Rate { lr, lr_decay, step } => {
+                [2.0, out as f64, lr, lr_decay, step as f64, 0.0, 0.0, 0.0]
+            }
         }
     }
 
@@ -110,6 +115,10 @@ impl Slot {
                 let b2 = 1.0 - (1.0 - bias2) * beta2.powf(k as f64);
                 out.push((lr / b1) as f32);
                 out.push((1.0 / b2.sqrt()) as f32);
+            }
+            Slot::Rate { lr, lr_decay, step } => {
+                let t = (step + k) as f64;
+                out.push((lr / (1.0 + (t - 1.0) * lr_decay)) as f32);
             }
         }
     }
@@ -425,5 +434,30 @@ mod tests {
         Slot::Sgd { first: true }.values(0, &mut v);
         Slot::Sgd { first: true }.values(1, &mut v);
         assert_eq!(v, [1.0, 0.0]);
+    }
+
+    // Adagrad's rate for replay k of a step captured at step 4 is the host's rate of step
+    // 4 + k, bit for bit.
+    #[test]
+    fn rate_slots_follow_the_host_optimizer() {
+        use mote::{Adagrad, AdagradConfig};
+        let config = AdagradConfig {
+            lr: 0.05,
+            lr_decay: 0.3,
+            ..AdagradConfig::default()
+        };
+        let s = Slot::Rate {
+            lr: config.lr,
+            lr_decay: config.lr_decay,
+            step: 4,
+        };
+        let mut host = Adagrad::detached(config).unwrap();
+        host.set_steps(3);
+        for k in 0..30u64 {
+            let mut v = Vec::new();
+            s.values(k, &mut v);
+            let want = host.next_update().rate() as f32;
+            assert_eq!(v, [want], "replay {k}");
+        }
     }
 }

@@ -86,7 +86,14 @@ pub const SOURCES: &[Source] = &[
     Source {
         name: "optim",
         text: include_str!("../kernels/optim.cu"),
-        kernels: &["sgd", "adam", "adam_multi", "zero_ranges", "graph_tick"],
+        kernels: &[
+            "sgd",
+            "adam",
+            "rms",
+            "adam_multi",
+            "zero_ranges",
+            "graph_tick",
+        ],
     },
 ];
 

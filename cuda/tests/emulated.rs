@@ -22,7 +22,7 @@ use mote::ops::loss::LossOp;
 use mote::ops::movement::Strided;
 use mote::ops::reduce::{Axis3, ReduceOp};
 use mote::ops::unary::UnaryOp;
-use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::optim::{Adagrad, AdagradConfig, AdamUpdate, RmsUpdate, SgdUpdate};
 use mote::{Backend, Cpu, Rng, Shape};
 use mote_cuda::__emu::{broadcast_strides, dims, Walk};
 use mote_cuda::kernels::{full_source, SOURCES};
@@ -792,6 +792,21 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
     );
     type Zero = unsafe extern "C" fn(*mut f32, *const u64, i32);
     type Tick = unsafe extern "C" fn(*mut f64, *mut f32);
+    type RmsK = unsafe extern "C" fn(
+        *mut f32,
+        *const f32,
+        *mut f32,
+        *mut f32,
+        *mut f32,
+        u64,
+        f32,
+        f32,
+        f32,
+        f32,
+        f32,
+        f32,
+        *const f32,
+    );
     type LossB = unsafe extern "C" fn(
         i32,
         i32,
@@ -812,6 +827,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
     let adam_multi = sym!(lib, b"adam_multi", AdamM);
     let zero = sym!(lib, b"zero_ranges", Zero);
     let tick = sym!(lib, b"graph_tick", Tick);
+    let rms = sym!(lib, b"rms", RmsK);
     let loss_bwd = sym!(lib, b"loss_bwd", LossB);
     let mut p = Pair::new(-1.0, 1.0, 6);
     for (momentum, nesterov, first, wd) in [
@@ -1078,6 +1094,90 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
         );
     }
     let _ = &mut rec;
+    // Adagrad's decaying rate (record kind 2, step 3 at capture): bit for bit the host's
+    // `RmsUpdate::rate` of steps 3, 4, 5, ...
+    let (lr, decay) = (0.05f64, 0.1f64);
+    let mut rec = [1.0, 2.0, 0.0, lr, decay, 3.0, 0.0, 0.0, 0.0];
+    let mut host = Adagrad::detached(AdagradConfig {
+        lr,
+        lr_decay: decay,
+        ..AdagradConfig::default()
+    })
+    .unwrap();
+    host.set_steps(2);
+    let mut rate = [0f32; 1];
+    for k in 0..50 {
+        run(lib, 1, 1, 1, || unsafe {
+            tick(rec.as_mut_ptr(), rate.as_mut_ptr())
+        });
+        let want = host.next_update().rate() as f32;
+        assert_eq!(
+            rate[0].to_bits(),
+            want.to_bits(),
+            "adagrad rate, replay {k}"
+        );
+    }
+    // RMSprop (plain, momentum, centered, both) and Adagrad, against the reference bit for
+    // bit: squares at 10000 (>= 0), the gradient's average at 15000 (below their root),
+    // momentum at 20000.
+    for (alpha, momentum, centered) in [
+        (0.99, 0.0, false),
+        (0.9, 0.5, false),
+        (0.9, 0.0, true),
+        (0.95, 0.9, true),
+        (1.0, 0.0, false),
+    ] {
+        let u = RmsUpdate {
+            param: 0,
+            grad: 5000,
+            sq: 10000,
+            avg: centered.then_some(15000),
+            momentum_buf: (momentum > 0.0).then_some(20000),
+            len: 4001,
+            lr: 0.01,
+            lr_decay: if alpha == 1.0 { 0.1 } else { 0.0 },
+            step: 3,
+            alpha,
+            gain: if alpha == 1.0 { 1.0 } else { 1.0 - alpha },
+            eps: 1e-8,
+            weight_decay: 0.01,
+            momentum,
+        };
+        for i in 0..u.len {
+            let sq = p.cpu[10000 + i].abs();
+            p.cpu[10000 + i] = sq;
+            p.cpu[15000 + i] = 0.5 * sq.sqrt() * p.cpu[15000 + i].signum();
+        }
+        p.emu.copy_from_slice(&p.cpu);
+        p.check(
+            &format!("rms {u:?}"),
+            0.0,
+            0.0,
+            |b| b.rms(&u),
+            |p| {
+                let q = [p.p(u.param), p.p(u.grad), p.p(u.sq)];
+                let avg = u.avg.map_or(std::ptr::null_mut(), |o| p.p(o));
+                let buf = u.momentum_buf.map_or(std::ptr::null_mut(), |o| p.p(o));
+                run(lib, 1, 1, 1, || unsafe {
+                    rms(
+                        q[0],
+                        q[1],
+                        q[2],
+                        avg,
+                        buf,
+                        u.len as u64,
+                        u.rate() as f32,
+                        u.alpha as f32,
+                        u.gain as f32,
+                        u.eps as f32,
+                        u.weight_decay as f32,
+                        u.momentum as f32,
+                        std::ptr::null(),
+                    )
+                });
+            },
+        );
+    }
 }
 
 #[test]

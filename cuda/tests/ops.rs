@@ -20,7 +20,7 @@ use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
 use mote::ops::reduce::{Axis3, ReduceOp};
 use mote::ops::unary::UnaryOp;
-use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::optim::{AdamUpdate, RmsUpdate, SgdUpdate};
 use mote::{Backend, Cpu, Rng, Shape};
 use mote_cuda::{Cuda, Options, Precision};
 
@@ -707,6 +707,41 @@ fn optimizer_updates_and_helpers() {
             1e-6,
             |b| b.adam(&us[1]),
         );
+    }
+    // RMSprop plain, with momentum, centered, both; Adagrad with a decaying rate. Squares at
+    // 10000 (made >= 0), the gradient's average at 15000 (below their root, as a running
+    // average is), momentum at 20000.
+    for (alpha, momentum, centered, lr_decay) in [
+        (0.99, 0.0, false, 0.0),
+        (0.9, 0.5, false, 0.0),
+        (0.9, 0.0, true, 0.0),
+        (0.95, 0.9, true, 0.0),
+        (1.0, 0.0, false, 0.1),
+    ] {
+        let u = RmsUpdate {
+            param: 0,
+            grad: 5000,
+            sq: 10000,
+            avg: centered.then_some(15000),
+            momentum_buf: (momentum > 0.0).then_some(20000),
+            len: 4001,
+            lr: 0.01,
+            lr_decay,
+            step: 3,
+            alpha,
+            gain: if alpha == 1.0 { 1.0 } else { 1.0 - alpha },
+            eps: 1e-8,
+            weight_decay: 0.01,
+            momentum,
+        };
+        for i in 0..u.len {
+            let sq = p.cpu[10000 + i].abs();
+            p.cpu[10000 + i] = sq;
+            p.cpu[15000 + i] = 0.5 * sq.sqrt() * p.cpu[15000 + i].signum();
+        }
+        let snapshot = p.cpu.clone();
+        p.gpu.write(0, &snapshot).unwrap();
+        p.check(&format!("rms {u:?}"), 1e-5, 1e-6, |b| b.rms(&u));
     }
     p.check("fill", 0.0, 0.0, |b| b.fill(3, 1001, 0.25));
     p.check("scale", 1e-6, 0.0, |b| b.scale(7, 3001, -0.5));

@@ -17,7 +17,8 @@ mod common;
 
 use common::{close, digits, gpu};
 use mote::{
-    Adam, AdamConfig, Backend, Cpu, Linear, Module, Optimizer, Relu, Rng, Sgd, SgdConfig, Tape, Var,
+    Adagrad, AdagradConfig, Adam, AdamConfig, Backend, Cpu, Linear, Module, Optimizer, Relu,
+    RmsProp, RmsPropConfig, Rng, Sgd, SgdConfig, Tape, Var,
 };
 use mote_cuda::{Cuda, Graph, Options};
 
@@ -231,6 +232,34 @@ fn graph_replay_equals_eager_amsgrad() {
             ..AdamConfig::default()
         };
         Adam::new(t, config).unwrap()
+    });
+}
+
+/// Centered RMSprop with momentum: three buffers a parameter, every scalar constant.
+#[test]
+fn graph_replay_equals_eager_rmsprop() {
+    graph_vs_eager("graph_replay_equals_eager_rmsprop", |t| {
+        let config = RmsPropConfig {
+            lr: 1e-3,
+            momentum: 0.5,
+            centered: true,
+            ..RmsPropConfig::default()
+        };
+        RmsProp::new(t, config).unwrap()
+    });
+}
+
+/// Adagrad with a decaying rate: the rate is a step scalar that `graph_tick` advances on the
+/// device each replay.
+#[test]
+fn graph_replay_equals_eager_adagrad() {
+    graph_vs_eager("graph_replay_equals_eager_adagrad", |t| {
+        let config = AdagradConfig {
+            lr: 0.05,
+            lr_decay: 0.1,
+            ..AdagradConfig::default()
+        };
+        Adagrad::new(t, config).unwrap()
     });
 }
 
@@ -521,4 +550,75 @@ fn a_missing_gpu_number_is_named() {
             .contains("GPU 4096 asked for, but this machine has"),
         "{e}"
     );
+}
+
+/// The tape of `a_captured_step_updates_hundreds_of_tensors`, and its optimizer's step.
+type Big = Tape<Cuda, 2048>;
+type Stepper = Box<dyn FnMut(&mut Big) -> mote::Result<()>>;
+
+/// A captured step that updates 300 tensors, past the 256 optimizer slots a graph holds: the
+/// per-tensor launches of SGD and of Adagrad share their step's one slot, so the capture
+/// succeeds, and 5 replays equal 5 eager steps (Adagrad's rate decaying on the device).
+#[test]
+fn a_captured_step_updates_hundreds_of_tensors() {
+    let test = "a_captured_step_updates_hundreds_of_tensors";
+    for adagrad in [false, true] {
+        let (Some(a), Some(b)) = (gpu(test, 1 << 16), gpu(test, 1 << 16)) else {
+            return;
+        };
+        let make = |t: &mut Tape<Cuda, 2048>| -> (Vec<Var>, Stepper) {
+            let ps: Vec<Var> = (0..300)
+                .map(|i| t.param(&[2], &[0.5 + i as f32 * 1e-3, -0.5]).unwrap())
+                .collect();
+            if adagrad {
+                let config = AdagradConfig {
+                    lr: 0.05,
+                    lr_decay: 0.2,
+                    ..AdagradConfig::default()
+                };
+                let mut o = Adagrad::new(t, config).unwrap();
+                (ps, Box::new(move |t| o.step(t)))
+            } else {
+                let config = SgdConfig {
+                    lr: 0.05,
+                    momentum: 0.9,
+                    ..SgdConfig::default()
+                };
+                let mut o = Sgd::new(t, config).unwrap();
+                (ps, Box::new(move |t| o.step(t)))
+            }
+        };
+        // The loss: the sum of every parameter's squares (gradient 2 p).
+        let step = |t: &mut Tape<Cuda, 2048>,
+                    ps: &[Var],
+                    opt: &mut dyn FnMut(&mut Big) -> mote::Result<()>|
+         -> mote::Result<Var> {
+            let mut total = None;
+            for &p in ps {
+                let s = t.square(p)?;
+                let s = t.sum(s)?;
+                total = Some(match total {
+                    None => s,
+                    Some(acc) => t.add(acc, s)?,
+                });
+            }
+            let loss = total.expect("parameters");
+            t.backward(loss)?;
+            opt(t)?;
+            Ok(loss)
+        };
+        let mut eager = Tape::<Cuda, 2048>::with_backend(a);
+        let mut graphed = Tape::<Cuda, 2048>::with_backend(b);
+        let (ep, mut eo) = make(&mut eager);
+        let (gp, mut go) = make(&mut graphed);
+        let (es, gs) = (eager.mark(), graphed.mark());
+        let graph = Graph::capture(&mut graphed, gs, |t| step(t, &gp, &mut *go));
+        let mut graph = graph.unwrap_or_else(|e| panic!("{test} (adagrad {adagrad}): {e}"));
+        for _ in 0..5 {
+            eager.rewind(es).unwrap();
+            step(&mut eager, &ep, &mut *eo).unwrap();
+            graph.replay(&mut graphed).unwrap();
+        }
+        close(test, &params(&graphed), &params(&eager), 1e-5, 1e-6);
+    }
 }

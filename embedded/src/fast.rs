@@ -15,7 +15,7 @@ use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
 use mote::ops::reduce::{Axis3, ReduceOp};
 use mote::ops::unary::UnaryOp;
-use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::optim::{AdamUpdate, RmsUpdate, SgdUpdate};
 use mote::{Backend, Cpu, Error, HostBackend, Result, Shape, View};
 
 use crate::conv::conv;
@@ -672,6 +672,9 @@ impl<const ALL: bool> Backend for Fast<'_, ALL> {
     }
     fn sgd(&mut self, u: &SgdUpdate) -> Result<()> {
         self.reference(|cpu| cpu.sgd(u))
+    }
+    fn rms(&mut self, u: &RmsUpdate) -> Result<()> {
+        self.reference(|cpu| cpu.rms(u))
     }
     #[inline(always)]
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {

@@ -16,9 +16,10 @@ use mote::ops::binary::BinaryOp;
 use mote::ops::reduce::ReduceOp;
 use mote::ops::unary::UnaryOp;
 use mote::{
-    Adam, AdamConfig, Backend, BatchNorm, ConvConfig, Cpu, Dropout, Flatten, Gelu, LayerNorm,
-    LeakyRelu, Linear, Mark, Meter, Module, Optimizer, PoolConfig, Relu, Rng, Sequential, Sgd,
-    SgdConfig, Sigmoid, Softmax, Tanh, Tape, Tensor, Var,
+    Adagrad, AdagradConfig, Adam, AdamConfig, Backend, BatchNorm, ConvConfig, Cpu, Dropout,
+    Flatten, Gelu, LayerNorm, LeakyRelu, Linear, Mark, Meter, Module, Optimizer, PoolConfig, Relu,
+    RmsProp, RmsPropConfig, Rng, Sequential, Sgd, SgdConfig, Sigmoid, Softmax, Tanh, Tape, Tensor,
+    Var,
 };
 
 /// Elements of the arena of the `ops` target's tape (small, so that `ArenaFull` is common).
@@ -262,6 +263,8 @@ struct State<'m> {
     clock: usize,
     adam: Option<Adam>,
     sgd: Option<Sgd>,
+    rms: Option<RmsProp>,
+    ada: Option<Adagrad>,
     linears: Vec<Linear>,
     rng: Rng,
     /// A second tape: its handles are foreign to the tape under test.
@@ -300,6 +303,21 @@ impl State<'_> {
     fn pick_linear(&self, r: &mut Reader) -> Option<Linear> {
         let b = r.u8() as usize;
         (!self.linears.is_empty()).then(|| self.linears[b % self.linears.len()])
+    }
+}
+
+/// One step of `opt`, if made, at the rate `lr` if given.
+fn step_opt<O: Optimizer, B: Backend, const N: usize>(
+    opt: Option<&mut O>,
+    t: &mut Tape<B, N>,
+    lr: Option<f64>,
+) {
+    if let Some(o) = opt {
+        if let Some(lr) = lr {
+            o.set_lr(lr);
+        }
+        let _ = o.lr();
+        let _ = o.step(t);
     }
 }
 
@@ -403,6 +421,8 @@ pub fn run_ops(data: &[u8]) {
         clock: 0,
         adam: None,
         sgd: None,
+        rms: None,
+        ada: None,
         linears: Vec::new(),
         rng: Rng::new(u64::from(r.u8())),
         other,
@@ -702,7 +722,8 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let (Some(a), Some(b)) = (st.pick(r), st.pick(r)) else {
                 return;
             };
-            let (kind, c, d) = (r.below(11), r.f32(), r.f32());
+            let (kind, c, d) = (r.below(16), r.f32(), r.f32());
+            let correction = r.size(3);
             let axis = r.size(4);
             let (w, pw) = (st.pick(r), st.pick(r));
             let (w, pw) = (w.filter(|_| r.bool()), pw.filter(|_| r.bool()));
@@ -713,6 +734,11 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 8 => t.binary_cross_entropy(a, b, w),
                 9 => t.normalize(a, axis, c),
                 10 => t.cosine_similarity(a, b, axis, c),
+                11 => t.logsumexp(a, axis),
+                12 => t.var_axis(a, axis, correction),
+                13 => t.std_axis(a, axis, correction),
+                14 => t.var(a, correction),
+                15 => t.std(a, correction),
                 0 => t.bce_with_logits(a, b),
                 1 => t.mse(a, b),
                 2 => t.l1_loss(a, b),
@@ -875,8 +901,8 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let _ = (t.param_count(true), t.param_count(false));
         }
         // --- optimizers ---
-        39 => {
-            if r.bool() {
+        39 => match r.below(4) {
+            0 => {
                 let cfg = AdamConfig {
                     lr: r.f64(),
                     beta1: r.f64(),
@@ -896,7 +922,8 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 }) {
                     st.adam = Some(a);
                 }
-            } else {
+            }
+            1 => {
                 let cfg = SgdConfig {
                     lr: r.f64(),
                     momentum: r.f64(),
@@ -909,24 +936,53 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                     st.sgd = Some(s);
                 }
             }
-        }
+            2 => {
+                let cfg = RmsPropConfig {
+                    lr: r.f64(),
+                    alpha: r.f64(),
+                    eps: r.f64(),
+                    weight_decay: r.f64(),
+                    momentum: r.f64(),
+                    centered: r.bool(),
+                };
+                let cfg = if r.bool() {
+                    RmsPropConfig::default()
+                } else {
+                    cfg
+                };
+                if let Some(o) = atomic(t, "RmsProp::new", |t| RmsProp::new(t, cfg)) {
+                    st.rms = Some(o);
+                }
+            }
+            _ => {
+                let cfg = AdagradConfig {
+                    lr: r.f64(),
+                    lr_decay: r.f64(),
+                    weight_decay: r.f64(),
+                    initial_accumulator_value: r.f64(),
+                    eps: r.f64(),
+                };
+                let cfg = if r.bool() {
+                    AdagradConfig::default()
+                } else {
+                    cfg
+                };
+                if let Some(o) = atomic(t, "Adagrad::new", |t| Adagrad::new(t, cfg)) {
+                    st.ada = Some(o);
+                }
+            }
+        },
         40 | 41 => {
-            let adam = r.bool();
+            let which = r.below(4);
             let lr = if r.below(4) == 0 { Some(r.f64()) } else { None };
             let before = (t.used(), t.nodes_used());
-            if adam {
-                if let Some(o) = st.adam.as_mut() {
-                    if let Some(lr) = lr {
-                        o.set_lr(lr);
-                    }
-                    let _ = (o.lr(), o.steps());
-                    let _ = o.step(t);
-                }
-            } else if let Some(o) = st.sgd.as_mut() {
-                if let Some(lr) = lr {
-                    o.set_lr(lr);
-                }
-                let _ = o.step(t);
+            // Any optimizer made so far: a later one's state replaced its offsets, so an
+            // earlier one may find fewer buffers than it needs (refused) or others' (updated).
+            match which {
+                0 => step_opt(st.adam.as_mut(), t, lr),
+                1 => step_opt(st.sgd.as_mut(), t, lr),
+                2 => step_opt(st.rms.as_mut(), t, lr),
+                _ => step_opt(st.ada.as_mut(), t, lr),
             }
             if CHECK_INVARIANTS {
                 assert_eq!(

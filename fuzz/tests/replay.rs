@@ -169,6 +169,7 @@ fn valid_inputs() -> Vec<Vec<u8>> {
     let opt = OptimizerConfig::Adam {
         lr: 1e-3,
         weight_decay: 0.0,
+        amsgrad: false,
     };
     let config = TrainConfig::new("seed.csv");
     let mut mem = vec![0f32; arena_floats(&spec, &opt, config.batch).unwrap()];

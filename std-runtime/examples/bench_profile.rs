@@ -12,7 +12,7 @@ use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
 use mote::ops::reduce::{Axis3, ReduceOp};
 use mote::ops::unary::UnaryOp;
-use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::optim::{AdamUpdate, RmsUpdate, SgdUpdate};
 use mote::{
     Adam, AdamConfig, Backend, Cpu, HostBackend, Linear, Module, Optimizer, Result, Rng, Shape,
     Tape,
@@ -185,6 +185,9 @@ impl<B: Backend> Backend for Timed<B> {
     }
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
         self.t(("adam", u.len, 0, 0), |b| b.adam(u))
+    }
+    fn rms(&mut self, u: &RmsUpdate) -> Result<()> {
+        self.t(("rms", u.len, 0, 0), |b| b.rms(u))
     }
     fn sum_squares(&mut self, o: usize, n: usize) -> Result<f64> {
         self.t(("sum_squares", n, 0, 0), |b| b.sum_squares(o, n))

@@ -1,13 +1,15 @@
 //! Checkpoints in safetensors: parameters (`layers.{i}.weight` as `[out, in]`, `layers.{i}.bias`),
-//! optimizer state (`optimizer.layers.{i}.weight.exp_avg` / `exp_avg_sq` for Adam,
-//! `momentum_buffer` for SGD), normalisation statistics (`norm.mean`, `norm.std`), all f32; and in
+//! optimizer state under PyTorch's names (`optimizer.layers.{i}.weight.exp_avg` / `exp_avg_sq`
+//! and AMSGrad's `max_exp_avg_sq` for Adam, `momentum_buffer` for SGD, `square_avg`,
+//! `momentum_buffer`, `grad_avg` for RMSprop, `sum` for Adagrad: see
+//! [`OptimizerConfig::state_names`]), normalisation statistics (`norm.mean`, `norm.std`), all f32; and in
 //! the metadata, as JSON: the model's description, the optimizer, the run's settings and state
 //! (epoch, step, RNG state, early-stopping state, the plateau schedule's state, history), a
 //! CRC-32 of the tensors and one of the description (`meta_crc32`), and the version
 //! ([`VERSION`], [`version_of`]: 1 for a ReLU model trained without gradient clipping, 3 for a
 //! run with label smoothing, class weights or a regression loss other than the MSE, 4 for a
-//! model with dropout or a run that monitors the loss, 2 otherwise; a plateau schedule is
-//! refused by older builds as an unknown schedule).
+//! model with dropout or a run that monitors the loss, 5 for AMSGrad, RMSprop or Adagrad, 2
+//! otherwise; a plateau schedule is refused by older builds as an unknown schedule).
 //!
 //! Files are written atomically: to a temporary file beside the target, flushed to disk, then
 //! renamed over it, so a crash never leaves a broken checkpoint under the final name.
@@ -23,7 +25,7 @@ use safetensors::{Dtype, SafeTensors};
 
 use crate::data::Standardizer;
 use crate::error::{Error, Result};
-use crate::model::{Model, ModelSpec, Opt, OptimizerConfig};
+use crate::model::{Model, ModelSpec, OptimizerConfig};
 use crate::train::{Monitor, TrainConfig, TrainState};
 
 /// The `format` metadata value of a mote checkpoint.
@@ -35,10 +37,12 @@ pub const FORMAT: &str = "mote-checkpoint";
 /// evaluated as ReLU, or resumed without clipping), `3` for a run with label smoothing, class
 /// weights or a regression loss other than the MSE (which a version-2 reader would resume
 /// without them), `4` for a model with dropout or a run that monitors the loss (which a
-/// version-3 reader would resume without dropout, or comparing losses as metrics).
-pub const VERSION: &str = "4";
+/// version-3 reader would resume without dropout, or comparing losses as metrics), `5` for
+/// AMSGrad, RMSprop or Adagrad (a version-4 reader would resume AMSGrad as plain Adam, its
+/// `amsgrad` setting unknown to it, and refuses the other two as unknown optimizers).
+pub const VERSION: &str = "5";
 /// The versions this build reads, oldest first.
-const READS: [&str; 4] = ["1", "2", "3", "4"];
+const READS: [&str; 5] = ["1", "2", "3", "4", "5"];
 
 /// A version's place in [`READS`] (`None`: not read by this build).
 fn rank(version: &str) -> Option<usize> {
@@ -61,10 +65,15 @@ fn meta_crc(meta: &HashMap<String, String>) -> u32 {
     mote::blob::crc32(&all)
 }
 
-/// What a run of `spec` and `config` holds beyond a ReLU network trained without clipping, each
-/// with the version that first describes it and how the refusal names it (empty: the
-/// activation, which it names as the network's): one list for [`version_of`] and the message.
-fn features(spec: &ModelSpec, config: &TrainConfig) -> Vec<(&'static str, String)> {
+/// What a run of `spec`, `opt` and `config` holds beyond a ReLU network trained without
+/// clipping by Adam, AdamW or SGD, each with the version that first describes it and how the
+/// refusal names it (empty: the activation, which it names as the network's): one list for
+/// [`version_of`] and the message.
+fn features(
+    spec: &ModelSpec,
+    opt: &OptimizerConfig,
+    config: &TrainConfig,
+) -> Vec<(&'static str, String)> {
     let mut f = Vec::new();
     if !spec.activation.is_relu() {
         f.push(("2", String::new()));
@@ -87,13 +96,20 @@ fn features(spec: &ModelSpec, config: &TrainConfig) -> Vec<(&'static str, String
     if config.monitor == Monitor::Loss {
         f.push(("4", "early stopping on the loss".to_string()));
     }
+    match opt {
+        OptimizerConfig::Adam { amsgrad: true, .. }
+        | OptimizerConfig::Adamw { amsgrad: true, .. } => f.push(("5", "AMSGrad".to_string())),
+        OptimizerConfig::Rmsprop { .. } => f.push(("5", "RMSprop".to_string())),
+        OptimizerConfig::Adagrad { .. } => f.push(("5", "Adagrad".to_string())),
+        _ => {}
+    }
     f
 }
 
-/// The version a checkpoint of `spec` and `config` is written with: the lowest that describes
-/// everything it holds.
-pub fn version_of(spec: &ModelSpec, config: &TrainConfig) -> &'static str {
-    features(spec, config)
+/// The version a checkpoint of `spec`, `opt` and `config` is written with: the lowest that
+/// describes everything it holds.
+pub fn version_of(spec: &ModelSpec, opt: &OptimizerConfig, config: &TrainConfig) -> &'static str {
+    features(spec, opt, config)
         .iter()
         .map(|&(v, _)| v)
         .max_by_key(|&v| rank(v))
@@ -101,8 +117,8 @@ pub fn version_of(spec: &ModelSpec, config: &TrainConfig) -> &'static str {
 }
 
 /// ` trained with A, B and C`, or nothing.
-fn trained_with(spec: &ModelSpec, config: &TrainConfig) -> String {
-    let named: Vec<String> = features(spec, config)
+fn trained_with(spec: &ModelSpec, opt: &OptimizerConfig, config: &TrainConfig) -> String {
+    let named: Vec<String> = features(spec, opt, config)
         .into_iter()
         .filter_map(|(_, n)| (!n.is_empty()).then_some(n))
         .collect();
@@ -126,18 +142,8 @@ pub struct Checkpoint {
     pub state: TrainState,
     /// Parameters in creation order (`weight`, `bias` per layer).
     pub params: Vec<Vec<f32>>,
-    /// Optimizer state per parameter (Adam: `m` then `v`; SGD: the momentum buffer).
+    /// Optimizer state per parameter, in [`OptimizerConfig::state_names`]' order.
     pub opt_state: Vec<Vec<f32>>,
-}
-
-fn state_names(opt: &OptimizerConfig) -> &'static [&'static str] {
-    match opt.state_per_param() {
-        0 => &[],
-        1 => &["momentum_buffer"],
-        2 => &["exp_avg", "exp_avg_sq"],
-        // AMSGrad's running maximum (PyTorch's name), should the runtime offer it.
-        _ => &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-    }
 }
 
 /// A parameter's value and its optimizer state buffers (as many as the optimizer keeps per
@@ -201,7 +207,7 @@ pub fn to_bytes_model<B: Backend<Elem = f32>>(
         .into_iter()
         .map(|(n, _)| n)
         .collect();
-    let snames = state_names(&model.opt_config);
+    let snames = model.opt_config.state_names();
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for ((name, p), (vr, states)) in names.iter().zip(model.tape.params()).zip(&lay) {
         let dims = p
@@ -247,7 +253,7 @@ pub fn to_bytes_model<B: Backend<Elem = f32>>(
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert(
         "version".to_string(),
-        version_of(&model.spec, config).to_string(),
+        version_of(&model.spec, &model.opt_config, config).to_string(),
     );
     meta.insert("model".to_string(), json(&model.spec)?);
     meta.insert("optimizer".to_string(), json(&model.opt_config)?);
@@ -608,14 +614,14 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
     config
         .check()
         .map_err(|e| Error::checkpoint(path, format!("bad run settings: {e}")))?;
-    let needs = version_of(&spec, &config);
+    let needs = version_of(&spec, &opt, &config);
     if rank(needs) > Some(read_as) {
         return Err(corrupt(
             path,
             format!(
                 "a version-{version} checkpoint of a {} network{}: version {needs} describes it",
                 spec.activation.name(),
-                trained_with(&spec, &config),
+                trained_with(&spec, &opt, &config),
             ),
         ));
     }
@@ -660,7 +666,7 @@ pub fn from_bytes_checked(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
         ));
     }
     let (mut params, mut opt_state) = (Vec::new(), Vec::new());
-    let snames = state_names(&opt);
+    let snames = opt.state_names();
     for (name, dims) in spec.param_dims() {
         let p = get(&name, &dims)?;
         // Optimizer state may hold an infinity that a run wrote (Adam's second moment of a
@@ -727,10 +733,7 @@ impl Checkpoint {
     pub fn restore<B: Backend<Elem = f32>>(&self, backend: B) -> Result<Model<B>> {
         let mut model = Model::new(backend, self.spec.clone(), self.opt, &mut Rng::new(0))?;
         let steps = self.state.step;
-        match &mut model.opt {
-            Opt::Adam(a) => a.set_steps(steps),
-            Opt::Sgd(s) => s.set_steps(steps),
-        }
+        model.opt.set_steps(steps);
         // The run's step options (clipping, smoothing, the dropout seed) and step count, so that
         // a restored model trains on as the saved run would, `fit` or not.
         model.steps = steps;

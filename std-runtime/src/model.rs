@@ -4,8 +4,8 @@
 use mote::ops::unary::UnaryOp;
 use mote::plan;
 use mote::{
-    Adam, AdamConfig, Backend, Conv2d, ConvConfig, Linear, Mark, Module, Optimizer, PoolConfig,
-    Rng, Sgd, SgdConfig, Tape, Var,
+    Adagrad, AdagradConfig, Adam, AdamConfig, Backend, Conv2d, ConvConfig, Linear, Mark, Module,
+    Optimizer, PoolConfig, RmsProp, RmsPropConfig, Rng, Sgd, SgdConfig, Tape, Var,
 };
 use serde::{Deserialize, Serialize};
 
@@ -806,6 +806,9 @@ pub enum OptimizerConfig {
         lr: f64,
         /// L2 weight decay.
         weight_decay: f64,
+        /// AMSGrad ([`AdamConfig::amsgrad`]; absent in files written before it: false).
+        #[serde(default)]
+        amsgrad: bool,
     },
     /// AdamW (decoupled weight decay).
     Adamw {
@@ -813,6 +816,9 @@ pub enum OptimizerConfig {
         lr: f64,
         /// Decoupled weight decay.
         weight_decay: f64,
+        /// AMSGrad.
+        #[serde(default)]
+        amsgrad: bool,
     },
     /// SGD with momentum.
     Sgd {
@@ -820,6 +826,28 @@ pub enum OptimizerConfig {
         lr: f64,
         /// Momentum (0: none).
         momentum: f64,
+        /// L2 weight decay.
+        weight_decay: f64,
+    },
+    /// RMSprop (eps 1e-8, PyTorch's).
+    Rmsprop {
+        /// Learning rate.
+        lr: f64,
+        /// Decay of the running average of the squared gradient.
+        alpha: f64,
+        /// Momentum (0: none).
+        momentum: f64,
+        /// L2 weight decay.
+        weight_decay: f64,
+        /// Centered RMSprop.
+        centered: bool,
+    },
+    /// Adagrad (eps 1e-10 and accumulators starting at 0, PyTorch's).
+    Adagrad {
+        /// Learning rate.
+        lr: f64,
+        /// Decay of the rate: step `t` runs at `lr / (1 + (t - 1) lr_decay)`.
+        lr_decay: f64,
         /// L2 weight decay.
         weight_decay: f64,
     },
@@ -831,7 +859,9 @@ impl OptimizerConfig {
         match *self {
             OptimizerConfig::Adam { lr, .. }
             | OptimizerConfig::Adamw { lr, .. }
-            | OptimizerConfig::Sgd { lr, .. } => lr,
+            | OptimizerConfig::Sgd { lr, .. }
+            | OptimizerConfig::Rmsprop { lr, .. }
+            | OptimizerConfig::Adagrad { lr, .. } => lr,
         }
     }
 
@@ -840,26 +870,59 @@ impl OptimizerConfig {
         match *self {
             OptimizerConfig::Sgd { momentum, .. } if momentum > 0.0 => plan::Opt::SgdMomentum,
             OptimizerConfig::Sgd { .. } => plan::Opt::Sgd,
-            _ => plan::Opt::Adam,
+            OptimizerConfig::Adam { amsgrad, .. } | OptimizerConfig::Adamw { amsgrad, .. } => {
+                if amsgrad {
+                    plan::Opt::AmsGrad
+                } else {
+                    plan::Opt::Adam
+                }
+            }
+            OptimizerConfig::Rmsprop {
+                momentum, centered, ..
+            } => plan::Opt::RmsProp {
+                momentum: momentum > 0.0,
+                centered,
+            },
+            OptimizerConfig::Adagrad { .. } => plan::Opt::Adagrad,
         }
     }
 
     /// Floats of optimizer state per parameter element.
     pub fn state_per_param(&self) -> usize {
+        self.state_names().len()
+    }
+
+    /// The names of the optimizer's state buffers per parameter, in arena order (PyTorch's
+    /// names: Adam's `exp_avg`, `exp_avg_sq` and AMSGrad's `max_exp_avg_sq`; SGD's
+    /// `momentum_buffer`; RMSprop's `square_avg`, `momentum_buffer`, `grad_avg`; Adagrad's
+    /// `sum`).
+    pub fn state_names(&self) -> &'static [&'static str] {
         match self.plan() {
-            plan::Opt::Sgd => 0,
-            plan::Opt::SgdMomentum => 1,
-            plan::Opt::Adam => 2,
-            plan::Opt::AmsGrad => 3,
+            plan::Opt::Sgd => &[],
+            plan::Opt::SgdMomentum => &["momentum_buffer"],
+            plan::Opt::Adam => &["exp_avg", "exp_avg_sq"],
+            plan::Opt::AmsGrad => &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+            plan::Opt::RmsProp { momentum, centered } => match (momentum, centered) {
+                (false, false) => &["square_avg"],
+                (true, false) => &["square_avg", "momentum_buffer"],
+                (false, true) => &["square_avg", "grad_avg"],
+                (true, true) => &["square_avg", "momentum_buffer", "grad_avg"],
+            },
+            plan::Opt::Adagrad => &["sum"],
         }
     }
 
-    /// A short name (`adam`, `adamw`, `sgd`).
+    /// A short name (`adam`, `adamw`, `sgd`, `rmsprop`, `adagrad`; `amsgrad` is added to
+    /// Adam's).
     pub fn name(&self) -> &'static str {
         match self {
+            OptimizerConfig::Adam { amsgrad: true, .. } => "adam (amsgrad)",
             OptimizerConfig::Adam { .. } => "adam",
+            OptimizerConfig::Adamw { amsgrad: true, .. } => "adamw (amsgrad)",
             OptimizerConfig::Adamw { .. } => "adamw",
             OptimizerConfig::Sgd { .. } => "sgd",
+            OptimizerConfig::Rmsprop { .. } => "rmsprop",
+            OptimizerConfig::Adagrad { .. } => "adagrad",
         }
     }
 }
@@ -871,6 +934,32 @@ pub enum Opt {
     Adam(Adam),
     /// SGD.
     Sgd(Sgd),
+    /// RMSprop.
+    RmsProp(RmsProp),
+    /// Adagrad.
+    Adagrad(Adagrad),
+}
+
+impl Opt {
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        match self {
+            Opt::Adam(o) => o.steps(),
+            Opt::Sgd(o) => o.steps(),
+            Opt::RmsProp(o) => o.steps(),
+            Opt::Adagrad(o) => o.steps(),
+        }
+    }
+
+    /// Sets the steps taken (to resume from a checkpoint).
+    pub fn set_steps(&mut self, steps: u64) {
+        match self {
+            Opt::Adam(o) => o.set_steps(steps),
+            Opt::Sgd(o) => o.set_steps(steps),
+            Opt::RmsProp(o) => o.set_steps(steps),
+            Opt::Adagrad(o) => o.set_steps(steps),
+        }
+    }
 }
 
 impl Optimizer for Opt {
@@ -881,18 +970,24 @@ impl Optimizer for Opt {
         match self {
             Opt::Adam(o) => o.step(tape),
             Opt::Sgd(o) => o.step(tape),
+            Opt::RmsProp(o) => o.step(tape),
+            Opt::Adagrad(o) => o.step(tape),
         }
     }
     fn lr(&self) -> f64 {
         match self {
             Opt::Adam(o) => o.lr(),
             Opt::Sgd(o) => o.lr(),
+            Opt::RmsProp(o) => o.lr(),
+            Opt::Adagrad(o) => o.lr(),
         }
     }
     fn set_lr(&mut self, lr: f64) {
         match self {
             Opt::Adam(o) => o.set_lr(lr),
             Opt::Sgd(o) => o.set_lr(lr),
+            Opt::RmsProp(o) => o.set_lr(lr),
+            Opt::Adagrad(o) => o.set_lr(lr),
         }
     }
 }
@@ -1225,20 +1320,60 @@ pub fn build_opt<B: mote::Backend, const N: usize>(
     opt_config: OptimizerConfig,
 ) -> Result<Opt> {
     let opt = match opt_config {
-        OptimizerConfig::Adam { lr, weight_decay } => Opt::Adam(Adam::new(
+        OptimizerConfig::Adam {
+            lr,
+            weight_decay,
+            amsgrad,
+        } => Opt::Adam(Adam::new(
             tape,
             AdamConfig {
                 lr,
                 weight_decay,
+                amsgrad,
                 ..AdamConfig::default()
             },
         )?),
-        OptimizerConfig::Adamw { lr, weight_decay } => Opt::Adam(Adam::adamw(
+        OptimizerConfig::Adamw {
+            lr,
+            weight_decay,
+            amsgrad,
+        } => Opt::Adam(Adam::adamw(
             tape,
             AdamConfig {
                 lr,
                 weight_decay,
+                amsgrad,
                 ..AdamConfig::default()
+            },
+        )?),
+        OptimizerConfig::Rmsprop {
+            lr,
+            alpha,
+            momentum,
+            weight_decay,
+            centered,
+        } => Opt::RmsProp(RmsProp::new(
+            tape,
+            RmsPropConfig {
+                lr,
+                alpha,
+                momentum,
+                weight_decay,
+                centered,
+                ..RmsPropConfig::default()
+            },
+        )?),
+        OptimizerConfig::Adagrad {
+            lr,
+            lr_decay,
+            weight_decay,
+        } => Opt::Adagrad(Adagrad::new(
+            tape,
+            AdagradConfig {
+                lr,
+                lr_decay,
+                weight_decay,
+                ..AdagradConfig::default()
             },
         )?),
         OptimizerConfig::Sgd {

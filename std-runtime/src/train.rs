@@ -13,7 +13,7 @@
 //! let config = TrainConfig { epochs: 5, ..TrainConfig::new("digits") };
 //! let (train, val) = data::split(ds.rows, config.val_fraction, config.seed, ds.class_labels())?;
 //! let spec = ModelSpec::for_dataset(&ds, &[32], &train)?;  // 64-32-10, standardised inputs
-//! let opt = OptimizerConfig::Adam { lr: 1e-3, weight_decay: 0.0 };
+//! let opt = OptimizerConfig::Adam { lr: 1e-3, weight_decay: 0.0, amsgrad: false };
 //! let data = Prepared::new(&ds, &spec, train, val);
 //!
 //! let mut mem = vec![0f32; arena_floats(&spec, &opt, config.batch)?];

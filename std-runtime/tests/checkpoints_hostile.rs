@@ -19,6 +19,7 @@ use safetensors::{Dtype, SafeTensors};
 const ADAM: OptimizerConfig = OptimizerConfig::Adam {
     lr: 1e-3,
     weight_decay: 0.0,
+    amsgrad: false,
 };
 
 /// Four features (a 1x2x2 image for a CNN), two classes.

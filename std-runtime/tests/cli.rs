@@ -1221,6 +1221,42 @@ fn assert_same_run(a: &Path, b: &Path) {
     assert_eq!(hist(&a), hist(&b));
 }
 
+/// AMSGrad, RMSprop and Adagrad are version 5: a version-4 reader would resume AMSGrad as plain
+/// Adam (it does not know the setting), so a file claiming version 4 is refused, naming why.
+/// Their state is saved under PyTorch's names.
+#[test]
+fn newer_optimizers_are_version_5() {
+    let d = TempDir::new("opt-version");
+    for (file, args, named, state) in [
+        ("ams.st", &["--amsgrad"][..], "AMSGrad", "max_exp_avg_sq"),
+        (
+            "rms.st",
+            &["--optimizer", "rmsprop", "--centered"][..],
+            "RMSprop",
+            "grad_avg",
+        ),
+        (
+            "ada.st",
+            &["--optimizer", "adagrad"][..],
+            "Adagrad",
+            "weight.sum",
+        ),
+    ] {
+        let a = [&["train", "--epochs", "1", "-q", "--save", file][..], args].concat();
+        ok(&d, &a);
+        let bytes = std::fs::read(d.path(file)).unwrap();
+        assert!(find(&bytes, r#""version":"5""#).is_some(), "{file}");
+        assert!(find(&bytes, state).is_some(), "{file}: no {state}");
+        let e = eval_as_version(&d, file, b'5', b'4');
+        assert!(
+            e.contains(&format!(
+                "version-4 checkpoint of a relu network trained with {named}"
+            )),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn resume_equals_straight_run_bit_for_bit() {
     let d = TempDir::new("resume");
@@ -1244,6 +1280,33 @@ fn resume_equals_straight_run_bit_for_bit() {
             &["--clip-grad-norm", "0.5", "--activation", "gelu"][..],
         ),
         ("smooth", &["--label-smoothing", "0.2"][..]),
+        // Each optimizer's state and step count carry over (Adagrad's rate decays by step).
+        ("amsgrad", &["--optimizer", "adamw", "--amsgrad"][..]),
+        (
+            "rmsprop",
+            &[
+                "--optimizer",
+                "rmsprop",
+                "--momentum",
+                "0.5",
+                "--centered",
+                "--alpha",
+                "0.9",
+                "--lr",
+                "0.001",
+            ][..],
+        ),
+        (
+            "adagrad",
+            &[
+                "--optimizer",
+                "adagrad",
+                "--lr-decay",
+                "0.01",
+                "--weight-decay",
+                "1e-4",
+            ][..],
+        ),
         // The masks of the resumed epochs are those of the unbroken run's.
         ("dropout", &["--dropout", "0.3", "--hidden", "32,16"][..]),
         // The best loss and the epochs waited carry over.
@@ -2514,6 +2577,38 @@ fn outputs_spare_inputs_and_options_are_checked_by_name() {
             "is the file of the model's training data",
         ),
         ("train --epochs 1 --weight-decay inf", "--weight-decay inf"),
+        (
+            "train --epochs 1 --momentum 0.9",
+            "--momentum applies to --optimizer sgd or rmsprop, not adam",
+        ),
+        (
+            "train --epochs 1 --optimizer sgd --amsgrad",
+            "--amsgrad applies to --optimizer adam or adamw, not sgd",
+        ),
+        (
+            "train --epochs 1 --optimizer adagrad --centered",
+            "--centered applies to --optimizer rmsprop, not adagrad",
+        ),
+        (
+            "train --epochs 1 --alpha 0.9",
+            "--alpha applies to --optimizer rmsprop, not adam",
+        ),
+        (
+            "train --epochs 1 --optimizer rmsprop --lr-decay 0.1",
+            "--lr-decay applies to --optimizer adagrad, not rmsprop",
+        ),
+        (
+            "train --epochs 1 --optimizer rmsprop --alpha 1.5",
+            "--alpha 1.5: needs a decay in [0, 1]",
+        ),
+        (
+            "train --epochs 1 --optimizer adagrad --lr-decay -1",
+            "--lr-decay -1: needs a finite decay of the rate",
+        ),
+        (
+            "train -q --resume m.st --epochs 1 --amsgrad",
+            "--amsgrad cannot be given when resuming",
+        ),
         (
             "train --epochs 1 --gamma 0.3",
             "--gamma applies to --schedule step or plateau only",

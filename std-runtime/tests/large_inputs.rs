@@ -127,6 +127,7 @@ fn twenty_thousand_classes_train_and_evaluate() {
     let adam = OptimizerConfig::Adam {
         lr: 1e-2,
         weight_decay: 0.0,
+        amsgrad: false,
     };
     let spec = ModelSpec {
         sizes: vec![2, CLASSES],

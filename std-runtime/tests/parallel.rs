@@ -15,7 +15,7 @@ use mote::ops::matmul::Gemm;
 use mote::ops::movement::Strided;
 use mote::ops::reduce::{Axis3, ReduceOp};
 use mote::ops::unary::UnaryOp;
-use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::optim::{AdamUpdate, RmsUpdate, SgdUpdate};
 use mote::{
     Adam, AdamConfig, Backend, Cpu, Float, HostBackend, Linear, Module, Optimizer, Rng, Sgd,
     SgdConfig, Shape, Tape,
@@ -501,23 +501,31 @@ fn check_optimizers<T: Float>(
     len: usize,
     sgd: SgdUpdate,
     adam: AdamUpdate,
+    rms: RmsUpdate,
     seed: u64,
 ) -> Result<(), TestCaseError> {
-    let mut mem: Vec<T> = random(5 * len, seed, -1.0, 1.0);
-    // Adam's second moment, and AMSGrad's running maximum of it, are never negative.
-    for v in &mut mem[3 * len..] {
+    let mut mem: Vec<T> = random(6 * len, seed, -1.0, 1.0);
+    // Adam's second moment (RMSprop's squares), and AMSGrad's running maximum of it, are never
+    // negative; centered RMSprop's average (the last buffer) stays below the root of the
+    // squares, as a running average does (no NaN from the root of a negative).
+    for v in &mut mem[3 * len..5 * len] {
         *v = v.abs();
+    }
+    let (sq, rest) = mem[3 * len..].split_at_mut(len);
+    for (a, &s) in rest[len..].iter_mut().zip(sq.iter()) {
+        *a = T::from_f64(0.5) * s.sqrt();
     }
     let (r1, m1, r2, m2) = both!(mem, |b| {
         b.sgd(&sgd)?;
         b.adam(&adam)?;
+        b.rms(&rms)?;
         b.scale(len, len, T::from_f64(0.5))?;
         b.fill(2 * len, len / 2, T::from_f64(0.25))?;
-        b.sum_squares(0, 5 * len)
+        b.sum_squares(0, 6 * len)
     });
     let (s1, s2) = (r1.unwrap(), r2.unwrap());
     // The sum of squares in f64, split over threads: measured within 1.2 eps sqrt(terms).
-    let tol = 4.0 * f64::EPSILON * ((5 * len) as f64).sqrt();
+    let tol = 4.0 * f64::EPSILON * ((6 * len) as f64).sqrt();
     prop_assert!((s1 - s2).abs() <= tol * s1.abs(), "{} {}", s1, s2);
     assert_same(&m1, &m2, &format!("optimizers {}", T::NAME));
     Ok(())
@@ -756,6 +764,7 @@ proptest! {
         lr in -5.0f64..0.0,
         (has_buf, nesterov, decoupled, first) in (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
         amsgrad in any::<bool>(),
+        (centered, alpha, lr_decay) in (any::<bool>(), prop_oneof![Just(1.0f64), 0.5f64..0.999], prop_oneof![Just(0.0f64), 0.0f64..1.0]),
         beta1 in prop_oneof![Just(0.0f64), 0.5f64..0.99],
         beta2 in 0.9f64..0.9999,
         eps in -12.0f64..-4.0,
@@ -772,8 +781,16 @@ proptest! {
             eps: 10f64.powf(eps), weight_decay, decoupled, bias1: 1.0 - beta1.powi(step),
             bias2: 1.0 - beta2.powi(step), vmax: amsgrad.then_some(4 * len),
         };
-        check_optimizers::<f32>(len, sgd, adam, seed)?;
-        check_optimizers::<f64>(len, sgd, adam, seed)?;
+        // Adagrad (alpha 1, gain 1) is never centered.
+        let alpha = if centered && alpha == 1.0 { 0.9 } else { alpha };
+        let rms = RmsUpdate {
+            param: 0, grad: len, sq: 3 * len, avg: centered.then_some(5 * len),
+            momentum_buf: has_buf.then_some(2 * len), len, lr, lr_decay, step: step as u64,
+            alpha, gain: if alpha == 1.0 { 1.0 } else { 1.0 - alpha }, eps: 10f64.powf(eps),
+            weight_decay, momentum,
+        };
+        check_optimizers::<f32>(len, sgd, adam, rms, seed)?;
+        check_optimizers::<f64>(len, sgd, adam, rms, seed)?;
     }
 }
 

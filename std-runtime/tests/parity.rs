@@ -17,6 +17,7 @@ const BASE: f64 = 1e-3;
 const ADAM: OptimizerConfig = OptimizerConfig::Adam {
     lr: BASE,
     weight_decay: 0.0,
+    amsgrad: false,
 };
 
 /// The digits' dataset and its stratified split (seed 42, 20% held out).

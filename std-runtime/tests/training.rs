@@ -67,6 +67,7 @@ fn setup(
 const ADAM: OptimizerConfig = OptimizerConfig::Adam {
     lr: 1e-3,
     weight_decay: 0.0,
+    amsgrad: false,
 };
 
 #[derive(Default)]
@@ -139,6 +140,7 @@ fn early_stopping_and_schedules() {
     let fast = OptimizerConfig::Adam {
         lr: 0.02,
         weight_decay: 0.0,
+        amsgrad: false,
     };
     let mut mem = vec![0f32; arena_floats(&spec, &fast, 32).unwrap()];
     let mut model = Model::new(Cpu::new(&mut mem), spec, fast, &mut Rng::new(1)).unwrap();

@@ -199,6 +199,54 @@ mod tests {
         assert!(t.normalize(x, 1, 0.0).is_err() && t.normalize(x, 2, 1e-12).is_err());
     }
 
+    // torch.logsumexp([[1, 2, 3], [1000, 1000, 0]], dim=1) = [3.4076059644443806,
+    // 1000.6931471805599], its gradient the softmax of each row; torch.var of
+    // [[1, 2, 4], [3, 3, 3]] over dim 1 is [7/3, 0] (correction 1) and [14/9, 0]
+    // (correction 0); over everything (correction 1) 1.0666666666666667.
+    #[test]
+    fn logsumexp_var_and_std_by_hand() {
+        use crate::{Cpu, Tape};
+        let mut mem = [0f64; 512];
+        let mut t = Tape::<Cpu<f64>, 64>::new(&mut mem);
+        let x = t
+            .param(&[2, 3], &[1.0, 2.0, 3.0, 1000.0, 1000.0, 0.0])
+            .unwrap();
+        let l = t.logsumexp(x, 1).unwrap();
+        let got = t.data(l).unwrap();
+        assert!((got[0] - 3.407_605_964_444_380_6).abs() < 1e-14, "{got:?}");
+        assert!((got[1] - 1_000.693_147_180_559_9).abs() < 1e-12, "{got:?}");
+        let s = t.sum(l).unwrap();
+        t.backward(s).unwrap();
+        let mut g = [0.0; 6];
+        t.read_grad(x, &mut g).unwrap();
+        let e: f64 = 1.0 + 1f64.exp() + 2f64.exp();
+        let want = [1.0 / e, 1f64.exp() / e, 2f64.exp() / e, 0.5, 0.5, 0.0];
+        for (g, w) in g.iter().zip(want) {
+            assert!((g - w).abs() < 1e-15, "{g} vs {w}");
+        }
+        let y = t.input(&[2, 3], &[1.0, 2.0, 4.0, 3.0, 3.0, 3.0]).unwrap();
+        let close = |got: &[f64], want: &[f64]| {
+            let ok = got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-15);
+            assert!(ok && got.len() == want.len(), "{got:?} vs {want:?}");
+        };
+        let v1 = t.var_axis(y, 1, 1).unwrap();
+        close(t.data(v1).unwrap(), &[7.0 / 3.0, 0.0]);
+        let v0 = t.var_axis(y, 1, 0).unwrap();
+        close(t.data(v0).unwrap(), &[14.0 / 9.0, 0.0]);
+        let all = t.var(y, 1).unwrap();
+        close(t.data(all).unwrap(), &[1.066_666_666_666_666_7]);
+        let sd = t.std_axis(y, 1, 1).unwrap();
+        close(t.data(sd).unwrap(), &[(7.0f64 / 3.0).sqrt(), 0.0]);
+        let sd = t.std(y, 0).unwrap();
+        let v = t.var(y, 0).unwrap();
+        assert_eq!(t.item(sd).unwrap(), t.item(v).unwrap().sqrt());
+        // Not more elements than the correction, or no such axis: refused, nothing recorded.
+        let used = t.nodes_used();
+        assert!(t.var_axis(y, 1, 3).is_err() && t.std(y, 6).is_err());
+        assert!(t.logsumexp(y, 2).is_err() && t.var_axis(y, 2, 0).is_err());
+        assert_eq!(t.nodes_used(), used);
+    }
+
     #[test]
     fn codes_are_places_in_every() {
         for (i, op) in ReduceOp::EVERY.into_iter().enumerate() {
@@ -419,6 +467,93 @@ mod tape_ops {
                 let nb = t.normalize(b, axis, eps)?;
                 let p = t.mul(na, nb)?;
                 t.sum_axis(p, axis)
+            })
+        }
+
+        /// The log of the sum of the exponentials over `axis`, computed stably (PyTorch's
+        /// `torch.logsumexp(x, dim=axis)`): `m + log(sum(exp(x - m)))` with `m` the maximum
+        /// over `axis` taken without a gradient, so that the gradient is the softmax over
+        /// `axis`. Five nodes (and the maximum), all or nothing; `axis` is removed. A slice of
+        /// all minus infinity gives NaN (PyTorch's gives minus infinity).
+        ///
+        /// # Errors
+        /// [`Error::AxisOutOfRange`]; and as [`Tape::unary`].
+        pub fn logsumexp(&mut self, x: Var, axis: usize) -> Result<Var> {
+            x.shape.check_axis("logsumexp", axis)?;
+            let (dims, rank) = kept(x.shape, axis);
+            self.all_or_nothing(|t| {
+                let m = t.no_grad(|t| t.max_axis(x, axis))?;
+                let mk = t.reshape(m, dims.get(..rank).unwrap_or(&[]))?;
+                let d = t.sub(x, mk)?;
+                let e = t.exp(d)?;
+                let s = t.sum_axis(e, axis)?;
+                let l = t.log(s)?;
+                t.add(l, m)
+            })
+        }
+
+        /// The variance over `axis` with `correction` (PyTorch's `torch.var(x, dim=axis,
+        /// correction=c)`: 1 is Bessel's, the default there; 0 the population variance): the
+        /// sum of squared deviations from the mean over `axis`, divided by `n - correction`.
+        /// Composed of six nodes, all or nothing; `axis` is removed.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] unless `axis` holds more than `correction` elements
+        /// (PyTorch returns infinity or NaN there); [`Error::AxisOutOfRange`]; and as
+        /// [`Tape::unary`].
+        pub fn var_axis(&mut self, x: Var, axis: usize, correction: usize) -> Result<Var> {
+            x.shape.check_axis("var", axis)?;
+            let n = x.shape.dim(axis);
+            if n <= correction {
+                return Err(Error::InvalidArgument {
+                    what: "var and std: the axis needs more elements than the correction",
+                });
+            }
+            let (dims, rank) = kept(x.shape, axis);
+            self.all_or_nothing(|t| {
+                let m = t.mean_axis(x, axis)?;
+                let m = t.reshape(m, dims.get(..rank).unwrap_or(&[]))?;
+                let d = t.sub(x, m)?;
+                let sq = t.square(d)?;
+                let s = t.sum_axis(sq, axis)?;
+                // Divided by a constant of the element type: exact in f64 as in f32.
+                let dof = t.full(&[], crate::Float::from_f64((n - correction) as f64))?;
+                t.div(s, dof)
+            })
+        }
+
+        /// The variance of all elements with `correction` (see [`Tape::var_axis`]), a scalar.
+        ///
+        /// # Errors
+        /// As [`Tape::var_axis`].
+        pub fn var(&mut self, x: Var, correction: usize) -> Result<Var> {
+            self.all_or_nothing(|t| {
+                let flat = t.reshape(x, &[x.numel()])?;
+                t.var_axis(flat, 0, correction)
+            })
+        }
+
+        /// The standard deviation over `axis` (the square root of [`Tape::var_axis`];
+        /// PyTorch's `torch.std(x, dim=axis, correction=c)`). Its gradient is infinite, and
+        /// so NaN, where every element of a slice is equal (as PyTorch's).
+        ///
+        /// # Errors
+        /// As [`Tape::var_axis`].
+        pub fn std_axis(&mut self, x: Var, axis: usize, correction: usize) -> Result<Var> {
+            self.all_or_nothing(|t| {
+                let v = t.var_axis(x, axis, correction)?;
+                t.sqrt(v)
+            })
+        }
+
+        /// The standard deviation of all elements (see [`Tape::std_axis`]), a scalar.
+        ///
+        /// # Errors
+        /// As [`Tape::var_axis`].
+        pub fn std(&mut self, x: Var, correction: usize) -> Result<Var> {
+            self.all_or_nothing(|t| {
+                let v = t.var(x, correction)?;
+                t.sqrt(v)
             })
         }
 

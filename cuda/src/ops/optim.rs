@@ -6,8 +6,8 @@
 //! stay where they are). The queue is flushed before any other backend call, so ordering is
 //! unchanged.
 
-use mote::backend::split_mut;
-use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::backend::{split_mut, split_rms};
+use mote::optim::{AdamUpdate, RmsUpdate, SgdUpdate};
 use mote::{Error, Result};
 
 use super::THREADS;
@@ -93,6 +93,14 @@ impl Cuda {
         let Some(cap) = guard.as_mut() else {
             return Ok((0, 0));
         };
+        // Launches of one step with the same scalars (SGD's or Adagrad's, one per tensor)
+        // share one slot: one record for the tick to advance, and room for large models.
+        // (`ticked`: the slots so far are the tick's, not a closing launch's own record.)
+        let same = cap.slots.iter().position(|s| *s == slot);
+        if let Some(i) = same.filter(|_| cap.ticked) {
+            let at = cap.slots.iter().take(i).map(Slot::width).sum::<usize>();
+            return Ok((self.dyn_ + 4 * at as u64, 0));
+        }
         let at = cap.slots.iter().map(Slot::width).sum::<usize>();
         if at + slot.width() > crate::device::DYN_SLOTS {
             return Err(Error::Device {
@@ -136,6 +144,40 @@ impl Cuda {
             THREADS,
             &[
                 &p, &g, &buf, &nn, &lr, &mu, &damp, &wd, &nest, &first, &dyn_,
+            ],
+        )
+    }
+
+    /// RMSprop and Adagrad: one `rms` launch per tensor. Adagrad's decaying rate is a dyn
+    /// slot in a captured graph (advanced per replay); every other scalar is constant.
+    pub(crate) fn rms_impl(&mut self, u: &RmsUpdate) -> Result<()> {
+        split_rms(&mut self.shadow, u)?;
+        let n = u.len;
+        if n == 0 {
+            return Ok(());
+        }
+        let dyn_ = if u.lr_decay != 0.0 {
+            let slot = Slot::Rate {
+                lr: u.lr,
+                lr_decay: u.lr_decay,
+                step: u.step,
+            };
+            self.dyn_slot(slot, false)?.0
+        } else {
+            0
+        };
+        let (p, g, sq) = (self.at(u.param), self.at(u.grad), self.at(u.sq));
+        let avg = u.avg.map_or(0, |o| self.at(o));
+        let buf = u.momentum_buf.map_or(0, |o| self.at(o));
+        let nn = n as u64;
+        let (lr, a, c) = (u.rate() as f32, u.alpha as f32, u.gain as f32);
+        let (eps, wd, mu) = (u.eps as f32, u.weight_decay as f32, u.momentum as f32);
+        self.launch(
+            "rms",
+            self.blocks(nn, THREADS),
+            THREADS,
+            &[
+                &p, &g, &sq, &avg, &buf, &nn, &lr, &a, &c, &eps, &wd, &mu, &dyn_,
             ],
         )
     }

@@ -38,6 +38,10 @@ inline void __syncwarp() {
     if (!emu_sequential) emu_sync_warp(emu_tid() >> 5);
 }
 inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+// Round-to-nearest double arithmetic that the device compiler may not fuse (host C++ in ISO
+// mode does not contract a * b + c either).
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
 // Every lane of a warp writes its value, waits for the others, reads its partner's, waits again.
 template <class T> inline T __shfl_xor_sync(unsigned, T v, int o) {
     if (emu_sequential) return v;

@@ -11,7 +11,7 @@ use mote::ops::matmul::Gemm;
 use mote::ops::movement::{copy, Strided};
 use mote::ops::reduce::{Axis3, ReduceOp};
 use mote::ops::unary::UnaryOp;
-use mote::optim::{AdamUpdate, SgdUpdate};
+use mote::optim::{AdamUpdate, RmsUpdate, SgdUpdate};
 use mote::{Backend, Cpu, HostBackend, PoolConfig, Result, Rng, Shape, Tape};
 
 const HUGE: [usize; 4] = [usize::MAX, usize::MAX / 2 + 1, 1 << 40, 12345];
@@ -425,6 +425,9 @@ impl Backend for Hooked<'_> {
     }
     fn adam(&mut self, u: &AdamUpdate) -> Result<()> {
         self.cpu.adam(u)
+    }
+    fn rms(&mut self, u: &RmsUpdate) -> Result<()> {
+        self.cpu.rms(u)
     }
     fn sum_squares(&mut self, o: usize, n: usize) -> Result<f64> {
         self.cpu.sum_squares(o, n)

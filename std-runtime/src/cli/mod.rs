@@ -108,6 +108,10 @@ enum OptimizerArg {
     Adamw,
     /// SGD with momentum.
     Sgd,
+    /// RMSprop.
+    Rmsprop,
+    /// Adagrad.
+    Adagrad,
 }
 
 /// A regression model's loss (`mote train --loss`).
@@ -225,16 +229,29 @@ pub struct TrainArgs {
     /// Rows per step [default: 32].
     #[arg(allow_negative_numbers = true, long)]
     batch: Option<usize>,
-    /// Learning rate [default: 0.001 for adam/adamw, 0.01 for sgd (PyTorch's SGD: 0.001)].
+    /// Learning rate [default: 0.001 for adam/adamw, 0.01 for sgd (PyTorch's SGD: 0.001),
+    /// rmsprop and adagrad].
     #[arg(allow_negative_numbers = true, long)]
     lr: Option<f64>,
     /// The optimizer [default: adam].
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
-    /// SGD momentum [default: 0.9 (PyTorch's SGD: 0)].
+    /// Momentum of sgd and rmsprop [default: sgd 0.9 (PyTorch's SGD: 0), rmsprop 0].
     #[arg(allow_negative_numbers = true, long)]
     momentum: Option<f64>,
-    /// Weight decay (L2 for adam and sgd, decoupled for adamw) [default: 0, adamw 0.01].
+    /// AMSGrad, for adam and adamw: the running maximum of the second moment divides.
+    #[arg(long)]
+    amsgrad: bool,
+    /// RMSprop's decay of the average of squared gradients, in [0, 1] [default: 0.99].
+    #[arg(allow_negative_numbers = true, long)]
+    alpha: Option<f64>,
+    /// Centered RMSprop: an estimate of the gradient's variance divides.
+    #[arg(long)]
+    centered: bool,
+    /// Adagrad's decay of the rate: step t takes lr / (1 + (t - 1) decay) [default: 0].
+    #[arg(allow_negative_numbers = true, long)]
+    lr_decay: Option<f64>,
+    /// Weight decay (decoupled for adamw, L2 for the others) [default: 0, adamw 0.01].
     #[arg(allow_negative_numbers = true, long)]
     weight_decay: Option<f64>,
     /// Learning-rate schedule [default: constant].

@@ -419,6 +419,10 @@ fn reject_on_resume(a: &TrainArgs) -> Result<()> {
         ("--delta", a.delta.is_some()),
         ("--optimizer", a.optimizer.is_some()),
         ("--momentum", a.momentum.is_some()),
+        ("--amsgrad", a.amsgrad),
+        ("--alpha", a.alpha.is_some()),
+        ("--centered", a.centered),
+        ("--lr-decay", a.lr_decay.is_some()),
         ("--weight-decay", a.weight_decay.is_some()),
         ("--schedule", a.schedule.is_some()),
         ("--warmup", a.warmup.is_some()),
@@ -969,20 +973,77 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
         OptimizerArg::Adam => OptimizerConfig::Adam {
             lr: a.lr.unwrap_or(1e-3),
             weight_decay: a.weight_decay.unwrap_or(0.0),
+            amsgrad: a.amsgrad,
         },
         OptimizerArg::Adamw => OptimizerConfig::Adamw {
             lr: a.lr.unwrap_or(1e-3),
             weight_decay: a.weight_decay.unwrap_or(0.01),
+            amsgrad: a.amsgrad,
         },
         OptimizerArg::Sgd => OptimizerConfig::Sgd {
             lr: a.lr.unwrap_or(0.01),
             momentum: a.momentum.unwrap_or(0.9),
             weight_decay: a.weight_decay.unwrap_or(0.0),
         },
+        OptimizerArg::Rmsprop => OptimizerConfig::Rmsprop {
+            lr: a.lr.unwrap_or(0.01),
+            alpha: a.alpha.unwrap_or(0.99),
+            momentum: a.momentum.unwrap_or(0.0),
+            weight_decay: a.weight_decay.unwrap_or(0.0),
+            centered: a.centered,
+        },
+        OptimizerArg::Adagrad => OptimizerConfig::Adagrad {
+            lr: a.lr.unwrap_or(0.01),
+            lr_decay: a.lr_decay.unwrap_or(0.0),
+            weight_decay: a.weight_decay.unwrap_or(0.0),
+        },
     };
-    if a.momentum.is_some() && opt_kind != OptimizerArg::Sgd {
-        return Err(Error::invalid("--momentum applies to --optimizer sgd")
-            .with_hint("drop --momentum or add --optimizer sgd"));
+    // Each optimizer's own settings, refused with the others.
+    let own = [
+        (
+            "--momentum",
+            a.momentum.is_some(),
+            &[OptimizerArg::Sgd, OptimizerArg::Rmsprop][..],
+            "sgd or rmsprop",
+        ),
+        (
+            "--amsgrad",
+            a.amsgrad,
+            &[OptimizerArg::Adam, OptimizerArg::Adamw],
+            "adam or adamw",
+        ),
+        (
+            "--alpha",
+            a.alpha.is_some(),
+            &[OptimizerArg::Rmsprop],
+            "rmsprop",
+        ),
+        (
+            "--centered",
+            a.centered,
+            &[OptimizerArg::Rmsprop],
+            "rmsprop",
+        ),
+        (
+            "--lr-decay",
+            a.lr_decay.is_some(),
+            &[OptimizerArg::Adagrad],
+            "adagrad",
+        ),
+    ];
+    for (flag, given, kinds, names) in own {
+        if given && !kinds.contains(&opt_kind) {
+            return Err(Error::invalid(format!(
+                "{flag} applies to --optimizer {names}, not {}",
+                opt.name()
+            ))
+            .with_hint(format!("drop {flag}, or choose --optimizer {names}")));
+        }
+    }
+    if let Some(v) = a.alpha.filter(|v| !(0.0..=1.0).contains(v)) {
+        return Err(Error::invalid(format!(
+            "--alpha {v}: needs a decay in [0, 1] (0.99 is usual)"
+        )));
     }
     // Named here, by option (the optimizers' own checks name no option).
     let settings = [
@@ -1002,6 +1063,12 @@ fn fresh_job(a: &TrainArgs, backend: &str) -> Result<TrainJob> {
             "--momentum",
             a.momentum,
             "a finite momentum, 0 or more (0.9 is usual)",
+            true,
+        ),
+        (
+            "--lr-decay",
+            a.lr_decay,
+            "a finite decay of the rate, 0 or more",
             true,
         ),
     ];

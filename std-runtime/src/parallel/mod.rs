@@ -53,6 +53,16 @@
 //! # Ok::<(), mote::Error>(())
 //! ```
 
+/// The `c`-element chunks of an optional buffer, each as `Some`; `None` for ever without one
+/// (so that zipping with the chunks of the buffers that are there gives them all).
+fn opt_chunks<T>(s: Option<&mut [T]>, c: usize) -> impl Iterator<Item = Option<&mut [T]>> {
+    let mut it = s.map(|s| s.chunks_mut(c));
+    std::iter::from_fn(move || match it.as_mut() {
+        Some(chunks) => chunks.next().map(Some),
+        None => Some(None),
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 mod conv;
 mod gemm;
@@ -67,7 +77,7 @@ mod xent;
 
 use std::ops::Range;
 
-use mote::backend::{split, split_mut, View};
+use mote::backend::{split, split_mut, split_rms, View};
 use mote::ops::binary::{self, BinaryOp, Side};
 #[cfg(target_arch = "x86_64")]
 use mote::ops::conv::ConvCall;
@@ -78,7 +88,7 @@ use mote::ops::movement::Strided;
 use mote::ops::reduce::{self, Axis3, ReduceOp};
 use mote::ops::softmax;
 use mote::ops::unary::{self, UnaryOp};
-use mote::optim::{self, AdamUpdate, SgdUpdate};
+use mote::optim::{self, AdamUpdate, RmsUpdate, SgdUpdate};
 use mote::{Backend, Error, Float, HostBackend, Result, Shape};
 
 /// Runs `f` with AVX2 and FMA enabled where the CPU has them: the core's kernels are generic,
@@ -694,6 +704,22 @@ impl<T: Float> Backend for Parallel<'_, T> {
                 |((p, g), (m, v))| simd(|| optim::adam_kernel(u, p, g, m, v)),
             ),
             None => simd(|| optim::adam_kernel(u, p, g, m, v)),
+        }
+        Ok(())
+    }
+
+    fn rms(&mut self, u: &RmsUpdate) -> Result<()> {
+        let grain = self.grain(u.len, PAR_MIN);
+        let (p, g, sq, avg, buf) = split_rms(self.buf, u)?;
+        match grain {
+            Some(c) => team::for_each(
+                p.chunks_mut(c)
+                    .zip(g.chunks(c))
+                    .zip(sq.chunks_mut(c))
+                    .zip(opt_chunks(avg, c).zip(opt_chunks(buf, c))),
+                |(((p, g), sq), (avg, buf))| simd(|| optim::rms_kernel(u, p, g, sq, avg, buf)),
+            ),
+            None => simd(|| optim::rms_kernel(u, p, g, sq, avg, buf)),
         }
         Ok(())
     }
