@@ -140,8 +140,9 @@ fn find_label(header: &[String], choice: &LabelChoice, source: &str) -> Result<O
 /// # Errors
 /// [`Error`] of kind `Data` naming the file, line and column: an empty file, an unterminated
 /// quote, a row with more or fewer cells than the header, an empty (missing) cell, a
-/// non-numeric or non-finite feature, a label over several lines (rows merged by a stray
-/// quote), an unknown label or feature column, no data rows, no feature columns.
+/// non-numeric or non-finite feature, a label over several lines of which a later one holds
+/// commas (rows merged by a stray quote), an unknown label or feature column, no data rows, no
+/// feature columns.
 pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // Lines that end in CR alone (old Mac files): read as line breaks.
@@ -296,11 +297,13 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
         }
         if let Some(l) = label {
             let cell = cell_at(l)?;
-            // A class name never holds a line break: a quote that opened in this row and
-            // closed lines later (a stray one) has merged the rows between into this label.
-            if cell.contains('\n') {
+            // A label may hold line breaks (RFC 4180), but one whose later lines hold commas
+            // is rows merged into it: a quote that opened in this row (a stray one) closed
+            // only lines later.
+            if cell.lines().skip(1).any(|l| l.contains(',')) {
                 return Err(Error::data(format!(
-                    "{source}, line {line}, column {} ({}): the label '{}' runs over {} lines",
+                    "{source}, line {line}, column {} ({}): the label '{}' runs over {} lines \
+                     holding commas",
                     l + 1,
                     header.get(l).map_or("", |s| s.as_str()),
                     shown(cell),
@@ -387,7 +390,7 @@ mod tests {
 
     // A stray quote at a label's start that a later row's quote closes: the rows between
     // would become one label with line breaks (the cell counts still agree). Refused, naming
-    // where; a label quoted on its own line is read.
+    // where; a quoted label with a comma, or with a line break and no comma after it, is read.
     #[test]
     fn a_label_merged_over_rows_by_a_stray_quote_is_refused() {
         let opts = CsvOptions {
@@ -397,10 +400,10 @@ mod tests {
         let text = "a,y\n1,\"cat\n2,dog\n3,bird\"\n4,fish\n";
         let e = parse_csv(text, "pets.csv", &opts).unwrap_err().to_string();
         assert!(
-            e.contains("pets.csv, line 2, column 2 (y): the label 'cat\\n2,dog\\n3,bird' runs over 3 lines"),
+            e.contains("pets.csv, line 2, column 2 (y): the label 'cat\\n2,dog\\n3,bird' runs over 3 lines holding commas"),
             "{e}"
         );
-        let t = parse_csv("a,y\n1,\"cat, black\"\n2,dog\n", "pets.csv", &opts).unwrap();
-        assert_eq!(t.labels, ["cat, black", "dog"]);
+        let t = parse_csv("a,y\n1,\"cat, black\"\n2,\"big\ndog\"\n", "pets.csv", &opts).unwrap();
+        assert_eq!(t.labels, ["cat, black", "big\ndog"]);
     }
 }
