@@ -35,6 +35,7 @@
 //! ```
 
 mod cnn;
+pub mod init;
 pub use cnn::{
     AvgPool1d, AvgPool2d, AvgPool2dExcludePad, BatchNorm, Conv1d, Conv2d, Dropout, Embedding,
     GlobalAvgPool, LayerNorm, MaxPool1d, MaxPool2d,

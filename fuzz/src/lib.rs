@@ -899,6 +899,34 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let _ = (t.is_trainable(p), t.requires_grad(p));
             let _ = t.params().count();
             let _ = (t.param_count(true), t.param_count(false));
+            // nn::init on the handle (stale, of any rank, settings fuzzed): an error, or values
+            // written in place and nothing allocated.
+            if r.bool() && p.numel() <= HOST_LIMIT {
+                use mote::nn::init::{self, FanMode, Nonlinearity};
+                let mut rng = Rng::new(u64::from(r.u8()));
+                let (a, b) = (r.f64(), r.f64());
+                let mode = if r.bool() {
+                    FanMode::FanIn
+                } else {
+                    FanMode::FanOut
+                };
+                let before = (t.used(), t.nodes_used());
+                let _ = match r.below(6) {
+                    0 => init::uniform(t, p, a, b, &mut rng),
+                    1 => init::normal(t, p, a, b, &mut rng),
+                    2 => init::trunc_normal(t, p, 0.0, a, -b, b, &mut rng),
+                    3 => init::xavier_uniform(t, p, a, &mut rng),
+                    4 => init::kaiming_normal(t, p, mode, Nonlinearity::LeakyRelu(a), &mut rng),
+                    _ => init::constant(t, p, a),
+                };
+                if CHECK_INVARIANTS {
+                    assert_eq!(
+                        (t.used(), t.nodes_used()),
+                        before,
+                        "invariant: init changed (used, nodes_used)"
+                    );
+                }
+            }
         }
         // --- optimizers ---
         39 => match r.below(4) {
