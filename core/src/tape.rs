@@ -821,27 +821,16 @@ impl<B: Backend, const NODES: usize> Tape<B, NODES> {
         self.backend.write(v.offset as usize, data)
     }
 
-    /// Writes `f()` into each element of `v` in order, in chunks of 256 from the stack (no
+    /// Writes `f()` into each element of `v` in order, in small chunks from the stack (no
     /// allocation): for initialising a parameter in place ([`crate::nn::init`]). A backend
-    /// error stops it part way, with the chunks before it written.
+    /// error stops it part way, with the chunks before it written. On a backend that computes
+    /// nothing (a dry run) `f` is not called.
     ///
     /// # Errors
     /// [`Error::StaleHandle`]; a backend error.
     pub fn write_with(&mut self, v: Var, mut f: impl FnMut() -> B::Elem) -> Result<()> {
         self.check(v)?;
-        let mut buf = [B::Elem::ZERO; 256];
-        let mut at = v.offset as usize;
-        let end = at.saturating_add(v.numel());
-        while at < end {
-            let n = (end - at).min(buf.len());
-            let chunk = buf.get_mut(..n).unwrap_or(&mut []);
-            for e in chunk.iter_mut() {
-                *e = f();
-            }
-            self.backend.write(at, chunk)?;
-            at += n;
-        }
-        Ok(())
+        write_with(&mut self.backend, v.offset as usize, v.numel(), &mut f)
     }
 
     /// Where the gradient of `v` lives, once [`Tape::backward`] has reached it: `None` if no

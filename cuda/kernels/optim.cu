@@ -75,30 +75,59 @@ extern "C" __global__ void adam(float* __restrict__ p, const float* __restrict__
 // gradient) and `buf` (momentum) are null where the update has none. `a` decays the squares and
 // the average, `c` weighs the new square (RMSprop: alpha, 1 - alpha; Adagrad: 1, 1). dyn, when
 // not null: dyn[0], the step's rate (Adagrad's decayed rate, advanced by graph_tick).
+__device__ __forceinline__ void rms_one(float* p, const float* g, float* sq, float* avg,
+                                        float* buf, u64 i, float lr, float a, float c,
+                                        float eps, float wd, float mu) {
+    float gi = g[i] + wd * p[i];
+    float s = flush(a * sq[i] + c * (gi * gi));
+    sq[i] = s;
+    float d = s;
+    if (avg) {
+        float m = flush(a * avg[i] + c * gi);
+        avg[i] = m;
+        d -= m * m;
+    }
+    float step = gi / (sqrtf(d) + eps);
+    if (buf) {
+        float b = flush(mu * buf[i] + step);
+        buf[i] = b;
+        p[i] -= lr * b;
+    } else {
+        p[i] -= lr * step;
+    }
+}
+
 extern "C" __global__ void rms(float* __restrict__ p, const float* __restrict__ g,
                                float* __restrict__ sq, float* __restrict__ avg,
                                float* __restrict__ buf, u64 n, float lr, float a, float c,
                                float eps, float wd, float mu, const float* dyn) {
     if (dyn) lr = dyn[0];
-    FOR_EACH(i, n) {
-        float gi = g[i] + wd * p[i];
-        float s = flush(a * sq[i] + c * (gi * gi));
-        sq[i] = s;
-        float d = s;
-        if (avg) {
-            float m = flush(a * avg[i] + c * gi);
-            avg[i] = m;
-            d -= m * m;
-        }
-        float step = gi / (sqrtf(d) + eps);
-        if (buf) {
-            float b = flush(mu * buf[i] + step);
-            buf[i] = b;
-            p[i] -= lr * b;
-        } else {
-            p[i] -= lr * step;
-        }
+    FOR_EACH(i, n) rms_one(p, g, sq, avg, buf, i, lr, a, c, eps, wd, mu);
+}
+
+// Every RMSprop or Adagrad update of one optimizer step in one launch, as adam_multi: a
+// descriptor per tensor (mirrors `RmsDesc` in src/ops/optim.rs: element offsets, ~0 for an
+// absent average or momentum buffer, the length and the first tile), a block per tile.
+struct RmsDesc { u64 p, g, sq, avg, buf, len, tile; };
+#define RMS_TILE 4096
+#define RMS_NONE (~(u64)0)
+
+extern "C" __global__ void rms_multi(float* arena, const RmsDesc* __restrict__ d, int count,
+                                     float lr, float a, float c, float eps, float wd, float mu,
+                                     const float* dyn) {
+    if (dyn) lr = dyn[0];
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (d[mid].tile <= blockIdx.x) lo = mid; else hi = mid - 1;
     }
+    RmsDesc t = d[lo];
+    u64 start = (blockIdx.x - t.tile) * (u64)RMS_TILE;
+    u64 end = start + RMS_TILE < t.len ? start + RMS_TILE : t.len;
+    float* avg = t.avg == RMS_NONE ? nullptr : arena + t.avg;
+    float* buf = t.buf == RMS_NONE ? nullptr : arena + t.buf;
+    for (u64 i = start + threadIdx.x; i < end; i += blockDim.x)
+        rms_one(arena + t.p, arena + t.g, arena + t.sq, avg, buf, i, lr, a, c, eps, wd, mu);
 }
 
 // Every parameter of one optimizer step in one launch. Mirrors `AdamDesc` in src/ops/optim.rs:

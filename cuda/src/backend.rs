@@ -47,7 +47,7 @@ impl Backend for Cuda {
         self.bind()?;
         // Held-back work elsewhere stays held (the step's gradient zeroing, while its inputs
         // are written); a fill this write covers is dropped.
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.settle(&[], offset..offset + src.len(), Write::Overwrite)?;
         self.copy_in_untracked(self.at(offset), src)
     }
@@ -61,7 +61,7 @@ impl Backend for Cuda {
                 "reading the device inside a CUDA graph capture is not possible",
             ));
         }
-        self.flush_adam()?;
+        self.flush_updates()?;
         let range = offset..offset + dst.len();
         self.settle(std::slice::from_ref(&range), 0..0, Write::Partial)?;
         if !dst.is_empty() {
@@ -77,12 +77,12 @@ impl Backend for Cuda {
     }
 
     fn fill(&mut self, offset: usize, len: usize, value: f32) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.fill_impl(offset, len, value)
     }
 
     fn unary(&mut self, op: UnaryOp, x: usize, y: usize, len: usize) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.unary_fwd(op, x, y, len)
     }
 
@@ -95,12 +95,12 @@ impl Backend for Cuda {
         dx: usize,
         len: usize,
     ) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.unary_bwd(op, [x, y, dy, dx], len)
     }
 
     fn binary(&mut self, op: BinaryOp, a: View, b: View, y: View) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.binary_fwd(op, a, b, y)
     }
 
@@ -113,7 +113,7 @@ impl Backend for Cuda {
         dy: View,
         dx: usize,
     ) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.binary_bwd(op, side, a, b, dy, dx)
     }
 
@@ -122,14 +122,14 @@ impl Backend for Cuda {
     /// convolution scratch.
     fn conv(&mut self, call: &ConvCall) -> Result<bool> {
         self.bind()?;
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.conv_impl(call)
     }
 
     /// Pooling passes read in place, one launch each (`src/ops/conv.rs`).
     fn pool(&mut self, call: &PoolCall) -> Result<bool> {
         self.bind()?;
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.pool_impl(call)
     }
 
@@ -142,7 +142,7 @@ impl Backend for Cuda {
 
     fn gemm(&mut self, g: &Gemm) -> Result<()> {
         self.bind()?;
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.gemm_impl(g)
     }
 
@@ -153,12 +153,12 @@ impl Backend for Cuda {
         dst: Strided,
         accumulate: bool,
     ) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.copy_impl(space, src, dst, accumulate)
     }
 
     fn reduce(&mut self, op: ReduceOp, r: Axis3, x: usize, y: usize) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.reduce_fwd(op, r, x, y)
     }
 
@@ -171,12 +171,12 @@ impl Backend for Cuda {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.reduce_bwd(op, r, [x, y, dy, dx])
     }
 
     fn softmax(&mut self, log: bool, r: Axis3, x: usize, y: usize) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.softmax_fwd(log, r, x, y)
     }
 
@@ -188,12 +188,12 @@ impl Backend for Cuda {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.softmax_bwd(log, r, [y, dy, dx])
     }
 
     fn loss(&mut self, op: LossOp, classes: usize, p: View, t: View, y: usize) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.loss_fwd(op, classes, p, t, y)
     }
 
@@ -207,7 +207,7 @@ impl Backend for Cuda {
         dy: usize,
         dx: usize,
     ) -> Result<()> {
-        self.flush_adam()?;
+        self.flush_updates()?;
         self.loss_bwd(op, lhs, classes, p, t, dy, dx)
     }
 
@@ -221,7 +221,6 @@ impl Backend for Cuda {
     }
 
     fn rms(&mut self, u: &RmsUpdate) -> Result<()> {
-        self.flush()?;
         self.rms_impl(u)
     }
 

@@ -12,7 +12,7 @@ use mote::{Error, Result};
 
 use crate::error::{probe, CudaError};
 use crate::kernels::{self, Param, SOURCES};
-use crate::ops::optim::AdamQueue;
+use crate::ops::optim::UpdateQueue;
 use crate::pending::{Bias, ColSum, Fill, Grad, GradKind, Pending, Settled, Stage, Write};
 
 /// How matrix products run on the tensor cores.
@@ -191,7 +191,7 @@ pub struct Cuda {
     pub(crate) precision: Precision,
     pub(crate) max_blocks: u32,
     pub(crate) capture: RefCell<Option<Capture>>,
-    pub(crate) adam_queue: RefCell<AdamQueue>,
+    pub(crate) updates: RefCell<UpdateQueue>,
     /// Work held back to merge into the next launch ([`Options::fuse`], `src/pending.rs`):
     /// fills, a bias broadcast or addition, a loss's forward, a gradient kernel.
     pub(crate) pending: RefCell<Pending>,
@@ -394,7 +394,7 @@ impl Cuda {
             precision: o.precision,
             max_blocks: (sms.max(1) as u32) * 16,
             capture: RefCell::new(None),
-            adam_queue: RefCell::new(AdamQueue::default()),
+            updates: RefCell::new(UpdateQueue::default()),
             pending: RefCell::new(Pending::default()),
             fuse: o.fuse,
             k_major_from: o.k_major_from,
@@ -727,16 +727,16 @@ impl Cuda {
     pub(crate) fn flush(&self) -> Result<()> {
         let held = self.pending.borrow_mut().take_all();
         self.launch_settled(held)?;
-        if self.adam_queue.borrow().is_empty() {
+        if self.updates.borrow().is_empty() {
             return Ok(());
         }
-        crate::ops::optim::flush_adam(self)
+        crate::ops::optim::flush_updates(self)
     }
 
     /// Before any op other than an optimizer update: launches the queued updates (and, first,
     /// everything held back, which they may read).
-    pub(crate) fn flush_adam(&self) -> Result<()> {
-        if self.adam_queue.borrow().is_empty() {
+    pub(crate) fn flush_updates(&self) -> Result<()> {
+        if self.updates.borrow().is_empty() {
             return Ok(());
         }
         self.flush()

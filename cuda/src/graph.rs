@@ -267,7 +267,7 @@ impl<R> Graph<R> {
         // record given back (`sync` above flushed everything from before).
         let failed = |be: &Cuda| {
             drop(be.pending.borrow_mut().take_all());
-            be.adam_queue.borrow_mut().clear();
+            be.updates.borrow_mut().clear();
             if let Ok(at) = rec {
                 be.unreserve_table(at, rec_bytes);
             }

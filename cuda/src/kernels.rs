@@ -91,6 +91,7 @@ pub const SOURCES: &[Source] = &[
             "adam",
             "rms",
             "adam_multi",
+            "rms_multi",
             "zero_ranges",
             "graph_tick",
         ],

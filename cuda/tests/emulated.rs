@@ -792,6 +792,8 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
     );
     type Zero = unsafe extern "C" fn(*mut f32, *const u64, i32);
     type Tick = unsafe extern "C" fn(*mut f64, *mut f32);
+    type RmsM =
+        unsafe extern "C" fn(*mut f32, *const u64, i32, f32, f32, f32, f32, f32, f32, *const f32);
     type RmsK = unsafe extern "C" fn(
         *mut f32,
         *const f32,
@@ -828,6 +830,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
     let zero = sym!(lib, b"zero_ranges", Zero);
     let tick = sym!(lib, b"graph_tick", Tick);
     let rms = sym!(lib, b"rms", RmsK);
+    let rms_multi = sym!(lib, b"rms_multi", RmsM);
     let loss_bwd = sym!(lib, b"loss_bwd", LossB);
     let mut p = Pair::new(-1.0, 1.0, 6);
     for (momentum, nesterov, first, wd) in [
@@ -1172,6 +1175,76 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
                         u.eps as f32,
                         u.weight_decay as f32,
                         u.momentum as f32,
+                        std::ptr::null(),
+                    )
+                });
+            },
+        );
+    }
+    // Several tensors in one `rms_multi` launch (a descriptor each, ~0 for an absent buffer),
+    // aligned and not: params in 0..12096, gradients +13000, squares +26000, average +39000,
+    // momentum +52000; a tile of 4096 elements a block.
+    for (alpha, momentum, centered) in [(0.9, 0.5, true), (1.0, 0.0, false)] {
+        let us: Vec<RmsUpdate> = [(0usize, 5000usize), (5001, 1003), (8000, 4096)]
+            .iter()
+            .map(|&(param, len)| RmsUpdate {
+                param,
+                grad: param + 13000,
+                sq: param + 26000,
+                avg: centered.then_some(param + 39000),
+                momentum_buf: (momentum > 0.0).then_some(param + 52000),
+                len,
+                lr: 0.01,
+                lr_decay: 0.0,
+                step: 3,
+                alpha,
+                gain: if alpha == 1.0 { 1.0 } else { 1.0 - alpha },
+                eps: 1e-8,
+                weight_decay: 0.01,
+                momentum,
+            })
+            .collect();
+        for u in &us {
+            for i in 0..u.len {
+                let sq = p.cpu[u.sq + i].abs();
+                p.cpu[u.sq + i] = sq;
+                p.cpu[u.param + 39000 + i] = 0.25 * sq.sqrt();
+            }
+        }
+        p.emu.copy_from_slice(&p.cpu);
+        let u0 = us[0];
+        p.check(
+            &format!("rms_multi alpha={alpha} centered={centered}"),
+            0.0,
+            0.0,
+            |b| us.iter().try_for_each(|u| b.rms(u)),
+            |p| {
+                let mut words = Vec::new();
+                let mut tiles = 0u64;
+                for u in &us {
+                    words.extend([
+                        u.param as u64,
+                        u.grad as u64,
+                        u.sq as u64,
+                        u.avg.map_or(u64::MAX, |o| o as u64),
+                        u.momentum_buf.map_or(u64::MAX, |o| o as u64),
+                        u.len as u64,
+                        tiles,
+                    ]);
+                    tiles += (u.len as u64).div_ceil(4096);
+                }
+                let arena = p.p(0);
+                run(lib, tiles as u32, 256, 1, || unsafe {
+                    rms_multi(
+                        arena,
+                        words.as_ptr(),
+                        us.len() as i32,
+                        u0.rate() as f32,
+                        u0.alpha as f32,
+                        u0.gain as f32,
+                        u0.eps as f32,
+                        u0.weight_decay as f32,
+                        u0.momentum as f32,
                         std::ptr::null(),
                     )
                 });

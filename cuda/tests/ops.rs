@@ -627,6 +627,15 @@ fn losses() {
     p.gpu.read(y, &mut out).unwrap();
 }
 
+/// The sign of the value at `at` (1 for 0): a random average's direction.
+fn param_avg(mem: &[f32], at: usize) -> f32 {
+    if mem[at] < 0.0 {
+        -1.0
+    } else {
+        1.0
+    }
+}
+
 #[test]
 fn optimizer_updates_and_helpers() {
     let Some(mut p) = Pair::new("optimizer_updates_and_helpers", -1.0, 1.0, 8) else {
@@ -708,9 +717,11 @@ fn optimizer_updates_and_helpers() {
             |b| b.adam(&us[1]),
         );
     }
-    // RMSprop plain, with momentum, centered, both; Adagrad with a decaying rate. Squares at
-    // 10000 (made >= 0), the gradient's average at 15000 (below their root, as a running
-    // average is), momentum at 20000.
+    // RMSprop plain, with momentum, centered, both; Adagrad with a decaying rate. Several
+    // tensors in one step (one fused launch on the GPU), aligned and not, and one alone (the
+    // single-tensor kernel). Disjoint tensors: params in 0..12096, gradients +13000, squares
+    // +26000 (made >= 0), the gradient's average +39000 (below their root, as a running
+    // average is), momentum +52000.
     for (alpha, momentum, centered, lr_decay) in [
         (0.99, 0.0, false, 0.0),
         (0.9, 0.5, false, 0.0),
@@ -718,30 +729,38 @@ fn optimizer_updates_and_helpers() {
         (0.95, 0.9, true, 0.0),
         (1.0, 0.0, false, 0.1),
     ] {
-        let u = RmsUpdate {
-            param: 0,
-            grad: 5000,
-            sq: 10000,
-            avg: centered.then_some(15000),
-            momentum_buf: (momentum > 0.0).then_some(20000),
-            len: 4001,
-            lr: 0.01,
-            lr_decay,
-            step: 3,
-            alpha,
-            gain: if alpha == 1.0 { 1.0 } else { 1.0 - alpha },
-            eps: 1e-8,
-            weight_decay: 0.01,
-            momentum,
-        };
-        for i in 0..u.len {
-            let sq = p.cpu[10000 + i].abs();
-            p.cpu[10000 + i] = sq;
-            p.cpu[15000 + i] = 0.5 * sq.sqrt() * p.cpu[15000 + i].signum();
+        let us: Vec<RmsUpdate> = [(0usize, 5000usize), (5001, 1003), (8000, 4096)]
+            .iter()
+            .map(|&(param, len)| RmsUpdate {
+                param,
+                grad: param + 13000,
+                sq: param + 26000,
+                avg: centered.then_some(param + 39000),
+                momentum_buf: (momentum > 0.0).then_some(param + 52000),
+                len,
+                lr: 0.01,
+                lr_decay,
+                step: 3,
+                alpha,
+                gain: if alpha == 1.0 { 1.0 } else { 1.0 - alpha },
+                eps: 1e-8,
+                weight_decay: 0.01,
+                momentum,
+            })
+            .collect();
+        for u in &us {
+            for i in 0..u.len {
+                let sq = p.cpu[u.sq + i].abs();
+                p.cpu[u.sq + i] = sq;
+                let a = param_avg(&p.cpu, u.param + 39000 + i);
+                p.cpu[u.param + 39000 + i] = 0.5 * sq.sqrt() * a;
+            }
         }
         let snapshot = p.cpu.clone();
         p.gpu.write(0, &snapshot).unwrap();
-        p.check(&format!("rms {u:?}"), 1e-5, 1e-6, |b| b.rms(&u));
+        let what = format!("rms alpha={alpha} momentum={momentum} centered={centered}");
+        p.check(&what, 1e-5, 1e-6, |b| us.iter().try_for_each(|u| b.rms(u)));
+        p.check(&format!("{what} alone"), 1e-5, 1e-6, |b| b.rms(&us[1]));
     }
     p.check("fill", 0.0, 0.0, |b| b.fill(3, 1001, 0.25));
     p.check("scale", 1e-6, 0.0, |b| b.scale(7, 3001, -0.5));

@@ -911,12 +911,17 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                     FanMode::FanOut
                 };
                 let before = (t.used(), t.nodes_used());
-                let _ = match r.below(6) {
+                let slope = Nonlinearity::LeakyRelu(a);
+                let _ = match r.below(8) {
                     0 => init::uniform(t, p, a, b, &mut rng),
                     1 => init::normal(t, p, a, b, &mut rng),
-                    2 => init::trunc_normal(t, p, 0.0, a, -b, b, &mut rng),
+                    // Small tensors only: an interval near the 1e-4 floor takes 10^4 draws
+                    // an element.
+                    2 if p.numel() <= 16 => init::trunc_normal(t, p, 0.0, a, -b, b, &mut rng),
                     3 => init::xavier_uniform(t, p, a, &mut rng),
-                    4 => init::kaiming_normal(t, p, mode, Nonlinearity::LeakyRelu(a), &mut rng),
+                    4 => init::xavier_normal(t, p, a, &mut rng),
+                    5 => init::kaiming_uniform(t, p, mode, slope, &mut rng),
+                    6 => init::kaiming_normal(t, p, mode, slope, &mut rng),
                     _ => init::constant(t, p, a),
                 };
                 if CHECK_INVARIANTS {

@@ -206,12 +206,14 @@ mod tests {
     #[test]
     fn logsumexp_var_and_std_by_hand() {
         use crate::{Cpu, Tape};
-        let mut mem = [0f64; 512];
-        let mut t = Tape::<Cpu<f64>, 64>::new(&mut mem);
+        let mut mem = [0f64; 1024];
+        let mut t = Tape::<Cpu<f64>, 128>::new(&mut mem);
         let x = t
             .param(&[2, 3], &[1.0, 2.0, 3.0, 1000.0, 1000.0, 0.0])
             .unwrap();
+        let before = t.nodes_used();
         let l = t.logsumexp(x, 1).unwrap();
+        assert_eq!(t.nodes_used() - before, 7, "logsumexp's nodes");
         let got = t.data(l).unwrap();
         assert!((got[0] - 3.407_605_964_444_380_6).abs() < 1e-14, "{got:?}");
         assert!((got[1] - 1_000.693_147_180_559_9).abs() < 1e-12, "{got:?}");
@@ -224,16 +226,26 @@ mod tests {
         for (g, w) in g.iter().zip(want) {
             assert!((g - w).abs() < 1e-15, "{g} vs {w}");
         }
+        // Infinities as PyTorch's: a row of minus infinities gives minus infinity, a row
+        // holding plus infinity plus infinity.
+        let inf = f64::INFINITY;
+        let z = t.input(&[2, 2], &[-inf, -inf, 1.0, inf]).unwrap();
+        let lz = t.logsumexp(z, 1).unwrap();
+        assert_eq!(t.data(lz).unwrap(), &[-inf, inf]);
         let y = t.input(&[2, 3], &[1.0, 2.0, 4.0, 3.0, 3.0, 3.0]).unwrap();
         let close = |got: &[f64], want: &[f64]| {
             let ok = got.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-15);
             assert!(ok && got.len() == want.len(), "{got:?} vs {want:?}");
         };
+        let before = t.nodes_used();
         let v1 = t.var_axis(y, 1, 1).unwrap();
+        assert_eq!(t.nodes_used() - before, 7, "var_axis's nodes");
         close(t.data(v1).unwrap(), &[7.0 / 3.0, 0.0]);
         let v0 = t.var_axis(y, 1, 0).unwrap();
         close(t.data(v0).unwrap(), &[14.0 / 9.0, 0.0]);
+        let before = t.nodes_used();
         let all = t.var(y, 1).unwrap();
+        assert_eq!(t.nodes_used() - before, 8, "var's nodes");
         close(t.data(all).unwrap(), &[1.066_666_666_666_666_7]);
         let sd = t.std_axis(y, 1, 1).unwrap();
         close(t.data(sd).unwrap(), &[(7.0f64 / 3.0).sqrt(), 0.0]);
@@ -473,8 +485,9 @@ mod tape_ops {
         /// The log of the sum of the exponentials over `axis`, computed stably (PyTorch's
         /// `torch.logsumexp(x, dim=axis)`): `m + log(sum(exp(x - m)))` with `m` the maximum
         /// over `axis` taken without a gradient, so that the gradient is the softmax over
-        /// `axis`. Five nodes (and the maximum), all or nothing; `axis` is removed. A slice of
-        /// all minus infinity gives NaN (PyTorch's gives minus infinity).
+        /// `axis`. Seven nodes, all or nothing; `axis` is removed. The shift `m` is held within
+        /// `f32`'s finite range, so that a slice of minus infinities gives minus infinity and
+        /// one holding plus infinity gives plus infinity (as PyTorch's).
         ///
         /// # Errors
         /// [`Error::AxisOutOfRange`]; and as [`Tape::unary`].
@@ -482,7 +495,11 @@ mod tape_ops {
             x.shape.check_axis("logsumexp", axis)?;
             let (dims, rank) = kept(x.shape, axis);
             self.all_or_nothing(|t| {
-                let m = t.no_grad(|t| t.max_axis(x, axis))?;
+                let m = t.no_grad(|t| {
+                    let m = t.max_axis(x, axis)?;
+                    t.clamp(m, f32::MIN, f32::MAX)
+                })?;
+                let m = t.registered(m)?;
                 let mk = t.reshape(m, dims.get(..rank).unwrap_or(&[]))?;
                 let d = t.sub(x, mk)?;
                 let e = t.exp(d)?;
@@ -495,7 +512,7 @@ mod tape_ops {
         /// The variance over `axis` with `correction` (PyTorch's `torch.var(x, dim=axis,
         /// correction=c)`: 1 is Bessel's, the default there; 0 the population variance): the
         /// sum of squared deviations from the mean over `axis`, divided by `n - correction`.
-        /// Composed of six nodes, all or nothing; `axis` is removed.
+        /// Composed of seven nodes, all or nothing; `axis` is removed.
         ///
         /// # Errors
         /// [`Error::InvalidArgument`] unless `axis` holds more than `correction` elements
@@ -522,7 +539,8 @@ mod tape_ops {
             })
         }
 
-        /// The variance of all elements with `correction` (see [`Tape::var_axis`]), a scalar.
+        /// The variance of all elements with `correction` (see [`Tape::var_axis`]), a scalar
+        /// (eight nodes).
         ///
         /// # Errors
         /// As [`Tape::var_axis`].

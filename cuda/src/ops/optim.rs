@@ -1,10 +1,10 @@
 //! Optimizer updates: kernels/optim.cu.
 //!
-//! Adam updates are queued and run together: the core calls [`mote::Backend::adam`] once per
-//! parameter, and the queue turns consecutive calls with the same settings into one
-//! `adam_multi` launch over a descriptor table (uploaded once and reused while the parameters
-//! stay where they are). The queue is flushed before any other backend call, so ordering is
-//! unchanged.
+//! Adam, RMSprop and Adagrad updates are queued and run together: the core calls
+//! [`mote::Backend::adam`] (or [`mote::Backend::rms`]) once per parameter, and the queue turns
+//! consecutive calls with the same settings into one `adam_multi` (or `rms_multi`) launch over
+//! a descriptor table (uploaded once and reused while the parameters stay where they are).
+//! The queue is flushed before any other backend call, so ordering is unchanged.
 
 use mote::backend::{split_mut, split_rms};
 use mote::optim::{AdamUpdate, RmsUpdate, SgdUpdate};
@@ -16,21 +16,28 @@ use crate::Cuda;
 
 /// Elements of one `adam_multi` tile (one block); `ADAM_TILE` in optim.cu.
 const ADAM_TILE: usize = 4096;
+/// Elements of one `rms_multi` tile; `RMS_TILE` in optim.cu.
+const RMS_TILE: usize = 4096;
+/// An absent buffer in an `rms_multi` descriptor; `RMS_NONE` in optim.cu.
+const RMS_NONE: u64 = u64::MAX;
 
-/// Adam updates waiting for one launch.
+/// Optimizer updates waiting for one launch: Adam's or RMSprop's and Adagrad's, never both
+/// (an update of the other kind flushes the queue first).
 #[derive(Debug, Default)]
-pub(crate) struct AdamQueue {
-    pending: Vec<AdamUpdate>,
+pub(crate) struct UpdateQueue {
+    adam: Vec<AdamUpdate>,
+    rms: Vec<RmsUpdate>,
 }
 
-impl AdamQueue {
+impl UpdateQueue {
     pub(crate) fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.adam.is_empty() && self.rms.is_empty()
     }
 
     /// Drops the queued updates (those of a failed capture).
     pub(crate) fn clear(&mut self) {
-        self.pending.clear();
+        self.adam.clear();
+        self.rms.clear();
     }
 }
 
@@ -148,38 +155,21 @@ impl Cuda {
         )
     }
 
-    /// RMSprop and Adagrad: one `rms` launch per tensor. Adagrad's decaying rate is a dyn
-    /// slot in a captured graph (advanced per replay); every other scalar is constant.
+    /// RMSprop and Adagrad: queued as Adam's updates are (see the module docs).
     pub(crate) fn rms_impl(&mut self, u: &RmsUpdate) -> Result<()> {
         split_rms(&mut self.shadow, u)?;
-        let n = u.len;
-        if n == 0 {
+        if u.len == 0 {
             return Ok(());
         }
-        let dyn_ = if u.lr_decay != 0.0 {
-            let slot = Slot::Rate {
-                lr: u.lr,
-                lr_decay: u.lr_decay,
-                step: u.step,
-            };
-            self.dyn_slot(slot, false)?.0
-        } else {
-            0
+        let differs = {
+            let q = self.updates.borrow();
+            !q.adam.is_empty() || q.rms.first().is_some_and(|first| !same_rms(first, u))
         };
-        let (p, g, sq) = (self.at(u.param), self.at(u.grad), self.at(u.sq));
-        let avg = u.avg.map_or(0, |o| self.at(o));
-        let buf = u.momentum_buf.map_or(0, |o| self.at(o));
-        let nn = n as u64;
-        let (lr, a, c) = (u.rate() as f32, u.alpha as f32, u.gain as f32);
-        let (eps, wd, mu) = (u.eps as f32, u.weight_decay as f32, u.momentum as f32);
-        self.launch(
-            "rms",
-            self.blocks(nn, THREADS),
-            THREADS,
-            &[
-                &p, &g, &sq, &avg, &buf, &nn, &lr, &a, &c, &eps, &wd, &mu, &dyn_,
-            ],
-        )
+        if differs {
+            self.flush()?;
+        }
+        self.updates.borrow_mut().rms.push(*u);
+        Ok(())
     }
 
     pub(crate) fn adam_impl(&mut self, u: &AdamUpdate) -> Result<()> {
@@ -198,25 +188,109 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        let differs = self
-            .adam_queue
-            .borrow()
-            .pending
-            .first()
-            .is_some_and(|first| !same_settings(first, u));
+        let differs = {
+            let q = self.updates.borrow();
+            !q.rms.is_empty() || q.adam.first().is_some_and(|first| !same_settings(first, u))
+        };
         if differs {
             // Everything held back first: the queued updates may read it.
             self.flush()?;
         }
-        self.adam_queue.borrow_mut().pending.push(*u);
+        self.updates.borrow_mut().adam.push(*u);
         Ok(())
     }
 }
 
-/// Runs the queued Adam updates: one `adam_multi` launch when the descriptor table fits, else
+/// Same settings (all but the tensor and its buffers): can share one `rms_multi` launch.
+fn same_rms(a: &RmsUpdate, b: &RmsUpdate) -> bool {
+    a.lr == b.lr
+        && a.lr_decay == b.lr_decay
+        && a.step == b.step
+        && a.alpha == b.alpha
+        && a.gain == b.gain
+        && a.eps == b.eps
+        && a.weight_decay == b.weight_decay
+        && a.momentum == b.momentum
+}
+
+/// Runs the queued updates (the held-back work they may read is launched by the caller).
+pub(crate) fn flush_updates(be: &Cuda) -> Result<()> {
+    let (adam, rms) = {
+        let mut q = be.updates.borrow_mut();
+        (std::mem::take(&mut q.adam), std::mem::take(&mut q.rms))
+    };
+    flush_adam(be, &adam)?;
+    flush_rms(be, &rms)
+}
+
+/// Runs queued RMSprop or Adagrad updates: one `rms_multi` launch when there are several and
+/// the descriptor table fits, else one `rms` launch per tensor. Adagrad's decaying rate is a
+/// dyn slot in a captured graph (advanced per replay); every other scalar is constant.
+fn flush_rms(be: &Cuda, pending: &[RmsUpdate]) -> Result<()> {
+    let Some(u0) = pending.first().copied() else {
+        return Ok(());
+    };
+    let dyn_ = if u0.lr_decay != 0.0 {
+        let slot = Slot::Rate {
+            lr: u0.lr,
+            lr_decay: u0.lr_decay,
+            step: u0.step,
+        };
+        be.dyn_slot(slot, false)?.0
+    } else {
+        0
+    };
+    let (lr, a, c) = (u0.rate() as f32, u0.alpha as f32, u0.gain as f32);
+    let (eps, wd, mu) = (u0.eps as f32, u0.weight_decay as f32, u0.momentum as f32);
+    // Descriptor table: p, g, sq, avg, buf, len, first tile.
+    let mut words = Vec::with_capacity(7 * pending.len());
+    let mut tiles = 0usize;
+    for u in pending {
+        words.extend_from_slice(&[
+            u.param as u64,
+            u.grad as u64,
+            u.sq as u64,
+            u.avg.map_or(RMS_NONE, |o| o as u64),
+            u.momentum_buf.map_or(RMS_NONE, |o| o as u64),
+            u.len as u64,
+            tiles as u64,
+        ]);
+        tiles += u.len.div_ceil(RMS_TILE);
+    }
+    let table = if pending.len() > 1 && tiles <= crate::device::MAX_GRID_X as usize {
+        be.upload_table(words)?
+    } else {
+        None
+    };
+    if let Some(t) = table {
+        let (arena, count) = (be.base, pending.len() as i32);
+        return be.launch(
+            "rms_multi",
+            tiles as u32,
+            THREADS,
+            &[&arena, &t, &count, &lr, &a, &c, &eps, &wd, &mu, &dyn_],
+        );
+    }
+    for u in pending {
+        let (p, g, sq) = (be.at(u.param), be.at(u.grad), be.at(u.sq));
+        let avg = u.avg.map_or(0, |o| be.at(o));
+        let buf = u.momentum_buf.map_or(0, |o| be.at(o));
+        let n = u.len as u64;
+        be.launch(
+            "rms",
+            be.blocks(n, THREADS),
+            THREADS,
+            &[
+                &p, &g, &sq, &avg, &buf, &n, &lr, &a, &c, &eps, &wd, &mu, &dyn_,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs queued Adam updates: one `adam_multi` launch when the descriptor table fits, else
 /// (and for AMSGrad, which the fused kernel does not do) one `adam` launch per tensor.
-pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
-    let pending = std::mem::take(&mut be.adam_queue.borrow_mut().pending);
+fn flush_adam(be: &Cuda, pending: &[AdamUpdate]) -> Result<()> {
     let Some(first) = pending.first().copied() else {
         return Ok(());
     };
@@ -224,7 +298,7 @@ pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
     // Descriptor table: p, g, m, v, len, first tile.
     let mut words = Vec::with_capacity(6 * pending.len());
     let mut tiles = 0usize;
-    for u in &pending {
+    for u in pending {
         words.extend_from_slice(&[
             u.param as u64,
             u.grad as u64,
@@ -274,7 +348,7 @@ pub(crate) fn flush_adam(be: &Cuda) -> Result<()> {
             )
         }
         None => {
-            for u in &pending {
+            for u in pending {
                 let p = [be.at(u.param), be.at(u.grad), be.at(u.m), be.at(u.v)];
                 let vm = u.vmax.map_or(0, |o| be.at(o));
                 // AMSGrad's path reads one element a thread.

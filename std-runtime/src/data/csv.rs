@@ -140,7 +140,7 @@ fn find_label(header: &[String], choice: &LabelChoice, source: &str) -> Result<O
 /// # Errors
 /// [`Error`] of kind `Data` naming the file, line and column: an empty file, an unterminated
 /// quote, a row with more or fewer cells than the header, an empty (missing) cell, a
-/// non-numeric or non-finite feature, a label over several lines of which a later one holds
+/// non-numeric or non-finite feature, a label over several lines of which one holds a row's
 /// commas (rows merged by a stray quote), an unknown label or feature column, no data rows, no
 /// feature columns.
 pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
@@ -297,13 +297,18 @@ pub fn parse_csv(text: &str, source: &str, opts: &CsvOptions) -> Result<Table> {
         }
         if let Some(l) = label {
             let cell = cell_at(l)?;
-            // A label may hold line breaks (RFC 4180), but one whose later lines hold commas
-            // is rows merged into it: a quote that opened in this row (a stray one) closed
-            // only lines later.
-            if cell.lines().skip(1).any(|l| l.contains(',')) {
+            // A label may hold line breaks (RFC 4180), but one with a line break and a line
+            // holding a whole row's commas (a row's worth of cells but one) is rows merged
+            // into it: a quote that opened in this row (a stray one) closed only lines later.
+            // (In a file of two columns, one comma is a row: a label there may not hold both
+            // a line break and a comma.)
+            let row_commas = header.len().saturating_sub(1).max(1);
+            let merged =
+                cell.contains('\n') && cell.lines().any(|s| s.matches(',').count() >= row_commas);
+            if merged {
                 return Err(Error::data(format!(
-                    "{source}, line {line}, column {} ({}): the label '{}' runs over {} lines \
-                     holding commas",
+                    "{source}, the row starting on line {line}, column {} ({}): the label \
+                     '{}' spans {} lines, one of them holding as many commas as a row",
                     l + 1,
                     header.get(l).map_or("", |s| s.as_str()),
                     shown(cell),
@@ -390,7 +395,8 @@ mod tests {
 
     // A stray quote at a label's start that a later row's quote closes: the rows between
     // would become one label with line breaks (the cell counts still agree). Refused, naming
-    // where; a quoted label with a comma, or with a line break and no comma after it, is read.
+    // where, with the label last or first; a quoted label with a comma, or with a line break
+    // and fewer commas than a row has, is read.
     #[test]
     fn a_label_merged_over_rows_by_a_stray_quote_is_refused() {
         let opts = CsvOptions {
@@ -400,9 +406,27 @@ mod tests {
         let text = "a,y\n1,\"cat\n2,dog\n3,bird\"\n4,fish\n";
         let e = parse_csv(text, "pets.csv", &opts).unwrap_err().to_string();
         assert!(
-            e.contains("pets.csv, line 2, column 2 (y): the label 'cat\\n2,dog\\n3,bird' runs over 3 lines holding commas"),
+            e.contains(
+                "pets.csv, the row starting on line 2, column 2 (y): the label \
+                 'cat\\n2,dog\\n3,bird' spans 3 lines, one of them holding as many commas as a row"
+            ),
             "{e}"
         );
+        // The label first: two lines merged, the first holding the comma.
+        let first = CsvOptions {
+            label: LabelChoice::Column("y".into()),
+            features: None,
+        };
+        let e = parse_csv("y,a\n\"cat,1\ndog\",2\n", "pets.csv", &first).unwrap_err();
+        assert!(e.to_string().contains("spans 2 lines"), "{e}");
+        // An address over two lines in a file of four columns: one comma, fewer than a row's 3.
+        let t = parse_csv(
+            "a,b,c,y\n1,2,3,\"Acme\nSpringfield, IL\"\n",
+            "firms.csv",
+            &opts,
+        )
+        .unwrap();
+        assert_eq!(t.labels, ["Acme\nSpringfield, IL"]);
         let t = parse_csv("a,y\n1,\"cat, black\"\n2,\"big\ndog\"\n", "pets.csv", &opts).unwrap();
         assert_eq!(t.labels, ["cat, black", "big\ndog"]);
     }
