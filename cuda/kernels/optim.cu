@@ -2,22 +2,59 @@
 // replays of a captured CUDA graph (advanced on the device by `graph_tick`, or by the step's one
 // Adam launch, before each replay's optimizer reads them).
 
+// An absent buffer in a multi-tensor descriptor (sgd_multi, rms_multi).
+#define OPT_NONE (~(u64)0)
+// Elements of one tile (one block) of a multi-tensor launch.
+#define OPT_TILE 4096
+
+__device__ __forceinline__ void sgd_one(float* p, const float* g, float* buf, u64 i, float lr,
+                                        float mu, float damp, float wd, int nesterov,
+                                        int first) {
+    float gi = g[i] + wd * p[i];
+    if (buf) {
+        float b = first ? gi : flush(mu * buf[i] + damp * gi);
+        buf[i] = b;
+        float step = nesterov ? gi + mu * b : b;
+        p[i] -= lr * step;
+    } else {
+        p[i] -= lr * gi;
+    }
+}
+
 // SGD with optional momentum buffer (`buf` null without momentum). dyn[0]: the `first` flag.
 extern "C" __global__ void sgd(float* __restrict__ p, const float* __restrict__ g,
                                float* __restrict__ buf, u64 n, float lr, float mu, float damp,
                                float wd, int nesterov, int first, const float* dyn) {
     if (dyn) first = dyn[0] != 0.0f;
-    FOR_EACH(i, n) {
-        float gi = g[i] + wd * p[i];
-        if (buf) {
-            float b = first ? gi : flush(mu * buf[i] + damp * gi);
-            buf[i] = b;
-            float step = nesterov ? gi + mu * b : b;
-            p[i] -= lr * step;
-        } else {
-            p[i] -= lr * gi;
-        }
+    FOR_EACH(i, n) sgd_one(p, g, buf, i, lr, mu, damp, wd, nesterov, first);
+}
+
+// The descriptor of a multi-tensor launch that owns this block's tile: the last one whose
+// first tile (its `tile`) is <= blockIdx.x.
+template <class Desc>
+__device__ __forceinline__ int tile_owner(const Desc* d, int count) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (d[mid].tile <= blockIdx.x) lo = mid; else hi = mid - 1;
     }
+    return lo;
+}
+
+// Every SGD update of one optimizer step in one launch (mirrors `SgdDesc` in
+// src/ops/optim.rs: element offsets, OPT_NONE without momentum, the length, the first tile).
+struct SgdDesc { u64 p, g, buf, len, tile; };
+
+extern "C" __global__ void sgd_multi(float* arena, const SgdDesc* __restrict__ d, int count,
+                                     float lr, float mu, float damp, float wd, int nesterov,
+                                     int first, const float* dyn) {
+    if (dyn) first = dyn[0] != 0.0f;
+    SgdDesc t = d[tile_owner(d, count)];
+    u64 start = (blockIdx.x - t.tile) * (u64)OPT_TILE;
+    u64 end = start + OPT_TILE < t.len ? start + OPT_TILE : t.len;
+    float* buf = t.buf == OPT_NONE ? nullptr : arena + t.buf;
+    for (u64 i = start + threadIdx.x; i < end; i += blockDim.x)
+        sgd_one(arena + t.p, arena + t.g, buf, i, lr, mu, damp, wd, nesterov, first);
 }
 
 __device__ __forceinline__ void adam_one(float& p, float g, float& m, float& v, float b1, float b2,
@@ -106,26 +143,19 @@ extern "C" __global__ void rms(float* __restrict__ p, const float* __restrict__ 
 }
 
 // Every RMSprop or Adagrad update of one optimizer step in one launch, as adam_multi: a
-// descriptor per tensor (mirrors `RmsDesc` in src/ops/optim.rs: element offsets, ~0 for an
-// absent average or momentum buffer, the length and the first tile), a block per tile.
+// descriptor per tensor (mirrors `RmsDesc` in src/ops/optim.rs: element offsets, OPT_NONE for
+// an absent average or momentum buffer, the length and the first tile), a block per tile.
 struct RmsDesc { u64 p, g, sq, avg, buf, len, tile; };
-#define RMS_TILE 4096
-#define RMS_NONE (~(u64)0)
 
 extern "C" __global__ void rms_multi(float* arena, const RmsDesc* __restrict__ d, int count,
                                      float lr, float a, float c, float eps, float wd, float mu,
                                      const float* dyn) {
     if (dyn) lr = dyn[0];
-    int lo = 0, hi = count - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (d[mid].tile <= blockIdx.x) lo = mid; else hi = mid - 1;
-    }
-    RmsDesc t = d[lo];
-    u64 start = (blockIdx.x - t.tile) * (u64)RMS_TILE;
-    u64 end = start + RMS_TILE < t.len ? start + RMS_TILE : t.len;
-    float* avg = t.avg == RMS_NONE ? nullptr : arena + t.avg;
-    float* buf = t.buf == RMS_NONE ? nullptr : arena + t.buf;
+    RmsDesc t = d[tile_owner(d, count)];
+    u64 start = (blockIdx.x - t.tile) * (u64)OPT_TILE;
+    u64 end = start + OPT_TILE < t.len ? start + OPT_TILE : t.len;
+    float* avg = t.avg == OPT_NONE ? nullptr : arena + t.avg;
+    float* buf = t.buf == OPT_NONE ? nullptr : arena + t.buf;
     for (u64 i = start + threadIdx.x; i < end; i += blockDim.x)
         rms_one(arena + t.p, arena + t.g, arena + t.sq, avg, buf, i, lr, a, c, eps, wd, mu);
 }
@@ -133,7 +163,6 @@ extern "C" __global__ void rms_multi(float* arena, const RmsDesc* __restrict__ d
 // Every parameter of one optimizer step in one launch. Mirrors `AdamDesc` in src/ops/optim.rs:
 // element offsets into the arena, the length, and the first tile of the tensor.
 struct AdamDesc { u64 p, g, m, v, len, tile; };
-#define ADAM_TILE 4096
 
 // `rec`, when not null: the captured step's one optimizer launch, which does `graph_tick`'s
 // work itself (no tick node): its record (at rec, as graph_tick's) gives the step's scalars,
@@ -147,15 +176,9 @@ extern "C" __global__ void adam_multi(float* arena, const AdamDesc* __restrict__
         step = (float)(rec[2] / (1.0 - rec[5]));
         isb2 = (float)(1.0 / sqrt(1.0 - rec[6]));
     }
-    // The tensor owning this block's tile: the last one whose first tile is <= blockIdx.x.
-    int lo = 0, hi = count - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (d[mid].tile <= blockIdx.x) lo = mid; else hi = mid - 1;
-    }
-    AdamDesc t = d[lo];
-    u64 start = (blockIdx.x - t.tile) * (u64)ADAM_TILE;
-    u64 end = start + ADAM_TILE < t.len ? start + ADAM_TILE : t.len;
+    AdamDesc t = d[tile_owner(d, count)];
+    u64 start = (blockIdx.x - t.tile) * (u64)OPT_TILE;
+    u64 end = start + OPT_TILE < t.len ? start + OPT_TILE : t.len;
     float *p = arena + t.p, *m = arena + t.m, *v = arena + t.v;
     const float* g = arena + t.g;
     int vec = ((t.p | t.g | t.m | t.v) & 3) == 0;

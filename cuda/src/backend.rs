@@ -212,7 +212,6 @@ impl Backend for Cuda {
     }
 
     fn sgd(&mut self, u: &SgdUpdate) -> Result<()> {
-        self.flush()?;
         self.sgd_impl(u)
     }
 

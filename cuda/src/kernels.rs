@@ -92,6 +92,7 @@ pub const SOURCES: &[Source] = &[
             "rms",
             "adam_multi",
             "rms_multi",
+            "sgd_multi",
             "zero_ranges",
             "graph_tick",
         ],

@@ -792,6 +792,8 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
     );
     type Zero = unsafe extern "C" fn(*mut f32, *const u64, i32);
     type Tick = unsafe extern "C" fn(*mut f64, *mut f32);
+    type SgdM =
+        unsafe extern "C" fn(*mut f32, *const u64, i32, f32, f32, f32, f32, i32, i32, *const f32);
     type RmsM =
         unsafe extern "C" fn(*mut f32, *const u64, i32, f32, f32, f32, f32, f32, f32, *const f32);
     type RmsK = unsafe extern "C" fn(
@@ -831,6 +833,7 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
     let tick = sym!(lib, b"graph_tick", Tick);
     let rms = sym!(lib, b"rms", RmsK);
     let rms_multi = sym!(lib, b"rms_multi", RmsM);
+    let sgd_multi = sym!(lib, b"sgd_multi", SgdM);
     let loss_bwd = sym!(lib, b"loss_bwd", LossB);
     let mut p = Pair::new(-1.0, 1.0, 6);
     for (momentum, nesterov, first, wd) in [
@@ -1175,6 +1178,61 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
                         u.eps as f32,
                         u.weight_decay as f32,
                         u.momentum as f32,
+                        std::ptr::null(),
+                    )
+                });
+            },
+        );
+    }
+    // Several tensors in one `sgd_multi` launch (OPT_NONE without momentum), aligned and not:
+    // params in 0..12096, gradients +13000, momentum +26000.
+    for (momentum, nesterov, first) in [(0.9, true, false), (0.9, false, true), (0.0, false, false)]
+    {
+        let us: Vec<SgdUpdate> = [(0usize, 5000usize), (5001, 1003), (8000, 4096)]
+            .iter()
+            .map(|&(param, len)| SgdUpdate {
+                param,
+                grad: param + 13000,
+                momentum_buf: (momentum > 0.0).then_some(param + 26000),
+                len,
+                lr: 0.05,
+                momentum,
+                dampening: 0.0,
+                weight_decay: 0.01,
+                nesterov,
+                first,
+            })
+            .collect();
+        p.check(
+            &format!("sgd_multi momentum={momentum} nesterov={nesterov} first={first}"),
+            0.0,
+            0.0,
+            |b| us.iter().try_for_each(|u| b.sgd(u)),
+            |p| {
+                let mut words = Vec::new();
+                let mut tiles = 0u64;
+                for u in &us {
+                    words.extend([
+                        u.param as u64,
+                        u.grad as u64,
+                        u.momentum_buf.map_or(u64::MAX, |o| o as u64),
+                        u.len as u64,
+                        tiles,
+                    ]);
+                    tiles += (u.len as u64).div_ceil(4096);
+                }
+                let arena = p.p(0);
+                run(lib, tiles as u32, 256, 1, || unsafe {
+                    sgd_multi(
+                        arena,
+                        words.as_ptr(),
+                        us.len() as i32,
+                        0.05,
+                        momentum as f32,
+                        1.0,
+                        0.01,
+                        i32::from(nesterov),
+                        i32::from(first),
                         std::ptr::null(),
                     )
                 });

@@ -661,6 +661,21 @@ fn optimizer_updates_and_helpers() {
             first,
         };
         p.check(&format!("sgd {u:?}"), 1e-5, 1e-6, |b| b.sgd(&u));
+        // Several tensors in one step (one `sgd_multi` launch on the GPU), aligned and not:
+        // params in 0..12096, gradients +13000, momentum +26000.
+        let us: Vec<SgdUpdate> = [(0usize, 5000usize), (5001, 1003), (8000, 4096)]
+            .iter()
+            .map(|&(param, len)| SgdUpdate {
+                param,
+                grad: param + 13000,
+                momentum_buf: (momentum > 0.0).then_some(param + 26000),
+                len,
+                ..u
+            })
+            .collect();
+        p.check(&format!("sgd of 3 tensors {u:?}"), 1e-5, 1e-6, |b| {
+            us.iter().try_for_each(|u| b.sgd(u))
+        });
     }
     for (decoupled, ams) in [(false, false), (true, false), (false, true), (true, true)] {
         // Several parameters in one step (one fused launch on the GPU, but with AMSGrad: one

@@ -1,10 +1,10 @@
 //! Optimizer updates: kernels/optim.cu.
 //!
-//! Adam, RMSprop and Adagrad updates are queued and run together: the core calls
-//! [`mote::Backend::adam`] (or [`mote::Backend::rms`]) once per parameter, and the queue turns
-//! consecutive calls with the same settings into one `adam_multi` (or `rms_multi`) launch over
-//! a descriptor table (uploaded once and reused while the parameters stay where they are).
-//! The queue is flushed before any other backend call, so ordering is unchanged.
+//! Optimizer updates are queued and run together: the core calls [`mote::Backend::adam`] (or
+//! [`mote::Backend::rms`], [`mote::Backend::sgd`]) once per parameter, and the queue turns
+//! consecutive calls with the same settings into one `adam_multi` (`rms_multi`, `sgd_multi`)
+//! launch over a descriptor table (uploaded once and reused while the parameters stay where
+//! they are). The queue is flushed before any other backend call, so ordering is unchanged.
 
 use mote::backend::{split_mut, split_rms};
 use mote::optim::{AdamUpdate, RmsUpdate, SgdUpdate};
@@ -14,30 +14,38 @@ use super::THREADS;
 use crate::graph::Slot;
 use crate::Cuda;
 
-/// Elements of one `adam_multi` tile (one block); `ADAM_TILE` in optim.cu.
-const ADAM_TILE: usize = 4096;
-/// Elements of one `rms_multi` tile; `RMS_TILE` in optim.cu.
-const RMS_TILE: usize = 4096;
-/// An absent buffer in an `rms_multi` descriptor; `RMS_NONE` in optim.cu.
-const RMS_NONE: u64 = u64::MAX;
+/// Elements of one tile (one block) of `adam_multi`, `rms_multi` and `sgd_multi`; `OPT_TILE`
+/// in optim.cu.
+const OPT_TILE: usize = 4096;
+/// An absent buffer in an `rms_multi` or `sgd_multi` descriptor; `OPT_NONE` in optim.cu.
+const OPT_NONE: u64 = u64::MAX;
 
-/// Optimizer updates waiting for one launch: Adam's or RMSprop's and Adagrad's, never both
-/// (an update of the other kind flushes the queue first).
+/// Optimizer updates waiting for one launch, of one kind only (an update of another kind
+/// flushes the queue first).
 #[derive(Debug, Default)]
 pub(crate) struct UpdateQueue {
     adam: Vec<AdamUpdate>,
     rms: Vec<RmsUpdate>,
+    sgd: Vec<SgdUpdate>,
 }
 
 impl UpdateQueue {
     pub(crate) fn is_empty(&self) -> bool {
-        self.adam.is_empty() && self.rms.is_empty()
+        self.adam.is_empty() && self.rms.is_empty() && self.sgd.is_empty()
     }
 
     /// Drops the queued updates (those of a failed capture).
     pub(crate) fn clear(&mut self) {
         self.adam.clear();
         self.rms.clear();
+        self.sgd.clear();
+    }
+
+    /// How many kinds of update are queued.
+    fn kinds(&self) -> usize {
+        usize::from(!self.adam.is_empty())
+            + usize::from(!self.rms.is_empty())
+            + usize::from(!self.sgd.is_empty())
     }
 }
 
@@ -139,20 +147,16 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        let (dyn_, _) = self.dyn_slot(Slot::Sgd { first: u.first }, false)?;
-        let (p, g) = (self.at(u.param), self.at(u.grad));
-        let buf = u.momentum_buf.map_or(0, |m| self.at(m));
-        let (nn, lr, mu) = (n as u64, u.lr as f32, u.momentum as f32);
-        let (damp, wd) = ((1.0 - u.dampening) as f32, u.weight_decay as f32);
-        let (nest, first) = (i32::from(u.nesterov), i32::from(u.first));
-        self.launch(
-            "sgd",
-            self.blocks(nn, THREADS),
-            THREADS,
-            &[
-                &p, &g, &buf, &nn, &lr, &mu, &damp, &wd, &nest, &first, &dyn_,
-            ],
-        )
+        let differs = {
+            let q = self.updates.borrow();
+            q.kinds() > usize::from(!q.sgd.is_empty())
+                || q.sgd.first().is_some_and(|first| !same_sgd(first, u))
+        };
+        if differs {
+            self.flush()?;
+        }
+        self.updates.borrow_mut().sgd.push(*u);
+        Ok(())
     }
 
     /// RMSprop and Adagrad: queued as Adam's updates are (see the module docs).
@@ -163,7 +167,8 @@ impl Cuda {
         }
         let differs = {
             let q = self.updates.borrow();
-            !q.adam.is_empty() || q.rms.first().is_some_and(|first| !same_rms(first, u))
+            q.kinds() > usize::from(!q.rms.is_empty())
+                || q.rms.first().is_some_and(|first| !same_rms(first, u))
         };
         if differs {
             self.flush()?;
@@ -190,7 +195,8 @@ impl Cuda {
         }
         let differs = {
             let q = self.updates.borrow();
-            !q.rms.is_empty() || q.adam.first().is_some_and(|first| !same_settings(first, u))
+            q.kinds() > usize::from(!q.adam.is_empty())
+                || q.adam.first().is_some_and(|first| !same_settings(first, u))
         };
         if differs {
             // Everything held back first: the queued updates may read it.
@@ -213,14 +219,99 @@ fn same_rms(a: &RmsUpdate, b: &RmsUpdate) -> bool {
         && a.momentum == b.momentum
 }
 
+/// Same settings (all but the tensor and its buffer): can share one `sgd_multi` launch.
+fn same_sgd(a: &SgdUpdate, b: &SgdUpdate) -> bool {
+    a.lr == b.lr
+        && a.momentum == b.momentum
+        && a.dampening == b.dampening
+        && a.weight_decay == b.weight_decay
+        && a.nesterov == b.nesterov
+        && a.first == b.first
+}
+
 /// Runs the queued updates (the held-back work they may read is launched by the caller).
 pub(crate) fn flush_updates(be: &Cuda) -> Result<()> {
-    let (adam, rms) = {
+    let (adam, rms, sgd) = {
         let mut q = be.updates.borrow_mut();
-        (std::mem::take(&mut q.adam), std::mem::take(&mut q.rms))
+        (
+            std::mem::take(&mut q.adam),
+            std::mem::take(&mut q.rms),
+            std::mem::take(&mut q.sgd),
+        )
     };
     flush_adam(be, &adam)?;
-    flush_rms(be, &rms)
+    flush_rms(be, &rms)?;
+    flush_sgd(be, &sgd)
+}
+
+/// The table of a multi-tensor launch: `row(u)`'s words then the update's first tile, for
+/// each update; and the tiles in all. Uploaded (or found uploaded) when there are several
+/// updates and the grid fits; `None` otherwise (one launch per tensor).
+fn multi_table<U>(
+    be: &Cuda,
+    pending: &[U],
+    len: impl Fn(&U) -> usize,
+    row: impl Fn(&U) -> Vec<u64>,
+) -> Result<Option<(u64, u32)>> {
+    let mut words = Vec::new();
+    let mut tiles = 0usize;
+    for u in pending {
+        words.extend(row(u));
+        words.push(tiles as u64);
+        tiles += len(u).div_ceil(OPT_TILE);
+    }
+    if pending.len() < 2 || tiles > crate::device::MAX_GRID_X as usize {
+        return Ok(None);
+    }
+    Ok(be.upload_table(words)?.map(|t| (t, tiles as u32)))
+}
+
+/// Runs queued SGD updates: one `sgd_multi` launch when there are several and the table fits,
+/// else one `sgd` launch per tensor. The first-step flag is a dyn slot in a captured graph.
+fn flush_sgd(be: &Cuda, pending: &[SgdUpdate]) -> Result<()> {
+    let Some(u0) = pending.first().copied() else {
+        return Ok(());
+    };
+    let (dyn_, _) = be.dyn_slot(Slot::Sgd { first: u0.first }, false)?;
+    let (lr, mu) = (u0.lr as f32, u0.momentum as f32);
+    let (damp, wd) = ((1.0 - u0.dampening) as f32, u0.weight_decay as f32);
+    let (nest, first) = (i32::from(u0.nesterov), i32::from(u0.first));
+    let table = multi_table(
+        be,
+        pending,
+        |u| u.len,
+        |u| {
+            vec![
+                u.param as u64,
+                u.grad as u64,
+                u.momentum_buf.map_or(OPT_NONE, |o| o as u64),
+                u.len as u64,
+            ]
+        },
+    )?;
+    if let Some((t, tiles)) = table {
+        let (arena, count) = (be.base, pending.len() as i32);
+        return be.launch(
+            "sgd_multi",
+            tiles,
+            THREADS,
+            &[
+                &arena, &t, &count, &lr, &mu, &damp, &wd, &nest, &first, &dyn_,
+            ],
+        );
+    }
+    for u in pending {
+        let (p, g) = (be.at(u.param), be.at(u.grad));
+        let buf = u.momentum_buf.map_or(0, |m| be.at(m));
+        let n = u.len as u64;
+        be.launch(
+            "sgd",
+            be.blocks(n, THREADS),
+            THREADS,
+            &[&p, &g, &buf, &n, &lr, &mu, &damp, &wd, &nest, &first, &dyn_],
+        )?;
+    }
+    Ok(())
 }
 
 /// Runs queued RMSprop or Adagrad updates: one `rms_multi` launch when there are several and
@@ -243,30 +334,26 @@ fn flush_rms(be: &Cuda, pending: &[RmsUpdate]) -> Result<()> {
     let (lr, a, c) = (u0.rate() as f32, u0.alpha as f32, u0.gain as f32);
     let (eps, wd, mu) = (u0.eps as f32, u0.weight_decay as f32, u0.momentum as f32);
     // Descriptor table: p, g, sq, avg, buf, len, first tile.
-    let mut words = Vec::with_capacity(7 * pending.len());
-    let mut tiles = 0usize;
-    for u in pending {
-        words.extend_from_slice(&[
-            u.param as u64,
-            u.grad as u64,
-            u.sq as u64,
-            u.avg.map_or(RMS_NONE, |o| o as u64),
-            u.momentum_buf.map_or(RMS_NONE, |o| o as u64),
-            u.len as u64,
-            tiles as u64,
-        ]);
-        tiles += u.len.div_ceil(RMS_TILE);
-    }
-    let table = if pending.len() > 1 && tiles <= crate::device::MAX_GRID_X as usize {
-        be.upload_table(words)?
-    } else {
-        None
-    };
-    if let Some(t) = table {
+    let table = multi_table(
+        be,
+        pending,
+        |u| u.len,
+        |u| {
+            vec![
+                u.param as u64,
+                u.grad as u64,
+                u.sq as u64,
+                u.avg.map_or(OPT_NONE, |o| o as u64),
+                u.momentum_buf.map_or(OPT_NONE, |o| o as u64),
+                u.len as u64,
+            ]
+        },
+    )?;
+    if let Some((t, tiles)) = table {
         let (arena, count) = (be.base, pending.len() as i32);
         return be.launch(
             "rms_multi",
-            tiles as u32,
+            tiles,
             THREADS,
             &[&arena, &t, &count, &lr, &a, &c, &eps, &wd, &mu, &dyn_],
         );
@@ -295,23 +382,22 @@ fn flush_adam(be: &Cuda, pending: &[AdamUpdate]) -> Result<()> {
         return Ok(());
     };
     let s = scalars(&first);
-    // Descriptor table: p, g, m, v, len, first tile.
-    let mut words = Vec::with_capacity(6 * pending.len());
-    let mut tiles = 0usize;
-    for u in pending {
-        words.extend_from_slice(&[
-            u.param as u64,
-            u.grad as u64,
-            u.m as u64,
-            u.v as u64,
-            u.len as u64,
-            tiles as u64,
-        ]);
-        tiles += u.len.div_ceil(ADAM_TILE);
-    }
-    let fused = pending.len() > 1 && first.vmax.is_none();
-    let table = if fused && tiles <= crate::device::MAX_GRID_X as usize {
-        be.upload_table(words)?
+    // Descriptor table: p, g, m, v, len, first tile (plain Adam only).
+    let table = if first.vmax.is_none() {
+        multi_table(
+            be,
+            pending,
+            |u| u.len,
+            |u| {
+                vec![
+                    u.param as u64,
+                    u.grad as u64,
+                    u.m as u64,
+                    u.v as u64,
+                    u.len as u64,
+                ]
+            },
+        )?
     } else {
         None
     };
@@ -335,11 +421,11 @@ fn flush_adam(be: &Cuda, pending: &[AdamUpdate]) -> Result<()> {
         decay,
     } = s;
     match table {
-        Some(t) => {
+        Some((t, tiles)) => {
             let (arena, count) = (be.base, pending.len() as i32);
             be.launch(
                 "adam_multi",
-                tiles as u32,
+                tiles,
                 THREADS,
                 &[
                     &arena, &t, &count, &b1, &b2, &c1, &c2, &step, &isb2, &eps, &l2, &decay, &dyn_,
