@@ -8,6 +8,7 @@ pub mod data;
 pub mod error;
 pub mod export;
 pub mod idx;
+mod memory;
 pub mod metrics;
 pub mod model;
 pub mod parallel;

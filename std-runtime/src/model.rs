@@ -1546,14 +1546,6 @@ pub trait WithBackend {
     fn run<B: Backend<Elem = f32>>(self, backend: B) -> Result<Self::Output>;
 }
 
-/// The machine's memory (Linux's `MemTotal`), where it can be read.
-pub(crate) fn host_memory_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
-}
-
 /// `count` arenas of `floats` zeros that a run holds at once; `too_big` is the error when the
 /// machine cannot hold them. Where the system overcommits, a reservation beyond its memory
 /// succeeds and the process is killed while filling it: the total is compared with the
@@ -1563,7 +1555,7 @@ pub(crate) fn host_arenas(
     count: usize,
     too_big: impl Fn() -> Error,
 ) -> Result<Vec<Vec<f32>>> {
-    arenas_within(floats, count, host_memory_bytes(), too_big)
+    arenas_within(floats, count, crate::memory::total_bytes(), too_big)
 }
 
 /// [`host_arenas`] on a machine of `memory` bytes (unknown: `None`).

@@ -102,19 +102,11 @@ pub struct Table {
 /// The most classes a classification data set may have (ImageNet-21k's 21,841 fit).
 pub const MAX_CLASSES: usize = 32_768;
 
-/// Of the memory the machine has available (Linux's `MemAvailable`) when gzip data are
-/// unpacked, the share (one in this many bytes) the unpacked data may take: the rest is for
-/// what is made of them (a CSV file's text becomes a table of numbers) and for other programs.
+/// Of the memory available to the process (Linux's `MemAvailable`, or what its cgroup's
+/// limit leaves: [`crate::memory::available_bytes`]) when gzip data are unpacked, the share
+/// (one in this many bytes) the unpacked data may take: the rest is for what is made of them
+/// (a CSV file's text becomes a table of numbers) and for other programs.
 const GUNZIP_SHARE_OF_AVAILABLE: u64 = 2;
-
-/// The memory the machine has available for new allocations without swapping (Linux's
-/// `MemAvailable`), where it can be read.
-fn available_memory_bytes() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
-}
 
 /// `bytes` for a message: the count, and in MB or GB when large.
 fn byte_count(bytes: u64) -> String {
@@ -127,8 +119,9 @@ fn byte_count(bytes: u64) -> String {
 
 /// Decompresses gzip data.
 ///
-/// What the data unpack to is bounded by half the memory the machine has available when they
-/// are read (a small file can unpack to a thousand times its size): a gzip bomb is refused
+/// What the data unpack to is bounded by half the memory available to the process when they
+/// are read (the machine's, or its cgroup's where that is less; a small file can unpack to a
+/// thousand times its size): a gzip bomb is refused
 /// before it fills the memory, rather than left to the system's out-of-memory killer. Where
 /// the available memory cannot be read (not Linux), only a failed allocation stops it.
 ///
@@ -136,13 +129,13 @@ fn byte_count(bytes: u64) -> String {
 /// A `Data` error naming `source` when the data is not valid gzip, or when what it unpacks to
 /// passes the bound or cannot be allocated; the error says the bound and what to do.
 pub fn gunzip(bytes: &[u8], source: &str) -> Result<Vec<u8>> {
-    match available_memory_bytes() {
+    match crate::memory::available_bytes() {
         Some(free) => gunzip_within(
             bytes,
             source,
             free / GUNZIP_SHARE_OF_AVAILABLE,
             &format!(
-                "half the memory this machine has available, {}",
+                "half the memory available to this process, {}",
                 byte_count(free)
             ),
         ),
@@ -668,7 +661,7 @@ mod tests {
         assert!(e.contains("bomb.gz") && e.contains("1048576 bytes"), "{e}");
         // The bound the public function uses, where the machine says what is available: the
         // digits unpack under it.
-        if let Some(free) = available_memory_bytes() {
+        if let Some(free) = crate::memory::available_bytes() {
             assert!(free > 0);
             assert!(gunzip(DIGITS_GZ, "digits").is_ok());
         }
