@@ -44,6 +44,28 @@ pub struct RmsUpdate {
 }
 
 impl RmsUpdate {
+    /// Step `step`'s update at rate `lr` with `eps` and `weight_decay`, for no tensor yet
+    /// (offsets 0, no average or momentum buffer), Adagrad's otherwise: squares summed
+    /// (`alpha` and `gain` 1), no decay of the rate, no momentum.
+    fn blank(lr: f64, step: u64, eps: f64, weight_decay: f64) -> RmsUpdate {
+        RmsUpdate {
+            param: 0,
+            grad: 0,
+            sq: 0,
+            avg: None,
+            momentum_buf: None,
+            len: 0,
+            lr,
+            lr_decay: 0.0,
+            step,
+            alpha: 1.0,
+            gain: 1.0,
+            eps,
+            weight_decay,
+            momentum: 0.0,
+        }
+    }
+
     /// The rate of this step: `lr / (1 + (step - 1) lr_decay)`, in f64 (`lr` itself without
     /// decay).
     pub fn rate(&self) -> f64 {
@@ -201,20 +223,10 @@ impl RmsProp {
     fn template(&self, t: u64) -> RmsUpdate {
         let c = self.config;
         RmsUpdate {
-            param: 0,
-            grad: 0,
-            sq: 0,
-            avg: None,
-            momentum_buf: None,
-            len: 0,
-            lr: c.lr,
-            lr_decay: 0.0,
-            step: t,
             alpha: c.alpha,
             gain: 1.0 - c.alpha,
-            eps: c.eps,
-            weight_decay: c.weight_decay,
             momentum: c.momentum,
+            ..RmsUpdate::blank(c.lr, t, c.eps, c.weight_decay)
         }
     }
 }
@@ -367,20 +379,8 @@ impl Adagrad {
     fn template(&self, t: u64) -> RmsUpdate {
         let c = self.config;
         RmsUpdate {
-            param: 0,
-            grad: 0,
-            sq: 0,
-            avg: None,
-            momentum_buf: None,
-            len: 0,
-            lr: c.lr,
             lr_decay: c.lr_decay,
-            step: t,
-            alpha: 1.0,
-            gain: 1.0,
-            eps: c.eps,
-            weight_decay: c.weight_decay,
-            momentum: 0.0,
+            ..RmsUpdate::blank(c.lr, t, c.eps, c.weight_decay)
         }
     }
 }

@@ -147,15 +147,27 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
+        self.enqueue(u, |q| &mut q.sgd, same_sgd)
+    }
+
+    /// Queues `u` in its kind's list (`list`), after running the queue where it holds another
+    /// kind of update or updates whose settings differ (`same`): everything held back first,
+    /// which the queued updates may read.
+    fn enqueue<U: Copy>(
+        &self,
+        u: &U,
+        list: fn(&mut UpdateQueue) -> &mut Vec<U>,
+        same: fn(&U, &U) -> bool,
+    ) -> Result<()> {
         let differs = {
-            let q = self.updates.borrow();
-            q.kinds() > usize::from(!q.sgd.is_empty())
-                || q.sgd.first().is_some_and(|first| !same_sgd(first, u))
+            let mut q = self.updates.borrow_mut();
+            let own = !list(&mut q).is_empty();
+            q.kinds() > usize::from(own) || list(&mut q).first().is_some_and(|f| !same(f, u))
         };
         if differs {
             self.flush()?;
         }
-        self.updates.borrow_mut().sgd.push(*u);
+        list(&mut self.updates.borrow_mut()).push(*u);
         Ok(())
     }
 
@@ -165,16 +177,7 @@ impl Cuda {
         if u.len == 0 {
             return Ok(());
         }
-        let differs = {
-            let q = self.updates.borrow();
-            q.kinds() > usize::from(!q.rms.is_empty())
-                || q.rms.first().is_some_and(|first| !same_rms(first, u))
-        };
-        if differs {
-            self.flush()?;
-        }
-        self.updates.borrow_mut().rms.push(*u);
-        Ok(())
+        self.enqueue(u, |q| &mut q.rms, same_rms)
     }
 
     pub(crate) fn adam_impl(&mut self, u: &AdamUpdate) -> Result<()> {
@@ -193,17 +196,7 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        let differs = {
-            let q = self.updates.borrow();
-            q.kinds() > usize::from(!q.adam.is_empty())
-                || q.adam.first().is_some_and(|first| !same_settings(first, u))
-        };
-        if differs {
-            // Everything held back first: the queued updates may read it.
-            self.flush()?;
-        }
-        self.updates.borrow_mut().adam.push(*u);
-        Ok(())
+        self.enqueue(u, |q| &mut q.adam, same_settings)
     }
 }
 
