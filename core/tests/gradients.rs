@@ -459,6 +459,27 @@ proptest! {
             let l = tp.input(&[rows], &marked)?;
             tp.cross_entropy_ignore(v[0], l, ignore, smoothing)
         })?;
+        // The negative log-likelihood of the logits' log-softmax, and of the raw logits
+        // (unnormalised: the gradient is still -1 / kept at the labels), with the same
+        // ignored rows; the KL divergence from the targets' rows (positive, summing to 1 or
+        // not) to the log-softmax, both sides getting gradients, and from log targets.
+        assert_grads(&[(&dims, &p)], |tp, v| {
+            let l = tp.input(&[rows], &marked)?;
+            let lp = tp.log_softmax(v[0], 1)?;
+            tp.nll_loss(lp, l, ignore)
+        })?;
+        assert_grads(&[(&dims, &p)], |tp, v| {
+            let l = tp.input(&[rows], &marked)?;
+            tp.nll_loss(v[0], l, ignore)
+        })?;
+        assert_grads(&[(&dims, &p), (&dims, &t)], |tp, v| {
+            let lq = tp.log_softmax(v[0], 1)?;
+            tp.kl_div_batchmean(lq, v[1], false)
+        })?;
+        assert_grads(&[(&dims, &p), (&dims, &p)], |tp, v| {
+            let lq = tp.log_softmax(v[0], 1)?;
+            tp.kl_div_batchmean(lq, v[1], true)
+        })?;
     }
 }
 

@@ -722,7 +722,7 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let (Some(a), Some(b)) = (st.pick(r), st.pick(r)) else {
                 return;
             };
-            let (kind, c, d) = (r.below(16), r.f32(), r.f32());
+            let (kind, c, d) = (r.below(18), r.f32(), r.f32());
             let correction = r.size(3);
             let axis = r.size(4);
             let (w, pw) = (st.pick(r), st.pick(r));
@@ -739,6 +739,9 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 13 => t.std_axis(a, axis, correction),
                 14 => t.var(a, correction),
                 15 => t.std(a, correction),
+                // any handle as the labels: refused unless [N], checked on the device
+                16 => t.nll_loss(a, b, -100),
+                17 => t.kl_div_batchmean(a, b, r.bool()),
                 0 => t.bce_with_logits(a, b),
                 1 => t.mse(a, b),
                 2 => t.l1_loss(a, b),

@@ -288,6 +288,64 @@ mod tests {
     //     torch.tensor([2, 0])) = 0.7991 (mean of 0.40760596 and 1.09861229).
     // binary_cross_entropy_with_logits(tensor([-1., 0., 3.]), tensor([0., 1., 1.])) = 0.3399...
     //     (by hand: ln(1+e^-1) = 0.31326169, ln 2 = 0.69314718, ln(1+e^-3) = 0.04858735).
+    // F.nll_loss(F.log_softmax(z, 1), y) for z = [[1, 2, 3], [0, 1, 0]], y = [2, 0]:
+    // 0.9795253391882157; with y = [2, -100] (ignored) 0.4076059644443804; its gradient
+    // -1 / kept at each kept label and 0 elsewhere. F.kl_div(q.log(), p, reduction="batchmean")
+    // for p = [[0.5, 0.5, 0], [0.2, 0.3, 0.5]], q = [[0.25, 0.25, 0.5], [0.1, 0.6, 0.3]]:
+    // 0.43962263719347305, the same from log targets.
+    #[test]
+    fn nll_and_kl_div_match_pytorch() {
+        use crate::{Cpu, Tape};
+        let mut mem = [0f64; 1024];
+        let mut t = Tape::<Cpu<f64>, 128>::new(&mut mem);
+        let z = t.param(&[2, 3], &[1.0, 2.0, 3.0, 0.0, 1.0, 0.0]).unwrap();
+        let start = t.mark();
+        for (labels, want, grad) in [
+            (
+                [2i64, 0],
+                0.979_525_339_188_215_7,
+                [0.0, 0.0, -0.5, -0.5, 0.0, 0.0],
+            ),
+            (
+                [2, -100],
+                0.407_605_964_444_380_4,
+                [0.0, 0.0, -1.0, 0.0, 0.0, 0.0],
+            ),
+        ] {
+            t.rewind(start).unwrap();
+            t.zero_grad().unwrap();
+            let logp = t.log_softmax(z, 1).unwrap();
+            let y = t.labels_signed(&labels).unwrap();
+            let l = t.nll_loss(logp, y, -100).unwrap();
+            let got = t.item(l).unwrap();
+            assert!((got - want).abs() < 1e-14, "{got} vs {want}");
+            // The gradient reaching the log-probabilities: from the loss on them directly.
+            let values = t.data(logp).unwrap().to_vec();
+            let lp = t.param(&[2, 3], &values).unwrap();
+            let l = t.nll_loss(lp, y, -100).unwrap();
+            t.backward(l).unwrap();
+            let mut g = [9.0; 6];
+            t.read_grad(lp, &mut g).unwrap();
+            for (g, w) in g.iter().zip(grad) {
+                assert!((g - w).abs() < 1e-15, "{g:?} vs {grad:?}");
+            }
+        }
+        t.rewind(start).unwrap();
+        let p = [0.5, 0.5, 0.0, 0.2, 0.3, 0.5];
+        let q: [f64; 6] = [0.25, 0.25, 0.5, 0.1, 0.6, 0.3];
+        let logq = t.input(&[2, 3], &q.map(f64::ln)).unwrap();
+        let pv = t.input(&[2, 3], &p).unwrap();
+        let kl = t.kl_div_batchmean(logq, pv, false).unwrap();
+        let got = t.item(kl).unwrap();
+        assert!((got - 0.439_622_637_193_473_05).abs() < 1e-15, "{got}");
+        let logp = t.input(&[2, 3], &p.map(|v| v.max(1e-300).ln())).unwrap();
+        let kl = t.kl_div_batchmean(logq, logp, true).unwrap();
+        let got = t.item(kl).unwrap();
+        assert!((got - 0.439_622_637_193_473_05).abs() < 1e-12, "{got}");
+        let wrong = t.input(&[3, 2], &p).unwrap();
+        assert!(t.kl_div_batchmean(logq, wrong, false).is_err());
+    }
+
     #[test]
     fn values_match_pytorch() {
         let ce = forward(
@@ -703,31 +761,104 @@ mod tape_ops {
             }
             let ls = logits.shape;
             check_cross_entropy(ls, labels.shape, label_smoothing)?;
-            let (rows, ignored) = (ls.dim(0), ignore_index as f32);
+            let rows = ls.dim(0);
             self.all_or_nothing(|t| {
-                let (kept, marked) = t.no_grad(|t| {
-                    // 1 where the label is kept, 0 where it is `ignore_index` (whole labels).
-                    let unlike = |t: &mut Self, v: f32| {
-                        let d = t.add_scalar(labels, -v)?;
-                        let d = t.abs(d)?;
-                        t.clamp_max(d, 1.0)
-                    };
-                    let mut keep = unlike(t, ignored)?;
-                    if ignored != IGNORED_LABEL {
-                        // The fused loss skips IGNORED_LABEL rows: not kept either.
-                        let other = unlike(t, IGNORED_LABEL)?;
-                        keep = t.mul(keep, other)?;
-                    }
-                    // label * keep + IGNORED_LABEL (1 - keep): exact for whole labels.
-                    let own = t.mul(labels, keep)?;
-                    let mark = t.mul_scalar(keep, -IGNORED_LABEL)?;
-                    let mark = t.add_scalar(mark, IGNORED_LABEL)?;
-                    let marked = t.add(own, mark)?;
-                    Ok::<_, Error>((t.sum(keep)?, marked))
-                })?;
+                let (keep, marked) = t.no_grad(|t| t.ignore_mask(labels, ignore_index))?;
+                let kept = t.no_grad(|t| t.sum(keep))?;
                 let mean_all = t.cross_entropy_smoothed(logits, marked, label_smoothing)?;
                 let total = t.mul_scalar(mean_all, rows as f32)?;
                 t.div(total, kept)
+            })
+        }
+
+        /// The rows of `labels` to keep (1) or ignore (0: the label is `ignore_index`, or the
+        /// fused losses' [`IGNORED_LABEL`]), and the labels with the ignored ones set to
+        /// `IGNORED_LABEL`. Whole labels; no gradient.
+        fn ignore_mask(&mut self, labels: Var, ignore_index: i32) -> Result<(Var, Var)> {
+            let ignored = ignore_index as f32;
+            // 1 where the label is not `v`, 0 where it is (whole labels).
+            let unlike = |t: &mut Self, v: f32| {
+                let d = t.add_scalar(labels, -v)?;
+                let d = t.abs(d)?;
+                t.clamp_max(d, 1.0)
+            };
+            let mut keep = unlike(self, ignored)?;
+            if ignored != IGNORED_LABEL {
+                // The fused loss skips IGNORED_LABEL rows: not kept either.
+                let other = unlike(self, IGNORED_LABEL)?;
+                keep = self.mul(keep, other)?;
+            }
+            // label * keep + IGNORED_LABEL (1 - keep): exact for whole labels.
+            let own = self.mul(labels, keep)?;
+            let mark = self.mul_scalar(keep, -IGNORED_LABEL)?;
+            let mark = self.add_scalar(mark, IGNORED_LABEL)?;
+            let marked = self.add(own, mark)?;
+            Ok((keep, marked))
+        }
+
+        /// The negative log-likelihood of log-probabilities `[N, C]` at their labels (PyTorch's
+        /// `F.nll_loss(logp, y, ignore_index=i)`, `nn.NLLLoss`): `-logp[r, y_r]` averaged over
+        /// the rows whose label is not `ignore_index` (PyTorch's default is -100). Composed,
+        /// all or nothing: [`Tape::cross_entropy_ignore`] (which checks every label on the
+        /// device, as PyTorch's does) less the kept rows' mean of `logsumexp(logp)`, which is
+        /// 0 for log-probabilities (`log_softmax`'s outputs); the gradient is `-1 / kept` at
+        /// each kept row's label. Inputs far from normalised lose precision in proportion to
+        /// their `logsumexp`. All rows ignored: NaN, as PyTorch's.
+        ///
+        /// # Errors
+        /// As [`Tape::cross_entropy_ignore`].
+        pub fn nll_loss(&mut self, logp: Var, labels: Var, ignore_index: i32) -> Result<Var> {
+            let ls = logp.shape;
+            check_cross_entropy(ls, labels.shape, 0.0)?;
+            self.all_or_nothing(|t| {
+                let ce = t.cross_entropy_ignore(logp, labels, ignore_index, 0.0)?;
+                let (keep, _) = t.no_grad(|t| t.ignore_mask(labels, ignore_index))?;
+                let kept = t.no_grad(|t| t.sum(keep))?;
+                let lse = t.logsumexp(logp, 1)?;
+                let lse = t.mul(lse, keep)?;
+                let lse = t.sum(lse)?;
+                let lse = t.div(lse, kept)?;
+                t.sub(ce, lse)
+            })
+        }
+
+        /// The Kullback-Leibler divergence of `target` from the distribution whose log-probabilities
+        /// are `input`, summed and divided by the batch (PyTorch's `F.kl_div(input, target,
+        /// reduction="batchmean", log_target=log_target)`, the reduction that gives the
+        /// divergence; PyTorch's default `"mean"` divides by every element instead):
+        /// `sum(t (ln t - input)) / N`, with `0 ln 0 = 0` (each logarithm's argument raised to
+        /// `f32::MIN_POSITIVE`); with `log_target`, `sum(e^t (t - input)) / N`. `N` is the
+        /// first dimension. Composed of up to eight nodes, all or nothing; both get gradients.
+        ///
+        /// # Errors
+        /// [`Error::ShapeMismatch`] unless both have one shape; and as [`Tape::unary`].
+        pub fn kl_div_batchmean(
+            &mut self,
+            input: Var,
+            target: Var,
+            log_target: bool,
+        ) -> Result<Var> {
+            if input.shape != target.shape {
+                return Err(Error::ShapeMismatch {
+                    op: "kl_div",
+                    lhs: input.shape,
+                    rhs: target.shape,
+                });
+            }
+            let rows = input.shape.dim(0).max(1);
+            self.all_or_nothing(|t| {
+                let (p, lt) = if log_target {
+                    (t.exp(target)?, target)
+                } else {
+                    let floored = t.clamp_min(target, f32::MIN_POSITIVE)?;
+                    (target, t.log(floored)?)
+                };
+                let d = t.sub(lt, input)?;
+                let terms = t.mul(p, d)?;
+                let s = t.sum(terms)?;
+                // Divided by a constant of the element type: exact in f64 as in f32.
+                let n = t.full(&[], crate::Float::from_f64(rows as f64))?;
+                t.div(s, n)
             })
         }
 
