@@ -677,6 +677,35 @@ fn optimizer_updates_and_helpers() {
             us.iter().try_for_each(|u| b.sgd(u))
         });
     }
+    // Two SGD steps with nothing between them: the second step's updates of the same tensors
+    // go to a launch of their own (one launch holding both would update each element twice
+    // at once, from different threads).
+    let two: Vec<SgdUpdate> = [(0usize, 5000usize), (5001, 1003), (8000, 4096)]
+        .iter()
+        .map(|&(param, len)| SgdUpdate {
+            param,
+            grad: param + 13000,
+            momentum_buf: Some(param + 26000),
+            len,
+            lr: 0.05,
+            momentum: 0.9,
+            dampening: 0.0,
+            weight_decay: 0.0,
+            nesterov: false,
+            first: false,
+        })
+        .collect();
+    p.gpu.profile(true);
+    p.check("two SGD steps back to back", 1e-5, 1e-6, |b| {
+        (0..2).try_for_each(|_| two.iter().try_for_each(|u| b.sgd(u)))
+    });
+    let launches = p.gpu.profile_take().unwrap();
+    p.gpu.profile(false);
+    let multi = launches
+        .iter()
+        .find(|l| l.0 == "sgd_multi")
+        .map_or(0, |l| l.1);
+    assert_eq!(multi, 2, "one sgd_multi launch a step: {launches:?}");
     for (decoupled, ams) in [(false, false), (true, false), (false, true), (true, true)] {
         // Several parameters in one step (one fused launch on the GPU, but with AMSGrad: one
         // launch per tensor), aligned and not. Disjoint tensors: params in 0..12096,

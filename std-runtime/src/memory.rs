@@ -11,8 +11,9 @@ pub(crate) fn total_bytes() -> Option<u64> {
 }
 
 /// The memory this process may still take: the machine's available memory (`MemAvailable`),
-/// or what its cgroup's limit leaves above the group's use where that is lower; `None` where
-/// neither can be read.
+/// or what its cgroup's limits leave above their groups' use (less the file cache the kernel
+/// can reclaim, as `MemAvailable` leaves it out) where that is lower; `None` where neither can
+/// be read.
 pub(crate) fn available_bytes() -> Option<u64> {
     limits(&read_file).available
 }
@@ -37,16 +38,16 @@ fn limits(read: &dyn Fn(&str) -> Option<String>) -> Limits {
         kb.checked_mul(1024)
     };
     let (mut total, mut available) = (field("MemTotal:"), field("MemAvailable:"));
-    if let Some((limit, used)) = cgroup_limit(read) {
+    if let Some((limit, left)) = cgroup_limit(read) {
         total = Some(total.map_or(limit, |t| t.min(limit)));
-        let left = limit.saturating_sub(used);
         available = Some(available.map_or(left, |a| a.min(left)));
     }
     Limits { total, available }
 }
 
-/// The lowest memory limit over the process's cgroup and the groups above it, with that
-/// group's use: from `/proc/self/cgroup`, the v2 line (`0::/path`) or v1's `memory` line.
+/// Over the process's cgroup and the groups above it, the lowest memory limit and the least
+/// room left under one (a group's limit less its use, the reclaimable file cache not counted):
+/// from `/proc/self/cgroup`, the v2 line (`0::/path`) or v1's `memory` line.
 fn cgroup_limit(read: &dyn Fn(&str) -> Option<String>) -> Option<(u64, u64)> {
     let groups = read("/proc/self/cgroup")?;
     let mut lowest: Option<(u64, u64)> = None;
@@ -56,13 +57,19 @@ fn cgroup_limit(read: &dyn Fn(&str) -> Option<String>) -> Option<(u64, u64)> {
         else {
             continue;
         };
-        let (root, limit_file, use_file) = if controllers.is_empty() {
-            ("/sys/fs/cgroup", "memory.max", "memory.current")
+        let (root, limit_file, use_file, cache_key) = if controllers.is_empty() {
+            (
+                "/sys/fs/cgroup",
+                "memory.max",
+                "memory.current",
+                "inactive_file",
+            )
         } else if controllers.split(',').any(|c| c == "memory") {
             (
                 "/sys/fs/cgroup/memory",
                 "memory.limit_in_bytes",
                 "memory.usage_in_bytes",
+                "total_inactive_file",
             )
         } else {
             continue;
@@ -73,12 +80,22 @@ fn cgroup_limit(read: &dyn Fn(&str) -> Option<String>) -> Option<(u64, u64)> {
         loop {
             let at = format!("{root}{dir}");
             if let Some(limit) = read(&format!("{at}/{limit_file}")).and_then(|s| parse_limit(&s)) {
-                let used = read(&format!("{at}/{use_file}"))
+                let used: u64 = read(&format!("{at}/{use_file}"))
                     .and_then(|s| s.trim().parse().ok())
                     .unwrap_or(0);
-                if lowest.is_none_or(|(l, _)| limit < l) {
-                    lowest = Some((limit, used));
-                }
+                // The group's file cache that the kernel drops under pressure (its working
+                // set is the rest, as container runtimes count it).
+                let cache = read(&format!("{at}/memory.stat")).and_then(|stat| {
+                    let line = stat
+                        .lines()
+                        .find(|l| l.split_whitespace().next() == Some(cache_key))?;
+                    line.split_whitespace().nth(1)?.parse::<u64>().ok()
+                });
+                let left = limit.saturating_sub(used.saturating_sub(cache.unwrap_or(0)));
+                lowest = Some(match lowest {
+                    None => (limit, left),
+                    Some((l, r)) => (l.min(limit), r.min(left)),
+                });
             }
             match dir.rfind('/') {
                 Some(i) => dir.truncate(i),
@@ -127,15 +144,19 @@ mod tests {
         );
     }
 
-    // A cgroup v2 container of 2 GB using 0.5 GB: 2 GB in all, 1.5 GB left; `max` above it
-    // is no limit.
+    // A cgroup v2 container of 2 GB using 0.7 GB, 0.2 GB of it reclaimable file cache: 2 GB in
+    // all, 1.5 GB left; `max` above it is no limit.
     #[test]
     fn a_cgroup_v2_limit_bounds_both() {
         let l = limits(&system(&[
             MEMINFO,
             ("/proc/self/cgroup", "0::/jobs/run7\n"),
             ("/sys/fs/cgroup/jobs/run7/memory.max", "2000000000\n"),
-            ("/sys/fs/cgroup/jobs/run7/memory.current", "500000000\n"),
+            ("/sys/fs/cgroup/jobs/run7/memory.current", "700000000\n"),
+            (
+                "/sys/fs/cgroup/jobs/run7/memory.stat",
+                "anon 500000000\nfile 200000000\ninactive_file 200000000\n",
+            ),
             ("/sys/fs/cgroup/jobs/memory.max", "max\n"),
         ]));
         assert_eq!(l.total, Some(2_000_000_000));
@@ -172,5 +193,28 @@ mod tests {
         ]));
         assert_eq!(roomy.total, Some(16_000_000 * 1024));
         assert_eq!(roomy.available, Some(12_000_000 * 1024));
+    }
+
+    // The room left is the least over the groups, not the room of the lowest limit's group: a
+    // parent of 4 GB with 3.9 GB used leaves 0.1 GB to a child of 2 GB using 0.5 GB. In the
+    // container's own root ("0::/", trailing slashes) the limit there counts.
+    #[test]
+    fn the_least_room_over_the_groups_counts() {
+        let l = limits(&system(&[
+            ("/proc/self/cgroup", "0::/a/b/\n"),
+            ("/sys/fs/cgroup/a/b/memory.max", "2000000000"),
+            ("/sys/fs/cgroup/a/b/memory.current", "500000000"),
+            ("/sys/fs/cgroup/a/memory.max", "4000000000"),
+            ("/sys/fs/cgroup/a/memory.current", "3900000000"),
+        ]));
+        assert_eq!(l.total, Some(2_000_000_000));
+        assert_eq!(l.available, Some(100_000_000));
+        let own = limits(&system(&[
+            MEMINFO,
+            ("/proc/self/cgroup", "0::/\n"),
+            ("/sys/fs/cgroup/memory.max", "1000000000\n"),
+            ("/sys/fs/cgroup/memory.current", "1000000000\n"),
+        ]));
+        assert_eq!((own.total, own.available), (Some(1_000_000_000), Some(0)));
     }
 }

@@ -311,6 +311,8 @@ mod tests {
                 0.407_605_964_444_380_4,
                 [0.0, 0.0, -1.0, 0.0, 0.0, 0.0],
             ),
+            // Every row ignored: the loss is NaN, as PyTorch's; the gradient 0, not NaN.
+            ([-100, -100], f64::NAN, [0.0; 6]),
         ] {
             t.rewind(start).unwrap();
             t.zero_grad().unwrap();
@@ -318,7 +320,8 @@ mod tests {
             let y = t.labels_signed(&labels).unwrap();
             let l = t.nll_loss(logp, y, -100).unwrap();
             let got = t.item(l).unwrap();
-            assert!((got - want).abs() < 1e-14, "{got} vs {want}");
+            let same = (got - want).abs() < 1e-14 || (got.is_nan() && want.is_nan());
+            assert!(same, "{got} vs {want}");
             // The gradient reaching the log-probabilities: from the loss on them directly.
             let values = t.data(logp).unwrap().to_vec();
             let lp = t.param(&[2, 3], &values).unwrap();
@@ -759,22 +762,32 @@ mod tape_ops {
                     what: "cross_entropy_ignore: ignore_index must lie in -2^24..=2^24",
                 });
             }
-            let ls = logits.shape;
-            check_cross_entropy(ls, labels.shape, label_smoothing)?;
-            let rows = ls.dim(0);
+            check_cross_entropy(logits.shape, labels.shape, label_smoothing)?;
             self.all_or_nothing(|t| {
-                let (keep, marked) = t.no_grad(|t| t.ignore_mask(labels, ignore_index))?;
-                let kept = t.no_grad(|t| t.sum(keep))?;
-                let mean_all = t.cross_entropy_smoothed(logits, marked, label_smoothing)?;
-                let total = t.mul_scalar(mean_all, rows as f32)?;
-                t.div(total, kept)
+                let (_, marked, kept) = t.no_grad(|t| t.ignore_mask(labels, ignore_index))?;
+                t.cross_entropy_kept(logits, marked, kept, label_smoothing)
             })
         }
 
+        /// The fused cross-entropy of `logits` against `marked` labels (the ignored ones
+        /// [`IGNORED_LABEL`], which it skips), averaged over the `kept` rows.
+        fn cross_entropy_kept(
+            &mut self,
+            logits: Var,
+            marked: Var,
+            kept: Var,
+            label_smoothing: f32,
+        ) -> Result<Var> {
+            let rows = logits.shape.dim(0);
+            let mean_all = self.cross_entropy_smoothed(logits, marked, label_smoothing)?;
+            let total = self.mul_scalar(mean_all, rows as f32)?;
+            self.div(total, kept)
+        }
+
         /// The rows of `labels` to keep (1) or ignore (0: the label is `ignore_index`, or the
-        /// fused losses' [`IGNORED_LABEL`]), and the labels with the ignored ones set to
-        /// `IGNORED_LABEL`. Whole labels; no gradient.
-        fn ignore_mask(&mut self, labels: Var, ignore_index: i32) -> Result<(Var, Var)> {
+        /// fused losses' [`IGNORED_LABEL`]), the labels with the ignored ones set to
+        /// `IGNORED_LABEL`, and the count of rows kept. Whole labels; no gradient.
+        fn ignore_mask(&mut self, labels: Var, ignore_index: i32) -> Result<(Var, Var, Var)> {
             let ignored = ignore_index as f32;
             // 1 where the label is not `v`, 0 where it is (whole labels).
             let unlike = |t: &mut Self, v: f32| {
@@ -793,7 +806,8 @@ mod tape_ops {
             let mark = self.mul_scalar(keep, -IGNORED_LABEL)?;
             let mark = self.add_scalar(mark, IGNORED_LABEL)?;
             let marked = self.add(own, mark)?;
-            Ok((keep, marked))
+            let kept = self.sum(keep)?;
+            Ok((keep, marked, kept))
         }
 
         /// The negative log-likelihood of log-probabilities `[N, C]` at their labels (PyTorch's
@@ -801,23 +815,31 @@ mod tape_ops {
         /// the rows whose label is not `ignore_index` (PyTorch's default is -100). Composed,
         /// all or nothing: [`Tape::cross_entropy_ignore`] (which checks every label on the
         /// device, as PyTorch's does) less the kept rows' mean of `logsumexp(logp)`, which is
-        /// 0 for log-probabilities (`log_softmax`'s outputs); the gradient is `-1 / kept` at
-        /// each kept row's label. Inputs far from normalised lose precision in proportion to
-        /// their `logsumexp`. All rows ignored: NaN, as PyTorch's.
+        /// 0 for log-probabilities (`log_softmax`'s outputs) up to its rounding; the gradient
+        /// is `-1 / kept` at each kept row's label (and, in `f32`, about an ulp of the
+        /// probabilities elsewhere). Inputs far from normalised lose precision in proportion
+        /// to their `logsumexp`, and an infinite or NaN value in an ignored row makes the loss
+        /// NaN (PyTorch's skips that row). All rows ignored: a NaN loss, as PyTorch's, and a
+        /// zero gradient.
         ///
         /// # Errors
         /// As [`Tape::cross_entropy_ignore`].
         pub fn nll_loss(&mut self, logp: Var, labels: Var, ignore_index: i32) -> Result<Var> {
-            let ls = logp.shape;
-            check_cross_entropy(ls, labels.shape, 0.0)?;
+            check_cross_entropy(logp.shape, labels.shape, 0.0)?;
             self.all_or_nothing(|t| {
-                let ce = t.cross_entropy_ignore(logp, labels, ignore_index, 0.0)?;
-                let (keep, _) = t.no_grad(|t| t.ignore_mask(labels, ignore_index))?;
-                let kept = t.no_grad(|t| t.sum(keep))?;
+                let (keep, marked, kept) = t.no_grad(|t| {
+                    let (keep, marked, kept) = t.ignore_mask(labels, ignore_index)?;
+                    // At least 1 for the correction: with every row ignored its gradient is
+                    // 0, not NaN (the loss is NaN from the cross-entropy's 0 / 0).
+                    let floor = t.clamp_min(kept, 1.0)?;
+                    Ok::<_, Error>((keep, marked, (kept, floor)))
+                })?;
+                let (kept, floor) = kept;
+                let ce = t.cross_entropy_kept(logp, marked, kept, 0.0)?;
                 let lse = t.logsumexp(logp, 1)?;
                 let lse = t.mul(lse, keep)?;
                 let lse = t.sum(lse)?;
-                let lse = t.div(lse, kept)?;
+                let lse = t.div(lse, floor)?;
                 t.sub(ce, lse)
             })
         }
@@ -828,7 +850,9 @@ mod tape_ops {
         /// divergence; PyTorch's default `"mean"` divides by every element instead):
         /// `sum(t (ln t - input)) / N`, with `0 ln 0 = 0` (each logarithm's argument raised to
         /// `f32::MIN_POSITIVE`); with `log_target`, `sum(e^t (t - input)) / N`. `N` is the
-        /// first dimension. Composed of up to eight nodes, all or nothing; both get gradients.
+        /// first dimension. Composed of seven nodes (six with `log_target`), all or nothing;
+        /// both get gradients (the target's is `(ln max(t, f32::MIN_POSITIVE) + 1 - input) / N`,
+        /// finite at `t = 0` where PyTorch's is 0).
         ///
         /// # Errors
         /// [`Error::ShapeMismatch`] unless both have one shape; and as [`Tape::unary`].

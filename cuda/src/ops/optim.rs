@@ -147,22 +147,28 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        self.enqueue(u, |q| &mut q.sgd, same_sgd)
+        self.enqueue(u, |q| &mut q.sgd, same_sgd, |u| u.param)
     }
 
     /// Queues `u` in its kind's list (`list`), after running the queue where it holds another
-    /// kind of update or updates whose settings differ (`same`): everything held back first,
-    /// which the queued updates may read.
+    /// kind of update, updates whose settings differ (`same`), or an update of the same
+    /// parameter (`param`: two steps with nothing between them, whose updates one launch would
+    /// run at once on the same elements): everything held back first, which the queued
+    /// updates may read.
     fn enqueue<U: Copy>(
         &self,
         u: &U,
         list: fn(&mut UpdateQueue) -> &mut Vec<U>,
         same: fn(&U, &U) -> bool,
+        param: fn(&U) -> usize,
     ) -> Result<()> {
         let differs = {
             let mut q = self.updates.borrow_mut();
             let own = !list(&mut q).is_empty();
-            q.kinds() > usize::from(own) || list(&mut q).first().is_some_and(|f| !same(f, u))
+            let queued = list(&mut q);
+            let clash = queued.first().is_some_and(|f| !same(f, u))
+                || queued.iter().any(|q| param(q) == param(u));
+            q.kinds() > usize::from(own) || clash
         };
         if differs {
             self.flush()?;
@@ -177,7 +183,7 @@ impl Cuda {
         if u.len == 0 {
             return Ok(());
         }
-        self.enqueue(u, |q| &mut q.rms, same_rms)
+        self.enqueue(u, |q| &mut q.rms, same_rms, |u| u.param)
     }
 
     pub(crate) fn adam_impl(&mut self, u: &AdamUpdate) -> Result<()> {
@@ -196,7 +202,7 @@ impl Cuda {
         if n == 0 {
             return Ok(());
         }
-        self.enqueue(u, |q| &mut q.adam, same_settings)
+        self.enqueue(u, |q| &mut q.adam, same_settings, |u| u.param)
     }
 }
 
@@ -265,7 +271,14 @@ fn flush_sgd(be: &Cuda, pending: &[SgdUpdate]) -> Result<()> {
     let Some(u0) = pending.first().copied() else {
         return Ok(());
     };
-    let (dyn_, _) = be.dyn_slot(Slot::Sgd { first: u0.first }, false)?;
+    // The first-step flag changes between replays only where a captured first step has a
+    // momentum buffer to set: otherwise it is a constant, and the graph needs no tick for it.
+    let moving = u0.first && pending.iter().any(|u| u.momentum_buf.is_some());
+    let dyn_ = if moving {
+        be.dyn_slot(Slot::Sgd { first: u0.first }, false)?.0
+    } else {
+        0
+    };
     let (lr, mu) = (u0.lr as f32, u0.momentum as f32);
     let (damp, wd) = ((1.0 - u0.dampening) as f32, u0.weight_decay as f32);
     let (nest, first) = (i32::from(u0.nesterov), i32::from(u0.first));
