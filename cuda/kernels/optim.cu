@@ -41,8 +41,9 @@ __device__ __forceinline__ int tile_owner(const Desc* d, int count) {
     return lo;
 }
 
-// Every SGD update of one optimizer step in one launch (mirrors `SgdDesc` in
-// src/ops/optim.rs: element offsets, OPT_NONE without momentum, the length, the first tile).
+// Every SGD update of one optimizer step in one launch (a descriptor is a row of the table
+// `flush_sgd` builds in src/ops/optim.rs: element offsets, OPT_NONE without momentum, the
+// length, the first tile).
 struct SgdDesc { u64 p, g, buf, len, tile; };
 
 extern "C" __global__ void sgd_multi(float* arena, const SgdDesc* __restrict__ d, int count,
@@ -143,8 +144,9 @@ extern "C" __global__ void rms(float* __restrict__ p, const float* __restrict__ 
 }
 
 // Every RMSprop or Adagrad update of one optimizer step in one launch, as adam_multi: a
-// descriptor per tensor (mirrors `RmsDesc` in src/ops/optim.rs: element offsets, OPT_NONE for
-// an absent average or momentum buffer, the length and the first tile), a block per tile.
+// descriptor per tensor (a row of the table `flush_rms` builds in src/ops/optim.rs: element
+// offsets, OPT_NONE for an absent average or momentum buffer, the length and the first tile),
+// a block per tile.
 struct RmsDesc { u64 p, g, sq, avg, buf, len, tile; };
 
 extern "C" __global__ void rms_multi(float* arena, const RmsDesc* __restrict__ d, int count,
@@ -160,8 +162,9 @@ extern "C" __global__ void rms_multi(float* arena, const RmsDesc* __restrict__ d
         rms_one(arena + t.p, arena + t.g, arena + t.sq, avg, buf, i, lr, a, c, eps, wd, mu);
 }
 
-// Every parameter of one optimizer step in one launch. Mirrors `AdamDesc` in src/ops/optim.rs:
-// element offsets into the arena, the length, and the first tile of the tensor.
+// Every parameter of one optimizer step in one launch. A descriptor is a row of the table
+// `flush_adam` builds in src/ops/optim.rs: element offsets into the arena, the length, and the
+// first tile of the tensor.
 struct AdamDesc { u64 p, g, m, v, len, tile; };
 
 // `rec`, when not null: the captured step's one optimizer launch, which does `graph_tick`'s

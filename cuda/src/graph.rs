@@ -31,7 +31,8 @@ use crate::device::Capture;
 use crate::error::CudaError;
 use crate::Cuda;
 
-/// Optimizer launches (slots) one captured step may hold.
+/// Step-dependent optimizer records (slots) one captured step may hold: one per launch with
+/// its own step scalars (launches with the same scalars share one).
 const MAX_SLOTS: usize = 256;
 
 /// A step-dependent scalar of a captured optimizer launch.
@@ -247,7 +248,8 @@ impl<R> Graph<R> {
                 .unwrap_or_default();
             if slots.len() > MAX_SLOTS {
                 return Err(mote::Error::Device {
-                    what: "too many optimizer launches in one captured step",
+                    what: "too many optimizer launches with their own step scalars in one \
+                           captured step",
                 });
             }
             let mut words = vec![slots.len() as f64];

@@ -8,7 +8,8 @@
 //!   TF32 or bf16 inputs with f32 accumulation as opt-ins ([`Precision`]).
 //! - Everything else runs CUDA C kernels (`cuda/kernels/*.cu`) compiled by NVRTC once per
 //!   process for the device's architecture, cached on disk ([`kernels::cache_dir`]); `float4`
-//!   loads where data is contiguous and aligned; all Adam updates of a step in one launch.
+//!   loads where data is contiguous and aligned; all Adam (SGD, RMSprop, Adagrad) updates of a
+//!   step in one launch.
 //! - [`Graph`] captures a whole training step into a CUDA graph and replays it.
 //! - [`Nccl`] all-reduces gradients across GPUs (data-parallel training), in one process or
 //!   one process per GPU.

@@ -1,4 +1,5 @@
-//! Losses, each reduced by the mean (PyTorch's default `reduction="mean"`), each a scalar.
+//! Losses, each a scalar: reduced by the mean (PyTorch's default `reduction="mean"`), but for
+//! the KL divergence, divided by the batch (`"batchmean"`).
 //!
 //! | loss | value | gradient |
 //! | --- | --- | --- |
@@ -12,7 +13,8 @@
 //! `bce_with_logits_weighted` = mean(w ((1 - t) x + (1 + (p - 1) t) softplus(-x))) (PyTorch's
 //! `weight` w and `pos_weight` p); `l1_loss` = mean(|p - t|); `huber_loss(delta)` = mean of `d^2 / 2` where `|d| < delta`,
 //! else `delta (|d| - delta / 2)`; `smooth_l1_loss(beta)` = the Huber loss / beta (L1 for
-//! beta 0), as PyTorch's.
+//! beta 0), as PyTorch's; `binary_cross_entropy` of probabilities; `cross_entropy_ignore`;
+//! `nll_loss` (the cross-entropy less the rows' `logsumexp`); `kl_div_batchmean`.
 //!
 //! Cross-entropy takes logits `[N, C]` and class labels `[N]` stored as floats (exact integers
 //! up to 2^24); a label that is not an integer in `0..C` is an error, but for

@@ -1,4 +1,5 @@
-//! Reductions over one axis or over all elements: sum, mean, max, min.
+//! Reductions over one axis or over all elements: sum, mean, max, min; composed of them,
+//! `logsumexp`, `var` and `std` (with a correction), `normalize` and `cosine_similarity`.
 //!
 //! A reduction sees its input as `(outer, n, inner)`: `n` elements along the reduced axis, `outer`
 //! blocks before it and `inner` elements after (all elements: `(1, numel, 1)`).
