@@ -163,9 +163,9 @@ extern "C" __global__ void rms_multi(float* arena, const RmsDesc* __restrict__ d
 }
 
 // Every parameter of one optimizer step in one launch. A descriptor is a row of the table
-// `flush_adam` builds in src/ops/optim.rs: element offsets into the arena, the length, and the
-// first tile of the tensor.
-struct AdamDesc { u64 p, g, m, v, len, tile; };
+// `flush_adam` builds in src/ops/optim.rs: element offsets into the arena (`vm`: AMSGrad's
+// running maximum, OPT_NONE for Adam), the length, and the first tile of the tensor.
+struct AdamDesc { u64 p, g, m, v, vm, len, tile; };
 
 // `rec`, when not null: the captured step's one optimizer launch, which does `graph_tick`'s
 // work itself (no tick node): its record (at rec, as graph_tick's) gives the step's scalars,
@@ -184,7 +184,15 @@ extern "C" __global__ void adam_multi(float* arena, const AdamDesc* __restrict__
     u64 end = start + OPT_TILE < t.len ? start + OPT_TILE : t.len;
     float *p = arena + t.p, *m = arena + t.m, *v = arena + t.v;
     const float* g = arena + t.g;
-    int vec = ((t.p | t.g | t.m | t.v) & 3) == 0;
+    // AMSGrad's path reads one element a thread.
+    int vec = t.vm == OPT_NONE && ((t.p | t.g | t.m | t.v) & 3) == 0;
+    if (t.vm != OPT_NONE) {
+        float* vm = arena + t.vm;
+        for (u64 i = start + threadIdx.x; i < end; i += blockDim.x)
+            amsgrad_one(p[i], g[i], m[i], v[i], vm[i], b1, b2, c1, c2, step, isb2, eps, l2,
+                        decay);
+        start = end;
+    }
     if (vec) {
         u64 e4 = start + ((end - start) & ~(u64)3);
         for (u64 i = start + 4 * threadIdx.x; i < e4; i += 4 * blockDim.x) {

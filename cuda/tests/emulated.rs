@@ -962,46 +962,51 @@ fn optimizers_losses_and_graph_tick_match_the_reference() {
                 },
             );
         }
-        p.check(
-            &format!("adam_multi decoupled={decoupled}"),
-            0.0,
-            0.0,
-            |b| us.iter().try_for_each(|u| b.adam(u)),
-            |p| {
-                let mut words = Vec::new();
-                let mut tiles = 0u64;
-                for u in &us {
-                    words.extend([
-                        u.param as u64,
-                        u.grad as u64,
-                        u.m as u64,
-                        u.v as u64,
-                        u.len as u64,
-                        tiles,
-                    ]);
-                    tiles += (u.len as u64).div_ceil(4096);
-                }
-                let arena = p.p(0);
-                run(lib, tiles as u32, 256, 1, || unsafe {
-                    adam_multi(
-                        arena,
-                        words.as_ptr(),
-                        us.len() as i32,
-                        b1,
-                        b2,
-                        1.0 - b1,
-                        1.0 - b2,
-                        step,
-                        isb2,
-                        1e-8,
-                        l2,
-                        decay,
-                        std::ptr::null(),
-                        std::ptr::null_mut(),
-                    )
-                });
-            },
-        );
+        // One launch over every tensor, Adam's and AMSGrad's (its maximum a descriptor word,
+        // u64::MAX for none).
+        for (name, updates) in [("adam_multi", &us), ("adam_multi amsgrad", &ams)] {
+            p.check(
+                &format!("{name} decoupled={decoupled}"),
+                0.0,
+                0.0,
+                |b| updates.iter().try_for_each(|u| b.adam(u)),
+                |p| {
+                    let mut words = Vec::new();
+                    let mut tiles = 0u64;
+                    for u in updates {
+                        words.extend([
+                            u.param as u64,
+                            u.grad as u64,
+                            u.m as u64,
+                            u.v as u64,
+                            u.vmax.map_or(u64::MAX, |o| o as u64),
+                            u.len as u64,
+                            tiles,
+                        ]);
+                        tiles += (u.len as u64).div_ceil(4096);
+                    }
+                    let arena = p.p(0);
+                    run(lib, tiles as u32, 256, 1, || unsafe {
+                        adam_multi(
+                            arena,
+                            words.as_ptr(),
+                            updates.len() as i32,
+                            b1,
+                            b2,
+                            1.0 - b1,
+                            1.0 - b2,
+                            step,
+                            isb2,
+                            1e-8,
+                            l2,
+                            decay,
+                            std::ptr::null(),
+                            std::ptr::null_mut(),
+                        )
+                    });
+                },
+            );
+        }
     }
     p.check(
         "zero_ranges",

@@ -707,8 +707,8 @@ fn optimizer_updates_and_helpers() {
         .map_or(0, |l| l.1);
     assert_eq!(multi, 2, "one sgd_multi launch a step: {launches:?}");
     for (decoupled, ams) in [(false, false), (true, false), (false, true), (true, true)] {
-        // Several parameters in one step (one fused launch on the GPU, but with AMSGrad: one
-        // launch per tensor), aligned and not. Disjoint tensors: params in 0..12096,
+        // Several parameters in one step (one fused launch on the GPU, AMSGrad's too), aligned
+        // and not. Disjoint tensors: params in 0..12096,
         // gradients +13000, m +26000, v +39000, AMSGrad's running maximum +52000.
         let us: Vec<AdamUpdate> = [(0usize, 5000usize), (5001, 1003), (8000, 4096)]
             .iter()

@@ -222,8 +222,8 @@ fn graph_replay_equals_eager_adam() {
     });
 }
 
-/// AMSGrad: one `adam` launch per tensor (with its running maximum), its step scalars
-/// advanced by `graph_tick` in the graph.
+/// AMSGrad: the step's one `adam_multi` launch, with each tensor's running maximum, advancing
+/// its own step scalars as Adam's does.
 #[test]
 fn graph_replay_equals_eager_amsgrad() {
     graph_vs_eager("graph_replay_equals_eager_amsgrad", |t| {

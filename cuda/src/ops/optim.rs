@@ -381,32 +381,29 @@ fn flush_rms(be: &Cuda, pending: &[RmsUpdate]) -> Result<()> {
     Ok(())
 }
 
-/// Runs queued Adam updates: one `adam_multi` launch when the descriptor table fits, else
-/// (and for AMSGrad, which the fused kernel does not do) one `adam` launch per tensor.
+/// Runs queued Adam (and AMSGrad) updates: one `adam_multi` launch when there are several and
+/// the descriptor table fits, else one `adam` launch per tensor.
 fn flush_adam(be: &Cuda, pending: &[AdamUpdate]) -> Result<()> {
     let Some(first) = pending.first().copied() else {
         return Ok(());
     };
     let s = scalars(&first);
-    // Descriptor table: p, g, m, v, len, first tile (plain Adam only).
-    let table = if first.vmax.is_none() {
-        multi_table(
-            be,
-            pending,
-            |u| u.len,
-            |u| {
-                vec![
-                    u.param as u64,
-                    u.grad as u64,
-                    u.m as u64,
-                    u.v as u64,
-                    u.len as u64,
-                ]
-            },
-        )?
-    } else {
-        None
-    };
+    // Descriptor table: p, g, m, v, AMSGrad's maximum (or none), len, first tile.
+    let table = multi_table(
+        be,
+        pending,
+        |u| u.len,
+        |u| {
+            vec![
+                u.param as u64,
+                u.grad as u64,
+                u.m as u64,
+                u.v as u64,
+                u.vmax.map_or(OPT_NONE, |o| o as u64),
+                u.len as u64,
+            ]
+        },
+    )?;
     let slot = Slot::Adam {
         lr: first.lr,
         beta1: first.beta1,
