@@ -627,15 +627,6 @@ fn losses() {
     p.gpu.read(y, &mut out).unwrap();
 }
 
-/// The sign of the value at `at` (1 for 0): a random average's direction.
-fn param_avg(mem: &[f32], at: usize) -> f32 {
-    if mem[at] < 0.0 {
-        -1.0
-    } else {
-        1.0
-    }
-}
-
 #[test]
 fn optimizer_updates_and_helpers() {
     let Some(mut p) = Pair::new("optimizer_updates_and_helpers", -1.0, 1.0, 8) else {
@@ -796,7 +787,8 @@ fn optimizer_updates_and_helpers() {
             for i in 0..u.len {
                 let sq = p.cpu[u.sq + i].abs();
                 p.cpu[u.sq + i] = sq;
-                let a = param_avg(&p.cpu, u.param + 39000 + i);
+                // The random value's sign: the average's direction.
+                let a = p.cpu[u.param + 39000 + i].signum();
                 p.cpu[u.param + 39000 + i] = 0.5 * sq.sqrt() * a;
             }
         }
