@@ -34,8 +34,8 @@ pub enum Loss {
     /// smoothing: the same memory).
     CrossEntropy,
     /// [`Tape::cross_entropy_probs`](crate::Tape::cross_entropy_probs) against class
-    /// probabilities shaped like the output: two intermediates the output's size, and a
-    /// scalar.
+    /// probabilities shaped like the output: two intermediates the output's size, a scalar,
+    /// and a constant scalar.
     CrossEntropyProbs,
     /// [`Tape::l1_loss`](crate::Tape::l1_loss) (and `smooth_l1_loss` with beta 0) against
     /// targets shaped like the output: two intermediates the output's size.
@@ -55,7 +55,7 @@ impl Loss {
         match self {
             Loss::Mse | Loss::BceWithLogits | Loss::CrossEntropy => 0,
             Loss::L1 => 2,
-            Loss::CrossEntropyProbs => 3,
+            Loss::CrossEntropyProbs => 4,
             Loss::Huber => 8,
             Loss::SmoothL1 => 9,
         }
@@ -143,8 +143,10 @@ pub const fn mlp_step(sizes: &[usize], batch: usize, loss: Loss) -> usize {
     }
     let out = batch.saturating_mul(sizes[n - 1]);
     acts = acts.saturating_add(loss.intermediates(out));
+    // The targets, and a loss's constants (no gradient).
     let targets = match loss {
         Loss::CrossEntropy => batch,
+        Loss::CrossEntropyProbs => out.saturating_add(1),
         _ => out,
     };
     batch

@@ -481,6 +481,75 @@ proptest! {
             tp.kl_div_batchmean(lq, v[1], true)
         })?;
     }
+
+    /// The loss modules of `mote::nn::loss` at every reduction, with their options drawn:
+    /// the element-wise ones at any rank, the class losses on [N, C] with class weights
+    /// (which get gradients too), ignored rows and label smoothing.
+    #[test]
+    fn loss_modules(rows in 1usize..=4, classes in 1usize..=4, rank in 0usize..=3, reduction in 0usize..4, options in any::<u8>(), seed in any::<u64>()) {
+        use mote::nn::loss::*;
+        let r = [Reduction::None, Reduction::Mean, Reduction::Sum, Reduction::BatchMean][reduction];
+        let e = &[rows, classes, 2][..rank];
+        let n = numel(e);
+        let (p, t) = (values(n, seed ^ 3, -3.0, 3.0), values(n, seed ^ 4, 0.0, 1.0));
+        let w = values(n, seed ^ 5, 0.5, 2.0);
+        let delta = values(1, seed ^ 7, 0.1, 3.0)[0];
+        let ph = {
+            let d: Vec<f64> = p.iter().zip(&t).map(|(a, b)| a - b).collect();
+            away_from(d, &[-delta, 0.0, delta]).iter().zip(&t).map(|(d, b)| d + b).collect::<Vec<f64>>()
+        };
+        let probs = values(n, seed ^ 8, 0.05, 0.95);
+        assert_grads(&[(e, &p), (e, &t)], |tp, v| MseLoss { reduction: r }.forward(tp, v[0], v[1]))?;
+        assert_grads(&[(e, &ph), (e, &t)], |tp, v| L1Loss { reduction: r }.forward(tp, v[0], v[1]))?;
+        let (delta, beta) = (delta as f32, [0.0f32, delta as f32][usize::from(options & 1)]);
+        assert_grads(&[(e, &ph), (e, &t)], |tp, v| HuberLoss { delta, reduction: r }.forward(tp, v[0], v[1]))?;
+        assert_grads(&[(e, &ph), (e, &t)], |tp, v| SmoothL1Loss { beta, reduction: r }.forward(tp, v[0], v[1]))?;
+        assert_grads(&[(e, &probs), (e, &t), (e, &w)], |tp, v| {
+            BceLoss { weight: Some(v[2]), reduction: r }.forward(tp, v[0], v[1])
+        })?;
+        assert_grads(&[(e, &p), (e, &t), (e, &w)], |tp, v| {
+            let weighted = options & 2 != 0;
+            let (weight, pos_weight) = if weighted { (None, Some(v[2])) } else { (None, None) };
+            BceWithLogitsLoss { weight, pos_weight, reduction: r }.forward(tp, v[0], v[1])
+        })?;
+        assert_grads(&[(e, &p), (e, &probs)], |tp, v| {
+            let lq = if rank == 0 { v[0] } else { tp.log_softmax(v[0], rank - 1)? };
+            KlDivLoss { reduction: r, log_target: options & 4 != 0 }.forward(tp, lq, v[1])
+        })?;
+        if r == Reduction::BatchMean {
+            return Ok(());
+        }
+        let dims = [rows, classes];
+        let z = values(rows * classes, seed, -3.0, 3.0);
+        let cw = values(classes, seed ^ 9, 0.2, 2.0);
+        let targets = values(rows * classes, seed ^ 10, 0.0, 1.0);
+        let ignore = (options & 8 != 0).then_some(-100);
+        let mut rng = Rng::new(seed);
+        // Rows ignored at times (never all: the mean would be NaN).
+        let labels: Vec<f64> = (0..rows)
+            .map(|i| if ignore.is_some() && i > 0 && rng.below(3) == 0 { -100.0 } else { f64::from(rng.below(classes as u32)) })
+            .collect();
+        let label_smoothing = [0.0f32, 0.1, 1.0][usize::from(options >> 4) % 3];
+        let weighted = options & 64 != 0;
+        let w_in: &[(&[usize], &[f64])] = &[(&dims, &z), (&[classes], &cw)];
+        let inputs = if weighted { w_in } else { &w_in[..1] };
+        assert_grads(inputs, |tp, v| {
+            let y = tp.input(&[rows], &labels)?;
+            let weight = v.get(1).copied();
+            CrossEntropyLoss { weight, ignore_index: ignore, label_smoothing, reduction: r }.forward(tp, v[0], y)
+        })?;
+        assert_grads(inputs, |tp, v| {
+            let y = tp.input(&[rows], &labels)?;
+            let lp = tp.log_softmax(v[0], 1)?;
+            NllLoss { weight: v.get(1).copied(), ignore_index: ignore, reduction: r }.forward(tp, lp, y)
+        })?;
+        let with_targets: &[(&[usize], &[f64])] = &[(&dims, &z), (&dims, &targets), (&[classes], &cw)];
+        let inputs = if weighted { with_targets } else { &with_targets[..2] };
+        assert_grads(inputs, |tp, v| {
+            let m = CrossEntropyLoss { weight: v.get(2).copied(), label_smoothing, reduction: r, ..Default::default() };
+            m.forward_probs(tp, v[0], v[1])
+        })?;
+    }
 }
 
 /// A whole model (the layers users build) passes the same check.

@@ -11,6 +11,7 @@
 //! - rewinding to a stale mark (taken before an earlier rewind went further back) fails;
 //! - a checkpoint that loads and restores, saved again, loads as the same checkpoint.
 
+use mote::nn::loss;
 use mote::blob::{self, Blob};
 use mote::ops::binary::BinaryOp;
 use mote::ops::reduce::ReduceOp;
@@ -722,8 +723,20 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let (Some(a), Some(b)) = (st.pick(r), st.pick(r)) else {
                 return;
             };
-            let (kind, c, d) = (r.below(18), r.f32(), r.f32());
+            let (kind, c, d) = (r.below(30), r.f32(), r.f32());
             let correction = r.size(3);
+            let reduction = [
+                loss::Reduction::None,
+                loss::Reduction::Mean,
+                loss::Reduction::Sum,
+                loss::Reduction::BatchMean,
+            ][r.below(4)];
+            let ignore_index = match r.below(3) {
+                0 => None,
+                1 => Some(-100),
+                _ => Some(i32::from_le_bytes([r.u8(), r.u8(), r.u8(), r.u8()])),
+            };
+            let classes = r.size(7);
             let axis = r.size(4);
             let (w, pw) = (st.pick(r), st.pick(r));
             let (w, pw) = (w.filter(|_| r.bool()), pw.filter(|_| r.bool()));
@@ -742,6 +755,46 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 // any handle as the labels: refused unless [N], checked on the device
                 16 => t.nll_loss(a, b, -100),
                 17 => t.kl_div_batchmean(a, b, r.bool()),
+                // the loss modules at every reduction, options fuzzed
+                18 => loss::MseLoss { reduction }.forward(t, a, b),
+                19 => loss::L1Loss { reduction }.forward(t, a, b),
+                20 => loss::HuberLoss { delta: c, reduction }.forward(t, a, b),
+                21 => loss::SmoothL1Loss { beta: c, reduction }.forward(t, a, b),
+                22 => loss::BceLoss { weight: w, reduction }.forward(t, a, b),
+                23 => loss::BceWithLogitsLoss {
+                    weight: w,
+                    pos_weight: pw,
+                    reduction,
+                }
+                .forward(t, a, b),
+                24 => loss::CrossEntropyLoss {
+                    weight: w,
+                    ignore_index,
+                    label_smoothing: c,
+                    reduction,
+                }
+                .forward(t, a, b),
+                25 => loss::CrossEntropyLoss {
+                    weight: w,
+                    ignore_index,
+                    label_smoothing: c,
+                    reduction,
+                }
+                .forward_probs(t, a, b),
+                26 => loss::NllLoss {
+                    weight: w,
+                    ignore_index,
+                    reduction,
+                }
+                .forward(t, a, b),
+                27 => loss::KlDivLoss {
+                    reduction,
+                    log_target: r.bool(),
+                }
+                .forward(t, a, b),
+                // one-hot rows of any handle, and a range
+                28 => t.one_hot(a, classes),
+                29 => t.arange(classes),
                 0 => t.bce_with_logits(a, b),
                 1 => t.mse(a, b),
                 2 => t.l1_loss(a, b),

@@ -141,6 +141,90 @@ pub(crate) mod tape_ops {
             )
         }
 
+        /// `[0, 1, ..., n - 1]` as a tensor of shape `[n]` (PyTorch's `torch.arange(n)`),
+        /// made on the device from a fill, shifted copies and joins (doubling its length each
+        /// time, then cut to `n`), so that a recording ([`crate::Replay`], a CUDA graph) holds
+        /// it: no value is written from the host. Records no node (it has no gradient); it
+        /// takes `2 n` to `4 n` elements of the arena.
+        ///
+        /// # Errors
+        /// [`Error::InvalidArgument`] unless `1 <= n <= 2^24` (whole numbers exact in `f32`);
+        /// and as [`Tape::unary`].
+        pub fn arange(&mut self, n: usize) -> Result<Var> {
+            if n == 0 || n > 1 << 24 {
+                return Err(Error::InvalidArgument {
+                    what: "arange: n must lie in 1..=2^24",
+                });
+            }
+            self.all_or_nothing(|t| {
+                t.no_grad(|t| {
+                    let mut v = t.full(&[1], B::Elem::ZERO)?;
+                    let mut len = 1;
+                    while len < n {
+                        let shifted = t.add_scalar(v, len as f32)?;
+                        v = t.concat(v, shifted, 0)?;
+                        len *= 2;
+                    }
+                    if len > n {
+                        v = t.slice(v, 0, 0, n)?;
+                    }
+                    Ok(v)
+                })
+            })
+        }
+
+        /// The one-hot encoding of class labels (PyTorch's `F.one_hot(labels, classes)`, as
+        /// floats): `labels` of any shape up to rank 3, holding integers in `0..classes` (from
+        /// [`Tape::labels`]), give the labels' shape followed by `classes`, 1 at each label
+        /// and 0 elsewhere. A label [`IGNORED_LABEL`](crate::ops::loss::IGNORED_LABEL) gives a
+        /// row of zeros. Made on the device (`1 - min(|arange - label|, 1)`, broadcast), so
+        /// that a recording holds it; the labels are checked on the device as the fused
+        /// cross-entropy checks them. Records no node (it has no gradient).
+        ///
+        /// # Errors
+        /// [`Error::InvalidShape`] for labels of rank 4; [`Error::IndexOutOfRange`] for a
+        /// label that is not a whole number in `0..classes` (but for `IGNORED_LABEL`); as
+        /// [`Tape::arange`] for `classes`; and as [`Tape::unary`].
+        pub fn one_hot(&mut self, labels: Var, classes: usize) -> Result<Var> {
+            let ls = labels.shape;
+            if ls.rank() > 3 {
+                return Err(Error::InvalidShape {
+                    op: "one_hot labels",
+                    shape: ls,
+                });
+            }
+            // The labels as a column (their shape and a 1), against `0..classes` as a row.
+            let mut dims = [1usize; 4];
+            for (d, &v) in dims.iter_mut().zip(ls.dims()) {
+                *d = v as usize;
+            }
+            let column = dims.get(..ls.rank() + 1).unwrap_or(&[]);
+            let count = ls.numel();
+            self.all_or_nothing(|t| {
+                t.no_grad(|t| {
+                    let c = t.arange(classes)?;
+                    let col = t.reshape(labels, column)?;
+                    let d = t.sub(col, c)?;
+                    let d = t.abs(d)?;
+                    let d = t.clamp_max(d, 1.0)?;
+                    let d = t.neg(d)?;
+                    let hot = t.add_scalar(d, 1.0)?;
+                    // The labels' check: the fused cross-entropy's, on the encoding itself as
+                    // logits `[count, classes]` against the labels `[count]`.
+                    let (logits, flat) = if ls.rank() == 1 {
+                        (hot, labels)
+                    } else {
+                        (
+                            t.reshape(hot, &[count, classes])?,
+                            t.reshape(labels, &[count])?,
+                        )
+                    };
+                    t.cross_entropy(logits, flat)?;
+                    Ok(hot)
+                })
+            })
+        }
+
         pub(crate) fn gather_backward(
             &mut self,
             table: u32,

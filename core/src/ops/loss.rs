@@ -1,5 +1,7 @@
 //! Losses, each a scalar: reduced by the mean (PyTorch's default `reduction="mean"`), but for
-//! the KL divergence, divided by the batch (`"batchmean"`).
+//! the KL divergence, divided by the batch (`"batchmean"`). PyTorch's other reductions
+//! (`"none"`, `"sum"`) and class weights: the loss modules of [`crate::nn::loss`], composed
+//! from the terms these functions reduce.
 //!
 //! | loss | value | gradient |
 //! | --- | --- | --- |
@@ -14,7 +16,8 @@
 //! `weight` w and `pos_weight` p); `l1_loss` = mean(|p - t|); `huber_loss(delta)` = mean of `d^2 / 2` where `|d| < delta`,
 //! else `delta (|d| - delta / 2)`; `smooth_l1_loss(beta)` = the Huber loss / beta (L1 for
 //! beta 0), as PyTorch's; `binary_cross_entropy` of probabilities; `cross_entropy_ignore`;
-//! `nll_loss` (the cross-entropy less the rows' `logsumexp`); `kl_div_batchmean`.
+//! `nll_loss` (each row's value at its label, picked by the labels' one-hot rows);
+//! `kl_div_batchmean`.
 //!
 //! Cross-entropy takes logits `[N, C]` and class labels `[N]` stored as floats (exact integers
 //! up to 2^24); a label that is not an integer in `0..C` is an error, but for
@@ -93,6 +96,24 @@ impl LossOp {
             _ => return None,
         })
     }
+}
+
+/// How a loss reduces its terms (PyTorch's `reduction=`): the `*_loss` modules of
+/// [`crate::nn::loss`] take one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Reduction {
+    /// The terms themselves (`"none"`): the input's shape for the element-wise losses, one
+    /// per row for the class losses (0 for an ignored row).
+    None,
+    /// Their mean (`"mean"`, PyTorch's default). The class losses divide by the summed
+    /// weights of the rows kept (their count, without class weights).
+    #[default]
+    Mean,
+    /// Their sum (`"sum"`).
+    Sum,
+    /// Their sum divided by the first dimension (`"batchmean"`): the KL divergence's, which
+    /// it makes the divergence. The class losses refuse it, as PyTorch's do.
+    BatchMean,
 }
 
 /// The label of a row that the cross-entropies skip: `-2^24`, exact in `f32` and `f64`. The
@@ -646,7 +667,7 @@ mod tests {
 }
 
 mod tape_ops {
-    use super::{LossOp, IGNORED_LABEL};
+    use super::{LossOp, Reduction, IGNORED_LABEL};
 
     /// The cross-entropies' checks: logits `[N, C]`, labels `[N]`, smoothing in `[0, 1]`.
     fn check_cross_entropy(ls: Shape, ts: Shape, label_smoothing: f32) -> Result<()> {
@@ -814,35 +835,104 @@ mod tape_ops {
 
         /// The negative log-likelihood of log-probabilities `[N, C]` at their labels (PyTorch's
         /// `F.nll_loss(logp, y, ignore_index=i)`, `nn.NLLLoss`): `-logp[r, y_r]` averaged over
-        /// the rows whose label is not `ignore_index` (PyTorch's default is -100). Composed,
-        /// all or nothing: [`Tape::cross_entropy_ignore`] (which checks every label on the
-        /// device, as PyTorch's does) less the kept rows' mean of `logsumexp(logp)`, which is
-        /// 0 for log-probabilities (`log_softmax`'s outputs) up to its rounding; the gradient
-        /// is `-1 / kept` at each kept row's label (and, in `f32`, about an ulp of the
-        /// probabilities elsewhere). Inputs far from normalised lose precision in proportion
-        /// to their `logsumexp`, and an infinite or NaN value in an ignored row makes the loss
-        /// NaN (PyTorch's skips that row). All rows ignored: a NaN loss, as PyTorch's, and a
-        /// zero gradient.
+        /// the rows whose label is not `ignore_index` (PyTorch's default is -100). Composed on
+        /// the device, all or nothing: the labels' one-hot rows ([`Tape::one_hot`], which
+        /// checks every label on the device, as PyTorch's does), zero for the ignored rows,
+        /// pick each row's value (a `-inf` elsewhere in a row adds nothing); the gradient is
+        /// `-1 / kept` at each kept row's label and 0 elsewhere. Eight nodes. All rows
+        /// ignored: a NaN loss, as PyTorch's, and a zero gradient. Class weights and the other
+        /// reductions: [`crate::nn::loss::NllLoss`].
         ///
         /// # Errors
         /// As [`Tape::cross_entropy_ignore`].
         pub fn nll_loss(&mut self, logp: Var, labels: Var, ignore_index: i32) -> Result<Var> {
-            check_cross_entropy(logp.shape, labels.shape, 0.0)?;
+            self.class_loss(logp, labels, Some(ignore_index), None, 0.0, Reduction::Mean)
+        }
+
+        /// The class losses (the negative log-likelihood of log-probabilities `logp` `[N, C]`
+        /// at `labels` `[N]`, with PyTorch's `ignore_index`, `weight` and `label_smoothing`),
+        /// reduced: per row `l_r = -sum_c T_rc lp_rc`, where `T_r = w ((1 - e) onehot(y_r) + e /
+        /// C)` on the rows kept and 0 on the ignored ones, and `lp` is `logp` raised to
+        /// `-f32::MAX` (so that a class of probability 0, `-inf`, adds 0, not NaN; a row whose
+        /// own label has it gets a loss of about `f32::MAX` where PyTorch's is `inf`). The
+        /// mean divides by `sum_r w[y_r]` over the rows kept (their count without weights),
+        /// as PyTorch's: with nothing to divide by, NaN, with a zero gradient. All or nothing.
+        pub(crate) fn class_loss(
+            &mut self,
+            logp: Var,
+            labels: Var,
+            ignore_index: Option<i32>,
+            weight: Option<Var>,
+            label_smoothing: f32,
+            reduction: Reduction,
+        ) -> Result<Var> {
+            check_cross_entropy(logp.shape, labels.shape, label_smoothing)?;
+            let ignore = match ignore_index {
+                Some(i) if i.unsigned_abs() > 1 << 24 => {
+                    return Err(Error::InvalidArgument {
+                        what: "cross_entropy: ignore_index must lie in -2^24..=2^24",
+                    })
+                }
+                Some(i) => i,
+                // The fused losses' ignored label: no other label is ignored.
+                None => IGNORED_LABEL as i32,
+            };
+            let (rows, classes) = (logp.shape.dim(0), logp.shape.dim(1));
+            if let Some(w) = weight {
+                if w.shape.dims() != [classes as u32] {
+                    return Err(Error::ShapeMismatch {
+                        op: "cross_entropy weight",
+                        lhs: logp.shape,
+                        rhs: w.shape,
+                    });
+                }
+            }
+            if reduction == Reduction::BatchMean {
+                return Err(Error::InvalidArgument {
+                    what: "cross_entropy: batchmean is the KL divergence's reduction",
+                });
+            }
             self.all_or_nothing(|t| {
-                let (keep, marked, kept) = t.no_grad(|t| {
-                    let (keep, marked, kept) = t.ignore_mask(labels, ignore_index)?;
-                    // At least 1 for the correction: with every row ignored its gradient is
-                    // 0, not NaN (the loss is NaN from the cross-entropy's 0 / 0).
-                    let floor = t.clamp_min(kept, 1.0)?;
-                    Ok::<_, Error>((keep, marked, (kept, floor)))
+                let (target, hot, kept) = t.no_grad(|t| {
+                    let (keep, marked, kept) = t.ignore_mask(labels, ignore)?;
+                    let hot = t.one_hot(marked, classes)?;
+                    if label_smoothing == 0.0 {
+                        return Ok::<_, Error>((hot, hot, kept));
+                    }
+                    // hot - e hot + e keep / C, exact in f64 (e is an f32).
+                    let less = t.mul_scalar(hot, label_smoothing)?;
+                    let own = t.sub(hot, less)?;
+                    let k = t.reshape(keep, &[rows, 1])?;
+                    let k = t.mul_scalar(k, label_smoothing)?;
+                    let c = t.full(&[], crate::Float::from_f64(classes as f64))?;
+                    let k = t.div(k, c)?;
+                    Ok((t.add(own, k)?, hot, kept))
                 })?;
-                let (kept, floor) = kept;
-                let ce = t.cross_entropy_kept(logp, marked, kept, 0.0)?;
-                let lse = t.logsumexp(logp, 1)?;
-                let lse = t.mul(lse, keep)?;
-                let lse = t.sum(lse)?;
-                let lse = t.div(lse, floor)?;
-                t.sub(ce, lse)
+                let (target, den) = match weight {
+                    Some(w) => {
+                        let picked = t.mul(hot, w)?;
+                        (t.mul(target, w)?, t.sum(picked)?)
+                    }
+                    None => (target, kept),
+                };
+                let lp = t.clamp_min(logp, -f32::MAX)?;
+                let terms = t.mul(target, lp)?;
+                let terms = t.sum_axis(terms, 1)?;
+                let terms = t.neg(terms)?;
+                match reduction {
+                    Reduction::Mean => {
+                        let total = t.sum(terms)?;
+                        let floor = t.clamp_min(den, f32::MIN_POSITIVE)?;
+                        let mean = t.div(total, floor)?;
+                        // 0 / den: NaN when there is nothing to divide by, else 0.
+                        let nan = t.no_grad(|t| {
+                            let zero = t.mul_scalar(den, 0.0)?;
+                            t.div(zero, den)
+                        })?;
+                        t.add(mean, nan)
+                    }
+                    r => t.reduce_terms(terms, r),
+                }
             })
         }
 
@@ -864,6 +954,20 @@ mod tape_ops {
             target: Var,
             log_target: bool,
         ) -> Result<Var> {
+            self.all_or_nothing(|t| {
+                let terms = t.kl_terms(input, target, log_target)?;
+                t.reduce_terms(terms, Reduction::BatchMean)
+            })
+        }
+
+        /// The KL divergence's terms, `t (ln t - input)` (or `e^t (t - input)`), after the
+        /// shape check: four nodes (three with `log_target`).
+        pub(crate) fn kl_terms(
+            &mut self,
+            input: Var,
+            target: Var,
+            log_target: bool,
+        ) -> Result<Var> {
             if input.shape != target.shape {
                 return Err(Error::ShapeMismatch {
                     op: "kl_div",
@@ -871,27 +975,43 @@ mod tape_ops {
                     rhs: target.shape,
                 });
             }
-            let rows = input.shape.dim(0).max(1);
-            self.all_or_nothing(|t| {
-                let (p, lt) = if log_target {
-                    (t.exp(target)?, target)
-                } else {
-                    let floored = t.clamp_min(target, f32::MIN_POSITIVE)?;
-                    (target, t.log(floored)?)
-                };
-                let d = t.sub(lt, input)?;
-                let terms = t.mul(p, d)?;
-                let s = t.sum(terms)?;
-                // Divided by a constant of the element type: exact in f64 as in f32.
-                let n = t.full(&[], crate::Float::from_f64(rows as f64))?;
-                t.div(s, n)
-            })
+            let (p, lt) = if log_target {
+                (self.exp(target)?, target)
+            } else {
+                let floored = self.clamp_min(target, f32::MIN_POSITIVE)?;
+                (target, self.log(floored)?)
+            };
+            let d = self.sub(lt, input)?;
+            self.mul(p, d)
+        }
+
+        /// A loss's `terms` reduced as `reduction` says: as they are, their mean, their sum,
+        /// or their sum over the first dimension (two nodes: the sum, and a division by a
+        /// constant of the element type, exact in `f64` as in `f32`). The losses of
+        /// [`crate::nn::loss`] end with it; a loss of your own can too.
+        ///
+        /// # Errors
+        /// As [`Tape::unary`].
+        pub fn reduce_terms(&mut self, terms: Var, reduction: Reduction) -> Result<Var> {
+            match reduction {
+                Reduction::None => Ok(terms),
+                Reduction::Mean => self.mean(terms),
+                Reduction::Sum => self.sum(terms),
+                Reduction::BatchMean => {
+                    let rows = terms.shape.dim(0).max(1);
+                    self.all_or_nothing(|t| {
+                        let s = t.sum(terms)?;
+                        let n = t.full(&[], crate::Float::from_f64(rows as f64))?;
+                        t.div(s, n)
+                    })
+                }
+            }
         }
 
         /// Softmax cross-entropy of logits `[N, C]` against class probabilities `[N, C]`
         /// (PyTorch's `cross_entropy` with probability targets): `-sum_ic t_ic ln softmax(z_i)_c
-        /// / N`, composed of four nodes (`log_softmax`, a product, a sum and a scale), all or
-        /// nothing. The targets need not sum to 1 per row: scaled rows give PyTorch's class
+        /// / N`, composed of five nodes (`log_softmax`, a product, a sum, the constant `-N` and
+        /// a division), all or nothing. The targets need not sum to 1 per row: scaled rows give PyTorch's class
         /// `weight`s (row `i` times `w_c N / sum_i w_{y_i}` at its label) or label smoothing.
         /// Both inputs get gradients.
         ///
@@ -910,7 +1030,9 @@ mod tape_ops {
                 let ls = t.log_softmax(logits, 1)?;
                 let p = t.mul(ls, targets)?;
                 let s = t.sum(p)?;
-                t.mul_scalar(s, -1.0 / rows as f32)
+                // Divided by -N in the element type (exact in f64 as in f32).
+                let n = t.full(&[], crate::Float::from_f64(-(rows as f64)))?;
+                t.div(s, n)
             })
         }
 
@@ -951,6 +1073,21 @@ mod tape_ops {
             target: Var,
             weight: Option<Var>,
         ) -> Result<Var> {
+            self.all_or_nothing(|t| {
+                let l = t.bce_log_likelihood(p, target, weight)?;
+                let m = t.mean(l)?;
+                t.neg(m)
+            })
+        }
+
+        /// `w (t ln p + (1 - t) ln(1 - p))` per element, after the shape checks: the binary
+        /// cross-entropy's terms, negated.
+        pub(crate) fn bce_log_likelihood(
+            &mut self,
+            p: Var,
+            target: Var,
+            weight: Option<Var>,
+        ) -> Result<Var> {
             let op = "binary_cross_entropy";
             let ps = p.shape;
             let mismatch = |rhs| Error::ShapeMismatch { op, lhs: ps, rhs };
@@ -972,21 +1109,19 @@ mod tape_ops {
                 let n = t.neg(v)?;
                 t.add_scalar(n, 1.0)
             };
-            self.all_or_nothing(|t| {
-                let lp = floor_log(t, p)?;
-                let q = complement(t, p)?;
-                let lq = floor_log(t, q)?;
-                // t ln p + (1 - t) ln(1 - p) term by term: no cancellation near p = 1.
-                let a = t.mul(target, lp)?;
-                let not = complement(t, target)?;
-                let b = t.mul(not, lq)?;
-                let mut l = t.add(a, b)?;
-                if let Some(w) = weight {
-                    l = t.mul(l, w)?;
-                }
-                let m = t.mean(l)?;
-                t.neg(m)
-            })
+            let t = self;
+            let lp = floor_log(t, p)?;
+            let q = complement(t, p)?;
+            let lq = floor_log(t, q)?;
+            // t ln p + (1 - t) ln(1 - p) term by term: no cancellation near p = 1.
+            let a = t.mul(target, lp)?;
+            let not = complement(t, target)?;
+            let b = t.mul(not, lq)?;
+            let l = t.add(a, b)?;
+            match weight {
+                Some(w) => t.mul(l, w),
+                None => Ok(l),
+            }
         }
 
         /// [`Tape::bce_with_logits`] with PyTorch's `weight` and `pos_weight`
@@ -1007,6 +1142,25 @@ mod tape_ops {
             weight: Option<Var>,
             pos_weight: Option<Var>,
         ) -> Result<Var> {
+            if weight.is_none() && pos_weight.is_none() {
+                // The checks' error names this function.
+                self.bce_logits_checked(logits, target, None, None)?;
+                return self.bce_with_logits(logits, target);
+            }
+            self.all_or_nothing(|t| {
+                let l = t.bce_logits_terms(logits, target, weight, pos_weight)?;
+                t.mean(l)
+            })
+        }
+
+        /// Checks the shapes of [`Tape::bce_with_logits_weighted`]'s arguments.
+        fn bce_logits_checked(
+            &mut self,
+            logits: Var,
+            target: Var,
+            weight: Option<Var>,
+            pos_weight: Option<Var>,
+        ) -> Result<()> {
             let op = "bce_with_logits_weighted";
             let ls = logits.shape;
             let mismatch = |rhs| Error::ShapeMismatch { op, lhs: ls, rhs };
@@ -1018,28 +1172,38 @@ mod tape_ops {
                     return Err(mismatch(w.shape));
                 }
             }
-            if weight.is_none() && pos_weight.is_none() {
-                return self.bce_with_logits(logits, target);
+            Ok(())
+        }
+
+        /// `w ((1 - t) x + (1 + (p - 1) t) softplus(-x))` per element, after the shape
+        /// checks: the terms of the binary cross-entropy on logits, stable (four nodes with
+        /// neither weight, up to ten with both).
+        pub(crate) fn bce_logits_terms(
+            &mut self,
+            logits: Var,
+            target: Var,
+            weight: Option<Var>,
+            pos_weight: Option<Var>,
+        ) -> Result<Var> {
+            self.bce_logits_checked(logits, target, weight, pos_weight)?;
+            let t = self;
+            // softplus(-x) = ln(1 + e^-x), stable either way.
+            let nx = t.neg(logits)?;
+            let mut l = t.softplus(nx)?;
+            if let Some(p) = pos_weight {
+                let k = t.add_scalar(p, -1.0)?;
+                let k = t.mul(k, target)?;
+                let k = t.add_scalar(k, 1.0)?;
+                l = t.mul(k, l)?;
             }
-            self.all_or_nothing(|t| {
-                // softplus(-x) = ln(1 + e^-x), stable either way.
-                let nx = t.neg(logits)?;
-                let mut l = t.softplus(nx)?;
-                if let Some(p) = pos_weight {
-                    let k = t.add_scalar(p, -1.0)?;
-                    let k = t.mul(k, target)?;
-                    let k = t.add_scalar(k, 1.0)?;
-                    l = t.mul(k, l)?;
-                }
-                // (1 - t) x, as x - t x.
-                let tx = t.mul(target, logits)?;
-                let lin = t.sub(logits, tx)?;
-                l = t.add(lin, l)?;
-                if let Some(w) = weight {
-                    l = t.mul(l, w)?;
-                }
-                t.mean(l)
-            })
+            // (1 - t) x, as x - t x.
+            let tx = t.mul(target, logits)?;
+            let lin = t.sub(logits, tx)?;
+            l = t.add(lin, l)?;
+            match weight {
+                Some(w) => t.mul(l, w),
+                None => Ok(l),
+            }
         }
 
         /// Mean absolute error between same-shaped predictions and targets (PyTorch's
@@ -1079,15 +1243,28 @@ mod tape_ops {
         /// [`Tape::huber_loss`], its shape error naming `op`, all or nothing.
         fn huber(&mut self, op: &'static str, pred: Var, target: Var, delta: f32) -> Result<Var> {
             self.all_or_nothing(|t| {
-                let a = t.abs_diff(op, pred, target)?;
-                let m = t.clamp_max(a, delta)?;
-                let q = t.square(m)?;
-                let q = t.mul_scalar(q, 0.5)?;
-                let l = t.sub(a, m)?;
-                let l = t.mul_scalar(l, delta)?;
-                let s = t.add(q, l)?;
+                let s = t.huber_terms(op, pred, target, delta)?;
                 t.mean(s)
             })
+        }
+
+        /// The Huber loss's terms, `m^2 / 2 + delta (|d| - m)` with `m = min(|d|, delta)`,
+        /// after the shape check (its error naming `op`): eight nodes.
+        pub(crate) fn huber_terms(
+            &mut self,
+            op: &'static str,
+            pred: Var,
+            target: Var,
+            delta: f32,
+        ) -> Result<Var> {
+            let t = self;
+            let a = t.abs_diff(op, pred, target)?;
+            let m = t.clamp_max(a, delta)?;
+            let q = t.square(m)?;
+            let q = t.mul_scalar(q, 0.5)?;
+            let l = t.sub(a, m)?;
+            let l = t.mul_scalar(l, delta)?;
+            t.add(q, l)
         }
 
         /// Smooth L1 loss with threshold `beta` (PyTorch's `smooth_l1_loss`): the Huber loss
@@ -1114,7 +1291,18 @@ mod tape_ops {
         }
 
         /// `|pred - target|`, after checking that the shapes agree.
-        fn abs_diff(&mut self, op: &'static str, pred: Var, target: Var) -> Result<Var> {
+        pub(crate) fn abs_diff(&mut self, op: &'static str, pred: Var, target: Var) -> Result<Var> {
+            let d = self.checked_diff(op, pred, target)?;
+            self.abs(d)
+        }
+
+        /// `pred - target`, after checking that the shapes agree (the error naming `op`).
+        pub(crate) fn checked_diff(
+            &mut self,
+            op: &'static str,
+            pred: Var,
+            target: Var,
+        ) -> Result<Var> {
             if pred.shape != target.shape {
                 return Err(Error::ShapeMismatch {
                     op,
@@ -1122,8 +1310,7 @@ mod tape_ops {
                     rhs: target.shape,
                 });
             }
-            let d = self.sub(pred, target)?;
-            self.abs(d)
+            self.sub(pred, target)
         }
 
         pub(crate) fn loss_backward(&mut self, op: LossOp, a: u32, b: u32, dy: View) -> Result<()> {
