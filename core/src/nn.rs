@@ -34,6 +34,7 @@
 //! # Ok::<(), mote::Error>(())
 //! ```
 
+pub mod attention;
 mod cnn;
 pub mod init;
 pub mod loss;

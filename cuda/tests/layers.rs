@@ -161,3 +161,69 @@ fn every_layer_matches_the_reference() {
         got.grads.len()
     );
 }
+
+/// Multi-head attention (4 heads, cross-attention with a padding mask, and causal
+/// self-attention on 4-D queries through `scaled_dot_product_attention`) then a class loss
+/// from `mote::nn::loss` with every reduction's terms: the loss and every gradient against the
+/// reference backend, at the tolerances above.
+fn attention_run<B: Backend<Elem = f32>>(tape: &mut Tape<B, NODES>) -> (f32, Vec<f32>) {
+    use mote::nn::attention::MultiheadAttention;
+    use mote::nn::loss::{CrossEntropyLoss, Reduction};
+    let mut rng = Rng::new(5);
+    let mha = MultiheadAttention::new(tape, 16, 4, &mut rng).unwrap();
+    let head = Linear::new(tape, 16, 5, &mut rng).unwrap();
+    let draw =
+        |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f32() - 0.5).collect() };
+    let (x, kv, pad) = (
+        draw(&mut rng, 3 * 6 * 16),
+        draw(&mut rng, 3 * 7 * 16),
+        draw(&mut rng, 3 * 7),
+    );
+    let xv = tape.input(&[3, 6, 16], &x).unwrap();
+    let kvv = tape.input(&[3, 7, 16], &kv).unwrap();
+    let padv = tape.input(&[3, 7], &pad).unwrap();
+    let a = mha
+        .attend(tape, xv, kvv, kvv, Some(padv), None, false)
+        .unwrap();
+    let c = mha.attend(tape, a, a, a, None, None, true).unwrap();
+    let q4 = tape.reshape(c, &[3, 2, 3, 16]).unwrap();
+    let d = tape
+        .scaled_dot_product_attention(q4, q4, q4, None, true, Some(0.5))
+        .unwrap();
+    let d = tape.reshape(d, &[18, 16]).unwrap();
+    let logits = head.forward(tape, d).unwrap();
+    let labels: Vec<usize> = (0..18).map(|i| (i * 3) % 5).collect();
+    let y = tape.labels(&labels).unwrap();
+    let w = tape.input(&[5], &[0.5, 1.0, 1.5, 2.0, 0.8]).unwrap();
+    let ce = CrossEntropyLoss {
+        weight: Some(w),
+        label_smoothing: 0.1,
+        reduction: Reduction::None,
+        ..Default::default()
+    };
+    let rows = ce.forward(tape, logits, y).unwrap();
+    let loss = tape.mean(rows).unwrap();
+    tape.backward(loss).unwrap();
+    let mut grads = Vec::new();
+    let params: Vec<Var> = tape.params().collect();
+    for p in params {
+        let mut v = vec![0f32; p.numel()];
+        tape.read_grad(p, &mut v).unwrap();
+        grads.extend(v);
+    }
+    (tape.item(loss).unwrap(), grads)
+}
+
+#[test]
+fn attention_and_composed_losses_match_the_reference() {
+    let Some(cuda) = gpu("attention_and_composed_losses_match_the_reference", FLOATS) else {
+        return;
+    };
+    let mut mem = vec![0f32; FLOATS];
+    let (want_loss, want) = attention_run(&mut Tape::<Cpu<f32>, NODES>::new(&mut mem));
+    let (got_loss, got) = attention_run(&mut Tape::<_, NODES>::with_backend(cuda));
+    close("loss", &[got_loss], &[want_loss], 1e-5, 1e-5);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0 && want.iter().filter(|g| g.abs() > 1e-3 * scale).count() > 100);
+    close("gradients", &got, &want, 0.0, 2e-4 * scale);
+}

@@ -723,7 +723,7 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let (Some(a), Some(b)) = (st.pick(r), st.pick(r)) else {
                 return;
             };
-            let (kind, c, d) = (r.below(30), r.f32(), r.f32());
+            let (kind, c, d) = (r.below(31), r.f32(), r.f32());
             let correction = r.size(3);
             let reduction = [
                 loss::Reduction::None,
@@ -795,6 +795,11 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 // one-hot rows of any handle, and a range
                 28 => t.one_hot(a, classes),
                 29 => t.arange(classes),
+                // attention over any handles, a mask any handle (or none)
+                30 => {
+                    let (causal, scale) = (r.bool(), r.bool().then_some(c));
+                    t.scaled_dot_product_attention(a, b, pw.unwrap_or(b), w, causal, scale)
+                }
                 0 => t.bce_with_logits(a, b),
                 1 => t.mse(a, b),
                 2 => t.l1_loss(a, b),

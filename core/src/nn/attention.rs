@@ -1,0 +1,350 @@
+//! Attention: [`Tape::scaled_dot_product_attention`] (PyTorch's
+//! `F.scaled_dot_product_attention`) and the [`MultiheadAttention`] layer (PyTorch's
+//! `nn.MultiheadAttention` with `batch_first=True`), composed of batched products, a softmax
+//! and copies, so that every backend runs them (cuBLAS's strided-batched products on a GPU) and
+//! gradients follow.
+//!
+//! `attention(q, k, v) = softmax(q k^T scale + mask) v`, the softmax over the keys, `scale`
+//! `1 / sqrt(E)` by default. The causal mask lets query `i` see keys `j <= i` (PyTorch's
+//! `is_causal=True`, aligned at the top left); it is made on the device from
+//! [`Tape::arange`], so a recording or a CUDA graph holds it. Where PyTorch adds `-inf`, this
+//! adds `f32::MIN` (`-3.4e38`): `e^(f32::MIN - max)` is 0 as `e^-inf` is, and no `0 * inf`
+//! makes a NaN. A float `attn_mask` is added to the scores as PyTorch adds one; for PyTorch's
+//! boolean masks (`true`: attend), pass 0 where attending and `f32::MIN` where not.
+//!
+//! ```
+//! use mote::nn::attention::MultiheadAttention;
+//! use mote::{Cpu, Module, Rng, Tape};
+//!
+//! let mut mem = vec![0f32; 1 << 14];
+//! let mut tape = Tape::<Cpu<f32>, 128>::new(&mut mem);
+//! // nn.MultiheadAttention(16, 4, batch_first=True)
+//! let mha = MultiheadAttention::new(&mut tape, 16, 4, &mut Rng::new(0))?;
+//! let x = tape.input(&[2, 5, 16], &[0.1; 2 * 5 * 16])?; // [N, L, E]
+//! let y = mha.forward(&mut tape, x)?; // self-attention
+//! assert_eq!(y.shape().dims(), &[2, 5, 16]);
+//! let causal = mha.attend(&mut tape, x, x, x, None, None, true)?;
+//! assert_eq!(causal.shape().dims(), &[2, 5, 16]);
+//! # Ok::<(), mote::Error>(())
+//! ```
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::float::Float;
+use crate::nn::{init, Linear, Module};
+use crate::rng::Rng;
+use crate::shape::Shape;
+use crate::tape::{Tape, Var};
+
+impl<B: Backend, const N: usize> Tape<B, N> {
+    /// PyTorch's `F.scaled_dot_product_attention(q, k, v, attn_mask, is_causal=is_causal,
+    /// scale=scale)` without dropout: `softmax(q k^T scale + mask) v` over the keys, for
+    /// queries `[..., L, E]`, keys `[..., S, E]` and values `[..., S, Ev]` with the same
+    /// leading dimensions (none, one, or two: rank 2 to 4), giving `[..., L, Ev]`. `scale`
+    /// defaults to `1 / sqrt(E)`. `attn_mask` is added to the scores and broadcasts to `[...,
+    /// L, S]`; `is_causal` masks the keys after each query (see the [module](self) docs). All
+    /// get gradients (the mask too). Composed, all or nothing: two products, a scale, the
+    /// mask's addition, a softmax (and copies from rank 4 to 3 and back).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when the shapes do not fit together or the mask does not
+    /// broadcast to the scores; [`Error::InvalidShape`] for ranks outside 2 to 4;
+    /// [`Error::InvalidArgument`] for both a mask and `is_causal` (as PyTorch), or a `scale`
+    /// that is not finite; and as [`Tape::unary`].
+    pub fn scaled_dot_product_attention(
+        &mut self,
+        q: Var,
+        k: Var,
+        v: Var,
+        attn_mask: Option<Var>,
+        is_causal: bool,
+        scale: Option<f32>,
+    ) -> Result<Var> {
+        let op = "scaled_dot_product_attention";
+        let (qs, ks, vs) = (q.shape, k.shape, v.shape);
+        let r = qs.rank();
+        if !(2..=4).contains(&r) {
+            return Err(Error::InvalidShape { op, shape: qs });
+        }
+        let lead = |s: &Shape| -> [u32; 2] {
+            let mut d = [0; 2];
+            for (d, &x) in d.iter_mut().zip(s.dims().get(..r - 2).unwrap_or(&[])) {
+                *d = x;
+            }
+            d
+        };
+        let fits = ks.rank() == r
+            && vs.rank() == r
+            && lead(&ks) == lead(&qs)
+            && lead(&vs) == lead(&qs)
+            && ks.dim(r - 1) == qs.dim(r - 1)
+            && vs.dim(r - 2) == ks.dim(r - 2);
+        if !fits {
+            let rhs = if ks.rank() == r && ks.dim(r - 1) == qs.dim(r - 1) {
+                vs
+            } else {
+                ks
+            };
+            return Err(Error::ShapeMismatch { op, lhs: qs, rhs });
+        }
+        let (l, s, e) = (qs.dim(r - 2), ks.dim(r - 2), qs.dim(r - 1));
+        // The scores' shape, which the mask must broadcast to.
+        let mut dims = [0usize; 4];
+        for (d, &x) in dims.iter_mut().zip(qs.dims()) {
+            *d = x as usize;
+        }
+        if let Some(last) = dims.get_mut(r - 1) {
+            *last = s;
+        }
+        let scores_dims = dims.get(..r).unwrap_or(&[]);
+        if let Some(m) = attn_mask {
+            if is_causal {
+                return Err(Error::InvalidArgument {
+                    what: "scaled_dot_product_attention: a mask and is_causal together",
+                });
+            }
+            let scores = Shape::new(scores_dims)?;
+            if Shape::broadcast(op, scores, m.shape)? != scores {
+                return Err(Error::ShapeMismatch {
+                    op,
+                    lhs: scores,
+                    rhs: m.shape,
+                });
+            }
+        }
+        let scale = match scale {
+            Some(c) if c.is_finite() => f64::from(c),
+            Some(_) => {
+                return Err(Error::InvalidArgument {
+                    what: "scaled_dot_product_attention: the scale must be finite",
+                })
+            }
+            None => 1.0 / libm::sqrt(e as f64),
+        };
+        // Rank 4 runs as rank 3 over the product of the leading dimensions.
+        let batch = qs.dim(0) * if r == 4 { qs.dim(1) } else { 1 };
+        self.all_or_nothing(|t| {
+            let flat = |t: &mut Self, x: Var, rows: usize| -> Result<Var> {
+                if r == 4 {
+                    t.reshape(x, &[batch, rows, x.shape.dim(3)])
+                } else {
+                    Ok(x)
+                }
+            };
+            let (q3, k3, v3) = (flat(t, q, l)?, flat(t, k, s)?, flat(t, v, s)?);
+            let scores = t.matmul_t(q3, false, k3, true)?;
+            // The scale as a constant of the element type (exact in f64).
+            let scale = t.full(&[], B::Elem::from_f64(scale))?;
+            let mut scores = t.mul(scores, scale)?;
+            let last = scores.shape.rank() - 1;
+            if is_causal {
+                let bias = t.no_grad(|t| causal_bias(t, l, s))?;
+                scores = t.add(scores, bias)?;
+            }
+            if let Some(m) = attn_mask {
+                // Broadcast in the input's rank first, then flattened as the scores are.
+                let m = if r == 4 {
+                    let full = t.broadcast_to(m, scores_dims)?;
+                    t.reshape(full, &[batch, l, s])?
+                } else {
+                    m
+                };
+                scores = t.add(scores, m)?;
+            }
+            let weights = t.softmax(scores, last)?;
+            let out = t.matmul(weights, v3)?;
+            if r == 4 {
+                t.reshape(out, &[qs.dim(0), qs.dim(1), l, vs.dim(3)])
+            } else {
+                Ok(out)
+            }
+        })
+    }
+}
+
+/// `[L, S]`: 0 where key `j <= i` (query `i`), `f32::MIN` after: `min(max(j - i, 0), 1)
+/// f32::MIN`, from two ranges.
+fn causal_bias<B: Backend, const N: usize>(t: &mut Tape<B, N>, l: usize, s: usize) -> Result<Var> {
+    let rows = t.arange(l)?;
+    let rows = t.reshape(rows, &[l, 1])?;
+    let cols = t.arange(s)?;
+    let after = t.sub(cols, rows)?;
+    let after = t.clamp(after, 0.0, 1.0)?;
+    t.mul_scalar(after, f32::MIN)
+}
+
+/// PyTorch's `nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)`: inputs
+/// `[N, L, E]`, the queries, keys and values projected by one `[3E, E]` weight (and `[3E]`
+/// bias), split into `num_heads` heads of `E / num_heads`, each attended as
+/// [`Tape::scaled_dot_product_attention`], joined and projected by `out_proj`. Without
+/// dropout, with biases, keys and values of the queries' width (`kdim = vdim = E`), and
+/// without PyTorch's `add_bias_kv`/`add_zero_attn`; the averaged attention weights
+/// (`need_weights`) are not returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MultiheadAttention {
+    /// The input projection (`in_proj_weight` `[3E, E]`, `in_proj_bias` `[3E]`): rows `0..E`
+    /// project the queries, `E..2E` the keys, `2E..3E` the values.
+    pub in_proj: Linear,
+    /// The output projection (`out_proj`, `[E, E]` and `[E]`).
+    pub out_proj: Linear,
+    /// The number of heads.
+    pub heads: usize,
+}
+
+impl MultiheadAttention {
+    /// A layer with PyTorch's initialisation: `in_proj_weight` Xavier-uniform, both biases 0,
+    /// `out_proj.weight` as a [`Linear`]'s.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `num_heads` is at least 1 and divides `embed_dim`;
+    /// as [`Linear::new`].
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        embed_dim: usize,
+        num_heads: usize,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        if num_heads == 0 || !embed_dim.is_multiple_of(num_heads) {
+            return Err(Error::InvalidArgument {
+                what: "multihead_attention: num_heads must be at least 1 and divide embed_dim",
+            });
+        }
+        tape.all_or_nothing(|t| {
+            let in_proj = Linear::new(t, embed_dim, embed_dim.saturating_mul(3), rng)?;
+            init::xavier_uniform(t, in_proj.weight, 1.0, rng)?;
+            let out_proj = Linear::new(t, embed_dim, embed_dim, rng)?;
+            for b in [in_proj.bias, out_proj.bias].into_iter().flatten() {
+                init::zeros(t, b)?;
+            }
+            Ok(MultiheadAttention {
+                in_proj,
+                out_proj,
+                heads: num_heads,
+            })
+        })
+    }
+
+    /// The embedding width `E`.
+    pub fn embed_dim(&self) -> usize {
+        self.out_proj.out_features()
+    }
+
+    /// PyTorch's `forward(query, key, value, key_padding_mask, attn_mask=..., is_causal=...)`
+    /// with `need_weights=False`: `query` `[N, L, E]`, `key` and `value` `[N, S, E]`, giving
+    /// `[N, L, E]`. `attn_mask` (`[L, S]`, or `[N * heads, L, S]` as PyTorch's) and
+    /// `key_padding_mask` (`[N, S]`) are float masks added to every head's scores (see the
+    /// [module](self) docs for boolean ones); `is_causal` masks the keys after each query,
+    /// with the other masks or alone (PyTorch's takes it as a hint that `attn_mask` is the
+    /// causal mask; here it makes that mask, so `attn_mask` need not be given). When
+    /// `query`, `key` and `value` are one tensor the three projections are one product. All
+    /// or nothing.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when the shapes do not fit; as
+    /// [`Tape::scaled_dot_product_attention`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        query: Var,
+        key: Var,
+        value: Var,
+        key_padding_mask: Option<Var>,
+        attn_mask: Option<Var>,
+        is_causal: bool,
+    ) -> Result<Var> {
+        let op = "multihead_attention";
+        let e = self.embed_dim();
+        let (qs, ks, vs) = (query.shape(), key.shape(), value.shape());
+        let fits = qs.rank() == 3
+            && qs.dim(2) == e
+            && ks.dims() == vs.dims()
+            && ks.rank() == 3
+            && ks.dim(0) == qs.dim(0)
+            && ks.dim(2) == e;
+        if !fits {
+            let rhs = if qs.rank() == 3 && qs.dim(2) == e {
+                ks
+            } else {
+                self.in_proj.weight.shape()
+            };
+            return Err(Error::ShapeMismatch { op, lhs: qs, rhs });
+        }
+        let (n, l, s, h) = (qs.dim(0), qs.dim(1), ks.dim(1), self.heads);
+        if let Some(p) = key_padding_mask {
+            if p.shape().dims() != [n as u32, s as u32] {
+                return Err(Error::ShapeMismatch {
+                    op: "multihead_attention key_padding_mask",
+                    lhs: ks,
+                    rhs: p.shape(),
+                });
+            }
+        }
+        let dh = e / h;
+        tape.all_or_nothing(|t| {
+            let (q, k, v) = if query == key && key == value {
+                let qkv = t.linear(query, self.in_proj.weight, self.in_proj.bias)?;
+                let part = |t: &mut Tape<B, N>, i: usize| t.slice(qkv, 2, i * e, e);
+                (part(t, 0)?, part(t, 1)?, part(t, 2)?)
+            } else {
+                let project = |t: &mut Tape<B, N>, x: Var, i: usize| -> Result<Var> {
+                    let w = t.slice(self.in_proj.weight, 0, i * e, e)?;
+                    let b = match self.in_proj.bias {
+                        Some(b) => Some(t.slice(b, 0, i * e, e)?),
+                        None => None,
+                    };
+                    t.linear(x, w, b)
+                };
+                (
+                    project(t, query, 0)?,
+                    project(t, key, 1)?,
+                    project(t, value, 2)?,
+                )
+            };
+            // [N, T, E] -> [N * heads, T, E / heads].
+            let heads = |t: &mut Tape<B, N>, x: Var, len: usize| -> Result<Var> {
+                let x = t.reshape(x, &[n, len, h, dh])?;
+                let x = t.transpose(x, 1, 2)?;
+                t.reshape(x, &[n * h, len, dh])
+            };
+            let (q, k, v) = (heads(t, q, l)?, heads(t, k, s)?, heads(t, v, s)?);
+            let mut mask = attn_mask;
+            if let Some(p) = key_padding_mask {
+                // [N, S] -> [N * heads, L, S], plus the attention mask.
+                let p = t.reshape(p, &[n, 1, 1, s])?;
+                let p = t.broadcast_to(p, &[n, h, l, s])?;
+                let p = t.reshape(p, &[n * h, l, s])?;
+                mask = Some(match mask {
+                    Some(m) => t.add(p, m)?,
+                    None => p,
+                });
+            }
+            // The causal mask joins the others, or is attention's own.
+            let mut causal = is_causal;
+            if let (true, Some(m)) = (is_causal, mask) {
+                let bias = t.no_grad(|t| causal_bias(t, l, s))?;
+                mask = Some(t.add(m, bias)?);
+                causal = false;
+            }
+            let o = t.scaled_dot_product_attention(q, k, v, mask, causal, None)?;
+            // [N * heads, L, E / heads] -> [N, L, E].
+            let o = t.reshape(o, &[n, h, l, dh])?;
+            let o = t.transpose(o, 1, 2)?;
+            let o = t.reshape(o, &[n, l, e])?;
+            self.out_proj.forward(t, o)
+        })
+    }
+}
+
+impl Module for MultiheadAttention {
+    /// Self-attention: [`MultiheadAttention::attend`] with `x` as the queries, keys and
+    /// values, no mask.
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        self.attend(tape, x, x, x, None, None, false)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        self.in_proj.visit_params(f);
+        self.out_proj.visit_params(f);
+    }
+}

@@ -1,0 +1,391 @@
+//! Attention against PyTorch's definitions written out in f64 (`F.scaled_dot_product_attention`
+//! and `nn.MultiheadAttention(batch_first=True)`'s forward), gradient checks, and refusals.
+
+use mote::gradcheck::{check, GradCheck};
+use mote::nn::attention::MultiheadAttention;
+use mote::{Cpu, Error, Linear, Module, Rng, Tape, Var};
+use proptest::prelude::*;
+
+type T<'m> = Tape<Cpu<'m, f64>, 256>;
+
+fn draw(rng: &mut Rng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| rng.uniform(-1.5, 1.5)).collect()
+}
+
+/// `softmax(q k^T scale + mask) v` per batch, row by row; `mask(b, i, j)` is added, `causal`
+/// adds -inf after the diagonal.
+#[allow(clippy::too_many_arguments)]
+fn attention_ref(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    (b, l, s, e, ev): (usize, usize, usize, usize, usize),
+    mask: &dyn Fn(usize, usize, usize) -> f64,
+    causal: bool,
+    scale: f64,
+) -> Vec<f64> {
+    let mut out = vec![0.0; b * l * ev];
+    for bi in 0..b {
+        for i in 0..l {
+            let mut w: Vec<f64> = (0..s)
+                .map(|j| {
+                    let dot: f64 = (0..e)
+                        .map(|c| q[(bi * l + i) * e + c] * k[(bi * s + j) * e + c])
+                        .sum();
+                    let bias = if causal && j > i {
+                        f64::NEG_INFINITY
+                    } else {
+                        0.0
+                    };
+                    dot * scale + mask(bi, i, j) + bias
+                })
+                .collect();
+            let m = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = w.iter().map(|x| (x - m).exp()).sum();
+            for x in &mut w {
+                *x = (*x - m).exp() / z;
+            }
+            for c in 0..ev {
+                out[(bi * l + i) * ev + c] = (0..s).map(|j| w[j] * v[(bi * s + j) * ev + c]).sum();
+            }
+        }
+    }
+    out
+}
+
+fn close(got: &[f64], want: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (g, w) in got.iter().zip(want) {
+        assert!(
+            (g - w).abs() <= 1e-12 * (1.0 + w.abs()),
+            "{what}: {got:?} vs {want:?}"
+        );
+    }
+}
+
+#[test]
+fn scaled_dot_product_attention_matches_pytorch() {
+    let mut rng = Rng::new(3);
+    for case in 0..24 {
+        let (l, s, e, ev) = (
+            1 + case % 4,
+            1 + (case / 2) % 5,
+            1 + case % 3,
+            1 + (case / 3) % 3,
+        );
+        // Ranks 2, 3 and 4: no leading dimension, [B], [B, H].
+        let lead: &[usize] = [&[][..], &[2], &[2, 3]][case % 3];
+        let b: usize = lead.iter().product();
+        let dims = |a: usize, c: usize| [lead, &[a, c]].concat();
+        let (q, k, v) = (
+            draw(&mut rng, b * l * e),
+            draw(&mut rng, b * s * e),
+            draw(&mut rng, b * s * ev),
+        );
+        // A mask over [L, S], broadcast to every batch.
+        let m = draw(&mut rng, l * s);
+        let scale = if case % 4 == 0 { Some(0.3f32) } else { None };
+        let sc = scale.map_or(1.0 / (e as f64).sqrt(), f64::from);
+        for (masked, causal) in [(false, false), (true, false), (false, true)] {
+            let mut mem = vec![0.0f64; 1 << 14];
+            let mut t = T::new(&mut mem);
+            let vq = t.param(&dims(l, e), &q).unwrap();
+            let vk = t.param(&dims(s, e), &k).unwrap();
+            let vv = t.param(&dims(s, ev), &v).unwrap();
+            let mask = masked.then(|| t.param(&[l, s], &m).unwrap());
+            let y = t
+                .scaled_dot_product_attention(vq, vk, vv, mask, causal, scale)
+                .unwrap();
+            assert_eq!(
+                y.shape()
+                    .dims()
+                    .iter()
+                    .map(|&d| d as usize)
+                    .collect::<Vec<_>>(),
+                dims(l, ev)
+            );
+            let f = |_: usize, i: usize, j: usize| if masked { m[i * s + j] } else { 0.0 };
+            let want = attention_ref(&q, &k, &v, (b, l, s, e, ev), &f, causal, sc);
+            close(
+                t.data(y).unwrap(),
+                &want,
+                &format!("case {case} mask {masked} causal {causal}"),
+            );
+        }
+    }
+}
+
+/// The layer's parameters read back, and its forward written out: projections, heads,
+/// attention per head, joined, projected.
+#[test]
+fn multihead_attention_matches_pytorch() {
+    let mut rng = Rng::new(9);
+    for case in 0..12 {
+        let (n, l, s, h) = (
+            1 + case % 2,
+            1 + case % 3,
+            1 + (case / 2) % 4,
+            [1, 2, 4][case % 3],
+        );
+        let e = h * (1 + case % 2);
+        let cross = case % 2 == 1;
+        let s = if cross { s } else { l };
+        let mut mem = vec![0.0f64; 1 << 15];
+        let mut t = T::new(&mut mem);
+        let mha = MultiheadAttention::new(&mut t, e, h, &mut rng).unwrap();
+        let read = |t: &T<'_>, v: Var| t.data(v).unwrap().to_vec();
+        let (wi, bi) = (
+            read(&t, mha.in_proj.weight),
+            read(&t, mha.in_proj.bias.unwrap()),
+        );
+        let (wo, bo) = (
+            read(&t, mha.out_proj.weight),
+            read(&t, mha.out_proj.bias.unwrap()),
+        );
+        // PyTorch's initialisation: Xavier-uniform in_proj, zero biases.
+        let bound = (6.0 / (e + 3 * e) as f64).sqrt();
+        assert!(wi.iter().all(|w| w.abs() <= bound) && bi.iter().all(|&b| b == 0.0));
+        assert!(bo.iter().all(|&b| b == 0.0));
+        // Non-zero biases for the comparison.
+        let bi = draw(&mut rng, 3 * e);
+        let bo = draw(&mut rng, e);
+        t.write(mha.in_proj.bias.unwrap(), &bi).unwrap();
+        t.write(mha.out_proj.bias.unwrap(), &bo).unwrap();
+        let x = draw(&mut rng, n * l * e);
+        let kv = draw(&mut rng, n * s * e);
+        let pad = draw(&mut rng, n * s);
+        let am = draw(&mut rng, l * s);
+        for (padded, masked, causal) in [
+            (false, false, false),
+            (true, true, false),
+            (false, false, true),
+            (true, false, true),
+        ] {
+            let vx = t.input(&[n, l, e], &x).unwrap();
+            let vkv = if cross {
+                t.input(&[n, s, e], &kv).unwrap()
+            } else {
+                vx
+            };
+            let vp = padded.then(|| t.input(&[n, s], &pad).unwrap());
+            let vm = masked.then(|| t.input(&[l, s], &am).unwrap());
+            let y = mha.attend(&mut t, vx, vkv, vkv, vp, vm, causal).unwrap();
+            let kvs = if cross { &kv } else { &x };
+            // Projections: x W_i^T + b_i for rows i*E..(i+1)*E of in_proj.
+            let proj = |inp: &[f64], rows: usize, part: usize| -> Vec<f64> {
+                (0..n * rows)
+                    .flat_map(|r| {
+                        let (wi, bi, inp) = (&wi, &bi, &inp);
+                        (0..e).map(move |o| {
+                            let o = part * e + o;
+                            bi[o] + (0..e).map(|c| inp[r * e + c] * wi[o * e + c]).sum::<f64>()
+                        })
+                    })
+                    .collect()
+            };
+            let (pq, pk, pv) = (proj(&x, l, 0), proj(kvs, s, 1), proj(kvs, s, 2));
+            let dh = e / h;
+            // [N, T, E] -> [N * H, T, dh].
+            let split = |p: &[f64], rows: usize| -> Vec<f64> {
+                let mut out = vec![0.0; p.len()];
+                for ni in 0..n {
+                    for r in 0..rows {
+                        for hi in 0..h {
+                            for c in 0..dh {
+                                out[((ni * h + hi) * rows + r) * dh + c] =
+                                    p[(ni * rows + r) * e + hi * dh + c];
+                            }
+                        }
+                    }
+                }
+                out
+            };
+            let f = |b: usize, i: usize, j: usize| {
+                (if padded { pad[(b / h) * s + j] } else { 0.0 })
+                    + (if masked { am[i * s + j] } else { 0.0 })
+            };
+            let o = attention_ref(
+                &split(&pq, l),
+                &split(&pk, s),
+                &split(&pv, s),
+                (n * h, l, s, dh, dh),
+                &f,
+                causal,
+                1.0 / (dh as f64).sqrt(),
+            );
+            let mut joined = vec![0.0; n * l * e];
+            for ni in 0..n {
+                for hi in 0..h {
+                    for r in 0..l {
+                        for c in 0..dh {
+                            joined[(ni * l + r) * e + hi * dh + c] =
+                                o[((ni * h + hi) * l + r) * dh + c];
+                        }
+                    }
+                }
+            }
+            let want: Vec<f64> = (0..n * l)
+                .flat_map(|r| {
+                    let (wo, bo, joined) = (&wo, &bo, &joined);
+                    (0..e).map(move |o| {
+                        bo[o]
+                            + (0..e)
+                                .map(|c| joined[r * e + c] * wo[o * e + c])
+                                .sum::<f64>()
+                    })
+                })
+                .collect();
+            close(
+                t.data(y).unwrap(),
+                &want,
+                &format!("case {case} pad {padded} mask {masked} causal {causal}"),
+            );
+        }
+        // Self-attention through the Module trait is attend(x, x, x) without masks.
+        let vx = t.input(&[n, l, e], &x).unwrap();
+        let a = mha.forward(&mut t, vx).unwrap();
+        let b = mha.attend(&mut t, vx, vx, vx, None, None, false).unwrap();
+        assert_eq!(t.data(a).unwrap().to_vec(), t.data(b).unwrap().to_vec());
+        let mut count = 0;
+        mha.visit_params(&mut |p| count += p.numel());
+        assert_eq!(count, 4 * e * e + 4 * e);
+    }
+}
+
+#[test]
+fn refusals_record_nothing() {
+    let mut mem = vec![0.0f64; 1 << 14];
+    let mut t = T::new(&mut mem);
+    let mut rng = Rng::new(1);
+    assert!(matches!(
+        MultiheadAttention::new(&mut t, 6, 4, &mut rng),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        MultiheadAttention::new(&mut t, 6, 0, &mut rng),
+        Err(Error::InvalidArgument { .. })
+    ));
+    assert_eq!((t.nodes_used(), t.used()), (0, 0));
+    let mha = MultiheadAttention::new(&mut t, 4, 2, &mut rng).unwrap();
+    let q = t.input(&[2, 3, 4], &[0.1; 24]).unwrap();
+    let k = t.input(&[2, 5, 4], &[0.1; 40]).unwrap();
+    let v3 = t.input(&[2, 5, 3], &[0.1; 30]).unwrap();
+    let other_batch = t.input(&[3, 5, 4], &[0.1; 60]).unwrap();
+    let wide = t.input(&[2, 3, 5], &[0.1; 30]).unwrap();
+    let m_ok = t.input(&[3, 5], &[0.0; 15]).unwrap();
+    let m_bad = t.input(&[3, 4], &[0.0; 12]).unwrap();
+    let pad_bad = t.input(&[2, 3], &[0.0; 6]).unwrap();
+    let rank1 = t.input(&[4], &[0.0; 4]).unwrap();
+    let at = (t.nodes_used(), t.used());
+    let shape = |r: mote::Result<Var>| matches!(r, Err(Error::ShapeMismatch { .. }));
+    assert!(shape(
+        t.scaled_dot_product_attention(q, k, wide, None, false, None)
+    ));
+    assert!(shape(
+        t.scaled_dot_product_attention(q, wide, k, None, false, None)
+    ));
+    assert!(shape(t.scaled_dot_product_attention(
+        q,
+        other_batch,
+        other_batch,
+        None,
+        false,
+        None
+    )));
+    assert!(shape(t.scaled_dot_product_attention(
+        q,
+        k,
+        k,
+        Some(m_bad),
+        false,
+        None
+    )));
+    assert!(matches!(
+        t.scaled_dot_product_attention(q, k, k, Some(m_ok), true, None),
+        Err(Error::InvalidArgument { .. })
+    ));
+    for scale in [f32::NAN, f32::INFINITY] {
+        assert!(matches!(
+            t.scaled_dot_product_attention(q, k, k, None, false, Some(scale)),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+    assert!(matches!(
+        t.scaled_dot_product_attention(rank1, rank1, rank1, None, false, None),
+        Err(Error::InvalidShape { .. })
+    ));
+    assert!(shape(mha.attend(&mut t, q, k, v3, None, None, false)));
+    assert!(shape(
+        mha.attend(&mut t, wide, wide, wide, None, None, false)
+    ));
+    assert!(shape(mha.attend(
+        &mut t,
+        q,
+        other_batch,
+        other_batch,
+        None,
+        None,
+        false
+    )));
+    assert!(shape(mha.attend(
+        &mut t,
+        q,
+        k,
+        k,
+        Some(pad_bad),
+        None,
+        false
+    )));
+    assert!(shape(mha.attend(&mut t, q, k, k, None, Some(m_bad), false)));
+    assert_eq!((t.nodes_used(), t.used()), at);
+    // A working call after the refusals.
+    let y = mha.attend(&mut t, q, k, k, None, Some(m_ok), true).unwrap();
+    assert_eq!(y.shape().dims(), &[2, 3, 4]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+
+    /// Gradients of attention with respect to the queries, keys, values and mask, and of the
+    /// layer with respect to its input and every parameter.
+    #[test]
+    fn gradients(l in 1usize..=3, s in 1usize..=3, e in 1usize..=3, lead in 0usize..=2, causal in any::<bool>(), seed in any::<u64>()) {
+        let mut rng = Rng::new(seed);
+        let lead = &[2usize, 2][..lead];
+        let b: usize = lead.iter().product();
+        let dims = |a: usize, c: usize| [lead, &[a, c]].concat();
+        let (q, k, v, m) = (draw(&mut rng, b * l * e), draw(&mut rng, b * s * e), draw(&mut rng, b * s * 2), draw(&mut rng, l * s));
+        let (dq, dk, dv) = (dims(l, e), dims(s, e), dims(s, 2));
+        let mut mem = vec![0.0f64; 1 << 16];
+        let inputs: [(&[usize], &[f64]); 4] = [(&dq, &q), (&dk, &k), (&dv, &v), (&[l, s], &m)];
+        let n = if causal { 3 } else { 4 };
+        let report = check::<256>(&mut mem, &inputs[..n], GradCheck::default(), |t, x| {
+            t.scaled_dot_product_attention(x[0], x[1], x[2], x.get(3).copied(), causal, None)
+        }).unwrap();
+        prop_assert!(report.passed(), "{report:?}");
+        // The layer: E = 4, two heads, cross-attention with a padding mask, or self-attention.
+        let (e, h) = (4, 2);
+        let x = draw(&mut rng, 2 * l * e);
+        let kv = draw(&mut rng, 2 * s * e);
+        let pad = draw(&mut rng, 2 * s);
+        let (wi, bi, wo, bo) = (draw(&mut rng, 3 * e * e), draw(&mut rng, 3 * e), draw(&mut rng, e * e), draw(&mut rng, e));
+        let inputs: [(&[usize], &[f64]); 7] = [
+            (&[2, l, e], &x), (&[3 * e, e], &wi), (&[3 * e], &bi), (&[e, e], &wo), (&[e], &bo),
+            (&[2, s, e], &kv), (&[2, s], &pad),
+        ];
+        let n = if causal { 5 } else { 7 };
+        let report = check::<256>(&mut mem, &inputs[..n], GradCheck::default(), |t, v| {
+            let mha = MultiheadAttention {
+                in_proj: Linear { weight: v[1], bias: Some(v[2]) },
+                out_proj: Linear { weight: v[3], bias: Some(v[4]) },
+                heads: h,
+            };
+            if causal {
+                mha.attend(t, v[0], v[0], v[0], None, None, true)
+            } else {
+                mha.attend(t, v[0], v[5], v[5], Some(v[6]), None, false)
+            }
+        }).unwrap();
+        prop_assert!(report.passed(), "{report:?}");
+    }
+}
