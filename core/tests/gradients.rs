@@ -499,6 +499,14 @@ proptest! {
             away_from(d, &[-delta, 0.0, delta]).iter().zip(&t).map(|(d, b)| d + b).collect::<Vec<f64>>()
         };
         let probs = values(n, seed ^ 8, 0.05, 0.95);
+        assert_grads(&[(e, &p), (e, &probs)], |tp, v| {
+            let lq = if rank == 0 { v[0] } else { tp.log_softmax(v[0], rank - 1)? };
+            KlDivLoss { reduction: r, log_target: options & 4 != 0 }.forward(tp, lq, v[1])
+        })?;
+        if r == Reduction::BatchMean {
+            // The KL divergence's only: the others refuse it.
+            return Ok(());
+        }
         assert_grads(&[(e, &p), (e, &t)], |tp, v| MseLoss { reduction: r }.forward(tp, v[0], v[1]))?;
         assert_grads(&[(e, &ph), (e, &t)], |tp, v| L1Loss { reduction: r }.forward(tp, v[0], v[1]))?;
         let (delta, beta) = (delta as f32, [0.0f32, delta as f32][usize::from(options & 1)]);
@@ -507,17 +515,18 @@ proptest! {
         assert_grads(&[(e, &probs), (e, &t), (e, &w)], |tp, v| {
             BceLoss { weight: Some(v[2]), reduction: r }.forward(tp, v[0], v[1])
         })?;
-        assert_grads(&[(e, &p), (e, &t), (e, &w)], |tp, v| {
-            let weighted = options & 2 != 0;
-            let (weight, pos_weight) = if weighted { (None, Some(v[2])) } else { (None, None) };
-            BceWithLogitsLoss { weight, pos_weight, reduction: r }.forward(tp, v[0], v[1])
-        })?;
-        assert_grads(&[(e, &p), (e, &probs)], |tp, v| {
-            let lq = if rank == 0 { v[0] } else { tp.log_softmax(v[0], rank - 1)? };
-            KlDivLoss { reduction: r, log_target: options & 4 != 0 }.forward(tp, lq, v[1])
-        })?;
-        if r == Reduction::BatchMean {
-            return Ok(());
+        // Neither weight, or both (pos_weight one per last-axis entry), each getting gradients.
+        let per_class = &e[e.len().saturating_sub(1)..];
+        let pw = values(numel(per_class), seed ^ 6, 0.2, 3.0);
+        if options & 2 != 0 {
+            assert_grads(&[(e, &p), (e, &t), (e, &w), (per_class, &pw)], |tp, v| {
+                let (weight, pos_weight) = (Some(v[2]), Some(v[3]));
+                BceWithLogitsLoss { weight, pos_weight, reduction: r }.forward(tp, v[0], v[1])
+            })?;
+        } else {
+            assert_grads(&[(e, &p), (e, &t)], |tp, v| {
+                BceWithLogitsLoss { reduction: r, ..Default::default() }.forward(tp, v[0], v[1])
+            })?;
         }
         let dims = [rows, classes];
         let z = values(rows * classes, seed, -3.0, 3.0);

@@ -115,7 +115,8 @@ fn element_wise_losses_match_pytorch_for_every_reduction() {
             }
         };
         let zip = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
-        for r in REDUCTIONS {
+        // batchmean is the KL divergence's only (refusals below).
+        for r in [Reduction::None, Reduction::Mean, Reduction::Sum] {
             let expect: [(&str, Vec<f64>); 7] = [
                 ("mse", zip(&|i| (p[i] - t[i]).powi(2))),
                 ("l1", zip(&|i| (p[i] - t[i]).abs())),
@@ -363,22 +364,52 @@ fn class_losses_edge_cases() {
     let z = t.param(&[2, 3], &[1.0, 2.0, 3.0, 0.0, 1.0, 0.0]).unwrap();
     let w = t.param(&[3], &[1.0, 0.0, 2.0]).unwrap();
     let start = t.mark();
-    for (labels, weight) in [([-100i64, -100], None), ([1, -100], Some(w))] {
+    for (labels, weight, e) in [
+        ([-100i64, -100], None, 0.0),
+        ([-100, -100], Some(w), 0.1),
+        ([1, -100], Some(w), 0.0),
+        ([1, 1], Some(w), 0.1),
+    ] {
         t.rewind(start).unwrap();
         t.zero_grad().unwrap();
         let y = t.labels_signed(&labels).unwrap();
         let m = CrossEntropyLoss {
             weight,
             ignore_index: Some(-100),
+            label_smoothing: e,
             ..Default::default()
         };
         let l = m.forward(&mut t, z, y).unwrap();
         assert!(t.item(l).unwrap().is_nan());
         t.backward(l).unwrap();
-        let mut g = [9.0; 6];
-        t.read_grad(z, &mut g).unwrap();
-        assert_eq!(g, [0.0; 6], "{labels:?}");
+        let mut g = [9.0; 9];
+        t.read_grad(z, &mut g[..6]).unwrap();
+        t.read_grad(w, &mut g[6..]).unwrap();
+        assert_eq!(g, [0.0; 9], "{labels:?} {e}");
     }
+    // Negative class weights: PyTorch divides by their (negative) sum.
+    t.rewind(start).unwrap();
+    let neg = t.input(&[3], &[1.0, -1.0, 1.0]).unwrap();
+    let y = t.labels(&[1, 1]).unwrap();
+    let m = CrossEntropyLoss {
+        weight: Some(neg),
+        ..Default::default()
+    };
+    let l = m.forward(&mut t, z, y).unwrap();
+    let lp: Vec<f64> = [1.0, 2.0, 3.0, 0.0, 1.0, 0.0]
+        .chunks(3)
+        .flat_map(log_softmax)
+        .collect();
+    let want = class_loss(
+        &lp,
+        3,
+        &[1, 1],
+        Some(&[1.0, -1.0, 1.0]),
+        None,
+        0.0,
+        Reduction::Mean,
+    );
+    assert_close(&[t.item(l).unwrap()], &want, "negative weights");
     // A class of probability 0 (a masked logit, -inf) adds 0 to the others' rows, not NaN; the
     // row whose label it is gets a loss of about f32::MAX, where PyTorch's is inf.
     t.rewind(start).unwrap();
@@ -427,19 +458,15 @@ fn refusals_name_the_problem_and_record_nothing() {
     let bad_label = t.labels(&[0, 3]).unwrap();
     let fraction = t.input(&[2], &[0.0, 1.5]).unwrap();
     let (nodes, used) = (t.nodes_used(), t.used());
-    let batchmean =
-        |e: Error| matches!(e, Error::InvalidArgument { what } if what.contains("batchmean"));
     let ce = |reduction, weight| CrossEntropyLoss {
         weight,
         reduction,
         ..Default::default()
     };
-    for r in [
-        Reduction::None,
-        Reduction::Sum,
-        Reduction::Mean,
-        Reduction::BatchMean,
-    ] {
+    let shape = |e: Error| matches!(e, Error::ShapeMismatch { .. });
+    let invalid =
+        |e: Error, word: &str| matches!(e, Error::InvalidArgument { what } if what.contains(word));
+    for r in [Reduction::None, Reduction::Sum, Reduction::Mean] {
         // Weights not [C], labels outside the classes or not whole.
         let e = ce(r, Some(w2)).forward(&mut t, z, y).unwrap_err();
         assert!(
@@ -449,25 +476,19 @@ fn refusals_name_the_problem_and_record_nothing() {
                     op: "cross_entropy weight",
                     ..
                 }
-            ) || batchmean(e),
+            ),
             "{e:?}"
         );
         for labels in [bad_label, fraction] {
             let e = ce(r, None).forward(&mut t, z, labels).unwrap_err();
-            assert!(
-                matches!(e, Error::IndexOutOfRange { .. }) || batchmean(e),
-                "{r:?} {e:?}"
-            );
+            assert!(matches!(e, Error::IndexOutOfRange { .. }), "{r:?} {e:?}");
             let e = NllLoss {
                 reduction: r,
                 ..Default::default()
             }
             .forward(&mut t, z, labels)
             .unwrap_err();
-            assert!(
-                matches!(e, Error::IndexOutOfRange { .. }) || batchmean(e),
-                "{r:?} {e:?}"
-            );
+            assert!(matches!(e, Error::IndexOutOfRange { .. }), "{r:?} {e:?}");
         }
         // Shapes that disagree.
         for e in [
@@ -503,8 +524,9 @@ fn refusals_name_the_problem_and_record_nothing() {
             }
             .forward(&mut t, p, q)
             .unwrap_err(),
+            ce(r, None).forward_probs(&mut t, z, p).unwrap_err(),
         ] {
-            assert!(matches!(e, Error::ShapeMismatch { .. }), "{r:?} {e:?}");
+            assert!(shape(e), "{r:?} {e:?}");
         }
         // Thresholds.
         for delta in [0.0, -1.0, f32::NAN, f32::INFINITY] {
@@ -514,55 +536,99 @@ fn refusals_name_the_problem_and_record_nothing() {
             }
             .forward(&mut t, p, p)
             .unwrap_err();
-            assert!(
-                matches!(e, Error::InvalidArgument { what } if what.contains("delta")),
-                "{e:?}"
-            );
+            assert!(invalid(e, "delta"), "{e:?}");
         }
         for beta in [-1.0, f32::NAN, 1e-40] {
             let e = SmoothL1Loss { beta, reduction: r }
                 .forward(&mut t, p, p)
                 .unwrap_err();
-            assert!(
-                matches!(e, Error::InvalidArgument { what } if what.contains("beta")),
-                "{e:?}"
-            );
+            assert!(invalid(e, "beta"), "{e:?}");
         }
-        // Smoothing outside [0, 1]; an ignore_index with probabilities.
+        // Smoothing outside [0, 1]; an ignore_index of a class with probabilities.
         let m = CrossEntropyLoss {
             label_smoothing: 1.5,
             reduction: r,
             ..Default::default()
         };
-        assert!(matches!(
-            m.forward(&mut t, z, y),
-            Err(Error::InvalidArgument { .. })
+        assert!(invalid(
+            m.forward(&mut t, z, y).unwrap_err(),
+            "label_smoothing"
         ));
-        assert!(matches!(
-            m.forward_probs(&mut t, z, z),
-            Err(Error::InvalidArgument { .. })
+        assert!(invalid(
+            m.forward_probs(&mut t, z, z).unwrap_err(),
+            "label_smoothing"
         ));
-        let m = CrossEntropyLoss {
-            ignore_index: Some(-100),
-            reduction: r,
-            ..Default::default()
-        };
-        assert!(matches!(
-            m.forward_probs(&mut t, z, z),
-            Err(Error::InvalidArgument { .. })
-        ));
+        for ignore_index in [0, 7] {
+            let m = CrossEntropyLoss {
+                ignore_index: Some(ignore_index),
+                reduction: r,
+                ..Default::default()
+            };
+            assert!(invalid(
+                m.forward_probs(&mut t, z, z).unwrap_err(),
+                "ignore_index"
+            ));
+        }
         assert_eq!((t.nodes_used(), t.used()), (nodes, used), "{r:?}");
     }
-    // batchmean: the class losses refuse it, as PyTorch's.
-    let e = ce(Reduction::BatchMean, None)
+    // batchmean: the KL divergence's only, as PyTorch's (valid inputs otherwise).
+    let r = Reduction::BatchMean;
+    for e in [
+        MseLoss { reduction: r }.forward(&mut t, p, p).unwrap_err(),
+        L1Loss { reduction: r }.forward(&mut t, p, p).unwrap_err(),
+        HuberLoss {
+            reduction: r,
+            ..Default::default()
+        }
+        .forward(&mut t, p, p)
+        .unwrap_err(),
+        SmoothL1Loss {
+            reduction: r,
+            ..Default::default()
+        }
+        .forward(&mut t, p, p)
+        .unwrap_err(),
+        SmoothL1Loss {
+            reduction: r,
+            beta: 0.0,
+        }
+        .forward(&mut t, p, p)
+        .unwrap_err(),
+        BceLoss {
+            reduction: r,
+            ..Default::default()
+        }
+        .forward(&mut t, p, p)
+        .unwrap_err(),
+        BceWithLogitsLoss {
+            reduction: r,
+            ..Default::default()
+        }
+        .forward(&mut t, p, p)
+        .unwrap_err(),
+        ce(r, None).forward(&mut t, z, y).unwrap_err(),
+        ce(r, None).forward_probs(&mut t, z, z).unwrap_err(),
+        NllLoss {
+            reduction: r,
+            ..Default::default()
+        }
         .forward(&mut t, z, y)
-        .unwrap_err();
-    assert!(batchmean(e));
-    let e = ce(Reduction::BatchMean, None)
-        .forward_probs(&mut t, z, z)
-        .unwrap_err();
-    assert!(batchmean(e));
+        .unwrap_err(),
+    ] {
+        assert!(invalid(e, "batchmean"), "{e:?}");
+    }
     assert_eq!((t.nodes_used(), t.used()), (nodes, used));
+    // A negative ignore_index with probabilities does nothing, as PyTorch's default -100.
+    let with = CrossEntropyLoss {
+        ignore_index: Some(-100),
+        reduction: Reduction::Sum,
+        ..Default::default()
+    };
+    let a = with.forward_probs(&mut t, z, z).unwrap();
+    let b = ce(Reduction::Sum, None)
+        .forward_probs(&mut t, z, z)
+        .unwrap();
+    assert_eq!(t.item(a).unwrap(), t.item(b).unwrap());
 }
 
 #[test]
@@ -586,6 +652,25 @@ fn one_hot_and_arange() {
     assert_eq!(t.data(h).unwrap(), &want[..]);
     // No node: nothing to differentiate.
     assert_eq!(t.nodes_used(), nodes + 1);
+    // A scalar label gives one row of [C]; labels of rank 3 give rank 4; rank 4 is refused.
+    let one = t.input(&[], &[2.0]).unwrap();
+    let h = t.one_hot(one, 4).unwrap();
+    assert_eq!(
+        (h.shape().dims(), t.data(h).unwrap()),
+        (&[4u32][..], &[0.0, 0.0, 1.0, 0.0][..])
+    );
+    let cube = t.input(&[2, 1, 2], &[1.0, 0.0, 0.0, 1.0]).unwrap();
+    let h = t.one_hot(cube, 2).unwrap();
+    assert_eq!(h.shape().dims(), &[2, 1, 2, 2]);
+    assert_eq!(
+        t.data(h).unwrap(),
+        &[0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0][..]
+    );
+    let four = t.input(&[1, 1, 1, 1], &[0.0]).unwrap();
+    assert!(matches!(
+        t.one_hot(four, 2),
+        Err(Error::InvalidShape { .. })
+    ));
     let bad = t.input(&[2], &[0.0, 3.0]).unwrap();
     let used = t.used();
     assert!(matches!(
@@ -593,4 +678,42 @@ fn one_hot_and_arange() {
         Err(Error::IndexOutOfRange { .. })
     ));
     assert_eq!(t.used(), used);
+}
+
+/// The node counts the docs state, and `arange`'s arena.
+#[test]
+fn node_counts_as_documented() {
+    let mut mem = vec![0.0f64; 1 << 14];
+    let mut t = T::new(&mut mem);
+    let z = t.param(&[2, 3], &[0.0; 6]).unwrap();
+    let y = t.labels(&[0, 2]).unwrap();
+    let nodes = |t: &mut T<'_>, f: &dyn Fn(&mut T<'_>) -> mote::Result<Var>| {
+        let n = t.nodes_used();
+        f(t).unwrap();
+        t.nodes_used() - n
+    };
+    assert_eq!(nodes(&mut t, &|t| t.nll_loss(z, y, -100)), 14);
+    assert_eq!(
+        nodes(&mut t, &|t| t.cross_entropy_ignore(z, y, -100, 0.1)),
+        5
+    );
+    assert_eq!(
+        nodes(&mut t, &|t| t.reduce_terms(z, Reduction::BatchMean)),
+        3
+    );
+    assert_eq!(nodes(&mut t, &|t| t.kl_div_batchmean(z, z, false)), 7);
+    assert_eq!(nodes(&mut t, &|t| t.kl_div_batchmean(z, z, true)), 6);
+    assert_eq!(nodes(&mut t, &|t| t.cross_entropy_probs(z, z)), 5);
+    assert_eq!(nodes(&mut t, &|t| t.arange(5)), 0);
+    assert_eq!(nodes(&mut t, &|t| t.one_hot(y, 3)), 0);
+    // arange(n): 3 m - 2 floats for m the power of two at or above n, n more when n is not
+    // one (its final cut): under 7 n.
+    for n in [1usize, 2, 3, 4, 5, 8, 9, 100, 1000] {
+        let u = t.used();
+        t.arange(n).unwrap();
+        let m = n.next_power_of_two();
+        let cut = if m == n { 0 } else { n };
+        assert_eq!(t.used() - u, 3 * m - 2 + cut, "arange({n})");
+        assert!(t.used() - u < 7 * n);
+    }
 }

@@ -18,7 +18,7 @@
 //! summed class weights of the rows kept, as PyTorch's. [`Reduction::Sum`] adds them,
 //! [`Reduction::None`] returns them (one per row for the class losses, 0 for an ignored row),
 //! and [`Reduction::BatchMean`] divides their sum by the first dimension (the KL divergence's
-//! `"batchmean"`; the class losses refuse it, as PyTorch's do).
+//! `"batchmean"`, which the other losses refuse, as PyTorch's do).
 //!
 //! With the default reduction each module is the tape's own loss: [`Tape::mse`] and
 //! [`Tape::bce_with_logits`] are one fused node, [`CrossEntropyLoss`] without class weights is
@@ -56,10 +56,12 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tape::{Tape, Var};
 
-/// Refuses [`Reduction::BatchMean`] for a loss that PyTorch does not offer it for.
-fn no_batchmean(reduction: Reduction, what: &'static str) -> Result<()> {
+/// Refuses [`Reduction::BatchMean`], which PyTorch offers for the KL divergence only.
+fn no_batchmean(reduction: Reduction) -> Result<()> {
     if reduction == Reduction::BatchMean {
-        return Err(Error::InvalidArgument { what });
+        return Err(Error::InvalidArgument {
+            what: "loss: batchmean is the KL divergence's reduction",
+        });
     }
     Ok(())
 }
@@ -77,13 +79,14 @@ impl MseLoss {
     /// the terms (two nodes) reduced.
     ///
     /// # Errors
-    /// As [`Tape::mse`].
+    /// As [`Tape::mse`]; [`Error::InvalidArgument`] for [`Reduction::BatchMean`].
     pub fn forward<B: Backend, const N: usize>(
         &self,
         tape: &mut Tape<B, N>,
         pred: Var,
         target: Var,
     ) -> Result<Var> {
+        no_batchmean(self.reduction)?;
         if self.reduction == Reduction::Mean {
             return tape.mse(pred, target);
         }
@@ -107,13 +110,14 @@ impl L1Loss {
     /// The loss of `pred` against `target` ([`Tape::l1_loss`] for the mean).
     ///
     /// # Errors
-    /// As [`Tape::l1_loss`].
+    /// As [`Tape::l1_loss`]; [`Error::InvalidArgument`] for [`Reduction::BatchMean`].
     pub fn forward<B: Backend, const N: usize>(
         &self,
         tape: &mut Tape<B, N>,
         pred: Var,
         target: Var,
     ) -> Result<Var> {
+        no_batchmean(self.reduction)?;
         tape.all_or_nothing(|t| {
             let terms = t.abs_diff("l1_loss", pred, target)?;
             t.reduce_terms(terms, self.reduction)
@@ -144,13 +148,14 @@ impl HuberLoss {
     /// The loss of `pred` against `target` ([`Tape::huber_loss`] for the mean).
     ///
     /// # Errors
-    /// As [`Tape::huber_loss`].
+    /// As [`Tape::huber_loss`]; [`Error::InvalidArgument`] for [`Reduction::BatchMean`].
     pub fn forward<B: Backend, const N: usize>(
         &self,
         tape: &mut Tape<B, N>,
         pred: Var,
         target: Var,
     ) -> Result<Var> {
+        no_batchmean(self.reduction)?;
         if self.reduction == Reduction::Mean {
             return tape.huber_loss(pred, target, self.delta);
         }
@@ -189,13 +194,14 @@ impl SmoothL1Loss {
     /// The loss of `pred` against `target` ([`Tape::smooth_l1_loss`] for the mean).
     ///
     /// # Errors
-    /// As [`Tape::smooth_l1_loss`].
+    /// As [`Tape::smooth_l1_loss`]; [`Error::InvalidArgument`] for [`Reduction::BatchMean`].
     pub fn forward<B: Backend, const N: usize>(
         &self,
         tape: &mut Tape<B, N>,
         pred: Var,
         target: Var,
     ) -> Result<Var> {
+        no_batchmean(self.reduction)?;
         let beta = self.beta;
         if beta == 0.0 {
             return L1Loss {
@@ -233,13 +239,14 @@ impl BceLoss {
     /// mean).
     ///
     /// # Errors
-    /// As [`Tape::binary_cross_entropy`].
+    /// As [`Tape::binary_cross_entropy`]; [`Error::InvalidArgument`] for [`Reduction::BatchMean`].
     pub fn forward<B: Backend, const N: usize>(
         &self,
         tape: &mut Tape<B, N>,
         p: Var,
         target: Var,
     ) -> Result<Var> {
+        no_batchmean(self.reduction)?;
         if self.reduction == Reduction::Mean {
             return tape.binary_cross_entropy(p, target, self.weight);
         }
@@ -269,13 +276,14 @@ impl BceWithLogitsLoss {
     /// mean: one fused node without weights).
     ///
     /// # Errors
-    /// As [`Tape::bce_with_logits_weighted`].
+    /// As [`Tape::bce_with_logits_weighted`]; [`Error::InvalidArgument`] for [`Reduction::BatchMean`].
     pub fn forward<B: Backend, const N: usize>(
         &self,
         tape: &mut Tape<B, N>,
         logits: Var,
         target: Var,
     ) -> Result<Var> {
+        no_batchmean(self.reduction)?;
         if self.reduction == Reduction::Mean {
             return tape.bce_with_logits_weighted(logits, target, self.weight, self.pos_weight);
         }
@@ -297,7 +305,8 @@ impl BceWithLogitsLoss {
 pub struct CrossEntropyLoss {
     /// Class weights `[C]` (they get a gradient).
     pub weight: Option<Var>,
-    /// The label of rows to skip (`None`: every label must be a class; PyTorch's default is
+    /// The label of rows to skip (`None`: every label must be a class, or the fused losses'
+    /// marker [`IGNORED_LABEL`](crate::ops::loss::IGNORED_LABEL); PyTorch's default is
     /// `Some(-100)`). Within `-2^24..=2^24`.
     pub ignore_index: Option<i32>,
     /// The label smoothing `e`, in `[0, 1]`.
@@ -352,12 +361,14 @@ impl CrossEntropyLoss {
     /// cross-entropy with probability targets): row `r`'s loss is `-sum_c w_c t'_rc ln
     /// softmax(z_r)_c` with `t' = (1 - e) t + e / C`; the mean divides by `N` (weights or
     /// not, as PyTorch's). With neither weights nor smoothing and the mean, this is
-    /// [`Tape::cross_entropy_probs`]. `ignore_index` does not apply (PyTorch refuses it
-    /// here; so does this). Both inputs get gradients.
+    /// [`Tape::cross_entropy_probs`]. `ignore_index` does not apply: a negative one (PyTorch's
+    /// default -100) does nothing, another is refused, as PyTorch's. Both inputs get
+    /// gradients.
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] unless both are `[N, C]` and the weights `[C]`;
-    /// [`Error::InvalidArgument`] for an `ignore_index`, a smoothing outside `[0, 1]` or
+    /// [`Error::InvalidArgument`] for an `ignore_index` of 0 or more, a smoothing outside
+    /// `[0, 1]` or
     /// [`Reduction::BatchMean`]; and as [`Tape::unary`].
     pub fn forward_probs<B: Backend, const N: usize>(
         &self,
@@ -366,9 +377,10 @@ impl CrossEntropyLoss {
         probs: Var,
     ) -> Result<Var> {
         let e = self.label_smoothing;
-        if self.ignore_index.is_some() {
+        if self.ignore_index.is_some_and(|i| i >= 0) {
             return Err(Error::InvalidArgument {
-                what: "cross_entropy: ignore_index applies to class labels, not probabilities",
+                what: "cross_entropy: ignore_index applies to class labels, not probabilities \
+                       (a negative one is accepted and does nothing, as PyTorch's)",
             });
         }
         if !(0.0..=1.0).contains(&e) {
@@ -376,10 +388,7 @@ impl CrossEntropyLoss {
                 what: "cross_entropy: label_smoothing must lie in [0, 1]",
             });
         }
-        no_batchmean(
-            self.reduction,
-            "cross_entropy: batchmean is the KL divergence's reduction",
-        )?;
+        no_batchmean(self.reduction)?;
         let ls = logits.shape;
         if ls.rank() != 2 || probs.shape != ls {
             return Err(Error::ShapeMismatch {

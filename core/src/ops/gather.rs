@@ -145,7 +145,8 @@ pub(crate) mod tape_ops {
         /// made on the device from a fill, shifted copies and joins (doubling its length each
         /// time, then cut to `n`), so that a recording ([`crate::Replay`], a CUDA graph) holds
         /// it: no value is written from the host. Records no node (it has no gradient); it
-        /// takes `2 n` to `4 n` elements of the arena.
+        /// takes `3 m - 2` elements of the arena for `m` the power of two at or above `n`, and
+        /// `n` more when `n` is not one: under `7 n`.
         ///
         /// # Errors
         /// [`Error::InvalidArgument`] unless `1 <= n <= 2^24` (whole numbers exact in `f32`);

@@ -112,7 +112,8 @@ pub enum Reduction {
     /// Their sum (`"sum"`).
     Sum,
     /// Their sum divided by the first dimension (`"batchmean"`): the KL divergence's, which
-    /// it makes the divergence. The class losses refuse it, as PyTorch's do.
+    /// it makes the divergence. The other loss modules refuse it, as PyTorch's do
+    /// ([`Tape::reduce_terms`](crate::Tape::reduce_terms) takes it for any terms).
     BatchMean,
 }
 
@@ -764,8 +765,8 @@ mod tape_ops {
         /// device, so a CUDA graph or a replay can hold it: a mask `min(|label - i|, 1)`, the
         /// labels with [`IGNORED_LABEL`](crate::ops::loss::IGNORED_LABEL) where the mask is 0,
         /// the rows kept (the mask's sum), the fused loss (a mean over all `N` rows) times `N`
-        /// over the rows kept; fifteen nodes (a label equal to `IGNORED_LABEL` is ignored too,
-        /// and not counted; eleven when `ignore_index` is that value), all or nothing.
+        /// over the rows kept; five nodes (the mask and the count are made without recording:
+        /// a label equal to `IGNORED_LABEL` is ignored too, and not counted), all or nothing.
         /// When every row is ignored the loss is NaN (0 / 0, as PyTorch's) and the logits'
         /// gradient 0.
         ///
@@ -839,9 +840,10 @@ mod tape_ops {
         /// the device, all or nothing: the labels' one-hot rows ([`Tape::one_hot`], which
         /// checks every label on the device, as PyTorch's does), zero for the ignored rows,
         /// pick each row's value (a `-inf` elsewhere in a row adds nothing); the gradient is
-        /// `-1 / kept` at each kept row's label and 0 elsewhere. Eight nodes. All rows
-        /// ignored: a NaN loss, as PyTorch's, and a zero gradient. Class weights and the other
-        /// reductions: [`crate::nn::loss::NllLoss`].
+        /// `-1 / kept` at each kept row's label and 0 elsewhere. Fourteen nodes, and about
+        /// `7 N C` elements of the arena (the fused cross-entropy takes one node and none).
+        /// All rows ignored: a NaN loss, as PyTorch's, and a zero gradient. Class weights and
+        /// the other reductions: [`crate::nn::loss::NllLoss`].
         ///
         /// # Errors
         /// As [`Tape::cross_entropy_ignore`].
@@ -853,10 +855,13 @@ mod tape_ops {
         /// at `labels` `[N]`, with PyTorch's `ignore_index`, `weight` and `label_smoothing`),
         /// reduced: per row `l_r = -sum_c T_rc lp_rc`, where `T_r = w ((1 - e) onehot(y_r) + e /
         /// C)` on the rows kept and 0 on the ignored ones, and `lp` is `logp` raised to
-        /// `-f32::MAX` (so that a class of probability 0, `-inf`, adds 0, not NaN; a row whose
-        /// own label has it gets a loss of about `f32::MAX` where PyTorch's is `inf`). The
-        /// mean divides by `sum_r w[y_r]` over the rows kept (their count without weights),
-        /// as PyTorch's: with nothing to divide by, NaN, with a zero gradient. All or nothing.
+        /// `-f32::MAX` (so that a class of probability 0, `-inf`, adds 0 at `e = 0`, not NaN;
+        /// a row whose own label has it, or any row with `e > 0`, gets a loss of about
+        /// `f32::MAX` times its target's share where PyTorch's is `inf`). The mean divides by
+        /// `sum_r w[y_r]` over the rows kept (their count without weights), as PyTorch's, a
+        /// negative sum too: when it is 0, NaN, with every gradient 0. A row labelled
+        /// `IGNORED_LABEL` is skipped and not counted, whatever `ignore_index` is (the fused
+        /// [`Tape::cross_entropy`] counts it in its mean). All or nothing.
         pub(crate) fn class_loss(
             &mut self,
             logp: Var,
@@ -921,14 +926,24 @@ mod tape_ops {
                 let terms = t.neg(terms)?;
                 match reduction {
                     Reduction::Mean => {
-                        let total = t.sum(terms)?;
-                        let floor = t.clamp_min(den, f32::MIN_POSITIVE)?;
-                        let mean = t.div(total, floor)?;
-                        // 0 / den: NaN when there is nothing to divide by, else 0.
-                        let nan = t.no_grad(|t| {
+                        // total / den, as PyTorch's (a negative den too). With den 0: NaN,
+                        // and every gradient 0: (total z) / (den + 1 - z) + 0 / den, where z
+                        // (no gradient) is 1 unless den is 0 (or below 3e-39 in size).
+                        let (z, nan) = t.no_grad(|t| {
+                            let a = t.abs(den)?;
+                            let a = t.mul_scalar(a, f32::MAX)?;
+                            let z = t.clamp_max(a, 1.0)?;
                             let zero = t.mul_scalar(den, 0.0)?;
-                            t.div(zero, den)
+                            Ok::<_, Error>((z, t.div(zero, den)?))
                         })?;
+                        let total = t.sum(terms)?;
+                        let total = t.mul(total, z)?;
+                        let off = t.no_grad(|t| {
+                            let n = t.neg(z)?;
+                            t.add_scalar(n, 1.0)
+                        })?;
+                        let safe = t.add(den, off)?;
+                        let mean = t.div(total, safe)?;
                         t.add(mean, nan)
                     }
                     r => t.reduce_terms(terms, r),
@@ -986,8 +1001,8 @@ mod tape_ops {
         }
 
         /// A loss's `terms` reduced as `reduction` says: as they are, their mean, their sum,
-        /// or their sum over the first dimension (two nodes: the sum, and a division by a
-        /// constant of the element type, exact in `f64` as in `f32`). The losses of
+        /// or their sum over the first dimension (three nodes: the sum, a constant of the
+        /// element type and the division, exact in `f64` as in `f32`). The losses of
         /// [`crate::nn::loss`] end with it; a loss of your own can too.
         ///
         /// # Errors
