@@ -389,3 +389,293 @@ proptest! {
         prop_assert!(report.passed(), "{report:?}");
     }
 }
+
+/// `x W^T + b` over rows of `i` values.
+fn linear_ref(x: &[f64], w: &[f64], b: &[f64], i: usize) -> Vec<f64> {
+    let o = b.len();
+    x.chunks(i)
+        .flat_map(|r| (0..o).map(move |j| b[j] + (0..i).map(|c| r[c] * w[j * i + c]).sum::<f64>()))
+        .collect()
+}
+
+/// Layer normalisation over rows of `w.len()` values (biased variance, as PyTorch).
+fn layer_norm_ref(x: &[f64], w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
+    x.chunks(w.len())
+        .flat_map(|r| {
+            let m = r.iter().sum::<f64>() / r.len() as f64;
+            let v = r.iter().map(|x| (x - m).powi(2)).sum::<f64>() / r.len() as f64;
+            r.iter()
+                .enumerate()
+                .map(move |(j, x)| (x - m) / (v + eps).sqrt() * w[j] + b[j])
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The encoder layer written out from PyTorch's `TransformerEncoderLayer.forward` (no dropout),
+/// post- and pre-norm, with a causal mask, against the layer.
+#[test]
+fn transformer_encoder_layer_matches_pytorch() {
+    use mote::nn::attention::{TransformerEncoderConfig, TransformerEncoderLayer};
+    use mote::ops::unary::UnaryOp;
+    let mut rng = Rng::new(21);
+    for case in 0..8 {
+        let (n, l, e, h, f) = (1 + case % 2, 1 + case % 4, 4, [1, 2, 4][case % 3], 6);
+        let norm_first = case % 2 == 1;
+        let causal = case % 4 >= 2;
+        let activation = if case % 3 == 0 {
+            UnaryOp::GeluErf
+        } else {
+            UnaryOp::Relu
+        };
+        let mut mem = vec![0.0f64; 1 << 16];
+        let mut t = T::new(&mut mem);
+        let config = TransformerEncoderConfig {
+            dim_feedforward: f,
+            dropout: 0.0,
+            activation,
+            norm_first,
+            ..TransformerEncoderConfig::new(e, h)
+        };
+        let layer = TransformerEncoderLayer::new(&mut t, config, &mut rng).unwrap();
+        // Non-trivial norms and biases.
+        for v in [
+            layer.norm1.weight,
+            layer.norm1.bias,
+            layer.norm2.weight,
+            layer.norm2.bias,
+            layer.self_attn.in_proj.bias.unwrap(),
+        ] {
+            let d = draw(&mut rng, v.numel());
+            t.write(v, &d).unwrap();
+        }
+        let read = |t: &T<'_>, v: Var| t.data(v).unwrap().to_vec();
+        let x = draw(&mut rng, n * l * e);
+        let vx = t.input(&[n, l, e], &x).unwrap();
+        let y = layer
+            .forward_masked(&mut t, vx, None, None, causal)
+            .unwrap();
+        let mha = layer.self_attn;
+        // The attention block, recomputed from the parameters read back.
+        let (wi, bi, wo, bo) = (
+            read(&t, mha.in_proj.weight),
+            read(&t, mha.in_proj.bias.unwrap()),
+            read(&t, mha.out_proj.weight),
+            read(&t, mha.out_proj.bias.unwrap()),
+        );
+        let sa = |inp: &[f64]| -> Vec<f64> {
+            let qkv = linear_ref(inp, &wi, &bi, e);
+            let dh = e / h;
+            let part = |p: usize| -> Vec<f64> {
+                // [N, L, E] slice p, split into [N * H, L, dh].
+                let mut out = vec![0.0; n * l * e];
+                for ni in 0..n {
+                    for r in 0..l {
+                        for hi in 0..h {
+                            for c in 0..dh {
+                                out[((ni * h + hi) * l + r) * dh + c] =
+                                    qkv[(ni * l + r) * 3 * e + p * e + hi * dh + c];
+                            }
+                        }
+                    }
+                }
+                out
+            };
+            let o = attention_ref(
+                &part(0),
+                &part(1),
+                &part(2),
+                (n * h, l, l, dh, dh),
+                &|_, _, _| 0.0,
+                causal,
+                1.0 / (dh as f64).sqrt(),
+            );
+            let mut joined = vec![0.0; n * l * e];
+            for ni in 0..n {
+                for hi in 0..h {
+                    for r in 0..l {
+                        for c in 0..dh {
+                            joined[(ni * l + r) * e + hi * dh + c] =
+                                o[((ni * h + hi) * l + r) * dh + c];
+                        }
+                    }
+                }
+            }
+            linear_ref(&joined, &wo, &bo, e)
+        };
+        let (w1, b1, w2, b2) = (
+            read(&t, layer.linear1.weight),
+            read(&t, layer.linear1.bias.unwrap()),
+            read(&t, layer.linear2.weight),
+            read(&t, layer.linear2.bias.unwrap()),
+        );
+        let act = |v: f64| match activation {
+            UnaryOp::Relu => v.max(0.0),
+            _ => 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2)),
+        };
+        let ff = |inp: &[f64]| -> Vec<f64> {
+            let hid: Vec<f64> = linear_ref(inp, &w1, &b1, e).into_iter().map(act).collect();
+            linear_ref(&hid, &w2, &b2, f)
+        };
+        let (n1w, n1b, n2w, n2b) = (
+            read(&t, layer.norm1.weight),
+            read(&t, layer.norm1.bias),
+            read(&t, layer.norm2.weight),
+            read(&t, layer.norm2.bias),
+        );
+        let add =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a + b).collect() };
+        let want = if norm_first {
+            let x1 = add(&x, &sa(&layer_norm_ref(&x, &n1w, &n1b, 1e-5)));
+            add(&x1, &ff(&layer_norm_ref(&x1, &n2w, &n2b, 1e-5)))
+        } else {
+            let x1 = layer_norm_ref(&add(&x, &sa(&x)), &n1w, &n1b, 1e-5);
+            layer_norm_ref(&add(&x1, &ff(&x1)), &n2w, &n2b, 1e-5)
+        };
+        // The layer norm's eps is an f32 (1e-5 rounded): within 1e-9 of f64's.
+        let got = t.data(y).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-9 * (1.0 + w.abs()),
+                "case {case}: {got:?} vs {want:?}"
+            );
+        }
+        let mut count = 0;
+        layer.visit_params(&mut |p| count += p.numel());
+        assert_eq!(count, 4 * e * e + 4 * e + 2 * e * f + f + e + 4 * e);
+    }
+}
+
+/// Dropout: training mode changes the output, evaluation mode is the layer without it; bad
+/// settings are refused before anything is made.
+#[test]
+fn transformer_encoder_layer_dropout_and_refusals() {
+    use mote::nn::attention::{TransformerEncoderConfig, TransformerEncoderLayer};
+    let mut mem = vec![0.0f64; 1 << 16];
+    let mut t = T::new(&mut mem);
+    let mut rng = Rng::new(2);
+    for (dropout, eps, heads) in [
+        (1.0, 1e-5, 2),
+        (0.1, 0.0, 2),
+        (0.1, f32::NAN, 2),
+        (0.1, 1e-5, 3),
+    ] {
+        let c = TransformerEncoderConfig {
+            dropout,
+            layer_norm_eps: eps,
+            dim_feedforward: 8,
+            ..TransformerEncoderConfig::new(4, heads)
+        };
+        assert!(matches!(
+            TransformerEncoderLayer::new(&mut t, c, &mut rng),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+    assert_eq!((t.nodes_used(), t.used()), (0, 0));
+    let c = TransformerEncoderConfig {
+        dim_feedforward: 8,
+        dropout: 0.3,
+        ..TransformerEncoderConfig::new(4, 2)
+    };
+    let mut layer = TransformerEncoderLayer::new(&mut t, c, &mut rng).unwrap();
+    let x = t.input(&[2, 3, 4], &draw(&mut rng, 24)).unwrap();
+    let trained = layer.forward(&mut t, x).unwrap();
+    let trained = t.data(trained).unwrap().to_vec();
+    layer.set_training(false);
+    let eval = layer.forward(&mut t, x).unwrap();
+    let eval = t.data(eval).unwrap().to_vec();
+    let mut plain = layer.clone();
+    plain.dropout.p = 0.0;
+    plain.set_training(true);
+    let without = plain.forward(&mut t, x).unwrap();
+    assert_eq!(eval, t.data(without).unwrap().to_vec());
+    assert_ne!(trained, eval);
+}
+
+/// The encoder layer's gradients (input and every parameter: the checker takes 8 tensors at a
+/// time, so two checks, the other parameters constants), post- and pre-norm, causal.
+#[test]
+fn transformer_encoder_layer_gradients() {
+    use mote::nn::attention::TransformerEncoderLayer;
+    use mote::ops::unary::UnaryOp;
+    use mote::{Dropout, LayerNorm};
+    let mut rng = Rng::new(4);
+    let (n, l, e, f) = (2, 3, 4, 5);
+    let shapes: [&[usize]; 13] = [
+        &[n, l, e],
+        &[3 * e, e],
+        &[3 * e],
+        &[e, e],
+        &[e],
+        &[f, e],
+        &[f],
+        &[e, f],
+        &[e],
+        &[e],
+        &[e],
+        &[e],
+        &[e],
+    ];
+    let values: Vec<Vec<f64>> = shapes
+        .iter()
+        .map(|s| draw(&mut rng, s.iter().product()))
+        .collect();
+    for checked in [&[0usize, 1, 2, 3, 4, 5, 6, 7][..], &[0, 8, 9, 10, 11, 12]] {
+        let inputs: Vec<(&[usize], &[f64])> = checked
+            .iter()
+            .map(|&i| (shapes[i], &values[i][..]))
+            .collect();
+        for (norm_first, causal) in [(false, false), (true, true)] {
+            let mut mem = vec![0.0f64; 1 << 16];
+            let report = check::<256>(&mut mem, &inputs, GradCheck::default(), |t, v| {
+                let mut all = Vec::new();
+                for i in 0..13 {
+                    all.push(match checked.iter().position(|&c| c == i) {
+                        Some(k) => v[k],
+                        None => t.input(shapes[i], &values[i])?,
+                    });
+                }
+                let layer = TransformerEncoderLayer {
+                    self_attn: MultiheadAttention {
+                        in_proj: Linear {
+                            weight: all[1],
+                            bias: Some(all[2]),
+                        },
+                        out_proj: Linear {
+                            weight: all[3],
+                            bias: Some(all[4]),
+                        },
+                        heads: 2,
+                    },
+                    linear1: Linear {
+                        weight: all[5],
+                        bias: Some(all[6]),
+                    },
+                    linear2: Linear {
+                        weight: all[7],
+                        bias: Some(all[8]),
+                    },
+                    norm1: LayerNorm {
+                        weight: all[9],
+                        bias: all[10],
+                        eps: 1e-5,
+                    },
+                    norm2: LayerNorm {
+                        weight: all[11],
+                        bias: all[12],
+                        eps: 1e-5,
+                    },
+                    dropout: Dropout::new(0.0, 0)?,
+                    activation: UnaryOp::Tanh,
+                    norm_first,
+                };
+                layer.forward_masked(t, all[0], None, None, causal)
+            })
+            .unwrap();
+            assert!(
+                report.passed(),
+                "{checked:?} norm_first {norm_first}: {report:?}"
+            );
+        }
+    }
+}

@@ -23,6 +23,7 @@ use mote::{
 
 const FLOATS: usize = 1 << 22;
 const NODES: usize = 128;
+const ATTENTION_NODES: usize = 512;
 
 /// What one run gives: the loss, every trainable parameter's gradient (flattened), the
 /// running statistics after the training-mode forward, and the evaluation-mode logits.
@@ -163,14 +164,24 @@ fn every_layer_matches_the_reference() {
 }
 
 /// Multi-head attention (4 heads, cross-attention with a padding mask, and causal
-/// self-attention on 4-D queries through `scaled_dot_product_attention`) then a class loss
+/// self-attention), a pre-norm encoder layer with a padding mask, attention on 4-D queries
+/// through `scaled_dot_product_attention`, then a class loss
 /// from `mote::nn::loss` with every reduction's terms: the loss and every gradient against the
 /// reference backend, at the tolerances above.
-fn attention_run<B: Backend<Elem = f32>>(tape: &mut Tape<B, NODES>) -> (f32, Vec<f32>) {
-    use mote::nn::attention::MultiheadAttention;
+fn attention_run<B: Backend<Elem = f32>>(tape: &mut Tape<B, ATTENTION_NODES>) -> (f32, Vec<f32>) {
+    use mote::nn::attention::{
+        MultiheadAttention, TransformerEncoderConfig, TransformerEncoderLayer,
+    };
     use mote::nn::loss::{CrossEntropyLoss, Reduction};
     let mut rng = Rng::new(5);
     let mha = MultiheadAttention::new(tape, 16, 4, &mut rng).unwrap();
+    let config = TransformerEncoderConfig {
+        dim_feedforward: 24,
+        dropout: 0.0,
+        norm_first: true,
+        ..TransformerEncoderConfig::new(16, 2)
+    };
+    let encoder = TransformerEncoderLayer::new(tape, config, &mut rng).unwrap();
     let head = Linear::new(tape, 16, 5, &mut rng).unwrap();
     let draw =
         |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f32() - 0.5).collect() };
@@ -182,10 +193,14 @@ fn attention_run<B: Backend<Elem = f32>>(tape: &mut Tape<B, NODES>) -> (f32, Vec
     let xv = tape.input(&[3, 6, 16], &x).unwrap();
     let kvv = tape.input(&[3, 7, 16], &kv).unwrap();
     let padv = tape.input(&[3, 7], &pad).unwrap();
+    let padv6 = tape.input(&[3, 6], &pad[..18]).unwrap();
     let a = mha
         .attend(tape, xv, kvv, kvv, Some(padv), None, false)
         .unwrap();
     let c = mha.attend(tape, a, a, a, None, None, true).unwrap();
+    let c = encoder
+        .forward_masked(tape, c, None, Some(padv6), false)
+        .unwrap();
     let q4 = tape.reshape(c, &[3, 2, 3, 16]).unwrap();
     let d = tape
         .scaled_dot_product_attention(q4, q4, q4, None, true, Some(0.5))
@@ -220,8 +235,8 @@ fn attention_and_composed_losses_match_the_reference() {
         return;
     };
     let mut mem = vec![0f32; FLOATS];
-    let (want_loss, want) = attention_run(&mut Tape::<Cpu<f32>, NODES>::new(&mut mem));
-    let (got_loss, got) = attention_run(&mut Tape::<_, NODES>::with_backend(cuda));
+    let (want_loss, want) = attention_run(&mut Tape::<Cpu<f32>, ATTENTION_NODES>::new(&mut mem));
+    let (got_loss, got) = attention_run(&mut Tape::<_, ATTENTION_NODES>::with_backend(cuda));
     close("loss", &[got_loss], &[want_loss], 1e-5, 1e-5);
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(scale > 0.0 && want.iter().filter(|g| g.abs() > 1e-3 * scale).count() > 100);

@@ -1,8 +1,8 @@
 //! Attention: [`Tape::scaled_dot_product_attention`] (PyTorch's
-//! `F.scaled_dot_product_attention`) and the [`MultiheadAttention`] layer (PyTorch's
-//! `nn.MultiheadAttention` with `batch_first=True`), composed of batched products, a softmax
-//! and copies, so that every backend runs them (cuBLAS's strided-batched products on a GPU) and
-//! gradients follow.
+//! `F.scaled_dot_product_attention`), the [`MultiheadAttention`] layer (PyTorch's
+//! `nn.MultiheadAttention` with `batch_first=True`) and the [`TransformerEncoderLayer`],
+//! composed of batched products, a softmax and copies, so that every backend runs them
+//! (cuBLAS's strided-batched products on a GPU) and gradients follow.
 //!
 //! `attention(q, k, v) = softmax(q k^T scale + mask) v`, the softmax over the keys, `scale`
 //! `1 / sqrt(E)` by default. The causal mask lets query `i` see keys `j <= i` (PyTorch's
@@ -31,7 +31,8 @@
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::float::Float;
-use crate::nn::{init, Linear, Module};
+use crate::nn::{init, Dropout, LayerNorm, Linear, Module};
+use crate::ops::unary::UnaryOp;
 use crate::rng::Rng;
 use crate::shape::Shape;
 use crate::tape::{Tape, Var};
@@ -346,5 +347,174 @@ impl Module for MultiheadAttention {
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
         self.in_proj.visit_params(f);
         self.out_proj.visit_params(f);
+    }
+}
+
+/// The settings of a [`TransformerEncoderLayer`]: PyTorch's `nn.TransformerEncoderLayer`
+/// arguments, with its defaults from [`TransformerEncoderConfig::new`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TransformerEncoderConfig {
+    /// The model width `E` (`d_model`).
+    pub d_model: usize,
+    /// The attention heads (`nhead`), dividing `d_model`.
+    pub nhead: usize,
+    /// The feed-forward width (`dim_feedforward`, PyTorch's default 2048).
+    pub dim_feedforward: usize,
+    /// The dropout probability after the attention, inside and after the feed-forward block
+    /// (PyTorch's default 0.1), in `[0, 1)`.
+    pub dropout: f32,
+    /// The feed-forward activation (PyTorch's default ReLU; `UnaryOp::GeluErf` is its
+    /// `"gelu"`).
+    pub activation: UnaryOp,
+    /// The layer norms' epsilon (`layer_norm_eps`, 1e-5).
+    pub layer_norm_eps: f32,
+    /// Normalise before each block rather than after it (`norm_first`, false).
+    pub norm_first: bool,
+}
+
+impl TransformerEncoderConfig {
+    /// PyTorch's defaults for `d_model` and `nhead`.
+    pub fn new(d_model: usize, nhead: usize) -> Self {
+        TransformerEncoderConfig {
+            d_model,
+            nhead,
+            dim_feedforward: 2048,
+            dropout: 0.1,
+            activation: UnaryOp::Relu,
+            layer_norm_eps: 1e-5,
+            norm_first: false,
+        }
+    }
+}
+
+/// PyTorch's `nn.TransformerEncoderLayer(..., batch_first=True)`: self-attention and a
+/// feed-forward block (`linear2(dropout(activation(linear1(x))))`), each added to its input
+/// and layer-normalised, after (`x = norm1(x + sa(x)); x = norm2(x + ff(x))`) or, with
+/// `norm_first`, before (`x = x + sa(norm1(x)); x = x + ff(norm2(x))`). Inputs `[N, L, E]`.
+/// PyTorch's three dropouts share one generator here. Stack layers in a tuple (or call them
+/// in turn) for PyTorch's `nn.TransformerEncoder`.
+#[derive(Clone, Debug)]
+pub struct TransformerEncoderLayer {
+    /// The self-attention.
+    pub self_attn: MultiheadAttention,
+    /// The feed-forward block's first layer, `[F, E]`.
+    pub linear1: Linear,
+    /// The feed-forward block's second layer, `[E, F]`.
+    pub linear2: Linear,
+    /// The attention block's layer norm.
+    pub norm1: LayerNorm,
+    /// The feed-forward block's layer norm.
+    pub norm2: LayerNorm,
+    /// The dropout (after the attention, inside and after the feed-forward block).
+    pub dropout: Dropout,
+    /// The feed-forward activation.
+    pub activation: UnaryOp,
+    /// Normalise before each block.
+    pub norm_first: bool,
+}
+
+impl TransformerEncoderLayer {
+    /// A layer with PyTorch's initialisation (see [`MultiheadAttention::new`], [`Linear::new`],
+    /// [`LayerNorm::new`]); the dropout's generator is seeded from `rng`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for heads that do not divide the width, a dropout outside
+    /// `[0, 1)` or an epsilon that is not positive and finite; as [`Linear::new`].
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        config: TransformerEncoderConfig,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        let c = config;
+        if !(c.layer_norm_eps > 0.0 && c.layer_norm_eps.is_finite()) {
+            return Err(Error::InvalidArgument {
+                what: "transformer_encoder_layer: layer_norm_eps must be positive and finite",
+            });
+        }
+        let seed = u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32());
+        let dropout = Dropout::new(c.dropout, seed)?;
+        tape.all_or_nothing(|t| {
+            let self_attn = MultiheadAttention::new(t, c.d_model, c.nhead, rng)?;
+            let linear1 = Linear::new(t, c.d_model, c.dim_feedforward, rng)?;
+            let linear2 = Linear::new(t, c.dim_feedforward, c.d_model, rng)?;
+            let mut norm1 = LayerNorm::new(t, c.d_model)?;
+            let mut norm2 = LayerNorm::new(t, c.d_model)?;
+            norm1.eps = c.layer_norm_eps;
+            norm2.eps = c.layer_norm_eps;
+            Ok(TransformerEncoderLayer {
+                self_attn,
+                linear1,
+                linear2,
+                norm1,
+                norm2,
+                dropout: dropout.clone(),
+                activation: c.activation,
+                norm_first: c.norm_first,
+            })
+        })
+    }
+
+    /// PyTorch's `forward(src, src_mask, src_key_padding_mask, is_causal)`: `x` `[N, L, E]`,
+    /// the masks as [`MultiheadAttention::attend`] takes them.
+    ///
+    /// # Errors
+    /// As [`MultiheadAttention::attend`] and the layers'.
+    pub fn forward_masked<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        x: Var,
+        src_mask: Option<Var>,
+        src_key_padding_mask: Option<Var>,
+        is_causal: bool,
+    ) -> Result<Var> {
+        let attend = |t: &mut Tape<B, N>, x: Var| -> Result<Var> {
+            let a = self
+                .self_attn
+                .attend(t, x, x, x, src_key_padding_mask, src_mask, is_causal)?;
+            self.dropout.forward(t, a)
+        };
+        let feed = |t: &mut Tape<B, N>, x: Var| -> Result<Var> {
+            let h = self.linear1.forward(t, x)?;
+            let h = t.unary(self.activation, h)?;
+            let h = self.dropout.forward(t, h)?;
+            let h = self.linear2.forward(t, h)?;
+            self.dropout.forward(t, h)
+        };
+        tape.all_or_nothing(|t| {
+            if self.norm_first {
+                let n = self.norm1.forward(t, x)?;
+                let a = attend(t, n)?;
+                let x = t.add(x, a)?;
+                let n = self.norm2.forward(t, x)?;
+                let f = feed(t, n)?;
+                t.add(x, f)
+            } else {
+                let a = attend(t, x)?;
+                let s = t.add(x, a)?;
+                let x = self.norm1.forward(t, s)?;
+                let f = feed(t, x)?;
+                let s = t.add(x, f)?;
+                self.norm2.forward(t, s)
+            }
+        })
+    }
+}
+
+impl Module for TransformerEncoderLayer {
+    /// [`TransformerEncoderLayer::forward_masked`] without masks.
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        self.forward_masked(tape, x, None, None, false)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        self.self_attn.visit_params(f);
+        self.linear1.visit_params(f);
+        self.linear2.visit_params(f);
+        self.norm1.visit_params(f);
+        self.norm2.visit_params(f);
+    }
+
+    fn set_training(&mut self, training: bool) {
+        self.dropout.set_training(training);
     }
 }
