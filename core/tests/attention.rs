@@ -53,6 +53,9 @@ fn attention_ref(
     out
 }
 
+/// Where a mask's value for (batch, query, key) lies.
+type MaskIndex = dyn Fn(usize, usize, usize) -> usize;
+
 fn close(got: &[f64], want: &[f64], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}");
     for (g, w) in got.iter().zip(want) {
@@ -82,17 +85,25 @@ fn scaled_dot_product_attention_matches_pytorch() {
             draw(&mut rng, b * s * e),
             draw(&mut rng, b * s * ev),
         );
-        // A mask over [L, S], broadcast to every batch.
-        let m = draw(&mut rng, l * s);
-        let scale = if case % 4 == 0 { Some(0.3f32) } else { None };
-        let sc = scale.map_or(1.0 / (e as f64).sqrt(), f64::from);
+        // A mask over [L, S] broadcast to every batch; or one per batch ([lead.., L, S]); or,
+        // at rank 4, one row per head broadcast over the queries ([H, 1, S]).
+        let kind = (case / 3) % 3;
+        let m = draw(&mut rng, b * l * s);
+        let (mdims, at): (Vec<usize>, Box<MaskIndex>) = match kind {
+            1 => (dims(l, s), Box::new(move |bi, i, j| (bi * l + i) * s + j)),
+            2 if lead.len() == 2 => (vec![3, 1, s], Box::new(move |bi, _, j| (bi % 3) * s + j)),
+            _ => (vec![l, s], Box::new(move |_, i, j| i * s + j)),
+        };
+        let scale = if case % 4 == 0 { Some(0.3f64) } else { None };
+        let sc = scale.unwrap_or(1.0 / (e as f64).sqrt());
         for (masked, causal) in [(false, false), (true, false), (false, true)] {
             let mut mem = vec![0.0f64; 1 << 14];
             let mut t = T::new(&mut mem);
             let vq = t.param(&dims(l, e), &q).unwrap();
             let vk = t.param(&dims(s, e), &k).unwrap();
             let vv = t.param(&dims(s, ev), &v).unwrap();
-            let mask = masked.then(|| t.param(&[l, s], &m).unwrap());
+            let n: usize = mdims.iter().product();
+            let mask = masked.then(|| t.param(&mdims, &m[..n]).unwrap());
             let y = t
                 .scaled_dot_product_attention(vq, vk, vv, mask, causal, scale)
                 .unwrap();
@@ -104,7 +115,7 @@ fn scaled_dot_product_attention_matches_pytorch() {
                     .collect::<Vec<_>>(),
                 dims(l, ev)
             );
-            let f = |_: usize, i: usize, j: usize| if masked { m[i * s + j] } else { 0.0 };
+            let f = |bi: usize, i: usize, j: usize| if masked { m[at(bi, i, j)] } else { 0.0 };
             let want = attention_ref(&q, &k, &v, (b, l, s, e, ev), &f, causal, sc);
             close(
                 t.data(y).unwrap(),
@@ -142,9 +153,20 @@ fn multihead_attention_matches_pytorch() {
             read(&t, mha.out_proj.weight),
             read(&t, mha.out_proj.bias.unwrap()),
         );
-        // PyTorch's initialisation: Xavier-uniform in_proj, zero biases.
+        // PyTorch's initialisation: Xavier-uniform in_proj (its largest draw near the bound,
+        // past a Linear's 1 / sqrt(E) for E >= 4), out_proj a Linear's, zero biases.
         let bound = (6.0 / (e + 3 * e) as f64).sqrt();
-        assert!(wi.iter().all(|w| w.abs() <= bound) && bi.iter().all(|&b| b == 0.0));
+        let most = |w: &[f64]| w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(most(&wi) <= bound && bi.iter().all(|&b| b == 0.0));
+        assert!(most(&wo) <= 1.0 / (e as f64).sqrt());
+        if e >= 4 {
+            assert!(
+                most(&wi) > 1.0 / (e as f64).sqrt(),
+                "{} vs {bound}",
+                most(&wi)
+            );
+            assert!(most(&wo) > 0.5 / (e as f64).sqrt());
+        }
         assert!(bo.iter().all(|&b| b == 0.0));
         // Non-zero biases for the comparison.
         let bi = draw(&mut rng, 3 * e);
@@ -154,13 +176,18 @@ fn multihead_attention_matches_pytorch() {
         let x = draw(&mut rng, n * l * e);
         let kv = draw(&mut rng, n * s * e);
         let pad = draw(&mut rng, n * s);
-        let am = draw(&mut rng, l * s);
-        for (padded, masked, causal) in [
-            (false, false, false),
-            (true, true, false),
-            (false, false, true),
-            (true, false, true),
+        // attn_mask [L, S], or [N * heads, L, S] (batch-major, as PyTorch's).
+        let am = draw(&mut rng, n * h * l * s);
+        let start = t.mark();
+        for (padded, masked, causal, three) in [
+            (false, false, false, false),
+            (true, true, false, false),
+            (false, true, false, true),
+            (false, false, true, false),
+            (true, false, true, false),
+            (true, true, true, true),
         ] {
+            t.rewind(start).unwrap();
             let vx = t.input(&[n, l, e], &x).unwrap();
             let vkv = if cross {
                 t.input(&[n, s, e], &kv).unwrap()
@@ -168,7 +195,13 @@ fn multihead_attention_matches_pytorch() {
                 vx
             };
             let vp = padded.then(|| t.input(&[n, s], &pad).unwrap());
-            let vm = masked.then(|| t.input(&[l, s], &am).unwrap());
+            let vm = masked.then(|| {
+                if three {
+                    t.input(&[n * h, l, s], &am).unwrap()
+                } else {
+                    t.input(&[l, s], &am[..l * s]).unwrap()
+                }
+            });
             let y = mha.attend(&mut t, vx, vkv, vkv, vp, vm, causal).unwrap();
             let kvs = if cross { &kv } else { &x };
             // Projections: x W_i^T + b_i for rows i*E..(i+1)*E of in_proj.
@@ -202,7 +235,11 @@ fn multihead_attention_matches_pytorch() {
             };
             let f = |b: usize, i: usize, j: usize| {
                 (if padded { pad[(b / h) * s + j] } else { 0.0 })
-                    + (if masked { am[i * s + j] } else { 0.0 })
+                    + match (masked, three) {
+                        (false, _) => 0.0,
+                        (true, false) => am[i * s + j],
+                        (true, true) => am[(b * l + i) * s + j],
+                    }
             };
             let o = attention_ref(
                 &split(&pq, l),
@@ -304,7 +341,7 @@ fn refusals_record_nothing() {
         t.scaled_dot_product_attention(q, k, k, Some(m_ok), true, None),
         Err(Error::InvalidArgument { .. })
     ));
-    for scale in [f32::NAN, f32::INFINITY] {
+    for scale in [f64::NAN, f64::INFINITY] {
         assert!(matches!(
             t.scaled_dot_product_attention(q, k, k, None, false, Some(scale)),
             Err(Error::InvalidArgument { .. })
@@ -677,5 +714,111 @@ fn transformer_encoder_layer_gradients() {
                 "{checked:?} norm_first {norm_first}: {report:?}"
             );
         }
+    }
+}
+
+/// Masks of -inf and f32::MIN, stacked, and queries whose every key is masked: finite
+/// everywhere, 0 for the fully masked queries (PyTorch's safe softmax), the others as if the
+/// masked keys were absent; gradients finite (checked), and the mask's gradient checked.
+#[test]
+fn fully_masked_queries_attend_to_nothing() {
+    let mut rng = Rng::new(8);
+    let (b, l, s, e) = (2, 3, 4, 2);
+    let (q, k, v) = (
+        draw(&mut rng, b * l * e),
+        draw(&mut rng, b * s * e),
+        draw(&mut rng, b * s * e),
+    );
+    // Batch 0: query 1 sees nothing (-inf), query 2 sees key 3 only (f32::MIN and -inf mixed).
+    // Batch 1: query 0 sees nothing (f32::MIN twice: a padding mask on top of the mask).
+    let (ninf, min) = (f64::NEG_INFINITY, f64::from(f32::MIN));
+    let mut m = vec![0.0; b * l * s];
+    m[s..2 * s].copy_from_slice(&[ninf; 4]);
+    m[2 * s..3 * s].copy_from_slice(&[min, ninf, min, 0.0]);
+    let mut mem = vec![0.0f64; 1 << 14];
+    let mut t = T::new(&mut mem);
+    let (vq, vk, vv) = (
+        t.param(&[b, l, e], &q).unwrap(),
+        t.param(&[b, s, e], &k).unwrap(),
+        t.param(&[b, s, e], &v).unwrap(),
+    );
+    // Batch 1, query 0: f32::MIN from the mask and again from a second one added in.
+    let mut pad = vec![0.0; b * l * s];
+    pad[l * s..l * s + s].copy_from_slice(&[min; 4]);
+    let mut m1 = m.clone();
+    m1[l * s..l * s + s].copy_from_slice(&[min; 4]);
+    let vm1 = t.input(&[b, l, s], &m1).unwrap();
+    let vpad = t.input(&[b, l, s], &pad).unwrap();
+    let stacked = t.add(vm1, vpad).unwrap();
+    let y = t
+        .scaled_dot_product_attention(vq, vk, vv, Some(stacked), false, None)
+        .unwrap();
+    let got = t.data(y).unwrap().to_vec();
+    assert!(got.iter().all(|v| v.is_finite()), "{got:?}");
+    // The reference: -inf where masked; a fully masked query gives 0.
+    let f = |bi: usize, i: usize, j: usize| {
+        let x = m1[(bi * l + i) * s + j] + pad[(bi * l + i) * s + j];
+        if x <= min {
+            ninf
+        } else {
+            x
+        }
+    };
+    let mut want = attention_ref(
+        &q,
+        &k,
+        &v,
+        (b, l, s, e, e),
+        &f,
+        false,
+        1.0 / (e as f64).sqrt(),
+    );
+    for x in &mut want {
+        if x.is_nan() {
+            *x = 0.0;
+        }
+    }
+    close(&got, &want, "masked");
+    assert_eq!(&got[e..2 * e], &[0.0, 0.0]); // batch 0, query 1
+    assert_eq!(&got[l * e..l * e + e], &[0.0, 0.0]); // batch 1, query 0
+    let l2 = t.square(y).unwrap();
+    let loss = t.sum(l2).unwrap();
+    t.backward(loss).unwrap();
+    for p in [vq, vk, vv] {
+        let mut g = vec![0.0; p.numel()];
+        t.read_grad(p, &mut g).unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
+    }
+    // The gradients with masks that hide some keys (finite values), and the mask's own.
+    let hide: Vec<f64> = (0..b * l * s)
+        .map(|i| {
+            if i % 3 == 0 {
+                -1e4
+            } else {
+                rng.uniform(-1.0, 1.0)
+            }
+        })
+        .collect();
+    let inputs: [(&[usize], &[f64]); 4] = [
+        (&[b, l, e], &q),
+        (&[b, s, e], &k),
+        (&[b, s, e], &v),
+        (&[b, l, s], &hide),
+    ];
+    let mut mem = vec![0.0f64; 1 << 16];
+    let report = check::<256>(&mut mem, &inputs, GradCheck::default(), |t, x| {
+        t.scaled_dot_product_attention(x[0], x[1], x[2], Some(x[3]), false, None)
+    })
+    .unwrap();
+    assert!(report.passed(), "{report:?}");
+    // A hand-made layer with no head, or heads that do not divide the width: refused.
+    let mha = MultiheadAttention::new(&mut t, 4, 2, &mut rng).unwrap();
+    let x = t.input(&[1, 2, 4], &[0.1; 8]).unwrap();
+    for heads in [0, 3] {
+        let bad = MultiheadAttention { heads, ..mha };
+        assert!(matches!(
+            bad.attend(&mut t, x, x, x, None, None, false),
+            Err(Error::InvalidArgument { .. })
+        ));
     }
 }

@@ -192,8 +192,15 @@ fn attention_run<B: Backend<Elem = f32>>(tape: &mut Tape<B, ATTENTION_NODES>) ->
     );
     let xv = tape.input(&[3, 6, 16], &x).unwrap();
     let kvv = tape.input(&[3, 7, 16], &kv).unwrap();
+    // Keys masked by f32::MIN and -inf in the first batch's padding mask; in the encoder's,
+    // every key of the second (its queries attend to nothing: 0).
+    let mut pad = pad;
+    pad[0] = f32::MIN;
+    pad[1] = f32::NEG_INFINITY;
     let padv = tape.input(&[3, 7], &pad).unwrap();
-    let padv6 = tape.input(&[3, 6], &pad[..18]).unwrap();
+    let mut pad6 = pad[..18].to_vec();
+    pad6[6..12].copy_from_slice(&[f32::MIN; 6]);
+    let padv6 = tape.input(&[3, 6], &pad6).unwrap();
     let a = mha
         .attend(tape, xv, kvv, kvv, Some(padv), None, false)
         .unwrap();

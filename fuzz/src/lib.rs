@@ -723,7 +723,7 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let (Some(a), Some(b)) = (st.pick(r), st.pick(r)) else {
                 return;
             };
-            let (kind, c, d) = (r.below(31), r.f32(), r.f32());
+            let (kind, c, d) = (r.below(32), r.f32(), r.f32());
             let correction = r.size(3);
             let reduction = [
                 loss::Reduction::None,
@@ -797,8 +797,23 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 29 => t.arange(classes),
                 // attention over any handles, a mask any handle (or none)
                 30 => {
-                    let (causal, scale) = (r.bool(), r.bool().then_some(c));
+                    let (causal, scale) = (r.bool(), r.bool().then_some(f64::from(c)));
                     t.scaled_dot_product_attention(a, b, pw.unwrap_or(b), w, causal, scale)
+                }
+                // a hand-made attention layer: any handles as its weights, any head count
+                31 => {
+                    let layer = mote::nn::attention::MultiheadAttention {
+                        in_proj: mote::Linear {
+                            weight: w.unwrap_or(a),
+                            bias: pw,
+                        },
+                        out_proj: mote::Linear {
+                            weight: b,
+                            bias: None,
+                        },
+                        heads: classes,
+                    };
+                    layer.attend(t, a, b, b, w, pw, r.bool())
                 }
                 0 => t.bce_with_logits(a, b),
                 1 => t.mse(a, b),

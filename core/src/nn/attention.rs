@@ -9,8 +9,15 @@
 //! `is_causal=True`, aligned at the top left); it is made on the device from
 //! [`Tape::arange`], so a recording or a CUDA graph holds it. Where PyTorch adds `-inf`, this
 //! adds `f32::MIN` (`-3.4e38`): `e^(f32::MIN - max)` is 0 as `e^-inf` is, and no `0 * inf`
-//! makes a NaN. A float `attn_mask` is added to the scores as PyTorch adds one; for PyTorch's
-//! boolean masks (`true`: attend), pass 0 where attending and `f32::MIN` where not.
+//! makes a NaN.
+//!
+//! Masks are floats, added to the scores as PyTorch adds a float mask; the masked scores are
+//! then raised to `f32::MIN` (so `-inf` masks, and masks stacked on each other, stay finite),
+//! and a query whose every key is masked (its largest score at most `-1e38`) gets weights 0
+//! and an output of 0, as PyTorch's (2.5 and later) gives. For PyTorch's boolean masks, pass
+//! 0 where a key is attended and `f32::MIN` (or `-inf`) where it is not; mind that `True`
+//! means "attend" in `F.scaled_dot_product_attention` but "masked" in
+//! `nn.MultiheadAttention`'s `key_padding_mask` and `attn_mask`.
 //!
 //! ```
 //! use mote::nn::attention::MultiheadAttention;
@@ -43,9 +50,10 @@ impl<B: Backend, const N: usize> Tape<B, N> {
     /// queries `[..., L, E]`, keys `[..., S, E]` and values `[..., S, Ev]` with the same
     /// leading dimensions (none, one, or two: rank 2 to 4), giving `[..., L, Ev]`. `scale`
     /// defaults to `1 / sqrt(E)`. `attn_mask` is added to the scores and broadcasts to `[...,
-    /// L, S]`; `is_causal` masks the keys after each query (see the [module](self) docs). All
-    /// get gradients (the mask too). Composed, all or nothing: two products, a scale, the
-    /// mask's addition, a softmax (and copies from rank 4 to 3 and back).
+    /// L, S]` (the scores then raised to `f32::MIN`; a query whose every key is masked gets
+    /// 0); `is_causal` masks the keys after each query (see the [module](self) docs). All get
+    /// gradients (the mask too). Composed, all or nothing: two products, a scale, the mask's
+    /// addition, a softmax (and copies from rank 4 to 3 and back).
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] when the shapes do not fit together or the mask does not
@@ -59,7 +67,7 @@ impl<B: Backend, const N: usize> Tape<B, N> {
         v: Var,
         attn_mask: Option<Var>,
         is_causal: bool,
-        scale: Option<f32>,
+        scale: Option<f64>,
     ) -> Result<Var> {
         let op = "scaled_dot_product_attention";
         let (qs, ks, vs) = (q.shape, k.shape, v.shape);
@@ -114,7 +122,7 @@ impl<B: Backend, const N: usize> Tape<B, N> {
             }
         }
         let scale = match scale {
-            Some(c) if c.is_finite() => f64::from(c),
+            Some(c) if c.is_finite() => c,
             Some(_) => {
                 return Err(Error::InvalidArgument {
                     what: "scaled_dot_product_attention: the scale must be finite",
@@ -151,8 +159,29 @@ impl<B: Backend, const N: usize> Tape<B, N> {
                     m
                 };
                 scores = t.add(scores, m)?;
+                // Masks stacked (f32::MIN twice) or -inf stay finite: f32::MIN at most.
+                scores = t.clamp_min(scores, f32::MIN)?;
             }
-            let weights = t.softmax(scores, last)?;
+            let mut weights = t.softmax(scores, last)?;
+            if attn_mask.is_some() {
+                // A query whose every key is masked (its largest score at most -1e38) attends
+                // to nothing: 0, as PyTorch's (its "safe" softmax), not an average of them.
+                let live = t.no_grad(|t| {
+                    let top = t.max_axis(scores, last)?;
+                    let top = t.add_scalar(top, 1e38)?;
+                    let top = t.mul_scalar(top, 1e30)?;
+                    let live = t.clamp(top, 0.0, 1.0)?;
+                    let mut dims = [1usize; 4];
+                    for (d, &x) in dims.iter_mut().zip(scores.shape.dims()) {
+                        *d = x as usize;
+                    }
+                    if let Some(d) = dims.get_mut(last) {
+                        *d = 1;
+                    }
+                    t.reshape(live, dims.get(..=last).unwrap_or(&[]))
+                })?;
+                weights = t.mul(weights, live)?;
+            }
             let out = t.matmul(weights, v3)?;
             if r == 4 {
                 t.reshape(out, &[qs.dim(0), qs.dim(1), l, vs.dim(3)])
@@ -232,7 +261,8 @@ impl MultiheadAttention {
 
     /// PyTorch's `forward(query, key, value, key_padding_mask, attn_mask=..., is_causal=...)`
     /// with `need_weights=False`: `query` `[N, L, E]`, `key` and `value` `[N, S, E]`, giving
-    /// `[N, L, E]`. `attn_mask` (`[L, S]`, or `[N * heads, L, S]` as PyTorch's) and
+    /// `[N, L, E]`. `attn_mask` (`[L, S]`, or `[N * heads, L, S]` as PyTorch's, batch-major;
+    /// any shape that broadcasts to that is taken) and
     /// `key_padding_mask` (`[N, S]`) are float masks added to every head's scores (see the
     /// [module](self) docs for boolean ones); `is_causal` masks the keys after each query,
     /// with the other masks or alone (PyTorch's takes it as a hint that `attn_mask` is the
@@ -256,6 +286,11 @@ impl MultiheadAttention {
     ) -> Result<Var> {
         let op = "multihead_attention";
         let e = self.embed_dim();
+        if self.heads == 0 || !e.is_multiple_of(self.heads) {
+            return Err(Error::InvalidArgument {
+                what: "multihead_attention: heads must be at least 1 and divide embed_dim",
+            });
+        }
         let (qs, ks, vs) = (query.shape(), key.shape(), value.shape());
         let fits = qs.rank() == 3
             && qs.dim(2) == e
