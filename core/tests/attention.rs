@@ -603,10 +603,13 @@ fn transformer_encoder_layer_dropout_and_refusals() {
             dim_feedforward: 8,
             ..TransformerEncoderConfig::new(4, heads)
         };
+        let before = rng;
         assert!(matches!(
             TransformerEncoderLayer::new(&mut t, c, &mut rng),
             Err(Error::InvalidArgument { .. })
         ));
+        // Refused before anything is drawn.
+        assert_eq!(rng, before);
     }
     assert_eq!((t.nodes_used(), t.used()), (0, 0));
     let c = TransformerEncoderConfig {

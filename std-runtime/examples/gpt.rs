@@ -67,6 +67,11 @@ fn run<Bk: HostBackend<Elem = f32>>(backend: Bk, steps: usize) -> mote::Result<(
         .collect();
     let cut = ids.len() * 9 / 10;
     let (train, held) = ids.split_at(cut);
+    if held.len() <= CONTEXT || train.len() <= CONTEXT + 1 {
+        return Err(mote::Error::InvalidArgument {
+            what: "gpt: the text is too short for its context window",
+        });
+    }
 
     let mut rng = Rng::new(7);
     let mut tape = Tape::<Bk, NODES>::with_backend(backend);
@@ -169,7 +174,7 @@ fn run<Bk: HostBackend<Elem = f32>>(backend: Bk, steps: usize) -> mote::Result<(
         tape.high_water_bytes() as f64 / 1e6
     );
 
-    // A sample: 300 characters from the held-out text's first line, at temperature 0.8.
+    // A sample: 300 characters after the held-out text's first 32, at temperature 0.8.
     let mut text: Vec<usize> = held[..CONTEXT / 2].to_vec();
     for _ in 0..300 {
         let ctx = &text[text.len().saturating_sub(CONTEXT)..];
@@ -213,7 +218,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cpu" => run(Cpu::new(&mut mem), steps)?,
         _ => run(Parallel::new(&mut mem), steps)?,
     };
-    if held >= 0.6 * unigram {
+    // NaN (a diverged run) fails too.
+    if held.is_nan() || held >= 0.6 * unigram {
         return Err(format!(
             "held-out loss {held:.3} is not below 0.6 of the unigram model's {unigram:.3}"
         )

@@ -426,8 +426,14 @@ impl TransformerEncoderConfig {
 /// feed-forward block (`linear2(dropout(activation(linear1(x))))`), each added to its input
 /// and layer-normalised, after (`x = norm1(x + sa(x)); x = norm2(x + ff(x))`) or, with
 /// `norm_first`, before (`x = x + sa(norm1(x)); x = x + ff(norm2(x))`). Inputs `[N, L, E]`.
-/// PyTorch's three dropouts share one generator here. Stack layers in a tuple (or call them
-/// in turn) for PyTorch's `nn.TransformerEncoder`.
+///
+/// Differences: PyTorch's layer has four dropouts (on the attention weights, inside its
+/// `MultiheadAttention`; after the attention; inside and after the feed-forward block), this
+/// one the last three, sharing one generator: none on the attention weights. A clone shares
+/// the parameters (tied weights) and the generator's state: make each layer of a stack with
+/// [`TransformerEncoderLayer::new`]. Stacked in a tuple (PyTorch's `nn.TransformerEncoder`),
+/// layers run [`Module::forward`], without masks: for masks, call
+/// [`TransformerEncoderLayer::forward_masked`] on each in turn.
 #[derive(Clone, Debug)]
 pub struct TransformerEncoderLayer {
     /// The self-attention.
@@ -464,6 +470,13 @@ impl TransformerEncoderLayer {
         if !(c.layer_norm_eps > 0.0 && c.layer_norm_eps.is_finite()) {
             return Err(Error::InvalidArgument {
                 what: "transformer_encoder_layer: layer_norm_eps must be positive and finite",
+            });
+        }
+        // The settings checked before the generator moves: the dropout, the heads.
+        Dropout::new(c.dropout, 0)?;
+        if c.nhead == 0 || !c.d_model.is_multiple_of(c.nhead) {
+            return Err(Error::InvalidArgument {
+                what: "transformer_encoder_layer: nhead must be at least 1 and divide d_model",
             });
         }
         let seed = u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32());

@@ -36,8 +36,10 @@ const EPOCHS: usize = 10;
 const LR: f64 = 2e-3;
 const STEPS: usize = TRAIN / BATCH;
 /// The arena in floats, measured (`tape.high_water()` after a step, which the run checks is
-/// exact): the parameters (1,090) with their gradients and Adam's two moments, the image and
-/// its label, and the step's values and their gradients.
+/// exact: a smaller arena fails the step, a larger one fails that check): the parameters (826)
+/// with their gradients and Adam's two moments, the image and its label, and the step's values
+/// and their gradients. Measured, not planned: a bigger model fails at run time, not at build
+/// time (the assert below checks this number against the RAM budget).
 const ARENA: usize = 9_360;
 /// The nodes a step records (parameters included).
 const NODES: usize = 80;
@@ -150,10 +152,11 @@ fn main() -> ! {
     let statics = static_bytes();
     let ram = statics + stack;
     let acc_ok = correct * 100 >= REQUIRED * held_out;
-    let ram_ok = ram <= RAM_BUDGET;
+    // A stack that reached the end of the painted area may have gone further: not measured.
+    let ram_ok = ram <= RAM_BUDGET && stack < PAINT_BYTES;
     // The arena is measured: the training step's high-water mark must equal it (the held-out
-    // batches, without gradients, take less).
-    let plan_ok = high_water == ARENA && tape.high_water() == ARENA;
+    // images, without gradients, take less).
+    let plan_ok = high_water == ARENA;
     let ok = acc_ok && ram_ok && plan_ok;
     let mut l = Line::new();
     l.s(if ok {
