@@ -825,3 +825,60 @@ fn fully_masked_queries_attend_to_nothing() {
         ));
     }
 }
+
+/// Dropout on the attention weights: the weights' softmax, then the layer's mask, then the
+/// product with the values, as written out with the tape's ops and a clone of the dropout
+/// (same generator state); its gradients (a fresh layer of one seed each call: one mask);
+/// evaluation mode drops nothing.
+#[test]
+fn attention_weight_dropout() {
+    use mote::Dropout;
+    let mut rng = Rng::new(12);
+    let (b, l, s, e) = (2, 3, 4, 2);
+    let (q, k, v) = (
+        draw(&mut rng, b * l * e),
+        draw(&mut rng, b * s * e),
+        draw(&mut rng, b * s * e),
+    );
+    let mut mem = vec![0.0f64; 1 << 14];
+    let mut t = T::new(&mut mem);
+    let (vq, vk, vv) = (
+        t.param(&[b, l, e], &q).unwrap(),
+        t.param(&[b, s, e], &k).unwrap(),
+        t.param(&[b, s, e], &v).unwrap(),
+    );
+    let mut d = Dropout::new(0.5, 99).unwrap();
+    let twin = d.clone();
+    let y = t
+        .scaled_dot_product_attention_dropout(vq, vk, vv, None, false, None, Some(&d))
+        .unwrap();
+    let scores = t.matmul_t(vq, false, vk, true).unwrap();
+    let scores = t
+        .mul_scalar(scores, (1.0 / (e as f64).sqrt()) as f32)
+        .unwrap();
+    let w = t.softmax(scores, 2).unwrap();
+    let w = twin.forward(&mut t, w).unwrap();
+    let want = t.matmul(w, vv).unwrap();
+    let (got, want) = (t.data(y).unwrap().to_vec(), t.data(want).unwrap().to_vec());
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-6, "{got:?} vs {want:?}");
+    }
+    let plain = t
+        .scaled_dot_product_attention(vq, vk, vv, None, false, None)
+        .unwrap();
+    let plain = t.data(plain).unwrap().to_vec();
+    assert_ne!(got, plain);
+    d.set_training(false);
+    let eval = t
+        .scaled_dot_product_attention_dropout(vq, vk, vv, None, false, None, Some(&d))
+        .unwrap();
+    assert_eq!(t.data(eval).unwrap().to_vec(), plain);
+    let inputs: [(&[usize], &[f64]); 3] = [(&[b, l, e], &q), (&[b, s, e], &k), (&[b, s, e], &v)];
+    let mut mem = vec![0.0f64; 1 << 16];
+    let report = check::<256>(&mut mem, &inputs, GradCheck::default(), |t, x| {
+        let d = Dropout::new(0.5, 99)?;
+        t.scaled_dot_product_attention_dropout(x[0], x[1], x[2], None, true, None, Some(&d))
+    })
+    .unwrap();
+    assert!(report.passed(), "{report:?}");
+}

@@ -69,6 +69,27 @@ impl<B: Backend, const N: usize> Tape<B, N> {
         is_causal: bool,
         scale: Option<f64>,
     ) -> Result<Var> {
+        self.scaled_dot_product_attention_dropout(q, k, v, attn_mask, is_causal, scale, None)
+    }
+
+    /// [`Tape::scaled_dot_product_attention`] with `dropout` applied to the attention weights
+    /// (PyTorch's `dropout_p`, here a [`Dropout`] layer: its probability, generator and
+    /// training mode; in evaluation mode, none). A step with dropout in training mode cannot
+    /// be recorded or captured (its mask is drawn on the host).
+    ///
+    /// # Errors
+    /// As [`Tape::scaled_dot_product_attention`] and [`Dropout`]'s forward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scaled_dot_product_attention_dropout(
+        &mut self,
+        q: Var,
+        k: Var,
+        v: Var,
+        attn_mask: Option<Var>,
+        is_causal: bool,
+        scale: Option<f64>,
+        dropout: Option<&Dropout>,
+    ) -> Result<Var> {
         let op = "scaled_dot_product_attention";
         let (qs, ks, vs) = (q.shape, k.shape, v.shape);
         let r = qs.rank();
@@ -182,6 +203,9 @@ impl<B: Backend, const N: usize> Tape<B, N> {
                 })?;
                 weights = t.mul(weights, live)?;
             }
+            if let Some(d) = dropout {
+                weights = d.forward(t, weights)?;
+            }
             let out = t.matmul(weights, v3)?;
             if r == 4 {
                 t.reshape(out, &[qs.dim(0), qs.dim(1), l, vs.dim(3)])
@@ -206,10 +230,11 @@ fn causal_bias<B: Backend, const N: usize>(t: &mut Tape<B, N>, l: usize, s: usiz
 /// PyTorch's `nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)`: inputs
 /// `[N, L, E]`, the queries, keys and values projected by one `[3E, E]` weight (and `[3E]`
 /// bias), split into `num_heads` heads of `E / num_heads`, each attended as
-/// [`Tape::scaled_dot_product_attention`], joined and projected by `out_proj`. Without
-/// dropout, with biases, keys and values of the queries' width (`kdim = vdim = E`), and
-/// without PyTorch's `add_bias_kv`/`add_zero_attn`; the averaged attention weights
-/// (`need_weights`) are not returned.
+/// [`Tape::scaled_dot_product_attention`], joined and projected by `out_proj`. With biases,
+/// keys and values of the queries' width (`kdim = vdim = E`), without PyTorch's
+/// `add_bias_kv`/`add_zero_attn`; dropout on the attention weights is
+/// [`MultiheadAttention::attend_dropout`]'s; the averaged attention weights (`need_weights`)
+/// are not returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MultiheadAttention {
     /// The input projection (`in_proj_weight` `[3E, E]`, `in_proj_bias` `[3E]`): rows `0..E`
@@ -283,6 +308,36 @@ impl MultiheadAttention {
         key_padding_mask: Option<Var>,
         attn_mask: Option<Var>,
         is_causal: bool,
+    ) -> Result<Var> {
+        self.attend_dropout(
+            tape,
+            query,
+            key,
+            value,
+            key_padding_mask,
+            attn_mask,
+            is_causal,
+            None,
+        )
+    }
+
+    /// [`MultiheadAttention::attend`] with `dropout` on the attention weights (PyTorch's
+    /// `nn.MultiheadAttention(dropout=p)`; see
+    /// [`Tape::scaled_dot_product_attention_dropout`]).
+    ///
+    /// # Errors
+    /// As [`MultiheadAttention::attend`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_dropout<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        query: Var,
+        key: Var,
+        value: Var,
+        key_padding_mask: Option<Var>,
+        attn_mask: Option<Var>,
+        is_causal: bool,
+        dropout: Option<&Dropout>,
     ) -> Result<Var> {
         let op = "multihead_attention";
         let e = self.embed_dim();
@@ -362,7 +417,7 @@ impl MultiheadAttention {
                 mask = Some(t.add(m, bias)?);
                 causal = false;
             }
-            let o = t.scaled_dot_product_attention(q, k, v, mask, causal, None)?;
+            let o = t.scaled_dot_product_attention_dropout(q, k, v, mask, causal, None, dropout)?;
             // [N * heads, L, E / heads] -> [N, L, E].
             let o = t.reshape(o, &[n, h, l, dh])?;
             let o = t.transpose(o, 1, 2)?;
@@ -395,8 +450,8 @@ pub struct TransformerEncoderConfig {
     pub nhead: usize,
     /// The feed-forward width (`dim_feedforward`, PyTorch's default 2048).
     pub dim_feedforward: usize,
-    /// The dropout probability after the attention, inside and after the feed-forward block
-    /// (PyTorch's default 0.1), in `[0, 1)`.
+    /// The dropout probability on the attention weights, after the attention, inside and after
+    /// the feed-forward block (PyTorch's default 0.1), in `[0, 1)`.
     pub dropout: f32,
     /// The feed-forward activation (PyTorch's default ReLU; `UnaryOp::GeluErf` is its
     /// `"gelu"`).
@@ -426,11 +481,11 @@ impl TransformerEncoderConfig {
 /// feed-forward block (`linear2(dropout(activation(linear1(x))))`), each added to its input
 /// and layer-normalised, after (`x = norm1(x + sa(x)); x = norm2(x + ff(x))`) or, with
 /// `norm_first`, before (`x = x + sa(norm1(x)); x = x + ff(norm2(x))`). Inputs `[N, L, E]`.
+/// Dropout, as PyTorch's, on the attention weights, after the attention, and inside and after
+/// the feed-forward block: one generator for the four.
 ///
-/// Differences: PyTorch's layer has four dropouts (on the attention weights, inside its
-/// `MultiheadAttention`; after the attention; inside and after the feed-forward block), this
-/// one the last three, sharing one generator: none on the attention weights. A clone shares
-/// the parameters (tied weights) and the generator's state: make each layer of a stack with
+/// A clone shares the parameters (tied weights) and the generator's state: make each layer of
+/// a stack with
 /// [`TransformerEncoderLayer::new`]. Stacked in a tuple (PyTorch's `nn.TransformerEncoder`),
 /// layers run [`Module::forward`], without masks: for masks, call
 /// [`TransformerEncoderLayer::forward_masked`] on each in turn.
@@ -446,7 +501,8 @@ pub struct TransformerEncoderLayer {
     pub norm1: LayerNorm,
     /// The feed-forward block's layer norm.
     pub norm2: LayerNorm,
-    /// The dropout (after the attention, inside and after the feed-forward block).
+    /// The dropout (on the attention weights, after the attention, inside and after the
+    /// feed-forward block).
     pub dropout: Dropout,
     /// The feed-forward activation.
     pub activation: UnaryOp,
@@ -516,9 +572,16 @@ impl TransformerEncoderLayer {
         is_causal: bool,
     ) -> Result<Var> {
         let attend = |t: &mut Tape<B, N>, x: Var| -> Result<Var> {
-            let a = self
-                .self_attn
-                .attend(t, x, x, x, src_key_padding_mask, src_mask, is_causal)?;
+            let a = self.self_attn.attend_dropout(
+                t,
+                x,
+                x,
+                x,
+                src_key_padding_mask,
+                src_mask,
+                is_causal,
+                Some(&self.dropout),
+            )?;
             self.dropout.forward(t, a)
         };
         let feed = |t: &mut Tape<B, N>, x: Var| -> Result<Var> {
