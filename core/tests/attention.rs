@@ -53,6 +53,9 @@ fn attention_ref(
     out
 }
 
+/// A reference transformer block: its input's values to its output's.
+type RefBlock<'a> = dyn Fn(&[f64]) -> Vec<f64> + 'a;
+
 /// Where a mask's value for (batch, query, key) lies.
 type MaskIndex = dyn Fn(usize, usize, usize) -> usize;
 
@@ -144,15 +147,7 @@ fn multihead_attention_matches_pytorch() {
         let mut mem = vec![0.0f64; 1 << 15];
         let mut t = T::new(&mut mem);
         let mha = MultiheadAttention::new(&mut t, e, h, &mut rng).unwrap();
-        let read = |t: &T<'_>, v: Var| t.data(v).unwrap().to_vec();
-        let (wi, bi) = (
-            read(&t, mha.in_proj.weight),
-            read(&t, mha.in_proj.bias.unwrap()),
-        );
-        let (wo, bo) = (
-            read(&t, mha.out_proj.weight),
-            read(&t, mha.out_proj.bias.unwrap()),
-        );
+        let MhaParams { wi, bi, wo, bo } = MhaParams::read(&t, &mha);
         // PyTorch's initialisation: Xavier-uniform in_proj (its largest draw near the bound,
         // past a Linear's 1 / sqrt(E) for E >= 4), out_proj a Linear's, zero biases.
         let bound = (6.0 / (e + 3 * e) as f64).sqrt();
@@ -173,6 +168,7 @@ fn multihead_attention_matches_pytorch() {
         let bo = draw(&mut rng, e);
         t.write(mha.in_proj.bias.unwrap(), &bi).unwrap();
         t.write(mha.out_proj.bias.unwrap(), &bo).unwrap();
+        let params = MhaParams { wi, bi, wo, bo };
         let x = draw(&mut rng, n * l * e);
         let kv = draw(&mut rng, n * s * e);
         let pad = draw(&mut rng, n * s);
@@ -204,35 +200,6 @@ fn multihead_attention_matches_pytorch() {
             });
             let y = mha.attend(&mut t, vx, vkv, vkv, vp, vm, causal).unwrap();
             let kvs = if cross { &kv } else { &x };
-            // Projections: x W_i^T + b_i for rows i*E..(i+1)*E of in_proj.
-            let proj = |inp: &[f64], rows: usize, part: usize| -> Vec<f64> {
-                (0..n * rows)
-                    .flat_map(|r| {
-                        let (wi, bi, inp) = (&wi, &bi, &inp);
-                        (0..e).map(move |o| {
-                            let o = part * e + o;
-                            bi[o] + (0..e).map(|c| inp[r * e + c] * wi[o * e + c]).sum::<f64>()
-                        })
-                    })
-                    .collect()
-            };
-            let (pq, pk, pv) = (proj(&x, l, 0), proj(kvs, s, 1), proj(kvs, s, 2));
-            let dh = e / h;
-            // [N, T, E] -> [N * H, T, dh].
-            let split = |p: &[f64], rows: usize| -> Vec<f64> {
-                let mut out = vec![0.0; p.len()];
-                for ni in 0..n {
-                    for r in 0..rows {
-                        for hi in 0..h {
-                            for c in 0..dh {
-                                out[((ni * h + hi) * rows + r) * dh + c] =
-                                    p[(ni * rows + r) * e + hi * dh + c];
-                            }
-                        }
-                    }
-                }
-                out
-            };
             let f = |b: usize, i: usize, j: usize| {
                 (if padded { pad[(b / h) * s + j] } else { 0.0 })
                     + match (masked, three) {
@@ -241,37 +208,7 @@ fn multihead_attention_matches_pytorch() {
                         (true, true) => am[(b * l + i) * s + j],
                     }
             };
-            let o = attention_ref(
-                &split(&pq, l),
-                &split(&pk, s),
-                &split(&pv, s),
-                (n * h, l, s, dh, dh),
-                &f,
-                causal,
-                1.0 / (dh as f64).sqrt(),
-            );
-            let mut joined = vec![0.0; n * l * e];
-            for ni in 0..n {
-                for hi in 0..h {
-                    for r in 0..l {
-                        for c in 0..dh {
-                            joined[(ni * l + r) * e + hi * dh + c] =
-                                o[((ni * h + hi) * l + r) * dh + c];
-                        }
-                    }
-                }
-            }
-            let want: Vec<f64> = (0..n * l)
-                .flat_map(|r| {
-                    let (wo, bo, joined) = (&wo, &bo, &joined);
-                    (0..e).map(move |o| {
-                        bo[o]
-                            + (0..e)
-                                .map(|c| joined[r * e + c] * wo[o * e + c])
-                                .sum::<f64>()
-                    })
-                })
-                .collect();
+            let want = mha_ref(&x, kvs, (n, l, s, e, h), &params, &f, causal);
             close(
                 t.data(y).unwrap(),
                 &want,
@@ -435,6 +372,84 @@ fn linear_ref(x: &[f64], w: &[f64], b: &[f64], i: usize) -> Vec<f64> {
         .collect()
 }
 
+/// A `MultiheadAttention`'s parameters read back: `in_proj` weight and bias, `out_proj` weight
+/// and bias.
+struct MhaParams {
+    wi: Vec<f64>,
+    bi: Vec<f64>,
+    wo: Vec<f64>,
+    bo: Vec<f64>,
+}
+
+impl MhaParams {
+    fn read(t: &T<'_>, m: &MultiheadAttention) -> Self {
+        let read = |v: Var| t.data(v).unwrap().to_vec();
+        MhaParams {
+            wi: read(m.in_proj.weight),
+            bi: read(m.in_proj.bias.unwrap()),
+            wo: read(m.out_proj.weight),
+            bo: read(m.out_proj.bias.unwrap()),
+        }
+    }
+}
+
+/// PyTorch's `nn.MultiheadAttention` forward (`batch_first`, `need_weights=False`) written out:
+/// queries `[N, L, E]` and keys/values `[N, S, E]` projected by rows `0..E`, `E..2E`, `2E..3E`
+/// of `in_proj`, split into `h` heads (batch-major, head-minor), attended with `mask(b, i, j)`
+/// for `b` in `0..N * h`, joined and projected.
+fn mha_ref(
+    query: &[f64],
+    kv: &[f64],
+    (n, l, s, e, h): (usize, usize, usize, usize, usize),
+    p: &MhaParams,
+    mask: &dyn Fn(usize, usize, usize) -> f64,
+    causal: bool,
+) -> Vec<f64> {
+    let part = |i: usize| (&p.wi[i * e * e..(i + 1) * e * e], &p.bi[i * e..(i + 1) * e]);
+    let project = |x: &[f64], i: usize| linear_ref(x, part(i).0, part(i).1, e);
+    let dh = e / h;
+    // [N, T, E] -> [N * h, T, dh].
+    let split = |x: &[f64], rows: usize| -> Vec<f64> {
+        let mut out = vec![0.0; x.len()];
+        for ni in 0..n {
+            for r in 0..rows {
+                for hi in 0..h {
+                    for c in 0..dh {
+                        out[((ni * h + hi) * rows + r) * dh + c] =
+                            x[(ni * rows + r) * e + hi * dh + c];
+                    }
+                }
+            }
+        }
+        out
+    };
+    let (q, k, v) = (
+        split(&project(query, 0), l),
+        split(&project(kv, 1), s),
+        split(&project(kv, 2), s),
+    );
+    let o = attention_ref(
+        &q,
+        &k,
+        &v,
+        (n * h, l, s, dh, dh),
+        mask,
+        causal,
+        1.0 / (dh as f64).sqrt(),
+    );
+    let mut joined = vec![0.0; n * l * e];
+    for ni in 0..n {
+        for hi in 0..h {
+            for r in 0..l {
+                for c in 0..dh {
+                    joined[(ni * l + r) * e + hi * dh + c] = o[((ni * h + hi) * l + r) * dh + c];
+                }
+            }
+        }
+    }
+    linear_ref(&joined, &p.wo, &p.bo, e)
+}
+
 /// Layer normalisation over rows of `w.len()` values (biased variance, as PyTorch).
 fn layer_norm_ref(x: &[f64], w: &[f64], b: &[f64], eps: f64) -> Vec<f64> {
     x.chunks(w.len())
@@ -492,54 +507,9 @@ fn transformer_encoder_layer_matches_pytorch() {
         let y = layer
             .forward_masked(&mut t, vx, None, None, causal)
             .unwrap();
-        let mha = layer.self_attn;
         // The attention block, recomputed from the parameters read back.
-        let (wi, bi, wo, bo) = (
-            read(&t, mha.in_proj.weight),
-            read(&t, mha.in_proj.bias.unwrap()),
-            read(&t, mha.out_proj.weight),
-            read(&t, mha.out_proj.bias.unwrap()),
-        );
-        let sa = |inp: &[f64]| -> Vec<f64> {
-            let qkv = linear_ref(inp, &wi, &bi, e);
-            let dh = e / h;
-            let part = |p: usize| -> Vec<f64> {
-                // [N, L, E] slice p, split into [N * H, L, dh].
-                let mut out = vec![0.0; n * l * e];
-                for ni in 0..n {
-                    for r in 0..l {
-                        for hi in 0..h {
-                            for c in 0..dh {
-                                out[((ni * h + hi) * l + r) * dh + c] =
-                                    qkv[(ni * l + r) * 3 * e + p * e + hi * dh + c];
-                            }
-                        }
-                    }
-                }
-                out
-            };
-            let o = attention_ref(
-                &part(0),
-                &part(1),
-                &part(2),
-                (n * h, l, l, dh, dh),
-                &|_, _, _| 0.0,
-                causal,
-                1.0 / (dh as f64).sqrt(),
-            );
-            let mut joined = vec![0.0; n * l * e];
-            for ni in 0..n {
-                for hi in 0..h {
-                    for r in 0..l {
-                        for c in 0..dh {
-                            joined[(ni * l + r) * e + hi * dh + c] =
-                                o[((ni * h + hi) * l + r) * dh + c];
-                        }
-                    }
-                }
-            }
-            linear_ref(&joined, &wo, &bo, e)
-        };
+        let params = MhaParams::read(&t, &layer.self_attn);
+        let sa = |inp: &[f64]| mha_ref(inp, inp, (n, l, l, e, h), &params, &|_, _, _| 0.0, causal);
         let (w1, b1, w2, b2) = (
             read(&t, layer.linear1.weight),
             read(&t, layer.linear1.bias.unwrap()),
@@ -881,4 +851,165 @@ fn attention_weight_dropout() {
     })
     .unwrap();
     assert!(report.passed(), "{report:?}");
+}
+
+/// The decoder layer written out from PyTorch's `TransformerDecoderLayer.forward` (no
+/// dropout): post- and pre-norm, causal targets with a padding mask, memory with its own
+/// padding mask, `T != S`; and its gradients with respect to the targets, the memory and the
+/// cross-attention's parameters.
+#[test]
+fn transformer_decoder_layer_matches_pytorch() {
+    use mote::nn::attention::{DecoderMasks, TransformerDecoderConfig, TransformerDecoderLayer};
+    let mut rng = Rng::new(31);
+    let (e, h, f) = (4, 2, 6);
+    for case in 0..6 {
+        let (n, l, s) = (1 + case % 2, 1 + case % 3, 2 + case % 4);
+        let norm_first = case % 2 == 1;
+        let mut mem = vec![0.0f64; 1 << 16];
+        let mut t = T::new(&mut mem);
+        let config = TransformerDecoderConfig {
+            dim_feedforward: f,
+            dropout: 0.0,
+            norm_first,
+            ..TransformerDecoderConfig::new(e, h)
+        };
+        let layer = TransformerDecoderLayer::new(&mut t, config, &mut rng).unwrap();
+        for v in [
+            layer.norm1.weight,
+            layer.norm2.bias,
+            layer.norm3.weight,
+            layer.norm3.bias,
+            layer.self_attn.in_proj.bias.unwrap(),
+            layer.multihead_attn.in_proj.bias.unwrap(),
+        ] {
+            let d = draw(&mut rng, v.numel());
+            t.write(v, &d).unwrap();
+        }
+        let read = |t: &T<'_>, v: Var| t.data(v).unwrap().to_vec();
+        let (tgt, memory) = (draw(&mut rng, n * l * e), draw(&mut rng, n * s * e));
+        let (tpad, mpad) = (draw(&mut rng, n * l), draw(&mut rng, n * s));
+        let vt = t.input(&[n, l, e], &tgt).unwrap();
+        let vm = t.input(&[n, s, e], &memory).unwrap();
+        let masks = DecoderMasks {
+            tgt_key_padding_mask: Some(t.input(&[n, l], &tpad).unwrap()),
+            memory_key_padding_mask: Some(t.input(&[n, s], &mpad).unwrap()),
+            tgt_is_causal: true,
+            ..DecoderMasks::default()
+        };
+        let y = layer.forward_masked(&mut t, vt, vm, masks).unwrap();
+        let (sp, cp) = (
+            MhaParams::read(&t, &layer.self_attn),
+            MhaParams::read(&t, &layer.multihead_attn),
+        );
+        let sa = |x: &[f64]| {
+            mha_ref(
+                x,
+                x,
+                (n, l, l, e, h),
+                &sp,
+                &|b, _, j| tpad[(b / h) * l + j],
+                true,
+            )
+        };
+        let ca = |x: &[f64]| {
+            mha_ref(
+                x,
+                &memory,
+                (n, l, s, e, h),
+                &cp,
+                &|b, _, j| mpad[(b / h) * s + j],
+                false,
+            )
+        };
+        let (w1, b1, w2, b2) = (
+            read(&t, layer.linear1.weight),
+            read(&t, layer.linear1.bias.unwrap()),
+            read(&t, layer.linear2.weight),
+            read(&t, layer.linear2.bias.unwrap()),
+        );
+        let ff = |x: &[f64]| -> Vec<f64> {
+            let hid: Vec<f64> = linear_ref(x, &w1, &b1, e)
+                .into_iter()
+                .map(|v| v.max(0.0))
+                .collect();
+            linear_ref(&hid, &w2, &b2, f)
+        };
+        let norms: Vec<(Vec<f64>, Vec<f64>)> = [layer.norm1, layer.norm2, layer.norm3]
+            .iter()
+            .map(|m| (read(&t, m.weight), read(&t, m.bias)))
+            .collect();
+        let blocks: [&RefBlock<'_>; 3] = [&sa, &ca, &ff];
+        let add =
+            |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(a, b)| a + b).collect() };
+        let mut want = tgt.clone();
+        for (block, (w, b)) in blocks.iter().zip(&norms) {
+            want = if norm_first {
+                add(&want, &block(&layer_norm_ref(&want, w, b, 1e-5)))
+            } else {
+                layer_norm_ref(&add(&want, &block(&want)), w, b, 1e-5)
+            };
+        }
+        let got = t.data(y).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-9 * (1.0 + w.abs()),
+                "case {case}: {got:?} vs {want:?}"
+            );
+        }
+        let mut count = 0;
+        layer.visit_params(&mut |p| count += p.numel());
+        assert_eq!(count, 2 * (4 * e * e + 4 * e) + 2 * e * f + f + e + 6 * e);
+        // Memory of another batch or width: refused, nothing recorded.
+        let at = (t.nodes_used(), t.used());
+        let other = t
+            .input(&[n + 1, s, e], &vec![0.0; (n + 1) * s * e])
+            .unwrap();
+        let at = (at.0 + 1, at.1 + (n + 1) * s * e);
+        assert!(layer
+            .forward_masked(&mut t, vt, other, DecoderMasks::default())
+            .is_err());
+        assert_eq!((t.nodes_used(), t.used()), at);
+    }
+    // Gradients: targets, memory and the cross-attention's parameters, both norm orders.
+    let (n, l, s) = (2, 3, 4);
+    let shapes: [&[usize]; 6] = [&[n, l, e], &[n, s, e], &[3 * e, e], &[3 * e], &[e, e], &[e]];
+    let values: Vec<Vec<f64>> = shapes
+        .iter()
+        .map(|d| draw(&mut rng, d.iter().product()))
+        .collect();
+    let inputs: Vec<(&[usize], &[f64])> = shapes
+        .iter()
+        .zip(&values)
+        .map(|(d, v)| (*d, &v[..]))
+        .collect();
+    for norm_first in [false, true] {
+        let mut mem = vec![0.0f64; 1 << 17];
+        let config = TransformerDecoderConfig {
+            dim_feedforward: f,
+            dropout: 0.0,
+            norm_first,
+            ..TransformerDecoderConfig::new(e, h)
+        };
+        let report = check::<512>(&mut mem, &inputs, GradCheck::default(), |t, v| {
+            let mut layer = TransformerDecoderLayer::new(t, config, &mut Rng::new(5))?;
+            layer.multihead_attn = MultiheadAttention {
+                in_proj: Linear {
+                    weight: v[2],
+                    bias: Some(v[3]),
+                },
+                out_proj: Linear {
+                    weight: v[4],
+                    bias: Some(v[5]),
+                },
+                heads: h,
+            };
+            let masks = DecoderMasks {
+                tgt_is_causal: true,
+                ..DecoderMasks::default()
+            };
+            layer.forward_masked(t, v[0], v[1], masks)
+        })
+        .unwrap();
+        assert!(report.passed(), "norm_first {norm_first}: {report:?}");
+    }
 }

@@ -164,13 +164,15 @@ fn every_layer_matches_the_reference() {
 }
 
 /// Multi-head attention (4 heads, cross-attention with a padding mask, and causal
-/// self-attention), a pre-norm encoder layer with a padding mask, attention on 4-D queries
+/// self-attention), a pre-norm encoder layer with a padding mask, a decoder layer (causal, its
+/// memory padded), attention on 4-D queries
 /// through `scaled_dot_product_attention`, then a class loss
 /// from `mote::nn::loss` with every reduction's terms: the loss and every gradient against the
 /// reference backend, at the tolerances above.
 fn attention_run<B: Backend<Elem = f32>>(tape: &mut Tape<B, ATTENTION_NODES>) -> (f32, Vec<f32>) {
     use mote::nn::attention::{
-        MultiheadAttention, TransformerEncoderConfig, TransformerEncoderLayer,
+        DecoderMasks, MultiheadAttention, TransformerDecoderLayer, TransformerEncoderConfig,
+        TransformerEncoderLayer,
     };
     use mote::nn::loss::{CrossEntropyLoss, Reduction};
     let mut rng = Rng::new(5);
@@ -182,6 +184,7 @@ fn attention_run<B: Backend<Elem = f32>>(tape: &mut Tape<B, ATTENTION_NODES>) ->
         ..TransformerEncoderConfig::new(16, 2)
     };
     let encoder = TransformerEncoderLayer::new(tape, config, &mut rng).unwrap();
+    let decoder = TransformerDecoderLayer::new(tape, config, &mut rng).unwrap();
     let head = Linear::new(tape, 16, 5, &mut rng).unwrap();
     let draw =
         |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f32() - 0.5).collect() };
@@ -208,6 +211,12 @@ fn attention_run<B: Backend<Elem = f32>>(tape: &mut Tape<B, ATTENTION_NODES>) ->
     let c = encoder
         .forward_masked(tape, c, None, Some(padv6), false)
         .unwrap();
+    let masks = DecoderMasks {
+        memory_key_padding_mask: Some(padv),
+        tgt_is_causal: true,
+        ..DecoderMasks::default()
+    };
+    let c = decoder.forward_masked(tape, c, kvv, masks).unwrap();
     let q4 = tape.reshape(c, &[3, 2, 3, 16]).unwrap();
     let d = tape
         .scaled_dot_product_attention(q4, q4, q4, None, true, Some(0.5))

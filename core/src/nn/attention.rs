@@ -1,8 +1,8 @@
 //! Attention: [`Tape::scaled_dot_product_attention`] (PyTorch's
 //! `F.scaled_dot_product_attention`), the [`MultiheadAttention`] layer (PyTorch's
-//! `nn.MultiheadAttention` with `batch_first=True`) and the [`TransformerEncoderLayer`],
-//! composed of batched products, a softmax and copies, so that every backend runs them
-//! (cuBLAS's strided-batched products on a GPU) and gradients follow.
+//! `nn.MultiheadAttention` with `batch_first=True`), the [`TransformerEncoderLayer`] and the
+//! [`TransformerDecoderLayer`], composed of batched products, a softmax and copies, so that
+//! every backend runs them (cuBLAS's strided-batched products on a GPU) and gradients follow.
 //!
 //! `attention(q, k, v) = softmax(q k^T scale + mask) v`, the softmax over the keys, `scale`
 //! `1 / sqrt(E)` by default. The causal mask lets query `i` see keys `j <= i` (PyTorch's
@@ -584,31 +584,67 @@ impl TransformerEncoderLayer {
             )?;
             self.dropout.forward(t, a)
         };
-        let feed = |t: &mut Tape<B, N>, x: Var| -> Result<Var> {
-            let h = self.linear1.forward(t, x)?;
-            let h = t.unary(self.activation, h)?;
-            let h = self.dropout.forward(t, h)?;
-            let h = self.linear2.forward(t, h)?;
-            self.dropout.forward(t, h)
+        let feed = |t: &mut Tape<B, N>, x: Var| {
+            feed_forward(
+                t,
+                x,
+                [&self.linear1, &self.linear2],
+                self.activation,
+                &self.dropout,
+            )
         };
-        tape.all_or_nothing(|t| {
-            if self.norm_first {
-                let n = self.norm1.forward(t, x)?;
-                let a = attend(t, n)?;
-                let x = t.add(x, a)?;
-                let n = self.norm2.forward(t, x)?;
-                let f = feed(t, n)?;
-                t.add(x, f)
-            } else {
-                let a = attend(t, x)?;
-                let s = t.add(x, a)?;
-                let x = self.norm1.forward(t, s)?;
-                let f = feed(t, x)?;
-                let s = t.add(x, f)?;
-                self.norm2.forward(t, s)
-            }
-        })
+        residual_blocks(
+            tape,
+            x,
+            self.norm_first,
+            [(&attend, &self.norm1), (&feed, &self.norm2)],
+        )
     }
+}
+
+/// A transformer layer's feed-forward block and the dropout after it:
+/// `dropout(linear2(dropout(activation(linear1(x)))))`.
+fn feed_forward<B: Backend, const N: usize>(
+    t: &mut Tape<B, N>,
+    x: Var,
+    [linear1, linear2]: [&Linear; 2],
+    activation: UnaryOp,
+    dropout: &Dropout,
+) -> Result<Var> {
+    let h = linear1.forward(t, x)?;
+    let h = t.unary(activation, h)?;
+    let h = dropout.forward(t, h)?;
+    let h = linear2.forward(t, h)?;
+    dropout.forward(t, h)
+}
+
+/// A block of a transformer layer: a function of the tape and the block's input.
+type Block<'a, B, const N: usize> = &'a dyn Fn(&mut Tape<B, N>, Var) -> Result<Var>;
+
+/// `x` through `blocks` in turn, each added to its input and layer-normalised: after the sum
+/// (`x = norm(x + block(x))`) or, with `norm_first`, before the block (`x = x +
+/// block(norm(x))`). All or nothing.
+fn residual_blocks<B: Backend, const N: usize, const K: usize>(
+    tape: &mut Tape<B, N>,
+    x: Var,
+    norm_first: bool,
+    blocks: [(Block<'_, B, N>, &LayerNorm); K],
+) -> Result<Var> {
+    tape.all_or_nothing(|t| {
+        let mut x = x;
+        for (block, norm) in blocks {
+            x = if norm_first {
+                let n = norm.forward(t, x)?;
+                let b = block(t, n)?;
+                t.add(x, b)?
+            } else {
+                let b = block(t, x)?;
+                let s = t.add(x, b)?;
+                norm.forward(t, s)?
+            };
+        }
+        Ok(x)
+    })
 }
 
 impl Module for TransformerEncoderLayer {
@@ -626,6 +662,169 @@ impl Module for TransformerEncoderLayer {
     }
 
     fn set_training(&mut self, training: bool) {
+        self.dropout.set_training(training);
+    }
+}
+
+/// The settings of a [`TransformerDecoderLayer`]: the encoder layer's.
+pub type TransformerDecoderConfig = TransformerEncoderConfig;
+
+/// The masks of [`TransformerDecoderLayer::forward_masked`], PyTorch's keyword arguments of
+/// `nn.TransformerDecoderLayer.forward` (float masks, as [`MultiheadAttention::attend`]
+/// takes them); none by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecoderMasks {
+    /// The self-attention's `attn_mask` (`tgt_mask`).
+    pub tgt_mask: Option<Var>,
+    /// The cross-attention's `attn_mask` (`memory_mask`).
+    pub memory_mask: Option<Var>,
+    /// The self-attention's `key_padding_mask` (`[N, T]`).
+    pub tgt_key_padding_mask: Option<Var>,
+    /// The cross-attention's `key_padding_mask` (`[N, S]`).
+    pub memory_key_padding_mask: Option<Var>,
+    /// Mask the targets after each target in the self-attention (`tgt_is_causal`).
+    pub tgt_is_causal: bool,
+    /// Mask the memory after each target in the cross-attention (`memory_is_causal`).
+    pub memory_is_causal: bool,
+}
+
+/// PyTorch's `nn.TransformerDecoderLayer(..., batch_first=True)`: self-attention over the
+/// targets `[N, T, E]`, attention from them to the encoder's output (the memory, `[N, S, E]`)
+/// and a feed-forward block, each added to its input and layer-normalised, after
+/// (`x = norm1(x + sa(x)); x = norm2(x + mha(x, mem)); x = norm3(x + ff(x))`) or, with
+/// `norm_first`, before (`x = x + sa(norm1(x)); x = x + mha(norm2(x), mem); x = x +
+/// ff(norm3(x))`). Dropout as PyTorch's (on both attentions' weights, after each block, inside
+/// the feed-forward block), one generator for all. A clone ties weights, as an encoder
+/// layer's.
+#[derive(Clone, Debug)]
+pub struct TransformerDecoderLayer {
+    /// The self-attention.
+    pub self_attn: MultiheadAttention,
+    /// The attention to the memory (`multihead_attn`).
+    pub multihead_attn: MultiheadAttention,
+    /// The feed-forward block's first layer, `[F, E]`.
+    pub linear1: Linear,
+    /// The feed-forward block's second layer, `[E, F]`.
+    pub linear2: Linear,
+    /// The self-attention block's layer norm.
+    pub norm1: LayerNorm,
+    /// The cross-attention block's layer norm.
+    pub norm2: LayerNorm,
+    /// The feed-forward block's layer norm.
+    pub norm3: LayerNorm,
+    /// The dropout.
+    pub dropout: Dropout,
+    /// The feed-forward activation.
+    pub activation: UnaryOp,
+    /// Normalise before each block.
+    pub norm_first: bool,
+}
+
+impl TransformerDecoderLayer {
+    /// A layer with PyTorch's initialisation; the dropout's generator is seeded from `rng`.
+    ///
+    /// # Errors
+    /// As [`TransformerEncoderLayer::new`].
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        config: TransformerDecoderConfig,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        // The encoder layer's parts and checks, and one more attention and layer norm.
+        let c = config;
+        tape.all_or_nothing(|t| {
+            let enc = TransformerEncoderLayer::new(t, c, rng)?;
+            let multihead_attn = MultiheadAttention::new(t, c.d_model, c.nhead, rng)?;
+            let mut norm3 = LayerNorm::new(t, c.d_model)?;
+            norm3.eps = c.layer_norm_eps;
+            Ok(TransformerDecoderLayer {
+                self_attn: enc.self_attn,
+                multihead_attn,
+                linear1: enc.linear1,
+                linear2: enc.linear2,
+                norm1: enc.norm1,
+                norm2: enc.norm2,
+                norm3,
+                dropout: enc.dropout,
+                activation: enc.activation,
+                norm_first: enc.norm_first,
+            })
+        })
+    }
+
+    /// PyTorch's `forward(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask,
+    /// memory_key_padding_mask, tgt_is_causal, memory_is_causal)`: targets `[N, T, E]`, memory
+    /// `[N, S, E]`, giving `[N, T, E]`. All or nothing (but for the dropout's generator, as
+    /// every layer's).
+    ///
+    /// # Errors
+    /// As [`MultiheadAttention::attend`] and the layers'.
+    pub fn forward_masked<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        tgt: Var,
+        memory: Var,
+        masks: DecoderMasks,
+    ) -> Result<Var> {
+        let m = masks;
+        let d = Some(&self.dropout);
+        let sa = |t: &mut Tape<B, N>, x: Var| -> Result<Var> {
+            let a = self.self_attn.attend_dropout(
+                t,
+                x,
+                x,
+                x,
+                m.tgt_key_padding_mask,
+                m.tgt_mask,
+                m.tgt_is_causal,
+                d,
+            )?;
+            self.dropout.forward(t, a)
+        };
+        let mha = |t: &mut Tape<B, N>, x: Var| -> Result<Var> {
+            let a = self.multihead_attn.attend_dropout(
+                t,
+                x,
+                memory,
+                memory,
+                m.memory_key_padding_mask,
+                m.memory_mask,
+                m.memory_is_causal,
+                d,
+            )?;
+            self.dropout.forward(t, a)
+        };
+        let ff = |t: &mut Tape<B, N>, x: Var| {
+            feed_forward(
+                t,
+                x,
+                [&self.linear1, &self.linear2],
+                self.activation,
+                &self.dropout,
+            )
+        };
+        residual_blocks(
+            tape,
+            tgt,
+            self.norm_first,
+            [(&sa, &self.norm1), (&mha, &self.norm2), (&ff, &self.norm3)],
+        )
+    }
+
+    /// Calls `f` with each parameter, in PyTorch's order (`self_attn`, `multihead_attn`, the
+    /// feed-forward block, the three norms).
+    pub fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        self.self_attn.visit_params(f);
+        self.multihead_attn.visit_params(f);
+        self.linear1.visit_params(f);
+        self.linear2.visit_params(f);
+        self.norm1.visit_params(f);
+        self.norm2.visit_params(f);
+        self.norm3.visit_params(f);
+    }
+
+    /// Training or evaluation mode (the dropout).
+    pub fn set_training(&mut self, training: bool) {
         self.dropout.set_training(training);
     }
 }
