@@ -874,13 +874,18 @@ fn transformer_decoder_layer_matches_pytorch() {
             ..TransformerDecoderConfig::new(e, h)
         };
         let layer = TransformerDecoderLayer::new(&mut t, config, &mut rng).unwrap();
+        // Every norm and bias drawn: a mix-up between them shows.
         for v in [
             layer.norm1.weight,
+            layer.norm1.bias,
+            layer.norm2.weight,
             layer.norm2.bias,
             layer.norm3.weight,
             layer.norm3.bias,
             layer.self_attn.in_proj.bias.unwrap(),
+            layer.self_attn.out_proj.bias.unwrap(),
             layer.multihead_attn.in_proj.bias.unwrap(),
+            layer.multihead_attn.out_proj.bias.unwrap(),
         ] {
             let d = draw(&mut rng, v.numel());
             t.write(v, &d).unwrap();
@@ -888,13 +893,18 @@ fn transformer_decoder_layer_matches_pytorch() {
         let read = |t: &T<'_>, v: Var| t.data(v).unwrap().to_vec();
         let (tgt, memory) = (draw(&mut rng, n * l * e), draw(&mut rng, n * s * e));
         let (tpad, mpad) = (draw(&mut rng, n * l), draw(&mut rng, n * s));
+        // Explicit attention masks in half the cases; the memory causal in a third.
+        let (tmask, mmask) = (draw(&mut rng, l * l), draw(&mut rng, l * s));
+        let (explicit, memory_causal) = (case % 2 == 0, case % 3 == 0);
         let vt = t.input(&[n, l, e], &tgt).unwrap();
         let vm = t.input(&[n, s, e], &memory).unwrap();
         let masks = DecoderMasks {
+            tgt_mask: explicit.then(|| t.input(&[l, l], &tmask).unwrap()),
+            memory_mask: explicit.then(|| t.input(&[l, s], &mmask).unwrap()),
             tgt_key_padding_mask: Some(t.input(&[n, l], &tpad).unwrap()),
             memory_key_padding_mask: Some(t.input(&[n, s], &mpad).unwrap()),
             tgt_is_causal: true,
-            ..DecoderMasks::default()
+            memory_is_causal: memory_causal,
         };
         let y = layer.forward_masked(&mut t, vt, vm, masks).unwrap();
         let (sp, cp) = (
@@ -907,7 +917,7 @@ fn transformer_decoder_layer_matches_pytorch() {
                 x,
                 (n, l, l, e, h),
                 &sp,
-                &|b, _, j| tpad[(b / h) * l + j],
+                &|b, i, j| tpad[(b / h) * l + j] + if explicit { tmask[i * l + j] } else { 0.0 },
                 true,
             )
         };
@@ -917,8 +927,8 @@ fn transformer_decoder_layer_matches_pytorch() {
                 &memory,
                 (n, l, s, e, h),
                 &cp,
-                &|b, _, j| mpad[(b / h) * s + j],
-                false,
+                &|b, i, j| mpad[(b / h) * s + j] + if explicit { mmask[i * s + j] } else { 0.0 },
+                memory_causal,
             )
         };
         let (w1, b1, w2, b2) = (
@@ -970,46 +980,241 @@ fn transformer_decoder_layer_matches_pytorch() {
             .is_err());
         assert_eq!((t.nodes_used(), t.used()), at);
     }
-    // Gradients: targets, memory and the cross-attention's parameters, both norm orders.
+    // Gradients, both norm orders, in four checks of at most 8 tensors (the checker's limit):
+    // the targets and the memory with each group of parameters (the others the layer's own).
     let (n, l, s) = (2, 3, 4);
-    let shapes: [&[usize]; 6] = [&[n, l, e], &[n, s, e], &[3 * e, e], &[3 * e], &[e, e], &[e]];
-    let values: Vec<Vec<f64>> = shapes
-        .iter()
-        .map(|d| draw(&mut rng, d.iter().product()))
-        .collect();
-    let inputs: Vec<(&[usize], &[f64])> = shapes
-        .iter()
-        .zip(&values)
-        .map(|(d, v)| (*d, &v[..]))
-        .collect();
-    for norm_first in [false, true] {
-        let mut mem = vec![0.0f64; 1 << 17];
-        let config = TransformerDecoderConfig {
-            dim_feedforward: f,
-            dropout: 0.0,
-            norm_first,
-            ..TransformerDecoderConfig::new(e, h)
-        };
-        let report = check::<512>(&mut mem, &inputs, GradCheck::default(), |t, v| {
-            let mut layer = TransformerDecoderLayer::new(t, config, &mut Rng::new(5))?;
-            layer.multihead_attn = MultiheadAttention {
-                in_proj: Linear {
-                    weight: v[2],
-                    bias: Some(v[3]),
-                },
-                out_proj: Linear {
-                    weight: v[4],
-                    bias: Some(v[5]),
-                },
-                heads: h,
+    let mha_shapes = vec![vec![3 * e, e], vec![3 * e], vec![e, e], vec![e]];
+    let groups = [
+        ("self-attention", mha_shapes.clone()),
+        ("cross-attention", mha_shapes),
+        (
+            "feed-forward",
+            vec![vec![f, e], vec![f], vec![e, f], vec![e]],
+        ),
+        ("norms", vec![vec![e]; 6]),
+    ];
+    for (group, params) in groups {
+        let mut shapes = vec![vec![n, l, e], vec![n, s, e]];
+        shapes.extend(params);
+        let values: Vec<Vec<f64>> = shapes
+            .iter()
+            .map(|d| draw(&mut rng, d.iter().product()))
+            .collect();
+        let inputs: Vec<(&[usize], &[f64])> = shapes
+            .iter()
+            .zip(&values)
+            .map(|(d, v)| (&d[..], &v[..]))
+            .collect();
+        for norm_first in [false, true] {
+            let mut mem = vec![0.0f64; 1 << 17];
+            let config = TransformerDecoderConfig {
+                dim_feedforward: f,
+                dropout: 0.0,
+                norm_first,
+                ..TransformerDecoderConfig::new(e, h)
             };
-            let masks = DecoderMasks {
-                tgt_is_causal: true,
-                ..DecoderMasks::default()
-            };
-            layer.forward_masked(t, v[0], v[1], masks)
-        })
-        .unwrap();
-        assert!(report.passed(), "norm_first {norm_first}: {report:?}");
+            let report = check::<512>(&mut mem, &inputs, GradCheck::default(), |t, v| {
+                let mut layer = TransformerDecoderLayer::new(t, config, &mut Rng::new(5))?;
+                let mha = MultiheadAttention {
+                    in_proj: Linear {
+                        weight: v[2],
+                        bias: Some(v[3]),
+                    },
+                    out_proj: Linear {
+                        weight: v[4],
+                        bias: Some(v[5]),
+                    },
+                    heads: h,
+                };
+                match group {
+                    "self-attention" => layer.self_attn = mha,
+                    "cross-attention" => layer.multihead_attn = mha,
+                    "feed-forward" => {
+                        layer.linear1 = Linear {
+                            weight: v[2],
+                            bias: Some(v[3]),
+                        };
+                        layer.linear2 = Linear {
+                            weight: v[4],
+                            bias: Some(v[5]),
+                        };
+                    }
+                    _ => {
+                        for (k, norm) in [&mut layer.norm1, &mut layer.norm2, &mut layer.norm3]
+                            .into_iter()
+                            .enumerate()
+                        {
+                            norm.weight = v[2 + 2 * k];
+                            norm.bias = v[3 + 2 * k];
+                        }
+                    }
+                }
+                let masks = DecoderMasks {
+                    tgt_is_causal: true,
+                    ..DecoderMasks::default()
+                };
+                layer.forward_masked(t, v[0], v[1], masks)
+            })
+            .unwrap();
+            assert!(
+                report.passed(),
+                "{group}, norm_first {norm_first}: {report:?}"
+            );
+        }
     }
+}
+
+/// Where the layers' dropout goes, and in what order its masks are drawn: each layer (dropout
+/// 0.3, training mode) against its blocks run by hand with a twin of its dropout (a clone: the
+/// same generator state) at PyTorch's sites, in PyTorch's order (the attention weights, after
+/// the attention, ..., inside and after the feed-forward block). Also: parameters visited in
+/// PyTorch's order, and bad settings refused before the generator moves.
+#[test]
+fn transformer_layers_dropout_sites_and_params() {
+    use mote::nn::attention::{
+        DecoderMasks, TransformerDecoderConfig, TransformerDecoderLayer, TransformerEncoderConfig,
+        TransformerEncoderLayer,
+    };
+    use mote::{Dropout, LayerNorm};
+    type Big<'m> = Tape<Cpu<'m, f64>, 1024>;
+    let mut rng = Rng::new(17);
+    let (n, l, s, e, f) = (2, 3, 4, 4, 6);
+    let mut mem = vec![0.0f64; 1 << 16];
+    let mut t = Big::new(&mut mem);
+    let x = t.input(&[n, l, e], &draw(&mut rng, n * l * e)).unwrap();
+    let memory = t.input(&[n, s, e], &draw(&mut rng, n * s * e)).unwrap();
+    let ff = |t: &mut Big<'_>, x: Var, l1: Linear, l2: Linear, d: &Dropout| {
+        let h = l1.forward(t, x).unwrap();
+        let h = t.relu(h).unwrap();
+        let h = d.forward(t, h).unwrap();
+        let h = l2.forward(t, h).unwrap();
+        d.forward(t, h).unwrap()
+    };
+    let sublayer = |t: &mut Big<'_>, x: Var, y: Var, norm: LayerNorm| {
+        let s = t.add(x, y).unwrap();
+        norm.forward(t, s).unwrap()
+    };
+    let config = TransformerEncoderConfig {
+        dim_feedforward: f,
+        dropout: 0.3,
+        ..TransformerEncoderConfig::new(e, 2)
+    };
+    let enc = TransformerEncoderLayer::new(&mut t, config, &mut rng).unwrap();
+    let twin = enc.dropout.clone();
+    let got = enc.forward_masked(&mut t, x, None, None, true).unwrap();
+    let a = enc
+        .self_attn
+        .attend_dropout(&mut t, x, x, x, None, None, true, Some(&twin))
+        .unwrap();
+    let a = twin.forward(&mut t, a).unwrap();
+    let x1 = sublayer(&mut t, x, a, enc.norm1);
+    let h = ff(&mut t, x1, enc.linear1, enc.linear2, &twin);
+    let want = sublayer(&mut t, x1, h, enc.norm2);
+    assert_eq!(
+        t.data(got).unwrap().to_vec(),
+        t.data(want).unwrap().to_vec()
+    );
+
+    let config = TransformerDecoderConfig {
+        dim_feedforward: f,
+        dropout: 0.3,
+        ..TransformerDecoderConfig::new(e, 2)
+    };
+    let dec = TransformerDecoderLayer::new(&mut t, config, &mut rng).unwrap();
+    let twin = dec.dropout.clone();
+    let masks = DecoderMasks {
+        tgt_is_causal: true,
+        ..DecoderMasks::default()
+    };
+    let got = dec.forward_masked(&mut t, x, memory, masks).unwrap();
+    let a = dec
+        .self_attn
+        .attend_dropout(&mut t, x, x, x, None, None, true, Some(&twin))
+        .unwrap();
+    let a = twin.forward(&mut t, a).unwrap();
+    let x1 = sublayer(&mut t, x, a, dec.norm1);
+    let c = dec
+        .multihead_attn
+        .attend_dropout(&mut t, x1, memory, memory, None, None, false, Some(&twin))
+        .unwrap();
+    let c = twin.forward(&mut t, c).unwrap();
+    let x2 = sublayer(&mut t, x1, c, dec.norm2);
+    let h = ff(&mut t, x2, dec.linear1, dec.linear2, &twin);
+    let want = sublayer(&mut t, x2, h, dec.norm3);
+    assert_eq!(
+        t.data(got).unwrap().to_vec(),
+        t.data(want).unwrap().to_vec()
+    );
+
+    // PyTorch's named_parameters order.
+    let mut seen = Vec::new();
+    dec.visit_params(&mut |p| seen.push(p));
+    let mut want = Vec::new();
+    for m in [dec.self_attn, dec.multihead_attn] {
+        want.extend([
+            m.in_proj.weight,
+            m.in_proj.bias.unwrap(),
+            m.out_proj.weight,
+            m.out_proj.bias.unwrap(),
+        ]);
+    }
+    for lin in [dec.linear1, dec.linear2] {
+        want.extend([lin.weight, lin.bias.unwrap()]);
+    }
+    for norm in [dec.norm1, dec.norm2, dec.norm3] {
+        want.extend([norm.weight, norm.bias]);
+    }
+    assert_eq!(seen, want);
+    let mut seen = Vec::new();
+    enc.visit_params(&mut |p| seen.push(p));
+    let m = enc.self_attn;
+    let mut want = vec![
+        m.in_proj.weight,
+        m.in_proj.bias.unwrap(),
+        m.out_proj.weight,
+        m.out_proj.bias.unwrap(),
+    ];
+    for lin in [enc.linear1, enc.linear2] {
+        want.extend([lin.weight, lin.bias.unwrap()]);
+    }
+    for norm in [enc.norm1, enc.norm2] {
+        want.extend([norm.weight, norm.bias]);
+    }
+    assert_eq!(seen, want);
+
+    // Refused before the generator moves or anything is made; a memory of another batch or
+    // width refused before any dropout mask is drawn.
+    let at = (t.nodes_used(), t.used());
+    for (dropout, eps, heads) in [(1.0, 1e-5, 2), (0.1, 0.0, 2), (0.1, 1e-5, 3)] {
+        let c = TransformerDecoderConfig {
+            dropout,
+            layer_norm_eps: eps,
+            ..TransformerDecoderConfig::new(e, heads)
+        };
+        let before = rng;
+        assert!(matches!(
+            TransformerDecoderLayer::new(&mut t, c, &mut rng),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert_eq!(rng, before);
+    }
+    assert_eq!((t.nodes_used(), t.used()), at);
+    let twin = dec.dropout.clone();
+    for dims in [[n + 1, s, e], [n, s, e + 1]] {
+        let bad = t.input(&dims, &vec![0.0; dims.iter().product()]).unwrap();
+        let at = (t.nodes_used(), t.used());
+        let r = dec.forward_masked(&mut t, x, bad, DecoderMasks::default());
+        assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+        assert_eq!((t.nodes_used(), t.used()), at);
+    }
+    // The generator did not move: the next forward draws what the twin draws.
+    let a = dec
+        .forward_masked(&mut t, x, memory, DecoderMasks::default())
+        .unwrap();
+    let mut copy = dec.clone();
+    copy.dropout = twin;
+    let b = copy
+        .forward_masked(&mut t, x, memory, DecoderMasks::default())
+        .unwrap();
+    assert_eq!(t.data(a).unwrap().to_vec(), t.data(b).unwrap().to_vec());
 }

@@ -484,8 +484,8 @@ impl TransformerEncoderConfig {
 /// Dropout, as PyTorch's, on the attention weights, after the attention, and inside and after
 /// the feed-forward block: one generator for the four.
 ///
-/// A clone shares the parameters (tied weights) and the generator's state: make each layer of
-/// a stack with
+/// A clone shares the parameters (tied weights) and starts from a copy of the dropout
+/// generator's state (it draws the same masks): make each layer of a stack with
 /// [`TransformerEncoderLayer::new`]. Stacked in a tuple (PyTorch's `nn.TransformerEncoder`),
 /// layers run [`Module::forward`], without masks: for masks, call
 /// [`TransformerEncoderLayer::forward_masked`] on each in turn.
@@ -525,14 +525,14 @@ impl TransformerEncoderLayer {
         let c = config;
         if !(c.layer_norm_eps > 0.0 && c.layer_norm_eps.is_finite()) {
             return Err(Error::InvalidArgument {
-                what: "transformer_encoder_layer: layer_norm_eps must be positive and finite",
+                what: "transformer layer: layer_norm_eps must be positive and finite",
             });
         }
         // The settings checked before the generator moves: the dropout, the heads.
         Dropout::new(c.dropout, 0)?;
         if c.nhead == 0 || !c.d_model.is_multiple_of(c.nhead) {
             return Err(Error::InvalidArgument {
-                what: "transformer_encoder_layer: nhead must be at least 1 and divide d_model",
+                what: "transformer layer: nhead must be at least 1 and divide d_model",
             });
         }
         let seed = u64::from(rng.next_u32()) << 32 | u64::from(rng.next_u32());
@@ -671,12 +671,13 @@ pub type TransformerDecoderConfig = TransformerEncoderConfig;
 
 /// The masks of [`TransformerDecoderLayer::forward_masked`], PyTorch's keyword arguments of
 /// `nn.TransformerDecoderLayer.forward` (float masks, as [`MultiheadAttention::attend`]
-/// takes them); none by default.
+/// takes them); none by default. `*_is_causal` makes the causal mask (top-left aligned) and
+/// adds it to any mask given, where PyTorch's is a hint that the given mask is causal.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DecoderMasks {
-    /// The self-attention's `attn_mask` (`tgt_mask`).
+    /// The self-attention's `attn_mask` (`tgt_mask`: `[T, T]` or `[N * heads, T, T]`).
     pub tgt_mask: Option<Var>,
-    /// The cross-attention's `attn_mask` (`memory_mask`).
+    /// The cross-attention's `attn_mask` (`memory_mask`: `[T, S]` or `[N * heads, T, S]`).
     pub memory_mask: Option<Var>,
     /// The self-attention's `key_padding_mask` (`[N, T]`).
     pub tgt_key_padding_mask: Option<Var>,
@@ -694,8 +695,11 @@ pub struct DecoderMasks {
 /// (`x = norm1(x + sa(x)); x = norm2(x + mha(x, mem)); x = norm3(x + ff(x))`) or, with
 /// `norm_first`, before (`x = x + sa(norm1(x)); x = x + mha(norm2(x), mem); x = x +
 /// ff(norm3(x))`). Dropout as PyTorch's (on both attentions' weights, after each block, inside
-/// the feed-forward block), one generator for all. A clone ties weights, as an encoder
-/// layer's.
+/// the feed-forward block), one generator for all. A clone ties weights and copies the
+/// generator's state, as an encoder layer's. Not a [`Module`] (it takes two inputs): its
+/// [`TransformerDecoderLayer::visit_params`] and [`TransformerDecoderLayer::set_training`] are
+/// its own, and `nn::freeze` and `nn::param_count` do not take it (freeze its attentions,
+/// linear layers and norms, which are modules).
 #[derive(Clone, Debug)]
 pub struct TransformerDecoderLayer {
     /// The self-attention.
@@ -766,6 +770,15 @@ impl TransformerDecoderLayer {
         memory: Var,
         masks: DecoderMasks,
     ) -> Result<Var> {
+        // The memory's shape first: a refusal then moves no dropout generator.
+        let (ts, ms) = (tgt.shape(), memory.shape());
+        if ms.rank() != 3 || ts.rank() != 3 || ms.dim(0) != ts.dim(0) || ms.dim(2) != ts.dim(2) {
+            return Err(Error::ShapeMismatch {
+                op: "transformer_decoder_layer memory",
+                lhs: ts,
+                rhs: ms,
+            });
+        }
         let m = masks;
         let d = Some(&self.dropout);
         let sa = |t: &mut Tape<B, N>, x: Var| -> Result<Var> {
