@@ -38,6 +38,7 @@ pub mod attention;
 mod cnn;
 pub mod init;
 pub mod loss;
+pub mod rnn;
 pub use cnn::{
     AvgPool1d, AvgPool2d, AvgPool2dExcludePad, BatchNorm, Conv1d, Conv2d, Dropout, Embedding,
     GlobalAvgPool, LayerNorm, MaxPool1d, MaxPool2d,

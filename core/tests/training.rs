@@ -249,3 +249,86 @@ fn digits_transformer_reaches_93_percent() {
     eprintln!("digits transformer held-out accuracy: {acc:.4}");
     assert!(acc >= 0.93, "held-out accuracy {acc}");
 }
+
+/// Recurrent nets on the bundled digits, each image's 8 rows a sequence of 8 steps of 8
+/// pixels: an LSTM and a GRU of 32 hidden units, the last hidden state into a linear
+/// classifier; Adam. At least 93% of the held-out fifth after 15 epochs on the reference
+/// backend.
+#[test]
+fn digits_lstm_and_gru_reach_93_percent() {
+    use mote::nn::rnn::{Gru, Lstm};
+    let (xs, ys) = common::digits();
+    let n = ys.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng::new(42);
+    rng.shuffle(&mut order);
+    let (test, train) = order.split_at(n / 5);
+    const B: usize = 32;
+    for gru in [false, true] {
+        let mut mem = vec![0f32; 1 << 20];
+        let mut tape = Tape::<Cpu<f32>, 256>::new(&mut mem);
+        let mut rng = Rng::new(7);
+        let (lstm, cell) = (
+            Lstm::new(&mut tape, 8, 32, &mut rng).unwrap(),
+            Gru::new(&mut tape, 8, 32, &mut rng).unwrap(),
+        );
+        let head = Linear::new(&mut tape, 32, 10, &mut rng).unwrap();
+        if gru {
+            mote::nn::freeze(&mut tape, &lstm).unwrap();
+        } else {
+            mote::nn::freeze(&mut tape, &cell).unwrap();
+        }
+        let config = AdamConfig {
+            lr: 1e-2,
+            ..AdamConfig::default()
+        };
+        let mut opt = Adam::new(&mut tape, config).unwrap();
+        let start = tape.mark();
+        let forward = |t: &mut Tape<Cpu<f32>, 256>, x: &[f32], b: usize| {
+            let x = t.input(&[b, 8, 8], x)?;
+            let h = if gru {
+                cell.run(t, x, None)?.1
+            } else {
+                lstm.run(t, x, None)?.1 .0
+            };
+            head.forward(t, h)
+        };
+        let mut train = train.to_vec();
+        let mut bx = vec![0f32; B * 64];
+        let mut by = vec![0usize; B];
+        for _epoch in 0..15 {
+            rng.shuffle(&mut train);
+            for batch in train.chunks(B) {
+                let b = batch.len();
+                for (k, &i) in batch.iter().enumerate() {
+                    bx[k * 64..(k + 1) * 64].copy_from_slice(&xs[i * 64..(i + 1) * 64]);
+                    by[k] = ys[i];
+                }
+                tape.rewind(start).unwrap();
+                let logits = forward(&mut tape, &bx[..b * 64], b).unwrap();
+                let y = tape.labels(&by[..b]).unwrap();
+                let loss = tape.cross_entropy(logits, y).unwrap();
+                tape.backward(loss).unwrap();
+                opt.step(&mut tape).unwrap();
+            }
+        }
+        let mut correct = 0;
+        for chunk in test.chunks(100) {
+            tape.rewind(start).unwrap();
+            let data: Vec<f32> = chunk
+                .iter()
+                .flat_map(|&i| xs[i * 64..(i + 1) * 64].iter().copied())
+                .collect();
+            let logits = tape.no_grad(|t| forward(t, &data, chunk.len())).unwrap();
+            let out = tape.data(logits).unwrap();
+            for (row, &i) in out.chunks(10).zip(chunk) {
+                let pred = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+                correct += (pred == ys[i]) as usize;
+            }
+        }
+        let acc = correct as f64 / test.len() as f64;
+        let name = if gru { "GRU" } else { "LSTM" };
+        eprintln!("digits {name} held-out accuracy: {acc:.4}");
+        assert!(acc >= 0.93, "{name}: held-out accuracy {acc}");
+    }
+}

@@ -258,3 +258,48 @@ fn attention_and_composed_losses_match_the_reference() {
     assert!(scale > 0.0 && want.iter().filter(|g| g.abs() > 1e-3 * scale).count() > 100);
     close("gradients", &got, &want, 0.0, 2e-4 * scale);
 }
+
+/// An LSTM and a GRU (`mote::nn::rnn`, unrolled on the tape) stacked, from a given state, then
+/// a squared loss: the loss and every gradient against the reference backend.
+fn recurrent_run<B: Backend<Elem = f32>>(tape: &mut Tape<B, ATTENTION_NODES>) -> (f32, Vec<f32>) {
+    use mote::nn::rnn::{Gru, Lstm};
+    let mut rng = Rng::new(9);
+    let lstm = Lstm::new(tape, 16, 12, &mut rng).unwrap();
+    let gru = Gru::new(tape, 12, 8, &mut rng).unwrap();
+    let draw =
+        |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| rng.next_f32() - 0.5).collect() };
+    let x = tape
+        .input(&[3, 6, 16], &draw(&mut rng, 3 * 6 * 16))
+        .unwrap();
+    let h0 = tape.input(&[3, 12], &draw(&mut rng, 36)).unwrap();
+    let c0 = tape.input(&[3, 12], &draw(&mut rng, 36)).unwrap();
+    let (y, (h, _)) = lstm.run(tape, x, Some((h0, c0))).unwrap();
+    let (z, _) = gru.run(tape, y, None).unwrap();
+    let z = tape.square(z).unwrap();
+    let z = tape.mean(z).unwrap();
+    let h = tape.mean(h).unwrap();
+    let loss = tape.add(z, h).unwrap();
+    tape.backward(loss).unwrap();
+    let mut grads = Vec::new();
+    let params: Vec<Var> = tape.params().collect();
+    for p in params {
+        let mut v = vec![0f32; p.numel()];
+        tape.read_grad(p, &mut v).unwrap();
+        grads.extend(v);
+    }
+    (tape.item(loss).unwrap(), grads)
+}
+
+#[test]
+fn recurrent_layers_match_the_reference() {
+    let Some(cuda) = gpu("recurrent_layers_match_the_reference", FLOATS) else {
+        return;
+    };
+    let mut mem = vec![0f32; FLOATS];
+    let (want_loss, want) = recurrent_run(&mut Tape::<Cpu<f32>, ATTENTION_NODES>::new(&mut mem));
+    let (got_loss, got) = recurrent_run(&mut Tape::<_, ATTENTION_NODES>::with_backend(cuda));
+    close("loss", &[got_loss], &[want_loss], 1e-5, 1e-5);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0 && want.iter().filter(|g| g.abs() > 1e-3 * scale).count() > 100);
+    close("gradients", &got, &want, 0.0, 2e-4 * scale);
+}

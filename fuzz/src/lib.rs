@@ -723,7 +723,7 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let (Some(a), Some(b)) = (st.pick(r), st.pick(r)) else {
                 return;
             };
-            let (kind, c, d) = (r.below(32), r.f32(), r.f32());
+            let (kind, c, d) = (r.below(34), r.f32(), r.f32());
             let correction = r.size(3);
             let reduction = [
                 loss::Reduction::None,
@@ -814,6 +814,20 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                         heads: classes,
                     };
                     layer.attend(t, a, b, b, w, pw, r.bool())
+                }
+                // hand-made recurrent layers: any handles as the input and the weights
+                32 | 33 => {
+                    let weights = mote::nn::rnn::RecurrentWeights {
+                        weight_ih: b,
+                        weight_hh: w.unwrap_or(b),
+                        bias_ih: pw,
+                        bias_hh: w,
+                    };
+                    if kind == 32 {
+                        mote::nn::rnn::Lstm { weights }.run(t, a, None).map(|o| o.0)
+                    } else {
+                        mote::nn::rnn::Gru { weights }.run(t, a, pw).map(|o| o.0)
+                    }
                 }
                 0 => t.bce_with_logits(a, b),
                 1 => t.mse(a, b),
