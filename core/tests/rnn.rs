@@ -130,6 +130,9 @@ fn lstm_and_gru_match_pytorch() {
         lstm.visit_params(&mut |p| every.extend(t.data(p).unwrap().to_vec()));
         gru.visit_params(&mut |p| every.extend(t.data(p).unwrap().to_vec()));
         assert!(every.iter().all(|v| v.abs() <= k));
+        // Drawn over the whole range (the extremes near the bound: 28 or more draws each).
+        let most = every.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(most > 0.8 * k, "{most} vs {k}");
         assert_eq!(every.len(), (4 + 3) * hh * (i + hh + 2 * usize::from(bias)));
         let x = draw(&mut rng, n * l * i);
         let (h0, c0) = if given {
@@ -167,26 +170,25 @@ fn lstm_and_gru_match_pytorch() {
         let f = lstm.forward(&mut t, vx).unwrap();
         let r = lstm.run(&mut t, vx, None).unwrap().0;
         assert_eq!(t.data(f).unwrap().to_vec(), t.data(r).unwrap().to_vec());
+        // One step from a drawn state (PyTorch's LSTMCell and GRUCell) against the equations
+        // over each batch's first row.
         let first = t.slice(vx, 1, 0, 1).unwrap();
         let first = t.reshape(first, &[n, i]).unwrap();
-        let zero = t.full(&[n, hh], 0.0).unwrap();
-        let (sh, sc) = lstm.step(&mut t, first, (zero, zero)).unwrap();
-        let (_, wh1, wc1) = lstm_ref(
-            &wl,
-            &x[..],
-            (n, 1, i, hh),
-            vec![0.0; n * hh],
-            vec![0.0; n * hh],
+        let (h1, c1) = (draw(&mut rng, n * hh), draw(&mut rng, n * hh));
+        let (vh, vc) = (
+            t.input(&[n, hh], &h1).unwrap(),
+            t.input(&[n, hh], &c1).unwrap(),
         );
-        if l == 1 {
-            close(t.data(sh).unwrap(), &wh1, "lstm step h");
-            close(t.data(sc).unwrap(), &wc1, "lstm step c");
-        }
-        let gs = gru.step(&mut t, first, zero).unwrap();
-        let y1 = gru.run(&mut t, vx, None).unwrap().0;
-        let y1 = t.slice(y1, 1, 0, 1).unwrap();
-        let (a, b) = (t.data(gs).unwrap().to_vec(), t.data(y1).unwrap().to_vec());
-        close(&a, &b, "gru step");
+        let rows: Vec<f64> = (0..n)
+            .flat_map(|b| x[b * l * i..b * l * i + i].to_vec())
+            .collect();
+        let (sh, sc) = lstm.step(&mut t, first, (vh, vc)).unwrap();
+        let (_, wh1, wc1) = lstm_ref(&wl, &rows, (n, 1, i, hh), h1.clone(), c1);
+        close(t.data(sh).unwrap(), &wh1, "lstm step h");
+        close(t.data(sc).unwrap(), &wc1, "lstm step c");
+        let gs = gru.step(&mut t, first, vh).unwrap();
+        let (_, wg1) = gru_ref(&wg, &rows, (n, 1, i, hh), h1);
+        close(t.data(gs).unwrap(), &wg1, "gru step");
     }
 }
 
@@ -237,10 +239,40 @@ fn refusals_record_nothing() {
     };
     assert!(shape(odd.forward(&mut t, ok)));
     assert_eq!((t.nodes_used(), t.used()), at);
+    // A bias of the wrong size, a hidden weight that is not [4H, H]; a cell state of the
+    // wrong shape in a step.
+    let short_bias = t.param(&[15], &[0.0; 15]).unwrap();
+    let wide_hh = t.param(&[16, 5], &[0.0; 80]).unwrap();
+    let first = t.slice(ok, 1, 0, 1).unwrap();
+    let first = t.reshape(first, &[2, 3]).unwrap();
+    let at = (t.nodes_used(), t.used());
+    let w = lstm.weights;
+    for weights in [
+        RecurrentWeights {
+            bias_ih: Some(short_bias),
+            ..w
+        },
+        RecurrentWeights {
+            bias_hh: Some(short_bias),
+            ..w
+        },
+        RecurrentWeights {
+            weight_hh: wide_hh,
+            ..w
+        },
+    ] {
+        assert!(Lstm { weights }.forward(&mut t, ok).is_err());
+    }
+    assert!(shape(
+        lstm.step(&mut t, first, (good_state, bad_state))
+            .map(|r| r.0)
+    ));
+    assert_eq!((t.nodes_used(), t.used()), at);
 }
 
-/// Nodes a step records, as the module docs state (17 for the LSTM, 19 for the GRU, and two
-/// more a step for joining the outputs: a reshape and, on average, one join).
+/// Nodes a sequence records, as the module docs state: 17 a step for the LSTM, 19 for the GRU,
+/// 2 more to join the outputs (a reshape and, but for the first, one join), and the zero
+/// state.
 #[test]
 fn nodes_per_step() {
     let mut mem = vec![0.0f64; 1 << 16];
@@ -248,18 +280,27 @@ fn nodes_per_step() {
     let mut rng = Rng::new(2);
     let lstm = Lstm::new(&mut t, 3, 4, &mut rng).unwrap();
     let gru = Gru::new(&mut t, 3, 4, &mut rng).unwrap();
-    let mut per_step = |m: &dyn Fn(&mut T<'_>, Var) -> Var| {
-        let mut counts = Vec::new();
-        for l in [8usize, 16] {
-            let x = t.input(&[2, l, 3], &vec![0.1; 2 * l * 3]).unwrap();
-            let before = t.nodes_used();
-            m(&mut t, x);
-            counts.push(t.nodes_used() - before);
-        }
-        (counts[1] - counts[0]) / 8
+    let start = t.mark();
+    let mut nodes = |m: &dyn Fn(&mut T<'_>, Var) -> Var, l: usize| {
+        t.rewind(start).unwrap();
+        let x = t.input(&[2, l, 3], &vec![0.1; 2 * l * 3]).unwrap();
+        let before = t.nodes_used();
+        m(&mut t, x);
+        t.nodes_used() - before
     };
-    assert_eq!(per_step(&|t, x| lstm.forward(t, x).unwrap()), 17 + 2);
-    assert_eq!(per_step(&|t, x| gru.forward(t, x).unwrap()), 19 + 2);
+    // Lengths whose joins leave one run and several (7 = 4 + 2 + 1, 13 = 8 + 4 + 1).
+    for l in [1usize, 7, 8, 13] {
+        assert_eq!(
+            nodes(&|t, x| lstm.forward(t, x).unwrap(), l),
+            19 * l + 1,
+            "lstm, {l}"
+        );
+        assert_eq!(
+            nodes(&|t, x| gru.forward(t, x).unwrap(), l),
+            21 * l + 1,
+            "gru, {l}"
+        );
+    }
 }
 
 proptest! {
@@ -278,7 +319,14 @@ proptest! {
             let k = if gates == 4 { 7 } else { 6 };
             let mut mem = vec![0.0f64; 1 << 17];
             let report = check::<1024>(&mut mem, &inputs[..k], GradCheck::default(), |t, v| {
-                let weights = RecurrentWeights { weight_ih: v[1], weight_hh: v[2], bias_ih: Some(v[3]), bias_hh: Some(v[4]) };
+                // With biases, or without (their inputs then unused: gradient 0).
+                let biased = seed % 2 == 0;
+                let weights = RecurrentWeights {
+                    weight_ih: v[1],
+                    weight_hh: v[2],
+                    bias_ih: biased.then_some(v[3]),
+                    bias_hh: biased.then_some(v[4]),
+                };
                 if gates == 4 {
                     let (y, (h, c)) = Lstm { weights }.run(t, v[0], Some((v[5], v[6])))?;
                     // Every output counts: the sequence, the last h and c.

@@ -740,6 +740,8 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let axis = r.size(4);
             let (w, pw) = (st.pick(r), st.pick(r));
             let (w, pw) = (w.filter(|_| r.bool()), pw.filter(|_| r.bool()));
+            // More handles, each in its own role (the recurrent layers' weights and state).
+            let (hh, bh, h0) = (st.pick(r), st.pick(r), st.pick(r).filter(|_| r.bool()));
             make(t, st, "losses", |t| match kind {
                 // composed: weight and pos_weight any handles (or none), shapes fuzzed
                 6 => t.bce_with_logits_weighted(a, b, w, pw),
@@ -819,14 +821,15 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                 32 | 33 => {
                     let weights = mote::nn::rnn::RecurrentWeights {
                         weight_ih: b,
-                        weight_hh: w.unwrap_or(b),
-                        bias_ih: pw,
-                        bias_hh: w,
+                        weight_hh: hh.unwrap_or(b),
+                        bias_ih: w,
+                        bias_hh: bh.filter(|_| w.is_some()),
                     };
                     if kind == 32 {
-                        mote::nn::rnn::Lstm { weights }.run(t, a, None).map(|o| o.0)
+                        let state = h0.map(|h| (h, pw.unwrap_or(h)));
+                        mote::nn::rnn::Lstm { weights }.run(t, a, state).map(|o| o.0)
                     } else {
-                        mote::nn::rnn::Gru { weights }.run(t, a, pw).map(|o| o.0)
+                        mote::nn::rnn::Gru { weights }.run(t, a, h0).map(|o| o.0)
                     }
                 }
                 0 => t.bce_with_logits(a, b),

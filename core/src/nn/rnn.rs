@@ -11,8 +11,9 @@
 //!
 //! The inputs' projections for every step are one product; each step then records 17 nodes
 //! (the LSTM; 19 for the GRU), and 2 more to join the outputs pairwise (a copy of each step's
-//! state about `log2(L)` times), so a sequence of length `L` takes `19 L` nodes of the tape
-//! (`21 L` for the GRU) and `O(N H L log L)` elements of the arena.
+//! state about `log2(L)` times), so a sequence of length `L` takes `19 L + 1` nodes of the
+//! tape from a zero state (`21 L + 1` for the GRU; one fewer from a given state) and
+//! `O(N H L log L)` elements of the arena.
 //!
 //! ```
 //! use mote::nn::rnn::Lstm;
@@ -114,11 +115,11 @@ impl RecurrentWeights {
     /// given); returns `(N, L, H)`.
     fn check(&self, op: &'static str, gates: usize, x: Var, states: &[Var]) -> Result<[usize; 3]> {
         let (xs, h) = (x.shape(), self.hidden_size());
+        let rows = gates.checked_mul(h);
         let ok = xs.rank() == 3
             && xs.dim(2) == self.input_size()
-            && xs.dim(1) >= 1
-            && self.weight_ih.shape().dim(0) == gates * h
-            && self.weight_hh.shape().dim(0) == gates * h;
+            && rows == Some(self.weight_ih.shape().dim(0))
+            && rows == Some(self.weight_hh.shape().dim(0));
         if !ok {
             return Err(Error::ShapeMismatch {
                 op,
