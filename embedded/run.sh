@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the five firmware programs for the Cortex-M4F (thumbv7em-none-eabihf) and runs each
+# Builds the six firmware programs for the Cortex-M4F (thumbv7em-none-eabihf) and runs each
 # on QEMU's mps2-an386 (see .cargo/config.toml); installs what is missing (QEMU, Arm binutils
 # for tools/code-size.py, python3, the Rust target). Prints each program's one-line summary,
 # and for xor the training code's size; exits non-zero if any program fails its checks or xor's
@@ -53,7 +53,7 @@ failed=0
 passed=0
 qemu_err=$(mktemp)
 trap 'rm -f "$qemu_err"' EXIT
-for bin in xor digits finetune cnn attention; do
+for bin in xor digits finetune cnn attention lstm; do
     elf="target/thumbv7em-none-eabihf/release/$bin"
     # The same command as the cargo runner (.cargo/config.toml). The program writes to QEMU's
     # stdout (semihosting); QEMU's own messages go to stderr, kept apart.
