@@ -80,9 +80,9 @@ pub use error::{Error, Result};
 pub use float::Float;
 pub use nn::{
     AvgPool1d, AvgPool2d, AvgPool2dExcludePad, BatchNorm, Conv1d, Conv2d, Dropout, Elu, Embedding,
-    Flatten, Gelu, GeluTanh, GlobalAvgPool, Hardsigmoid, Hardswish, LayerNorm, LeakyRelu, Linear,
-    MaxPool1d, MaxPool2d, Module, Relu, Relu6, Sequential, Sigmoid, Silu, Softmax, Softplus,
-    SoftplusBeta, Tanh,
+    Flatten, Gelu, GeluTanh, GlobalAvgPool, GroupNorm, Hardsigmoid, Hardswish, LayerNorm,
+    LeakyRelu, Linear, MaxPool1d, MaxPool2d, Module, Relu, Relu6, Sequential, Sigmoid, Silu,
+    Softmax, Softplus, SoftplusBeta, Tanh,
 };
 pub use ops::conv::{ConvConfig, PoolConfig};
 pub use optim::{

@@ -41,7 +41,7 @@ pub mod loss;
 pub mod rnn;
 pub use cnn::{
     AvgPool1d, AvgPool2d, AvgPool2dExcludePad, BatchNorm, Conv1d, Conv2d, Dropout, Embedding,
-    GlobalAvgPool, LayerNorm, MaxPool1d, MaxPool2d,
+    GlobalAvgPool, GroupNorm, LayerNorm, MaxPool1d, MaxPool2d,
 };
 
 use crate::backend::Backend;

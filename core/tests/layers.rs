@@ -391,3 +391,88 @@ fn digits_cnn_reaches_97_percent() {
     eprintln!("digits CNN held-out accuracy: {acc:.4}");
     assert!(acc >= 0.97, "held-out accuracy {acc}");
 }
+
+/// GroupNorm against PyTorch's definition written out in f64 (each sample's group normalised
+/// with the biased variance, then the per-channel affine), at ranks 2 to 4, a batch of one
+/// included; its gradients (input, weight, bias); and its refusals.
+#[test]
+fn group_norm_matches_pytorch() {
+    use mote::GroupNorm;
+    let mut rng = mote::Rng::new(4);
+    for (dims, groups) in [
+        (vec![1usize, 6], 3usize),
+        (vec![3, 4], 1),
+        (vec![2, 6, 5], 2),
+        (vec![2, 4, 3, 3], 4),
+        (vec![1, 6, 2, 2], 3),
+    ] {
+        let (n, c) = (dims[0], dims[1]);
+        let numel: usize = dims.iter().product();
+        let per_channel = numel / (n * c);
+        let x: Vec<f64> = (0..numel).map(|_| rng.uniform(-2.0, 2.0)).collect();
+        let w: Vec<f64> = (0..c).map(|_| rng.uniform(0.5, 1.5)).collect();
+        let b: Vec<f64> = (0..c).map(|_| rng.uniform(-1.0, 1.0)).collect();
+        let mut mem = vec![0.0f64; 1 << 14];
+        let mut t = T::new(&mut mem);
+        let mut gn = GroupNorm::new(&mut t, groups, c).unwrap();
+        assert_eq!(t.data(gn.weight).unwrap(), &vec![1.0; c][..]);
+        assert_eq!(t.data(gn.bias).unwrap(), &vec![0.0; c][..]);
+        gn.weight = t.param(&[c], &w).unwrap();
+        gn.bias = t.param(&[c], &b).unwrap();
+        let vx = t.input(&dims, &x).unwrap();
+        let y = gn.forward(&mut t, vx).unwrap();
+        let per_group = c / groups * per_channel;
+        let mut want = vec![0.0; numel];
+        for s in 0..n {
+            for g in 0..groups {
+                let at = (s * groups + g) * per_group;
+                let v = &x[at..at + per_group];
+                let m = v.iter().sum::<f64>() / per_group as f64;
+                let var = v.iter().map(|a| (a - m).powi(2)).sum::<f64>() / per_group as f64;
+                for (k, a) in v.iter().enumerate() {
+                    let ch = (at + k) / per_channel % c;
+                    want[at + k] = (a - m) / (var + f64::from(1e-5f32)).sqrt() * w[ch] + b[ch];
+                }
+            }
+        }
+        let got = t.data(y).unwrap();
+        for (g, e) in got.iter().zip(&want) {
+            assert!((g - e).abs() < 1e-12, "{dims:?}: {got:?} vs {want:?}");
+        }
+        let inputs: [(&[usize], &[f64]); 3] = [(&dims, &x), (&[c], &w), (&[c], &b)];
+        let mut mem = vec![0.0f64; 1 << 14];
+        let report = check::<NODES>(&mut mem, &inputs, GradCheck::default(), |t, v| {
+            let layer = GroupNorm {
+                groups,
+                weight: v[1],
+                bias: v[2],
+                eps: 1e-5,
+            };
+            layer.forward(t, v[0])
+        })
+        .unwrap();
+        assert!(report.passed(), "{dims:?}: {report:?}");
+    }
+    let mut mem = vec![0.0f64; 1 << 12];
+    let mut t = T::new(&mut mem);
+    for (g, c) in [(0, 4), (3, 4)] {
+        assert!(matches!(
+            GroupNorm::new(&mut t, g, c),
+            Err(mote::Error::InvalidArgument { .. })
+        ));
+    }
+    assert_eq!((t.nodes_used(), t.used()), (0, 0));
+    let gn = GroupNorm::new(&mut t, 2, 4).unwrap();
+    for dims in [vec![2usize, 6, 3], vec![4], vec![1, 4, 1, 1, 1]] {
+        let n: usize = dims.iter().product();
+        let Ok(x) = t.input(&dims, &vec![0.0; n]) else {
+            continue;
+        };
+        let at = (t.nodes_used(), t.used());
+        assert!(matches!(
+            gn.forward(&mut t, x),
+            Err(mote::Error::ShapeMismatch { .. })
+        ));
+        assert_eq!((t.nodes_used(), t.used()), at);
+    }
+}

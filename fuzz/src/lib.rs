@@ -1286,7 +1286,9 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
             let trailing: Vec<usize> = (rank.saturating_sub(axes)..rank)
                 .map(|i| x.shape().dim(i))
                 .collect();
-            make_composite(t, st, "norm layers", |t| match r.below(4) {
+            let groups = r.size(5);
+            make_composite(t, st, "norm layers", |t| match r.below(5) {
+                4 => mote::GroupNorm::new(t, groups, c)?.forward(t, x),
                 3 => LayerNorm::with_shape(t, &trailing)?.forward(t, x),
                 0 => {
                     let mut bn = BatchNorm::new(t, c)?;

@@ -534,18 +534,124 @@ fn normalize_last<B: Backend, const N: usize>(
     let keep = dims.get(..r).unwrap_or(&[]);
     // All its nodes or none.
     tape.all_or_nothing(|tape| {
-        let mean = tape.mean_axis(x, r - 1)?;
-        let mean = tape.reshape(mean, keep)?;
-        let c = tape.sub(x, mean)?;
-        let sq = tape.square(c)?;
-        let var = tape.mean_axis(sq, r - 1)?;
-        let var = tape.reshape(var, keep)?;
-        let var = tape.add_scalar(var, eps)?;
-        let std = tape.sqrt(var)?;
-        let xhat = tape.div(c, std)?;
+        let xhat = standardize_last(tape, x, keep, eps)?;
         let y = tape.mul(xhat, weight)?;
         tape.add(y, bias)
     })
+}
+
+/// `(x - mean) / sqrt(var + eps)` over the last axis of `x` (the biased variance, as
+/// PyTorch's normalisation layers), `keep` being `x`'s shape with the last dimension 1.
+fn standardize_last<B: Backend, const N: usize>(
+    tape: &mut Tape<B, N>,
+    x: Var,
+    keep: &[usize],
+    eps: f32,
+) -> Result<Var> {
+    let r = x.shape().rank();
+    let mean = tape.mean_axis(x, r - 1)?;
+    let mean = tape.reshape(mean, keep)?;
+    let c = tape.sub(x, mean)?;
+    let sq = tape.square(c)?;
+    let var = tape.mean_axis(sq, r - 1)?;
+    let var = tape.reshape(var, keep)?;
+    let var = tape.add_scalar(var, eps)?;
+    let std = tape.sqrt(var)?;
+    tape.div(c, std)
+}
+
+/// Group normalisation (PyTorch's `nn.GroupNorm(num_groups, num_channels, eps=1e-5)`): the
+/// channels of `[N, C, ...]` (rank 2 to 4) split into `groups` groups, each sample's group
+/// normalised over its channels and positions (the biased variance), then scaled and shifted
+/// per channel. Composed: the layer norm's statistics over `[N, G, C / G * ...]`, and the
+/// per-channel affine broadcast; all or nothing. The same in training and evaluation mode (no
+/// running statistics), so it works with a batch of one, where [`BatchNorm`] cannot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupNorm {
+    /// The number of groups, dividing the channels.
+    pub groups: usize,
+    /// Scale, `[C]`, initialised to 1.
+    pub weight: Var,
+    /// Shift, `[C]`, initialised to 0.
+    pub bias: Var,
+    /// Added to the variance (PyTorch's default 1e-5).
+    pub eps: f32,
+}
+
+impl GroupNorm {
+    /// A layer over `channels` channels in `groups` groups.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] unless `groups` is at least 1 and divides `channels`; as
+    /// [`Tape::param`].
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        groups: usize,
+        channels: usize,
+    ) -> Result<Self> {
+        if groups == 0 || !channels.is_multiple_of(groups) {
+            return Err(Error::InvalidArgument {
+                what: "group_norm: num_groups must be at least 1 and divide num_channels",
+            });
+        }
+        tape.all_or_nothing(|tape| {
+            let weight = tape.param_with(&[channels], || B::Elem::ONE)?;
+            let bias = tape.param_with(&[channels], || B::Elem::ZERO)?;
+            Ok(GroupNorm {
+                groups,
+                weight,
+                bias,
+                eps: 1e-5,
+            })
+        })
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        let (s, ws) = (x.shape(), self.weight.shape());
+        let r = s.rank();
+        let (c, g) = (ws.numel(), self.groups);
+        let fits = (2..=4).contains(&r)
+            && ws.rank() == 1
+            && s.dim(1) == c
+            && self.bias.shape() == ws
+            && g >= 1
+            && c.is_multiple_of(g);
+        if !fits {
+            return Err(Error::ShapeMismatch {
+                op: "group_norm",
+                lhs: s,
+                rhs: ws,
+            });
+        }
+        let n = s.dim(0);
+        let per_group = s.numel() / (n * g);
+        let mut dims = [1usize; 4];
+        for (o, &v) in dims.iter_mut().zip(s.dims()) {
+            *o = v as usize;
+        }
+        // The affine's shape: [C, 1, ...], broadcast over the positions.
+        let mut affine = [1usize; 3];
+        if let Some(first) = affine.first_mut() {
+            *first = c;
+        }
+        let affine = affine.get(..r - 1).unwrap_or(&[]);
+        tape.all_or_nothing(|t| {
+            let grouped = t.reshape(x, &[n, g, per_group])?;
+            let xhat = standardize_last(t, grouped, &[n, g, 1], self.eps)?;
+            let y = t.reshape(xhat, dims.get(..r).unwrap_or(&[]))?;
+            let w = t.reshape(self.weight, affine)?;
+            let b = t.reshape(self.bias, affine)?;
+            let y = t.mul(y, w)?;
+            t.add(y, b)
+        })
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        f(self.weight);
+        f(self.bias);
+    }
 }
 
 /// Dropout (PyTorch's `nn.Dropout(p)`): in training mode each element is zeroed with
