@@ -39,7 +39,9 @@
 //! # Ok::<(), mote::Error>(())
 //! ```
 //!
-//! Modules: [`ops`] (every op family, with formulas), [`nn`] (layers), [`optim`],
+//! Modules: [`ops`] (every op family, with formulas), [`nn`] (layers: [`nn::attention`] for
+//! attention and transformer layers, [`nn::rnn`] for LSTM and GRU, [`nn::loss`] for PyTorch's
+//! loss modules and reductions, [`nn::init`]), [`optim`],
 //! [`blob`] (weights for flash), [`plan`] (memory), [`replay`] (re-run a recorded step), [`gradcheck`] (check your own ops).
 
 #![no_std]

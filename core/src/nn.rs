@@ -1,5 +1,8 @@
 //! Layers: the [`Module`] trait, [`Linear`], activations as layers, and sequential composition
-//! with tuples (no `alloc`).
+//! with tuples (no `alloc`); convolution, pooling and normalisation layers (`BatchNorm`,
+//! `LayerNorm`, `GroupNorm`), `Dropout`, `Embedding`; attention and transformer layers
+//! ([`attention`]), LSTM and GRU ([`rnn`]), PyTorch's loss modules ([`loss`]) and
+//! initialisations ([`init`]).
 //!
 //! # A user-defined layer
 //! The seed article's custom `LinearLayer`, written as a user would: parameters are tape

@@ -1,4 +1,4 @@
-//! What the three firmware programs share: instruction counting (SysTick under QEMU's
+//! What the six firmware programs share: instruction counting (SysTick under QEMU's
 //! `-icount shift=0`), stack painting, a tiny line printer over semihosting (no `core::fmt`
 //! float code), exit codes, and [`Fast`], a backend that delegates to `mote::Cpu` and
 //! replaces the kernels that a Cortex-M4F runs slowly through generic code.

@@ -14,8 +14,11 @@
 //! | `nn.NLLLoss(weight, ignore_index)` | [`NllLoss`] | per row, `-w_y logp_y` |
 //! | `nn.KLDivLoss(log_target)` | [`KlDivLoss`] | `t (ln t - input)` (`e^t (t - input)`) |
 //!
-//! [`Reduction::Mean`] (the default) averages the terms; for the class losses it divides by the
-//! summed class weights of the rows kept, as PyTorch's. [`Reduction::Sum`] adds them,
+//! [`Reduction::Mean`] (the default) averages the terms; for the class losses with labels it
+//! divides by the summed class weights of the rows kept (with probability targets, by the
+//! rows), as PyTorch's. With `ignore_index: None`, a row labelled
+//! [`IGNORED_LABEL`](crate::ops::loss::IGNORED_LABEL) adds nothing, but counts in the mean of
+//! the fused path (no class weights) and not in the composed one. [`Reduction::Sum`] adds them,
 //! [`Reduction::None`] returns them (one per row for the class losses, 0 for an ignored row),
 //! and [`Reduction::BatchMean`] divides their sum by the first dimension (the KL divergence's
 //! `"batchmean"`, which the other losses refuse, as PyTorch's do).

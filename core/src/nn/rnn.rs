@@ -4,8 +4,8 @@
 //! ([`Lstm::step`], [`Gru::step`]: PyTorch's `nn.LSTMCell`, `nn.GRUCell`).
 //!
 //! Inputs are `[N, L, In]`; the output is every step's hidden state, `[N, L, H]`. PyTorch's
-//! gate order and parameter shapes: `weight_ih` `[4H, In]` (`[3H, In]` for the GRU), `weight_hh`
-//! `[4H, H]`, `bias_ih` and `bias_hh` `[4H]`; every parameter drawn from `U(-1/sqrt(H),
+//! gate order and parameter shapes: `weight_ih` `[4H, In]`, `weight_hh` `[4H, H]`, `bias_ih` and
+//! `bias_hh` `[4H]` (`3H` rows each for the GRU); every parameter drawn from `U(-1/sqrt(H),
 //! 1/sqrt(H))`, as PyTorch's. Stack layers in a tuple for PyTorch's `num_layers` (without its
 //! dropout between layers).
 //!

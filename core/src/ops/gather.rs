@@ -1,5 +1,6 @@
 //! Row lookup (`embedding`): `y[i, :] = W[idx[i], :]` for a table `W` of shape `[V, D]` and
-//! integer indices stored as floats (like cross-entropy labels).
+//! integer indices stored as floats (like cross-entropy labels); and `arange` and `one_hot`,
+//! made on the device without a node.
 //!
 //! Backward: `dW[idx[i], :] += dy[i, :]` (rows looked up several times accumulate), except for
 //! a padding row, which gets none (PyTorch's `padding_idx`); the indices get no gradient. Built

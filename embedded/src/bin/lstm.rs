@@ -1,6 +1,6 @@
 //! Trains a small LSTM from scratch on the device, on the digits held in flash (the same
 //! training / held-out split as `digits`), each image read as a sequence of its 8 rows (steps
-//! of 8 pixels): PyTorch's `nn.LSTM(8, 12, batch_first=True)` unrolled on the tape, its last
+//! of 8 pixels): PyTorch's `nn.LSTM(8, 10, batch_first=True)` unrolled on the tape, its last
 //! hidden state into a linear classifier; Adam, one image a step. Reports the held-out
 //! accuracy, instructions per step and RAM. The tape holds every step's gates and states and
 //! their gradients until the step ends (backpropagation through time), so RAM bounds the
