@@ -346,3 +346,125 @@ proptest! {
         }
     }
 }
+
+/// `x` `[N, L, F]` with each sequence's steps reversed.
+fn reversed(x: &[f64], (n, l, f): (usize, usize, usize)) -> Vec<f64> {
+    let mut out = vec![0.0; x.len()];
+    for b in 0..n {
+        for k in 0..l {
+            let (from, to) = ((b * l + k) * f, (b * l + (l - 1 - k)) * f);
+            out[to..to + f].copy_from_slice(&x[from..from + f]);
+        }
+    }
+    out
+}
+
+/// The reverse direction (the layer over the reversed sequence, its outputs reversed back) and
+/// PyTorch's bidirectional layers (both directions' outputs joined along the features), at
+/// every length 1 to 19 (the pairwise joins in reverse order); their gradients.
+#[test]
+fn bidirectional_layers_match_pytorch() {
+    use mote::nn::rnn::Bidirectional;
+    let mut rng = Rng::new(23);
+    for l in 1..20 {
+        let (n, i, hh) = (1 + l % 2, 2 + l % 3, 1 + l % 4);
+        let mut mem = vec![0.0f64; 1 << 18];
+        let mut t = Tape::<Cpu<f64>, 4096>::new(&mut mem);
+        let bl = Bidirectional::<Lstm>::new(&mut t, i, hh, &mut rng).unwrap();
+        let bg = Bidirectional::<Gru>::new(&mut t, i, hh, &mut rng).unwrap();
+        let x = draw(&mut rng, n * l * i);
+        let (h0, c0) = (draw(&mut rng, n * hh), draw(&mut rng, n * hh));
+        let vx = t.input(&[n, l, i], &x).unwrap();
+        let (vh, vc) = (
+            t.input(&[n, hh], &h0).unwrap(),
+            t.input(&[n, hh], &c0).unwrap(),
+        );
+        let zero = vec![0.0; n * hh];
+        let rx = reversed(&x, (n, l, i));
+        // LSTM: forward from zeros, reverse from (h0, c0).
+        let zeros = t.full(&[n, hh], 0.0).unwrap();
+        let (y, [(hf, cf), (hr, cr)]) = bl
+            .run(&mut t, vx, Some([(zeros, zeros), (vh, vc)]))
+            .unwrap();
+        let read = |t: &Tape<Cpu<f64>, 4096>, w: &RecurrentWeights| {
+            let r = |v: Var| t.data(v).unwrap().to_vec();
+            Weights {
+                wi: r(w.weight_ih),
+                wh: r(w.weight_hh),
+                bi: w.bias_ih.map(r),
+                bh: w.bias_hh.map(r),
+            }
+        };
+        let (of, hf_w, cf_w) = lstm_ref(
+            &read(&t, &bl.forward.weights),
+            &x,
+            (n, l, i, hh),
+            zero.clone(),
+            zero.clone(),
+        );
+        let (or, hr_w, cr_w) = lstm_ref(
+            &read(&t, &bl.reverse.weights),
+            &rx,
+            (n, l, i, hh),
+            h0.clone(),
+            c0,
+        );
+        let or = reversed(&or, (n, l, hh));
+        let want: Vec<f64> = (0..n * l)
+            .flat_map(|r| [&of[r * hh..(r + 1) * hh], &or[r * hh..(r + 1) * hh]].concat())
+            .collect();
+        close(
+            t.data(y).unwrap(),
+            &want,
+            &format!("bidirectional lstm, l {l}"),
+        );
+        for (got, want) in [(hf, &hf_w), (cf, &cf_w), (hr, &hr_w), (cr, &cr_w)] {
+            close(t.data(got).unwrap(), want, "bidirectional lstm states");
+        }
+        // GRU, from zeros both ways (Module::forward).
+        let y = bg.forward(&mut t, vx).unwrap();
+        let (of, _) = gru_ref(
+            &read(&t, &bg.forward.weights),
+            &x,
+            (n, l, i, hh),
+            zero.clone(),
+        );
+        let (or, _) = gru_ref(&read(&t, &bg.reverse.weights), &rx, (n, l, i, hh), zero);
+        let or = reversed(&or, (n, l, hh));
+        let want: Vec<f64> = (0..n * l)
+            .flat_map(|r| [&of[r * hh..(r + 1) * hh], &or[r * hh..(r + 1) * hh]].concat())
+            .collect();
+        close(
+            t.data(y).unwrap(),
+            &want,
+            &format!("bidirectional gru, l {l}"),
+        );
+        // Parameters: the forward direction's, then the reverse's.
+        let mut seen = Vec::new();
+        bl.visit_params(&mut |p| seen.push(p));
+        let mut want = Vec::new();
+        bl.forward.visit_params(&mut |p| want.push(p));
+        bl.reverse.visit_params(&mut |p| want.push(p));
+        assert_eq!(seen, want);
+    }
+    // Gradients through both directions (input, each direction's input weights).
+    let (n, l, i, hh) = (2, 4, 3, 2);
+    let (x, wf, wr) = (
+        draw(&mut rng, n * l * i),
+        draw(&mut rng, 4 * hh * i),
+        draw(&mut rng, 4 * hh * i),
+    );
+    let inputs: [(&[usize], &[f64]); 3] =
+        [(&[n, l, i], &x), (&[4 * hh, i], &wf), (&[4 * hh, i], &wr)];
+    let mut mem = vec![0.0f64; 1 << 17];
+    let report = check::<1024>(&mut mem, &inputs, GradCheck::default(), |t, v| {
+        let mut layer = Bidirectional::<Lstm>::new(t, i, hh, &mut Rng::new(3))?;
+        layer.forward.weights.weight_ih = v[1];
+        layer.reverse.weights.weight_ih = v[2];
+        let y = layer.forward(t, v[0])?;
+        let y = t.square(y)?;
+        t.sum(y)
+    })
+    .unwrap();
+    assert!(report.passed(), "{report:?}");
+}

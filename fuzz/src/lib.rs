@@ -825,11 +825,22 @@ fn action<B: Backend<Elem = f32>, const N: usize>(
                         bias_ih: w,
                         bias_hh: bh.filter(|_| w.is_some()),
                     };
+                    let reverse = r.bool();
                     if kind == 32 {
                         let state = h0.map(|h| (h, pw.unwrap_or(h)));
-                        mote::nn::rnn::Lstm { weights }.run(t, a, state).map(|o| o.0)
+                        let lstm = mote::nn::rnn::Lstm { weights };
+                        if reverse {
+                            lstm.run_reverse(t, a, state).map(|o| o.0)
+                        } else {
+                            lstm.run(t, a, state).map(|o| o.0)
+                        }
                     } else {
-                        mote::nn::rnn::Gru { weights }.run(t, a, h0).map(|o| o.0)
+                        let gru = mote::nn::rnn::Gru { weights };
+                        if reverse {
+                            gru.run_reverse(t, a, h0).map(|o| o.0)
+                        } else {
+                            gru.run(t, a, h0).map(|o| o.0)
+                        }
                     }
                 }
                 0 => t.bce_with_logits(a, b),

@@ -1,7 +1,8 @@
 //! Recurrent layers: [`Lstm`] and [`Gru`] (PyTorch's `nn.LSTM` and `nn.GRU` with
-//! `batch_first=True`, one layer, one direction), unrolled on the tape, so that the gradient
-//! flows back through time by the tape's own backward; and their single steps
-//! ([`Lstm::step`], [`Gru::step`]: PyTorch's `nn.LSTMCell`, `nn.GRUCell`).
+//! `batch_first=True`, one layer), in one direction or both ([`Bidirectional`]:
+//! `bidirectional=True`), unrolled on the tape, so that the gradient flows back through time
+//! by the tape's own backward; and their single steps ([`Lstm::step`], [`Gru::step`]:
+//! PyTorch's `nn.LSTMCell`, `nn.GRUCell`).
 //!
 //! Inputs are `[N, L, In]`; the output is every step's hidden state, `[N, L, H]`. PyTorch's
 //! gate order and parameter shapes: `weight_ih` `[4H, In]`, `weight_hh` `[4H, H]`, `bias_ih` and
@@ -164,17 +165,31 @@ impl RecurrentWeights {
 /// Every step's state `[N, H]` joined into `[N, L, H]` as they come, pairwise: a stack of
 /// joined runs whose lengths are distinct powers of two (the binary counter), so each state is
 /// copied about `log2(L)` times and no list of `L` handles is kept.
+///
+/// `reverse`: the states come from the last step to the first (a reverse direction), and the
+/// result is still in the steps' order.
 struct Joiner {
     runs: [Option<(Var, usize)>; 34],
     len: usize,
+    reverse: bool,
 }
 
 impl Joiner {
-    fn new() -> Self {
+    fn new(reverse: bool) -> Self {
         Joiner {
             runs: [None; 34],
             len: 0,
+            reverse,
         }
+    }
+
+    /// `first` then `second` along the steps.
+    fn join<B: Backend, const N: usize>(
+        t: &mut Tape<B, N>,
+        first: Var,
+        second: Var,
+    ) -> Result<Var> {
+        t.concat(first, second, 1)
     }
 
     fn push<B: Backend, const N: usize>(&mut self, t: &mut Tape<B, N>, h: Var) -> Result<()> {
@@ -185,7 +200,13 @@ impl Joiner {
             if *n != run.1 {
                 break;
             }
-            run = (t.concat(*below, run.0, 1)?, n + run.1);
+            // Pushed earlier: earlier steps, or (in reverse) later ones.
+            let joined = if self.reverse {
+                Self::join(t, run.0, *below)?
+            } else {
+                Self::join(t, *below, run.0)?
+            };
+            run = (joined, n + run.1);
             self.len -= 1;
         }
         let slot = self.runs.get_mut(self.len).ok_or(Error::InvalidArgument {
@@ -199,10 +220,12 @@ impl Joiner {
     /// The whole sequence, `[N, L, H]`.
     fn finish<B: Backend, const N: usize>(self, t: &mut Tape<B, N>) -> Result<Var> {
         let mut out: Option<Var> = None;
+        // From the last run pushed to the first.
         for run in self.runs.iter().take(self.len).rev().flatten() {
             out = Some(match out {
                 None => run.0,
-                Some(later) => t.concat(run.0, later, 1)?,
+                Some(pushed_later) if self.reverse => Self::join(t, pushed_later, run.0)?,
+                Some(pushed_later) => Self::join(t, run.0, pushed_later)?,
             });
         }
         out.ok_or(Error::InvalidArgument {
@@ -314,6 +337,33 @@ impl Lstm {
         x: Var,
         h0: Option<(Var, Var)>,
     ) -> Result<(Var, (Var, Var))> {
+        self.run_direction(tape, x, h0, false)
+    }
+
+    /// [`Lstm::run`] from the last step to the first (the reverse direction of PyTorch's
+    /// `bidirectional=True`): the output is still in the steps' order (step `k`'s state after
+    /// reading steps `L - 1` down to `k`), and the last state is the one after step 0.
+    ///
+    /// # Errors
+    /// As [`Lstm::run`].
+    #[allow(clippy::type_complexity)]
+    pub fn run_reverse<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        x: Var,
+        h0: Option<(Var, Var)>,
+    ) -> Result<(Var, (Var, Var))> {
+        self.run_direction(tape, x, h0, true)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn run_direction<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        x: Var,
+        h0: Option<(Var, Var)>,
+        reverse: bool,
+    ) -> Result<(Var, (Var, Var))> {
         let states: &[Var] = match &h0 {
             Some((h, c)) => &[*h, *c][..],
             None => &[],
@@ -328,8 +378,9 @@ impl Lstm {
                 }
             };
             let p = self.weights.project_inputs(t, x)?;
-            let mut out = Joiner::new();
-            for k in 0..len {
+            let mut out = Joiner::new(reverse);
+            for i in 0..len {
+                let k = if reverse { len - 1 - i } else { i };
                 let pk = RecurrentWeights::step_input(t, p, k)?;
                 state = self.cell(t, pk, state)?;
                 out.push(t, state.0)?;
@@ -450,6 +501,29 @@ impl Gru {
         x: Var,
         h0: Option<Var>,
     ) -> Result<(Var, Var)> {
+        self.run_direction(tape, x, h0, false)
+    }
+
+    /// [`Gru::run`] from the last step to the first (see [`Lstm::run_reverse`]).
+    ///
+    /// # Errors
+    /// As [`Lstm::run`].
+    pub fn run_reverse<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        x: Var,
+        h0: Option<Var>,
+    ) -> Result<(Var, Var)> {
+        self.run_direction(tape, x, h0, true)
+    }
+
+    fn run_direction<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        x: Var,
+        h0: Option<Var>,
+        reverse: bool,
+    ) -> Result<(Var, Var)> {
         let states: &[Var] = match &h0 {
             Some(h) => core::slice::from_ref(h),
             None => &[],
@@ -461,8 +535,9 @@ impl Gru {
                 None => t.full(&[n, hh], B::Elem::ZERO)?,
             };
             let p = self.weights.project_inputs(t, x)?;
-            let mut out = Joiner::new();
-            for k in 0..len {
+            let mut out = Joiner::new(reverse);
+            for i in 0..len {
+                let k = if reverse { len - 1 - i } else { i };
                 let pk = RecurrentWeights::step_input(t, p, k)?;
                 h = self.cell(t, pk, h)?;
                 out.push(t, h)?;
@@ -480,5 +555,127 @@ impl Module for Gru {
 
     fn visit_params(&self, f: &mut dyn FnMut(Var)) {
         self.weights.visit(f);
+    }
+}
+
+/// A bidirectional layer (PyTorch's `bidirectional=True`): a layer over the steps in order and
+/// another over them in reverse, their outputs joined along the features (`[N, L, 2H]`, the
+/// forward direction's first), their last states returned forward first (PyTorch's `h_n[0]`,
+/// `h_n[1]`). Parameters are visited forward first, as PyTorch's `..._l0` then `..._l0_reverse`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bidirectional<R> {
+    /// The direction over the steps in order.
+    pub forward: R,
+    /// The direction over the steps in reverse.
+    pub reverse: R,
+}
+
+impl Bidirectional<Lstm> {
+    /// PyTorch's `nn.LSTM(input_size, hidden_size, batch_first=True, bidirectional=True)`:
+    /// two layers with PyTorch's initialisation, the forward one drawn first.
+    ///
+    /// # Errors
+    /// As [`Lstm::new`].
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        input_size: usize,
+        hidden_size: usize,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        tape.all_or_nothing(|t| {
+            Ok(Bidirectional {
+                forward: Lstm::new(t, input_size, hidden_size, rng)?,
+                reverse: Lstm::new(t, input_size, hidden_size, rng)?,
+            })
+        })
+    }
+
+    /// Both directions over `x` `[N, L, In]` from `h0` (each direction's `(h, c)`; zeros when
+    /// `None`): the output `[N, L, 2H]` and each direction's last state, forward first.
+    ///
+    /// # Errors
+    /// As [`Lstm::run`].
+    #[allow(clippy::type_complexity)]
+    pub fn run<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        x: Var,
+        h0: Option<[(Var, Var); 2]>,
+    ) -> Result<(Var, [(Var, Var); 2])> {
+        let [f0, r0] = match h0 {
+            Some([f, r]) => [Some(f), Some(r)],
+            None => [None, None],
+        };
+        tape.all_or_nothing(|t| {
+            let (yf, sf) = self.forward.run(t, x, f0)?;
+            let (yr, sr) = self.reverse.run_reverse(t, x, r0)?;
+            Ok((t.concat(yf, yr, 2)?, [sf, sr]))
+        })
+    }
+}
+
+impl Bidirectional<Gru> {
+    /// PyTorch's `nn.GRU(input_size, hidden_size, batch_first=True, bidirectional=True)`.
+    ///
+    /// # Errors
+    /// As [`Lstm::new`].
+    pub fn new<B: Backend, const N: usize>(
+        tape: &mut Tape<B, N>,
+        input_size: usize,
+        hidden_size: usize,
+        rng: &mut Rng,
+    ) -> Result<Self> {
+        tape.all_or_nothing(|t| {
+            Ok(Bidirectional {
+                forward: Gru::new(t, input_size, hidden_size, rng)?,
+                reverse: Gru::new(t, input_size, hidden_size, rng)?,
+            })
+        })
+    }
+
+    /// Both directions over `x` from `h0` (each direction's `h`; zeros when `None`): the output
+    /// `[N, L, 2H]` and each direction's last state, forward first.
+    ///
+    /// # Errors
+    /// As [`Lstm::run`].
+    pub fn run<B: Backend, const N: usize>(
+        &self,
+        tape: &mut Tape<B, N>,
+        x: Var,
+        h0: Option<[Var; 2]>,
+    ) -> Result<(Var, [Var; 2])> {
+        let [f0, r0] = match h0 {
+            Some([f, r]) => [Some(f), Some(r)],
+            None => [None, None],
+        };
+        tape.all_or_nothing(|t| {
+            let (yf, hf) = self.forward.run(t, x, f0)?;
+            let (yr, hr) = self.reverse.run_reverse(t, x, r0)?;
+            Ok((t.concat(yf, yr, 2)?, [hf, hr]))
+        })
+    }
+}
+
+impl Module for Bidirectional<Lstm> {
+    /// [`Bidirectional::<Lstm>::run`] from zeros: the output only.
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        Ok(self.run(tape, x, None)?.0)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        self.forward.visit_params(f);
+        self.reverse.visit_params(f);
+    }
+}
+
+impl Module for Bidirectional<Gru> {
+    /// [`Bidirectional::<Gru>::run`] from zeros: the output only.
+    fn forward<B: Backend, const N: usize>(&self, tape: &mut Tape<B, N>, x: Var) -> Result<Var> {
+        Ok(self.run(tape, x, None)?.0)
+    }
+
+    fn visit_params(&self, f: &mut dyn FnMut(Var)) {
+        self.forward.visit_params(f);
+        self.reverse.visit_params(f);
     }
 }
