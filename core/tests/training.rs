@@ -178,13 +178,8 @@ fn digits_mlp_reaches_95_percent() {
 #[test]
 fn digits_transformer_reaches_93_percent() {
     use mote::nn::attention::{TransformerEncoderConfig, TransformerEncoderLayer};
-    let (xs, ys) = common::digits();
-    let n = ys.len();
-    let mut order: Vec<usize> = (0..n).collect();
     let mut rng = Rng::new(42);
-    rng.shuffle(&mut order);
-    let (test, train) = order.split_at(n / 5);
-    const B: usize = 32;
+    let (test, train) = digit_split(&mut rng);
     let mut mem = vec![0f32; 1 << 20];
     let mut tape = Tape::<Cpu<f32>, 96>::new(&mut mem);
     let embed = Linear::new(&mut tape, 8, 16, &mut rng).unwrap();
@@ -204,48 +199,15 @@ fn digits_transformer_reaches_93_percent() {
     };
     let mut opt = Adam::new(&mut tape, config).unwrap();
     let start = tape.mark();
-    let forward = |t: &mut Tape<Cpu<f32>, 96>, x: &[f32], b: usize| {
-        let x = t.input(&[b, 8, 8], x)?;
+    let forward = |t: &mut Tape<Cpu<f32>, 96>, x| {
         let h = embed.forward(t, x)?;
         let h = t.add(h, pos)?;
         let h = encoder.forward(t, h)?;
         let h = t.mean_axis(h, 1)?;
         head.forward(t, h)
     };
-    let mut train = train.to_vec();
-    let mut bx = vec![0f32; B * 64];
-    let mut by = vec![0usize; B];
-    for _epoch in 0..20 {
-        rng.shuffle(&mut train);
-        for batch in train.chunks(B) {
-            let b = batch.len();
-            for (k, &i) in batch.iter().enumerate() {
-                bx[k * 64..(k + 1) * 64].copy_from_slice(&xs[i * 64..(i + 1) * 64]);
-                by[k] = ys[i];
-            }
-            tape.rewind(start).unwrap();
-            let logits = forward(&mut tape, &bx[..b * 64], b).unwrap();
-            let y = tape.labels(&by[..b]).unwrap();
-            let loss = tape.cross_entropy(logits, y).unwrap();
-            tape.backward(loss).unwrap();
-            opt.step(&mut tape).unwrap();
-        }
-    }
-    let mut correct = 0;
-    for chunk in test.chunks(100) {
-        tape.rewind(start).unwrap();
-        let data: Vec<f32> = chunk
-            .iter()
-            .flat_map(|&i| xs[i * 64..(i + 1) * 64].iter().copied())
-            .collect();
-        let logits = tape.no_grad(|t| forward(t, &data, chunk.len())).unwrap();
-        let out = tape.data(logits).unwrap();
-        for (row, &i) in out.chunks(10).zip(chunk) {
-            let pred = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
-            correct += (pred == ys[i]) as usize;
-        }
-    }
-    let acc = correct as f64 / test.len() as f64;
+    let split = (&test[..], &train[..]);
+    let acc = digit_rows_accuracy(&mut tape, start, &mut opt, &forward, split, 20, &mut rng);
     eprintln!("digits transformer held-out accuracy: {acc:.4}");
     assert!(acc >= 0.93, "held-out accuracy {acc}");
 }
@@ -257,13 +219,7 @@ fn digits_transformer_reaches_93_percent() {
 #[test]
 fn digits_lstm_and_gru_reach_93_percent() {
     use mote::nn::rnn::{Gru, Lstm};
-    let (xs, ys) = common::digits();
-    let n = ys.len();
-    let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = Rng::new(42);
-    rng.shuffle(&mut order);
-    let (test, train) = order.split_at(n / 5);
-    const B: usize = 32;
+    let (test, train) = digit_split(&mut Rng::new(42));
     for gru in [false, true] {
         let mut mem = vec![0f32; 1 << 20];
         let mut tape = Tape::<Cpu<f32>, 256>::new(&mut mem);
@@ -284,8 +240,7 @@ fn digits_lstm_and_gru_reach_93_percent() {
         };
         let mut opt = Adam::new(&mut tape, config).unwrap();
         let start = tape.mark();
-        let forward = |t: &mut Tape<Cpu<f32>, 256>, x: &[f32], b: usize| {
-            let x = t.input(&[b, 8, 8], x)?;
+        let forward = |t: &mut Tape<Cpu<f32>, 256>, x| {
             let h = if gru {
                 cell.run(t, x, None)?.1
             } else {
@@ -293,42 +248,79 @@ fn digits_lstm_and_gru_reach_93_percent() {
             };
             head.forward(t, h)
         };
-        let mut train = train.to_vec();
-        let mut bx = vec![0f32; B * 64];
-        let mut by = vec![0usize; B];
-        for _epoch in 0..15 {
-            rng.shuffle(&mut train);
-            for batch in train.chunks(B) {
-                let b = batch.len();
-                for (k, &i) in batch.iter().enumerate() {
-                    bx[k * 64..(k + 1) * 64].copy_from_slice(&xs[i * 64..(i + 1) * 64]);
-                    by[k] = ys[i];
-                }
-                tape.rewind(start).unwrap();
-                let logits = forward(&mut tape, &bx[..b * 64], b).unwrap();
-                let y = tape.labels(&by[..b]).unwrap();
-                let loss = tape.cross_entropy(logits, y).unwrap();
-                tape.backward(loss).unwrap();
-                opt.step(&mut tape).unwrap();
-            }
-        }
-        let mut correct = 0;
-        for chunk in test.chunks(100) {
-            tape.rewind(start).unwrap();
-            let data: Vec<f32> = chunk
-                .iter()
-                .flat_map(|&i| xs[i * 64..(i + 1) * 64].iter().copied())
-                .collect();
-            let logits = tape.no_grad(|t| forward(t, &data, chunk.len())).unwrap();
-            let out = tape.data(logits).unwrap();
-            for (row, &i) in out.chunks(10).zip(chunk) {
-                let pred = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
-                correct += (pred == ys[i]) as usize;
-            }
-        }
-        let acc = correct as f64 / test.len() as f64;
+        let split = (&test[..], &train[..]);
+        let acc = digit_rows_accuracy(&mut tape, start, &mut opt, &forward, split, 15, &mut rng);
         let name = if gru { "GRU" } else { "LSTM" };
         eprintln!("digits {name} held-out accuracy: {acc:.4}");
         assert!(acc >= 0.93, "{name}: held-out accuracy {acc}");
     }
+}
+
+/// A model's forward pass on a tape of `N` nodes.
+type Forward<'a, const N: usize> =
+    dyn Fn(&mut Tape<Cpu<f32>, N>, mote::Var) -> mote::Result<mote::Var> + 'a;
+
+/// The digits' held-out fifth and training rows, shuffled by `rng` (the same split as the MLP's
+/// test when `rng` is `Rng::new(42)`).
+fn digit_split(rng: &mut Rng) -> (Vec<usize>, Vec<usize>) {
+    let n = 1797;
+    let mut order: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut order);
+    let (test, train) = order.split_at(n / 5);
+    (test.to_vec(), train.to_vec())
+}
+
+/// Trains a model that reads each digit as a sequence of its 8 rows (`forward`: images `[B, 8,
+/// 8]` to logits) with `opt` for `epochs` epochs of batches of 32 (shuffled by `rng`), each
+/// step from `start`; returns the held-out accuracy.
+#[allow(clippy::too_many_arguments)]
+fn digit_rows_accuracy<const N: usize>(
+    tape: &mut Tape<Cpu<f32>, N>,
+    start: mote::Mark,
+    opt: &mut Adam,
+    forward: &Forward<'_, N>,
+    (test, train): (&[usize], &[usize]),
+    epochs: usize,
+    rng: &mut Rng,
+) -> f64 {
+    const B: usize = 32;
+    let (xs, ys) = common::digits();
+    let logits = |t: &mut Tape<Cpu<f32>, N>, x: &[f32], b: usize| {
+        let x = t.input(&[b, 8, 8], x)?;
+        forward(t, x)
+    };
+    let mut train = train.to_vec();
+    let mut bx = vec![0f32; B * 64];
+    let mut by = vec![0usize; B];
+    for _epoch in 0..epochs {
+        rng.shuffle(&mut train);
+        for batch in train.chunks(B) {
+            let b = batch.len();
+            for (k, &i) in batch.iter().enumerate() {
+                bx[k * 64..(k + 1) * 64].copy_from_slice(&xs[i * 64..(i + 1) * 64]);
+                by[k] = ys[i];
+            }
+            tape.rewind(start).unwrap();
+            let z = logits(tape, &bx[..b * 64], b).unwrap();
+            let y = tape.labels(&by[..b]).unwrap();
+            let loss = tape.cross_entropy(z, y).unwrap();
+            tape.backward(loss).unwrap();
+            opt.step(tape).unwrap();
+        }
+    }
+    let mut correct = 0;
+    for chunk in test.chunks(100) {
+        tape.rewind(start).unwrap();
+        let data: Vec<f32> = chunk
+            .iter()
+            .flat_map(|&i| xs[i * 64..(i + 1) * 64].iter().copied())
+            .collect();
+        let z = tape.no_grad(|t| logits(t, &data, chunk.len())).unwrap();
+        let out = tape.data(z).unwrap();
+        for (row, &i) in out.chunks(10).zip(chunk) {
+            let pred = (0..10).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap();
+            correct += (pred == ys[i]) as usize;
+        }
+    }
+    correct as f64 / test.len() as f64
 }
