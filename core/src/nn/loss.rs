@@ -55,6 +55,8 @@
 
 pub use crate::ops::loss::Reduction;
 
+use crate::ops::loss::{check_class_weight, check_smoothing};
+
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::tape::{Tape, Var};
@@ -386,11 +388,7 @@ impl CrossEntropyLoss {
                        (a negative one is accepted and does nothing, as PyTorch's)",
             });
         }
-        if !(0.0..=1.0).contains(&e) {
-            return Err(Error::InvalidArgument {
-                what: "cross_entropy: label_smoothing must lie in [0, 1]",
-            });
-        }
+        check_smoothing(e)?;
         no_batchmean(self.reduction)?;
         let ls = logits.shape;
         if ls.rank() != 2 || probs.shape != ls {
@@ -401,15 +399,7 @@ impl CrossEntropyLoss {
             });
         }
         let classes = ls.dim(1);
-        if let Some(w) = self.weight {
-            if w.shape.dims() != [classes as u32] {
-                return Err(Error::ShapeMismatch {
-                    op: "cross_entropy weight",
-                    lhs: ls,
-                    rhs: w.shape,
-                });
-            }
-        }
+        check_class_weight(self.weight, ls)?;
         if self.reduction == Reduction::Mean && self.weight.is_none() && e == 0.0 {
             return tape.cross_entropy_probs(logits, probs);
         }

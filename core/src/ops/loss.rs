@@ -30,6 +30,8 @@
 use crate::error::{Error, Result};
 use crate::float::Float;
 use crate::ops::unary::sigmoid;
+use crate::shape::Shape;
+use crate::tape::Var;
 
 /// A loss function.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -122,6 +124,28 @@ pub enum Reduction {
 /// row. [`Tape::cross_entropy_ignore`](crate::Tape::cross_entropy_ignore) maps PyTorch's
 /// `ignore_index` to it and divides by the rows kept instead.
 pub const IGNORED_LABEL: f32 = -16_777_216.0;
+
+/// Checks a cross-entropy's label smoothing: in `[0, 1]`.
+pub(crate) fn check_smoothing(label_smoothing: f32) -> Result<()> {
+    if !(0.0..=1.0).contains(&label_smoothing) {
+        return Err(Error::InvalidArgument {
+            what: "cross_entropy: label_smoothing must lie in [0, 1]",
+        });
+    }
+    Ok(())
+}
+
+/// Checks a cross-entropy's class weights against its logits `[N, C]`: `[C]`, or none.
+pub(crate) fn check_class_weight(weight: Option<Var>, logits: Shape) -> Result<()> {
+    match weight {
+        Some(w) if w.shape.dims() != [logits.dim(1) as u32] => Err(Error::ShapeMismatch {
+            op: "cross_entropy weight",
+            lhs: logits,
+            rhs: w.shape,
+        }),
+        _ => Ok(()),
+    }
+}
 
 /// Whether a cross-entropy label is [`IGNORED_LABEL`].
 #[inline]
@@ -668,15 +692,11 @@ mod tests {
 }
 
 mod tape_ops {
-    use super::{LossOp, Reduction, IGNORED_LABEL};
+    use super::{check_class_weight, check_smoothing, LossOp, Reduction, IGNORED_LABEL};
 
     /// The cross-entropies' checks: logits `[N, C]`, labels `[N]`, smoothing in `[0, 1]`.
     fn check_cross_entropy(ls: Shape, ts: Shape, label_smoothing: f32) -> Result<()> {
-        if !(0.0..=1.0).contains(&label_smoothing) {
-            return Err(Error::InvalidArgument {
-                what: "cross_entropy: label_smoothing must lie in [0, 1]",
-            });
-        }
+        check_smoothing(label_smoothing)?;
         if ls.rank() != 2 || ts.rank() != 1 || ts.dim(0) != ls.dim(0) {
             return Err(Error::ShapeMismatch {
                 op: "cross_entropy",
@@ -883,15 +903,7 @@ mod tape_ops {
                 None => IGNORED_LABEL as i32,
             };
             let (rows, classes) = (logp.shape.dim(0), logp.shape.dim(1));
-            if let Some(w) = weight {
-                if w.shape.dims() != [classes as u32] {
-                    return Err(Error::ShapeMismatch {
-                        op: "cross_entropy weight",
-                        lhs: logp.shape,
-                        rhs: w.shape,
-                    });
-                }
-            }
+            check_class_weight(weight, logp.shape)?;
             if reduction == Reduction::BatchMean {
                 return Err(Error::InvalidArgument {
                     what: "cross_entropy: batchmean is the KL divergence's reduction",
